@@ -1,0 +1,154 @@
+//! Incremental Internet checksum updates (RFC 1624), shared by the XDP program
+//! and the tests. Values are the raw 16/32-bit words as loaded from the packet;
+//! ones'-complement sums do not depend on byte order as long as it is consistent.
+
+/// Folds a 32-bit ones'-complement accumulator into 16 bits.
+#[inline(always)]
+#[must_use]
+pub const fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    // Two folds leave at most 16 significant bits.
+    sum as u16
+}
+
+/// New checksum after a 16-bit word of the covered data changed from `old` to `new`.
+#[inline(always)]
+#[must_use]
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check) as u32 + (!old) as u32 + new as u32;
+    !fold(sum)
+}
+
+/// New checksum after a 32-bit word of the covered data changed from `old` to `new`.
+#[inline(always)]
+#[must_use]
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    let old = !old;
+    let sum = (!check) as u32 + (old & 0xffff) + (old >> 16) + (new & 0xffff) + (new >> 16);
+    !fold(sum)
+}
+
+/// UDP flavour of [`replace16`]: a zero checksum means "none" and stays zero,
+/// and a computed zero is sent as `0xffff` (RFC 768).
+#[inline(always)]
+#[must_use]
+pub const fn udp_replace16(check: u16, old: u16, new: u16) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    nonzero(replace16(check, old, new))
+}
+
+/// UDP flavour of [`replace32`]; see [`udp_replace16`].
+#[inline(always)]
+#[must_use]
+pub const fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    nonzero(replace32(check, old, new))
+}
+
+#[inline(always)]
+const fn nonzero(check: u16) -> u16 {
+    if check == 0 {
+        0xffff
+    } else {
+        check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// Full checksum over `data`, computed from scratch (big-endian words).
+    fn full(data: &[u8]) -> u16 {
+        let mut sum: u64 = 0;
+        for chunk in data.chunks(2) {
+            let hi = u64::from(chunk[0]) << 8;
+            let lo = chunk.get(1).copied().map_or(0, u64::from);
+            sum += hi | lo;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(u16::try_from(sum).unwrap())
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), so the test needs no crate.
+    fn bytes(seed: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Stores a checksum (big-endian value) as the native-endian raw word used by the kernel.
+    fn raw(check_be: u16) -> u16 {
+        u16::from_ne_bytes(check_be.to_be_bytes())
+    }
+
+    #[test]
+    fn incremental_matches_full_recomputation() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..2000 {
+            let len = 20 + (round % 40) * 2;
+            let mut data = bytes(&mut seed, len);
+            // Checksum field at bytes 10..12, zero while computing.
+            data[10] = 0;
+            data[11] = 0;
+            let check = full(&data);
+            data[10..12].copy_from_slice(&check.to_be_bytes());
+            assert_eq!(full(&data), 0, "a valid checksum sums to zero");
+
+            // Replace a 32-bit word at 12..16 and a 16-bit word at 16..18.
+            let old32 = u32::from_ne_bytes(data[12..16].try_into().unwrap());
+            let new32 = u32::from_ne_bytes(bytes(&mut seed, 4).try_into().unwrap());
+            let old16 = u16::from_ne_bytes(data[16..18].try_into().unwrap());
+            let new16 = u16::from_ne_bytes(bytes(&mut seed, 2).try_into().unwrap());
+            let mut c = u16::from_ne_bytes(data[10..12].try_into().unwrap());
+            c = replace32(c, old32, new32);
+            c = replace16(c, old16, new16);
+            data[12..16].copy_from_slice(&new32.to_ne_bytes());
+            data[16..18].copy_from_slice(&new16.to_ne_bytes());
+            data[10..12].copy_from_slice(&c.to_ne_bytes());
+
+            let mut zeroed = data.clone();
+            zeroed[10] = 0;
+            zeroed[11] = 0;
+            let expect = full(&zeroed);
+            // 0x0000 and 0xffff are the same value in ones' complement.
+            let got = u16::from_be_bytes(c.to_ne_bytes());
+            assert!(
+                got == expect || (got == 0xffff && expect == 0) || (got == 0 && expect == 0xffff),
+                "round {round}: incremental {got:#06x} != full {expect:#06x}"
+            );
+            assert!(full(&data) == 0 || full(&data) == 0xffff);
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero() {
+        assert_eq!(udp_replace32(0, 0x0102_0304, 0x0a0b_0c0d), 0);
+        assert_eq!(udp_replace16(0, 80, 8080), 0);
+    }
+
+    #[test]
+    fn udp_computed_zero_becomes_all_ones() {
+        // check = ~(old) with old=new'=... : pick values whose update sums to 0xffff.
+        let old = raw(0x1234);
+        let new = raw(0x1234);
+        let check = raw(0xffff);
+        // No change keeps the checksum; a checksum of 0xffff must never turn into 0.
+        assert_ne!(udp_replace16(check, old, new), 0);
+    }
+}

@@ -1,0 +1,252 @@
+//! Map names, sizes, flags, and the key and value layouts of every map.
+
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Name of the services map: [`ServiceKey`] -> [`ServiceEntry`] (hash, no prealloc).
+pub const MAP_SERVICES: &str = "SERVICES";
+/// Name of the backends map: [`BackendId`] index -> [`Backend`] (array).
+pub const MAP_BACKENDS: &str = "BACKENDS";
+/// Name of the Maglev slab: slot index -> [`BackendId`] (array).
+pub const MAP_MAGLEV: &str = "MAGLEV";
+/// Name of the forward connection-tracking map: [`FlowKey`] -> [`CtEntry`] (LRU hash).
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
+/// Name of the reverse-NAT map: reply [`FlowKey`] -> [`RevNatEntry`] (LRU hash).
+pub const MAP_REVNAT: &str = "REVNAT";
+/// Name of the node configuration map: index 0 -> [`NodeConfig`] (array).
+pub const MAP_CONFIG: &str = "CONFIG";
+/// Name of the verdict counters: [`Verdict`] index -> packets (per-CPU array).
+pub const MAP_VERDICTS: &str = "VERDICTS";
+
+/// Capacity of the services map (frontends: address, port, protocol).
+pub const MAX_SERVICES: u32 = 65_536;
+/// Capacity of the backends array; id 0 is never used so a zero slot means "none".
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Default number of slots in the Maglev slab (4 bytes each: 32 MiB).
+/// The agent can resize it at load time.
+pub const MAGLEV_SLAB_SLOTS: u32 = 1 << 23;
+/// Capacity of the connection-tracking map (forward direction).
+pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
+/// Capacity of the reverse-NAT map (one entry per tracked flow).
+pub const REVNAT_MAX_ENTRIES: u32 = CONNTRACK_MAX_ENTRIES;
+
+/// First source port handed out for SNAT to the node address.
+pub const SNAT_PORT_MIN: u16 = 40_000;
+/// Last source port handed out for SNAT to the node address.
+pub const SNAT_PORT_MAX: u16 = 60_999;
+/// How many ports a new flow probes before it gives up and is dropped.
+pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+
+/// Index of an entry in the backends array. 0 means "no backend".
+pub type BackendId = u32;
+
+/// Key of the services map: one frontend of a Service (address, port, protocol).
+///
+/// Layout (8 bytes): `addr` be32 | `port` be16 | `proto` u8 | pad u8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Virtual IPv4 address, network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of the services map: where the frontend's Maglev table lives.
+///
+/// Layout (16 bytes): `id` u32 | `backend_count` u32 | `table_offset` u32 | `table_size` u32.
+/// The agent writes a new table into free slab slots first and then swaps this
+/// entry in one update, so a packet sees either the old table or the new one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceEntry {
+    /// Agent-assigned id of this frontend (stable while it exists).
+    pub id: u32,
+    /// Number of distinct backends in the table; 0 means "no endpoints".
+    pub backend_count: u32,
+    /// First slot of the table in the Maglev slab.
+    pub table_offset: u32,
+    /// Number of slots of the table (a prime); 0 when `backend_count` is 0.
+    pub table_size: u32,
+}
+
+/// Backend flag: the entry is in use.
+pub const BACKEND_F_ACTIVE: u8 = 1;
+/// Backend flag: the endpoint runs on this node (no SNAT, client IP kept).
+pub const BACKEND_F_LOCAL: u8 = 2;
+
+/// Value of the backends array: one endpoint of one frontend.
+///
+/// Layout (12 bytes): `addr` be32 | `port` be16 | `flags` u8 | pad u8 | `service_id` u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Endpoint IPv4 address, network byte order.
+    pub addr: u32,
+    /// Endpoint (target) port, network byte order.
+    pub port: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Id of the frontend this backend serves ([`ServiceEntry::id`]).
+    pub service_id: u32,
+}
+
+/// Key of the conntrack and reverse-NAT maps: a flow's 5-tuple as seen on the wire.
+///
+/// Layout (16 bytes): `src_addr` be32 | `dst_addr` be32 | `src_port` be16 |
+/// `dst_port` be16 | `proto` u8 | pad [u8; 3].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source IPv4 address, network byte order.
+    pub src_addr: u32,
+    /// Destination IPv4 address, network byte order.
+    pub dst_addr: u32,
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Conntrack flag: the flow's source was rewritten to the node address.
+pub const CT_F_SNAT: u32 = 1;
+
+/// Value of the conntrack map: the backend a client flow (keyed client -> service) is pinned to.
+///
+/// Layout (32 bytes): `backend_id` u32 | `backend_addr` be32 | `backend_port` be16 |
+/// `snat_port` be16 | `snat_addr` be32 | `flags` u32 | pad u32 | `created_ns` u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// Backend chosen for the flow.
+    pub backend_id: BackendId,
+    /// Copy of the backend's address, to detect a reused id.
+    pub backend_addr: u32,
+    /// Copy of the backend's port, network byte order.
+    pub backend_port: u16,
+    /// Source port after SNAT (network byte order), 0 without SNAT.
+    pub snat_port: u16,
+    /// Source address after SNAT (network byte order), 0 without SNAT.
+    pub snat_addr: u32,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns` when the flow was created.
+    pub created_ns: u64,
+}
+
+/// Value of the reverse-NAT map: how to restore a reply (keyed backend -> client or node).
+///
+/// Layout (12 bytes): `svc_addr` be32 | `client_addr` be32 | `svc_port` be16 | `client_port` be16.
+/// The reply's source becomes the service; its destination becomes the client
+/// (a no-op unless the forward direction was SNATed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatEntry {
+    /// Service address the client talked to, network byte order.
+    pub svc_addr: u32,
+    /// Client address, network byte order.
+    pub client_addr: u32,
+    /// Service port, network byte order.
+    pub svc_port: u16,
+    /// Client port, network byte order.
+    pub client_port: u16,
+}
+
+/// Value of the configuration array (index 0): facts about this node.
+///
+/// Layout (8 bytes): `node_addr` be32 | `flags` u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// Node address used as SNAT source for remote backends, network byte order.
+    pub node_addr: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Outcome of one packet, the index into the verdict counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A packet to a service was translated to a backend.
+    Translated = 0,
+    /// A reply was translated back to the service address.
+    Reversed = 1,
+    /// A packet that is not ours was passed untouched.
+    Passed = 2,
+    /// A packet to a service was dropped (no backend, no SNAT port).
+    Dropped = 3,
+    /// A helper or map operation failed; the packet was passed untouched.
+    Error = 4,
+}
+
+/// Number of [`Verdict`] values (size of the verdict counters).
+pub const VERDICT_COUNT: u32 = 5;
+
+impl Verdict {
+    /// Every verdict, in index order.
+    pub const ALL: [Verdict; VERDICT_COUNT as usize] = [
+        Verdict::Translated,
+        Verdict::Reversed,
+        Verdict::Passed,
+        Verdict::Dropped,
+        Verdict::Error,
+    ];
+
+    /// Lower-case name used in status output and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Translated => "translated",
+            Verdict::Reversed => "reversed",
+            Verdict::Passed => "passed",
+            Verdict::Dropped => "dropped",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), made only of integers, with explicit padding
+    // fields, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::RevNatEntry {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceEntry>(), 16);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(size_of::<RevNatEntry>(), 12);
+        assert_eq!(size_of::<NodeConfig>(), 8);
+    }
+}

@@ -1,0 +1,108 @@
+//! The desired data-path state: what the maps should hold, decided from the model.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+/// Transport protocol of a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::IPPROTO_TCP,
+            Protocol::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+
+    /// Kubernetes spelling ("TCP", "UDP").
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One frontend of a Service: the address, port and protocol a client sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    /// Virtual address (ClusterIP).
+    pub addr: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// Transport protocol.
+    pub proto: Protocol,
+}
+
+impl Frontend {
+    /// The services-map key of this frontend (network byte order).
+    #[must_use]
+    pub fn key(&self) -> lb_common::ServiceKey {
+        lb_common::ServiceKey {
+            addr: u32::from_ne_bytes(self.addr.octets()),
+            port: self.port.to_be(),
+            proto: self.proto.number(),
+            pad: 0,
+        }
+    }
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// Namespace and name of a Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectName {
+    /// Namespace ("default" when the manifest gives none).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Properties of one backend of a frontend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendInfo {
+    /// The endpoint runs on this node: keep the client address, no SNAT.
+    pub local: bool,
+}
+
+/// What one frontend should balance to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    /// The Service this frontend belongs to.
+    pub service: ObjectName,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    /// Backends (endpoint address and target port), ordered and unique.
+    pub backends: BTreeMap<SocketAddrV4, BackendInfo>,
+}
+
+/// The whole desired state: every frontend the maps should hold.
+pub type DesiredState = BTreeMap<Frontend, DesiredFrontend>;

@@ -1,0 +1,10 @@
+//! The agent's library: everything `lb-agent` does, split into pure deciding
+//! code (manifests, model, selection, Maglev, plans) and thin I/O layers.
+
+pub mod desired;
+pub mod maglev;
+pub mod manifest;
+pub mod model;
+pub mod plan;
+pub mod select;
+pub mod slab;

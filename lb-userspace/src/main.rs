@@ -1,0 +1,3 @@
+//! `lb-agent`: the load balancer's node agent.
+
+fn main() {}
