@@ -16,7 +16,13 @@ const fn mix(mut h: u32) -> u32 {
 /// Hash of a flow's 5-tuple (raw network-order words as loaded from the packet).
 #[inline(always)]
 #[must_use]
-pub const fn flow_hash(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> u32 {
+pub const fn flow_hash_of(
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
     let mut h = FLOW_HASH_SEED;
     h = mix(h ^ src_addr);
     h = mix(h ^ dst_addr);
@@ -32,7 +38,7 @@ mod tests {
     fn hash_spreads_ports_evenly() {
         let mut buckets = [0u32; 16];
         for port in 0..16_000u16 {
-            let h = flow_hash(0x0a00_0001, 0x0a60_000a, port, 80, 6);
+            let h = flow_hash_of(0x0a00_0001, 0x0a60_000a, port, 80, 6);
             buckets[(h % 16) as usize] += 1;
         }
         for b in buckets {

@@ -9,4 +9,5 @@ pub mod csum;
 pub mod hash;
 pub mod maps;
 
+pub use hash::flow_hash_of;
 pub use maps::*;

@@ -9,7 +9,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const MAP_SERVICES: &str = "SERVICES";
 /// Name of the backends map: [`BackendId`] index -> [`Backend`] (array).
 pub const MAP_BACKENDS: &str = "BACKENDS";
-/// Name of the Maglev slab: slot index -> [`BackendId`] (array).
+/// Name of the Maglev slab: entry -> [`SlabEntry`], two slots per entry (array).
 pub const MAP_MAGLEV: &str = "MAGLEV";
 /// Name of the forward connection-tracking map: [`FlowKey`] -> [`CtEntry`] (LRU hash).
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
@@ -19,28 +19,43 @@ pub const MAP_REVNAT: &str = "REVNAT";
 pub const MAP_CONFIG: &str = "CONFIG";
 /// Name of the verdict counters: [`Verdict`] index -> packets (per-CPU array).
 pub const MAP_VERDICTS: &str = "VERDICTS";
+/// Name of the service labels: [`ServiceEntry::id`] -> [`ServiceLabel`] (hash,
+/// written and read by userspace only, so `lb-agent status` works from the pins).
+pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
 
 /// Capacity of the services map (frontends: address, port, protocol).
 pub const MAX_SERVICES: u32 = 65_536;
 /// Capacity of the backends array; id 0 is never used so a zero slot means "none".
 pub const MAX_BACKENDS: u32 = 262_144;
-/// Default number of slots in the Maglev slab (4 bytes each: 32 MiB).
-/// The agent can resize it at load time.
+/// Default number of slots in the Maglev slab (4 bytes each: 32 MiB), a
+/// multiple of [`SLOTS_PER_SLAB_ENTRY`]. The
+/// agent can resize it at load time; it is memory-mapped (`BPF_F_MMAPABLE`)
+/// so the agent writes whole tables without a syscall per slot.
 pub const MAGLEV_SLAB_SLOTS: u32 = 1 << 23;
 /// Capacity of the connection-tracking map (forward direction).
 pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
 /// Capacity of the reverse-NAT map (one entry per tracked flow).
 pub const REVNAT_MAX_ENTRIES: u32 = CONNTRACK_MAX_ENTRIES;
 
-/// First source port handed out for SNAT to the node address.
-pub const SNAT_PORT_MIN: u16 = 40_000;
+/// First source port handed out for SNAT to the node address. The range sits
+/// above Linux's default ephemeral range (32768-60999) so that translated flows
+/// never collide with the node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
 /// Last source port handed out for SNAT to the node address.
-pub const SNAT_PORT_MAX: u16 = 60_999;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 /// How many ports a new flow probes before it gives up and is dropped.
 pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 
 /// Index of an entry in the backends array. 0 means "no backend".
 pub type BackendId = u32;
+
+/// Maglev slots per slab entry. The kernel rounds array elements up to 8
+/// bytes, so each entry packs two 4-byte slots: slot `s` is half `s % 2` of
+/// entry `s / 2`, and the memory-mapped slab is a plain array of slots.
+pub const SLOTS_PER_SLAB_ENTRY: u32 = 2;
+
+/// Value of the Maglev slab: two consecutive slots.
+pub type SlabEntry = [BackendId; SLOTS_PER_SLAB_ENTRY as usize];
 
 /// Key of the services map: one frontend of a Service (address, port, protocol).
 ///
@@ -178,6 +193,25 @@ pub struct NodeConfig {
     pub flags: u32,
 }
 
+/// Bytes of a [`ServiceLabel`].
+pub const SERVICE_LABEL_LEN: usize = 160;
+
+/// Value of the service labels map: "namespace/name:port-name", NUL-padded UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceLabel {
+    /// The label bytes, NUL-padded.
+    pub bytes: [u8; SERVICE_LABEL_LEN],
+}
+
+impl Default for ServiceLabel {
+    fn default() -> Self {
+        Self {
+            bytes: [0; SERVICE_LABEL_LEN],
+        }
+    }
+}
+
 /// Outcome of one packet, the index into the verdict counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,9 +222,10 @@ pub enum Verdict {
     Reversed = 1,
     /// A packet that is not ours was passed untouched.
     Passed = 2,
-    /// A packet to a service was dropped (no backend, no SNAT port).
+    /// A packet to a service was dropped: the service has no endpoints.
     Dropped = 3,
-    /// A helper or map operation failed; the packet was passed untouched.
+    /// A packet to a service could not be translated (no SNAT port, a map or
+    /// helper failure, an inconsistent table) and was dropped.
     Error = 4,
 }
 
@@ -231,6 +266,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::RevNatEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::ServiceLabel {}
 }
 
 #[cfg(test)]

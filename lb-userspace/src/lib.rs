@@ -1,6 +1,8 @@
 //! The agent's library: everything `lb-agent` does, split into pure deciding
 //! code (manifests, model, selection, Maglev, plans) and thin I/O layers.
 
+pub mod agent;
+pub mod datapath;
 pub mod desired;
 pub mod maglev;
 pub mod manifest;
@@ -8,3 +10,4 @@ pub mod model;
 pub mod plan;
 pub mod select;
 pub mod slab;
+pub mod status;

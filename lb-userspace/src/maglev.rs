@@ -1,1 +1,238 @@
-//! Placeholder, being written.
+//! Maglev consistent hashing (Eisenbud et al., NSDI 2016): the lookup table of
+//! one frontend, computed from its backends' names.
+
+use std::net::SocketAddrV4;
+
+/// Table sizes (primes, roughly doubling). A frontend's table keeps its size
+/// while the backend count changes within a factor of about 8, because a new
+/// size moves almost every flow (`slot = hash % size`), while Maglev at a
+/// fixed size moves only the flows of the backends that left or joined.
+pub const TABLE_SIZES: [u32; 10] = [
+    251, 509, 1_021, 2_039, 4_093, 8_191, 16_381, 32_749, 65_521, 131_071,
+];
+/// Slots per backend a new table aims for (the paper's M ≥ 100·N).
+pub const TARGET_SLOTS_PER_BACKEND: u32 = 100;
+/// Fewest slots per backend a table may keep before it is resized: each
+/// backend then owns within 1/50 (2 %) of an equal share.
+pub const MIN_SLOTS_PER_BACKEND: u32 = 50;
+/// Most slots per backend a table may keep before it is shrunk.
+pub const MAX_SLOTS_PER_BACKEND: u32 = 800;
+
+/// Table size for `backend_count` backends, given the frontend's current size:
+/// the current size while it stays within [`MIN_SLOTS_PER_BACKEND`,
+/// `MAX_SLOTS_PER_BACKEND`] slots per backend, else the smallest of
+/// [`TABLE_SIZES`] with at least [`TARGET_SLOTS_PER_BACKEND`] per backend
+/// (the largest for more than 1,310 backends). 0 for no backends.
+#[must_use]
+pub fn table_size_for(backend_count: usize, current: u32) -> u32 {
+    if backend_count == 0 {
+        return 0;
+    }
+    let n = u64::try_from(backend_count).unwrap_or(u64::MAX);
+    let largest = TABLE_SIZES[TABLE_SIZES.len() - 1];
+    let keep = current != 0
+        && (u64::from(current) >= n * u64::from(MIN_SLOTS_PER_BACKEND) || current == largest)
+        && u64::from(current) <= n * u64::from(MAX_SLOTS_PER_BACKEND);
+    if keep {
+        return current;
+    }
+    let want = n * u64::from(TARGET_SLOTS_PER_BACKEND);
+    TABLE_SIZES
+        .iter()
+        .copied()
+        .find(|&size| u64::from(size) >= want)
+        .unwrap_or(largest)
+}
+
+/// 64-bit FNV-1a of `bytes` starting from `seed`, then a murmur-style finalizer.
+fn hash64(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The Maglev table of `size` slots (prime) for `backends`: each slot holds an
+/// index into `backends`. The result depends only on the backends' addresses,
+/// not on their order.
+#[must_use]
+pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
+    if backends.is_empty() || size == 0 {
+        return Vec::new();
+    }
+    let m = u64::from(size);
+    let mut order: Vec<usize> = (0..backends.len()).collect();
+    order.sort_by_key(|&i| backends[i]);
+    let prefs: Vec<(u64, u64)> = order
+        .iter()
+        .map(|&i| {
+            let name = backends[i].to_string();
+            let offset = hash64(name.as_bytes(), 0x5bd1_e995) % m;
+            let skip = hash64(name.as_bytes(), 0x2545_f491_4f6c_dd1d) % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; order.len()];
+    let mut table = vec![u32::MAX; size as usize];
+    let mut filled = 0usize;
+    'fill: loop {
+        for (k, &i) in order.iter().enumerate() {
+            let (offset, skip) = prefs[k];
+            let mut slot = (offset + next[k] * skip) % m;
+            while table[slot as usize] != u32::MAX {
+                next[k] += 1;
+                slot = (offset + next[k] * skip) % m;
+            }
+            table[slot as usize] = u32::try_from(i).expect("backend index fits u32");
+            next[k] += 1;
+            filled += 1;
+            if filled == table.len() {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+/// Largest relative deviation of a backend's slot count from `size / n`.
+#[must_use]
+pub fn max_share_deviation(table: &[u32], backend_count: usize) -> f64 {
+    let mut counts = vec![0usize; backend_count];
+    for &i in table {
+        counts[i as usize] += 1;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let ideal = table.len() as f64 / backend_count as f64;
+    #[allow(clippy::cast_precision_loss)]
+    counts
+        .iter()
+        .map(|&c| (c as f64 - ideal).abs() / ideal)
+        .fold(0.0, f64::max)
+}
+
+/// Of the flows that were not on backend `changed`, the fraction that moves to
+/// another backend when `changed` leaves (`add == false`) or joins a set, with
+/// the table size chosen as the planner would.
+#[must_use]
+pub fn disruption(backends: &[SocketAddrV4], changed: SocketAddrV4, add: bool) -> f64 {
+    let before: Vec<SocketAddrV4> = backends.to_vec();
+    let mut after = before.clone();
+    if add {
+        after.push(changed);
+    } else {
+        after.retain(|&b| b != changed);
+    }
+    let before_size = table_size_for(before.len(), 0);
+    let after_size = table_size_for(after.len(), before_size);
+    let t0 = build_table(&before, before_size);
+    let t1 = build_table(&after, after_size);
+    let (mut moved, mut kept) = (0u64, 0u64);
+    for hash in (0..1_000_000u32).map(|i| i.wrapping_mul(0x9e37_79b1)) {
+        let b0 = before[t0[(hash % before_size) as usize] as usize];
+        let b1 = after[t1[(hash % after_size) as usize] as usize];
+        if b0 == changed || b1 == changed {
+            continue;
+        }
+        kept += 1;
+        if b0 != b1 {
+            moved += 1;
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = moved as f64 / kept.max(1) as f64;
+    fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn backends(n: usize) -> Vec<SocketAddrV4> {
+        (0..n)
+            .map(|i| {
+                let i = u32::try_from(i).unwrap();
+                SocketAddrV4::new(Ipv4Addr::from(0x0af4_0000 + i), 8080)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sizes_are_prime_and_sticky() {
+        for size in TABLE_SIZES {
+            assert!((2..size)
+                .take_while(|d| d * d <= size)
+                .all(|d| size % d != 0));
+        }
+        assert_eq!(table_size_for(0, 0), 0);
+        assert_eq!(table_size_for(1, 0), 251);
+        assert_eq!(table_size_for(10, 0), 1_021);
+        assert_eq!(table_size_for(9, 1_021), 1_021, "one fewer keeps the size");
+        assert_eq!(table_size_for(11, 1_021), 1_021, "one more keeps the size");
+        assert_eq!(
+            table_size_for(30, 1_021),
+            4_093,
+            "below 50 slots each it grows"
+        );
+        assert_eq!(table_size_for(2, 1_021), 1_021);
+        assert_eq!(
+            table_size_for(1, 4_093),
+            251,
+            "above 800 slots each it shrinks"
+        );
+        assert_eq!(table_size_for(5_000, 0), 131_071);
+    }
+
+    #[test]
+    fn every_backend_gets_an_equal_share() {
+        for n in [1, 2, 3, 10, 100, 1_000] {
+            let b = backends(n);
+            let table = build_table(&b, table_size_for(n, 0));
+            let deviation = max_share_deviation(&table, n);
+            println!(
+                "maglev balance: {n} backends, {} slots, max deviation {:.2}%",
+                table.len(),
+                deviation * 100.0
+            );
+            assert!(deviation <= 0.02, "{n} backends: deviation {deviation}");
+        }
+    }
+
+    #[test]
+    fn table_ignores_backend_order() {
+        let mut b = backends(7);
+        let t = build_table(&b, 509);
+        let names: Vec<_> = t.iter().map(|&i| b[i as usize]).collect();
+        b.reverse();
+        let t2 = build_table(&b, 509);
+        let names2: Vec<_> = t2.iter().map(|&i| b[i as usize]).collect();
+        assert_eq!(names, names2);
+    }
+
+    #[test]
+    fn removing_or_adding_one_backend_moves_few_other_flows() {
+        for n in [10, 100] {
+            let b = backends(n);
+            let removed = disruption(&b, b[n / 2], false);
+            let added = disruption(
+                &b,
+                SocketAddrV4::new(Ipv4Addr::new(10, 245, 0, 1), 8080),
+                true,
+            );
+            println!(
+                "maglev disruption: {n} backends, remove one: {:.2}% of other flows move; add one: {:.2}%",
+                removed * 100.0,
+                added * 100.0
+            );
+            assert!(removed < 0.05, "remove from {n}: {removed}");
+            assert!(added < 0.05, "add to {n}: {added}");
+        }
+    }
+}

@@ -1,3 +1,163 @@
 //! `lb-agent`: the load balancer's node agent.
 
-fn main() {}
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::{
+    agent::{self, RunOptions},
+    datapath::DatapathConfig,
+    status,
+};
+
+/// Default pin directory in bpffs.
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb-agent";
+
+#[derive(Parser)]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "Kubernetes service load balancer in XDP/TC"
+)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `lb_userspace=debug`).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Balance the Services in a directory of manifests until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print each service with its backends, and the verdict counters.
+    Status {
+        /// Pin directory of the running agent.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Directory of Service, EndpointSlice and Endpoints manifests (YAML or JSON).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Uplink interface for the XDP program (repeat for several).
+    #[arg(long = "xdp-iface", required = true)]
+    xdp_ifaces: Vec<String>,
+    /// Pod interface name or pattern with `*` for the TC program (repeat for several).
+    #[arg(long = "tc-iface")]
+    tc_ifaces: Vec<String>,
+    /// Node address for SNAT [default: the first IPv4 address of the first uplink].
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// This node's name, compared with endpoints' nodeName [default: the hostname].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where to pin the maps (in bpffs).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    xdp_mode: XdpModeArg,
+    /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
+    #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
+    maglev_slab_slots: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    /// Driver (native) mode.
+    Native,
+    /// Generic (skb) mode, for drivers without XDP support.
+    Skb,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => {
+            let options = run_options(args)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent::run(options))
+        }
+        Command::Status { pin_dir } => {
+            let (frontends, verdicts) = status::read(&pin_dir)?;
+            print!("{}", status::format(&frontends, &verdicts));
+            Ok(())
+        }
+    }
+}
+
+fn run_options(args: RunArgs) -> Result<RunOptions> {
+    let node_addr = match args.node_ip {
+        Some(ip) => ip,
+        None => interface_ipv4(&args.xdp_ifaces[0])?,
+    };
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    Ok(RunOptions {
+        manifests: args.manifests,
+        node_name,
+        datapath: DatapathConfig {
+            xdp_ifaces: args.xdp_ifaces,
+            xdp_mode: match args.xdp_mode {
+                XdpModeArg::Native => XdpMode::Driver,
+                XdpModeArg::Skb => XdpMode::Skb,
+            },
+            tc_patterns: args.tc_ifaces,
+            node_addr,
+            pin_dir: args.pin_dir,
+            slab_slots: args.maglev_slab_slots,
+        },
+    })
+}
+
+/// The first IPv4 address of `iface`.
+fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a linked list that is freed below; each entry's
+    // ifa_addr is checked for null and family before the cast.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&raw mut list) != 0 {
+            return Err(std::io::Error::last_os_error()).context("listing interface addresses");
+        }
+        let mut entry = list;
+        while !entry.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).ifa_name).to_string_lossy();
+            let addr = (*entry).ifa_addr;
+            if found.is_none()
+                && name == iface
+                && !addr.is_null()
+                && i32::from((*addr).sa_family) == libc::AF_INET
+            {
+                let sin = addr.cast::<libc::sockaddr_in>();
+                found = Some(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+            }
+            entry = (*entry).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    match found {
+        Some(ip) => Ok(ip),
+        None => bail!("interface {iface} has no IPv4 address: pass --node-ip"),
+    }
+}
+
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname: pass --node-name")?;
+    Ok(name.trim().to_string())
+}

@@ -1,1 +1,515 @@
-//! Placeholder, being written.
+//! From the desired state to an ordered list of map operations, keeping what
+//! is applied: ids, Maglev tables and their place in the slab.
+//!
+//! Order matters for packets in flight: new backends are written before the
+//! tables that point at them, a table before the service entry that publishes
+//! it, and a backend is cleared only after no published table points at it.
+//! Freed slab ranges and ids wait for a grace period before reuse.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, MAX_BACKENDS,
+    MAX_SERVICES,
+};
+
+use crate::{
+    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName},
+    maglev,
+    slab::{IdAllocator, SlabAllocator},
+};
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// Write a backend entry.
+    SetBackend(BackendId, Backend),
+    /// Write a Maglev table into unpublished slab slots.
+    SetTable {
+        /// First slot.
+        offset: u32,
+        /// Backend id of each slot.
+        slots: Vec<BackendId>,
+    },
+    /// Publish (create or replace) a service entry.
+    SetService(ServiceKey, ServiceEntry),
+    /// Remove a service entry.
+    DeleteService(ServiceKey),
+    /// Clear a backend entry that nothing publishes any more.
+    ClearBackend(BackendId),
+}
+
+/// The operations of one sync, in the order they must be applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Operations, in order.
+    pub ops: Vec<MapOp>,
+}
+
+/// A frontend that could not be placed; its previous state stays applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanError {
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Its Service.
+    pub service: ObjectName,
+    /// What ran out.
+    pub message: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Service {} frontend {}: {}",
+            self.service, self.frontend, self.message
+        )
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// A backend as applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedBackend {
+    /// Its id in the backends array.
+    pub id: BackendId,
+    /// Whether it runs on this node.
+    pub local: bool,
+}
+
+/// A frontend as applied to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedFrontend {
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Its Service.
+    pub service: ObjectName,
+    /// The Service port's name.
+    pub port_name: String,
+    /// The service entry as written (its `id` is the service id).
+    pub entry: ServiceEntry,
+    /// Backends with their ids.
+    pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
+}
+
+/// The applied state, and the planner of changes to it.
+#[derive(Debug)]
+pub struct Planner {
+    frontends: BTreeMap<Frontend, AppliedFrontend>,
+    slab: SlabAllocator,
+    backend_ids: IdAllocator,
+    service_ids: IdAllocator,
+}
+
+#[derive(Default)]
+struct Ops {
+    backends: Vec<MapOp>,
+    tables: Vec<MapOp>,
+    services: Vec<MapOp>,
+    deletes: Vec<MapOp>,
+    clears: Vec<MapOp>,
+}
+
+impl Planner {
+    /// A planner for empty maps with a slab of `slab_slots`; freed slots and ids wait `grace`.
+    #[must_use]
+    pub fn new(slab_slots: u32, grace: Duration) -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            slab: SlabAllocator::new(slab_slots, grace),
+            backend_ids: IdAllocator::new(1, MAX_BACKENDS, grace),
+            service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
+        }
+    }
+
+    /// The frontends as applied.
+    pub fn frontends(&self) -> impl Iterator<Item = &AppliedFrontend> {
+        self.frontends.values()
+    }
+
+    /// The operations that turn the applied state into `desired`, which then
+    /// counts as applied. Frontends that cannot be placed are reported and
+    /// keep their previous state; the others are planned regardless.
+    pub fn plan(&mut self, desired: &DesiredState, now: Instant) -> (Plan, Vec<PlanError>) {
+        self.slab.reclaim(now);
+        let mut ops = Ops::default();
+        let mut errors = Vec::new();
+        let gone: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|f| !desired.contains_key(f))
+            .copied()
+            .collect();
+        for frontend in gone {
+            self.remove(frontend, &mut ops, now);
+        }
+        for (frontend, want) in desired {
+            if let Err(message) = self.place(*frontend, want, &mut ops, now) {
+                errors.push(PlanError {
+                    frontend: *frontend,
+                    service: want.service.clone(),
+                    message,
+                });
+            }
+        }
+        let Ops {
+            backends,
+            tables,
+            services,
+            deletes,
+            clears,
+        } = ops;
+        let ops = [backends, tables, services, deletes, clears].concat();
+        (Plan { ops }, errors)
+    }
+
+    fn remove(&mut self, frontend: Frontend, ops: &mut Ops, now: Instant) {
+        let Some(applied) = self.frontends.remove(&frontend) else {
+            return;
+        };
+        ops.deletes.push(MapOp::DeleteService(frontend.key()));
+        for backend in applied.backends.values() {
+            ops.clears.push(MapOp::ClearBackend(backend.id));
+            self.backend_ids.free(backend.id, now);
+        }
+        self.slab
+            .free(applied.entry.table_offset, applied.entry.table_size, now);
+        self.service_ids.free(applied.entry.id, now);
+    }
+
+    fn place(
+        &mut self,
+        frontend: Frontend,
+        want: &DesiredFrontend,
+        ops: &mut Ops,
+        now: Instant,
+    ) -> Result<(), String> {
+        let current = self.frontends.get(&frontend);
+        if let Some(cur) = current {
+            if cur.backends.keys().eq(want.backends.keys()) {
+                // Same backend set: at most flags and names change, the table stays.
+                let service_id = cur.entry.id;
+                let mut updated = cur.clone();
+                for (addr, info) in &want.backends {
+                    let applied = updated.backends.get_mut(addr).expect("same key set");
+                    if applied.local != info.local {
+                        applied.local = info.local;
+                        ops.backends.push(MapOp::SetBackend(
+                            applied.id,
+                            backend_entry(*addr, *info, service_id),
+                        ));
+                    }
+                }
+                updated.service = want.service.clone();
+                updated.port_name = want.port_name.clone();
+                self.frontends.insert(frontend, updated);
+                return Ok(());
+            }
+        }
+        let current_size = current.map_or(0, |c| c.entry.table_size);
+        let size = maglev::table_size_for(want.backends.len(), current_size);
+        // Reserve everything first so a failure changes nothing.
+        let offset = if size == 0 {
+            0
+        } else {
+            self.slab.alloc(size, now).ok_or_else(|| {
+                format!(
+                    "the Maglev slab has no {size} free contiguous slots ({} free of {}): raise --maglev-slab-slots",
+                    self.slab.free_slots(),
+                    self.slab.total()
+                )
+            })?
+        };
+        let service_id = match current {
+            Some(cur) => cur.entry.id,
+            None => {
+                let Some(id) = self.service_ids.alloc(now) else {
+                    self.slab.free(offset, size, now);
+                    return Err(format!("more than {MAX_SERVICES} service frontends"));
+                };
+                id
+            }
+        };
+        let mut backends = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for (addr, info) in &want.backends {
+            let kept = current.and_then(|c| c.backends.get(addr)).copied();
+            let id = if let Some(applied) = kept {
+                if applied.local != info.local {
+                    ops.backends.push(MapOp::SetBackend(
+                        applied.id,
+                        backend_entry(*addr, *info, service_id),
+                    ));
+                }
+                applied.id
+            } else if let Some(id) = self.backend_ids.alloc(now) {
+                fresh.push((id, backend_entry(*addr, *info, service_id)));
+                id
+            } else {
+                for (id, _) in fresh {
+                    self.backend_ids.free(id, now);
+                }
+                self.slab.free(offset, size, now);
+                if current.is_none() {
+                    self.service_ids.free(service_id, now);
+                }
+                return Err(format!("more than {MAX_BACKENDS} backends in all"));
+            };
+            backends.insert(
+                *addr,
+                AppliedBackend {
+                    id,
+                    local: info.local,
+                },
+            );
+        }
+        ops.backends.extend(
+            fresh
+                .into_iter()
+                .map(|(id, entry)| MapOp::SetBackend(id, entry)),
+        );
+        let addrs: Vec<SocketAddrV4> = backends.keys().copied().collect();
+        if size > 0 {
+            let slots = maglev::build_table(&addrs, size)
+                .into_iter()
+                .map(|i| backends[&addrs[i as usize]].id)
+                .collect();
+            ops.tables.push(MapOp::SetTable { offset, slots });
+        }
+        let entry = ServiceEntry {
+            id: service_id,
+            backend_count: u32::try_from(backends.len()).expect("fewer than 2^32 backends"),
+            table_offset: offset,
+            table_size: size,
+        };
+        ops.services.push(MapOp::SetService(frontend.key(), entry));
+        if let Some(cur) = current {
+            for (addr, applied) in &cur.backends {
+                if !backends.contains_key(addr) {
+                    ops.clears.push(MapOp::ClearBackend(applied.id));
+                    self.backend_ids.free(applied.id, now);
+                }
+            }
+            self.slab
+                .free(cur.entry.table_offset, cur.entry.table_size, now);
+        }
+        self.frontends.insert(
+            frontend,
+            AppliedFrontend {
+                frontend,
+                service: want.service.clone(),
+                port_name: want.port_name.clone(),
+                entry,
+                backends,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The backends-array entry of an endpoint of service `service_id`.
+#[must_use]
+pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> Backend {
+    Backend {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        flags: BACKEND_F_ACTIVE | if info.local { BACKEND_F_LOCAL } else { 0 },
+        pad: 0,
+        service_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::desired::Protocol;
+
+    const GRACE: Duration = Duration::from_secs(2);
+
+    fn fe(last: u8) -> Frontend {
+        Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, last),
+            port: 80,
+            proto: Protocol::Tcp,
+        }
+    }
+
+    fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
+        DesiredFrontend {
+            service: ObjectName {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            port_name: "http".into(),
+            backends: backends
+                .iter()
+                .map(|&(last, local)| {
+                    (
+                        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), 8080),
+                        BackendInfo { local },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn state(items: &[(Frontend, DesiredFrontend)]) -> DesiredState {
+        items.iter().cloned().collect()
+    }
+
+    fn kinds(plan: &Plan) -> Vec<&'static str> {
+        plan.ops
+            .iter()
+            .map(|op| match op {
+                MapOp::SetBackend(..) => "backend",
+                MapOp::SetTable { .. } => "table",
+                MapOp::SetService(..) => "service",
+                MapOp::DeleteService(..) => "delete",
+                MapOp::ClearBackend(..) => "clear",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_sync_writes_backends_then_tables_then_services_and_is_idempotent() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        let desired = state(&[
+            (fe(10), want(&[(2, true), (3, false)])),
+            (fe(20), want(&[])),
+        ]);
+        let (plan, errors) = p.plan(&desired, t0);
+        assert!(errors.is_empty());
+        assert_eq!(
+            kinds(&plan),
+            ["backend", "backend", "table", "service", "service"]
+        );
+        let (again, _) = p.plan(&desired, t0);
+        assert!(again.ops.is_empty(), "same desired state, no operations");
+        let empty = p.frontends().find(|f| f.frontend == fe(20)).unwrap();
+        assert_eq!((empty.entry.backend_count, empty.entry.table_size), (0, 0));
+    }
+
+    #[test]
+    fn table_matches_maglev_over_the_backend_ids() {
+        let mut p = Planner::new(1 << 16, GRACE);
+        let (plan, _) = p.plan(
+            &state(&[(fe(10), want(&[(2, true), (3, true), (4, true)]))]),
+            Instant::now(),
+        );
+        let applied = p.frontends().next().unwrap();
+        let addrs: Vec<SocketAddrV4> = applied.backends.keys().copied().collect();
+        let expected: Vec<u32> = maglev::build_table(&addrs, applied.entry.table_size)
+            .into_iter()
+            .map(|i| applied.backends[&addrs[i as usize]].id)
+            .collect();
+        let table = plan.ops.iter().find_map(|op| match op {
+            MapOp::SetTable { slots, .. } => Some(slots.clone()),
+            _ => None,
+        });
+        assert_eq!(table, Some(expected));
+    }
+
+    #[test]
+    fn changing_one_frontend_touches_only_it_and_clears_last() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        let a = (fe(10), want(&[(2, true), (3, true)]));
+        let b = (fe(20), want(&[(5, true)]));
+        p.plan(&state(&[a.clone(), b.clone()]), t0);
+        let before = p
+            .frontends()
+            .find(|f| f.frontend == fe(10))
+            .unwrap()
+            .clone();
+        let (plan, _) = p.plan(&state(&[(fe(10), want(&[(3, true), (4, true)])), b]), t0);
+        assert_eq!(kinds(&plan), ["backend", "table", "service", "clear"]);
+        let after = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
+        let kept = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080);
+        assert_eq!(
+            after.backends[&kept].id, before.backends[&kept].id,
+            "a surviving backend keeps its id"
+        );
+        assert_eq!(
+            after.entry.table_size, before.entry.table_size,
+            "the table keeps its size"
+        );
+        assert_ne!(
+            after.entry.table_offset, before.entry.table_offset,
+            "a new table goes to free slots"
+        );
+        let removed = before.backends[&SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)].id;
+        assert_eq!(plan.ops.last(), Some(&MapOp::ClearBackend(removed)));
+    }
+
+    #[test]
+    fn local_flag_flip_rewrites_only_the_backend() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
+        let (plan, _) = p.plan(&state(&[(fe(10), want(&[(2, true), (3, false)]))]), t0);
+        assert_eq!(kinds(&plan), ["backend"]);
+        let MapOp::SetBackend(_, entry) = &plan.ops[0] else {
+            unreachable!()
+        };
+        assert_eq!(entry.flags, BACKEND_F_ACTIVE);
+    }
+
+    #[test]
+    fn removed_frontend_is_deleted_and_its_slots_reused_only_after_grace() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(251, GRACE);
+        p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+        let (plan, _) = p.plan(&state(&[]), t0);
+        assert_eq!(kinds(&plan), ["delete", "clear"]);
+        let (_, errors) = p.plan(
+            &state(&[(fe(11), want(&[(2, true)]))]),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "the only 251 slots are still in quarantine"
+        );
+        assert!(
+            errors[0].to_string().contains("default/web"),
+            "{}",
+            errors[0]
+        );
+        let (plan, errors) = p.plan(&state(&[(fe(11), want(&[(2, true)]))]), t0 + GRACE);
+        assert!(errors.is_empty());
+        assert_eq!(kinds(&plan), ["backend", "table", "service"]);
+    }
+
+    #[test]
+    fn a_frontend_that_does_not_fit_leaves_the_others_alone() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(600, GRACE);
+        p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+        let big: Vec<(u8, bool)> = (2..12).map(|i| (i, true)).collect();
+        let (plan, errors) = p.plan(
+            &state(&[
+                (fe(10), want(&[(2, true)])),
+                (fe(20), want(&big)),
+                (fe(30), want(&[(9, true)])),
+            ]),
+            t0,
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].frontend, fe(20));
+        assert_eq!(
+            kinds(&plan),
+            ["backend", "table", "service"],
+            "fe(30) is still placed"
+        );
+        assert!(p.frontends().all(|f| f.frontend != fe(20)));
+    }
+}

@@ -1,1 +1,184 @@
-//! Placeholder, being written.
+//! Allocation of Maglev tables in the shared slab: first-fit ranges, and a
+//! quarantine so freed slots are not rewritten while packets may still read them.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+/// Free and quarantined ranges of the slab.
+#[derive(Debug)]
+pub struct SlabAllocator {
+    /// Free ranges: offset -> length, non-adjacent (coalesced).
+    free: BTreeMap<u32, u32>,
+    /// Freed ranges waiting for the grace period: (freed at, offset, length).
+    quarantine: Vec<(Instant, u32, u32)>,
+    grace: Duration,
+    total: u32,
+}
+
+impl SlabAllocator {
+    /// A slab of `total` free slots whose freed ranges wait `grace` before reuse.
+    #[must_use]
+    pub fn new(total: u32, grace: Duration) -> Self {
+        let mut free = BTreeMap::new();
+        if total > 0 {
+            free.insert(0, total);
+        }
+        Self {
+            free,
+            quarantine: Vec::new(),
+            grace,
+            total,
+        }
+    }
+
+    /// Size of the slab.
+    #[must_use]
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// Slots free for allocation now (quarantined ones excluded).
+    #[must_use]
+    pub fn free_slots(&self) -> u64 {
+        self.free.values().map(|&l| u64::from(l)).sum()
+    }
+
+    /// Reserves `len` contiguous slots; returns their offset.
+    pub fn alloc(&mut self, len: u32, now: Instant) -> Option<u32> {
+        self.reclaim(now);
+        let (&offset, &free_len) = self.free.iter().find(|(_, &l)| l >= len)?;
+        self.free.remove(&offset);
+        if free_len > len {
+            self.free.insert(offset + len, free_len - len);
+        }
+        Some(offset)
+    }
+
+    /// Returns a range; it becomes allocatable once the grace period has passed.
+    pub fn free(&mut self, offset: u32, len: u32, now: Instant) {
+        if len > 0 {
+            self.quarantine.push((now, offset, len));
+        }
+    }
+
+    /// Moves ranges whose grace period has passed back to the free list.
+    pub fn reclaim(&mut self, now: Instant) {
+        let grace = self.grace;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .quarantine
+            .drain(..)
+            .partition(|(at, _, _)| now.saturating_duration_since(*at) >= grace);
+        self.quarantine = waiting;
+        for (_, offset, len) in ready {
+            self.insert_free(offset, len);
+        }
+    }
+
+    fn insert_free(&mut self, mut offset: u32, mut len: u32) {
+        if let Some((&prev, &prev_len)) = self.free.range(..offset).next_back() {
+            if prev + prev_len == offset {
+                self.free.remove(&prev);
+                offset = prev;
+                len += prev_len;
+            }
+        }
+        if let Some(&next_len) = self.free.get(&(offset + len)) {
+            self.free.remove(&(offset + len));
+            len += next_len;
+        }
+        self.free.insert(offset, len);
+    }
+}
+
+/// Ids from a range, with the same quarantine as the slab.
+#[derive(Debug)]
+pub struct IdAllocator {
+    next: u32,
+    end: u32,
+    free: Vec<u32>,
+    quarantine: Vec<(Instant, u32)>,
+    grace: Duration,
+}
+
+impl IdAllocator {
+    /// Ids `first..end`, reused `grace` after being freed.
+    #[must_use]
+    pub fn new(first: u32, end: u32, grace: Duration) -> Self {
+        Self {
+            next: first,
+            end,
+            free: Vec::new(),
+            quarantine: Vec::new(),
+            grace,
+        }
+    }
+
+    /// A fresh or reclaimed id.
+    pub fn alloc(&mut self, now: Instant) -> Option<u32> {
+        let grace = self.grace;
+        let mut i = 0;
+        while i < self.quarantine.len() {
+            if now.saturating_duration_since(self.quarantine[i].0) >= grace {
+                let (_, id) = self.quarantine.swap_remove(i);
+                self.free.push(id);
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(id) = self.free.pop() {
+            return Some(id);
+        }
+        if self.next < self.end {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
+    }
+
+    /// Returns an id for reuse after the grace period.
+    pub fn free(&mut self, id: u32, now: Instant) {
+        self.quarantine.push((now, id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_first_fit_and_coalesces() {
+        let now = Instant::now();
+        let mut slab = SlabAllocator::new(100, Duration::ZERO);
+        assert_eq!(slab.alloc(30, now), Some(0));
+        assert_eq!(slab.alloc(30, now), Some(30));
+        assert_eq!(slab.alloc(30, now), Some(60));
+        assert_eq!(slab.alloc(30, now), None, "only 10 slots left");
+        slab.free(0, 30, now);
+        slab.free(30, 30, now);
+        assert_eq!(slab.alloc(50, now), Some(0), "adjacent ranges coalesce");
+        assert_eq!(slab.free_slots(), 20);
+    }
+
+    #[test]
+    fn freed_ranges_wait_for_the_grace_period() {
+        let t0 = Instant::now();
+        let mut slab = SlabAllocator::new(10, Duration::from_secs(2));
+        assert_eq!(slab.alloc(10, t0), Some(0));
+        slab.free(0, 10, t0);
+        assert_eq!(slab.alloc(10, t0 + Duration::from_secs(1)), None);
+        assert_eq!(slab.alloc(10, t0 + Duration::from_secs(2)), Some(0));
+    }
+
+    #[test]
+    fn ids_are_reused_only_after_grace() {
+        let t0 = Instant::now();
+        let mut ids = IdAllocator::new(1, 3, Duration::from_secs(2));
+        assert_eq!(ids.alloc(t0), Some(1));
+        assert_eq!(ids.alloc(t0), Some(2));
+        ids.free(1, t0);
+        assert_eq!(ids.alloc(t0), None, "id 1 is quarantined, 3 is the end");
+        assert_eq!(ids.alloc(t0 + Duration::from_secs(2)), Some(1));
+    }
+}

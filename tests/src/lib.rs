@@ -1,1 +1,25 @@
-//! Placeholder
+//! Shared helpers of the integration tests and the demo.
+
+/// Panics with a clear message unless running as root: the tests load BPF
+/// programs and create network namespaces, and never skip silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "these tests need root (they load BPF programs and create network namespaces): run `sudo cargo xtask test`"
+    );
+}
+
+/// Panics unless bpffs is mounted at /sys/fs/bpf (`cargo xtask setup` mounts it).
+pub fn require_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(
+        mounts.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let _ = f.next();
+            f.next() == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+        }),
+        "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` (or `mount -t bpf bpf /sys/fs/bpf`)"
+    );
+}

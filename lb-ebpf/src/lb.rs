@@ -1,0 +1,116 @@
+//! The per-packet decision shared by both programs: service lookup, backend
+//! selection or recall, NAT bookkeeping. It only decides; the caller writes.
+
+use lb_common::{ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT};
+
+use crate::{
+    conntrack, counters,
+    maps::{CONFIG, REVNAT, SERVICES},
+    nat::{self, Rewrite},
+    parse::Flow,
+    select::{self, Chosen},
+};
+
+/// Where the program runs, which decides when the source is translated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The node's uplink: clients from outside the node. A backend on another
+    /// node gets the packet translated to the node address, so the reply returns here.
+    Uplink,
+    /// A pod interface: clients are this node's pods, whose addresses are
+    /// routable in the cluster, so only a pod reaching itself is translated.
+    Pod,
+}
+
+/// What to do with a packet.
+pub enum Action {
+    /// Not ours: hand it on untouched.
+    Pass,
+    /// Ours but undeliverable: drop it.
+    Drop,
+    /// Rewrite addresses and ports, then hand it on.
+    Rewrite(Rewrite),
+}
+
+/// Decides the fate of one parsed packet and counts the verdict.
+#[inline(always)]
+pub fn decide(flow: &Flow, hook: Hook) -> Action {
+    let key = lb_common::ServiceKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        pad: 0,
+    };
+    // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays valid
+    // for this RCU read section and is copied out at once.
+    if let Some(svc) = unsafe { SERVICES.get(key) } {
+        let svc = *svc;
+        return to_service(flow, &svc, hook);
+    }
+    let reply = conntrack::key(flow);
+    // SAFETY: the LRU value is copied out at once.
+    if let Some(rev) = unsafe { REVNAT.get(reply) } {
+        let rev = *rev;
+        counters::count(Verdict::Reversed);
+        return Action::Rewrite(nat::reverse(&rev));
+    }
+    counters::count(Verdict::Passed);
+    Action::Pass
+}
+
+/// A packet addressed to a service frontend.
+#[inline(always)]
+fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
+    if svc.backend_count == 0 {
+        counters::count(Verdict::Dropped);
+        return Action::Drop;
+    }
+    let ct_key = conntrack::key(flow);
+    if let Some((ct, chosen)) = conntrack::recall(&ct_key, svc) {
+        counters::count(Verdict::Translated);
+        let snat_port = if ct.flags & CT_F_SNAT != 0 {
+            ct.snat_port
+        } else {
+            0
+        };
+        return Action::Rewrite(nat::forward(flow, &chosen, ct.snat_addr, snat_port));
+    }
+    if let Some(rewrite) = new_flow(flow, svc, &ct_key, hook) {
+        counters::count(Verdict::Translated);
+        Action::Rewrite(rewrite)
+    } else {
+        counters::count(Verdict::Error);
+        Action::Drop
+    }
+}
+
+/// Picks a backend for a flow with no valid conntrack entry and records it.
+#[inline(always)]
+fn new_flow(
+    flow: &Flow,
+    svc: &ServiceEntry,
+    ct_key: &lb_common::FlowKey,
+    hook: Hook,
+) -> Option<Rewrite> {
+    let chosen: Chosen = select::maglev(svc, flow)?;
+    let needs_snat = match hook {
+        Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
+        Hook::Pod => chosen.backend.addr == flow.src,
+    };
+    if needs_snat {
+        let node_addr = CONFIG.get(0)?.node_addr;
+        if node_addr == 0 {
+            return None;
+        }
+        let port = nat::claim_snat_port(flow, &chosen, node_addr)?;
+        if !conntrack::record(ct_key, &chosen, node_addr, port, CT_F_SNAT) {
+            return None;
+        }
+        Some(nat::forward(flow, &chosen, node_addr, port))
+    } else {
+        if !nat::record_reverse(flow, &chosen) || !conntrack::record(ct_key, &chosen, 0, 0, 0) {
+            return None;
+        }
+        Some(nat::forward(flow, &chosen, 0, 0))
+    }
+}

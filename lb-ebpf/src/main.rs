@@ -1,0 +1,55 @@
+//! The load balancer's kernel programs.
+//!
+//! `lb_xdp` runs on the node's uplink, `lb_tc` on the host side of pod
+//! interfaces (ingress, i.e. traffic leaving the pods). Both share the maps in
+//! [`maps`] and the per-packet decision in [`lb`]; they differ only in how a
+//! decided rewrite is written into the packet ([`xdp`], [`tc`]).
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod counters;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+mod tc;
+mod xdp;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// XDP entry point for the node's uplink interface(s).
+#[xdp]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp::handle(&ctx)
+}
+
+/// TC ingress entry point for the host side of pod interfaces.
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    tc::handle(&ctx)
+}
+
+/// A program that passes every packet: the per-call floor for benchmarks, and
+/// what a veth peer needs attached to receive `XDP_TX` or redirected frames.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,51 @@
+//! The maps shared by both programs. Layouts are documented in `lb_common::maps`.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
+    SlabEntry, CONNTRACK_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES,
+    REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, VERDICT_COUNT,
+};
+
+/// Frontends. No prealloc: an updated value is freed only after an RCU grace
+/// period, so a reader never sees an entry being overwritten in place.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Backends by id (0 unused).
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The Maglev slab: every frontend's lookup table, slot -> backend id.
+/// Memory-mapped by the agent, which writes tables into free slots only.
+#[map(name = "MAGLEV")]
+pub static MAGLEV: Array<SlabEntry> =
+    Array::with_max_entries(MAGLEV_SLAB_SLOTS / SLOTS_PER_SLAB_ENTRY, BPF_F_MMAPABLE);
+
+/// Forward connection tracking: client flow -> chosen backend.
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::with_max_entries(CONNTRACK_MAX_ENTRIES, 0);
+
+/// Reverse NAT: reply flow -> service and client addresses to restore.
+#[map(name = "REVNAT")]
+pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> =
+    LruHashMap::with_max_entries(REVNAT_MAX_ENTRIES, 0);
+
+/// Node configuration, index 0.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU packet counts by verdict.
+#[map(name = "VERDICTS")]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_COUNT, 0);
+
+/// Service labels for `lb-agent status`; never read by the programs.
+#[map(name = "SERVICE_LABELS")]
+pub static SERVICE_LABELS: HashMap<u32, ServiceLabel> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);

@@ -1,0 +1,43 @@
+//! Backend selection: Maglev lookup of a new flow, validation of a recalled one.
+
+use lb_common::{
+    flow_hash_of, Backend, BackendId, ServiceEntry, BACKEND_F_ACTIVE, SLOTS_PER_SLAB_ENTRY,
+};
+
+use crate::{
+    maps::{BACKENDS, MAGLEV},
+    parse::Flow,
+};
+
+/// A backend chosen for a flow: its id and a copy of its entry.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    /// Index in the backends array.
+    pub id: BackendId,
+    /// Copy of the entry.
+    pub backend: Backend,
+}
+
+/// Looks up an active backend of service `service_id` by id.
+#[inline(always)]
+pub fn backend(id: BackendId, service_id: u32) -> Option<Backend> {
+    let backend = *BACKENDS.get(id)?;
+    if backend.flags & BACKEND_F_ACTIVE == 0 || backend.service_id != service_id {
+        return None;
+    }
+    Some(backend)
+}
+
+/// Picks the backend of a new flow from the service's Maglev table.
+#[inline(always)]
+pub fn maglev(svc: &ServiceEntry, flow: &Flow) -> Option<Chosen> {
+    if svc.table_size == 0 {
+        return None;
+    }
+    let hash = flow_hash_of(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
+    let slot = svc.table_offset.wrapping_add(hash % svc.table_size);
+    let pair = MAGLEV.get(slot / SLOTS_PER_SLAB_ENTRY)?;
+    let id = pair[(slot % SLOTS_PER_SLAB_ENTRY) as usize];
+    let backend = backend(id, svc.id)?;
+    Some(Chosen { id, backend })
+}

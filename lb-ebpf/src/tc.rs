@@ -1,0 +1,85 @@
+//! The TC program: decide, then rewrite through the skb-aware helpers, which
+//! keep checksums right also for packets with offloaded (partial) checksums.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use lb_common::IPPROTO_UDP;
+
+use crate::{
+    lb::{self, Action, Hook},
+    nat::Rewrite,
+    parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
+};
+
+/// Handles one packet leaving a pod.
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    if ctx.data() + MAX_HEADERS_LEN > ctx.data_end()
+        && ctx.len() as usize > ctx.data_end() - ctx.data()
+    {
+        // Headers may sit in paged data: make them linear (fails harmlessly
+        // when the packet is shorter than MAX_HEADERS_LEN).
+        // MAX_HEADERS_LEN is 94, so the value fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let want = (ctx.len() as usize).min(MAX_HEADERS_LEN) as u32;
+        let _ = ctx.pull_data(want);
+    }
+    let Some(flow) = parse::parse(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    match lb::decide(&flow, Hook::Pod) {
+        Action::Pass => TC_ACT_OK,
+        Action::Drop => TC_ACT_SHOT,
+        Action::Rewrite(rw) => {
+            if write(ctx, &flow, &rw).is_ok() {
+                TC_ACT_OK
+            } else {
+                TC_ACT_SHOT
+            }
+        }
+    }
+}
+
+/// Writes the rewrite with `bpf_skb_store_bytes` and the checksum helpers.
+#[inline(always)]
+fn write(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), i64> {
+    let l4_csum = flow.l4_csum_off();
+    let mangled = if flow.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
+    let port_flags = mangled | 2;
+    if rw.src != flow.src {
+        ctx.l4_csum_replace(l4_csum, u64::from(flow.src), u64::from(rw.src), addr_flags)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(flow.src), u64::from(rw.src), 4)?;
+        ctx.store(IP_SRC_OFF, &rw.src, 0)?;
+    }
+    if rw.dst != flow.dst {
+        ctx.l4_csum_replace(l4_csum, u64::from(flow.dst), u64::from(rw.dst), addr_flags)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(flow.dst), u64::from(rw.dst), 4)?;
+        ctx.store(IP_DST_OFF, &rw.dst, 0)?;
+    }
+    if rw.sport != flow.sport {
+        ctx.l4_csum_replace(
+            l4_csum,
+            u64::from(flow.sport),
+            u64::from(rw.sport),
+            port_flags,
+        )?;
+        ctx.store(flow.l4_off, &rw.sport, 0)?;
+    }
+    if rw.dport != flow.dport {
+        ctx.l4_csum_replace(
+            l4_csum,
+            u64::from(flow.dport),
+            u64::from(rw.dport),
+            port_flags,
+        )?;
+        ctx.store(flow.l4_off + 2, &rw.dport, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The XDP program: decide, then rewrite in place with incremental checksums.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{csum, IPPROTO_UDP};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{
+    lb::{self, Action, Hook},
+    nat::Rewrite,
+    parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+};
+
+/// Handles one packet on the uplink.
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(flow) = parse::parse(data, data_end) else {
+        return xdp_action::XDP_PASS;
+    };
+    match lb::decide(&flow, Hook::Uplink) {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Rewrite(rw) => {
+            if write(data, data_end, &flow, &rw) {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+}
+
+/// Writes the rewrite into the packet, fixing the IPv4 and L4 checksums.
+#[inline(always)]
+fn write(data: usize, data_end: usize, flow: &Flow, rw: &Rewrite) -> bool {
+    let udp = flow.proto == IPPROTO_UDP;
+    let l4_len = if udp { UdpHdr::LEN } else { TcpHdr::LEN };
+    let l4 = parse::opaque(data + flow.l4_off);
+    if data + IP_DST_OFF + 4 > data_end || l4 + l4_len > data_end {
+        return false;
+    }
+    let ip_csum = (data + IP_CSUM_OFF) as *mut u16;
+    let src = (data + IP_SRC_OFF) as *mut u32;
+    let dst = (data + IP_DST_OFF) as *mut u32;
+    let sport = l4 as *mut u16;
+    let dport = (l4 + 2) as *mut u16;
+    let l4_csum = (l4 + if udp { UDP_CSUM_OFF } else { TCP_CSUM_OFF }) as *mut u16;
+    // SAFETY: every field lies within the bounds checked above; packet fields
+    // may be unaligned, hence read/write_unaligned.
+    unsafe {
+        let mut ip_check = ip_csum.read_unaligned();
+        let mut l4_check = l4_csum.read_unaligned();
+        if rw.src != flow.src {
+            ip_check = csum::replace32(ip_check, flow.src, rw.src);
+            l4_check = l4_replace32(udp, l4_check, flow.src, rw.src);
+            src.write_unaligned(rw.src);
+        }
+        if rw.dst != flow.dst {
+            ip_check = csum::replace32(ip_check, flow.dst, rw.dst);
+            l4_check = l4_replace32(udp, l4_check, flow.dst, rw.dst);
+            dst.write_unaligned(rw.dst);
+        }
+        if rw.sport != flow.sport {
+            l4_check = l4_replace16(udp, l4_check, flow.sport, rw.sport);
+            sport.write_unaligned(rw.sport);
+        }
+        if rw.dport != flow.dport {
+            l4_check = l4_replace16(udp, l4_check, flow.dport, rw.dport);
+            dport.write_unaligned(rw.dport);
+        }
+        ip_csum.write_unaligned(ip_check);
+        l4_csum.write_unaligned(l4_check);
+    }
+    true
+}
+
+/// L4 checksum update for a 32-bit field (UDP keeps a zero checksum zero).
+#[inline(always)]
+fn l4_replace32(udp: bool, check: u16, old: u32, new: u32) -> u16 {
+    if udp {
+        csum::udp_replace32(check, old, new)
+    } else {
+        csum::replace32(check, old, new)
+    }
+}
+
+/// L4 checksum update for a 16-bit field (UDP keeps a zero checksum zero).
+#[inline(always)]
+fn l4_replace16(udp: bool, check: u16, old: u16, new: u16) -> u16 {
+    if udp {
+        csum::udp_replace16(check, old, new)
+    } else {
+        csum::replace16(check, old, new)
+    }
+}

@@ -1,0 +1,77 @@
+//! Loading the programs and attaching them to interfaces.
+
+use anyhow::{Context, Result};
+use aya::{
+    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf,
+};
+
+use super::{TC_PROGRAM, XDP_PROGRAM};
+
+/// Loads (verifies) both programs.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
+    xdp.load()
+        .with_context(|| format!("the verifier rejected {XDP_PROGRAM}"))?;
+    let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
+    tc.load()
+        .with_context(|| format!("the verifier rejected {TC_PROGRAM}"))?;
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))
+}
+
+/// Attaches the XDP program to `iface`.
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<()> {
+    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
+    xdp.attach(iface, mode)
+        .with_context(|| format!("attaching XDP to {iface}"))?;
+    Ok(())
+}
+
+/// Attaches the TC program to the ingress of `iface` (TCX where the kernel
+/// has it, else a clsact qdisc and a netlink filter).
+pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
+    if prog.attach(iface, TcAttachType::Ingress).is_ok() {
+        return Ok(());
+    }
+    // Older kernels: netlink attach needs the clsact qdisc (it may exist already).
+    let _ = tc::qdisc_add_clsact(iface);
+    prog.attach(iface, TcAttachType::Ingress)
+        .with_context(|| format!("attaching TC ingress to {iface}"))?;
+    Ok(())
+}
+
+/// Names of the interfaces in this network namespace.
+pub fn interfaces() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(std::io::Error::last_os_error()).context("listing interfaces");
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name);
+            names.push(name.to_string_lossy().into_owned());
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(names)
+}
+
+/// Lets `iface` accept packets whose source is one of this node's addresses.
+///
+/// After SNAT to the node address (a backend on another node, or a pod reaching
+/// itself through its service) the kernel sees a packet arriving with a local
+/// source address, which it drops as martian unless `accept_local` is set.
+pub fn accept_local_source(iface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+}

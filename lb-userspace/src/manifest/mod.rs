@@ -1,0 +1,323 @@
+//! The manifest source: a directory of YAML/JSON files read the way
+//! `kubectl apply -f DIR` reads it, into the validated model.
+//!
+//! A file that does not parse keeps the objects it had before; an invalid
+//! object keeps its previous valid version from the same file. Errors name
+//! the file and the object, and never touch other files' objects.
+
+mod mirror;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::{
+    desired::ObjectName,
+    model::{Cluster, ServiceSpec, SliceSpec},
+};
+
+pub use self::mirror::mirror;
+
+/// A problem with a manifest file or one object in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file.
+    pub file: PathBuf,
+    /// The object, e.g. "Service default/web", when the problem is one object.
+    pub object: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.object {
+            Some(object) => write!(f, "{}: {object}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// The valid objects of one file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileObjects {
+    /// Services by name.
+    pub services: BTreeMap<ObjectName, ServiceSpec>,
+    /// Slices by name (mirrored ones included).
+    pub slices: BTreeMap<ObjectName, SliceSpec>,
+    /// Mirrored slices by the name of the Endpoints object they came from.
+    pub endpoints: BTreeMap<ObjectName, Vec<SliceSpec>>,
+}
+
+/// What the last load kept of each file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestCache {
+    /// Objects by file.
+    pub files: BTreeMap<PathBuf, FileObjects>,
+}
+
+/// The outcome of reading a directory.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Objects by file, to pass to the next load.
+    pub cache: ManifestCache,
+    /// Problems found, each naming its file and object.
+    pub errors: Vec<ManifestError>,
+}
+
+impl LoadResult {
+    /// The model: every object of every file (a later file wins a name clash).
+    #[must_use]
+    pub fn cluster(&self) -> Cluster {
+        let mut cluster = Cluster::default();
+        for (file, objects) in &self.cache.files {
+            for (name, service) in &objects.services {
+                if cluster
+                    .services
+                    .insert(name.clone(), service.clone())
+                    .is_some()
+                {
+                    warn!(file = %file.display(), "Service {name} is defined in several files; the last one wins");
+                }
+            }
+            for (name, slice) in &objects.slices {
+                cluster.slices.insert(name.clone(), slice.clone());
+            }
+            for slices in objects.endpoints.values() {
+                for slice in slices {
+                    cluster.slices.insert(slice.name.clone(), slice.clone());
+                }
+            }
+        }
+        cluster
+    }
+}
+
+/// Whether `path` is a manifest by its extension.
+#[must_use]
+pub fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Reads every manifest in `dir` (not recursive), keeping the previous
+/// objects of files or objects that are now invalid.
+#[must_use]
+pub fn load_dir(dir: &Path, previous: &ManifestCache) -> LoadResult {
+    let mut result = LoadResult::default();
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && is_manifest(p))
+            .collect(),
+        Err(e) => {
+            result.errors.push(ManifestError {
+                file: dir.to_path_buf(),
+                object: None,
+                message: format!("cannot read the directory: {e}; keeping the last known state"),
+            });
+            result.cache = previous.clone();
+            return result;
+        }
+    };
+    paths.sort();
+    for path in paths {
+        let before = previous.files.get(&path);
+        let objects = load_file(&path, before, &mut result.errors);
+        result.cache.files.insert(path, objects);
+    }
+    result
+}
+
+/// Reads one file; on a syntax error returns its previous objects.
+pub fn load_file(
+    path: &Path,
+    previous: Option<&FileObjects>,
+    errors: &mut Vec<ManifestError>,
+) -> FileObjects {
+    let file_error = |message: String| ManifestError {
+        file: path.to_path_buf(),
+        object: None,
+        message,
+    };
+    let documents = match std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|text| parse_documents(path, &text))
+    {
+        Ok(docs) => docs,
+        Err(message) => {
+            errors.push(file_error(format!(
+                "{message}; keeping this file's previous objects"
+            )));
+            return previous.cloned().unwrap_or_default();
+        }
+    };
+    let empty = FileObjects::default();
+    let previous = previous.unwrap_or(&empty);
+    let mut objects = FileObjects::default();
+    for doc in documents {
+        add_object(path, doc, previous, &mut objects, errors);
+    }
+    objects
+}
+
+/// Splits a file into JSON values: one per YAML document, `List` items flattened.
+fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
+    let mut values = Vec::new();
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        values.push(
+            serde_json::from_str::<Value>(text).map_err(|e| format!("JSON syntax error: {e}"))?,
+        );
+    } else {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            let value = Value::deserialize(doc).map_err(|e| format!("YAML syntax error: {e}"))?;
+            if !value.is_null() {
+                values.push(value);
+            }
+        }
+    }
+    let mut flat = Vec::new();
+    for value in values {
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            flat.extend(
+                value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        } else {
+            flat.push(value);
+        }
+    }
+    Ok(flat)
+}
+
+fn describe(kind: &str, value: &Value) -> String {
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    format!("{kind} {ns}/{name}")
+}
+
+fn name_of(value: &Value) -> ObjectName {
+    let meta = value.get("metadata");
+    ObjectName {
+        namespace: meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string(),
+        name: meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+fn add_object(
+    path: &Path,
+    value: Value,
+    previous: &FileObjects,
+    objects: &mut FileObjects,
+    errors: &mut Vec<ManifestError>,
+) {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let object = describe(&kind, &value);
+    let name = name_of(&value);
+    let mut report = |message: String, kept: bool| {
+        let suffix = if kept {
+            "; keeping its previous version"
+        } else {
+            "; skipped"
+        };
+        errors.push(ManifestError {
+            file: path.to_path_buf(),
+            object: Some(object.clone()),
+            message: format!("{message}{suffix}"),
+        });
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => {
+            let parsed = serde_json::from_value::<Service>(value)
+                .map_err(|e| format!("invalid Service: {e}"))
+                .and_then(|s| ServiceSpec::from_k8s(&s));
+            match parsed {
+                Ok(spec) => {
+                    objects.services.insert(spec.name.clone(), spec);
+                }
+                Err(message) => {
+                    let kept = previous.services.get(&name);
+                    report(message, kept.is_some());
+                    if let Some(spec) = kept {
+                        objects.services.insert(name, spec.clone());
+                    }
+                }
+            }
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let parsed = serde_json::from_value::<EndpointSlice>(value)
+                .map_err(|e| format!("invalid EndpointSlice: {e}"))
+                .and_then(|s| SliceSpec::from_k8s(&s));
+            match parsed {
+                Ok(spec) => {
+                    objects.slices.insert(spec.name.clone(), spec);
+                }
+                Err(message) => {
+                    let kept = previous.slices.get(&name);
+                    report(message, kept.is_some());
+                    if let Some(spec) = kept {
+                        objects.slices.insert(name, spec.clone());
+                    }
+                }
+            }
+        }
+        ("v1", "Endpoints") => {
+            let parsed = serde_json::from_value::<Endpoints>(value)
+                .map_err(|e| format!("invalid Endpoints: {e}"))
+                .and_then(|e| mirror(&e));
+            match parsed {
+                Ok(slices) => {
+                    objects.endpoints.insert(name, slices);
+                }
+                Err(message) => {
+                    let kept = previous.endpoints.get(&name);
+                    report(message, kept.is_some());
+                    if let Some(slices) = kept {
+                        objects.endpoints.insert(name, slices.clone());
+                    }
+                }
+            }
+        }
+        _ => debug!(file = %path.display(), "ignoring {object} ({api_version})"),
+    }
+}

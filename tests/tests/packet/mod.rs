@@ -1,0 +1,354 @@
+//! Frame builder with from-scratch checksums, and a loaded data path to run frames through.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
+use lb_common::Verdict;
+use lb_userspace::datapath::{Datapath, DatapathConfig, TC_PROGRAM, XDP_PROGRAM};
+
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+pub const XDP_PASS: u32 = 2;
+/// `TC_ACT_OK`.
+pub const TC_ACT_OK: u32 = 0;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// A TCP or UDP over IPv4 frame to build.
+#[derive(Clone)]
+pub struct Packet {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    udp: bool,
+    tcp_flags: u8,
+    zero_udp_checksum: bool,
+    ip_options: bool,
+    frag: u16,
+    payload: Vec<u8>,
+}
+
+impl Packet {
+    /// A TCP segment (flags set by `syn`/`ack`/`synack`).
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            udp: false,
+            tcp_flags: TCP_ACK,
+            zero_udp_checksum: false,
+            ip_options: false,
+            frag: 0x4000, // DF
+            payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        }
+    }
+
+    /// A UDP datagram.
+    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self {
+            udp: true,
+            payload: b"\x12\x34 query".to_vec(),
+            ..Self::tcp(src, sport, dst, dport)
+        }
+    }
+
+    pub fn syn(mut self) -> Self {
+        self.tcp_flags = TCP_SYN;
+        self.payload.clear();
+        self
+    }
+
+    pub fn synack(mut self) -> Self {
+        self.tcp_flags = TCP_SYN | TCP_ACK;
+        self.payload.clear();
+        self
+    }
+
+    pub fn ack(mut self) -> Self {
+        self.tcp_flags = TCP_ACK;
+        self
+    }
+
+    pub fn zero_udp_checksum(mut self) -> Self {
+        self.zero_udp_checksum = true;
+        self
+    }
+
+    /// Adds 4 bytes of IPv4 options (IHL 6).
+    pub fn with_ip_options(mut self) -> Self {
+        self.ip_options = true;
+        self
+    }
+
+    /// Marks the packet as a fragment (more-fragments flag, offset in 8-byte units).
+    pub fn fragment(mut self, more: bool, offset: u16) -> Self {
+        self.frag = if more { 0x2000 } else { 0 } | offset;
+        self
+    }
+
+    /// The frame's bytes, checksums computed from scratch.
+    pub fn build(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.sport.to_be_bytes());
+        l4.extend_from_slice(&self.dport.to_be_bytes());
+        if self.udp {
+            l4.extend_from_slice(&u16::try_from(8 + self.payload.len()).unwrap().to_be_bytes());
+            l4.extend_from_slice(&[0, 0]);
+        } else {
+            l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+            l4.extend_from_slice(
+                &(if self.tcp_flags & TCP_ACK != 0 {
+                    0x0a0b_0c0du32
+                } else {
+                    0
+                })
+                .to_be_bytes(),
+            );
+            l4.push(5 << 4);
+            l4.push(self.tcp_flags);
+            l4.extend_from_slice(&64240u16.to_be_bytes());
+            l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+        }
+        l4.extend_from_slice(&self.payload);
+        let proto = if self.udp { 17 } else { 6 };
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
+        pseudo.extend_from_slice(&l4);
+        let csum_at = if self.udp { 6 } else { 16 };
+        if !(self.udp && self.zero_udp_checksum) {
+            let mut c = checksum(&pseudo);
+            if self.udp && c == 0 {
+                c = 0xffff;
+            }
+            l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+
+        let options: &[u8] = if self.ip_options { &[1, 1, 1, 0] } else { &[] };
+        let ihl = 20 + options.len();
+        let mut ip = vec![0x40 | u8::try_from(ihl / 4).unwrap(), 0];
+        ip.extend_from_slice(&u16::try_from(ihl + l4.len()).unwrap().to_be_bytes());
+        ip.extend_from_slice(&0x1c46u16.to_be_bytes());
+        ip.extend_from_slice(&self.frag.to_be_bytes());
+        ip.extend_from_slice(&[64, proto, 0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(options);
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+        let mut frame = ethernet(0x0800);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+fn ethernet(ether_type: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f
+}
+
+/// Internet checksum of `data`, from scratch.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap()
+}
+
+/// Whether the IPv4 and TCP/UDP checksums of an IPv4 frame (20-byte header) verify.
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let ip = &frame[14..14 + ihl];
+    let l4 = &frame[14 + ihl..];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    checksum(ip) == 0 && checksum(&pseudo) == 0
+}
+
+/// Destination address and port of an IPv4 frame with a 20-byte header.
+pub fn dst_of(frame: &[u8]) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
+        u16::from_be_bytes([frame[36], frame[37]]),
+    )
+}
+
+/// Source address and port of an IPv4 frame with a 20-byte header.
+pub fn src_of(frame: &[u8]) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
+        u16::from_be_bytes([frame[34], frame[35]]),
+    )
+}
+
+/// `frame` with one byte replaced.
+pub fn with_byte(frame: &[u8], at: usize, value: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[at] = value;
+    f
+}
+
+/// `frame` with a big-endian u16 replaced.
+pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    f
+}
+
+/// An ICMP echo request.
+pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&u16::try_from(20 + icmp.len()).unwrap().to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = ethernet(0x0800);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An IPv6 TCP SYN (to port 80).
+pub fn ipv6_tcp() -> Vec<u8> {
+    let mut f = ethernet(0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+    f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    f.extend_from_slice(&[
+        0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
+    ]);
+    f
+}
+
+/// An ARP request.
+pub fn arp() -> Vec<u8> {
+    let mut f = ethernet(0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 192, 168, 50, 10]);
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 96, 0, 10]);
+    f
+}
+
+/// A data path loaded for packet tests: no interface attached, maps pinned in a unique dir.
+pub struct TestDatapath {
+    datapath: Option<Datapath>,
+    slab_slots: u32,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestDatapath {
+    /// Loads the programs (root needed) with `node` as the SNAT address.
+    pub fn load(name: &str, node: Ipv4Addr) -> Self {
+        lb_tests::require_root();
+        lb_tests::require_bpffs();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}-{name}", std::process::id()));
+        let slab_slots = 1 << 16;
+        let datapath = Datapath::load(DatapathConfig {
+            xdp_ifaces: vec![],
+            xdp_mode: XdpMode::Driver,
+            tc_patterns: vec![],
+            node_addr: node,
+            pin_dir,
+            slab_slots,
+        })
+        .unwrap_or_else(|e| {
+            panic!("loading the data path (the verifier must accept both programs): {e:?}")
+        });
+        Self {
+            datapath: Some(datapath),
+            slab_slots,
+        }
+    }
+
+    pub fn slab_slots(&self) -> u32 {
+        self.slab_slots
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        self.datapath.as_mut().unwrap()
+    }
+
+    fn datapath(&self) -> &Datapath {
+        self.datapath.as_ref().unwrap()
+    }
+
+    /// A loaded program by name.
+    pub fn program(&self, name: &str) -> &aya::programs::Program {
+        self.datapath().program(name)
+    }
+
+    /// Runs the XDP program once on `frame`: (return code, frame after).
+    pub fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
+        run(prog, frame)
+    }
+
+    /// Runs the TC program once on `frame`: (return code, frame after).
+    pub fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
+        run(prog, frame)
+    }
+
+    /// The summed counter of `verdict`.
+    pub fn verdict(&self, verdict: Verdict) -> u64 {
+        self.datapath().maps.verdict_totals().unwrap()[verdict as usize]
+    }
+
+    /// Slots of the Maglev slab.
+    pub fn table(&self, offset: u32, len: u32) -> Vec<u32> {
+        self.datapath().maps.slab.read(offset, len).unwrap()
+    }
+}
+
+fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    // repeat = 1: with more, the kernel would rerun on the already rewritten frame.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+impl Drop for TestDatapath {
+    fn drop(&mut self) {
+        if let Some(dp) = self.datapath.take() {
+            dp.shutdown();
+        }
+    }
+}
