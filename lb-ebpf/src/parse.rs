@@ -55,10 +55,11 @@ impl Flow {
     }
 }
 
-/// Parses the packet in `[data, data_end)`. Returns `None` for anything that is
-/// not a complete, unfragmented IPv4 TCP/UDP packet: those are not ours.
+/// Parses the packet whose headers are in `[data, data_end)` and whose whole
+/// length (linear and paged data) is `len`. Returns `None` for anything that
+/// is not a complete, unfragmented IPv4 TCP/UDP packet: those are not ours.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Option<Flow> {
+pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
     if data + EthHdr::LEN + Ipv4Hdr::LEN > data_end {
         return None;
     }
@@ -83,7 +84,7 @@ pub fn parse(data: usize, data_end: usize) -> Option<Flow> {
     }
     let proto = ip.proto;
     let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
-    if data + L3_OFF + tot_len > data_end {
+    if L3_OFF + tot_len > len {
         // Truncated: never rewrite it.
         return None;
     }

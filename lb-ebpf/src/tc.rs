@@ -26,7 +26,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         let want = (ctx.len() as usize).min(MAX_HEADERS_LEN) as u32;
         let _ = ctx.pull_data(want);
     }
-    let Some(flow) = parse::parse(ctx.data(), ctx.data_end()) else {
+    let Some(flow) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
     match lb::decide(&flow, Hook::Pod) {

@@ -14,7 +14,8 @@ use crate::{
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let Some(flow) = parse::parse(data, data_end) else {
+    // No multi-buffer XDP here: the frame is all in [data, data_end).
+    let Some(flow) = parse::parse(data, data_end, data_end - data) else {
         return xdp_action::XDP_PASS;
     };
     match lb::decide(&flow, Hook::Uplink) {

@@ -132,7 +132,9 @@ async fn serve(options: &RunOptions, datapath: &mut Datapath) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             Some(event) = events.recv() => {
-                log_event(&event, &options.manifests);
+                if !is_change(&event, &options.manifests) {
+                    continue;
+                }
                 // Coalesce a burst of events (an editor's save is several) into one sync.
                 tokio::time::sleep(DEBOUNCE).await;
                 while events.try_recv().is_ok() {}
@@ -150,9 +152,20 @@ async fn serve(options: &RunOptions, datapath: &mut Datapath) -> Result<()> {
     Ok(())
 }
 
-fn log_event(event: &notify::Result<notify::Event>, dir: &Path) {
+/// Whether a watcher event may change the manifests (reads of our own do not).
+fn is_change(event: &notify::Result<notify::Event>, dir: &Path) -> bool {
     match event {
-        Ok(e) => debug!(paths = ?e.paths, kind = ?e.kind, "manifest change"),
-        Err(e) => warn!(dir = %dir.display(), "file watcher error: {e}"),
+        Ok(e) => {
+            let relevant = !matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths.iter().any(|p| crate::manifest::is_manifest(p));
+            if relevant {
+                debug!(paths = ?e.paths, kind = ?e.kind, "manifest change");
+            }
+            relevant
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), "file watcher error: {e}; resyncing");
+            true
+        }
     }
 }

@@ -1,4 +1,10 @@
-//! Shared helpers of the integration tests and the demo.
+//! Shared helpers of the integration tests and the demo: namespaces, the
+//! cluster topology, test servers and clients, and the agent process.
+
+pub mod agent;
+pub mod netns;
+pub mod topology;
+pub mod traffic;
 
 /// Panics with a clear message unless running as root: the tests load BPF
 /// programs and create network namespaces, and never skip silently.

@@ -66,7 +66,7 @@ impl Datapath {
             // Debugging aid: the whole verifier log in load errors.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
         }
-        let mut ebpf = loader
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         pin_maps(&ebpf, &config.pin_dir)?;
@@ -183,11 +183,11 @@ fn raise_memlock_limit() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: plain syscall with a valid pointer; on failure kernels with
-    // memcg accounting (>= 5.11) do not need it anyway.
+    // SAFETY: plain syscall with a valid pointer.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const limit) };
     if ret != 0 {
-        warn!("cannot raise RLIMIT_MEMLOCK; map creation may fail on old kernels");
+        // Kernels since 5.11 charge BPF memory to the cgroup instead.
+        tracing::debug!("cannot raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }
 }
 

@@ -1,0 +1,229 @@
+//! The agent under test, run as a process inside node1's namespace.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    netns::Netns,
+    topology::{NODE1_POD_IFACES, NODE1_UPLINK},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the agent binary: `LB_AGENT_BIN`, else the workspace's debug build.
+pub fn agent_bin() -> Result<PathBuf> {
+    let path = std::env::var_os("LB_AGENT_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb-agent"),
+        PathBuf::from,
+    );
+    if !path.exists() {
+        bail!(
+            "lb-agent not found at {}: run `cargo xtask build` (or set LB_AGENT_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running `lb-agent run`, stopped (SIGTERM) on drop.
+pub struct Agent {
+    child: Option<Child>,
+    bin: PathBuf,
+    pin_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `node`'s network namespace on `manifests`, with XDP on node1's uplink and TC on its pods.
+    pub fn start(node: &Netns, manifests: &Path) -> Result<Self> {
+        let bin = agent_bin()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("lbt{}x{n}", std::process::id());
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+        let log = std::env::temp_dir().join(format!("{tag}-agent.log"));
+        let out = fs::File::create(&log)?;
+        // nsenter, not `ip netns exec`: the latter mounts a fresh /sys, which
+        // would hide bpffs at /sys/fs/bpf.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.name()))
+            .arg("--")
+            .arg(&bin)
+            .args(["--log-level", "info", "run", "--manifests"])
+            .arg(manifests)
+            .args([
+                "--xdp-iface",
+                NODE1_UPLINK,
+                "--tc-iface",
+                NODE1_POD_IFACES,
+                "--node-name",
+                "node1",
+                "--pin-dir",
+            ])
+            .arg(&pin_dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting lb-agent")?;
+        Ok(Self {
+            child: Some(child),
+            bin,
+            pin_dir,
+            log,
+        })
+    }
+
+    /// Waits until the agent prints `lb-agent ready`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.log().contains("lb-agent ready") {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "lb-agent exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("lb-agent was not ready after {timeout:?}:\n{}", self.log())
+    }
+
+    /// Everything the agent logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// `lb-agent status` output.
+    pub fn status(&self) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .args(["status", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lb-agent status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stops the agent with SIGTERM (SIGKILL after 5 s); returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The pin directory.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let clean = self.stop();
+        if std::thread::panicking() || !clean {
+            eprintln!(
+                "--- lb-agent log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+        if self.pin_dir.exists() {
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+/// A temporary manifest directory, removed on drop.
+pub struct ManifestDir {
+    path: PathBuf,
+}
+
+impl ManifestDir {
+    /// A new empty directory.
+    pub fn new() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("lbt{}x{n}-manifests", std::process::id()));
+        fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// A directory holding copies of the repository's `examples/`.
+    pub fn with_examples() -> Result<Self> {
+        let dir = Self::new()?;
+        let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in fs::read_dir(&examples)? {
+            let path = entry?.path();
+            if path.is_file() {
+                fs::copy(&path, dir.path.join(path.file_name().unwrap()))?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes (replaces) a file atomically (write + rename, as editors and kubectl do).
+    pub fn write(&self, name: &str, contents: &str) -> Result<()> {
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        fs::write(&tmp, contents)?;
+        fs::rename(&tmp, self.path.join(name))?;
+        Ok(())
+    }
+
+    /// Reads a file.
+    pub fn read(&self, name: &str) -> Result<String> {
+        Ok(fs::read_to_string(self.path.join(name))?)
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,202 @@
+//! A small cluster made of namespaces: a LAN bridge joining a client and two
+//! nodes; node1 has three pods, node2 one; routes as a CNI would set them.
+//!
+//! ```text
+//!  client 192.168.50.10 ─┐
+//!  node1  192.168.50.11 ─┼─ br0 (ns lan)     node1: pod1a 10.244.1.2, pod1b .3, pod1c .4
+//!  node2  192.168.50.12 ─┘                   node2: pod2a 10.244.2.2
+//! ```
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+
+use crate::netns::{remove_stale, sh, Netns};
+
+/// A pod: its namespace and address.
+#[derive(Debug)]
+pub struct Pod {
+    /// Short name ("pod1a"), also what its servers answer.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The node it runs on ("node1" or "node2").
+    pub node: String,
+    /// Its namespace.
+    pub ns: Netns,
+}
+
+/// The cluster. Dropping it removes every namespace (and so every link).
+pub struct ClusterTopology {
+    /// Pods, node1's first.
+    pub pods: Vec<Pod>,
+    /// The client outside the cluster.
+    pub client: Netns,
+    /// The node the agent runs on.
+    pub node1: Netns,
+    /// The other node.
+    pub node2: Netns,
+    /// The LAN.
+    pub lan: Netns,
+}
+
+/// node1's uplink (XDP).
+pub const NODE1_UPLINK: &str = "eth0";
+/// node1's pod interfaces (TC).
+pub const NODE1_POD_IFACES: &str = "vpod*";
+/// node1's address.
+pub const NODE1_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+
+impl ClusterTopology {
+    /// Builds the whole topology.
+    pub fn new() -> Result<Self> {
+        crate::require_root();
+        remove_stale();
+        let lan = Netns::new("lan")?;
+        let client = Netns::new("client")?;
+        let node1 = Netns::new("node1")?;
+        let node2 = Netns::new("node2")?;
+        let mut topo = Self {
+            pods: Vec::new(),
+            client,
+            node1,
+            node2,
+            lan,
+        };
+        topo.build()?;
+        Ok(topo)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let lan = self.lan.name().to_string();
+        ip(&lan, "link add br0 type bridge")?;
+        ip(&lan, "link set br0 up")?;
+        ip(&lan, "link set lo up")?;
+        for (i, (ns, addr)) in [
+            (&self.client, "192.168.50.10/24"),
+            (&self.node1, "192.168.50.11/24"),
+            (&self.node2, "192.168.50.12/24"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let port = format!("lan{i}");
+            ip(
+                &lan,
+                &format!(
+                    "link add {port} type veth peer name eth0 netns {}",
+                    ns.name()
+                ),
+            )?;
+            ip(&lan, &format!("link set {port} master br0 up"))?;
+            ip(ns.name(), &format!("addr add {addr} dev eth0"))?;
+            ip(ns.name(), "link set eth0 up")?;
+            ip(ns.name(), "link set lo up")?;
+            // A real wire delivers complete checksums; XDP cannot finish partial ones.
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+            sh(&[
+                "ip", "netns", "exec", &lan, "ethtool", "-K", &port, "tx", "off",
+            ])?;
+        }
+        ip(
+            self.client.name(),
+            "route add 10.96.0.0/12 via 192.168.50.11",
+        )?;
+        for node in [&self.node1, &self.node2] {
+            for key in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+            ] {
+                node.exec(&["sysctl", "-qw", key])?;
+            }
+        }
+        ip(
+            self.node1.name(),
+            "route add 10.244.2.0/24 via 192.168.50.12",
+        )?;
+        ip(
+            self.node2.name(),
+            "route add 10.244.1.0/24 via 192.168.50.11",
+        )?;
+        for (name, last, node) in [
+            ("pod1a", 2, 1),
+            ("pod1b", 3, 1),
+            ("pod1c", 4, 1),
+            ("pod2a", 2, 2),
+        ] {
+            self.add_pod(name, Ipv4Addr::new(10, 244, node, last), node)?;
+        }
+        Ok(())
+    }
+
+    fn add_pod(&mut self, name: &str, pod_ip: Ipv4Addr, node_index: u8) -> Result<()> {
+        let ns = Netns::new(name)?;
+        let node = if node_index == 1 {
+            &self.node1
+        } else {
+            &self.node2
+        };
+        let host_if = format!("v{name}");
+        let gateway = format!("10.244.{node_index}.1");
+        ip(
+            node.name(),
+            &format!(
+                "link add {host_if} type veth peer name eth0 netns {}",
+                ns.name()
+            ),
+        )?;
+        ip(node.name(), &format!("addr add {gateway}/32 dev {host_if}"))?;
+        ip(node.name(), &format!("link set {host_if} up"))?;
+        ip(node.name(), &format!("route add {pod_ip}/32 dev {host_if}"))?;
+        node.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{host_if}.rp_filter=0"),
+        ])?;
+        ip(ns.name(), &format!("addr add {pod_ip}/32 dev eth0"))?;
+        ip(ns.name(), "link set eth0 up")?;
+        ip(ns.name(), "link set lo up")?;
+        ip(
+            ns.name(),
+            &format!("route add {gateway} dev eth0 scope link"),
+        )?;
+        ip(ns.name(), &format!("route add default via {gateway}"))?;
+        if node_index == 2 {
+            // node2's pods reach node1 over the wire, where XDP sees them.
+            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        self.pods.push(Pod {
+            name: name.to_string(),
+            ip: pod_ip,
+            node: format!("node{node_index}"),
+            ns,
+        });
+        Ok(())
+    }
+
+    /// The pod called `name`.
+    #[must_use]
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .expect("no such pod")
+    }
+}
+
+impl Drop for ClusterTopology {
+    fn drop(&mut self) {
+        // Pods first, then nodes, client and LAN (fields drop in order after this).
+        self.pods.clear();
+    }
+}
+
+fn ip(ns: &str, args: &str) -> Result<()> {
+    let mut full = vec!["ip", "-n", ns];
+    full.extend(args.split_whitespace());
+    sh(&full).map(|_| ())
+}

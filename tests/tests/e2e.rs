@@ -1,0 +1,217 @@
+//! End to end: the built agent in node1 of a namespace cluster, real TCP and
+//! UDP traffic from a client and from pods. Needs root.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, ManifestDir},
+    topology::ClusterTopology,
+    traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
+};
+
+const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+const WEB_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+const EXTERNAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80);
+const EDIT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Topology, servers, manifests and a ready agent. Field order is drop order.
+struct Cluster {
+    agent: Agent,
+    manifests: ManifestDir,
+    _servers: PodServers,
+    topo: ClusterTopology,
+}
+
+fn cluster(manifests: ManifestDir) -> Cluster {
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let servers = PodServers::start(&topo).expect("starting pod servers");
+    let mut agent = Agent::start(&topo.node1, manifests.path()).expect("starting lb-agent");
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("lb-agent ready");
+    Cluster {
+        agent,
+        manifests,
+        _servers: servers,
+        topo,
+    }
+}
+
+fn assert_spread(counts: &BTreeMap<String, usize>, pods: &[&str], total: usize, min_share: f64) {
+    for pod in pods {
+        let n = counts.get(*pod).copied().unwrap_or(0);
+        #[allow(clippy::cast_precision_loss)]
+        let share = n as f64 / total as f64;
+        assert!(share >= min_share, "{pod} got {n} of {total}: {counts:?}");
+    }
+    let answered: usize = pods
+        .iter()
+        .map(|p| counts.get(*p).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        answered, total,
+        "every request answered by the expected pods: {counts:?}"
+    );
+}
+
+#[test]
+fn balances_tcp_and_udp_over_all_four_backends() {
+    let c = cluster(ManifestDir::with_examples().unwrap());
+    let status = c.agent.status().unwrap();
+    assert!(
+        status.contains("default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080"),
+        "status:\n{status}"
+    );
+    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
+    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
+    assert_spread(&tcp, &all, 200, 0.10);
+    // udp_distribution counts replies from any other source as "wrong-source".
+    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
+    assert_spread(&udp, &all, 100, 0.05);
+}
+
+#[test]
+fn pod_reaches_cluster_ip() {
+    let c = cluster(ManifestDir::with_examples().unwrap());
+    let from = &c.topo.pod("pod1a").ns;
+    let counts = http_distribution(from, EXTERNAL, 50, DEADLINE);
+    assert_spread(&counts, &["pod1b", "pod2a"], 50, 0.10);
+    // And a pod reaching a service that may send it to itself (hairpin).
+    let web = http_distribution(from, WEB, 60, DEADLINE);
+    assert_spread(&web, &["pod1a", "pod1b", "pod1c", "pod2a"], 60, 0.02);
+}
+
+fn edit_service(endpoints: &[(&str, &str)]) -> String {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: edit-service, namespace: default}\n\
+         spec:\n  clusterIP: 10.96.0.30\n  ports: [{name: http, port: 80, protocol: TCP, targetPort: http}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: edit-service-1, namespace: default, labels: {kubernetes.io/service-name: edit-service}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
+    );
+    for (ip, node) in endpoints {
+        yaml.push_str(&format!(
+            "  - {{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn manifest_edit_applies_within_one_second_and_keeps_established_connection() {
+    let manifests = ManifestDir::new().unwrap();
+    manifests
+        .write(
+            "edit.yaml",
+            &edit_service(&[
+                ("10.244.1.2", "node1"),
+                ("10.244.1.3", "node1"),
+                ("10.244.2.2", "node2"),
+            ]),
+        )
+        .unwrap();
+    let c = cluster(manifests);
+
+    // A kept-alive connection pinned to a backend that survives the edit.
+    let (mut conn, pinned) = (0..20)
+        .find_map(|_| {
+            let mut conn =
+                HttpClient::connect(&c.topo.client, EDIT, Duration::from_secs(2)).ok()?;
+            let who = conn.get().ok()?;
+            (who != "pod1a").then_some((conn, who))
+        })
+        .expect("a connection to pod1b or pod2a within 20 tries");
+
+    c.manifests
+        .write(
+            "edit.yaml",
+            &edit_service(&[
+                ("10.244.1.3", "node1"),
+                ("10.244.2.2", "node2"),
+                ("10.244.1.4", "node1"),
+            ]),
+        )
+        .unwrap();
+    let edited = Instant::now();
+    // The established connection keeps working while the edit lands.
+    while edited.elapsed() < Duration::from_secs(1) {
+        assert_eq!(
+            conn.get().expect("kept-alive request during the edit"),
+            pinned
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = http_distribution(&c.topo.client, EDIT, 100, DEADLINE);
+    assert_eq!(
+        counts.get("pod1a"),
+        None,
+        "the removed backend gets no new connections: {counts:?}"
+    );
+    assert!(
+        counts.get("pod1c").copied().unwrap_or(0) >= 10,
+        "the added backend gets some: {counts:?}"
+    );
+    assert_spread(&counts, &["pod1b", "pod2a", "pod1c"], 100, 0.10);
+    for _ in 0..10 {
+        assert_eq!(
+            conn.get().expect("kept-alive request after the edit"),
+            pinned
+        );
+    }
+    let status = c.agent.status().unwrap();
+    assert!(
+        status.contains("default/edit-service 10.96.0.30:80/TCP -> 10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080"),
+        "status:\n{status}"
+    );
+}
+
+#[test]
+fn bad_manifest_keeps_other_services() {
+    let mut c = cluster(ManifestDir::with_examples().unwrap());
+    c.manifests
+        .write(
+            "broken.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  bad: [",
+        )
+        .unwrap();
+    c.manifests
+        .write(
+            "bad-ip.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bad-ip, namespace: default}\nspec:\n  clusterIP: 10.96.0.999\n  ports: [{port: 80}]\n",
+        )
+        .unwrap();
+    // An edit that breaks a file that served traffic keeps its last good objects.
+    let web = c.manifests.read("web-service.yaml").unwrap();
+    c.manifests
+        .write(
+            "web-service.yaml",
+            &web.replace("10.244.1.4", "10.244.1.400"),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.agent.is_running(), "the agent survives bad input");
+    let log = c.agent.log();
+    for needle in [
+        "broken.yaml",
+        "bad-ip.yaml",
+        "Service default/bad-ip",
+        "EndpointSlice default/web-service-abc12",
+        "10.244.1.400",
+    ] {
+        assert!(log.contains(needle), "the log names {needle}:\n{log}");
+    }
+    let status = c.agent.status().unwrap();
+    assert!(status.contains("default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080"), "{status}");
+    assert!(
+        status.contains("default/external-service 10.96.0.20:80/TCP"),
+        "{status}"
+    );
+    let counts = http_distribution(&c.topo.client, WEB, 40, DEADLINE);
+    assert_spread(&counts, &["pod1a", "pod1b", "pod1c", "pod2a"], 40, 0.02);
+    let _ = SocketAddr::V4(WEB);
+}

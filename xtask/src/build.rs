@@ -1,0 +1,98 @@
+//! Building, linting, testing and the demo.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+use crate::{
+    setup::setup,
+    util::{require_root, root, run},
+};
+
+/// Path of the built kernel object.
+pub fn ebpf_object() -> PathBuf {
+    root().join("lb-ebpf/target/bpfel-unknown-none/release/lb-ebpf")
+}
+
+/// Builds the kernel programs; returns the object's path.
+pub fn build_ebpf() -> Result<PathBuf> {
+    // lb-ebpf is its own workspace: its rust-toolchain.toml selects nightly and
+    // its .cargo/config.toml the bpfel-unknown-none target with build-std.
+    run(Command::new("cargo")
+        .args(["+nightly", "build", "--release"])
+        .current_dir(root().join("lb-ebpf")))?;
+    Ok(ebpf_object())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).env("LB_EBPF_OBJECT", ebpf_object());
+    cmd
+}
+
+/// Builds everything; returns the agent binary's path.
+pub fn build(release: bool) -> Result<PathBuf> {
+    build_ebpf()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "lb-userspace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("lb-agent"))
+}
+
+/// rustfmt and clippy for both workspaces.
+pub fn lint() -> Result<()> {
+    build_ebpf()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let ebpf = root().join("lb-ebpf");
+    run(Command::new("cargo")
+        .args(["+nightly", "fmt", "--check"])
+        .current_dir(&ebpf))?;
+    run(Command::new("cargo")
+        .args(["+nightly", "clippy", "--release", "--", "-D", "warnings"])
+        .current_dir(&ebpf))
+}
+
+/// Every test, after setup and lint.
+pub fn test() -> Result<()> {
+    require_root("cargo xtask test")?;
+    setup()?;
+    let agent = build(false)?;
+    lint()?;
+    run(cargo().args(["test", "--workspace", "--exclude", "lb-tests"]))?;
+    // Packet and namespace tests share the kernel: one at a time.
+    run(cargo()
+        .args(["test", "-p", "lb-tests", "--", "--test-threads=1"])
+        .env("LB_AGENT_BIN", agent))
+}
+
+/// The demo.
+pub fn demo() -> Result<()> {
+    require_root("cargo xtask demo")?;
+    setup()?;
+    let agent = build(false)?;
+    run(cargo()
+        .args(["run", "--quiet", "-p", "lb-tests", "--bin", "demo"])
+        .env("LB_AGENT_BIN", agent))
+}
+
+/// The benchmarks.
+pub fn bench() -> Result<()> {
+    require_root("cargo xtask bench")?;
+    setup()?;
+    build(true)?;
+    run(cargo().args(["bench", "-p", "lb-tests", "--bench", "packet"]))
+}
