@@ -8,8 +8,10 @@
 pub const fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
-    // Two folds leave at most 16 significant bits.
-    sum as u16
+    // Two folds leave at most 16 significant bits: the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    let folded = sum as u16;
+    folded
 }
 
 /// New checksum after a 16-bit word of the covered data changed from `old` to `new`.
@@ -87,7 +89,7 @@ mod tests {
                 *seed ^= *seed << 13;
                 *seed ^= *seed >> 7;
                 *seed ^= *seed << 17;
-                (*seed >> 24) as u8
+                (*seed >> 24).to_le_bytes()[0]
             })
             .collect()
     }

@@ -167,7 +167,7 @@ pub struct CtEntry {
 ///
 /// Layout (12 bytes): `svc_addr` be32 | `client_addr` be32 | `svc_port` be16 | `client_port` be16.
 /// The reply's source becomes the service; its destination becomes the client
-/// (a no-op unless the forward direction was SNATed).
+/// (a no-op unless the forward direction was translated to the node address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RevNatEntry {

@@ -67,6 +67,8 @@ pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
         return Vec::new();
     }
     let m = u64::from(size);
+    // Slots are below `size`, a u32, so they index the table exactly.
+    let at = |slot: u64| usize::try_from(slot).expect("slot below a u32 size");
     let mut order: Vec<usize> = (0..backends.len()).collect();
     order.sort_by_key(|&i| backends[i]);
     let prefs: Vec<(u64, u64)> = order
@@ -85,11 +87,11 @@ pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
         for (k, &i) in order.iter().enumerate() {
             let (offset, skip) = prefs[k];
             let mut slot = (offset + next[k] * skip) % m;
-            while table[slot as usize] != u32::MAX {
+            while table[at(slot)] != u32::MAX {
                 next[k] += 1;
                 slot = (offset + next[k] * skip) % m;
             }
-            table[slot as usize] = u32::try_from(i).expect("backend index fits u32");
+            table[at(slot)] = u32::try_from(i).expect("backend index fits u32");
             next[k] += 1;
             filled += 1;
             if filled == table.len() {

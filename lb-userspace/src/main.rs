@@ -143,8 +143,10 @@ fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {
                 && !addr.is_null()
                 && i32::from((*addr).sa_family) == libc::AF_INET
             {
-                let sin = addr.cast::<libc::sockaddr_in>();
-                found = Some(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+                // An AF_INET entry is a sockaddr_in; read it unaligned to be safe.
+                #[allow(clippy::cast_ptr_alignment)]
+                let sin = addr.cast::<libc::sockaddr_in>().read_unaligned();
+                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
             }
             entry = (*entry).ifa_next;
         }

@@ -190,76 +190,65 @@ impl Planner {
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        let current = self.frontends.get(&frontend);
-        if let Some(cur) = current {
-            if cur.backends.keys().eq(want.backends.keys()) {
-                // Same backend set: at most flags and names change, the table stays.
-                let service_id = cur.entry.id;
-                let mut updated = cur.clone();
-                for (addr, info) in &want.backends {
-                    let applied = updated.backends.get_mut(addr).expect("same key set");
-                    if applied.local != info.local {
-                        applied.local = info.local;
-                        ops.backends.push(MapOp::SetBackend(
-                            applied.id,
-                            backend_entry(*addr, *info, service_id),
-                        ));
-                    }
-                }
-                updated.service = want.service.clone();
-                updated.port_name = want.port_name.clone();
+        match self.frontends.get(&frontend) {
+            Some(cur) if cur.backends.keys().eq(want.backends.keys()) => {
+                let updated = refresh(cur, want, ops);
                 self.frontends.insert(frontend, updated);
-                return Ok(());
+                Ok(())
+            }
+            current => {
+                let current = current.cloned();
+                let applied = self.rebuild(frontend, want, current.as_ref(), ops, now)?;
+                if let Some(cur) = current {
+                    self.retire(&cur, &applied, ops, now);
+                }
+                self.frontends.insert(frontend, applied);
+                Ok(())
             }
         }
-        let current_size = current.map_or(0, |c| c.entry.table_size);
-        let size = maglev::table_size_for(want.backends.len(), current_size);
-        // Reserve everything first so a failure changes nothing.
-        let offset = if size == 0 {
-            0
+    }
+
+    /// A new table (in free slab slots) for a frontend whose backend set changed.
+    /// Surviving backends keep their ids, so their established flows stay.
+    fn rebuild(
+        &mut self,
+        frontend: Frontend,
+        want: &DesiredFrontend,
+        current: Option<&AppliedFrontend>,
+        ops: &mut Ops,
+        now: Instant,
+    ) -> Result<AppliedFrontend, String> {
+        let size = maglev::table_size_for(
+            want.backends.len(),
+            current.map_or(0, |c| c.entry.table_size),
+        );
+        // Reserve everything first, so a failure changes nothing.
+        let offset = self.reserve_slots(size, now)?;
+        let service_id = if let Some(cur) = current {
+            cur.entry.id
         } else {
-            self.slab.alloc(size, now).ok_or_else(|| {
-                format!(
-                    "the Maglev slab has no {size} free contiguous slots ({} free of {}): raise --maglev-slab-slots",
-                    self.slab.free_slots(),
-                    self.slab.total()
-                )
-            })?
-        };
-        let service_id = match current {
-            Some(cur) => cur.entry.id,
-            None => {
-                let Some(id) = self.service_ids.alloc(now) else {
-                    self.slab.free(offset, size, now);
-                    return Err(format!("more than {MAX_SERVICES} service frontends"));
-                };
-                id
-            }
+            let Some(id) = self.service_ids.alloc(now) else {
+                self.slab.free(offset, size, now);
+                return Err(format!("more than {MAX_SERVICES} service frontends"));
+            };
+            id
         };
         let mut backends = BTreeMap::new();
-        let mut fresh = Vec::new();
+        let mut backend_ops = Vec::new();
         for (addr, info) in &want.backends {
-            let kept = current.and_then(|c| c.backends.get(addr)).copied();
-            let id = if let Some(applied) = kept {
-                if applied.local != info.local {
-                    ops.backends.push(MapOp::SetBackend(
-                        applied.id,
-                        backend_entry(*addr, *info, service_id),
-                    ));
+            let entry = backend_entry(*addr, *info, service_id);
+            let id = if let Some(kept) = current.and_then(|c| c.backends.get(addr)) {
+                if kept.local != info.local {
+                    backend_ops.push(MapOp::SetBackend(kept.id, entry));
                 }
-                applied.id
-            } else if let Some(id) = self.backend_ids.alloc(now) {
-                fresh.push((id, backend_entry(*addr, *info, service_id)));
-                id
+                kept.id
             } else {
-                for (id, _) in fresh {
-                    self.backend_ids.free(id, now);
-                }
-                self.slab.free(offset, size, now);
-                if current.is_none() {
-                    self.service_ids.free(service_id, now);
-                }
-                return Err(format!("more than {MAX_BACKENDS} backends in all"));
+                let Some(id) = self.backend_ids.alloc(now) else {
+                    self.undo(&backend_ops, current, (offset, size), service_id, now);
+                    return Err(format!("more than {MAX_BACKENDS} backends in all"));
+                };
+                backend_ops.push(MapOp::SetBackend(id, entry));
+                id
             };
             backends.insert(
                 *addr,
@@ -269,11 +258,7 @@ impl Planner {
                 },
             );
         }
-        ops.backends.extend(
-            fresh
-                .into_iter()
-                .map(|(id, entry)| MapOp::SetBackend(id, entry)),
-        );
+        ops.backends.extend(backend_ops);
         let addrs: Vec<SocketAddrV4> = backends.keys().copied().collect();
         if size > 0 {
             let slots = maglev::build_table(&addrs, size)
@@ -289,28 +274,85 @@ impl Planner {
             table_size: size,
         };
         ops.services.push(MapOp::SetService(frontend.key(), entry));
-        if let Some(cur) = current {
-            for (addr, applied) in &cur.backends {
-                if !backends.contains_key(addr) {
-                    ops.clears.push(MapOp::ClearBackend(applied.id));
-                    self.backend_ids.free(applied.id, now);
+        Ok(AppliedFrontend {
+            frontend,
+            service: want.service.clone(),
+            port_name: want.port_name.clone(),
+            entry,
+            backends,
+        })
+    }
+
+    fn reserve_slots(&mut self, size: u32, now: Instant) -> Result<u32, String> {
+        if size == 0 {
+            return Ok(0);
+        }
+        self.slab.alloc(size, now).ok_or_else(|| {
+            format!(
+                "the Maglev slab has no {size} free contiguous slots ({} free of {}): raise --maglev-slab-slots",
+                self.slab.free_slots(),
+                self.slab.total()
+            )
+        })
+    }
+
+    /// Gives back what `rebuild` reserved before it failed.
+    fn undo(
+        &mut self,
+        backend_ops: &[MapOp],
+        current: Option<&AppliedFrontend>,
+        (offset, size): (u32, u32),
+        service_id: u32,
+        now: Instant,
+    ) {
+        for op in backend_ops {
+            if let MapOp::SetBackend(id, _) = op {
+                if current.is_none_or(|c| c.backends.values().all(|b| b.id != *id)) {
+                    self.backend_ids.free(*id, now);
                 }
             }
-            self.slab
-                .free(cur.entry.table_offset, cur.entry.table_size, now);
         }
-        self.frontends.insert(
-            frontend,
-            AppliedFrontend {
-                frontend,
-                service: want.service.clone(),
-                port_name: want.port_name.clone(),
-                entry,
-                backends,
-            },
-        );
-        Ok(())
+        self.slab.free(offset, size, now);
+        if current.is_none() {
+            self.service_ids.free(service_id, now);
+        }
     }
+
+    /// Clears the backends `old` had and `new` has not, and frees `old`'s table.
+    fn retire(
+        &mut self,
+        old: &AppliedFrontend,
+        new: &AppliedFrontend,
+        ops: &mut Ops,
+        now: Instant,
+    ) {
+        for (addr, applied) in &old.backends {
+            if !new.backends.contains_key(addr) {
+                ops.clears.push(MapOp::ClearBackend(applied.id));
+                self.backend_ids.free(applied.id, now);
+            }
+        }
+        self.slab
+            .free(old.entry.table_offset, old.entry.table_size, now);
+    }
+}
+
+/// Same backend set: at most `local` flags and names change; the table stays.
+fn refresh(cur: &AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) -> AppliedFrontend {
+    let mut updated = cur.clone();
+    for (addr, info) in &want.backends {
+        let applied = updated.backends.get_mut(addr).expect("same key set");
+        if applied.local != info.local {
+            applied.local = info.local;
+            ops.backends.push(MapOp::SetBackend(
+                applied.id,
+                backend_entry(*addr, *info, cur.entry.id),
+            ));
+        }
+    }
+    updated.service.clone_from(&want.service);
+    updated.port_name.clone_from(&want.port_name);
+    updated
 }
 
 /// The backends-array entry of an endpoint of service `service_id`.

@@ -112,3 +112,283 @@ fn backends_for(
     }
     backends
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        desired::{ObjectName, Protocol},
+        model::{EndpointSpec, ServiceSpec, SlicePort},
+    };
+
+    fn name(n: &str) -> ObjectName {
+        ObjectName {
+            namespace: "default".into(),
+            name: n.into(),
+        }
+    }
+
+    fn service(kind: ServiceKind, ports: Vec<ServicePort>) -> ServiceSpec {
+        ServiceSpec {
+            name: name("web"),
+            kind,
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            ports,
+        }
+    }
+
+    fn port(name: &str, port: u16, protocol: Protocol, target: TargetPort) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            port,
+            protocol,
+            target_port: target,
+        }
+    }
+
+    fn endpoint(last: u8, ready: bool, node: &str) -> EndpointSpec {
+        EndpointSpec {
+            addresses: vec![Ipv4Addr::new(10, 244, 1, last)],
+            ready,
+            serving: Some(ready),
+            terminating: Some(false),
+            node_name: Some(node.into()),
+            zone: None,
+        }
+    }
+
+    fn slice(n: &str, ports: &[(&str, u16)], endpoints: Vec<EndpointSpec>) -> SliceSpec {
+        SliceSpec {
+            name: name(n),
+            service: "web".into(),
+            address_type: AddressType::Ipv4,
+            ports: ports
+                .iter()
+                .map(|&(name, port)| SlicePort {
+                    name: name.into(),
+                    port,
+                    protocol: Protocol::Tcp,
+                })
+                .collect(),
+            endpoints,
+            mirrored: false,
+        }
+    }
+
+    fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
+        Cluster {
+            services: [(service.name.clone(), service)].into_iter().collect(),
+            slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        }
+    }
+
+    /// The backends of 10.96.0.10:80/TCP as "last-octet:port[L]" (L = local).
+    fn backends(cluster: &Cluster) -> Option<Vec<String>> {
+        let (state, _) = desired_state(cluster, "node1");
+        let frontend = Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: Protocol::Tcp,
+        };
+        state.get(&frontend).map(|f| {
+            f.backends
+                .iter()
+                .map(|(a, i)| {
+                    format!(
+                        "{}:{}{}",
+                        a.ip().octets()[3],
+                        a.port(),
+                        if i.local { "L" } else { "" }
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn http() -> Vec<ServicePort> {
+        vec![port(
+            "http",
+            80,
+            Protocol::Tcp,
+            TargetPort::Name("http".into()),
+        )]
+    }
+
+    #[test]
+    #[allow(clippy::too_many_lines)] // one table row per rule
+    fn selection_rules() {
+        let ready = |l| endpoint(l, true, "node1");
+        let cases: Vec<(&str, Cluster, Option<Vec<&str>>)> = vec![
+            (
+                "named targetPort through the slice port",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![slice("a", &[("http", 8080)], vec![ready(2)])],
+                ),
+                Some(vec!["2:8080L"]),
+            ),
+            (
+                "a name maps to different numbers per slice",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![
+                        slice("a", &[("http", 8080)], vec![ready(2)]),
+                        slice("b", &[("http", 9090)], vec![ready(3)]),
+                    ],
+                ),
+                Some(vec!["2:8080L", "3:9090L"]),
+            ),
+            (
+                "not ready endpoints are left out",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![slice(
+                        "a",
+                        &[("http", 8080)],
+                        vec![ready(2), endpoint(3, false, "node1")],
+                    )],
+                ),
+                Some(vec!["2:8080L"]),
+            ),
+            (
+                "duplicates across slices count once",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![
+                        slice("a", &[("http", 8080)], vec![ready(2)]),
+                        slice("b", &[("http", 8080)], vec![ready(2)]),
+                    ],
+                ),
+                Some(vec!["2:8080L"]),
+            ),
+            (
+                "other nodes' endpoints are remote",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![slice(
+                        "a",
+                        &[("http", 8080)],
+                        vec![endpoint(2, true, "node2")],
+                    )],
+                ),
+                Some(vec!["2:8080"]),
+            ),
+            (
+                "a slice without the port contributes nothing",
+                cluster(
+                    service(ServiceKind::ClusterIp, http()),
+                    vec![slice("a", &[("metrics", 9100)], vec![ready(2)])],
+                ),
+                Some(vec![]),
+            ),
+            (
+                "no slices: the frontend exists with no backends",
+                cluster(service(ServiceKind::ClusterIp, http()), vec![]),
+                Some(vec![]),
+            ),
+            (
+                "numeric targetPort with a portless slice",
+                cluster(
+                    service(
+                        ServiceKind::ClusterIp,
+                        vec![port("", 80, Protocol::Tcp, TargetPort::Number(8081))],
+                    ),
+                    vec![slice("a", &[], vec![ready(2)])],
+                ),
+                Some(vec!["2:8081L"]),
+            ),
+            (
+                "NodePort services keep their ClusterIP frontend",
+                cluster(
+                    service(ServiceKind::NodePort, http()),
+                    vec![slice("a", &[("http", 8080)], vec![ready(2)])],
+                ),
+                Some(vec!["2:8080L"]),
+            ),
+            (
+                "headless services are skipped",
+                cluster(
+                    service(ServiceKind::Headless, http()),
+                    vec![slice("a", &[("http", 8080)], vec![ready(2)])],
+                ),
+                None,
+            ),
+            (
+                "ExternalName services are skipped",
+                cluster(service(ServiceKind::ExternalName, http()), vec![]),
+                None,
+            ),
+        ];
+        for (rule, cluster, expected) in cases {
+            let expected = expected.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(backends(&cluster), expected, "{rule}");
+        }
+    }
+
+    #[test]
+    fn mirrored_slices_count_only_without_a_real_slice() {
+        let mut mirrored = slice(
+            "web-mirror-0",
+            &[("http", 8080)],
+            vec![endpoint(5, true, "node1")],
+        );
+        mirrored.mirrored = true;
+        let only_mirrored = cluster(
+            service(ServiceKind::ClusterIp, http()),
+            vec![mirrored.clone()],
+        );
+        assert_eq!(backends(&only_mirrored), Some(vec!["5:8080L".to_string()]));
+        let both = cluster(
+            service(ServiceKind::ClusterIp, http()),
+            vec![
+                mirrored,
+                slice("a", &[("http", 8080)], vec![endpoint(2, true, "node1")]),
+            ],
+        );
+        assert_eq!(backends(&both), Some(vec!["2:8080L".to_string()]));
+    }
+
+    #[test]
+    fn other_address_families_are_ignored_with_a_warning() {
+        let mut v6 = slice("v6", &[("http", 8080)], vec![]);
+        v6.address_type = AddressType::Other("IPv6".into());
+        let c = cluster(service(ServiceKind::ClusterIp, http()), vec![v6]);
+        let (state, warnings) = desired_state(&c, "node1");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("default/v6") && warnings[0].contains("IPv6"),
+            "{warnings:?}"
+        );
+        assert!(state.values().all(|f| f.backends.is_empty()));
+    }
+
+    #[test]
+    fn the_examples_give_the_documented_state() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let loaded = crate::manifest::load_dir(&dir, &crate::manifest::ManifestCache::default());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let (state, warnings) = desired_state(&loaded.cluster(), "node1");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let lines: Vec<String> = state
+            .iter()
+            .map(|(f, d)| {
+                let b: Vec<String> = d
+                    .backends
+                    .iter()
+                    .map(|(a, i)| format!("{a}{}", if i.local { "(local)" } else { "" }))
+                    .collect();
+                format!("{} {f} -> {}", d.service, b.join(","))
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "default/web-service 10.96.0.10:53/UDP -> 10.244.1.2:5353(local),10.244.1.3:5353(local),10.244.1.4:5353(local),10.244.2.2:5353",
+                "default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:8080(local),10.244.1.3:8080(local),10.244.1.4:8080(local),10.244.2.2:8080",
+                "default/external-service 10.96.0.20:80/TCP -> 10.244.1.3:8080(local),10.244.2.2:8080",
+            ]
+        );
+    }
+}

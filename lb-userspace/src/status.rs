@@ -32,7 +32,7 @@ pub fn read(
 )> {
     let maps = Maps::from_pins(pin_dir)?;
     let mut frontends = Vec::new();
-    for item in maps.services.iter() {
+    for item in &maps.services {
         let (key, entry) = item?;
         let service = maps
             .labels

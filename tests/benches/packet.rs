@@ -6,21 +6,18 @@
 //! for each class, and the ratio to a bare `XDP_PASS` program measured in the
 //! same run (the fixed per-call floor). Run with `cargo xtask bench`.
 
-#[path = "../tests/packet/mod.rs"]
-mod packet;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_tests::packet::{Packet, TestDatapath, XDP_PASS};
 use lb_userspace::{
     datapath::XDP_PROGRAM,
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
     plan::Planner,
 };
-use packet::{Packet, TestDatapath};
 
 const CALLS: usize = 200_000;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
@@ -87,7 +84,8 @@ fn main() {
         .build();
     let established = Packet::tcp(CLIENT, 40000, VIP, 80).ack().build();
     // Create the flow's conntrack entry once.
-    dp.run_xdp(&Packet::tcp(CLIENT, 40000, VIP, 80).syn().build());
+    let (verdict, _) = dp.run_xdp(&Packet::tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(verdict, XDP_PASS, "the flow's first packet is translated");
 
     let floor_ns = median_ns(floor, &mut |_| established.clone());
     let rows = [

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod netns;
+pub mod packet;
 pub mod topology;
 pub mod traffic;
 

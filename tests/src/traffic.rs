@@ -178,6 +178,7 @@ pub fn udp_request(
 
 /// Which pod answered each of `count` requests (new connection each), bounded by `deadline`.
 /// Failed requests are counted under "error".
+#[must_use]
 pub fn http_distribution(
     ns: &Netns,
     addr: SocketAddrV4,
@@ -199,6 +200,7 @@ pub fn http_distribution(
 }
 
 /// Which pod answered each of `count` UDP requests; replies not from `addr` count as "wrong-source".
+#[must_use]
 pub fn udp_distribution(
     ns: &Netns,
     addr: SocketAddrV4,

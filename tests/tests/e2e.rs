@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::{Duration, Instant},
 };
@@ -17,7 +18,7 @@ const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const WEB_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
 const EXTERNAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80);
 const EDIT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
-const DEADLINE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_mins(1);
 
 /// Topology, servers, manifests and a ready agent. Field order is drop order.
 struct Cluster {
@@ -95,9 +96,10 @@ fn edit_service(endpoints: &[(&str, &str)]) -> String {
          addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
     );
     for (ip, node) in endpoints {
-        yaml.push_str(&format!(
-            "  - {{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}\n"
-        ));
+        let _ = writeln!(
+            yaml,
+            "  - {{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}"
+        );
     }
     yaml
 }

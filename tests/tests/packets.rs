@@ -1,8 +1,6 @@
 //! Packet tests: crafted frames through the real XDP and TC programs with
 //! `BPF_PROG_TEST_RUN`, checking the exact bytes that come out. Needs root.
 
-mod packet;
-
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
@@ -10,11 +8,11 @@ use std::{
 };
 
 use lb_common::{Verdict, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_tests::packet::{Packet, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS};
 use lb_userspace::{
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
     plan::Planner,
 };
-use packet::{Packet, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
@@ -80,7 +78,7 @@ fn tcp_syn_to_local_backend_is_dnated_exactly() {
         out, expected,
         "only the destination changes, with valid checksums"
     );
-    assert!(packet::checksums_valid(&out));
+    assert!(lb_tests::packet::checksums_valid(&out));
     assert_eq!(dp.verdict(Verdict::Translated), 1);
 }
 
@@ -114,7 +112,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes() {
     for sport in 41000..41030 {
         let (ret, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
         assert_eq!(ret, XDP_PASS);
-        chosen.push((sport, packet::dst_of(&out)));
+        chosen.push((sport, lb_tests::packet::dst_of(&out)));
     }
     // Replace POD_C by REMOTE and add two more backends: tables change.
     let changed = [
@@ -134,13 +132,13 @@ fn established_flow_keeps_its_backend_when_the_set_changes() {
         if backend.0 == POD_C {
             // Its backend is gone: the flow moves to a live one.
             assert_ne!(
-                packet::dst_of(&out).0,
+                lb_tests::packet::dst_of(&out).0,
                 POD_C,
                 "flow {sport} still sent to a removed backend"
             );
         } else {
             assert_eq!(
-                packet::dst_of(&out),
+                lb_tests::packet::dst_of(&out),
                 backend,
                 "flow {sport} lost its backend"
             );
@@ -174,7 +172,10 @@ fn new_flows_follow_the_maglev_table_the_agent_wrote() {
             .find(|(_, b)| b.id == id)
             .expect("id in table")
             .0;
-        assert_eq!(packet::dst_of(&out), (*expected.ip(), expected.port()));
+        assert_eq!(
+            lb_tests::packet::dst_of(&out),
+            (*expected.ip(), expected.port())
+        );
         *hits.entry(*expected.ip()).or_insert(0) += 1;
     }
     assert_eq!(hits.len(), 10, "500 flows reach all 10 backends: {hits:?}");
@@ -189,7 +190,7 @@ fn udp_is_translated_and_zero_checksum_stays_zero() {
     let (ret, out) = dp.run_xdp(&Packet::udp(CLIENT, 50000, VIP, 53).build());
     assert_eq!(ret, XDP_PASS);
     assert_eq!(out, Packet::udp(CLIENT, 50000, POD_A, 5353).build());
-    assert!(packet::checksums_valid(&out));
+    assert!(lb_tests::packet::checksums_valid(&out));
 
     let (ret, out) = dp.run_xdp(
         &Packet::udp(CLIENT, 50001, VIP, 53)
@@ -211,12 +212,13 @@ fn reply_from_local_pod_gets_the_service_address_in_tc() {
         "reply",
         &[frontend(VIP, 80, Protocol::Tcp, &[(POD_A, 8080, true)])],
     );
-    dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_PASS);
     let synack = tcp(POD_A, 8080, CLIENT, 40000).synack();
     let (ret, out) = dp.run_tc(&synack.build());
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(out, tcp(VIP, 80, CLIENT, 40000).synack().build());
-    assert!(packet::checksums_valid(&out));
+    assert!(lb_tests::packet::checksums_valid(&out));
     assert_eq!(dp.verdict(Verdict::Reversed), 1);
 }
 
@@ -228,7 +230,7 @@ fn remote_backend_is_snated_and_the_reply_is_reversed_twice() {
     );
     let (ret, out) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
     assert_eq!(ret, XDP_PASS);
-    let (src, sport) = packet::src_of(&out);
+    let (src, sport) = lb_tests::packet::src_of(&out);
     assert_eq!(src, NODE, "source becomes the node address");
     assert!(
         (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&sport),
@@ -268,7 +270,7 @@ fn pod_reaching_itself_through_the_service_is_snated() {
     );
     let (ret, out) = dp.run_tc(&tcp(POD_A, 33000, VIP, 80).syn().build());
     assert_eq!(ret, TC_ACT_OK);
-    let (src, sport) = packet::src_of(&out);
+    let (src, sport) = lb_tests::packet::src_of(&out);
     assert_eq!(src, NODE);
     assert_eq!(out, tcp(NODE, sport, POD_A, 8080).syn().build());
     let (_, reply) = dp.run_tc(&tcp(POD_A, 8080, NODE, sport).synack().build());
@@ -309,9 +311,9 @@ fn packets_that_are_not_ours_pass_unmodified() {
             "TCP to the UDP port",
             tcp(CLIENT, 40000, VIP, 53).syn().build(),
         ),
-        ("ICMP", packet::icmp_echo(CLIENT, VIP)),
-        ("IPv6", packet::ipv6_tcp()),
-        ("ARP", packet::arp()),
+        ("ICMP", lb_tests::packet::icmp_echo(CLIENT, VIP)),
+        ("IPv6", lb_tests::packet::ipv6_tcp()),
+        ("ARP", lb_tests::packet::arp()),
         (
             "first fragment",
             tcp(CLIENT, 40000, VIP, 80).syn().fragment(true, 0).build(),
@@ -323,22 +325,25 @@ fn packets_that_are_not_ours_pass_unmodified() {
                 .fragment(false, 185)
                 .build(),
         ),
-        ("IHL below 5", packet::with_byte(&service_syn, 14, 0x44)),
+        (
+            "IHL below 5",
+            lb_tests::packet::with_byte(&service_syn, 14, 0x44),
+        ),
         (
             "IP version 6 in an IPv4 frame",
-            packet::with_byte(&service_syn, 14, 0x65),
+            lb_tests::packet::with_byte(&service_syn, 14, 0x65),
         ),
         (
             "total length beyond the frame",
-            packet::with_u16(&service_syn, 16, 1500),
+            lb_tests::packet::with_u16(&service_syn, 16, 1500),
         ),
         (
             "total length below the headers",
-            packet::with_u16(&service_syn, 16, 30),
+            lb_tests::packet::with_u16(&service_syn, 16, 30),
         ),
         (
             "TCP data offset below 5",
-            packet::with_byte(&service_syn, 14 + 20 + 12, 0x20),
+            lb_tests::packet::with_byte(&service_syn, 14 + 20 + 12, 0x20),
         ),
     ];
     for cut in [15, 20, 33, 34, 40, 53] {

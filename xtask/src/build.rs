@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     setup::setup,
-    util::{require_root, root, run},
+    util::{require_root, root, run, run_tests, TestTotals},
 };
 
 /// Path of the built kernel object.
@@ -72,11 +72,20 @@ pub fn test() -> Result<()> {
     setup()?;
     let agent = build(false)?;
     lint()?;
-    run(cargo().args(["test", "--workspace", "--exclude", "lb-tests"]))?;
+    let mut totals = TestTotals::default();
+    run_tests(
+        cargo().args(["test", "--workspace", "--exclude", "lb-tests"]),
+        &mut totals,
+    )?;
     // Packet and namespace tests share the kernel: one at a time.
-    run(cargo()
-        .args(["test", "-p", "lb-tests", "--", "--test-threads=1"])
-        .env("LB_AGENT_BIN", agent))
+    run_tests(
+        cargo()
+            .args(["test", "-p", "lb-tests", "--", "--test-threads=1"])
+            .env("LB_AGENT_BIN", agent),
+        &mut totals,
+    )?;
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    Ok(())
 }
 
 /// The demo.

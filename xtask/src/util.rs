@@ -17,7 +17,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -28,7 +28,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot start {}", cmd.get_program().to_string_lossy()))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}\n{}",
@@ -48,6 +48,53 @@ pub fn is_root() -> bool {
 pub fn require_root(what: &str) -> Result<()> {
     if !is_root() {
         bail!("{what} needs root: it loads BPF programs and creates network namespaces. Run it as root (e.g. `sudo -E cargo xtask ...`).");
+    }
+    Ok(())
+}
+
+/// Totals of `cargo test` result lines.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestTotals {
+    /// Tests passed.
+    pub passed: u64,
+    /// Tests failed.
+    pub failed: u64,
+}
+
+/// Runs a `cargo test` command, echoing its output, and adds up its result lines.
+pub fn run_tests(cmd: &mut Command, totals: &mut TestTotals) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += number("passed");
+            totals.failed += number("failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
     }
     Ok(())
 }

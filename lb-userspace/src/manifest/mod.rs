@@ -321,3 +321,6 @@ fn add_object(
         _ => debug!(file = %path.display(), "ignoring {object} ({api_version})"),
     }
 }
+
+#[cfg(test)]
+mod tests;

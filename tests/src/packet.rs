@@ -1,4 +1,5 @@
-//! Frame builder with from-scratch checksums, and a loaded data path to run frames through.
+//! Frames built with from-scratch checksums, and a loaded data path to run them
+//! through with `BPF_PROG_TEST_RUN` (packet tests and benchmarks).
 
 use std::{
     net::Ipv4Addr,
@@ -37,6 +38,7 @@ pub struct Packet {
 
 impl Packet {
     /// A TCP segment (flags set by `syn`/`ack`/`synack`).
+    #[must_use]
     pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
         Self {
             src,
@@ -53,6 +55,7 @@ impl Packet {
     }
 
     /// A UDP datagram.
+    #[must_use]
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
         Self {
             udp: true,
@@ -61,41 +64,52 @@ impl Packet {
         }
     }
 
+    /// Makes it a SYN without payload.
+    #[must_use]
     pub fn syn(mut self) -> Self {
         self.tcp_flags = TCP_SYN;
         self.payload.clear();
         self
     }
 
+    /// Makes it a SYN-ACK without payload.
+    #[must_use]
     pub fn synack(mut self) -> Self {
         self.tcp_flags = TCP_SYN | TCP_ACK;
         self.payload.clear();
         self
     }
 
+    /// Makes it an ACK carrying the payload.
+    #[must_use]
     pub fn ack(mut self) -> Self {
         self.tcp_flags = TCP_ACK;
         self
     }
 
+    /// Sends the UDP datagram without a checksum (zero).
+    #[must_use]
     pub fn zero_udp_checksum(mut self) -> Self {
         self.zero_udp_checksum = true;
         self
     }
 
     /// Adds 4 bytes of IPv4 options (IHL 6).
+    #[must_use]
     pub fn with_ip_options(mut self) -> Self {
         self.ip_options = true;
         self
     }
 
     /// Marks the packet as a fragment (more-fragments flag, offset in 8-byte units).
+    #[must_use]
     pub fn fragment(mut self, more: bool, offset: u16) -> Self {
         self.frag = if more { 0x2000 } else { 0 } | offset;
         self
     }
 
     /// The frame's bytes, checksums computed from scratch.
+    #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.sport.to_be_bytes());
@@ -162,6 +176,7 @@ fn ethernet(ether_type: u16) -> Vec<u8> {
 }
 
 /// Internet checksum of `data`, from scratch.
+#[must_use]
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
@@ -174,6 +189,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 }
 
 /// Whether the IPv4 and TCP/UDP checksums of an IPv4 frame (20-byte header) verify.
+#[must_use]
 pub fn checksums_valid(frame: &[u8]) -> bool {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     let ip = &frame[14..14 + ihl];
@@ -187,6 +203,7 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
 }
 
 /// Destination address and port of an IPv4 frame with a 20-byte header.
+#[must_use]
 pub fn dst_of(frame: &[u8]) -> (Ipv4Addr, u16) {
     (
         Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]),
@@ -195,6 +212,7 @@ pub fn dst_of(frame: &[u8]) -> (Ipv4Addr, u16) {
 }
 
 /// Source address and port of an IPv4 frame with a 20-byte header.
+#[must_use]
 pub fn src_of(frame: &[u8]) -> (Ipv4Addr, u16) {
     (
         Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]),
@@ -203,6 +221,7 @@ pub fn src_of(frame: &[u8]) -> (Ipv4Addr, u16) {
 }
 
 /// `frame` with one byte replaced.
+#[must_use]
 pub fn with_byte(frame: &[u8], at: usize, value: u8) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[at] = value;
@@ -210,6 +229,7 @@ pub fn with_byte(frame: &[u8], at: usize, value: u8) -> Vec<u8> {
 }
 
 /// `frame` with a big-endian u16 replaced.
+#[must_use]
 pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[at..at + 2].copy_from_slice(&value.to_be_bytes());
@@ -217,6 +237,7 @@ pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
 }
 
 /// An ICMP echo request.
+#[must_use]
 pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
     let c = checksum(&icmp);
@@ -235,6 +256,7 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 }
 
 /// An IPv6 TCP SYN (to port 80).
+#[must_use]
 pub fn ipv6_tcp() -> Vec<u8> {
     let mut f = ethernet(0x86dd);
     f.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
@@ -247,6 +269,7 @@ pub fn ipv6_tcp() -> Vec<u8> {
 }
 
 /// An ARP request.
+#[must_use]
 pub fn arp() -> Vec<u8> {
     let mut f = ethernet(0x0806);
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 192, 168, 50, 10]);
@@ -264,9 +287,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl TestDatapath {
     /// Loads the programs (root needed) with `node` as the SNAT address.
+    #[must_use]
     pub fn load(name: &str, node: Ipv4Addr) -> Self {
-        lb_tests::require_root();
-        lb_tests::require_bpffs();
+        crate::require_root();
+        crate::require_bpffs();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}-{name}", std::process::id()));
         let slab_slots = 1 << 16;
@@ -287,10 +311,14 @@ impl TestDatapath {
         }
     }
 
+    /// Slots of the Maglev slab it was loaded with.
+    #[must_use]
     pub fn slab_slots(&self) -> u32 {
         self.slab_slots
     }
 
+    #[must_use]
+    /// The data path, to apply plans.
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         self.datapath.as_mut().unwrap()
     }
@@ -300,28 +328,33 @@ impl TestDatapath {
     }
 
     /// A loaded program by name.
+    #[must_use]
     pub fn program(&self, name: &str) -> &aya::programs::Program {
         self.datapath().program(name)
     }
 
     /// Runs the XDP program once on `frame`: (return code, frame after).
+    #[must_use]
     pub fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
         run(prog, frame)
     }
 
     /// Runs the TC program once on `frame`: (return code, frame after).
+    #[must_use]
     pub fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
         run(prog, frame)
     }
 
     /// The summed counter of `verdict`.
+    #[must_use]
     pub fn verdict(&self, verdict: Verdict) -> u64 {
         self.datapath().maps.verdict_totals().unwrap()[verdict as usize]
     }
 
     /// Slots of the Maglev slab.
+    #[must_use]
     pub fn table(&self, offset: u32, len: u32) -> Vec<u32> {
         self.datapath().maps.slab.read(offset, len).unwrap()
     }

@@ -1,0 +1,238 @@
+//! Manifest loading: formats, Endpoints mirroring, and keeping the last good state.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use super::*;
+use crate::model::{AddressType, ServiceKind, TargetPort};
+
+/// A unique temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lb-manifest-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.0.join(name), text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.0.join(name)).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn name(ns: &str, n: &str) -> ObjectName {
+    ObjectName {
+        namespace: ns.into(),
+        name: n.into(),
+    }
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: http}, {port: 53, protocol: UDP}]\n";
+const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n  - {addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node1}\n  - {addresses: [10.244.1.3], conditions: {ready: false}}\n";
+
+#[test]
+fn reads_multi_document_yaml_json_and_lists() {
+    let dir = TempDir::new("formats");
+    dir.write("a.yaml", &format!("{SERVICE}---\n---\n{SLICE}"));
+    dir.write(
+        "b.json",
+        r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"db","namespace":"prod"},"spec":{"clusterIP":"10.96.0.11","ports":[{"port":5432}]}}]}"#,
+    );
+    dir.write(
+        "c.yml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ignored}\n",
+    );
+    dir.write("notes.txt", "not a manifest");
+    let loaded = load_dir(dir.path(), &ManifestCache::default());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let cluster = loaded.cluster();
+    assert_eq!(cluster.services.len(), 2);
+    let web = &cluster.services[&name("default", "web")];
+    assert_eq!(web.kind, ServiceKind::ClusterIp);
+    assert_eq!(web.cluster_ips, [Ipv4Addr::new(10, 96, 0, 10)]);
+    assert_eq!(web.ports[0].target_port, TargetPort::Name("http".into()));
+    assert_eq!(
+        web.ports[1].target_port,
+        TargetPort::Number(53),
+        "targetPort defaults to port"
+    );
+    assert_eq!(cluster.services[&name("prod", "db")].ports[0].port, 5432);
+    let slice = &cluster.slices[&name("default", "web-1")];
+    assert_eq!(slice.service, "web");
+    assert_eq!(
+        (slice.endpoints[0].ready, slice.endpoints[1].ready),
+        (true, false)
+    );
+    assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node1"));
+}
+
+#[test]
+fn headless_and_external_name_are_recognised() {
+    let dir = TempDir::new("kinds");
+    dir.write(
+        "a.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {type: ExternalName, externalName: example.org}\n",
+    );
+    let cluster = load_dir(dir.path(), &ManifestCache::default()).cluster();
+    assert_eq!(
+        cluster.services[&name("default", "h")].kind,
+        ServiceKind::Headless
+    );
+    assert_eq!(
+        cluster.services[&name("default", "e")].kind,
+        ServiceKind::ExternalName
+    );
+}
+
+#[test]
+fn legacy_endpoints_are_mirrored_into_slices() {
+    let dir = TempDir::new("mirror");
+    dir.write(
+        "ep.yaml",
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ext, namespace: ns1}\nsubsets:\n\
+         - addresses: [{ip: 10.0.0.1, nodeName: n1}]\n  notReadyAddresses: [{ip: 10.0.0.2}]\n  ports: [{name: web, port: 8080}, {name: dns, port: 53, protocol: UDP}]\n\
+         - addresses: [{ip: 10.0.0.3}, {ip: 'fd00::1'}]\n  ports: [{port: 9090}]\n",
+    );
+    let loaded = load_dir(dir.path(), &ManifestCache::default());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let cluster = loaded.cluster();
+    let first = &cluster.slices[&name("ns1", "ext-mirror-0")];
+    assert!(first.mirrored);
+    assert_eq!(first.service, "ext");
+    assert_eq!(
+        first
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port))
+            .collect::<Vec<_>>(),
+        [("web", 8080), ("dns", 53)]
+    );
+    assert_eq!(
+        first
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0], e.ready))
+            .collect::<Vec<_>>(),
+        [
+            (Ipv4Addr::new(10, 0, 0, 1), true),
+            (Ipv4Addr::new(10, 0, 0, 2), false)
+        ]
+    );
+    assert_eq!(first.endpoints[0].node_name.as_deref(), Some("n1"));
+    let second = &cluster.slices[&name("ns1", "ext-mirror-1")];
+    assert_eq!(second.endpoints.len(), 1);
+    assert_eq!(
+        cluster.slices[&name("ns1", "ext-mirror-1-v6")].address_type,
+        AddressType::Other("IPv6".into())
+    );
+}
+
+#[test]
+fn invalid_objects_are_reported_by_file_and_name() {
+    let cases = [
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n", "clusterIP"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 70000}]}\n", "out of range"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: QUIC}]}\n", "unknown protocol"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: SCTP}]}\n", "SCTP"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}, {port: 80}]}\n", "twice"),
+        ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\nendpoints: []\n", "kubernetes.io/service-name"),
+        ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.2]}]\n", "10.1.2"),
+        ("Endpoints default/e", "apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\nsubsets: [{addresses: [{ip: nope}], ports: [{port: 80}]}]\n", "nope"),
+    ];
+    for (object, yaml, needle) in cases {
+        let dir = TempDir::new("invalid");
+        dir.write("good.yaml", SERVICE);
+        dir.write("bad.yaml", yaml);
+        let loaded = load_dir(dir.path(), &ManifestCache::default());
+        assert_eq!(loaded.errors.len(), 1, "{object}: {:?}", loaded.errors);
+        let message = loaded.errors[0].to_string();
+        assert!(
+            message.contains("bad.yaml") && message.contains(object) && message.contains(needle),
+            "{message}"
+        );
+        assert!(
+            loaded
+                .cluster()
+                .services
+                .contains_key(&name("default", "web")),
+            "the good file still counts"
+        );
+    }
+}
+
+#[test]
+fn a_syntax_error_keeps_the_files_previous_objects() {
+    let dir = TempDir::new("syntax");
+    dir.write("web.yaml", SERVICE);
+    let first = load_dir(dir.path(), &ManifestCache::default());
+    dir.write(
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web\n  oops: [",
+    );
+    let second = load_dir(dir.path(), &first.cache);
+    assert_eq!(second.errors.len(), 1);
+    assert!(
+        second.errors[0].to_string().contains("YAML syntax error"),
+        "{}",
+        second.errors[0]
+    );
+    assert_eq!(
+        second.cluster(),
+        first.cluster(),
+        "nothing from the last good file is lost"
+    );
+}
+
+#[test]
+fn an_invalid_object_keeps_its_previous_version_and_a_fix_is_picked_up() {
+    let dir = TempDir::new("keep");
+    dir.write("web.yaml", SERVICE);
+    let first = load_dir(dir.path(), &ManifestCache::default());
+    dir.write("web.yaml", &SERVICE.replace("10.96.0.10", "10.96.0.999"));
+    let second = load_dir(dir.path(), &first.cache);
+    assert!(second.errors[0]
+        .to_string()
+        .contains("keeping its previous version"));
+    assert_eq!(
+        second.cluster().services[&name("default", "web")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 0, 10)]
+    );
+    dir.write("web.yaml", &SERVICE.replace("10.96.0.10", "10.96.0.12"));
+    let third = load_dir(dir.path(), &second.cache);
+    assert!(third.errors.is_empty());
+    assert_eq!(
+        third.cluster().services[&name("default", "web")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 0, 12)]
+    );
+}
+
+#[test]
+fn a_removed_file_removes_its_objects() {
+    let dir = TempDir::new("removed");
+    dir.write("web.yaml", SERVICE);
+    dir.write("slice.yaml", SLICE);
+    let first = load_dir(dir.path(), &ManifestCache::default());
+    dir.remove("slice.yaml");
+    let second = load_dir(dir.path(), &first.cache);
+    assert!(second.cluster().slices.is_empty());
+    assert_eq!(second.cluster().services.len(), 1);
+}
