@@ -1,6 +1,6 @@
 //! `lb-agent`: the load balancer's node agent.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{io::IsTerminal, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
@@ -81,6 +81,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Run(args) => {

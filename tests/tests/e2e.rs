@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -215,5 +215,52 @@ fn bad_manifest_keeps_other_services() {
     );
     let counts = http_distribution(&c.topo.client, WEB, 40, DEADLINE);
     assert_spread(&counts, &["pod1a", "pod1b", "pod1c", "pod2a"], 40, 0.02);
-    let _ = SocketAddr::V4(WEB);
+}
+
+#[test]
+fn sigterm_detaches_and_removes_what_the_agent_created() {
+    let mut c = cluster(ManifestDir::with_examples().unwrap());
+    let link = |ns: &lb_tests::netns::Netns, iface: &str| {
+        String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", iface]).unwrap().stdout)
+            .into_owned()
+    };
+    let accept_local = |iface: &str| {
+        String::from_utf8_lossy(
+            &c.topo
+                .node1
+                .exec(&[
+                    "sysctl",
+                    "-n",
+                    &format!("net.ipv4.conf.{iface}.accept_local"),
+                ])
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    assert!(
+        link(&c.topo.node1, "eth0").contains("xdp"),
+        "XDP attached while running"
+    );
+    assert_eq!(accept_local("eth0"), "1");
+    let pod = &c.topo.pod("pod1a").ns;
+    let before = http_distribution(pod, EXTERNAL, 4, Duration::from_secs(10));
+    assert_eq!(
+        before.get("error"),
+        None,
+        "TC translates pod traffic while running: {before:?}"
+    );
+    assert!(c.agent.stop(), "lb-agent exits 0 on SIGTERM");
+    assert!(
+        !link(&c.topo.node1, "eth0").contains("xdp"),
+        "XDP detached on exit"
+    );
+    assert!(!c.agent.pin_dir().exists(), "pins removed on exit");
+    assert_eq!(accept_local("eth0"), "0", "sysctl restored on exit");
+    // With the programs gone the service address answers no more.
+    let after = http_distribution(&c.topo.client, WEB, 1, Duration::from_secs(5));
+    assert_eq!(after.get("error"), Some(&1), "XDP gone: {after:?}");
+    let after = http_distribution(pod, EXTERNAL, 1, Duration::from_secs(5));
+    assert_eq!(after.get("error"), Some(&1), "TC gone: {after:?}");
 }

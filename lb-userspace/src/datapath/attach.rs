@@ -71,7 +71,18 @@ pub fn interfaces() -> Result<Vec<String>> {
 /// After SNAT to the node address (a backend on another node, or a pod reaching
 /// itself through its service) the kernel sees a packet arriving with a local
 /// source address, which it drops as martian unless `accept_local` is set.
-pub fn accept_local_source(iface: &str) -> Result<()> {
+/// Returns the previous value, to restore on exit.
+pub fn accept_local_source(iface: &str) -> Result<String> {
     let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+    let previous = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+    Ok(previous.trim().to_string())
+}
+
+/// Puts back an interface's `accept_local` (best effort: it may be gone).
+pub fn restore_accept_local(iface: &str, value: &str) {
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"),
+        value,
+    );
 }

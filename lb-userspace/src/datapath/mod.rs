@@ -51,6 +51,8 @@ pub struct Datapath {
     pub maps: Maps,
     config: DatapathConfig,
     tc_attached: BTreeSet<String>,
+    /// Interfaces whose `accept_local` we changed, with the value to restore.
+    sysctls: Vec<(String, String)>,
 }
 
 impl Datapath {
@@ -90,11 +92,13 @@ impl Datapath {
             maps,
             config,
             tc_attached: BTreeSet::new(),
+            sysctls: Vec::new(),
         };
         attach::load_programs(&mut datapath.ebpf)?;
         for iface in &datapath.config.xdp_ifaces.clone() {
             attach::attach_xdp(&mut datapath.ebpf, iface, datapath.config.xdp_mode)?;
-            attach::accept_local_source(iface)?;
+            let previous = attach::accept_local_source(iface)?;
+            datapath.sysctls.push((iface.clone(), previous));
             info!(iface, "XDP program attached");
         }
         datapath.attach_new_pod_interfaces()?;
@@ -116,7 +120,8 @@ impl Datapath {
             match attach::attach_tc(&mut self.ebpf, &iface)
                 .and_then(|()| attach::accept_local_source(&iface))
             {
-                Ok(()) => {
+                Ok(previous) => {
+                    self.sysctls.push((iface.clone(), previous));
                     info!(iface, "TC program attached");
                     self.tc_attached.insert(iface);
                 }
@@ -140,10 +145,14 @@ impl Datapath {
         &self.tc_attached
     }
 
-    /// Detaches the programs and removes the pins.
+    /// Detaches the programs, restores the sysctls it changed and removes the pins.
     pub fn shutdown(self) {
         let pin_dir = self.config.pin_dir.clone();
+        let sysctls = self.sysctls.clone();
         drop(self);
+        for (iface, value) in sysctls {
+            attach::restore_accept_local(&iface, &value);
+        }
         remove_pins(&pin_dir);
     }
 }
