@@ -14,7 +14,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_tests::packet::{Packet, TestDatapath, XDP_PASS};
 use lb_userspace::{
-    datapath::XDP_PROGRAM,
+    datapath::{XDP_PASS_PROGRAM, XDP_PROGRAM},
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
     plan::Planner,
 };
@@ -77,7 +77,7 @@ fn main() {
     dp.datapath_mut().maps.apply(&plan.ops).unwrap();
 
     let lb: &Xdp = dp.program(XDP_PROGRAM).try_into().unwrap();
-    let floor: &Xdp = dp.program("xdp_pass").try_into().unwrap();
+    let floor: &Xdp = dp.program(XDP_PASS_PROGRAM).try_into().unwrap();
 
     let non_service = Packet::tcp(CLIENT, 40000, Ipv4Addr::new(10, 0, 0, 1), 443)
         .ack()

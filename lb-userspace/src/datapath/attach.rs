@@ -6,9 +6,9 @@ use aya::{
     Ebpf,
 };
 
-use super::{TC_PROGRAM, XDP_PROGRAM};
+use super::{TC_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
 
-/// Loads (verifies) both programs.
+/// Loads (verifies) the programs.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
     xdp.load()
@@ -16,6 +16,9 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
     tc.load()
         .with_context(|| format!("the verifier rejected {TC_PROGRAM}"))?;
+    let pass: &mut Xdp = program(ebpf, XDP_PASS_PROGRAM)?.try_into()?;
+    pass.load()
+        .with_context(|| format!("the verifier rejected {XDP_PASS_PROGRAM}"))?;
     Ok(())
 }
 

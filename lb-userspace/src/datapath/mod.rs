@@ -26,6 +26,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const XDP_PROGRAM: &str = "lb_xdp";
 /// Name of the TC program in the object.
 pub const TC_PROGRAM: &str = "lb_tc";
+/// Name of the pass-everything XDP program (benchmark floor; veth peers).
+pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 
 /// How to set up the data path.
 #[derive(Clone, Debug)]
