@@ -1,77 +1,79 @@
-//! `lb-agent run`: source -> model -> desired state -> plan -> maps, and the
-//! loop that repeats it when the manifests change.
+//! `lb-agent run`: source -> model -> desired state -> plan -> maps, repeated
+//! whenever the source says something changed.
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use notify::{RecursiveMode, Watcher};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     datapath::{Datapath, DatapathConfig, LabelWriter},
-    manifest::{self, ManifestCache},
+    model::Cluster,
     plan::Planner,
     select,
+    source::{kube::KubeSource, manifests::ManifestSource, Source},
 };
 
 /// How long freed slab ranges and ids wait before reuse (packets in flight may still read them).
 pub const REUSE_GRACE: Duration = Duration::from_secs(2);
-/// How long to wait for more file events before resyncing.
+/// How long to wait for more changes before a sync: a burst becomes one sync.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often to look for new pod interfaces.
 const INTERFACE_SCAN: Duration = Duration::from_secs(1);
 
-/// Options of `lb-agent run` with the manifest source.
+/// Where the agent takes Services and EndpointSlices from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A watched directory of manifests.
+    Manifests(PathBuf),
+    /// The API server: in-cluster config, or this kubeconfig file.
+    Kube {
+        /// Path of a kubeconfig; `None` infers (in-cluster, then `~/.kube/config`).
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// Options of `lb-agent run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Directory of manifests.
-    pub manifests: PathBuf,
+    /// The source.
+    pub source: SourceConfig,
     /// This node's name (decides which endpoints are local).
     pub node_name: String,
     /// Data-path setup.
     pub datapath: DatapathConfig,
 }
 
-/// The deciding state kept between syncs: parsed files, applied maps, labels.
+/// The state kept between syncs: what is applied, and the labels written.
 pub struct Reconciler {
-    dir: PathBuf,
     node_name: String,
-    cache: ManifestCache,
     planner: Planner,
     labels: LabelWriter,
 }
 
 impl Reconciler {
-    /// A reconciler for `dir` whose maps start empty.
+    /// A reconciler whose maps start empty.
     #[must_use]
-    pub fn new(dir: PathBuf, node_name: String, slab_slots: u32) -> Self {
+    pub fn new(node_name: String, slab_slots: u32) -> Self {
         Self {
-            dir,
             node_name,
-            cache: ManifestCache::default(),
             planner: Planner::new(slab_slots, REUSE_GRACE),
             labels: LabelWriter::default(),
         }
     }
 
-    /// Reads the manifests again and writes what changed into the maps.
-    pub fn sync(&mut self, datapath: &mut Datapath) -> Result<()> {
+    /// Writes what changed between the applied state and `cluster` into the maps.
+    pub fn sync(&mut self, cluster: &Cluster, datapath: &mut Datapath) -> Result<()> {
         let started = Instant::now();
-        let loaded = manifest::load_dir(&self.dir, &self.cache);
-        for e in &loaded.errors {
-            error!("{e}");
-        }
-        let cluster = loaded.cluster();
-        self.cache = loaded.cache;
-        let (desired, warnings) = select::desired_state(&cluster, &self.node_name);
+        let (desired, warnings) = select::desired_state(cluster, &self.node_name);
         for w in &warnings {
             warn!("{w}");
         }
@@ -98,31 +100,50 @@ impl Reconciler {
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches and removes its pins.
 pub async fn run(options: RunOptions) -> Result<()> {
+    let (changed_tx, changed) = mpsc::unbounded_channel();
+    let source: Box<dyn Source> = match &options.source {
+        SourceConfig::Manifests(dir) => Box::new(ManifestSource::new(dir.clone(), changed_tx)?),
+        SourceConfig::Kube { kubeconfig } => {
+            let client = kube_client(kubeconfig.as_ref()).await?;
+            let source = KubeSource::start(&client, &changed_tx);
+            info!("waiting for the initial list of Services and EndpointSlices");
+            source.wait_until_ready().await?;
+            Box::new(source)
+        }
+    };
     let mut datapath = Datapath::load(options.datapath.clone())?;
-    let result = serve(&options, &mut datapath).await;
+    let result = serve(&options, source, changed, &mut datapath).await;
     datapath.shutdown();
     info!("detached and removed pins");
     result
 }
 
-async fn serve(options: &RunOptions, datapath: &mut Datapath) -> Result<()> {
-    let mut reconciler = Reconciler::new(
-        options.manifests.clone(),
-        options.node_name.clone(),
-        options.datapath.slab_slots,
-    );
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
-    })
-    .context("creating the file watcher")?;
-    watcher
-        .watch(&options.manifests, RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", options.manifests.display()))?;
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig: pass --kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
 
-    reconciler.sync(datapath)?;
+async fn serve(
+    options: &RunOptions,
+    mut source: Box<dyn Source>,
+    mut changed: mpsc::UnboundedReceiver<()>,
+    datapath: &mut Datapath,
+) -> Result<()> {
+    let mut reconciler = Reconciler::new(options.node_name.clone(), options.datapath.slab_slots);
+    reconciler.sync(&source.snapshot(), datapath)?;
     println!("lb-agent ready");
-    info!(manifests = %options.manifests.display(), "ready");
+    info!(source = ?options.source, "ready");
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -131,14 +152,11 @@ async fn serve(options: &RunOptions, datapath: &mut Datapath) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            Some(event) = events.recv() => {
-                if !is_change(&event, &options.manifests) {
-                    continue;
-                }
-                // Coalesce a burst of events (an editor's save is several) into one sync.
+            Some(()) = changed.recv() => {
+                // Coalesce a burst of changes into one sync.
                 tokio::time::sleep(DEBOUNCE).await;
-                while events.try_recv().is_ok() {}
-                if let Err(e) = reconciler.sync(datapath) {
+                while changed.try_recv().is_ok() {}
+                if let Err(e) = reconciler.sync(&source.snapshot(), datapath) {
                     error!("sync failed: {e:#}");
                 }
             }
@@ -150,22 +168,4 @@ async fn serve(options: &RunOptions, datapath: &mut Datapath) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether a watcher event may change the manifests (reads of our own do not).
-fn is_change(event: &notify::Result<notify::Event>, dir: &Path) -> bool {
-    match event {
-        Ok(e) => {
-            let relevant = !matches!(e.kind, notify::EventKind::Access(_))
-                && e.paths.iter().any(|p| crate::manifest::is_manifest(p));
-            if relevant {
-                debug!(paths = ?e.paths, kind = ?e.kind, "manifest change");
-            }
-            relevant
-        }
-        Err(e) => {
-            warn!(dir = %dir.display(), "file watcher error: {e}; resyncing");
-            true
-        }
-    }
 }

@@ -10,4 +10,5 @@ pub mod model;
 pub mod plan;
 pub mod select;
 pub mod slab;
+pub mod source;
 pub mod status;

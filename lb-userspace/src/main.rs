@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
-    agent::{self, RunOptions},
+    agent::{self, RunOptions, SourceConfig},
     datapath::DatapathConfig,
     status,
 };
@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Balance the Services in a directory of manifests until SIGINT/SIGTERM.
+    /// Balance the Services of a manifest directory or the API server until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Print each service with its backends, and the verdict counters.
     Status {
@@ -42,9 +42,15 @@ enum Command {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Directory of Service, EndpointSlice and Endpoints manifests (YAML or JSON).
+    /// Where Services and EndpointSlices come from.
+    #[arg(long, value_enum, default_value_t = SourceArg::Manifests)]
+    source: SourceArg,
+    /// Directory of Service, EndpointSlice and Endpoints manifests (YAML or JSON), for `--source manifests`.
+    #[arg(long, required_if_eq("source", "manifests"))]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig for `--source kube` [default: in-cluster config, then ~/.kube/config].
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Uplink interface for the XDP program (repeat for several).
     #[arg(long = "xdp-iface", required = true)]
     xdp_ifaces: Vec<String>,
@@ -66,6 +72,14 @@ struct RunArgs {
     /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
     #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
     maglev_slab_slots: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SourceArg {
+    /// A directory of manifests, watched for changes.
+    Manifests,
+    /// The Kubernetes API server (list/watch).
+    Kube,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,8 +122,17 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         Some(name) => name,
         None => hostname()?,
     };
+    let source = match args.source {
+        SourceArg::Manifests => SourceConfig::Manifests(
+            args.manifests
+                .context("--source manifests needs --manifests DIR")?,
+        ),
+        SourceArg::Kube => SourceConfig::Kube {
+            kubeconfig: args.kubeconfig,
+        },
+    };
     Ok(RunOptions {
-        manifests: args.manifests,
+        source,
         node_name,
         datapath: DatapathConfig {
             xdp_ifaces: args.xdp_ifaces,

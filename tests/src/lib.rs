@@ -2,6 +2,7 @@
 //! cluster topology, test servers and clients, and the agent process.
 
 pub mod agent;
+pub mod apiserver;
 pub mod netns;
 pub mod packet;
 pub mod topology;

@@ -1,0 +1,151 @@
+//! The Kubernetes source: Services and EndpointSlices watched with kube-rs'
+//! watcher and reflector. A relist (after `410 Gone`, or a restart) replaces
+//! the stores whole, so objects that vanished meanwhile are dropped; while the
+//! API server is unreachable the watcher retries with backoff and the stores,
+//! and so the maps, keep the last known state.
+
+use std::{collections::BTreeMap, fmt::Debug};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    runtime::{
+        reflector::{self, Store},
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Api, Client, Resource,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use super::Source;
+use crate::{
+    desired::ObjectName,
+    model::{object_name, Cluster, ServiceSpec, SliceSpec},
+};
+
+/// Watches of Services and EndpointSlices in all namespaces.
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    last_good_services: BTreeMap<ObjectName, ServiceSpec>,
+    last_good_slices: BTreeMap<ObjectName, SliceSpec>,
+}
+
+impl KubeSource {
+    /// Starts the watches; every change (and every relist) sends on `changed`.
+    #[must_use]
+    pub fn start(client: &Client, changed: &UnboundedSender<()>) -> Self {
+        let services = watch(Api::<Service>::all(client.clone()), changed.clone());
+        let slices = watch(Api::<EndpointSlice>::all(client.clone()), changed.clone());
+        Self {
+            services,
+            slices,
+            last_good_services: BTreeMap::new(),
+            last_good_slices: BTreeMap::new(),
+        }
+    }
+
+    /// Waits for the initial list of both kinds.
+    pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        Ok(())
+    }
+}
+
+impl Source for KubeSource {
+    fn snapshot(&mut self) -> Cluster {
+        let mut cluster = Cluster::default();
+        for service in self.services.state() {
+            if let Some(spec) = validated(
+                "Service",
+                &service.metadata,
+                ServiceSpec::from_k8s(&service),
+                &mut self.last_good_services,
+            ) {
+                cluster.services.insert(spec.name.clone(), spec);
+            }
+        }
+        for slice in self.slices.state() {
+            if let Some(spec) = validated(
+                "EndpointSlice",
+                &slice.metadata,
+                SliceSpec::from_k8s(&slice),
+                &mut self.last_good_slices,
+            ) {
+                cluster.slices.insert(spec.name.clone(), spec);
+            }
+        }
+        // Forget the last good versions of objects that are gone.
+        self.last_good_services
+            .retain(|name, _| cluster.services.contains_key(name));
+        self.last_good_slices
+            .retain(|name, _| cluster.slices.contains_key(name));
+        cluster
+    }
+}
+
+/// The valid spec, or on a validation error (logged with the object's name)
+/// its last valid version, if any.
+fn validated<T: Clone>(
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    result: Result<T, String>,
+    last_good: &mut BTreeMap<ObjectName, T>,
+) -> Option<T> {
+    let name = object_name(meta).ok()?;
+    match result {
+        Ok(spec) => {
+            last_good.insert(name, spec.clone());
+            Some(spec)
+        }
+        Err(message) => {
+            let kept = last_good.get(&name).cloned();
+            let what = if kept.is_some() {
+                "keeping its previous version"
+            } else {
+                "skipped"
+            };
+            warn!("{kind} {name}: {message}; {what}");
+            kept
+        }
+    }
+}
+
+/// A reflector store fed by a watch that retries with backoff.
+fn watch<K>(api: Api<K>, changed: UnboundedSender<()>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff();
+    tokio::spawn(forward(kind, stream, changed));
+    store
+}
+
+async fn forward<K, S>(kind: String, stream: S, changed: UnboundedSender<()>)
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => info!(kind, "listing"),
+            Ok(Event::InitApply(_)) => {}
+            Ok(Event::InitDone) => {
+                info!(kind, "list complete");
+                let _ = changed.send(());
+            }
+            Ok(Event::Apply(_) | Event::Delete(_)) => {
+                let _ = changed.send(());
+            }
+            Err(e) => warn!(kind, "watch failed, retrying with backoff: {e}"),
+        }
+    }
+}

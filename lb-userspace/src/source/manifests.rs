@@ -1,0 +1,72 @@
+//! The manifest source: a watched directory of YAML/JSON files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, warn};
+
+use super::Source;
+use crate::{
+    manifest::{self, ManifestCache},
+    model::Cluster,
+};
+
+/// Manifests in a directory, re-read on every change.
+pub struct ManifestSource {
+    dir: PathBuf,
+    cache: ManifestCache,
+    _watcher: RecommendedWatcher,
+}
+
+impl ManifestSource {
+    /// Watches `dir`; every change that may matter sends on `changed`.
+    pub fn new(dir: PathBuf, changed: UnboundedSender<()>) -> Result<Self> {
+        let dir_for_events = dir.clone();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            if is_change(&event, &dir_for_events) {
+                let _ = changed.send(());
+            }
+        })
+        .context("creating the file watcher")?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            cache: ManifestCache::default(),
+            _watcher: watcher,
+        })
+    }
+}
+
+impl Source for ManifestSource {
+    fn snapshot(&mut self) -> Cluster {
+        let loaded = manifest::load_dir(&self.dir, &self.cache);
+        for e in &loaded.errors {
+            error!("{e}");
+        }
+        let cluster = loaded.cluster();
+        self.cache = loaded.cache;
+        cluster
+    }
+}
+
+/// Whether a watcher event may change the manifests (reads of our own do not).
+fn is_change(event: &notify::Result<notify::Event>, dir: &Path) -> bool {
+    match event {
+        Ok(e) => {
+            let relevant = !matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths.iter().any(|p| manifest::is_manifest(p));
+            if relevant {
+                debug!(paths = ?e.paths, kind = ?e.kind, "manifest change");
+            }
+            relevant
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), "file watcher error: {e}; resyncing");
+            true
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The Kubernetes source against the test API server: the real kube client
+//! over HTTP on loopback, list/watch, bookmarks, dropped connections, `410
+//! Gone` relists and an unreachable server. No root needed.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_tests::apiserver::TestApiServer;
+use lb_userspace::{
+    select,
+    source::{kube::KubeSource, Source},
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn service(name: &str, ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: http}}]}}\n")
+}
+
+fn slice(service: &str, ips: &[&str]) -> String {
+    let endpoints: Vec<String> = ips
+        .iter()
+        .map(|ip| {
+            format!("{{addresses: [\"{ip}\"], conditions: {{ready: true}}, nodeName: node1}}")
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
+/// "service frontend -> backends" lines of the desired state the source gives.
+fn state(source: &mut KubeSource) -> Vec<String> {
+    let (desired, _) = select::desired_state(&source.snapshot(), "node1");
+    let mut lines: Vec<String> = desired
+        .iter()
+        .map(|(f, d)| {
+            let b: Vec<String> = d.backends.keys().map(ToString::to_string).collect();
+            format!("{} {f} -> {}", d.service, b.join(","))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+async fn until(source: &mut KubeSource, expected: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let now = state(source);
+        if now == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "after {WAIT:?} the state is {now:#?}, expected {expected:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(KubeSource) -> F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (changed, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let source = KubeSource::start(&client, &changed);
+        tokio::time::timeout(WAIT, source.wait_until_ready())
+            .await
+            .expect("initial list within the deadline")
+            .unwrap();
+        // Both watches (Services, EndpointSlices) streaming before the test acts.
+        let started = Instant::now();
+        while server.open_watches() < 2 {
+            assert!(
+                started.elapsed() < WAIT,
+                "watches not opened: {:#?}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(Duration::from_mins(1), test(source))
+            .await
+            .expect("test within a minute");
+    });
+}
+
+const WEB: &str = "default/web 10.96.0.10:80/TCP -> 10.244.1.2:8080,10.244.1.3:8080";
+
+#[test]
+fn initial_sync_then_add_update_delete() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server.apply(&service("web", "10.96.0.10")).unwrap();
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &[WEB]).await;
+        server.apply(&service("db", "10.96.0.11")).unwrap();
+        server.apply(&slice("db", &["10.244.1.9"])).unwrap();
+        until(
+            &mut source,
+            &["default/db 10.96.0.11:80/TCP -> 10.244.1.9:8080", WEB],
+        )
+        .await;
+        server
+            .apply(&slice("db", &["10.244.1.8", "10.244.1.9"]))
+            .unwrap();
+        until(
+            &mut source,
+            &[
+                "default/db 10.96.0.11:80/TCP -> 10.244.1.8:8080,10.244.1.9:8080",
+                WEB,
+            ],
+        )
+        .await;
+        assert!(server.delete("Service", "default", "db"));
+        until(&mut source, &[WEB]).await;
+    });
+}
+
+#[test]
+fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server.apply(&service("web", "10.96.0.10")).unwrap();
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    server.apply(&service("old", "10.96.0.12")).unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &["default/old 10.96.0.12:80/TCP -> ", WEB]).await;
+        let lists = server.lists();
+        // While the watches are down, "old" is deleted and "new" created, and
+        // the history is compacted: resuming gets 410 Gone and must relist.
+        server.set_down(true);
+        assert!(server.delete("Service", "default", "old"));
+        server.apply(&service("new", "10.96.0.13")).unwrap();
+        server.compact();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            state(&mut source),
+            ["default/old 10.96.0.12:80/TCP -> ", WEB],
+            "unreachable: last known state"
+        );
+        server.set_down(false);
+        until(&mut source, &["default/new 10.96.0.13:80/TCP -> ", WEB]).await;
+        assert!(server.lists() > lists, "the watcher relisted");
+    });
+}
+
+#[test]
+fn dropped_connections_resume_from_the_last_bookmark_without_relisting() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server.apply(&service("web", "10.96.0.10")).unwrap();
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &[WEB]).await;
+        // Unrelated history moves on; a bookmark tells the watcher where it is.
+        server.apply(&service("db", "10.96.0.11")).unwrap();
+        assert!(server.delete("Service", "default", "db"));
+        server.bookmark();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.compact();
+        let lists = server.lists();
+        server.drop_watches();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.apply(&slice("web", &["10.244.1.3"])).unwrap();
+        until(
+            &mut source,
+            &["default/web 10.96.0.10:80/TCP -> 10.244.1.3:8080"],
+        )
+        .await;
+        assert_eq!(
+            server.lists(),
+            lists,
+            "resumed from the bookmark: no relist: {:#?}",
+            server.log()
+        );
+    });
+}
+
+#[test]
+fn a_malformed_object_is_skipped_and_picked_up_once_fixed() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server.apply(&service("web", "10.96.0.10")).unwrap();
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    server.apply(&service("bad", "10.96.0.300")).unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &[WEB]).await;
+        server.apply(&service("bad", "10.96.0.30")).unwrap();
+        until(&mut source, &["default/bad 10.96.0.30:80/TCP -> ", WEB]).await;
+        // Broken again: the last valid version stays.
+        server.apply(&service("bad", "10.96.0.301")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        until(&mut source, &["default/bad 10.96.0.30:80/TCP -> ", WEB]).await;
+    });
+}
