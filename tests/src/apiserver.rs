@@ -408,8 +408,10 @@ fn watch_response(shared: &Arc<Shared>, kind: &str, query: &HashMap<String, Stri
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                () = &mut deadline => return,
+                // A dropped connection wins over changes made after the drop.
+                biased;
                 _ = generation.changed() => return,
+                () = &mut deadline => return,
                 change = changes.recv() => {
                     let Ok(change) = change else { return };
                     if change.kind != kind || (change.kind_of_event != "BOOKMARK" && change.rv <= last) {
