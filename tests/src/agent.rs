@@ -43,6 +43,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent in `node`'s network namespace on `manifests`, with XDP on node1's uplink and TC on its pods.
     pub fn start(node: &Netns, manifests: &Path) -> Result<Self> {
+        let dir = manifests.to_string_lossy().into_owned();
+        Self::start_with(node, &["--manifests", &dir])
+    }
+
+    /// Starts the agent with `--source kube` on the API server of `kubeconfig`.
+    pub fn start_kube(node: &Netns, kubeconfig: &Path) -> Result<Self> {
+        let config = kubeconfig.to_string_lossy().into_owned();
+        Self::start_with(node, &["--source", "kube", "--kubeconfig", &config])
+    }
+
+    /// Starts `lb-agent run` with the given source arguments.
+    pub fn start_with(node: &Netns, source_args: &[&str]) -> Result<Self> {
         let bin = agent_bin()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}x{n}", std::process::id());
@@ -55,8 +67,8 @@ impl Agent {
             .arg(format!("--net=/run/netns/{}", node.name()))
             .arg("--")
             .arg(&bin)
-            .args(["--log-level", "info", "run", "--manifests"])
-            .arg(manifests)
+            .args(["--log-level", "info", "run"])
+            .args(source_args)
             .args([
                 "--xdp-iface",
                 NODE1_UPLINK,

@@ -1,0 +1,205 @@
+//! End to end with `--source kube`: the agent in node1 watches the test API
+//! server (on node1's loopback); changes to EndpointSlices change real traffic.
+//! Needs root.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::Agent,
+    apiserver::TestApiServer,
+    topology::ClusterTopology,
+    traffic::{http_distribution, PodServers},
+};
+
+const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 80);
+const DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 53);
+/// How long an API change may take to reach traffic.
+const APPLY: Duration = Duration::from_secs(1);
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: http}\n  - {name: dns, port: 53, protocol: UDP, targetPort: dns}\n";
+
+/// The Service's slice with `(pod address, node, ready)` endpoints.
+fn slice(endpoints: &[(&str, &str, bool)]) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|(ip, node, ready)| {
+            format!("{{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: {ready}}}}}")
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\n\
+         endpoints: [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn pods_answering(counts: &BTreeMap<String, usize>) -> Vec<&str> {
+    counts.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn endpoint_changes_from_the_api_server_change_traffic() {
+    let topo = ClusterTopology::new().unwrap();
+    let _servers = PodServers::start(&topo).unwrap();
+    let api = TestApiServer::start_in(Some(&topo.node1)).unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("lbt{}-kubeconfig", std::process::id()));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.apply(SERVICE).unwrap();
+    api.apply(&slice(&[
+        ("10.244.1.2", "node1", true),
+        ("10.244.1.3", "node1", true),
+        ("10.244.2.2", "node2", true),
+    ]))
+    .unwrap();
+    let mut agent = Agent::start_kube(&topo.node1, &kubeconfig).unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_secs(60));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod1a", "pod1b", "pod2a"],
+        "{counts:?}"
+    );
+
+    // Scale up.
+    api.apply(&slice(&[
+        ("10.244.1.2", "node1", true),
+        ("10.244.1.3", "node1", true),
+        ("10.244.2.2", "node2", true),
+        ("10.244.1.4", "node1", true),
+    ]))
+    .unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 80, Duration::from_secs(60));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod1a", "pod1b", "pod1c", "pod2a"],
+        "scaled up: {counts:?}"
+    );
+
+    // pod1a turns not ready: no new connections.
+    api.apply(&slice(&[
+        ("10.244.1.2", "node1", false),
+        ("10.244.1.3", "node1", true),
+        ("10.244.2.2", "node2", true),
+        ("10.244.1.4", "node1", true),
+    ]))
+    .unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_secs(60));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod1b", "pod1c", "pod2a"],
+        "not ready: {counts:?}"
+    );
+
+    // Scale down to pod2a.
+    api.apply(&slice(&[("10.244.2.2", "node2", true)])).unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 20, Duration::from_secs(60));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod2a"],
+        "scaled down: {counts:?}"
+    );
+    let status = agent.status().unwrap();
+    assert!(
+        status.contains("default/web 10.96.0.40:80/TCP -> 10.244.2.2:8080"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_udp_client_moves_off_a_deleted_backend_at_its_next_packet() {
+    let topo = ClusterTopology::new().unwrap();
+    let _servers = PodServers::start(&topo).unwrap();
+    let api = TestApiServer::start_in(Some(&topo.node1)).unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("lbt{}-kubeconfig-udp", std::process::id()));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.apply(SERVICE).unwrap();
+    let all = [
+        ("10.244.1.2", "node1", true),
+        ("10.244.1.3", "node1", true),
+        ("10.244.1.4", "node1", true),
+        ("10.244.2.2", "node2", true),
+    ];
+    api.apply(&slice(&all)).unwrap();
+    let mut agent = Agent::start_kube(&topo.node1, &kubeconfig).unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    // One long-running UDP client (one 5-tuple), as a DNS resolver would be.
+    let socket = topo
+        .client
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut ask = || -> Option<String> {
+        socket.send_to(b"query", DNS).unwrap();
+        let (n, from) = socket.recv_from(&mut buf).ok()?;
+        assert_eq!(
+            from,
+            SocketAddr::V4(DNS),
+            "the reply comes from the service address"
+        );
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let pinned = ask().expect("first reply");
+    for _ in 0..5 {
+        assert_eq!(
+            ask().as_deref(),
+            Some(pinned.as_str()),
+            "conntrack keeps the flow on one backend"
+        );
+    }
+
+    // Delete the backend it is pinned to, and keep sending every 50 ms.
+    let pinned_ip = topo.pod(&pinned).ip.to_string();
+    let rest: Vec<_> = all
+        .iter()
+        .copied()
+        .filter(|(ip, _, _)| *ip != pinned_ip)
+        .collect();
+    api.apply(&slice(&rest)).unwrap();
+    let deleted = Instant::now();
+    let mut answers = Vec::new();
+    while deleted.elapsed() < Duration::from_secs(3) {
+        answers.push((deleted.elapsed(), ask()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_moved = answers
+        .iter()
+        .position(|(_, a)| a.as_deref().is_some_and(|who| who != pinned))
+        .unwrap_or_else(|| panic!("never moved off {pinned}: {answers:?}"));
+    assert!(
+        answers[first_moved].0 < APPLY,
+        "moved after {:?}: {answers:?}",
+        answers[first_moved].0
+    );
+    let after = &answers[first_moved..];
+    assert!(
+        after
+            .iter()
+            .all(|(_, a)| a.as_deref().is_some_and(|who| who != pinned)),
+        "once moved, every packet is answered by a live backend: {answers:?}"
+    );
+    let moved_to = after[0].1.clone().unwrap();
+    assert!(
+        after
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some(moved_to.as_str())),
+        "and stays there: {answers:?}"
+    );
+}
