@@ -62,7 +62,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let _ = std::fs::remove_file(&kubeconfig);
 
-    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_secs(60));
+    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
         ["pod1a", "pod1b", "pod2a"],
@@ -78,7 +78,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
     ]))
     .unwrap();
     std::thread::sleep(APPLY);
-    let counts = http_distribution(&topo.client, WEB, 80, Duration::from_secs(60));
+    let counts = http_distribution(&topo.client, WEB, 80, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
         ["pod1a", "pod1b", "pod1c", "pod2a"],
@@ -94,7 +94,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
     ]))
     .unwrap();
     std::thread::sleep(APPLY);
-    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_secs(60));
+    let counts = http_distribution(&topo.client, WEB, 60, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
         ["pod1b", "pod1c", "pod2a"],
@@ -104,7 +104,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
     // Scale down to pod2a.
     api.apply(&slice(&[("10.244.2.2", "node2", true)])).unwrap();
     std::thread::sleep(APPLY);
-    let counts = http_distribution(&topo.client, WEB, 20, Duration::from_secs(60));
+    let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
         ["pod2a"],
