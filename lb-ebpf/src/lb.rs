@@ -61,10 +61,8 @@ pub fn decide(flow: &Flow, hook: Hook) -> Action {
 /// A packet addressed to a service frontend.
 #[inline(always)]
 fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
-    if svc.backend_count == 0 {
-        counters::count(Verdict::Dropped);
-        return Action::Drop;
-    }
+    // An established flow keeps its backend while the backend entry exists,
+    // also when it takes no new connections (terminating, not ready).
     let ct_key = conntrack::key(flow);
     if let Some((ct, chosen)) = conntrack::recall(&ct_key, svc) {
         counters::count(Verdict::Translated);
@@ -74,6 +72,10 @@ fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
             0
         };
         return Action::Rewrite(nat::forward(flow, &chosen, ct.snat_addr, snat_port));
+    }
+    if svc.backend_count == 0 {
+        counters::count(Verdict::Dropped);
+        return Action::Drop;
     }
     if let Some(rewrite) = new_flow(flow, svc, &ct_key, hook) {
         counters::count(Verdict::Translated);

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     datapath::{Datapath, DatapathConfig, LabelWriter},
+    desired::NodeInfo,
     model::Cluster,
     plan::Planner,
     select,
@@ -46,15 +47,15 @@ pub enum SourceConfig {
 pub struct RunOptions {
     /// The source.
     pub source: SourceConfig,
-    /// This node's name (decides which endpoints are local).
-    pub node_name: String,
+    /// This node: its name (which endpoints are local), zone and addresses.
+    pub node: NodeInfo,
     /// Data-path setup.
     pub datapath: DatapathConfig,
 }
 
 /// The state kept between syncs: what is applied, and the labels written.
 pub struct Reconciler {
-    node_name: String,
+    node: NodeInfo,
     planner: Planner,
     labels: LabelWriter,
 }
@@ -62,9 +63,9 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler whose maps start empty.
     #[must_use]
-    pub fn new(node_name: String, slab_slots: u32) -> Self {
+    pub fn new(node: NodeInfo, slab_slots: u32) -> Self {
         Self {
-            node_name,
+            node,
             planner: Planner::new(slab_slots, REUSE_GRACE),
             labels: LabelWriter::default(),
         }
@@ -73,7 +74,7 @@ impl Reconciler {
     /// Writes what changed between the applied state and `cluster` into the maps.
     pub fn sync(&mut self, cluster: &Cluster, datapath: &mut Datapath) -> Result<()> {
         let started = Instant::now();
-        let (desired, warnings) = select::desired_state(cluster, &self.node_name);
+        let (desired, warnings) = select::desired_state(cluster, &self.node);
         for w in &warnings {
             warn!("{w}");
         }
@@ -140,7 +141,7 @@ async fn serve(
     mut changed: mpsc::UnboundedReceiver<()>,
     datapath: &mut Datapath,
 ) -> Result<()> {
-    let mut reconciler = Reconciler::new(options.node_name.clone(), options.datapath.slab_slots);
+    let mut reconciler = Reconciler::new(options.node.clone(), options.datapath.slab_slots);
     reconciler.sync(&source.snapshot(), datapath)?;
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");

@@ -87,10 +87,34 @@ impl fmt::Display for ObjectName {
 }
 
 /// Properties of one backend of a frontend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendInfo {
     /// The endpoint runs on this node: keep the client address, no SNAT.
     pub local: bool,
+    /// New connections may go to it (it is in the Maglev table). A backend
+    /// that is listed but not selected (not ready, terminating, filtered by a
+    /// traffic policy) keeps only the connections it already has.
+    pub selected: bool,
+}
+
+impl Default for BackendInfo {
+    fn default() -> Self {
+        Self {
+            local: false,
+            selected: true,
+        }
+    }
+}
+
+/// What the agent knows about its own node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name (endpoints' `nodeName`).
+    pub name: String,
+    /// Its zone (`topology.kubernetes.io/zone`), for topology-aware routing.
+    pub zone: Option<String>,
+    /// Its addresses, which serve node ports.
+    pub addresses: Vec<Ipv4Addr>,
 }
 
 /// What one frontend should balance to.
@@ -102,6 +126,8 @@ pub struct DesiredFrontend {
     pub port_name: String,
     /// Backends (endpoint address and target port), ordered and unique.
     pub backends: BTreeMap<SocketAddrV4, BackendInfo>,
+    /// `sessionAffinity: ClientIP` timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
 }
 
 /// The whole desired state: every frontend the maps should hold.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, RunOptions, SourceConfig},
     datapath::DatapathConfig,
+    desired::NodeInfo,
     status,
 };
 
@@ -63,6 +64,9 @@ struct RunArgs {
     /// This node's name, compared with endpoints' nodeName [default: the hostname].
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's zone, for topology-aware routing (EndpointSlice zone hints).
+    #[arg(long)]
+    node_zone: Option<String>,
     /// Where to pin the maps (in bpffs).
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -133,7 +137,11 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     };
     Ok(RunOptions {
         source,
-        node_name,
+        node: NodeInfo {
+            name: node_name,
+            zone: args.node_zone,
+            addresses: vec![node_addr],
+        },
         datapath: DatapathConfig {
             xdp_ifaces: args.xdp_ifaces,
             xdp_mode: match args.xdp_mode {

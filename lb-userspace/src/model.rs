@@ -50,6 +50,18 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Where the endpoints listen.
     pub target_port: TargetPort,
+    /// The port on every node (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// Which endpoints a frontend may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Endpoints on any node.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node (the client address is kept, no SNAT).
+    Local,
 }
 
 /// A validated Service.
@@ -63,6 +75,16 @@ pub struct ServiceSpec {
     pub cluster_ips: Vec<Ipv4Addr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
+    /// `spec.externalIPs` (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` (IPv4, LoadBalancer Services).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.internalTrafficPolicy`: for cluster IPs.
+    pub internal_policy: TrafficPolicy,
+    /// `spec.externalTrafficPolicy`: for node ports, external and load-balancer IPs.
+    pub external_policy: TrafficPolicy,
+    /// `spec.sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// Address family of an EndpointSlice.
@@ -100,6 +122,24 @@ pub struct EndpointSpec {
     pub node_name: Option<String>,
     /// Its zone.
     pub zone: Option<String>,
+    /// `hints.forZones`: zones that should use it (topology-aware routing).
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes`: nodes that should use it.
+    pub node_hints: Vec<String>,
+}
+
+impl EndpointSpec {
+    /// `conditions.serving`, which defaults to `ready`.
+    #[must_use]
+    pub fn is_serving(&self) -> bool {
+        self.serving.unwrap_or(self.ready)
+    }
+
+    /// `conditions.terminating`, false when absent.
+    #[must_use]
+    pub fn is_terminating(&self) -> bool {
+        self.terminating.unwrap_or(false)
+    }
 }
 
 /// A validated EndpointSlice.
@@ -164,6 +204,58 @@ pub fn parse_port(what: &str, port: i32) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {port} is out of range 1-65535"))
 }
 
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+fn parse_policy(field: &str, value: Option<&str>) -> Result<TrafficPolicy, String> {
+    match value {
+        None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
+        Some("Local") => Ok(TrafficPolicy::Local),
+        Some(other) => Err(format!(
+            "unknown {field} {other:?} (expected Cluster or Local)"
+        )),
+    }
+}
+
+/// The `ClientIP` affinity timeout, or `None` without session affinity.
+fn parse_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Option<u32>, String> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(None),
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match timeout {
+                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT)),
+                Some(t) => u32::try_from(t)
+                    .ok()
+                    .filter(|t| (1..=86_400).contains(t))
+                    .map(Some)
+                    .ok_or_else(|| format!("sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range 1-86400")),
+            }
+        }
+        Some(other) => Err(format!("unknown sessionAffinity {other:?}")),
+    }
+}
+
+/// Parses addresses, keeping IPv4 and skipping IPv6; anything else is an error.
+fn parse_ipv4_list<'a>(
+    field: &str,
+    values: impl Iterator<Item = &'a String>,
+) -> Result<Vec<Ipv4Addr>, String> {
+    let mut out = Vec::new();
+    for value in values {
+        match value.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => out.push(ip),
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => return Err(format!("{field} {value:?} is not a valid IP address")),
+        }
+    }
+    Ok(out)
+}
+
 impl ServiceSpec {
     /// Validates a Service.
     pub fn from_k8s(service: &Service) -> Result<Self, String> {
@@ -193,6 +285,25 @@ impl ServiceSpec {
                 }
             }
         }
+        let external_ips = parse_ipv4_list("externalIP", spec.external_ips.iter().flatten())?;
+        let load_balancer_ips = parse_ipv4_list(
+            "status.loadBalancer.ingress ip",
+            service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_ref()),
+        )?;
+        let internal_policy = parse_policy(
+            "internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?;
+        let external_policy = parse_policy(
+            "externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?;
+        let affinity_timeout = parse_affinity(&spec)?;
         let mut ports = Vec::new();
         for port in spec.ports.unwrap_or_default() {
             let port_name = port.name.clone().unwrap_or_default();
@@ -214,11 +325,18 @@ impl ServiceSpec {
             {
                 return Err(format!("port {number}/{protocol} is listed twice"));
             }
+            let node_port = match port.node_port {
+                Some(n) if kind == ServiceKind::NodePort || kind == ServiceKind::LoadBalancer => {
+                    Some(parse_port("nodePort", n)?)
+                }
+                _ => None,
+            };
             ports.push(ServicePort {
                 name: port_name,
                 port: number,
                 protocol,
                 target_port,
+                node_port,
             });
         }
         Ok(Self {
@@ -226,6 +344,11 @@ impl ServiceSpec {
             kind,
             cluster_ips,
             ports,
+            external_ips,
+            load_balancer_ips,
+            internal_policy,
+            external_policy,
+            affinity_timeout,
         })
     }
 }
@@ -272,6 +395,7 @@ impl SliceSpec {
                     })?);
                 }
                 let conditions = endpoint.conditions.clone().unwrap_or_default();
+                let hints = endpoint.hints.clone().unwrap_or_default();
                 endpoints.push(EndpointSpec {
                     addresses,
                     ready: conditions.ready != Some(false),
@@ -279,6 +403,18 @@ impl SliceSpec {
                     terminating: conditions.terminating,
                     node_name: endpoint.node_name.clone(),
                     zone: endpoint.zone.clone(),
+                    zone_hints: hints
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    node_hints: hints
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| n.name.clone())
+                        .collect(),
                 });
             }
         }

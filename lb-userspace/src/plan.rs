@@ -81,6 +81,8 @@ pub struct AppliedBackend {
     pub id: BackendId,
     /// Whether it runs on this node.
     pub local: bool,
+    /// Whether it is in the Maglev table (takes new connections).
+    pub selected: bool,
 }
 
 /// A frontend as applied to the maps.
@@ -191,7 +193,7 @@ impl Planner {
         now: Instant,
     ) -> Result<(), String> {
         match self.frontends.get(&frontend) {
-            Some(cur) if cur.backends.keys().eq(want.backends.keys()) => {
+            Some(cur) if same_table(cur, want) => {
                 let updated = refresh(cur, want, ops);
                 self.frontends.insert(frontend, updated);
                 Ok(())
@@ -219,7 +221,7 @@ impl Planner {
         now: Instant,
     ) -> Result<AppliedFrontend, String> {
         let size = maglev::table_size_for(
-            want.backends.len(),
+            want.backends.values().filter(|b| b.selected).count(),
             current.map_or(0, |c| c.entry.table_size),
         );
         // Reserve everything first, so a failure changes nothing.
@@ -255,11 +257,18 @@ impl Planner {
                 AppliedBackend {
                     id,
                     local: info.local,
+                    selected: info.selected,
                 },
             );
         }
         ops.backends.extend(backend_ops);
-        let addrs: Vec<SocketAddrV4> = backends.keys().copied().collect();
+        // Only selected backends take new connections; the others keep their
+        // entries so that their established flows continue.
+        let addrs: Vec<SocketAddrV4> = backends
+            .iter()
+            .filter(|(_, b)| b.selected)
+            .map(|(a, _)| *a)
+            .collect();
         if size > 0 {
             let slots = maglev::build_table(&addrs, size)
                 .into_iter()
@@ -269,7 +278,7 @@ impl Planner {
         }
         let entry = ServiceEntry {
             id: service_id,
-            backend_count: u32::try_from(backends.len()).expect("fewer than 2^32 backends"),
+            backend_count: u32::try_from(addrs.len()).expect("fewer than 2^32 backends"),
             table_offset: offset,
             table_size: size,
         };
@@ -337,7 +346,18 @@ impl Planner {
     }
 }
 
-/// Same backend set: at most `local` flags and names change; the table stays.
+/// Whether `want` has the same backends, and the same ones selected, as `cur`:
+/// then the table stays.
+fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
+    cur.backends.len() == want.backends.len()
+        && cur
+            .backends
+            .iter()
+            .zip(&want.backends)
+            .all(|((a, applied), (b, info))| a == b && applied.selected == info.selected)
+}
+
+/// Same table: at most `local` flags and names change.
 fn refresh(cur: &AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) -> AppliedFrontend {
     let mut updated = cur.clone();
     for (addr, info) in &want.backends {
@@ -396,10 +416,14 @@ mod tests {
                 .map(|&(last, local)| {
                     (
                         SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), 8080),
-                        BackendInfo { local },
+                        BackendInfo {
+                            local,
+                            selected: true,
+                        },
                     )
                 })
                 .collect(),
+            affinity_timeout: 0,
         }
     }
 
@@ -490,6 +514,34 @@ mod tests {
         );
         let removed = before.backends[&SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)].id;
         assert_eq!(plan.ops.last(), Some(&MapOp::ClearBackend(removed)));
+    }
+
+    #[test]
+    fn unselected_backends_keep_their_entries_but_leave_the_table() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
+        let before = p.frontends().next().unwrap().clone();
+        let mut draining = want(&[(2, true), (3, true)]);
+        draining.backends.values_mut().nth(1).unwrap().selected = false;
+        let (plan, _) = p.plan(&state(&[(fe(10), draining)]), t0);
+        assert_eq!(kinds(&plan), ["table", "service"], "no backend cleared");
+        let after = p.frontends().next().unwrap();
+        assert_eq!(after.entry.backend_count, 1);
+        let kept = before.backends.values().nth(1).unwrap().id;
+        let table = plan.ops.iter().find_map(|op| match op {
+            MapOp::SetTable { slots, .. } => Some(slots.clone()),
+            _ => None,
+        });
+        assert!(
+            table.unwrap().iter().all(|&id| id != kept),
+            "the draining backend is out of the table"
+        );
+        assert_eq!(
+            after.backends.values().nth(1).unwrap().id,
+            kept,
+            "but keeps its id and entry"
+        );
     }
 
     #[test]

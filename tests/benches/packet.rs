@@ -50,7 +50,10 @@ fn main() {
         .map(|i| {
             (
                 SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, i), 8080),
-                BackendInfo { local: true },
+                BackendInfo {
+                    local: true,
+                    selected: true,
+                },
             )
         })
         .collect();
@@ -67,6 +70,7 @@ fn main() {
             },
             port_name: String::new(),
             backends,
+            affinity_timeout: 0,
         },
     )]
     .into_iter()

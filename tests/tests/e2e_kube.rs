@@ -25,10 +25,19 @@ spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: T
 
 /// The Service's slice with `(pod address, node, ready)` endpoints.
 fn slice(endpoints: &[(&str, &str, bool)]) -> String {
+    let with_conditions: Vec<(&str, &str, String)> = endpoints
+        .iter()
+        .map(|(ip, node, ready)| (*ip, *node, format!("ready: {ready}")))
+        .collect();
+    slice_with(&with_conditions)
+}
+
+/// The Service's slice with `(pod address, node, conditions)` endpoints.
+fn slice_with(endpoints: &[(&str, &str, String)]) -> String {
     let list: Vec<String> = endpoints
         .iter()
-        .map(|(ip, node, ready)| {
-            format!("{{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: {ready}}}}}")
+        .map(|(ip, node, conditions)| {
+            format!("{{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{{conditions}}}}}")
         })
         .collect();
     format!(
@@ -115,6 +124,75 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         status.contains("default/web 10.96.0.40:80/TCP -> 10.244.2.2:8080"),
         "{status}"
     );
+}
+
+#[test]
+fn a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
+    let topo = ClusterTopology::new().unwrap();
+    let _servers = PodServers::start(&topo).unwrap();
+    let api = TestApiServer::start_in(Some(&topo.node1)).unwrap();
+    let kubeconfig =
+        std::env::temp_dir().join(format!("lbt{}-kubeconfig-term", std::process::id()));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.apply(SERVICE).unwrap();
+    let ready = || "ready: true".to_string();
+    api.apply(&slice_with(&[
+        ("10.244.1.2", "node1", ready()),
+        ("10.244.2.2", "node2", ready()),
+    ]))
+    .unwrap();
+    let mut agent = Agent::start_kube(&topo.node1, &kubeconfig).unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    // A kept-alive connection to pod2a, which then starts terminating.
+    let mut conn = (0..30)
+        .find_map(|_| {
+            let mut c =
+                lb_tests::traffic::HttpClient::connect(&topo.client, WEB, Duration::from_secs(2))
+                    .ok()?;
+            (c.get().ok()? == "pod2a").then_some(c)
+        })
+        .expect("a connection to pod2a");
+    let terminating = "ready: false, serving: true, terminating: true".to_string();
+    api.apply(&slice_with(&[
+        ("10.244.1.2", "node1", ready()),
+        ("10.244.2.2", "node2", terminating.clone()),
+    ]))
+    .unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 40, Duration::from_mins(1));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod1a"],
+        "no new connections to the terminating pod: {counts:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            conn.get().unwrap(),
+            "pod2a",
+            "its established connection continues"
+        );
+    }
+    // With no ready endpoint left, serving terminating ones take new connections (KEP-1669).
+    api.apply(&slice_with(&[
+        ("10.244.1.2", "node1", "ready: false".into()),
+        ("10.244.2.2", "node2", terminating),
+    ]))
+    .unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod2a"],
+        "fallback to serving terminating endpoints: {counts:?}"
+    );
+    // Removed from the slice: its connection ends up elsewhere or fails, never on pod2a.
+    api.apply(&slice_with(&[("10.244.1.2", "node1", ready())]))
+        .unwrap();
+    std::thread::sleep(APPLY);
+    let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
+    assert_eq!(pods_answering(&counts), ["pod1a"], "{counts:?}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::{
 
 use lb_tests::apiserver::TestApiServer;
 use lb_userspace::{
+    desired::NodeInfo,
     select,
     source::{kube::KubeSource, Source},
 };
@@ -36,7 +37,11 @@ fn slice(service: &str, ips: &[&str]) -> String {
 
 /// "service frontend -> backends" lines of the desired state the source gives.
 fn state(source: &mut KubeSource) -> Vec<String> {
-    let (desired, _) = select::desired_state(&source.snapshot(), "node1");
+    let node = NodeInfo {
+        name: "node1".into(),
+        ..NodeInfo::default()
+    };
+    let (desired, _) = select::desired_state(&source.snapshot(), &node);
     let mut lines: Vec<String> = desired
         .iter()
         .map(|(f, d)| {

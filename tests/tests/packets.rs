@@ -38,8 +38,17 @@ fn frontend(
             port_name: String::new(),
             backends: backends
                 .iter()
-                .map(|&(ip, port, local)| (SocketAddrV4::new(ip, port), BackendInfo { local }))
+                .map(|&(ip, port, local)| {
+                    (
+                        SocketAddrV4::new(ip, port),
+                        BackendInfo {
+                            local,
+                            selected: true,
+                        },
+                    )
+                })
                 .collect(),
+            affinity_timeout: 0,
         },
     )
 }
@@ -145,6 +154,50 @@ fn established_flow_keeps_its_backend_when_the_set_changes() {
             assert_eq!(out, tcp(CLIENT, sport, backend.0, backend.1).ack().build());
         }
     }
+}
+
+#[test]
+fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
+    let both = [(POD_A, 8080, true), (POD_B, 8080, true)];
+    let (mut dp, mut planner) = setup("drain", &[frontend(VIP, 80, Protocol::Tcp, &both)]);
+    let mut on_b = Vec::new();
+    for sport in 42000..42040 {
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
+        if lb_tests::packet::dst_of(&out).0 == POD_B {
+            on_b.push(sport);
+        }
+    }
+    assert!(!on_b.is_empty(), "some of 40 flows went to POD_B");
+    // POD_B terminates: listed but not selected.
+    let (fe, mut desired) = frontend(VIP, 80, Protocol::Tcp, &both);
+    desired.backends.values_mut().nth(1).unwrap().selected = false;
+    apply(&mut dp, &mut planner, &[(fe, desired.clone())]);
+    for &sport in &on_b {
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).ack().build());
+        assert_eq!(
+            lb_tests::packet::dst_of(&out),
+            (POD_B, 8080),
+            "established flow {sport} stays"
+        );
+    }
+    for sport in 43000..43040 {
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
+        assert_eq!(
+            lb_tests::packet::dst_of(&out).0,
+            POD_A,
+            "new flow {sport} avoids the draining backend"
+        );
+    }
+    // Even with no backend left for new connections, established ones continue.
+    desired.backends.values_mut().next().unwrap().selected = false;
+    apply(&mut dp, &mut planner, &[(fe, desired)]);
+    let (ret, out) = dp.run_xdp(&tcp(CLIENT, on_b[0], VIP, 80).ack().build());
+    assert_eq!(
+        (ret, lb_tests::packet::dst_of(&out)),
+        (XDP_PASS, (POD_B, 8080))
+    );
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 44000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_DROP, "a new flow has nowhere to go");
 }
 
 #[test]

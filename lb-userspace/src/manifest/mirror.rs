@@ -40,6 +40,8 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
                     terminating: Some(false),
                     node_name: address.node_name.clone(),
                     zone: None,
+                    zone_hints: Vec::new(),
+                    node_hints: Vec::new(),
                 }),
                 None => other = true,
             }
