@@ -19,6 +19,37 @@ pub const MAP_REVNAT: &str = "REVNAT";
 pub const MAP_CONFIG: &str = "CONFIG";
 /// Name of the verdict counters: [`Verdict`] index -> packets (per-CPU array).
 pub const MAP_VERDICTS: &str = "VERDICTS";
+/// Name of the session-affinity map: [`AffinityKey`] -> [`AffinityEntry`] (LRU hash).
+pub const MAP_AFFINITY: &str = "AFFINITY";
+/// Capacity of the session-affinity map (client, service pairs).
+pub const AFFINITY_MAX_ENTRIES: u32 = 1 << 16;
+
+/// Key of the session-affinity map: a client of a frontend.
+///
+/// Layout (8 bytes): `service_id` u32 | `client_addr` be32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// [`ServiceEntry::id`] of the frontend.
+    pub service_id: u32,
+    /// Client IPv4 address, network byte order.
+    pub client_addr: u32,
+}
+
+/// Value of the session-affinity map: the client's backend and when it was last used.
+///
+/// Layout (16 bytes): `backend_id` u32 | pad u32 | `last_seen_ns` u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityEntry {
+    /// The backend the client sticks to.
+    pub backend_id: BackendId,
+    /// Always zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns` of the client's last packet to the frontend.
+    pub last_seen_ns: u64,
+}
+
 /// Name of the service labels: [`ServiceEntry::id`] -> [`ServiceLabel`] (hash,
 /// written and read by userspace only, so `lb-agent status` works from the pins).
 pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
@@ -75,7 +106,8 @@ pub struct ServiceKey {
 
 /// Value of the services map: where the frontend's Maglev table lives.
 ///
-/// Layout (16 bytes): `id` u32 | `backend_count` u32 | `table_offset` u32 | `table_size` u32.
+/// Layout (24 bytes): `id` u32 | `backend_count` u32 | `table_offset` u32 |
+/// `table_size` u32 | `affinity_timeout` u32 | pad u32.
 /// The agent writes a new table into free slab slots first and then swaps this
 /// entry in one update, so a packet sees either the old table or the new one.
 #[repr(C)]
@@ -89,12 +121,19 @@ pub struct ServiceEntry {
     pub table_offset: u32,
     /// Number of slots of the table (a prime); 0 when `backend_count` is 0.
     pub table_size: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 without affinity.
+    pub affinity_timeout: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// Backend flag: the entry is in use.
 pub const BACKEND_F_ACTIVE: u8 = 1;
 /// Backend flag: the endpoint runs on this node (no SNAT, client IP kept).
 pub const BACKEND_F_LOCAL: u8 = 2;
+/// Backend flag: the endpoint takes new connections (it is in the Maglev
+/// table); without it only established flows and no affinity may use it.
+pub const BACKEND_F_SELECTED: u8 = 4;
 
 /// Value of the backends array: one endpoint of one frontend.
 ///
@@ -267,6 +306,8 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::ServiceLabel {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityEntry {}
 }
 
 #[cfg(test)]
@@ -278,7 +319,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceEntry>(), 16);
+        assert_eq!(size_of::<ServiceEntry>(), 24);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 32);

@@ -4,7 +4,7 @@
 use lb_common::{ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT};
 
 use crate::{
-    conntrack, counters,
+    affinity, conntrack, counters,
     maps::{CONFIG, REVNAT, SERVICES},
     nat::{self, Rewrite},
     parse::Flow,
@@ -66,6 +66,7 @@ fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
     let ct_key = conntrack::key(flow);
     if let Some((ct, chosen)) = conntrack::recall(&ct_key, svc) {
         counters::count(Verdict::Translated);
+        affinity::touch(svc, flow, &chosen);
         let snat_port = if ct.flags & CT_F_SNAT != 0 {
             ct.snat_port
         } else {
@@ -94,7 +95,13 @@ fn new_flow(
     ct_key: &lb_common::FlowKey,
     hook: Hook,
 ) -> Option<Rewrite> {
-    let chosen: Chosen = select::maglev(svc, flow)?;
+    let chosen: Chosen = if let Some(remembered) = affinity::recall(svc, flow) {
+        remembered
+    } else {
+        let picked = select::maglev(svc, flow)?;
+        affinity::remember(svc, flow, &picked);
+        picked
+    };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
         Hook::Pod => chosen.backend.addr == flow.src,

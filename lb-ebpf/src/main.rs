@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod conntrack;
 mod counters;
 mod lb;

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
-    SlabEntry, CONNTRACK_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES,
-    REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, VERDICT_COUNT,
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
+    ServiceKey, ServiceLabel, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
+    MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
+    VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -36,6 +37,11 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
 #[map(name = "REVNAT")]
 pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> =
     LruHashMap::with_max_entries(REVNAT_MAX_ENTRIES, 0);
+
+/// Session affinity: (frontend, client address) -> backend, last use.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);
 
 /// Node configuration, index 0.
 #[map(name = "CONFIG")]

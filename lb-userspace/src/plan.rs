@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, MAX_BACKENDS,
-    MAX_SERVICES,
+    Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
+    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES,
 };
 
 use crate::{
@@ -240,7 +240,7 @@ impl Planner {
         for (addr, info) in &want.backends {
             let entry = backend_entry(*addr, *info, service_id);
             let id = if let Some(kept) = current.and_then(|c| c.backends.get(addr)) {
-                if kept.local != info.local {
+                if kept.local != info.local || kept.selected != info.selected {
                     backend_ops.push(MapOp::SetBackend(kept.id, entry));
                 }
                 kept.id
@@ -281,6 +281,8 @@ impl Planner {
             backend_count: u32::try_from(addrs.len()).expect("fewer than 2^32 backends"),
             table_offset: offset,
             table_size: size,
+            affinity_timeout: want.affinity_timeout,
+            pad: 0,
         };
         ops.services.push(MapOp::SetService(frontend.key(), entry));
         Ok(AppliedFrontend {
@@ -349,7 +351,8 @@ impl Planner {
 /// Whether `want` has the same backends, and the same ones selected, as `cur`:
 /// then the table stays.
 fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
-    cur.backends.len() == want.backends.len()
+    cur.entry.affinity_timeout == want.affinity_timeout
+        && cur.backends.len() == want.backends.len()
         && cur
             .backends
             .iter()
@@ -381,7 +384,9 @@ pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> 
     Backend {
         addr: u32::from_ne_bytes(addr.ip().octets()),
         port: addr.port().to_be(),
-        flags: BACKEND_F_ACTIVE | if info.local { BACKEND_F_LOCAL } else { 0 },
+        flags: BACKEND_F_ACTIVE
+            | if info.local { BACKEND_F_LOCAL } else { 0 }
+            | if info.selected { BACKEND_F_SELECTED } else { 0 },
         pad: 0,
         service_id,
     }
@@ -525,7 +530,15 @@ mod tests {
         let mut draining = want(&[(2, true), (3, true)]);
         draining.backends.values_mut().nth(1).unwrap().selected = false;
         let (plan, _) = p.plan(&state(&[(fe(10), draining)]), t0);
-        assert_eq!(kinds(&plan), ["table", "service"], "no backend cleared");
+        assert_eq!(
+            kinds(&plan),
+            ["backend", "table", "service"],
+            "the draining backend is rewritten without the selected flag, not cleared"
+        );
+        let MapOp::SetBackend(_, drained) = &plan.ops[0] else {
+            unreachable!()
+        };
+        assert_eq!(drained.flags, BACKEND_F_ACTIVE | BACKEND_F_LOCAL);
         let after = p.frontends().next().unwrap();
         assert_eq!(after.entry.backend_count, 1);
         let kept = before.backends.values().nth(1).unwrap().id;
@@ -554,7 +567,7 @@ mod tests {
         let MapOp::SetBackend(_, entry) = &plan.ops[0] else {
             unreachable!()
         };
-        assert_eq!(entry.flags, BACKEND_F_ACTIVE);
+        assert_eq!(entry.flags, BACKEND_F_ACTIVE | BACKEND_F_SELECTED);
     }
 
     #[test]

@@ -201,6 +201,73 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
 }
 
 #[test]
+fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
+    let backends: Vec<_> = (2..7)
+        .map(|i| (Ipv4Addr::new(10, 244, 1, i), 8080, true))
+        .collect();
+    let (fe, mut desired) = frontend(VIP, 80, Protocol::Tcp, &backends);
+    desired.affinity_timeout = 1;
+    let (mut dp, mut planner) = setup("affinity", &[(fe, desired.clone())]);
+    let dst = |dp: &TestDatapath, client: Ipv4Addr, sport: u16| {
+        lb_tests::packet::dst_of(&dp.run_xdp(&tcp(client, sport, VIP, 80).syn().build()).1).0
+    };
+    let first = dst(&dp, CLIENT, 45000);
+    for sport in 45001..45030 {
+        assert_eq!(
+            dst(&dp, CLIENT, sport),
+            first,
+            "flow {sport} of the same client"
+        );
+    }
+    let others: std::collections::BTreeSet<_> = (1..60)
+        .map(|i| dst(&dp, Ipv4Addr::new(192, 168, 60, i), 45000))
+        .collect();
+    assert!(others.len() >= 3, "other clients spread out: {others:?}");
+
+    // The remembered backend stops taking new connections: the client moves, then sticks.
+    let gone = SocketAddrV4::new(first, 8080);
+    desired.backends.get_mut(&gone).unwrap().selected = false;
+    apply(&mut dp, &mut planner, &[(fe, desired)]);
+    let second = dst(&dp, CLIENT, 46000);
+    assert_ne!(second, first);
+    for sport in 46001..46020 {
+        assert_eq!(
+            dst(&dp, CLIENT, sport),
+            second,
+            "flow {sport} sticks to the new backend"
+        );
+    }
+    // After the timeout (1 s) without packets the client is hashed again: a
+    // flow whose Maglev pick is another backend goes there.
+    let applied = planner.frontends().next().unwrap();
+    let table = dp.table(applied.entry.table_offset, applied.entry.table_size);
+    let maglev_pick = |sport: u16| {
+        let hash = lb_common::flow_hash_of(
+            u32::from_ne_bytes(CLIENT.octets()),
+            u32::from_ne_bytes(VIP.octets()),
+            sport.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let id = table[(hash % applied.entry.table_size) as usize];
+        *applied
+            .backends
+            .iter()
+            .find(|(_, b)| b.id == id)
+            .unwrap()
+            .0
+            .ip()
+    };
+    let sport = (47000..47100).find(|&p| maglev_pick(p) != second).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(
+        dst(&dp, CLIENT, sport),
+        maglev_pick(sport),
+        "affinity expired"
+    );
+}
+
+#[test]
 fn new_flows_follow_the_maglev_table_the_agent_wrote() {
     let backends: Vec<_> = (2..12)
         .map(|i| (Ipv4Addr::new(10, 244, 1, i), 8080, true))

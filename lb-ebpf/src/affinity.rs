@@ -1,0 +1,87 @@
+//! Session affinity (`sessionAffinity: ClientIP`): a client's new flows go to
+//! the backend its last flow used, while it used it within the timeout.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{AffinityEntry, AffinityKey, ServiceEntry, BACKEND_F_SELECTED};
+
+use crate::{
+    maps::AFFINITY,
+    parse::Flow,
+    select::{self, Chosen},
+};
+
+/// `BPF_ANY`: create or replace.
+const BPF_ANY: u64 = 0;
+/// Nanoseconds per second.
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn key(svc: &ServiceEntry, flow: &Flow) -> AffinityKey {
+    AffinityKey {
+        service_id: svc.id,
+        client_addr: flow.src,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The client's remembered backend, if fresh and still taking new connections.
+#[inline(always)]
+pub fn recall(svc: &ServiceEntry, flow: &Flow) -> Option<Chosen> {
+    if svc.affinity_timeout == 0 {
+        return None;
+    }
+    let entry = AFFINITY.get_ptr_mut(key(svc, flow))?;
+    let now = now();
+    // SAFETY: a valid map value pointer for this RCU section; a racing writer
+    // can only make us see another valid backend id or timestamp.
+    let remembered = unsafe { *entry };
+    if now.saturating_sub(remembered.last_seen_ns) > u64::from(svc.affinity_timeout) * NS_PER_SEC {
+        return None;
+    }
+    let backend = select::backend(remembered.backend_id, svc.id)?;
+    if backend.flags & BACKEND_F_SELECTED == 0 {
+        return None;
+    }
+    // SAFETY: as above; a plain store of the timestamp.
+    unsafe { (*entry).last_seen_ns = now };
+    Some(Chosen {
+        id: remembered.backend_id,
+        backend,
+    })
+}
+
+/// Remembers the backend of a client's new flow.
+#[inline(always)]
+pub fn remember(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
+    if svc.affinity_timeout == 0 {
+        return;
+    }
+    let entry = AffinityEntry {
+        backend_id: chosen.id,
+        pad: 0,
+        last_seen_ns: now(),
+    };
+    // On failure (it cannot fail for an LRU map) the next flow just rehashes.
+    let _ = AFFINITY.insert(key(svc, flow), entry, BPF_ANY);
+}
+
+/// Refreshes the client's affinity on a packet of an established flow.
+#[inline(always)]
+pub fn touch(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
+    if svc.affinity_timeout == 0 {
+        return;
+    }
+    if let Some(entry) = AFFINITY.get_ptr_mut(key(svc, flow)) {
+        // SAFETY: a valid map value pointer; plain stores.
+        unsafe {
+            if (*entry).backend_id == chosen.id {
+                (*entry).last_seen_ns = now();
+            }
+        }
+    }
+}
