@@ -25,8 +25,6 @@ use crate::{
 
 /// How long freed slab ranges and ids wait before reuse (packets in flight may still read them).
 pub const REUSE_GRACE: Duration = Duration::from_secs(2);
-/// How long to wait for more changes before a sync: a burst becomes one sync.
-const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often to look for new pod interfaces.
 const INTERFACE_SCAN: Duration = Duration::from_secs(1);
 
@@ -74,7 +72,8 @@ impl Reconciler {
     /// Writes what changed between the applied state and `cluster` into the maps.
     pub fn sync(&mut self, cluster: &Cluster, datapath: &mut Datapath) -> Result<()> {
         let started = Instant::now();
-        let (desired, warnings) = select::desired_state(cluster, &self.node);
+        let node = self.node.merged(cluster.node.as_ref());
+        let (desired, warnings) = select::desired_state(cluster, &node);
         for w in &warnings {
             warn!("{w}");
         }
@@ -106,7 +105,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         SourceConfig::Manifests(dir) => Box::new(ManifestSource::new(dir.clone(), changed_tx)?),
         SourceConfig::Kube { kubeconfig } => {
             let client = kube_client(kubeconfig.as_ref()).await?;
-            let source = KubeSource::start(&client, &changed_tx);
+            let source = KubeSource::start(&client, &changed_tx, &options.node.name);
             info!("waiting for the initial list of Services and EndpointSlices");
             source.wait_until_ready().await?;
             Box::new(source)
@@ -154,8 +153,9 @@ async fn serve(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             Some(()) = changed.recv() => {
-                // Coalesce a burst of changes into one sync.
-                tokio::time::sleep(DEBOUNCE).await;
+                // Sync at once, folding in every change already queued: a
+                // burst becomes a few syncs, and a lone change waits for none.
+                tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
                 if let Err(e) = reconciler.sync(&source.snapshot(), datapath) {
                     error!("sync failed: {e:#}");

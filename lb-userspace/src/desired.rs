@@ -117,6 +117,26 @@ pub struct NodeInfo {
     pub addresses: Vec<Ipv4Addr>,
 }
 
+impl NodeInfo {
+    /// This node with what its Node object adds: the zone when none was
+    /// given, and its addresses besides the configured ones.
+    #[must_use]
+    pub fn merged(&self, facts: Option<&crate::model::NodeFacts>) -> Self {
+        let mut node = self.clone();
+        if let Some(facts) = facts {
+            if node.zone.is_none() {
+                node.zone.clone_from(&facts.zone);
+            }
+            for addr in &facts.addresses {
+                if !node.addresses.contains(addr) {
+                    node.addresses.push(*addr);
+                }
+            }
+        }
+        node
+    }
+}
+
 /// What one frontend should balance to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredFrontend {

@@ -53,7 +53,7 @@ struct RunArgs {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Uplink interface for the XDP program (repeat for several).
-    #[arg(long = "xdp-iface", required = true)]
+    #[arg(long = "xdp-iface")]
     xdp_ifaces: Vec<String>,
     /// Pod interface name or pattern with `*` for the TC program (repeat for several).
     #[arg(long = "tc-iface")]
@@ -118,9 +118,10 @@ fn main() -> Result<()> {
 }
 
 fn run_options(args: RunArgs) -> Result<RunOptions> {
-    let node_addr = match args.node_ip {
-        Some(ip) => ip,
-        None => interface_ipv4(&args.xdp_ifaces[0])?,
+    let node_addr = match (args.node_ip, args.xdp_ifaces.first()) {
+        (Some(ip), _) => ip,
+        (None, Some(uplink)) => interface_ipv4(uplink)?,
+        (None, None) => bail!("give --node-ip, or an --xdp-iface whose address is the node's"),
     };
     let node_name = match args.node_name {
         Some(name) => name,

@@ -166,6 +166,41 @@ pub struct Cluster {
     pub services: BTreeMap<ObjectName, ServiceSpec>,
     /// EndpointSlices (real and mirrored).
     pub slices: BTreeMap<ObjectName, SliceSpec>,
+    /// What this node's Node object says, when the source has one.
+    pub node: Option<NodeFacts>,
+}
+
+/// Facts about this node from its Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// `InternalIP` and `ExternalIP` addresses (IPv4).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Label holding a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl NodeFacts {
+    /// Reads the zone label and IPv4 InternalIP/ExternalIP addresses of a Node.
+    #[must_use]
+    pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> Self {
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned();
+        let addresses = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+            .collect();
+        Self { zone, addresses }
+    }
 }
 
 /// Namespace ("default" when absent) and name of an object's metadata.

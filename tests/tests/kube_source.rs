@@ -78,14 +78,14 @@ fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(KubeSou
         let config = kube::Config::new(server.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let (changed, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let source = KubeSource::start(&client, &changed);
+        let source = KubeSource::start(&client, &changed, "node1");
         tokio::time::timeout(WAIT, source.wait_until_ready())
             .await
             .expect("initial list within the deadline")
             .unwrap();
-        // Both watches (Services, EndpointSlices) streaming before the test acts.
+        // All watches (Services, EndpointSlices, Nodes) streaming before the test acts.
         let started = Instant::now();
-        while server.open_watches() < 2 {
+        while server.open_watches() < 3 {
             assert!(
                 started.elapsed() < WAIT,
                 "watches not opened: {:#?}",
@@ -211,5 +211,54 @@ fn a_malformed_object_is_skipped_and_picked_up_once_fixed() {
         server.apply(&service("bad", "10.96.0.301")).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         until(&mut source, &["default/bad 10.96.0.30:80/TCP -> ", WEB]).await;
+    });
+}
+
+#[test]
+fn the_own_node_object_gives_zone_and_node_port_addresses() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    let node = |name: &str, ip: &str, zone: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n\
+             status: {{addresses: [{{type: InternalIP, address: {ip}}}, {{type: Hostname, address: {name}}}]}}\n"
+        )
+    };
+    server
+        .apply(&node("node1", "192.168.50.11", "zone-a"))
+        .unwrap();
+    server
+        .apply(&node("node2", "192.168.50.12", "zone-b"))
+        .unwrap();
+    server
+        .apply(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: default}\n\
+             spec: {type: NodePort, clusterIP: 10.96.0.50, ports: [{name: http, port: 80, nodePort: 30080, targetPort: http}]}\n",
+        )
+        .unwrap();
+    server.apply(&slice("np", &["10.244.1.2"])).unwrap();
+    run(&server.clone(), |mut source| async move {
+        let started = Instant::now();
+        loop {
+            let cluster = source.snapshot();
+            if let Some(facts) = &cluster.node {
+                assert_eq!(facts.zone.as_deref(), Some("zone-a"));
+                assert_eq!(
+                    facts.addresses,
+                    [std::net::Ipv4Addr::new(192, 168, 50, 11)],
+                    "only its own node"
+                );
+                let node = NodeInfo {
+                    name: "node1".into(),
+                    ..NodeInfo::default()
+                }
+                .merged(cluster.node.as_ref());
+                let (desired, _) = select::desired_state(&cluster, &node);
+                let frontends: Vec<String> = desired.keys().map(ToString::to_string).collect();
+                assert_eq!(frontends, ["10.96.0.50:80/TCP", "192.168.50.11:30080/TCP"]);
+                break;
+            }
+            assert!(started.elapsed() < WAIT, "no Node facts");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
 }

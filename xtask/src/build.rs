@@ -102,6 +102,9 @@ pub fn demo() -> Result<()> {
 pub fn bench() -> Result<()> {
     require_root("cargo xtask bench")?;
     setup()?;
-    build(true)?;
-    run(cargo().args(["bench", "-p", "lb-tests", "--bench", "packet"]))
+    let agent = build(true)?;
+    run(cargo().args(["bench", "-p", "lb-tests", "--bench", "packet"]))?;
+    run(cargo()
+        .args(["bench", "-p", "lb-tests", "--bench", "control"])
+        .env("LB_AGENT_BIN", agent))
 }

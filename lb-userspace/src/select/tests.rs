@@ -108,6 +108,7 @@ fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
     Cluster {
         services: [(service.name.clone(), service)].into_iter().collect(),
         slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        node: None,
     }
 }
 

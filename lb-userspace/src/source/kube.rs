@@ -1,5 +1,6 @@
-//! The Kubernetes source: Services and EndpointSlices watched with kube-rs'
-//! watcher and reflector. A relist (after `410 Gone`, or a restart) replaces
+//! The Kubernetes source: Services and EndpointSlices (and this node's Node
+//! object, for its zone and addresses) watched with kube-rs' watcher and
+//! reflector. A relist (after `410 Gone`, or a restart) replaces
 //! the stores whole, so objects that vanished meanwhile are dropped; while the
 //! API server is unreachable the watcher retries with backoff and the stores,
 //! and so the maps, keep the last known state.
@@ -7,7 +8,10 @@
 use std::{collections::BTreeMap, fmt::Debug};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     runtime::{
         reflector::{self, Store},
@@ -23,26 +27,42 @@ use tracing::{info, warn};
 use super::Source;
 use crate::{
     desired::ObjectName,
-    model::{object_name, Cluster, ServiceSpec, SliceSpec},
+    model::{object_name, Cluster, NodeFacts, ServiceSpec, SliceSpec},
 };
 
 /// Watches of Services and EndpointSlices in all namespaces.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    node_name: String,
     last_good_services: BTreeMap<ObjectName, ServiceSpec>,
     last_good_slices: BTreeMap<ObjectName, SliceSpec>,
 }
 
 impl KubeSource {
-    /// Starts the watches; every change (and every relist) sends on `changed`.
+    /// Starts the watches (Nodes: only `node_name`'s); every change (and
+    /// every relist) sends on `changed`.
     #[must_use]
-    pub fn start(client: &Client, changed: &UnboundedSender<()>) -> Self {
-        let services = watch(Api::<Service>::all(client.clone()), changed.clone());
-        let slices = watch(Api::<EndpointSlice>::all(client.clone()), changed.clone());
+    pub fn start(client: &Client, changed: &UnboundedSender<()>, node_name: &str) -> Self {
+        let all = watcher::Config::default();
+        let services = watch(
+            Api::<Service>::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+        );
+        let slices = watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            all,
+            changed.clone(),
+        );
+        let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+        let nodes = watch(Api::<Node>::all(client.clone()), own_node, changed.clone());
         Self {
             services,
             slices,
+            nodes,
+            node_name: node_name.to_string(),
             last_good_services: BTreeMap::new(),
             last_good_slices: BTreeMap::new(),
         }
@@ -52,13 +72,22 @@ impl KubeSource {
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
         self.services.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
         Ok(())
     }
 }
 
 impl Source for KubeSource {
     fn snapshot(&mut self) -> Cluster {
-        let mut cluster = Cluster::default();
+        let mut cluster = Cluster {
+            node: self
+                .nodes
+                .state()
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
+                .map(|n| NodeFacts::from_k8s(n)),
+            ..Cluster::default()
+        };
         for service in self.services.state() {
             if let Some(spec) = validated(
                 "Service",
@@ -116,15 +145,14 @@ fn validated<T: Clone>(
 }
 
 /// A reflector store fed by a watch that retries with backoff.
-fn watch<K>(api: Api<K>, changed: UnboundedSender<()>) -> Store<K>
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: UnboundedSender<()>) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-        .default_backoff();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
     tokio::spawn(forward(kind, stream, changed));
     store
 }
