@@ -558,6 +558,35 @@ mod tests {
     }
 
     #[test]
+    fn a_frontend_with_5000_backends_gets_every_one_in_its_table() {
+        let mut p = Planner::new(1 << 20, GRACE);
+        let mut big = want(&[]);
+        big.backends = (0..5000u32)
+            .map(|i| {
+                (
+                    SocketAddrV4::new(Ipv4Addr::from(0x0af5_0000 + i), 8080),
+                    BackendInfo {
+                        local: false,
+                        selected: true,
+                    },
+                )
+            })
+            .collect();
+        let (plan, errors) = p.plan(&state(&[(fe(10), big)]), Instant::now());
+        assert!(errors.is_empty(), "{errors:?}");
+        let table = plan
+            .ops
+            .iter()
+            .find_map(|op| match op {
+                MapOp::SetTable { slots, .. } => Some(slots.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let distinct: std::collections::BTreeSet<u32> = table.iter().copied().collect();
+        assert_eq!((table.len(), distinct.len()), (131_071, 5000));
+    }
+
+    #[test]
     fn local_flag_flip_rewrites_only_the_backend() {
         let t0 = Instant::now();
         let mut p = Planner::new(1 << 16, GRACE);

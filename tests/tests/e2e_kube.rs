@@ -110,6 +110,17 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         "not ready: {counts:?}"
     );
 
+    // The API server becomes unreachable: traffic keeps flowing on the last known state.
+    api.set_down(true);
+    let counts = http_distribution(&topo.client, WEB, 40, Duration::from_mins(1));
+    assert_eq!(
+        pods_answering(&counts),
+        ["pod1b", "pod1c", "pod2a"],
+        "API server down: {counts:?}"
+    );
+    assert!(agent.is_running());
+    api.set_down(false);
+
     // Scale down to pod2a.
     api.apply(&slice(&[("10.244.2.2", "node2", true)])).unwrap();
     std::thread::sleep(APPLY);

@@ -134,6 +134,19 @@ fn initial_sync_then_add_update_delete() {
 }
 
 #[test]
+fn a_slice_before_its_service_is_picked_up_when_the_service_comes() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &[]).await;
+        server.apply(&service("web", "10.96.0.10")).unwrap();
+        until(&mut source, &[WEB]).await;
+    });
+}
+
+#[test]
 fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
     let server = Arc::new(TestApiServer::start().unwrap());
     server.apply(&service("web", "10.96.0.10")).unwrap();
