@@ -2,7 +2,7 @@
 //! whenever the source says something changed.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -56,6 +56,8 @@ pub struct Reconciler {
     node: NodeInfo,
     planner: Planner,
     labels: LabelWriter,
+    /// Warnings already logged, so a lasting condition is logged once.
+    warned: HashSet<String>,
 }
 
 impl Reconciler {
@@ -66,6 +68,7 @@ impl Reconciler {
             node,
             planner: Planner::new(slab_slots, REUSE_GRACE),
             labels: LabelWriter::default(),
+            warned: HashSet::new(),
         }
     }
 
@@ -74,13 +77,18 @@ impl Reconciler {
         let started = Instant::now();
         let node = self.node.merged(cluster.node.as_ref());
         let (desired, warnings) = select::desired_state(cluster, &node);
+        let selected = started.elapsed();
         for w in &warnings {
-            warn!("{w}");
+            if !self.warned.contains(w) {
+                warn!("{w}");
+            }
         }
+        self.warned = warnings.into_iter().collect();
         let (plan, errors) = self.planner.plan(&desired, Instant::now());
         for e in &errors {
             error!("{e}");
         }
+        let planned = started.elapsed();
         datapath.maps.apply(&plan.ops)?;
         let labels: HashMap<u32, String> = self
             .planner
@@ -88,10 +96,13 @@ impl Reconciler {
             .map(|f| (f.entry.id, f.service.to_string()))
             .collect();
         self.labels.sync(&mut datapath.maps, &labels)?;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         info!(
             frontends = desired.len(),
             ops = plan.ops.len(),
-            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            select_us = micros(selected),
+            plan_us = micros(planned - selected),
+            elapsed_us = micros(started.elapsed()),
             "synced"
         );
         Ok(())
@@ -157,7 +168,10 @@ async fn serve(
                 // burst becomes a few syncs, and a lone change waits for none.
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
-                if let Err(e) = reconciler.sync(&source.snapshot(), datapath) {
+                let snapshot_started = Instant::now();
+                let cluster = source.snapshot();
+                tracing::debug!(snapshot_us = u64::try_from(snapshot_started.elapsed().as_micros()).unwrap_or(u64::MAX), "snapshot");
+                if let Err(e) = reconciler.sync(&cluster, datapath) {
                     error!("sync failed: {e:#}");
                 }
             }

@@ -192,10 +192,9 @@ impl Planner {
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        match self.frontends.get(&frontend) {
+        match self.frontends.get_mut(&frontend) {
             Some(cur) if same_table(cur, want) => {
-                let updated = refresh(cur, want, ops);
-                self.frontends.insert(frontend, updated);
+                refresh(cur, want, ops);
                 Ok(())
             }
             current => {
@@ -361,21 +360,24 @@ fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
 }
 
 /// Same table: at most `local` flags and names change.
-fn refresh(cur: &AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) -> AppliedFrontend {
-    let mut updated = cur.clone();
+fn refresh(cur: &mut AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) {
+    let service_id = cur.entry.id;
     for (addr, info) in &want.backends {
-        let applied = updated.backends.get_mut(addr).expect("same key set");
+        let applied = cur.backends.get_mut(addr).expect("same key set");
         if applied.local != info.local {
             applied.local = info.local;
             ops.backends.push(MapOp::SetBackend(
                 applied.id,
-                backend_entry(*addr, *info, cur.entry.id),
+                backend_entry(*addr, *info, service_id),
             ));
         }
     }
-    updated.service.clone_from(&want.service);
-    updated.port_name.clone_from(&want.port_name);
-    updated
+    if cur.service != want.service {
+        cur.service.clone_from(&want.service);
+    }
+    if cur.port_name != want.port_name {
+        cur.port_name.clone_from(&want.port_name);
+    }
 }
 
 /// The backends-array entry of an endpoint of service `service_id`.

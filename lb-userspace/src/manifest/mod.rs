@@ -270,53 +270,41 @@ fn add_object(
         ("v1", "Service") => {
             let parsed = serde_json::from_value::<Service>(value)
                 .map_err(|e| format!("invalid Service: {e}"))
-                .and_then(|s| ServiceSpec::from_k8s(&s));
-            match parsed {
-                Ok(spec) => {
-                    objects.services.insert(spec.name.clone(), spec);
-                }
-                Err(message) => {
-                    let kept = previous.services.get(&name);
-                    report(message, kept.is_some());
-                    if let Some(spec) = kept {
-                        objects.services.insert(name, spec.clone());
-                    }
-                }
-            }
+                .and_then(|s| ServiceSpec::from_k8s(&s))
+                .map(|spec| (spec.name.clone(), spec));
+            keep_last_good(
+                parsed,
+                name,
+                &previous.services,
+                &mut objects.services,
+                &mut report,
+            );
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             let parsed = serde_json::from_value::<EndpointSlice>(value)
                 .map_err(|e| format!("invalid EndpointSlice: {e}"))
-                .and_then(|s| SliceSpec::from_k8s(&s));
-            match parsed {
-                Ok(spec) => {
-                    objects.slices.insert(spec.name.clone(), spec);
-                }
-                Err(message) => {
-                    let kept = previous.slices.get(&name);
-                    report(message, kept.is_some());
-                    if let Some(spec) = kept {
-                        objects.slices.insert(name, spec.clone());
-                    }
-                }
-            }
+                .and_then(|s| SliceSpec::from_k8s(&s))
+                .map(|spec| (spec.name.clone(), spec));
+            keep_last_good(
+                parsed,
+                name,
+                &previous.slices,
+                &mut objects.slices,
+                &mut report,
+            );
         }
         ("v1", "Endpoints") => {
             let parsed = serde_json::from_value::<Endpoints>(value)
                 .map_err(|e| format!("invalid Endpoints: {e}"))
-                .and_then(|e| mirror(&e));
-            match parsed {
-                Ok(slices) => {
-                    objects.endpoints.insert(name, slices);
-                }
-                Err(message) => {
-                    let kept = previous.endpoints.get(&name);
-                    report(message, kept.is_some());
-                    if let Some(slices) = kept {
-                        objects.endpoints.insert(name, slices.clone());
-                    }
-                }
-            }
+                .and_then(|e| mirror(&e))
+                .map(|slices| (name.clone(), slices));
+            keep_last_good(
+                parsed,
+                name,
+                &previous.endpoints,
+                &mut objects.endpoints,
+                &mut report,
+            );
         }
         _ => debug!(file = %path.display(), "ignoring {object} ({api_version})"),
     }
@@ -324,3 +312,26 @@ fn add_object(
 
 #[cfg(test)]
 mod tests;
+
+/// Puts a parsed object into `out`; on an error reports it and puts the
+/// object's previous valid version instead, if there was one.
+fn keep_last_good<T: Clone>(
+    parsed: Result<(ObjectName, T), String>,
+    name: ObjectName,
+    previous: &BTreeMap<ObjectName, T>,
+    out: &mut BTreeMap<ObjectName, T>,
+    report: &mut impl FnMut(String, bool),
+) {
+    match parsed {
+        Ok((key, value)) => {
+            out.insert(key, value);
+        }
+        Err(message) => {
+            let kept = previous.get(&name);
+            report(message, kept.is_some());
+            if let Some(value) = kept {
+                out.insert(name, value.clone());
+            }
+        }
+    }
+}

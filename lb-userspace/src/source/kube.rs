@@ -36,8 +36,16 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     node_name: String,
-    last_good_services: BTreeMap<ObjectName, ServiceSpec>,
-    last_good_slices: BTreeMap<ObjectName, SliceSpec>,
+    last_good_services: BTreeMap<ObjectName, Validated<ServiceSpec>>,
+    last_good_slices: BTreeMap<ObjectName, Validated<SliceSpec>>,
+}
+
+/// A validated spec and the resourceVersion it was validated at, so an
+/// unchanged object is not validated again on the next snapshot.
+#[derive(Clone)]
+struct Validated<T> {
+    resource_version: Option<String>,
+    spec: T,
 }
 
 impl KubeSource {
@@ -91,8 +99,8 @@ impl Source for KubeSource {
         for service in self.services.state() {
             if let Some(spec) = validated(
                 "Service",
-                &service.metadata,
-                ServiceSpec::from_k8s(&service),
+                service.as_ref(),
+                ServiceSpec::from_k8s,
                 &mut self.last_good_services,
             ) {
                 cluster.services.insert(spec.name.clone(), spec);
@@ -101,8 +109,8 @@ impl Source for KubeSource {
         for slice in self.slices.state() {
             if let Some(spec) = validated(
                 "EndpointSlice",
-                &slice.metadata,
-                SliceSpec::from_k8s(&slice),
+                slice.as_ref(),
+                SliceSpec::from_k8s,
                 &mut self.last_good_slices,
             ) {
                 cluster.slices.insert(spec.name.clone(), spec);
@@ -117,22 +125,36 @@ impl Source for KubeSource {
     }
 }
 
-/// The valid spec, or on a validation error (logged with the object's name)
-/// its last valid version, if any.
-fn validated<T: Clone>(
+/// The valid spec of an object, validated only when its resourceVersion
+/// changed; on a validation error (logged with the object's name) its last
+/// valid version, if any.
+fn validated<K, T: Clone>(
     kind: &str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    result: Result<T, String>,
-    last_good: &mut BTreeMap<ObjectName, T>,
-) -> Option<T> {
+    object: &K,
+    validate: impl FnOnce(&K) -> Result<T, String>,
+    last_good: &mut BTreeMap<ObjectName, Validated<T>>,
+) -> Option<T>
+where
+    K: Resource,
+{
+    let meta = object.meta();
     let name = object_name(meta).ok()?;
-    match result {
+    if let Some(known) = last_good.get(&name) {
+        if known.resource_version.is_some() && known.resource_version == meta.resource_version {
+            return Some(known.spec.clone());
+        }
+    }
+    match validate(object) {
         Ok(spec) => {
-            last_good.insert(name, spec.clone());
+            let entry = Validated {
+                resource_version: meta.resource_version.clone(),
+                spec: spec.clone(),
+            };
+            last_good.insert(name, entry);
             Some(spec)
         }
         Err(message) => {
-            let kept = last_good.get(&name).cloned();
+            let kept = last_good.get(&name).map(|k| k.spec.clone());
             let what = if kept.is_some() {
                 "keeping its previous version"
             } else {
