@@ -2,7 +2,6 @@
 //! whenever the source says something changed.
 
 use std::{
-    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -15,16 +14,12 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    datapath::{Datapath, DatapathConfig, LabelWriter},
+    datapath::{Datapath, DatapathConfig},
     desired::NodeInfo,
-    model::Cluster,
-    plan::Planner,
-    select,
+    reconcile::Reconciler,
     source::{kube::KubeSource, manifests::ManifestSource, Source},
 };
 
-/// How long freed slab ranges and ids wait before reuse (packets in flight may still read them).
-pub const REUSE_GRACE: Duration = Duration::from_secs(2);
 /// How often to look for new pod interfaces.
 const INTERFACE_SCAN: Duration = Duration::from_secs(1);
 
@@ -51,62 +46,35 @@ pub struct RunOptions {
     pub datapath: DatapathConfig,
 }
 
-/// The state kept between syncs: what is applied, and the labels written.
-pub struct Reconciler {
-    node: NodeInfo,
-    planner: Planner,
-    labels: LabelWriter,
-    /// Warnings already logged, so a lasting condition is logged once.
-    warned: HashSet<String>,
-}
-
-impl Reconciler {
-    /// A reconciler whose maps start empty.
-    #[must_use]
-    pub fn new(node: NodeInfo, slab_slots: u32) -> Self {
-        Self {
-            node,
-            planner: Planner::new(slab_slots, REUSE_GRACE),
-            labels: LabelWriter::default(),
-            warned: HashSet::new(),
-        }
+/// Reconciles the source's latest model and writes the result into the maps.
+fn sync(
+    reconciler: &mut Reconciler,
+    source: &mut dyn Source,
+    datapath: &mut Datapath,
+) -> Result<()> {
+    let started = Instant::now();
+    let (cluster, changes) = source.snapshot();
+    let snapshot = started.elapsed();
+    let done = reconciler.reconcile(cluster, &changes, Instant::now());
+    for w in &done.warnings {
+        warn!("{w}");
     }
-
-    /// Writes what changed between the applied state and `cluster` into the maps.
-    pub fn sync(&mut self, cluster: &Cluster, datapath: &mut Datapath) -> Result<()> {
-        let started = Instant::now();
-        let node = self.node.merged(cluster.node.as_ref());
-        let (desired, warnings) = select::desired_state(cluster, &node);
-        let selected = started.elapsed();
-        for w in &warnings {
-            if !self.warned.contains(w) {
-                warn!("{w}");
-            }
-        }
-        self.warned = warnings.into_iter().collect();
-        let (plan, errors) = self.planner.plan(&desired, Instant::now());
-        for e in &errors {
-            error!("{e}");
-        }
-        let planned = started.elapsed();
-        datapath.maps.apply(&plan.ops)?;
-        let labels: HashMap<u32, String> = self
-            .planner
-            .frontends()
-            .map(|f| (f.entry.id, f.service.to_string()))
-            .collect();
-        self.labels.sync(&mut datapath.maps, &labels)?;
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        info!(
-            frontends = desired.len(),
-            ops = plan.ops.len(),
-            select_us = micros(selected),
-            plan_us = micros(planned - selected),
-            elapsed_us = micros(started.elapsed()),
-            "synced"
-        );
-        Ok(())
+    for e in &done.errors {
+        error!("{e}");
     }
+    let computed = started.elapsed();
+    datapath.maps.apply(&done.plan.ops)?;
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    info!(
+        full = changes.all,
+        recomputed = done.recomputed,
+        ops = done.plan.ops.len(),
+        snapshot_us = micros(snapshot),
+        reconcile_us = micros(computed.saturating_sub(snapshot)),
+        elapsed_us = micros(started.elapsed()),
+        "synced"
+    );
+    Ok(())
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches and removes its pins.
@@ -152,7 +120,7 @@ async fn serve(
     datapath: &mut Datapath,
 ) -> Result<()> {
     let mut reconciler = Reconciler::new(options.node.clone(), options.datapath.slab_slots);
-    reconciler.sync(&source.snapshot(), datapath)?;
+    sync(&mut reconciler, source.as_mut(), datapath)?;
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");
 
@@ -168,10 +136,7 @@ async fn serve(
                 // burst becomes a few syncs, and a lone change waits for none.
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
-                let snapshot_started = Instant::now();
-                let cluster = source.snapshot();
-                tracing::debug!(snapshot_us = u64::try_from(snapshot_started.elapsed().as_micros()).unwrap_or(u64::MAX), "snapshot");
-                if let Err(e) = reconciler.sync(&cluster, datapath) {
+                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath) {
                     error!("sync failed: {e:#}");
                 }
             }

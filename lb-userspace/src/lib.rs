@@ -8,6 +8,7 @@ pub mod maglev;
 pub mod manifest;
 pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod select;
 pub mod slab;
 pub mod source;

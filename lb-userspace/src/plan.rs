@@ -42,6 +42,10 @@ pub enum MapOp {
     DeleteService(ServiceKey),
     /// Clear a backend entry that nothing publishes any more.
     ClearBackend(BackendId),
+    /// Name a service id ("namespace/name") for `lb-agent status`.
+    SetLabel(u32, String),
+    /// Forget a service id's name.
+    DeleteLabel(u32),
 }
 
 /// The operations of one sync, in the order they must be applied.
@@ -139,22 +143,36 @@ impl Planner {
     /// counts as applied. Frontends that cannot be placed are reported and
     /// keep their previous state; the others are planned regardless.
     pub fn plan(&mut self, desired: &DesiredState, now: Instant) -> (Plan, Vec<PlanError>) {
-        self.slab.reclaim(now);
-        let mut ops = Ops::default();
-        let mut errors = Vec::new();
         let gone: Vec<Frontend> = self
             .frontends
             .keys()
             .filter(|f| !desired.contains_key(f))
             .copied()
             .collect();
-        for frontend in gone {
-            self.remove(frontend, &mut ops, now);
-        }
-        for (frontend, want) in desired {
-            if let Err(message) = self.place(*frontend, want, &mut ops, now) {
+        let all = gone.into_iter().chain(desired.keys().copied());
+        self.plan_frontends(desired, all, now)
+    }
+
+    /// Like [`Planner::plan`] for the given frontends only: each is placed as
+    /// `desired` has it, or removed when `desired` lacks it. The caller
+    /// vouches that every other frontend is unchanged.
+    pub fn plan_frontends(
+        &mut self,
+        desired: &DesiredState,
+        frontends: impl IntoIterator<Item = Frontend>,
+        now: Instant,
+    ) -> (Plan, Vec<PlanError>) {
+        self.slab.reclaim(now);
+        let mut ops = Ops::default();
+        let mut errors = Vec::new();
+        for frontend in frontends {
+            let Some(want) = desired.get(&frontend) else {
+                self.remove(frontend, &mut ops, now);
+                continue;
+            };
+            if let Err(message) = self.place(frontend, want, &mut ops, now) {
                 errors.push(PlanError {
-                    frontend: *frontend,
+                    frontend,
                     service: want.service.clone(),
                     message,
                 });
@@ -176,6 +194,7 @@ impl Planner {
             return;
         };
         ops.deletes.push(MapOp::DeleteService(frontend.key()));
+        ops.deletes.push(MapOp::DeleteLabel(applied.entry.id));
         for backend in applied.backends.values() {
             ops.clears.push(MapOp::ClearBackend(backend.id));
             self.backend_ids.free(backend.id, now);
@@ -284,6 +303,10 @@ impl Planner {
             pad: 0,
         };
         ops.services.push(MapOp::SetService(frontend.key(), entry));
+        if current.is_none_or(|c| c.service != want.service) {
+            ops.services
+                .push(MapOp::SetLabel(service_id, want.service.to_string()));
+        }
         Ok(AppliedFrontend {
             frontend,
             service: want.service.clone(),
@@ -374,6 +397,8 @@ fn refresh(cur: &mut AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) {
     }
     if cur.service != want.service {
         cur.service.clone_from(&want.service);
+        ops.services
+            .push(MapOp::SetLabel(service_id, want.service.to_string()));
     }
     if cur.port_name != want.port_name {
         cur.port_name.clone_from(&want.port_name);
@@ -438,15 +463,18 @@ mod tests {
         items.iter().cloned().collect()
     }
 
+    /// The kinds of the plan's operations, labels left out.
     fn kinds(plan: &Plan) -> Vec<&'static str> {
         plan.ops
             .iter()
+            .filter(|op| !matches!(op, MapOp::SetLabel(..) | MapOp::DeleteLabel(..)))
             .map(|op| match op {
                 MapOp::SetBackend(..) => "backend",
                 MapOp::SetTable { .. } => "table",
                 MapOp::SetService(..) => "service",
                 MapOp::DeleteService(..) => "delete",
                 MapOp::ClearBackend(..) => "clear",
+                MapOp::SetLabel(..) | MapOp::DeleteLabel(..) => unreachable!(),
             })
             .collect()
     }
@@ -465,6 +493,13 @@ mod tests {
             kinds(&plan),
             ["backend", "backend", "table", "service", "service"]
         );
+        let labels: Vec<&MapOp> = plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, MapOp::SetLabel(..)))
+            .collect();
+        assert_eq!(labels.len(), 2, "each new frontend is named for status");
+        assert!(matches!(labels[0], MapOp::SetLabel(_, name) if name == "default/web"));
         let (again, _) = p.plan(&desired, t0);
         assert!(again.ops.is_empty(), "same desired state, no operations");
         let empty = p.frontends().find(|f| f.frontend == fe(20)).unwrap();
@@ -608,6 +643,10 @@ mod tests {
         p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
         let (plan, _) = p.plan(&state(&[]), t0);
         assert_eq!(kinds(&plan), ["delete", "clear"]);
+        assert!(plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, MapOp::DeleteLabel(_))));
         let (_, errors) = p.plan(
             &state(&[(fe(11), want(&[(2, true)]))]),
             t0 + Duration::from_secs(1),

@@ -1,12 +1,12 @@
 //! Endpoint selection: which backends serve each frontend, by kube-proxy's rules.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
 use crate::{
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo},
+    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo, ObjectName},
     model::{
         AddressType, Cluster, EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SliceSpec,
         TargetPort, TrafficPolicy,
@@ -44,54 +44,129 @@ use crate::{
 ///   drops its packets rather than passing them on to nowhere.
 #[must_use]
 pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<String>) {
+    let index = SliceIndex::build(cluster);
     let mut state = DesiredState::new();
-    let mut warnings = Vec::new();
-    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceSpec>> = BTreeMap::new();
-    for slice in cluster.slices.values() {
-        if let AddressType::Other(family) = &slice.address_type {
-            warnings.push(format!(
-                "EndpointSlice {}: address type {family} is not served (IPv4 only); ignored",
-                slice.name
-            ));
-            continue;
-        }
-        by_service
-            .entry((slice.name.namespace.as_str(), slice.service.as_str()))
-            .or_default()
-            .push(slice);
+    for name in cluster.services.keys() {
+        state.extend(service_state(cluster, &index, name, node));
     }
-    for service in cluster.services.values() {
-        if matches!(
-            service.kind,
-            ServiceKind::Headless | ServiceKind::ExternalName
-        ) {
-            continue;
+    (state, index.warnings(cluster))
+}
+
+/// The EndpointSlices of each Service, by (namespace, service name).
+#[derive(Clone, Debug, Default)]
+pub struct SliceIndex {
+    by_service: BTreeMap<ObjectName, BTreeSet<ObjectName>>,
+    owner: BTreeMap<ObjectName, ObjectName>,
+}
+
+impl SliceIndex {
+    /// Indexes every slice of `cluster`.
+    #[must_use]
+    pub fn build(cluster: &Cluster) -> Self {
+        let mut index = Self::default();
+        for slice in cluster.slices.values() {
+            index.insert(slice);
         }
-        let all = by_service
-            .get(&(service.name.namespace.as_str(), service.name.name.as_str()))
-            .cloned()
-            .unwrap_or_default();
-        let has_own = all.iter().any(|s| !s.mirrored);
-        let slices: Vec<&SliceSpec> = all
-            .into_iter()
-            .filter(|s| !has_own || !s.mirrored)
-            .collect();
-        for port in &service.ports {
-            let endpoints = endpoints_for(port, &slices, node);
-            for (frontend, policy) in frontends(service, port, node) {
-                state.insert(
-                    frontend,
-                    DesiredFrontend {
-                        service: service.name.clone(),
-                        port_name: port.name.clone(),
-                        backends: choose(&endpoints, policy, node),
-                        affinity_timeout: service.affinity_timeout.unwrap_or(0),
-                    },
-                );
+        index
+    }
+
+    /// The Service a slice belongs to.
+    #[must_use]
+    pub fn service_of(slice: &SliceSpec) -> ObjectName {
+        ObjectName {
+            namespace: slice.name.namespace.clone(),
+            name: slice.service.clone(),
+        }
+    }
+
+    /// Adds (or moves) a slice; returns the Service it belonged to before, if another.
+    pub fn insert(&mut self, slice: &SliceSpec) -> Option<ObjectName> {
+        let previous = self.remove(&slice.name);
+        let service = Self::service_of(slice);
+        self.by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(slice.name.clone());
+        self.owner.insert(slice.name.clone(), service.clone());
+        previous.filter(|p| *p != service)
+    }
+
+    /// Removes a slice; returns the Service it belonged to.
+    pub fn remove(&mut self, slice: &ObjectName) -> Option<ObjectName> {
+        let service = self.owner.remove(slice)?;
+        if let Some(slices) = self.by_service.get_mut(&service) {
+            slices.remove(slice);
+            if slices.is_empty() {
+                self.by_service.remove(&service);
             }
         }
+        Some(service)
     }
-    (state, warnings)
+
+    /// Warnings about slices that cannot be used.
+    #[must_use]
+    pub fn warnings(&self, cluster: &Cluster) -> Vec<String> {
+        cluster
+            .slices
+            .values()
+            .filter_map(|slice| match &slice.address_type {
+                AddressType::Other(family) => Some(format!(
+                    "EndpointSlice {}: address type {family} is not served (IPv4 only); ignored",
+                    slice.name
+                )),
+                AddressType::Ipv4 => None,
+            })
+            .collect()
+    }
+}
+
+/// The frontends of one Service as the rules above say (none when the
+/// Service is absent, headless or ExternalName).
+#[must_use]
+pub fn service_state(
+    cluster: &Cluster,
+    index: &SliceIndex,
+    name: &ObjectName,
+    node: &NodeInfo,
+) -> Vec<(Frontend, DesiredFrontend)> {
+    let Some(service) = cluster.services.get(name) else {
+        return Vec::new();
+    };
+    if matches!(
+        service.kind,
+        ServiceKind::Headless | ServiceKind::ExternalName
+    ) {
+        return Vec::new();
+    }
+    let all: Vec<&SliceSpec> = index
+        .by_service
+        .get(name)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| cluster.slices.get(s))
+        .filter(|s| s.address_type == AddressType::Ipv4)
+        .collect();
+    let has_own = all.iter().any(|s| !s.mirrored);
+    let slices: Vec<&SliceSpec> = all
+        .into_iter()
+        .filter(|s| !has_own || !s.mirrored)
+        .collect();
+    let mut out = Vec::new();
+    for port in &service.ports {
+        let endpoints = endpoints_for(port, &slices, node);
+        for (frontend, policy) in frontends(service, port, node) {
+            out.push((
+                frontend,
+                DesiredFrontend {
+                    service: service.name.clone(),
+                    port_name: port.name.clone(),
+                    backends: choose(&endpoints, policy, node),
+                    affinity_timeout: service.affinity_timeout.unwrap_or(0),
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// The frontends of one Service port, each with the traffic policy it follows.

@@ -44,7 +44,7 @@ fn start_agent(
     let agent = Command::new(lb_tests::agent::agent_bin().unwrap())
         .args([
             "--log-level",
-            "debug",
+            "warn",
             "run",
             "--source",
             "kube",

@@ -11,6 +11,7 @@ use std::{
 use lb_tests::apiserver::TestApiServer;
 use lb_userspace::{
     desired::NodeInfo,
+    reconcile::Reconciler,
     select,
     source::{kube::KubeSource, Source},
 };
@@ -35,14 +36,27 @@ fn slice(service: &str, ips: &[&str]) -> String {
     )
 }
 
-/// "service frontend -> backends" lines of the desired state the source gives.
-fn state(source: &mut KubeSource) -> Vec<String> {
-    let node = NodeInfo {
-        name: "node1".into(),
-        ..NodeInfo::default()
-    };
-    let (desired, _) = select::desired_state(&source.snapshot(), &node);
-    let mut lines: Vec<String> = desired
+/// The source and a reconciler fed by it, change by change.
+struct Fixture {
+    source: KubeSource,
+    reconciler: Reconciler,
+}
+
+/// "service frontend -> backends" lines of the desired state, reconciled
+/// incrementally from what the source reports as changed.
+fn state(fx: &mut Fixture) -> Vec<String> {
+    let (cluster, changes) = fx.source.snapshot();
+    let _ = fx.reconciler.reconcile(cluster, &changes, Instant::now());
+    // The incremental state must equal a full recompute of the same model.
+    let (full, _) = select::desired_state(cluster, &node1());
+    assert_eq!(
+        fx.reconciler.desired(),
+        &full,
+        "incremental and full disagree"
+    );
+    let mut lines: Vec<String> = fx
+        .reconciler
+        .desired()
         .iter()
         .map(|(f, d)| {
             let b: Vec<String> = d.backends.keys().map(ToString::to_string).collect();
@@ -50,10 +64,24 @@ fn state(source: &mut KubeSource) -> Vec<String> {
         })
         .collect();
     lines.sort();
+    // The incremental state must equal a full recompute of the same model.
+    let (full, _) = select::desired_state(fx.source.snapshot().0, &node1());
+    assert_eq!(
+        fx.reconciler.desired(),
+        &full,
+        "incremental and full disagree"
+    );
     lines
 }
 
-async fn until(source: &mut KubeSource, expected: &[&str]) {
+fn node1() -> NodeInfo {
+    NodeInfo {
+        name: "node1".into(),
+        ..NodeInfo::default()
+    }
+}
+
+async fn until(source: &mut Fixture, expected: &[&str]) {
     let started = Instant::now();
     loop {
         let now = state(source);
@@ -68,7 +96,7 @@ async fn until(source: &mut KubeSource, expected: &[&str]) {
     }
 }
 
-fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(KubeSource) -> F) {
+fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(Fixture) -> F) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,7 +121,11 @@ fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(KubeSou
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::timeout(Duration::from_mins(1), test(source))
+        let fixture = Fixture {
+            source,
+            reconciler: Reconciler::new(node1(), 1 << 20),
+        };
+        tokio::time::timeout(Duration::from_mins(1), test(fixture))
             .await
             .expect("test within a minute");
     });
@@ -252,7 +284,7 @@ fn the_own_node_object_gives_zone_and_node_port_addresses() {
     run(&server.clone(), |mut source| async move {
         let started = Instant::now();
         loop {
-            let cluster = source.snapshot();
+            let cluster = source.source.snapshot().0.clone();
             if let Some(facts) = &cluster.node {
                 assert_eq!(facts.zone.as_deref(), Some("zone-a"));
                 assert_eq!(

@@ -17,7 +17,7 @@ use lb_common::{NodeConfig, MAP_MAGLEV};
 use tracing::{info, warn};
 
 use self::maps::{Maps, PINNED_MAPS};
-pub use self::writer::{decode_label, encode_label, LabelWriter};
+pub use self::writer::{decode_label, encode_label};
 
 /// The kernel programs' object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));

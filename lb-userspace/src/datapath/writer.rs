@@ -1,6 +1,4 @@
-//! Applies a plan's map operations in order, and keeps the service labels.
-
-use std::collections::HashMap;
+//! Applies a plan's map operations in order.
 
 use anyhow::{Context, Result};
 use lb_common::{Backend, ServiceLabel, SERVICE_LABEL_LEN};
@@ -32,40 +30,15 @@ impl Maps {
                     .backends
                     .set(*id, Backend::default(), 0)
                     .with_context(|| format!("clearing backend {id}"))?,
+                MapOp::SetLabel(id, label) => self
+                    .labels
+                    .insert(id, encode_label(label), 0)
+                    .with_context(|| format!("writing the label of service {id}"))?,
+                // A missing label is fine: the goal is its absence.
+                MapOp::DeleteLabel(id) => {
+                    let _ = self.labels.remove(id);
+                }
             }
-        }
-        Ok(())
-    }
-}
-
-/// Keeps the labels map equal to the given id -> label set, writing only changes.
-#[derive(Default)]
-pub struct LabelWriter {
-    written: HashMap<u32, String>,
-}
-
-impl LabelWriter {
-    /// Makes the labels map hold exactly `labels`.
-    pub fn sync(&mut self, maps: &mut Maps, labels: &HashMap<u32, String>) -> Result<()> {
-        let stale: Vec<u32> = self
-            .written
-            .keys()
-            .filter(|id| !labels.contains_key(id))
-            .copied()
-            .collect();
-        for id in stale {
-            // A missing entry is fine: the goal is its absence.
-            let _ = maps.labels.remove(&id);
-            self.written.remove(&id);
-        }
-        for (id, label) in labels {
-            if self.written.get(id) == Some(label) {
-                continue;
-            }
-            maps.labels
-                .insert(id, encode_label(label), 0)
-                .with_context(|| format!("writing the label of service {id}"))?;
-            self.written.insert(*id, label.clone());
         }
         Ok(())
     }

@@ -5,7 +5,11 @@
 //! API server is unreachable the watcher retries with backoff and the stores,
 //! and so the maps, keep the last known state.
 
-use std::{collections::BTreeMap, fmt::Debug};
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    sync::{Arc, Mutex},
+};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
@@ -14,7 +18,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     runtime::{
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher::{self, Event},
         WatchStreamExt,
     },
@@ -24,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use super::Source;
+use super::{Changes, Source};
 use crate::{
     desired::ObjectName,
     model::{object_name, Cluster, NodeFacts, ServiceSpec, SliceSpec},
@@ -36,6 +40,10 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     node_name: String,
+    /// Changes seen by the watches since the last snapshot.
+    pending: Arc<Mutex<Changes>>,
+    /// The model, kept up to date change by change.
+    cluster: Cluster,
     last_good_services: BTreeMap<ObjectName, Validated<ServiceSpec>>,
     last_good_slices: BTreeMap<ObjectName, Validated<SliceSpec>>,
 }
@@ -53,30 +61,57 @@ impl KubeSource {
     /// every relist) sends on `changed`.
     #[must_use]
     pub fn start(client: &Client, changed: &UnboundedSender<()>, node_name: &str) -> Self {
+        let pending = Arc::new(Mutex::new(Changes::all()));
+        let record = |what: Watched| {
+            let pending = pending.clone();
+            let changed = changed.clone();
+            move |name: Option<ObjectName>| {
+                {
+                    let mut p = pending.lock().expect("pending changes");
+                    match (what, name) {
+                        (Watched::Services, Some(name)) => {
+                            p.services.insert(name);
+                        }
+                        (Watched::Slices, Some(name)) => {
+                            p.slices.insert(name);
+                        }
+                        // A relist, or a change of our Node: recompute everything.
+                        _ => p.all = true,
+                    }
+                }
+                let _ = changed.send(());
+            }
+        };
         let all = watcher::Config::default();
         let services = watch(
             Api::<Service>::all(client.clone()),
             all.clone(),
-            changed.clone(),
+            record(Watched::Services),
         );
         let slices = watch(
             Api::<EndpointSlice>::all(client.clone()),
             all,
-            changed.clone(),
+            record(Watched::Slices),
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-        let nodes = watch(Api::<Node>::all(client.clone()), own_node, changed.clone());
+        let nodes = watch(
+            Api::<Node>::all(client.clone()),
+            own_node,
+            record(Watched::Nodes),
+        );
         Self {
             services,
             slices,
             nodes,
             node_name: node_name.to_string(),
+            pending,
+            cluster: Cluster::default(),
             last_good_services: BTreeMap::new(),
             last_good_slices: BTreeMap::new(),
         }
     }
 
-    /// Waits for the initial list of both kinds.
+    /// Waits for the initial list of every watched kind.
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
         self.services.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
@@ -86,7 +121,57 @@ impl KubeSource {
 }
 
 impl Source for KubeSource {
-    fn snapshot(&mut self) -> Cluster {
+    fn snapshot(&mut self) -> (&Cluster, Changes) {
+        let changes = std::mem::take(&mut *self.pending.lock().expect("pending changes"));
+        if changes.all {
+            self.rebuild();
+        } else {
+            for name in &changes.services {
+                let object = self
+                    .services
+                    .get(&ObjectRef::new(&name.name).within(&name.namespace));
+                let spec = object.and_then(|o| {
+                    validated(
+                        "Service",
+                        o.as_ref(),
+                        ServiceSpec::from_k8s,
+                        &mut self.last_good_services,
+                    )
+                });
+                update(
+                    &mut self.cluster.services,
+                    &mut self.last_good_services,
+                    name,
+                    spec,
+                );
+            }
+            for name in &changes.slices {
+                let object = self
+                    .slices
+                    .get(&ObjectRef::new(&name.name).within(&name.namespace));
+                let spec = object.and_then(|o| {
+                    validated(
+                        "EndpointSlice",
+                        o.as_ref(),
+                        SliceSpec::from_k8s,
+                        &mut self.last_good_slices,
+                    )
+                });
+                update(
+                    &mut self.cluster.slices,
+                    &mut self.last_good_slices,
+                    name,
+                    spec,
+                );
+            }
+        }
+        (&self.cluster, changes)
+    }
+}
+
+impl KubeSource {
+    /// Rebuilds the whole model from the stores (first sync, relist).
+    fn rebuild(&mut self) {
         let mut cluster = Cluster {
             node: self
                 .nodes
@@ -121,7 +206,31 @@ impl Source for KubeSource {
             .retain(|name, _| cluster.services.contains_key(name));
         self.last_good_slices
             .retain(|name, _| cluster.slices.contains_key(name));
-        cluster
+        self.cluster = cluster;
+    }
+}
+
+/// Which watch a change came from.
+#[derive(Clone, Copy)]
+enum Watched {
+    Services,
+    Slices,
+    Nodes,
+}
+
+/// Puts an object's current spec into the model, or removes it (and its last
+/// good version) when the object is gone.
+fn update<T>(
+    model: &mut BTreeMap<ObjectName, T>,
+    last_good: &mut BTreeMap<ObjectName, Validated<T>>,
+    name: &ObjectName,
+    spec: Option<T>,
+) {
+    if let Some(spec) = spec {
+        model.insert(name.clone(), spec);
+    } else {
+        model.remove(name);
+        last_good.remove(name);
     }
 }
 
@@ -167,7 +276,11 @@ where
 }
 
 /// A reflector store fed by a watch that retries with backoff.
-fn watch<K>(api: Api<K>, config: watcher::Config, changed: UnboundedSender<()>) -> Store<K>
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    record: impl Fn(Option<ObjectName>) + Send + 'static,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -175,12 +288,13 @@ where
     let (store, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
-    tokio::spawn(forward(kind, stream, changed));
+    tokio::spawn(forward(kind, stream, record));
     store
 }
 
-async fn forward<K, S>(kind: String, stream: S, changed: UnboundedSender<()>)
+async fn forward<K, S>(kind: String, stream: S, record: impl Fn(Option<ObjectName>))
 where
+    K: Resource,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
@@ -190,10 +304,10 @@ where
             Ok(Event::InitApply(_)) => {}
             Ok(Event::InitDone) => {
                 info!(kind, "list complete");
-                let _ = changed.send(());
+                record(None);
             }
-            Ok(Event::Apply(_) | Event::Delete(_)) => {
-                let _ = changed.send(());
+            Ok(Event::Apply(object) | Event::Delete(object)) => {
+                record(object_name(object.meta()).ok());
             }
             Err(e) => warn!(kind, "watch failed, retrying with backoff: {e}"),
         }

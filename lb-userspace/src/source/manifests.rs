@@ -7,7 +7,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
-use super::Source;
+use super::{Changes, Source};
 use crate::{
     manifest::{self, ManifestCache},
     model::Cluster,
@@ -17,6 +17,7 @@ use crate::{
 pub struct ManifestSource {
     dir: PathBuf,
     cache: ManifestCache,
+    cluster: Cluster,
     _watcher: RecommendedWatcher,
 }
 
@@ -36,20 +37,22 @@ impl ManifestSource {
         Ok(Self {
             dir,
             cache: ManifestCache::default(),
+            cluster: Cluster::default(),
             _watcher: watcher,
         })
     }
 }
 
 impl Source for ManifestSource {
-    fn snapshot(&mut self) -> Cluster {
+    /// Rereads the directory: a few files, so everything counts as changed.
+    fn snapshot(&mut self) -> (&Cluster, Changes) {
         let loaded = manifest::load_dir(&self.dir, &self.cache);
         for e in &loaded.errors {
             error!("{e}");
         }
-        let cluster = loaded.cluster();
+        self.cluster = loaded.cluster();
         self.cache = loaded.cache;
-        cluster
+        (&self.cluster, Changes::all())
     }
 }
 

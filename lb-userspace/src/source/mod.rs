@@ -1,14 +1,39 @@
 //! Where the cluster state comes from: manifests on disk or the API server.
-//! A source signals "something changed" on a channel and, when asked, gives a
-//! snapshot of the validated model.
+//! A source signals "something changed" on a channel and, when asked, gives
+//! its model and what changed since it was last asked.
 
 pub mod kube;
 pub mod manifests;
 
-use crate::model::Cluster;
+use std::collections::BTreeSet;
+
+use crate::{desired::ObjectName, model::Cluster};
+
+/// What changed since the previous snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Anything may have changed (first snapshot, relist, manifests reread).
+    pub all: bool,
+    /// Services added, changed or removed.
+    pub services: BTreeSet<ObjectName>,
+    /// EndpointSlices added, changed or removed.
+    pub slices: BTreeSet<ObjectName>,
+}
+
+impl Changes {
+    /// A change of everything.
+    #[must_use]
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            ..Self::default()
+        }
+    }
+}
 
 /// A source of Services and EndpointSlices.
 pub trait Source {
-    /// The current model (errors in individual objects are logged by the source).
-    fn snapshot(&mut self) -> Cluster;
+    /// The current model and what changed in it since the last call (errors
+    /// in individual objects are logged by the source).
+    fn snapshot(&mut self) -> (&Cluster, Changes);
 }

@@ -1,0 +1,280 @@
+//! The reconciler: from the model and what changed in it to the ordered map
+//! operations, recomputing only the Services a change touches.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    desired::{DesiredState, Frontend, NodeInfo, ObjectName},
+    model::{AddressType, Cluster},
+    plan::{Plan, PlanError, Planner},
+    select::{self, SliceIndex},
+    source::Changes,
+};
+
+/// How long freed slab ranges and ids wait before reuse (packets in flight may still read them).
+pub const REUSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The desired state as last computed, and what is applied.
+pub struct Reconciler {
+    node: NodeInfo,
+    /// The node as merged with its Node object at the last full sync.
+    merged_node: Option<NodeInfo>,
+    planner: Planner,
+    index: SliceIndex,
+    desired: DesiredState,
+    /// The frontends each Service produced.
+    by_service: BTreeMap<ObjectName, Vec<Frontend>>,
+    /// Warnings already logged, so a lasting condition is logged once.
+    warned: HashSet<String>,
+}
+
+/// The outcome of one reconcile.
+pub struct Reconciled {
+    /// Map operations, in order.
+    pub plan: Plan,
+    /// Frontends that could not be placed.
+    pub errors: Vec<PlanError>,
+    /// New warnings about ignored input.
+    pub warnings: Vec<String>,
+    /// Frontends recomputed (all of them on a full sync).
+    pub recomputed: usize,
+}
+
+impl Reconciler {
+    /// A reconciler whose maps start empty.
+    #[must_use]
+    pub fn new(node: NodeInfo, slab_slots: u32) -> Self {
+        Self {
+            node,
+            merged_node: None,
+            planner: Planner::new(slab_slots, REUSE_GRACE),
+            index: SliceIndex::default(),
+            desired: DesiredState::new(),
+            by_service: BTreeMap::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    /// The desired state as last computed.
+    #[must_use]
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// The operations that bring the maps from the applied state to what
+    /// `cluster` asks, given what `changes` says changed since the last call.
+    pub fn reconcile(&mut self, cluster: &Cluster, changes: &Changes, now: Instant) -> Reconciled {
+        let node = self.node.merged(cluster.node.as_ref());
+        if changes.all || self.merged_node.as_ref() != Some(&node) {
+            self.merged_node = Some(node);
+            return self.full(cluster, now);
+        }
+        let mut affected = changes.services.clone();
+        let mut warnings = Vec::new();
+        for name in &changes.slices {
+            affected.extend(self.index.remove(name));
+            if let Some(slice) = cluster.slices.get(name) {
+                self.index.insert(slice);
+                affected.insert(SliceIndex::service_of(slice));
+                if let AddressType::Other(family) = &slice.address_type {
+                    warnings.push(format!(
+                        "EndpointSlice {name}: address type {family} is not served (IPv4 only); ignored"
+                    ));
+                }
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for name in &affected {
+            for frontend in self.by_service.remove(name).unwrap_or_default() {
+                self.desired.remove(&frontend);
+                touched.insert(frontend);
+            }
+            self.add_service(cluster, name, &mut touched);
+        }
+        let (plan, errors) =
+            self.planner
+                .plan_frontends(&self.desired, touched.iter().copied(), now);
+        let warnings = warnings
+            .into_iter()
+            .filter(|w| self.warned.insert(w.clone()))
+            .collect();
+        Reconciled {
+            plan,
+            errors,
+            warnings,
+            recomputed: touched.len(),
+        }
+    }
+
+    fn add_service(
+        &mut self,
+        cluster: &Cluster,
+        name: &ObjectName,
+        touched: &mut BTreeSet<Frontend>,
+    ) {
+        let node = self.merged_node.as_ref().unwrap_or(&self.node);
+        let frontends = select::service_state(cluster, &self.index, name, node);
+        if frontends.is_empty() {
+            return;
+        }
+        let keys = frontends.iter().map(|(f, _)| *f).collect();
+        for (frontend, want) in frontends {
+            touched.insert(frontend);
+            self.desired.insert(frontend, want);
+        }
+        self.by_service.insert(name.clone(), keys);
+    }
+
+    fn full(&mut self, cluster: &Cluster, now: Instant) -> Reconciled {
+        self.index = SliceIndex::build(cluster);
+        self.desired.clear();
+        self.by_service.clear();
+        let mut touched = BTreeSet::new();
+        for name in cluster.services.keys() {
+            self.add_service(cluster, name, &mut touched);
+        }
+        let (plan, errors) = self.planner.plan(&self.desired, now);
+        let all = self.index.warnings(cluster);
+        let warnings = all
+            .iter()
+            .filter(|w| !self.warned.contains(*w))
+            .cloned()
+            .collect();
+        self.warned = all.into_iter().collect();
+        Reconciled {
+            plan,
+            errors,
+            warnings,
+            recomputed: self.desired.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        desired::Protocol,
+        model::{
+            EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SlicePort, SliceSpec, TargetPort,
+            TrafficPolicy,
+        },
+    };
+
+    fn name(n: &str) -> ObjectName {
+        ObjectName {
+            namespace: "default".into(),
+            name: n.into(),
+        }
+    }
+
+    fn service(n: &str, last: u8) -> ServiceSpec {
+        ServiceSpec {
+            name: name(n),
+            kind: ServiceKind::ClusterIp,
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, last)],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(8080),
+                node_port: None,
+            }],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            internal_policy: TrafficPolicy::Cluster,
+            external_policy: TrafficPolicy::Cluster,
+            affinity_timeout: None,
+        }
+    }
+
+    fn slice(n: &str, svc: &str, ips: &[u8]) -> SliceSpec {
+        SliceSpec {
+            name: name(n),
+            service: svc.into(),
+            address_type: AddressType::Ipv4,
+            ports: vec![SlicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: ips
+                .iter()
+                .map(|&i| EndpointSpec {
+                    addresses: vec![Ipv4Addr::new(10, 244, 1, i)],
+                    ready: true,
+                    serving: None,
+                    terminating: None,
+                    node_name: None,
+                    zone: None,
+                    zone_hints: vec![],
+                    node_hints: vec![],
+                })
+                .collect(),
+            mirrored: false,
+        }
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            name: "node1".into(),
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_change_recomputes_only_its_service_and_matches_a_full_recompute() {
+        let mut cluster = Cluster::default();
+        for i in 0..50u8 {
+            let svc = service(&format!("s{i}"), i + 1);
+            cluster.services.insert(svc.name.clone(), svc);
+            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
+            cluster.slices.insert(sl.name.clone(), sl);
+        }
+        let mut r = Reconciler::new(node(), 1 << 20);
+        let t0 = Instant::now();
+        let first = r.reconcile(&cluster, &Changes::all(), t0);
+        assert_eq!(first.recomputed, 50);
+
+        // One slice changes: one service recomputed, its frontend only.
+        let edited = slice("s7-1", "s7", &[8, 99]);
+        cluster.slices.insert(edited.name.clone(), edited);
+        let one_slice = Changes {
+            slices: [name("s7-1")].into_iter().collect(),
+            ..Changes::default()
+        };
+        let step = r.reconcile(&cluster, &one_slice, t0);
+        assert_eq!(step.recomputed, 1);
+        assert!(!step.plan.ops.is_empty());
+
+        // A slice moves to another service, a service goes, one comes.
+        cluster
+            .slices
+            .insert(name("s8-1"), slice("s8-1", "s9", &[120]));
+        cluster.services.remove(&name("s3"));
+        let new = service("new", 200);
+        cluster.services.insert(new.name.clone(), new);
+        let several = Changes {
+            services: [name("s3"), name("new")].into_iter().collect(),
+            slices: [name("s8-1")].into_iter().collect(),
+            ..Changes::default()
+        };
+        let step = r.reconcile(&cluster, &several, t0);
+        assert_eq!(step.recomputed, 4, "s3 gone, new, s8 and s9");
+
+        // The incremental state equals a full recompute of the same model.
+        let (full, _) = select::desired_state(&cluster, &node());
+        assert_eq!(r.desired(), &full);
+        let mut fresh = Reconciler::new(node(), 1 << 20);
+        fresh.reconcile(&cluster, &Changes::all(), t0);
+        assert_eq!(fresh.desired(), r.desired());
+        // And nothing is left to apply.
+        let again = r.reconcile(&cluster, &Changes::all(), t0);
+        assert!(again.plan.ops.is_empty(), "{:?}", again.plan.ops);
+    }
+}
