@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     datapath::{Datapath, DatapathConfig},
     desired::NodeInfo,
+    metrics::Metrics,
     reconcile::Reconciler,
     source::{kube::KubeSource, manifests::ManifestSource, Source},
 };
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub node: NodeInfo,
     /// Data-path setup.
     pub datapath: DatapathConfig,
+    /// Where to serve /metrics, /healthz and /readyz (none: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Reconciles the source's latest model and writes the result into the maps.
@@ -51,6 +54,7 @@ fn sync(
     reconciler: &mut Reconciler,
     source: &mut dyn Source,
     datapath: &mut Datapath,
+    metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
     let (cluster, changes) = source.snapshot();
@@ -64,6 +68,15 @@ fn sync(
     }
     let computed = started.elapsed();
     datapath.maps.apply(&done.plan.ops)?;
+    metrics.syncs.inc();
+    metrics.map_ops.inc_by(done.plan.ops.len() as u64);
+    metrics.plan_errors.inc_by(done.errors.len() as u64);
+    metrics
+        .frontends
+        .set(i64::try_from(reconciler.desired().len()).unwrap_or(i64::MAX));
+    metrics
+        .sync_seconds
+        .observe(started.elapsed().as_secs_f64());
     let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     info!(
         full = changes.all,
@@ -119,8 +132,18 @@ async fn serve(
     mut changed: mpsc::UnboundedReceiver<()>,
     datapath: &mut Datapath,
 ) -> Result<()> {
+    let metrics = Metrics::new(options.datapath.pin_dir.clone());
+    if let Some(addr) = options.metrics_addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, metrics).await {
+                error!("metrics server: {e:#}");
+            }
+        });
+    }
     let mut reconciler = Reconciler::new(options.node.clone(), options.datapath.slab_slots);
-    sync(&mut reconciler, source.as_mut(), datapath)?;
+    sync(&mut reconciler, source.as_mut(), datapath, &metrics)?;
+    metrics.set_ready();
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");
 
@@ -136,7 +159,7 @@ async fn serve(
                 // burst becomes a few syncs, and a lone change waits for none.
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
-                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath) {
+                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics) {
                     error!("sync failed: {e:#}");
                 }
             }

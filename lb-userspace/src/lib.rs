@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod desired;
 pub mod maglev;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

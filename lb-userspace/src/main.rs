@@ -73,6 +73,9 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     xdp_mode: XdpModeArg,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9960).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
     #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
     maglev_slab_slots: u32,
@@ -137,6 +140,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         },
     };
     Ok(RunOptions {
+        metrics_addr: args.metrics_addr,
         source,
         node: NodeInfo {
             name: node_name,

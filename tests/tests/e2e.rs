@@ -264,3 +264,71 @@ fn sigterm_detaches_and_removes_what_the_agent_created() {
     let after = http_distribution(pod, EXTERNAL, 1, Duration::from_secs(5));
     assert_eq!(after.get("error"), Some(&1), "TC gone: {after:?}");
 }
+
+/// GET `path` from node1's loopback (where the agent serves metrics): (status line, body).
+fn scrape(c: &Cluster, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    c.topo
+        .node1
+        .run(move || {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9960").expect("metrics port");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            (
+                head.lines().next().unwrap_or_default().to_string(),
+                body.to_string(),
+            )
+        })
+        .unwrap()
+}
+
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+}
+
+#[test]
+fn metrics_follow_real_traffic_and_probes_answer() {
+    let topo = ClusterTopology::new().unwrap();
+    let servers = PodServers::start(&topo).unwrap();
+    let manifests = ManifestDir::with_examples().unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut agent = Agent::start_with(
+        &topo.node1,
+        &["--manifests", &dir, "--metrics-addr", "127.0.0.1:9960"],
+    )
+    .unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let c = Cluster {
+        agent,
+        manifests,
+        _servers: servers,
+        topo,
+    };
+    assert!(scrape(&c, "/healthz").0.contains("200"));
+    assert!(scrape(&c, "/readyz").0.contains("200"));
+    let (status, before) = scrape(&c, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let translated = counter(&before, "lb_packets{verdict=\"translated\"}");
+    let reversed = counter(&before, "lb_packets{verdict=\"reversed\"}");
+    assert!(counter(&before, "lb_syncs_total") >= 1);
+    assert_eq!(counter(&before, "lb_frontends"), 3);
+    let counts = http_distribution(&c.topo.client, WEB, 20, DEADLINE);
+    assert_eq!(counts.values().sum::<usize>(), 20);
+    let (_, after) = scrape(&c, "/metrics");
+    // Each HTTP exchange is at least 5 client packets and 4 replies translated.
+    assert!(
+        counter(&after, "lb_packets{verdict=\"translated\"}") >= translated + 20 * 5,
+        "{after}"
+    );
+    assert!(
+        counter(&after, "lb_packets{verdict=\"reversed\"}") >= reversed + 20 * 4,
+        "{after}"
+    );
+}

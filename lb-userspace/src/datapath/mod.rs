@@ -29,6 +29,10 @@ pub const TC_PROGRAM: &str = "lb_tc";
 /// Name of the pass-everything XDP program (benchmark floor; veth peers).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 
+/// Linux capabilities the agent needs: load programs and maps, attach them
+/// to interfaces and set sysctls, read kernel time in programs, raise rlimits.
+pub const REQUIRED_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
+
 /// How to set up the data path.
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {

@@ -34,6 +34,15 @@ use crate::{
     model::{object_name, Cluster, NodeFacts, ServiceSpec, SliceSpec},
 };
 
+/// The (API group, resource) pairs the source watches: RBAC must allow them.
+pub const WATCHED_RESOURCES: [(&str, &str); 3] = [
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("", "nodes"),
+];
+/// The verbs the source uses on each watched resource.
+pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
 /// Watches of Services and EndpointSlices in all namespaces.
 pub struct KubeSource {
     services: Store<Service>,

@@ -1,0 +1,158 @@
+//! Observability over HTTP: Prometheus metrics, liveness and readiness.
+//!
+//! `/metrics` serves the verdict counters (summed from the per-CPU map when
+//! scraped, so packets cost no userspace work), sync counts and durations,
+//! and objects rejected by validation. `/healthz` answers while the process
+//! runs; `/readyz` once the data path is attached and the first sync is done.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use anyhow::{Context, Result};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tracing::{info, warn};
+
+use crate::datapath::maps::Maps;
+
+/// Path of the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+/// Path of the liveness probe.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Path of the readiness probe.
+pub const READYZ_PATH: &str = "/readyz";
+
+/// Labels of the verdict counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// Verdict name (translated, reversed, passed, dropped, error).
+    pub verdict: String,
+}
+
+/// The agent's own metrics, updated by the run loop.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    verdicts: Family<VerdictLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    /// Syncs done (full or incremental).
+    pub syncs: Counter,
+    /// Duration of a sync, from snapshot to maps written, in seconds.
+    pub sync_seconds: Histogram,
+    /// Frontends programmed.
+    pub frontends: Gauge,
+    /// Map operations written.
+    pub map_ops: Counter,
+    /// Frontends the planner could not place.
+    pub plan_errors: Counter,
+    ready: AtomicBool,
+    pin_dir: PathBuf,
+}
+
+impl Metrics {
+    /// Metrics whose verdict counters are read from the maps pinned in `pin_dir`.
+    #[must_use]
+    pub fn new(pin_dir: PathBuf) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("lb");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            verdicts: Family::default(),
+            syncs: Counter::default(),
+            sync_seconds: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            frontends: Gauge::default(),
+            map_ops: Counter::default(),
+            plan_errors: Counter::default(),
+            ready: AtomicBool::new(false),
+            pin_dir,
+        };
+        registry.register(
+            "packets",
+            "Packets by data-path verdict (all CPUs)",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Syncs of the maps with the source",
+            m.syncs.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of a sync, snapshot to maps written",
+            m.sync_seconds.clone(),
+        );
+        registry.register(
+            "frontends",
+            "Service frontends programmed",
+            m.frontends.clone(),
+        );
+        registry.register("map_operations", "Map writes", m.map_ops.clone());
+        registry.register(
+            "plan_errors",
+            "Frontends that could not be placed",
+            m.plan_errors.clone(),
+        );
+        *m.registry.lock().expect("registry") = registry;
+        Arc::new(m)
+    }
+
+    /// Marks the agent ready (data path attached, first sync done).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The metrics in Prometheus text format, verdicts read from the maps now.
+    pub fn render(&self) -> Result<String> {
+        let maps = Maps::from_pins(&self.pin_dir)?;
+        for (verdict, total) in lb_common::Verdict::ALL.iter().zip(maps.verdict_totals()?) {
+            self.verdicts
+                .get_or_create(&VerdictLabels {
+                    verdict: verdict.name().to_string(),
+                })
+                .set(i64::try_from(total).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry.lock().expect("registry"))?;
+        Ok(out)
+    }
+}
+
+/// Serves the metrics and probes on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let app = Router::new()
+        .route(METRICS_PATH, get(metrics_handler))
+        .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .route(READYZ_PATH, get(readyz))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    info!(%addr, "serving {METRICS_PATH}, {HEALTHZ_PATH} and {READYZ_PATH}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(text) => (StatusCode::OK, text),
+        Err(e) => {
+            warn!("rendering metrics: {e:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"))
+        }
+    }
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

@@ -1,0 +1,178 @@
+//! The manifests in `deploy/` parsed into Kubernetes types and checked against
+//! the code, so they cannot drift: RBAC matches what the source requests,
+//! probes hit real endpoints, the pod has the capabilities and mounts it needs
+//! and no more.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{ConfigMap, Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use lb_userspace::{
+    datapath::REQUIRED_CAPABILITIES,
+    metrics::{HEALTHZ_PATH, READYZ_PATH},
+    source::kube::{WATCHED_RESOURCES, WATCH_VERBS},
+};
+use serde::de::DeserializeOwned;
+
+/// Every document of every file in deploy/, as JSON values.
+fn documents() -> Vec<serde_json::Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            if !value.is_null() {
+                docs.push(value);
+            }
+        }
+    }
+    docs
+}
+
+/// The one object of `kind`, parsed into its type (the parse is the check).
+fn one<T: DeserializeOwned>(kind: &str) -> T {
+    let found: Vec<_> = documents()
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind} in deploy/");
+    serde_json::from_value(found[0].clone())
+        .unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+}
+
+#[test]
+fn every_manifest_parses_into_its_type() {
+    let _: Namespace = one("Namespace");
+    let _: ServiceAccount = one("ServiceAccount");
+    let _: ClusterRole = one("ClusterRole");
+    let _: ClusterRoleBinding = one("ClusterRoleBinding");
+    let _: ConfigMap = one("ConfigMap");
+    let _: DaemonSet = one("DaemonSet");
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_source_requests() {
+    let role: ClusterRole = one("ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+        assert!(
+            verbs.is_subset(&["get", "list", "watch"].into()),
+            "read-only verbs only: {verbs:?}"
+        );
+        assert!(
+            verbs.is_superset(&WATCH_VERBS.into()),
+            "the verbs the watches use: {verbs:?}"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                granted.insert((group.clone(), resource.clone()));
+            }
+        }
+    }
+    let needed: BTreeSet<(String, String)> = WATCHED_RESOURCES
+        .iter()
+        .map(|(g, r)| ((*g).to_string(), (*r).to_string()))
+        .collect();
+    assert_eq!(granted, needed, "RBAC resources equal the watched ones");
+    let binding: ClusterRoleBinding = one("ClusterRoleBinding");
+    let account: ServiceAccount = one("ServiceAccount");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(subject.name, account.metadata.name.clone().unwrap());
+    assert_eq!(subject.namespace, account.metadata.namespace);
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+}
+
+#[test]
+fn the_daemonset_runs_everywhere_with_least_privilege_and_real_probes() {
+    let ds: DaemonSet = one("DaemonSet");
+    let spec = ds.spec.unwrap();
+    let strategy = spec.update_strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy.rolling_update.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)),
+        "one node at a time"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    let account: ServiceAccount = one("ServiceAccount");
+    assert_eq!(pod.service_account_name, account.metadata.name);
+    assert!(
+        pod.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "tolerates every taint: runs on every node"
+    );
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--source=kube"), "{args:?}");
+    let metrics_port: i32 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--metrics-addr="))
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("--metrics-addr with a port");
+    for (probe, path) in [
+        (&container.liveness_probe, HEALTHZ_PATH),
+        (&container.readiness_probe, READYZ_PATH),
+    ] {
+        let http = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("HTTP probe");
+        assert_eq!(http.path.as_deref(), Some(path));
+        assert_eq!(
+            http.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(metrics_port)
+        );
+    }
+    let security = container.security_context.clone().unwrap();
+    assert_ne!(security.privileged, Some(true), "not privileged");
+    let caps = security.capabilities.unwrap();
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(
+        added,
+        REQUIRED_CAPABILITIES.into(),
+        "exactly the capabilities the code needs"
+    );
+    assert_eq!(caps.drop.unwrap_or_default(), ["ALL"]);
+    let requests = container.resources.clone().unwrap().requests.unwrap();
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+    let mounts: BTreeSet<String> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert!(mounts.contains("/sys/fs/bpf"), "bpffs mounted for the pins");
+    let bpffs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "bpffs")
+        .unwrap();
+    assert_eq!(bpffs.host_path.as_ref().unwrap().path, "/sys/fs/bpf");
+    // Every $(VAR) the arguments use is defined.
+    let config: ConfigMap = one("ConfigMap");
+    let mut defined: BTreeSet<String> = config.data.unwrap_or_default().into_keys().collect();
+    defined.extend(container.env.iter().flatten().map(|e| e.name.clone()));
+    for arg in &args {
+        if let Some(var) = arg
+            .split("$(")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+        {
+            assert!(defined.contains(var), "{arg} uses undefined {var}");
+        }
+    }
+}
