@@ -2,6 +2,7 @@
 //! code (manifests, model, selection, Maglev, plans) and thin I/O layers.
 
 pub mod agent;
+pub mod conntrack;
 pub mod datapath;
 pub mod desired;
 pub mod maglev;

@@ -7,6 +7,7 @@ use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, RunOptions, SourceConfig},
+    conntrack,
     datapath::DatapathConfig,
     desired::NodeInfo,
     status,
@@ -38,6 +39,18 @@ enum Command {
         /// Pin directory of the running agent.
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tracked flows: client -> service -> backend, protocol, age.
+    Conntrack {
+        /// Pin directory of the running agent.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -112,9 +125,22 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(agent::run(options))
         }
-        Command::Status { pin_dir } => {
+        Command::Status { pin_dir, json } => {
             let (frontends, verdicts) = status::read(&pin_dir)?;
-            print!("{}", status::format(&frontends, &verdicts));
+            if json {
+                println!("{}", status::to_json(&frontends, &verdicts)?);
+            } else {
+                print!("{}", status::format(&frontends, &verdicts));
+            }
+            Ok(())
+        }
+        Command::Conntrack { pin_dir, json } => {
+            let flows = conntrack::read(&pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print!("{}", conntrack::format(&flows));
+            }
             Ok(())
         }
     }

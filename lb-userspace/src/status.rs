@@ -13,7 +13,7 @@ use lb_common::{Verdict, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP};
 use crate::datapath::{decode_label, maps::Maps};
 
 /// One frontend as the maps hold it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct FrontendStatus {
     /// "namespace/name" of the Service (or "service #id" without a label).
     pub service: String,
@@ -97,6 +97,19 @@ pub fn format(frontends: &[FrontendStatus], verdicts: &[u64]) -> String {
         .collect();
     let _ = writeln!(out, "verdicts: {}", counters.join(" "));
     out
+}
+
+/// The status as JSON: `{"services": [...], "verdicts": {"translated": n, ...}}`.
+pub fn to_json(frontends: &[FrontendStatus], verdicts: &[u64]) -> Result<String> {
+    let counters: std::collections::BTreeMap<&str, u64> = Verdict::ALL
+        .iter()
+        .zip(verdicts)
+        .map(|(v, n)| (v.name(), *n))
+        .collect();
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "services": frontends,
+        "verdicts": counters,
+    }))?)
 }
 
 #[cfg(test)]

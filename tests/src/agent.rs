@@ -142,6 +142,21 @@ impl Agent {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `lb-agent conntrack --json` output, parsed.
+    pub fn conntrack(&self) -> Result<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .args(["conntrack", "--json", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lb-agent conntrack failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Stops the agent with SIGTERM (SIGKILL after 5 s); returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
