@@ -17,7 +17,8 @@ use crate::{
     datapath::{Datapath, DatapathConfig},
     desired::NodeInfo,
     metrics::Metrics,
-    reconcile::Reconciler,
+    plan::Planner,
+    reconcile::{Reconciler, REUSE_GRACE},
     source::{kube::KubeSource, manifests::ManifestSource, Source},
 };
 
@@ -141,7 +142,17 @@ async fn serve(
             }
         });
     }
-    let mut reconciler = Reconciler::new(options.node.clone(), options.datapath.slab_slots);
+    let mut reconciler = if datapath.adopted() {
+        let applied = datapath.maps.applied_frontends()?;
+        info!(
+            frontends = applied.len(),
+            "took over the frontends of an earlier agent"
+        );
+        let planner = Planner::adopt(applied, datapath.maps.slab.slots(), REUSE_GRACE);
+        Reconciler::with_planner(options.node.clone(), planner)
+    } else {
+        Reconciler::new(options.node.clone(), options.datapath.slab_slots)
+    };
     sync(&mut reconciler, source.as_mut(), datapath, &metrics)?;
     metrics.set_ready();
     println!("lb-agent ready");

@@ -65,7 +65,7 @@ fn monotonic_ns() -> u64 {
 
 /// Every tracked flow in the maps pinned under `pin_dir`, oldest first.
 pub fn read(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
-    let path = pin_dir.join(MAP_CONNTRACK);
+    let path = crate::datapath::pins_dir(pin_dir).join(MAP_CONNTRACK);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(
             "cannot open {}: is an agent running with this --pin-dir?",

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Detach the programs and remove every pin: uninstall from this node.
+    Cleanup {
+        /// Pin directory of the agent.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// List the tracked flows: client -> service -> backend, protocol, age.
     Conntrack {
         /// Pin directory of the running agent.
@@ -86,6 +92,10 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     xdp_mode: XdpModeArg,
+    /// On exit, detach the programs and remove the pins. By default they stay
+    /// pinned and keep serving, so a restarted agent adopts them.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9960).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -132,6 +142,14 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", status::format(&frontends, &verdicts));
             }
+            Ok(())
+        }
+        Command::Cleanup { pin_dir } => {
+            lb_userspace::datapath::cleanup(&pin_dir);
+            println!(
+                "removed the pins under {} (programs detached)",
+                pin_dir.display()
+            );
             Ok(())
         }
         Command::Conntrack { pin_dir, json } => {
@@ -183,6 +201,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             node_addr,
             pin_dir: args.pin_dir,
             slab_slots: args.maglev_slab_slots,
+            detach_on_exit: args.detach_on_exit,
         },
     })
 }

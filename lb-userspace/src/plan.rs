@@ -134,6 +134,29 @@ impl Planner {
         }
     }
 
+    /// A planner that takes over frontends an earlier agent applied: their
+    /// ids and slab ranges count as used, so the next plan changes only what
+    /// differs. Frontends whose ranges or ids collide are dropped from the
+    /// record (and so rewritten by the next plan).
+    #[must_use]
+    pub fn adopt(frontends: Vec<AppliedFrontend>, slab_slots: u32, grace: Duration) -> Self {
+        let mut planner = Self::new(slab_slots, grace);
+        for applied in frontends {
+            let ok = planner.service_ids.reserve(applied.entry.id)
+                && planner
+                    .slab
+                    .reserve(applied.entry.table_offset, applied.entry.table_size)
+                && applied
+                    .backends
+                    .values()
+                    .all(|b| planner.backend_ids.reserve(b.id));
+            if ok {
+                planner.frontends.insert(applied.frontend, applied);
+            }
+        }
+        planner
+    }
+
     /// The frontends as applied.
     pub fn frontends(&self) -> impl Iterator<Item = &AppliedFrontend> {
         self.frontends.values()

@@ -58,6 +58,15 @@ impl Reconciler {
         }
     }
 
+    /// A reconciler continuing from what `planner` says is applied.
+    #[must_use]
+    pub fn with_planner(node: NodeInfo, planner: Planner) -> Self {
+        Self {
+            planner,
+            ..Self::new(node, 0)
+        }
+    }
+
     /// The desired state as last computed.
     #[must_use]
     pub fn desired(&self) -> &DesiredState {

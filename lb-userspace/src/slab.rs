@@ -56,6 +56,28 @@ impl SlabAllocator {
         Some(offset)
     }
 
+    /// Marks a range as used (adopting an earlier agent's table); false if it is not free.
+    pub fn reserve(&mut self, offset: u32, len: u32) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some((&start, &free_len)) = self.free.range(..=offset).next_back() else {
+            return false;
+        };
+        if u64::from(offset) + u64::from(len) > u64::from(start) + u64::from(free_len) {
+            return false;
+        }
+        self.free.remove(&start);
+        if offset > start {
+            self.free.insert(start, offset - start);
+        }
+        let end = offset + len;
+        if end < start + free_len {
+            self.free.insert(end, start + free_len - end);
+        }
+        true
+    }
+
     /// Returns a range; it becomes allocatable once the grace period has passed.
     pub fn free(&mut self, offset: u32, len: u32, now: Instant) {
         if len > 0 {
@@ -137,6 +159,24 @@ impl IdAllocator {
         None
     }
 
+    /// Marks an id as used (adopting an earlier agent's); false if it is not free.
+    pub fn reserve(&mut self, id: u32) -> bool {
+        if id >= self.end {
+            return false;
+        }
+        if let Some(pos) = self.free.iter().position(|&f| f == id) {
+            self.free.swap_remove(pos);
+            return true;
+        }
+        if id >= self.next {
+            // Ids between next and this one become free.
+            self.free.extend(self.next..id);
+            self.next = id + 1;
+            return true;
+        }
+        false
+    }
+
     /// Returns an id for reuse after the grace period.
     pub fn free(&mut self, id: u32, now: Instant) {
         self.quarantine.push((now, id));
@@ -169,6 +209,21 @@ mod tests {
         slab.free(0, 10, t0);
         assert_eq!(slab.alloc(10, t0 + Duration::from_secs(1)), None);
         assert_eq!(slab.alloc(10, t0 + Duration::from_secs(2)), Some(0));
+    }
+
+    #[test]
+    fn reserving_adopted_ranges_and_ids() {
+        let now = Instant::now();
+        let mut slab = SlabAllocator::new(100, Duration::ZERO);
+        assert!(slab.reserve(10, 20));
+        assert!(!slab.reserve(15, 5), "already used");
+        assert_eq!(slab.alloc(10, now), Some(0));
+        assert_eq!(slab.alloc(5, now), Some(30));
+        let mut ids = IdAllocator::new(1, 100, Duration::ZERO);
+        assert!(ids.reserve(5));
+        assert!(!ids.reserve(5));
+        let got: Vec<u32> = (0..5).map(|_| ids.alloc(now).unwrap()).collect();
+        assert!(!got.contains(&5), "{got:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 
 use lb_tests::apiserver::TestApiServer;
 use lb_userspace::{
-    datapath::{maps::Maps, remove_pins},
+    datapath::{cleanup, maps::Maps},
     desired::{Frontend, Protocol},
 };
 
@@ -136,7 +136,7 @@ fn measure(extra: u32, changes: usize) {
         libc::kill(i32::try_from(agent.id()).unwrap(), libc::SIGTERM);
     }
     let _ = agent.wait();
-    remove_pins(&pin_dir);
+    cleanup(&pin_dir);
     let _ = std::fs::remove_file(&kubeconfig);
     if std::env::var_os("LB_BENCH_KEEP_LOG").is_some() {
         eprintln!("agent log kept at {}", log.display());

@@ -35,6 +35,8 @@ pub fn agent_bin() -> Result<PathBuf> {
 /// A running `lb-agent run`, stopped (SIGTERM) on drop.
 pub struct Agent {
     child: Option<Child>,
+    /// Remove the pins on drop (off while a restarted agent takes over).
+    pub cleanup_on_drop: bool,
     bin: PathBuf,
     pin_dir: PathBuf,
     log: PathBuf,
@@ -53,12 +55,22 @@ impl Agent {
         Self::start_with(node, &["--source", "kube", "--kubeconfig", &config])
     }
 
-    /// Starts `lb-agent run` with the given source arguments.
+    /// Starts `lb-agent run --detach-on-exit` with the given source arguments.
     pub fn start_with(node: &Netns, source_args: &[&str]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));
+        let mut args = source_args.to_vec();
+        args.push("--detach-on-exit");
+        Self::start_pinned(node, &args, &pin_dir)
+    }
+
+    /// Starts `lb-agent run` with exactly these arguments on `pin_dir`
+    /// (several agents in turn can share one, as restarts do).
+    pub fn start_pinned(node: &Netns, source_args: &[&str], pin_dir: &Path) -> Result<Self> {
         let bin = agent_bin()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}x{n}", std::process::id());
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+        let pin_dir = pin_dir.to_path_buf();
         let log = std::env::temp_dir().join(format!("{tag}-agent.log"));
         let out = fs::File::create(&log)?;
         // nsenter, not `ip netns exec`: the latter mounts a fresh /sys, which
@@ -86,6 +98,7 @@ impl Agent {
             .context("starting lb-agent")?;
         Ok(Self {
             child: Some(child),
+            cleanup_on_drop: true,
             bin,
             pin_dir,
             log,
@@ -157,6 +170,14 @@ impl Agent {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Kills the agent with SIGKILL, as a crash would: nothing is cleaned up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the agent with SIGTERM (SIGKILL after 5 s); returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
@@ -195,8 +216,11 @@ impl Drop for Agent {
                 self.log()
             );
         }
-        if self.pin_dir.exists() {
-            let _ = fs::remove_dir_all(&self.pin_dir);
+        if self.pin_dir.exists() && self.cleanup_on_drop {
+            let _ = Command::new(&self.bin)
+                .args(["cleanup", "--pin-dir"])
+                .arg(&self.pin_dir)
+                .output();
         }
         let _ = fs::remove_file(&self.log);
     }

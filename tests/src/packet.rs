@@ -301,6 +301,7 @@ impl TestDatapath {
             node_addr: node,
             pin_dir,
             slab_slots,
+            detach_on_exit: true,
         })
         .unwrap_or_else(|e| {
             panic!("loading the data path (the verifier must accept both programs): {e:?}")

@@ -332,3 +332,78 @@ fn metrics_follow_real_traffic_and_probes_answer() {
         "{after}"
     );
 }
+
+#[test]
+fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
+    let topo = ClusterTopology::new().unwrap();
+    let _servers = PodServers::start(&topo).unwrap();
+    let manifests = ManifestDir::with_examples().unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let pin_dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lbt{}xrestart", std::process::id()));
+    let mut first = Agent::start_pinned(&topo.node1, &["--manifests", &dir], &pin_dir).unwrap();
+    first.cleanup_on_drop = false;
+    first.wait_ready(Duration::from_secs(30)).unwrap();
+
+    // A long-lived connection through SNAT (the remote backend), whose state lives in the maps.
+    let mut conn = (0..40)
+        .find_map(|_| {
+            let mut c = HttpClient::connect(&topo.client, WEB, Duration::from_secs(2)).ok()?;
+            (c.get().ok()? == "pod2a").then_some(c)
+        })
+        .expect("a connection to pod2a");
+
+    first.kill();
+    assert!(pin_dir.exists(), "a crash leaves the pins");
+    for _ in 0..5 {
+        assert_eq!(
+            conn.get().unwrap(),
+            "pod2a",
+            "the established connection survives the crash"
+        );
+    }
+    let counts = http_distribution(&topo.client, WEB, 20, DEADLINE);
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        20,
+        "new connections succeed with no agent: {counts:?}"
+    );
+    assert_eq!(counts.get("error"), None, "{counts:?}");
+
+    // The successor adopts the pins: the connection keeps working, then an edit applies.
+    let mut second = Agent::start_pinned(
+        &topo.node1,
+        &["--manifests", &dir, "--detach-on-exit"],
+        &pin_dir,
+    )
+    .unwrap();
+    second.wait_ready(Duration::from_secs(30)).unwrap();
+    assert!(
+        second.log().contains("adopted the pinned maps"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        conn.get().unwrap(),
+        "pod2a",
+        "still the same backend after the takeover"
+    );
+    let web = manifests.read("web-service.yaml").unwrap();
+    manifests
+        .write(
+            "web-service.yaml",
+            &web.replace("  - addresses: [\"10.244.1.4\"]\n    conditions: {ready: true}\n    nodeName: node1\n", ""),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = http_distribution(&topo.client, WEB, 40, DEADLINE);
+    assert_eq!(
+        counts.get("pod1c"),
+        None,
+        "the edit applies after the restart: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), 40);
+    assert_eq!(conn.get().unwrap(), "pod2a");
+    assert!(second.stop(), "clean exit");
+    assert!(!pin_dir.exists(), "--detach-on-exit removes the pins");
+}

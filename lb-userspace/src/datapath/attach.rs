@@ -1,8 +1,15 @@
 //! Loading the programs and attaching them to interfaces.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf,
 };
 
@@ -27,26 +34,65 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
         .with_context(|| format!("the eBPF object has no program {name}"))
 }
 
-/// Attaches the XDP program to `iface`.
-pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<()> {
-    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
-    xdp.attach(iface, mode)
-        .with_context(|| format!("attaching XDP to {iface}"))?;
-    Ok(())
+/// How an attachment came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, now pinned.
+    New,
+    /// A pinned link of an earlier agent, whose program was replaced atomically.
+    Adopted,
 }
 
-/// Attaches the TC program to the ingress of `iface` (TCX where the kernel
-/// has it, else a clsact qdisc and a netlink filter).
-pub fn attach_tc(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
-    if prog.attach(iface, TcAttachType::Ingress).is_ok() {
-        return Ok(());
+/// Attaches the XDP program to `iface` through a link pinned at `pin`: an
+/// existing pinned link gets its program replaced atomically (no moment
+/// without a program), else a new link is created and pinned, so the program
+/// keeps running when the agent exits.
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin: &Path) -> Result<Attached> {
+    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
+    if let Ok(pinned) = PinnedLink::from_pin(pin) {
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not an XDP link", pin.display()))?;
+        xdp.attach_to_link(link)
+            .with_context(|| format!("replacing the XDP program on {iface}"))?;
+        return Ok(Attached::Adopted);
     }
-    // Older kernels: netlink attach needs the clsact qdisc (it may exist already).
-    let _ = tc::qdisc_add_clsact(iface);
-    prog.attach(iface, TcAttachType::Ingress)
-        .with_context(|| format!("attaching TC ingress to {iface}"))?;
-    Ok(())
+    let id = xdp
+        .attach(iface, mode)
+        .with_context(|| format!("attaching XDP to {iface}"))?;
+    let link = FdLink::try_from(xdp.take_link(id)?).with_context(|| {
+        format!("the XDP attachment on {iface} is not a bpf_link; it cannot outlive the agent")
+    })?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+    Ok(Attached::New)
+}
+
+/// Attaches the TC program to the ingress of `iface` through a TCX link
+/// pinned at `pin`, adopting an existing pinned link like [`attach_xdp`].
+/// Kernels without TCX (< 6.6) get a clsact qdisc and a netlink filter,
+/// which does not survive the agent.
+pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, pin: &Path) -> Result<Attached> {
+    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
+    if let Ok(pinned) = PinnedLink::from_pin(pin) {
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not a TC link", pin.display()))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("replacing the TC program on {iface}"))?;
+        return Ok(Attached::Adopted);
+    }
+    let id = if let Ok(id) = prog.attach(iface, TcAttachType::Ingress) {
+        id
+    } else {
+        // Older kernels: netlink attach needs the clsact qdisc (it may exist already).
+        let _ = tc::qdisc_add_clsact(iface);
+        prog.attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching TC ingress to {iface}"))?
+    };
+    if let Ok(link) = FdLink::try_from(prog.take_link(id)?) {
+        link.pin(pin)
+            .with_context(|| format!("pinning the TC link at {}", pin.display()))?;
+    }
+    Ok(Attached::New)
 }
 
 /// Names of the interfaces in this network namespace.

@@ -60,8 +60,9 @@ impl Maps {
         })
     }
 
-    /// Reopens the pinned maps under `dir`.
-    pub fn from_pins(dir: &Path) -> Result<Self> {
+    /// Reopens the maps pinned under an agent's `--pin-dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<Self> {
+        let dir = super::pins_dir(pin_dir);
         let open = |name: &str| {
             let path = dir.join(name);
             MapData::from_pin(&path).with_context(|| {

@@ -1,6 +1,7 @@
 //! The I/O layer on the kernel side: loads and attaches the programs, pins the
 //! maps, and writes plans into them.
 
+mod adopt;
 mod attach;
 pub mod maps;
 mod writer;
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{programs::XdpMode, Ebpf, EbpfLoader, VerifierLogLevel};
-use lb_common::{NodeConfig, MAP_MAGLEV};
+use lb_common::{NodeConfig, MAP_MAGLEV, MAP_SERVICES};
 use tracing::{info, warn};
 
 use self::maps::{Maps, PINNED_MAPS};
@@ -48,6 +49,8 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// Slots of the Maglev slab.
     pub slab_slots: u32,
+    /// On exit, detach the programs and remove the pins (else they keep serving).
+    pub detach_on_exit: bool,
 }
 
 /// The loaded and attached data path.
@@ -59,17 +62,33 @@ pub struct Datapath {
     tc_attached: BTreeSet<String>,
     /// Interfaces whose `accept_local` we changed, with the value to restore.
     sysctls: Vec<(String, String)>,
+    /// The maps came from an earlier agent's pins.
+    adopted: bool,
 }
 
 impl Datapath {
-    /// Loads the programs, pins the maps and attaches to the configured interfaces.
+    /// Loads the programs and attaches them. Maps pinned by an earlier agent
+    /// under the same pin directory (and layout version) are adopted with
+    /// their contents, conntrack included; pinned links get the new programs
+    /// atomically. What is new is pinned, so it outlives this process.
     pub fn load(config: DatapathConfig) -> Result<Self> {
         raise_memlock_limit();
+        let dir = pins_dir(&config.pin_dir);
+        std::fs::create_dir_all(dir.join(LINKS_DIR)).with_context(|| {
+            format!(
+                "cannot create the pin directory {} (is bpffs mounted at /sys/fs/bpf?)",
+                dir.display()
+            )
+        })?;
+        let adopted = dir.join(MAP_SERVICES).exists();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(
             MAP_MAGLEV,
             config.slab_slots.div_ceil(lb_common::SLOTS_PER_SLAB_ENTRY),
         );
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
         if std::env::var_os("LB_VERIFIER_LOG").is_some() {
             // Debugging aid: the whole verifier log in load errors.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -77,13 +96,31 @@ impl Datapath {
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        pin_maps(&ebpf, &config.pin_dir)?;
+        if adopted {
+            info!(dir = %dir.display(), "adopted the pinned maps of an earlier agent");
+        }
         let pin_dir = config.pin_dir.clone();
-        // Whatever fails after pinning must not leave pins behind.
-        Self::attach_all(ebpf, config).inspect_err(|_| remove_pins(&pin_dir))
+        // A fresh start that fails must not leave pins behind.
+        Self::attach_all(ebpf, config, adopted).inspect_err(|_| {
+            if !adopted {
+                cleanup(&pin_dir);
+            }
+        })
     }
 
-    fn attach_all(mut ebpf: Ebpf, config: DatapathConfig) -> Result<Self> {
+    /// Whether the maps came from an earlier agent's pins.
+    #[must_use]
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    fn link_pin(&self, kind: &str, iface: &str) -> PathBuf {
+        pins_dir(&self.config.pin_dir)
+            .join(LINKS_DIR)
+            .join(format!("{kind}-{iface}"))
+    }
+
+    fn attach_all(mut ebpf: Ebpf, config: DatapathConfig, adopted: bool) -> Result<Self> {
         let mut maps = Maps::take(&mut ebpf)?;
         maps.config.set(
             0,
@@ -99,16 +136,28 @@ impl Datapath {
             config,
             tc_attached: BTreeSet::new(),
             sysctls: Vec::new(),
+            adopted,
         };
         attach::load_programs(&mut datapath.ebpf)?;
         for iface in &datapath.config.xdp_ifaces.clone() {
-            attach::attach_xdp(&mut datapath.ebpf, iface, datapath.config.xdp_mode)?;
-            let previous = attach::accept_local_source(iface)?;
-            datapath.sysctls.push((iface.clone(), previous));
-            info!(iface, "XDP program attached");
+            let pin = datapath.link_pin("xdp", iface);
+            let how =
+                attach::attach_xdp(&mut datapath.ebpf, iface, datapath.config.xdp_mode, &pin)?;
+            datapath.set_accept_local(iface, how)?;
+            info!(iface, ?how, "XDP program attached");
         }
         datapath.attach_new_pod_interfaces()?;
         Ok(datapath)
+    }
+
+    /// Sets `accept_local`, remembering the value to restore unless an earlier
+    /// agent set it (then the original value is not known).
+    fn set_accept_local(&mut self, iface: &str, how: attach::Attached) -> Result<()> {
+        let previous = attach::accept_local_source(iface)?;
+        if how == attach::Attached::New {
+            self.sysctls.push((iface.to_string(), previous));
+        }
+        Ok(())
     }
 
     /// Attaches the TC program to interfaces matching the patterns that appeared since the last call.
@@ -123,12 +172,12 @@ impl Datapath {
             {
                 continue;
             }
-            match attach::attach_tc(&mut self.ebpf, &iface)
-                .and_then(|()| attach::accept_local_source(&iface))
+            let pin = self.link_pin("tc", &iface);
+            match attach::attach_tc(&mut self.ebpf, &iface, &pin)
+                .and_then(|how| self.set_accept_local(&iface, how).map(|()| how))
             {
-                Ok(previous) => {
-                    self.sysctls.push((iface.clone(), previous));
-                    info!(iface, "TC program attached");
+                Ok(how) => {
+                    info!(iface, ?how, "TC program attached");
                     self.tc_attached.insert(iface);
                 }
                 Err(e) => warn!(iface, "cannot attach the TC program: {e:#}"),
@@ -151,38 +200,50 @@ impl Datapath {
         &self.tc_attached
     }
 
-    /// Detaches the programs, restores the sysctls it changed and removes the pins.
+    /// Ends this agent's hold on the data path. With `detach_on_exit` the
+    /// programs are detached, sysctls restored and pins removed; otherwise
+    /// everything stays pinned and keeps serving for the next agent.
     pub fn shutdown(self) {
         let pin_dir = self.config.pin_dir.clone();
+        let detach = self.config.detach_on_exit;
         let sysctls = self.sysctls.clone();
         drop(self);
-        for (iface, value) in sysctls {
-            attach::restore_accept_local(&iface, &value);
+        if detach {
+            cleanup(&pin_dir);
+            for (iface, value) in sysctls {
+                attach::restore_accept_local(&iface, &value);
+            }
+            info!("detached and removed pins");
+        } else {
+            info!(dir = %pins_dir(&pin_dir).display(), "the data path keeps serving from its pins");
         }
-        remove_pins(&pin_dir);
     }
 }
 
-fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<()> {
-    if dir.exists() {
-        // Leftovers of an agent that died with this pin dir: this agent starts clean.
-        warn!(dir = %dir.display(), "removing stale pins");
-        remove_pins(dir);
+/// Version of the pin layout (map names, key and value layouts). A new layout
+/// gets a new directory, so an agent never misreads an older agent's maps.
+pub const PIN_LAYOUT: &str = "v1";
+/// Subdirectory of the pinned links.
+const LINKS_DIR: &str = "links";
+
+/// Where the maps and links live under a `--pin-dir`.
+#[must_use]
+pub fn pins_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(PIN_LAYOUT)
+}
+
+/// Detaches every pinned link (removing a link's last pin detaches it) and
+/// removes the pinned maps: `lb-agent cleanup`. Best effort, idempotent.
+pub fn cleanup(pin_dir: &Path) {
+    let dir = pins_dir(pin_dir);
+    if let Ok(entries) = std::fs::read_dir(dir.join(LINKS_DIR)) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!(
-            "cannot create the pin directory {} (is bpffs mounted at /sys/fs/bpf?)",
-            dir.display()
-        )
-    })?;
-    for name in PINNED_MAPS {
-        let map = ebpf
-            .map(name)
-            .with_context(|| format!("the eBPF object has no map {name}"))?;
-        map.pin(dir.join(name))
-            .with_context(|| format!("pinning {name} under {}", dir.display()))?;
-    }
-    Ok(())
+    let _ = std::fs::remove_dir(dir.join(LINKS_DIR));
+    remove_pins(&dir);
+    let _ = std::fs::remove_dir(pin_dir);
 }
 
 /// Removes the pinned maps and their directory (errors are ignored: best effort).

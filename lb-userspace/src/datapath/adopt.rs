@@ -1,0 +1,72 @@
+//! Reading back what an earlier agent left in the pinned maps, so a
+//! restarted agent changes only what differs.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::Result;
+use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::{decode_label, maps::Maps};
+use crate::{
+    desired::{Frontend, ObjectName, Protocol},
+    plan::{AppliedBackend, AppliedFrontend},
+};
+
+impl Maps {
+    /// Every frontend the maps hold, with its backends, as the planner records them.
+    pub fn applied_frontends(&self) -> Result<Vec<AppliedFrontend>> {
+        let mut backends_of: BTreeMap<u32, BTreeMap<SocketAddrV4, AppliedBackend>> =
+            BTreeMap::new();
+        for (id, backend) in (0u32..).zip(self.backends.iter()) {
+            let backend = backend?;
+            if backend.flags & BACKEND_F_ACTIVE == 0 {
+                continue;
+            }
+            let addr = SocketAddrV4::new(
+                Ipv4Addr::from(backend.addr.to_ne_bytes()),
+                u16::from_be(backend.port),
+            );
+            backends_of.entry(backend.service_id).or_default().insert(
+                addr,
+                AppliedBackend {
+                    id,
+                    local: backend.flags & BACKEND_F_LOCAL != 0,
+                    selected: backend.flags & BACKEND_F_SELECTED != 0,
+                },
+            );
+        }
+        let mut frontends = Vec::new();
+        for item in &self.services {
+            let (key, entry) = item?;
+            let proto = match key.proto {
+                IPPROTO_TCP => Protocol::Tcp,
+                IPPROTO_UDP => Protocol::Udp,
+                _ => continue,
+            };
+            let label = self
+                .labels
+                .get(&entry.id, 0)
+                .map(|l| decode_label(&l))
+                .unwrap_or_default();
+            let (namespace, name) = label.split_once('/').unwrap_or(("", ""));
+            frontends.push(AppliedFrontend {
+                frontend: Frontend {
+                    addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+                    port: u16::from_be(key.port),
+                    proto,
+                },
+                service: ObjectName {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                },
+                port_name: String::new(),
+                entry,
+                backends: backends_of.remove(&entry.id).unwrap_or_default(),
+            });
+        }
+        Ok(frontends)
+    }
+}
