@@ -50,6 +50,22 @@ pub struct AffinityEntry {
     pub last_seen_ns: u64,
 }
 
+/// Name of the per-service counters: [`ServiceEntry::id`] -> [`ServiceStats`]
+/// (per-CPU hash, created on a frontend's first packet).
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+
+/// Value of the per-service counters: packets and bytes sent to a frontend.
+///
+/// Layout (16 bytes): `packets` u64 | `bytes` u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceStats {
+    /// Packets translated to a backend.
+    pub packets: u64,
+    /// Their bytes, Ethernet header included.
+    pub bytes: u64,
+}
+
 /// Name of the service labels: [`ServiceEntry::id`] -> [`ServiceLabel`] (hash,
 /// written and read by userspace only, so `lb-agent status` works from the pins).
 pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
@@ -308,6 +324,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceLabel {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityEntry {}
+    unsafe impl aya::Pod for super::ServiceStats {}
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! Per-CPU verdict counters.
 
-use lb_common::Verdict;
+use lb_common::{ServiceStats, Verdict};
 
-use crate::maps::VERDICTS;
+use crate::maps::{SERVICE_STATS, VERDICTS};
+
+/// `BPF_NOEXIST`: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// Adds one packet to the counter of `verdict`.
 #[inline(always)]
@@ -11,4 +14,23 @@ pub fn count(verdict: Verdict) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
     }
+}
+
+/// Adds one packet of `len` bytes to the counters of frontend `service_id`.
+#[inline(always)]
+pub fn count_service(service_id: u32, len: u32) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += u64::from(len);
+        }
+        return;
+    }
+    let first = ServiceStats {
+        packets: 1,
+        bytes: u64::from(len),
+    };
+    // Losing a race with another CPU's first packet loses this one count.
+    let _ = SERVICE_STATS.insert(service_id, first, BPF_NOEXIST);
 }

@@ -66,6 +66,7 @@ fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
     let ct_key = conntrack::key(flow);
     if let Some((ct, chosen)) = conntrack::recall(&ct_key, svc) {
         counters::count(Verdict::Translated);
+        counters::count_service(svc.id, flow.len);
         affinity::touch(svc, flow, &chosen);
         let snat_port = if ct.flags & CT_F_SNAT != 0 {
             ct.snat_port
@@ -80,6 +81,7 @@ fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
     }
     if let Some(rewrite) = new_flow(flow, svc, &ct_key, hook) {
         counters::count(Verdict::Translated);
+        counters::count_service(svc.id, flow.len);
         Action::Rewrite(rewrite)
     } else {
         counters::count(Verdict::Error);

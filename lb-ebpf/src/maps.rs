@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
-    ServiceKey, ServiceLabel, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
+    ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
     MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
     VERDICT_COUNT,
 };
@@ -42,6 +42,11 @@ pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> =
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);
+
+/// Per-CPU packets and bytes per frontend, by service id.
+#[map(name = "SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
+    PerCpuHashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Node configuration, index 0.
 #[map(name = "CONFIG")]

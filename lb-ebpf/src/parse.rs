@@ -41,6 +41,8 @@ pub struct Flow {
     pub proto: u8,
     /// Offset of the L4 header from the start of the packet.
     pub l4_off: usize,
+    /// Length of the whole packet (linear and paged), Ethernet included.
+    pub len: u32,
 }
 
 impl Flow {
@@ -125,6 +127,9 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
         dport: u16::from_ne_bytes([ports[2], ports[3]]),
         proto,
         l4_off,
+        // A packet is shorter than 4 GiB.
+        #[allow(clippy::cast_possible_truncation)]
+        len: len as u32,
     })
 }
 

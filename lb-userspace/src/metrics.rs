@@ -39,10 +39,21 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Labels of the per-service counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// "namespace/name" of the Service.
+    pub service: String,
+    /// "addr:port/PROTO" of the frontend.
+    pub frontend: String,
+}
+
 /// The agent's own metrics, updated by the run loop.
 pub struct Metrics {
     registry: Mutex<Registry>,
     verdicts: Family<VerdictLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    service_packets: Family<ServiceLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    service_bytes: Family<ServiceLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// Syncs done (full or incremental).
     pub syncs: Counter,
     /// Duration of a sync, from snapshot to maps written, in seconds.
@@ -65,6 +76,8 @@ impl Metrics {
         let m = Self {
             registry: Mutex::new(Registry::default()),
             verdicts: Family::default(),
+            service_packets: Family::default(),
+            service_bytes: Family::default(),
             syncs: Counter::default(),
             sync_seconds: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             frontends: Gauge::default(),
@@ -95,6 +108,16 @@ impl Metrics {
         );
         registry.register("map_operations", "Map writes", m.map_ops.clone());
         registry.register(
+            "service_packets",
+            "Packets sent to a Service frontend (all CPUs)",
+            m.service_packets.clone(),
+        );
+        registry.register(
+            "service_bytes",
+            "Bytes sent to a Service frontend, Ethernet header included (all CPUs)",
+            m.service_bytes.clone(),
+        );
+        registry.register(
             "plan_errors",
             "Frontends that could not be placed",
             m.plan_errors.clone(),
@@ -117,6 +140,25 @@ impl Metrics {
                     verdict: verdict.name().to_string(),
                 })
                 .set(i64::try_from(total).unwrap_or(i64::MAX));
+        }
+        self.service_packets.clear();
+        self.service_bytes.clear();
+        let totals: std::collections::HashMap<u32, lb_common::ServiceStats> =
+            maps.service_totals()?.into_iter().collect();
+        for (frontend, entry) in crate::status::frontends_by_id(&maps)? {
+            let Some(stats) = totals.get(&entry.0) else {
+                continue;
+            };
+            let labels = ServiceLabels {
+                service: entry.1,
+                frontend,
+            };
+            self.service_packets
+                .get_or_create(&labels)
+                .set(i64::try_from(stats.packets).unwrap_or(i64::MAX));
+            self.service_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().expect("registry"))?;

@@ -38,16 +38,7 @@ pub fn read(
             .labels
             .get(&entry.id, 0)
             .map_or_else(|_| format!("service #{}", entry.id), |l| decode_label(&l));
-        let proto = match key.proto {
-            IPPROTO_TCP => "TCP".to_string(),
-            IPPROTO_UDP => "UDP".to_string(),
-            other => format!("proto{other}"),
-        };
-        let frontend = format!(
-            "{}:{}/{proto}",
-            Ipv4Addr::from(key.addr.to_ne_bytes()),
-            u16::from_be(key.port)
-        );
+        let frontend = frontend_name(key);
         let ids: BTreeSet<u32> = maps
             .slab
             .read(entry.table_offset, entry.table_size)?
@@ -72,6 +63,33 @@ pub fn read(
     }
     frontends.sort();
     Ok((frontends, maps.verdict_totals()?))
+}
+
+/// Every frontend as "addr:port/PROTO" with its (service id, "namespace/name").
+pub fn frontends_by_id(maps: &Maps) -> Result<Vec<(String, (u32, String))>> {
+    let mut out = Vec::new();
+    for item in &maps.services {
+        let (key, entry) = item?;
+        let service = maps
+            .labels
+            .get(&entry.id, 0)
+            .map_or_else(|_| format!("service #{}", entry.id), |l| decode_label(&l));
+        out.push((frontend_name(key), (entry.id, service)));
+    }
+    Ok(out)
+}
+
+fn frontend_name(key: lb_common::ServiceKey) -> String {
+    let proto = match key.proto {
+        IPPROTO_TCP => "TCP".to_string(),
+        IPPROTO_UDP => "UDP".to_string(),
+        other => format!("proto{other}"),
+    };
+    format!(
+        "{}:{}/{proto}",
+        Ipv4Addr::from(key.addr.to_ne_bytes()),
+        u16::from_be(key.port)
+    )
 }
 
 /// Formats frontends `kubectl get endpoints`-style, then the verdict counters.

@@ -29,6 +29,14 @@ impl Netns {
         Ok(Self { name })
     }
 
+    /// A handle on a namespace created elsewhere, which it does not delete.
+    #[must_use]
+    pub fn existing(name: &str) -> Borrowed {
+        Borrowed(std::mem::ManuallyDrop::new(Self {
+            name: name.to_string(),
+        }))
+    }
+
     /// The namespace's name (for `ip -n`).
     #[must_use]
     pub fn name(&self) -> &str {
@@ -74,6 +82,17 @@ impl Netns {
             );
             f();
         }))
+    }
+}
+
+/// A [`Netns`] that is not deleted when dropped.
+pub struct Borrowed(std::mem::ManuallyDrop<Netns>);
+
+impl std::ops::Deref for Borrowed {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.0
     }
 }
 

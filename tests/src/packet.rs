@@ -354,6 +354,12 @@ impl TestDatapath {
         self.datapath().maps.verdict_totals().unwrap()[verdict as usize]
     }
 
+    /// Per-service packets and bytes, summed over CPUs.
+    #[must_use]
+    pub fn service_stats(&self) -> Vec<(u32, lb_common::ServiceStats)> {
+        self.datapath().maps.service_totals().unwrap()
+    }
+
     /// Slots of the Maglev slab.
     #[must_use]
     pub fn table(&self, offset: u32, len: u32) -> Vec<u32> {

@@ -331,6 +331,38 @@ fn metrics_follow_real_traffic_and_probes_answer() {
         counter(&after, "lb_packets{verdict=\"reversed\"}") >= reversed + 20 * 4,
         "{after}"
     );
+    let web = "lb_service_packets{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    assert!(
+        counter(&after, web) >= 20 * 5,
+        "per-service packets: {after}"
+    );
+    let bytes = "lb_service_bytes{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    assert!(
+        counter(&after, bytes) >= counter(&after, web) * 54,
+        "per-service bytes: {after}"
+    );
+
+    // lb-agent conntrack lists those flows; only the remote backend's are SNATed.
+    let flows = c.agent.conntrack().unwrap();
+    let to_web: Vec<_> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["service"] == "10.96.0.10:80" && f["protocol"] == "TCP")
+        .collect();
+    assert!(to_web.len() >= 20, "{flows:#}");
+    for f in to_web {
+        assert!(
+            f["client"].as_str().unwrap().starts_with("192.168.50.10:"),
+            "{f}"
+        );
+        let remote = f["backend"] == "10.244.2.2:8080";
+        assert_eq!(
+            f["snat"].is_string(),
+            remote,
+            "SNAT exactly for the remote backend: {f}"
+        );
+    }
 }
 
 #[test]
@@ -352,6 +384,28 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
             (c.get().ok()? == "pod2a").then_some(c)
         })
         .expect("a connection to pod2a");
+
+    // New connections, continuously, through the crash, the restart and the edit.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let client = topo.client.name().to_string();
+        std::thread::spawn(move || {
+            let ns = lb_tests::netns::Netns::existing(&client);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let started = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_mins(1)
+            {
+                match lb_tests::traffic::http_get(&ns, WEB, Duration::from_secs(2)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{:?}: {e}", started.elapsed())),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
 
     first.kill();
     assert!(pin_dir.exists(), "a crash leaves the pins");
@@ -378,10 +432,15 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
     )
     .unwrap();
     second.wait_ready(Duration::from_secs(30)).unwrap();
+    let log = second.log();
+    assert!(log.contains("adopted the pinned maps"), "{log}");
+    let first_sync = log
+        .lines()
+        .find(|l| l.contains("synced"))
+        .unwrap_or_default();
     assert!(
-        second.log().contains("adopted the pinned maps"),
-        "{}",
-        second.log()
+        first_sync.contains(" ops=0 "),
+        "the takeover rewrites nothing that is right: {first_sync}"
     );
     assert_eq!(
         conn.get().unwrap(),
@@ -404,6 +463,12 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
     );
     assert_eq!(counts.values().sum::<usize>(), 40);
     assert_eq!(conn.get().unwrap(), "pod2a");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(
+        ok >= 20 && failed.is_empty(),
+        "continuous new connections: {ok} ok, failed: {failed:?}"
+    );
     assert!(second.stop(), "clean exit");
     assert!(!pin_dir.exists(), "--detach-on-exit removes the pins");
 }

@@ -89,6 +89,15 @@ fn tcp_syn_to_local_backend_is_dnated_exactly() {
     );
     assert!(lb_tests::packet::checksums_valid(&out));
     assert_eq!(dp.verdict(Verdict::Translated), 1);
+    let (_, out) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).ack().build());
+    let stats = dp.service_stats();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].1.packets, 2, "per-service packets");
+    assert_eq!(
+        stats[0].1.bytes,
+        (syn.build().len() + out.len()) as u64,
+        "per-service bytes"
+    );
 }
 
 #[test]

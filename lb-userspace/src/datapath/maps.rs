@@ -8,15 +8,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use lb_common::{
-    Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, SlabEntry,
-    MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_VERDICTS,
-    SLOTS_PER_SLAB_ENTRY,
+    Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
+    SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
+    MAP_SERVICE_STATS, MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -25,6 +25,8 @@ pub const PINNED_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_VERDICTS,
     MAP_SERVICE_LABELS,
+    lb_common::MAP_AFFINITY,
+    MAP_SERVICE_STATS,
 ];
 
 /// The maps the control path writes, plus the counters it reads.
@@ -41,6 +43,8 @@ pub struct Maps {
     pub verdicts: PerCpuArray<MapData, u64>,
     /// Service labels for status output.
     pub labels: HashMap<MapData, u32, ServiceLabel>,
+    /// Per-CPU packets and bytes per frontend.
+    pub service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
 }
 
 impl Maps {
@@ -57,6 +61,7 @@ impl Maps {
             config: Array::try_from(take(MAP_CONFIG)?)?,
             verdicts: PerCpuArray::try_from(take(MAP_VERDICTS)?)?,
             labels: HashMap::try_from(take(MAP_SERVICE_LABELS)?)?,
+            service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?)?,
         })
     }
 
@@ -79,7 +84,24 @@ impl Maps {
             config: Array::try_from(Map::Array(open(MAP_CONFIG)?))?,
             verdicts: PerCpuArray::try_from(Map::PerCpuArray(open(MAP_VERDICTS)?))?,
             labels: HashMap::try_from(Map::HashMap(open(MAP_SERVICE_LABELS)?))?,
+            service_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(MAP_SERVICE_STATS)?))?,
         })
+    }
+
+    /// Packets and bytes per service id, summed over CPUs.
+    pub fn service_totals(&self) -> Result<Vec<(u32, ServiceStats)>> {
+        let mut out = Vec::new();
+        for item in &self.service_stats {
+            let (id, per_cpu) = item?;
+            let total = per_cpu
+                .iter()
+                .fold(ServiceStats::default(), |acc, s| ServiceStats {
+                    packets: acc.packets + s.packets,
+                    bytes: acc.bytes + s.bytes,
+                });
+            out.push((id, total));
+        }
+        Ok(out)
     }
 
     /// Sums the per-CPU verdict counters, in `Verdict::ALL` order.

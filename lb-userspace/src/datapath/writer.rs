@@ -34,9 +34,11 @@ impl Maps {
                     .labels
                     .insert(id, encode_label(label), 0)
                     .with_context(|| format!("writing the label of service {id}"))?,
-                // A missing label is fine: the goal is its absence.
+                // A service id's label and counters end together (the id may
+                // be reused later); a missing entry is fine.
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
+                    let _ = self.service_stats.remove(id);
                 }
             }
         }
