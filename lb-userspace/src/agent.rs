@@ -134,6 +134,7 @@ async fn serve(
     datapath: &mut Datapath,
 ) -> Result<()> {
     let metrics = Metrics::new(options.datapath.pin_dir.clone());
+    metrics.set_source(source.stats());
     if let Some(addr) = options.metrics_addr {
         let metrics = metrics.clone();
         tokio::spawn(async move {

@@ -23,7 +23,7 @@ use prometheus_client::{
 };
 use tracing::{info, warn};
 
-use crate::datapath::maps::Maps;
+use crate::{datapath::maps::Maps, source::SourceStats};
 
 /// Path of the Prometheus metrics.
 pub const METRICS_PATH: &str = "/metrics";
@@ -66,6 +66,12 @@ pub struct Metrics {
     pub plan_errors: Counter,
     ready: AtomicBool,
     pin_dir: PathBuf,
+    source: Mutex<Option<Arc<SourceStats>>>,
+    lists: Gauge,
+    watch_errors: Gauge,
+    rejected: Gauge,
+    conntrack_entries: Gauge,
+    snat_flows: Gauge,
 }
 
 impl Metrics {
@@ -85,7 +91,38 @@ impl Metrics {
             plan_errors: Counter::default(),
             ready: AtomicBool::new(false),
             pin_dir,
+            source: Mutex::new(None),
+            lists: Gauge::default(),
+            watch_errors: Gauge::default(),
+            rejected: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            snat_flows: Gauge::default(),
         };
+        registry.register(
+            "source_lists",
+            "Lists of the source: the first and every relist (410 Gone, restart)",
+            m.lists.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Watch failures, each retried with backoff",
+            m.watch_errors.clone(),
+        );
+        registry.register(
+            "rejected_objects",
+            "Objects rejected by validation",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Flows in connection tracking",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "snat_flows",
+            "Tracked flows translated to a node port (SNAT port use)",
+            m.snat_flows.clone(),
+        );
         registry.register(
             "packets",
             "Packets by data-path verdict (all CPUs)",
@@ -126,6 +163,11 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// Reads the source's counters at each scrape.
+    pub fn set_source(&self, stats: Arc<SourceStats>) {
+        *self.source.lock().expect("source stats") = Some(stats);
+    }
+
     /// Marks the agent ready (data path attached, first sync done).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
@@ -160,6 +202,20 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
         }
+        if let Some(stats) = self.source.lock().expect("source stats").as_ref() {
+            let get = |a: &std::sync::atomic::AtomicU64| {
+                i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+            };
+            self.lists.set(get(&stats.lists));
+            self.watch_errors.set(get(&stats.watch_errors));
+            self.rejected.set(get(&stats.rejected));
+        }
+        // One pass over the conntrack map per scrape, none per packet.
+        let flows = crate::conntrack::read(&self.pin_dir)?;
+        self.conntrack_entries
+            .set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+        let snat = flows.iter().filter(|f| f.snat.is_some()).count();
+        self.snat_flows.set(i64::try_from(snat).unwrap_or(i64::MAX));
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().expect("registry"))?;
         Ok(out)

@@ -363,6 +363,13 @@ fn metrics_follow_real_traffic_and_probes_answer() {
             "SNAT exactly for the remote backend: {f}"
         );
     }
+    let (_, last) = scrape(&c, "/metrics");
+    let all_flows = flows.as_array().unwrap();
+    let snat = all_flows.iter().filter(|f| f["snat"].is_string()).count();
+    assert!(counter(&last, "lb_conntrack_entries") >= all_flows.len() as u64);
+    assert!(counter(&last, "lb_snat_flows") >= snat as u64);
+    assert!(counter(&last, "lb_source_lists") >= 1);
+    assert_eq!(counter(&last, "lb_rejected_objects"), 0);
 }
 
 #[test]

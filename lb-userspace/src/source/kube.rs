@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeMap,
     fmt::Debug,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use futures::{Stream, StreamExt};
@@ -28,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use super::{Changes, Source};
+use super::{Changes, Source, SourceStats};
 use crate::{
     desired::ObjectName,
     model::{object_name, Cluster, NodeFacts, ServiceSpec, SliceSpec},
@@ -53,6 +56,7 @@ pub struct KubeSource {
     pending: Arc<Mutex<Changes>>,
     /// The model, kept up to date change by change.
     cluster: Cluster,
+    stats: Arc<SourceStats>,
     last_good_services: BTreeMap<ObjectName, Validated<ServiceSpec>>,
     last_good_slices: BTreeMap<ObjectName, Validated<SliceSpec>>,
 }
@@ -71,6 +75,7 @@ impl KubeSource {
     #[must_use]
     pub fn start(client: &Client, changed: &UnboundedSender<()>, node_name: &str) -> Self {
         let pending = Arc::new(Mutex::new(Changes::all()));
+        let stats: Arc<SourceStats> = Arc::default();
         let record = |what: Watched| {
             let pending = pending.clone();
             let changed = changed.clone();
@@ -96,17 +101,20 @@ impl KubeSource {
             Api::<Service>::all(client.clone()),
             all.clone(),
             record(Watched::Services),
+            stats.clone(),
         );
         let slices = watch(
             Api::<EndpointSlice>::all(client.clone()),
             all,
             record(Watched::Slices),
+            stats.clone(),
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = watch(
             Api::<Node>::all(client.clone()),
             own_node,
             record(Watched::Nodes),
+            stats.clone(),
         );
         Self {
             services,
@@ -115,6 +123,7 @@ impl KubeSource {
             node_name: node_name.to_string(),
             pending,
             cluster: Cluster::default(),
+            stats,
             last_good_services: BTreeMap::new(),
             last_good_slices: BTreeMap::new(),
         }
@@ -145,6 +154,7 @@ impl Source for KubeSource {
                         o.as_ref(),
                         ServiceSpec::from_k8s,
                         &mut self.last_good_services,
+                        &self.stats.rejected,
                     )
                 });
                 update(
@@ -164,6 +174,7 @@ impl Source for KubeSource {
                         o.as_ref(),
                         SliceSpec::from_k8s,
                         &mut self.last_good_slices,
+                        &self.stats.rejected,
                     )
                 });
                 update(
@@ -175,6 +186,10 @@ impl Source for KubeSource {
             }
         }
         (&self.cluster, changes)
+    }
+
+    fn stats(&self) -> Arc<SourceStats> {
+        self.stats.clone()
     }
 }
 
@@ -196,6 +211,7 @@ impl KubeSource {
                 service.as_ref(),
                 ServiceSpec::from_k8s,
                 &mut self.last_good_services,
+                &self.stats.rejected,
             ) {
                 cluster.services.insert(spec.name.clone(), spec);
             }
@@ -206,6 +222,7 @@ impl KubeSource {
                 slice.as_ref(),
                 SliceSpec::from_k8s,
                 &mut self.last_good_slices,
+                &self.stats.rejected,
             ) {
                 cluster.slices.insert(spec.name.clone(), spec);
             }
@@ -251,6 +268,7 @@ fn validated<K, T: Clone>(
     object: &K,
     validate: impl FnOnce(&K) -> Result<T, String>,
     last_good: &mut BTreeMap<ObjectName, Validated<T>>,
+    rejected: &AtomicU64,
 ) -> Option<T>
 where
     K: Resource,
@@ -279,6 +297,7 @@ where
                 "skipped"
             };
             warn!("{kind} {name}: {message}; {what}");
+            rejected.fetch_add(1, Ordering::Relaxed);
             kept
         }
     }
@@ -289,6 +308,7 @@ fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     record: impl Fn(Option<ObjectName>) + Send + 'static,
+    stats: Arc<SourceStats>,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -297,19 +317,26 @@ where
     let (store, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
-    tokio::spawn(forward(kind, stream, record));
+    tokio::spawn(forward(kind, stream, record, stats));
     store
 }
 
-async fn forward<K, S>(kind: String, stream: S, record: impl Fn(Option<ObjectName>))
-where
+async fn forward<K, S>(
+    kind: String,
+    stream: S,
+    record: impl Fn(Option<ObjectName>),
+    stats: Arc<SourceStats>,
+) where
     K: Resource,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => info!(kind, "listing"),
+            Ok(Event::Init) => {
+                stats.lists.fetch_add(1, Ordering::Relaxed);
+                info!(kind, "listing");
+            }
             Ok(Event::InitApply(_)) => {}
             Ok(Event::InitDone) => {
                 info!(kind, "list complete");
@@ -318,7 +345,10 @@ where
             Ok(Event::Apply(object) | Event::Delete(object)) => {
                 record(object_name(object.meta()).ok());
             }
-            Err(e) => warn!(kind, "watch failed, retrying with backoff: {e}"),
+            Err(e) => {
+                stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(kind, "watch failed, retrying with backoff: {e}");
+            }
         }
     }
 }

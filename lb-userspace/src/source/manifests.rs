@@ -1,13 +1,16 @@
 //! The manifest source: a watched directory of YAML/JSON files.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+};
 
 use anyhow::{Context, Result};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
-use super::{Changes, Source};
+use super::{Changes, Source, SourceStats};
 use crate::{
     manifest::{self, ManifestCache},
     model::Cluster,
@@ -18,6 +21,7 @@ pub struct ManifestSource {
     dir: PathBuf,
     cache: ManifestCache,
     cluster: Cluster,
+    stats: Arc<SourceStats>,
     _watcher: RecommendedWatcher,
 }
 
@@ -38,6 +42,7 @@ impl ManifestSource {
             dir,
             cache: ManifestCache::default(),
             cluster: Cluster::default(),
+            stats: Arc::default(),
             _watcher: watcher,
         })
     }
@@ -50,9 +55,17 @@ impl Source for ManifestSource {
         for e in &loaded.errors {
             error!("{e}");
         }
+        self.stats
+            .rejected
+            .fetch_add(loaded.errors.len() as u64, Ordering::Relaxed);
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
         self.cluster = loaded.cluster();
         self.cache = loaded.cache;
         (&self.cluster, Changes::all())
+    }
+
+    fn stats(&self) -> Arc<SourceStats> {
+        self.stats.clone()
     }
 }
 

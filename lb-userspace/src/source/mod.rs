@@ -5,7 +5,10 @@
 pub mod kube;
 pub mod manifests;
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    sync::{atomic::AtomicU64, Arc},
+};
 
 use crate::{desired::ObjectName, model::Cluster};
 
@@ -31,9 +34,23 @@ impl Changes {
     }
 }
 
+/// Counters a source keeps, for the metrics.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Lists started: the first and every relist (after `410 Gone` or a restart).
+    pub lists: AtomicU64,
+    /// Watch failures, each retried with backoff.
+    pub watch_errors: AtomicU64,
+    /// Objects (or files) rejected by validation.
+    pub rejected: AtomicU64,
+}
+
 /// A source of Services and EndpointSlices.
 pub trait Source {
     /// The current model and what changed in it since the last call (errors
     /// in individual objects are logged by the source).
     fn snapshot(&mut self) -> (&Cluster, Changes);
+
+    /// The source's counters.
+    fn stats(&self) -> Arc<SourceStats>;
 }
