@@ -78,6 +78,11 @@ fn sync(
     metrics
         .sync_seconds
         .observe(started.elapsed().as_secs_f64());
+    if let Some(since) = changes.since {
+        metrics
+            .change_to_map_seconds
+            .observe(since.elapsed().as_secs_f64());
+    }
     let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     info!(
         full = changes.all,

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub syncs: Counter,
     /// Duration of a sync, from snapshot to maps written, in seconds.
     pub sync_seconds: Histogram,
+    /// Time from a change reaching the agent to the maps holding it, in seconds.
+    pub change_to_map_seconds: Histogram,
     /// Frontends programmed.
     pub frontends: Gauge,
     /// Map operations written.
@@ -86,6 +88,9 @@ impl Metrics {
             service_bytes: Family::default(),
             syncs: Counter::default(),
             sync_seconds: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            change_to_map_seconds: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
             frontends: Gauge::default(),
             map_ops: Counter::default(),
             plan_errors: Counter::default(),
@@ -98,6 +103,11 @@ impl Metrics {
             conntrack_entries: Gauge::default(),
             snat_flows: Gauge::default(),
         };
+        registry.register(
+            "change_to_map_seconds",
+            "From a watch event reaching the agent to the maps holding it",
+            m.change_to_map_seconds.clone(),
+        );
         registry.register(
             "source_lists",
             "Lists of the source: the first and every relist (410 Gone, restart)",

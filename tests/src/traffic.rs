@@ -222,3 +222,26 @@ pub fn udp_distribution(
     }
     counts
 }
+
+/// GET `path` from `port` on the loopback of `ns` (where the agent serves
+/// metrics): the status line and the body.
+pub fn scrape(ns: &Netns, port: u16, path: &str) -> Result<(String, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut stream = ns.run(move || TcpStream::connect(("127.0.0.1", port)))??;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of one series in Prometheus text, e.g. `lb_frontends`.
+#[must_use]
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}

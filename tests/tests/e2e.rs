@@ -265,32 +265,18 @@ fn sigterm_detaches_and_removes_what_the_agent_created() {
     assert_eq!(after.get("error"), Some(&1), "TC gone: {after:?}");
 }
 
-/// GET `path` from node1's loopback (where the agent serves metrics): (status line, body).
+/// GET `path` from the agent's metrics port on node1's loopback.
 fn scrape(c: &Cluster, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
-    c.topo
-        .node1
-        .run(move || {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9960").expect("metrics port");
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(request.as_bytes()).unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            (
-                head.lines().next().unwrap_or_default().to_string(),
-                body.to_string(),
-            )
-        })
-        .unwrap()
+    lb_tests::traffic::scrape(&c.topo.node1, 9960, path).unwrap()
 }
 
 fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+    let value = lb_tests::traffic::metric(metrics, series)
+        .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"));
+    // Counters and gauges of whole packets, bytes and entries.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let whole = value as u64;
+    whole
 }
 
 #[test]

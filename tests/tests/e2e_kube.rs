@@ -67,7 +67,19 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         ("10.244.2.2", "node2", true),
     ]))
     .unwrap();
-    let mut agent = Agent::start_kube(&topo.node1, &kubeconfig).unwrap();
+    let config = kubeconfig.to_string_lossy().into_owned();
+    let mut agent = Agent::start_with(
+        &topo.node1,
+        &[
+            "--source",
+            "kube",
+            "--kubeconfig",
+            &config,
+            "--metrics-addr",
+            "127.0.0.1:9961",
+        ],
+    )
+    .unwrap();
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let _ = std::fs::remove_file(&kubeconfig);
 
@@ -130,6 +142,10 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         ["pod2a"],
         "scaled down: {counts:?}"
     );
+    // Every API change was timed from its watch event to the maps.
+    let (_, metrics) = lb_tests::traffic::scrape(&topo.node1, 9961, "/metrics").unwrap();
+    let changes = lb_tests::traffic::metric(&metrics, "lb_change_to_map_seconds_count").unwrap();
+    assert!(changes >= 4.0, "{metrics}");
     let status = agent.status().unwrap();
     assert!(
         status.contains("default/web 10.96.0.40:80/TCP -> 10.244.2.2:8080"),

@@ -82,6 +82,7 @@ impl KubeSource {
             move |name: Option<ObjectName>| {
                 {
                     let mut p = pending.lock().expect("pending changes");
+                    p.since.get_or_insert_with(std::time::Instant::now);
                     match (what, name) {
                         (Watched::Services, Some(name)) => {
                             p.services.insert(name);

@@ -21,6 +21,9 @@ pub struct Changes {
     pub services: BTreeSet<ObjectName>,
     /// EndpointSlices added, changed or removed.
     pub slices: BTreeSet<ObjectName>,
+    /// When the oldest of these changes reached the agent (for the
+    /// change-to-map latency), if the source knows.
+    pub since: Option<std::time::Instant>,
 }
 
 impl Changes {
