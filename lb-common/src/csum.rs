@@ -146,11 +146,12 @@ mod tests {
 
     #[test]
     fn udp_computed_zero_becomes_all_ones() {
-        // check = ~(old) with old=new'=... : pick values whose update sums to 0xffff.
-        let old = raw(0x1234);
-        let new = raw(0x1234);
-        let check = raw(0xffff);
-        // No change keeps the checksum; a checksum of 0xffff must never turn into 0.
-        assert_ne!(udp_replace16(check, old, new), 0);
+        // Find an update whose ones'-complement result is 0x0000: UDP must send 0xffff.
+        let check = raw(0x1234);
+        let new = (0..=u16::MAX)
+            .find(|&n| replace16(check, 0, n) == 0)
+            .expect("some update folds to zero");
+        assert_eq!(udp_replace16(check, 0, new), 0xffff);
+        assert_eq!(udp_replace32(check, 0, u32::from(new)), 0xffff);
     }
 }

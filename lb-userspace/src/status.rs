@@ -34,10 +34,7 @@ pub fn read(
     let mut frontends = Vec::new();
     for item in &maps.services {
         let (key, entry) = item?;
-        let service = maps
-            .labels
-            .get(&entry.id, 0)
-            .map_or_else(|_| format!("service #{}", entry.id), |l| decode_label(&l));
+        let service = service_label(&maps, entry.id);
         let frontend = frontend_name(key);
         let ids: BTreeSet<u32> = maps
             .slab
@@ -70,13 +67,19 @@ pub fn frontends_by_id(maps: &Maps) -> Result<Vec<(String, (u32, String))>> {
     let mut out = Vec::new();
     for item in &maps.services {
         let (key, entry) = item?;
-        let service = maps
-            .labels
-            .get(&entry.id, 0)
-            .map_or_else(|_| format!("service #{}", entry.id), |l| decode_label(&l));
-        out.push((frontend_name(key), (entry.id, service)));
+        out.push((
+            frontend_name(key),
+            (entry.id, service_label(maps, entry.id)),
+        ));
     }
     Ok(out)
+}
+
+/// "namespace/name" of a service id, or "service #id" without a label.
+fn service_label(maps: &Maps, id: u32) -> String {
+    maps.labels
+        .get(&id, 0)
+        .map_or_else(|_| format!("service #{id}"), |l| decode_label(&l))
 }
 
 fn frontend_name(key: lb_common::ServiceKey) -> String {
