@@ -1,6 +1,8 @@
 //! The per-packet decision shared by both programs: service lookup, backend
 //! selection or recall, NAT bookkeeping. It only decides; the caller writes.
 
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::debug;
 use lb_common::{ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT};
 
 use crate::{
@@ -34,7 +36,7 @@ pub enum Action {
 
 /// Decides the fate of one parsed packet and counts the verdict.
 #[inline(always)]
-pub fn decide(flow: &Flow, hook: Hook) -> Action {
+pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, hook: Hook) -> Action {
     let key = lb_common::ServiceKey {
         addr: flow.dst,
         port: flow.dport,
@@ -45,7 +47,7 @@ pub fn decide(flow: &Flow, hook: Hook) -> Action {
     // for this RCU read section and is copied out at once.
     if let Some(svc) = unsafe { SERVICES.get(key) } {
         let svc = *svc;
-        return to_service(flow, &svc, hook);
+        return to_service(ctx, flow, &svc, hook);
     }
     let reply = conntrack::key(flow);
     // SAFETY: the LRU value is copied out at once.
@@ -60,7 +62,7 @@ pub fn decide(flow: &Flow, hook: Hook) -> Action {
 
 /// A packet addressed to a service frontend.
 #[inline(always)]
-fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
+fn to_service<C: EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
     // An established flow keeps its backend while the backend entry exists,
     // also when it takes no new connections (terminating, not ready).
     let ct_key = conntrack::key(flow);
@@ -85,6 +87,14 @@ fn to_service(flow: &Flow, svc: &ServiceEntry, hook: Hook) -> Action {
         Action::Rewrite(rewrite)
     } else {
         counters::count(Verdict::Error);
+        // Off the hot path: only a packet that cannot be translated logs.
+        debug!(
+            ctx,
+            "lb: no backend or SNAT port for {:i}:{} -> service {}, dropped",
+            u32::from_be(flow.src),
+            u16::from_be(flow.sport),
+            svc.id
+        );
         Action::Drop
     }
 }

@@ -29,7 +29,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let Some(flow) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
-    match lb::decide(&flow, Hook::Pod) {
+    match lb::decide(ctx, &flow, Hook::Pod) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Rewrite(rw) => {

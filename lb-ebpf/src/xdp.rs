@@ -18,7 +18,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let Some(flow) = parse::parse(data, data_end, data_end - data) else {
         return xdp_action::XDP_PASS;
     };
-    match lb::decide(&flow, Hook::Uplink) {
+    match lb::decide(ctx, &flow, Hook::Uplink) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Rewrite(rw) => {

@@ -138,6 +138,22 @@ async fn serve(
     mut changed: mpsc::UnboundedReceiver<()>,
     datapath: &mut Datapath,
 ) -> Result<()> {
+    if let Some(logger) = datapath.take_logger() {
+        // Kernel log records arrive through `log`, which tracing's
+        // subscriber forwards (the programs log at debug level, rarely).
+        // SAFETY: the logger owns its ring buffer's fd, which stays open and
+        // the same for as long as the AsyncFd holds the logger.
+        let mut logger = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| anyhow::anyhow!("watching the kernel log records: {}", e.into_parts().1))?;
+        tokio::spawn(async move {
+            while let Ok(mut guard) = logger.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+    }
     let metrics = Metrics::new(options.datapath.pin_dir.clone());
     metrics.set_source(source.stats());
     if let Some(addr) = options.metrics_addr {

@@ -280,6 +280,7 @@ pub fn arp() -> Vec<u8> {
 /// A data path loaded for packet tests: no interface attached, maps pinned in a unique dir.
 pub struct TestDatapath {
     datapath: Option<Datapath>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slab_slots: u32,
 }
 
@@ -308,6 +309,7 @@ impl TestDatapath {
         });
         Self {
             datapath: Some(datapath),
+            logger: None,
             slab_slots,
         }
     }
@@ -352,6 +354,17 @@ impl TestDatapath {
     #[must_use]
     pub fn verdict(&self, verdict: Verdict) -> u64 {
         self.datapath().maps.verdict_totals().unwrap()[verdict as usize]
+    }
+
+    /// Reads the kernel programs' log records (aya-log) into the `log` crate's logger.
+    pub fn flush_kernel_logs(&mut self) {
+        if self.logger.is_none() {
+            self.logger = self.datapath.as_mut().unwrap().take_logger();
+        }
+        self.logger
+            .as_mut()
+            .expect("the object has an aya-log ring buffer")
+            .flush();
     }
 
     /// Per-service packets and bytes, summed over CPUs.

@@ -492,3 +492,47 @@ fn packets_that_are_not_ours_pass_unmodified() {
     }
     assert_eq!(dp.verdict(Verdict::Translated), 0);
 }
+
+/// Captures `log` records (the kernel programs' aya-log output lands here).
+struct Captured(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+#[test]
+fn an_untranslatable_packet_is_dropped_and_logged_at_debug_level() {
+    static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+    log::set_logger(&CAPTURED).expect("the only logger of this test binary");
+    log::set_max_level(log::LevelFilter::Trace);
+    // No node address: a remote backend cannot be reached through SNAT.
+    let mut dp = TestDatapath::load("nosnat", Ipv4Addr::UNSPECIFIED);
+    let mut planner = Planner::new(dp.slab_slots(), std::time::Duration::ZERO);
+    apply(
+        &mut dp,
+        &mut planner,
+        &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
+    );
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_DROP);
+    assert_eq!(dp.verdict(Verdict::Error), 1);
+    dp.flush_kernel_logs();
+    let logs = CAPTURED.0.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|l| l.starts_with("DEBUG")
+            && l.contains("192.168.50.10:40000")
+            && l.contains("dropped")),
+        "{logs:?}"
+    );
+}

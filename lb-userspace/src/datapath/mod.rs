@@ -108,6 +108,17 @@ impl Datapath {
         })
     }
 
+    /// The reader of the kernel programs' log records (aya-log), once.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                warn!("kernel log records are not forwarded: {e}");
+                None
+            }
+        }
+    }
+
     /// Whether the maps came from an earlier agent's pins.
     #[must_use]
     pub fn adopted(&self) -> bool {
