@@ -290,11 +290,16 @@ impl TestDatapath {
     /// Loads the programs (root needed) with `node` as the SNAT address.
     #[must_use]
     pub fn load(name: &str, node: Ipv4Addr) -> Self {
+        Self::load_with(name, node, 1 << 16)
+    }
+
+    /// Like [`TestDatapath::load`] with a Maglev slab of `slab_slots`.
+    #[must_use]
+    pub fn load_with(name: &str, node: Ipv4Addr, slab_slots: u32) -> Self {
         crate::require_root();
         crate::require_bpffs();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}-{name}", std::process::id()));
-        let slab_slots = 1 << 16;
         let datapath = Datapath::load(DatapathConfig {
             xdp_ifaces: vec![],
             xdp_mode: XdpMode::Driver,

@@ -440,13 +440,16 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
         "pod2a",
         "still the same backend after the takeover"
     );
+    // The edit: pod1c turns not ready. It takes no new connections, while a
+    // connection that was opening to it when the edit landed carries on (a
+    // removed endpoint, by contrast, loses its flows by design).
     let web = manifests.read("web-service.yaml").unwrap();
-    manifests
-        .write(
-            "web-service.yaml",
-            &web.replace("  - addresses: [\"10.244.1.4\"]\n    conditions: {ready: true}\n    nodeName: node1\n", ""),
-        )
-        .unwrap();
+    let edited = web.replace(
+        "  - addresses: [\"10.244.1.4\"]\n    conditions: {ready: true}",
+        "  - addresses: [\"10.244.1.4\"]\n    conditions: {ready: false}",
+    );
+    assert_ne!(edited, web, "the example lists pod1c as ready");
+    manifests.write("web-service.yaml", &edited).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let counts = http_distribution(&topo.client, WEB, 40, DEADLINE);
     assert_eq!(

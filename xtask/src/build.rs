@@ -98,13 +98,36 @@ pub fn demo() -> Result<()> {
         .env("LB_AGENT_BIN", agent))
 }
 
-/// The benchmarks.
-pub fn bench() -> Result<()> {
+/// The benchmarks; their tables are assembled into BENCHMARKS.md.
+pub fn bench(quick: bool) -> Result<()> {
     require_root("cargo xtask bench")?;
     setup()?;
     let agent = build(true)?;
-    run(cargo().args(["bench", "-p", "lb-tests", "--bench", "packet"]))?;
-    run(cargo()
+    let mut packet = cargo();
+    packet.args(["bench", "-p", "lb-tests", "--bench", "packet"]);
+    let mut control = cargo();
+    control
         .args(["bench", "-p", "lb-tests", "--bench", "control"])
-        .env("LB_AGENT_BIN", agent))
+        .env("LB_AGENT_BIN", agent);
+    if quick {
+        packet.env("LB_BENCH_QUICK", "1");
+        control.env("LB_BENCH_QUICK", "1");
+    }
+    run(&mut packet)?;
+    run(&mut control)?;
+    let out = root().join("target/bench");
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let report = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench`{} on this project's CI machine kind \
+         (2 cores, shared: read ratios, not absolute times). Raw figures: `target/bench/*.json`.\n\n\
+         ## Per packet, in the kernel\n\n{}\n## Control path\n\n{}\n\
+         Comparisons with kube-proxy's iptables and nftables layouts, end-to-end figures and charts \
+         are not measured yet (issue 4).\n",
+        if quick { " --quick" } else { "" },
+        read("packet.md"),
+        read("control.md")
+    );
+    std::fs::write(root().join("BENCHMARKS.md"), report)?;
+    eprintln!("wrote BENCHMARKS.md");
+    Ok(())
 }

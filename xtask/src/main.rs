@@ -41,8 +41,12 @@ enum Command {
     Test,
     /// The demo: a cluster of namespaces, real traffic, a manifest edit. Needs root.
     Demo,
-    /// Benchmarks (release build). Needs root.
-    Bench,
+    /// Benchmarks (release build), written to BENCHMARKS.md and target/bench/. Needs root.
+    Bench {
+        /// Fewer samples: a run of about a minute.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +61,6 @@ fn main() -> Result<()> {
         Command::Lint => build::lint(),
         Command::Test => build::test(),
         Command::Demo => build::demo(),
-        Command::Bench => build::bench(),
+        Command::Bench { quick } => build::bench(quick),
     }
 }

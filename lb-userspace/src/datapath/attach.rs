@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
 };
 
-use super::{TC_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
+use super::{TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
 
 /// Loads (verifies) the programs.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
@@ -23,9 +23,11 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
     tc.load()
         .with_context(|| format!("the verifier rejected {TC_PROGRAM}"))?;
-    let pass: &mut Xdp = program(ebpf, XDP_PASS_PROGRAM)?.try_into()?;
-    pass.load()
-        .with_context(|| format!("the verifier rejected {XDP_PASS_PROGRAM}"))?;
+    for name in [XDP_PASS_PROGRAM, XDP_PARSE_PROGRAM] {
+        let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
+        xdp.load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+    }
     Ok(())
 }
 

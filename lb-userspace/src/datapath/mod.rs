@@ -29,6 +29,8 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Name of the pass-everything XDP program (benchmark floor; veth peers).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+/// Name of the parse-then-pass XDP program (the floor of any L4 balancer).
+pub const XDP_PARSE_PROGRAM: &str = "xdp_parse";
 
 /// Linux capabilities the agent needs: load programs and maps, attach them
 /// to interfaces and set sysctls, read kernel time in programs, raise rlimits.
