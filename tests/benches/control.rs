@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::apiserver::TestApiServer;
+use lb_tests::{apiserver::TestApiServer, stats::percentile};
 use lb_userspace::{
     datapath::{cleanup, maps::Maps},
     desired::{Frontend, Protocol},
@@ -25,10 +25,6 @@ fn slice(ip: &str) -> String {
          addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
          endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n"
     )
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
 /// Starts the agent on `server`; returns it, its pin dir and log path.

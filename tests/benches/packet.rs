@@ -19,7 +19,10 @@ use std::{
 };
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_tests::packet::{Packet, TestDatapath, XDP_PASS};
+use lb_tests::{
+    packet::{Packet, TestDatapath, XDP_PASS},
+    stats::{figure, median, ratio, Figure},
+};
 use lb_userspace::{
     datapath::{XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
@@ -104,27 +107,6 @@ fn call(prog: &Xdp, frame: &[u8], out: &mut [u8]) -> u64 {
     u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-/// Median of round medians, and (min, max) of the round medians.
-#[derive(Clone, Copy, Debug)]
-struct Figure {
-    median: u64,
-    low: u64,
-    high: u64,
-}
-
-fn figure(rounds: &[u64]) -> Figure {
-    Figure {
-        median: median(rounds.to_vec()),
-        low: *rounds.iter().min().unwrap(),
-        high: *rounds.iter().max().unwrap(),
-    }
-}
-
 /// The packet classes measured, each a frame maker for the `i`-th call.
 const CLASSES: [&str; 5] = [
     "non-service",
@@ -200,11 +182,6 @@ fn baseline(dp: &TestDatapath, name: &str, calls: usize) -> Figure {
         })
         .collect();
     figure(&rounds)
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn ratio(a: u64, b: u64) -> f64 {
-    a as f64 / b.max(1) as f64
 }
 
 fn main() {

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod netns;
 pub mod packet;
+pub mod stats;
 pub mod topology;
 pub mod traffic;
 
