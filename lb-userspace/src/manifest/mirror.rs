@@ -3,16 +3,38 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
+use tracing::debug;
 
 use crate::model::{
     object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
 };
 
+/// Label that asks the mirroring controller to leave an Endpoints object alone.
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+/// Annotation of leader-election records kept in Endpoints objects (never mirrored).
+pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
+
 /// The slices mirrored from `endpoints`: per subset, one IPv4 slice (ready
 /// `addresses` and not-ready `notReadyAddresses`) and, if it has other
-/// addresses, one slice of the other family (ignored by selection).
+/// addresses, one slice of the other family (ignored by selection). Like the
+/// controller, nothing for Endpoints labelled `skip-mirror: "true"` or
+/// holding a leader-election record.
 pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
     let name = object_name(&endpoints.metadata)?;
+    let meta = &endpoints.metadata;
+    let skip = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SKIP_MIRROR_LABEL))
+        .is_some_and(|v| v == "true");
+    let leader = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(LEADER_ANNOTATION));
+    if skip || leader {
+        debug!("Endpoints {name}: not mirrored (skip-mirror label or leader-election record)");
+        return Ok(Vec::new());
+    }
     let mut slices = Vec::new();
     for (i, subset) in endpoints.subsets.iter().flatten().enumerate() {
         let mut ports = Vec::new();

@@ -26,7 +26,7 @@ use crate::{
     model::{Cluster, ServiceSpec, SliceSpec},
 };
 
-pub use self::mirror::mirror;
+pub use self::mirror::{mirror, LEADER_ANNOTATION, SKIP_MIRROR_LABEL};
 
 /// A problem with a manifest file or one object in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl fmt::Display for ManifestError {
 pub struct FileObjects {
     /// Services by name.
     pub services: BTreeMap<ObjectName, ServiceSpec>,
-    /// Slices by name (mirrored ones included).
+    /// EndpointSlices by name.
     pub slices: BTreeMap<ObjectName, SliceSpec>,
     /// Mirrored slices by the name of the Endpoints object they came from.
     pub endpoints: BTreeMap<ObjectName, Vec<SliceSpec>>,
@@ -76,30 +76,55 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    /// The model: every object of every file (a later file wins a name clash).
+    /// The model: every object of every file. When files define the same
+    /// object, the last file (by name) wins with a warning; a mirrored slice
+    /// never replaces a real EndpointSlice of the same name.
     #[must_use]
     pub fn cluster(&self) -> Cluster {
-        let mut cluster = Cluster::default();
+        let mut services = BTreeMap::new();
+        let mut slices = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
         for (file, objects) in &self.cache.files {
-            for (name, service) in &objects.services {
-                if cluster
-                    .services
-                    .insert(name.clone(), service.clone())
-                    .is_some()
-                {
-                    warn!(file = %file.display(), "Service {name} is defined in several files; the last one wins");
-                }
-            }
-            for (name, slice) in &objects.slices {
-                cluster.slices.insert(name.clone(), slice.clone());
-            }
-            for slices in objects.endpoints.values() {
-                for slice in slices {
+            last_wins(file, "Service", &objects.services, &mut services);
+            last_wins(file, "EndpointSlice", &objects.slices, &mut slices);
+            last_wins(file, "Endpoints", &objects.endpoints, &mut endpoints);
+        }
+        let mut cluster = Cluster {
+            services: services.into_iter().map(|(k, v)| (k, v.clone())).collect(),
+            slices: slices.into_iter().map(|(k, v)| (k, v.clone())).collect(),
+            node: None,
+        };
+        for (endpoints, mirrored) in endpoints {
+            for slice in mirrored {
+                if cluster.slices.contains_key(&slice.name) {
+                    warn!(
+                        "Endpoints {endpoints}: its mirrored slice {} has the name of an EndpointSlice; the EndpointSlice wins",
+                        slice.name
+                    );
+                } else {
                     cluster.slices.insert(slice.name.clone(), slice.clone());
                 }
             }
         }
         cluster
+    }
+}
+
+/// Adds one file's objects of a kind to `into`, replacing (with a warning)
+/// those an earlier file defined.
+fn last_wins<'a, T>(
+    file: &Path,
+    kind: &str,
+    objects: &'a BTreeMap<ObjectName, T>,
+    into: &mut BTreeMap<ObjectName, &'a T>,
+) {
+    for (name, object) in objects {
+        if into.insert(name.clone(), object).is_some() {
+            warn!(
+                "{kind} {name} is defined in several files; the last one, {}, wins",
+                file.display()
+            );
+        }
     }
 }
 

@@ -151,11 +151,15 @@ fn invalid_objects_are_reported_by_file_and_name() {
     let cases = [
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n", "clusterIP"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 70000}]}\n", "out of range"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 0}]}\n", "port 0 is out of range"),
+        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, targetPort: 70000}]}\n", "targetPort 70000"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: QUIC}]}\n", "unknown protocol"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: SCTP}]}\n", "SCTP"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}, {port: 80}]}\n", "twice"),
         ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\nendpoints: []\n", "kubernetes.io/service-name"),
         ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.2]}]\n", "10.1.2"),
+        ("EndpointSlice prod/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: prod, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nports: [{port: 0}]\nendpoints: []\n", "port 0 is out of range"),
+        ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nports: [{port: 80, protocol: SCTP}]\nendpoints: []\n", "SCTP"),
         ("Endpoints default/e", "apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\nsubsets: [{addresses: [{ip: nope}], ports: [{port: 80}]}]\n", "nope"),
     ];
     for (object, yaml, needle) in cases {
@@ -235,4 +239,116 @@ fn a_removed_file_removes_its_objects() {
     let second = load_dir(dir.path(), &first.cache);
     assert!(second.cluster().slices.is_empty());
     assert_eq!(second.cluster().services.len(), 1);
+}
+
+#[test]
+fn json_files_hold_one_object_and_yaml_files_hold_lists() {
+    let dir = TempDir::new("json-one");
+    dir.write(
+        "a.json",
+        r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"web-1","labels":{"kubernetes.io/service-name":"web"}},"addressType":"IPv4","ports":[{"name":"http","port":8080}],"endpoints":[{"addresses":["10.244.1.2"]}]}"#,
+    );
+    dir.write(
+        "b.yaml",
+        &format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}",
+            SERVICE.replace('\n', "\n  ")
+        ),
+    );
+    let loaded = load_dir(dir.path(), &ManifestCache::default());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let cluster = loaded.cluster();
+    assert_eq!(
+        cluster.slices[&name("default", "web-1")].ports[0].port,
+        8080
+    );
+    assert_eq!(cluster.services[&name("default", "web")].ports.len(), 2);
+}
+
+#[test]
+fn a_later_file_wins_a_name_clash_as_a_whole_object() {
+    let dir = TempDir::new("clash");
+    let endpoints = |subsets: &str| {
+        format!("apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web}}\nsubsets:\n{subsets}")
+    };
+    let subset = |ip: &str| {
+        format!("- {{addresses: [{{ip: {ip}}}], ports: [{{name: http, port: 8080}}]}}\n")
+    };
+    dir.write(
+        "a.yaml",
+        &format!(
+            "{SERVICE}---\n{}",
+            endpoints(&(subset("10.0.0.1") + &subset("10.0.0.2")))
+        ),
+    );
+    dir.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            SERVICE.replace("10.96.0.10", "10.96.0.11"),
+            endpoints(&subset("10.0.0.3"))
+        ),
+    );
+    let cluster = load_dir(dir.path(), &ManifestCache::default()).cluster();
+    assert_eq!(
+        cluster.services[&name("default", "web")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 0, 11)]
+    );
+    let mirrored: Vec<_> = cluster
+        .slices
+        .values()
+        .map(|s| (s.name.name.as_str(), s.endpoints[0].addresses[0]))
+        .collect();
+    assert_eq!(
+        mirrored,
+        [("web-mirror-0", Ipv4Addr::new(10, 0, 0, 3))],
+        "no slice of the earlier file's Endpoints survives"
+    );
+}
+
+#[test]
+fn endpoints_the_controller_would_not_mirror_give_no_slices() {
+    let dir = TempDir::new("skip-mirror");
+    let subsets = "subsets: [{addresses: [{ip: 10.0.0.1}], ports: [{port: 80}]}]\n";
+    dir.write(
+        "a.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: a, labels: {{{SKIP_MIRROR_LABEL}: 'true'}}}}\n{subsets}---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: b, annotations: {{{LEADER_ANNOTATION}: '{{}}'}}}}\n{subsets}---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: c, labels: {{{SKIP_MIRROR_LABEL}: 'false'}}}}\n{subsets}"
+        ),
+    );
+    let loaded = load_dir(dir.path(), &ManifestCache::default());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<_> = loaded
+        .cluster()
+        .slices
+        .into_keys()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["c-mirror-0"]);
+}
+
+#[test]
+fn a_bad_file_leaves_other_files_alone() {
+    let dir = TempDir::new("isolated");
+    dir.write("a.yaml", SERVICE);
+    dir.write("b.yaml", SLICE);
+    let first = load_dir(dir.path(), &ManifestCache::default());
+    dir.write("b.yaml", "endpoints: [oops");
+    dir.write("a.yaml", &SERVICE.replace("10.96.0.10", "10.96.0.12"));
+    let second = load_dir(dir.path(), &first.cache);
+    assert_eq!(second.errors.len(), 1);
+    assert!(second.errors[0].file.ends_with("b.yaml") && second.errors[0].object.is_none());
+    let cluster = second.cluster();
+    assert_eq!(
+        cluster.slices,
+        first.cluster().slices,
+        "b.yaml keeps its slice"
+    );
+    assert_eq!(
+        cluster.services[&name("default", "web")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 0, 12)],
+        "a.yaml's change is taken"
+    );
 }

@@ -1,0 +1,212 @@
+//! The validated model: Services and EndpointSlices as the agent needs them,
+//! built from the Kubernetes objects with every field checked.
+
+mod parse;
+mod service;
+mod slice;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use crate::desired::{ObjectName, Protocol};
+
+pub use self::parse::{object_name, parse_port, parse_protocol};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the controller that manages an EndpointSlice.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`] on slices mirrored from Endpoints.
+pub const MIRROR_MANAGER: &str = "endpointslicemirroring-controller.k8s.io";
+
+/// What kind of Service it is, as far as balancing goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// A virtual IP balanced inside the cluster.
+    ClusterIp,
+    /// ClusterIP plus a port on every node.
+    NodePort,
+    /// NodePort plus an external load balancer.
+    LoadBalancer,
+    /// A DNS alias: nothing to balance.
+    ExternalName,
+    /// `clusterIP: None`: DNS only, nothing to balance.
+    Headless,
+}
+
+/// A Service port's target: a number, or a name resolved through the slices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A container port name.
+    Name(String),
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name ("" when unnamed).
+    pub name: String,
+    /// The port clients use.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Where the endpoints listen.
+    pub target_port: TargetPort,
+    /// The port on every node (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// Which endpoints a frontend may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Endpoints on any node.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node (the client address is kept, no SNAT).
+    Local,
+}
+
+/// A validated Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Namespace and name.
+    pub name: ObjectName,
+    /// Type.
+    pub kind: ServiceKind,
+    /// IPv4 cluster IPs.
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// `spec.externalIPs` (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` (IPv4, LoadBalancer Services).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.internalTrafficPolicy`: for cluster IPs.
+    pub internal_policy: TrafficPolicy,
+    /// `spec.externalTrafficPolicy`: for node ports, external and load-balancer IPs.
+    pub external_policy: TrafficPolicy,
+    /// `spec.sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub affinity_timeout: Option<u32>,
+}
+
+/// Address family of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressType {
+    /// IPv4, the family the data path serves.
+    Ipv4,
+    /// Anything else (IPv6, FQDN): ignored with a warning.
+    Other(String),
+}
+
+/// One port of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    /// Port name ("" when unnamed), matched with the Service port name.
+    pub name: String,
+    /// The endpoints' port number.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Addresses (the first is the one used; all are kept).
+    pub addresses: Vec<Ipv4Addr>,
+    /// `conditions.ready` is not false.
+    pub ready: bool,
+    /// `conditions.serving`.
+    pub serving: Option<bool>,
+    /// `conditions.terminating`.
+    pub terminating: Option<bool>,
+    /// The node it runs on.
+    pub node_name: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// `hints.forZones`: zones that should use it (topology-aware routing).
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes`: nodes that should use it.
+    pub node_hints: Vec<String>,
+}
+
+impl EndpointSpec {
+    /// `conditions.serving`, which defaults to `ready`.
+    #[must_use]
+    pub fn is_serving(&self) -> bool {
+        self.serving.unwrap_or(self.ready)
+    }
+
+    /// `conditions.terminating`, false when absent.
+    #[must_use]
+    pub fn is_terminating(&self) -> bool {
+        self.terminating.unwrap_or(false)
+    }
+}
+
+/// A validated EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceSpec {
+    /// Namespace and name.
+    pub name: ObjectName,
+    /// Name of the Service it belongs to.
+    pub service: String,
+    /// Address family.
+    pub address_type: AddressType,
+    /// Ports.
+    pub ports: Vec<SlicePort>,
+    /// Endpoints (empty for a family other than IPv4).
+    pub endpoints: Vec<EndpointSpec>,
+    /// Mirrored from a legacy Endpoints object.
+    pub mirrored: bool,
+}
+
+/// Every valid object, by namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// Services.
+    pub services: BTreeMap<ObjectName, ServiceSpec>,
+    /// EndpointSlices (real and mirrored).
+    pub slices: BTreeMap<ObjectName, SliceSpec>,
+    /// What this node's Node object says, when the source has one.
+    pub node: Option<NodeFacts>,
+}
+
+/// Facts about this node from its Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// `InternalIP` and `ExternalIP` addresses (IPv4).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// Label holding a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl NodeFacts {
+    /// Reads the zone label and IPv4 InternalIP/ExternalIP addresses of a Node.
+    #[must_use]
+    pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> Self {
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned();
+        let addresses = node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+            .collect();
+        Self { zone, addresses }
+    }
+}

@@ -1,0 +1,124 @@
+//! Service validation.
+
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::util::intstr::IntOrString};
+use tracing::warn;
+
+use super::{
+    object_name,
+    parse::{parse_affinity, parse_ipv4_list, parse_policy},
+    parse_port, parse_protocol, ServiceKind, ServicePort, ServiceSpec, TargetPort,
+};
+
+impl ServiceSpec {
+    /// Validates a Service. IPv6 addresses are skipped with one warning (the
+    /// data path is IPv4 only); anything else that is wrong is an error.
+    pub fn from_k8s(service: &Service) -> Result<Self, String> {
+        let name = object_name(&service.metadata)?;
+        let spec = service.spec.clone().unwrap_or_default();
+        let mut kind = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+            "ClusterIP" => ServiceKind::ClusterIp,
+            "NodePort" => ServiceKind::NodePort,
+            "LoadBalancer" => ServiceKind::LoadBalancer,
+            "ExternalName" => ServiceKind::ExternalName,
+            other => return Err(format!("unknown type {other:?}")),
+        };
+        let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+        if ips.is_empty() {
+            ips.extend(spec.cluster_ip.clone());
+        }
+        if ips.iter().any(|ip| ip == "None") {
+            kind = ServiceKind::Headless;
+        }
+        let mut skipped = Vec::new();
+        let cluster_ips = if kind == ServiceKind::Headless || kind == ServiceKind::ExternalName {
+            Vec::new()
+        } else {
+            parse_ipv4_list("clusterIP", &ips, &mut skipped)?
+        };
+        let external_ips = parse_ipv4_list(
+            "externalIP",
+            spec.external_ips.iter().flatten(),
+            &mut skipped,
+        )?;
+        let load_balancer_ips = parse_ipv4_list(
+            "status.loadBalancer.ingress ip",
+            service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_ref()),
+            &mut skipped,
+        )?;
+        let internal_policy = parse_policy(
+            "internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?;
+        let external_policy = parse_policy(
+            "externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?;
+        let affinity_timeout = parse_affinity(&spec)?;
+        let ports = parse_ports(spec.ports.as_deref().unwrap_or_default(), kind)?;
+        if !skipped.is_empty() {
+            warn!(
+                "Service {name}: IPv6 addresses {} are not served (the data path is IPv4 only); skipped",
+                skipped.join(", ")
+            );
+        }
+        Ok(Self {
+            name,
+            kind,
+            cluster_ips,
+            ports,
+            external_ips,
+            load_balancer_ips,
+            internal_policy,
+            external_policy,
+            affinity_timeout,
+        })
+    }
+}
+
+/// Validates a Service's ports: numbers in range, TCP or UDP, each
+/// (port, protocol) once; a missing or empty targetPort is the port itself.
+fn parse_ports(
+    ports: &[k8s_openapi::api::core::v1::ServicePort],
+    kind: ServiceKind,
+) -> Result<Vec<ServicePort>, String> {
+    let mut out: Vec<ServicePort> = Vec::new();
+    for port in ports {
+        let number = parse_port("port", port.port)?;
+        let protocol =
+            parse_protocol(port.protocol.as_deref()).map_err(|e| format!("port {number}: {e}"))?;
+        let target_port = match &port.target_port {
+            None => TargetPort::Number(number),
+            Some(IntOrString::Int(n)) => TargetPort::Number(parse_port("targetPort", *n)?),
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                Ok(n) => TargetPort::Number(parse_port("targetPort", n)?),
+                Err(_) if s.is_empty() => TargetPort::Number(number),
+                Err(_) => TargetPort::Name(s.clone()),
+            },
+        };
+        if out
+            .iter()
+            .any(|p| p.port == number && p.protocol == protocol)
+        {
+            return Err(format!("port {number}/{protocol} is listed twice"));
+        }
+        let node_port = match port.node_port {
+            Some(n) if kind == ServiceKind::NodePort || kind == ServiceKind::LoadBalancer => {
+                Some(parse_port("nodePort", n)?)
+            }
+            _ => None,
+        };
+        out.push(ServicePort {
+            name: port.name.clone().unwrap_or_default(),
+            port: number,
+            protocol,
+            target_port,
+            node_port,
+        });
+    }
+    Ok(out)
+}

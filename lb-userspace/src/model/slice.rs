@@ -1,0 +1,88 @@
+//! EndpointSlice validation.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{
+    object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
+    MANAGED_BY_LABEL, MIRROR_MANAGER, SERVICE_NAME_LABEL,
+};
+
+impl SliceSpec {
+    /// Validates an EndpointSlice (endpoints are read only for IPv4 slices).
+    pub fn from_k8s(slice: &EndpointSlice) -> Result<Self, String> {
+        let name = object_name(&slice.metadata)?;
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        let service = labels
+            .get(SERVICE_NAME_LABEL)
+            .cloned()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                format!("label {SERVICE_NAME_LABEL} is missing: the slice belongs to no Service")
+            })?;
+        let mirrored = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .is_some_and(|m| m == MIRROR_MANAGER);
+        let address_type = if slice.address_type == "IPv4" {
+            AddressType::Ipv4
+        } else {
+            AddressType::Other(slice.address_type.clone())
+        };
+        let mut ports = Vec::new();
+        for port in slice.ports.clone().unwrap_or_default() {
+            let Some(number) = port.port else { continue };
+            let number = parse_port("port", number)?;
+            ports.push(SlicePort {
+                name: port.name.clone().unwrap_or_default(),
+                port: number,
+                protocol: parse_protocol(port.protocol.as_deref())
+                    .map_err(|e| format!("port {number}: {e}"))?,
+            });
+        }
+        let mut endpoints = Vec::new();
+        if address_type == AddressType::Ipv4 {
+            for endpoint in &slice.endpoints {
+                let mut addresses = Vec::new();
+                for addr in &endpoint.addresses {
+                    addresses.push(addr.parse::<Ipv4Addr>().map_err(|_| {
+                        format!("endpoint address {addr:?} is not a valid IPv4 address")
+                    })?);
+                }
+                let conditions = endpoint.conditions.clone().unwrap_or_default();
+                let hints = endpoint.hints.clone().unwrap_or_default();
+                endpoints.push(EndpointSpec {
+                    addresses,
+                    ready: conditions.ready != Some(false),
+                    serving: conditions.serving,
+                    terminating: conditions.terminating,
+                    node_name: endpoint.node_name.clone(),
+                    zone: endpoint.zone.clone(),
+                    zone_hints: hints
+                        .for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    node_hints: hints
+                        .for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| n.name.clone())
+                        .collect(),
+                });
+            }
+        }
+        Ok(Self {
+            name,
+            service,
+            address_type,
+            ports,
+            endpoints,
+            mirrored,
+        })
+    }
+}
