@@ -310,6 +310,24 @@ impl Verdict {
     }
 }
 
+/// Name of the event counters: [`Event`] index -> count (per-CPU array).
+pub const MAP_EVENTS: &str = "EVENTS";
+
+/// A data-path event worth counting, the index into the event counters.
+/// With the live entry counts they give the LRU evictions, which the kernel
+/// does not report: evictions = created - live.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A conntrack entry was created for a flow that had none.
+    ConntrackCreated = 0,
+    /// A reverse-NAT entry was created for a flow that had none.
+    RevNatCreated = 1,
+}
+
+/// Number of [`Event`] values (size of the event counters).
+pub const EVENT_COUNT: u32 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is repr(C), made only of integers, with explicit padding

@@ -1,9 +1,10 @@
 //! Connection tracking: recall the backend of an established flow, record a new one.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{CtEntry, FlowKey, ServiceEntry};
+use lb_common::{CtEntry, Event, FlowKey, ServiceEntry};
 
 use crate::{
+    counters,
     maps::CONNTRACK,
     parse::Flow,
     select::{self, Chosen},
@@ -11,6 +12,8 @@ use crate::{
 
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only (tells a new flow's entry from a replaced one).
+const BPF_NOEXIST: u64 = 1;
 
 /// The conntrack key of a client flow (as it arrives, before translation).
 #[inline(always)]
@@ -60,5 +63,10 @@ pub fn record(key: &FlowKey, chosen: &Chosen, snat_addr: u32, snat_port: u16, fl
         // SAFETY: helper without preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
+    if CONNTRACK.insert(key, entry, BPF_NOEXIST).is_ok() {
+        counters::event(Event::ConntrackCreated);
+        return true;
+    }
+    // A stale entry (its backend is gone): replace it.
     CONNTRACK.insert(key, entry, BPF_ANY).is_ok()
 }

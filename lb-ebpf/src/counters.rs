@@ -1,8 +1,8 @@
-//! Per-CPU verdict counters.
+//! Per-CPU counters: verdicts, events, per-service packets and bytes.
 
-use lb_common::{ServiceStats, Verdict};
+use lb_common::{Event, ServiceStats, Verdict};
 
-use crate::maps::{SERVICE_STATS, VERDICTS};
+use crate::maps::{EVENTS, SERVICE_STATS, VERDICTS};
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
@@ -11,6 +11,15 @@ const BPF_NOEXIST: u64 = 1;
 #[inline(always)]
 pub fn count(verdict: Verdict) {
     if let Some(counter) = VERDICTS.get_ptr_mut(verdict as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts one `event`.
+#[inline(always)]
+pub fn event(event: Event) {
+    if let Some(counter) = EVENTS.get_ptr_mut(event as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
     }

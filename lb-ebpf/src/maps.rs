@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
     ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
-    MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
-    VERDICT_COUNT,
+    EVENT_COUNT, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
+    SLOTS_PER_SLAB_ENTRY, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -60,3 +60,7 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_CO
 #[map(name = "SERVICE_LABELS")]
 pub static SERVICE_LABELS: HashMap<u32, ServiceLabel> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU event counts (entries created), by [`lb_common::Event`].
+#[map(name = "EVENTS")]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);

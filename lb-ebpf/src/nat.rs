@@ -1,10 +1,10 @@
 //! Address translation decisions: the reverse-NAT entries and the SNAT port.
 
 use lb_common::{
-    flow_hash_of, FlowKey, RevNatEntry, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    flow_hash_of, Event, FlowKey, RevNatEntry, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
-use crate::{maps::REVNAT, parse::Flow, select::Chosen};
+use crate::{counters, maps::REVNAT, parse::Flow, select::Chosen};
 
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
@@ -80,7 +80,13 @@ fn rev_entry(flow: &Flow) -> RevNatEntry {
 #[inline(always)]
 pub fn record_reverse(flow: &Flow, chosen: &Chosen) -> bool {
     let key = reply_key(flow, chosen, flow.src, flow.sport);
-    REVNAT.insert(key, rev_entry(flow), BPF_ANY).is_ok()
+    let entry = rev_entry(flow);
+    if REVNAT.insert(key, entry, BPF_NOEXIST).is_ok() {
+        counters::event(Event::RevNatCreated);
+        return true;
+    }
+    // The same reply flow already had an entry (a reused 5-tuple): replace it.
+    REVNAT.insert(key, entry, BPF_ANY).is_ok()
 }
 
 /// Claims a free node port for a translated flow and records its reverse entry.
@@ -96,6 +102,7 @@ pub fn claim_snat_port(flow: &Flow, chosen: &Chosen, node_addr: u32) -> Option<u
         let port = (u32::from(SNAT_PORT_MIN) + (start + attempt) % RANGE) as u16;
         let key = reply_key(flow, chosen, node_addr, port.to_be());
         if REVNAT.insert(key, entry, BPF_NOEXIST).is_ok() {
+            counters::event(Event::RevNatCreated);
             return Some(port.to_be());
         }
     }

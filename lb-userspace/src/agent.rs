@@ -176,6 +176,10 @@ async fn serve(
         Reconciler::new(options.node.clone(), options.datapath.slab_slots)
     };
     sync(&mut reconciler, source.as_mut(), datapath, &metrics)?;
+    // The maps hold the source now: an earlier layout's programs can go.
+    if let Err(e) = datapath.finish_handover() {
+        error!("finishing the hand-over from an earlier pin layout: {e:#}");
+    }
     metrics.set_ready();
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");

@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{CtEntry, FlowKey, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, MAP_CONNTRACK};
+use lb_common::{
+    CtEntry, FlowKey, RevNatEntry, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, MAP_CONNTRACK, MAP_REVNAT,
+};
 use serde::Serialize;
 
 /// One tracked flow: client -> service, and the backend it is pinned to.
@@ -81,6 +83,20 @@ pub fn read(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
     }
     flows.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
     Ok(flows)
+}
+
+/// Number of reply flows in the reverse-NAT map pinned under `pin_dir`.
+pub fn count_reverse_nat(pin_dir: &Path) -> Result<usize> {
+    let path = crate::datapath::pins_dir(pin_dir).join(MAP_REVNAT);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let map: HashMap<MapData, FlowKey, RevNatEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let mut count = 0;
+    for key in map.keys() {
+        key?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// One line per flow: `TCP client -> service -> backend [snat addr:port] age`.

@@ -1,8 +1,10 @@
 //! Observability over HTTP: Prometheus metrics, liveness and readiness.
 //!
-//! `/metrics` serves the verdict counters (summed from the per-CPU map when
-//! scraped, so packets cost no userspace work), sync counts and durations,
-//! and objects rejected by validation. `/healthz` answers while the process
+//! `/metrics` serves the kernel's counters (verdicts, per-service packets and
+//! bytes, entries created; summed from the per-CPU maps when scraped, so
+//! packets cost no userspace work), conntrack and reverse-NAT entries and
+//! their LRU evictions, sync counts and durations, and objects rejected by
+//! validation. `/healthz` answers while the process
 //! runs; `/readyz` once the data path is attached and the first sync is done.
 
 use std::{
@@ -16,6 +18,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use lb_common::Event;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -51,9 +54,9 @@ pub struct ServiceLabels {
 /// The agent's own metrics, updated by the run loop.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    verdicts: Family<VerdictLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
-    service_packets: Family<ServiceLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
-    service_bytes: Family<ServiceLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    verdicts: Family<VerdictLabels, Counter>,
+    service_packets: Family<ServiceLabels, Counter>,
+    service_bytes: Family<ServiceLabels, Counter>,
     /// Syncs done (full or incremental).
     pub syncs: Counter,
     /// Duration of a sync, from snapshot to maps written, in seconds.
@@ -69,10 +72,15 @@ pub struct Metrics {
     ready: AtomicBool,
     pin_dir: PathBuf,
     source: Mutex<Option<Arc<SourceStats>>>,
-    lists: Gauge,
-    watch_errors: Gauge,
-    rejected: Gauge,
+    lists: Counter,
+    watch_errors: Counter,
+    rejected: Counter,
     conntrack_entries: Gauge,
+    conntrack_created: Counter,
+    conntrack_evictions: Counter,
+    revnat_entries: Gauge,
+    revnat_created: Counter,
+    revnat_evictions: Counter,
     snat_flows: Gauge,
 }
 
@@ -97,80 +105,115 @@ impl Metrics {
             ready: AtomicBool::new(false),
             pin_dir,
             source: Mutex::new(None),
-            lists: Gauge::default(),
-            watch_errors: Gauge::default(),
-            rejected: Gauge::default(),
+            lists: Counter::default(),
+            watch_errors: Counter::default(),
+            rejected: Counter::default(),
             conntrack_entries: Gauge::default(),
+            conntrack_created: Counter::default(),
+            conntrack_evictions: Counter::default(),
+            revnat_entries: Gauge::default(),
+            revnat_created: Counter::default(),
+            revnat_evictions: Counter::default(),
             snat_flows: Gauge::default(),
         };
+        m.register(&mut registry);
+        *m.registry.lock().expect("registry") = registry;
+        Arc::new(m)
+    }
+
+    /// Registers every metric (names get the `lb_` prefix).
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "change_to_map_seconds",
             "From a watch event reaching the agent to the maps holding it",
-            m.change_to_map_seconds.clone(),
+            self.change_to_map_seconds.clone(),
         );
         registry.register(
             "source_lists",
             "Lists of the source: the first and every relist (410 Gone, restart)",
-            m.lists.clone(),
+            self.lists.clone(),
         );
         registry.register(
             "watch_errors",
             "Watch failures, each retried with backoff",
-            m.watch_errors.clone(),
+            self.watch_errors.clone(),
         );
         registry.register(
             "rejected_objects",
             "Objects rejected by validation",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         registry.register(
             "conntrack_entries",
             "Flows in connection tracking",
-            m.conntrack_entries.clone(),
+            self.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_created",
+            "Conntrack entries created for new flows (all CPUs)",
+            self.conntrack_created.clone(),
+        );
+        registry.register(
+            "conntrack_evictions",
+            "Conntrack entries evicted by the LRU before their flow ended: created minus live",
+            self.conntrack_evictions.clone(),
+        );
+        registry.register(
+            "reverse_nat_entries",
+            "Reply flows with a reverse-NAT entry",
+            self.revnat_entries.clone(),
+        );
+        registry.register(
+            "reverse_nat_created",
+            "Reverse-NAT entries created (all CPUs)",
+            self.revnat_created.clone(),
+        );
+        registry.register(
+            "reverse_nat_evictions",
+            "Reverse-NAT entries evicted by the LRU: created minus live",
+            self.revnat_evictions.clone(),
         );
         registry.register(
             "snat_flows",
             "Tracked flows translated to a node port (SNAT port use)",
-            m.snat_flows.clone(),
+            self.snat_flows.clone(),
         );
         registry.register(
             "packets",
             "Packets by data-path verdict (all CPUs)",
-            m.verdicts.clone(),
+            self.verdicts.clone(),
         );
         registry.register(
             "syncs",
             "Syncs of the maps with the source",
-            m.syncs.clone(),
+            self.syncs.clone(),
         );
         registry.register(
             "sync_duration_seconds",
             "Duration of a sync, snapshot to maps written",
-            m.sync_seconds.clone(),
+            self.sync_seconds.clone(),
         );
         registry.register(
             "frontends",
             "Service frontends programmed",
-            m.frontends.clone(),
+            self.frontends.clone(),
         );
-        registry.register("map_operations", "Map writes", m.map_ops.clone());
+        registry.register("map_operations", "Map writes", self.map_ops.clone());
         registry.register(
             "service_packets",
             "Packets sent to a Service frontend (all CPUs)",
-            m.service_packets.clone(),
+            self.service_packets.clone(),
         );
         registry.register(
             "service_bytes",
             "Bytes sent to a Service frontend, Ethernet header included (all CPUs)",
-            m.service_bytes.clone(),
+            self.service_bytes.clone(),
         );
         registry.register(
             "plan_errors",
             "Frontends that could not be placed",
-            m.plan_errors.clone(),
+            self.plan_errors.clone(),
         );
-        *m.registry.lock().expect("registry") = registry;
-        Arc::new(m)
     }
 
     /// Reads the source's counters at each scrape.
@@ -191,7 +234,8 @@ impl Metrics {
                 .get_or_create(&VerdictLabels {
                     verdict: verdict.name().to_string(),
                 })
-                .set(i64::try_from(total).unwrap_or(i64::MAX));
+                .inner()
+                .store(total, Ordering::Relaxed);
         }
         self.service_packets.clear();
         self.service_bytes.clear();
@@ -207,18 +251,23 @@ impl Metrics {
             };
             self.service_packets
                 .get_or_create(&labels)
-                .set(i64::try_from(stats.packets).unwrap_or(i64::MAX));
+                .inner()
+                .store(stats.packets, Ordering::Relaxed);
             self.service_bytes
                 .get_or_create(&labels)
-                .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+                .inner()
+                .store(stats.bytes, Ordering::Relaxed);
         }
         if let Some(stats) = self.source.lock().expect("source stats").as_ref() {
-            let get = |a: &std::sync::atomic::AtomicU64| {
-                i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
-            };
-            self.lists.set(get(&stats.lists));
-            self.watch_errors.set(get(&stats.watch_errors));
-            self.rejected.set(get(&stats.rejected));
+            for (counter, total) in [
+                (&self.lists, &stats.lists),
+                (&self.watch_errors, &stats.watch_errors),
+                (&self.rejected, &stats.rejected),
+            ] {
+                counter
+                    .inner()
+                    .store(total.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
         }
         // One pass over the conntrack map per scrape, none per packet.
         let flows = crate::conntrack::read(&self.pin_dir)?;
@@ -226,10 +275,42 @@ impl Metrics {
             .set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
         let snat = flows.iter().filter(|f| f.snat.is_some()).count();
         self.snat_flows.set(i64::try_from(snat).unwrap_or(i64::MAX));
+        let revnat = crate::conntrack::count_reverse_nat(&self.pin_dir)?;
+        self.revnat_entries
+            .set(i64::try_from(revnat).unwrap_or(i64::MAX));
+        // The kernel does not report LRU evictions; every entry ever created
+        // is either live or evicted (the agent deletes none).
+        for (event, live, created, evicted) in [
+            (
+                Event::ConntrackCreated,
+                flows.len(),
+                &self.conntrack_created,
+                &self.conntrack_evictions,
+            ),
+            (
+                Event::RevNatCreated,
+                revnat,
+                &self.revnat_created,
+                &self.revnat_evictions,
+            ),
+        ] {
+            let total = maps.event_total(event)?;
+            created.inner().store(total, Ordering::Relaxed);
+            evicted
+                .inner()
+                .fetch_max(evictions(total, live as u64), Ordering::Relaxed);
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().expect("registry"))?;
         Ok(out)
     }
+}
+
+/// Entries evicted, from those created and those live now. Saturates: the
+/// two are read at slightly different moments.
+#[must_use]
+pub fn evictions(created: u64, live: u64) -> u64 {
+    created.saturating_sub(live)
 }
 
 /// Serves the metrics and probes on `addr` until the process ends.

@@ -3,7 +3,7 @@
 
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -277,6 +277,13 @@ pub fn arp() -> Vec<u8> {
     f
 }
 
+/// A pin directory under /sys/fs/bpf no other test uses.
+#[must_use]
+pub fn unique_pin_dir(name: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}-{name}", std::process::id()))
+}
+
 /// A data path loaded for packet tests: no interface attached, maps pinned in a unique dir.
 pub struct TestDatapath {
     datapath: Option<Datapath>,
@@ -296,18 +303,23 @@ impl TestDatapath {
     /// Like [`TestDatapath::load`] with a Maglev slab of `slab_slots`.
     #[must_use]
     pub fn load_with(name: &str, node: Ipv4Addr, slab_slots: u32) -> Self {
+        Self::load_at(&unique_pin_dir(name), node, slab_slots, true)
+    }
+
+    /// Loads with pins under `pin_dir`; unless `detach_on_exit`, they stay
+    /// after drop, for a next load to adopt or hand over.
+    #[must_use]
+    pub fn load_at(pin_dir: &Path, node: Ipv4Addr, slab_slots: u32, detach_on_exit: bool) -> Self {
         crate::require_root();
         crate::require_bpffs();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}-{name}", std::process::id()));
         let datapath = Datapath::load(DatapathConfig {
             xdp_ifaces: vec![],
             xdp_mode: XdpMode::Driver,
             tc_patterns: vec![],
             node_addr: node,
-            pin_dir,
+            pin_dir: pin_dir.to_path_buf(),
             slab_slots,
-            detach_on_exit: true,
+            detach_on_exit,
         })
         .unwrap_or_else(|e| {
             panic!("loading the data path (the verifier must accept both programs): {e:?}")

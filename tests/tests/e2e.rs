@@ -301,8 +301,8 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     assert!(scrape(&c, "/readyz").0.contains("200"));
     let (status, before) = scrape(&c, "/metrics");
     assert!(status.contains("200"), "{status}");
-    let translated = counter(&before, "lb_packets{verdict=\"translated\"}");
-    let reversed = counter(&before, "lb_packets{verdict=\"reversed\"}");
+    let translated = counter(&before, "lb_packets_total{verdict=\"translated\"}");
+    let reversed = counter(&before, "lb_packets_total{verdict=\"reversed\"}");
     assert!(counter(&before, "lb_syncs_total") >= 1);
     assert_eq!(counter(&before, "lb_frontends"), 3);
     let counts = http_distribution(&c.topo.client, WEB, 20, DEADLINE);
@@ -310,19 +310,21 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     let (_, after) = scrape(&c, "/metrics");
     // Each HTTP exchange is at least 5 client packets and 4 replies translated.
     assert!(
-        counter(&after, "lb_packets{verdict=\"translated\"}") >= translated + 20 * 5,
+        counter(&after, "lb_packets_total{verdict=\"translated\"}") >= translated + 20 * 5,
         "{after}"
     );
     assert!(
-        counter(&after, "lb_packets{verdict=\"reversed\"}") >= reversed + 20 * 4,
+        counter(&after, "lb_packets_total{verdict=\"reversed\"}") >= reversed + 20 * 4,
         "{after}"
     );
-    let web = "lb_service_packets{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    let web =
+        "lb_service_packets_total{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
     assert!(
         counter(&after, web) >= 20 * 5,
         "per-service packets: {after}"
     );
-    let bytes = "lb_service_bytes{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    let bytes =
+        "lb_service_bytes_total{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
     assert!(
         counter(&after, bytes) >= counter(&after, web) * 54,
         "per-service bytes: {after}"
@@ -354,31 +356,49 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     let snat = all_flows.iter().filter(|f| f["snat"].is_string()).count();
     assert!(counter(&last, "lb_conntrack_entries") >= all_flows.len() as u64);
     assert!(counter(&last, "lb_snat_flows") >= snat as u64);
-    assert!(counter(&last, "lb_source_lists") >= 1);
-    assert_eq!(counter(&last, "lb_rejected_objects"), 0);
+    assert!(
+        counter(&last, "lb_conntrack_created_total") >= counter(&last, "lb_conntrack_entries"),
+        "every live entry was created"
+    );
+    assert_eq!(
+        counter(&last, "lb_conntrack_evictions_total"),
+        0,
+        "nothing evicted far below capacity"
+    );
+    assert!(counter(&last, "lb_source_lists_total") >= 1);
+    assert_eq!(counter(&last, "lb_rejected_objects_total"), 0);
 }
 
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
-    let topo = ClusterTopology::new().unwrap();
-    let _servers = PodServers::start(&topo).unwrap();
-    let manifests = ManifestDir::with_examples().unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let pin_dir =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/lbt{}xrestart", std::process::id()));
-    let mut first = Agent::start_pinned(&topo.node1, &["--manifests", &dir], &pin_dir).unwrap();
-    first.cleanup_on_drop = false;
-    first.wait_ready(Duration::from_secs(30)).unwrap();
+    kill_and_restart("restart", |_| {}, "adopted the pinned maps");
+}
 
-    // A long-lived connection through SNAT (the remote backend), whose state lives in the maps.
-    let mut conn = (0..40)
-        .find_map(|_| {
-            let mut c = HttpClient::connect(&topo.client, WEB, Duration::from_secs(2)).ok()?;
-            (c.get().ok()? == "pod2a").then_some(c)
-        })
-        .expect("a connection to pod2a");
+/// Like a restart, but the successor is an upgrade whose pin layout is the
+/// next one: it finds the previous layout's pins (made here from the
+/// current ones: v1 is v2 without the event counters), carries their
+/// maps over and moves the links to its programs after its first sync.
+#[test]
+fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
+    kill_and_restart(
+        "upgrade",
+        |pin_dir| {
+            assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v2");
+            std::fs::rename(pin_dir.join("v2"), pin_dir.join("v1")).unwrap();
+            std::fs::remove_file(pin_dir.join("v1").join(lb_common::MAP_EVENTS)).unwrap();
+        },
+        "hand-over from the earlier layout finished",
+    );
+}
 
-    // New connections, continuously, through the crash, the restart and the edit.
+/// Opens a new connection to the web service every 20 ms (for at most a
+/// minute) until told to stop; the thread returns successes and failures.
+fn probe_continuously(
+    topo: &ClusterTopology,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(u32, Vec<String>)>,
+) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = {
         let stop = stop.clone();
@@ -399,6 +419,32 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
             (ok, failed)
         })
     };
+    (stop, prober)
+}
+
+/// Starts an agent, opens a long-lived connection through SNAT and keeps opening
+/// new ones, kills the agent, runs `between` on the pins, starts a successor
+/// (whose log must say `expected_log`) and edits an endpoint: nothing fails.
+fn kill_and_restart(tag: &str, between: fn(&std::path::Path), expected_log: &str) {
+    let topo = ClusterTopology::new().unwrap();
+    let _servers = PodServers::start(&topo).unwrap();
+    let manifests = ManifestDir::with_examples().unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt{}x{tag}", std::process::id()));
+    let mut first = Agent::start_pinned(&topo.node1, &["--manifests", &dir], &pin_dir).unwrap();
+    first.cleanup_on_drop = false;
+    first.wait_ready(Duration::from_secs(30)).unwrap();
+
+    // A long-lived connection through SNAT (the remote backend), whose state lives in the maps.
+    let mut conn = (0..40)
+        .find_map(|_| {
+            let mut c = HttpClient::connect(&topo.client, WEB, Duration::from_secs(2)).ok()?;
+            (c.get().ok()? == "pod2a").then_some(c)
+        })
+        .expect("a connection to pod2a");
+
+    // New connections, continuously, through the crash, the restart and the edit.
+    let (stop, prober) = probe_continuously(&topo);
 
     first.kill();
     assert!(pin_dir.exists(), "a crash leaves the pins");
@@ -416,6 +462,7 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
         "new connections succeed with no agent: {counts:?}"
     );
     assert_eq!(counts.get("error"), None, "{counts:?}");
+    between(&pin_dir);
 
     // The successor adopts the pins: the connection keeps working, then an edit applies.
     let mut second = Agent::start_pinned(
@@ -426,7 +473,18 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
     .unwrap();
     second.wait_ready(Duration::from_secs(30)).unwrap();
     let log = second.log();
-    assert!(log.contains("adopted the pinned maps"), "{log}");
+    assert!(log.contains(expected_log), "{log}");
+    let layouts: Vec<_> = std::fs::read_dir(&pin_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(layouts, ["v2"], "one layout remains");
+    for link in ["xdp-eth0", "tc-vpod1a", "tc-vpod1b", "tc-vpod1c"] {
+        assert!(
+            pin_dir.join("v2/links").join(link).exists(),
+            "{link} is pinned by the successor"
+        );
+    }
     let first_sync = log
         .lines()
         .find(|l| l.contains("synced"))

@@ -48,14 +48,30 @@ pub enum Attached {
 /// Attaches the XDP program to `iface` through a link pinned at `pin`: an
 /// existing pinned link gets its program replaced atomically (no moment
 /// without a program), else a new link is created and pinned, so the program
-/// keeps running when the agent exits.
-pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin: &Path) -> Result<Attached> {
+/// keeps running when the agent exits. A link pinned at `previous` (an
+/// earlier layout's) is taken over the same way and moved to `pin`.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpMode,
+    pin: &Path,
+    previous: Option<&Path>,
+) -> Result<Attached> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
     if let Ok(pinned) = PinnedLink::from_pin(pin) {
         let link = XdpLink::try_from(FdLink::from(pinned))
             .with_context(|| format!("{} is not an XDP link", pin.display()))?;
         xdp.attach_to_link(link)
             .with_context(|| format!("replacing the XDP program on {iface}"))?;
+        return Ok(Attached::Adopted);
+    }
+    if let Some(Ok(pinned)) = previous.map(PinnedLink::from_pin) {
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("the earlier layout's pin for {iface} is not an XDP link"))?;
+        let id = xdp
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the earlier layout's XDP program on {iface}"))?;
+        move_pin(FdLink::try_from(xdp.take_link(id)?)?, previous, pin)?;
         return Ok(Attached::Adopted);
     }
     let id = xdp
@@ -70,16 +86,30 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin: &Path) -> Re
 }
 
 /// Attaches the TC program to the ingress of `iface` through a TCX link
-/// pinned at `pin`, adopting an existing pinned link like [`attach_xdp`].
-/// Kernels without TCX (< 6.6) get a clsact qdisc and a netlink filter,
-/// which does not survive the agent.
-pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, pin: &Path) -> Result<Attached> {
+/// pinned at `pin`, adopting an existing pinned link (or an earlier layout's,
+/// pinned at `previous`) like [`attach_xdp`]. Kernels without TCX (< 6.6)
+/// get a clsact qdisc and a netlink filter, which does not survive the agent.
+pub fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    pin: &Path,
+    previous: Option<&Path>,
+) -> Result<Attached> {
     let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
     if let Ok(pinned) = PinnedLink::from_pin(pin) {
         let link = SchedClassifierLink::try_from(FdLink::from(pinned))
             .with_context(|| format!("{} is not a TC link", pin.display()))?;
         prog.attach_to_link(link)
             .with_context(|| format!("replacing the TC program on {iface}"))?;
+        return Ok(Attached::Adopted);
+    }
+    if let Some(Ok(pinned)) = previous.map(PinnedLink::from_pin) {
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("the earlier layout's pin for {iface} is not a TC link"))?;
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the earlier layout's TC program on {iface}"))?;
+        move_pin(FdLink::try_from(prog.take_link(id)?)?, previous, pin)?;
         return Ok(Attached::Adopted);
     }
     let id = if let Ok(id) = prog.attach(iface, TcAttachType::Ingress) {
@@ -95,6 +125,18 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, pin: &Path) -> Result<Attached> {
             .with_context(|| format!("pinning the TC link at {}", pin.display()))?;
     }
     Ok(Attached::New)
+}
+
+/// Pins `link` at `pin`, then removes its pin at `previous`: the link stays
+/// pinned throughout, so it never detaches.
+fn move_pin(link: FdLink, previous: Option<&Path>, pin: &Path) -> Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("pinning the link at {}", pin.display()))?;
+    if let Some(previous) = previous {
+        std::fs::remove_file(previous)
+            .with_context(|| format!("removing the earlier pin {}", previous.display()))?;
+    }
+    Ok(())
 }
 
 /// Names of the interfaces in this network namespace.

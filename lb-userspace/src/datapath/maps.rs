@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use lb_common::{
     Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
     SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -27,6 +27,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_SERVICE_LABELS,
     lb_common::MAP_AFFINITY,
     MAP_SERVICE_STATS,
+    lb_common::MAP_EVENTS,
 ];
 
 /// The maps the control path writes, plus the counters it reads.
@@ -45,6 +46,8 @@ pub struct Maps {
     pub labels: HashMap<MapData, u32, ServiceLabel>,
     /// Per-CPU packets and bytes per frontend.
     pub service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
+    /// Per-CPU event counters.
+    pub events: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -62,6 +65,7 @@ impl Maps {
             verdicts: PerCpuArray::try_from(take(MAP_VERDICTS)?)?,
             labels: HashMap::try_from(take(MAP_SERVICE_LABELS)?)?,
             service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?)?,
+            events: PerCpuArray::try_from(take(lb_common::MAP_EVENTS)?)?,
         })
     }
 
@@ -85,6 +89,7 @@ impl Maps {
             verdicts: PerCpuArray::try_from(Map::PerCpuArray(open(MAP_VERDICTS)?))?,
             labels: HashMap::try_from(Map::HashMap(open(MAP_SERVICE_LABELS)?))?,
             service_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(MAP_SERVICE_STATS)?))?,
+            events: PerCpuArray::try_from(Map::PerCpuArray(open(lb_common::MAP_EVENTS)?))?,
         })
     }
 
@@ -102,6 +107,21 @@ impl Maps {
             out.push((id, total));
         }
         Ok(out)
+    }
+
+    /// Sums the per-CPU count of `event`.
+    pub fn event_total(&self, event: lb_common::Event) -> Result<u64> {
+        Ok(self.events.get(&(event as u32), 0)?.iter().sum())
+    }
+
+    /// Adds `count` to `event` (on the first CPU's slot): entries carried
+    /// over from an earlier layout count as created.
+    pub fn add_events(&mut self, event: lb_common::Event, count: u64) -> Result<()> {
+        let mut values = self.events.get(&(event as u32), 0)?.to_vec();
+        values[0] += count;
+        self.events
+            .set(event as u32, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 
     /// Sums the per-CPU verdict counters, in `Verdict::ALL` order.
@@ -124,7 +144,8 @@ pub struct Slab {
 }
 
 impl Slab {
-    fn new(map: Map) -> Result<Self> {
+    /// Maps the slab array of `map` into this process.
+    pub(super) fn new(map: Map) -> Result<Self> {
         let fd = match &map {
             Map::Array(data) => data.fd().as_fd().as_raw_fd(),
             _ => bail!("{MAP_MAGLEV} is not an array map"),

@@ -3,6 +3,8 @@
 
 mod adopt;
 mod attach;
+mod handover;
+pub mod layout;
 pub mod maps;
 mod writer;
 
@@ -17,8 +19,14 @@ use aya::{programs::XdpMode, Ebpf, EbpfLoader, VerifierLogLevel};
 use lb_common::{NodeConfig, MAP_MAGLEV, MAP_SERVICES};
 use tracing::{info, warn};
 
-use self::maps::{Maps, PINNED_MAPS};
-pub use self::writer::{decode_label, encode_label};
+use self::{
+    handover::PendingHandover,
+    maps::{Maps, PINNED_MAPS},
+};
+pub use self::{
+    layout::PIN_LAYOUT,
+    writer::{decode_label, encode_label},
+};
 
 /// The kernel programs' object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -66,6 +74,8 @@ pub struct Datapath {
     sysctls: Vec<(String, String)>,
     /// The maps came from an earlier agent's pins.
     adopted: bool,
+    /// A hand-over from an earlier pin layout, finished after the first sync.
+    handover: Option<PendingHandover>,
 }
 
 impl Datapath {
@@ -73,6 +83,10 @@ impl Datapath {
     /// under the same pin directory (and layout version) are adopted with
     /// their contents, conntrack included; pinned links get the new programs
     /// atomically. What is new is pinned, so it outlives this process.
+    ///
+    /// Pins of an earlier layout version start a hand-over: the maps this
+    /// agent can read are copied, and the earlier programs keep serving
+    /// until [`Datapath::finish_handover`] moves their links.
     pub fn load(config: DatapathConfig) -> Result<Self> {
         raise_memlock_limit();
         let dir = pins_dir(&config.pin_dir);
@@ -82,7 +96,10 @@ impl Datapath {
                 dir.display()
             )
         })?;
+        let expected = layout::object_shapes()?;
+        layout::check_same_version(&dir, &layout::pinned_shapes(&dir), expected)?;
         let adopted = dir.join(MAP_SERVICES).exists();
+        let handover = Self::plan_handover(&config.pin_dir, adopted, expected);
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(
             MAP_MAGLEV,
@@ -103,7 +120,7 @@ impl Datapath {
         }
         let pin_dir = config.pin_dir.clone();
         // A fresh start that fails must not leave pins behind.
-        Self::attach_all(ebpf, config, adopted).inspect_err(|_| {
+        Self::attach_all(ebpf, config, adopted, handover).inspect_err(|_| {
             if !adopted {
                 cleanup(&pin_dir);
             }
@@ -133,8 +150,63 @@ impl Datapath {
             .join(format!("{kind}-{iface}"))
     }
 
-    fn attach_all(mut ebpf: Ebpf, config: DatapathConfig, adopted: bool) -> Result<Self> {
+    /// The hand-over from earlier layouts found under `pin_dir`, if any: what
+    /// to carry from the newest (unless this layout's pins were adopted).
+    fn plan_handover(
+        pin_dir: &Path,
+        adopted: bool,
+        expected: &layout::Shapes,
+    ) -> Option<PendingHandover> {
+        let versions = layout::other_layouts(pin_dir);
+        let newest = versions.last()?;
+        let carry = (!adopted).then(|| {
+            let from = pin_dir.join(newest);
+            let plan = layout::plan_handover(newest, &layout::pinned_shapes(&from), expected);
+            for (map, why) in &plan.fresh {
+                warn!(
+                    map,
+                    "not carried over from layout {newest}: {why}; it starts empty"
+                );
+            }
+            (from, plan)
+        });
+        info!(earlier = ?versions, "pins of an earlier layout: handing over");
+        Some(PendingHandover {
+            dirs: versions.iter().map(|v| pin_dir.join(v)).collect(),
+            carry,
+            copied: (0, 0),
+        })
+    }
+
+    fn attach_all(
+        mut ebpf: Ebpf,
+        config: DatapathConfig,
+        mut adopted: bool,
+        mut handover: Option<PendingHandover>,
+    ) -> Result<Self> {
         let mut maps = Maps::take(&mut ebpf)?;
+        if let Some(PendingHandover {
+            carry: Some((from, plan)),
+            copied,
+            ..
+        }) = handover.as_mut()
+        {
+            let dir = pins_dir(&config.pin_dir);
+            if plan.carries_services() {
+                handover::carry_services(from, &dir, &mut maps)
+                    .context("carrying the services over from the earlier layout")?;
+                adopted = true;
+            }
+            *copied = handover::carry_state(from, &dir, plan)
+                .context("carrying the flows over from the earlier layout")?;
+            info!(
+                from = plan.from,
+                carried = ?plan.carry,
+                conntrack = copied.0,
+                reverse_nat = copied.1,
+                "carried the earlier layout's maps over"
+            );
+        }
         maps.config.set(
             0,
             NodeConfig {
@@ -150,17 +222,113 @@ impl Datapath {
             tc_attached: BTreeSet::new(),
             sysctls: Vec::new(),
             adopted,
+            handover,
         };
         attach::load_programs(&mut datapath.ebpf)?;
         for iface in &datapath.config.xdp_ifaces.clone() {
             let pin = datapath.link_pin("xdp", iface);
-            let how =
-                attach::attach_xdp(&mut datapath.ebpf, iface, datapath.config.xdp_mode, &pin)?;
+            if datapath.awaits_handover("xdp", iface, &pin) {
+                info!(
+                    iface,
+                    "the earlier layout's XDP program serves until the first sync"
+                );
+                continue;
+            }
+            let how = attach::attach_xdp(
+                &mut datapath.ebpf,
+                iface,
+                datapath.config.xdp_mode,
+                &pin,
+                None,
+            )?;
             datapath.set_accept_local(iface, how)?;
             info!(iface, ?how, "XDP program attached");
         }
         datapath.attach_new_pod_interfaces()?;
         Ok(datapath)
+    }
+
+    /// Whether `iface` keeps an earlier layout's program of `kind` until the
+    /// hand-over finishes (this layout has no link pinned there yet).
+    fn awaits_handover(&self, kind: &str, iface: &str, pin: &Path) -> bool {
+        !pin.exists()
+            && self
+                .handover
+                .as_ref()
+                .is_some_and(|h| h.has_link(kind, iface))
+    }
+
+    /// Finishes a hand-over from an earlier layout, once the maps hold the
+    /// first sync: moves each earlier link to these programs (atomically,
+    /// so the interface is never without a program), detaches those of
+    /// interfaces no longer configured, copies the flows the earlier
+    /// programs made meanwhile and their counters, and removes the earlier pins.
+    pub fn finish_handover(&mut self) -> Result<()> {
+        let Some(pending) = self.handover.take() else {
+            return Ok(());
+        };
+        for dir in &pending.dirs {
+            let links = std::fs::read_dir(dir.join(LINKS_DIR)).into_iter().flatten();
+            for entry in links.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry.path();
+                let Some((kind, iface)) = name.split_once('-') else {
+                    continue;
+                };
+                let pin = self.link_pin(kind, iface);
+                let moved = match kind {
+                    "xdp" if self.config.xdp_ifaces.iter().any(|i| i == iface) => {
+                        attach::attach_xdp(
+                            &mut self.ebpf,
+                            iface,
+                            self.config.xdp_mode,
+                            &pin,
+                            Some(&old),
+                        )
+                        .map(Some)
+                    }
+                    "tc" if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) => {
+                        attach::attach_tc(&mut self.ebpf, iface, &pin, Some(&old)).map(|how| {
+                            self.tc_attached.insert(iface.to_string());
+                            Some(how)
+                        })
+                    }
+                    _ => Ok(None),
+                };
+                match moved {
+                    Ok(Some(how)) => {
+                        self.set_accept_local(iface, how)?;
+                        info!(iface, kind, "took over the earlier layout's link");
+                    }
+                    Ok(None) => {
+                        // Not configured any more: removing the last pin detaches it.
+                        let _ = std::fs::remove_file(&old);
+                        info!(iface, kind, "detached the earlier layout's program");
+                    }
+                    Err(e) => warn!(iface, kind, "cannot take over the earlier link: {e:#}"),
+                }
+            }
+        }
+        let dir = pins_dir(&self.config.pin_dir);
+        if let Some((from, plan)) = &pending.carry {
+            let (ct, rev) = handover::carry_state(from, &dir, plan)?;
+            handover::carry_counters(from, &dir, plan)?;
+            if !plan.carry.contains(&lb_common::MAP_EVENTS) {
+                // Carried entries count as created, so evictions stay created - live.
+                let (ct, rev) = (pending.copied.0 + ct, pending.copied.1 + rev);
+                self.maps
+                    .add_events(lb_common::Event::ConntrackCreated, ct)?;
+                self.maps.add_events(lb_common::Event::RevNatCreated, rev)?;
+            }
+        }
+        for old in &pending.dirs {
+            remove_layout_dir(old);
+        }
+        info!(
+            removed = ?pending.dirs,
+            "hand-over from the earlier layout finished"
+        );
+        Ok(())
     }
 
     /// Sets `accept_local`, remembering the value to restore unless an earlier
@@ -186,7 +354,10 @@ impl Datapath {
                 continue;
             }
             let pin = self.link_pin("tc", &iface);
-            match attach::attach_tc(&mut self.ebpf, &iface, &pin)
+            if self.awaits_handover("tc", &iface, &pin) {
+                continue;
+            }
+            match attach::attach_tc(&mut self.ebpf, &iface, &pin, None)
                 .and_then(|how| self.set_accept_local(&iface, how).map(|()| how))
             {
                 Ok(how) => {
@@ -233,9 +404,6 @@ impl Datapath {
     }
 }
 
-/// Version of the pin layout (map names, key and value layouts). A new layout
-/// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v1";
 /// Subdirectory of the pinned links.
 const LINKS_DIR: &str = "links";
 
@@ -246,25 +414,28 @@ pub fn pins_dir(pin_dir: &Path) -> PathBuf {
 }
 
 /// Detaches every pinned link (removing a link's last pin detaches it) and
-/// removes the pinned maps: `lb-agent cleanup`. Best effort, idempotent.
+/// removes the pinned maps, of every layout version: `lb-agent cleanup`.
+/// Best effort, idempotent.
 pub fn cleanup(pin_dir: &Path) {
-    let dir = pins_dir(pin_dir);
+    for version in layout::other_layouts(pin_dir) {
+        remove_layout_dir(&pin_dir.join(version));
+    }
+    remove_layout_dir(&pins_dir(pin_dir));
+    let _ = std::fs::remove_dir(pin_dir);
+}
+
+/// Removes a layout directory: its links first (detaching them), then its
+/// maps and whatever else it holds. Best effort.
+fn remove_layout_dir(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir.join(LINKS_DIR)) {
         for entry in entries.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let _ = std::fs::remove_dir(dir.join(LINKS_DIR));
-    remove_pins(&dir);
-    let _ = std::fs::remove_dir(pin_dir);
-}
-
-/// Removes the pinned maps and their directory (errors are ignored: best effort).
-pub fn remove_pins(dir: &Path) {
     for name in PINNED_MAPS {
         let _ = std::fs::remove_file(dir.join(name));
     }
-    let _ = std::fs::remove_dir(dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn raise_memlock_limit() {

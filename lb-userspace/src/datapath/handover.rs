@@ -1,0 +1,180 @@
+//! Hand-over from an earlier pin layout: the maps this agent can read are
+//! copied into its own (see [`super::layout::plan_handover`]); the links move
+//! to the new programs once the first sync has filled the new maps.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    Pod,
+};
+use lb_common::{
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, RevNatEntry, ServiceEntry, ServiceKey,
+    ServiceLabel, ServiceStats, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV,
+    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_VERDICTS,
+};
+
+use super::{
+    layout::Handover,
+    maps::{Maps, Slab},
+};
+
+/// `BPF_NOEXIST`: an entry the new programs already wrote is kept.
+const BPF_NOEXIST: u64 = 1;
+
+/// A hand-over under way: the earlier layouts' directories, and what is
+/// carried from the newest of them.
+pub struct PendingHandover {
+    /// Directories of earlier layouts, whose links move once the first sync is done.
+    pub dirs: Vec<PathBuf>,
+    /// The directory carried from, and the plan.
+    pub carry: Option<(PathBuf, Handover)>,
+    /// Conntrack and reverse-NAT entries copied so far.
+    pub copied: (u64, u64),
+}
+
+impl PendingHandover {
+    /// Whether an earlier layout has a link pinned for `kind` ("xdp", "tc") on `iface`.
+    #[must_use]
+    pub fn has_link(&self, kind: &str, iface: &str) -> bool {
+        self.dirs.iter().any(|d| link_pin(d, kind, iface).exists())
+    }
+}
+
+/// Where a layout directory pins the link of `kind` on `iface`.
+#[must_use]
+pub fn link_pin(layout_dir: &Path, kind: &str, iface: &str) -> PathBuf {
+    layout_dir
+        .join(super::LINKS_DIR)
+        .join(format!("{kind}-{iface}"))
+}
+
+fn open(path: &Path) -> Result<Map> {
+    let data =
+        MapData::from_pin(path).with_context(|| format!("opening the map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+fn exists(error: &MapError) -> bool {
+    matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+/// Copies every entry of the hash map at `old` into the one at `new`, keeping
+/// entries `new` has already. Returns how many were copied.
+fn copy_hash<K: Pod, V: Pod>(old: &Path, new: &Path) -> Result<u64> {
+    let from: HashMap<MapData, K, V> = HashMap::try_from(open(old)?)?;
+    let mut to: HashMap<MapData, K, V> = HashMap::try_from(open(new)?)?;
+    let mut copied = 0;
+    for item in &from {
+        let (key, value) = item?;
+        match to.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => copied += 1,
+            Err(e) if exists(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("copying into {}", new.display())),
+        }
+    }
+    Ok(copied)
+}
+
+/// Copies the array at `old` into the one at `new` (at least as long).
+fn copy_array<V: Pod>(old: &Path, new: &Path) -> Result<()> {
+    let from: Array<MapData, V> = Array::try_from(open(old)?)?;
+    let mut to: Array<MapData, V> = Array::try_from(open(new)?)?;
+    for index in 0..from.len() {
+        to.set(index, from.get(&index, 0)?, 0)?;
+    }
+    Ok(())
+}
+
+/// Adds the per-CPU counters of the array at `old` to those at `new`.
+fn add_per_cpu_array(old: &Path, new: &Path) -> Result<()> {
+    let from: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open(old)?)?;
+    let mut to: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open(new)?)?;
+    for index in 0..from.len().min(to.len()) {
+        let mut sum = to.get(&index, 0)?.to_vec();
+        for (total, old) in sum.iter_mut().zip(from.get(&index, 0)?.iter()) {
+            *total += old;
+        }
+        to.set(index, PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
+}
+
+/// Adds the per-service counters at `old` to those at `new`.
+fn add_service_stats(old: &Path, new: &Path) -> Result<()> {
+    let from: PerCpuHashMap<MapData, u32, ServiceStats> = PerCpuHashMap::try_from(open(old)?)?;
+    let mut to: PerCpuHashMap<MapData, u32, ServiceStats> = PerCpuHashMap::try_from(open(new)?)?;
+    for item in &from {
+        let (id, old) = item?;
+        let mut sum = old.to_vec();
+        if let Ok(current) = to.get(&id, 0) {
+            for (total, new) in sum.iter_mut().zip(current.iter()) {
+                total.packets += new.packets;
+                total.bytes += new.bytes;
+            }
+        }
+        to.insert(id, PerCpuValues::try_from(sum)?, 0)?;
+    }
+    Ok(())
+}
+
+/// Copies the services, backends and Maglev tables: the slab and the
+/// backends first, the frontends last, so no frontend points at a missing table.
+pub fn carry_services(old_dir: &Path, new_dir: &Path, maps: &mut Maps) -> Result<()> {
+    let old_slab = Slab::new(open(&old_dir.join(MAP_MAGLEV))?)?;
+    maps.slab.write(0, &old_slab.read(0, old_slab.slots())?)?;
+    copy_array::<Backend>(&old_dir.join(MAP_BACKENDS), &new_dir.join(MAP_BACKENDS))?;
+    copy_hash::<u32, ServiceLabel>(
+        &old_dir.join(MAP_SERVICE_LABELS),
+        &new_dir.join(MAP_SERVICE_LABELS),
+    )?;
+    copy_hash::<ServiceKey, ServiceEntry>(
+        &old_dir.join(MAP_SERVICES),
+        &new_dir.join(MAP_SERVICES),
+    )?;
+    Ok(())
+}
+
+/// Copies the flow state the plan carries (conntrack, reverse NAT, affinity),
+/// keeping entries the new programs made. Returns the conntrack and
+/// reverse-NAT entries copied.
+pub fn carry_state(old_dir: &Path, new_dir: &Path, plan: &Handover) -> Result<(u64, u64)> {
+    let carries = |name| plan.carry.contains(&name);
+    let mut copied = (0, 0);
+    if carries(MAP_CONNTRACK) {
+        copied.0 = copy_hash::<FlowKey, CtEntry>(
+            &old_dir.join(MAP_CONNTRACK),
+            &new_dir.join(MAP_CONNTRACK),
+        )?;
+    }
+    if carries(MAP_REVNAT) {
+        copied.1 = copy_hash::<FlowKey, RevNatEntry>(
+            &old_dir.join(MAP_REVNAT),
+            &new_dir.join(MAP_REVNAT),
+        )?;
+    }
+    if carries(MAP_AFFINITY) {
+        copy_hash::<AffinityKey, AffinityEntry>(
+            &old_dir.join(MAP_AFFINITY),
+            &new_dir.join(MAP_AFFINITY),
+        )?;
+    }
+    Ok(copied)
+}
+
+/// Adds the counters the plan carries; once the old programs are detached.
+pub fn carry_counters(old_dir: &Path, new_dir: &Path, plan: &Handover) -> Result<()> {
+    for name in [MAP_VERDICTS, MAP_EVENTS] {
+        if plan.carry.contains(&name) {
+            add_per_cpu_array(&old_dir.join(name), &new_dir.join(name))?;
+        }
+    }
+    if plan.carry.contains(&MAP_SERVICE_STATS) {
+        add_service_stats(
+            &old_dir.join(MAP_SERVICE_STATS),
+            &new_dir.join(MAP_SERVICE_STATS),
+        )?;
+    }
+    Ok(())
+}

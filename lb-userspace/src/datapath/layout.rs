@@ -1,0 +1,272 @@
+//! The pin layout: which version of the map layouts a pin directory holds,
+//! the shape every pinned map must have before it is read, and what an agent
+//! may carry over from an earlier layout during a hand-over.
+
+use std::{collections::BTreeMap, path::Path, sync::OnceLock};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapInfo;
+use lb_common::{
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES,
+    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_VERDICTS,
+};
+
+use super::{maps::PINNED_MAPS, EBPF_OBJECT};
+
+/// Version of the pin layout (map names, key and value layouts). A new layout
+/// gets a new directory, so an agent never misreads an older agent's maps.
+pub const PIN_LAYOUT: &str = "v2";
+
+/// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
+/// change without a new version (then bump the version, extend
+/// [`READABLE_LAYOUTS`], and record the new fingerprint here).
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 2_389_935_696_906_746_750;
+
+/// Earlier layouts this agent can read, each with the maps whose key and
+/// value layouts are unchanged since: only those are carried over.
+pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[(
+    // v2 added EVENTS; every other map kept its layout.
+    "v1",
+    &[
+        MAP_SERVICES,
+        MAP_BACKENDS,
+        MAP_MAGLEV,
+        MAP_SERVICE_LABELS,
+        MAP_CONNTRACK,
+        MAP_REVNAT,
+        MAP_AFFINITY,
+        MAP_VERDICTS,
+        MAP_SERVICE_STATS,
+    ],
+)];
+
+/// The maps naming each other's ids (service ids, backend ids, slab
+/// offsets): carried all together or not at all.
+pub const SERVICE_MAPS: [&str; 4] = [MAP_MAGLEV, MAP_BACKENDS, MAP_SERVICE_LABELS, MAP_SERVICES];
+/// Maps whose entries hold service or backend ids: carried only with [`SERVICE_MAPS`].
+pub const ID_DEPENDENT_MAPS: [&str; 3] = [MAP_CONNTRACK, MAP_AFFINITY, MAP_SERVICE_STATS];
+/// Maps carried on their own when readable: addresses and counters only.
+pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];
+
+/// A map's kind and sizes: what must match before its contents are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    /// `bpf_map_type`.
+    pub map_type: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+    /// Capacity (an array's length).
+    pub max_entries: u32,
+}
+
+impl MapShape {
+    /// Whether a map of shape `self` can be read as one of shape `expected`
+    /// (the capacity may differ: the slab's follows `--maglev-slab-slots`).
+    #[must_use]
+    pub fn matches(&self, expected: &MapShape) -> bool {
+        self.map_type == expected.map_type
+            && self.key_size == expected.key_size
+            && self.value_size == expected.value_size
+    }
+
+    /// Whether the contents of a map of shape `self` fit one of shape `new`.
+    #[must_use]
+    pub fn fits_into(&self, new: &MapShape) -> bool {
+        self.matches(new) && (!is_array(self.map_type) || self.max_entries <= new.max_entries)
+    }
+}
+
+fn is_array(map_type: u32) -> bool {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    matches!(map_type, BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_PERCPU_ARRAY)
+}
+
+/// Shapes of the pinned maps, by name.
+pub type Shapes = BTreeMap<String, MapShape>;
+
+/// The shapes of the pinned maps as the embedded programs declare them.
+pub fn object_shapes() -> Result<&'static Shapes> {
+    static SHAPES: OnceLock<Shapes> = OnceLock::new();
+    if let Some(shapes) = SHAPES.get() {
+        return Ok(shapes);
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the eBPF object")?;
+    let mut shapes = Shapes::new();
+    for name in PINNED_MAPS {
+        let map = object
+            .maps
+            .get(name)
+            .with_context(|| format!("the eBPF object has no map {name}"))?;
+        shapes.insert(
+            name.to_string(),
+            MapShape {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: map.max_entries(),
+            },
+        );
+    }
+    Ok(SHAPES.get_or_init(|| shapes))
+}
+
+/// The shape of the map pinned at `path`.
+pub fn pinned_shape(path: &Path) -> Result<MapShape> {
+    let info = MapInfo::from_pin(path)
+        .with_context(|| format!("reading the pinned map {}", path.display()))?;
+    Ok(MapShape {
+        map_type: info.map_type()? as u32,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    })
+}
+
+/// The shapes of the maps pinned in `dir` (a layout directory), by name;
+/// entries that are not maps (the links directory) are skipped.
+#[must_use]
+pub fn pinned_shapes(dir: &Path) -> Shapes {
+    let mut shapes = Shapes::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return shapes;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(shape) = pinned_shape(&entry.path()) {
+            shapes.insert(name, shape);
+        }
+    }
+    shapes
+}
+
+/// Refuses a layout directory of this agent's version whose maps do not
+/// have the shapes the programs expect (a layout changed without a new
+/// version): reading them would misread every entry.
+pub fn check_same_version(dir: &Path, pinned: &Shapes, expected: &Shapes) -> Result<()> {
+    for (name, shape) in pinned {
+        let Some(want) = expected.get(name) else {
+            continue;
+        };
+        if !shape.matches(want) {
+            bail!(
+                "the map {name} pinned in {} has {shape:?} but this agent's programs expect \
+                 {want:?}: the layout changed without a new version ({PIN_LAYOUT}); remove the \
+                 pins with `lb-agent cleanup` (this resets connection tracking)",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a hand-over from an earlier layout carries over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handover {
+    /// The earlier layout's version.
+    pub from: String,
+    /// Maps whose entries are copied into the new ones.
+    pub carry: Vec<&'static str>,
+    /// Maps that start empty, each with the reason.
+    pub fresh: Vec<(&'static str, String)>,
+}
+
+impl Handover {
+    /// Whether the services, backends and Maglev tables come along (then the
+    /// new agent adopts them like its own pins).
+    #[must_use]
+    pub fn carries_services(&self) -> bool {
+        self.carry.contains(&MAP_SERVICES)
+    }
+}
+
+/// Decides what to carry over from the maps of layout `from` (shapes `old`)
+/// into maps of shapes `new`: only maps this agent knows to be unchanged
+/// since `from`, of the same shape; id-bearing maps only with the services.
+#[must_use]
+pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
+    let readable: &[&str] = READABLE_LAYOUTS
+        .iter()
+        .find(|(version, _)| *version == from)
+        .map_or(&[], |(_, maps)| maps);
+    let check = |name: &'static str| -> Result<(), String> {
+        let (Some(o), Some(n)) = (old.get(name), new.get(name)) else {
+            return Err(format!("layout {from} has no such map"));
+        };
+        if !readable.contains(&name) {
+            return Err(if readable.is_empty() {
+                format!("layout {from} is unknown to this agent")
+            } else {
+                format!("its layout changed since {from}")
+            });
+        }
+        if o.fits_into(n) {
+            Ok(())
+        } else {
+            Err(format!("its shape differs ({o:?} vs {n:?})"))
+        }
+    };
+    let mut plan = Handover {
+        from: from.to_string(),
+        ..Handover::default()
+    };
+    let services = SERVICE_MAPS.iter().try_for_each(|&name| {
+        check(name).map_err(|why| format!("{name} cannot be carried: {why}"))
+    });
+    for name in SERVICE_MAPS.into_iter().chain(ID_DEPENDENT_MAPS) {
+        let verdict = services.clone().and_then(|()| check(name));
+        match verdict {
+            Ok(()) => plan.carry.push(name),
+            Err(why) => plan.fresh.push((name, why)),
+        }
+    }
+    for name in INDEPENDENT_MAPS {
+        match check(name) {
+            Ok(()) => plan.carry.push(name),
+            Err(why) => plan.fresh.push((name, why)),
+        }
+    }
+    plan
+}
+
+/// A stable fingerprint of map shapes (FNV-1a over names, types and sizes).
+#[must_use]
+pub fn fingerprint(shapes: &Shapes) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, shape) in shapes {
+        eat(name.as_bytes());
+        // Capacities are left out: they change without changing a layout.
+        for n in [shape.map_type, shape.key_size, shape.value_size] {
+            eat(&n.to_le_bytes());
+        }
+    }
+    hash
+}
+
+/// Directories of other layout versions under `pin_dir` (`v<N>`), oldest first.
+#[must_use]
+pub fn other_layouts(pin_dir: &Path) -> Vec<String> {
+    let mut versions: Vec<(u32, String)> = std::fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix('v')?.parse().ok()?;
+            (name != PIN_LAYOUT && e.path().is_dir()).then_some((n, name))
+        })
+        .collect();
+    versions.sort();
+    versions.into_iter().map(|(_, name)| name).collect()
+}
+
+#[cfg(test)]
+mod tests;
