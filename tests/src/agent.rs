@@ -105,6 +105,12 @@ impl Agent {
         })
     }
 
+    /// The agent's process id (nsenter execs it, so it is the agent itself).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Waits until the agent prints `lb-agent ready`.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
@@ -122,7 +128,7 @@ impl Agent {
                     self.log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
         bail!("lb-agent was not ready after {timeout:?}:\n{}", self.log())
     }

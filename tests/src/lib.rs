@@ -3,8 +3,12 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod charts;
+pub mod kubeproxy;
+pub mod load;
 pub mod netns;
 pub mod packet;
+pub mod procfs;
 pub mod stats;
 pub mod topology;
 pub mod traffic;

@@ -85,6 +85,42 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Whether the calling thread is inside this namespace.
+    #[must_use]
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = std::fs::metadata(format!("/run/netns/{}", self.name));
+        let current = std::fs::metadata("/proc/thread-self/ns/net");
+        matches!((ns, current), (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev())
+    }
+
+    /// A tokio runtime whose worker threads run inside the namespace: the
+    /// sockets its spawned tasks open live there. (`block_on` runs its
+    /// future on the calling thread, outside: spawn the work.): the sockets
+    /// its tasks open live there.
+    pub fn runtime(&self, threads: usize) -> Result<tokio::runtime::Runtime> {
+        let path = format!("/run/netns/{}", self.name);
+        File::open(&path).with_context(|| format!("opening {path}"))?;
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .on_thread_start(move || {
+                let file = File::open(&path).expect("the namespace exists");
+                // SAFETY: as in `run`: only this thread changes namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns into {path}: {}",
+                    std::io::Error::last_os_error()
+                );
+            })
+            .build()
+            .context("building a runtime in the namespace")
+    }
+}
+
 /// A [`Netns`] that is not deleted when dropped.
 pub struct Borrowed(std::mem::ManuallyDrop<Netns>);
 

@@ -98,36 +98,72 @@ pub fn demo() -> Result<()> {
         .env("LB_AGENT_BIN", agent))
 }
 
-/// The benchmarks; their tables are assembled into BENCHMARKS.md.
+/// The benchmarks; their tables are assembled into BENCHMARKS.md and their
+/// figures into target/bench/report.json.
 pub fn bench(quick: bool) -> Result<()> {
     require_root("cargo xtask bench")?;
     setup()?;
+    // The comparison needs kube-proxy's rule loaders; the charts a font.
+    crate::setup::ensure_tools(&[
+        ("iptables-restore", "iptables"),
+        ("nft", "nftables"),
+        (
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "fonts-dejavu-core",
+        ),
+    ])?;
     let agent = build(true)?;
-    let mut packet = cargo();
-    packet.args(["bench", "-p", "lb-tests", "--bench", "packet"]);
-    let mut control = cargo();
-    control
-        .args(["bench", "-p", "lb-tests", "--bench", "control"])
-        .env("LB_AGENT_BIN", agent);
-    if quick {
-        packet.env("LB_BENCH_QUICK", "1");
-        control.env("LB_BENCH_QUICK", "1");
+    for name in ["packet", "control", "e2e"] {
+        let mut bench = cargo();
+        bench
+            .args(["bench", "-p", "lb-tests", "--bench", name])
+            .env("LB_AGENT_BIN", &agent);
+        if quick {
+            bench.env("LB_BENCH_QUICK", "1");
+        }
+        run(&mut bench)?;
     }
-    run(&mut packet)?;
-    run(&mut control)?;
     let out = root().join("target/bench");
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench`{} on this project's CI machine kind \
-         (2 cores, shared: read ratios, not absolute times). Raw figures: `target/bench/*.json`.\n\n\
-         ## Per packet, in the kernel\n\n{}\n## Control path\n\n{}\n\
-         Comparisons with kube-proxy's iptables and nftables layouts, end-to-end figures and charts \
-         are not measured yet (issue 4).\n",
+         (2 cores, shared: read ratios, not absolute times). Every figure: \
+         `target/bench/report.json`.\n\n## End to end\n\n\
+         ![New connections per second](docs/bench/e2e-connections.png)\n\n\
+         ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
+         ## Control path\n\n{}",
         if quick { " --quick" } else { "" },
+        read("e2e.md"),
         read("packet.md"),
         read("control.md")
     );
+    // The charts are committed next to the report, which shows them.
+    let charts = root().join("docs/bench");
+    std::fs::create_dir_all(&charts)?;
+    for png in ["e2e-connections.png", "e2e-requests.png"] {
+        if out.join(png).exists() {
+            std::fs::copy(out.join(png), charts.join(png))?;
+        }
+    }
     std::fs::write(root().join("BENCHMARKS.md"), report)?;
-    eprintln!("wrote BENCHMARKS.md");
+    let json = |name: &str| {
+        let text = read(name);
+        if text.trim().is_empty() {
+            "null".to_string()
+        } else {
+            text
+        }
+    };
+    std::fs::write(
+        out.join("report.json"),
+        format!(
+            "{{\"quick\": {quick},\n\"e2e\": {},\n\"packet\": {},\n\"control\": {}}}\n",
+            json("e2e.json"),
+            json("packet.json"),
+            json("control.json")
+        ),
+    )?;
+    println!("{}", read("summary.txt"));
+    eprintln!("wrote BENCHMARKS.md and target/bench/report.json");
     Ok(())
 }

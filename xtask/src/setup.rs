@@ -100,9 +100,19 @@ fn ensure_bpf_linker(major: &str, version: &str) -> Result<()> {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = [("ethtool", "ethtool"), ("ip", "iproute2")]
-        .into_iter()
+    ensure_tools(&[("ethtool", "ethtool"), ("ip", "iproute2")])
+}
+
+/// Installs the Debian packages of the `(command or absolute file, package)` pairs that are missing.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|(bin, _)| {
+            if bin.starts_with('/') {
+                // A file the package provides (a font, say), not a command.
+                return !std::path::Path::new(bin).exists();
+            }
             output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_err()
         })
         .map(|(_, pkg)| pkg)
