@@ -74,11 +74,12 @@ pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
 pub const MAX_SERVICES: u32 = 65_536;
 /// Capacity of the backends array; id 0 is never used so a zero slot means "none".
 pub const MAX_BACKENDS: u32 = 262_144;
-/// Default number of slots in the Maglev slab (4 bytes each: 32 MiB), a
+/// Default number of slots in the Maglev slab (4 bytes each: 64 MiB, room
+/// for 10,000 Services of 10 endpoints at 1,021 slots each), a
 /// multiple of [`SLOTS_PER_SLAB_ENTRY`]. The
 /// agent can resize it at load time; it is memory-mapped (`BPF_F_MMAPABLE`)
 /// so the agent writes whole tables without a syscall per slot.
-pub const MAGLEV_SLAB_SLOTS: u32 = 1 << 23;
+pub const MAGLEV_SLAB_SLOTS: u32 = 1 << 24;
 /// Capacity of the connection-tracking map (forward direction).
 pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
 /// Capacity of the reverse-NAT map (one entry per tracked flow).
@@ -192,11 +193,25 @@ pub struct FlowKey {
 
 /// Conntrack flag: the flow's source was rewritten to the node address.
 pub const CT_F_SNAT: u32 = 1;
+/// Conntrack flag: the client sent FIN first.
+pub const CT_F_FIN_CLIENT: u32 = 2;
+/// Conntrack flag: the backend sent FIN first (it holds `TIME_WAIT`).
+pub const CT_F_FIN_BACKEND: u32 = 4;
+/// Conntrack flag: either side sent RST.
+pub const CT_F_RST: u32 = 8;
+/// Conntrack flags that mark a closing flow.
+pub const CT_F_CLOSING: u32 = CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST;
+/// Seconds a closed flow keeps its SNAT port after an RST (stragglers).
+pub const SNAT_HOLD_AFTER_RST_S: u32 = 1;
+/// Seconds after the client's FIN: the backend closes passively, no `TIME_WAIT` there.
+pub const SNAT_HOLD_AFTER_CLIENT_FIN_S: u32 = 2;
+/// Seconds after the backend's FIN: it holds `TIME_WAIT` for this tuple (Linux: 60 s).
+pub const SNAT_HOLD_AFTER_BACKEND_FIN_S: u32 = 60;
 
 /// Value of the conntrack map: the backend a client flow (keyed client -> service) is pinned to.
 ///
 /// Layout (32 bytes): `backend_id` u32 | `backend_addr` be32 | `backend_port` be16 |
-/// `snat_port` be16 | `snat_addr` be32 | `flags` u32 | pad u32 | `created_ns` u64.
+/// `snat_port` be16 | `snat_addr` be32 | `flags` u32 | `closing_s` u32 | `created_ns` u64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtEntry {
@@ -212,8 +227,9 @@ pub struct CtEntry {
     pub snat_addr: u32,
     /// `CT_F_*` bits.
     pub flags: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// Monotonic seconds (at least 1) when the flow was first seen closing
+    /// (FIN or RST); 0 while open. Its SNAT port is reused after a hold.
+    pub closing_s: u32,
     /// `bpf_ktime_get_ns` when the flow was created.
     pub created_ns: u64,
 }

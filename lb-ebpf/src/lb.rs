@@ -53,6 +53,11 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, hook: Hook) -> Action {
     // SAFETY: the LRU value is copied out at once.
     if let Some(rev) = unsafe { REVNAT.get(reply) } {
         let rev = *rev;
+        conntrack::note_flags(
+            &conntrack::client_key(&rev, flow.proto),
+            flow.tcp_flags,
+            false,
+        );
         counters::count(Verdict::Reversed);
         return Action::Rewrite(nat::reverse(&rev));
     }
@@ -67,6 +72,7 @@ fn to_service<C: EbpfContext>(ctx: &C, flow: &Flow, svc: &ServiceEntry, hook: Ho
     // also when it takes no new connections (terminating, not ready).
     let ct_key = conntrack::key(flow);
     if let Some((ct, chosen)) = conntrack::recall(&ct_key, svc) {
+        conntrack::note_flags(&ct_key, flow.tcp_flags, true);
         counters::count(Verdict::Translated);
         counters::count_service(svc.id, flow.len);
         affinity::touch(svc, flow, &chosen);

@@ -4,7 +4,7 @@ use lb_common::{
     flow_hash_of, Event, FlowKey, RevNatEntry, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
-use crate::{counters, maps::REVNAT, parse::Flow, select::Chosen};
+use crate::{conntrack, counters, maps::REVNAT, parse::Flow, select::Chosen};
 
 /// `BPF_ANY`: create or replace.
 const BPF_ANY: u64 = 0;
@@ -104,6 +104,17 @@ pub fn claim_snat_port(flow: &Flow, chosen: &Chosen, node_addr: u32) -> Option<u
         if REVNAT.insert(key, entry, BPF_NOEXIST).is_ok() {
             counters::event(Event::RevNatCreated);
             return Some(port.to_be());
+        }
+        // Taken: reuse it if the flow holding it is gone or closed long enough.
+        // SAFETY: the LRU value is copied out at once.
+        if let Some(holder) = unsafe { REVNAT.get(key) }.copied() {
+            if conntrack::release_snat_port(
+                &conntrack::client_key(&holder, flow.proto),
+                port.to_be(),
+            ) && REVNAT.insert(key, entry, BPF_ANY).is_ok()
+            {
+                return Some(port.to_be());
+            }
         }
     }
     None

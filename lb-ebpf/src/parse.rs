@@ -43,7 +43,20 @@ pub struct Flow {
     pub l4_off: usize,
     /// Length of the whole packet (linear and paged), Ethernet included.
     pub len: u32,
+    /// TCP flags (`TCP_F_*`), 0 for UDP.
+    pub tcp_flags: u8,
 }
+
+/// TCP flag FIN.
+pub const TCP_F_FIN: u8 = 0x01;
+/// TCP flag SYN.
+pub const TCP_F_SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const TCP_F_RST: u8 = 0x04;
+/// TCP flag ACK.
+pub const TCP_F_ACK: u8 = 0x10;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
 
 impl Flow {
     /// Offset of the L4 checksum from the start of the packet.
@@ -92,6 +105,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
     }
     let l4_off = L3_OFF + ihl;
     let l4 = opaque(data + l4_off);
+    let mut tcp_flags = 0;
     match proto {
         IPPROTO_TCP => {
             if tot_len < ihl + TcpHdr::LEN || l4 + TcpHdr::LEN > data_end {
@@ -102,6 +116,8 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
             if usize::from(tcp.doff()) * 4 < TcpHdr::LEN {
                 return None;
             }
+            // SAFETY: the flags byte lies inside the TCP header checked above.
+            tcp_flags = unsafe { *((l4 + TCP_FLAGS_OFF) as *const u8) };
         }
         IPPROTO_UDP => {
             if tot_len < ihl + UdpHdr::LEN || l4 + UdpHdr::LEN > data_end {
@@ -130,6 +146,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
         // A packet is shorter than 4 GiB.
         #[allow(clippy::cast_possible_truncation)]
         len: len as u32,
+        tcp_flags,
     })
 }
 

@@ -135,7 +135,7 @@ mod tests {
             snat_port: 61234u16.to_be(),
             snat_addr: u32::from_ne_bytes([192, 168, 50, 11]),
             flags: CT_F_SNAT,
-            pad: 0,
+            closing_s: 0,
             created_ns: 1_000_000_000,
         };
         let f = flow(&key, &entry, 3_500_000_000);

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{apiserver::TestApiServer, stats::percentile};
+use lb_tests::{apiserver::TestApiServer, procfs, stats::percentile};
 use lb_userspace::{
     datapath::{cleanup, maps::Maps},
     desired::{Frontend, Protocol},
@@ -64,10 +64,23 @@ fn service_yaml(name: &str, ip: Ipv4Addr) -> String {
     format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
 }
 
-fn slice_yaml(service: &str, ip: &str) -> String {
-    slice(ip)
-        .replace("name: lat-1", &format!("name: {service}-1"))
-        .replace("service-name: lat", &format!("service-name: {service}"))
+/// The EndpointSlice of service number `i`: ten ready endpoints.
+fn slice_yaml(service: &str, i: u32) -> String {
+    let base = u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i * 10;
+    let endpoints: Vec<String> = (0..10)
+        .map(|k| {
+            format!(
+                "{{addresses: [\"{}\"], conditions: {{ready: true}}}}",
+                Ipv4Addr::from(base + k)
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n",
+        endpoints.join(", ")
+    )
 }
 
 /// With `extra` other services programmed, times `changes` slice changes of
@@ -77,12 +90,7 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
     for i in 0..extra {
         let ip = Ipv4Addr::from(0x0a60_1000 + i);
         server.apply(&service_yaml(&format!("s{i}"), ip)).unwrap();
-        server
-            .apply(&slice_yaml(
-                &format!("s{i}"),
-                &format!("10.250.{}.{}", i / 250, i % 250 + 1),
-            ))
-            .unwrap();
+        server.apply(&slice_yaml(&format!("s{i}"), i)).unwrap();
     }
     server
         .apply(&service_yaml("lat", Ipv4Addr::new(10, 96, 0, 60)))
@@ -97,20 +105,30 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
         proto: Protocol::Tcp,
     }
     .key();
-    let maps = loop {
-        if let Ok(maps) = Maps::from_pins(&pin_dir) {
-            if maps.services.get(&key, 0).is_ok() {
-                break maps;
-            }
-        }
+    // Ready: the first full sync wrote every service (the agent says so on stdout).
+    let mut stdout = std::io::BufReader::new(agent.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    while !line.contains("lb-agent ready") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
         assert!(
-            cold.elapsed() < Duration::from_mins(2),
-            "agent not ready: {}",
+            n > 0,
+            "agent exited before ready: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    }
     let cold = cold.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let peak_rss_kib = procfs::peak_rss_kib(&status).expect("VmHWM");
+    let maps_bytes = procfs::maps_memlock_of(agent.id());
+    let maps = Maps::from_pins(&pin_dir).unwrap();
+    let programmed = maps.services.keys().count();
+    assert_eq!(
+        programmed,
+        extra as usize + 1,
+        "every service programmed at ready: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let mut latencies = Vec::with_capacity(changes);
     for i in 0..changes {
         let before = maps.services.get(&key, 0).unwrap().table_offset;
@@ -147,17 +165,22 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
         percentile(&latencies, 99),
         latencies[latencies.len() - 1],
     );
+    #[allow(clippy::cast_precision_loss)] // memory sizes far below 2^52
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     let row = format!(
-        "| {} | {:.1} | {changes} | {:.2} | {:.2} | {:.2} |",
+        "| {} | {:.1} | {:.0} | {:.0} | {changes} | {:.2} | {:.2} | {:.2} |",
         extra + 1,
         ms(cold),
+        mib(peak_rss_kib * 1024),
+        mib(maps_bytes),
         ms(p50),
         ms(p99),
         ms(max)
     );
     println!("{row}");
     let json = serde_json::json!({
-        "services": extra + 1, "cold_start_ms": ms(cold), "changes": changes,
+        "services": extra + 1, "endpoints_per_other_service": 10, "cold_start_ms": ms(cold),
+        "agent_peak_rss_kib": peak_rss_kib, "maps_memlock_bytes": maps_bytes, "changes": changes,
         "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max),
     });
     (row, json)
@@ -167,23 +190,27 @@ fn main() {
     lb_tests::require_root();
     lb_tests::require_bpffs();
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
-    let header = "Control path: an EndpointSlice change at the test API server -> the kernel map holding it, \
-                  through the real agent (`--source kube`, release build).\n\n\
-                  | services programmed | cold start to programmed (ms) | changes | p50 (ms) | p99 (ms) | max (ms) |\n\
-                  |---:|---:|---:|---:|---:|---:|\n";
+    let header = "Control path, through the real agent (`--source kube`, release build) and the test API \
+                  server: cold start until the agent is ready with every Service programmed (the other \
+                  Services have 10 endpoints each), its peak RSS and its maps' kernel memory; then an \
+                  EndpointSlice change at the API server -> the kernel map holding it.\n\n\
+                  | services programmed | cold start to ready (ms) | agent peak RSS (MiB) | map memory (MiB) | changes | p50 (ms) | p99 (ms) | max (ms) |\n\
+                  |---:|---:|---:|---:|---:|---:|---:|---:|\n";
     print!("{header}");
     let (small, small_json) = measure(0, if quick { 200 } else { CHANGES });
+    let (mid, mid_json) = measure(999, if quick { 50 } else { 200 });
     let (large, large_json) = measure(9_999, if quick { 50 } else { 200 });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("control.md"),
-        format!("{header}{small}\n{large}\n"),
+        format!("{header}{small}\n{mid}\n{large}\n"),
     )
     .unwrap();
     std::fs::write(
         dir.join("control.json"),
-        serde_json::to_string_pretty(&serde_json::json!([small_json, large_json])).unwrap(),
+        serde_json::to_string_pretty(&serde_json::json!([small_json, mid_json, large_json]))
+            .unwrap(),
     )
     .unwrap();
 }

@@ -18,7 +18,9 @@ pub const XDP_PASS: u32 = 2;
 /// `TC_ACT_OK`.
 pub const TC_ACT_OK: u32 = 0;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP over IPv4 frame to build.
@@ -76,6 +78,22 @@ impl Packet {
     #[must_use]
     pub fn synack(mut self) -> Self {
         self.tcp_flags = TCP_SYN | TCP_ACK;
+        self.payload.clear();
+        self
+    }
+
+    /// Makes it a FIN (with ACK, as a closing peer sends it).
+    #[must_use]
+    pub fn fin(mut self) -> Self {
+        self.tcp_flags = TCP_FIN | TCP_ACK;
+        self.payload.clear();
+        self
+    }
+
+    /// Makes it an RST.
+    #[must_use]
+    pub fn rst(mut self) -> Self {
+        self.tcp_flags = TCP_RST;
         self.payload.clear();
         self
     }
