@@ -240,8 +240,9 @@ fn load_rules(node: &Netns, tool: &str, file: &Path) -> Result<()> {
 }
 
 /// Programming from cold, once: (our agent to ready, its peak RSS in KiB,
-/// its maps' kernel memory in bytes, `iptables-restore`, `nft -f`).
-fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duration, Duration)> {
+/// its maps' kernel memory in bytes, `iptables-restore`, `nft -f`, its heap
+/// at ready in KiB).
+fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duration, Duration, u64)> {
     let topo = ClusterTopology::new()?;
     let dir = programs.manifests.path().to_string_lossy().into_owned();
     let started = Instant::now();
@@ -251,6 +252,7 @@ fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duratio
     let pid = agent.pid().context("the agent's pid")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let peak_kib = procfs::peak_rss_kib(&status).context("no VmHWM")?;
+    let heap_kib = procfs::anon_rss_kib(&status).context("no RssAnon")?;
     let maps_bytes = procfs::maps_memlock_of(pid);
     drop(agent);
     let timed = |tool: &str, file: &Path| -> Result<Duration> {
@@ -261,7 +263,7 @@ fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duratio
     };
     let iptables = timed("iptables-restore <", &programs.iptables)?;
     let nft = timed("nft -f", &programs.nft)?;
-    Ok((ours, peak_kib, maps_bytes, iptables, nft))
+    Ok((ours, peak_kib, maps_bytes, iptables, nft, heap_kib))
 }
 
 /// The cold-programming comparison at 1,000 and 10,000 services: markdown and JSON.
@@ -272,7 +274,8 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
          rules kube-proxy would write for the same Services (10 endpoints each), each into a fresh \
          namespace. Median of rounds (spread).\n\n\
          | services | lb-agent (ms) | iptables-restore (ms) | nft -f (ms) | iptables-restore / lb-agent | \
-         agent peak RSS (MiB) | map memory (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+         agent peak RSS (MiB) | agent heap at ready (MiB) | map memory (MiB) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut json = Vec::new();
     for total in [1_000u32, 10_000] {
@@ -287,10 +290,11 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
         let maps = figure(&runs.iter().map(|r| r.2).collect::<Vec<_>>());
         let ipt = figure(&runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>());
         let nft = figure(&runs.iter().map(|r| ms(r.4)).collect::<Vec<_>>());
+        let heap = figure(&runs.iter().map(|r| r.5).collect::<Vec<_>>());
         let speedup = ratio(ipt.median, ours.median);
         let _ = writeln!(
             md,
-            "| {total} | {} ({}-{}) | {} ({}-{}) | {} ({}-{}) | {speedup:.1}x | {:.0} | {:.1} |",
+            "| {total} | {} ({}-{}) | {} ({}-{}) | {} ({}-{}) | {speedup:.1}x | {:.0} | {:.0} | {:.1} |",
             ours.median,
             ours.low,
             ours.high,
@@ -301,12 +305,14 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
             nft.low,
             nft.high,
             mib(peak.median * 1024),
+            mib(heap.median * 1024),
             mib(maps.median),
         );
         json.push(
             serde_json::json!({"services": total, "ours_ms": ours.median,
             "iptables_restore_ms": ipt.median, "nft_ms": nft.median,
             "iptables_restore_over_ours": speedup, "agent_peak_rss_kib": peak.median,
+            "agent_heap_at_ready_kib": heap.median,
             "maps_memlock_bytes": maps.median}),
         );
     }

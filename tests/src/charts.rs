@@ -76,6 +76,7 @@ pub fn grouped_bars(path: &Path, title: &str, y_label: &str, groups: &[Group]) -
         .configure_mesh()
         .disable_x_mesh()
         .y_desc(y_label)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let centre = x - x.floor();

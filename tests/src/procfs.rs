@@ -15,6 +15,13 @@ pub fn rss_kib(status: &str) -> Option<u64> {
     field_kib(status, "VmRSS:")
 }
 
+/// The `RssAnon` (resident heap and stacks, without mapped files and BPF
+/// maps) of a `/proc/<pid>/status` text, in KiB.
+#[must_use]
+pub fn anon_rss_kib(status: &str) -> Option<u64> {
+    field_kib(status, "RssAnon:")
+}
+
 fn field_kib(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
     let mut words = line[name.len()..].split_whitespace();
@@ -59,12 +66,13 @@ pub fn maps_memlock_of(pid: u32) -> u64 {
 mod tests {
     use super::*;
 
-    const STATUS: &str = "Name:\tlb-agent\nVmPeak:\t  812340 kB\nVmHWM:\t   48212 kB\nVmRSS:\t   40100 kB\nThreads:\t5\n";
+    const STATUS: &str = "Name:\tlb-agent\nVmPeak:\t  812340 kB\nVmHWM:\t   48212 kB\nVmRSS:\t   40100 kB\nRssAnon:\t    3364 kB\nRssFile:\t   36736 kB\nThreads:\t5\n";
 
     #[test]
     fn rss_figures_come_from_status() {
         assert_eq!(peak_rss_kib(STATUS), Some(48_212));
         assert_eq!(rss_kib(STATUS), Some(40_100));
+        assert_eq!(anon_rss_kib(STATUS), Some(3_364));
         assert_eq!(peak_rss_kib("Name:\tx\n"), None, "missing field");
         assert_eq!(peak_rss_kib("VmHWM:\t12 MB\n"), None, "unknown unit");
     }

@@ -178,57 +178,58 @@ pub fn load_file(
         object: None,
         message,
     };
-    let documents = match std::fs::read_to_string(path)
+    let empty = FileObjects::default();
+    let before = previous.unwrap_or(&empty);
+    let mut objects = FileObjects::default();
+    let mut found = Vec::new();
+    // Each document becomes an object as soon as it is parsed, so a large
+    // file never holds all its documents as generic values at once.
+    let parsed = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read: {e}"))
-        .and_then(|text| parse_documents(path, &text))
-    {
-        Ok(docs) => docs,
+        .and_then(|text| {
+            for_each_document(path, &text, |doc| {
+                add_object(path, doc, before, &mut objects, &mut found);
+            })
+        });
+    match parsed {
+        Ok(()) => {
+            errors.append(&mut found);
+            objects
+        }
         Err(message) => {
             errors.push(file_error(format!(
                 "{message}; keeping this file's previous objects"
             )));
-            return previous.cloned().unwrap_or_default();
+            previous.cloned().unwrap_or_default()
         }
-    };
-    let empty = FileObjects::default();
-    let previous = previous.unwrap_or(&empty);
-    let mut objects = FileObjects::default();
-    for doc in documents {
-        add_object(path, doc, previous, &mut objects, errors);
     }
-    objects
 }
 
-/// Splits a file into JSON values: one per YAML document, `List` items flattened.
-fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, String> {
-    let mut values = Vec::new();
+/// Calls `each` with every document of a file as a JSON value (one per YAML
+/// document, `List` items flattened), in order; fails on a syntax error.
+fn for_each_document(path: &Path, text: &str, mut each: impl FnMut(Value)) -> Result<(), String> {
+    let mut flatten = |value: Value| {
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            if let Some(Value::Array(items)) = value.get("items").cloned() {
+                items.into_iter().for_each(&mut each);
+            }
+        } else {
+            each(value);
+        }
+    };
     if path.extension().and_then(|e| e.to_str()) == Some("json") {
-        values.push(
+        flatten(
             serde_json::from_str::<Value>(text).map_err(|e| format!("JSON syntax error: {e}"))?,
         );
-    } else {
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let value = Value::deserialize(doc).map_err(|e| format!("YAML syntax error: {e}"))?;
-            if !value.is_null() {
-                values.push(value);
-            }
+        return Ok(());
+    }
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| format!("YAML syntax error: {e}"))?;
+        if !value.is_null() {
+            flatten(value);
         }
     }
-    let mut flat = Vec::new();
-    for value in values {
-        if value.get("kind").and_then(Value::as_str) == Some("List") {
-            flat.extend(
-                value
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-        } else {
-            flat.push(value);
-        }
-    }
-    Ok(flat)
+    Ok(())
 }
 
 fn describe(kind: &str, value: &Value) -> String {
