@@ -7,6 +7,8 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
+use sha2::{Digest, Sha256};
+
 /// One TCP Service port with its endpoints, as kube-proxy sees it.
 #[derive(Clone, Debug)]
 pub struct KpService {
@@ -28,24 +30,32 @@ pub struct KpService {
 }
 
 impl KpService {
+    /// kube-proxy's `ServicePortName` string: `ns/name:port`, or `ns/name`
+    /// for an unnamed port.
     fn id(&self) -> String {
-        format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
     }
 }
 
-/// kube-proxy's chain-name hash: 16 base32 characters of a hash of `s`.
-/// (kube-proxy hashes with SHA-256; FNV-1a here gives names of the same
-/// form, which is all the rule path depends on.)
+/// kube-proxy's chain-name hash: the first 16 characters of the base32
+/// (RFC 4648, uppercase) encoding of the SHA-256 of `s`.
 #[must_use]
 pub fn chain_hash(s: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for b in s.bytes() {
-        h ^= u128::from(b);
-        h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
-    }
+    let digest = Sha256::digest(s.as_bytes());
+    // 16 characters of 5 bits are the first 80 bits: 10 bytes.
+    let bits = digest[..10]
+        .iter()
+        .fold(0_u128, |acc, &b| (acc << 8) | u128::from(b));
     (0..16)
-        .map(|i| char::from(ALPHABET[usize::try_from((h >> (i * 5)) & 31).unwrap_or(0)]))
+        .map(|i| {
+            let index = (bits >> (75 - 5 * i)) & 31;
+            char::from(ALPHABET[usize::try_from(index).unwrap_or(0)])
+        })
         .collect()
 }
 
@@ -166,15 +176,22 @@ pub fn nft_ruleset(services: &[KpService], cluster_cidr: &str) -> String {
             .enumerate()
             .map(|(i, &ep)| format!("{i} : goto {}", nft_name("endpoint", svc, Some(ep))))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "\tchain {chain} {{\n\t\tip daddr {} tcp dport {} ip saddr != {cluster_cidr} jump mark-for-masquerade\n\
-             \t\tnumgen random mod {} vmap {{ {} }}\n\t}}\n",
+            "\tchain {chain} {{\n\t\tip daddr {} tcp dport {} ip saddr != {cluster_cidr} jump mark-for-masquerade",
             svc.cluster_ip,
             svc.port,
-            svc.endpoints.len(),
-            targets.join(", ")
         );
+        // Without endpoints the chain only marks (nft rejects an empty vmap).
+        if !targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\t\tnumgen random mod {} vmap {{ {} }}",
+                targets.len(),
+                targets.join(", ")
+            );
+        }
+        out.push_str("\t}\n");
         for &ep in &svc.endpoints {
             let _ = write!(
                 out,

@@ -29,18 +29,25 @@ fn field_kib(status: &str, name: &str) -> Option<u64> {
     (words.next() == Some("kB")).then_some(value)
 }
 
+/// The `memlock` bytes of a BPF map's `/proc/<pid>/fdinfo/<fd>` text.
+#[must_use]
+pub fn fdinfo_memlock(fdinfo: &str) -> Option<u64> {
+    fdinfo_field(fdinfo, "memlock:")
+}
+
 /// The map id and `memlock` bytes of a BPF map's `/proc/<pid>/fdinfo/<fd>`
 /// text; `None` for other descriptors.
 #[must_use]
 pub fn map_memlock(fdinfo: &str) -> Option<(u32, u64)> {
-    let get = |name: &str| {
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let id = get("map_id:")?;
-    Some((u32::try_from(id).ok()?, get("memlock:")?))
+    let id = fdinfo_field(fdinfo, "map_id:")?;
+    Some((u32::try_from(id).ok()?, fdinfo_memlock(fdinfo)?))
+}
+
+fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Total kernel memory of the distinct BPF maps process `pid` holds, in bytes.
@@ -84,6 +91,13 @@ mod tests {
                    value_size:\t40\nmax_entries:\t262144\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
                    memlock:\t23068672\nmap_id:\t412\nfrozen:\t0\n";
         assert_eq!(map_memlock(map), Some((412, 23_068_672)));
+        assert_eq!(fdinfo_memlock(map), Some(23_068_672));
+        assert_eq!(
+            fdinfo_memlock("pos:\t0\nflags:\t02\n"),
+            None,
+            "no memlock line"
+        );
+        assert_eq!(fdinfo_memlock("memlock:\tlots\n"), None, "not a number");
         assert_eq!(
             map_memlock("pos:\t0\nflags:\t02\nmnt_id:\t15\n"),
             None,

@@ -108,6 +108,115 @@ fn chain_names_are_stable_and_distinct() {
 }
 
 #[test]
+fn chain_names_match_kube_proxys() {
+    // Values from kube-proxy's own iptables proxier tests.
+    assert_eq!(chain_hash("ns1/svc1:p80tcp"), "XPGD46QRK7WJZT7O");
+    assert_eq!(
+        chain_hash("ns1/svc1:p80tcp10.180.0.1:80"),
+        "SXIVWICOYRO3J4NJ"
+    );
+    assert_eq!(svc_chain(&web(1)), "KUBE-SVC-CDGGSHYLG3RE2FKL");
+    let unnamed = KpService {
+        port_name: String::new(),
+        ..web(1)
+    };
+    assert_eq!(unnamed.id(), "default/web");
+}
+
+#[test]
+fn iptables_text_for_one_service_with_two_endpoints() {
+    let expected = r#"*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]
+:KUBE-SEP-UIQK3OSOSTRHRPBX - [0:0]
+:KUBE-SEP-2AZ33KU3V5PGPQZH - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-CDGGSHYLG3RE2FKL
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-SVC-CDGGSHYLG3RE2FKL ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-CDGGSHYLG3RE2FKL -m comment --comment "default/web:http -> 10.244.1.2:8080" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-UIQK3OSOSTRHRPBX
+-A KUBE-SEP-UIQK3OSOSTRHRPBX -s 10.244.1.2/32 -m comment --comment default/web:http -j KUBE-MARK-MASQ
+-A KUBE-SEP-UIQK3OSOSTRHRPBX -p tcp -m comment --comment default/web:http -m tcp -j DNAT --to-destination 10.244.1.2:8080
+-A KUBE-SVC-CDGGSHYLG3RE2FKL -m comment --comment "default/web:http -> 10.244.1.3:8080" -j KUBE-SEP-2AZ33KU3V5PGPQZH
+-A KUBE-SEP-2AZ33KU3V5PGPQZH -s 10.244.1.3/32 -m comment --comment default/web:http -j KUBE-MARK-MASQ
+-A KUBE-SEP-2AZ33KU3V5PGPQZH -p tcp -m comment --comment default/web:http -m tcp -j DNAT --to-destination 10.244.1.3:8080
+COMMIT
+"#;
+    assert_eq!(iptables_restore(&[web(2)], "10.244.0.0/16"), expected);
+}
+
+#[test]
+fn nft_text_for_one_service_with_two_endpoints() {
+    // Tabs shown as four spaces.
+    let expected = "table ip kube-proxy {}
+delete table ip kube-proxy
+table ip kube-proxy {
+    chain mark-for-masquerade {
+        meta mark set meta mark or 0x4000
+    }
+    chain masquerading {
+        meta mark & 0x4000 == 0 return
+        meta mark set meta mark xor 0x4000
+        masquerade fully-random
+    }
+    chain nat-prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump services
+    }
+    chain nat-output {
+        type nat hook output priority -100; policy accept;
+        jump services
+    }
+    chain nat-postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        jump masquerading
+    }
+    chain services {
+        ip daddr . meta l4proto . th dport vmap @service-ips
+    }
+    chain service-CDGGSHYL-default_web_tcp_http {
+        ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
+        numgen random mod 2 vmap { 0 : goto endpoint-UIQK3OSO-default_web_tcp_http__10_244_1_2_8080, 1 : goto endpoint-2AZ33KU3-default_web_tcp_http__10_244_1_3_8080 }
+    }
+    chain endpoint-UIQK3OSO-default_web_tcp_http__10_244_1_2_8080 {
+        ip saddr 10.244.1.2 jump mark-for-masquerade
+        meta l4proto tcp dnat to 10.244.1.2:8080
+    }
+    chain endpoint-2AZ33KU3-default_web_tcp_http__10_244_1_3_8080 {
+        ip saddr 10.244.1.3 jump mark-for-masquerade
+        meta l4proto tcp dnat to 10.244.1.3:8080
+    }
+    map service-ips {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        elements = { 10.96.0.10 . tcp . 80 : goto service-CDGGSHYL-default_web_tcp_http }
+    }
+}
+";
+    let text = nft_ruleset(&[web(2)], "10.244.0.0/16");
+    assert_eq!(text.replace('\t', "    "), expected);
+}
+
+#[test]
+fn nft_service_without_endpoints_has_no_empty_vmap() {
+    let text = nft_ruleset(&[web(0)], "10.244.0.0/16");
+    assert!(!text.contains("numgen"), "{text}");
+    assert_eq!(text.matches('{').count(), text.matches('}').count());
+}
+
+#[test]
 fn manifests_parse_back_as_services_and_slices() {
     let text = manifests_yaml(&[web(2)]);
     let docs: Vec<serde_yaml_ng::Value> = text
