@@ -30,9 +30,62 @@ pub const fn flow_hash_of(
     mix(h ^ proto as u32)
 }
 
+/// Seed of [`filter_bit`] for frontends (destination address and port).
+pub const FILTER_SEED_FRONTEND: u64 = 0x3c6e_f372_fe94_f82b;
+/// Seed of [`filter_bit`] for backends (source address and port of replies).
+pub const FILTER_SEED_BACKEND: u64 = 0xa54f_f53a_5f1d_36f1;
+
+/// Multiplier of [`filter_bit`]: 2^64 over the golden ratio, odd.
+const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The bit of the pass-through filter (`FILTER`) that an address, port and
+/// protocol (raw network-order words) set: a frontend with
+/// [`FILTER_SEED_FRONTEND`], a backend with [`FILTER_SEED_BACKEND`].
+///
+/// One multiply (Fibonacci hashing, the product's top bits): the per-packet
+/// cost is its latency, so a cheap hash is what makes the filter pay.
+#[inline(always)]
+#[must_use]
+pub const fn filter_bit(seed: u64, addr: u32, port: u16, proto: u8) -> u32 {
+    // The address in host order, so that consecutive addresses differ in
+    // low bits, whose changes reach every bit of the product's top.
+    let x = ((u32::from_be(addr) as u64) << 32) | ((port as u64) << 8) | proto as u64;
+    // The top FILTER_BITS_LOG2 bits of a u64 fit a u32.
+    #[allow(clippy::cast_possible_truncation)]
+    let bit = ((x ^ seed).wrapping_mul(FIBONACCI) >> (64 - crate::maps::FILTER_BITS_LOG2)) as u32;
+    bit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_bits_of_consecutive_service_addresses_spread() {
+        // 4,096 frontends 10.96.0.1.. on port 80 over 2^21 bits: few share a bit.
+        let mut bits: [u32; 4096] = [0; 4096];
+        for (i, bit) in (0u32..).zip(bits.iter_mut()) {
+            *bit = filter_bit(
+                FILTER_SEED_FRONTEND,
+                (0x0a60_0001 + i).to_be(),
+                80u16.to_be(),
+                6,
+            );
+        }
+        bits.sort_unstable();
+        let mut distinct = 1;
+        for pair in bits.windows(2) {
+            if pair[0] != pair[1] {
+                distinct += 1;
+            }
+        }
+        assert!(distinct > 4080, "only {distinct} distinct bits");
+        // The same frontend seen as a backend lands elsewhere.
+        let a = filter_bit(FILTER_SEED_FRONTEND, 0x0a60_0001, 80, 6);
+        let b = filter_bit(FILTER_SEED_BACKEND, 0x0a60_0001, 80, 6);
+        assert_ne!(a, b);
+        assert!(a < crate::maps::FILTER_BITS && b < crate::maps::FILTER_BITS);
+    }
 
     #[test]
     fn hash_spreads_ports_evenly() {

@@ -9,5 +9,5 @@ pub mod csum;
 pub mod hash;
 pub mod maps;
 
-pub use hash::flow_hash_of;
+pub use hash::{filter_bit, flow_hash_of, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND};
 pub use maps::*;

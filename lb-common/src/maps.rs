@@ -46,7 +46,8 @@ pub struct AffinityEntry {
     pub backend_id: BackendId,
     /// Always zero.
     pub pad: u32,
-    /// `bpf_ktime_get_ns` of the client's last packet to the frontend.
+    /// Monotonic time (`bpf_ktime_get_coarse_ns`, tick resolution) of the
+    /// client's last packet to the frontend.
     pub last_seen_ns: u64,
 }
 
@@ -199,6 +200,9 @@ pub const CT_F_FIN_CLIENT: u32 = 2;
 pub const CT_F_FIN_BACKEND: u32 = 4;
 /// Conntrack flag: either side sent RST.
 pub const CT_F_RST: u32 = 8;
+/// Conntrack flag: the flow's frontend had session affinity when the flow
+/// began, so its packets refresh the client's affinity entry.
+pub const CT_F_AFFINITY: u32 = 16;
 /// Conntrack flags that mark a closing flow.
 pub const CT_F_CLOSING: u32 = CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST;
 /// Seconds a closed flow keeps its SNAT port after an RST (stragglers).
@@ -230,7 +234,7 @@ pub struct CtEntry {
     /// Monotonic seconds (at least 1) when the flow was first seen closing
     /// (FIN or RST); 0 while open. Its SNAT port is reused after a hold.
     pub closing_s: u32,
-    /// `bpf_ktime_get_ns` when the flow was created.
+    /// Monotonic time (`bpf_ktime_get_coarse_ns`, tick resolution) when the flow was created.
     pub created_ns: u64,
 }
 
@@ -325,6 +329,24 @@ impl Verdict {
         }
     }
 }
+
+/// Name of the pass-through filter: word index -> 64 bits (array, mmapped).
+///
+/// Layout: [`FILTER_WORDS`] little-endian u64 words; bit `b` is bit `b % 64`
+/// of word `b / 64`. A frontend sets bit [`crate::hash::filter_bit`]
+/// (`FILTER_SEED_FRONTEND`, address, port, protocol) and every backend of a
+/// frontend sets the bit of its own address and port (`FILTER_SEED_BACKEND`).
+/// A packet whose destination bit and source bit are both clear is neither
+/// to a frontend nor a reply of a backend, so the programs pass it without
+/// a hash lookup. A set bit may be shared (a false positive costs only the
+/// lookups); a bit is never clear while its frontend or backend is in the maps.
+pub const MAP_FILTER: &str = "FILTER";
+/// Log2 of [`FILTER_BITS`].
+pub const FILTER_BITS_LOG2: u32 = 21;
+/// Bits of the pass-through filter (256 KiB).
+pub const FILTER_BITS: u32 = 1 << FILTER_BITS_LOG2;
+/// Words of the pass-through filter.
+pub const FILTER_WORDS: u32 = FILTER_BITS / 64;
 
 /// Name of the event counters: [`Event`] index -> count (per-CPU array).
 pub const MAP_EVENTS: &str = "EVENTS";

@@ -1,7 +1,7 @@
 //! Session affinity (`sessionAffinity: ClientIP`): a client's new flows go to
 //! the backend its last flow used, while it used it within the timeout.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{AffinityEntry, AffinityKey, ServiceEntry, BACKEND_F_SELECTED};
 
 use crate::{
@@ -26,7 +26,7 @@ fn key(svc: &ServiceEntry, flow: &Flow) -> AffinityKey {
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The client's remembered backend, if fresh and still taking new connections.
@@ -70,13 +70,15 @@ pub fn remember(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
     let _ = AFFINITY.insert(key(svc, flow), entry, BPF_ANY);
 }
 
-/// Refreshes the client's affinity on a packet of an established flow.
+/// Refreshes the client's affinity to frontend `service_id` on a packet of
+/// an established flow (one that began with affinity).
 #[inline(always)]
-pub fn touch(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
-    if svc.affinity_timeout == 0 {
-        return;
-    }
-    if let Some(entry) = AFFINITY.get_ptr_mut(key(svc, flow)) {
+pub fn touch(service_id: u32, flow: &Flow, chosen: &Chosen) {
+    let key = AffinityKey {
+        service_id,
+        client_addr: flow.src,
+    };
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: a valid map value pointer; plain stores.
         unsafe {
             if (*entry).backend_id == chosen.id {

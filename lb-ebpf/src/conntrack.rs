@@ -1,10 +1,10 @@
 //! Connection tracking: recall the backend of an established flow, record a new one.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    CtEntry, Event, FlowKey, RevNatEntry, ServiceEntry, CT_F_CLOSING, CT_F_FIN_BACKEND,
-    CT_F_FIN_CLIENT, CT_F_RST, CT_F_SNAT, SNAT_HOLD_AFTER_BACKEND_FIN_S,
-    SNAT_HOLD_AFTER_CLIENT_FIN_S, SNAT_HOLD_AFTER_RST_S,
+    CtEntry, Event, FlowKey, RevNatEntry, CT_F_CLOSING, CT_F_FIN_BACKEND, CT_F_FIN_CLIENT,
+    CT_F_RST, CT_F_SNAT, SNAT_HOLD_AFTER_BACKEND_FIN_S, SNAT_HOLD_AFTER_CLIENT_FIN_S,
+    SNAT_HOLD_AFTER_RST_S,
 };
 
 use crate::{
@@ -32,14 +32,15 @@ pub fn key(flow: &Flow) -> FlowKey {
     }
 }
 
-/// The flow's tracked entry, if its backend still exists unchanged in this service.
+/// The flow's tracked entry, if its backend still exists unchanged: active,
+/// at the address and port the flow was sent to.
 #[inline(always)]
-pub fn recall(key: &FlowKey, svc: &ServiceEntry) -> Option<(CtEntry, Chosen)> {
+pub fn recall(key: &FlowKey) -> Option<(CtEntry, Chosen)> {
     // SAFETY: LRU values are copied out at once; a concurrent update can at worst
     // make us read a mix, which the backend validation below rejects or accepts
-    // only when it names a live backend of this service.
+    // only when it names a live backend at the recorded address.
     let ct = *unsafe { CONNTRACK.get(key) }?;
-    let backend = select::backend(ct.backend_id, svc.id)?;
+    let backend = select::active_backend(ct.backend_id)?;
     if backend.addr != ct.backend_addr || backend.port != ct.backend_port {
         // The id was reused for another endpoint: the old backend is gone.
         return None;
@@ -65,7 +66,7 @@ pub fn record(key: &FlowKey, chosen: &Chosen, snat_addr: u32, snat_port: u16, fl
         flags,
         closing_s: 0,
         // SAFETY: helper without preconditions.
-        created_ns: unsafe { bpf_ktime_get_ns() },
+        created_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
     if CONNTRACK.insert(key, entry, BPF_NOEXIST).is_ok() {
         counters::event(Event::ConntrackCreated);
@@ -79,7 +80,7 @@ pub fn record(key: &FlowKey, chosen: &Chosen, snat_addr: u32, snat_port: u16, fl
 #[inline(always)]
 pub fn now_s() -> u32 {
     // SAFETY: helper without preconditions.
-    let s = unsafe { bpf_ktime_get_ns() } / 1_000_000_000;
+    let s = unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000;
     // Monotonic seconds fit u32 for 136 years of uptime.
     #[allow(clippy::cast_possible_truncation)]
     let s = s as u32;

@@ -1,15 +1,17 @@
 //! The load balancer's kernel programs.
 //!
-//! `lb_xdp` runs on the node's uplink, `lb_tc` on the host side of pod
-//! interfaces (ingress, i.e. traffic leaving the pods). Both share the maps in
-//! [`maps`] and the per-packet decision in [`lb`]; they differ only in how a
-//! decided rewrite is written into the packet ([`xdp`], [`tc`]).
+//! `lb_xdp` (or `lb_tc_uplink`) runs on the node's uplink, `lb_tc` on the
+//! host side of pod interfaces (ingress, i.e. traffic leaving the pods). All
+//! share the maps in [`maps`] and the per-packet decision in [`lb`]; they
+//! differ only in how a decided rewrite is written into the packet ([`xdp`],
+//! [`tc`]) and in where they run ([`lb::Hook`]).
 #![no_std]
 #![no_main]
 
 mod affinity;
 mod conntrack;
 mod counters;
+mod filter;
 mod lb;
 mod maps;
 mod nat;
@@ -34,7 +36,16 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc(ctx: TcContext) -> i32 {
-    tc::handle(&ctx)
+    tc::handle(&ctx, lb::Hook::Pod)
+}
+
+/// TC ingress entry point for the node's uplink(s), in place of `lb_xdp`
+/// (`--uplink-hook tc`): after GRO, and without the copy that XDP on a veth
+/// makes of every cloned frame.
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc_uplink(ctx: TcContext) -> i32 {
+    tc::handle(&ctx, lb::Hook::Uplink)
 }
 
 /// A program that passes every packet: the per-call floor for benchmarks, and

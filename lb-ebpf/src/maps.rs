@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
     ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
-    EVENT_COUNT, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
+    EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
     SLOTS_PER_SLAB_ENTRY, VERDICT_COUNT,
 };
 
@@ -64,3 +64,7 @@ pub static SERVICE_LABELS: HashMap<u32, ServiceLabel> =
 /// Per-CPU event counts (entries created), by [`lb_common::Event`].
 #[map(name = "EVENTS")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+
+/// The pass-through filter's words, memory-mapped by the agent.
+#[map(name = "FILTER")]
+pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAPABLE);

@@ -18,11 +18,21 @@ pub struct Chosen {
     pub backend: Backend,
 }
 
+/// Looks up an active backend by id.
+#[inline(always)]
+pub fn active_backend(id: BackendId) -> Option<Backend> {
+    let backend = *BACKENDS.get(id)?;
+    if backend.flags & BACKEND_F_ACTIVE == 0 {
+        return None;
+    }
+    Some(backend)
+}
+
 /// Looks up an active backend of service `service_id` by id.
 #[inline(always)]
 pub fn backend(id: BackendId, service_id: u32) -> Option<Backend> {
-    let backend = *BACKENDS.get(id)?;
-    if backend.flags & BACKEND_F_ACTIVE == 0 || backend.service_id != service_id {
+    let backend = active_backend(id)?;
+    if backend.service_id != service_id {
         return None;
     }
     Some(backend)

@@ -13,9 +13,9 @@ use crate::{
     parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
 };
 
-/// Handles one packet leaving a pod.
+/// Handles one packet leaving a pod (`Hook::Pod`) or arriving on the uplink.
 #[inline(always)]
-pub fn handle(ctx: &TcContext) -> i32 {
+pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     if ctx.data() + MAX_HEADERS_LEN > ctx.data_end()
         && ctx.len() as usize > ctx.data_end() - ctx.data()
     {
@@ -29,7 +29,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let Some(flow) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
-    match lb::decide(ctx, &flow, Hook::Pod) {
+    match lb::decide(ctx, &flow, hook) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Rewrite(rw) => {

@@ -18,7 +18,7 @@ use crate::{
     desired::NodeInfo,
     metrics::Metrics,
     plan::Planner,
-    reconcile::{Reconciler, REUSE_GRACE},
+    reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
     source::{kube::KubeSource, manifests::ManifestSource, Source},
 };
 
@@ -60,17 +60,25 @@ fn sync(
     let started = Instant::now();
     let (cluster, changes) = source.snapshot();
     let snapshot = started.elapsed();
-    let done = reconciler.reconcile(cluster, &changes, Instant::now());
+    // Chunk by chunk, so the tables of thousands of Services are never all
+    // in memory at once.
+    let mut applying = Duration::ZERO;
+    let done =
+        reconciler.reconcile_chunked(cluster, &changes, Instant::now(), CHUNK_SLOTS, |chunk| {
+            let at = Instant::now();
+            let applied = datapath.maps.apply(&chunk.ops);
+            applying += at.elapsed();
+            applied
+        })?;
     for w in &done.warnings {
         warn!("{w}");
     }
     for e in &done.errors {
         error!("{e}");
     }
-    let computed = started.elapsed();
-    datapath.maps.apply(&done.plan.ops)?;
+    let computed = started.elapsed().saturating_sub(applying);
     metrics.syncs.inc();
-    metrics.map_ops.inc_by(done.plan.ops.len() as u64);
+    metrics.map_ops.inc_by(done.ops as u64);
     metrics.plan_errors.inc_by(done.errors.len() as u64);
     metrics
         .frontends
@@ -83,33 +91,59 @@ fn sync(
             .change_to_map_seconds
             .observe(since.elapsed().as_secs_f64());
     }
-    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     info!(
         full = changes.all,
         recomputed = done.recomputed,
-        ops = done.plan.ops.len(),
+        ops = done.ops,
         snapshot_us = micros(snapshot),
         reconcile_us = micros(computed.saturating_sub(snapshot)),
+        apply_us = micros(applying),
         elapsed_us = micros(started.elapsed()),
         "synced"
     );
     Ok(())
 }
 
+/// Whole microseconds of `d`, for the logs.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Runs the agent until SIGINT or SIGTERM, then detaches and removes its pins.
 pub async fn run(options: RunOptions) -> Result<()> {
     let (changed_tx, changed) = mpsc::unbounded_channel();
-    let source: Box<dyn Source> = match &options.source {
-        SourceConfig::Manifests(dir) => Box::new(ManifestSource::new(dir.clone(), changed_tx)?),
+    let (source, mut datapath): (Box<dyn Source>, _) = match &options.source {
+        SourceConfig::Manifests(dir) => {
+            let mut source = ManifestSource::new(dir.clone(), changed_tx)?;
+            // The kernel verifies the programs while the manifests are parsed.
+            let started = Instant::now();
+            let datapath = std::thread::scope(|scope| {
+                let loading = scope.spawn(|| {
+                    let loaded = Datapath::load(options.datapath.clone());
+                    (loaded, started.elapsed())
+                });
+                source.preload();
+                let parsed = started.elapsed();
+                let (loaded, load) = loading
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                info!(
+                    parse_us = micros(parsed),
+                    load_us = micros(load),
+                    "manifests parsed while the programs loaded"
+                );
+                loaded
+            })?;
+            (Box::new(source), datapath)
+        }
         SourceConfig::Kube { kubeconfig } => {
             let client = kube_client(kubeconfig.as_ref()).await?;
             let source = KubeSource::start(&client, &changed_tx, &options.node.name);
             info!("waiting for the initial list of Services and EndpointSlices");
             source.wait_until_ready().await?;
-            Box::new(source)
+            (Box::new(source), Datapath::load(options.datapath.clone())?)
         }
     };
-    let mut datapath = Datapath::load(options.datapath.clone())?;
     let result = serve(&options, source, changed, &mut datapath).await;
     datapath.shutdown();
     info!("detached and removed pins");
@@ -170,11 +204,19 @@ async fn serve(
             frontends = applied.len(),
             "took over the frontends of an earlier agent"
         );
-        let planner = Planner::adopt(applied, datapath.maps.slab.slots(), REUSE_GRACE);
+        let planner = Planner::adopt(
+            applied,
+            datapath.maps.filter.words(),
+            datapath.maps.slab.slots(),
+            REUSE_GRACE,
+        );
         Reconciler::with_planner(options.node.clone(), planner)
     } else {
         Reconciler::new(options.node.clone(), options.datapath.slab_slots)
     };
+    // Before "ready": a SIGTERM right after it must still detach and clean up.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     sync(&mut reconciler, source.as_mut(), datapath, &metrics)?;
     // The maps hold the source now: an earlier layout's programs can go.
     if let Err(e) = datapath.finish_handover() {
@@ -184,8 +226,6 @@ async fn serve(
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut scan = tokio::time::interval(INTERFACE_SCAN);
     loop {
         tokio::select! {

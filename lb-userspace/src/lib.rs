@@ -5,6 +5,7 @@ pub mod agent;
 pub mod conntrack;
 pub mod datapath;
 pub mod desired;
+pub mod filter;
 pub mod maglev;
 pub mod manifest;
 pub mod metrics;

@@ -58,6 +58,46 @@ fn hash64(bytes: &[u8], seed: u64) -> u64 {
     h ^ (h >> 33)
 }
 
+/// A backend's preference list (the paper's permutation): slot `offset`,
+/// then steps of `skip`, modulo the table size, walked one step at a time.
+#[derive(Clone, Copy, Debug)]
+struct Preference {
+    /// The next slot this backend would take.
+    slot: u64,
+    /// Step between preferences, in 1..size.
+    skip: u64,
+}
+
+impl Preference {
+    fn new(backend: SocketAddrV4, size: u64) -> Self {
+        let mut name = [0u8; 21];
+        let len = write_addr(backend, &mut name);
+        let name = &name[..len];
+        Self {
+            slot: hash64(name, 0x5bd1_e995) % size,
+            skip: hash64(name, 0x2545_f491_4f6c_dd1d) % (size - 1) + 1,
+        }
+    }
+
+    /// Moves to the next preference: `(offset + j * skip) % size` for the
+    /// next `j`, by one addition (both terms are below `size`).
+    fn advance(&mut self, size: u64) {
+        self.slot += self.skip;
+        if self.slot >= size {
+            self.slot -= size;
+        }
+    }
+}
+
+/// Writes `addr` as `a.b.c.d:port` (what `to_string` gives) into `out`;
+/// returns the length. Avoids an allocation per backend.
+fn write_addr(addr: SocketAddrV4, out: &mut [u8; 21]) -> usize {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    write!(cursor, "{addr}").expect("an IPv4 socket address fits 21 bytes");
+    usize::try_from(cursor.position()).expect("at most 21")
+}
+
 /// The Maglev table of `size` slots (prime) for `backends`: each slot holds an
 /// index into `backends`. The result depends only on the backends' addresses,
 /// not on their order.
@@ -71,28 +111,22 @@ pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
     let at = |slot: u64| usize::try_from(slot).expect("slot below a u32 size");
     let mut order: Vec<usize> = (0..backends.len()).collect();
     order.sort_by_key(|&i| backends[i]);
-    let prefs: Vec<(u64, u64)> = order
+    let mut prefs: Vec<(Preference, u32)> = order
         .iter()
         .map(|&i| {
-            let name = backends[i].to_string();
-            let offset = hash64(name.as_bytes(), 0x5bd1_e995) % m;
-            let skip = hash64(name.as_bytes(), 0x2545_f491_4f6c_dd1d) % (m - 1) + 1;
-            (offset, skip)
+            let index = u32::try_from(i).expect("backend index fits u32");
+            (Preference::new(backends[i], m), index)
         })
         .collect();
-    let mut next = vec![0u64; order.len()];
     let mut table = vec![u32::MAX; size as usize];
     let mut filled = 0usize;
     'fill: loop {
-        for (k, &i) in order.iter().enumerate() {
-            let (offset, skip) = prefs[k];
-            let mut slot = (offset + next[k] * skip) % m;
-            while table[at(slot)] != u32::MAX {
-                next[k] += 1;
-                slot = (offset + next[k] * skip) % m;
+        for (pref, index) in &mut prefs {
+            while table[at(pref.slot)] != u32::MAX {
+                pref.advance(m);
             }
-            table[at(slot)] = u32::try_from(i).expect("backend index fits u32");
-            next[k] += 1;
+            table[at(pref.slot)] = *index;
+            pref.advance(m);
             filled += 1;
             if filled == table.len() {
                 break 'fill;
@@ -100,6 +134,51 @@ pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
         }
     }
     table
+}
+
+/// Slots below which [`build_tables`] builds on the calling thread alone
+/// (a thread costs more than a few small tables).
+const PARALLEL_SLOTS: u64 = 1 << 16;
+
+/// [`build_table`] of each `(backends, size)` job, in order, built on up to
+/// `threads` threads when the jobs are large enough to pay for them.
+#[must_use]
+pub fn build_tables(jobs: &[(Vec<SocketAddrV4>, u32)], threads: usize) -> Vec<Vec<u32>> {
+    let slots: u64 = jobs.iter().map(|(_, size)| u64::from(*size)).sum();
+    let threads = threads.clamp(1, jobs.len().max(1));
+    if threads == 1 || slots < PARALLEL_SLOTS {
+        return jobs.iter().map(|(b, size)| build_table(b, *size)).collect();
+    }
+    // Contiguous runs of about equal slots, one per thread, joined in order.
+    let per_thread = slots.div_ceil(threads as u64);
+    let mut runs: Vec<&[(Vec<SocketAddrV4>, u32)]> = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for (i, (_, size)) in jobs.iter().enumerate() {
+        acc += u64::from(*size);
+        if acc >= per_thread {
+            runs.push(&jobs[start..=i]);
+            (start, acc) = (i + 1, 0);
+        }
+    }
+    if start < jobs.len() {
+        runs.push(&jobs[start..]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                scope.spawn(move || {
+                    run.iter()
+                        .map(|(b, size)| build_table(b, *size))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Largest relative deviation of a backend's slot count from `size / n`.
@@ -207,6 +286,67 @@ mod tests {
         }
     }
 
+    /// The table as the paper writes it: backend `k`'s `j`-th preference is
+    /// `(offset + j * skip) % size`, with a multiplication and a division.
+    fn reference_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
+        let m = u64::from(size);
+        let at = |slot: u64| usize::try_from(slot).unwrap();
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        order.sort_by_key(|&i| backends[i]);
+        let prefs: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&i| {
+                let name = backends[i].to_string();
+                let offset = hash64(name.as_bytes(), 0x5bd1_e995) % m;
+                let skip = hash64(name.as_bytes(), 0x2545_f491_4f6c_dd1d) % (m - 1) + 1;
+                (offset, skip)
+            })
+            .collect();
+        let mut next = vec![0u64; order.len()];
+        let mut table = vec![u32::MAX; size as usize];
+        let mut filled = 0;
+        while filled < table.len() {
+            for (k, &i) in order.iter().enumerate() {
+                let (offset, skip) = prefs[k];
+                let mut slot = (offset + next[k] * skip) % m;
+                while table[at(slot)] != u32::MAX {
+                    next[k] += 1;
+                    slot = (offset + next[k] * skip) % m;
+                }
+                table[at(slot)] = u32::try_from(i).unwrap();
+                next[k] += 1;
+                filled += 1;
+                if filled == table.len() {
+                    break;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn table_is_the_papers_permutation_walk() {
+        for (n, size) in [
+            (1, 251),
+            (3, 251),
+            (10, 1_021),
+            (37, 4_093),
+            (1_000, 131_071),
+        ] {
+            let b = backends(n);
+            assert_eq!(
+                build_table(&b, size),
+                reference_table(&b, size),
+                "{n} backends"
+            );
+        }
+        let odd = [
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 65_535),
+            SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 1),
+        ];
+        assert_eq!(build_table(&odd, 509), reference_table(&odd, 509));
+    }
+
     #[test]
     fn table_ignores_backend_order() {
         let mut b = backends(7);
@@ -236,5 +376,28 @@ mod tests {
             assert!(removed < 0.05, "remove from {n}: {removed}");
             assert!(added < 0.05, "add to {n}: {added}");
         }
+    }
+
+    #[test]
+    fn tables_built_on_threads_are_the_tables_built_one_by_one() {
+        let jobs: Vec<(Vec<SocketAddrV4>, u32)> = (0..300u32)
+            .map(|i| {
+                let backends = (0..=(i % 12))
+                    .map(|b| SocketAddrV4::new(Ipv4Addr::from(0x0af0_0000 + i * 16 + b), 8080))
+                    .collect::<Vec<_>>();
+                let size = table_size_for(backends.len(), 0);
+                (backends, size)
+            })
+            .collect();
+        let one_by_one: Vec<Vec<u32>> = jobs.iter().map(|(b, s)| build_table(b, *s)).collect();
+        assert!(jobs.iter().map(|(_, s)| u64::from(*s)).sum::<u64>() >= PARALLEL_SLOTS);
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(
+                build_tables(&jobs, threads),
+                one_by_one,
+                "{threads} threads"
+            );
+        }
+        assert!(build_tables(&[], 4).is_empty());
     }
 }

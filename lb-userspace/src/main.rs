@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, RunOptions, SourceConfig},
     conntrack,
-    datapath::DatapathConfig,
+    datapath::{DatapathConfig, UplinkHook},
     desired::NodeInfo,
     status,
 };
@@ -71,9 +71,14 @@ struct RunArgs {
     /// Kubeconfig for `--source kube` [default: in-cluster config, then ~/.kube/config].
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Uplink interface for the XDP program (repeat for several).
+    /// Uplink interface for the XDP program, or with `--uplink-hook tc` the
+    /// uplink TC program (repeat for several).
     #[arg(long = "xdp-iface")]
     xdp_ifaces: Vec<String>,
+    /// The hook on the uplinks: XDP, or TC ingress (after GRO; on a veth
+    /// uplink it spares the copy XDP makes of every cloned frame).
+    #[arg(long, value_enum, default_value_t = UplinkHookArg::Xdp)]
+    uplink_hook: UplinkHookArg,
     /// Pod interface name or pattern with `*` for the TC program (repeat for several).
     #[arg(long = "tc-iface")]
     tc_ifaces: Vec<String>,
@@ -110,6 +115,14 @@ enum SourceArg {
     Manifests,
     /// The Kubernetes API server (list/watch).
     Kube,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UplinkHookArg {
+    /// XDP (`--xdp-mode` says how).
+    Xdp,
+    /// TC ingress.
+    Tc,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -193,9 +206,10 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         },
         datapath: DatapathConfig {
             xdp_ifaces: args.xdp_ifaces,
-            xdp_mode: match args.xdp_mode {
-                XdpModeArg::Native => XdpMode::Driver,
-                XdpModeArg::Skb => XdpMode::Skb,
+            uplink: match (args.uplink_hook, args.xdp_mode) {
+                (UplinkHookArg::Tc, _) => UplinkHook::Tc,
+                (UplinkHookArg::Xdp, XdpModeArg::Native) => UplinkHook::Xdp(XdpMode::Driver),
+                (UplinkHookArg::Xdp, XdpModeArg::Skb) => UplinkHook::Xdp(XdpMode::Skb),
             },
             tc_patterns: args.tc_ifaces,
             node_addr,

@@ -7,7 +7,7 @@
 //! Freed slab ranges and ids wait for a grace period before reuse.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     net::SocketAddrV4,
     time::{Duration, Instant},
@@ -20,6 +20,7 @@ use lb_common::{
 
 use crate::{
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName},
+    filter::{self, FilterBits, FilterWrites},
     maglev,
     slab::{IdAllocator, SlabAllocator},
 };
@@ -46,6 +47,8 @@ pub enum MapOp {
     SetLabel(u32, String),
     /// Forget a service id's name.
     DeleteLabel(u32),
+    /// Write one word of the pass-through filter (index, bits).
+    SetFilterWord(u32, u64),
 }
 
 /// The operations of one sync, in the order they must be applied.
@@ -111,6 +114,9 @@ pub struct Planner {
     slab: SlabAllocator,
     backend_ids: IdAllocator,
     service_ids: IdAllocator,
+    filter: FilterBits,
+    /// Maglev tables built ahead for the plan under way: frontend -> (size, backend indices).
+    prebuilt: HashMap<Frontend, (u32, Vec<u32>)>,
 }
 
 #[derive(Default)]
@@ -131,16 +137,25 @@ impl Planner {
             slab: SlabAllocator::new(slab_slots, grace),
             backend_ids: IdAllocator::new(1, MAX_BACKENDS, grace),
             service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
+            filter: FilterBits::default(),
+            prebuilt: HashMap::new(),
         }
     }
 
     /// A planner that takes over frontends an earlier agent applied: their
     /// ids and slab ranges count as used, so the next plan changes only what
     /// differs. Frontends whose ranges or ids collide are dropped from the
-    /// record (and so rewritten by the next plan).
+    /// record (and so rewritten by the next plan). `filter_words` is what the
+    /// pass-through filter holds: the next plan sets the bits it lacks.
     #[must_use]
-    pub fn adopt(frontends: Vec<AppliedFrontend>, slab_slots: u32, grace: Duration) -> Self {
+    pub fn adopt(
+        frontends: Vec<AppliedFrontend>,
+        filter_words: Vec<u64>,
+        slab_slots: u32,
+        grace: Duration,
+    ) -> Self {
         let mut planner = Self::new(slab_slots, grace);
+        planner.filter = FilterBits::new(filter_words);
         for applied in frontends {
             let ok = planner.service_ids.reserve(applied.entry.id)
                 && planner
@@ -151,6 +166,7 @@ impl Planner {
                     .values()
                     .all(|b| planner.backend_ids.reserve(b.id));
             if ok {
+                planner.filter.add(filter::bits_of(&applied));
                 planner.frontends.insert(applied.frontend, applied);
             }
         }
@@ -186,21 +202,30 @@ impl Planner {
         now: Instant,
     ) -> (Plan, Vec<PlanError>) {
         self.slab.reclaim(now);
+        let frontends: Vec<Frontend> = frontends.into_iter().collect();
+        self.prebuild(desired, &frontends);
         let mut ops = Ops::default();
         let mut errors = Vec::new();
         for frontend in frontends {
-            let Some(want) = desired.get(&frontend) else {
+            if let Some(old) = self.frontends.get(&frontend) {
+                self.filter.remove(filter::bits_of(old));
+            }
+            if let Some(want) = desired.get(&frontend) {
+                if let Err(message) = self.place(frontend, want, &mut ops, now) {
+                    errors.push(PlanError {
+                        frontend,
+                        service: want.service.clone(),
+                        message,
+                    });
+                }
+            } else {
                 self.remove(frontend, &mut ops, now);
-                continue;
-            };
-            if let Err(message) = self.place(frontend, want, &mut ops, now) {
-                errors.push(PlanError {
-                    frontend,
-                    service: want.service.clone(),
-                    message,
-                });
+            }
+            if let Some(new) = self.frontends.get(&frontend) {
+                self.filter.add(filter::bits_of(new));
             }
         }
+        self.prebuilt.clear();
         let Ops {
             backends,
             tables,
@@ -208,8 +233,66 @@ impl Planner {
             deletes,
             clears,
         } = ops;
-        let ops = [backends, tables, services, deletes, clears].concat();
+        // Filter bits are set before anything they cover is written, and
+        // cleared only after it is gone.
+        let FilterWrites { before, after } = self.filter.writes();
+        let word = |&(index, bits)| MapOp::SetFilterWord(index, bits);
+        let ops = [
+            before.iter().map(word).collect(),
+            backends,
+            tables,
+            services,
+            deletes,
+            clears,
+            after.iter().map(word).collect(),
+        ]
+        .concat();
         (Plan { ops }, errors)
+    }
+
+    /// Builds, on every core, the Maglev tables of the frontends among
+    /// `frontends` whose table the plan will rebuild (a pure function of the
+    /// selected backends and the size, which `rebuild` decides alike).
+    fn prebuild(&mut self, desired: &DesiredState, frontends: &[Frontend]) {
+        let mut keys = Vec::new();
+        let mut jobs = Vec::new();
+        for frontend in frontends {
+            let Some(want) = desired.get(frontend) else {
+                continue;
+            };
+            let size = self.slots_to_write(frontend, want);
+            if size > 0 {
+                let addrs: Vec<SocketAddrV4> = want
+                    .backends
+                    .iter()
+                    .filter(|(_, b)| b.selected)
+                    .map(|(a, _)| *a)
+                    .collect();
+                keys.push((*frontend, size));
+                jobs.push((addrs, size));
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let tables = maglev::build_tables(&jobs, threads);
+        self.prebuilt = keys
+            .into_iter()
+            .zip(tables)
+            .map(|((frontend, size), table)| (frontend, (size, table)))
+            .collect();
+    }
+
+    /// The Maglev slots planning `frontend` as `want` writes: its new
+    /// table's size, or 0 when its table stays.
+    #[must_use]
+    pub fn slots_to_write(&self, frontend: &Frontend, want: &DesiredFrontend) -> u32 {
+        let current = self.frontends.get(frontend);
+        if current.is_some_and(|cur| same_table(cur, want)) {
+            return 0;
+        }
+        maglev::table_size_for(
+            want.backends.values().filter(|b| b.selected).count(),
+            current.map_or(0, |c| c.entry.table_size),
+        )
     }
 
     fn remove(&mut self, frontend: Frontend, ops: &mut Ops, now: Instant) {
@@ -311,10 +394,12 @@ impl Planner {
             .map(|(a, _)| *a)
             .collect();
         if size > 0 {
-            let slots = maglev::build_table(&addrs, size)
-                .into_iter()
-                .map(|i| backends[&addrs[i as usize]].id)
-                .collect();
+            let ids: Vec<BackendId> = addrs.iter().map(|a| backends[a].id).collect();
+            let table = match self.prebuilt.remove(&frontend) {
+                Some((built, table)) if built == size => table,
+                _ => maglev::build_table(&addrs, size),
+            };
+            let slots = table.into_iter().map(|i| ids[i as usize]).collect();
             ops.tables.push(MapOp::SetTable { offset, slots });
         }
         let entry = ServiceEntry {
@@ -490,14 +575,21 @@ mod tests {
     fn kinds(plan: &Plan) -> Vec<&'static str> {
         plan.ops
             .iter()
-            .filter(|op| !matches!(op, MapOp::SetLabel(..) | MapOp::DeleteLabel(..)))
+            .filter(|op| {
+                !matches!(
+                    op,
+                    MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..)
+                )
+            })
             .map(|op| match op {
                 MapOp::SetBackend(..) => "backend",
                 MapOp::SetTable { .. } => "table",
                 MapOp::SetService(..) => "service",
                 MapOp::DeleteService(..) => "delete",
                 MapOp::ClearBackend(..) => "clear",
-                MapOp::SetLabel(..) | MapOp::DeleteLabel(..) => unreachable!(),
+                MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
+                    unreachable!()
+                }
             })
             .collect()
     }
@@ -578,7 +670,11 @@ mod tests {
             "a new table goes to free slots"
         );
         let removed = before.backends[&SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)].id;
-        assert_eq!(plan.ops.last(), Some(&MapOp::ClearBackend(removed)));
+        let last = plan
+            .ops
+            .iter()
+            .rfind(|op| !matches!(op, MapOp::SetFilterWord(..)));
+        assert_eq!(last, Some(&MapOp::ClearBackend(removed)));
     }
 
     #[test]
@@ -687,6 +783,40 @@ mod tests {
         let (plan, errors) = p.plan(&state(&[(fe(11), want(&[(2, true)]))]), t0 + GRACE);
         assert!(errors.is_empty());
         assert_eq!(kinds(&plan), ["backend", "table", "service"]);
+    }
+
+    #[test]
+    fn filter_bits_are_set_first_and_cleared_last() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        let (plan, _) = p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+        let applied = p.frontends().next().unwrap().clone();
+        let needed: Vec<u32> = filter::bits_of(&applied).collect();
+        let set_first: Vec<u64> = plan
+            .ops
+            .iter()
+            .take_while(|op| matches!(op, MapOp::SetFilterWord(..)))
+            .map(|op| match op {
+                MapOp::SetFilterWord(index, bits) => {
+                    assert!(needed.iter().any(|b| b / 64 == *index));
+                    *bits
+                }
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            set_first.iter().map(|w| w.count_ones()).sum::<u32>(),
+            2,
+            "the frontend's bit and its backend's, before anything else"
+        );
+        assert!(matches!(plan.ops.last(), Some(MapOp::SetLabel(..))));
+        let (plan, _) = p.plan(&state(&[]), t0);
+        assert!(
+            matches!(plan.ops.last(), Some(MapOp::SetFilterWord(_, 0))),
+            "cleared after the frontend and its backend are gone: {:?}",
+            plan.ops
+        );
+        assert!(!matches!(plan.ops[0], MapOp::SetFilterWord(..)));
     }
 
     #[test]

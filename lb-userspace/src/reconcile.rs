@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
+    convert::Infallible,
     time::{Duration, Instant},
 };
 
@@ -16,6 +17,10 @@ use crate::{
 
 /// How long freed slab ranges and ids wait before reuse (packets in flight may still read them).
 pub const REUSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Maglev slots a chunk of a plan holds before it is applied (1 MiB of
+/// tables), so a sync of thousands of Services never holds all their tables.
+pub const CHUNK_SLOTS: usize = 1 << 18;
 
 /// The desired state as last computed, and what is applied.
 pub struct Reconciler {
@@ -33,8 +38,11 @@ pub struct Reconciler {
 
 /// The outcome of one reconcile.
 pub struct Reconciled {
-    /// Map operations, in order.
+    /// Map operations, in order ([`Reconciler::reconcile`]; empty when the
+    /// chunks went to [`Reconciler::reconcile_chunked`]'s `apply`).
     pub plan: Plan,
+    /// Map operations planned, in all chunks.
+    pub ops: usize,
     /// Frontends that could not be placed.
     pub errors: Vec<PlanError>,
     /// New warnings about ignored input.
@@ -76,10 +84,56 @@ impl Reconciler {
     /// The operations that bring the maps from the applied state to what
     /// `cluster` asks, given what `changes` says changed since the last call.
     pub fn reconcile(&mut self, cluster: &Cluster, changes: &Changes, now: Instant) -> Reconciled {
+        let mut plan = Plan::default();
+        let done = self.reconcile_chunked(cluster, changes, now, usize::MAX, |chunk| {
+            plan.ops.extend(chunk.ops);
+            Ok::<(), Infallible>(())
+        });
+        let mut done = match done {
+            Ok(done) => done,
+            Err(never) => match never {},
+        };
+        done.plan = plan;
+        done
+    }
+
+    /// Like [`Reconciler::reconcile`], handing the operations to `apply` in
+    /// chunks of about `chunk_slots` Maglev slots. Each chunk is the plan of
+    /// a group of whole frontends, in the planner's order (filter bits,
+    /// backends, tables, service entries, then what they no longer use),
+    /// and frontends that go are planned first. Stops at
+    /// the first chunk `apply` fails; frontends not planned yet keep what
+    /// the planner had applied.
+    pub fn reconcile_chunked<E>(
+        &mut self,
+        cluster: &Cluster,
+        changes: &Changes,
+        now: Instant,
+        chunk_slots: usize,
+        apply: impl FnMut(Plan) -> Result<(), E>,
+    ) -> Result<Reconciled, E> {
+        let (frontends, warnings, recomputed) = self.update(cluster, changes);
+        let (ops, errors) = self.plan_chunked(frontends, now, chunk_slots, apply)?;
+        Ok(Reconciled {
+            plan: Plan::default(),
+            ops,
+            errors,
+            warnings,
+            recomputed,
+        })
+    }
+
+    /// Brings the desired state up to date; returns the frontends to plan
+    /// in order, the new warnings and how many frontends were recomputed.
+    fn update(
+        &mut self,
+        cluster: &Cluster,
+        changes: &Changes,
+    ) -> (Vec<Frontend>, Vec<String>, usize) {
         let node = self.node.merged(cluster.node.as_ref());
         if changes.all || self.merged_node.as_ref() != Some(&node) {
             self.merged_node = Some(node);
-            return self.full(cluster, now);
+            return self.full(cluster);
         }
         let mut affected = changes.services.clone();
         let mut warnings = Vec::new();
@@ -103,19 +157,47 @@ impl Reconciler {
             }
             self.add_service(cluster, name, &mut touched);
         }
-        let (plan, errors) =
-            self.planner
-                .plan_frontends(&self.desired, touched.iter().copied(), now);
         let warnings = warnings
             .into_iter()
             .filter(|w| self.warned.insert(w.clone()))
             .collect();
-        Reconciled {
-            plan,
-            errors,
-            warnings,
-            recomputed: touched.len(),
+        let recomputed = touched.len();
+        (touched.into_iter().collect(), warnings, recomputed)
+    }
+
+    /// Plans `frontends` in groups of about `chunk_slots` new table slots,
+    /// handing each group's operations to `apply`.
+    fn plan_chunked<E>(
+        &mut self,
+        frontends: Vec<Frontend>,
+        now: Instant,
+        chunk_slots: usize,
+        mut apply: impl FnMut(Plan) -> Result<(), E>,
+    ) -> Result<(usize, Vec<PlanError>), E> {
+        let (mut total, mut errors) = (0usize, Vec::new());
+        let mut group = Vec::new();
+        let mut slots = 0usize;
+        let count = frontends.len();
+        for (k, frontend) in frontends.into_iter().enumerate() {
+            slots += self.desired.get(&frontend).map_or(0, |want| {
+                self.planner.slots_to_write(&frontend, want) as usize
+            });
+            group.push(frontend);
+            if slots < chunk_slots && k + 1 < count {
+                continue;
+            }
+            // A group is planned at once, so its tables are built on every core.
+            let (plan, mut failed) =
+                self.planner
+                    .plan_frontends(&self.desired, std::mem::take(&mut group), now);
+            errors.append(&mut failed);
+            slots = 0;
+            if !plan.ops.is_empty() {
+                total += plan.ops.len();
+                apply(plan)?;
+            }
         }
+        Ok((total, errors))
     }
 
     fn add_service(
@@ -137,7 +219,7 @@ impl Reconciler {
         self.by_service.insert(name.clone(), keys);
     }
 
-    fn full(&mut self, cluster: &Cluster, now: Instant) -> Reconciled {
+    fn full(&mut self, cluster: &Cluster) -> (Vec<Frontend>, Vec<String>, usize) {
         self.index = SliceIndex::build(cluster);
         self.desired.clear();
         self.by_service.clear();
@@ -145,7 +227,13 @@ impl Reconciler {
         for name in cluster.services.keys() {
             self.add_service(cluster, name, &mut touched);
         }
-        let (plan, errors) = self.planner.plan(&self.desired, now);
+        // As `Planner::plan`: the frontends that go, then every desired one.
+        let gone = self
+            .planner
+            .frontends()
+            .map(|applied| applied.frontend)
+            .filter(|f| !self.desired.contains_key(f));
+        let frontends = gone.chain(self.desired.keys().copied()).collect();
         let all = self.index.warnings(cluster);
         let warnings = all
             .iter()
@@ -153,12 +241,7 @@ impl Reconciler {
             .cloned()
             .collect();
         self.warned = all.into_iter().collect();
-        Reconciled {
-            plan,
-            errors,
-            warnings,
-            recomputed: self.desired.len(),
-        }
+        (frontends, warnings, self.desired.len())
     }
 }
 
@@ -167,6 +250,17 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::plan::MapOp;
+
+    /// Maglev slots the `SetTable` operations of `ops` write.
+    fn table_slots(ops: &[MapOp]) -> usize {
+        ops.iter()
+            .map(|op| match op {
+                MapOp::SetTable { slots, .. } => slots.len(),
+                _ => 0,
+            })
+            .sum()
+    }
     use crate::{
         desired::Protocol,
         model::{
@@ -285,5 +379,69 @@ mod tests {
         // And nothing is left to apply.
         let again = r.reconcile(&cluster, &Changes::all(), t0);
         assert!(again.plan.ops.is_empty(), "{:?}", again.plan.ops);
+    }
+
+    #[test]
+    fn chunks_hold_bounded_tables_and_add_up_to_the_whole_plan() {
+        let mut cluster = Cluster::default();
+        for i in 0..40u8 {
+            let svc = service(&format!("s{i}"), i + 1);
+            cluster.services.insert(svc.name.clone(), svc);
+            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1, i + 101]);
+            cluster.slices.insert(sl.name.clone(), sl);
+        }
+        let t0 = Instant::now();
+        let mut whole = Reconciler::new(node(), 1 << 20);
+        let expected = whole.reconcile(&cluster, &Changes::all(), t0);
+        let mut chunked = Reconciler::new(node(), 1 << 20);
+        let mut chunks: Vec<Plan> = Vec::new();
+        // Two backends get 251-slot tables: a chunk closes at its fourth table.
+        let done = chunked
+            .reconcile_chunked(&cluster, &Changes::all(), t0, 1_000, |chunk| {
+                chunks.push(chunk);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(chunks.len(), 10, "40 tables, 4 per chunk");
+        for chunk in &chunks {
+            assert!(
+                table_slots(&chunk.ops) <= 1_000 + 251,
+                "{}",
+                table_slots(&chunk.ops)
+            );
+        }
+        let all: Vec<MapOp> = chunks.into_iter().flat_map(|c| c.ops).collect();
+        let sorted = |ops: &[MapOp]| {
+            let mut ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
+            ops.sort();
+            ops
+        };
+        assert_eq!(
+            sorted(&all),
+            sorted(&expected.plan.ops),
+            "the same operations (each chunk in its own order)"
+        );
+        assert_eq!(done.ops, all.len());
+        assert_eq!(done.recomputed, expected.recomputed);
+        assert_eq!(chunked.desired(), whole.desired());
+
+        // A frontend's table is written before the entry that publishes it.
+        for (k, op) in all.iter().enumerate() {
+            if let MapOp::SetService(_, entry) = op {
+                assert!(all[..k].iter().any(
+                    |o| matches!(o, MapOp::SetTable { offset, .. } if *offset == entry.table_offset)
+                ));
+            }
+        }
+
+        // A failing chunk stops the sync there.
+        cluster.services.clear();
+        let mut calls = 0;
+        let failed = chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| {
+            calls += 1;
+            Err("map full")
+        });
+        assert_eq!(failed.err(), Some("map full"));
+        assert_eq!(calls, 1);
     }
 }

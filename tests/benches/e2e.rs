@@ -21,7 +21,7 @@ use lb_tests::{
     load::{bulk, kept_alive, new_connections, BenchServers, BENCH_HTTP_PORT, SINK_PORT},
     netns::Netns,
     procfs,
-    stats::{figure, ratio, Figure},
+    stats::{figure, paired_ratio, Figure},
     topology::ClusterTopology,
 };
 
@@ -34,18 +34,28 @@ const CONCURRENCY: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     Direct,
+    /// lb-agent as configured by default: XDP on the uplink, TC on the pods.
     Ours,
+    /// lb-agent with `--uplink-hook tc`: TC on the uplink too.
+    OursTc,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Direct, Mode::Ours, Mode::Iptables, Mode::Nftables];
+    const ALL: [Mode; 5] = [
+        Mode::Direct,
+        Mode::Ours,
+        Mode::OursTc,
+        Mode::Iptables,
+        Mode::Nftables,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct (no balancer)",
-            Mode::Ours => "lb-agent (XDP/TC)",
+            Mode::Ours => "lb-agent (XDP uplink)",
+            Mode::OursTc => "lb-agent (TC uplink)",
             Mode::Iptables => "kube-proxy iptables layout",
             Mode::Nftables => "kube-proxy nftables layout",
         }
@@ -55,6 +65,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Ours => "ours",
+            Mode::OursTc => "ours_tc",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
@@ -177,9 +188,13 @@ fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> Result<Sampl
             SocketAddrV4::new(pods[0].ip, BENCH_HTTP_PORT),
             SocketAddrV4::new(pods[0].ip, SINK_PORT),
         ),
-        Mode::Ours => {
+        Mode::Ours | Mode::OursTc => {
             let dir = programs.manifests.path().to_string_lossy().into_owned();
-            let mut a = Agent::start_with(&topo.node1, &["--manifests", &dir])?;
+            let mut args = vec!["--manifests", &dir];
+            if mode == Mode::OursTc {
+                args.extend(["--uplink-hook", "tc"]);
+            }
+            let mut a = Agent::start_with(&topo.node1, &args)?;
             a.wait_ready(Duration::from_mins(2))?;
             agent = Some(a);
             (WEB, BULK)
@@ -272,7 +287,8 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
         "Programming from cold: our agent from start to `ready` (programs loaded and verified, \
          manifests parsed, every map written), against `iptables-restore` and `nft -f` loading the \
          rules kube-proxy would write for the same Services (10 endpoints each), each into a fresh \
-         namespace. Median of rounds (spread).\n\n\
+         namespace, in turn. Median of rounds (spread); the ratio is the median of the rounds' \
+         ratios.\n\n\
          | services | lb-agent (ms) | iptables-restore (ms) | nft -f (ms) | iptables-restore / lb-agent | \
          agent peak RSS (MiB) | agent heap at ready (MiB) | map memory (MiB) |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -291,7 +307,11 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
         let ipt = figure(&runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>());
         let nft = figure(&runs.iter().map(|r| ms(r.4)).collect::<Vec<_>>());
         let heap = figure(&runs.iter().map(|r| r.5).collect::<Vec<_>>());
-        let speedup = ratio(ipt.median, ours.median);
+        let (speedup, _, _) = paired_ratio(
+            &runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>(),
+            &runs.iter().map(|r| ms(r.0)).collect::<Vec<_>>(),
+        )
+        .context("no programming round")?;
         let _ = writeln!(
             md,
             "| {total} | {} ({}-{}) | {} ({}-{}) | {} ({}-{}) | {speedup:.1}x | {:.0} | {:.0} | {:.1} |",
@@ -343,13 +363,26 @@ fn summarize(samples: &[Sample]) -> Vec<Figure> {
         .collect()
 }
 
+/// What the end-to-end tables show, for the report.
+fn intro(rounds: usize, duration: Duration) -> String {
+    format!(
+        "End to end in the namespace topology: a client outside the cluster, node1 forwarding to \
+         three pods; {CONCURRENCY} concurrent clients for {} s per figure, {rounds} round(s), \
+         modes in rotating order, a fresh topology for every measurement. The measured Service \
+         sits in the middle of the programmed ones (kube-proxy's KUBE-SERVICES chain is walked \
+         half way for each new connection). Median of rounds (spread: lowest-highest round); \
+         the headline ratios pair the two modes of each round.\n\n",
+        duration.as_secs()
+    )
+}
+
 fn main() -> Result<()> {
     lb_tests::require_root();
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
     let (rounds, duration) = if quick {
         (1, Duration::from_secs(1))
     } else {
-        (3, Duration::from_secs(3))
+        (5, Duration::from_secs(3))
     };
     for tool in ["iptables-restore", "nft"] {
         if which(tool).is_none() {
@@ -359,16 +392,11 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out)?;
-    let mut md = format!(
-        "End to end in the namespace topology: a client outside the cluster, node1 forwarding to \
-         three pods; {CONCURRENCY} concurrent clients for {} s per figure, {rounds} round(s), \
-         modes in rotating order, a fresh topology for every measurement. The measured Service \
-         sits in the middle of the programmed ones (kube-proxy's KUBE-SERVICES chain is walked \
-         half way for each new connection). Median of rounds (spread: lowest-highest round).\n\n",
-        duration.as_secs()
-    );
+    let mut md = intro(rounds, duration);
     let mut json = Vec::new();
     let mut medians: std::collections::BTreeMap<(u32, Mode), Vec<Figure>> =
+        std::collections::BTreeMap::new();
+    let mut per_round: std::collections::BTreeMap<(u32, Mode), Vec<Sample>> =
         std::collections::BTreeMap::new();
     for total in [10u32, 10_000] {
         let programs = programs(total, &out)?;
@@ -402,6 +430,7 @@ fn main() -> Result<()> {
             }
             let figures = summarize(s);
             medians.insert((total, *mode), figures.clone());
+            per_round.insert((total, *mode), s.clone());
             let _ = write!(md, "| {} |", mode.name());
             let mut fields = serde_json::Map::new();
             for ((name, _), f) in COLUMNS.iter().zip(&figures) {
@@ -419,9 +448,10 @@ fn main() -> Result<()> {
         let _ = writeln!(md);
         json.push(serde_json::json!({"services": total, "modes": modes}));
     }
-    let (headline, mut summary) = headline(&medians);
+    let (headline, mut summary) = headline(&per_round);
     draw_charts(&medians, &out)?;
-    let (programming_md, programming_json) = programming(rounds, &out)?;
+    // Loading 100,000 nft chains takes minutes: at most three rounds of it.
+    let (programming_md, programming_json) = programming(rounds.min(3), &out)?;
     let _ = write!(md, "### Programming from cold\n\n{programming_md}\n");
     for row in programming_json.as_array().into_iter().flatten() {
         let _ = writeln!(
@@ -445,14 +475,21 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The headline ratios, each from figures of this run: JSON and a summary.
+/// The headline ratios, each the median of its per-round ratios (the two
+/// modes measured in the same round, close in time): JSON and a summary.
 fn headline(
-    medians: &std::collections::BTreeMap<(u32, Mode), Vec<Figure>>,
+    per_round: &std::collections::BTreeMap<(u32, Mode), Vec<Sample>>,
 ) -> (serde_json::Map<String, serde_json::Value>, String) {
-    // Headline ratios, each from figures of this run: (label, scale, mode, column, baseline).
-    let get = |total, mode, column: usize| medians.get(&(total, mode)).map(|f| f[column].median);
+    let get = |total, mode, column: usize| {
+        per_round
+            .get(&(total, mode))
+            .map(|s| s.iter().map(COLUMNS[column].1).collect::<Vec<u64>>())
+    };
     let mut headline = serde_json::Map::new();
-    let mut summary = String::from("Headline (medians of this run):\n");
+    let mut summary = String::from(
+        "Headline (each ratio the median of the per-round ratios, lowest-highest round):\n",
+    );
+    let mut ratios = Vec::new();
     for (label, key, total, column, baseline) in [
         (
             "kept-alive requests/s, ours / direct",
@@ -490,14 +527,30 @@ fn headline(
             Mode::Iptables,
         ),
     ] {
-        if let (Some(ours), Some(base)) =
-            (get(total, Mode::Ours, column), get(total, baseline, column))
-        {
-            let r = ratio(ours, base);
-            headline.insert(key.into(), r.into());
+        for (ours_mode, hook, suffix) in [(Mode::Ours, "XDP", ""), (Mode::OursTc, "TC", "_tc")] {
+            ratios.push((
+                label,
+                format!("{key}{suffix}"),
+                total,
+                column,
+                baseline,
+                ours_mode,
+                hook,
+            ));
+        }
+    }
+    for (label, key, total, column, baseline, ours_mode, hook) in ratios {
+        let (Some(ours), Some(base)) =
+            (get(total, ours_mode, column), get(total, baseline, column))
+        else {
+            continue;
+        };
+        if let Some((r, low, high)) = paired_ratio(&ours, &base) {
+            headline.insert(key, r.into());
             let _ = writeln!(
                 summary,
-                "- {label} at {total} services: {r:.2}x ({ours} vs {base})"
+                "- {label} at {total} services ({hook} uplink): {r:.2}x ({low:.2}-{high:.2}x over {} rounds)",
+                ours.len().min(base.len())
             );
         }
     }

@@ -21,7 +21,7 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_tests::{
     packet::{Packet, TestDatapath, XDP_PASS},
-    stats::{figure, median, ratio, Figure},
+    stats::{figure, median, paired_ratio},
 };
 use lb_userspace::{
     datapath::{XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
@@ -116,35 +116,66 @@ const CLASSES: [&str; 5] = [
     "reply (reverse NAT)",
 ];
 
-fn measure(dp: &TestDatapath, calls: usize, new_flow_base: &mut u32) -> Vec<Figure> {
-    let lb: &Xdp = dp.program(XDP_PROGRAM).try_into().unwrap();
-    // Flows set up once: an established TCP flow, a UDP flow, a SNATed flow for replies.
-    let established = Packet::tcp(CLIENT, 40000, vip(0), 80).ack().build();
-    assert_eq!(
-        dp.run_xdp(&Packet::tcp(CLIENT, 40000, vip(0), 80).syn().build())
-            .0,
-        XDP_PASS
-    );
-    let udp = Packet::udp(CLIENT, 40001, vip(0), 53).build();
-    assert_eq!(dp.run_xdp(&udp).0, XDP_PASS);
-    let (_, snat_syn) = dp.run_xdp(&Packet::tcp(CLIENT, 40002, vip(0), 81).syn().build());
-    let (node, snat_port) = lb_tests::packet::src_of(&snat_syn);
-    let (backend, backend_port) = lb_tests::packet::dst_of(&snat_syn);
-    let reply = Packet::tcp(backend, backend_port, node, snat_port)
-        .ack()
-        .build();
-    let non_service = Packet::tcp(CLIENT, 40000, Ipv4Addr::new(10, 0, 0, 1), 443)
-        .ack()
-        .build();
+/// One configuration under test: its data path and the frames of the flows set up in it.
+struct Bench {
+    services: u32,
+    backends: u32,
+    dp: TestDatapath,
+    established: Vec<u8>,
+    udp: Vec<u8>,
+    reply: Vec<u8>,
+    non_service: Vec<u8>,
+}
 
-    let mut out = vec![0u8; 512];
-    let mut rounds: Vec<Vec<u64>> = vec![Vec::new(); CLASSES.len()];
-    for _ in 0..ROUNDS {
-        for (class, round) in rounds.iter_mut().enumerate() {
-            let mut samples = Vec::with_capacity(calls / ROUNDS);
-            for _ in 0..calls / ROUNDS {
-                let frame = match class {
-                    0 => non_service.clone(),
+impl Bench {
+    /// Loads the configuration and sets up an established TCP flow, a UDP
+    /// flow and a flow translated to the node address, whose replies are measured.
+    fn new(services: u32, backends: u32) -> Self {
+        let dp = datapath(services, backends);
+        let established = Packet::tcp(CLIENT, 40000, vip(0), 80).ack().build();
+        assert_eq!(
+            dp.run_xdp(&Packet::tcp(CLIENT, 40000, vip(0), 80).syn().build())
+                .0,
+            XDP_PASS
+        );
+        let udp = Packet::udp(CLIENT, 40001, vip(0), 53).build();
+        assert_eq!(dp.run_xdp(&udp).0, XDP_PASS);
+        let (_, snat_syn) = dp.run_xdp(&Packet::tcp(CLIENT, 40002, vip(0), 81).syn().build());
+        let (node, snat_port) = lb_tests::packet::src_of(&snat_syn);
+        let (backend, backend_port) = lb_tests::packet::dst_of(&snat_syn);
+        let reply = Packet::tcp(backend, backend_port, node, snat_port)
+            .ack()
+            .build();
+        let non_service = Packet::tcp(CLIENT, 40000, Ipv4Addr::new(10, 0, 0, 1), 443)
+            .ack()
+            .build();
+        Self {
+            services,
+            backends,
+            dp,
+            established,
+            udp,
+            reply,
+            non_service,
+        }
+    }
+
+    /// The median of `calls` per-call durations of `prog` on the frames `frame(i)` makes.
+    fn median_of(&self, prog: &str, calls: usize, mut frame: impl FnMut() -> Vec<u8>) -> u64 {
+        let prog: &Xdp = self.dp.program(prog).try_into().unwrap();
+        let mut out = vec![0u8; 512];
+        median((0..calls).map(|_| call(prog, &frame(), &mut out)).collect())
+    }
+
+    /// One round: the two baselines, then every class, `calls` each.
+    fn round(&self, calls: usize, new_flow_base: &mut u32) -> Round {
+        let baseline = || self.established.clone();
+        let floor = self.median_of(XDP_PASS_PROGRAM, calls, baseline);
+        let parse = self.median_of(XDP_PARSE_PROGRAM, calls, baseline);
+        let classes = (0..CLASSES.len())
+            .map(|class| {
+                self.median_of(XDP_PROGRAM, calls, || match class {
+                    0 => self.non_service.clone(),
                     1 => {
                         *new_flow_base += 1;
                         Packet::tcp(
@@ -156,32 +187,25 @@ fn measure(dp: &TestDatapath, calls: usize, new_flow_base: &mut u32) -> Vec<Figu
                         .syn()
                         .build()
                     }
-                    2 => established.clone(),
-                    3 => udp.clone(),
-                    _ => reply.clone(),
-                };
-                samples.push(call(lb, &frame, &mut out));
-            }
-            round.push(median(samples));
+                    2 => self.established.clone(),
+                    3 => self.udp.clone(),
+                    _ => self.reply.clone(),
+                })
+            })
+            .collect();
+        Round {
+            floor,
+            parse,
+            classes,
         }
     }
-    rounds.iter().map(|r| figure(r)).collect()
 }
 
-fn baseline(dp: &TestDatapath, name: &str, calls: usize) -> Figure {
-    let prog: &Xdp = dp.program(name).try_into().unwrap();
-    let frame = Packet::tcp(CLIENT, 40000, vip(0), 80).ack().build();
-    let mut out = vec![0u8; 512];
-    let rounds: Vec<u64> = (0..ROUNDS)
-        .map(|_| {
-            median(
-                (0..calls / ROUNDS)
-                    .map(|_| call(prog, &frame, &mut out))
-                    .collect(),
-            )
-        })
-        .collect();
-    figure(&rounds)
+/// One round's medians of one configuration (ns).
+struct Round {
+    floor: u64,
+    parse: u64,
+    classes: Vec<u64>,
 }
 
 fn main() {
@@ -197,41 +221,57 @@ fn main() {
         (1, 100),
         (1, 1_000),
     ];
+    // Every configuration is loaded first; each round then measures all of
+    // them, baselines included, so a drift of the machine hits every figure
+    // of a round alike and the per-round ratios cancel it.
+    let benches: Vec<Bench> = configs.iter().map(|&(s, b)| Bench::new(s, b)).collect();
+    let mut new_flow_base = 0;
+    let mut rounds: Vec<Vec<Round>> = (0..benches.len()).map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (bench, rounds) in benches.iter().zip(&mut rounds) {
+            rounds.push(bench.round(calls / ROUNDS, &mut new_flow_base));
+        }
+    }
+    let all =
+        |get: fn(&Round) -> u64| figure(&rounds.iter().flatten().map(get).collect::<Vec<_>>());
+    let (f, p) = (all(|r| r.floor), all(|r| r.parse));
     let mut json_configs = Vec::new();
     let mut md = String::new();
-    let mut new_flow_base = 0;
-    let mut floor = None;
-    let mut parse = None;
     let _ = writeln!(md, "| services | backends/service | class | ns/packet (median) | spread (round medians) | vs parse-only | above floor |");
     let _ = writeln!(md, "|---:|---:|---|---:|---|---:|---:|");
-    for (services, backends) in configs {
-        let dp = datapath(services, backends);
-        let f = *floor.get_or_insert_with(|| baseline(&dp, XDP_PASS_PROGRAM, calls));
-        let p = *parse.get_or_insert_with(|| baseline(&dp, XDP_PARSE_PROGRAM, calls));
-        let figures = measure(&dp, calls, &mut new_flow_base);
+    for (bench, rounds) in benches.iter().zip(&rounds) {
+        let (services, backends) = (bench.services, bench.backends);
         let mut classes = serde_json::Map::new();
-        for (class, fig) in CLASSES.iter().zip(&figures) {
+        for (c, class) in CLASSES.iter().enumerate() {
+            let ns: Vec<u64> = rounds.iter().map(|r| r.classes[c]).collect();
+            let fig = figure(&ns);
+            let parse: Vec<u64> = rounds.iter().map(|r| r.parse).collect();
+            let (vs_parse, _, _) = paired_ratio(&ns, &parse).expect("rounds");
+            let above = median(
+                rounds
+                    .iter()
+                    .map(|r| r.classes[c].saturating_sub(r.floor))
+                    .collect(),
+            );
             let _ = writeln!(
                 md,
-                "| {services} | {backends} | {class} | {} | {}-{} | {:.2}x | {} ns |",
-                fig.median,
-                fig.low,
-                fig.high,
-                ratio(fig.median, p.median),
-                fig.median.saturating_sub(f.median)
+                "| {services} | {backends} | {class} | {} | {}-{} | {vs_parse:.2}x | {above} ns |",
+                fig.median, fig.low, fig.high,
             );
             classes.insert(
                 (*class).to_string(),
                 serde_json::json!({"median_ns": fig.median, "low_ns": fig.low, "high_ns": fig.high,
-                    "vs_parse_only": ratio(fig.median, p.median), "above_floor_ns": fig.median.saturating_sub(f.median)}),
+                    "vs_parse_only": vs_parse, "above_floor_ns": above}),
             );
         }
         json_configs.push(serde_json::json!({"services": services, "backends_per_service": backends, "classes": classes}));
     }
-    let (f, p) = (floor.unwrap(), parse.unwrap());
     let header = format!(
-        "Per packet, XDP, `BPF_PROG_TEST_RUN` one call per packet, {calls} calls per measurement in {ROUNDS} interleaved rounds.\n\
-         Baselines in the same run: bare XDP_PASS {} ns ({}-{}), parse-only {} ns ({}-{}).\n\n",
+        "Per packet, XDP, `BPF_PROG_TEST_RUN` one call per packet, {calls} calls per measurement in {ROUNDS} rounds; \
+         each round measures every configuration and, in each, the two baselines and then every class. \
+         Baselines (all rounds): bare XDP_PASS {} ns ({}-{}), parse-only {} ns ({}-{}). \
+         \"vs parse-only\" is the median of the per-round ratios to the parse-only program of the same \
+         configuration and round; \"above floor\" likewise the median of per-round differences to the bare XDP_PASS.\n\n",
         f.median, f.low, f.high, p.median, p.low, p.high
     );
     let report = serde_json::json!({

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod packet;
 pub mod procfs;
 pub mod stats;
+pub mod targets;
 pub mod topology;
 pub mod traffic;
 

@@ -9,7 +9,9 @@ use std::{
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
 use lb_common::Verdict;
-use lb_userspace::datapath::{Datapath, DatapathConfig, TC_PROGRAM, XDP_PROGRAM};
+use lb_userspace::datapath::{
+    Datapath, DatapathConfig, UplinkHook, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
+};
 
 /// `XDP_DROP`.
 pub const XDP_DROP: u32 = 1;
@@ -332,7 +334,7 @@ impl TestDatapath {
         crate::require_bpffs();
         let datapath = Datapath::load(DatapathConfig {
             xdp_ifaces: vec![],
-            xdp_mode: XdpMode::Driver,
+            uplink: UplinkHook::Xdp(XdpMode::Driver),
             tc_patterns: vec![],
             node_addr: node,
             pin_dir: pin_dir.to_path_buf(),
@@ -382,6 +384,13 @@ impl TestDatapath {
     #[must_use]
     pub fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
+        run(prog, frame)
+    }
+
+    /// Runs the uplink TC program (`--uplink-hook tc`) on one frame: (return code, frame out).
+    #[must_use]
+    pub fn run_tc_uplink(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
         run(prog, frame)
     }
 

@@ -44,6 +44,23 @@ pub fn ratio(a: u64, b: u64) -> f64 {
     a as f64 / b.max(1) as f64
 }
 
+/// Ratios of measurements paired by round (`a[i] / b[i]`, measured close
+/// in time, so a shared machine's drift cancels): their median and the
+/// lowest and highest. `None` when no round has both.
+#[must_use]
+pub fn paired_ratio(a: &[u64], b: &[u64]) -> Option<(f64, f64, f64)> {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| ratio(x, y)).collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some((
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +99,23 @@ mod tests {
             "clamped to the last"
         );
         assert_eq!(percentile(&sorted[..1], 99), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn paired_ratios_follow_each_round_not_the_medians() {
+        // The machine halves its speed in round 2: each round's ratio is 0.9.
+        let ours = [90, 45, 90];
+        let base = [100, 50, 100];
+        let (median, low, high) = paired_ratio(&ours, &base).unwrap();
+        assert!(
+            (median - 0.9).abs() < 1e-9 && (low - 0.9).abs() < 1e-9 && (high - 0.9).abs() < 1e-9
+        );
+        // Medians of unpaired rounds would mix different rounds.
+        let (median, low, high) = paired_ratio(&[80, 100, 90], &[100, 100, 100]).unwrap();
+        assert!(
+            (median - 0.9).abs() < 1e-9 && (low - 0.8).abs() < 1e-9 && (high - 1.0).abs() < 1e-9
+        );
+        assert_eq!(paired_ratio(&[], &[1]), None);
     }
 
     #[test]

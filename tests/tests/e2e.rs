@@ -29,9 +29,17 @@ struct Cluster {
 }
 
 fn cluster(manifests: ManifestDir) -> Cluster {
+    cluster_with(manifests, &[])
+}
+
+/// Like [`cluster`], with more `lb-agent run` arguments.
+fn cluster_with(manifests: ManifestDir, extra: &[&str]) -> Cluster {
     let topo = ClusterTopology::new().expect("building the namespace topology");
     let servers = PodServers::start(&topo).expect("starting pod servers");
-    let mut agent = Agent::start(&topo.node1, manifests.path()).expect("starting lb-agent");
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut args = vec!["--manifests", &dir];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
     agent
         .wait_ready(Duration::from_secs(30))
         .expect("lb-agent ready");
@@ -72,6 +80,42 @@ fn balances_tcp_and_udp_over_all_four_backends() {
     let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
     assert_spread(&tcp, &all, 200, 0.10);
     // udp_distribution counts replies from any other source as "wrong-source".
+    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
+    assert_spread(&udp, &all, 100, 0.05);
+}
+
+/// The same traffic with the uplink program at TC ingress instead of XDP:
+/// local and remote (source translated) backends, TCP and UDP.
+#[test]
+fn balances_over_all_four_backends_with_the_uplink_hook_at_tc() {
+    let c = cluster_with(
+        ManifestDir::with_examples().unwrap(),
+        &["--uplink-hook", "tc"],
+    );
+    let link = c
+        .topo
+        .node1
+        .exec(&["ip", "-d", "link", "show", "eth0"])
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        !link.contains("xdp"),
+        "no XDP program on the uplink: {link}"
+    );
+    let pins = std::fs::read_dir(
+        c.agent
+            .pin_dir()
+            .join(lb_userspace::datapath::PIN_LAYOUT)
+            .join("links"),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    .collect::<Vec<_>>();
+    assert!(pins.contains(&"tcup-eth0".to_string()), "{pins:?}");
+    assert!(!pins.contains(&"xdp-eth0".to_string()), "{pins:?}");
+    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
+    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
+    assert_spread(&tcp, &all, 200, 0.10);
     let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
     assert_spread(&udp, &all, 100, 0.05);
 }
@@ -371,23 +415,62 @@ fn metrics_follow_real_traffic_and_probes_answer() {
 
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
-    kill_and_restart("restart", |_| {}, "adopted the pinned maps");
+    kill_and_restart("restart", |_| {}, &[], "adopted the pinned maps");
+}
+
+/// A restart that moves the uplink program from XDP to TC ingress: the
+/// successor attaches its TC program, then detaches the XDP one.
+#[test]
+fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
+    kill_and_restart(
+        "hookswitch",
+        |_| {},
+        &["--uplink-hook", "tc"],
+        "detached the other uplink hook",
+    );
 }
 
 /// Like a restart, but the successor is an upgrade whose pin layout is the
 /// next one: it finds the previous layout's pins (made here from the
-/// current ones: v1 is v2 without the event counters), carries their
+/// current ones: v2 is v3 without the pass-through filter), carries their
 /// maps over and moves the links to its programs after its first sync.
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
     kill_and_restart(
         "upgrade",
         |pin_dir| {
-            assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v2");
-            std::fs::rename(pin_dir.join("v2"), pin_dir.join("v1")).unwrap();
-            std::fs::remove_file(pin_dir.join("v1").join(lb_common::MAP_EVENTS)).unwrap();
+            assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v3");
+            std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
+            std::fs::remove_file(pin_dir.join("v2").join(lb_common::MAP_FILTER)).unwrap();
         },
+        &[],
         "hand-over from the earlier layout finished",
+    );
+}
+
+/// The successor pinned its links: the uplink's of its hook (`tc_uplink`:
+/// TC, else XDP), none of the other hook, and the pods'.
+fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_uplink: bool) {
+    let (uplink, gone) = if tc_uplink {
+        ("tcup-eth0", "xdp-eth0")
+    } else {
+        ("xdp-eth0", "tcup-eth0")
+    };
+    for link in [uplink, "tc-vpod1a", "tc-vpod1b", "tc-vpod1c"] {
+        assert!(
+            pin_dir.join("v3/links").join(link).exists(),
+            "{link} is pinned by the successor"
+        );
+    }
+    assert!(!pin_dir.join("v3/links").join(gone).exists());
+    let link = topo
+        .node1
+        .exec(&["ip", "-d", "link", "show", "eth0"])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        !tc_uplink,
+        "XDP is on the uplink exactly when it is the uplink hook"
     );
 }
 
@@ -424,8 +507,14 @@ fn probe_continuously(
 
 /// Starts an agent, opens a long-lived connection through SNAT and keeps opening
 /// new ones, kills the agent, runs `between` on the pins, starts a successor
-/// (whose log must say `expected_log`) and edits an endpoint: nothing fails.
-fn kill_and_restart(tag: &str, between: fn(&std::path::Path), expected_log: &str) {
+/// with `successor_args` more (whose log must say `expected_log`) and edits
+/// an endpoint: nothing fails.
+fn kill_and_restart(
+    tag: &str,
+    between: fn(&std::path::Path),
+    successor_args: &[&str],
+    expected_log: &str,
+) {
     let topo = ClusterTopology::new().unwrap();
     let _servers = PodServers::start(&topo).unwrap();
     let manifests = ManifestDir::with_examples().unwrap();
@@ -465,12 +554,9 @@ fn kill_and_restart(tag: &str, between: fn(&std::path::Path), expected_log: &str
     between(&pin_dir);
 
     // The successor adopts the pins: the connection keeps working, then an edit applies.
-    let mut second = Agent::start_pinned(
-        &topo.node1,
-        &["--manifests", &dir, "--detach-on-exit"],
-        &pin_dir,
-    )
-    .unwrap();
+    let mut args = vec!["--manifests", &dir, "--detach-on-exit"];
+    args.extend_from_slice(successor_args);
+    let mut second = Agent::start_pinned(&topo.node1, &args, &pin_dir).unwrap();
     second.wait_ready(Duration::from_secs(30)).unwrap();
     let log = second.log();
     assert!(log.contains(expected_log), "{log}");
@@ -478,13 +564,8 @@ fn kill_and_restart(tag: &str, between: fn(&std::path::Path), expected_log: &str
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(layouts, ["v2"], "one layout remains");
-    for link in ["xdp-eth0", "tc-vpod1a", "tc-vpod1b", "tc-vpod1c"] {
-        assert!(
-            pin_dir.join("v2/links").join(link).exists(),
-            "{link} is pinned by the successor"
-        );
-    }
+    assert_eq!(layouts, ["v3"], "one layout remains");
+    assert_successor_links(&topo, &pin_dir, successor_args.contains(&"tc"));
     let first_sync = log
         .lines()
         .find(|l| l.contains("synced"))

@@ -267,11 +267,24 @@ fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
             .0
             .ip()
     };
-    let sport = (47000..47100).find(|&p| maglev_pick(p) != second).unwrap();
+    let mut elsewhere = (47000..47200).filter(|&p| maglev_pick(p) != second);
+    let (kept, expired) = (elsewhere.next().unwrap(), elsewhere.next().unwrap());
+    // Packets of an established flow keep the client's affinity alive past
+    // its timeout (1.5 s of them, one every 300 ms).
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, 46001, VIP, 80).ack().build());
+        assert_eq!(lb_tests::packet::dst_of(&out).0, second);
+    }
+    assert_eq!(
+        dst(&dp, CLIENT, kept),
+        second,
+        "the established flow's packets refreshed the affinity"
+    );
     std::thread::sleep(std::time::Duration::from_millis(1200));
     assert_eq!(
-        dst(&dp, CLIENT, sport),
-        maglev_pick(sport),
+        dst(&dp, CLIENT, expired),
+        maglev_pick(expired),
         "affinity expired"
     );
 }
@@ -377,6 +390,33 @@ fn remote_backend_is_snated_and_the_reply_is_reversed_twice() {
 }
 
 #[test]
+fn the_uplink_tc_program_translates_as_xdp_does() {
+    let (dp, _p) = setup(
+        "tcup",
+        &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
+    );
+    let (ret, out) = dp.run_tc_uplink(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(ret, TC_ACT_OK);
+    let (src, sport) = lb_tests::packet::src_of(&out);
+    assert_eq!(
+        src, NODE,
+        "a client outside the node is SNATed to a remote backend"
+    );
+    assert_eq!(out, tcp(NODE, sport, REMOTE, 8080).syn().build());
+    assert!(lb_tests::packet::checksums_valid(&out));
+    // One conntrack for both uplink hooks: XDP continues the same flow.
+    let (_, again) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).ack().build());
+    assert_eq!(again, tcp(NODE, sport, REMOTE, 8080).ack().build());
+    let (ret, reply) = dp.run_tc_uplink(&tcp(REMOTE, 8080, NODE, sport).synack().build());
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(reply, tcp(VIP, 80, CLIENT, 40000).synack().build());
+    assert!(lb_tests::packet::checksums_valid(&reply));
+    // The pod program keeps the source of the same kind of packet.
+    let (_, from_pod) = dp.run_tc(&tcp(CLIENT, 40001, VIP, 80).syn().build());
+    assert_eq!(from_pod, tcp(CLIENT, 40001, REMOTE, 8080).syn().build());
+}
+
+#[test]
 fn pod_to_cluster_ip_in_tc_keeps_the_pod_address() {
     let (dp, _p) = setup(
         "tcfwd",
@@ -404,6 +444,83 @@ fn pod_reaching_itself_through_the_service_is_snated() {
     assert_eq!(out, tcp(NODE, sport, POD_A, 8080).syn().build());
     let (_, reply) = dp.run_tc(&tcp(POD_A, 8080, NODE, sport).synack().build());
     assert_eq!(reply, tcp(VIP, 80, POD_A, 33000).synack().build());
+}
+
+/// The filter bit of a frontend (`FILTER_SEED_FRONTEND`) or backend, as (word, mask).
+fn filter_word(seed: u64, addr: Ipv4Addr, port: u16) -> (u32, u64) {
+    let bit = lb_common::filter_bit(
+        seed,
+        u32::from_ne_bytes(addr.octets()),
+        port.to_be(),
+        lb_common::IPPROTO_TCP,
+    );
+    (bit / 64, 1 << (bit % 64))
+}
+
+#[test]
+fn the_programs_skip_lookups_only_where_the_filter_has_no_bit() {
+    let (mut dp, mut planner) = setup(
+        "filter",
+        &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
+    );
+    let maps = &dp.datapath_mut().maps;
+    let (fe_word, fe_mask) = filter_word(lb_common::FILTER_SEED_FRONTEND, VIP, 80);
+    let (be_word, be_mask) = filter_word(lb_common::FILTER_SEED_BACKEND, REMOTE, 8080);
+    let fe_bits = maps.filter.get(fe_word).unwrap();
+    let be_bits = maps.filter.get(be_word).unwrap();
+    assert_ne!(fe_bits & fe_mask, 0, "the frontend's bit is set");
+    assert_ne!(be_bits & be_mask, 0, "the backend's bit is set");
+    let words = maps.filter.words();
+    assert_eq!(
+        words.iter().map(|w| w.count_ones()).sum::<u32>(),
+        2,
+        "nothing else"
+    );
+    assert_eq!(words[fe_word as usize], fe_bits, "the mapping is the map");
+
+    let (_, out) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    let (node, sport) = lb_tests::packet::src_of(&out);
+    let reply = tcp(REMOTE, 8080, node, sport).synack().build();
+
+    // Without the frontend's bit the programs never look the frontend up.
+    dp.datapath_mut()
+        .maps
+        .filter
+        .set(fe_word, fe_bits & !fe_mask)
+        .unwrap();
+    let syn = tcp(CLIENT, 40001, VIP, 80).syn().build();
+    assert_eq!(
+        dp.run_xdp(&syn),
+        (XDP_PASS, syn.clone()),
+        "passed untouched"
+    );
+    assert_eq!(dp.verdict(Verdict::Passed), 1);
+    // Without the backend's bit, neither the reply.
+    dp.datapath_mut()
+        .maps
+        .filter
+        .set(be_word, be_bits & !be_mask)
+        .unwrap();
+    assert_eq!(dp.run_xdp(&reply), (XDP_PASS, reply.clone()));
+    assert_eq!(dp.verdict(Verdict::Passed), 2);
+
+    // The next plan touching the frontend sets both bits again.
+    apply(&mut dp, &mut planner, &[]);
+    apply(
+        &mut dp,
+        &mut planner,
+        &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
+    );
+    let (ret, out) = dp.run_xdp(&syn);
+    assert_eq!(ret, XDP_PASS);
+    assert_eq!(lb_tests::packet::dst_of(&out), (REMOTE, 8080), "translated");
+    let (_, out) = dp.run_xdp(&reply);
+    assert_eq!(out, tcp(VIP, 80, CLIENT, 40000).synack().build());
+
+    // Removing the frontend clears every bit it needed.
+    apply(&mut dp, &mut planner, &[]);
+    let words = dp.datapath_mut().maps.filter.words();
+    assert!(words.iter().all(|w| *w == 0), "an empty filter");
 }
 
 #[test]
@@ -535,4 +652,44 @@ fn an_untranslatable_packet_is_dropped_and_logged_at_debug_level() {
             && l.contains("dropped")),
         "{logs:?}"
     );
+}
+
+#[test]
+fn the_slab_is_mapped_a_window_at_a_time_and_the_kernel_keeps_every_table() {
+    use lb_userspace::datapath::maps::SLAB_WINDOW;
+    // 4 MiB of slab: tables far apart are written through different windows.
+    let slots = 1 << 20;
+    let mut dp = TestDatapath::load_with("slab-windows", NODE, slots);
+    let placed = [
+        (0, 1_021),
+        (1_021, 1_021),
+        (300_001, 1_021),
+        (slots - 131_071, 131_071),
+        (600_000, 4_093),
+    ];
+    let tables: Vec<(u32, Vec<u32>)> = placed
+        .iter()
+        .zip(1u32..)
+        .map(|(&(offset, len), k)| (offset, (0..len).map(|i| i * 7 + k).collect()))
+        .collect();
+    let slab = &mut dp.datapath_mut().maps.slab;
+    assert_eq!(slab.mapped_bytes(), 0, "nothing mapped before a write");
+    for (offset, table) in &tables {
+        slab.write(*offset, table).unwrap();
+        assert!(
+            slab.mapped_bytes() <= SLAB_WINDOW,
+            "{} bytes mapped",
+            slab.mapped_bytes()
+        );
+    }
+    // Every table, those whose window is long unmapped too, is in the kernel's map.
+    for (offset, table) in &tables {
+        for (i, want) in (0u32..).zip(table).step_by(89) {
+            assert_eq!(slab.get(offset + i).unwrap(), *want, "slot {}", offset + i);
+        }
+        let len = u32::try_from(table.len()).unwrap();
+        assert_eq!(&slab.read(*offset, len).unwrap(), table);
+    }
+    assert!(slab.write(slots - 10, &[1; 11]).is_err(), "past the end");
+    assert!(slab.read(slots - 10, 11).is_err(), "past the end");
 }

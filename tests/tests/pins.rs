@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Event, CONNTRACK_MAX_ENTRIES, MAP_EVENTS};
+use lb_common::{Event, CONNTRACK_MAX_ENTRIES, MAP_FILTER};
 use lb_tests::{
     packet::{src_of, unique_pin_dir, Packet, TestDatapath, XDP_PASS},
     traffic::metric,
@@ -81,14 +81,14 @@ fn apply(dp: &mut TestDatapath, desired: &DesiredState) {
 }
 
 /// Turns the pins an agent of this layout left into those of the layout
-/// before it: v1 is this layout without the event counters.
+/// before it: v2 is this layout without the pass-through filter.
 fn make_previous_layout(pin_dir: &Path) {
     assert_eq!(
-        PIN_LAYOUT, "v2",
+        PIN_LAYOUT, "v3",
         "update this test's picture of the previous layout"
     );
-    std::fs::rename(pin_dir.join("v2"), pin_dir.join("v1")).unwrap();
-    std::fs::remove_file(pin_dir.join("v1").join(MAP_EVENTS)).unwrap();
+    std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
+    std::fs::remove_file(pin_dir.join("v2").join(MAP_FILTER)).unwrap();
 }
 
 #[test]
@@ -144,12 +144,12 @@ fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
         );
     }
     assert!(
-        pin_dir.join("v1").exists(),
+        pin_dir.join("v2").exists(),
         "kept until the hand-over finishes"
     );
     new.datapath_mut().finish_handover().unwrap();
     assert!(
-        !pin_dir.join("v1").exists(),
+        !pin_dir.join("v2").exists(),
         "the earlier layout's pins are gone"
     );
     let created = new

@@ -98,8 +98,8 @@ pub fn demo() -> Result<()> {
         .env("LB_AGENT_BIN", agent))
 }
 
-/// The benchmarks; their tables are assembled into BENCHMARKS.md and their
-/// figures into target/bench/report.json.
+/// The benchmarks; `bench-report` assembles their tables into BENCHMARKS.md
+/// (with the targets judged) and their figures into target/bench/report.json.
 pub fn bench(quick: bool) -> Result<()> {
     require_root("cargo xtask bench")?;
     setup()?;
@@ -123,47 +123,20 @@ pub fn bench(quick: bool) -> Result<()> {
         }
         run(&mut bench)?;
     }
-    let out = root().join("target/bench");
-    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
-    let report = format!(
-        "# Benchmarks\n\nWritten by `cargo xtask bench`{} on this project's CI machine kind \
-         (2 cores, shared: read ratios, not absolute times). Every figure: \
-         `target/bench/report.json`.\n\n## End to end\n\n\
-         ![New connections per second](docs/bench/e2e-connections.png)\n\n\
-         ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
-         ## Control path\n\n{}",
-        if quick { " --quick" } else { "" },
-        read("e2e.md"),
-        read("packet.md"),
-        read("control.md")
-    );
-    // The charts are committed next to the report, which shows them.
-    let charts = root().join("docs/bench");
-    std::fs::create_dir_all(&charts)?;
-    for png in ["e2e-connections.png", "e2e-requests.png"] {
-        if out.join(png).exists() {
-            std::fs::copy(out.join(png), charts.join(png))?;
-        }
+    // The report: targets judged, notes, tables, charts, report.json.
+    let mut report = cargo();
+    report.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "bench-report",
+    ]);
+    if quick {
+        report.args(["--", "--quick"]);
     }
-    std::fs::write(root().join("BENCHMARKS.md"), report)?;
-    let json = |name: &str| {
-        let text = read(name);
-        if text.trim().is_empty() {
-            "null".to_string()
-        } else {
-            text
-        }
-    };
-    std::fs::write(
-        out.join("report.json"),
-        format!(
-            "{{\"quick\": {quick},\n\"e2e\": {},\n\"packet\": {},\n\"control\": {}}}\n",
-            json("e2e.json"),
-            json("packet.json"),
-            json("control.json")
-        ),
-    )?;
-    println!("{}", read("summary.txt"));
-    eprintln!("wrote BENCHMARKS.md and target/bench/report.json");
+    run(&mut report)?;
     Ok(())
 }

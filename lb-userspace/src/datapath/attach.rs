@@ -13,16 +13,18 @@ use aya::{
     Ebpf,
 };
 
-use super::{TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
+use super::{TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
 
 /// Loads (verifies) the programs.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
     xdp.load()
         .with_context(|| format!("the verifier rejected {XDP_PROGRAM}"))?;
-    let tc: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
-    tc.load()
-        .with_context(|| format!("the verifier rejected {TC_PROGRAM}"))?;
+    for name in [TC_PROGRAM, UPLINK_TC_PROGRAM] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+        tc.load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+    }
     for name in [XDP_PASS_PROGRAM, XDP_PARSE_PROGRAM] {
         let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
         xdp.load()
@@ -85,17 +87,19 @@ pub fn attach_xdp(
     Ok(Attached::New)
 }
 
-/// Attaches the TC program to the ingress of `iface` through a TCX link
-/// pinned at `pin`, adopting an existing pinned link (or an earlier layout's,
-/// pinned at `previous`) like [`attach_xdp`]. Kernels without TCX (< 6.6)
-/// get a clsact qdisc and a netlink filter, which does not survive the agent.
+/// Attaches the TC program `name` to the ingress of `iface` through a TCX
+/// link pinned at `pin`, adopting an existing pinned link (or an earlier
+/// layout's, pinned at `previous`) like [`attach_xdp`]. Kernels without TCX
+/// (< 6.6) get a clsact qdisc and a netlink filter, which does not survive
+/// the agent.
 pub fn attach_tc(
     ebpf: &mut Ebpf,
+    name: &str,
     iface: &str,
     pin: &Path,
     previous: Option<&Path>,
 ) -> Result<Attached> {
-    let prog: &mut SchedClassifier = program(ebpf, TC_PROGRAM)?.try_into()?;
+    let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
     if let Ok(pinned) = PinnedLink::from_pin(pin) {
         let link = SchedClassifierLink::try_from(FdLink::from(pinned))
             .with_context(|| format!("{} is not a TC link", pin.display()))?;

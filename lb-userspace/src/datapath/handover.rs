@@ -19,6 +19,7 @@ use super::{
     layout::Handover,
     maps::{Maps, Slab},
 };
+use crate::filter::{self, FilterBits};
 
 /// `BPF_NOEXIST`: an entry the new programs already wrote is kept.
 const BPF_NOEXIST: u64 = 1;
@@ -133,6 +134,15 @@ pub fn carry_services(old_dir: &Path, new_dir: &Path, maps: &mut Maps) -> Result
         &old_dir.join(MAP_SERVICES),
         &new_dir.join(MAP_SERVICES),
     )?;
+    // The filter follows from what was carried; it is set before any
+    // program of this layout sees a packet.
+    let mut bits = FilterBits::new(maps.filter.words());
+    for applied in maps.applied_frontends()? {
+        bits.add(filter::bits_of(&applied));
+    }
+    for (index, word) in bits.writes().before {
+        maps.filter.set(index, word)?;
+    }
     Ok(())
 }
 

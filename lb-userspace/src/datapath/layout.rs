@@ -15,30 +15,50 @@ use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v2";
+pub const PIN_LAYOUT: &str = "v3";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 2_389_935_696_906_746_750;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 6_787_536_170_356_621_566;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over.
-pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[(
-    // v2 added EVENTS; every other map kept its layout.
-    "v1",
-    &[
-        MAP_SERVICES,
-        MAP_BACKENDS,
-        MAP_MAGLEV,
-        MAP_SERVICE_LABELS,
-        MAP_CONNTRACK,
-        MAP_REVNAT,
-        MAP_AFFINITY,
-        MAP_VERDICTS,
-        MAP_SERVICE_STATS,
-    ],
-)];
+/// The pass-through filter (v3) is never carried: it follows from the
+/// services and backends, and is rebuilt from those carried.
+pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
+    (
+        // v3 added FILTER; every other map kept its layout.
+        "v2",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_EVENTS,
+        ],
+    ),
+    (
+        // v2 added EVENTS.
+        "v1",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+        ],
+    ),
+];
 
 /// The maps naming each other's ids (service ids, backend ids, slab
 /// offsets): carried all together or not at all.

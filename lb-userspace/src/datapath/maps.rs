@@ -11,12 +11,12 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use lb_common::{
     Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
-    SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
+    SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
     MAP_SERVICE_STATS, MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -28,6 +28,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     lb_common::MAP_AFFINITY,
     MAP_SERVICE_STATS,
     lb_common::MAP_EVENTS,
+    MAP_FILTER,
 ];
 
 /// The maps the control path writes, plus the counters it reads.
@@ -48,6 +49,8 @@ pub struct Maps {
     pub service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
     /// Per-CPU event counters.
     pub events: PerCpuArray<MapData, u64>,
+    /// The pass-through filter, memory-mapped.
+    pub filter: Filter,
 }
 
 impl Maps {
@@ -66,6 +69,7 @@ impl Maps {
             labels: HashMap::try_from(take(MAP_SERVICE_LABELS)?)?,
             service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?)?,
             events: PerCpuArray::try_from(take(lb_common::MAP_EVENTS)?)?,
+            filter: Filter::new(take(MAP_FILTER)?)?,
         })
     }
 
@@ -90,6 +94,7 @@ impl Maps {
             labels: HashMap::try_from(Map::HashMap(open(MAP_SERVICE_LABELS)?))?,
             service_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(MAP_SERVICE_STATS)?))?,
             events: PerCpuArray::try_from(Map::PerCpuArray(open(lb_common::MAP_EVENTS)?))?,
+            filter: Filter::new(Map::Array(open(MAP_FILTER)?))?,
         })
     }
 
@@ -134,17 +139,101 @@ impl Maps {
     }
 }
 
-/// The Maglev slab array, mapped into this process so a whole table is written
-/// with plain stores instead of one syscall per slot.
+/// The Maglev slab array, mapped into this process a window at a time, so
+/// a whole table is written with plain stores instead of one syscall per
+/// slot. Mapping a BPF array maps all its pages at once, so the agent maps
+/// only the pages it writes (at least [`SLAB_WINDOW`] bytes, kept for the
+/// next write): its resident memory stays a window, not the whole slab,
+/// which is kernel memory either way.
 pub struct Slab {
     map: Array<MapData, SlabEntry>,
-    base: NonNull<BackendId>,
+    /// The array's fd, open as long as `map` lives.
+    fd: i32,
     slots: u32,
     len_bytes: usize,
+    page: usize,
+    window: Option<Mapping>,
+}
+
+/// Bytes of the slab the agent maps at least for a write (1 MiB).
+pub const SLAB_WINDOW: usize = 1 << 20;
+
+/// A shared mapping of `len` bytes of a `BPF_F_MMAPABLE` array (the slab,
+/// the filter) from byte `start`.
+struct Mapping {
+    base: NonNull<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: i32, (start, len): (usize, usize), name: &str) -> Result<Self> {
+        // SAFETY: mapping part of a BPF_F_MMAPABLE array, at a page-aligned
+        // offset inside it, shared with the kernel; unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                libc::off_t::try_from(start)?,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "cannot mmap {len} bytes at {start} of the {name} map: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).context("mmap returned null")?;
+        Ok(Self { base, start, len })
+    }
+
+    fn holds(&self, (start, len): (usize, usize)) -> bool {
+        self.start <= start && start + len <= self.start + self.len
+    }
+
+    /// Pointer to slot `slot` of the slab, which the mapping holds.
+    fn slot_ptr(&self, slot: u32) -> *mut BackendId {
+        let byte = slot as usize * size_of::<BackendId>();
+        debug_assert!(byte >= self.start && byte < self.start + self.len);
+        // SAFETY: in bounds of the mapping (checked by the callers' `holds`).
+        unsafe { self.base.as_ptr().add(byte - self.start).cast() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `new`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The page-aligned byte range `(start, len)` to map for slots
+/// `offset..offset + count` of a slab of `total_bytes`: the pages those
+/// slots touch, extended to at least `min_bytes` (within the slab).
+#[must_use]
+pub fn window_for(
+    offset: u32,
+    count: usize,
+    total_bytes: usize,
+    page: usize,
+    min_bytes: usize,
+) -> (usize, usize) {
+    let first = offset as usize * size_of::<BackendId>();
+    let end = first + count * size_of::<BackendId>();
+    let start = first / page * page;
+    let end = end.max(start + min_bytes).div_ceil(page) * page;
+    let total = total_bytes.div_ceil(page) * page;
+    let end = end.min(total);
+    (start, end - start)
 }
 
 impl Slab {
-    /// Maps the slab array of `map` into this process.
+    /// Opens the slab array of `map` (nothing is mapped until a write or read).
     pub(super) fn new(map: Map) -> Result<Self> {
         let fd = match &map {
             Map::Array(data) => data.fd().as_fd().as_raw_fd(),
@@ -153,30 +242,15 @@ impl Slab {
         let map: Array<MapData, SlabEntry> = Array::try_from(map)?;
         let slots = map.len() * SLOTS_PER_SLAB_ENTRY;
         let len_bytes = usize::try_from(slots)? * size_of::<BackendId>();
-        // SAFETY: mapping a BPF_F_MMAPABLE array of `len_bytes` bytes, shared
-        // with the kernel; the fd stays open as long as `map` lives in `self`.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "cannot mmap the {MAP_MAGLEV} map: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let base = NonNull::new(ptr.cast::<BackendId>()).context("mmap returned null")?;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         Ok(Self {
             map,
-            base,
+            fd,
             slots,
             len_bytes,
+            page,
+            window: None,
         })
     }
 
@@ -186,43 +260,67 @@ impl Slab {
         self.slots
     }
 
-    /// Writes `table` at `offset`. The slots must not be referenced by any service yet.
-    pub fn write(&mut self, offset: u32, table: &[BackendId]) -> Result<()> {
-        let end = u64::from(offset) + table.len() as u64;
-        if end > u64::from(self.slots) {
+    /// Bytes of the slab mapped into this process now.
+    #[must_use]
+    pub fn mapped_bytes(&self) -> usize {
+        self.window.as_ref().map_or(0, |w| w.len)
+    }
+
+    fn check(&self, offset: u32, len: usize) -> Result<()> {
+        if u64::from(offset) + len as u64 > u64::from(self.slots) {
             bail!(
-                "a table of {} slots at {offset} does not fit the {} slots of the Maglev slab",
-                table.len(),
+                "a table of {len} slots at {offset} does not fit the {} slots of the Maglev slab",
                 self.slots
             );
         }
-        // SAFETY: bounds checked above; the mapping is live and only this
-        // process writes it (the kernel only reads).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                table.as_ptr(),
-                self.base.as_ptr().add(offset as usize),
-                table.len(),
-            );
-        }
-        // Make the table visible before the service entry that points at it.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
-    /// Reads `len` slots from `offset` (through the mapping).
+    /// Writes `table` at `offset`. The slots must not be referenced by any service yet.
+    pub fn write(&mut self, offset: u32, table: &[BackendId]) -> Result<()> {
+        self.check(offset, table.len())?;
+        if table.is_empty() {
+            return Ok(());
+        }
+        let needed = window_for(offset, table.len(), self.len_bytes, self.page, 0);
+        if !self.window.as_ref().is_some_and(|w| w.holds(needed)) {
+            // The old window goes first, so at most one is mapped.
+            self.window = None;
+            let range = window_for(offset, table.len(), self.len_bytes, self.page, SLAB_WINDOW);
+            self.window = Some(Mapping::new(self.fd, range, MAP_MAGLEV)?);
+        }
+        let window = self.window.as_ref().expect("mapped above");
+        // SAFETY: the window holds these slots (bounds checked above); only
+        // this process writes the slab (the kernel only reads).
+        unsafe {
+            std::ptr::copy_nonoverlapping(table.as_ptr(), window.slot_ptr(offset), table.len());
+        }
+        // Make the table visible before the service entry that points at it.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if window.len > SLAB_WINDOW {
+            // A bulk copy (a hand-over): do not keep it all mapped.
+            self.window = None;
+        }
+        Ok(())
+    }
+
+    /// Reads `len` slots from `offset` (through a mapping of just those pages).
     pub fn read(&self, offset: u32, len: u32) -> Result<Vec<BackendId>> {
         if u64::from(offset) + u64::from(len) > u64::from(self.slots) {
             bail!("slots {offset}..+{len} are outside the Maglev slab");
         }
         let mut out = vec![0; len as usize];
-        // SAFETY: bounds checked above; the mapping is live.
+        if len == 0 {
+            return Ok(out);
+        }
+        let mapping = Mapping::new(
+            self.fd,
+            window_for(offset, len as usize, self.len_bytes, self.page, 0),
+            MAP_MAGLEV,
+        )?;
+        // SAFETY: the mapping holds these slots; it lives until the copy is done.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(offset as usize),
-                out.as_mut_ptr(),
-                len as usize,
-            );
+            std::ptr::copy_nonoverlapping(mapping.slot_ptr(offset), out.as_mut_ptr(), len as usize);
         }
         Ok(out)
     }
@@ -234,14 +332,102 @@ impl Slab {
     }
 }
 
-impl Drop for Slab {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the region mapped in `new`.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len_bytes);
+// SAFETY: the mappings are owned by the Slab; the window is only written
+// through &mut self, and reads map their own pages.
+unsafe impl Send for Slab {}
+
+/// The pass-through filter's words, mapped into this process (256 KiB).
+pub struct Filter {
+    map: Array<MapData, u64>,
+    mapping: Mapping,
+}
+
+impl Filter {
+    /// Maps the filter array of `map` into this process.
+    pub(super) fn new(map: Map) -> Result<Self> {
+        let fd = match &map {
+            Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => bail!("{MAP_FILTER} is not an array map"),
+        };
+        let map: Array<MapData, u64> = Array::try_from(map)?;
+        let len = usize::try_from(map.len())? * size_of::<u64>();
+        let mapping = Mapping::new(fd, (0, len), MAP_FILTER)?;
+        Ok(Self { map, mapping })
+    }
+
+    /// Number of words.
+    #[must_use]
+    pub fn len(&self) -> u32 {
+        self.map.len()
+    }
+
+    /// Whether the filter has no words (never, for a loaded object).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn word_ptr(&self, index: u32) -> *mut u64 {
+        // The mapping starts on a page, so every word is 8-byte aligned.
+        #[allow(clippy::cast_ptr_alignment)]
+        let words = self.mapping.base.as_ptr().cast::<u64>();
+        // SAFETY: callers check `index < len`; the mapping holds every word.
+        unsafe { words.add(index as usize) }
+    }
+
+    /// Writes word `index`.
+    pub fn set(&mut self, index: u32, bits: u64) -> Result<()> {
+        if index >= self.len() {
+            bail!("filter word {index} is outside the {} words", self.len());
         }
+        // SAFETY: in bounds (checked above) and 8-byte aligned (the mapping is
+        // page aligned), so the kernel's 8-byte loads see the old or the new word.
+        unsafe { std::ptr::write_volatile(self.word_ptr(index), bits) };
+        Ok(())
+    }
+
+    /// Every word, in order.
+    #[must_use]
+    pub fn words(&self) -> Vec<u64> {
+        (0..self.len())
+            // SAFETY: in bounds of the live, aligned mapping.
+            .map(|i| unsafe { std::ptr::read_volatile(self.word_ptr(i)) })
+            .collect()
+    }
+
+    /// Reads word `index` through the map syscall (cross-checks the mapping in tests).
+    pub fn get(&self, index: u32) -> Result<u64> {
+        Ok(self.map.get(&index, 0)?)
     }
 }
 
-// SAFETY: the mapping is owned by the Slab and only accessed through &mut self.
-unsafe impl Send for Slab {}
+// SAFETY: the mapping is owned by the Filter and only written through &mut self.
+unsafe impl Send for Filter {}
+
+#[cfg(test)]
+mod tests {
+    use super::window_for;
+
+    #[test]
+    fn windows_are_whole_pages_around_the_slots_within_the_slab() {
+        let total = 64 << 20;
+        // Slot 1,500 is byte 6,000: page 1.
+        assert_eq!(window_for(1_500, 10, total, 4096, 0), (4096, 4096));
+        // Across a page boundary: both pages.
+        assert_eq!(window_for(1_020, 10, total, 4096, 0), (0, 8192));
+        // Extended to the minimum window.
+        assert_eq!(window_for(1_500, 10, total, 4096, 1 << 20), (4096, 1 << 20));
+        // Larger than the minimum: what the slots need.
+        assert_eq!(
+            window_for(0, 131_071, total, 4096, 1 << 16),
+            (0, 131_072 * 4)
+        );
+        // Never past the end of the slab (rounded up to its last page).
+        assert_eq!(
+            window_for(4_000, 10, 4 * 4_010, 4096, 1 << 20),
+            (12_288, 4096)
+        );
+        // The whole slab.
+        assert_eq!(window_for(0, 1 << 24, total, 4096, 0), (0, total));
+    }
+}

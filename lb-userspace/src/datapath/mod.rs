@@ -35,6 +35,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const XDP_PROGRAM: &str = "lb_xdp";
 /// Name of the TC program in the object.
 pub const TC_PROGRAM: &str = "lb_tc";
+/// Name of the uplink TC program in the object (`--uplink-hook tc`).
+pub const UPLINK_TC_PROGRAM: &str = "lb_tc_uplink";
 /// Name of the pass-everything XDP program (benchmark floor; veth peers).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the parse-then-pass XDP program (the floor of any L4 balancer).
@@ -44,13 +46,42 @@ pub const XDP_PARSE_PROGRAM: &str = "xdp_parse";
 /// to interfaces and set sysctls, read kernel time in programs, raise rlimits.
 pub const REQUIRED_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
 
+/// Which program serves the node's uplinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkHook {
+    /// `lb_xdp`, attached in this XDP mode.
+    Xdp(XdpMode),
+    /// `lb_tc_uplink` at TC ingress: after GRO, and without the copy of
+    /// every cloned frame that XDP makes on a veth uplink.
+    Tc,
+}
+
+impl UplinkHook {
+    /// The kind of its link pins ("xdp", "tcup").
+    #[must_use]
+    pub fn link_kind(self) -> &'static str {
+        match self {
+            UplinkHook::Xdp(_) => LINK_XDP,
+            UplinkHook::Tc => LINK_UPLINK_TC,
+        }
+    }
+}
+
+/// Link pin kind of the XDP program on an uplink.
+const LINK_XDP: &str = "xdp";
+/// Link pin kind of the TC program on an uplink.
+const LINK_UPLINK_TC: &str = "tcup";
+/// Link pin kind of the TC program on a pod interface.
+const LINK_POD_TC: &str = "tc";
+
 /// How to set up the data path.
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
-    /// Interfaces that get the XDP program (the node's uplinks).
+    /// The node's uplinks: they get the XDP program, or with
+    /// [`UplinkHook::Tc`] the uplink TC program.
     pub xdp_ifaces: Vec<String>,
-    /// XDP attach mode.
-    pub xdp_mode: XdpMode,
+    /// The program on the uplinks, and its attach mode.
+    pub uplink: UplinkHook,
     /// Interface name patterns (`*` wildcards) that get the TC program.
     pub tc_patterns: Vec<String>,
     /// The node address used for SNAT.
@@ -226,26 +257,46 @@ impl Datapath {
         };
         attach::load_programs(&mut datapath.ebpf)?;
         for iface in &datapath.config.xdp_ifaces.clone() {
-            let pin = datapath.link_pin("xdp", iface);
-            if datapath.awaits_handover("xdp", iface, &pin) {
+            let kind = datapath.config.uplink.link_kind();
+            let pin = datapath.link_pin(kind, iface);
+            if datapath.awaits_handover(kind, iface, &pin) {
                 info!(
                     iface,
-                    "the earlier layout's XDP program serves until the first sync"
+                    "the earlier layout's uplink program serves until the first sync"
                 );
                 continue;
             }
-            let how = attach::attach_xdp(
-                &mut datapath.ebpf,
-                iface,
-                datapath.config.xdp_mode,
-                &pin,
-                None,
-            )?;
+            let how = datapath.attach_uplink(iface, None)?;
             datapath.set_accept_local(iface, how)?;
-            info!(iface, ?how, "XDP program attached");
+            info!(iface, ?how, hook = kind, "uplink program attached");
         }
         datapath.attach_new_pod_interfaces()?;
         Ok(datapath)
+    }
+
+    /// Attaches the configured uplink program to `iface` (taking over the
+    /// link pinned at `previous`, an earlier layout's), then detaches the
+    /// other uplink hook's link an earlier agent may have left there.
+    fn attach_uplink(&mut self, iface: &str, previous: Option<&Path>) -> Result<attach::Attached> {
+        let pin = self.link_pin(self.config.uplink.link_kind(), iface);
+        let how = match self.config.uplink {
+            UplinkHook::Xdp(mode) => {
+                attach::attach_xdp(&mut self.ebpf, iface, mode, &pin, previous)?
+            }
+            UplinkHook::Tc => {
+                attach::attach_tc(&mut self.ebpf, UPLINK_TC_PROGRAM, iface, &pin, previous)?
+            }
+        };
+        for other in [LINK_XDP, LINK_UPLINK_TC] {
+            let stale = self.link_pin(other, iface);
+            if other != self.config.uplink.link_kind() && stale.exists() {
+                // Removing the last pin detaches it: the new hook serves already.
+                std::fs::remove_file(&stale)
+                    .with_context(|| format!("detaching {}", stale.display()))?;
+                info!(iface, hook = other, "detached the other uplink hook");
+            }
+        }
+        Ok(how)
     }
 
     /// Whether `iface` keeps an earlier layout's program of `kind` until the
@@ -276,22 +327,18 @@ impl Datapath {
                     continue;
                 };
                 let pin = self.link_pin(kind, iface);
+                let uplink = self.config.xdp_ifaces.iter().any(|i| i == iface);
                 let moved = match kind {
-                    "xdp" if self.config.xdp_ifaces.iter().any(|i| i == iface) => {
-                        attach::attach_xdp(
-                            &mut self.ebpf,
-                            iface,
-                            self.config.xdp_mode,
-                            &pin,
-                            Some(&old),
-                        )
-                        .map(Some)
+                    k if uplink && k == self.config.uplink.link_kind() => {
+                        self.attach_uplink(iface, Some(&old)).map(Some)
                     }
-                    "tc" if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) => {
-                        attach::attach_tc(&mut self.ebpf, iface, &pin, Some(&old)).map(|how| {
-                            self.tc_attached.insert(iface.to_string());
-                            Some(how)
-                        })
+                    LINK_POD_TC if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) => {
+                        attach::attach_tc(&mut self.ebpf, TC_PROGRAM, iface, &pin, Some(&old)).map(
+                            |how| {
+                                self.tc_attached.insert(iface.to_string());
+                                Some(how)
+                            },
+                        )
                     }
                     _ => Ok(None),
                 };
@@ -353,11 +400,11 @@ impl Datapath {
             {
                 continue;
             }
-            let pin = self.link_pin("tc", &iface);
-            if self.awaits_handover("tc", &iface, &pin) {
+            let pin = self.link_pin(LINK_POD_TC, &iface);
+            if self.awaits_handover(LINK_POD_TC, &iface, &pin) {
                 continue;
             }
-            match attach::attach_tc(&mut self.ebpf, &iface, &pin, None)
+            match attach::attach_tc(&mut self.ebpf, TC_PROGRAM, &iface, &pin, None)
                 .and_then(|how| self.set_accept_local(&iface, how).map(|()| how))
             {
                 Ok(how) => {

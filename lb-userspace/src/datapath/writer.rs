@@ -36,6 +36,7 @@ impl Maps {
                     .with_context(|| format!("writing the label of service {id}"))?,
                 // A service id's label and counters end together (the id may
                 // be reused later); a missing entry is fine.
+                MapOp::SetFilterWord(index, bits) => self.filter.set(*index, *bits)?,
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
                     let _ = self.service_stats.remove(id);

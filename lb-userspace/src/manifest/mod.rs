@@ -180,19 +180,24 @@ pub fn load_file(
     };
     let empty = FileObjects::default();
     let before = previous.unwrap_or(&empty);
-    let mut objects = FileObjects::default();
-    let mut found = Vec::new();
-    // Each document becomes an object as soon as it is parsed, so a large
-    // file never holds all its documents as generic values at once.
     let parsed = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read: {e}"))
         .and_then(|text| {
-            for_each_document(path, &text, |doc| {
-                add_object(path, doc, before, &mut objects, &mut found);
-            })
+            let parts = if is_yaml(path) && text.len() >= PARALLEL_PARSE_BYTES {
+                split_documents(&text, parse_threads())
+            } else {
+                vec![text.as_str()]
+            };
+            if parts.len() > 1 {
+                if let Ok(parsed) = parse_parts(path, &parts, before) {
+                    return Ok(parsed);
+                }
+                // A syntax error: parse in one piece, for its exact position.
+            }
+            parse_objects(path, &text, before)
         });
     match parsed {
-        Ok(()) => {
+        Ok((objects, mut found)) => {
             errors.append(&mut found);
             objects
         }
@@ -203,6 +208,108 @@ pub fn load_file(
             previous.cloned().unwrap_or_default()
         }
     }
+}
+
+/// Files at least this large are parsed on several threads.
+const PARALLEL_PARSE_BYTES: usize = 1 << 20;
+
+/// Threads that parse one large file.
+fn parse_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(4)
+}
+
+fn is_yaml(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) != Some("json")
+}
+
+/// The objects of the documents in `text` (part of `path`) and the problems
+/// with single objects; fails on a syntax error. Each document becomes an
+/// object as soon as it is parsed, so a large file never holds all its
+/// documents as generic values at once.
+fn parse_objects(
+    path: &Path,
+    text: &str,
+    before: &FileObjects,
+) -> Result<(FileObjects, Vec<ManifestError>), String> {
+    let mut objects = FileObjects::default();
+    let mut found = Vec::new();
+    for_each_document(path, text, |doc| {
+        add_object(path, doc, before, &mut objects, &mut found);
+    })?;
+    Ok((objects, found))
+}
+
+/// [`parse_objects`] of each part on a thread of its own, merged in order:
+/// as one piece gives, since each document only inserts its object (a later
+/// one of the same name wins) or reports a problem.
+fn parse_parts(
+    path: &Path,
+    parts: &[&str],
+    before: &FileObjects,
+) -> Result<(FileObjects, Vec<ManifestError>), String> {
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(move || parse_objects(path, part, before)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut objects = FileObjects::default();
+    let mut found = Vec::new();
+    for result in results {
+        let (part, mut errors) = result?;
+        objects.services.extend(part.services);
+        objects.slices.extend(part.slices);
+        objects.endpoints.extend(part.endpoints);
+        found.append(&mut errors);
+    }
+    Ok((objects, found))
+}
+
+/// Cuts a YAML stream into at most `parts` runs of whole documents of about
+/// equal size. Each cut is at the start of a `---` line: a document start
+/// marker at column 0 ends any scalar, so it never falls inside a document.
+/// A stream with directives (`%` lines, which belong to the document after
+/// them) stays whole.
+#[must_use]
+pub fn split_documents(text: &str, parts: usize) -> Vec<&str> {
+    if parts <= 1 || text.starts_with('%') || text.contains("\n%") {
+        return vec![text];
+    }
+    let bytes = text.as_bytes();
+    let is_marker_end = |at: usize| bytes.get(at).is_none_or(|b| b" \t\r\n".contains(b));
+    let mut cuts = vec![0];
+    for k in 1..parts {
+        let mut from = (text.len() * k / parts).max(cuts[cuts.len() - 1]);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let cut = loop {
+            let Some(found) = text[from..].find("\n---") else {
+                break None;
+            };
+            let line = from + found + 1;
+            if is_marker_end(line + 3) {
+                break Some(line);
+            }
+            from = line;
+        };
+        match cut {
+            Some(line) if line > cuts[cuts.len() - 1] => cuts.push(line),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    cuts.push(text.len());
+    cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
 }
 
 /// Calls `each` with every document of a file as a JSON value (one per YAML

@@ -352,3 +352,81 @@ fn a_bad_file_leaves_other_files_alone() {
         "a.yaml's change is taken"
     );
 }
+
+#[test]
+fn documents_are_cut_only_at_document_start_lines() {
+    let text = "a: 1\n---\nb: |\n  ---\n  text\n---x: 2\n--- # c\nc: 3\n---\nd: é\n";
+    for parts in 1..6 {
+        let cut = split_documents(text, parts);
+        assert!(cut.len() <= parts.max(1));
+        assert_eq!(cut.concat(), text, "{parts} parts");
+        for part in &cut[1..] {
+            assert!(
+                part.starts_with("---\n") || part.starts_with("--- "),
+                "{part:?}"
+            );
+        }
+    }
+    assert_eq!(split_documents(text, 3).len(), 3);
+    // Cuts near a multi-byte character.
+    let wide = "é".repeat(50);
+    let text = format!("a: {wide}\n---\nb: {wide}\n");
+    assert_eq!(split_documents(&text, 2).concat(), text);
+    // Directives belong to the document after them: kept whole.
+    let directives = "a: 1\n...\n%YAML 1.2\n---\nb: 2\n";
+    assert_eq!(split_documents(directives, 2), [directives]);
+    assert_eq!(split_documents("a: 1\n", 4), ["a: 1\n"]);
+}
+
+/// A file of `n` Services and EndpointSlices, over 1 MiB for large `n`.
+fn many_objects(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{port: 80}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+             addressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [10.244.{}.{}]}}]\n",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1,
+        );
+    }
+    text
+}
+
+#[test]
+fn a_large_file_parsed_in_parts_gives_what_one_piece_gives() {
+    let dir = TempDir::new("parts");
+    let mut text = many_objects(6_000);
+    // Objects that clash (the last wins) and one that is invalid, across the cuts.
+    text.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: s1}\nspec: {clusterIP: 10.96.99.1, ports: [{port: 81}]}\n");
+    text.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: s2}\nspec: {clusterIP: 10.96.99.2, ports: [{port: 0}]}\n");
+    assert!(text.len() > PARALLEL_PARSE_BYTES);
+    dir.write("big.yaml", &text);
+    let path = dir.path().join("big.yaml");
+    let mut errors = Vec::new();
+    let parts = load_file(&path, None, &mut errors);
+    let (whole, whole_errors) = parse_objects(&path, &text, &FileObjects::default()).unwrap();
+    assert_eq!(parts, whole);
+    assert_eq!(errors, whole_errors);
+    assert_eq!(
+        parts.services.len(),
+        6_000,
+        "the invalid s2 leaves the earlier one"
+    );
+    assert_eq!(parts.services[&name("default", "s1")].ports[0].port, 81);
+    assert_eq!(errors.len(), 1);
+
+    // A syntax error in the second half: the same message as in one piece.
+    let broken = format!("{}---\nkind: [unclosed\n", many_objects(6_000));
+    dir.write("big.yaml", &broken);
+    let mut errors = Vec::new();
+    let kept = load_file(&path, Some(&parts), &mut errors);
+    assert_eq!(kept, parts, "the previous objects stay");
+    let message = parse_objects(&path, &broken, &FileObjects::default()).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].message.starts_with(&message), "{:?}", errors[0]);
+}

@@ -1,12 +1,14 @@
 //! The Kubernetes source: Services and EndpointSlices (and this node's Node
-//! object, for its zone and addresses) watched with kube-rs' watcher and
-//! reflector. A relist (after `410 Gone`, or a restart) replaces
-//! the stores whole, so objects that vanished meanwhile are dropped; while the
-//! API server is unreachable the watcher retries with backoff and the stores,
-//! and so the maps, keep the last known state.
+//! object, for its zone and addresses) watched with kube-rs' watcher. Each
+//! object is validated as it arrives and only its model form is kept (not
+//! the Kubernetes object), so memory scales with what balancing needs. A
+//! relist (after `410 Gone`, or a restart) replaces a kind whole, so objects
+//! that vanished meanwhile are dropped; while the API server is unreachable
+//! the watcher retries with backoff and the model, and so the maps, keep the
+//! last known state.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -21,14 +23,13 @@ use k8s_openapi::api::{
 };
 use kube::{
     runtime::{
-        reflector::{self, ObjectRef, Store},
         watcher::{self, Event},
         WatchStreamExt,
     },
     Api, Client, Resource,
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{mpsc::UnboundedSender, watch as signal};
 use tracing::{info, warn};
 
 use super::{Changes, Source, SourceStats};
@@ -48,25 +49,61 @@ pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
 
 /// Watches of Services and EndpointSlices in all namespaces.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
-    node_name: String,
-    /// Changes seen by the watches since the last snapshot.
-    pending: Arc<Mutex<Changes>>,
+    /// What the watches delivered since the last snapshot.
+    pending: Arc<Mutex<Pending>>,
+    /// Each watch's "initial list done", by kind.
+    listed: Vec<(&'static str, signal::Receiver<bool>)>,
     /// The model, kept up to date change by change.
     cluster: Cluster,
     stats: Arc<SourceStats>,
-    last_good_services: BTreeMap<ObjectName, Validated<ServiceSpec>>,
-    last_good_slices: BTreeMap<ObjectName, Validated<SliceSpec>>,
 }
 
-/// A validated spec and the resourceVersion it was validated at, so an
-/// unchanged object is not validated again on the next snapshot.
-#[derive(Clone)]
-struct Validated<T> {
-    resource_version: Option<String>,
-    spec: T,
+/// What became of one object, as the watch saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update<T> {
+    /// Added or changed, and valid.
+    Valid(T),
+    /// Added or changed, but invalid: why.
+    Invalid(String),
+    /// Deleted.
+    Gone,
+}
+
+/// The updates of one kind since the last snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updates<T> {
+    /// A relist's complete set of objects, replacing all of this kind.
+    pub relisted: Option<BTreeMap<ObjectName, Update<T>>>,
+    /// Objects added, changed or removed since (applied after `relisted`).
+    pub changed: BTreeMap<ObjectName, Update<T>>,
+}
+
+impl<T> Default for Updates<T> {
+    fn default() -> Self {
+        Self {
+            relisted: None,
+            changed: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the watches delivered since the last snapshot.
+#[derive(Default)]
+struct Pending {
+    changes: Changes,
+    services: Updates<ServiceSpec>,
+    slices: Updates<SliceSpec>,
+    /// This node's facts, when its Node object was listed or changed (or
+    /// `Gone`, when deleted or not listed).
+    node: Option<Update<NodeFacts>>,
+}
+
+/// One delivery of a watch.
+enum Delivery<T> {
+    /// An initial list or relist finished: every object of the kind.
+    Relisted(BTreeMap<ObjectName, Update<T>>),
+    /// One object changed.
+    Changed(ObjectName, Update<T>),
 }
 
 impl KubeSource {
@@ -74,119 +111,95 @@ impl KubeSource {
     /// every relist) sends on `changed`.
     #[must_use]
     pub fn start(client: &Client, changed: &UnboundedSender<()>, node_name: &str) -> Self {
-        let pending = Arc::new(Mutex::new(Changes::all()));
+        let pending = Arc::new(Mutex::new(Pending {
+            changes: Changes::all(),
+            ..Pending::default()
+        }));
         let stats: Arc<SourceStats> = Arc::default();
-        let record = |what: Watched| {
-            let pending = pending.clone();
-            let changed = changed.clone();
-            move |name: Option<ObjectName>| {
-                {
-                    let mut p = pending.lock().expect("pending changes");
-                    p.since.get_or_insert_with(std::time::Instant::now);
-                    match (what, name) {
-                        (Watched::Services, Some(name)) => {
-                            p.services.insert(name);
-                        }
-                        (Watched::Slices, Some(name)) => {
-                            p.slices.insert(name);
-                        }
-                        // A relist, or a change of our Node: recompute everything.
-                        _ => p.all = true,
-                    }
-                }
-                let _ = changed.send(());
-            }
-        };
         let all = watcher::Config::default();
         let services = watch(
             Api::<Service>::all(client.clone()),
             all.clone(),
-            record(Watched::Services),
+            ServiceSpec::from_k8s,
+            deliverer(&pending, changed, |p, d| {
+                record(&mut p.changes, |c| &mut c.services, &mut p.services, d);
+            }),
             stats.clone(),
         );
         let slices = watch(
             Api::<EndpointSlice>::all(client.clone()),
             all,
-            record(Watched::Slices),
+            SliceSpec::from_k8s,
+            deliverer(&pending, changed, |p, d| {
+                record(&mut p.changes, |c| &mut c.slices, &mut p.slices, d);
+            }),
             stats.clone(),
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
         let nodes = watch(
             Api::<Node>::all(client.clone()),
             own_node,
-            record(Watched::Nodes),
+            |node| Ok(NodeFacts::from_k8s(node)),
+            deliverer(&pending, changed, |p, d| {
+                // A change of our Node: recompute everything.
+                p.changes.all = true;
+                p.node = Some(match d {
+                    Delivery::Relisted(nodes) => nodes
+                        .into_values()
+                        .find(|u| matches!(u, Update::Valid(_)))
+                        .unwrap_or(Update::Gone),
+                    Delivery::Changed(_, update) => update,
+                });
+            }),
             stats.clone(),
         );
         Self {
-            services,
-            slices,
-            nodes,
-            node_name: node_name.to_string(),
             pending,
+            listed: vec![
+                ("Service", services),
+                ("EndpointSlice", slices),
+                ("Node", nodes),
+            ],
             cluster: Cluster::default(),
             stats,
-            last_good_services: BTreeMap::new(),
-            last_good_slices: BTreeMap::new(),
         }
     }
 
     /// Waits for the initial list of every watched kind.
     pub async fn wait_until_ready(&self) -> anyhow::Result<()> {
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
-        self.nodes.wait_until_ready().await?;
+        for (kind, listed) in &self.listed {
+            let mut listed = listed.clone();
+            listed
+                .wait_for(|done| *done)
+                .await
+                .map_err(|_| anyhow::anyhow!("the {kind} watch ended before its first list"))?;
+        }
         Ok(())
     }
 }
 
 impl Source for KubeSource {
     fn snapshot(&mut self) -> (&Cluster, Changes) {
-        let changes = std::mem::take(&mut *self.pending.lock().expect("pending changes"));
-        if changes.all {
-            self.rebuild();
-        } else {
-            for name in &changes.services {
-                let object = self
-                    .services
-                    .get(&ObjectRef::new(&name.name).within(&name.namespace));
-                let spec = object.and_then(|o| {
-                    validated(
-                        "Service",
-                        o.as_ref(),
-                        ServiceSpec::from_k8s,
-                        &mut self.last_good_services,
-                        &self.stats.rejected,
-                    )
-                });
-                update(
-                    &mut self.cluster.services,
-                    &mut self.last_good_services,
-                    name,
-                    spec,
-                );
-            }
-            for name in &changes.slices {
-                let object = self
-                    .slices
-                    .get(&ObjectRef::new(&name.name).within(&name.namespace));
-                let spec = object.and_then(|o| {
-                    validated(
-                        "EndpointSlice",
-                        o.as_ref(),
-                        SliceSpec::from_k8s,
-                        &mut self.last_good_slices,
-                        &self.stats.rejected,
-                    )
-                });
-                update(
-                    &mut self.cluster.slices,
-                    &mut self.last_good_slices,
-                    name,
-                    spec,
-                );
-            }
+        let pending = std::mem::take(&mut *self.pending.lock().expect("pending changes"));
+        let rejected = &self.stats.rejected;
+        fold(
+            "Service",
+            &mut self.cluster.services,
+            pending.services,
+            rejected,
+        );
+        fold(
+            "EndpointSlice",
+            &mut self.cluster.slices,
+            pending.slices,
+            rejected,
+        );
+        match pending.node {
+            Some(Update::Valid(facts)) => self.cluster.node = Some(facts),
+            Some(_) => self.cluster.node = None,
+            None => {}
         }
-        (&self.cluster, changes)
+        (&self.cluster, pending.changes)
     }
 
     fn stats(&self) -> Arc<SourceStats> {
@@ -194,162 +207,261 @@ impl Source for KubeSource {
     }
 }
 
-impl KubeSource {
-    /// Rebuilds the whole model from the stores (first sync, relist).
-    fn rebuild(&mut self) {
-        let mut cluster = Cluster {
-            node: self
-                .nodes
-                .state()
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
-                .map(|n| NodeFacts::from_k8s(n)),
-            ..Cluster::default()
-        };
-        for service in self.services.state() {
-            if let Some(spec) = validated(
-                "Service",
-                service.as_ref(),
-                ServiceSpec::from_k8s,
-                &mut self.last_good_services,
-                &self.stats.rejected,
-            ) {
-                cluster.services.insert(spec.name.clone(), spec);
-            }
+/// A watch's delivery callback: records into `pending` with `fold`, then
+/// sends on `changed`.
+fn deliverer<T: 'static>(
+    pending: &Arc<Mutex<Pending>>,
+    changed: &UnboundedSender<()>,
+    fold: fn(&mut Pending, Delivery<T>),
+) -> impl Fn(Delivery<T>) + Send + 'static {
+    let pending = pending.clone();
+    let changed = changed.clone();
+    move |delivery| {
+        {
+            let mut p = pending.lock().expect("pending changes");
+            p.changes.since.get_or_insert_with(std::time::Instant::now);
+            fold(&mut p, delivery);
         }
-        for slice in self.slices.state() {
-            if let Some(spec) = validated(
-                "EndpointSlice",
-                slice.as_ref(),
-                SliceSpec::from_k8s,
-                &mut self.last_good_slices,
-                &self.stats.rejected,
-            ) {
-                cluster.slices.insert(spec.name.clone(), spec);
-            }
-        }
-        // Forget the last good versions of objects that are gone.
-        self.last_good_services
-            .retain(|name, _| cluster.services.contains_key(name));
-        self.last_good_slices
-            .retain(|name, _| cluster.slices.contains_key(name));
-        self.cluster = cluster;
+        let _ = changed.send(());
     }
 }
 
-/// Which watch a change came from.
-#[derive(Clone, Copy)]
-enum Watched {
-    Services,
-    Slices,
-    Nodes,
-}
-
-/// Puts an object's current spec into the model, or removes it (and its last
-/// good version) when the object is gone.
-fn update<T>(
-    model: &mut BTreeMap<ObjectName, T>,
-    last_good: &mut BTreeMap<ObjectName, Validated<T>>,
-    name: &ObjectName,
-    spec: Option<T>,
+/// Records a delivery of Services or EndpointSlices: a relist replaces what
+/// was pending for the kind and changes everything; a change names its object.
+fn record<T>(
+    changes: &mut Changes,
+    names: fn(&mut Changes) -> &mut BTreeSet<ObjectName>,
+    updates: &mut Updates<T>,
+    delivery: Delivery<T>,
 ) {
-    if let Some(spec) = spec {
-        model.insert(name.clone(), spec);
-    } else {
-        model.remove(name);
-        last_good.remove(name);
+    match delivery {
+        Delivery::Relisted(all) => {
+            updates.relisted = Some(all);
+            updates.changed.clear();
+            changes.all = true;
+        }
+        Delivery::Changed(name, update) => {
+            names(changes).insert(name.clone());
+            updates.changed.insert(name, update);
+        }
     }
 }
 
-/// The valid spec of an object, validated only when its resourceVersion
-/// changed; on a validation error (logged with the object's name) its last
-/// valid version, if any.
-fn validated<K, T: Clone>(
+/// Applies one kind's updates to the model: a relist first (objects it lacks
+/// are dropped), then the changes since. An invalid object keeps its
+/// previous valid version, if any (logged with its name, and counted).
+pub fn fold<T>(
     kind: &str,
-    object: &K,
-    validate: impl FnOnce(&K) -> Result<T, String>,
-    last_good: &mut BTreeMap<ObjectName, Validated<T>>,
+    model: &mut BTreeMap<ObjectName, T>,
+    updates: Updates<T>,
     rejected: &AtomicU64,
-) -> Option<T>
-where
-    K: Resource,
-{
-    let meta = object.meta();
-    let name = object_name(meta).ok()?;
-    if let Some(known) = last_good.get(&name) {
-        if known.resource_version.is_some() && known.resource_version == meta.resource_version {
-            return Some(known.spec.clone());
+) {
+    if let Some(listed) = updates.relisted {
+        let mut before = std::mem::take(model);
+        for (name, update) in listed {
+            let previous = before.remove(&name);
+            if let Some(spec) = settle(kind, &name, update, previous, rejected) {
+                model.insert(name, spec);
+            }
         }
     }
-    match validate(object) {
-        Ok(spec) => {
-            let entry = Validated {
-                resource_version: meta.resource_version.clone(),
-                spec: spec.clone(),
-            };
-            last_good.insert(name, entry);
-            Some(spec)
+    for (name, update) in updates.changed {
+        let previous = model.remove(&name);
+        if let Some(spec) = settle(kind, &name, update, previous, rejected) {
+            model.insert(name, spec);
         }
-        Err(message) => {
-            let kept = last_good.get(&name).map(|k| k.spec.clone());
-            let what = if kept.is_some() {
+    }
+}
+
+/// What the model holds for an object after `update`: its new valid
+/// version, else its previous one (none once deleted).
+fn settle<T>(
+    kind: &str,
+    name: &ObjectName,
+    update: Update<T>,
+    previous: Option<T>,
+    rejected: &AtomicU64,
+) -> Option<T> {
+    match update {
+        Update::Valid(spec) => Some(spec),
+        Update::Gone => None,
+        Update::Invalid(message) => {
+            let what = if previous.is_some() {
                 "keeping its previous version"
             } else {
                 "skipped"
             };
             warn!("{kind} {name}: {message}; {what}");
             rejected.fetch_add(1, Ordering::Relaxed);
-            kept
+            previous
         }
     }
 }
 
-/// A reflector store fed by a watch that retries with backoff.
-fn watch<K>(
+/// A watch that retries with backoff, validating each object as it comes;
+/// returns its "initial list done" signal.
+fn watch<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    record: impl Fn(Option<ObjectName>) + Send + 'static,
+    validate: fn(&K) -> Result<T, String>,
+    deliver: impl Fn(Delivery<T>) + Send + 'static,
     stats: Arc<SourceStats>,
-) -> Store<K>
+) -> signal::Receiver<bool>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    T: Send + 'static,
 {
-    let (store, writer) = reflector::store();
+    let (listed, ready) = signal::channel(false);
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config)).default_backoff();
-    tokio::spawn(forward(kind, stream, record, stats));
-    store
+    let stream = watcher::watcher(api, config).default_backoff();
+    tokio::spawn(forward(kind, stream, validate, deliver, listed, stats));
+    ready
 }
 
-async fn forward<K, S>(
+async fn forward<K, T, S>(
     kind: String,
     stream: S,
-    record: impl Fn(Option<ObjectName>),
+    validate: fn(&K) -> Result<T, String>,
+    deliver: impl Fn(Delivery<T>),
+    listed: signal::Sender<bool>,
     stats: Arc<SourceStats>,
 ) where
     K: Resource,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
+    let check = |object: &K| match validate(object) {
+        Ok(spec) => Update::Valid(spec),
+        Err(message) => Update::Invalid(message),
+    };
+    let mut listing = BTreeMap::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => {
                 stats.lists.fetch_add(1, Ordering::Relaxed);
                 info!(kind, "listing");
+                listing.clear();
             }
-            Ok(Event::InitApply(_)) => {}
+            Ok(Event::InitApply(object)) => {
+                if let Ok(name) = object_name(object.meta()) {
+                    listing.insert(name, check(&object));
+                }
+            }
             Ok(Event::InitDone) => {
                 info!(kind, "list complete");
-                record(None);
+                deliver(Delivery::Relisted(std::mem::take(&mut listing)));
+                listed.send_replace(true);
             }
-            Ok(Event::Apply(object) | Event::Delete(object)) => {
-                record(object_name(object.meta()).ok());
+            Ok(Event::Apply(object)) => {
+                if let Ok(name) = object_name(object.meta()) {
+                    deliver(Delivery::Changed(name, check(&object)));
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                if let Ok(name) = object_name(object.meta()) {
+                    deliver(Delivery::Changed(name, Update::Gone));
+                }
             }
             Err(e) => {
                 stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(kind, "watch failed, retrying with backoff: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> ObjectName {
+        ObjectName {
+            namespace: "default".into(),
+            name: n.into(),
+        }
+    }
+
+    fn model(entries: &[(&str, u32)]) -> BTreeMap<ObjectName, u32> {
+        entries.iter().map(|&(n, v)| (name(n), v)).collect()
+    }
+
+    #[test]
+    fn changes_replace_keep_the_last_valid_version_or_remove() {
+        let rejected = AtomicU64::new(0);
+        let mut m = model(&[("a", 1), ("b", 2), ("c", 3)]);
+        let updates = Updates {
+            relisted: None,
+            changed: [
+                (name("a"), Update::Valid(10)),
+                (name("b"), Update::Invalid("bad port".into())),
+                (name("c"), Update::Gone),
+                (name("d"), Update::Invalid("no name label".into())),
+                (name("e"), Update::Valid(5)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        fold("Service", &mut m, updates, &rejected);
+        assert_eq!(m, model(&[("a", 10), ("b", 2), ("e", 5)]));
+        assert_eq!(rejected.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_relist_drops_what_vanished_then_later_changes_apply() {
+        let rejected = AtomicU64::new(0);
+        let mut m = model(&[("a", 1), ("b", 2), ("gone", 3)]);
+        let updates = Updates {
+            relisted: Some(
+                [
+                    (name("a"), Update::Valid(1)),
+                    (name("b"), Update::Invalid("bad".into())),
+                    (name("new"), Update::Valid(4)),
+                    (name("bad-new"), Update::Invalid("bad".into())),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            changed: [(name("a"), Update::Valid(11))].into_iter().collect(),
+        };
+        fold("EndpointSlice", &mut m, updates, &rejected);
+        assert_eq!(m, model(&[("a", 11), ("b", 2), ("new", 4)]));
+        assert_eq!(rejected.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_relist_supersedes_the_changes_pending_before_it() {
+        let mut changes = Changes::default();
+        let mut updates = Updates::default();
+        let names: fn(&mut Changes) -> &mut BTreeSet<ObjectName> = |c| &mut c.services;
+        record(
+            &mut changes,
+            names,
+            &mut updates,
+            Delivery::Changed(name("a"), Update::Gone),
+        );
+        assert!(!changes.all);
+        assert!(changes.services.contains(&name("a")));
+        record(
+            &mut changes,
+            names,
+            &mut updates,
+            Delivery::Relisted(
+                model(&[("a", 1)])
+                    .into_iter()
+                    .map(|(k, v)| (k, Update::Valid(v)))
+                    .collect(),
+            ),
+        );
+        record(
+            &mut changes,
+            names,
+            &mut updates,
+            Delivery::Changed(name("b"), Update::Valid(2)),
+        );
+        assert!(changes.all);
+        let mut m = BTreeMap::new();
+        fold("Service", &mut m, updates, &AtomicU64::new(0));
+        assert_eq!(m, model(&[("a", 1), ("b", 2)]));
     }
 }

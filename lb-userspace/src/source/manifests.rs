@@ -22,6 +22,9 @@ pub struct ManifestSource {
     cache: ManifestCache,
     cluster: Cluster,
     stats: Arc<SourceStats>,
+    /// The directory was read by [`ManifestSource::preload`] and not yet
+    /// handed out by a snapshot.
+    preloaded: bool,
     _watcher: RecommendedWatcher,
 }
 
@@ -43,14 +46,19 @@ impl ManifestSource {
             cache: ManifestCache::default(),
             cluster: Cluster::default(),
             stats: Arc::default(),
+            preloaded: false,
             _watcher: watcher,
         })
     }
-}
 
-impl Source for ManifestSource {
-    /// Rereads the directory: a few files, so everything counts as changed.
-    fn snapshot(&mut self) -> (&Cluster, Changes) {
+    /// Reads the directory now; the next snapshot gives what it read (the
+    /// watch, started before, reports any change made since).
+    pub fn preload(&mut self) {
+        self.reload();
+        self.preloaded = true;
+    }
+
+    fn reload(&mut self) {
         let loaded = manifest::load_dir(&self.dir, &self.cache);
         for e in &loaded.errors {
             error!("{e}");
@@ -61,6 +69,15 @@ impl Source for ManifestSource {
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         self.cluster = loaded.cluster();
         self.cache = loaded.cache;
+    }
+}
+
+impl Source for ManifestSource {
+    /// Rereads the directory: a few files, so everything counts as changed.
+    fn snapshot(&mut self) -> (&Cluster, Changes) {
+        if !std::mem::take(&mut self.preloaded) {
+            self.reload();
+        }
         (&self.cluster, Changes::all())
     }
 

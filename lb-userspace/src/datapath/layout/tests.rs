@@ -1,3 +1,5 @@
+use lb_common::MAP_FILTER;
+
 use super::*;
 
 fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapShape {
@@ -9,9 +11,16 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v1 layout: today's shapes without EVENTS.
-fn v1(current: &Shapes) -> Shapes {
+/// The v2 layout: today's shapes without FILTER.
+fn v2(current: &Shapes) -> Shapes {
     let mut old = current.clone();
+    old.remove(MAP_FILTER);
+    old
+}
+
+/// The v1 layout: v2 without EVENTS.
+fn v1(current: &Shapes) -> Shapes {
+    let mut old = v2(current);
     old.remove(MAP_EVENTS);
     old
 }
@@ -41,7 +50,7 @@ fn from_v1_everything_but_the_new_counters_is_carried() {
     let plan = plan_handover("v1", &v1(new), new);
     let mut expected: Vec<&str> = PINNED_MAPS
         .into_iter()
-        .filter(|m| *m != MAP_EVENTS && *m != lb_common::MAP_CONFIG)
+        .filter(|m| ![MAP_EVENTS, MAP_FILTER, lb_common::MAP_CONFIG].contains(m))
         .collect();
     expected.sort_unstable();
     assert_eq!(carried(&plan), expected);
@@ -50,6 +59,19 @@ fn from_v1_everything_but_the_new_counters_is_carried() {
         vec![(MAP_EVENTS, "layout v1 has no such map".to_string())]
     );
     assert!(plan.carries_services());
+}
+
+#[test]
+fn from_v2_everything_is_carried_and_the_filter_is_rebuilt() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v2", &v2(new), new);
+    let mut expected: Vec<&str> = PINNED_MAPS
+        .into_iter()
+        .filter(|m| ![MAP_FILTER, lb_common::MAP_CONFIG].contains(m))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(carried(&plan), expected);
+    assert!(plan.fresh.is_empty(), "{plan:?}");
 }
 
 #[test]
@@ -139,11 +161,11 @@ fn a_same_version_dir_with_other_shapes_is_refused_by_name() {
 #[test]
 fn other_layout_dirs_are_listed_oldest_first() {
     let dir = std::env::temp_dir().join(format!("lb-layouts-{}", std::process::id()));
-    for sub in ["v10", "v1", PIN_LAYOUT, "links", "vx", "v3"] {
+    for sub in ["v10", "v1", PIN_LAYOUT, "links", "vx", "v7"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     std::fs::write(dir.join("v4"), "a file, not a layout").unwrap();
     let found = other_layouts(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(found, vec!["v1", "v3", "v10"]);
+    assert_eq!(found, vec!["v1", "v7", "v10"]);
 }

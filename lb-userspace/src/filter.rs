@@ -1,0 +1,241 @@
+//! The pass-through filter's contents (`lb_common::MAP_FILTER`): which bits
+//! the applied frontends and their backends need, and the word writes that
+//! move the map from what it holds to that, in two phases around a plan so
+//! a bit is set before its frontend or backend is written and cleared only
+//! after it is gone.
+
+use std::collections::{BTreeSet, HashMap};
+
+use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WORDS};
+
+use crate::plan::AppliedFrontend;
+
+/// The filter bits one applied frontend needs: its own, and one per backend
+/// (selected or draining: both still send replies).
+pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
+    let key = applied.frontend.key();
+    let own = filter_bit(FILTER_SEED_FRONTEND, key.addr, key.port, key.proto);
+    let backends = applied.backends.keys().map(move |addr| {
+        filter_bit(
+            FILTER_SEED_BACKEND,
+            u32::from_ne_bytes(addr.ip().octets()),
+            addr.port().to_be(),
+            key.proto,
+        )
+    });
+    std::iter::once(own).chain(backends)
+}
+
+/// Word writes of one plan: `before` goes ahead of every other operation
+/// (it only sets bits), `after` behind them (it clears the bits no longer needed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterWrites {
+    /// (word index, value) written first.
+    pub before: Vec<(u32, u64)>,
+    /// (word index, value) written last.
+    pub after: Vec<(u32, u64)>,
+}
+
+/// How many applied frontends and backends need each bit, the words that
+/// makes, and the words the map holds.
+#[derive(Debug)]
+pub struct FilterBits {
+    counts: HashMap<u32, u32>,
+    wanted: Vec<u64>,
+    written: Vec<u64>,
+    dirty: BTreeSet<u32>,
+}
+
+impl Default for FilterBits {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl FilterBits {
+    /// Bits for a map that holds `written` (its words, in order; missing
+    /// ones are zero) and nothing applied yet.
+    #[must_use]
+    pub fn new(mut written: Vec<u64>) -> Self {
+        written.resize(FILTER_WORDS as usize, 0);
+        Self {
+            counts: HashMap::new(),
+            wanted: vec![0; FILTER_WORDS as usize],
+            written,
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Counts the bits of `bits` as needed once more.
+    pub fn add(&mut self, bits: impl IntoIterator<Item = u32>) {
+        for bit in bits {
+            let count = self.counts.entry(bit).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.wanted[(bit / 64) as usize] |= 1 << (bit % 64);
+                self.dirty.insert(bit / 64);
+            }
+        }
+    }
+
+    /// Counts the bits of `bits` as needed once less.
+    pub fn remove(&mut self, bits: impl IntoIterator<Item = u32>) {
+        for bit in bits {
+            let Some(count) = self.counts.get_mut(&bit) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&bit);
+                self.wanted[(bit / 64) as usize] &= !(1 << (bit % 64));
+                self.dirty.insert(bit / 64);
+            }
+        }
+    }
+
+    /// The writes that bring the map to the counted bits; they count as
+    /// written once returned.
+    pub fn writes(&mut self) -> FilterWrites {
+        let mut out = FilterWrites::default();
+        for index in std::mem::take(&mut self.dirty) {
+            let (held, wanted) = (self.written[index as usize], self.wanted[index as usize]);
+            let first = held | wanted;
+            if first != held {
+                out.before.push((index, first));
+            }
+            if wanted != first {
+                out.after.push((index, wanted));
+            }
+            self.written[index as usize] = wanted;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::{Ipv4Addr, SocketAddrV4},
+    };
+
+    use lb_common::ServiceEntry;
+
+    use super::*;
+    use crate::{
+        desired::{Frontend, ObjectName, Protocol},
+        plan::AppliedBackend,
+    };
+
+    fn applied(last: u8, backends: &[u8]) -> AppliedFrontend {
+        AppliedFrontend {
+            frontend: Frontend {
+                addr: Ipv4Addr::new(10, 96, 0, last),
+                port: 80,
+                proto: Protocol::Tcp,
+            },
+            service: ObjectName {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            port_name: String::new(),
+            entry: ServiceEntry::default(),
+            backends: backends
+                .iter()
+                .map(|&b| {
+                    (
+                        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, b), 8080),
+                        AppliedBackend {
+                            id: u32::from(b),
+                            local: true,
+                            selected: true,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn is_set(words: &[u64], bit: u32) -> bool {
+        words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+
+    /// The map after applying `writes` in order.
+    fn apply(words: &mut [u64], writes: &FilterWrites) {
+        for &(index, word) in writes.before.iter().chain(&writes.after) {
+            words[index as usize] = word;
+        }
+    }
+
+    #[test]
+    fn bits_are_set_before_and_cleared_after_and_shared_bits_stay() {
+        let mut bits = FilterBits::default();
+        let mut map = vec![0u64; FILTER_WORDS as usize];
+        let a = applied(1, &[2, 3]);
+        let b = applied(2, &[3]); // shares backend 10.244.1.3:8080 with a
+        bits.add(bits_of(&a));
+        bits.add(bits_of(&b));
+        let first = bits.writes();
+        assert!(first.after.is_empty(), "nothing to clear on the first sync");
+        apply(&mut map, &first);
+        for bit in bits_of(&a).chain(bits_of(&b)) {
+            assert!(is_set(&map, bit));
+        }
+        assert_eq!(bits_of(&a).count(), 3);
+
+        bits.remove(bits_of(&a));
+        let second = bits.writes();
+        assert!(second.before.is_empty(), "removing sets nothing");
+        apply(&mut map, &second);
+        for bit in bits_of(&b) {
+            assert!(is_set(&map, bit), "b's bits, the shared one too, stay");
+        }
+        let a_own = bits_of(&a).next().unwrap();
+        assert!(!is_set(&map, a_own), "a's frontend bit is cleared");
+        assert_eq!(
+            bits.writes(),
+            FilterWrites::default(),
+            "nothing left to write"
+        );
+    }
+
+    #[test]
+    fn a_word_that_gains_and_loses_bits_gains_first() {
+        let mut bits = FilterBits::default();
+        bits.add([5]);
+        let _ = bits.writes();
+        bits.remove([5]);
+        bits.add([6]);
+        let writes = bits.writes();
+        assert_eq!(
+            writes.before,
+            vec![(0, 0b110_0000)],
+            "both bits while changing"
+        );
+        assert_eq!(writes.after, vec![(0, 0b100_0000)]);
+    }
+
+    #[test]
+    fn adopted_words_are_rewritten_only_where_bits_are_missing() {
+        let a = applied(1, &[2]);
+        let mut full = FilterBits::default();
+        full.add(bits_of(&a));
+        let mut map = vec![0u64; FILTER_WORDS as usize];
+        apply(&mut map, &full.writes());
+        let mut adopted = FilterBits::new(map.clone());
+        adopted.add(bits_of(&a));
+        assert_eq!(
+            adopted.writes(),
+            FilterWrites::default(),
+            "the pins hold them"
+        );
+
+        let mut fresh = FilterBits::new(Vec::new());
+        fresh.add(bits_of(&a));
+        let writes = fresh.writes();
+        assert!(!writes.before.is_empty(), "an empty map gets every bit");
+        let mut empty = vec![0u64; FILTER_WORDS as usize];
+        apply(&mut empty, &writes);
+        assert_eq!(empty, map);
+    }
+}
