@@ -51,9 +51,27 @@ pub struct AffinityEntry {
     pub last_seen_ns: u64,
 }
 
-/// Name of the per-service counters: [`ServiceEntry::id`] -> [`ServiceStats`]
+/// Name of the per-service counters of service ids at or above the length of
+/// [`MAP_SERVICE_STATS_ARRAY`]: [`ServiceEntry::id`] -> [`ServiceStats`]
 /// (per-CPU hash, created on a frontend's first packet).
 pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
+
+/// Name of the per-service counters of low service ids: index
+/// [`ServiceEntry::id`] -> [`ServiceStats`] (per-CPU array, no lookup by hash;
+/// its length is set at load by [`service_stats_array_len`]).
+pub const MAP_SERVICE_STATS_ARRAY: &str = "SVC_STATS_ARRAY";
+
+/// Kernel memory the per-CPU array of service counters may take, all CPUs together.
+pub const SERVICE_STATS_ARRAY_BUDGET: u64 = 16 << 20;
+
+/// Length of [`MAP_SERVICE_STATS_ARRAY`] on a machine of `possible_cpus`:
+/// every service id while the budget allows, fewer on machines of many CPUs.
+#[must_use]
+pub fn service_stats_array_len(possible_cpus: u32) -> u32 {
+    let per_id = size_of::<ServiceStats>() as u64 * u64::from(possible_cpus.max(1));
+    let fits = SERVICE_STATS_ARRAY_BUDGET / per_id;
+    u32::try_from(fits.min(u64::from(MAX_SERVICES) + 1)).unwrap_or(MAX_SERVICES + 1)
+}
 
 /// Value of the per-service counters: packets and bytes sent to a frontend.
 ///
@@ -400,5 +418,17 @@ mod tests {
         assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<RevNatEntry>(), 12);
         assert_eq!(size_of::<NodeConfig>(), 8);
+    }
+
+    #[test]
+    fn stats_array_holds_every_service_id_until_the_budget_binds() {
+        let every_id = MAX_SERVICES + 1;
+        assert_eq!(service_stats_array_len(0), every_id);
+        assert_eq!(service_stats_array_len(2), every_id);
+        assert_eq!(service_stats_array_len(8), every_id);
+        assert_eq!(service_stats_array_len(16), MAX_SERVICES);
+        // 16 MiB / (16 bytes x 64 CPUs): the ids above count in the hash.
+        assert_eq!(service_stats_array_len(64), 16_384);
+        assert_eq!(service_stats_array_len(1024), 1024);
     }
 }

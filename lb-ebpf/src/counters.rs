@@ -2,7 +2,7 @@
 
 use lb_common::{Event, ServiceStats, Verdict};
 
-use crate::maps::{EVENTS, SERVICE_STATS, VERDICTS};
+use crate::maps::{EVENTS, SERVICE_STATS, SERVICE_STATS_ARRAY, VERDICTS};
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
@@ -28,7 +28,11 @@ pub fn event(event: Event) {
 /// Adds one packet of `len` bytes to the counters of frontend `service_id`.
 #[inline(always)]
 pub fn count_service(service_id: u32, len: u32) {
-    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+    // Low ids (every id on most machines) index the array: no hashing.
+    let slot = SERVICE_STATS_ARRAY
+        .get_ptr_mut(service_id)
+        .or_else(|| SERVICE_STATS.get_ptr_mut(service_id));
+    if let Some(stats) = slot {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
             (*stats).packets += 1;

@@ -43,7 +43,13 @@ pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> =
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);
 
-/// Per-CPU packets and bytes per frontend, by service id.
+/// Per-CPU packets and bytes per frontend, by low service id; the agent
+/// sets the length at load (`lb_common::service_stats_array_len`).
+#[map(name = "SVC_STATS_ARRAY")]
+pub static SERVICE_STATS_ARRAY: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(MAX_SERVICES + 1, 0);
+
+/// Per-CPU packets and bytes per frontend, by service id beyond the array.
 #[map(name = "SERVICE_STATS")]
 pub static SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
     PerCpuHashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);

@@ -432,7 +432,8 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
 
 /// Like a restart, but the successor is an upgrade whose pin layout is the
 /// next one: it finds the previous layout's pins (made here from the
-/// current ones: v2 is v3 without the pass-through filter), carries their
+/// current ones: v2 is v3 without the pass-through filter and the array of
+/// service counters), carries their
 /// maps over and moves the links to its programs after its first sync.
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
@@ -441,7 +442,9 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
         |pin_dir| {
             assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v3");
             std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
-            std::fs::remove_file(pin_dir.join("v2").join(lb_common::MAP_FILTER)).unwrap();
+            for map in [lb_common::MAP_FILTER, lb_common::MAP_SERVICE_STATS_ARRAY] {
+                std::fs::remove_file(pin_dir.join("v2").join(map)).unwrap();
+            }
         },
         &[],
         "hand-over from the earlier layout finished",

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{Event, CONNTRACK_MAX_ENTRIES, MAP_FILTER};
+use lb_common::{Event, CONNTRACK_MAX_ENTRIES, MAP_FILTER, MAP_SERVICE_STATS_ARRAY};
 use lb_tests::{
     packet::{src_of, unique_pin_dir, Packet, TestDatapath, XDP_PASS},
     traffic::metric,
@@ -81,14 +81,17 @@ fn apply(dp: &mut TestDatapath, desired: &DesiredState) {
 }
 
 /// Turns the pins an agent of this layout left into those of the layout
-/// before it: v2 is this layout without the pass-through filter.
+/// before it: v2 is this layout without the pass-through filter and the
+/// array of service counters.
 fn make_previous_layout(pin_dir: &Path) {
     assert_eq!(
         PIN_LAYOUT, "v3",
         "update this test's picture of the previous layout"
     );
     std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
-    std::fs::remove_file(pin_dir.join("v2").join(MAP_FILTER)).unwrap();
+    for map in [MAP_FILTER, MAP_SERVICE_STATS_ARRAY] {
+        std::fs::remove_file(pin_dir.join("v2").join(map)).unwrap();
+    }
 }
 
 #[test]

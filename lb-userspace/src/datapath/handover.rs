@@ -12,7 +12,8 @@ use aya::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, RevNatEntry, ServiceEntry, ServiceKey,
     ServiceLabel, ServiceStats, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV,
-    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_VERDICTS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
+    MAP_VERDICTS,
 };
 
 use super::{
@@ -88,14 +89,23 @@ fn copy_array<V: Pod>(old: &Path, new: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Adds the per-CPU counters of the array at `old` to those at `new`.
-fn add_per_cpu_array(old: &Path, new: &Path) -> Result<()> {
-    let from: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open(old)?)?;
-    let mut to: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open(new)?)?;
+/// Adds the per-CPU counters of the array at `old` to those at `new`,
+/// slot by slot with `add`.
+fn add_per_cpu_array<T: Pod + Default + PartialEq>(
+    old: &Path,
+    new: &Path,
+    add: impl Fn(&mut T, &T),
+) -> Result<()> {
+    let from: PerCpuArray<MapData, T> = PerCpuArray::try_from(open(old)?)?;
+    let mut to: PerCpuArray<MapData, T> = PerCpuArray::try_from(open(new)?)?;
     for index in 0..from.len().min(to.len()) {
+        let old = from.get(&index, 0)?;
+        if old.iter().all(|v| *v == T::default()) {
+            continue;
+        }
         let mut sum = to.get(&index, 0)?.to_vec();
-        for (total, old) in sum.iter_mut().zip(from.get(&index, 0)?.iter()) {
-            *total += old;
+        for (total, old) in sum.iter_mut().zip(old.iter()) {
+            add(total, old);
         }
         to.set(index, PerCpuValues::try_from(sum)?, 0)?;
     }
@@ -177,13 +187,23 @@ pub fn carry_state(old_dir: &Path, new_dir: &Path, plan: &Handover) -> Result<(u
 pub fn carry_counters(old_dir: &Path, new_dir: &Path, plan: &Handover) -> Result<()> {
     for name in [MAP_VERDICTS, MAP_EVENTS] {
         if plan.carry.contains(&name) {
-            add_per_cpu_array(&old_dir.join(name), &new_dir.join(name))?;
+            add_per_cpu_array::<u64>(&old_dir.join(name), &new_dir.join(name), |t, o| *t += o)?;
         }
     }
     if plan.carry.contains(&MAP_SERVICE_STATS) {
         add_service_stats(
             &old_dir.join(MAP_SERVICE_STATS),
             &new_dir.join(MAP_SERVICE_STATS),
+        )?;
+    }
+    if plan.carry.contains(&MAP_SERVICE_STATS_ARRAY) {
+        add_per_cpu_array::<ServiceStats>(
+            &old_dir.join(MAP_SERVICE_STATS_ARRAY),
+            &new_dir.join(MAP_SERVICE_STATS_ARRAY),
+            |total, old| {
+                total.packets += old.packets;
+                total.bytes += old.bytes;
+            },
         )?;
     }
     Ok(())

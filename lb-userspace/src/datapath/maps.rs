@@ -12,11 +12,11 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpu
 use lb_common::{
     Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
     SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
-    MAP_SERVICE_STATS, MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
+    MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -27,9 +27,15 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_SERVICE_LABELS,
     lb_common::MAP_AFFINITY,
     MAP_SERVICE_STATS,
+    MAP_SERVICE_STATS_ARRAY,
     lb_common::MAP_EVENTS,
     MAP_FILTER,
 ];
+
+/// Number of possible CPUs: the length of every per-CPU value.
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+}
 
 /// The maps the control path writes, plus the counters it reads.
 pub struct Maps {
@@ -45,8 +51,10 @@ pub struct Maps {
     pub verdicts: PerCpuArray<MapData, u64>,
     /// Service labels for status output.
     pub labels: HashMap<MapData, u32, ServiceLabel>,
-    /// Per-CPU packets and bytes per frontend.
+    /// Per-CPU packets and bytes per frontend of a high service id.
     pub service_stats: PerCpuHashMap<MapData, u32, ServiceStats>,
+    /// Per-CPU packets and bytes per frontend of a low service id.
+    pub service_stats_array: PerCpuArray<MapData, ServiceStats>,
     /// Per-CPU event counters.
     pub events: PerCpuArray<MapData, u64>,
     /// The pass-through filter, memory-mapped.
@@ -68,6 +76,7 @@ impl Maps {
             verdicts: PerCpuArray::try_from(take(MAP_VERDICTS)?)?,
             labels: HashMap::try_from(take(MAP_SERVICE_LABELS)?)?,
             service_stats: PerCpuHashMap::try_from(take(MAP_SERVICE_STATS)?)?,
+            service_stats_array: PerCpuArray::try_from(take(MAP_SERVICE_STATS_ARRAY)?)?,
             events: PerCpuArray::try_from(take(lb_common::MAP_EVENTS)?)?,
             filter: Filter::new(take(MAP_FILTER)?)?,
         })
@@ -93,25 +102,56 @@ impl Maps {
             verdicts: PerCpuArray::try_from(Map::PerCpuArray(open(MAP_VERDICTS)?))?,
             labels: HashMap::try_from(Map::HashMap(open(MAP_SERVICE_LABELS)?))?,
             service_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(MAP_SERVICE_STATS)?))?,
+            service_stats_array: PerCpuArray::try_from(Map::PerCpuArray(open(
+                MAP_SERVICE_STATS_ARRAY,
+            )?))?,
             events: PerCpuArray::try_from(Map::PerCpuArray(open(lb_common::MAP_EVENTS)?))?,
             filter: Filter::new(Map::Array(open(MAP_FILTER)?))?,
         })
     }
 
-    /// Packets and bytes per service id, summed over CPUs.
+    /// Packets and bytes per service id that has counted any, summed over CPUs.
     pub fn service_totals(&self) -> Result<Vec<(u32, ServiceStats)>> {
-        let mut out = Vec::new();
-        for item in &self.service_stats {
-            let (id, per_cpu) = item?;
-            let total = per_cpu
+        let sum = |per_cpu: &PerCpuValues<ServiceStats>| {
+            per_cpu
                 .iter()
                 .fold(ServiceStats::default(), |acc, s| ServiceStats {
                     packets: acc.packets + s.packets,
                     bytes: acc.bytes + s.bytes,
-                });
-            out.push((id, total));
+                })
+        };
+        let mut totals = std::collections::BTreeMap::<u32, ServiceStats>::new();
+        for item in &self.service_stats {
+            let (id, per_cpu) = item?;
+            totals.insert(id, sum(&per_cpu));
         }
-        Ok(out)
+        // Array slots of live services only (those with a label): reading
+        // every slot would cost a system call per possible id.
+        for id in self.labels.keys() {
+            let id = id?;
+            if id >= self.service_stats_array.len() {
+                continue;
+            }
+            let low = sum(&self.service_stats_array.get(&id, 0)?);
+            if low.packets > 0 {
+                let total = totals.entry(id).or_default();
+                total.packets += low.packets;
+                total.bytes += low.bytes;
+            }
+        }
+        Ok(totals.into_iter().collect())
+    }
+
+    /// Zeroes the counters of service id `id` (its service is gone; the id
+    /// may be reused later); an id never counted is fine.
+    pub fn clear_service_stats(&mut self, id: u32) -> Result<()> {
+        let _ = self.service_stats.remove(&id);
+        if id < self.service_stats_array.len() {
+            let zeros = vec![ServiceStats::default(); possible_cpus()?];
+            self.service_stats_array
+                .set(id, PerCpuValues::try_from(zeros)?, 0)?;
+        }
+        Ok(())
     }
 
     /// Sums the per-CPU count of `event`.

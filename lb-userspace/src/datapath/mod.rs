@@ -136,6 +136,11 @@ impl Datapath {
             MAP_MAGLEV,
             config.slab_slots.div_ceil(lb_common::SLOTS_PER_SLAB_ENTRY),
         );
+        let cpus = u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX);
+        loader.map_max_entries(
+            lb_common::MAP_SERVICE_STATS_ARRAY,
+            lb_common::service_stats_array_len(cpus),
+        );
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }

@@ -39,7 +39,8 @@ impl Maps {
                 MapOp::SetFilterWord(index, bits) => self.filter.set(*index, *bits)?,
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
-                    let _ = self.service_stats.remove(id);
+                    self.clear_service_stats(*id)
+                        .with_context(|| format!("clearing the counters of service {id}"))?;
                 }
             }
         }

@@ -1,4 +1,4 @@
-use lb_common::MAP_FILTER;
+use lb_common::{MAP_FILTER, MAP_SERVICE_STATS_ARRAY};
 
 use super::*;
 
@@ -11,10 +11,11 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v2 layout: today's shapes without FILTER.
+/// The v2 layout: today's shapes without `FILTER` and `SVC_STATS_ARRAY`.
 fn v2(current: &Shapes) -> Shapes {
     let mut old = current.clone();
     old.remove(MAP_FILTER);
+    old.remove(MAP_SERVICE_STATS_ARRAY);
     old
 }
 
@@ -50,13 +51,22 @@ fn from_v1_everything_but_the_new_counters_is_carried() {
     let plan = plan_handover("v1", &v1(new), new);
     let mut expected: Vec<&str> = PINNED_MAPS
         .into_iter()
-        .filter(|m| ![MAP_EVENTS, MAP_FILTER, lb_common::MAP_CONFIG].contains(m))
+        .filter(|m| {
+            ![
+                MAP_EVENTS,
+                MAP_FILTER,
+                MAP_SERVICE_STATS_ARRAY,
+                lb_common::MAP_CONFIG,
+            ]
+            .contains(m)
+        })
         .collect();
     expected.sort_unstable();
     assert_eq!(carried(&plan), expected);
+    let none = |name| (name, "layout v1 has no such map".to_string());
     assert_eq!(
         plan.fresh,
-        vec![(MAP_EVENTS, "layout v1 has no such map".to_string())]
+        vec![none(MAP_SERVICE_STATS_ARRAY), none(MAP_EVENTS)]
     );
     assert!(plan.carries_services());
 }
@@ -67,11 +77,18 @@ fn from_v2_everything_is_carried_and_the_filter_is_rebuilt() {
     let plan = plan_handover("v2", &v2(new), new);
     let mut expected: Vec<&str> = PINNED_MAPS
         .into_iter()
-        .filter(|m| ![MAP_FILTER, lb_common::MAP_CONFIG].contains(m))
+        .filter(|m| ![MAP_FILTER, MAP_SERVICE_STATS_ARRAY, lb_common::MAP_CONFIG].contains(m))
         .collect();
     expected.sort_unstable();
     assert_eq!(carried(&plan), expected);
-    assert!(plan.fresh.is_empty(), "{plan:?}");
+    // v2 counted every service in the hash, which is carried.
+    assert_eq!(
+        plan.fresh,
+        vec![(
+            MAP_SERVICE_STATS_ARRAY,
+            "layout v2 has no such map".to_string()
+        )]
+    );
 }
 
 #[test]
