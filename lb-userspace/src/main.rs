@@ -215,6 +215,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             node_addr,
             pin_dir: args.pin_dir,
             slab_slots: args.maglev_slab_slots,
+            stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
         },
     })

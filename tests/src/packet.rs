@@ -330,18 +330,42 @@ impl TestDatapath {
     /// after drop, for a next load to adopt or hand over.
     #[must_use]
     pub fn load_at(pin_dir: &Path, node: Ipv4Addr, slab_slots: u32, detach_on_exit: bool) -> Self {
-        crate::require_root();
-        crate::require_bpffs();
-        let datapath = Datapath::load(DatapathConfig {
+        Self::load_config(DatapathConfig {
+            slab_slots,
+            detach_on_exit,
+            ..Self::config(pin_dir, node)
+        })
+    }
+
+    /// Like [`TestDatapath::load`], counting only service ids below
+    /// `stats_array_len` in the per-CPU array (the rest in the hash).
+    #[must_use]
+    pub fn load_with_stats_array(name: &str, node: Ipv4Addr, stats_array_len: u32) -> Self {
+        Self::load_config(DatapathConfig {
+            stats_array_len: Some(stats_array_len),
+            ..Self::config(&unique_pin_dir(name), node)
+        })
+    }
+
+    /// No interfaces, a 2^16-slot slab, pins removed on drop.
+    fn config(pin_dir: &Path, node: Ipv4Addr) -> DatapathConfig {
+        DatapathConfig {
             xdp_ifaces: vec![],
             uplink: UplinkHook::Xdp(XdpMode::Driver),
             tc_patterns: vec![],
             node_addr: node,
             pin_dir: pin_dir.to_path_buf(),
-            slab_slots,
-            detach_on_exit,
-        })
-        .unwrap_or_else(|e| {
+            slab_slots: 1 << 16,
+            stats_array_len: None,
+            detach_on_exit: true,
+        }
+    }
+
+    fn load_config(config: DatapathConfig) -> Self {
+        crate::require_root();
+        crate::require_bpffs();
+        let slab_slots = config.slab_slots;
+        let datapath = Datapath::load(config).unwrap_or_else(|e| {
             panic!("loading the data path (the verifier must accept both programs): {e:?}")
         });
         Self {

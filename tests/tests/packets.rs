@@ -100,6 +100,61 @@ fn tcp_syn_to_local_backend_is_dnated_exactly() {
     );
 }
 
+/// Service ids beyond the per-CPU array count in the hash; a removed
+/// service's counters end in both.
+#[test]
+fn service_counters_beyond_the_array_count_in_the_hash_and_end_with_the_service() {
+    // An array of ids 0 and 1: service id 1 counts there, id 2 in the hash.
+    let mut dp = TestDatapath::load_with_stats_array("statshash", NODE, 2);
+    let mut planner = Planner::new(dp.slab_slots(), std::time::Duration::ZERO);
+    let state = [
+        frontend(VIP, 80, Protocol::Tcp, &[(POD_A, 8080, true)]),
+        frontend(VIP, 81, Protocol::Tcp, &[(POD_B, 8080, true)]),
+    ];
+    apply(&mut dp, &mut planner, &state);
+    for port in [80, 81] {
+        for sport in [40000, 40001] {
+            let (ret, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, port).syn().build());
+            assert_eq!(ret, XDP_PASS);
+            assert_ne!(lb_tests::packet::dst_of(&out).0, VIP, "translated");
+        }
+    }
+    let packets: Vec<(u32, u64)> = dp
+        .service_stats()
+        .iter()
+        .map(|(id, s)| (*id, s.packets))
+        .collect();
+    assert_eq!(packets, vec![(1, 2), (2, 2)], "two packets per service");
+    let in_hash = |dp: &mut TestDatapath, id: u32| {
+        dp.datapath_mut()
+            .maps
+            .service_stats
+            .get(&id, 0)
+            .map(|per_cpu| per_cpu.iter().map(|s| s.packets).sum::<u64>())
+            .ok()
+    };
+    assert_eq!(in_hash(&mut dp, 1), None, "id 1 counts in the array");
+    assert_eq!(in_hash(&mut dp, 2), Some(2), "id 2 counts in the hash");
+    apply(&mut dp, &mut planner, &[]);
+    assert!(dp.service_stats().is_empty());
+    assert_eq!(
+        in_hash(&mut dp, 2),
+        None,
+        "the hash entry ends with its service"
+    );
+    let slot = dp
+        .datapath_mut()
+        .maps
+        .service_stats_array
+        .get(&1, 0)
+        .unwrap();
+    assert!(
+        slot.iter()
+            .all(|s| *s == lb_common::ServiceStats::default()),
+        "the array slot is zeroed with its service"
+    );
+}
+
 #[test]
 fn ip_options_are_skipped_and_translated() {
     let (dp, _p) = setup(

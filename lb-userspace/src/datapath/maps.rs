@@ -272,14 +272,20 @@ pub fn window_for(
     (start, end - start)
 }
 
+/// The array map `map` (named `name`) and its descriptor, for `mmap`; the
+/// descriptor lives as long as the returned array.
+fn array_with_fd<T: aya::Pod>(map: Map, name: &str) -> Result<(i32, Array<MapData, T>)> {
+    let fd = match &map {
+        Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+        _ => bail!("{name} is not an array map"),
+    };
+    Ok((fd, Array::try_from(map)?))
+}
+
 impl Slab {
     /// Opens the slab array of `map` (nothing is mapped until a write or read).
     pub(super) fn new(map: Map) -> Result<Self> {
-        let fd = match &map {
-            Map::Array(data) => data.fd().as_fd().as_raw_fd(),
-            _ => bail!("{MAP_MAGLEV} is not an array map"),
-        };
-        let map: Array<MapData, SlabEntry> = Array::try_from(map)?;
+        let (fd, map) = array_with_fd::<SlabEntry>(map, MAP_MAGLEV)?;
         let slots = map.len() * SLOTS_PER_SLAB_ENTRY;
         let len_bytes = usize::try_from(slots)? * size_of::<BackendId>();
         // SAFETY: sysconf has no preconditions.
@@ -385,11 +391,7 @@ pub struct Filter {
 impl Filter {
     /// Maps the filter array of `map` into this process.
     pub(super) fn new(map: Map) -> Result<Self> {
-        let fd = match &map {
-            Map::Array(data) => data.fd().as_fd().as_raw_fd(),
-            _ => bail!("{MAP_FILTER} is not an array map"),
-        };
-        let map: Array<MapData, u64> = Array::try_from(map)?;
+        let (fd, map) = array_with_fd::<u64>(map, MAP_FILTER)?;
         let len = usize::try_from(map.len())? * size_of::<u64>();
         let mapping = Mapping::new(fd, (0, len), MAP_FILTER)?;
         Ok(Self { map, mapping })

@@ -90,6 +90,9 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// Slots of the Maglev slab.
     pub slab_slots: u32,
+    /// Service ids counted in the per-CPU array, the rest in the hash
+    /// (`None`: as many as [`lb_common::SERVICE_STATS_ARRAY_BUDGET`] allows).
+    pub stats_array_len: Option<u32>,
     /// On exit, detach the programs and remove the pins (else they keep serving).
     pub detach_on_exit: bool,
 }
@@ -136,11 +139,13 @@ impl Datapath {
             MAP_MAGLEV,
             config.slab_slots.div_ceil(lb_common::SLOTS_PER_SLAB_ENTRY),
         );
-        let cpus = u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX);
-        loader.map_max_entries(
-            lb_common::MAP_SERVICE_STATS_ARRAY,
-            lb_common::service_stats_array_len(cpus),
-        );
+        let stats_array_len = match config.stats_array_len {
+            Some(len) => len,
+            None => lb_common::service_stats_array_len(
+                u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX),
+            ),
+        };
+        loader.map_max_entries(lb_common::MAP_SERVICE_STATS_ARRAY, stats_array_len);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
