@@ -5,18 +5,24 @@
 
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use lb_tests::{apiserver::TestApiServer, procfs, stats::percentile};
+use lb_tests::{
+    apiserver::TestApiServer,
+    procfs,
+    stats::{figure, percentile},
+};
 use lb_userspace::{
     datapath::{cleanup, maps::Maps},
     desired::{Frontend, Protocol},
 };
 
 const CHANGES: usize = 1000;
+/// Cold starts per size (each from no pins): the median is reported.
+const COLD_ROUNDS: usize = 5;
 
 fn slice(ip: &str) -> String {
     format!(
@@ -83,9 +89,43 @@ fn slice_yaml(service: &str, i: u32) -> String {
     )
 }
 
-/// With `extra` other services programmed, times `changes` slice changes of
-/// one service; returns a Markdown table row and a JSON record.
-fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
+/// Reads the agent's stdout until it says it is ready: the first full sync
+/// wrote every service.
+fn wait_ready(agent: &mut std::process::Child, log: &Path) {
+    let mut stdout = std::io::BufReader::new(agent.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    while !line.contains("lb-agent ready") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(
+            n > 0,
+            "agent exited before ready: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
+/// Stops the agent and removes its pins, kubeconfig and (unless
+/// `LB_BENCH_KEEP_LOG`) its log.
+fn stop_agent(mut agent: std::process::Child, pin_dir: &Path, log: &Path, kubeconfig: &Path) {
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(i32::try_from(agent.id()).unwrap(), libc::SIGTERM);
+    }
+    let _ = agent.wait();
+    cleanup(pin_dir);
+    let _ = std::fs::remove_file(kubeconfig);
+    if std::env::var_os("LB_BENCH_KEEP_LOG").is_some() {
+        eprintln!("agent log kept at {}", log.display());
+    } else {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+/// With `extra` other services programmed, times the cold start in
+/// `rounds` and then `changes` slice changes of one service; returns a
+/// Markdown table row and a JSON record.
+fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Value) {
     let server = TestApiServer::start().expect("test API server");
     for i in 0..extra {
         let ip = Ipv4Addr::from(0x0a60_1000 + i);
@@ -96,32 +136,35 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
         .apply(&service_yaml("lat", Ipv4Addr::new(10, 96, 0, 60)))
         .unwrap();
     server.apply(&slice("10.244.3.1")).unwrap();
-    let tag = format!("lbt{}xbench{extra}", std::process::id());
-    let cold = Instant::now();
-    let (mut agent, pin_dir, log, kubeconfig) = start_agent(&server, &tag);
+    // Cold start in rounds, each agent from no pins; the last one stays
+    // for the change latencies.
+    let mut colds_us = Vec::with_capacity(rounds);
+    let mut peak_rss_kib = 0;
+    let mut started = None;
+    for round in 0..rounds {
+        let tag = format!("lbt{}xbench{extra}r{round}", std::process::id());
+        let cold = Instant::now();
+        let (mut agent, pin_dir, log, kubeconfig) = start_agent(&server, &tag);
+        wait_ready(&mut agent, &log);
+        colds_us.push(u64::try_from(cold.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+        peak_rss_kib = peak_rss_kib.max(procfs::peak_rss_kib(&status).expect("VmHWM"));
+        if round + 1 < rounds {
+            stop_agent(agent, &pin_dir, &log, &kubeconfig);
+        } else {
+            started = Some((agent, pin_dir, log, kubeconfig, status));
+        }
+    }
+    let (agent, pin_dir, log, kubeconfig, status) = started.expect("at least one round");
+    let cold = figure(&colds_us);
+    let heap_kib = procfs::anon_rss_kib(&status).expect("RssAnon");
+    let maps_bytes = procfs::maps_memlock_of(agent.id());
     let key = Frontend {
         addr: Ipv4Addr::new(10, 96, 0, 60),
         port: 80,
         proto: Protocol::Tcp,
     }
     .key();
-    // Ready: the first full sync wrote every service (the agent says so on stdout).
-    let mut stdout = std::io::BufReader::new(agent.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    while !line.contains("lb-agent ready") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(
-            n > 0,
-            "agent exited before ready: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    let cold = cold.elapsed();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
-    let peak_rss_kib = procfs::peak_rss_kib(&status).expect("VmHWM");
-    let heap_kib = procfs::anon_rss_kib(&status).expect("RssAnon");
-    let maps_bytes = procfs::maps_memlock_of(agent.id());
     let maps = Maps::from_pins(&pin_dir).unwrap();
     let programmed = maps.services.keys().count();
     assert_eq!(
@@ -147,20 +190,11 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
             );
         }
     }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(i32::try_from(agent.id()).unwrap(), libc::SIGTERM);
-    }
-    let _ = agent.wait();
-    cleanup(&pin_dir);
-    let _ = std::fs::remove_file(&kubeconfig);
-    if std::env::var_os("LB_BENCH_KEEP_LOG").is_some() {
-        eprintln!("agent log kept at {}", log.display());
-    } else {
-        let _ = std::fs::remove_file(&log);
-    }
+    stop_agent(agent, &pin_dir, &log, &kubeconfig);
     latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    #[allow(clippy::cast_precision_loss)] // microseconds far below 2^52
+    let us_ms = |us: u64| us as f64 / 1e3;
     let (p50, p99, max) = (
         percentile(&latencies, 50),
         percentile(&latencies, 99),
@@ -169,9 +203,11 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
     #[allow(clippy::cast_precision_loss)] // memory sizes far below 2^52
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     let row = format!(
-        "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {changes} | {:.2} | {:.2} | {:.2} |",
+        "| {} | {:.1} ({:.1}-{:.1}) | {:.0} | {:.0} | {:.0} | {changes} | {:.2} | {:.2} | {:.2} |",
         extra + 1,
-        ms(cold),
+        us_ms(cold.median),
+        us_ms(cold.low),
+        us_ms(cold.high),
         mib(peak_rss_kib * 1024),
         mib(heap_kib * 1024),
         mib(maps_bytes),
@@ -181,7 +217,8 @@ fn measure(extra: u32, changes: usize) -> (String, serde_json::Value) {
     );
     println!("{row}");
     let json = serde_json::json!({
-        "services": extra + 1, "endpoints_per_other_service": 10, "cold_start_ms": ms(cold),
+        "services": extra + 1, "endpoints_per_other_service": 10, "cold_start_ms": us_ms(cold.median),
+        "cold_start_rounds_ms": colds_us.iter().map(|&us| us_ms(us)).collect::<Vec<_>>(),
         "agent_peak_rss_kib": peak_rss_kib, "agent_heap_at_ready_kib": heap_kib, "maps_memlock_bytes": maps_bytes, "changes": changes,
         "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max),
     });
@@ -194,15 +231,17 @@ fn main() {
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
     let header = "Control path, through the real agent (`--source kube`, release build) and the test API \
                   server: cold start until the agent is ready with every Service programmed (the other \
-                  Services have 10 endpoints each), its peak RSS (which includes the memory-mapped Maglev \
-                  slab, kernel map memory) and its heap at ready (`RssAnon`), and its maps' kernel \
+                  Services have 10 endpoints each; median and spread of 5 cold starts, one with \
+                  `--quick`), its peak RSS (the highest of the cold starts; it includes the \
+                  memory-mapped Maglev slab, kernel map memory) and its heap at ready (`RssAnon`), and its maps' kernel \
                   memory; then an EndpointSlice change at the API server -> the kernel map holding it.\n\n\
                   | services programmed | cold start to ready (ms) | agent peak RSS (MiB) | agent heap at ready (MiB) | map memory (MiB) | changes | p50 (ms) | p99 (ms) | max (ms) |\n\
                   |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     print!("{header}");
-    let (small, small_json) = measure(0, if quick { 200 } else { CHANGES });
-    let (mid, mid_json) = measure(999, if quick { 50 } else { 200 });
-    let (large, large_json) = measure(9_999, if quick { 50 } else { 200 });
+    let rounds = if quick { 1 } else { COLD_ROUNDS };
+    let (small, small_json) = measure(0, rounds, if quick { 200 } else { CHANGES });
+    let (mid, mid_json) = measure(999, rounds, if quick { 50 } else { 200 });
+    let (large, large_json) = measure(9_999, rounds, if quick { 50 } else { 200 });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
