@@ -51,6 +51,16 @@ pub struct RunOptions {
 }
 
 /// Reconciles the source's latest model and writes the result into the maps.
+/// A planner that continues from what the maps hold.
+fn adopt_maps(datapath: &Datapath) -> Result<Planner> {
+    Ok(Planner::adopt(
+        datapath.maps.applied_frontends()?,
+        datapath.maps.filter.words(),
+        datapath.maps.slab.slots(),
+        REUSE_GRACE,
+    ))
+}
+
 fn sync(
     reconciler: &mut Reconciler,
     source: &mut dyn Source,
@@ -63,18 +73,24 @@ fn sync(
     // Chunk by chunk, so the tables of thousands of Services are never all
     // in memory at once.
     let mut applying = Duration::ZERO;
-    let done =
+    let (done, applied) =
         reconciler.reconcile_chunked(cluster, &changes, Instant::now(), CHUNK_SLOTS, |chunk| {
             let at = Instant::now();
             let applied = datapath.maps.apply(&chunk.ops);
             applying += at.elapsed();
             applied
-        })?;
+        });
     for w in &done.warnings {
         warn!("{w}");
     }
     for e in &done.errors {
         error!("{e}");
+    }
+    if let Err(e) = applied {
+        // The planner counted the failed chunk (and the filter words it
+        // set) as applied: start again from what the maps hold.
+        reconciler.recover(adopt_maps(datapath)?);
+        return Err(e);
     }
     let computed = started.elapsed().saturating_sub(applying);
     metrics.syncs.inc();
@@ -199,16 +215,10 @@ async fn serve(
         });
     }
     let mut reconciler = if datapath.adopted() {
-        let applied = datapath.maps.applied_frontends()?;
+        let planner = adopt_maps(datapath)?;
         info!(
-            frontends = applied.len(),
+            frontends = planner.frontends().count(),
             "took over the frontends of an earlier agent"
-        );
-        let planner = Planner::adopt(
-            applied,
-            datapath.maps.filter.words(),
-            datapath.maps.slab.slots(),
-            REUSE_GRACE,
         );
         Reconciler::with_planner(options.node.clone(), planner)
     } else {
@@ -227,6 +237,8 @@ async fn serve(
     info!(source = ?options.source, "ready");
 
     let mut scan = tokio::time::interval(INTERFACE_SCAN);
+    // A failed sync is retried (in full) at the next interface scan.
+    let mut retry = false;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -236,11 +248,18 @@ async fn serve(
                 // burst becomes a few syncs, and a lone change waits for none.
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
+                retry = false;
                 if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics) {
-                    error!("sync failed: {e:#}");
+                    error!("sync failed (retried at the next interface scan): {e:#}");
+                    retry = true;
                 }
             }
             _ = scan.tick() => {
+                if retry {
+                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics)
+                        .inspect_err(|e| error!("sync failed again: {e:#}"))
+                        .is_err();
+                }
                 if let Err(e) = datapath.attach_new_pod_interfaces() {
                     warn!("scanning interfaces: {e:#}");
                 }

@@ -85,14 +85,14 @@ impl Reconciler {
     /// `cluster` asks, given what `changes` says changed since the last call.
     pub fn reconcile(&mut self, cluster: &Cluster, changes: &Changes, now: Instant) -> Reconciled {
         let mut plan = Plan::default();
-        let done = self.reconcile_chunked(cluster, changes, now, usize::MAX, |chunk| {
-            plan.ops.extend(chunk.ops);
-            Ok::<(), Infallible>(())
-        });
-        let mut done = match done {
-            Ok(done) => done,
-            Err(never) => match never {},
-        };
+        let (mut done, applied) =
+            self.reconcile_chunked(cluster, changes, now, usize::MAX, |chunk| {
+                plan.ops.extend(chunk.ops);
+                Ok::<(), Infallible>(())
+            });
+        if let Err(never) = applied {
+            match never {}
+        }
         done.plan = plan;
         done
     }
@@ -101,9 +101,10 @@ impl Reconciler {
     /// chunks of about `chunk_slots` Maglev slots. Each chunk is the plan of
     /// a group of whole frontends, in the planner's order (filter bits,
     /// backends, tables, service entries, then what they no longer use),
-    /// and frontends that go are planned first. Stops at
-    /// the first chunk `apply` fails; frontends not planned yet keep what
-    /// the planner had applied.
+    /// and frontends that go are planned first. Stops at the first chunk
+    /// `apply` fails and returns its error beside the outcome (the warnings
+    /// are new either way); then the planner no longer matches the maps:
+    /// see [`Reconciler::recover`].
     pub fn reconcile_chunked<E>(
         &mut self,
         cluster: &Cluster,
@@ -111,16 +112,24 @@ impl Reconciler {
         now: Instant,
         chunk_slots: usize,
         apply: impl FnMut(Plan) -> Result<(), E>,
-    ) -> Result<Reconciled, E> {
+    ) -> (Reconciled, Result<(), E>) {
         let (frontends, warnings, recomputed) = self.update(cluster, changes);
-        let (ops, errors) = self.plan_chunked(frontends, now, chunk_slots, apply)?;
-        Ok(Reconciled {
+        let (ops, errors, applied) = self.plan_chunked(frontends, now, chunk_slots, apply);
+        let done = Reconciled {
             plan: Plan::default(),
             ops,
             errors,
             warnings,
             recomputed,
-        })
+        };
+        (done, applied)
+    }
+
+    /// After a failed apply: continues from `planner` (rebuilt from what the
+    /// maps hold), and the next reconcile recomputes and plans every frontend.
+    pub fn recover(&mut self, planner: Planner) {
+        self.planner = planner;
+        self.merged_node = None;
     }
 
     /// Brings the desired state up to date; returns the frontends to plan
@@ -173,7 +182,7 @@ impl Reconciler {
         now: Instant,
         chunk_slots: usize,
         mut apply: impl FnMut(Plan) -> Result<(), E>,
-    ) -> Result<(usize, Vec<PlanError>), E> {
+    ) -> (usize, Vec<PlanError>, Result<(), E>) {
         let (mut total, mut errors) = (0usize, Vec::new());
         let mut group = Vec::new();
         let mut slots = 0usize;
@@ -194,10 +203,12 @@ impl Reconciler {
             slots = 0;
             if !plan.ops.is_empty() {
                 total += plan.ops.len();
-                apply(plan)?;
+                if let Err(e) = apply(plan) {
+                    return (total, errors, Err(e));
+                }
             }
         }
-        Ok((total, errors))
+        (total, errors, Ok(()))
     }
 
     fn add_service(
@@ -396,12 +407,12 @@ mod tests {
         let mut chunked = Reconciler::new(node(), 1 << 20);
         let mut chunks: Vec<Plan> = Vec::new();
         // Two backends get 251-slot tables: a chunk closes at its fourth table.
-        let done = chunked
-            .reconcile_chunked(&cluster, &Changes::all(), t0, 1_000, |chunk| {
+        let (done, applied) =
+            chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 1_000, |chunk| {
                 chunks.push(chunk);
                 Ok::<(), ()>(())
-            })
-            .unwrap();
+            });
+        applied.unwrap();
         assert_eq!(chunks.len(), 10, "40 tables, 4 per chunk");
         for chunk in &chunks {
             assert!(
@@ -437,11 +448,46 @@ mod tests {
         // A failing chunk stops the sync there.
         cluster.services.clear();
         let mut calls = 0;
-        let failed = chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| {
+        let (_, failed) = chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| {
             calls += 1;
             Err("map full")
         });
-        assert_eq!(failed.err(), Some("map full"));
+        assert_eq!(failed, Err("map full"));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn after_a_failed_apply_the_next_sync_plans_what_the_maps_lack() {
+        let mut cluster = Cluster::default();
+        for i in 0..3u8 {
+            let svc = service(&format!("s{i}"), i + 1);
+            cluster.services.insert(svc.name.clone(), svc);
+            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
+            cluster.slices.insert(sl.name.clone(), sl);
+        }
+        let t0 = Instant::now();
+        let sorted = |ops: &[MapOp]| {
+            let mut ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
+            ops.sort();
+            ops
+        };
+        let expected = Reconciler::new(node(), 1 << 20).reconcile(&cluster, &Changes::all(), t0);
+        let mut r = Reconciler::new(node(), 1 << 20);
+        // The first chunk fails: the maps hold nothing, the planner thinks otherwise.
+        let (_, failed) = r.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| Err(()));
+        assert_eq!(failed, Err(()));
+        let mut stale = Reconciler::new(node(), 1 << 20);
+        let _ = stale.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| Err(()));
+        assert!(
+            stale
+                .reconcile(&cluster, &Changes::default(), t0)
+                .plan
+                .ops
+                .is_empty(),
+            "without recovery nothing changed, so nothing is planned"
+        );
+        r.recover(Planner::new(1 << 20, REUSE_GRACE));
+        let next = r.reconcile(&cluster, &Changes::default(), t0);
+        assert_eq!(sorted(&next.plan.ops), sorted(&expected.plan.ops));
     }
 }
