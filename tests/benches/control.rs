@@ -229,14 +229,14 @@ fn main() {
     lb_tests::require_root();
     lb_tests::require_bpffs();
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
-    let header = "Control path, through the real agent (`--source kube`, release build) and the test API \
+    let header = format!("Control path, through the real agent (`--source kube`, release build) and the test API \
                   server: cold start until the agent is ready with every Service programmed (the other \
-                  Services have 10 endpoints each; median and spread of 5 cold starts, one with \
+                  Services have 10 endpoints each; median and spread of {COLD_ROUNDS} cold starts, one with \
                   `--quick`), its peak RSS (the highest of the cold starts; it includes the \
                   memory-mapped Maglev slab, kernel map memory) and its heap at ready (`RssAnon`), and its maps' kernel \
                   memory; then an EndpointSlice change at the API server -> the kernel map holding it.\n\n\
                   | services programmed | cold start to ready (ms) | agent peak RSS (MiB) | agent heap at ready (MiB) | map memory (MiB) | changes | p50 (ms) | p99 (ms) | max (ms) |\n\
-                  |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+                  |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     print!("{header}");
     let rounds = if quick { 1 } else { COLD_ROUNDS };
     let (small, small_json) = measure(0, rounds, if quick { 200 } else { CHANGES });

@@ -237,16 +237,16 @@ fn main() {
     let (f, p) = (all(|r| r.floor), all(|r| r.parse));
     let mut json_configs = Vec::new();
     let mut md = String::new();
-    let _ = writeln!(md, "| services | backends/service | class | ns/packet (median) | spread (round medians) | vs parse-only | above floor |");
+    let _ = writeln!(md, "| services | backends/service | class | ns/packet (median) | spread (round medians) | vs parse-only (rounds) | above floor |");
     let _ = writeln!(md, "|---:|---:|---|---:|---|---:|---:|");
     for (bench, rounds) in benches.iter().zip(&rounds) {
         let (services, backends) = (bench.services, bench.backends);
         let mut classes = serde_json::Map::new();
+        let parse: Vec<u64> = rounds.iter().map(|r| r.parse).collect();
         for (c, class) in CLASSES.iter().enumerate() {
             let ns: Vec<u64> = rounds.iter().map(|r| r.classes[c]).collect();
             let fig = figure(&ns);
-            let parse: Vec<u64> = rounds.iter().map(|r| r.parse).collect();
-            let (vs_parse, _, _) = paired_ratio(&ns, &parse).expect("rounds");
+            let (vs_parse, vs_low, vs_high) = paired_ratio(&ns, &parse).expect("rounds");
             let above = median(
                 rounds
                     .iter()
@@ -255,13 +255,14 @@ fn main() {
             );
             let _ = writeln!(
                 md,
-                "| {services} | {backends} | {class} | {} | {}-{} | {vs_parse:.2}x | {above} ns |",
+                "| {services} | {backends} | {class} | {} | {}-{} | {vs_parse:.2}x ({vs_low:.2}-{vs_high:.2}) | {above} ns |",
                 fig.median, fig.low, fig.high,
             );
             classes.insert(
                 (*class).to_string(),
                 serde_json::json!({"median_ns": fig.median, "low_ns": fig.low, "high_ns": fig.high,
-                    "vs_parse_only": vs_parse, "above_floor_ns": above}),
+                    "rounds_ns": ns, "vs_parse_only": vs_parse, "vs_parse_only_low": vs_low,
+                    "vs_parse_only_high": vs_high, "above_floor_ns": above}),
             );
         }
         json_configs.push(serde_json::json!({"services": services, "backends_per_service": backends, "classes": classes}));
@@ -271,7 +272,7 @@ fn main() {
          each round measures every configuration and, in each, the two baselines and then every class. \
          Baselines (all rounds): bare XDP_PASS {} ns ({}-{}), parse-only {} ns ({}-{}). \
          \"vs parse-only\" is the median of the per-round ratios to the parse-only program of the same \
-         configuration and round; \"above floor\" likewise the median of per-round differences to the bare XDP_PASS.\n\n",
+         configuration and round (lowest-highest round in brackets); \"above floor\" likewise the median of per-round differences to the bare XDP_PASS.\n\n",
         f.median, f.low, f.high, p.median, p.low, p.high
     );
     let report = serde_json::json!({

@@ -110,10 +110,12 @@ mod tests {
         assert!(
             (median - 0.9).abs() < 1e-9 && (low - 0.9).abs() < 1e-9 && (high - 0.9).abs() < 1e-9
         );
-        // Medians of unpaired rounds would mix different rounds.
-        let (median, low, high) = paired_ratio(&[80, 100, 90], &[100, 100, 100]).unwrap();
+        // Here the ratio of the medians (60 / 100) is not any round's ratio:
+        // the rounds' ratios are 0.5, 1.0 and 1.2.
+        let (median, low, high) = paired_ratio(&[50, 100, 60], &[100, 100, 50]).unwrap();
         assert!(
-            (median - 0.9).abs() < 1e-9 && (low - 0.8).abs() < 1e-9 && (high - 1.0).abs() < 1e-9
+            (median - 1.0).abs() < 1e-9 && (low - 0.5).abs() < 1e-9 && (high - 1.2).abs() < 1e-9,
+            "{median} {low} {high}"
         );
         assert_eq!(paired_ratio(&[], &[1]), None);
     }

@@ -61,10 +61,7 @@ fn packet_ratios(report: &Value, class: &str) -> Vec<f64> {
 /// The worst (largest) per-packet ratio of `class`, as "a-b x".
 fn worst_packet_ratio(report: &Value, class: &str) -> Option<(f64, String)> {
     let ratios = packet_ratios(report, class);
-    let worst = ratios
-        .iter()
-        .copied()
-        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))?;
+    let worst = ratios.iter().copied().reduce(f64::max)?;
     let best = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     Some((
         worst,
@@ -75,30 +72,51 @@ fn worst_packet_ratio(report: &Value, class: &str) -> Option<(f64, String)> {
     ))
 }
 
-/// The largest change of any class's ns/packet from 1 to 10,000 services (10 backends).
+/// The largest change of any class's ns/packet from 1 service to 100 or
+/// 10,000 (10 backends each): the median of the per-round ratios where the
+/// report has the rounds (each round measures every configuration), else the
+/// ratio of the medians.
 fn flatness(report: &Value) -> Option<(f64, String)> {
     let configs = report["packet"]["configs"].as_array()?;
-    let at = |services: u64| {
-        configs.iter().find(|c| {
-            c["services"].as_u64() == Some(services)
-                && c["backends_per_service"].as_u64() == Some(10)
-        })
+    let with_ten = |c: &&Value| c["backends_per_service"].as_u64() == Some(10);
+    let one = configs
+        .iter()
+        .filter(with_ten)
+        .find(|c| c["services"].as_u64() == Some(1))?;
+    let rounds = |figures: &Value| -> Option<Vec<u64>> {
+        figures["rounds_ns"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect()
     };
-    let (one, many) = (at(1)?, at(10_000)?);
     let mut worst: Option<(f64, String)> = None;
-    for (class, figures) in one["classes"].as_object()? {
-        let (Some(a), Some(b)) = (
-            figures["median_ns"].as_f64(),
-            many["classes"][class]["median_ns"].as_f64(),
-        ) else {
+    for many in configs.iter().filter(with_ten) {
+        let services = many["services"].as_u64().unwrap_or(1);
+        if services == 1 {
             continue;
-        };
-        let change = (b - a).abs() / a.max(1.0);
-        if worst.as_ref().is_none_or(|(w, _)| change > *w) {
-            worst = Some((
-                change,
-                format!("{:.0}% ({class}: {a:.0} -> {b:.0} ns)", change * 100.0),
-            ));
+        }
+        for (class, figures) in one["classes"].as_object()? {
+            let other = &many["classes"][class];
+            let (Some(a), Some(b)) = (figures["median_ns"].as_f64(), other["median_ns"].as_f64())
+            else {
+                continue;
+            };
+            let ratio = match (rounds(figures), rounds(other)) {
+                (Some(ra), Some(rb)) => crate::stats::paired_ratio(&rb, &ra).map(|(r, _, _)| r),
+                _ => None,
+            }
+            .unwrap_or(b / a.max(1.0));
+            let change = (ratio - 1.0).abs();
+            if worst.as_ref().is_none_or(|(w, _)| change > *w) {
+                worst = Some((
+                    change,
+                    format!(
+                        "{:.0}% ({class} at {services} services: {a:.0} -> {b:.0} ns)",
+                        change * 100.0
+                    ),
+                ));
+            }
         }
     }
     worst
@@ -288,6 +306,34 @@ mod tests {
             flat.measured.starts_with("12% (established TCP"),
             "{flat:?}"
         );
+    }
+
+    #[test]
+    fn flatness_counts_every_size_and_pairs_the_rounds() {
+        let config = |services: u64, rounds: [u64; 3]| {
+            json!({"services": services, "backends_per_service": 10, "classes": {
+                "reply": {"median_ns": rounds[1], "rounds_ns": rounds}}})
+        };
+        // 100 services are 38% off 1 service; 10,000 are alike.
+        let report = json!({"packet": {"configs": [
+            config(1, [100, 100, 100]),
+            config(100, [138, 138, 138]),
+            config(10_000, [100, 104, 100]),
+        ]}});
+        let flat = find(&judge(&report), "per packet: flat").clone();
+        assert_eq!(flat.met, Some(false));
+        assert!(
+            flat.measured.starts_with("38% (reply at 100 services"),
+            "{flat:?}"
+        );
+        // The medians (100 vs 200 ns) say 100%; round by round 10,000
+        // services are as fast as 1 but once, when the machine was slow.
+        let report = json!({"packet": {"configs": [
+            config(1, [100, 100, 200]),
+            config(10_000, [100, 200, 200]),
+        ]}});
+        let flat = find(&judge(&report), "per packet: flat").clone();
+        assert_eq!(flat.met, Some(true), "{flat:?}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn from_v1_everything_but_the_new_counters_is_carried() {
 }
 
 #[test]
-fn from_v2_everything_is_carried_and_the_filter_is_rebuilt() {
+fn from_v2_every_map_it_had_is_carried() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut expected: Vec<&str> = PINNED_MAPS
