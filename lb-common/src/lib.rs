@@ -5,9 +5,13 @@
 //! `port.to_be()`), so the kernel compares and copies without swapping.
 #![no_std]
 
+pub mod conntrack;
 pub mod csum;
 pub mod hash;
 pub mod maps;
+pub mod siphash;
 
-pub use hash::{filter_bit, flow_hash_of, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND};
+pub use conntrack::{CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM};
+pub use hash::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND};
 pub use maps::*;
+pub use siphash::{flow_hash, HashKey};

@@ -104,14 +104,17 @@ pub const CONNTRACK_MAX_ENTRIES: u32 = 1 << 18;
 /// Capacity of the reverse-NAT map (one entry per tracked flow).
 pub const REVNAT_MAX_ENTRIES: u32 = CONNTRACK_MAX_ENTRIES;
 
-/// First source port handed out for SNAT to the node address. The range sits
-/// above Linux's default ephemeral range (32768-60999) so that translated flows
-/// never collide with the node's own connections.
-pub const SNAT_PORT_MIN: u16 = 61_000;
-/// Last source port handed out for SNAT to the node address.
-pub const SNAT_PORT_MAX: u16 = 65_535;
-/// How many ports a new flow probes before it gives up and is dropped.
-pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+/// Default first port of the SNAT pool: the pool sits below Kubernetes'
+/// default NodePort range (30000-32767) and Linux's default ephemeral range
+/// (32768-60999), so a translated flow never takes a port the node's own
+/// connections or a NodePort could use. The agent checks both at start.
+pub const SNAT_PORT_MIN: u16 = 1_024;
+/// Default last port of the SNAT pool (28,976 ports per backend).
+pub const SNAT_PORT_MAX: u16 = 29_999;
+/// Random ports a new flow probes before it takes the port of an idle flow
+/// that is not assured, or gives up (a pool 97% full still finds a free
+/// port for all but about 1% of new flows).
+pub const SNAT_PORT_PROBES: u32 = 128;
 
 /// Index of an entry in the backends array. 0 means "no backend".
 pub type BackendId = u32;
@@ -210,30 +213,12 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
-/// Conntrack flag: the flow's source was rewritten to the node address.
-pub const CT_F_SNAT: u32 = 1;
-/// Conntrack flag: the client sent FIN first.
-pub const CT_F_FIN_CLIENT: u32 = 2;
-/// Conntrack flag: the backend sent FIN first (it holds `TIME_WAIT`).
-pub const CT_F_FIN_BACKEND: u32 = 4;
-/// Conntrack flag: either side sent RST.
-pub const CT_F_RST: u32 = 8;
-/// Conntrack flag: the flow's frontend had session affinity when the flow
-/// began, so its packets refresh the client's affinity entry.
-pub const CT_F_AFFINITY: u32 = 16;
-/// Conntrack flags that mark a closing flow.
-pub const CT_F_CLOSING: u32 = CT_F_FIN_CLIENT | CT_F_FIN_BACKEND | CT_F_RST;
-/// Seconds a closed flow keeps its SNAT port after an RST (stragglers).
-pub const SNAT_HOLD_AFTER_RST_S: u32 = 1;
-/// Seconds after the client's FIN: the backend closes passively, no `TIME_WAIT` there.
-pub const SNAT_HOLD_AFTER_CLIENT_FIN_S: u32 = 2;
-/// Seconds after the backend's FIN: it holds `TIME_WAIT` for this tuple (Linux: 60 s).
-pub const SNAT_HOLD_AFTER_BACKEND_FIN_S: u32 = 60;
-
-/// Value of the conntrack map: the backend a client flow (keyed client -> service) is pinned to.
+/// Value of the conntrack map: the backend a client flow (keyed client ->
+/// service, as it arrives) is pinned to, and the flow's state.
 ///
 /// Layout (32 bytes): `backend_id` u32 | `backend_addr` be32 | `backend_port` be16 |
-/// `snat_port` be16 | `snat_addr` be32 | `flags` u32 | `closing_s` u32 | `created_ns` u64.
+/// `snat_port` be16 | `snat_addr` be32 | `flags` u16 | `state` u8 | pad u8 |
+/// `last_seen_s` u32 | `created_ns` u64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtEntry {
@@ -245,22 +230,32 @@ pub struct CtEntry {
     pub backend_port: u16,
     /// Source port after SNAT (network byte order), 0 without SNAT.
     pub snat_port: u16,
-    /// Source address after SNAT (network byte order), 0 without SNAT.
+    /// Source address after SNAT (network byte order): the node's, or the
+    /// client's own after a reply-tuple clash; 0 without SNAT.
     pub snat_addr: u32,
-    /// `CT_F_*` bits.
-    pub flags: u32,
-    /// Monotonic seconds (at least 1) when the flow was first seen closing
-    /// (FIN or RST); 0 while open. Its SNAT port is reused after a hold.
-    pub closing_s: u32,
+    /// `CT_F_*` bits ([`crate::conntrack`]).
+    pub flags: u16,
+    /// [`crate::conntrack::CtState`] value.
+    pub state: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Monotonic seconds of the flow's last packet from the client (replies
+    /// stamp [`RevNatEntry::last_seen_s`]); the flow is idle since the later.
+    pub last_seen_s: u32,
     /// Monotonic time (`bpf_ktime_get_coarse_ns`, tick resolution) when the flow was created.
     pub created_ns: u64,
 }
 
-/// Value of the reverse-NAT map: how to restore a reply (keyed backend -> client or node).
+/// Value of the reverse-NAT map: how to restore a reply (keyed backend ->
+/// client or node, as the reply arrives), and who holds the reply tuple.
 ///
-/// Layout (12 bytes): `svc_addr` be32 | `client_addr` be32 | `svc_port` be16 | `client_port` be16.
+/// Layout (32 bytes): `svc_addr` be32 | `client_addr` be32 | `svc_port` be16 |
+/// `client_port` be16 | `created_s` u32 | `last_seen_s` u32 | `ifindex` u32 |
+/// `claim` u64.
 /// The reply's source becomes the service; its destination becomes the client
 /// (a no-op unless the forward direction was translated to the node address).
+/// The holder of a SNAT port is the conntrack entry of (client, service);
+/// a new flow takes the port over only by swapping `claim` atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RevNatEntry {
@@ -272,18 +267,97 @@ pub struct RevNatEntry {
     pub svc_port: u16,
     /// Client port, network byte order.
     pub client_port: u16,
+    /// Monotonic seconds when the entry was written (a claim younger than
+    /// [`CLAIM_GRACE_S`] is never taken for an orphan).
+    pub created_s: u32,
+    /// Monotonic seconds of the last reply; 0 before the first.
+    pub last_seen_s: u32,
+    /// Interface the replies were last verified to arrive on (reverse-path
+    /// check); 0 before the first reply.
+    pub ifindex: u32,
+    /// Tag of the claim that wrote the entry; swapped atomically on a takeover.
+    pub claim: u64,
 }
 
-/// Value of the configuration array (index 0): facts about this node.
+impl FlowKey {
+    /// The client flow (client -> service) a reverse-NAT entry restores.
+    #[inline(always)]
+    #[must_use]
+    pub const fn client_of(rev: &RevNatEntry, proto: u8) -> FlowKey {
+        FlowKey {
+            src_addr: rev.client_addr,
+            dst_addr: rev.svc_addr,
+            src_port: rev.client_port,
+            dst_port: rev.svc_port,
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    /// The reply tuple (backend -> client, or -> the translated source) of
+    /// this client flow tracked as `ct`: its reverse-NAT key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reply_of(&self, ct: &CtEntry) -> FlowKey {
+        let (dst_addr, dst_port) = if ct.flags & crate::conntrack::CT_F_SNAT != 0 {
+            (ct.snat_addr, ct.snat_port)
+        } else {
+            (self.src_addr, self.src_port)
+        };
+        FlowKey {
+            src_addr: ct.backend_addr,
+            dst_addr,
+            src_port: ct.backend_port,
+            dst_port,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+impl RevNatEntry {
+    /// Whether this entry restores the client flow `key`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn restores(&self, key: &FlowKey) -> bool {
+        self.client_addr == key.src_addr
+            && self.client_port == key.src_port
+            && self.svc_addr == key.dst_addr
+            && self.svc_port == key.dst_port
+    }
+}
+
+/// Seconds during which a reverse entry without its conntrack entry is a
+/// claim in progress (the conntrack entry follows within microseconds), not
+/// an orphan to be reclaimed or collected.
+pub const CLAIM_GRACE_S: u32 = 2;
+
+/// Configuration flag: reverse-translate a reply only if a route to its
+/// source leaves through the interface it arrived on (reverse-path check).
+pub const CONFIG_F_REPLY_PATH_CHECK: u32 = 1;
+
+/// Value of the configuration array (index 0): facts about this node and the
+/// agent's settings.
 ///
-/// Layout (8 bytes): `node_addr` be32 | `flags` u32.
+/// Layout (64 bytes): `node_addr` be32 | `flags` u32 | `snat_port_min` u16 |
+/// `snat_port_max` u16 | pad u32 | `hash_key` [u64; 2] | `timeouts` [u32; 8].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
     /// Node address used as SNAT source for remote backends, network byte order.
     pub node_addr: u32,
-    /// Reserved, zero.
+    /// `CONFIG_F_*` bits.
     pub flags: u32,
+    /// First port of the SNAT pool, host byte order.
+    pub snat_port_min: u16,
+    /// Last port of the SNAT pool, host byte order.
+    pub snat_port_max: u16,
+    /// Always zero.
+    pub pad: u32,
+    /// Secret key of the flow hash (Maglev), the same on every node of a cluster.
+    pub hash_key: crate::siphash::HashKey,
+    /// Idle timeouts in seconds, by [`crate::conntrack`] `T_*` index.
+    pub timeouts: crate::conntrack::CtTimeouts,
 }
 
 /// Bytes of a [`ServiceLabel`].
@@ -320,10 +394,15 @@ pub enum Verdict {
     /// A packet to a service could not be translated (no SNAT port, a map or
     /// helper failure, an inconsistent table) and was dropped.
     Error = 4,
+    /// A packet that belongs to no tracked flow and may not start one (a TCP
+    /// segment without SYN for a backend that needs SNAT), a reply that failed
+    /// the reverse-path check, or a packet from outside claiming the node's
+    /// address: dropped.
+    Invalid = 5,
 }
 
 /// Number of [`Verdict`] values (size of the verdict counters).
-pub const VERDICT_COUNT: u32 = 5;
+pub const VERDICT_COUNT: u32 = 6;
 
 impl Verdict {
     /// Every verdict, in index order.
@@ -333,6 +412,7 @@ impl Verdict {
         Verdict::Passed,
         Verdict::Dropped,
         Verdict::Error,
+        Verdict::Invalid,
     ];
 
     /// Lower-case name used in status output and metrics.
@@ -344,6 +424,7 @@ impl Verdict {
             Verdict::Passed => "passed",
             Verdict::Dropped => "dropped",
             Verdict::Error => "error",
+            Verdict::Invalid => "invalid",
         }
     }
 }
@@ -379,10 +460,83 @@ pub enum Event {
     ConntrackCreated = 0,
     /// A reverse-NAT entry was created for a flow that had none.
     RevNatCreated = 1,
+    /// A new flow took the SNAT port of an expired flow.
+    SnatReclaimed = 2,
+    /// A new flow took the SNAT port of an idle flow that was not assured
+    /// (the pool was full).
+    SnatEarlyDrop = 3,
+    /// A new flow found no SNAT port (also counted per backend in `SNAT_EXHAUST`).
+    SnatExhausted = 4,
+    /// A flow's missing reverse-NAT entry was restored from its conntrack entry.
+    RevNatRestored = 5,
+    /// A reply failed the reverse-path check and was dropped.
+    ReplyRejected = 6,
+    /// A flow's reply tuple was held by another live flow: its source port was remapped.
+    TupleRemapped = 7,
+    /// A packet from outside the node claimed the node's address as its source: dropped.
+    NodeSourceSpoofed = 8,
+    /// Two CPUs created the same flow at once; the later one adopted the first's entry.
+    ConntrackRaceLost = 9,
 }
 
 /// Number of [`Event`] values (size of the event counters).
-pub const EVENT_COUNT: u32 = 2;
+pub const EVENT_COUNT: u32 = 10;
+
+impl Event {
+    /// Every event, in index order.
+    pub const ALL: [Event; EVENT_COUNT as usize] = [
+        Event::ConntrackCreated,
+        Event::RevNatCreated,
+        Event::SnatReclaimed,
+        Event::SnatEarlyDrop,
+        Event::SnatExhausted,
+        Event::RevNatRestored,
+        Event::ReplyRejected,
+        Event::TupleRemapped,
+        Event::NodeSourceSpoofed,
+        Event::ConntrackRaceLost,
+    ];
+
+    /// Lower-case name used in metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::ConntrackCreated => "conntrack_created",
+            Event::RevNatCreated => "reverse_nat_created",
+            Event::SnatReclaimed => "snat_reclaimed",
+            Event::SnatEarlyDrop => "snat_early_drop",
+            Event::SnatExhausted => "snat_exhausted",
+            Event::RevNatRestored => "reverse_nat_restored",
+            Event::ReplyRejected => "reply_rejected",
+            Event::TupleRemapped => "tuple_remapped",
+            Event::NodeSourceSpoofed => "node_source_spoofed",
+            Event::ConntrackRaceLost => "conntrack_race_lost",
+        }
+    }
+}
+
+/// Name of the per-backend SNAT exhaustion counters: [`BackendKey`] -> count
+/// (hash, no prealloc; an entry appears on a backend's first exhaustion).
+pub const MAP_SNAT_EXHAUSTED: &str = "SNAT_EXHAUSTED";
+/// Capacity of [`MAP_SNAT_EXHAUSTED`].
+pub const SNAT_EXHAUSTED_MAX_ENTRIES: u32 = 16_384;
+
+/// Key of the per-backend SNAT exhaustion counters: a backend's address,
+/// port and protocol (not its id, which is reused).
+///
+/// Layout (8 bytes): `addr` be32 | `port` be16 | `proto` u8 | pad u8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// Backend address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -399,6 +553,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityEntry {}
     unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::BackendKey {}
 }
 
 #[cfg(test)]
@@ -416,8 +571,9 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 32);
-        assert_eq!(size_of::<RevNatEntry>(), 12);
-        assert_eq!(size_of::<NodeConfig>(), 8);
+        assert_eq!(size_of::<RevNatEntry>(), 32);
+        assert_eq!(size_of::<NodeConfig>(), 64);
+        assert_eq!(size_of::<BackendKey>(), 8);
     }
 
     #[test]

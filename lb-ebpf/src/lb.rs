@@ -1,18 +1,22 @@
 //! The per-packet decision shared by both programs: service lookup, backend
 //! selection or recall, NAT bookkeeping. It only decides; the caller writes.
 
-use aya_ebpf::EbpfContext;
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::debug;
 use lb_common::{
-    CtEntry, FlowKey, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_AFFINITY, CT_F_SNAT,
+    conntrack::CtState, CtEntry, Event, FlowKey, NodeConfig, ServiceEntry, Verdict,
+    BACKEND_F_LOCAL, CT_F_AFFINITY, CT_F_SNAT,
 };
 
 use crate::{
-    affinity, conntrack, counters, filter,
-    maps::{CONFIG, REVNAT, SERVICES},
-    nat::{self, Rewrite},
+    affinity, config,
+    conntrack::{self, Recorded},
+    counters, filter,
+    maps::{REVNAT, SERVICES},
+    nat::{self, Reverse, Rewrite},
     parse::Flow,
     select::{self, Chosen},
+    snat, spoof,
 };
 
 /// Where the program runs, which decides when the source is translated.
@@ -36,16 +40,44 @@ pub enum Action {
     Rewrite(Rewrite),
 }
 
+/// Where a packet came from: the hook and the interface it arrived on.
+#[derive(Clone, Copy)]
+pub struct Ingress {
+    /// The program's hook.
+    pub hook: Hook,
+    /// Index of the interface the packet arrived on.
+    pub ifindex: u32,
+}
+
+/// Whether a packet from outside claims the node's own address as source:
+/// dropped before anything else (see [`spoof::claims_node_address`]).
+#[inline(always)]
+pub fn spoofs_node(cfg: &NodeConfig, src: u32) -> bool {
+    if spoof::claims_node_address(cfg, src) {
+        counters::event(Event::NodeSourceSpoofed);
+        counters::count(Verdict::Invalid);
+        return true;
+    }
+    false
+}
+
 /// Decides the fate of one parsed packet and counts the verdict.
 #[inline(always)]
-pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, hook: Hook) -> Action {
+pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
     if filter::may_be_frontend(flow) {
         // An established flow keeps its backend while the backend entry
         // exists, also when it takes no new connections (terminating, not
         // ready): its conntrack entry alone decides, without the frontend.
         let ct_key = conntrack::key(flow);
-        if let Some((ct, chosen)) = conntrack::recall(&ct_key) {
-            return established(flow, &ct_key, &ct, &chosen);
+        if let Some((ct, chosen)) = conntrack::recall(&ct_key, flow, cfg) {
+            return established(flow, &ct, &chosen);
+        }
+        // A reply to a SNAT port is a reply, even where the port is also a
+        // frontend's (a node port or an external IP on the node address).
+        if flow.dst == cfg.node_addr && config::in_snat_pool(cfg, flow.dport) {
+            if let Some(action) = reply(ctx, flow, at, cfg) {
+                return action;
+            }
         }
         let key = lb_common::ServiceKey {
             addr: flow.dst,
@@ -57,31 +89,46 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, hook: Hook) -> Action {
         // for this RCU read section and is copied out at once.
         if let Some(svc) = unsafe { SERVICES.get(key) } {
             let svc = *svc;
-            return to_service(ctx, flow, &svc, &ct_key, hook);
+            return to_service(ctx, flow, &svc, &ct_key, at.hook, cfg);
         }
     }
     if filter::may_be_reply(flow) {
-        let reply = conntrack::key(flow);
-        // SAFETY: the LRU value is copied out at once.
-        if let Some(rev) = unsafe { REVNAT.get(reply) } {
-            let rev = *rev;
-            conntrack::note_flags(
-                &conntrack::client_key(&rev, flow.proto),
-                flow.tcp_flags,
-                false,
-            );
-            counters::count(Verdict::Reversed);
-            return Action::Rewrite(nat::reverse(&rev));
+        if let Some(action) = reply(ctx, flow, at, cfg) {
+            return action;
         }
     }
     counters::count(Verdict::Passed);
     Action::Pass
 }
 
+/// A reply of a tracked flow (its reverse entry matches), if it is one:
+/// translated back, after the reverse-path check.
+#[inline(always)]
+fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Option<Action> {
+    let ptr = REVNAT.get_ptr_mut(conntrack::key(flow))?;
+    // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
+    let rev = unsafe { *ptr };
+    if !spoof::reply_path_ok(ctx, cfg, flow, at.ifindex, rev.ifindex) {
+        counters::event(Event::ReplyRejected);
+        counters::count(Verdict::Invalid);
+        return Some(Action::Drop);
+    }
+    let now = conntrack::now_s();
+    if rev.last_seen_s != now || rev.ifindex != at.ifindex {
+        // SAFETY: as above.
+        unsafe {
+            (*ptr).last_seen_s = now;
+            (*ptr).ifindex = at.ifindex;
+        }
+    }
+    conntrack::on_reply(&rev, flow, rev.last_seen_s == 0);
+    counters::count(Verdict::Reversed);
+    Some(Action::Rewrite(nat::reverse(&rev)))
+}
+
 /// A packet of a tracked flow: to its backend, with its SNAT if any.
 #[inline(always)]
-fn established(flow: &Flow, ct_key: &FlowKey, ct: &CtEntry, chosen: &Chosen) -> Action {
-    conntrack::note_flags(ct_key, flow.tcp_flags, true);
+fn established(flow: &Flow, ct: &CtEntry, chosen: &Chosen) -> Action {
     counters::count(Verdict::Translated);
     counters::count_service(chosen.backend.service_id, flow.len);
     if ct.flags & CT_F_AFFINITY != 0 {
@@ -103,64 +150,114 @@ fn to_service<C: EbpfContext>(
     svc: &ServiceEntry,
     ct_key: &FlowKey,
     hook: Hook,
+    cfg: &NodeConfig,
 ) -> Action {
     if svc.backend_count == 0 {
         counters::count(Verdict::Dropped);
         return Action::Drop;
     }
-    if let Some(rewrite) = new_flow(flow, svc, ct_key, hook) {
-        counters::count(Verdict::Translated);
-        counters::count_service(svc.id, flow.len);
-        Action::Rewrite(rewrite)
-    } else {
-        counters::count(Verdict::Error);
-        // Off the hot path: only a packet that cannot be translated logs.
-        debug!(
-            ctx,
-            "lb: no backend or SNAT port for {:i}:{} -> service {}, dropped",
-            u32::from_be(flow.src),
-            u16::from_be(flow.sport),
-            svc.id
-        );
-        Action::Drop
+    match new_flow(flow, svc, ct_key, hook, cfg) {
+        Ok(action) => action,
+        Err(verdict) => {
+            counters::count(verdict);
+            if verdict == Verdict::Error {
+                // Off the hot path: only a packet that cannot be translated logs.
+                debug!(
+                    ctx,
+                    "lb: no backend or SNAT port for {:i}:{} -> service {}, dropped",
+                    u32::from_be(flow.src),
+                    u16::from_be(flow.sport),
+                    svc.id
+                );
+            }
+            Action::Drop
+        }
     }
 }
 
-/// Picks a backend for a flow with no valid conntrack entry and records it.
+/// Picks a backend for a flow with no live conntrack entry and records it.
+/// A TCP segment without SYN starts a flow only where no source port must be
+/// claimed (a picked-up flow to a backend that sees the client's address):
+/// it can never take a SNAT port.
 #[inline(always)]
-fn new_flow(flow: &Flow, svc: &ServiceEntry, ct_key: &FlowKey, hook: Hook) -> Option<Rewrite> {
+fn new_flow(
+    flow: &Flow,
+    svc: &ServiceEntry,
+    ct_key: &FlowKey,
+    hook: Hook,
+    cfg: &NodeConfig,
+) -> Result<Action, Verdict> {
+    let state = conntrack::initial_state(flow).ok_or(Verdict::Invalid)?;
     let chosen: Chosen = if let Some(remembered) = affinity::recall(svc, flow) {
         remembered
     } else {
-        let picked = select::maglev(svc, flow)?;
+        let picked = select::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
         affinity::remember(svc, flow, &picked);
         picked
-    };
-    let affinity = if svc.affinity_timeout != 0 {
-        CT_F_AFFINITY
-    } else {
-        0
     };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
         Hook::Pod => chosen.backend.addr == flow.src,
     };
-    if needs_snat {
-        let node_addr = CONFIG.get(0)?.node_addr;
-        if node_addr == 0 {
-            return None;
+    if needs_snat && state == CtState::Established {
+        // Mid-stream to a translated backend: the flow's port is long gone.
+        return Err(Verdict::Invalid);
+    }
+    let now = conntrack::now_s();
+    let rev = nat::reverse_entry(flow, now);
+    let (snat_addr, snat_port) = if needs_snat {
+        if cfg.node_addr == 0 {
+            return Err(Verdict::Error);
         }
-        let port = nat::claim_snat_port(flow, &chosen, node_addr)?;
-        if !conntrack::record(ct_key, &chosen, node_addr, port, CT_F_SNAT | affinity) {
-            return None;
-        }
-        Some(nat::forward(flow, &chosen, node_addr, port))
+        let port =
+            snat::claim(&chosen, cfg.node_addr, flow.proto, &rev, cfg).ok_or(Verdict::Error)?;
+        (cfg.node_addr, port)
     } else {
-        if !nat::record_reverse(flow, &chosen)
-            || !conntrack::record(ct_key, &chosen, 0, 0, affinity)
-        {
-            return None;
+        match nat::record_reverse(flow, &chosen, &rev, cfg).ok_or(Verdict::Error)? {
+            Reverse::Kept => (0, 0),
+            Reverse::Remapped(port) => (flow.src, port),
         }
-        Some(nat::forward(flow, &chosen, 0, 0))
+    };
+    let mut flags = if svc.affinity_timeout != 0 {
+        CT_F_AFFINITY
+    } else {
+        0
+    };
+    if snat_port != 0 {
+        flags |= CT_F_SNAT;
+    }
+    let entry = CtEntry {
+        backend_id: chosen.id,
+        backend_addr: chosen.backend.addr,
+        backend_port: chosen.backend.port,
+        snat_port,
+        snat_addr,
+        flags,
+        state: state as u8,
+        pad: 0,
+        last_seen_s: now,
+        // SAFETY: helper without preconditions.
+        created_ns: unsafe { bpf_ktime_get_coarse_ns() },
+    };
+    match conntrack::record(ct_key, &entry, cfg) {
+        Recorded::Mine => {
+            counters::count(Verdict::Translated);
+            counters::count_service(svc.id, flow.len);
+            Ok(Action::Rewrite(nat::forward(
+                flow, &chosen, snat_addr, snat_port,
+            )))
+        }
+        Recorded::Theirs(theirs, their_backend) => {
+            if snat_port != 0 {
+                snat::release(&nat::reply_tuple(&chosen, flow, snat_addr, snat_port), &rev);
+            }
+            Ok(established(flow, &theirs, &their_backend))
+        }
+        Recorded::Failed => {
+            if snat_port != 0 {
+                snat::release(&nat::reply_tuple(&chosen, flow, snat_addr, snat_port), &rev);
+            }
+            Err(Verdict::Error)
+        }
     }
 }

@@ -7,8 +7,12 @@
 //! [`tc`]) and in where they run ([`lb::Hook`]).
 #![no_std]
 #![no_main]
+// Atomic compare-and-swap and add on map values (the target has no `Atomic*` CAS).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod affinity;
+mod config;
 mod conntrack;
 mod counters;
 mod filter;
@@ -17,6 +21,8 @@ mod maps;
 mod nat;
 mod parse;
 mod select;
+mod snat;
+mod spoof;
 mod tc;
 mod xdp;
 

@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
-    ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
-    EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
-    SLOTS_PER_SLAB_ENTRY, VERDICT_COUNT,
+    AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, NodeConfig, RevNatEntry,
+    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES,
+    CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
+    VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -74,3 +75,12 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT,
 /// The pass-through filter's words, memory-mapped by the agent.
 #[map(name = "FILTER")]
 pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAPABLE);
+
+/// Failed SNAT port claims per backend (atomic counts, all CPUs).
+#[map(name = "SNAT_EXHAUSTED")]
+pub static SNAT_EXHAUSTED: HashMap<BackendKey, u64> =
+    HashMap::with_max_entries(SNAT_EXHAUSTED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU scratch of a SNAT port claim's probe loop (not pinned).
+#[map(name = "PROBES")]
+pub static PROBES: PerCpuArray<crate::snat::Probes> = PerCpuArray::with_max_entries(1, 0);

@@ -1,14 +1,12 @@
-//! Address translation decisions: the reverse-NAT entries and the SNAT port.
+//! Address translation decisions: the rewrites, and the reverse-NAT entry of
+//! a flow that keeps the client's address (with a source-port remap when its
+//! reply tuple is already another live flow's).
 
-use lb_common::{
-    flow_hash_of, Event, FlowKey, RevNatEntry, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN,
-};
+use lb_common::{Event, FlowKey, NodeConfig, RevNatEntry};
 
-use crate::{conntrack, counters, maps::REVNAT, parse::Flow, select::Chosen};
+use crate::{conntrack, counters, maps::REVNAT, parse::Flow, select::Chosen, snat};
 
-/// `BPF_ANY`: create or replace.
-const BPF_ANY: u64 = 0;
-/// `BPF_NOEXIST`: create only; fails when the key exists (claims a port atomically).
+/// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
 
 /// New source and destination of a packet, raw network-order words.
@@ -25,7 +23,7 @@ pub struct Rewrite {
 }
 
 /// What a client's packet becomes: destination the backend, source the client
-/// or, with SNAT, the node.
+/// or, with SNAT, the translated address and port.
 #[inline(always)]
 pub fn forward(flow: &Flow, chosen: &Chosen, snat_addr: u32, snat_port: u16) -> Rewrite {
     let (src, sport) = if snat_port == 0 {
@@ -52,70 +50,77 @@ pub fn reverse(rev: &RevNatEntry) -> Rewrite {
     }
 }
 
-/// The reverse-NAT key of the reply to `flow` once translated to `chosen`
-/// (reply source: backend; reply destination: the client, or the node with SNAT).
+/// The reverse entry of a new flow, claimed at `now` with a fresh tag.
 #[inline(always)]
-fn reply_key(flow: &Flow, chosen: &Chosen, dst_addr: u32, dst_port: u16) -> FlowKey {
-    FlowKey {
-        src_addr: chosen.backend.addr,
-        dst_addr,
-        src_port: chosen.backend.port,
-        dst_port,
-        proto: flow.proto,
-        pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn rev_entry(flow: &Flow) -> RevNatEntry {
+pub fn reverse_entry(flow: &Flow, now: u32) -> RevNatEntry {
     RevNatEntry {
         svc_addr: flow.dst,
         client_addr: flow.src,
         svc_port: flow.dport,
         client_port: flow.sport,
+        created_s: now,
+        last_seen_s: 0,
+        ifindex: 0,
+        claim: conntrack::new_claim(),
     }
 }
 
-/// Records how to restore replies of a flow that keeps the client's address.
+/// How a flow that keeps the client's address gets its replies back.
+pub enum Reverse {
+    /// Under its own tuple (backend -> client), now or already recorded for it.
+    Kept,
+    /// Another live flow has that tuple (the same client port to another
+    /// frontend of this backend): the source port becomes this pool port.
+    Remapped(u16),
+}
+
+/// Records the reverse entry of a flow that keeps the client's address. The
+/// tuple backend -> client may be held by another live flow (client:P to two
+/// frontends served by one backend): then, as `nf_nat` does, the flow's
+/// source port is remapped to a pool port, so replies never cross flows.
 #[inline(always)]
-pub fn record_reverse(flow: &Flow, chosen: &Chosen) -> bool {
-    let key = reply_key(flow, chosen, flow.src, flow.sport);
-    let entry = rev_entry(flow);
+pub fn record_reverse(
+    flow: &Flow,
+    chosen: &Chosen,
+    entry: &RevNatEntry,
+    cfg: &NodeConfig,
+) -> Option<Reverse> {
+    let key = snat::reply_key(chosen, flow.src, flow.sport, flow.proto);
     if REVNAT.insert(key, entry, BPF_NOEXIST).is_ok() {
         counters::event(Event::RevNatCreated);
-        return true;
+        return Some(Reverse::Kept);
     }
-    // The same reply flow already had an entry (a reused 5-tuple): replace it.
-    REVNAT.insert(key, entry, BPF_ANY).is_ok()
+    let ptr = REVNAT.get_ptr(key)?;
+    if same_flow(ptr, entry) {
+        // This flow's own entry (a racing CPU, or a reopened tuple).
+        return Some(Reverse::Kept);
+    }
+    if snat::take_if_gone(&key, entry, cfg) {
+        return Some(Reverse::Kept);
+    }
+    let port = snat::claim(chosen, flow.src, flow.proto, entry, cfg)?;
+    counters::event(Event::TupleRemapped);
+    Some(Reverse::Remapped(port))
 }
 
-/// Claims a free node port for a translated flow and records its reverse entry.
-/// Returns the port (network order), or `None` when every probed port is taken.
+/// Whether the reverse entry at `a` (a map value) restores the client flow of `b`.
 #[inline(always)]
-pub fn claim_snat_port(flow: &Flow, chosen: &Chosen, node_addr: u32) -> Option<u16> {
-    const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-    let entry = rev_entry(flow);
-    let start = flow_hash_of(flow.src, flow.dst, flow.sport, flow.dport, flow.proto) % RANGE;
-    for attempt in 0..SNAT_PORT_ATTEMPTS {
-        // The sum is at most SNAT_PORT_MAX, so the truncation is exact.
-        #[allow(clippy::cast_possible_truncation)]
-        let port = (u32::from(SNAT_PORT_MIN) + (start + attempt) % RANGE) as u16;
-        let key = reply_key(flow, chosen, node_addr, port.to_be());
-        if REVNAT.insert(key, entry, BPF_NOEXIST).is_ok() {
-            counters::event(Event::RevNatCreated);
-            return Some(port.to_be());
-        }
-        // Taken: reuse it if the flow holding it is gone or closed long enough.
-        // SAFETY: the LRU value is copied out at once.
-        if let Some(holder) = unsafe { REVNAT.get(key) }.copied() {
-            if conntrack::release_snat_port(
-                &conntrack::client_key(&holder, flow.proto),
-                port.to_be(),
-            ) && REVNAT.insert(key, entry, BPF_ANY).is_ok()
-            {
-                return Some(port.to_be());
-            }
-        }
+fn same_flow(a: *const RevNatEntry, b: &RevNatEntry) -> bool {
+    // SAFETY: a live map value; fields are read one at a time.
+    unsafe {
+        (*a).client_addr == b.client_addr
+            && (*a).client_port == b.client_port
+            && (*a).svc_addr == b.svc_addr
+            && (*a).svc_port == b.svc_port
     }
-    None
+}
+
+/// The reply tuple a recorded flow's replies arrive with.
+#[inline(always)]
+pub fn reply_tuple(chosen: &Chosen, flow: &Flow, snat_addr: u32, snat_port: u16) -> FlowKey {
+    if snat_port == 0 {
+        snat::reply_key(chosen, flow.src, flow.sport, flow.proto)
+    } else {
+        snat::reply_key(chosen, snat_addr, snat_port, flow.proto)
+    }
 }

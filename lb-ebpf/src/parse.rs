@@ -43,18 +43,10 @@ pub struct Flow {
     pub l4_off: usize,
     /// Length of the whole packet (linear and paged), Ethernet included.
     pub len: u32,
-    /// TCP flags (`TCP_F_*`), 0 for UDP.
+    /// TCP flags (`lb_common::conntrack::TCP_*`), 0 for UDP.
     pub tcp_flags: u8,
 }
 
-/// TCP flag FIN.
-pub const TCP_F_FIN: u8 = 0x01;
-/// TCP flag SYN.
-pub const TCP_F_SYN: u8 = 0x02;
-/// TCP flag RST.
-pub const TCP_F_RST: u8 = 0x04;
-/// TCP flag ACK.
-pub const TCP_F_ACK: u8 = 0x10;
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
 
@@ -68,6 +60,23 @@ impl Flow {
             self.l4_off + UDP_CSUM_OFF
         }
     }
+}
+
+/// The source address of an IPv4 packet (any protocol, fragments too), if
+/// the frame is IPv4 with a complete fixed header.
+#[inline(always)]
+pub fn ipv4_src(data: usize, data_end: usize) -> Option<u32> {
+    if data + EthHdr::LEN + Ipv4Hdr::LEN > data_end {
+        return None;
+    }
+    // SAFETY: bounds checked above; the headers are byte arrays (alignment 1).
+    let eth = unsafe { &*(data as *const EthHdr) };
+    if eth.ether_type != EtherType::Ipv4 as u16 {
+        return None;
+    }
+    // SAFETY: as above.
+    let ip = unsafe { &*((data + L3_OFF) as *const Ipv4Hdr) };
+    Some(u32::from_ne_bytes(ip.src_addr))
 }
 
 /// Parses the packet whose headers are in `[data, data_end)` and whose whole

@@ -1,7 +1,7 @@
 //! Backend selection: Maglev lookup of a new flow, validation of a recalled one.
 
 use lb_common::{
-    flow_hash_of, Backend, BackendId, ServiceEntry, BACKEND_F_ACTIVE, SLOTS_PER_SLAB_ENTRY,
+    flow_hash, Backend, BackendId, NodeConfig, ServiceEntry, BACKEND_F_ACTIVE, SLOTS_PER_SLAB_ENTRY,
 };
 
 use crate::{
@@ -38,13 +38,21 @@ pub fn backend(id: BackendId, service_id: u32) -> Option<Backend> {
     Some(backend)
 }
 
-/// Picks the backend of a new flow from the service's Maglev table.
+/// Picks the backend of a new flow from the service's Maglev table, by the
+/// flow hash under the cluster's secret key.
 #[inline(always)]
-pub fn maglev(svc: &ServiceEntry, flow: &Flow) -> Option<Chosen> {
+pub fn maglev(svc: &ServiceEntry, flow: &Flow, cfg: &NodeConfig) -> Option<Chosen> {
     if svc.table_size == 0 {
         return None;
     }
-    let hash = flow_hash_of(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
+    let hash = flow_hash(
+        &cfg.hash_key,
+        flow.src,
+        flow.dst,
+        flow.sport,
+        flow.dport,
+        flow.proto,
+    );
     let slot = svc.table_offset.wrapping_add(hash % svc.table_size);
     let pair = MAGLEV.get(slot / SLOTS_PER_SLAB_ENTRY)?;
     let id = pair[(slot % SLOTS_PER_SLAB_ENTRY) as usize];

@@ -8,7 +8,8 @@ use aya_ebpf::{
 use lb_common::IPPROTO_UDP;
 
 use crate::{
-    lb::{self, Action, Hook},
+    config,
+    lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
 };
@@ -26,10 +27,21 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         let want = (ctx.len() as usize).min(MAX_HEADERS_LEN) as u32;
         let _ = ctx.pull_data(want);
     }
+    let Some(cfg) = config::get() else {
+        return TC_ACT_OK;
+    };
+    if parse::ipv4_src(ctx.data(), ctx.data_end()).is_some_and(|src| lb::spoofs_node(cfg, src)) {
+        return TC_ACT_SHOT;
+    }
     let Some(flow) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
         return TC_ACT_OK;
     };
-    match lb::decide(ctx, &flow, hook) {
+    let at = Ingress {
+        hook,
+        // SAFETY: the program's own skb context.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    };
+    match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Rewrite(rw) => {

@@ -5,7 +5,8 @@ use lb_common::{csum, IPPROTO_UDP};
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    lb::{self, Action, Hook},
+    config,
+    lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
@@ -14,11 +15,23 @@ use crate::{
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(cfg) = config::get() else {
+        return xdp_action::XDP_PASS;
+    };
+    if parse::ipv4_src(data, data_end).is_some_and(|src| lb::spoofs_node(cfg, src)) {
+        return xdp_action::XDP_DROP;
+    }
     // No multi-buffer XDP here: the frame is all in [data, data_end).
     let Some(flow) = parse::parse(data, data_end, data_end - data) else {
         return xdp_action::XDP_PASS;
     };
-    match lb::decide(ctx, &flow, Hook::Uplink) {
+    let at = Ingress {
+        hook: Hook::Uplink,
+        // Interface indexes are 32-bit in the kernel.
+        #[allow(clippy::cast_possible_truncation)]
+        ifindex: ctx.ingress_ifindex() as u32,
+    };
+    match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Rewrite(rw) => {

@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub datapath: DatapathConfig,
     /// Where to serve /metrics, /healthz and /readyz (none: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often expired flows are collected from the maps.
+    pub gc_interval: Duration,
 }
 
 /// Reconciles the source's latest model and writes the result into the maps.
@@ -118,6 +120,61 @@ fn sync(
         "synced"
     );
     Ok(())
+}
+
+/// How often SNAT exhaustion is logged per backend, at most.
+const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_mins(1);
+
+/// Collects expired flows every `gc_interval`, on a thread of its own (a
+/// sweep of a full table takes a while; syncs never wait for it), and logs
+/// SNAT exhaustion per backend at most once a minute.
+fn spawn_collector(options: &RunOptions, metrics: &std::sync::Arc<Metrics>) {
+    let collector = crate::conntrack::gc::Collector::new(&options.datapath.pin_dir);
+    let metrics = metrics.clone();
+    let interval = options.gc_interval;
+    tokio::spawn(async move {
+        let mut log = crate::conntrack::gc::ExhaustionLog::new(EXHAUSTION_LOG_INTERVAL);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let collector = std::sync::Arc::new(collector);
+        loop {
+            tick.tick().await;
+            let c = collector.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                let swept = c.sweep();
+                (swept, c.exhaustion())
+            })
+            .await;
+            let Ok((swept, exhaustion)) = swept else {
+                continue;
+            };
+            match swept {
+                Ok(s) => {
+                    metrics.add_collected(s.conntrack_deleted, s.reverse_deleted, s.restored);
+                    if s.conntrack_deleted + s.reverse_deleted + s.restored > 0 {
+                        tracing::debug!(
+                            conntrack = s.conntrack_deleted,
+                            reverse_nat = s.reverse_deleted,
+                            restored = s.restored,
+                            "collected expired flows"
+                        );
+                    }
+                }
+                Err(e) => warn!("collecting expired flows: {e:#}"),
+            }
+            if let Ok(counts) = exhaustion {
+                for (backend, failed) in log.observe(Instant::now(), &counts) {
+                    warn!(
+                        backend = %crate::conntrack::backend_label(&backend),
+                        failed,
+                        "SNAT port pool exhausted for this backend: new flows to it were \
+                         dropped (raise --snat-port-range, add endpoints, or shorten \
+                         --ct-timeout)"
+                    );
+                }
+            }
+        }
+    });
 }
 
 /// Whole microseconds of `d`, for the logs.
@@ -233,6 +290,7 @@ async fn serve(
         error!("finishing the hand-over from an earlier pin layout: {e:#}");
     }
     metrics.set_ready();
+    spawn_collector(options, &metrics);
     println!("lb-agent ready");
     info!(source = ?options.source, "ready");
 

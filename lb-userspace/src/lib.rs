@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod desired;
 pub mod filter;
+pub mod flows;
 pub mod maglev;
 pub mod manifest;
 pub mod metrics;

@@ -10,6 +10,7 @@ use lb_userspace::{
     conntrack,
     datapath::{DatapathConfig, UplinkHook},
     desired::NodeInfo,
+    flows::{self, FlowSettings, PortRange},
     status,
 };
 
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Balance the Services of a manifest directory or the API server until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print each service with its backends, and the verdict counters.
     Status {
         /// Pin directory of the running agent.
@@ -107,6 +108,40 @@ struct RunArgs {
     /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
     #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
     maglev_slab_slots: u32,
+    /// Source ports for translated flows, per backend (outside the node's
+    /// ephemeral range and the NodePort range; checked at start).
+    #[arg(long, default_value = "1024-29999")]
+    snat_port_range: PortRange,
+    /// The cluster's NodePort range (the API server's --service-node-port-range).
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: PortRange,
+    /// A conntrack idle timeout, NAME=SECONDS (repeatable; names: udp,
+    /// udp-stream, tcp-syn, tcp-established, tcp-half-closed, tcp-closed,
+    /// tcp-time-wait, tcp-reset).
+    #[arg(long = "ct-timeout")]
+    ct_timeouts: Vec<String>,
+    /// Seconds between garbage collections of expired flows.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
+    /// The flow-hash key, 32 hex digits, the same on every node of the
+    /// cluster (Maglev then picks the same backend for a flow everywhere).
+    #[arg(long, conflicts_with = "hash_seed_file")]
+    hash_seed: Option<String>,
+    /// A file holding the flow-hash key (a mounted Secret).
+    #[arg(long)]
+    hash_seed_file: Option<PathBuf>,
+    /// Reverse-translate a reply only if the route to its source leaves
+    /// through the interface it arrived on.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    reply_path_check: Switch,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,7 +177,7 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Run(args) => {
-            let options = run_options(args)?;
+            let options = run_options(*args)?;
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
@@ -196,8 +231,22 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             kubeconfig: args.kubeconfig,
         },
     };
+    let mut timeouts = lb_common::conntrack::DEFAULT_TIMEOUTS;
+    for spec in &args.ct_timeouts {
+        flows::set_timeout(&mut timeouts, spec)
+            .map_err(|e| anyhow::anyhow!("--ct-timeout: {e}"))?;
+    }
+    flows::check_snat_pool_on_node(&args.snat_port_range, &args.node_port_range.0)?;
+    let hash_key = match (&args.hash_seed, &args.hash_seed_file) {
+        (Some(seed), _) => {
+            Some(flows::parse_hash_key(seed).map_err(|e| anyhow::anyhow!("--hash-seed: {e}"))?)
+        }
+        (None, Some(path)) => Some(flows::read_hash_key(path)?),
+        (None, None) => None,
+    };
     Ok(RunOptions {
         metrics_addr: args.metrics_addr,
+        gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
         source,
         node: NodeInfo {
             name: node_name,
@@ -217,6 +266,12 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             slab_slots: args.maglev_slab_slots,
             stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
+            flows: FlowSettings {
+                snat_ports: args.snat_port_range,
+                timeouts,
+                hash_key,
+                reply_path_check: matches!(args.reply_path_check, Switch::On),
+            },
         },
     })
 }

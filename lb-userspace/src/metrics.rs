@@ -42,6 +42,34 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Labels of a per-state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Flow state (`lb_common::conntrack::CtState` names, or "expired").
+    pub state: String,
+}
+
+/// Labels of a per-backend series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// "addr:port/PROTO" of the backend.
+    pub backend: String,
+}
+
+/// Labels of the data-path events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Event name (`lb_common::Event::name`).
+    pub event: String,
+}
+
+/// Labels of the garbage-collection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    /// `conntrack` or `reverse_nat`.
+    pub map: String,
+}
+
 /// Labels of the per-service counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -82,6 +110,14 @@ pub struct Metrics {
     revnat_created: Counter,
     revnat_evictions: Counter,
     snat_flows: Gauge,
+    flows_by_state: Family<StateLabels, Gauge>,
+    snat_ports: Family<BackendLabels, Gauge>,
+    snat_exhausted: Family<BackendLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    gc_deleted: Family<MapLabels, Counter>,
+    /// Conntrack and reverse-NAT entries the agent's collection deleted, and
+    /// reverse-NAT entries it restored.
+    gc_totals: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl Metrics {
@@ -115,6 +151,16 @@ impl Metrics {
             revnat_created: Counter::default(),
             revnat_evictions: Counter::default(),
             snat_flows: Gauge::default(),
+            flows_by_state: Family::default(),
+            snat_ports: Family::default(),
+            snat_exhausted: Family::default(),
+            events: Family::default(),
+            gc_deleted: Family::default(),
+            gc_totals: [
+                std::sync::atomic::AtomicU64::new(0),
+                std::sync::atomic::AtomicU64::new(0),
+                std::sync::atomic::AtomicU64::new(0),
+            ],
         };
         m.register(&mut registry);
         *m.registry.lock().expect("registry") = registry;
@@ -123,6 +169,7 @@ impl Metrics {
 
     /// Registers every metric (names get the `lb_` prefix).
     fn register(&self, registry: &mut Registry) {
+        self.register_flows(registry);
         registry.register(
             "change_to_map_seconds",
             "From a watch event reaching the agent to the maps holding it",
@@ -142,41 +189,6 @@ impl Metrics {
             "rejected_objects",
             "Objects rejected by validation",
             self.rejected.clone(),
-        );
-        registry.register(
-            "conntrack_entries",
-            "Flows in connection tracking",
-            self.conntrack_entries.clone(),
-        );
-        registry.register(
-            "conntrack_created",
-            "Conntrack entries created for new flows (all CPUs)",
-            self.conntrack_created.clone(),
-        );
-        registry.register(
-            "conntrack_evictions",
-            "Conntrack entries evicted by the LRU before their flow ended: created minus live",
-            self.conntrack_evictions.clone(),
-        );
-        registry.register(
-            "reverse_nat_entries",
-            "Reply flows with a reverse-NAT entry",
-            self.revnat_entries.clone(),
-        );
-        registry.register(
-            "reverse_nat_created",
-            "Reverse-NAT entries created (all CPUs)",
-            self.revnat_created.clone(),
-        );
-        registry.register(
-            "reverse_nat_evictions",
-            "Reverse-NAT entries evicted by the LRU: created minus live",
-            self.revnat_evictions.clone(),
-        );
-        registry.register(
-            "snat_flows",
-            "Tracked flows translated to a node port (SNAT port use)",
-            self.snat_flows.clone(),
         );
         registry.register(
             "packets",
@@ -213,6 +225,72 @@ impl Metrics {
             "plan_errors",
             "Frontends that could not be placed",
             self.plan_errors.clone(),
+        );
+    }
+
+    /// Registers the flow maps' metrics.
+    fn register_flows(&self, registry: &mut Registry) {
+        registry.register(
+            "conntrack_entries",
+            "Flows in connection tracking",
+            self.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_created",
+            "Conntrack entries created for new flows (all CPUs)",
+            self.conntrack_created.clone(),
+        );
+        registry.register(
+            "conntrack_evictions",
+            "Conntrack entries evicted by the LRU before their flow ended: created minus live",
+            self.conntrack_evictions.clone(),
+        );
+        registry.register(
+            "reverse_nat_entries",
+            "Reply flows with a reverse-NAT entry",
+            self.revnat_entries.clone(),
+        );
+        registry.register(
+            "reverse_nat_created",
+            "Reverse-NAT entries created (all CPUs)",
+            self.revnat_created.clone(),
+        );
+        registry.register(
+            "reverse_nat_evictions",
+            "Reverse-NAT entries evicted by the LRU: created minus live",
+            self.revnat_evictions.clone(),
+        );
+        registry.register(
+            "snat_flows",
+            "Live tracked flows holding a SNAT port",
+            self.snat_flows.clone(),
+        );
+        registry.register(
+            "conntrack_flows",
+            "Tracked flows by state (expired: awaiting collection)",
+            self.flows_by_state.clone(),
+        );
+        registry.register(
+            "snat_ports_in_use",
+            "SNAT ports held by live flows, per backend",
+            self.snat_ports.clone(),
+        );
+        registry.register(
+            "snat_exhausted",
+            "New flows that found no SNAT port for this backend (dropped)",
+            self.snat_exhausted.clone(),
+        );
+        registry.register(
+            "datapath_events",
+            "Data-path events (all CPUs): entries created, ports reclaimed or taken early, \
+             exhaustion, restored reverse entries, rejected replies, remapped tuples, \
+             spoofed node sources, lost creation races",
+            self.events.clone(),
+        );
+        registry.register(
+            "conntrack_gc_deleted",
+            "Entries the agent's garbage collection deleted (expired or orphaned)",
+            self.gc_deleted.clone(),
         );
     }
 
@@ -269,40 +347,117 @@ impl Metrics {
                     .store(total.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
-        // One pass over the conntrack map per scrape, none per packet.
-        let flows = crate::conntrack::read(&self.pin_dir)?;
+        self.render_flows(&maps)?;
+        let mut out = String::new();
+        encode(&mut out, &self.registry.lock().expect("registry"))?;
+        Ok(out)
+    }
+}
+
+impl Metrics {
+    /// Adds what a garbage-collection sweep deleted and restored.
+    pub fn add_collected(&self, conntrack: u64, reverse_nat: u64, restored: u64) {
+        self.gc_totals[0].fetch_add(conntrack, Ordering::Relaxed);
+        self.gc_totals[1].fetch_add(reverse_nat, Ordering::Relaxed);
+        self.gc_totals[2].fetch_add(restored, Ordering::Relaxed);
+    }
+
+    /// The flow maps' series: one pass over both per scrape, none per packet.
+    fn render_flows(&self, maps: &Maps) -> Result<()> {
+        let snapshot = crate::conntrack::Snapshot::read(&self.pin_dir)?;
+        let stats = snapshot.stats();
+        let live = snapshot.flows.len() as u64;
+        let replies = snapshot.replies.len() as u64;
         self.conntrack_entries
-            .set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
-        let snat = flows.iter().filter(|f| f.snat.is_some()).count();
-        self.snat_flows.set(i64::try_from(snat).unwrap_or(i64::MAX));
-        let revnat = crate::conntrack::count_reverse_nat(&self.pin_dir)?;
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
         self.revnat_entries
-            .set(i64::try_from(revnat).unwrap_or(i64::MAX));
-        // The kernel does not report LRU evictions; every entry ever created
-        // is either live or evicted (the agent deletes none).
-        for (event, live, created, evicted) in [
+            .set(i64::try_from(replies).unwrap_or(i64::MAX));
+        let snat: u64 = stats.snat_ports.values().sum();
+        self.snat_flows.set(i64::try_from(snat).unwrap_or(i64::MAX));
+        self.flows_by_state.clear();
+        for state in lb_common::conntrack::CtState::ALL {
+            let n = stats.by_state.get(&state).copied().unwrap_or(0);
+            self.flows_by_state
+                .get_or_create(&StateLabels {
+                    state: state.name().to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.flows_by_state
+            .get_or_create(&StateLabels {
+                state: "expired".to_string(),
+            })
+            .set(i64::try_from(stats.expired).unwrap_or(i64::MAX));
+        self.snat_ports.clear();
+        for (backend, n) in &stats.snat_ports {
+            self.snat_ports
+                .get_or_create(&BackendLabels {
+                    backend: crate::conntrack::backend_label(backend),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        let exhausted = crate::conntrack::gc::Collector::new(&self.pin_dir).exhaustion()?;
+        for (backend, n) in &exhausted {
+            self.snat_exhausted
+                .get_or_create(&BackendLabels {
+                    backend: crate::conntrack::backend_label(backend),
+                })
+                .inner()
+                .store(*n, Ordering::Relaxed);
+        }
+        for event in Event::ALL {
+            self.events
+                .get_or_create(&EventLabels {
+                    event: event.name().to_string(),
+                })
+                .inner()
+                .store(maps.event_total(event)?, Ordering::Relaxed);
+        }
+        let collected = [
+            self.gc_totals[0].load(Ordering::Relaxed),
+            self.gc_totals[1].load(Ordering::Relaxed),
+        ];
+        // Entries restored (by the kernel or the collector) were created too.
+        let restored =
+            self.gc_totals[2].load(Ordering::Relaxed) + maps.event_total(Event::RevNatRestored)?;
+        for (name, n) in [("conntrack", collected[0]), ("reverse_nat", collected[1])] {
+            self.gc_deleted
+                .get_or_create(&MapLabels {
+                    map: name.to_string(),
+                })
+                .inner()
+                .store(n, Ordering::Relaxed);
+        }
+        // The kernel does not report LRU evictions: every entry ever created
+        // is live, collected by the agent, or evicted.
+        for (event, live, collected, created, evicted) in [
             (
                 Event::ConntrackCreated,
-                flows.len(),
+                live,
+                collected[0],
                 &self.conntrack_created,
                 &self.conntrack_evictions,
             ),
             (
                 Event::RevNatCreated,
-                revnat,
+                replies,
+                collected[1],
                 &self.revnat_created,
                 &self.revnat_evictions,
             ),
         ] {
             let total = maps.event_total(event)?;
             created.inner().store(total, Ordering::Relaxed);
+            let made = if event == Event::RevNatCreated {
+                total + restored
+            } else {
+                total
+            };
             evicted
                 .inner()
-                .fetch_max(evictions(total, live as u64), Ordering::Relaxed);
+                .fetch_max(evictions(made, live + collected), Ordering::Relaxed);
         }
-        let mut out = String::new();
-        encode(&mut out, &self.registry.lock().expect("registry"))?;
-        Ok(out)
+        Ok(())
     }
 }
 

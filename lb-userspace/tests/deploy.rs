@@ -176,3 +176,46 @@ fn the_daemonset_runs_everywhere_with_least_privilege_and_real_probes() {
         }
     }
 }
+
+#[test]
+fn the_hash_seed_comes_from_a_secret_created_at_install_never_from_deploy() {
+    let ds: DaemonSet = one("DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--hash-seed-file="))
+        .expect("--hash-seed-file");
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
+        .expect("the seed file is on a mounted volume");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let secret = volume.secret.as_ref().expect("the volume is a Secret");
+    assert_eq!(secret.optional, Some(false), "no seed, no start");
+    let name = secret.secret_name.clone().unwrap();
+    // The Secret itself is made per cluster at install: none in deploy/.
+    assert!(
+        documents().iter().all(|d| d["kind"] != "Secret"),
+        "a hash seed committed in deploy/ would be the same for every cluster"
+    );
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    assert!(
+        readme.contains(&format!("create secret generic {name}")),
+        "the README says how to create {name}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--hash-seed=")),
+        "no seed on the command line"
+    );
+}

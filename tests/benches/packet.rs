@@ -12,21 +12,17 @@
 //! `LB_BENCH_QUICK=1` (`cargo xtask bench --quick`) takes fewer samples.
 //! Writes `target/bench/packet.json` and `target/bench/packet.md`.
 
-use std::{
-    fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_tests::{
+    fixture::{frontend, program},
     packet::{Packet, TestDatapath, XDP_PASS},
     stats::{figure, median, paired_ratio},
 };
 use lb_userspace::{
     datapath::{XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
-    plan::Planner,
+    desired::{DesiredFrontend, Frontend, Protocol},
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
@@ -38,7 +34,9 @@ fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a60_0000 + i + 1)
 }
 
-fn frontend(
+/// `addr`:`port` to `backends` backends (`10.240.x.x`:8080) numbered from
+/// `first`, on this node (`local`) or not.
+fn service(
     addr: Ipv4Addr,
     port: u16,
     proto: Protocol,
@@ -46,29 +44,10 @@ fn frontend(
     first: u32,
     local: bool,
 ) -> (Frontend, DesiredFrontend) {
-    (
-        Frontend { addr, port, proto },
-        DesiredFrontend {
-            service: ObjectName {
-                namespace: "bench".into(),
-                name: format!("{addr}"),
-            },
-            port_name: String::new(),
-            backends: (0..backends)
-                .map(|b| {
-                    let n = first + b;
-                    (
-                        SocketAddrV4::new(Ipv4Addr::from(0x0af0_0000 + n), 8080),
-                        BackendInfo {
-                            local,
-                            selected: true,
-                        },
-                    )
-                })
-                .collect(),
-            affinity_timeout: 0,
-        },
-    )
+    let backends: Vec<_> = (first..first + backends)
+        .map(|n| (Ipv4Addr::from(0x0af0_0000 + n), 8080, local))
+        .collect();
+    frontend(addr, port, proto, &backends)
 }
 
 /// A data path with `services` TCP frontends of `backends` local backends,
@@ -80,17 +59,12 @@ fn datapath(services: u32, backends: u32) -> TestDatapath {
         1 << 20
     };
     let mut dp = TestDatapath::load_with(&format!("b{services}x{backends}"), NODE, slab);
-    let mut desired: DesiredState = (0..services)
-        .map(|i| frontend(vip(i), 80, Protocol::Tcp, backends, i * backends, true))
+    let mut state: Vec<_> = (0..services)
+        .map(|i| service(vip(i), 80, Protocol::Tcp, backends, i * backends, true))
         .collect();
-    let (f, d) = frontend(vip(0), 53, Protocol::Udp, backends, 0, true);
-    desired.insert(f, d);
-    let (f, d) = frontend(vip(0), 81, Protocol::Tcp, 1, 0x00f0_0000, false);
-    desired.insert(f, d);
-    let mut planner = Planner::new(dp.slab_slots(), Duration::ZERO);
-    let (plan, errors) = planner.plan(&desired, Instant::now());
-    assert!(errors.is_empty(), "{errors:?}");
-    dp.datapath_mut().maps.apply(&plan.ops).unwrap();
+    state.push(service(vip(0), 53, Protocol::Udp, backends, 0, true));
+    state.push(service(vip(0), 81, Protocol::Tcp, 1, 0x00f0_0000, false));
+    program(&mut dp, &state);
     dp
 }
 

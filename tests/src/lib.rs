@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod apiserver;
 pub mod charts;
+pub mod fixture;
 pub mod kubeproxy;
+pub mod legacy;
 pub mod load;
 pub mod netns;
 pub mod packet;

@@ -9,9 +9,45 @@ use std::{
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
 use lb_common::Verdict;
-use lb_userspace::datapath::{
-    Datapath, DatapathConfig, UplinkHook, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
+use lb_userspace::{
+    datapath::{Datapath, DatapathConfig, UplinkHook, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM},
+    flows::FlowSettings,
 };
+
+/// The flow-hash key packet tests load, so they can predict Maglev's picks.
+pub const TEST_HASH_KEY: lb_common::HashKey = [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210];
+
+/// Flow settings of packet tests: the default pool and timeouts, the test
+/// key, and no reverse-path check (`BPF_PROG_TEST_RUN` runs on loopback).
+#[must_use]
+pub fn test_flows() -> FlowSettings {
+    FlowSettings {
+        hash_key: Some(TEST_HASH_KEY),
+        reply_path_check: false,
+        ..FlowSettings::default()
+    }
+}
+
+/// The backend Maglev picks for a flow: its slot in a table of `size` slots.
+#[must_use]
+pub fn maglev_slot(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    proto: u8,
+    size: u32,
+) -> usize {
+    let hash = lb_common::flow_hash(
+        &TEST_HASH_KEY,
+        u32::from_ne_bytes(src.octets()),
+        u32::from_ne_bytes(dst.octets()),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    );
+    (hash % size) as usize
+}
 
 /// `XDP_DROP`.
 pub const XDP_DROP: u32 = 1;
@@ -309,6 +345,7 @@ pub struct TestDatapath {
     datapath: Option<Datapath>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slab_slots: u32,
+    pin_dir: PathBuf,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -347,6 +384,15 @@ impl TestDatapath {
         })
     }
 
+    /// Like [`TestDatapath::load`] with these flow settings.
+    #[must_use]
+    pub fn load_with_flows(name: &str, node: Ipv4Addr, flows: FlowSettings) -> Self {
+        Self::load_config(DatapathConfig {
+            flows,
+            ..Self::config(&unique_pin_dir(name), node)
+        })
+    }
+
     /// No interfaces, a 2^16-slot slab, pins removed on drop.
     fn config(pin_dir: &Path, node: Ipv4Addr) -> DatapathConfig {
         DatapathConfig {
@@ -358,6 +404,7 @@ impl TestDatapath {
             slab_slots: 1 << 16,
             stats_array_len: None,
             detach_on_exit: true,
+            flows: test_flows(),
         }
     }
 
@@ -365,6 +412,7 @@ impl TestDatapath {
         crate::require_root();
         crate::require_bpffs();
         let slab_slots = config.slab_slots;
+        let pin_dir = config.pin_dir.clone();
         let datapath = Datapath::load(config).unwrap_or_else(|e| {
             panic!("loading the data path (the verifier must accept both programs): {e:?}")
         });
@@ -372,7 +420,61 @@ impl TestDatapath {
             datapath: Some(datapath),
             logger: None,
             slab_slots,
+            pin_dir,
         }
+    }
+
+    /// The pin directory (`--pin-dir`) it was loaded with.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Both flow maps and the timeouts, read now.
+    #[must_use]
+    pub fn snapshot(&self) -> lb_userspace::conntrack::Snapshot {
+        lb_userspace::conntrack::Snapshot::read(&self.pin_dir).expect("reading the flow maps")
+    }
+
+    fn flow_map<V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> aya::maps::HashMap<aya::maps::MapData, lb_common::FlowKey, V> {
+        let path = lb_userspace::datapath::pins_dir(&self.pin_dir).join(name);
+        let data = aya::maps::MapData::from_pin(&path).expect("opening a pinned flow map");
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("a flow map")
+    }
+
+    /// The conntrack entry of a client flow, if any.
+    #[must_use]
+    pub fn conntrack(&self, key: &lb_common::FlowKey) -> Option<lb_common::CtEntry> {
+        self.flow_map(lb_common::MAP_CONNTRACK).get(key, 0).ok()
+    }
+
+    /// The reverse-NAT entry of a reply tuple, if any.
+    #[must_use]
+    pub fn reverse(&self, key: &lb_common::FlowKey) -> Option<lb_common::RevNatEntry> {
+        self.flow_map(lb_common::MAP_REVNAT).get(key, 0).ok()
+    }
+
+    /// Writes a conntrack entry (a state the programs would have made).
+    pub fn insert_conntrack(&self, key: &lb_common::FlowKey, entry: &lb_common::CtEntry) {
+        let mut map = self.flow_map::<lb_common::CtEntry>(lb_common::MAP_CONNTRACK);
+        map.insert(key, entry, 0)
+            .expect("writing a conntrack entry");
+    }
+
+    /// Writes a reverse-NAT entry (a state the programs would have made).
+    pub fn insert_reverse(&self, key: &lb_common::FlowKey, entry: &lb_common::RevNatEntry) {
+        let mut map = self.flow_map::<lb_common::RevNatEntry>(lb_common::MAP_REVNAT);
+        map.insert(key, entry, 0)
+            .expect("writing a reverse-NAT entry");
+    }
+
+    /// The summed count of a data-path event.
+    #[must_use]
+    pub fn event(&self, event: lb_common::Event) -> u64 {
+        self.datapath().maps.event_total(event).unwrap()
     }
 
     /// Slots of the Maglev slab it was loaded with.
@@ -402,6 +504,28 @@ impl TestDatapath {
     pub fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
         run(prog, frame)
+    }
+
+    /// Runs the XDP program once on `frame` as if it arrived on interface
+    /// `ifindex` (of the calling thread's network namespace).
+    #[must_use]
+    pub fn run_xdp_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex; the kernel wants data_end to be
+        // the frame's length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&u32::try_from(frame.len()).unwrap().to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        run_with_ctx(prog, frame, Some(&ctx))
+    }
+
+    /// Runs the TC program once on `frame` as if it arrived on interface
+    /// `ifindex` (of the calling thread's network namespace).
+    #[must_use]
+    pub fn run_tc_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
+        run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
     /// Runs the TC program once on `frame`: (return code, frame after).
@@ -448,7 +572,23 @@ impl TestDatapath {
     }
 }
 
+/// A `struct __sk_buff` for `BPF_PROG_TEST_RUN` whose `ifindex` is `ifindex`
+/// (the kernel takes the device from it; every other field zero).
+fn skb_ctx(ifindex: u32) -> Vec<u8> {
+    // sizeof(struct __sk_buff) is 192; ifindex is at offset 40.
+    let mut ctx = vec![0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    run_with_ctx(prog, frame, None)
+}
+
+fn run_with_ctx<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
@@ -458,6 +598,7 @@ where
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat: 1,
             ..TestRunOptions::default()
         })
@@ -471,5 +612,24 @@ impl Drop for TestDatapath {
         if let Some(dp) = self.datapath.take() {
             dp.shutdown();
         }
+    }
+}
+
+/// The conntrack key of a client flow, as the programs key it.
+#[must_use]
+pub fn flow_key(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    proto: u8,
+) -> lb_common::FlowKey {
+    lb_common::FlowKey {
+        src_addr: u32::from_ne_bytes(src.octets()),
+        dst_addr: u32::from_ne_bytes(dst.octets()),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto,
+        pad: [0; 3],
     }
 }

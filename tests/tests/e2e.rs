@@ -415,7 +415,7 @@ fn metrics_follow_real_traffic_and_probes_answer() {
 
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
-    kill_and_restart("restart", |_| {}, &[], "adopted the pinned maps");
+    kill_and_restart("restart", |_| {}, false, &[], "adopted the pinned maps");
 }
 
 /// A restart that moves the uplink program from XDP to TC ingress: the
@@ -425,6 +425,7 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
     kill_and_restart(
         "hookswitch",
         |_| {},
+        false,
         &["--uplink-hook", "tc"],
         "detached the other uplink hook",
     );
@@ -432,20 +433,24 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
 
 /// Like a restart, but the successor is an upgrade whose pin layout is the
 /// next one: it finds the previous layout's pins (made here from the
-/// current ones: v2 is v3 without the pass-through filter and the array of
-/// service counters), carries their
-/// maps over and moves the links to its programs after its first sync.
+/// current ones: v3's maps, its flow entries converted back to v3's layout
+/// with the closing marks v3 wrongly set on every translated connection), carries
+/// their maps over, converting the flows, and moves the links to its
+/// programs after its first sync. The long-lived connection through SNAT
+/// keeps its backend and port.
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
+    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v4");
     kill_and_restart(
         "upgrade",
         |pin_dir| {
-            assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v3");
-            std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
-            for map in [lb_common::MAP_FILTER, lb_common::MAP_SERVICE_STATS_ARRAY] {
-                std::fs::remove_file(pin_dir.join("v2").join(map)).unwrap();
-            }
+            let written = lb_tests::legacy::make_v3(pin_dir, true).unwrap();
+            assert!(
+                written.marked >= 1,
+                "the connection to pod2a is SNATed and marked as v3 marked it: {written:?}"
+            );
         },
+        true,
         &[],
         "hand-over from the earlier layout finished",
     );
@@ -459,13 +464,16 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
     } else {
         ("xdp-eth0", "tcup-eth0")
     };
+    let links = pin_dir
+        .join(lb_userspace::datapath::PIN_LAYOUT)
+        .join("links");
     for link in [uplink, "tc-vpod1a", "tc-vpod1b", "tc-vpod1c"] {
         assert!(
-            pin_dir.join("v3/links").join(link).exists(),
+            links.join(link).exists(),
             "{link} is pinned by the successor"
         );
     }
-    assert!(!pin_dir.join("v3/links").join(gone).exists());
+    assert!(!links.join(gone).exists());
     let link = topo
         .node1
         .exec(&["ip", "-d", "link", "show", "eth0"])
@@ -478,9 +486,11 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
 }
 
 /// Opens a new connection to the web service every 20 ms (for at most a
-/// minute) until told to stop; the thread returns successes and failures.
+/// minute) until told to stop, except while paused; the thread returns
+/// successes and failures.
 fn probe_continuously(
     topo: &ClusterTopology,
+    pause: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     std::thread::JoinHandle<(u32, Vec<String>)>,
@@ -488,6 +498,7 @@ fn probe_continuously(
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = {
         let stop = stop.clone();
+        let pause = pause.clone();
         let client = topo.client.name().to_string();
         std::thread::spawn(move || {
             let ns = lb_tests::netns::Netns::existing(&client);
@@ -496,6 +507,10 @@ fn probe_continuously(
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && started.elapsed() < Duration::from_mins(1)
             {
+                if pause.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 match lb_tests::traffic::http_get(&ns, WEB, Duration::from_secs(2)) {
                     Ok(_) => ok += 1,
                     Err(e) => failed.push(format!("{:?}: {e}", started.elapsed())),
@@ -511,10 +526,15 @@ fn probe_continuously(
 /// Starts an agent, opens a long-lived connection through SNAT and keeps opening
 /// new ones, kills the agent, runs `between` on the pins, starts a successor
 /// with `successor_args` more (whose log must say `expected_log`) and edits
-/// an endpoint: nothing fails.
+/// an endpoint: nothing fails. With `simulated` (the pins of an earlier
+/// layout made out of this one's), new connections pause from `between`
+/// until the successor is ready: the programs left running keep writing to
+/// the maps `between` replaced, so flows opened meanwhile are in no pinned
+/// map, unlike with a real earlier agent, whose programs use its own pins.
 fn kill_and_restart(
     tag: &str,
     between: fn(&std::path::Path),
+    simulated: bool,
     successor_args: &[&str],
     expected_log: &str,
 ) {
@@ -536,7 +556,8 @@ fn kill_and_restart(
         .expect("a connection to pod2a");
 
     // New connections, continuously, through the crash, the restart and the edit.
-    let (stop, prober) = probe_continuously(&topo);
+    let pause = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop, prober) = probe_continuously(&topo, &pause);
 
     first.kill();
     assert!(pin_dir.exists(), "a crash leaves the pins");
@@ -554,6 +575,11 @@ fn kill_and_restart(
         "new connections succeed with no agent: {counts:?}"
     );
     assert_eq!(counts.get("error"), None, "{counts:?}");
+    if simulated {
+        pause.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A connection under way finishes first (2 s timeout at most).
+        std::thread::sleep(Duration::from_millis(2100));
+    }
     between(&pin_dir);
 
     // The successor adopts the pins: the connection keeps working, then an edit applies.
@@ -561,13 +587,18 @@ fn kill_and_restart(
     args.extend_from_slice(successor_args);
     let mut second = Agent::start_pinned(&topo.node1, &args, &pin_dir).unwrap();
     second.wait_ready(Duration::from_secs(30)).unwrap();
+    pause.store(false, std::sync::atomic::Ordering::SeqCst);
     let log = second.log();
     assert!(log.contains(expected_log), "{log}");
     let layouts: Vec<_> = std::fs::read_dir(&pin_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(layouts, ["v3"], "one layout remains");
+    assert_eq!(
+        layouts,
+        [lb_userspace::datapath::PIN_LAYOUT],
+        "one layout remains"
+    );
     assert_successor_links(&topo, &pin_dir, successor_args.contains(&"tc"));
     let first_sync = log
         .lines()

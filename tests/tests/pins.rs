@@ -1,25 +1,40 @@
-//! The pinned state across agents: a hand-over from an earlier pin layout
-//! that keeps every flow, and LRU evictions made visible. Packets go through
-//! the real programs with `BPF_PROG_TEST_RUN`. Needs root.
+//! The pinned state across agents: a hand-over from the previous pin layout
+//! (v3) that keeps every flow and its SNAT port, and LRU evictions made
+//! visible. Packets go through the real programs with `BPF_PROG_TEST_RUN`.
+//! Needs root.
 
 // Metrics are parsed as f64; the counts here are integers far below 2^53, so exact.
 #![allow(clippy::float_cmp)]
 
 use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use lb_common::{Event, CONNTRACK_MAX_ENTRIES, MAP_FILTER, MAP_SERVICE_STATS_ARRAY};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
+use lb_common::{
+    conntrack::{assured, CtState, DEFAULT_TIMEOUTS, EARLY_DROP_IDLE_S, T_ESTABLISHED},
+    Event, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP,
+};
 use lb_tests::{
-    packet::{src_of, unique_pin_dir, Packet, TestDatapath, XDP_PASS},
+    fixture::{apply_to, frontend, program},
+    legacy::{self, Written},
+    packet::{
+        dst_of, flow_key, src_of, test_flows, unique_pin_dir, Packet, TestDatapath, TC_ACT_OK,
+        XDP_DROP, XDP_PASS,
+    },
     traffic::metric,
 };
 use lb_userspace::{
-    datapath::{cleanup, PIN_LAYOUT},
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
+    conntrack::{FlowLife, Snapshot},
+    datapath::{
+        cleanup, Datapath, DatapathConfig, UplinkHook, PIN_LAYOUT, TC_PROGRAM, XDP_PROGRAM,
+    },
+    desired::{DesiredFrontend, Frontend, Protocol},
+    flows::{FlowSettings, PortRange},
     metrics::Metrics,
     plan::Planner,
 };
@@ -40,129 +55,360 @@ impl Drop for Pins {
     }
 }
 
-/// The web service, on a local and a remote backend (or only the local one).
-fn web(remote: bool) -> DesiredState {
-    let backends = [(LOCAL, true), (REMOTE, false)]
-        .into_iter()
-        .filter(|&(ip, _)| remote || ip != REMOTE)
-        .map(|(ip, local)| {
-            (
-                SocketAddrV4::new(ip, 8080),
-                BackendInfo {
-                    local,
-                    selected: true,
-                },
-            )
-        })
-        .collect();
-    BTreeMap::from([(
-        Frontend {
-            addr: VIP,
-            port: 80,
-            proto: Protocol::Tcp,
-        },
-        DesiredFrontend {
-            service: ObjectName {
-                namespace: "default".into(),
-                name: "web".into(),
+/// The web service (`default/web`, port `http`), on a local and a remote
+/// backend (or only the local one).
+fn web(remote: bool) -> (Frontend, DesiredFrontend) {
+    let backends: &[_] = if remote {
+        &[(LOCAL, 8080, true), (REMOTE, 8080, false)]
+    } else {
+        &[(LOCAL, 8080, true)]
+    };
+    let (fe, mut desired) = frontend(VIP, 80, Protocol::Tcp, backends);
+    desired.service.name = "web".into();
+    desired.port_name = "http".into();
+    (fe, desired)
+}
+
+/// An agent's data path at a given pin directory with its own SNAT pool
+/// (`TestDatapath` loads one at a pin directory with the default pool only).
+struct Agent(Option<Datapath>);
+
+impl Agent {
+    fn load(pin_dir: &Path, pool: RangeInclusive<u16>, detach_on_exit: bool) -> Self {
+        lb_tests::require_root();
+        lb_tests::require_bpffs();
+        let config = DatapathConfig {
+            xdp_ifaces: vec![],
+            uplink: UplinkHook::Xdp(XdpMode::Driver),
+            tc_patterns: vec![],
+            node_addr: NODE,
+            pin_dir: pin_dir.to_path_buf(),
+            slab_slots: SLAB,
+            stats_array_len: None,
+            detach_on_exit,
+            flows: FlowSettings {
+                snat_ports: PortRange(pool),
+                ..test_flows()
             },
-            port_name: "http".into(),
-            backends,
-            affinity_timeout: 0,
-        },
-    )])
-}
-
-fn apply(dp: &mut TestDatapath, desired: &DesiredState) {
-    let mut planner = Planner::new(SLAB, Duration::ZERO);
-    let (plan, errors) = planner.plan(desired, Instant::now());
-    assert!(errors.is_empty(), "{errors:?}");
-    dp.datapath_mut().maps.apply(&plan.ops).unwrap();
-}
-
-/// Turns the pins an agent of this layout left into those of the layout
-/// before it: v2 is this layout without the pass-through filter and the
-/// array of service counters.
-fn make_previous_layout(pin_dir: &Path) {
-    assert_eq!(
-        PIN_LAYOUT, "v3",
-        "update this test's picture of the previous layout"
-    );
-    std::fs::rename(pin_dir.join("v3"), pin_dir.join("v2")).unwrap();
-    for map in [MAP_FILTER, MAP_SERVICE_STATS_ARRAY] {
-        std::fs::remove_file(pin_dir.join("v2").join(map)).unwrap();
+        };
+        Self(Some(
+            Datapath::load(config).unwrap_or_else(|e| panic!("loading the data path: {e:?}")),
+        ))
     }
+
+    fn dp(&mut self) -> &mut Datapath {
+        self.0.as_mut().unwrap()
+    }
+
+    /// Runs the XDP program (uplink) once: (return code, frame after).
+    fn xdp(&self, packet: &Packet) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self
+            .0
+            .as_ref()
+            .unwrap()
+            .program(XDP_PROGRAM)
+            .try_into()
+            .unwrap();
+        run(prog, &packet.build())
+    }
+
+    /// Runs the TC program (pod interfaces) once: (return code, frame after).
+    fn tc(&self, packet: &Packet) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self
+            .0
+            .as_ref()
+            .unwrap()
+            .program(TC_PROGRAM)
+            .try_into()
+            .unwrap();
+        run(prog, &packet.build())
+    }
+
+    fn event(&self, event: Event) -> u64 {
+        self.0.as_ref().unwrap().maps.event_total(event).unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(dp) = self.0.take() {
+            dp.shutdown();
+        }
+    }
+}
+
+fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// The SNAT pool of the earlier agent: where v3 took its ports from.
+const V3_POOL: RangeInclusive<u16> = 61_000..=61_127;
+
+/// One client flow of the web service and what the programs made of it.
+struct WebFlow {
+    /// The client's port.
+    sport: u16,
+    /// Its SNAT port, when it goes to the remote backend.
+    snat: Option<u16>,
+    /// The client's data segment, translated.
+    forward: (u32, Vec<u8>),
+    /// The backend's data segment, translated back.
+    reply: (u32, Vec<u8>),
+}
+
+impl WebFlow {
+    /// The backend's segment with `flags` (`Packet::ack` or `Packet::synack`),
+    /// and whether it arrives through XDP (the remote backend, to the node's
+    /// port) rather than TC (the local one, to the client).
+    fn backend_segment(&self, flags: fn(Packet) -> Packet) -> (Packet, bool) {
+        match self.snat {
+            Some(port) => (flags(Packet::tcp(REMOTE, 8080, NODE, port)), true),
+            None => (flags(Packet::tcp(LOCAL, 8080, CLIENT, self.sport)), false),
+        }
+    }
+
+    /// Sends the client's and the backend's data segments.
+    fn exchange(&self, agent: &Agent) -> ((u32, Vec<u8>), (u32, Vec<u8>)) {
+        let forward = agent.xdp(&Packet::tcp(CLIENT, self.sport, VIP, 80).ack());
+        let (reply, uplink) = self.backend_segment(Packet::ack);
+        let reply = if uplink {
+            agent.xdp(&reply)
+        } else {
+            agent.tc(&reply)
+        };
+        (forward, reply)
+    }
+
+    /// A connection through `agent`: SYN, the backend's SYN-ACK, the client's
+    /// ACK, then data both ways.
+    fn open(agent: &Agent, sport: u16) -> Self {
+        let (ret, syn) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn());
+        assert_eq!(ret, XDP_PASS, "flow {sport}");
+        let backend = dst_of(&syn);
+        assert!(
+            backend == (LOCAL, 8080) || backend == (REMOTE, 8080),
+            "{backend:?}"
+        );
+        let snat = (src_of(&syn).0 == NODE).then_some(src_of(&syn).1);
+        assert_eq!(
+            snat.is_some(),
+            backend.0 == REMOTE,
+            "SNAT to the remote one only"
+        );
+        let mut flow = Self {
+            sport,
+            snat,
+            forward: (0, vec![]),
+            reply: (0, vec![]),
+        };
+        let (synack, uplink) = flow.backend_segment(Packet::synack);
+        let (ret, out) = if uplink {
+            agent.xdp(&synack)
+        } else {
+            agent.tc(&synack)
+        };
+        assert_eq!(ret, if uplink { XDP_PASS } else { TC_ACT_OK });
+        assert_eq!(
+            out,
+            Packet::tcp(VIP, 80, CLIENT, sport).synack().build(),
+            "the SYN-ACK of flow {sport} is translated back"
+        );
+        (flow.forward, flow.reply) = flow.exchange(agent);
+        assert_eq!(flow.forward.0, XDP_PASS);
+        assert_eq!(
+            flow.reply.1,
+            Packet::tcp(VIP, 80, CLIENT, sport).ack().build()
+        );
+        flow
+    }
+}
+
+/// The conntrack entry of the web flow from `sport`, and what the snapshot says of it.
+fn tracked(snapshot: &Snapshot, sport: u16) -> (lb_common::CtEntry, FlowLife) {
+    let key = flow_key(CLIENT, sport, VIP, 80, IPPROTO_TCP);
+    let (_, ct) = snapshot
+        .flows
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("flow {sport} is tracked"));
+    (*ct, snapshot.life(&key, ct))
+}
+
+/// Every flow is established, answered, assured and far from expiry, with
+/// its SNAT port.
+fn assert_established(pin_dir: &Path, flows: &[WebFlow]) {
+    let snapshot = Snapshot::read(pin_dir).unwrap();
+    for flow in flows {
+        let (ct, life) = tracked(&snapshot, flow.sport);
+        assert_eq!(
+            life.state,
+            CtState::Established,
+            "flow {}: v3's closing marks are not taken for a close",
+            flow.sport
+        );
+        assert_eq!(ct.flags & CT_F_REPLIED, CT_F_REPLIED);
+        assert_eq!(ct.flags & CT_F_SNAT != 0, flow.snat.is_some());
+        assert_eq!(ct.snat_port, flow.snat.unwrap_or(0).to_be());
+        assert!(assured(life.state, ct.flags), "flow {}", flow.sport);
+        assert!(!life.expired);
+        assert_eq!(life.timeout_s, DEFAULT_TIMEOUTS[T_ESTABLISHED]);
+    }
+}
+
+/// Every flow's data segments, both ways, come out as before, byte for byte.
+fn assert_unchanged(agent: &Agent, flows: &[WebFlow], when: &str) {
+    for flow in flows {
+        assert_eq!(
+            flow.exchange(agent),
+            (flow.forward.clone(), flow.reply.clone()),
+            "flow {} {when}: same backend and SNAT port, byte for byte, both ways",
+            flow.sport
+        );
+    }
+}
+
+/// Opens new connections until the SNAT pool `pool` is full and 20 more
+/// were refused: each must take a port of the pool that no live flow holds,
+/// never one of `carried`. Each is answered and acknowledged, so it is
+/// assured and never gives way to a later one. Returns the ports taken.
+fn fill_pool(agent: &Agent, pool: &RangeInclusive<u16>, carried: &BTreeSet<u16>) -> BTreeSet<u16> {
+    let free = usize::from(pool.end() - pool.start()) + 1 - carried.len();
+    let (mut taken, mut refused) = (BTreeSet::new(), 0);
+    for sport in 50_000..60_000 {
+        if taken.len() == free && refused == 20 {
+            break;
+        }
+        let (ret, out) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn());
+        if ret == XDP_DROP {
+            // Random probes may miss the last free ports: only count refusals of a full pool.
+            refused += u32::from(taken.len() == free);
+            continue;
+        }
+        assert_eq!(ret, XDP_PASS);
+        if dst_of(&out).0 == LOCAL {
+            continue;
+        }
+        let (addr, port) = src_of(&out);
+        assert_eq!(addr, NODE);
+        assert!(
+            !carried.contains(&port),
+            "new flow {sport} took port {port} of a carried flow"
+        );
+        assert!(pool.contains(&port), "{port}");
+        assert!(taken.insert(port), "port {port} given to two live flows");
+        let (ret, _) = agent.xdp(&Packet::tcp(REMOTE, 8080, NODE, port).synack());
+        assert_eq!(ret, XDP_PASS);
+        let (ret, _) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).ack());
+        assert_eq!(ret, XDP_PASS);
+    }
+    assert_eq!(taken.len(), free, "the new flows took every free port");
+    assert_eq!(refused, 20, "a full pool refuses new flows");
+    taken
 }
 
 #[test]
 fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
+    assert_eq!(PIN_LAYOUT, "v4", "the previous layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
     let _pins = Pins(pin_dir.clone());
-    let flows: Vec<u16> = (42000..42040).collect();
-    // The earlier agent: 40 flows, about half SNATed to the remote backend.
-    let mut before = Vec::new();
-    {
-        let mut old = TestDatapath::load_at(&pin_dir, NODE, SLAB, false);
-        apply(&mut old, &web(true));
-        for &sport in &flows {
-            let (ret, _) = old.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn().build());
-            assert_eq!(ret, XDP_PASS);
-            let ack = old.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).ack().build());
-            before.push(ack);
-        }
-    }
-    let snated: Vec<(u16, u16)> = flows
-        .iter()
-        .zip(&before)
-        .filter(|(_, (_, out))| src_of(out).0 == NODE)
-        .map(|(&sport, (_, out))| (sport, src_of(out).1))
-        .collect();
+    // The earlier agent: 40 connections, about half SNATed to the remote backend.
+    let flows: Vec<WebFlow> = {
+        let mut old = Agent::load(&pin_dir, V3_POOL, false);
+        apply_to(
+            old.dp(),
+            &mut Planner::new(SLAB, Duration::ZERO),
+            &[web(true)],
+        );
+        (42000..42040)
+            .map(|sport| WebFlow::open(&old, sport))
+            .collect()
+    };
+    let carried: BTreeSet<u16> = flows.iter().filter_map(|f| f.snat).collect();
     assert!(
-        (5..35).contains(&snated.len()),
+        (5..35).contains(&carried.len()),
         "Maglev spreads flows over both backends: {} of 40 SNATed",
-        snated.len()
+        carried.len()
     );
-    make_previous_layout(&pin_dir);
+    // What v3 left: its layout, and the marks of its bug on every SNATed flow.
+    let written = legacy::make_v3(&pin_dir, true).unwrap();
+    assert_eq!(
+        written,
+        Written {
+            conntrack: 40,
+            marked: carried.len(),
+            reverse: 40
+        }
+    );
 
-    // The new agent carries the earlier layout's maps over.
-    let mut new = TestDatapath::load_at(&pin_dir, NODE, SLAB, true);
+    // The new agent converts the flows; its pool is the carried ports and the gaps between.
+    let pool = *carried.first().unwrap()..=*carried.last().unwrap();
+    let mut new = Agent::load(&pin_dir, pool.clone(), true);
     assert!(
-        new.datapath_mut().adopted(),
+        new.dp().adopted(),
         "the services came along, ids and tables included"
     );
-    for (&sport, expected) in flows.iter().zip(&before) {
-        let after = new.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).ack().build());
-        assert_eq!(
-            &after, expected,
-            "flow {sport}: same backend and SNAT port, byte for byte"
-        );
-    }
-    for &(sport, snat_port) in &snated {
-        let reply = Packet::tcp(REMOTE, 8080, NODE, snat_port).ack().build();
-        let (_, out) = new.run_xdp(&reply);
-        assert_eq!(
-            out,
-            Packet::tcp(VIP, 80, CLIENT, sport).ack().build(),
-            "the reply of flow {sport} is reversed from the carried reverse-NAT entry"
-        );
-    }
+    assert_established(&pin_dir, &flows);
+    assert_unchanged(&new, &flows, "during the hand-over");
     assert!(
-        pin_dir.join("v2").exists(),
+        pin_dir.join(legacy::V3).exists(),
         "kept until the hand-over finishes"
     );
-    new.datapath_mut().finish_handover().unwrap();
+    new.dp().finish_handover().unwrap();
     assert!(
-        !pin_dir.join("v2").exists(),
+        !pin_dir.join(legacy::V3).exists(),
         "the earlier layout's pins are gone"
     );
-    let created = new
-        .datapath_mut()
-        .maps
-        .event_total(Event::ConntrackCreated)
-        .unwrap();
-    assert_eq!(created, 40, "carried entries count as created");
+    assert_eq!(
+        new.event(Event::ConntrackCreated),
+        40,
+        "carried entries count as created"
+    );
     let text = Metrics::new(pin_dir.clone()).render().unwrap();
     assert_eq!(metric(&text, "lb_conntrack_evictions_total"), Some(0.0));
+    assert_eq!(metric(&text, "lb_reverse_nat_evictions_total"), Some(0.0));
+
+    // Idle long enough to give way if they were not assured, the carried
+    // flows keep their ports while new connections fill the pool.
+    std::thread::sleep(Duration::from_secs(u64::from(EARLY_DROP_IDLE_S) + 1));
+    let taken = fill_pool(&new, &pool, &carried);
+    let snapshot = Snapshot::read(&pin_dir).unwrap();
+    let mut held: Vec<u16> = snapshot
+        .flows
+        .iter()
+        .filter(|(_, ct)| ct.flags & CT_F_SNAT != 0)
+        .map(|(_, ct)| u16::from_be(ct.snat_port))
+        .collect();
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        carried.union(&taken).copied().collect::<Vec<_>>(),
+        "each port of the pool is held by one flow: a carried one or a new one"
+    );
+    assert_eq!(held, pool.clone().collect::<Vec<_>>());
+    assert!(new.event(Event::SnatExhausted) >= 20);
+    assert_eq!(
+        (
+            new.event(Event::SnatReclaimed),
+            new.event(Event::SnatEarlyDrop)
+        ),
+        (0, 0),
+        "no port was taken from a flow holding it"
+    );
+    assert_unchanged(&new, &flows, "with the pool full");
+    assert_established(&pin_dir, &flows);
 }
 
 #[test]
@@ -170,8 +416,8 @@ fn conntrack_evictions_are_counted_when_the_table_overflows() {
     let pin_dir = unique_pin_dir("evict");
     let _pins = Pins(pin_dir.clone());
     let mut dp = TestDatapath::load_at(&pin_dir, NODE, SLAB, true);
-    // A local backend only: no SNAT, whose ports (4,536 per backend) would run out first.
-    apply(&mut dp, &web(false));
+    // A local backend only: no SNAT, whose ports would run out first.
+    program(&mut dp, &[web(false)]);
     let flows = CONNTRACK_MAX_ENTRIES + CONNTRACK_MAX_ENTRIES / 4;
     for i in 0..flows {
         // A new client address and port for each flow.

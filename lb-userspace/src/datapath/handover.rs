@@ -17,6 +17,7 @@ use lb_common::{
 };
 
 use super::{
+    convert::{self, V3CtEntry, V3RevNatEntry},
     layout::Handover,
     maps::{Maps, Slab},
 };
@@ -34,6 +35,9 @@ pub struct PendingHandover {
     pub carry: Option<(PathBuf, Handover)>,
     /// Conntrack and reverse-NAT entries copied so far.
     pub copied: (u64, u64),
+    /// When the first copy began (monotonic ns): the second copies only
+    /// converted flows made since.
+    pub started_ns: u64,
 }
 
 impl PendingHandover {
@@ -156,23 +160,83 @@ pub fn carry_services(old_dir: &Path, new_dir: &Path, maps: &mut Maps) -> Result
     Ok(())
 }
 
-/// Copies the flow state the plan carries (conntrack, reverse NAT, affinity),
-/// keeping entries the new programs made. Returns the conntrack and
-/// reverse-NAT entries copied.
-pub fn carry_state(old_dir: &Path, new_dir: &Path, plan: &Handover) -> Result<(u64, u64)> {
-    let carries = |name| plan.carry.contains(&name);
-    let mut copied = (0, 0);
-    if carries(MAP_CONNTRACK) {
-        copied.0 = copy_hash::<FlowKey, CtEntry>(
-            &old_dir.join(MAP_CONNTRACK),
-            &new_dir.join(MAP_CONNTRACK),
-        )?;
+/// Copies every entry of the hash map at `old` into the one at `new`
+/// through `convert`, keeping entries `new` has already. Returns how many
+/// were copied.
+fn convert_hash<K: Pod, O: Pod, V: Pod>(
+    old: &Path,
+    new: &Path,
+    mut convert: impl FnMut(&K, &O) -> Option<V>,
+) -> Result<u64> {
+    let from: HashMap<MapData, K, O> = HashMap::try_from(open(old)?)?;
+    let mut to: HashMap<MapData, K, V> = HashMap::try_from(open(new)?)?;
+    let mut copied = 0;
+    for item in &from {
+        let (key, value) = item?;
+        let Some(value) = convert(&key, &value) else {
+            continue;
+        };
+        match to.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => copied += 1,
+            Err(e) if exists(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("copying into {}", new.display())),
+        }
     }
-    if carries(MAP_REVNAT) {
-        copied.1 = copy_hash::<FlowKey, RevNatEntry>(
-            &old_dir.join(MAP_REVNAT),
-            &new_dir.join(MAP_REVNAT),
-        )?;
+    Ok(copied)
+}
+
+/// Copies the flow state the plan carries (conntrack, reverse NAT, affinity),
+/// converting entries of an earlier layout where the plan says so, and
+/// keeping entries the new programs made. With `since_ns` (the second pass,
+/// after the links moved) only converted flows the earlier programs created
+/// since then come along: an entry the new programs removed meanwhile (a
+/// port taken over, a collected flow) is not brought back. Returns the
+/// conntrack and reverse-NAT entries copied.
+pub fn carry_state(
+    old_dir: &Path,
+    new_dir: &Path,
+    plan: &Handover,
+    since_ns: Option<u64>,
+) -> Result<(u64, u64)> {
+    let carries = |name| plan.carry.contains(&name);
+    let converts = |name| plan.convert.contains(&name);
+    let now = crate::conntrack::monotonic_s();
+    let mut copied = (0, 0);
+    let mut fresh = std::collections::HashSet::new();
+    let (old_ct, new_ct) = (old_dir.join(MAP_CONNTRACK), new_dir.join(MAP_CONNTRACK));
+    if converts(MAP_CONNTRACK) {
+        copied.0 = convert_hash::<FlowKey, V3CtEntry, CtEntry>(&old_ct, &new_ct, |k, v| {
+            if since_ns.is_some_and(|since| v.created_ns < since) {
+                return None;
+            }
+            fresh.insert(*k);
+            Some(convert::conntrack(k, v, now))
+        })?;
+    } else if carries(MAP_CONNTRACK) {
+        copied.0 = copy_hash::<FlowKey, CtEntry>(&old_ct, &new_ct)?;
+    }
+    let (old_rev, new_rev) = (old_dir.join(MAP_REVNAT), new_dir.join(MAP_REVNAT));
+    if converts(MAP_REVNAT) {
+        // Tags distinct from the new programs' random ones, and from pass to pass.
+        let mut claims = u64::from(now) << 32;
+        copied.1 =
+            convert_hash::<FlowKey, V3RevNatEntry, RevNatEntry>(&old_rev, &new_rev, |k, v| {
+                let client = FlowKey {
+                    src_addr: v.client_addr,
+                    dst_addr: v.svc_addr,
+                    src_port: v.client_port,
+                    dst_port: v.svc_port,
+                    proto: k.proto,
+                    pad: [0; 3],
+                };
+                if since_ns.is_some() && !fresh.contains(&client) {
+                    return None;
+                }
+                claims += 1;
+                Some(convert::reverse_nat(v, now, claims))
+            })?;
+    } else if carries(MAP_REVNAT) {
+        copied.1 = copy_hash::<FlowKey, RevNatEntry>(&old_rev, &new_rev)?;
     }
     if carries(MAP_AFFINITY) {
         copy_hash::<AffinityKey, AffinityEntry>(

@@ -15,30 +15,44 @@ use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v3";
+pub const PIN_LAYOUT: &str = "v4";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 3_045_780_494_836_898_332;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 16_150_718_970_885_802_703;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
-/// value layouts are unchanged since: only those are carried over.
-/// The pass-through filter (v3) is never carried: it follows from the
+/// value layouts are unchanged since: only those are carried over as they
+/// are. The pass-through filter (v3) is never carried: it follows from the
 /// services and backends, and is rebuilt from those carried. v2's service
-/// counters (a hash) are carried into v3's hash, which counts alongside the
-/// per-CPU array of low ids that v3 added.
+/// counters (a hash) are carried into the hash, which counts alongside the
+/// per-CPU array of low ids that v3 added. v4 added `SNAT_EXHAUSTED`, one
+/// verdict and events (counters only grow), and changed the flow state:
+/// see [`CONVERTED_LAYOUTS`].
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
-        // v3 added FILTER and SVC_STATS_ARRAY; every other map kept its layout.
+        "v3",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_SERVICE_STATS_ARRAY,
+            MAP_EVENTS,
+        ],
+    ),
+    (
+        // v3 added FILTER and SVC_STATS_ARRAY.
         "v2",
         &[
             MAP_SERVICES,
             MAP_BACKENDS,
             MAP_MAGLEV,
             MAP_SERVICE_LABELS,
-            MAP_CONNTRACK,
-            MAP_REVNAT,
             MAP_AFFINITY,
             MAP_VERDICTS,
             MAP_SERVICE_STATS,
@@ -53,14 +67,21 @@ pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
             MAP_BACKENDS,
             MAP_MAGLEV,
             MAP_SERVICE_LABELS,
-            MAP_CONNTRACK,
-            MAP_REVNAT,
             MAP_AFFINITY,
             MAP_VERDICTS,
             MAP_SERVICE_STATS,
         ],
     ),
 ];
+
+/// Earlier layouts whose flow state this agent converts entry by entry
+/// (`handover::convert`): v1 to v3 kept conntrack and reverse-NAT entries in
+/// the layout v4 replaced (state machine, timestamps, claim tags).
+pub const CONVERTED_LAYOUTS: &[&str] = &["v1", "v2", "v3"];
+/// The maps converted from [`CONVERTED_LAYOUTS`].
+pub const CONVERTED_MAPS: [&str; 2] = [MAP_CONNTRACK, MAP_REVNAT];
+/// Key and value sizes of the converted maps in those layouts.
+pub const CONVERTED_SHAPES: [(&str, u32, u32); 2] = [(MAP_CONNTRACK, 16, 32), (MAP_REVNAT, 16, 12)];
 
 /// The maps naming each other's ids (service ids, backend ids, slab
 /// offsets): carried all together or not at all.
@@ -74,6 +95,9 @@ pub const ID_DEPENDENT_MAPS: [&str; 4] = [
 ];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];
+
+/// `BPF_MAP_TYPE_LRU_HASH`.
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 /// A map's kind and sizes: what must match before its contents are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,8 +218,11 @@ pub fn check_same_version(dir: &Path, pinned: &Shapes, expected: &Shapes) -> Res
 pub struct Handover {
     /// The earlier layout's version.
     pub from: String,
-    /// Maps whose entries are copied into the new ones.
+    /// Maps whose entries are copied into the new ones (those also in
+    /// [`Handover::convert`] entry by entry through a conversion).
     pub carry: Vec<&'static str>,
+    /// Carried maps whose entries are converted from the earlier layout.
+    pub convert: Vec<&'static str>,
     /// Maps that start empty, each with the reason.
     pub fresh: Vec<(&'static str, String)>,
 }
@@ -218,10 +245,22 @@ pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
         .iter()
         .find(|(version, _)| *version == from)
         .map_or(&[], |(_, maps)| maps);
+    let converted =
+        |name: &'static str| CONVERTED_LAYOUTS.contains(&from) && CONVERTED_MAPS.contains(&name);
     let check = |name: &'static str| -> Result<(), String> {
         let (Some(o), Some(n)) = (old.get(name), new.get(name)) else {
             return Err(format!("layout {from} has no such map"));
         };
+        if converted(name) {
+            let legacy = CONVERTED_SHAPES
+                .iter()
+                .any(|&(m, k, v)| m == name && o.key_size == k && o.value_size == v);
+            return if o.map_type == BPF_MAP_TYPE_LRU_HASH && legacy {
+                Ok(())
+            } else {
+                Err(format!("its shape differs from layout {from}'s ({o:?})"))
+            };
+        }
         if !readable.contains(&name) {
             return Err(if readable.is_empty() {
                 format!("layout {from} is unknown to this agent")
@@ -255,6 +294,12 @@ pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
             Err(why) => plan.fresh.push((name, why)),
         }
     }
+    plan.convert = plan
+        .carry
+        .iter()
+        .copied()
+        .filter(|&name| converted(name))
+        .collect();
     plan
 }
 

@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -30,6 +30,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_SERVICE_STATS_ARRAY,
     lb_common::MAP_EVENTS,
     MAP_FILTER,
+    lb_common::MAP_SNAT_EXHAUSTED,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.

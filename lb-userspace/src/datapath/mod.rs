@@ -3,6 +3,7 @@
 
 mod adopt;
 mod attach;
+pub mod convert;
 mod handover;
 pub mod layout;
 pub mod maps;
@@ -16,8 +17,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{programs::XdpMode, Ebpf, EbpfLoader, VerifierLogLevel};
-use lb_common::{NodeConfig, MAP_MAGLEV, MAP_SERVICES};
+use lb_common::{NodeConfig, CONFIG_F_REPLY_PATH_CHECK, MAP_MAGLEV, MAP_SERVICES};
 use tracing::{info, warn};
+
+use crate::flows::{self, FlowSettings};
 
 use self::{
     handover::PendingHandover,
@@ -95,6 +98,8 @@ pub struct DatapathConfig {
     pub stats_array_len: Option<u32>,
     /// On exit, detach the programs and remove the pins (else they keep serving).
     pub detach_on_exit: bool,
+    /// Flow tracking and translation: SNAT pool, timeouts, hash key, checks.
+    pub flows: FlowSettings,
 }
 
 /// The loaded and attached data path.
@@ -216,6 +221,7 @@ impl Datapath {
             dirs: versions.iter().map(|v| pin_dir.join(v)).collect(),
             carry,
             copied: (0, 0),
+            started_ns: crate::conntrack::monotonic_ns(),
         })
     }
 
@@ -238,7 +244,7 @@ impl Datapath {
                     .context("carrying the services over from the earlier layout")?;
                 adopted = true;
             }
-            *copied = handover::carry_state(from, &dir, plan)
+            *copied = handover::carry_state(from, &dir, plan, None)
                 .context("carrying the flows over from the earlier layout")?;
             info!(
                 from = plan.from,
@@ -248,14 +254,8 @@ impl Datapath {
                 "carried the earlier layout's maps over"
             );
         }
-        maps.config.set(
-            0,
-            NodeConfig {
-                node_addr: u32::from_ne_bytes(config.node_addr.octets()),
-                flags: 0,
-            },
-            0,
-        )?;
+        let hash_key = Self::hash_key(&config.flows, &maps, adopted)?;
+        maps.config.set(0, node_config(&config, hash_key), 0)?;
         let mut datapath = Self {
             ebpf,
             maps,
@@ -282,6 +282,27 @@ impl Datapath {
         }
         datapath.attach_new_pod_interfaces()?;
         Ok(datapath)
+    }
+
+    /// The flow-hash key to use: the configured one, else the one an earlier
+    /// agent pinned (so a restart keeps every node's choices), else a new
+    /// random one (Maglev then differs from other nodes': give `--hash-seed`).
+    fn hash_key(flows: &FlowSettings, maps: &Maps, adopted: bool) -> Result<lb_common::HashKey> {
+        if let Some(key) = flows.hash_key {
+            return Ok(key);
+        }
+        if adopted {
+            let pinned = maps.config.get(&0, 0)?.hash_key;
+            if pinned != [0, 0] {
+                info!("kept the flow-hash key of the earlier agent");
+                return Ok(pinned);
+            }
+        }
+        warn!(
+            "no --hash-seed: this node hashes flows with a random key of its own, so \
+             other nodes pick other backends for the same flow"
+        );
+        flows::random_hash_key()
     }
 
     /// Attaches the configured uplink program to `iface` (taking over the
@@ -368,7 +389,7 @@ impl Datapath {
         }
         let dir = pins_dir(&self.config.pin_dir);
         if let Some((from, plan)) = &pending.carry {
-            let (ct, rev) = handover::carry_state(from, &dir, plan)?;
+            let (ct, rev) = handover::carry_state(from, &dir, plan, Some(pending.started_ns))?;
             handover::carry_counters(from, &dir, plan)?;
             if !plan.carry.contains(&lb_common::MAP_EVENTS) {
                 // Carried entries count as created, so evictions stay created - live.
@@ -458,6 +479,25 @@ impl Datapath {
         } else {
             info!(dir = %pins_dir(&pin_dir).display(), "the data path keeps serving from its pins");
         }
+    }
+}
+
+/// The node configuration the programs read, from the agent's settings.
+#[must_use]
+pub fn node_config(config: &DatapathConfig, hash_key: lb_common::HashKey) -> NodeConfig {
+    let flows = &config.flows;
+    NodeConfig {
+        node_addr: u32::from_ne_bytes(config.node_addr.octets()),
+        flags: if flows.reply_path_check {
+            CONFIG_F_REPLY_PATH_CHECK
+        } else {
+            0
+        },
+        snat_port_min: *flows.snat_ports.0.start(),
+        snat_port_max: *flows.snat_ports.0.end(),
+        pad: 0,
+        hash_key,
+        timeouts: flows.timeouts,
     }
 }
 

@@ -1,6 +1,12 @@
-use lb_common::{MAP_FILTER, MAP_SERVICE_STATS_ARRAY};
+use lb_common::{
+    CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED,
+};
 
 use super::*;
+use crate::datapath::convert::{V3CtEntry, V3RevNatEntry};
+
+/// `BPF_MAP_TYPE_HASH`.
+const BPF_MAP_TYPE_HASH: u32 = 1;
 
 fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapShape {
     MapShape {
@@ -11,9 +17,24 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v2 layout: today's shapes without `FILTER` and `SVC_STATS_ARRAY`.
-fn v2(current: &Shapes) -> Shapes {
+/// The v3 layout: today's maps without `SNAT_EXHAUSTED`, with v3's flow
+/// entries (a conntrack value of the same size but another layout, a
+/// reverse-NAT value of 12 bytes), its 8-byte `CONFIG`, and fewer verdicts
+/// (5) and events (2).
+fn v3(current: &Shapes) -> Shapes {
     let mut old = current.clone();
+    old.remove(MAP_SNAT_EXHAUSTED);
+    old.get_mut(MAP_CONNTRACK).unwrap().value_size = 32;
+    old.get_mut(MAP_REVNAT).unwrap().value_size = 12;
+    old.get_mut(MAP_CONFIG).unwrap().value_size = 8;
+    old.get_mut(MAP_VERDICTS).unwrap().max_entries = 5;
+    old.get_mut(MAP_EVENTS).unwrap().max_entries = 2;
+    old
+}
+
+/// The v2 layout: v3 without `FILTER` and `SVC_STATS_ARRAY`.
+fn v2(current: &Shapes) -> Shapes {
+    let mut old = v3(current);
     old.remove(MAP_FILTER);
     old.remove(MAP_SERVICE_STATS_ARRAY);
     old
@@ -26,10 +47,27 @@ fn v1(current: &Shapes) -> Shapes {
     old
 }
 
-fn carried(plan: &Handover) -> Vec<&str> {
-    let mut names = plan.carry.clone();
+fn sorted(names: &[&'static str]) -> Vec<&'static str> {
+    let mut names = names.to_vec();
     names.sort_unstable();
     names
+}
+
+/// Every pinned map but `but`, sorted.
+fn every_map_but(but: &[&str]) -> Vec<&'static str> {
+    let names: Vec<&str> = PINNED_MAPS
+        .into_iter()
+        .filter(|m| !but.contains(m))
+        .collect();
+    sorted(&names)
+}
+
+/// Maps no hand-over carries: the agent writes the node configuration, the
+/// filter follows from the services, and the exhaustion counters are new in v4.
+const NEVER_CARRIED: [&str; 3] = [MAP_CONFIG, MAP_FILTER, MAP_SNAT_EXHAUSTED];
+
+fn none(name: &'static str, layout: &str) -> (&'static str, String) {
+    (name, format!("layout {layout} has no such map"))
 }
 
 #[test]
@@ -46,105 +84,189 @@ fn the_layout_version_follows_the_maps() {
 }
 
 #[test]
-fn from_v1_everything_but_the_new_counters_is_carried() {
+fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
     let new = object_shapes().unwrap();
-    let plan = plan_handover("v1", &v1(new), new);
-    let mut expected: Vec<&str> = PINNED_MAPS
-        .into_iter()
-        .filter(|m| {
-            ![
-                MAP_EVENTS,
-                MAP_FILTER,
-                MAP_SERVICE_STATS_ARRAY,
-                lb_common::MAP_CONFIG,
-            ]
-            .contains(m)
-        })
-        .collect();
-    expected.sort_unstable();
-    assert_eq!(carried(&plan), expected);
-    let none = |name| (name, "layout v1 has no such map".to_string());
+    let lru = |value: usize| shape(BPF_MAP_TYPE_LRU_HASH, 16, u32::try_from(value).unwrap(), 0);
+    assert!(new[MAP_CONNTRACK].matches(&lru(size_of::<CtEntry>())));
+    assert!(new[MAP_REVNAT].matches(&lru(size_of::<RevNatEntry>())));
+    // What the conversion reads is what it accepts.
     assert_eq!(
-        plan.fresh,
-        vec![none(MAP_SERVICE_STATS_ARRAY), none(MAP_EVENTS)]
+        CONVERTED_SHAPES,
+        [
+            (
+                MAP_CONNTRACK,
+                16,
+                u32::try_from(size_of::<V3CtEntry>()).unwrap()
+            ),
+            (
+                MAP_REVNAT,
+                16,
+                u32::try_from(size_of::<V3RevNatEntry>()).unwrap()
+            ),
+        ]
     );
+    assert_eq!(CONVERTED_MAPS, CONVERTED_SHAPES.map(|(m, _, _)| m));
+    // The picture of v3 here differs from today's where v4 changed a layout.
+    assert_ne!(v3(new)[MAP_REVNAT], new[MAP_REVNAT]);
+    assert!(!v3(new).contains_key(MAP_SNAT_EXHAUSTED));
+}
+
+#[test]
+fn from_v3_every_map_is_carried_and_the_flows_converted() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v3", &v3(new), new);
+    assert_eq!(plan.from, "v3");
+    assert_eq!(sorted(&plan.carry), every_map_but(&NEVER_CARRIED));
+    assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
+    assert!(plan.fresh.is_empty(), "{:?}", plan.fresh);
     assert!(plan.carries_services());
-}
-
-#[test]
-fn from_v2_every_map_it_had_is_carried() {
-    let new = object_shapes().unwrap();
-    let plan = plan_handover("v2", &v2(new), new);
-    let mut expected: Vec<&str> = PINNED_MAPS
-        .into_iter()
-        .filter(|m| ![MAP_FILTER, MAP_SERVICE_STATS_ARRAY, lb_common::MAP_CONFIG].contains(m))
-        .collect();
-    expected.sort_unstable();
-    assert_eq!(carried(&plan), expected);
-    // v2 counted every service in the hash, which is carried.
-    assert_eq!(
-        plan.fresh,
-        vec![(
-            MAP_SERVICE_STATS_ARRAY,
-            "layout v2 has no such map".to_string()
-        )]
-    );
-}
-
-#[test]
-fn an_unknown_layout_carries_nothing() {
-    let new = object_shapes().unwrap();
-    let plan = plan_handover("v7", new, new);
-    assert!(plan.carry.is_empty(), "{plan:?}");
-    assert!(!plan.carries_services());
-    assert!(plan
-        .fresh
-        .iter()
-        .any(|(m, why)| *m == MAP_CONNTRACK && why.contains("layout v7 is unknown")));
-}
-
-#[test]
-fn a_changed_conntrack_entry_starts_conntrack_empty_only() {
-    let new = object_shapes().unwrap();
-    let mut old = v1(new);
-    let ct = old.get_mut(MAP_CONNTRACK).unwrap();
-    ct.value_size += 8;
-    let plan = plan_handover("v1", &old, new);
-    assert!(plan.carries_services());
-    assert!(!plan.carry.contains(&MAP_CONNTRACK));
-    assert!(plan.carry.contains(&MAP_REVNAT));
-    assert!(plan.carry.contains(&MAP_AFFINITY));
-    assert!(plan
-        .fresh
-        .iter()
-        .any(|(m, why)| *m == MAP_CONNTRACK && why.contains("shape differs")));
-}
-
-#[test]
-fn changed_backends_leave_every_id_bearing_map_behind() {
-    let new = object_shapes().unwrap();
-    let mut old = v1(new);
-    old.get_mut(MAP_BACKENDS).unwrap().value_size = 16;
-    let plan = plan_handover("v1", &old, new);
-    assert_eq!(carried(&plan), vec![MAP_REVNAT, MAP_VERDICTS]);
-    for name in SERVICE_MAPS.into_iter().chain(ID_DEPENDENT_MAPS) {
+    // v3's counter arrays are shorter: they fit into v4's.
+    assert!(plan.carry.contains(&MAP_VERDICTS) && plan.carry.contains(&MAP_EVENTS));
+    for name in NEVER_CARRIED {
         assert!(
-            plan.fresh.iter().any(|(m, _)| *m == name),
-            "{name}: {plan:?}"
+            !plan.carry.contains(&name) && plan.fresh.iter().all(|(m, _)| *m != name),
+            "{name} is not the hand-over's business"
         );
     }
 }
 
 #[test]
-fn a_larger_old_slab_does_not_fit_a_smaller_new_one() {
+fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
-    let mut old = v1(new);
+    let plan = plan_handover("v2", &v2(new), new);
+    let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SERVICE_STATS_ARRAY);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
+    assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
+    // v2 counted every service in the hash, which is carried.
+    assert_eq!(plan.fresh, vec![none(MAP_SERVICE_STATS_ARRAY, "v2")]);
+    assert!(plan.carries_services());
+}
+
+#[test]
+fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v1", &v1(new), new);
+    let mut but = NEVER_CARRIED.to_vec();
+    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_EVENTS]);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
+    assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
+    assert_eq!(
+        plan.fresh,
+        vec![none(MAP_SERVICE_STATS_ARRAY, "v1"), none(MAP_EVENTS, "v1")]
+    );
+    assert!(plan.carries_services());
+}
+
+/// A change to a map's shape, and what it makes of the map.
+type Change = (&'static str, fn(&mut MapShape));
+
+#[test]
+fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
+    let new = object_shapes().unwrap();
+    let changes: [Change; 4] = [
+        ("a longer value", |s| s.value_size += 8),
+        ("a longer key", |s| s.key_size = 20),
+        ("a plain hash", |s| s.map_type = BPF_MAP_TYPE_HASH),
+        ("v4's reverse-NAT value", |s| s.value_size = 32),
+    ];
+    for (map, other) in [(MAP_CONNTRACK, MAP_REVNAT), (MAP_REVNAT, MAP_CONNTRACK)] {
+        for (what, change) in changes {
+            let mut old = v3(new);
+            change(old.get_mut(map).unwrap());
+            if old[map] == v3(new)[map] {
+                // v4's reverse-NAT value size is v3's conntrack one: no change there.
+                continue;
+            }
+            let plan = plan_handover("v3", &old, new);
+            assert!(!plan.carry.contains(&map), "{map} of {what}: {plan:?}");
+            assert!(!plan.convert.contains(&map), "{map} of {what}: {plan:?}");
+            assert!(
+                plan.fresh
+                    .iter()
+                    .any(|(m, why)| *m == map
+                        && why.starts_with("its shape differs from layout v3's")),
+                "{map} of {what}: {plan:?}"
+            );
+            // The rest comes along: the other flow map still converted.
+            assert!(plan.carries_services(), "{map} of {what}");
+            assert_eq!(plan.convert, vec![other], "{map} of {what}");
+            assert!(plan.carry.contains(&MAP_AFFINITY));
+            assert_eq!(plan.fresh.len(), 1, "{map} of {what}: {plan:?}");
+        }
+    }
+}
+
+#[test]
+fn an_unknown_layout_carries_nothing() {
+    let new = object_shapes().unwrap();
+    // Neither one of today's shapes, nor v3's flow maps under another name.
+    for (from, old) in [("v7", new.clone()), ("v5", v3(new)), ("v0", v3(new))] {
+        let plan = plan_handover(from, &old, new);
+        assert!(plan.carry.is_empty(), "{from}: {plan:?}");
+        assert!(plan.convert.is_empty(), "{from}: {plan:?}");
+        assert!(!plan.carries_services());
+        let planned: Vec<&str> = SERVICE_MAPS
+            .into_iter()
+            .chain(ID_DEPENDENT_MAPS)
+            .chain(INDEPENDENT_MAPS)
+            .collect();
+        assert_eq!(
+            plan.fresh.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            planned
+        );
+        for (map, why) in &plan.fresh {
+            assert!(
+                why.contains(&format!("layout {from} is unknown to this agent")),
+                "{map}: {why}"
+            );
+        }
+    }
+}
+
+#[test]
+fn changed_backends_leave_every_id_bearing_map_behind() {
+    let new = object_shapes().unwrap();
+    for (from, old, carried) in [
+        ("v3", v3(new), vec![MAP_EVENTS, MAP_REVNAT, MAP_VERDICTS]),
+        ("v1", v1(new), vec![MAP_REVNAT, MAP_VERDICTS]),
+    ] {
+        let mut old = old;
+        old.get_mut(MAP_BACKENDS).unwrap().value_size = 16;
+        let plan = plan_handover(from, &old, new);
+        assert_eq!(sorted(&plan.carry), carried, "{from}");
+        // Reverse NAT holds addresses only: still converted.
+        assert_eq!(plan.convert, vec![MAP_REVNAT], "{from}");
+        for name in SERVICE_MAPS.into_iter().chain(ID_DEPENDENT_MAPS) {
+            let why = plan.fresh.iter().find(|(m, _)| *m == name);
+            assert!(why.is_some(), "{from} {name}: {plan:?}");
+            if from == "v3" {
+                assert!(
+                    why.unwrap().1.starts_with("BACKENDS cannot be carried"),
+                    "{why:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_larger_old_array_does_not_fit_a_smaller_new_one() {
+    let new = object_shapes().unwrap();
+    let mut old = v3(new);
     old.get_mut(MAP_MAGLEV).unwrap().max_entries = new[MAP_MAGLEV].max_entries * 2;
-    let plan = plan_handover("v1", &old, new);
+    let plan = plan_handover("v3", &old, new);
     assert!(!plan.carries_services());
-    let mut smaller = v1(new);
+    assert!(!plan.carry.contains(&MAP_CONNTRACK));
+    let mut smaller = v3(new);
     smaller.get_mut(MAP_MAGLEV).unwrap().max_entries = new[MAP_MAGLEV].max_entries / 2;
-    assert!(plan_handover("v1", &smaller, new).carries_services());
+    assert!(plan_handover("v3", &smaller, new).carries_services());
+    // More verdicts than this agent counts: their indexes mean something else.
+    let mut more = v3(new);
+    more.get_mut(MAP_VERDICTS).unwrap().max_entries = new[MAP_VERDICTS].max_entries + 1;
+    let plan = plan_handover("v3", &more, new);
+    assert!(!plan.carry.contains(&MAP_VERDICTS));
+    assert!(plan.carries_services());
 }
 
 #[test]
@@ -156,6 +278,7 @@ fn shapes_match_regardless_of_capacity() {
         !shape(2, 4, 8, 10).fits_into(&shape(2, 4, 8, 5)),
         "arrays may not"
     );
+    assert!(shape(6, 4, 8, 5).fits_into(&shape(6, 4, 8, 6)), "but grow");
     assert!(!hash.matches(&shape(9, 16, 32, 100)));
     assert!(!hash.matches(&shape(1, 16, 40, 100)));
 }
@@ -163,13 +286,15 @@ fn shapes_match_regardless_of_capacity() {
 #[test]
 fn a_same_version_dir_with_other_shapes_is_refused_by_name() {
     let expected = object_shapes().unwrap();
+    // v3's reverse-NAT map where v4's is expected.
     let mut pinned = expected.clone();
-    pinned.get_mut(MAP_REVNAT).unwrap().key_size = 12;
-    let err = check_same_version(Path::new("/sys/fs/bpf/lb/v2"), &pinned, expected)
+    pinned.insert(MAP_REVNAT.to_string(), v3(expected)[MAP_REVNAT]);
+    let dir = format!("/sys/fs/bpf/lb/{PIN_LAYOUT}");
+    let err = check_same_version(Path::new(&dir), &pinned, expected)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("REVNAT") && err.contains("lb-agent cleanup"),
+        err.contains("REVNAT") && err.contains("lb-agent cleanup") && err.contains(PIN_LAYOUT),
         "{err}"
     );
     check_same_version(Path::new("/x"), expected, expected).unwrap();
@@ -178,11 +303,11 @@ fn a_same_version_dir_with_other_shapes_is_refused_by_name() {
 #[test]
 fn other_layout_dirs_are_listed_oldest_first() {
     let dir = std::env::temp_dir().join(format!("lb-layouts-{}", std::process::id()));
-    for sub in ["v10", "v1", PIN_LAYOUT, "links", "vx", "v7"] {
+    for sub in ["v10", "v1", "v3", PIN_LAYOUT, "links", "vx", "v7"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    std::fs::write(dir.join("v4"), "a file, not a layout").unwrap();
+    std::fs::write(dir.join("v5"), "a file, not a layout").unwrap();
     let found = other_layouts(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(found, vec!["v1", "v7", "v10"]);
+    assert_eq!(found, vec!["v1", "v3", "v7", "v10"]);
 }

@@ -1,0 +1,68 @@
+//! Anti-spoofing: packets from outside the node that claim the node's own
+//! address, and replies that could not have arrived where they did.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH},
+    helpers::bpf_fib_lookup as fib_lookup,
+    EbpfContext,
+};
+use lb_common::{NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
+
+use crate::parse::Flow;
+
+/// `AF_INET`.
+const AF_INET: u8 = 2;
+
+/// Whether a packet from outside the node (uplink or pod interface) claims
+/// the node's address as its source. The agent sets `accept_local` where
+/// translated packets need it; this keeps what `accept_local=0` gave: nobody
+/// else may send as the node.
+#[inline(always)]
+pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
+    cfg.node_addr != 0 && src == cfg.node_addr
+}
+
+/// Whether a reply that matched a reverse-NAT entry could legitimately have
+/// arrived on `ifindex`: the route back to its source leaves through that
+/// interface (strict reverse-path check, in the spirit of `rp_filter=1`;
+/// the lookup is the forwarding one, which fails where the interface does
+/// not forward, as a node balancing traffic always does). `verified` is the interface the flow's replies
+/// were last verified on, so a flow pays for one route lookup, not one per packet.
+#[inline(always)]
+pub fn reply_path_ok<C: EbpfContext>(
+    ctx: &C,
+    cfg: &NodeConfig,
+    flow: &Flow,
+    ifindex: u32,
+    verified: u32,
+) -> bool {
+    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0 || (verified != 0 && verified == ifindex) {
+        return true;
+    }
+    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = flow.proto;
+    // The route a packet arriving on this interface and addressed to the
+    // reply's source would take (an input lookup, unrestricted; the kernel
+    // also takes the namespace from this interface).
+    params.ifindex = ifindex;
+    params.sport = flow.dport;
+    params.dport = flow.sport;
+    params.__bindgen_anon_3.ipv4_src = flow.dst;
+    params.__bindgen_anon_4.ipv4_dst = flow.src;
+    // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            // The struct is 64 bytes.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+            {
+                size_of::<bpf_fib_lookup>() as i32
+            },
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.ifindex == ifindex
+}

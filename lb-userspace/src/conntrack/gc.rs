@@ -1,0 +1,358 @@
+//! Garbage collection of the flow maps: expired flows leave both maps,
+//! reverse entries no flow points at leave, and a live flow whose reverse
+//! entry was evicted gets it back. The kernel already treats an expired flow
+//! as gone (and takes over its SNAT port), so collection only keeps the maps
+//! holding live flows; its timing never decides who owns a port.
+//!
+//! Deciding is pure ([`plan`]); [`Collector::sweep`] reads and writes the
+//! pinned maps, and deletes an entry only if it is still what was judged (a
+//! packet or a new claim in between wins).
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{
+    BackendKey, CtEntry, FlowKey, RevNatEntry, CLAIM_GRACE_S, MAP_CONNTRACK, MAP_REVNAT,
+    MAP_SNAT_EXHAUSTED,
+};
+
+use super::{FlowStats, Snapshot};
+
+/// `BPF_NOEXIST`.
+const BPF_NOEXIST: u64 = 1;
+
+/// What one sweep does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Expired flows to delete, each with the entry judged.
+    pub expired: Vec<(FlowKey, CtEntry)>,
+    /// Reverse entries to delete (of expired flows, or of none), each as judged.
+    pub replies: Vec<(FlowKey, RevNatEntry)>,
+    /// Missing reverse entries of live flows to restore.
+    pub restore: Vec<(FlowKey, RevNatEntry)>,
+}
+
+/// Decides a sweep over `snapshot`.
+#[must_use]
+pub fn plan(snapshot: &Snapshot) -> Plan {
+    let mut plan = Plan::default();
+    // Reply tuples some live flow's reverse entry restores.
+    let mut owned = std::collections::HashSet::new();
+    for (key, ct) in &snapshot.flows {
+        let life = snapshot.life(key, ct);
+        if life.expired {
+            plan.expired.push((*key, *ct));
+            continue;
+        }
+        let reply = key.reply_of(ct);
+        match life.reply {
+            Some(reply) => {
+                owned.insert(reply);
+            }
+            None if !snapshot.replies.contains_key(&reply) => {
+                plan.restore.push((
+                    reply,
+                    RevNatEntry {
+                        svc_addr: key.dst_addr,
+                        client_addr: key.src_addr,
+                        svc_port: key.dst_port,
+                        client_port: key.src_port,
+                        created_s: snapshot.now_s,
+                        last_seen_s: 0,
+                        ifindex: 0,
+                        claim: restore_claim(key),
+                    },
+                ));
+                owned.insert(reply);
+            }
+            // The tuple is another flow's: this flow's replies are lost; it
+            // expires (the kernel never takes a live flow's tuple).
+            None => {}
+        }
+    }
+    for (reply, rev) in &snapshot.replies {
+        if owned.contains(reply) {
+            continue;
+        }
+        // A claim in progress writes its conntrack entry right after.
+        if snapshot.now_s.saturating_sub(rev.created_s) < CLAIM_GRACE_S {
+            continue;
+        }
+        plan.replies.push((*reply, *rev));
+    }
+    plan.replies
+        .sort_by_key(|(k, _)| (k.src_addr, k.dst_addr, k.src_port, k.dst_port));
+    plan
+}
+
+/// A claim tag for a restored entry (distinct per flow; tags only need to differ).
+fn restore_claim(key: &FlowKey) -> u64 {
+    (u64::from(key.src_addr) << 32)
+        ^ (u64::from(key.src_port) << 16)
+        ^ u64::from(key.dst_port)
+        ^ (1 << 63)
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Conntrack entries deleted.
+    pub conntrack_deleted: u64,
+    /// Reverse-NAT entries deleted.
+    pub reverse_deleted: u64,
+    /// Reverse-NAT entries restored.
+    pub restored: u64,
+    /// The live flows after the sweep.
+    pub stats: FlowStats,
+}
+
+/// The collector: the pinned flow maps, swept on demand.
+pub struct Collector {
+    pin_dir: std::path::PathBuf,
+}
+
+impl Collector {
+    /// A collector of the maps pinned under `pin_dir`.
+    #[must_use]
+    pub fn new(pin_dir: &Path) -> Self {
+        Self {
+            pin_dir: pin_dir.to_path_buf(),
+        }
+    }
+
+    fn open<V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, FlowKey, V>> {
+        let path = crate::datapath::pins_dir(&self.pin_dir).join(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(HashMap::try_from(Map::LruHashMap(data))?)
+    }
+
+    /// One sweep: reads both maps, deletes what expired or is orphaned (if
+    /// unchanged since read), restores missing reverse entries.
+    pub fn sweep(&self) -> Result<Swept> {
+        let snapshot = Snapshot::read(&self.pin_dir)?;
+        let plan = plan(&snapshot);
+        let mut ct: HashMap<MapData, FlowKey, CtEntry> = self.open(MAP_CONNTRACK)?;
+        let mut rev: HashMap<MapData, FlowKey, RevNatEntry> = self.open(MAP_REVNAT)?;
+        let mut swept = Swept::default();
+        for (key, judged) in &plan.expired {
+            if ct.get(key, 0).is_ok_and(|now| now == *judged) && ct.remove(key).is_ok() {
+                swept.conntrack_deleted += 1;
+                let reply = key.reply_of(judged);
+                if let Ok(r) = rev.get(&reply, 0) {
+                    if r.restores(key)
+                        && snapshot.replies.get(&reply) == Some(&r)
+                        && rev.remove(&reply).is_ok()
+                    {
+                        swept.reverse_deleted += 1;
+                    }
+                }
+            }
+        }
+        for (reply, judged) in &plan.replies {
+            if rev.get(reply, 0).is_ok_and(|now| now == *judged) && rev.remove(reply).is_ok() {
+                swept.reverse_deleted += 1;
+            }
+        }
+        for (reply, entry) in &plan.restore {
+            // The flow may have gone meanwhile; a restored entry of a gone
+            // flow is an orphan the next sweep collects.
+            if ct.get(&FlowKey::client_of(entry, reply.proto), 0).is_ok()
+                && rev.insert(reply, entry, BPF_NOEXIST).is_ok()
+            {
+                swept.restored += 1;
+            }
+        }
+        swept.stats = snapshot.stats();
+        Ok(swept)
+    }
+
+    /// Failed SNAT claims per backend, as the kernel counted them.
+    pub fn exhaustion(&self) -> Result<BTreeMap<BackendKey, u64>> {
+        let path = crate::datapath::pins_dir(&self.pin_dir).join(MAP_SNAT_EXHAUSTED);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let map: HashMap<MapData, BackendKey, u64> = HashMap::try_from(Map::HashMap(data))?;
+        let mut counts = BTreeMap::new();
+        for item in &map {
+            let (k, v) = item?;
+            counts.insert(k, v);
+        }
+        Ok(counts)
+    }
+}
+
+/// Logs SNAT exhaustion at most once per `interval` per backend.
+#[derive(Debug)]
+pub struct ExhaustionLog {
+    interval: Duration,
+    seen: StdHashMap<BackendKey, (u64, Option<Instant>)>,
+}
+
+impl ExhaustionLog {
+    /// A log that speaks of each backend at most once per `interval`.
+    #[must_use]
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            seen: StdHashMap::new(),
+        }
+    }
+
+    /// Takes the counts read at `now`; returns the backends to warn about,
+    /// each with the failed claims since its last warning.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        counts: &BTreeMap<BackendKey, u64>,
+    ) -> Vec<(BackendKey, u64)> {
+        let mut warn = Vec::new();
+        for (backend, &count) in counts {
+            let (reported, last) = self.seen.entry(*backend).or_insert((0, None));
+            if count <= *reported {
+                continue;
+            }
+            if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+                continue;
+            }
+            warn.push((*backend, count - *reported));
+            *reported = count;
+            *last = Some(now);
+        }
+        warn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{conntrack::CtState, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP};
+
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: 10,
+            dst_addr: 20,
+            src_port: port,
+            dst_port: 80,
+            proto: IPPROTO_TCP,
+            pad: [0; 3],
+        }
+    }
+
+    fn ct(snat_port: u16, state: CtState, last_seen_s: u32) -> CtEntry {
+        CtEntry {
+            backend_id: 1,
+            backend_addr: 30,
+            backend_port: 8080,
+            snat_port,
+            snat_addr: 40,
+            flags: CT_F_SNAT | CT_F_REPLIED,
+            state: state as u8,
+            pad: 0,
+            last_seen_s,
+            created_ns: 0,
+        }
+    }
+
+    fn rev(client_port: u16, created_s: u32) -> RevNatEntry {
+        RevNatEntry {
+            svc_addr: 20,
+            client_addr: 10,
+            svc_port: 80,
+            client_port,
+            created_s,
+            last_seen_s: 0,
+            ifindex: 0,
+            claim: u64::from(client_port),
+        }
+    }
+
+    #[test]
+    fn expired_flows_and_orphans_go_live_flows_stay_and_get_their_reply_back() {
+        // Timeouts of 5 s everywhere; now = 100.
+        let timeouts = [5; lb_common::conntrack::CT_TIMEOUT_COUNT];
+        let live = (key(1), ct(1001, CtState::Established, 99));
+        let dead = (key(2), ct(1002, CtState::TimeWait, 90));
+        let lost_reply = (key(3), ct(1003, CtState::Established, 98));
+        let snapshot = Snapshot {
+            flows: vec![live, dead, lost_reply],
+            replies: StdHashMap::from([
+                (live.0.reply_of(&live.1), rev(1, 50)),
+                (dead.0.reply_of(&dead.1), rev(2, 50)),
+                // Nobody's: an orphan, and a claim in progress (created now).
+                (
+                    FlowKey {
+                        dst_port: 7,
+                        ..key(9)
+                    },
+                    rev(9, 50),
+                ),
+                (
+                    FlowKey {
+                        dst_port: 8,
+                        ..key(9)
+                    },
+                    rev(8, 99),
+                ),
+            ]),
+            timeouts,
+            now_s: 100,
+        };
+        let plan = plan(&snapshot);
+        assert_eq!(plan.expired, vec![dead]);
+        let deleted: Vec<u16> = plan.replies.iter().map(|(k, _)| k.dst_port).collect();
+        assert_eq!(deleted, vec![7, dead.0.reply_of(&dead.1).dst_port]);
+        assert_eq!(plan.restore.len(), 1);
+        let (reply, entry) = plan.restore[0];
+        assert_eq!(reply, lost_reply.0.reply_of(&lost_reply.1));
+        assert!(entry.restores(&lost_reply.0));
+    }
+
+    #[test]
+    fn exhaustion_is_logged_at_most_once_a_minute_per_backend() {
+        let mut log = ExhaustionLog::new(Duration::from_mins(1));
+        let a = BackendKey {
+            addr: 1,
+            port: 2,
+            proto: 6,
+            pad: 0,
+        };
+        let b = BackendKey {
+            addr: 3,
+            port: 2,
+            proto: 6,
+            pad: 0,
+        };
+        let t0 = Instant::now();
+        assert_eq!(log.observe(t0, &BTreeMap::from([(a, 5)])), vec![(a, 5)]);
+        // More failures within the minute: silent; another backend speaks.
+        assert_eq!(
+            log.observe(
+                t0 + Duration::from_secs(10),
+                &BTreeMap::from([(a, 9), (b, 1)])
+            ),
+            vec![(b, 1)]
+        );
+        // A minute later, what accumulated is reported.
+        assert_eq!(
+            log.observe(
+                t0 + Duration::from_secs(61),
+                &BTreeMap::from([(a, 9), (b, 1)])
+            ),
+            vec![(a, 4)]
+        );
+        // Nothing new: silent.
+        assert!(log
+            .observe(
+                t0 + Duration::from_secs(200),
+                &BTreeMap::from([(a, 9), (b, 1)])
+            )
+            .is_empty());
+    }
+}

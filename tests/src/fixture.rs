@@ -1,0 +1,86 @@
+//! Services for packet tests: frontends with their backends, written into a
+//! loaded data path through the real planner and map writer.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use lb_userspace::{
+    datapath::Datapath,
+    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
+    flows::FlowSettings,
+    plan::Planner,
+};
+
+use crate::packet::TestDatapath;
+
+/// A frontend and its backends (address, port, on this node?), all selected.
+/// Its service is `default/svc-{addr}-{port}`: one service per frontend, also
+/// where two frontends share a port on different addresses.
+#[must_use]
+pub fn frontend(
+    addr: Ipv4Addr,
+    port: u16,
+    proto: Protocol,
+    backends: &[(Ipv4Addr, u16, bool)],
+) -> (Frontend, DesiredFrontend) {
+    (
+        Frontend { addr, port, proto },
+        DesiredFrontend {
+            service: ObjectName {
+                namespace: "default".into(),
+                name: format!("svc-{addr}-{port}"),
+            },
+            port_name: String::new(),
+            backends: backends
+                .iter()
+                .map(|&(ip, port, local)| {
+                    (
+                        SocketAddrV4::new(ip, port),
+                        BackendInfo {
+                            local,
+                            selected: true,
+                        },
+                    )
+                })
+                .collect(),
+            affinity_timeout: 0,
+        },
+    )
+}
+
+/// Loads a data path (`TestDatapath::load_with_flows`) and writes `state`
+/// into it; the planner is for later changes ([`apply`]).
+#[must_use]
+pub fn setup(
+    name: &str,
+    node: Ipv4Addr,
+    flows: FlowSettings,
+    state: &[(Frontend, DesiredFrontend)],
+) -> (TestDatapath, Planner) {
+    let mut dp = TestDatapath::load_with_flows(name, node, flows);
+    let planner = program(&mut dp, state);
+    (dp, planner)
+}
+
+/// Writes `state` into `dp` (a fresh planner: the data path's first sync).
+pub fn program(dp: &mut TestDatapath, state: &[(Frontend, DesiredFrontend)]) -> Planner {
+    let mut planner = Planner::new(dp.slab_slots(), Duration::ZERO);
+    apply(dp, &mut planner, state);
+    planner
+}
+
+/// Plans `state` with `planner` (which holds what `dp` has) and writes it into `dp`.
+pub fn apply(dp: &mut TestDatapath, planner: &mut Planner, state: &[(Frontend, DesiredFrontend)]) {
+    apply_to(dp.datapath_mut(), planner, state);
+}
+
+/// [`apply`] for a data path loaded without [`TestDatapath`].
+pub fn apply_to(dp: &mut Datapath, planner: &mut Planner, state: &[(Frontend, DesiredFrontend)]) {
+    let desired: DesiredState = state.iter().cloned().collect::<BTreeMap<_, _>>();
+    let (plan, errors) = planner.plan(&desired, Instant::now());
+    assert!(errors.is_empty(), "plan errors: {errors:?}");
+    dp.maps.apply(&plan.ops).expect("apply plan");
+}

@@ -1,0 +1,393 @@
+//! Pins of the previous layout, made from the current one: what an agent of
+//! layout v3 would have left under a pin directory, for hand-over tests.
+//!
+//! v3 kept the maps of v4 but `SNAT_EXHAUSTED`, with other flow entries
+//! (conntrack 32 bytes of another layout, reverse NAT 12 bytes), a smaller
+//! `CONFIG` (8 bytes) and fewer verdicts (5) and events (2). [`make_v3`]
+//! renames the layout directory, removes what v3 lacked and replaces the
+//! maps whose layout changed by maps of v3's shapes holding the same flows
+//! and counts, written in v3's layout. The byte layouts are written out here
+//! from v3's documentation rather than taken from the agent's conversion, so
+//! a mistake there shows.
+//!
+//! The replaced maps are new kernel objects: programs still attached (an
+//! agent killed with its links pinned) keep using the old ones, so flows
+//! they open after [`make_v3`] are not in the v3 pins.
+
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
+use lb_common::{
+    conntrack::CtState, CtEntry, FlowKey, NodeConfig, RevNatEntry, CT_F_AFFINITY, CT_F_REPLIED,
+    CT_F_SNAT, IPPROTO_TCP, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
+    MAP_VERDICTS,
+};
+use lb_userspace::datapath::PIN_LAYOUT;
+
+/// The layout [`make_v3`] makes.
+pub const V3: &str = "v3";
+
+/// v3's conntrack flag: the source was translated.
+pub const V3_SNAT: u32 = 1;
+/// v3's conntrack flag: the client sent FIN first.
+pub const V3_FIN_CLIENT: u32 = 2;
+/// v3's conntrack flag: the backend sent FIN first.
+pub const V3_FIN_BACKEND: u32 = 4;
+/// v3's conntrack flag: either side sent RST.
+pub const V3_RST: u32 = 8;
+/// v3's conntrack flag: the flow began with session affinity.
+pub const V3_AFFINITY: u32 = 16;
+/// What v3 wrote on a translated TCP flow once the backend answered: its
+/// SYN-ACK was taken for the backend's FIN (the bug v4 fixed).
+pub const V3_BOGUS_MARKS: u32 = V3_SNAT | V3_FIN_BACKEND;
+
+/// Bytes of a v3 conntrack value: `backend_id` u32 | `backend_addr` be32 |
+/// `backend_port` be16 | `snat_port` be16 | `snat_addr` be32 | `flags` u32 |
+/// `closing_s` u32 | `created_ns` u64.
+pub const V3_CONNTRACK_VALUE: usize = 32;
+/// Bytes of a v3 reverse-NAT value: `svc_addr` be32 | `client_addr` be32 |
+/// `svc_port` be16 | `client_port` be16.
+pub const V3_REVNAT_VALUE: usize = 12;
+/// Bytes of v3's node configuration: `node_addr` be32 | `flags` u32 (zero).
+pub const V3_CONFIG_VALUE: usize = 8;
+/// Length of v3's verdict counters (translated, reversed, passed, dropped, error).
+pub const V3_VERDICTS: u32 = 5;
+/// Length of v3's event counters (conntrack and reverse-NAT entries created).
+pub const V3_EVENTS: u32 = 2;
+
+/// `BPF_MAP_CREATE`.
+const BPF_MAP_CREATE: libc::c_int = 0;
+/// `BPF_MAP_TYPE_ARRAY`.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+/// `BPF_MAP_TYPE_LRU_HASH`.
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// What [`make_v3`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Conntrack entries.
+    pub conntrack: usize,
+    /// Of those, translated TCP flows given [`V3_BOGUS_MARKS`].
+    pub marked: usize,
+    /// Reverse-NAT entries.
+    pub reverse: usize,
+}
+
+/// Turns the pins an agent of layout v4 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v3 would have
+/// left. With `bogus_marks`, every translated TCP flow that was answered
+/// carries v3's [`V3_BOGUS_MARKS`] and a closing time, as v3 wrote them
+/// after a handshake.
+pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
+    ensure!(
+        PIN_LAYOUT == "v4",
+        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layout before it"
+    );
+    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V3));
+    ensure!(!to.exists(), "{} exists already", to.display());
+    // Everything is read before anything changes.
+    let flows: HashMap<MapData, FlowKey, CtEntry> =
+        HashMap::try_from(Map::LruHashMap(open(&from, MAP_CONNTRACK)?))?;
+    let flows = flows.iter().collect::<Result<Vec<_>, _>>()?;
+    let replies: HashMap<MapData, FlowKey, RevNatEntry> =
+        HashMap::try_from(Map::LruHashMap(open(&from, MAP_REVNAT)?))?;
+    let replies = replies.iter().collect::<Result<Vec<_>, _>>()?;
+    let config: Array<MapData, NodeConfig> = Array::try_from(Map::Array(open(&from, MAP_CONFIG)?))?;
+    let node_addr = config.get(&0, 0)?.node_addr;
+    let counters = [(MAP_VERDICTS, V3_VERDICTS), (MAP_EVENTS, V3_EVENTS)]
+        .into_iter()
+        .map(|(name, len)| Ok((name, read_counters(&from, name, len)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let capacity = |name: &str| -> Result<u32> {
+        Ok(MapInfo::from_pin(from.join(name))
+            .with_context(|| format!("reading {name}"))?
+            .max_entries())
+    };
+    let (ct_capacity, rev_capacity) = (capacity(MAP_CONNTRACK)?, capacity(MAP_REVNAT)?);
+
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(to.join(MAP_SNAT_EXHAUSTED)).context("removing SNAT_EXHAUSTED")?;
+
+    let mut written = Written::default();
+    let mut ct: HashMap<MapData, FlowKey, [u8; V3_CONNTRACK_VALUE]> =
+        HashMap::try_from(Map::LruHashMap(replace(
+            &to,
+            MAP_CONNTRACK,
+            BPF_MAP_TYPE_LRU_HASH,
+            16,
+            V3_CONNTRACK_VALUE,
+            ct_capacity,
+        )?))?;
+    for (key, entry) in &flows {
+        let value = v3_conntrack(key, entry, bogus_marks);
+        if value != v3_conntrack(key, entry, false) {
+            written.marked += 1;
+        }
+        ct.insert(key, value, 0)?;
+        written.conntrack += 1;
+    }
+    let mut rev: HashMap<MapData, FlowKey, [u8; V3_REVNAT_VALUE]> =
+        HashMap::try_from(Map::LruHashMap(replace(
+            &to,
+            MAP_REVNAT,
+            BPF_MAP_TYPE_LRU_HASH,
+            16,
+            V3_REVNAT_VALUE,
+            rev_capacity,
+        )?))?;
+    for (key, entry) in &replies {
+        rev.insert(key, v3_reverse_nat(entry), 0)?;
+        written.reverse += 1;
+    }
+    let mut config: Array<MapData, [u8; V3_CONFIG_VALUE]> = Array::try_from(Map::Array(replace(
+        &to,
+        MAP_CONFIG,
+        BPF_MAP_TYPE_ARRAY,
+        4,
+        V3_CONFIG_VALUE,
+        1,
+    )?))?;
+    let mut value = [0u8; V3_CONFIG_VALUE];
+    value[0..4].copy_from_slice(&node_addr.to_ne_bytes());
+    config.set(0, value, 0)?;
+    for (name, values) in counters {
+        let len = u32::try_from(values.len())?;
+        let mut map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(replace(
+            &to,
+            name,
+            BPF_MAP_TYPE_PERCPU_ARRAY,
+            4,
+            8,
+            len,
+        )?))?;
+        for (index, per_cpu) in (0..).zip(values) {
+            map.set(index, per_cpu, 0)?;
+        }
+    }
+    Ok(written)
+}
+
+/// The v3 conntrack value of the v4 flow `key` -> `ct`; with `bogus_marks`,
+/// an answered translated TCP flow gets [`V3_BOGUS_MARKS`].
+#[must_use]
+pub fn v3_conntrack(key: &FlowKey, ct: &CtEntry, bogus_marks: bool) -> [u8; V3_CONNTRACK_VALUE] {
+    let mut flags = 0;
+    if ct.flags & CT_F_SNAT != 0 {
+        flags |= V3_SNAT;
+    }
+    if ct.flags & CT_F_AFFINITY != 0 {
+        flags |= V3_AFFINITY;
+    }
+    flags |= match CtState::from_u8(ct.state) {
+        CtState::FinClient | CtState::Closed => V3_FIN_CLIENT,
+        CtState::FinBackend | CtState::TimeWait => V3_FIN_BACKEND,
+        CtState::Reset => V3_RST,
+        _ => 0,
+    };
+    if bogus_marks
+        && key.proto == IPPROTO_TCP
+        && ct.flags & CT_F_SNAT != 0
+        && ct.flags & CT_F_REPLIED != 0
+    {
+        flags |= V3_FIN_BACKEND;
+    }
+    // v3 stamped the first sign of closing; v4 keeps only the last packet.
+    let closing_s = if flags & (V3_FIN_CLIENT | V3_FIN_BACKEND | V3_RST) == 0 {
+        0
+    } else {
+        ct.last_seen_s.max(1)
+    };
+    let mut v = [0u8; V3_CONNTRACK_VALUE];
+    v[0..4].copy_from_slice(&ct.backend_id.to_ne_bytes());
+    v[4..8].copy_from_slice(&ct.backend_addr.to_ne_bytes());
+    v[8..10].copy_from_slice(&ct.backend_port.to_ne_bytes());
+    v[10..12].copy_from_slice(&ct.snat_port.to_ne_bytes());
+    v[12..16].copy_from_slice(&ct.snat_addr.to_ne_bytes());
+    v[16..20].copy_from_slice(&flags.to_ne_bytes());
+    v[20..24].copy_from_slice(&closing_s.to_ne_bytes());
+    v[24..32].copy_from_slice(&ct.created_ns.to_ne_bytes());
+    v
+}
+
+/// The flags of a v3 conntrack value.
+#[must_use]
+pub fn flags_of(value: &[u8; V3_CONNTRACK_VALUE]) -> u32 {
+    u32::from_ne_bytes([value[16], value[17], value[18], value[19]])
+}
+
+/// The v3 reverse-NAT value of a v4 one.
+#[must_use]
+pub fn v3_reverse_nat(rev: &RevNatEntry) -> [u8; V3_REVNAT_VALUE] {
+    let mut v = [0u8; V3_REVNAT_VALUE];
+    v[0..4].copy_from_slice(&rev.svc_addr.to_ne_bytes());
+    v[4..8].copy_from_slice(&rev.client_addr.to_ne_bytes());
+    v[8..10].copy_from_slice(&rev.svc_port.to_ne_bytes());
+    v[10..12].copy_from_slice(&rev.client_port.to_ne_bytes());
+    v
+}
+
+fn open(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// The first `len` per-CPU counters of the array `name` in `dir`.
+fn read_counters(dir: &Path, name: &str, len: u32) -> Result<Vec<PerCpuValues<u64>>> {
+    let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(dir, name)?))?;
+    (0..len.min(map.len()))
+        .map(|index| Ok(map.get(&index, 0)?))
+        .collect()
+}
+
+/// Replaces the map pinned as `name` in `dir` by a new, empty one of this shape.
+fn replace(
+    dir: &Path,
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: usize,
+    max_entries: u32,
+) -> Result<MapData> {
+    let path = dir.join(name);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    let map = create_map(
+        name,
+        map_type,
+        key_size,
+        u32::try_from(value_size)?,
+        max_entries,
+    )
+    .with_context(|| format!("creating a map {name} of v3's shape"))?;
+    map.pin(&path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    Ok(map)
+}
+
+/// `union bpf_attr` of `BPF_MAP_CREATE`, up to `map_name`: the kernel reads
+/// the fields after it as zero.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// Creates a map not pinned anywhere (aya 0.14 creates only those of an
+/// object, and standalone hashes that are not LRU).
+fn create_map(
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> Result<MapData> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name: [0; 16],
+    };
+    // The name keeps a terminating NUL.
+    ensure!(name.len() < attr.map_name.len(), "map name {name} too long");
+    attr.map_name[..name.len()].copy_from_slice(name.as_bytes());
+    let size = libc::c_uint::try_from(size_of::<MapCreateAttr>())?;
+    // SAFETY: `attr` is a valid, fully initialised `union bpf_attr` prefix
+    // (repr(C), u32 fields and a byte array: no padding) of `size` bytes,
+    // which the kernel only reads; no memory is handed over.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            (&raw const attr).cast::<libc::c_void>(),
+            size,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("BPF_MAP_CREATE");
+    }
+    let fd = i32::try_from(fd)?;
+    // SAFETY: `fd` is the new map's descriptor, open and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(MapData::from_fd(fd)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_values_are_laid_out_as_v3_wrote_them() {
+        let key = FlowKey {
+            proto: IPPROTO_TCP,
+            ..FlowKey::default()
+        };
+        let ct = CtEntry {
+            backend_id: 7,
+            backend_addr: 0x0a0b_0c0d,
+            backend_port: 8080u16.to_be(),
+            snat_port: 61_000u16.to_be(),
+            snat_addr: 0x0102_0304,
+            flags: CT_F_SNAT | CT_F_REPLIED,
+            state: CtState::Established as u8,
+            pad: 0,
+            last_seen_s: 900,
+            created_ns: 5_000_000_000,
+        };
+        let honest = v3_conntrack(&key, &ct, false);
+        assert_eq!(flags_of(&honest), V3_SNAT);
+        assert_eq!(
+            &honest[20..24],
+            &0u32.to_ne_bytes(),
+            "open: no closing time"
+        );
+        let bogus = v3_conntrack(&key, &ct, true);
+        assert_eq!(flags_of(&bogus), 0x5);
+        assert_eq!(&bogus[20..24], &900u32.to_ne_bytes());
+        assert_eq!(&bogus[0..4], &7u32.to_ne_bytes());
+        assert_eq!(&bogus[10..12], &61_000u16.to_be_bytes());
+        assert_eq!(&bogus[24..32], &5_000_000_000u64.to_ne_bytes());
+        // Not translated, or not answered: v3 marked nothing.
+        let local = CtEntry {
+            flags: CT_F_REPLIED,
+            ..ct
+        };
+        assert_eq!(flags_of(&v3_conntrack(&key, &local, true)), 0);
+        let unanswered = CtEntry {
+            flags: CT_F_SNAT,
+            state: CtState::SynSent as u8,
+            ..ct
+        };
+        assert_eq!(flags_of(&v3_conntrack(&key, &unanswered, true)), V3_SNAT);
+        let reset = CtEntry {
+            state: CtState::Reset as u8,
+            ..local
+        };
+        assert_eq!(flags_of(&v3_conntrack(&key, &reset, true)), V3_RST);
+        let rev = v3_reverse_nat(&RevNatEntry {
+            svc_addr: 1,
+            client_addr: 2,
+            svc_port: 80u16.to_be(),
+            client_port: 42_000u16.to_be(),
+            ..RevNatEntry::default()
+        });
+        assert_eq!(&rev[0..8], &[1, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(&rev[8..12], &[0, 80, 0xa4, 0x10]);
+    }
+}

@@ -1,0 +1,171 @@
+//! End to end: the SNAT port pool of a remote backend, at a small configured
+//! size, filled by real TCP connections and UDP exchanges from the client,
+//! and recovered after the flows close or go idle; the node's own connections
+//! to the same backend keep working meanwhile; exhaustion shows in
+//! `/metrics`. And an agent refuses a pool that overlaps the node's ephemeral
+//! range, saying what to change. Needs root.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, ManifestDir},
+    topology::ClusterTopology,
+    traffic::{http_get, metric, scrape, udp_request, HttpClient, PodServers},
+};
+
+/// A Service whose only endpoint is pod2a, on node2: every flow from the
+/// client through node1 is translated to a pool port.
+const REMOTE_ONLY: &str = "apiVersion: v1\nkind: Service\n\
+metadata: {name: remote-only, namespace: default}\n\
+spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {name: remote-only-1, namespace: default, labels: {kubernetes.io/service-name: remote-only}}\n\
+addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n- {name: dns, port: 5353, protocol: UDP}\n\
+endpoints:\n- {addresses: [\"10.244.2.2\"], nodeName: node2, conditions: {ready: true}}\n";
+
+const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 80);
+const DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 53);
+const POD2A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
+/// Ports in the pool.
+const POOL: usize = 6;
+const METRICS_PORT: u16 = 9971;
+
+fn metrics(topo: &ClusterTopology) -> String {
+    scrape(&topo.node1, METRICS_PORT, "/metrics").unwrap().1
+}
+
+#[test]
+fn a_full_pool_refuses_new_flows_spares_the_node_and_recovers() {
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let _servers = PodServers::start(&topo).expect("starting pod servers");
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("remote-only.yaml", REMOTE_ONLY).unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+    let mut agent = Agent::start_with(
+        &topo.node1,
+        &[
+            "--manifests",
+            &dir,
+            "--snat-port-range",
+            "20000-20005",
+            "--ct-timeout",
+            "tcp-closed=2",
+            "--ct-timeout",
+            "tcp-time-wait=2",
+            "--ct-timeout",
+            "udp=2",
+            "--ct-gc-interval",
+            "1",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    )
+    .expect("starting lb-agent");
+    agent.wait_ready(Duration::from_secs(30)).expect("ready");
+
+    // Fill the pool with kept-alive connections.
+    let mut held: Vec<HttpClient> = (0..POOL)
+        .map(|i| {
+            let mut c = HttpClient::connect(&topo.client, WEB, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+            assert_eq!(c.get().unwrap(), "pod2a");
+            c
+        })
+        .collect();
+    // The pool is full of established flows: a new connection is refused
+    // (its SYN dropped), and counted.
+    assert!(
+        http_get(&topo.client, WEB, Duration::from_millis(1500)).is_err(),
+        "a seventh flow found a port in a pool of six"
+    );
+    let text = metrics(&topo);
+    let backend = "backend=\"10.244.2.2:8080/TCP\"";
+    assert_eq!(
+        metric(&text, &format!("lb_snat_ports_in_use{{{backend}}}")),
+        Some(6.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, &format!("lb_snat_exhausted_total{{{backend}}}")).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "lb_conntrack_flows{state=\"established\"}").unwrap_or(0.0) >= 6.0,
+        "{text}"
+    );
+    // The node's own connections to that backend use its ephemeral ports,
+    // outside the pool: they keep working.
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(&topo.node1, POD2A, Duration::from_secs(2)).unwrap(),
+            "pod2a"
+        );
+    }
+    // The held connections still work.
+    for c in &mut held {
+        assert_eq!(c.get().unwrap(), "pod2a");
+    }
+    // Closed by the client (then the server): the ports come back after
+    // the closed hold.
+    held.clear();
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut again: Vec<HttpClient> = (0..POOL)
+        .map(|i| {
+            let mut c = HttpClient::connect(&topo.client, WEB, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connection {i} after the close: {e:#}"));
+            assert_eq!(c.get().unwrap(), "pod2a");
+            c
+        })
+        .collect();
+    again.clear();
+
+    // UDP: six exchanges from six client ports hold the six ports of the
+    // UDP backend; a seventh finds none at once; after the idle timeout
+    // new exchanges succeed.
+    for i in 0..POOL {
+        let (body, from) = udp_request(&topo.client, DNS, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("UDP exchange {i}: {e:#}"));
+        assert_eq!((body.as_str(), from), ("pod2a", DNS.into()));
+    }
+    assert!(
+        udp_request(&topo.client, DNS, Duration::from_millis(800)).is_err(),
+        "a seventh UDP flow found a port"
+    );
+    std::thread::sleep(Duration::from_millis(3100));
+    for i in 0..POOL {
+        let (body, _) = udp_request(&topo.client, DNS, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("UDP exchange {i} after the idle timeout: {e:#}"));
+        assert_eq!(body, "pod2a");
+    }
+    // The collector removed the expired flows from the maps.
+    let text = metrics(&topo);
+    assert!(
+        metric(&text, "lb_conntrack_gc_deleted_total{map=\"conntrack\"}").unwrap_or(0.0) >= 6.0,
+        "{text}"
+    );
+    assert!(agent.is_running());
+}
+
+#[test]
+fn an_agent_refuses_a_pool_inside_the_ephemeral_range() {
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let manifests = ManifestDir::with_examples().unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut agent = Agent::start_with(
+        &topo.node1,
+        &["--manifests", &dir, "--snat-port-range", "40000-40100"],
+    )
+    .expect("starting lb-agent");
+    let err = agent
+        .wait_ready(Duration::from_secs(30))
+        .expect_err("the agent must refuse the pool");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("net.ipv4.ip_local_port_range") && text.contains("--snat-port-range"),
+        "{text}"
+    );
+}

@@ -1,0 +1,383 @@
+//! Anti-spoofing: packets from outside the node that claim the node's
+//! address, and replies that arrive where the route back to their source does
+//! not lead (the reverse-path check, with real routes in a namespace of its
+//! own). Crafted frames through the real programs with `BPF_PROG_TEST_RUN`;
+//! needs root.
+
+use std::{ffi::CString, fs::File, net::Ipv4Addr, os::fd::AsRawFd};
+
+use lb_common::{Event, Verdict, IPPROTO_TCP};
+use lb_tests::{
+    fixture::{frontend, setup},
+    netns::Netns,
+    packet::{
+        checksums_valid, flow_key, icmp_echo, src_of, test_flows, Packet, TestDatapath, TC_ACT_OK,
+        XDP_DROP, XDP_PASS,
+    },
+};
+use lb_userspace::{
+    desired::{DesiredFrontend, Frontend, Protocol},
+    flows::FlowSettings,
+};
+
+/// `TC_ACT_SHOT`.
+const TC_ACT_SHOT: u32 = 2;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Packet {
+    Packet::tcp(src, sport, dst, dport)
+}
+
+// ---------------------------------------------------------------------------
+// 4. The node's own address as a source, from the uplink or a pod.
+// ---------------------------------------------------------------------------
+
+/// The three hooks: name, program run, what it returns to pass and to drop.
+type Run = fn(&TestDatapath, &[u8]) -> (u32, Vec<u8>);
+
+const HOOKS: [(&str, Run, u32, u32); 3] = [
+    ("XDP uplink", TestDatapath::run_xdp, XDP_PASS, XDP_DROP),
+    (
+        "TC uplink",
+        TestDatapath::run_tc_uplink,
+        TC_ACT_OK,
+        TC_ACT_SHOT,
+    ),
+    ("TC pod", TestDatapath::run_tc, TC_ACT_OK, TC_ACT_SHOT),
+];
+
+fn spoof_state() -> Vec<(Frontend, DesiredFrontend)> {
+    vec![
+        frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)]),
+        frontend(VIP, 53, Protocol::Udp, &[(REMOTE, 5353, false)]),
+    ]
+}
+
+#[test]
+fn packets_claiming_the_node_address_are_dropped_on_every_hook() {
+    let (dp, _) = setup("spoof-node", NODE, test_flows(), &spoof_state());
+    let spoofed: [(&str, Vec<u8>); 4] = [
+        (
+            "TCP SYN to a frontend",
+            tcp(NODE, 40_000, VIP, 80).syn().build(),
+        ),
+        (
+            "UDP to a frontend",
+            Packet::udp(NODE, 40_000, VIP, 53).build(),
+        ),
+        ("ICMP echo", icmp_echo(NODE, VIP)),
+        (
+            "TCP to no frontend",
+            tcp(NODE, 40_000, CLIENT, 22).syn().build(),
+        ),
+    ];
+    let mut dropped = 0u64;
+    for (hook, run, _, drop) in HOOKS {
+        for (what, frame) in &spoofed {
+            let (ret, _) = run(&dp, frame);
+            assert_eq!(ret, drop, "{hook}: {what} from the node address is dropped");
+            dropped += 1;
+            assert_eq!(
+                dp.event(Event::NodeSourceSpoofed),
+                dropped,
+                "{hook}: {what} counted"
+            );
+            assert_eq!(
+                dp.verdict(Verdict::Invalid),
+                dropped,
+                "{hook}: {what} is invalid"
+            );
+        }
+    }
+    let snapshot = dp.snapshot();
+    assert!(
+        snapshot.flows.is_empty(),
+        "no spoofed packet started a flow"
+    );
+    assert!(snapshot.replies.is_empty(), "nor claimed a port");
+    assert_eq!(dp.verdict(Verdict::Translated), 0);
+}
+
+#[test]
+fn the_same_packets_from_other_sources_are_translated_or_passed() {
+    let (dp, _) = setup("spoof-other", NODE, test_flows(), &spoof_state());
+    for (i, (hook, run, pass, _)) in HOOKS.into_iter().enumerate() {
+        let sport = 40_000 + u16::try_from(i).unwrap();
+        // A pod sends from its own address; a client beyond the uplink from its.
+        let (src, snat) = if hook == "TC pod" {
+            (POD, false)
+        } else {
+            (CLIENT, true)
+        };
+        let (ret, out) = run(&dp, &tcp(src, sport, VIP, 80).syn().build());
+        assert_eq!(ret, pass, "{hook}: TCP SYN");
+        let (new_src, new_sport) = src_of(&out);
+        let expected = if snat {
+            assert_eq!(new_src, NODE, "{hook}: SNAT to the node");
+            tcp(NODE, new_sport, REMOTE, 8080).syn().build()
+        } else {
+            tcp(src, sport, REMOTE, 8080).syn().build()
+        };
+        assert_eq!(out, expected, "{hook}: TCP SYN translated");
+        assert!(checksums_valid(&out));
+
+        let (ret, out) = run(&dp, &Packet::udp(src, sport, VIP, 53).build());
+        assert_eq!(ret, pass, "{hook}: UDP");
+        let (_, new_sport) = src_of(&out);
+        let expected = if snat {
+            Packet::udp(NODE, new_sport, REMOTE, 5353).build()
+        } else {
+            Packet::udp(src, sport, REMOTE, 5353).build()
+        };
+        assert_eq!(out, expected, "{hook}: UDP translated");
+
+        let echo = icmp_echo(src, VIP);
+        assert_eq!(
+            run(&dp, &echo),
+            (pass, echo.clone()),
+            "{hook}: ICMP passes untouched"
+        );
+    }
+    assert_eq!(dp.event(Event::NodeSourceSpoofed), 0);
+    assert_eq!(dp.verdict(Verdict::Invalid), 0);
+    assert_eq!(dp.verdict(Verdict::Translated), 6);
+}
+
+// ---------------------------------------------------------------------------
+// 5. The reverse-path check of replies, with real routes.
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a thread that entered `ns` (network namespaces are per
+/// thread: `BPF_PROG_TEST_RUN` resolves interface indexes and routes in the
+/// calling thread's namespace). Panics propagate.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", ns.name());
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd changes only this
+            // thread's network namespace; the fd outlives the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert!(ns.is_current(), "the thread is in {path}");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+fn ifindex(name: &str) -> u32 {
+    let c = CString::new(name).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name} here");
+    index
+}
+
+/// A namespace shaped like a node: interface `d0` leads to the other node's pods
+/// (10.244.2.0/24), `d1` is the uplink to the clients (192.168.50.0/24),
+/// `d2` a local pod's interface (10.244.1.2); forwarding on, as on any node
+/// (`bpf_fib_lookup` answers `FWD_DISABLED` otherwise). `extra` routes
+/// are added last.
+fn node_namespace(role: &str, extra: &[&[&str]]) -> Netns {
+    let ns = Netns::new(role).expect("creating a namespace");
+    let name = ns.name().to_string();
+    let ip = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", name.as_str()];
+        full.extend_from_slice(args);
+        lb_tests::netns::sh(&full).unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    // Veth pairs with both ends inside (this kernel has no dummy driver);
+    // the peers `pN` only carry the link up.
+    for (dev, peer) in [("d0", "p0"), ("d1", "p1"), ("d2", "p2")] {
+        ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+        ip(&["link", "set", peer, "up"]);
+        ip(&["link", "set", dev, "up"]);
+    }
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .expect("enabling forwarding in the namespace");
+    ip(&["route", "add", "10.244.2.0/24", "dev", "d0"]);
+    ip(&["route", "add", "192.168.50.0/24", "dev", "d1"]);
+    ip(&["route", "add", "10.244.1.2/32", "dev", "d2"]);
+    for route in extra {
+        let mut args = vec!["route", "add"];
+        args.extend_from_slice(route);
+        ip(&args);
+    }
+    ns
+}
+
+fn remote_state() -> Vec<(Frontend, DesiredFrontend)> {
+    vec![frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])]
+}
+
+/// Flow settings with the reverse-path check on.
+fn path_checked() -> FlowSettings {
+    FlowSettings {
+        reply_path_check: true,
+        ..test_flows()
+    }
+}
+
+/// Opens a flow translated to the node address from the client (arriving on the uplink `d1`) to the
+/// remote backend; returns its SNAT port.
+fn open_remote_flow(dp: &TestDatapath, uplink: u32, sport: u16) -> u16 {
+    let (ret, out) = dp.run_xdp_on(uplink, &tcp(CLIENT, sport, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_PASS, "flow {sport}: the client's SYN");
+    let (src, port) = src_of(&out);
+    assert_eq!(src, NODE, "flow {sport}: SNATed");
+    assert_eq!(out, tcp(NODE, port, REMOTE, 8080).syn().build());
+    port
+}
+
+/// The ifindex the reverse entry of the remote flow on `port` caches.
+fn cached_ifindex(dp: &TestDatapath, port: u16) -> u32 {
+    dp.reverse(&flow_key(REMOTE, 8080, NODE, port, IPPROTO_TCP))
+        .expect("the flow's reverse entry")
+        .ifindex
+}
+
+/// The remote backend's replies to a flow are translated where the route to
+/// the backend leads (`d0`) and dropped elsewhere (`d1`), in either order,
+/// the cached interface never letting a later reply through the wrong one.
+fn check_remote_replies(dp: &TestDatapath) {
+    let (d0, d1) = (ifindex("d0"), ifindex("d1"));
+    let synack = |port: u16| tcp(REMOTE, 8080, NODE, port).synack().build();
+    let ack = |port: u16| tcp(REMOTE, 8080, NODE, port).ack().build();
+    let restored = |sport: u16| tcp(VIP, 80, CLIENT, sport);
+
+    // Flow A: the reply arrives where the route leads, then on the other side.
+    let a = open_remote_flow(dp, d1, 40_000);
+    let (ret, out) = dp.run_xdp_on(d0, &synack(a));
+    assert_eq!(
+        (ret, src_of(&out)),
+        (XDP_PASS, (VIP, 80)),
+        "the backend's SYN-ACK on d0 (the route to 10.244.2.2) is reverse-translated \
+         (ReplyRejected = {})",
+        dp.event(Event::ReplyRejected)
+    );
+    assert_eq!(out, restored(40_000).synack().build());
+    assert_eq!(
+        cached_ifindex(dp, a),
+        d0,
+        "the verified interface is cached"
+    );
+    assert_eq!(dp.event(Event::ReplyRejected), 0);
+
+    let (ret, _) = dp.run_xdp_on(d1, &ack(a));
+    assert_eq!(
+        ret, XDP_DROP,
+        "the same flow's reply on d1 is dropped despite the cache"
+    );
+    assert_eq!(dp.event(Event::ReplyRejected), 1);
+    assert_eq!(dp.verdict(Verdict::Invalid), 1);
+    assert_eq!(
+        cached_ifindex(dp, a),
+        d0,
+        "a rejected reply does not move the cache"
+    );
+    let (ret, out) = dp.run_xdp_on(d0, &ack(a));
+    assert_eq!(
+        (ret, out),
+        (XDP_PASS, restored(40_000).ack().build()),
+        "d0 again"
+    );
+
+    // Flow B: the first reply arrives on the wrong side.
+    let b = open_remote_flow(dp, d1, 40_001);
+    let (ret, out) = dp.run_xdp_on(d1, &synack(b));
+    assert_eq!(ret, XDP_DROP, "a first reply on d1 is dropped");
+    assert_eq!(out, synack(b), "and not rewritten");
+    assert_eq!(dp.event(Event::ReplyRejected), 2);
+    assert_eq!(cached_ifindex(dp, b), 0, "nothing verified yet");
+    let (ret, out) = dp.run_xdp_on(d0, &synack(b));
+    assert_eq!((ret, out), (XDP_PASS, restored(40_001).synack().build()));
+    let (ret, _) = dp.run_xdp_on(d1, &ack(b));
+    assert_eq!(ret, XDP_DROP, "after one accepted on d0, d1 still fails");
+    assert_eq!(dp.event(Event::ReplyRejected), 3);
+    assert_eq!(dp.verdict(Verdict::Reversed), 3);
+}
+
+#[test]
+fn replies_are_translated_only_from_the_interface_the_route_to_their_source_uses() {
+    let ns = node_namespace("rpf", &[]);
+    in_netns(&ns, || {
+        check_remote_replies(&setup("rpf", NODE, path_checked(), &remote_state()).0);
+    });
+}
+
+/// Strict, as `rp_filter=1`: the uplink's default route also covers the
+/// backend's address, but the best route to it leads elsewhere.
+#[test]
+fn the_check_is_strict_when_a_default_route_leads_to_the_wrong_interface() {
+    let ns = node_namespace("rpf-default", &[&["default", "dev", "d1"]]);
+    in_netns(&ns, || {
+        check_remote_replies(&setup("rpf-default", NODE, path_checked(), &remote_state()).0);
+    });
+}
+
+#[test]
+fn without_the_check_a_reply_from_any_interface_is_translated() {
+    let ns = node_namespace("rpf-off", &[]);
+    assert!(!test_flows().reply_path_check);
+    in_netns(&ns, || {
+        let (dp, _) = setup("rpf-off", NODE, test_flows(), &remote_state());
+        let (d0, d1) = (ifindex("d0"), ifindex("d1"));
+        let port = open_remote_flow(&dp, d1, 40_000);
+        let (ret, out) = dp.run_xdp_on(d1, &tcp(REMOTE, 8080, NODE, port).synack().build());
+        assert_eq!(
+            (ret, out),
+            (XDP_PASS, tcp(VIP, 80, CLIENT, 40_000).synack().build()),
+            "with the check off the reply on d1 is translated"
+        );
+        let (ret, _) = dp.run_xdp_on(d0, &tcp(REMOTE, 8080, NODE, port).ack().build());
+        assert_eq!(ret, XDP_PASS);
+        assert_eq!(dp.event(Event::ReplyRejected), 0);
+    });
+}
+
+/// The pod program checks a local pod's replies the same way: accepted from
+/// the pod's own interface, dropped from another.
+#[test]
+fn a_local_pods_replies_are_checked_in_tc_too() {
+    let ns = node_namespace("rpf-pod", &[]);
+    in_netns(&ns, || {
+        let (dp, _) = setup(
+            "rpf-pod",
+            NODE,
+            path_checked(),
+            &[frontend(VIP, 80, Protocol::Tcp, &[(POD, 8080, true)])],
+        );
+        let (d0, d1, d2) = (ifindex("d0"), ifindex("d1"), ifindex("d2"));
+        let (ret, out) = dp.run_xdp_on(d1, &tcp(CLIENT, 40_000, VIP, 80).syn().build());
+        assert_eq!(
+            (ret, out),
+            (XDP_PASS, tcp(CLIENT, 40_000, POD, 8080).syn().build())
+        );
+        let reply = tcp(POD, 8080, CLIENT, 40_000).synack().build();
+        let (ret, out) = dp.run_tc_on(d2, &reply);
+        assert_eq!(
+            (ret, src_of(&out)),
+            (TC_ACT_OK, (VIP, 80)),
+            "the pod's reply from its own interface d2 is reverse-translated \
+             (ReplyRejected = {})",
+            dp.event(Event::ReplyRejected)
+        );
+        assert_eq!(out, tcp(VIP, 80, CLIENT, 40_000).synack().build());
+        let (ret, _) = dp.run_tc_on(d0, &tcp(POD, 8080, CLIENT, 40_000).ack().build());
+        assert_eq!(ret, TC_ACT_SHOT, "the same reply from d0 is dropped");
+        assert_eq!(dp.event(Event::ReplyRejected), 1);
+    });
+}
