@@ -115,6 +115,12 @@ pub const SNAT_PORT_MAX: u16 = 29_999;
 /// that is not assured, or gives up (a pool 97% full still finds a free
 /// port for all but about 1% of new flows).
 pub const SNAT_PORT_PROBES: u32 = 128;
+/// Probes after which a new flow stops looking for a free port once it has
+/// found a flow that may give way (early drop): the pool is full enough.
+pub const SNAT_PROBES_BEFORE_EARLY_DROP: u32 = 16;
+/// Probes of a new flow to a backend whose pool was exhausted in the same
+/// second: bounds what each packet of a flood costs while the pool is full.
+pub const SNAT_PROBES_WHEN_EXHAUSTED: u32 = 8;
 
 /// Index of an entry in the backends array. 0 means "no backend".
 pub type BackendId = u32;
@@ -515,11 +521,26 @@ impl Event {
     }
 }
 
-/// Name of the per-backend SNAT exhaustion counters: [`BackendKey`] -> count
-/// (hash, no prealloc; an entry appears on a backend's first exhaustion).
+/// Name of the per-backend SNAT exhaustion counters: [`BackendKey`] ->
+/// [`SnatExhaustion`] (hash, no prealloc; an entry appears on a backend's
+/// first exhaustion).
 pub const MAP_SNAT_EXHAUSTED: &str = "SNAT_EXHAUSTED";
 /// Capacity of [`MAP_SNAT_EXHAUSTED`].
 pub const SNAT_EXHAUSTED_MAX_ENTRIES: u32 = 16_384;
+
+/// Value of the per-backend SNAT exhaustion counters.
+///
+/// Layout (16 bytes): `count` u64 | `last_s` u32 | pad u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatExhaustion {
+    /// New flows that found no port (atomic adds from every CPU).
+    pub count: u64,
+    /// Monotonic seconds of the last one.
+    pub last_s: u32,
+    /// Always zero.
+    pub pad: u32,
+}
 
 /// Key of the per-backend SNAT exhaustion counters: a backend's address,
 /// port and protocol (not its id, which is reused).
@@ -554,6 +575,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityEntry {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendKey {}
+    unsafe impl aya::Pod for super::SnatExhaustion {}
 }
 
 #[cfg(test)]
@@ -574,6 +596,7 @@ mod tests {
         assert_eq!(size_of::<RevNatEntry>(), 32);
         assert_eq!(size_of::<NodeConfig>(), 64);
         assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<SnatExhaustion>(), 16);
     }
 
     #[test]

@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, NodeConfig, RevNatEntry,
-    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry, AFFINITY_MAX_ENTRIES,
-    CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
-    VERDICT_COUNT,
+    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry, SnatExhaustion,
+    AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS,
+    MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
+    SNAT_EXHAUSTED_MAX_ENTRIES, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -78,7 +78,7 @@ pub static FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, BPF_F_MMAP
 
 /// Failed SNAT port claims per backend (atomic counts, all CPUs).
 #[map(name = "SNAT_EXHAUSTED")]
-pub static SNAT_EXHAUSTED: HashMap<BackendKey, u64> =
+pub static SNAT_EXHAUSTED: HashMap<BackendKey, SnatExhaustion> =
     HashMap::with_max_entries(SNAT_EXHAUSTED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Per-CPU scratch of a SNAT port claim's probe loop (not pinned).

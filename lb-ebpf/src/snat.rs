@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     conntrack::{assured, expired, timeout_s, CtState, CtTimeouts, EARLY_DROP_IDLE_S},
-    BackendKey, CtEntry, Event, FlowKey, NodeConfig, RevNatEntry, CLAIM_GRACE_S, CT_F_SNAT,
-    SNAT_PORT_PROBES,
+    BackendKey, CtEntry, Event, FlowKey, NodeConfig, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S,
+    CT_F_SNAT, SNAT_PORT_PROBES, SNAT_PROBES_BEFORE_EARLY_DROP, SNAT_PROBES_WHEN_EXHAUSTED,
 };
 
 use crate::{
@@ -198,14 +198,18 @@ fn scratch(key: &FlowKey, entry: &RevNatEntry, cfg: &NodeConfig) -> Option<&'sta
     Some(p)
 }
 
-/// `bpf_loop` callback: one random probe; 1 stops the loop (a port was taken).
+/// `bpf_loop` callback: one random probe; 1 stops the loop (a port was
+/// taken, or enough probes found a flow that may give way).
 #[inline(never)]
-extern "C" fn probe(_index: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn probe(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(p) = PROBES.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: this CPU's scratch slot, filled by `claim` just before the loop.
     let p = unsafe { &mut *p };
+    if p.victim_idle > 0 && index >= u64::from(SNAT_PROBES_BEFORE_EARLY_DROP) {
+        return 1;
+    }
     // Read once: a local the compiler knows is not zero below.
     let (min, range) = (p.min, p.range);
     if range == 0 {
@@ -258,17 +262,22 @@ pub fn claim(
     if max < min {
         return None;
     }
+    let backend = backend_key(chosen, proto);
+    // A pool exhausted this very second is probed lightly: a flood's every
+    // packet would otherwise cost all the probes.
+    // SAFETY: only the stamp is read.
+    let probes =
+        if unsafe { SNAT_EXHAUSTED.get(backend) }.is_some_and(|e| e.last_s == entry.created_s) {
+            SNAT_PROBES_WHEN_EXHAUSTED
+        } else {
+            SNAT_PORT_PROBES
+        };
     let p = scratch(&reply_key(chosen, addr, 0, proto), entry, cfg)?;
     p.min = min;
     p.range = max - min + 1;
     // SAFETY: `probe` has bpf_loop's callback signature; it takes no context.
     unsafe {
-        bpf_loop(
-            SNAT_PORT_PROBES,
-            probe as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+        bpf_loop(probes, probe as *mut c_void, core::ptr::null_mut(), 0);
     }
     if p.found != 0 {
         return Some(p.found);
@@ -282,7 +291,7 @@ pub fn claim(
             }
         }
     }
-    exhausted(chosen, proto);
+    exhausted(&backend, entry.created_s);
     None
 }
 
@@ -309,25 +318,38 @@ pub fn release(reply: &FlowKey, entry: &RevNatEntry) {
     }
 }
 
-/// Counts a failed claim, per backend (the agent reports and logs it).
+/// The key of a backend's exhaustion counter.
 #[inline(always)]
-fn exhausted(chosen: &Chosen, proto: u8) {
-    counters::event(Event::SnatExhausted);
-    let key = BackendKey {
+fn backend_key(chosen: &Chosen, proto: u8) -> BackendKey {
+    BackendKey {
         addr: chosen.backend.addr,
         port: chosen.backend.port,
         proto,
         pad: 0,
-    };
-    if let Some(count) = SNAT_EXHAUSTED.get_ptr_mut(key) {
-        // SAFETY: a live map value shared by all CPUs: atomic add.
+    }
+}
+
+/// Counts a failed claim at `now`, per backend (the agent reports and logs it).
+#[inline(always)]
+fn exhausted(backend: &BackendKey, now: u32) {
+    counters::event(Event::SnatExhausted);
+    if let Some(e) = SNAT_EXHAUSTED.get_ptr_mut(backend) {
+        // SAFETY: a live map value shared by all CPUs: an atomic add, and a
+        // plain store of the time (racing stores write the same second).
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                count, 1,
+                &raw mut (*e).count,
+                1,
             );
+            (*e).last_s = now;
         }
         return;
     }
+    let first = SnatExhaustion {
+        count: 1,
+        last_s: now,
+        pad: 0,
+    };
     // Losing a race with another CPU's first count loses this one.
-    let _ = SNAT_EXHAUSTED.insert(key, 1u64, BPF_NOEXIST);
+    let _ = SNAT_EXHAUSTED.insert(backend, first, BPF_NOEXIST);
 }

@@ -2,9 +2,14 @@
 //! the applied frontends and their backends need, and the word writes that
 //! move the map from what it holds to that, in two phases around a plan so
 //! a bit is set before its frontend or backend is written and cleared only
-//! after it is gone.
+//! after it is gone, and a grace period later: a reply of a removed backend
+//! already on its way, whose reverse-NAT entry still exists, is still
+//! looked up and translated instead of passing with the pod's address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
 
 use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WORDS};
 
@@ -44,6 +49,10 @@ pub struct FilterBits {
     wanted: Vec<u64>,
     written: Vec<u64>,
     dirty: BTreeSet<u32>,
+    /// How long a bit stays set after nothing needs it any more.
+    grace: Duration,
+    /// Bits nothing needs, since when.
+    retiring: HashMap<u32, Instant>,
 }
 
 impl Default for FilterBits {
@@ -63,7 +72,16 @@ impl FilterBits {
             wanted: vec![0; FILTER_WORDS as usize],
             written,
             dirty: BTreeSet::new(),
+            grace: Duration::ZERO,
+            retiring: HashMap::new(),
         }
+    }
+
+    /// The same, keeping bits set for `grace` after nothing needs them.
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// Counts the bits of `bits` as needed once more.
@@ -71,15 +89,21 @@ impl FilterBits {
         for bit in bits {
             let count = self.counts.entry(bit).or_insert(0);
             *count += 1;
-            if *count == 1 {
+            if *count == 1 && self.retiring.remove(&bit).is_none() {
                 self.wanted[(bit / 64) as usize] |= 1 << (bit % 64);
                 self.dirty.insert(bit / 64);
             }
         }
     }
 
-    /// Counts the bits of `bits` as needed once less.
+    /// Counts the bits of `bits` as needed once less, now.
     pub fn remove(&mut self, bits: impl IntoIterator<Item = u32>) {
+        self.remove_at(bits, Instant::now());
+    }
+
+    /// Counts the bits of `bits` as needed once less at `now`: a bit no
+    /// longer needed is cleared by the first writes after the grace.
+    pub fn remove_at(&mut self, bits: impl IntoIterator<Item = u32>, now: Instant) {
         for bit in bits {
             let Some(count) = self.counts.get_mut(&bit) else {
                 continue;
@@ -87,15 +111,32 @@ impl FilterBits {
             *count -= 1;
             if *count == 0 {
                 self.counts.remove(&bit);
-                self.wanted[(bit / 64) as usize] &= !(1 << (bit % 64));
-                self.dirty.insert(bit / 64);
+                self.retiring.insert(bit, now);
             }
         }
     }
 
-    /// The writes that bring the map to the counted bits; they count as
-    /// written once returned.
+    /// The writes that bring the map to the counted bits, now.
     pub fn writes(&mut self) -> FilterWrites {
+        self.writes_at(Instant::now())
+    }
+
+    /// The writes that bring the map to the counted bits at `now` (bits
+    /// retired at least the grace ago cleared); they count as written once
+    /// returned.
+    pub fn writes_at(&mut self, now: Instant) -> FilterWrites {
+        let grace = self.grace;
+        let expired: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(_, &since)| now.saturating_duration_since(since) >= grace)
+            .map(|(&bit, _)| bit)
+            .collect();
+        for bit in expired {
+            self.retiring.remove(&bit);
+            self.wanted[(bit / 64) as usize] &= !(1 << (bit % 64));
+            self.dirty.insert(bit / 64);
+        }
         let mut out = FilterWrites::default();
         for index in std::mem::take(&mut self.dirty) {
             let (held, wanted) = (self.written[index as usize], self.wanted[index as usize]);
@@ -164,6 +205,38 @@ mod tests {
     fn apply(words: &mut [u64], writes: &FilterWrites) {
         for &(index, word) in writes.before.iter().chain(&writes.after) {
             words[index as usize] = word;
+        }
+    }
+
+    #[test]
+    fn a_bit_nothing_needs_stays_set_for_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut bits = FilterBits::new(Vec::new()).with_grace(grace);
+        let mut map = vec![0u64; FILTER_WORDS as usize];
+        let a = applied(1, &[2, 3]);
+        bits.add(bits_of(&a));
+        apply(&mut map, &bits.writes_at(t0));
+        // Backend .3 leaves: its bit stays while a reply may be on its way.
+        let b = applied(1, &[2]);
+        bits.remove_at(bits_of(&a), t0);
+        bits.add(bits_of(&b));
+        apply(&mut map, &bits.writes_at(t0));
+        let gone = bits_of(&a).last().unwrap();
+        assert!(is_set(&map, gone), "cleared before the grace");
+        apply(&mut map, &bits.writes_at(t0 + Duration::from_secs(1)));
+        assert!(is_set(&map, gone));
+        apply(&mut map, &bits.writes_at(t0 + grace));
+        assert!(!is_set(&map, gone), "cleared after the grace");
+        for bit in bits_of(&b) {
+            assert!(is_set(&map, bit));
+        }
+        // Needed again within the grace: never cleared.
+        bits.remove_at(bits_of(&b), t0 + grace);
+        bits.add(bits_of(&b));
+        apply(&mut map, &bits.writes_at(t0 + grace * 3));
+        for bit in bits_of(&b) {
+            assert!(is_set(&map, bit));
         }
     }
 

@@ -137,7 +137,7 @@ impl Planner {
             slab: SlabAllocator::new(slab_slots, grace),
             backend_ids: IdAllocator::new(1, MAX_BACKENDS, grace),
             service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
-            filter: FilterBits::default(),
+            filter: FilterBits::default().with_grace(grace),
             prebuilt: HashMap::new(),
         }
     }
@@ -155,7 +155,7 @@ impl Planner {
         grace: Duration,
     ) -> Self {
         let mut planner = Self::new(slab_slots, grace);
-        planner.filter = FilterBits::new(filter_words);
+        planner.filter = FilterBits::new(filter_words).with_grace(grace);
         for applied in frontends {
             let ok = planner.service_ids.reserve(applied.entry.id)
                 && planner
@@ -208,7 +208,7 @@ impl Planner {
         let mut errors = Vec::new();
         for frontend in frontends {
             if let Some(old) = self.frontends.get(&frontend) {
-                self.filter.remove(filter::bits_of(old));
+                self.filter.remove_at(filter::bits_of(old), now);
             }
             if let Some(want) = desired.get(&frontend) {
                 if let Err(message) = self.place(frontend, want, &mut ops, now) {
@@ -235,7 +235,7 @@ impl Planner {
         } = ops;
         // Filter bits are set before anything they cover is written, and
         // cleared only after it is gone.
-        let FilterWrites { before, after } = self.filter.writes();
+        let FilterWrites { before, after } = self.filter.writes_at(now);
         let word = |&(index, bits)| MapOp::SetFilterWord(index, bits);
         let ops = [
             before.iter().map(word).collect(),
@@ -812,11 +812,19 @@ mod tests {
         assert!(matches!(plan.ops.last(), Some(MapOp::SetLabel(..))));
         let (plan, _) = p.plan(&state(&[]), t0);
         assert!(
-            matches!(plan.ops.last(), Some(MapOp::SetFilterWord(_, 0))),
-            "cleared after the frontend and its backend are gone: {:?}",
+            !plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, MapOp::SetFilterWord(..))),
+            "kept for the grace after the frontend and its backend are gone: {:?}",
             plan.ops
         );
-        assert!(!matches!(plan.ops[0], MapOp::SetFilterWord(..)));
+        let (plan, _) = p.plan(&state(&[]), t0 + GRACE);
+        assert!(
+            matches!(plan.ops.last(), Some(MapOp::SetFilterWord(_, 0))),
+            "cleared after the grace: {:?}",
+            plan.ops
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod charts;
 pub mod fixture;
+pub mod flood;
 pub mod kubeproxy;
 pub mod legacy;
 pub mod load;

@@ -148,8 +148,14 @@ pub fn response_head(buf: &[u8]) -> Result<Option<(usize, usize)>> {
     Ok(Some((end + 4, length)))
 }
 
+/// Serves HTTP on `listener` (tokio), answering each request with `name`;
+/// no thread per connection. Runs until its runtime stops.
+pub async fn serve_answers(listener: TcpListener, name: String) {
+    serve(listener, move |s| answer(s, name.clone())).await;
+}
+
 /// Sends one request on `stream` and reads the whole response.
-async fn request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
+pub async fn request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
     stream.write_all(REQUEST).await?;
     buf.clear();
     let mut chunk = [0u8; 512];

@@ -69,6 +69,52 @@ pub fn maps_memlock_of(pid: u32) -> u64 {
     maps.values().sum()
 }
 
+/// Run statistics of a BPF program, from its `fdinfo` (counted while BPF
+/// statistics are enabled: `BPF_ENABLE_STATS` or `kernel.bpf_stats_enabled`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgRuns {
+    /// `prog_type` (6: XDP, 3: `sched_cls`).
+    pub prog_type: u32,
+    /// Nanoseconds spent in the program.
+    pub run_time_ns: u64,
+    /// Times it ran.
+    pub run_cnt: u64,
+}
+
+/// The program id and run statistics of a BPF program's
+/// `/proc/<pid>/fdinfo/<fd>` text; `None` for other descriptors.
+#[must_use]
+pub fn prog_runs(fdinfo: &str) -> Option<(u32, ProgRuns)> {
+    let id = u32::try_from(fdinfo_field(fdinfo, "prog_id:")?).ok()?;
+    Some((
+        id,
+        ProgRuns {
+            prog_type: u32::try_from(fdinfo_field(fdinfo, "prog_type:")?).ok()?,
+            run_time_ns: fdinfo_field(fdinfo, "run_time_ns:").unwrap_or(0),
+            run_cnt: fdinfo_field(fdinfo, "run_cnt:").unwrap_or(0),
+        },
+    ))
+}
+
+/// Run statistics of the distinct BPF programs process `pid` holds, by id.
+#[must_use]
+pub fn prog_runs_of(pid: u32) -> BTreeMap<u32, ProgRuns> {
+    let mut progs = BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return progs;
+    };
+    for fd in fds.flatten() {
+        if let Some((id, runs)) = std::fs::read_to_string(fd.path())
+            .ok()
+            .as_deref()
+            .and_then(prog_runs)
+        {
+            progs.insert(id, runs);
+        }
+    }
+    progs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +150,28 @@ mod tests {
             "a file"
         );
         assert_eq!(map_memlock("map_id:\t3\n"), None, "no memlock line");
+    }
+
+    #[test]
+    fn program_runs_come_from_fdinfo() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t6\n\
+                    prog_jited:\t1\nprog_tag:\t0123456789abcdef\nmemlock:\t8192\nprog_id:\t77\n\
+                    run_time_ns:\t123456\nrun_cnt:\t1000\nrecursion_misses:\t0\nverified_insns:\t900\n";
+        assert_eq!(
+            prog_runs(prog),
+            Some((
+                77,
+                ProgRuns {
+                    prog_type: 6,
+                    run_time_ns: 123_456,
+                    run_cnt: 1000
+                }
+            ))
+        );
+        assert_eq!(
+            prog_runs("pos:\t0\nmap_id:\t3\nmemlock:\t1\n"),
+            None,
+            "a map"
+        );
     }
 }

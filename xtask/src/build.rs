@@ -113,7 +113,7 @@ pub fn bench(quick: bool) -> Result<()> {
         ),
     ])?;
     let agent = build(true)?;
-    for name in ["packet", "control", "e2e"] {
+    for name in ["packet", "control", "e2e", "flows"] {
         let mut bench = cargo();
         bench
             .args(["bench", "-p", "lb-tests", "--bench", name])

@@ -17,8 +17,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{
-    BackendKey, CtEntry, FlowKey, RevNatEntry, CLAIM_GRACE_S, MAP_CONNTRACK, MAP_REVNAT,
-    MAP_SNAT_EXHAUSTED,
+    BackendKey, CtEntry, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S, MAP_CONNTRACK,
+    MAP_REVNAT, MAP_SNAT_EXHAUSTED,
 };
 
 use super::{FlowStats, Snapshot};
@@ -177,11 +177,12 @@ impl Collector {
         let path = crate::datapath::pins_dir(&self.pin_dir).join(MAP_SNAT_EXHAUSTED);
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let map: HashMap<MapData, BackendKey, u64> = HashMap::try_from(Map::HashMap(data))?;
+        let map: HashMap<MapData, BackendKey, SnatExhaustion> =
+            HashMap::try_from(Map::HashMap(data))?;
         let mut counts = BTreeMap::new();
         for item in &map {
             let (k, v) = item?;
-            counts.insert(k, v);
+            counts.insert(k, v.count);
         }
         Ok(counts)
     }

@@ -25,6 +25,7 @@ fn main() -> Result<()> {
         "e2e": json("e2e.json")?,
         "packet": json("packet.json")?,
         "control": json("control.json")?,
+        "flows": json("flows.json")?,
     });
     let verdicts = targets::judge(&report);
     let table = targets::markdown(&verdicts);
@@ -47,11 +48,12 @@ fn main() -> Result<()> {
          `target/bench/report.json`.\n\n## Targets (issue 4)\n\n{table}\n{notes}\n## End to end\n\n\
          ![New connections per second](docs/bench/e2e-connections.png)\n\n\
          ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
-         ## Control path\n\n{}",
+         ## Control path\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",
         if quick { " --quick" } else { "" },
         read("e2e.md"),
         read("packet.md"),
-        read("control.md")
+        read("control.md"),
+        read("flows.md")
     );
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     std::fs::write(
@@ -59,6 +61,7 @@ fn main() -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     println!("{}", read("summary.txt"));
+    println!("{}", read("flows-summary.txt"));
     println!("Targets:\n{table}");
     eprintln!("wrote BENCHMARKS.md and target/bench/report.json");
     Ok(())
