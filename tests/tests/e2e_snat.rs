@@ -2,11 +2,13 @@
 //! size, filled by real TCP connections and UDP exchanges from the client,
 //! and recovered after the flows close or go idle; the node's own connections
 //! to the same backend keep working meanwhile; exhaustion shows in
-//! `/metrics`. And an agent refuses a pool that overlaps the node's ephemeral
-//! range, saying what to change. Needs root.
+//! `/metrics`. An agent refuses a pool that overlaps the node's ephemeral
+//! range, saying what to change. And `accept_local` is set exactly where
+//! translated packets need it, while packets from outside that claim the
+//! node's address stay out. Needs root.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
@@ -166,6 +168,155 @@ fn an_agent_refuses_a_pool_inside_the_ephemeral_range() {
     let text = format!("{err:#}");
     assert!(
         text.contains("net.ipv4.ip_local_port_range") && text.contains("--snat-port-range"),
+        "{text}"
+    );
+}
+
+/// A Service whose only endpoint is pod1a: pod1a reaching it reaches itself.
+const SELF_ONLY: &str = "apiVersion: v1\nkind: Service\n\
+metadata: {name: self-only, namespace: default}\n\
+spec:\n  clusterIP: 10.96.0.41\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {name: self-only-1, namespace: default, labels: {kubernetes.io/service-name: self-only}}\n\
+addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n\
+endpoints:\n- {addresses: [\"10.244.1.2\"], nodeName: node1, conditions: {ready: true}}\n";
+
+const SELF_WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 41), 80);
+const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+
+/// `net.ipv4.conf.<iface>.accept_local` in node1.
+fn accept_local(topo: &ClusterTopology, iface: &str) -> String {
+    let out = topo
+        .node1
+        .exec(&[
+            "sysctl",
+            "-n",
+            &format!("net.ipv4.conf.{iface}.accept_local"),
+        ])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn set_accept_local(topo: &ClusterTopology, iface: &str, value: &str) {
+    topo.node1
+        .exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{iface}.accept_local={value}"),
+        ])
+        .unwrap();
+}
+
+/// Sends one UDP datagram from `src` (any address: a raw socket writes the
+/// IPv4 header) to node1:`port`, from the client's namespace.
+fn send_udp_from(topo: &ClusterTopology, src: Ipv4Addr, port: u16) {
+    let frame = lb_tests::packet::Packet::udp(src, 40_000, NODE1, port).build();
+    topo.client
+        .run(move || {
+            // SAFETY: plain socket calls on a descriptor this closure owns and
+            // closes; the address and buffer outlive the calls.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                assert!(fd >= 0, "a raw socket in the client's namespace");
+                let to = libc::sockaddr_in {
+                    sin_family: u16::try_from(libc::AF_INET).unwrap(),
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(NODE1.octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // The IPv4 packet, without the Ethernet header.
+                let ip = &frame[14..];
+                let sent = libc::sendto(
+                    fd,
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    (&raw const to).cast(),
+                    u32::try_from(size_of::<libc::sockaddr_in>()).unwrap(),
+                );
+                libc::close(fd);
+                assert_eq!(usize::try_from(sent).ok(), Some(ip.len()), "sent");
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn accept_local_is_set_where_translated_packets_need_it_and_spoofs_of_the_node_stay_out() {
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let _servers = PodServers::start(&topo).expect("starting pod servers");
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("remote-only.yaml", REMOTE_ONLY).unwrap();
+    manifests.write("self-only.yaml", SELF_ONLY).unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+    let mut agent = Agent::start_with(
+        &topo.node1,
+        &["--manifests", &dir, "--metrics-addr", &metrics_addr],
+    )
+    .expect("starting lb-agent");
+    agent.wait_ready(Duration::from_secs(30)).expect("ready");
+    // Only the interfaces the programs are attached to, never node-wide.
+    assert_eq!(accept_local(&topo, "eth0"), "1");
+    assert_eq!(accept_local(&topo, "vpod1a"), "1");
+    assert_eq!(accept_local(&topo, "all"), "0");
+    assert_eq!(accept_local(&topo, "default"), "0");
+    let pod1a = topo.pod("pod1a");
+
+    // The uplink needs it: a flow SNATed to a remote backend leaves XDP with
+    // the node's address as source, and the stack routes it.
+    let short = Duration::from_millis(1500);
+    assert_eq!(http_get(&topo.client, WEB, short).unwrap(), "pod2a");
+    set_accept_local(&topo, "eth0", "0");
+    assert!(
+        http_get(&topo.client, WEB, short).is_err(),
+        "without it, dropped as a martian"
+    );
+    set_accept_local(&topo, "eth0", "1");
+    assert_eq!(http_get(&topo.client, WEB, short).unwrap(), "pod2a");
+    // The pod interface needs it: a pod reaching itself is SNATed to the node.
+    assert_eq!(http_get(&pod1a.ns, SELF_WEB, short).unwrap(), "pod1a");
+    set_accept_local(&topo, "vpod1a", "0");
+    assert!(
+        http_get(&pod1a.ns, SELF_WEB, short).is_err(),
+        "without it, dropped as a martian"
+    );
+    set_accept_local(&topo, "vpod1a", "1");
+    assert_eq!(http_get(&pod1a.ns, SELF_WEB, short).unwrap(), "pod1a");
+
+    // With accept_local on the uplink, a LAN packet claiming the node's
+    // address would reach the node's sockets; the uplink program drops it.
+    let server = topo
+        .node1
+        .run(|| UdpSocket::bind((NODE1, 7777)))
+        .unwrap()
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    send_udp_from(&topo, NODE1, 7777);
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "a spoof of the node's address got in"
+    );
+    // The same datagram from the client's own address arrives (the test can tell).
+    send_udp_from(&topo, Ipv4Addr::new(192, 168, 50, 10), 7777);
+    let (_, from) = server.recv_from(&mut buf).expect("the genuine datagram");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(Ipv4Addr::new(192, 168, 50, 10))
+    );
+    let text = metrics(&topo);
+    assert!(
+        metric(
+            &text,
+            "lb_datapath_events_total{event=\"node_source_spoofed\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{text}"
     );
 }
