@@ -322,6 +322,23 @@ impl FlowKey {
 }
 
 impl RevNatEntry {
+    /// A new entry restoring the client flow `key`, written at `now_s` with
+    /// claim tag `claim` (no reply seen yet).
+    #[inline(always)]
+    #[must_use]
+    pub const fn restoring(key: &FlowKey, now_s: u32, claim: u64) -> RevNatEntry {
+        RevNatEntry {
+            svc_addr: key.dst_addr,
+            client_addr: key.src_addr,
+            svc_port: key.dst_port,
+            client_port: key.src_port,
+            created_s: now_s,
+            last_seen_s: 0,
+            ifindex: 0,
+            claim,
+        }
+    }
+
     /// Whether this entry restores the client flow `key`.
     #[inline(always)]
     #[must_use]

@@ -138,16 +138,7 @@ fn restore_reverse(key: &FlowKey, ct: &CtEntry, now: u32) {
     if unsafe { REVNAT.get(reply) }.is_some() {
         return;
     }
-    let entry = RevNatEntry {
-        svc_addr: key.dst_addr,
-        client_addr: key.src_addr,
-        svc_port: key.dst_port,
-        client_port: key.src_port,
-        created_s: now,
-        last_seen_s: 0,
-        ifindex: 0,
-        claim: new_claim(),
-    };
+    let entry = RevNatEntry::restoring(key, now, new_claim());
     if REVNAT.insert(reply, entry, BPF_NOEXIST).is_ok() {
         counters::event(Event::RevNatRestored);
     }

@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::debug;
 use lb_common::{
-    conntrack::CtState, CtEntry, Event, FlowKey, NodeConfig, ServiceEntry, Verdict,
+    conntrack::CtState, CtEntry, Event, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, Verdict,
     BACKEND_F_LOCAL, CT_F_AFFINITY, CT_F_SNAT,
 };
 
@@ -204,7 +204,7 @@ fn new_flow(
         return Err(Verdict::Invalid);
     }
     let now = conntrack::now_s();
-    let rev = nat::reverse_entry(flow, now);
+    let rev = RevNatEntry::restoring(ct_key, now, conntrack::new_claim());
     let (snat_addr, snat_port) = if needs_snat {
         if cfg.node_addr == 0 {
             return Err(Verdict::Error);
@@ -213,7 +213,7 @@ fn new_flow(
             snat::claim(&chosen, cfg.node_addr, flow.proto, &rev, cfg).ok_or(Verdict::Error)?;
         (cfg.node_addr, port)
     } else {
-        match nat::record_reverse(flow, &chosen, &rev, cfg).ok_or(Verdict::Error)? {
+        match nat::record_reverse(flow, ct_key, &chosen, &rev, cfg).ok_or(Verdict::Error)? {
             Reverse::Kept => (0, 0),
             Reverse::Remapped(port) => (flow.src, port),
         }
@@ -249,13 +249,13 @@ fn new_flow(
         }
         Recorded::Theirs(theirs, their_backend) => {
             if snat_port != 0 {
-                snat::release(&nat::reply_tuple(&chosen, flow, snat_addr, snat_port), &rev);
+                snat::release(&ct_key.reply_of(&entry), &rev);
             }
             Ok(established(flow, &theirs, &their_backend))
         }
         Recorded::Failed => {
             if snat_port != 0 {
-                snat::release(&nat::reply_tuple(&chosen, flow, snat_addr, snat_port), &rev);
+                snat::release(&ct_key.reply_of(&entry), &rev);
             }
             Err(Verdict::Error)
         }

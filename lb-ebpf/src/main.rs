@@ -67,7 +67,10 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn xdp_parse(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    match parse::parse(data, data_end, data_end - data) {
+    let Some(ip) = parse::ipv4(data, data_end) else {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    };
+    match parse::parse(data, data_end, data_end - data, ip) {
         // Never taken for a parsed flow: keeps the parse from being optimised away.
         Some(flow) if flow.proto == 0 => aya_ebpf::bindings::xdp_action::XDP_DROP,
         _ => aya_ebpf::bindings::xdp_action::XDP_PASS,

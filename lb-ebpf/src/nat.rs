@@ -4,7 +4,7 @@
 
 use lb_common::{Event, FlowKey, NodeConfig, RevNatEntry};
 
-use crate::{conntrack, counters, maps::REVNAT, parse::Flow, select::Chosen, snat};
+use crate::{counters, maps::REVNAT, parse::Flow, select::Chosen, snat};
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
@@ -50,21 +50,6 @@ pub fn reverse(rev: &RevNatEntry) -> Rewrite {
     }
 }
 
-/// The reverse entry of a new flow, claimed at `now` with a fresh tag.
-#[inline(always)]
-pub fn reverse_entry(flow: &Flow, now: u32) -> RevNatEntry {
-    RevNatEntry {
-        svc_addr: flow.dst,
-        client_addr: flow.src,
-        svc_port: flow.dport,
-        client_port: flow.sport,
-        created_s: now,
-        last_seen_s: 0,
-        ifindex: 0,
-        claim: conntrack::new_claim(),
-    }
-}
-
 /// How a flow that keeps the client's address gets its replies back.
 pub enum Reverse {
     /// Under its own tuple (backend -> client), now or already recorded for it.
@@ -81,6 +66,7 @@ pub enum Reverse {
 #[inline(always)]
 pub fn record_reverse(
     flow: &Flow,
+    client: &FlowKey,
     chosen: &Chosen,
     entry: &RevNatEntry,
     cfg: &NodeConfig,
@@ -91,7 +77,8 @@ pub fn record_reverse(
         return Some(Reverse::Kept);
     }
     let ptr = REVNAT.get_ptr(key)?;
-    if same_flow(ptr, entry) {
+    // SAFETY: a live map value, read in place.
+    if unsafe { (*ptr).restores(client) } {
         // This flow's own entry (a racing CPU, or a reopened tuple).
         return Some(Reverse::Kept);
     }
@@ -101,26 +88,4 @@ pub fn record_reverse(
     let port = snat::claim(chosen, flow.src, flow.proto, entry, cfg)?;
     counters::event(Event::TupleRemapped);
     Some(Reverse::Remapped(port))
-}
-
-/// Whether the reverse entry at `a` (a map value) restores the client flow of `b`.
-#[inline(always)]
-fn same_flow(a: *const RevNatEntry, b: &RevNatEntry) -> bool {
-    // SAFETY: a live map value; fields are read one at a time.
-    unsafe {
-        (*a).client_addr == b.client_addr
-            && (*a).client_port == b.client_port
-            && (*a).svc_addr == b.svc_addr
-            && (*a).svc_port == b.svc_port
-    }
-}
-
-/// The reply tuple a recorded flow's replies arrive with.
-#[inline(always)]
-pub fn reply_tuple(chosen: &Chosen, flow: &Flow, snat_addr: u32, snat_port: u16) -> FlowKey {
-    if snat_port == 0 {
-        snat::reply_key(chosen, flow.src, flow.sport, flow.proto)
-    } else {
-        snat::reply_key(chosen, snat_addr, snat_port, flow.proto)
-    }
 }

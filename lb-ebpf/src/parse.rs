@@ -62,10 +62,10 @@ impl Flow {
     }
 }
 
-/// The source address of an IPv4 packet (any protocol, fragments too), if
-/// the frame is IPv4 with a complete fixed header.
+/// The IPv4 header of the frame in `[data, data_end)` (any protocol,
+/// fragments too), if the frame is IPv4 with a complete fixed header.
 #[inline(always)]
-pub fn ipv4_src(data: usize, data_end: usize) -> Option<u32> {
+pub fn ipv4<'a>(data: usize, data_end: usize) -> Option<&'a Ipv4Hdr> {
     if data + EthHdr::LEN + Ipv4Hdr::LEN > data_end {
         return None;
     }
@@ -74,26 +74,22 @@ pub fn ipv4_src(data: usize, data_end: usize) -> Option<u32> {
     if eth.ether_type != EtherType::Ipv4 as u16 {
         return None;
     }
-    // SAFETY: as above.
-    let ip = unsafe { &*((data + L3_OFF) as *const Ipv4Hdr) };
-    Some(u32::from_ne_bytes(ip.src_addr))
+    // SAFETY: as above; the frame outlives the program's run.
+    Some(unsafe { &*((data + L3_OFF) as *const Ipv4Hdr) })
 }
 
-/// Parses the packet whose headers are in `[data, data_end)` and whose whole
-/// length (linear and paged data) is `len`. Returns `None` for anything that
-/// is not a complete, unfragmented IPv4 TCP/UDP packet: those are not ours.
+/// The source address of an IPv4 header, raw network-order word.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
-    if data + EthHdr::LEN + Ipv4Hdr::LEN > data_end {
-        return None;
-    }
-    // SAFETY: bounds checked above; the headers are byte arrays (alignment 1).
-    let eth = unsafe { &*(data as *const EthHdr) };
-    if eth.ether_type != EtherType::Ipv4 as u16 {
-        return None;
-    }
-    // SAFETY: as above.
-    let ip = unsafe { &*((data + L3_OFF) as *const Ipv4Hdr) };
+pub fn source(ip: &Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes(ip.src_addr)
+}
+
+/// Parses the packet whose headers are in `[data, data_end)`, whose IPv4
+/// header [`ipv4`] found as `ip`, and whose whole length (linear and paged
+/// data) is `len`. Returns `None` for anything that is not a complete,
+/// unfragmented IPv4 TCP/UDP packet: those are not ours.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<Flow> {
     if ip.vihl >> 4 != 4 {
         return None;
     }
@@ -146,7 +142,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Option<Flow> {
     // SAFETY: ports are the first 4 bytes of both TCP and UDP headers, in bounds.
     let ports = unsafe { *(l4 as *const [u8; 4]) };
     Some(Flow {
-        src: u32::from_ne_bytes(ip.src_addr),
+        src: source(ip),
         dst: u32::from_ne_bytes(ip.dst_addr),
         sport: u16::from_ne_bytes([ports[0], ports[1]]),
         dport: u16::from_ne_bytes([ports[2], ports[3]]),

@@ -30,10 +30,14 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config::get() else {
         return TC_ACT_OK;
     };
-    if parse::ipv4_src(ctx.data(), ctx.data_end()).is_some_and(|src| lb::spoofs_node(cfg, src)) {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(ip) = parse::ipv4(data, data_end) else {
+        return TC_ACT_OK;
+    };
+    if lb::spoofs_node(cfg, parse::source(ip)) {
         return TC_ACT_SHOT;
     }
-    let Some(flow) = parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) else {
+    let Some(flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
         return TC_ACT_OK;
     };
     let at = Ingress {

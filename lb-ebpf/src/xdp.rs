@@ -18,11 +18,14 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let Some(cfg) = config::get() else {
         return xdp_action::XDP_PASS;
     };
-    if parse::ipv4_src(data, data_end).is_some_and(|src| lb::spoofs_node(cfg, src)) {
+    let Some(ip) = parse::ipv4(data, data_end) else {
+        return xdp_action::XDP_PASS;
+    };
+    if lb::spoofs_node(cfg, parse::source(ip)) {
         return xdp_action::XDP_DROP;
     }
     // No multi-buffer XDP here: the frame is all in [data, data_end).
-    let Some(flow) = parse::parse(data, data_end, data_end - data) else {
+    let Some(flow) = parse::parse(data, data_end, data_end - data, ip) else {
         return xdp_action::XDP_PASS;
     };
     let at = Ingress {

@@ -57,16 +57,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             None if !snapshot.replies.contains_key(&reply) => {
                 plan.restore.push((
                     reply,
-                    RevNatEntry {
-                        svc_addr: key.dst_addr,
-                        client_addr: key.src_addr,
-                        svc_port: key.dst_port,
-                        client_port: key.src_port,
-                        created_s: snapshot.now_s,
-                        last_seen_s: 0,
-                        ifindex: 0,
-                        claim: restore_claim(key),
-                    },
+                    RevNatEntry::restoring(key, snapshot.now_s, restore_claim(key)),
                 ));
                 owned.insert(reply);
             }
