@@ -367,9 +367,23 @@ impl TestDatapath {
     /// after drop, for a next load to adopt or hand over.
     #[must_use]
     pub fn load_at(pin_dir: &Path, node: Ipv4Addr, slab_slots: u32, detach_on_exit: bool) -> Self {
+        Self::load_at_with_flows(pin_dir, node, slab_slots, detach_on_exit, test_flows())
+    }
+
+    /// Like [`TestDatapath::load_at`] with these flow settings (an agent
+    /// with its own SNAT pool, say).
+    #[must_use]
+    pub fn load_at_with_flows(
+        pin_dir: &Path,
+        node: Ipv4Addr,
+        slab_slots: u32,
+        detach_on_exit: bool,
+        flows: FlowSettings,
+    ) -> Self {
         Self::load_config(DatapathConfig {
             slab_slots,
             detach_on_exit,
+            flows,
             ..Self::config(pin_dir, node)
         })
     }
@@ -469,6 +483,18 @@ impl TestDatapath {
         let mut map = self.flow_map::<lb_common::RevNatEntry>(lb_common::MAP_REVNAT);
         map.insert(key, entry, 0)
             .expect("writing a reverse-NAT entry");
+    }
+
+    /// Deletes the conntrack entry of a client flow (as the collector deletes a gone flow's).
+    pub fn remove_conntrack(&self, key: &lb_common::FlowKey) {
+        let mut map = self.flow_map::<lb_common::CtEntry>(lb_common::MAP_CONNTRACK);
+        map.remove(key).expect("deleting a conntrack entry");
+    }
+
+    /// Deletes the reverse-NAT entry of a reply tuple (as the collector deletes a gone flow's).
+    pub fn remove_reverse(&self, key: &lb_common::FlowKey) {
+        let mut map = self.flow_map::<lb_common::RevNatEntry>(lb_common::MAP_REVNAT);
+        map.remove(key).expect("deleting a reverse-NAT entry");
     }
 
     /// The summed count of a data-path event.
@@ -581,14 +607,18 @@ fn skb_ctx(ifindex: u32) -> Vec<u8> {
     ctx
 }
 
-fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
+/// One `BPF_PROG_TEST_RUN` of `prog` (XDP or TC) on `frame`: (return code, frame after).
+#[must_use]
+pub fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
     run_with_ctx(prog, frame, None)
 }
 
-fn run_with_ctx<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+/// [`run`] with the program's context (`struct xdp_md` or `struct __sk_buff`) set to `ctx`.
+#[must_use]
+pub fn run_with_ctx<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {

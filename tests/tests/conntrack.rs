@@ -11,7 +11,8 @@ use std::{
 };
 
 use lb_common::{
-    conntrack::CtState, Event, Verdict, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP,
+    conntrack::CtState, Event, Verdict, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use lb_tests::{
     fixture::{frontend, program},
@@ -67,16 +68,9 @@ fn state_of(dp: &TestDatapath, client: Ipv4Addr, port: u16) -> (CtState, u16) {
     (CtState::from_u8(ct.state), ct.flags)
 }
 
-/// Sends a client segment; asserts it leaves as `expected` (translated to
-/// the node's port `snat`).
-fn from_client(dp: &TestDatapath, seg: &Packet, expected: &Packet) {
-    let (ret, out) = dp.run_xdp(&seg.build());
-    assert_eq!(ret, XDP_PASS);
-    assert_eq!(out, expected.build());
-}
-
-/// Sends a backend segment; asserts it reaches the client as `expected`.
-fn from_backend(dp: &TestDatapath, seg: &Packet, expected: &Packet) {
+/// Sends a segment, of the client or of the backend, through the uplink
+/// program; asserts it passes as `expected`.
+fn passes_as(dp: &TestDatapath, seg: &Packet, expected: &Packet) {
     let (ret, out) = dp.run_xdp(&seg.build());
     assert_eq!(ret, XDP_PASS);
     assert_eq!(out, expected.build());
@@ -94,10 +88,13 @@ fn open(dp: &TestDatapath, port: u16) -> u16 {
 fn a_handshake_a_transfer_and_a_close_by_the_client_walk_the_states() {
     let dp = datapath("ct-client-close", test_flows(), true);
     let snat = open(&dp, 40000);
-    assert!((1024..=29_999).contains(&snat), "port {snat} from the pool");
+    assert!(
+        test_flows().snat_ports.0.contains(&snat),
+        "port {snat} from the pool"
+    );
     assert_eq!(state_of(&dp, CLIENT, 40000), (CtState::SynSent, CT_F_SNAT));
     // The backend's SYN-ACK: replied, SYN_RECV (v3 marked this "closed by the backend").
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).synack(),
         &Packet::tcp(VIP, 80, CLIENT, 40000).synack(),
@@ -106,38 +103,38 @@ fn a_handshake_a_transfer_and_a_close_by_the_client_walk_the_states() {
         state_of(&dp, CLIENT, 40000),
         (CtState::SynRecv, CT_F_SNAT | CT_F_REPLIED)
     );
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40000, VIP, 80).ack(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40000).0, CtState::Established);
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).ack(),
         &Packet::tcp(VIP, 80, CLIENT, 40000).ack(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40000).0, CtState::Established);
     // The client closes first; the backend still sends, then closes.
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40000, VIP, 80).fin(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).fin(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40000).0, CtState::FinClient);
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).ack(),
         &Packet::tcp(VIP, 80, CLIENT, 40000).ack(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40000).0, CtState::FinClient);
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).fin(),
         &Packet::tcp(VIP, 80, CLIENT, 40000).fin(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40000).0, CtState::Closed);
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40000, VIP, 80).ack(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
@@ -162,17 +159,17 @@ fn a_close_by_the_backend_ends_in_time_wait_and_rst_in_reset() {
             Packet::tcp(VIP, 80, CLIENT, 40001).fin(),
         ),
     ] {
-        from_backend(&dp, &seg, &out);
+        passes_as(&dp, &seg, &out);
     }
     // A SYN-ACK never closes; the first FIN of this flow is the backend's.
     assert_eq!(state_of(&dp, CLIENT, 40001).0, CtState::FinBackend);
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40001, VIP, 80).ack(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
     );
     assert_eq!(state_of(&dp, CLIENT, 40001).0, CtState::FinBackend);
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40001, VIP, 80).fin(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).fin(),
@@ -183,13 +180,13 @@ fn a_close_by_the_backend_ends_in_time_wait_and_rst_in_reset() {
     for (port, from_the_client) in [(40002, true), (40003, false)] {
         let snat = open(&dp, port);
         if from_the_client {
-            from_client(
+            passes_as(
                 &dp,
                 &Packet::tcp(CLIENT, port, VIP, 80).rst(),
                 &Packet::tcp(NODE, snat, REMOTE, 8080).rst(),
             );
         } else {
-            from_backend(
+            passes_as(
                 &dp,
                 &Packet::tcp(REMOTE, 8080, NODE, snat).rst(),
                 &Packet::tcp(VIP, 80, CLIENT, port).rst(),
@@ -205,12 +202,12 @@ fn a_close_by_the_backend_ends_in_time_wait_and_rst_in_reset() {
 fn keep_talking(dp: &TestDatapath, port: u16, snat: u16, for_how_long: Duration) {
     let until = Instant::now() + for_how_long;
     while Instant::now() < until {
-        from_backend(
+        passes_as(
             dp,
             &Packet::tcp(REMOTE, 8080, NODE, snat).ack(),
             &Packet::tcp(VIP, 80, CLIENT, port).ack(),
         );
-        from_client(
+        passes_as(
             dp,
             &Packet::tcp(CLIENT, port, VIP, 80).ack(),
             &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
@@ -244,12 +241,12 @@ fn one_port_flow(name: &str) -> (TestDatapath, u16) {
     );
     let snat = open(&dp, 40010);
     assert_eq!(snat, 2000);
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).synack(),
         &Packet::tcp(VIP, 80, CLIENT, 40010).synack(),
     );
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40010, VIP, 80).ack(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
@@ -262,7 +259,7 @@ fn half_close_keeps_its_port_while_the_backend_streams_past_every_hold() {
     let (dp, snat) = one_port_flow("ct-half-close");
     // shutdown(SHUT_WR) at the client: FIN; the backend streams on for 5 s,
     // more than twice the half-closed timeout.
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40010, VIP, 80).fin(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).fin(),
@@ -270,7 +267,7 @@ fn half_close_keeps_its_port_while_the_backend_streams_past_every_hold() {
     let until = Instant::now() + Duration::from_secs(5);
     let mut attempt = 0;
     while Instant::now() < until {
-        from_backend(
+        passes_as(
             &dp,
             &Packet::tcp(REMOTE, 8080, NODE, snat).ack(),
             &Packet::tcp(VIP, 80, CLIENT, 40010).ack(),
@@ -296,7 +293,7 @@ fn half_close_keeps_its_port_while_the_backend_streams_past_every_hold() {
 fn a_spoofed_rst_does_not_free_the_port_of_a_flow_that_goes_on() {
     let (dp, snat) = one_port_flow("ct-spoofed-rst");
     // Someone who knows the tuple sends an RST as the client.
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40010, VIP, 80).rst(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).rst(),
@@ -308,7 +305,7 @@ fn a_spoofed_rst_does_not_free_the_port_of_a_flow_that_goes_on() {
         !port_free(&dp, 1),
         "a live flow's port went to another client"
     );
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40010, VIP, 80).ack(),
         &Packet::tcp(NODE, snat, REMOTE, 8080).ack(),
@@ -319,11 +316,11 @@ fn a_spoofed_rst_does_not_free_the_port_of_a_flow_that_goes_on() {
 fn idle_flows_expire_and_an_expired_flow_cannot_come_back_mid_stream() {
     let dp = datapath(
         "ct-idle",
-        flows(&["tcp-established=2", "udp=2"], PortRange(2000..=2000)),
+        flows(&["tcp-established=2"], PortRange(2000..=2000)),
         true,
     );
     let snat = open(&dp, 40020);
-    from_backend(
+    passes_as(
         &dp,
         &Packet::tcp(REMOTE, 8080, NODE, snat).synack(),
         &Packet::tcp(VIP, 80, CLIENT, 40020).synack(),
@@ -361,15 +358,24 @@ fn a_udp_flow_lives_by_its_idle_timeout_and_becomes_a_stream() {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(query(50000).0, XDP_PASS);
     }
+    let stream = dp.conntrack(&key).unwrap();
     assert_ne!(
-        dp.conntrack(&key).unwrap().flags & lb_common::CT_F_STREAM,
+        stream.flags & CT_F_STREAM,
         0,
         "a replied flow active after 2 s is a stream"
     );
-    // Idle 3 s: past the datagram timeout, within the stream's: still ours.
+    // Idle 3 s: past the datagram timeout, within the stream's: still ours,
+    // the same entry (an expired one would be replaced by a new datagram
+    // flow, which may well get the same port).
     std::thread::sleep(Duration::from_secs(3));
     let (ret, out) = query(50000);
     assert_eq!((ret, src_of(&out).1), (XDP_PASS, snat));
+    let ct = dp.conntrack(&key).unwrap();
+    assert_eq!(
+        (ct.created_ns, ct.flags & CT_F_STREAM),
+        (stream.created_ns, CT_F_STREAM),
+        "the stream's own entry carried the datagram"
+    );
     // A one-shot datagram flow (unanswered) is gone after 2 s idle.
     let (ret, out) = query(50001);
     assert_eq!(ret, XDP_PASS);
@@ -396,7 +402,7 @@ fn a_flow_to_a_local_backend_is_picked_up_mid_stream_but_lives_as_a_syn_until_an
     );
     // No SYN seen (an entry lost): a local backend sees the client's
     // address, so no port is needed and the flow is picked up.
-    from_client(
+    passes_as(
         &dp,
         &Packet::tcp(CLIENT, 40030, VIP, 80).ack(),
         &Packet::tcp(CLIENT, 40030, LOCAL, 8080).ack(),

@@ -14,13 +14,12 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
 use lb_common::{
     conntrack::{assured, CtState, DEFAULT_TIMEOUTS, EARLY_DROP_IDLE_S, T_ESTABLISHED},
-    Event, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP,
+    Event, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, REVNAT_MAX_ENTRIES,
 };
 use lb_tests::{
-    fixture::{apply_to, frontend, program},
+    fixture::{frontend, program},
     legacy::{self, Written},
     packet::{
         dst_of, flow_key, src_of, test_flows, unique_pin_dir, Packet, TestDatapath, TC_ACT_OK,
@@ -30,13 +29,10 @@ use lb_tests::{
 };
 use lb_userspace::{
     conntrack::{FlowLife, Snapshot},
-    datapath::{
-        cleanup, Datapath, DatapathConfig, UplinkHook, PIN_LAYOUT, TC_PROGRAM, XDP_PROGRAM,
-    },
+    datapath::{cleanup, PIN_LAYOUT},
     desired::{DesiredFrontend, Frontend, Protocol},
     flows::{FlowSettings, PortRange},
     metrics::Metrics,
-    plan::Planner,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
@@ -69,89 +65,13 @@ fn web(remote: bool) -> (Frontend, DesiredFrontend) {
     (fe, desired)
 }
 
-/// An agent's data path at a given pin directory with its own SNAT pool
-/// (`TestDatapath` loads one at a pin directory with the default pool only).
-struct Agent(Option<Datapath>);
-
-impl Agent {
-    fn load(pin_dir: &Path, pool: RangeInclusive<u16>, detach_on_exit: bool) -> Self {
-        lb_tests::require_root();
-        lb_tests::require_bpffs();
-        let config = DatapathConfig {
-            xdp_ifaces: vec![],
-            uplink: UplinkHook::Xdp(XdpMode::Driver),
-            tc_patterns: vec![],
-            node_addr: NODE,
-            pin_dir: pin_dir.to_path_buf(),
-            slab_slots: SLAB,
-            stats_array_len: None,
-            detach_on_exit,
-            flows: FlowSettings {
-                snat_ports: PortRange(pool),
-                ..test_flows()
-            },
-        };
-        Self(Some(
-            Datapath::load(config).unwrap_or_else(|e| panic!("loading the data path: {e:?}")),
-        ))
-    }
-
-    fn dp(&mut self) -> &mut Datapath {
-        self.0.as_mut().unwrap()
-    }
-
-    /// Runs the XDP program (uplink) once: (return code, frame after).
-    fn xdp(&self, packet: &Packet) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self
-            .0
-            .as_ref()
-            .unwrap()
-            .program(XDP_PROGRAM)
-            .try_into()
-            .unwrap();
-        run(prog, &packet.build())
-    }
-
-    /// Runs the TC program (pod interfaces) once: (return code, frame after).
-    fn tc(&self, packet: &Packet) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self
-            .0
-            .as_ref()
-            .unwrap()
-            .program(TC_PROGRAM)
-            .try_into()
-            .unwrap();
-        run(prog, &packet.build())
-    }
-
-    fn event(&self, event: Event) -> u64 {
-        self.0.as_ref().unwrap().maps.event_total(event).unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(dp) = self.0.take() {
-            dp.shutdown();
-        }
-    }
-}
-
-fn run<P>(prog: &P, frame: &[u8]) -> (u32, Vec<u8>)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+/// An agent's data path at `pin_dir` with its own SNAT pool `pool`.
+fn load_agent(pin_dir: &Path, pool: RangeInclusive<u16>, detach_on_exit: bool) -> TestDatapath {
+    let flows = FlowSettings {
+        snat_ports: PortRange(pool),
+        ..test_flows()
+    };
+    TestDatapath::load_at_with_flows(pin_dir, NODE, SLAB, detach_on_exit, flows)
 }
 
 /// The SNAT pool of the earlier agent: where v3 took its ports from.
@@ -181,21 +101,21 @@ impl WebFlow {
     }
 
     /// Sends the client's and the backend's data segments.
-    fn exchange(&self, agent: &Agent) -> ((u32, Vec<u8>), (u32, Vec<u8>)) {
-        let forward = agent.xdp(&Packet::tcp(CLIENT, self.sport, VIP, 80).ack());
+    fn exchange(&self, agent: &TestDatapath) -> ((u32, Vec<u8>), (u32, Vec<u8>)) {
+        let forward = agent.run_xdp(&Packet::tcp(CLIENT, self.sport, VIP, 80).ack().build());
         let (reply, uplink) = self.backend_segment(Packet::ack);
         let reply = if uplink {
-            agent.xdp(&reply)
+            agent.run_xdp(&reply.build())
         } else {
-            agent.tc(&reply)
+            agent.run_tc(&reply.build())
         };
         (forward, reply)
     }
 
     /// A connection through `agent`: SYN, the backend's SYN-ACK, the client's
     /// ACK, then data both ways.
-    fn open(agent: &Agent, sport: u16) -> Self {
-        let (ret, syn) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn());
+    fn open(agent: &TestDatapath, sport: u16) -> Self {
+        let (ret, syn) = agent.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn().build());
         assert_eq!(ret, XDP_PASS, "flow {sport}");
         let backend = dst_of(&syn);
         assert!(
@@ -216,9 +136,9 @@ impl WebFlow {
         };
         let (synack, uplink) = flow.backend_segment(Packet::synack);
         let (ret, out) = if uplink {
-            agent.xdp(&synack)
+            agent.run_xdp(&synack.build())
         } else {
-            agent.tc(&synack)
+            agent.run_tc(&synack.build())
         };
         assert_eq!(ret, if uplink { XDP_PASS } else { TC_ACT_OK });
         assert_eq!(
@@ -269,7 +189,7 @@ fn assert_established(pin_dir: &Path, flows: &[WebFlow]) {
 }
 
 /// Every flow's data segments, both ways, come out as before, byte for byte.
-fn assert_unchanged(agent: &Agent, flows: &[WebFlow], when: &str) {
+fn assert_unchanged(agent: &TestDatapath, flows: &[WebFlow], when: &str) {
     for flow in flows {
         assert_eq!(
             flow.exchange(agent),
@@ -284,14 +204,18 @@ fn assert_unchanged(agent: &Agent, flows: &[WebFlow], when: &str) {
 /// were refused: each must take a port of the pool that no live flow holds,
 /// never one of `carried`. Each is answered and acknowledged, so it is
 /// assured and never gives way to a later one. Returns the ports taken.
-fn fill_pool(agent: &Agent, pool: &RangeInclusive<u16>, carried: &BTreeSet<u16>) -> BTreeSet<u16> {
+fn fill_pool(
+    agent: &TestDatapath,
+    pool: &RangeInclusive<u16>,
+    carried: &BTreeSet<u16>,
+) -> BTreeSet<u16> {
     let free = usize::from(pool.end() - pool.start()) + 1 - carried.len();
     let (mut taken, mut refused) = (BTreeSet::new(), 0);
     for sport in 50_000..60_000 {
         if taken.len() == free && refused == 20 {
             break;
         }
-        let (ret, out) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn());
+        let (ret, out) = agent.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn().build());
         if ret == XDP_DROP {
             // Random probes may miss the last free ports: only count refusals of a full pool.
             refused += u32::from(taken.len() == free);
@@ -309,9 +233,9 @@ fn fill_pool(agent: &Agent, pool: &RangeInclusive<u16>, carried: &BTreeSet<u16>)
         );
         assert!(pool.contains(&port), "{port}");
         assert!(taken.insert(port), "port {port} given to two live flows");
-        let (ret, _) = agent.xdp(&Packet::tcp(REMOTE, 8080, NODE, port).synack());
+        let (ret, _) = agent.run_xdp(&Packet::tcp(REMOTE, 8080, NODE, port).synack().build());
         assert_eq!(ret, XDP_PASS);
-        let (ret, _) = agent.xdp(&Packet::tcp(CLIENT, sport, VIP, 80).ack());
+        let (ret, _) = agent.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).ack().build());
         assert_eq!(ret, XDP_PASS);
     }
     assert_eq!(taken.len(), free, "the new flows took every free port");
@@ -326,12 +250,8 @@ fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
     let _pins = Pins(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
     let flows: Vec<WebFlow> = {
-        let mut old = Agent::load(&pin_dir, V3_POOL, false);
-        apply_to(
-            old.dp(),
-            &mut Planner::new(SLAB, Duration::ZERO),
-            &[web(true)],
-        );
+        let mut old = load_agent(&pin_dir, V3_POOL, false);
+        program(&mut old, &[web(true)]);
         (42000..42040)
             .map(|sport| WebFlow::open(&old, sport))
             .collect()
@@ -355,9 +275,9 @@ fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
 
     // The new agent converts the flows; its pool is the carried ports and the gaps between.
     let pool = *carried.first().unwrap()..=*carried.last().unwrap();
-    let mut new = Agent::load(&pin_dir, pool.clone(), true);
+    let mut new = load_agent(&pin_dir, pool.clone(), true);
     assert!(
-        new.dp().adopted(),
+        new.datapath_mut().adopted(),
         "the services came along, ids and tables included"
     );
     assert_established(&pin_dir, &flows);
@@ -366,7 +286,7 @@ fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
         pin_dir.join(legacy::V3).exists(),
         "kept until the hand-over finishes"
     );
-    new.dp().finish_handover().unwrap();
+    new.datapath_mut().finish_handover().unwrap();
     assert!(
         !pin_dir.join(legacy::V3).exists(),
         "the earlier layout's pins are gone"
@@ -419,34 +339,54 @@ fn conntrack_evictions_are_counted_when_the_table_overflows() {
     // A local backend only: no SNAT, whose ports would run out first.
     program(&mut dp, &[web(false)]);
     let flows = CONNTRACK_MAX_ENTRIES + CONNTRACK_MAX_ENTRIES / 4;
+    let mut clients = Vec::new();
     for i in 0..flows {
         // A new client address and port for each flow.
         let client = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i / 16);
         let sport = 20000 + u16::try_from(i % 16).unwrap();
         let (ret, _) = dp.run_xdp(&Packet::tcp(client, sport, VIP, 80).syn().build());
         assert_eq!(ret, XDP_PASS, "flow {i}");
+        clients.push((client, sport));
+    }
+    // The flows whose entries the LRU pushed out, found in the maps themselves.
+    let mut gone = (0u32, 0u32);
+    for &(client, sport) in &clients {
+        gone.0 += u32::from(
+            dp.conntrack(&flow_key(client, sport, VIP, 80, IPPROTO_TCP))
+                .is_none(),
+        );
+        gone.1 += u32::from(
+            dp.reverse(&flow_key(LOCAL, 8080, client, sport, IPPROTO_TCP))
+                .is_none(),
+        );
     }
     let text = Metrics::new(pin_dir.clone()).render().unwrap();
     let get = |name: &str| metric(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    let created = get("lb_conntrack_created_total");
-    let live = get("lb_conntrack_entries");
-    let evicted = get("lb_conntrack_evictions_total");
-    assert_eq!(created, f64::from(flows), "one entry created per new flow");
-    assert!(live <= f64::from(CONNTRACK_MAX_ENTRIES), "{live}");
-    assert_eq!(
-        evicted,
-        created - live,
-        "every entry created is live or evicted"
-    );
+    for map in ["conntrack", "reverse_nat"] {
+        assert_eq!(
+            get(&format!("lb_{map}_created_total")),
+            f64::from(flows),
+            "one {map} entry created per new flow"
+        );
+        // The metric is created - live - collected: nothing was collected here.
+        assert_eq!(
+            get(&format!("lb_conntrack_gc_deleted_total{{map=\"{map}\"}}")),
+            0.0
+        );
+    }
     assert!(
-        evicted >= f64::from(flows - CONNTRACK_MAX_ENTRIES),
-        "at least the overflow was evicted: {evicted}"
+        gone.0 >= flows - CONNTRACK_MAX_ENTRIES,
+        "at least the overflow was evicted: {gone:?}"
     );
-    let rev_created = get("lb_reverse_nat_created_total");
-    let rev_live = get("lb_reverse_nat_entries");
-    assert_eq!(rev_created, f64::from(flows));
+    assert_eq!(
+        get("lb_conntrack_evictions_total"),
+        f64::from(gone.0),
+        "the metric counts exactly the flows whose conntrack entry is gone"
+    );
+    assert!(gone.1 >= flows - REVNAT_MAX_ENTRIES, "{gone:?}");
     assert_eq!(
         get("lb_reverse_nat_evictions_total"),
-        rev_created - rev_live
+        f64::from(gone.1),
+        "the metric counts exactly the flows whose reverse entry is gone"
     );
 }

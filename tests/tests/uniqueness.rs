@@ -10,16 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb_common::{
     conntrack::CtState, BackendKey, CtEntry, Event, FlowKey, RevNatEntry, Verdict, CT_F_REPLIED,
-    CT_F_SNAT, IPPROTO_TCP, MAP_CONNTRACK, MAP_REVNAT,
+    CT_F_SNAT, IPPROTO_TCP,
 };
 use lb_tests::{
     fixture::{frontend, setup},
     packet::{
-        checksums_valid, flow_key, src_of, test_flows, Packet, TestDatapath, TC_ACT_OK, XDP_DROP,
-        XDP_PASS,
+        checksums_valid, flow_key, run, src_of, test_flows, Packet, TestDatapath, TC_ACT_OK,
+        XDP_DROP, XDP_PASS,
     },
 };
 use lb_userspace::{
@@ -64,15 +64,6 @@ fn ne(addr: Ipv4Addr) -> u32 {
 /// The reply tuple `backend` -> `to`, as the reverse-NAT map keys it.
 fn reply_key(backend: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> FlowKey {
     flow_key(backend.0, backend.1, to.0, to.1, IPPROTO_TCP)
-}
-
-/// Deletes an entry of a pinned flow map (what the collector does to a gone flow).
-fn remove<V: aya::Pod>(dp: &TestDatapath, map: &str, key: &FlowKey) {
-    let path = lb_userspace::datapath::pins_dir(dp.pin_dir()).join(map);
-    let data = aya::maps::MapData::from_pin(&path).expect("opening a pinned flow map");
-    let mut map: aya::maps::HashMap<_, FlowKey, V> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("a flow map");
-    map.remove(key).expect("deleting a flow entry");
 }
 
 /// How many reverse-NAT entries restore each client flow (client, service).
@@ -132,6 +123,18 @@ fn pin_to(cpu: usize) {
     );
 }
 
+/// Sets the flag when its thread panics, so the other racing thread stops
+/// waiting for it at once rather than at the end of [`RACE_BUDGET`].
+struct AbortOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs every frame through XDP from two threads pinned to two CPUs,
 /// released together for each frame: both threads spin on one counter, so
 /// the second to arrive releases the first within a cache-line transfer.
@@ -146,7 +149,9 @@ fn race(dp: &TestDatapath, frames: &[Vec<u8>]) -> [Vec<(u32, Vec<u8>)>; 2] {
     let arrived = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let deadline = Instant::now() + RACE_BUDGET;
-    let run = |cpu: usize| {
+    // `None`: the other thread panicked (its panic is the one to report).
+    let racer = |cpu: usize| {
+        let _guard = AbortOnPanic(&abort);
         pin_to(cpu);
         let mut outs = Vec::with_capacity(frames.len());
         for (round, frame) in frames.iter().enumerate() {
@@ -156,57 +161,72 @@ fn race(dp: &TestDatapath, frames: &[Vec<u8>]) -> [Vec<(u32, Vec<u8>)>; 2] {
             while arrived.load(Ordering::Acquire) < everyone {
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(4096)
-                    && (abort.load(Ordering::Relaxed) || Instant::now() > deadline)
-                {
-                    abort.store(true, Ordering::Relaxed);
-                    panic!("round {round}: the other CPU did not arrive within {RACE_BUDGET:?}");
+                if spins.is_multiple_of(4096) {
+                    if abort.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    assert!(
+                        Instant::now() <= deadline,
+                        "round {round}: the other CPU did not arrive within {RACE_BUDGET:?}"
+                    );
                 }
             }
-            outs.push(test_run(prog, frame));
+            outs.push(run(prog, frame));
         }
-        outs
+        Some(outs)
     };
-    std::thread::scope(|s| {
-        let a = s.spawn(|| run(cpus[0]));
-        let b = s.spawn(|| run(cpus[1]));
-        let joined = [a.join(), b.join()];
-        abort.store(true, Ordering::Relaxed);
-        joined.map(|r| r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-    })
+    let joined = std::thread::scope(|s| {
+        let a = s.spawn(|| racer(cpus[0]));
+        let b = s.spawn(|| racer(cpus[1]));
+        [a.join(), b.join()]
+    });
+    joined
+        .map(|r| r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        .map(|outs| outs.expect("a thread stops early only when the other panicked"))
 }
 
-/// One `BPF_PROG_TEST_RUN` of `prog` on `frame` (as `TestDatapath::run_xdp`).
-fn test_run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+/// One raced flow: its client port, its output (the same from both CPUs),
+/// and its conntrack entry.
+struct RacedFlow {
+    sport: u16,
+    out: Vec<u8>,
+    ct: CtEntry,
 }
 
-/// The flows of a race: one client, `RACED_FLOWS` source ports, one frontend.
-fn raced_syns() -> Vec<(u16, Vec<u8>)> {
-    (0..RACED_FLOWS)
+/// Loads a data path whose VIP:80/TCP goes to `backend` alone and sends
+/// `RACED_FLOWS` new flows (one client, one SYN each) through two CPUs at
+/// once. Checks what holds whatever the backend: both CPUs sent each flow
+/// the same bytes with valid checksums; each flow has one conntrack entry
+/// and one reverse entry restoring it; one entry was created per flow;
+/// every packet was translated; and the CPUs did race. Returns the data
+/// path, the flows, and how many races the later CPU lost.
+fn run_race(name: &str, backend: (Ipv4Addr, u16, bool)) -> (TestDatapath, Vec<RacedFlow>, u64) {
+    let (dp, _planner) = setup(
+        name,
+        NODE,
+        test_flows(),
+        &[frontend(VIP, 80, Protocol::Tcp, &[backend])],
+    );
+    let syns: Vec<(u16, Vec<u8>)> = (0..RACED_FLOWS)
         .map(|i| {
             let sport = 10_000 + u16::try_from(i).unwrap();
             (sport, tcp(CLIENT, sport, VIP, 80).syn().build())
         })
-        .collect()
-}
+        .collect();
+    let frames: Vec<Vec<u8>> = syns.iter().map(|(_, f)| f.clone()).collect();
+    let started = Instant::now();
+    let runs = race(&dp, &frames);
+    let took = started.elapsed();
+    let lost = dp.event(Event::ConntrackRaceLost);
+    eprintln!(
+        "{name}: {RACED_FLOWS} flows x 2 CPUs in {took:?}: {lost} races lost (the later CPU adopted the entry)"
+    );
 
-/// Checks both CPUs' outputs of every raced flow are the same bytes; returns
-/// the output of each flow.
-fn same_outputs(syns: &[(u16, Vec<u8>)], runs: &[Vec<(u32, Vec<u8>)>; 2]) -> Vec<Vec<u8>> {
-    syns.iter()
+    let restoring = restorers(&dp);
+    let flows: Vec<RacedFlow> = syns
+        .iter()
         .enumerate()
-        .map(|(i, (sport, _))| {
+        .map(|(i, &(sport, _))| {
             let (a, b) = (&runs[0][i], &runs[1][i]);
             assert_eq!(a.0, XDP_PASS, "flow {sport}: CPU A's verdict");
             assert_eq!(b.0, XDP_PASS, "flow {sport}: CPU B's verdict");
@@ -218,33 +238,47 @@ fn same_outputs(syns: &[(u16, Vec<u8>)], runs: &[Vec<(u32, Vec<u8>)>; 2]) -> Vec
                 src_of(&b.1)
             );
             assert!(checksums_valid(&a.1), "flow {sport}: checksums");
-            a.1.clone()
+            let ct = dp
+                .conntrack(&flow_key(CLIENT, sport, VIP, 80, IPPROTO_TCP))
+                .unwrap_or_else(|| panic!("flow {sport} is tracked"));
+            let n = restoring
+                .get(&(ne(CLIENT), sport.to_be(), ne(VIP), 80u16.to_be()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(n, 1, "flow {sport}: reverse entries restoring it");
+            RacedFlow {
+                sport,
+                out: a.1.clone(),
+                ct,
+            }
         })
-        .collect()
+        .collect();
+    let snapshot = dp.snapshot();
+    assert_eq!(
+        snapshot.flows.len(),
+        RACED_FLOWS,
+        "one conntrack entry per flow"
+    );
+    assert_eq!(
+        snapshot.replies.len(),
+        RACED_FLOWS,
+        "one reverse entry per flow: a losing CPU gave back any port it claimed"
+    );
+    assert_eq!(dp.event(Event::ConntrackCreated), RACED_FLOWS as u64);
+    assert_eq!(dp.verdict(Verdict::Translated), 2 * RACED_FLOWS as u64);
+    assert_eq!(dp.verdict(Verdict::Error), 0);
+    assert!(
+        lost > 0,
+        "the two CPUs never raced in {RACED_FLOWS} rounds: the test proved nothing"
+    );
+    (dp, flows, lost)
 }
 
 #[test]
 fn the_same_new_flow_on_two_cpus_gets_one_snat_port_and_one_reverse_entry() {
-    let (dp, _planner) = setup(
-        "race-snat",
-        NODE,
-        test_flows(),
-        &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
-    );
-    let syns = raced_syns();
-    let frames: Vec<Vec<u8>> = syns.iter().map(|(_, f)| f.clone()).collect();
-    let started = Instant::now();
-    let runs = race(&dp, &frames);
-    let took = started.elapsed();
-    let lost = dp.event(Event::ConntrackRaceLost);
-    eprintln!(
-        "SNAT race: {RACED_FLOWS} flows x 2 CPUs in {took:?}: {lost} races lost (the later CPU adopted the entry)"
-    );
-
-    let outs = same_outputs(&syns, &runs);
-    let restoring = restorers(&dp);
+    let (dp, flows, lost) = run_race("race-snat", (REMOTE, 8080, false));
     let mut ports = BTreeSet::new();
-    for ((sport, _), out) in syns.iter().zip(&outs) {
+    for RacedFlow { sport, out, ct } in &flows {
         let (src, snat_port) = src_of(out);
         assert_eq!(src, NODE, "flow {sport}: translated to the node");
         assert_eq!(
@@ -256,18 +290,11 @@ fn the_same_new_flow_on_two_cpus_gets_one_snat_port_and_one_reverse_entry() {
             ports.insert(snat_port),
             "flow {sport}: SNAT port {snat_port} is another flow's too"
         );
-        let key = flow_key(CLIENT, *sport, VIP, 80, IPPROTO_TCP);
-        let ct = dp.conntrack(&key).expect("the flow is tracked");
         assert_eq!(
             (ct.flags & CT_F_SNAT, u16::from_be(ct.snat_port)),
             (CT_F_SNAT, snat_port),
             "flow {sport}: conntrack holds the port both CPUs used"
         );
-        let n = restoring
-            .get(&(ne(CLIENT), sport.to_be(), ne(VIP), 80u16.to_be()))
-            .copied()
-            .unwrap_or(0);
-        assert_eq!(n, 1, "flow {sport}: reverse entries restoring it");
         let rev = dp
             .reverse(&reply_key((REMOTE, 8080), (NODE, snat_port)))
             .expect("the port's reverse entry");
@@ -277,88 +304,31 @@ fn the_same_new_flow_on_two_cpus_gets_one_snat_port_and_one_reverse_entry() {
             "flow {sport}: the reverse entry of its port is its own"
         );
     }
-    let snapshot = dp.snapshot();
-    assert_eq!(
-        snapshot.flows.len(),
-        RACED_FLOWS,
-        "one conntrack entry per flow"
-    );
-    assert_eq!(
-        snapshot.replies.len(),
-        RACED_FLOWS,
-        "one reverse entry per flow: every loser gave its port back"
-    );
-    assert_eq!(dp.event(Event::ConntrackCreated), RACED_FLOWS as u64);
     assert_eq!(
         dp.event(Event::RevNatCreated),
         RACED_FLOWS as u64 + lost,
         "each flow claimed one port, and each loser one more that it released"
     );
-    assert_eq!(dp.verdict(Verdict::Translated), 2 * RACED_FLOWS as u64);
-    assert_eq!(dp.verdict(Verdict::Error), 0);
-    assert!(
-        lost > 0,
-        "the two CPUs never raced in {RACED_FLOWS} rounds: the test proved nothing"
-    );
 }
 
 #[test]
 fn the_same_new_flow_on_two_cpus_to_a_local_backend_gets_one_entry() {
-    let (dp, _planner) = setup(
-        "race-local",
-        NODE,
-        test_flows(),
-        &[frontend(VIP, 80, Protocol::Tcp, &[(POD, 8080, true)])],
-    );
-    let syns = raced_syns();
-    let frames: Vec<Vec<u8>> = syns.iter().map(|(_, f)| f.clone()).collect();
-    let started = Instant::now();
-    let runs = race(&dp, &frames);
-    let took = started.elapsed();
-    let lost = dp.event(Event::ConntrackRaceLost);
-    eprintln!(
-        "local race: {RACED_FLOWS} flows x 2 CPUs in {took:?}: {lost} races lost (the later CPU adopted the entry)"
-    );
-
-    let outs = same_outputs(&syns, &runs);
-    let restoring = restorers(&dp);
-    for ((sport, _), out) in syns.iter().zip(&outs) {
+    let (dp, flows, _lost) = run_race("race-local", (POD, 8080, true));
+    for RacedFlow { sport, out, ct } in &flows {
         assert_eq!(
             *out,
             tcp(CLIENT, *sport, POD, 8080).syn().build(),
             "flow {sport}: only the destination changes"
         );
-        let ct = dp
-            .conntrack(&flow_key(CLIENT, *sport, VIP, 80, IPPROTO_TCP))
-            .expect("the flow is tracked");
         assert_eq!(ct.flags & CT_F_SNAT, 0, "flow {sport}: no SNAT");
         assert_eq!(ct.backend_addr, ne(POD));
-        let n = restoring
-            .get(&(ne(CLIENT), sport.to_be(), ne(VIP), 80u16.to_be()))
-            .copied()
-            .unwrap_or(0);
-        assert_eq!(n, 1, "flow {sport}: reverse entries restoring it");
     }
-    let snapshot = dp.snapshot();
-    assert_eq!(
-        snapshot.flows.len(),
-        RACED_FLOWS,
-        "one conntrack entry per flow"
-    );
-    assert_eq!(
-        snapshot.replies.len(),
-        RACED_FLOWS,
-        "one reverse entry per flow"
-    );
-    assert_eq!(dp.event(Event::ConntrackCreated), RACED_FLOWS as u64);
     assert_eq!(dp.event(Event::RevNatCreated), RACED_FLOWS as u64);
     assert_eq!(
         dp.event(Event::TupleRemapped),
         0,
         "a racing CPU never took its own flow's tuple for another flow's"
     );
-    assert_eq!(dp.verdict(Verdict::Translated), 2 * RACED_FLOWS as u64);
-    assert_eq!(dp.verdict(Verdict::Error), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -366,17 +336,23 @@ fn the_same_new_flow_on_two_cpus_to_a_local_backend_gets_one_entry() {
 // ---------------------------------------------------------------------------
 
 /// Writes what the programs would have written for an established,
-/// replied flow `client` -> VIP:80 holding SNAT port `port` to REMOTE:8080.
-fn hold_port(dp: &TestDatapath, backend: u32, client: Ipv4Addr, port: u16, claim: u64) {
+/// replied flow `client` -> VIP:80 to `backend` (its id, its address, port
+/// 8080) holding SNAT port `port` of the node, with claim tag `claim`.
+fn hold_port(
+    dp: &TestDatapath,
+    client: (Ipv4Addr, u16),
+    backend: (u32, Ipv4Addr),
+    port: u16,
+    claim: u64,
+) {
     let now = monotonic_s();
-    let key = flow_key(client, 50_000, VIP, 80, IPPROTO_TCP);
     dp.insert_reverse(
-        &reply_key((REMOTE, 8080), (NODE, port)),
+        &reply_key((backend.1, 8080), (NODE, port)),
         &RevNatEntry {
             svc_addr: ne(VIP),
-            client_addr: ne(client),
+            client_addr: ne(client.0),
             svc_port: 80u16.to_be(),
-            client_port: 50_000u16.to_be(),
+            client_port: client.1.to_be(),
             created_s: now,
             last_seen_s: now,
             ifindex: 0,
@@ -384,10 +360,10 @@ fn hold_port(dp: &TestDatapath, backend: u32, client: Ipv4Addr, port: u16, claim
         },
     );
     dp.insert_conntrack(
-        &key,
+        &flow_key(client.0, client.1, VIP, 80, IPPROTO_TCP),
         &CtEntry {
-            backend_id: backend,
-            backend_addr: ne(REMOTE),
+            backend_id: backend.0,
+            backend_addr: ne(backend.1),
             backend_port: 8080u16.to_be(),
             snat_port: port.to_be(),
             snat_addr: ne(NODE),
@@ -417,8 +393,8 @@ fn the_last_free_port_of_the_pool_is_found_then_the_pool_is_exhausted() {
         let n = u8::try_from(i).unwrap();
         hold_port(
             &dp,
-            id,
-            Ipv4Addr::new(192, 168, 60, 1 + n),
+            (Ipv4Addr::new(192, 168, 60, 1 + n), 50_000),
+            (id, REMOTE),
             port,
             0x5eed_0000 + u64::from(n),
         );
@@ -438,12 +414,8 @@ fn the_last_free_port_of_the_pool_is_found_then_the_pool_is_exhausted() {
         );
         if trial + 1 < trials {
             // The flow goes (as the collector removes a gone flow): the port is free again.
-            remove::<CtEntry>(
-                &dp,
-                MAP_CONNTRACK,
-                &flow_key(client, 40_000, VIP, 80, IPPROTO_TCP),
-            );
-            remove::<RevNatEntry>(&dp, MAP_REVNAT, &reply_key((REMOTE, 8080), (NODE, 2003)));
+            dp.remove_conntrack(&flow_key(client, 40_000, VIP, 80, IPPROTO_TCP));
+            dp.remove_reverse(&reply_key((REMOTE, 8080), (NODE, 2003)));
         }
     }
     // The last one completes its handshake: an assured flow, which keeps its port.
@@ -514,39 +486,17 @@ fn a_new_syn_replaces_a_conntrack_entry_whose_backend_is_gone() {
         &[frontend(VIP, 80, Protocol::Tcp, &[(REMOTE, 8080, false)])],
     );
     let id = backend_id(&planner, REMOTE, 8080);
-    let now = monotonic_s();
     // Flow 41000's backend id no longer exists; flow 41001's id was reused
     // for another endpoint (the entry names the old address).
     let unused_id = id + 1000;
     for (sport, stale_id, old_port) in [(41_000u16, unused_id, 3_333u16), (41_001, id, 3_334)] {
         let key = flow_key(CLIENT, sport, VIP, 80, IPPROTO_TCP);
-        dp.insert_reverse(
-            &reply_key((GONE, 8080), (NODE, old_port)),
-            &RevNatEntry {
-                svc_addr: ne(VIP),
-                client_addr: ne(CLIENT),
-                svc_port: 80u16.to_be(),
-                client_port: sport.to_be(),
-                created_s: now,
-                last_seen_s: now,
-                ifindex: 0,
-                claim: 0xdead_0000 + u64::from(sport),
-            },
-        );
-        dp.insert_conntrack(
-            &key,
-            &CtEntry {
-                backend_id: stale_id,
-                backend_addr: ne(GONE),
-                backend_port: 8080u16.to_be(),
-                snat_port: old_port.to_be(),
-                snat_addr: ne(NODE),
-                flags: CT_F_SNAT | CT_F_REPLIED,
-                state: CtState::Established as u8,
-                pad: 0,
-                last_seen_s: now,
-                created_ns: monotonic_ns(),
-            },
+        hold_port(
+            &dp,
+            (CLIENT, sport),
+            (stale_id, GONE),
+            old_port,
+            0xdead_0000 + u64::from(sport),
         );
         let (ret, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
         assert_eq!(ret, XDP_PASS, "flow {sport}");
