@@ -150,7 +150,6 @@ fn spawn_collector(options: &RunOptions, metrics: &std::sync::Arc<Metrics>) {
             };
             match swept {
                 Ok(s) => {
-                    metrics.add_collected(s.conntrack_deleted, s.reverse_deleted, s.restored);
                     if s.conntrack_deleted + s.reverse_deleted + s.restored > 0 {
                         tracing::debug!(
                             conntrack = s.conntrack_deleted,
@@ -159,6 +158,7 @@ fn spawn_collector(options: &RunOptions, metrics: &std::sync::Arc<Metrics>) {
                             "collected expired flows"
                         );
                     }
+                    metrics.record_sweep(s);
                 }
                 Err(e) => warn!("collecting expired flows: {e:#}"),
             }

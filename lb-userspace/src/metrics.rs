@@ -2,9 +2,10 @@
 //!
 //! `/metrics` serves the kernel's counters (verdicts, per-service packets and
 //! bytes, entries created; summed from the per-CPU maps when scraped, so
-//! packets cost no userspace work), conntrack and reverse-NAT entries and
-//! their LRU evictions, sync counts and durations, and objects rejected by
-//! validation. `/healthz` answers while the process
+//! packets cost no userspace work), conntrack and reverse-NAT entries,
+//! flows by state, SNAT ports and their LRU evictions (as the collector's
+//! last sweep counted them: a scrape reads neither flow map), sync counts and
+//! durations, and objects rejected by validation. `/healthz` answers while the process
 //! runs; `/readyz` once the data path is attached and the first sync is done.
 
 use std::{
@@ -115,9 +116,14 @@ pub struct Metrics {
     snat_exhausted: Family<BackendLabels, Counter>,
     events: Family<EventLabels, Counter>,
     gc_deleted: Family<MapLabels, Counter>,
+    /// Sweeps the collector finished: a scrape after it grew shows a fresh census.
+    gc_runs: Counter,
     /// Conntrack and reverse-NAT entries the agent's collection deleted, and
     /// reverse-NAT entries it restored.
     gc_totals: [std::sync::atomic::AtomicU64; 3],
+    /// The flow maps as the collector's last sweep counted them: scrapes
+    /// show it instead of reading both maps again.
+    census: Mutex<Option<crate::conntrack::gc::Swept>>,
 }
 
 impl Metrics {
@@ -156,11 +162,13 @@ impl Metrics {
             snat_exhausted: Family::default(),
             events: Family::default(),
             gc_deleted: Family::default(),
+            gc_runs: Counter::default(),
             gc_totals: [
                 std::sync::atomic::AtomicU64::new(0),
                 std::sync::atomic::AtomicU64::new(0),
                 std::sync::atomic::AtomicU64::new(0),
             ],
+            census: Mutex::new(None),
         };
         m.register(&mut registry);
         *m.registry.lock().expect("registry") = registry;
@@ -292,6 +300,11 @@ impl Metrics {
             "Entries the agent's garbage collection deleted (expired or orphaned)",
             self.gc_deleted.clone(),
         );
+        registry.register(
+            "conntrack_gc_runs",
+            "Sweeps of the agent's garbage collection; the flow series are as of the last one",
+            self.gc_runs.clone(),
+        );
     }
 
     /// Reads the source's counters at each scrape.
@@ -355,25 +368,38 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Adds what a garbage-collection sweep deleted and restored.
-    pub fn add_collected(&self, conntrack: u64, reverse_nat: u64, restored: u64) {
-        self.gc_totals[0].fetch_add(conntrack, Ordering::Relaxed);
-        self.gc_totals[1].fetch_add(reverse_nat, Ordering::Relaxed);
-        self.gc_totals[2].fetch_add(restored, Ordering::Relaxed);
+    /// Takes a collector's sweep: what it deleted and restored, and its
+    /// count of the maps, which the flow series show until the next sweep.
+    pub fn record_sweep(&self, swept: crate::conntrack::gc::Swept) {
+        self.gc_totals[0].fetch_add(swept.conntrack_deleted, Ordering::Relaxed);
+        self.gc_totals[1].fetch_add(swept.reverse_deleted, Ordering::Relaxed);
+        self.gc_totals[2].fetch_add(swept.restored, Ordering::Relaxed);
+        *self.census.lock().expect("census") = Some(swept);
+        self.gc_runs.inc();
     }
 
-    /// The flow maps' series: one pass over both per scrape, none per packet.
+    /// The flow maps' series, from the last sweep's count (before the first
+    /// sweep, from a read of both maps now): a scrape reads no flow map.
     fn render_flows(&self, maps: &Maps) -> Result<()> {
-        let snapshot = crate::conntrack::Snapshot::read(&self.pin_dir)?;
-        let stats = snapshot.stats();
-        let live = snapshot.flows.len() as u64;
-        let replies = snapshot.replies.len() as u64;
-        self.conntrack_entries
-            .set(i64::try_from(live).unwrap_or(i64::MAX));
-        self.revnat_entries
-            .set(i64::try_from(replies).unwrap_or(i64::MAX));
-        let snat: u64 = stats.snat_ports.values().sum();
-        self.snat_flows.set(i64::try_from(snat).unwrap_or(i64::MAX));
+        let census = self.census.lock().expect("census").clone();
+        let census = if let Some(swept) = census {
+            swept
+        } else {
+            let collector = crate::conntrack::gc::Collector::new(&self.pin_dir);
+            let snapshot = crate::conntrack::Snapshot::read(&self.pin_dir)?;
+            crate::conntrack::gc::Swept {
+                stats: snapshot.stats(),
+                conntrack_live: snapshot.flows.len() as u64,
+                reverse_live: snapshot.replies.len() as u64,
+                created: collector.created()?,
+                ..Default::default()
+            }
+        };
+        let stats = &census.stats;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.conntrack_entries.set(gauge(census.conntrack_live));
+        self.revnat_entries.set(gauge(census.reverse_live));
+        self.snat_flows.set(gauge(stats.snat_ports.values().sum()));
         self.flows_by_state.clear();
         for state in lb_common::conntrack::CtState::ALL {
             let n = stats.by_state.get(&state).copied().unwrap_or(0);
@@ -381,20 +407,20 @@ impl Metrics {
                 .get_or_create(&StateLabels {
                     state: state.name().to_string(),
                 })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .set(gauge(n));
         }
         self.flows_by_state
             .get_or_create(&StateLabels {
                 state: "expired".to_string(),
             })
-            .set(i64::try_from(stats.expired).unwrap_or(i64::MAX));
+            .set(gauge(stats.expired));
         self.snat_ports.clear();
         for (backend, n) in &stats.snat_ports {
             self.snat_ports
                 .get_or_create(&BackendLabels {
                     backend: crate::conntrack::backend_label(backend),
                 })
-                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+                .set(gauge(*n));
         }
         let exhausted = crate::conntrack::gc::Collector::new(&self.pin_dir).exhaustion()?;
         for (backend, n) in &exhausted {
@@ -417,9 +443,6 @@ impl Metrics {
             self.gc_totals[0].load(Ordering::Relaxed),
             self.gc_totals[1].load(Ordering::Relaxed),
         ];
-        // Entries restored (by the kernel or the collector) were created too.
-        let restored =
-            self.gc_totals[2].load(Ordering::Relaxed) + maps.event_total(Event::RevNatRestored)?;
         for (name, n) in [("conntrack", collected[0]), ("reverse_nat", collected[1])] {
             self.gc_deleted
                 .get_or_create(&MapLabels {
@@ -429,33 +452,29 @@ impl Metrics {
                 .store(n, Ordering::Relaxed);
         }
         // The kernel does not report LRU evictions: every entry ever created
-        // is live, collected by the agent, or evicted.
-        for (event, live, collected, created, evicted) in [
+        // (restored ones included, by the kernel or the collector) is live,
+        // collected or evicted. All three as of the census.
+        let restored = self.gc_totals[2].load(Ordering::Relaxed);
+        for (created, live, collected, counter, evicted) in [
             (
-                Event::ConntrackCreated,
-                live,
+                census.created.0,
+                census.conntrack_live,
                 collected[0],
                 &self.conntrack_created,
                 &self.conntrack_evictions,
             ),
             (
-                Event::RevNatCreated,
-                replies,
+                census.created.1 + restored,
+                census.reverse_live,
                 collected[1],
                 &self.revnat_created,
                 &self.revnat_evictions,
             ),
         ] {
-            let total = maps.event_total(event)?;
-            created.inner().store(total, Ordering::Relaxed);
-            let made = if event == Event::RevNatCreated {
-                total + restored
-            } else {
-                total
-            };
+            counter.inner().fetch_max(created, Ordering::Relaxed);
             evicted
                 .inner()
-                .fetch_max(evictions(made, live + collected), Ordering::Relaxed);
+                .fetch_max(evictions(created, live + collected), Ordering::Relaxed);
         }
         Ok(())
     }

@@ -17,6 +17,17 @@ use crate::{
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A Service (10.96.0.40: TCP 80 to 8080, UDP 53 to 5353) whose only
+/// endpoint is pod2a, on node2: every flow from the client through node1 is
+/// translated to a port of the SNAT pool (`tests/e2e_snat.rs`, the flows bench).
+pub const REMOTE_ONLY: &str = "apiVersion: v1\nkind: Service\n\
+metadata: {name: remote-only, namespace: default}\n\
+spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {name: remote-only-1, namespace: default, labels: {kubernetes.io/service-name: remote-only}}\n\
+addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n- {name: dns, port: 5353, protocol: UDP}\n\
+endpoints:\n- {addresses: [\"10.244.2.2\"], nodeName: node2, conditions: {ready: true}}\n";
+
 /// Path of the agent binary: `LB_AGENT_BIN`, else the workspace's debug build.
 pub fn agent_bin() -> Result<PathBuf> {
     let path = std::env::var_os("LB_AGENT_BIN").map_or_else(

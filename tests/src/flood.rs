@@ -19,6 +19,9 @@ pub const SPOOF_PREFIX: u32 = 10;
 pub const FRAME_LEN: usize = 54;
 /// Frames per `sendmmsg` call at most.
 pub const BATCH: usize = 64;
+/// Length of either transport part: a TCP header without options, or a UDP
+/// header and a 12-byte DNS query header.
+const L4_LEN: u16 = 20;
 
 /// A small, fast pseudo-random generator (xorshift64*): not for secrets.
 pub struct Rng(u64);
@@ -102,11 +105,10 @@ impl FrameMaker {
         frame[6..12].copy_from_slice(&self.src_mac);
         frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         let proto = if udp { 17 } else { 6 };
-        let l4_len: u16 = 40 - 20; // both L4 parts are 20 bytes
         let ip = &mut frame[14..34];
         ip[0] = 0x45;
         ip[1] = 0;
-        ip[2..4].copy_from_slice(&(20 + l4_len).to_be_bytes());
+        ip[2..4].copy_from_slice(&(20 + L4_LEN).to_be_bytes());
         ip[4..6].copy_from_slice(&id.to_be_bytes());
         ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
         ip[8] = 64;
@@ -120,7 +122,7 @@ impl FrameMaker {
         l4[0..2].copy_from_slice(&sport.to_be_bytes());
         if udp {
             l4[2..4].copy_from_slice(&self.udp_port.to_be_bytes());
-            l4[4..6].copy_from_slice(&l4_len.to_be_bytes());
+            l4[4..6].copy_from_slice(&L4_LEN.to_be_bytes());
             l4[6..8].copy_from_slice(&[0, 0]);
             // A DNS query header: id, recursion desired, one question.
             l4[8..10].copy_from_slice(&seq.to_be_bytes()[..2]);
@@ -138,7 +140,7 @@ impl FrameMaker {
         pseudo[0..4].copy_from_slice(&src.octets());
         pseudo[4..8].copy_from_slice(&self.dst.octets());
         pseudo[9] = proto;
-        pseudo[10..12].copy_from_slice(&l4_len.to_be_bytes());
+        pseudo[10..12].copy_from_slice(&L4_LEN.to_be_bytes());
         let mut c = fold(sum(l4, sum(&pseudo, 0)));
         if udp && c == 0 {
             c = 0xffff;
@@ -168,7 +170,9 @@ fn fold(mut s: u32) -> u16 {
 pub struct SendReport {
     /// Frames the kernel accepted.
     pub sent: u64,
-    /// Frames it refused (e.g. `ENOBUFS`).
+    /// `sendmmsg` calls the kernel refused (e.g. `ENOBUFS`) or cut short.
+    /// Each gives up one frame of the schedule (the rest of its batch is
+    /// made again), so this is also the number of frames not sent.
     pub refused: u64,
     /// How long the sending took.
     pub seconds: f64,

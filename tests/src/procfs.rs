@@ -50,23 +50,30 @@ fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// What `parse` finds in each of process `pid`'s `fdinfo` texts, by the
+/// id it returns (descriptors of one object count once); empty when the
+/// process is gone.
+fn by_fdinfo<T>(pid: u32, parse: impl Fn(&str) -> Option<(u32, T)>) -> BTreeMap<u32, T> {
+    let mut found = BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return found;
+    };
+    for fd in fds.flatten() {
+        if let Some((id, value)) = std::fs::read_to_string(fd.path())
+            .ok()
+            .as_deref()
+            .and_then(&parse)
+        {
+            found.insert(id, value);
+        }
+    }
+    found
+}
+
 /// Total kernel memory of the distinct BPF maps process `pid` holds, in bytes.
 #[must_use]
 pub fn maps_memlock_of(pid: u32) -> u64 {
-    let mut maps = BTreeMap::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    for fd in fds.flatten() {
-        if let Some((id, bytes)) = std::fs::read_to_string(fd.path())
-            .ok()
-            .as_deref()
-            .and_then(map_memlock)
-        {
-            maps.insert(id, bytes);
-        }
-    }
-    maps.values().sum()
+    by_fdinfo(pid, map_memlock).values().sum()
 }
 
 /// Run statistics of a BPF program, from its `fdinfo` (counted while BPF
@@ -99,20 +106,7 @@ pub fn prog_runs(fdinfo: &str) -> Option<(u32, ProgRuns)> {
 /// Run statistics of the distinct BPF programs process `pid` holds, by id.
 #[must_use]
 pub fn prog_runs_of(pid: u32) -> BTreeMap<u32, ProgRuns> {
-    let mut progs = BTreeMap::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return progs;
-    };
-    for fd in fds.flatten() {
-        if let Some((id, runs)) = std::fs::read_to_string(fd.path())
-            .ok()
-            .as_deref()
-            .and_then(prog_runs)
-        {
-            progs.insert(id, runs);
-        }
-    }
-    progs
+    by_fdinfo(pid, prog_runs)
 }
 
 #[cfg(test)]

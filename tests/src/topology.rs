@@ -80,23 +80,7 @@ impl ClusterTopology {
         .into_iter()
         .enumerate()
         {
-            let port = format!("lan{i}");
-            ip(
-                &lan,
-                &format!(
-                    "link add {port} type veth peer name eth0 netns {}",
-                    ns.name()
-                ),
-            )?;
-            ip(&lan, &format!("link set {port} master br0 up"))?;
-            ip(ns.name(), &format!("addr add {addr} dev eth0"))?;
-            ip(ns.name(), "link set eth0 up")?;
-            ip(ns.name(), "link set lo up")?;
-            // A real wire delivers complete checksums; XDP cannot finish partial ones.
-            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
-            sh(&[
-                "ip", "netns", "exec", &lan, "ethtool", "-K", &port, "tx", "off",
-            ])?;
+            attach_to_lan(&lan, &format!("lan{i}"), ns, addr)?;
         }
         ip(
             self.client.name(),
@@ -178,6 +162,16 @@ impl ClusterTopology {
         Ok(())
     }
 
+    /// Another host on the LAN: a namespace of its own (`role`), its `eth0`
+    /// on the bridge through the LAN's port `port`, with `addr` (a CIDR of
+    /// 192.168.50.0/24) and no routes beyond the LAN. Removed on drop, before
+    /// the topology if it is dropped first.
+    pub fn add_lan_host(&self, role: &str, port: &str, addr: &str) -> Result<Netns> {
+        let ns = Netns::new(role)?;
+        attach_to_lan(self.lan.name(), port, &ns, addr)?;
+        Ok(ns)
+    }
+
     /// The pod called `name`.
     #[must_use]
     pub fn pod(&self, name: &str) -> &Pod {
@@ -193,6 +187,28 @@ impl Drop for ClusterTopology {
         // Pods first, then nodes, client and LAN (fields drop in order after this).
         self.pods.clear();
     }
+}
+
+/// Joins `ns` to the LAN's bridge: a veth from the LAN's `port` to `eth0` in
+/// `ns`, with `addr`, both ends up, and transmit checksum offload off on both.
+fn attach_to_lan(lan: &str, port: &str, ns: &Netns, addr: &str) -> Result<()> {
+    ip(
+        lan,
+        &format!(
+            "link add {port} type veth peer name eth0 netns {}",
+            ns.name()
+        ),
+    )?;
+    ip(lan, &format!("link set {port} master br0 up"))?;
+    ip(ns.name(), &format!("addr add {addr} dev eth0"))?;
+    ip(ns.name(), "link set eth0 up")?;
+    ip(ns.name(), "link set lo up")?;
+    // A real wire delivers complete checksums; XDP cannot finish partial ones.
+    ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
+    sh(&[
+        "ip", "netns", "exec", lan, "ethtool", "-K", port, "tx", "off",
+    ])?;
+    Ok(())
 }
 
 fn ip(ns: &str, args: &str) -> Result<()> {

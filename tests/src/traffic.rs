@@ -131,6 +131,11 @@ impl HttpClient {
         })
     }
 
+    /// The connection's local port (the node's own, or the client's, before any translation).
+    pub fn local_port(&self) -> Result<u16> {
+        Ok(self.writer.local_addr()?.port())
+    }
+
     /// Sends a request and returns the response body (the pod's name).
     pub fn get(&mut self) -> Result<String> {
         self.writer
@@ -237,6 +242,27 @@ pub fn scrape(ns: &Netns, port: u16, path: &str) -> Result<(String, String)> {
         head.lines().next().unwrap_or_default().to_string(),
         body.to_string(),
     ))
+}
+
+/// The agent's `/metrics` once its collector has finished a sweep that
+/// started after this call (two more sweeps than at the call): the flow
+/// series count what happened before it. Fails after `timeout`.
+pub fn scrape_after_sweep(ns: &Netns, port: u16, timeout: Duration) -> Result<String> {
+    const RUNS: &str = "lb_conntrack_gc_runs_total";
+    let runs = |text: &str| metric(text, RUNS).with_context(|| format!("no {RUNS} in\n{text}"));
+    let start = runs(&scrape(ns, port, "/metrics")?.1)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = scrape(ns, port, "/metrics")?.1;
+        if runs(&text)? >= start + 2.0 {
+            return Ok(text);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the collector swept less than twice in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The value of one series in Prometheus text, e.g. `lb_frontends`.

@@ -331,7 +331,14 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     let dir = manifests.path().to_string_lossy().into_owned();
     let mut agent = Agent::start_with(
         &topo.node1,
-        &["--manifests", &dir, "--metrics-addr", "127.0.0.1:9960"],
+        &[
+            "--manifests",
+            &dir,
+            "--metrics-addr",
+            "127.0.0.1:9960",
+            "--ct-gc-interval",
+            "1",
+        ],
     )
     .unwrap();
     agent.wait_ready(Duration::from_secs(30)).unwrap();
@@ -395,7 +402,9 @@ fn metrics_follow_real_traffic_and_probes_answer() {
             "SNAT exactly for the remote backend: {f}"
         );
     }
-    let (_, last) = scrape(&c, "/metrics");
+    // The flow series count the maps as of the collector's last sweep.
+    let last = lb_tests::traffic::scrape_after_sweep(&c.topo.node1, 9960, Duration::from_secs(10))
+        .unwrap();
     let all_flows = flows.as_array().unwrap();
     let snat = all_flows.iter().filter(|f| f["snat"].is_string()).count();
     assert!(counter(&last, "lb_conntrack_entries") >= all_flows.len() as u64);

@@ -15,10 +15,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    BackendKey, CtEntry, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S, MAP_CONNTRACK,
-    MAP_REVNAT, MAP_SNAT_EXHAUSTED,
+    BackendKey, CtEntry, Event, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S, MAP_CONNTRACK,
+    MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
 };
 
 use super::{FlowStats, Snapshot};
@@ -100,6 +100,13 @@ pub struct Swept {
     pub restored: u64,
     /// The live flows after the sweep.
     pub stats: FlowStats,
+    /// Conntrack entries left after the sweep.
+    pub conntrack_live: u64,
+    /// Reverse-NAT entries left after the sweep.
+    pub reverse_live: u64,
+    /// Conntrack and reverse-NAT entries the programs ever created (restored
+    /// ones included), read right after the sweep.
+    pub created: (u64, u64),
 }
 
 /// The collector: the pinned flow maps, swept on demand.
@@ -160,7 +167,27 @@ impl Collector {
             }
         }
         swept.stats = snapshot.stats();
+        swept.stats.expired = swept.stats.expired.saturating_sub(swept.conntrack_deleted);
+        swept.conntrack_live =
+            (snapshot.flows.len() as u64).saturating_sub(swept.conntrack_deleted);
+        swept.reverse_live =
+            (snapshot.replies.len() as u64 + swept.restored).saturating_sub(swept.reverse_deleted);
+        swept.created = self.created()?;
         Ok(swept)
+    }
+
+    /// Conntrack and reverse-NAT entries the programs ever created (the
+    /// kernel's restored reverse entries included).
+    pub fn created(&self) -> Result<(u64, u64)> {
+        let path = crate::datapath::pins_dir(&self.pin_dir).join(MAP_EVENTS);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let events: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
+        let total = |e: Event| -> Result<u64> { Ok(events.get(&(e as u32), 0)?.iter().sum()) };
+        Ok((
+            total(Event::ConntrackCreated)?,
+            total(Event::RevNatCreated)? + total(Event::RevNatRestored)?,
+        ))
     }
 
     /// Failed SNAT claims per backend, as the kernel counted them.

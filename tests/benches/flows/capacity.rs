@@ -1,6 +1,7 @@
 //! SNAT capacity: concurrent flows through node1 to one remote backend, the
-//! pool topped up until it refuses, node1's own connection while it is full,
-//! then the port return after every connection is closed (`port_return`).
+//! pool topped up in rounds until (nearly) every port is claimed, node1's
+//! own connection then, and the port return after every connection is
+//! closed (`port_return`).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -9,50 +10,53 @@ use std::{
 
 use anyhow::{ensure, Result};
 use lb_tests::{
-    agent::{Agent, ManifestDir},
+    agent::{Agent, ManifestDir, REMOTE_ONLY},
     topology::ClusterTopology,
+    traffic::{http_get, HttpClient},
 };
 use serde_json::{json, Value};
 
 use crate::{
-    conns::blocking_get,
     markdown::{capacity_md, thousands},
-    observe::{count, f, get, metrics, ports_in_use, round1, to_json},
+    observe::{count, f, metrics, or_zero, ports_in_use, round1, to_json},
     port_return::port_return,
     procs::{all, merge_reasons, sum_field, Proc},
-    METRICS_PORT,
+    GC_INTERVAL_S, METRICS_PORT,
 };
 
-/// A Service whose only endpoint is pod2a, on node2 (as in `tests/e2e_snat.rs`).
-const REMOTE_ONLY: &str = "apiVersion: v1\nkind: Service\n\
-metadata: {name: remote-only, namespace: default}\n\
-spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n\
----\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-metadata: {name: remote-only-1, namespace: default, labels: {kubernetes.io/service-name: remote-only}}\n\
-addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n\
-endpoints:\n- {addresses: [\"10.244.2.2\"], nodeName: node2, conditions: {ready: true}}\n";
-
-/// `REMOTE_ONLY`'s address.
+/// `REMOTE_ONLY`'s HTTP address.
 pub(crate) const REMOTE_WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 80);
 /// pod2a's HTTP server.
 const POD2A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
 /// The backend label of pod2a's HTTP port in `/metrics`.
 pub(crate) const POD2A_LABEL: &str = "backend=\"10.244.2.2:8080/TCP\"";
-/// The client's addresses: the topology's, a second one for half the
-/// connections, a third for the probes after the close (its ports are not
-/// held by the first two's `TIME_WAIT` sockets).
+/// The client's addresses: the topology's and a second one, one client
+/// process and half the connections each.
 const CLIENT_ADDRS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 168, 50, 10),
     Ipv4Addr::new(192, 168, 50, 20),
 ];
-/// The probes' address (see `CLIENT_ADDRS`).
+/// The probes' address, a third one: its ports are not held by the
+/// clients' connections nor by their `TIME_WAIT` sockets after the close.
 pub(crate) const PROBE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 21);
-/// Processes serving pod2a (`SO_REUSEPORT`), and opening the connections.
+/// Processes serving pod2a, sharing its port (`SO_REUSEPORT`).
 pub(crate) const SERVERS: usize = 3;
-/// Concurrent connects per client process.
+/// Concurrent connects per client process while opening the target's connections.
 pub(crate) const OPEN_CONCURRENCY: usize = 256;
-/// Connection attempts beyond the free ports when topping the pool up.
-pub(crate) const FILL_MARGIN: usize = 200;
+/// Concurrent connects per client process while topping the pool up.
+pub(crate) const FILL_CONCURRENCY: usize = 1024;
+/// Connect timeout while topping the pool up: below the first SYN
+/// retransmission (1 s), so each failed attempt is one SYN, one claim.
+pub(crate) const FILL_CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
+/// Rounds of topping up, at most.
+pub(crate) const FILL_ROUNDS: usize = 4;
+/// The pool counts as exhausted when at most this many of its ports were
+/// never claimed: a new flow probes random ports (8 while the pool is
+/// exhausted in the same second, 128 otherwise), so it rarely finds one.
+pub(crate) const EXHAUSTED_UNCLAIMED: u64 = 2;
+
+/// The agent's default `--snat-port-range`.
+const DEFAULT_POOL: &str = "1024-29999";
 
 /// The capacity part's sizes, quick or full.
 pub(crate) struct CapacityPlan {
@@ -64,6 +68,8 @@ pub(crate) struct CapacityPlan {
     pub(crate) pool_flag: Option<&'static str>,
     /// Ports in the pool.
     pub(crate) pool_ports: usize,
+    /// How long the pool may be topped up (rounds start only before this).
+    pub(crate) fill_budget: Duration,
     /// How long to probe after the close.
     pub(crate) probe_window: Duration,
 }
@@ -78,6 +84,7 @@ impl CapacityPlan {
                 target: 4_000,
                 pool_flag: Some("1024-5119"),
                 pool_ports: 4_096,
+                fill_budget: Duration::from_secs(10),
                 probe_window: Duration::from_secs(12),
             }
         } else {
@@ -86,10 +93,71 @@ impl CapacityPlan {
                 target: 28_000,
                 pool_flag: None,
                 pool_ports: 30_000 - 1_024,
+                fill_budget: Duration::from_secs(30),
                 probe_window: Duration::from_secs(15),
             }
         }
     }
+
+    /// The pool's range, as `--snat-port-range` takes it.
+    pub(crate) fn pool_range(&self) -> &'static str {
+        self.pool_flag.unwrap_or(DEFAULT_POOL)
+    }
+
+    /// Connection attempts of one topping-up round: half the pool's size.
+    /// While the pool is exhausted a new flow probes 8 random ports, so a
+    /// round leaves about e^-4 (2%) of the ports that were unclaimed before it.
+    pub(crate) fn fill_attempts(&self) -> usize {
+        self.pool_ports / 2
+    }
+}
+
+/// Tops the pool up: rounds of `plan.fill_attempts()` connection attempts
+/// (each success held) until at most `EXHAUSTED_UNCLAIMED` ports are
+/// unclaimed, `FILL_ROUNDS` rounds ran or `plan.fill_budget` passed. `in_use`:
+/// the ports in use before; returns the rounds' figures and the ports in use after.
+fn top_up(
+    plan: &CapacityPlan,
+    topo: &ClusterTopology,
+    clients: &mut [Proc],
+    mut in_use: u64,
+) -> Result<(Vec<Value>, u64)> {
+    let started = Instant::now();
+    let mut rounds = Vec::new();
+    let per_client = plan.fill_attempts().div_ceil(clients.len());
+    while count(plan.pool_ports).saturating_sub(in_use) > EXHAUSTED_UNCLAIMED
+        && rounds.len() < FILL_ROUNDS
+        && started.elapsed() < plan.fill_budget
+    {
+        let round_started = Instant::now();
+        let answers = all(
+            clients,
+            &format!(
+                "open {per_client} {} {FILL_CONCURRENCY}",
+                FILL_CONNECT_TIMEOUT.as_millis()
+            ),
+            Duration::from_mins(3),
+        )?;
+        in_use = ports_in_use(&metrics(&topo.node1)?)?;
+        eprintln!(
+            "capacity: topping up: {} opened, {in_use} ports in use",
+            sum_field(&answers, "ok")
+        );
+        rounds.push(json!({
+            "attempted": per_client * clients.len(),
+            "opened": sum_field(&answers, "ok"),
+            "failed": sum_field(&answers, "failed"),
+            "reasons": merge_reasons(&answers),
+            "seconds": round1(round_started.elapsed().as_secs_f64()),
+            "ports_in_use_after": in_use,
+        }));
+    }
+    Ok((rounds, in_use))
+}
+
+/// The sum of `key` over the topping-up rounds.
+fn rounds_sum(rounds: &[Value], key: &str) -> u64 {
+    rounds.iter().filter_map(|r| r[key].as_u64()).sum()
 }
 
 /// Runs the capacity part: its figures and its markdown.
@@ -128,13 +196,20 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
     manifests.write("remote-only.yaml", REMOTE_ONLY)?;
     let dir = manifests.path().to_string_lossy().into_owned();
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
-    let mut args = vec!["--manifests", &dir, "--metrics-addr", &metrics_addr];
+    let mut args = vec![
+        "--manifests",
+        &dir,
+        "--metrics-addr",
+        &metrics_addr,
+        "--ct-gc-interval",
+        GC_INTERVAL_S,
+    ];
     if let Some(range) = plan.pool_flag {
         args.extend(["--snat-port-range", range]);
     }
     let mut agent = Agent::start_with(&topo.node1, &args)?;
     agent.wait_ready(Duration::from_mins(2))?;
-    let (body, _) = blocking_get(&topo.client, REMOTE_WEB)?;
+    let body = http_get(&topo.client, REMOTE_WEB, Duration::from_secs(2))?;
     ensure!(body == "pod2a", "the Service answered {body:?}");
 
     let mut clients = CLIENT_ADDRS
@@ -169,28 +244,23 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
     let failed = sum_field(&wave, "failed");
     let check = all(&mut clients, "check", Duration::from_mins(3))?;
     let held = sum_field(&check, "ok");
-    let at_target = metrics(&topo.node1)?;
+    let in_use_at_target = ports_in_use(&metrics(&topo.node1)?)?;
     eprintln!("capacity: {opened} opened in {open_s:.1} s, {held} held; topping the pool up");
 
-    // Top the pool up: as many more connections as it has free ports, and a
-    // margin that must be refused.
-    let free = plan
-        .pool_ports
-        .saturating_sub(usize::try_from(ports_in_use(&at_target))?);
-    let extra = (free + FILL_MARGIN).div_ceil(clients.len());
     let fill_started = Instant::now();
-    let fill = all(
-        &mut clients,
-        &format!("open {extra} 2000 {OPEN_CONCURRENCY}"),
-        Duration::from_mins(3),
-    )?;
+    let (rounds, in_use_at_fill_end) = top_up(plan, &topo, &mut clients, in_use_at_target)?;
     let fill_s = fill_started.elapsed().as_secs_f64();
-    let at_full = metrics(&topo.node1)?;
-    let total_held = held + sum_field(&fill, "ok");
+    let at_fill_end = metrics(&topo.node1)?;
+    let never_claimed = count(plan.pool_ports).saturating_sub(in_use_at_fill_end);
+    let held_at_fill_end = held + rounds_sum(&rounds, "opened");
 
-    // The node's own connections to the backend, while the pool is full.
+    // The node's own connections to the backend, after the fill.
     let node = (0..3)
-        .map(|_| blocking_get(&topo.node1, POD2A))
+        .map(|_| -> Result<(String, u16)> {
+            let mut c = HttpClient::connect(&topo.node1, POD2A, Duration::from_secs(2))?;
+            let port = c.local_port()?;
+            Ok((c.get()?, port))
+        })
         .collect::<Vec<_>>();
     let node_ok = node
         .iter()
@@ -210,10 +280,13 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
     drop(clients);
     drop(servers);
 
-    let met = held >= count(plan.target);
+    // Held by the client, and through the pool: a flow that bypassed SNAT
+    // would be held without a port.
+    let target = count(plan.target);
+    let met = held >= target && in_use_at_target >= target;
     let target_line = format!(
         "{} concurrent flows to one remote backend{}",
-        thousands(count(plan.target)),
+        thousands(target),
         if plan.quick {
             " (quick run: the full run's target is 28,000)"
         } else {
@@ -222,7 +295,8 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
     );
     let json = json!({
         "target_connections": plan.target,
-        "pool": plan.pool_flag.unwrap_or("1024-29999 (default)"),
+        "pool": plan.pool_range(),
+        "pool_is_default": plan.pool_flag.is_none(),
         "pool_ports": plan.pool_ports,
         "client_processes": CLIENT_ADDRS.len(),
         "client_addresses": CLIENT_ADDRS.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -234,13 +308,23 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
         "opened_per_second": round1(f(opened) / open_s.max(1e-9)),
         "held_concurrently": held,
         "held_check_failed": sum_field(&check, "failed"),
-        "snat_ports_in_use_at_target": ports_in_use(&at_target),
-        "fill": {"attempted": extra * CLIENT_ADDRS.len(), "opened": sum_field(&fill, "ok"),
-            "refused": sum_field(&fill, "failed"), "reasons": merge_reasons(&fill), "seconds": round1(fill_s)},
-        "held_at_full": total_held,
-        "snat_ports_in_use_at_full": ports_in_use(&at_full),
-        "snat_exhausted_total": get(&at_full, &format!("lb_snat_exhausted_total{{{POD2A_LABEL}}}")),
-        "metrics_at_full": to_json(&at_full),
+        "snat_ports_in_use_at_target": in_use_at_target,
+        "fill": {
+            "rounds": rounds,
+            "attempted": rounds_sum(&rounds, "attempted"),
+            "opened": rounds_sum(&rounds, "opened"),
+            "failed": rounds_sum(&rounds, "failed"),
+            "reasons": merge_reasons(&rounds),
+            "seconds": round1(fill_s),
+            "connect_timeout_ms": FILL_CONNECT_TIMEOUT.as_millis(),
+            "concurrency_per_client": FILL_CONCURRENCY,
+        },
+        "held_at_fill_end": held_at_fill_end,
+        "snat_ports_in_use_at_fill_end": in_use_at_fill_end,
+        "ports_never_claimed": never_claimed,
+        "pool_exhausted": never_claimed <= EXHAUSTED_UNCLAIMED,
+        "snat_exhausted_total": or_zero(&at_fill_end, &format!("lb_snat_exhausted_total{{{POD2A_LABEL}}}")),
+        "metrics_at_fill_end": to_json(&at_fill_end),
         "node_connection": {"attempts": node.len(), "ok": node_ok, "local_ports": node_ports, "errors": node_errors},
         "port_return": ret,
         "target": {"line": target_line, "met": met},

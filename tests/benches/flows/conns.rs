@@ -1,23 +1,21 @@
-//! Client connections: one request on a new connection (held open or timed),
-//! async for the load and the helpers, blocking for a one-off check.
+//! Client connections: one request on a new connection, held open or timed
+//! (async, for the load and the helpers; a one-off check uses
+//! `lb_tests::traffic::HttpClient`).
 
 use std::{
-    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
-use lb_tests::{
-    load::{request, response_head, REQUEST},
-    netns::Netns,
-};
+use lb_tests::load::request;
 use tokio::{
     net::{TcpSocket, TcpStream},
     time::timeout,
 };
 
-use crate::window::LEGIT_TIMEOUT;
+/// The longest the request on a new connection may take (a caller's own
+/// timeout, as `attempt`'s, may cut it shorter).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn reason(e: &std::io::Error) -> String {
     format!("{:?}", e.kind())
@@ -42,13 +40,10 @@ pub(crate) async fn connect_and_request(
         .map_err(|e| format!("connect: {}", reason(&e)))?;
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(128);
-    timeout(
-        LEGIT_TIMEOUT.max(Duration::from_secs(5)),
-        request(&mut stream, &mut buf),
-    )
-    .await
-    .map_err(|_| "request timed out".to_string())?
-    .map_err(|e| format!("request: {e}"))?;
+    timeout(REQUEST_TIMEOUT, request(&mut stream, &mut buf))
+        .await
+        .map_err(|_| "request timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
     Ok(stream)
 }
 
@@ -65,32 +60,4 @@ pub(crate) async fn attempt(
         Err(_) => Err("timed out".to_string()),
     };
     (r, started.elapsed())
-}
-
-/// One HTTP request on a new blocking connection from `ns`: the body and the local port.
-pub(crate) fn blocking_get(ns: &Netns, addr: SocketAddrV4) -> Result<(String, u16)> {
-    ns.run(move || -> Result<(String, u16)> {
-        let mut s =
-            std::net::TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.set_write_timeout(Some(Duration::from_secs(2)))?;
-        let port = s.local_addr()?.port();
-        s.write_all(REQUEST)?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 512];
-        loop {
-            if let Some((head, length)) = response_head(&buf)? {
-                if buf.len() >= head + length {
-                    return Ok((
-                        String::from_utf8_lossy(&buf[head..head + length]).into_owned(),
-                        port,
-                    ));
-                }
-            }
-            let n = s.read(&mut chunk)?;
-            ensure!(n > 0, "the connection closed mid-response");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })?
-    .with_context(|| format!("a request to {addr}"))
 }

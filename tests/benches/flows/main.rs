@@ -51,6 +51,9 @@ use crate::{
 
 /// The agent's `/metrics` (and `/readyz`) port on node1, in both parts.
 const METRICS_PORT: u16 = 9981;
+/// The agent's `--ct-gc-interval` here: `/metrics` gives the flow series as
+/// of the collector's last sweep, and the bench samples them every 100 ms.
+const GC_INTERVAL_S: &str = "1";
 
 fn main() -> Result<()> {
     if let Ok(role) = std::env::var(ROLE_ENV) {

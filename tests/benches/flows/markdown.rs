@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::{
-    capacity::{CapacityPlan, FILL_MARGIN, OPEN_CONCURRENCY, SERVERS},
+    capacity::{
+        CapacityPlan, EXHAUSTED_UNCLAIMED, FILL_CONCURRENCY, FILL_CONNECT_TIMEOUT, FILL_ROUNDS,
+        OPEN_CONCURRENCY, SERVERS,
+    },
     flood::{FloodPlan, DELIVERED, KEEP_UP, MAX_CPU_BUSY_PCT, PREFILL_PPS},
     observe::count,
 };
@@ -34,25 +37,54 @@ fn verdict(met: bool) -> &'static str {
 }
 
 /// The capacity part's description and table.
+#[allow(clippy::too_many_lines)] // one table
 pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met: bool) -> String {
     let r = &j["port_return"];
+    let fill = &j["fill"];
+    let pool = if j["pool_is_default"].as_bool().unwrap_or(false) {
+        format!(
+            "the default range, {}",
+            j["pool"].as_str().unwrap_or_default()
+        )
+    } else {
+        format!(
+            "`--snat-port-range {}`",
+            j["pool"].as_str().unwrap_or_default()
+        )
+    };
     let mut md = format!(
         "A Service whose only endpoint is pod2a (on node2): every flow from the client through \
-         node1 is translated to a port of the pool ({} ports, `--snat-port-range {}`). {} client \
-         processes, bound to {} client addresses, open the connections ({OPEN_CONCURRENCY} \
-         connects in flight each, 5 s connect timeout); each completes one HTTP request and stays \
-         open. A tokio server in {SERVERS} processes shares pod2a's port (`SO_REUSEPORT`). Once all \
-         are open, each answers a second request (held concurrently). Then the pool is topped up \
-         (its free ports plus {FILL_MARGIN}, 2 s connect timeout), node1's own connection to pod2a \
-         is tried, every connection is closed by the client, and a new connection (from a third \
-         client address, 1 s timeout) is started every 100 ms.\n\n\
+         node1 is translated to a port of the pool ({} ports, {pool}). {} client processes, \
+         bound to {} client addresses, open the connections ({OPEN_CONCURRENCY} connects in \
+         flight each, 5 s connect timeout); each completes one HTTP request and stays open. A \
+         tokio server in {SERVERS} processes shares pod2a's port (`SO_REUSEPORT`). Once all are \
+         open, each answers a second request (held concurrently). Then the pool is topped up in \
+         rounds of {} connection attempts ({FILL_CONCURRENCY} in flight per client, {} ms \
+         connect timeout: one SYN each), each success held, until at most \
+         {EXHAUSTED_UNCLAIMED} of its ports were never claimed, {FILL_ROUNDS} rounds or {} s: a \
+         new flow probes random ports of the pool, so the last free ones take many attempts. \
+         node1's own connection to pod2a is tried, every connection is closed by the client, and \
+         a new connection (from a third client address, 1 s timeout) is started every 100 ms \
+         from 2 s before the close: the port return is measured only if every one of them \
+         failed before the close.\n\n\
          | figure | value |\n|---|---:|\n",
         thousands(count(plan.pool_ports)),
-        j["pool"].as_str().unwrap_or_default(),
         j["client_processes"],
         j["client_processes"],
+        thousands(count(plan.fill_attempts())),
+        FILL_CONNECT_TIMEOUT.as_millis(),
+        plan.fill_budget.as_secs(),
     );
-    let rows: [(&str, String); 16] = [
+    let exhausted = r["measured"].as_bool().unwrap_or(false);
+    let not_measured = || {
+        format!(
+            "not measured: {}",
+            r["not_measured_because"]
+                .as_str()
+                .unwrap_or("the pool was not exhausted")
+        )
+    };
+    let rows: [(&str, String); 17] = [
         (
             "connections opened (each one request)",
             format!("{} of {}", j["opened"], j["target_connections"]),
@@ -76,25 +108,42 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
             format!("{}", j["snat_ports_in_use_at_target"]),
         ),
         (
-            "topping up: opened / refused",
+            "topping up: rounds; attempts opened / failed (s)",
             format!(
-                "{} / {} {}",
-                j["fill"]["opened"],
-                j["fill"]["refused"],
-                reasons_text(&j["fill"]["reasons"])
+                "{} ; {} / {} {} ({})",
+                fill["rounds"].as_array().map_or(0, Vec::len),
+                fill["opened"],
+                fill["failed"],
+                reasons_text(&fill["reasons"]),
+                fill["seconds"]
             ),
         ),
-        ("held at once, pool full", format!("{}", j["held_at_full"])),
         (
-            "`lb_snat_ports_in_use` for pod2a, pool full",
-            format!("{}", j["snat_ports_in_use_at_full"]),
+            "held at once, at the fill's end",
+            format!("{}", j["held_at_fill_end"]),
+        ),
+        (
+            "`lb_snat_ports_in_use` for pod2a, at the fill's end",
+            format!("{}", j["snat_ports_in_use_at_fill_end"]),
+        ),
+        (
+            "ports of the pool never claimed (pool size minus ports in use)",
+            format!(
+                "{}{}",
+                j["ports_never_claimed"],
+                if j["pool_exhausted"].as_bool().unwrap_or(false) {
+                    ""
+                } else {
+                    " (the pool was not exhausted)"
+                }
+            ),
         ),
         (
             "`lb_snat_exhausted_total` for pod2a",
             format!("{}", j["snat_exhausted_total"]),
         ),
         (
-            "node1's own connections to pod2a:8080 while full",
+            "node1's own connections to pod2a:8080, after the fill",
             format!(
                 "{} of {} answered (local ports {})",
                 j["node_connection"]["ok"],
@@ -103,7 +152,7 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
             ),
         ),
         (
-            "new connections while full (before the close)",
+            "new connections in the 2 s before the close",
             format!(
                 "{} of {} succeeded",
                 r["before_close"]["ok"], r["before_close"]["attempts"]
@@ -112,11 +161,19 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
         ("closing them all (s)", format!("{}", r["close_seconds"])),
         (
             "port return: first new connection after the close (s)",
-            secs_text(&r["first_success_s"]),
+            if exhausted {
+                secs_text(&r["first_success_s"])
+            } else {
+                not_measured()
+            },
         ),
         (
             "port return: every new connection succeeds from (s)",
-            secs_text(&r["all_succeed_from_s"]),
+            if exhausted {
+                secs_text(&r["all_succeed_from_s"])
+            } else {
+                not_measured()
+            },
         ),
         (
             "ports counted in use fall below 1% of the peak after (s)",
@@ -128,9 +185,10 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
     }
     let _ = writeln!(
         md,
-        "\nTarget: {target_line}: {} ({} held).\n",
+        "\nTarget: {target_line}: {} ({} held, {} SNAT ports in use at the target).\n",
         verdict(met),
-        j["held_concurrently"]
+        j["held_concurrently"],
+        j["snat_ports_in_use_at_target"],
     );
     md
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use lb_tests::{
     netns::{sh, Netns},
     procfs::{self, ProgRuns},
@@ -19,7 +19,7 @@ use lb_tests::{
 };
 use serde_json::{json, Value};
 
-use crate::{capacity::POD2A_LABEL, METRICS_PORT};
+use crate::{capacity::POD2A_LABEL, flood::FLOOD_PORT, METRICS_PORT};
 
 /// `x` as a float.
 #[allow(clippy::cast_precision_loss)] // counts far below 2^52
@@ -98,16 +98,37 @@ pub(crate) fn metrics(node1: &Netns) -> Result<BTreeMap<String, f64>> {
     Ok(series(&body))
 }
 
-/// The value of the series `name` (0 when absent).
-pub(crate) fn get(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+/// The value of the series `name`, 0 when absent: only for series that
+/// appear on first use (labelled counters, a backend's gauges), never for
+/// a figure the bench relies on (see `require`).
+pub(crate) fn or_zero(m: &BTreeMap<String, f64>, name: &str) -> f64 {
     m.get(name).copied().unwrap_or(0.0)
 }
 
-/// `lb_snat_ports_in_use` for pod2a's HTTP port.
-pub(crate) fn ports_in_use(m: &BTreeMap<String, f64>) -> u64 {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a gauge of ports
-    let n = get(m, &format!("lb_snat_ports_in_use{{{POD2A_LABEL}}}")) as u64;
-    n
+/// The value of the series `name`; an error when the agent did not report it.
+pub(crate) fn require(m: &BTreeMap<String, f64>, name: &str) -> Result<f64> {
+    m.get(name)
+        .copied()
+        .ok_or_else(|| anyhow!("the agent's /metrics has no {name}"))
+}
+
+/// `require`, as a whole count.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // gauges of entries and ports
+pub(crate) fn require_count(m: &BTreeMap<String, f64>, name: &str) -> Result<u64> {
+    Ok(require(m, name)?.max(0.0).round() as u64)
+}
+
+/// `lb_snat_ports_in_use` for pod2a's HTTP port, while pod2a holds ports
+/// (an error when the series is absent).
+pub(crate) fn ports_in_use(m: &BTreeMap<String, f64>) -> Result<u64> {
+    require_count(m, &format!("lb_snat_ports_in_use{{{POD2A_LABEL}}}"))
+}
+
+/// `ports_in_use`, or 0 when the agent reported its flows (`lb_snat_flows`)
+/// and pod2a has no series: the agent drops a backend's series when it holds
+/// no port.
+pub(crate) fn ports_in_use_or_none(m: &BTreeMap<String, f64>) -> Result<u64> {
+    ports_in_use(m).or_else(|e| require(m, "lb_snat_flows").map(|_| 0).map_err(|_| e))
 }
 
 /// The series as a JSON object (whole numbers as integers).
@@ -133,20 +154,31 @@ pub(crate) fn delta(
 ) -> BTreeMap<String, f64> {
     after
         .iter()
-        .map(|(k, v)| (k.clone(), v - get(before, k)))
+        .map(|(k, v)| (k.clone(), v - or_zero(before, k)))
         .collect()
 }
 
+/// The columns of `link_series`' rows.
+pub(crate) const LINK_SERIES_COLUMNS: [&str; 6] = [
+    "t_s",
+    "frames_into_the_bridge",
+    "dropped_before_node1",
+    "xdp_runs",
+    "xdp_run_time_ns",
+    "xdp_mean_ns",
+];
+
 /// Every 500 ms until `stop`: frames into the bridge from the sender and
-/// frames dropped in front of node1, in each interval, and the mean run
-/// time of the agent's XDP program (ns; when BPF statistics are on).
+/// frames dropped in front of node1, in each interval, and the runs, run
+/// time and mean run time of the agent's XDP program (ns; when BPF
+/// statistics are on): rows of `LINK_SERIES_COLUMNS`.
 pub(crate) fn link_series(lan: &str, pid: u32, stop: &AtomicBool) -> Vec<Value> {
     let read = || -> Option<(u64, u64, ProgRuns)> {
         let out = sh(&["ip", "-j", "-s", "-n", lan, "link", "show"]).ok()?;
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         let dev = |name: &str| v.as_array()?.iter().find(|l| l["ifname"] == name).cloned();
         Some((
-            dev("lanf")?["stats64"]["rx"]["packets"].as_u64()?,
+            dev(FLOOD_PORT)?["stats64"]["rx"]["packets"].as_u64()?,
             dev("lan1")?["stats64"]["tx"]["dropped"].as_u64()?,
             runs_of_type(&procfs::prog_runs_of(pid), PROG_XDP),
         ))
@@ -162,6 +194,8 @@ pub(crate) fn link_series(lan: &str, pid: u32, stop: &AtomicBool) -> Vec<Value> 
                 round1(started.elapsed().as_secs_f64()),
                 b.0 - a.0,
                 b.1 - a.1,
+                b.2.run_cnt.saturating_sub(a.2.run_cnt),
+                b.2.run_time_ns.saturating_sub(a.2.run_time_ns),
                 mean_ns(&a.2, &b.2)
             ]));
         }
@@ -170,17 +204,22 @@ pub(crate) fn link_series(lan: &str, pid: u32, stop: &AtomicBool) -> Vec<Value> 
     rows
 }
 
-/// The mean of the XDP means of the `link_series` rows whose time passes `keep`.
+/// The XDP program's mean run time (ns) over the `link_series` rows whose
+/// time passes `keep`: their run time over their runs (null without runs).
 pub(crate) fn window_mean(rows: &[Value], keep: impl Fn(f64) -> bool) -> Value {
-    let v: Vec<f64> = rows
+    let (runs, time) = rows
         .iter()
         .filter(|r| r[0].as_f64().is_some_and(&keep))
-        .filter_map(|r| r[3].as_f64())
-        .collect();
-    if v.is_empty() {
+        .fold((0u64, 0u64), |(runs, time), r| {
+            (
+                runs + r[3].as_u64().unwrap_or(0),
+                time + r[4].as_u64().unwrap_or(0),
+            )
+        });
+    if runs == 0 {
         return Value::Null;
     }
-    json!(whole(v.iter().sum::<f64>() / f(count(v.len()))))
+    json!(whole(f(time) / f(runs)))
 }
 
 const PROG_XDP: u32 = 6;

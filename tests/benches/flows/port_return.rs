@@ -1,6 +1,8 @@
 //! The capacity part's end: new connections probed every 100 ms around the
 //! close of every held connection, and the ports counted in use sampled,
-//! to see when ports come back.
+//! to see when ports come back. A port-return time is reported only when
+//! the probes before the close all failed: otherwise the pool had ports
+//! left and the probes after it measure nothing of their return.
 
 use std::{
     sync::{
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 use crate::{
     capacity::{PROBE_ADDR, REMOTE_WEB},
     conns::attempt,
-    observe::{get, metrics, ports_in_use, round1, round2},
+    observe::{metrics, or_zero, ports_in_use_or_none, round1, round2},
     procs::{all, sum_field, Proc},
 };
 
@@ -99,10 +101,14 @@ pub(crate) fn port_return(
             let mut samples: Vec<(Instant, u64, f64)> = Vec::new();
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_mins(2) {
-                if let Ok(m) = metrics(&node1) {
+                let reading = metrics(&node1).and_then(|m| Ok((ports_in_use_or_none(&m)?, m)));
+                if let Ok((in_use, m)) = reading {
                     let now = Instant::now();
-                    let in_use = ports_in_use(&m);
-                    samples.push((now, in_use, get(&m, "lb_conntrack_flows{state=\"closed\"}")));
+                    samples.push((
+                        now,
+                        in_use,
+                        or_zero(&m, "lb_conntrack_flows{state=\"closed\"}"),
+                    ));
                     let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
                     if let Some(&t0) = closed_at.get() {
                         if (now > t0 && in_use * 100 <= peak)
@@ -152,12 +158,15 @@ pub(crate) fn port_return(
         .filter(|p| ok(p))
         .filter_map(|p| p.1.map(|r| rel(r.0)))
         .reduce(f64::min);
-    // The first probe from which every later one succeeded.
-    let all_from = after
-        .iter()
-        .rposition(|p| !ok(p))
-        .map_or(Some(0), |i| (i + 1 < after.len()).then_some(i + 1))
-        .map(|i| rel(after[i].0));
+    // The first probe from which every later one succeeded (none without probes).
+    let all_from = match after.iter().rposition(|p| !ok(p)) {
+        None => (!after.is_empty()).then_some(0),
+        Some(i) => (i + 1 < after.len()).then_some(i + 1),
+    }
+    .map(|i| rel(after[i].0));
+    let before_ok = before.iter().filter(|p| ok(p)).count();
+    // The port return is measured only if new connections failed before the close.
+    let exhausted = !before.is_empty() && before_ok == 0;
     let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let free_after = samples
         .iter()
@@ -167,11 +176,17 @@ pub(crate) fn port_return(
     Ok(json!({
         "close_seconds": round2(t0.duration_since(close_started).as_secs_f64()),
         "closed": sum_field(&closed, "closed"),
-        "before_close": {"attempts": before.len(), "ok": before.iter().filter(|p| ok(p)).count()},
+        "before_close": {"attempts": before.len(), "ok": before_ok},
         "after_close": {"attempts": after.len(), "ok": after.iter().filter(|p| ok(p)).count(),
             "window_s": window.as_secs()},
-        "first_success_s": first_success.map(round2),
-        "all_succeed_from_s": all_from.map(round2),
+        "measured": exhausted,
+        "not_measured_because": (!exhausted).then(|| if before.is_empty() {
+            "no probe ended before the close".to_string()
+        } else {
+            format!("the pool was not exhausted: {before_ok} of {} new connections succeeded before the close", before.len())
+        }),
+        "first_success_s": first_success.filter(|_| exhausted).map(round2),
+        "all_succeed_from_s": all_from.filter(|_| exhausted).map(round2),
         "ports_counted_free_after_s": free_after.map(round2),
         "probes": after.iter().map(|p| json!([round2(rel(p.0)), ok(p)])).collect::<Vec<_>>(),
         "ports_in_use_series": samples.iter().map(|s| json!([round1(rel(s.0)), s.1, s.2])).collect::<Vec<_>>(),

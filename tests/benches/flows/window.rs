@@ -18,16 +18,16 @@ use tokio::{net::TcpStream, runtime::Runtime, time::timeout};
 
 use crate::{
     conns::{attempt, connect_and_request},
-    flood::{FloodBed, DELIVERED, KEEP_UP, MAX_CPU_BUSY_PCT, WEB},
+    flood::{FloodBed, DELIVERED, FLOOD_PORT, KEEP_UP, MAX_CPU_BUSY_PCT, WEB},
     observe::{
         count, cpu_json, cpu_times, delta, f, latency_json, link_delta, link_series, link_stats,
-        metrics, ms, pod_tcp_counters, pods_delta, prog_json, round1, softnet_dropped, to_json,
-        watch_agent, whole, window_mean,
+        metrics, ms, pod_tcp_counters, pods_delta, prog_json, round1, round2, softnet_dropped,
+        to_json, watch_agent, whole, window_mean, LINK_SERIES_COLUMNS,
     },
 };
 
-/// Legitimate load during the flood.
-const KEPT_ALIVE: usize = 50;
+/// Legitimate load during the flood: kept-alive connections.
+pub(crate) const KEPT_ALIVE: usize = 50;
 /// How often each kept-alive connection sends a request.
 const KEPT_ALIVE_EVERY: Duration = Duration::from_millis(100);
 /// New connections per second.
@@ -35,7 +35,8 @@ const NEW_PER_SECOND: u32 = 20;
 /// Legitimate requests answered later are late; new connections that take longer fail.
 pub(crate) const LEGIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A kept-alive connection whose request gets no answer for this long, or
-/// fails, is broken; one answered after `LEGIT_TIMEOUT` is late.
+/// fails, is broken; one answered after `LEGIT_TIMEOUT` is late. Both miss
+/// the target (`flood::flood`): this only bounds how long a stall is timed.
 const STALL: Duration = Duration::from_secs(10);
 
 /// A kept-alive connection's record.
@@ -76,7 +77,7 @@ async fn keep_alive(mut stream: TcpStream, stop: Arc<AtomicBool>) -> Kept {
 }
 
 /// New connections at `per_second` for `duration`, each one request within `LEGIT_TIMEOUT`.
-async fn new_connections(
+async fn paced_new_connections(
     per_second: u32,
     duration: Duration,
 ) -> Vec<(Result<(), String>, Duration)> {
@@ -150,7 +151,7 @@ pub(crate) fn flood_window(
     let pods0 = pod_tcp_counters(&bed.topo)?;
     let progs0 = procfs::prog_runs_of(pid);
     let lan = bed.topo.lan.name();
-    let (lanf0, lan1_0) = (link_stats(lan, "lanf")?, link_stats(lan, "lan1")?);
+    let (lanf0, lan1_0) = (link_stats(lan, FLOOD_PORT)?, link_stats(lan, "lan1")?);
     let node1_0 = link_stats(bed.topo.node1.name(), "eth0")?;
     let stop_links = Arc::new(AtomicBool::new(false));
     let links = {
@@ -158,7 +159,7 @@ pub(crate) fn flood_window(
         std::thread::spawn(move || link_series(&lan, pid, &stop))
     };
     let mut sender = bed.sender(rate, duration, deadline)?;
-    let fresh = rt.spawn(new_connections(NEW_PER_SECOND, duration));
+    let fresh = rt.spawn(paced_new_connections(NEW_PER_SECOND, duration));
     let sent = sender.recv(duration + Duration::from_secs(15));
     stop_links.store(true, Ordering::Relaxed);
     let links = links
@@ -168,14 +169,20 @@ pub(crate) fn flood_window(
     let progs1 = procfs::prog_runs_of(pid);
     let softnet1 = softnet_dropped()?;
     let pods1 = pod_tcp_counters(&bed.topo)?;
-    let (lanf1, lan1_1) = (link_stats(lan, "lanf")?, link_stats(lan, "lan1")?);
+    let (lanf1, lan1_1) = (link_stats(lan, FLOOD_PORT)?, link_stats(lan, "lan1")?);
     let node1_1 = link_stats(bed.topo.node1.name(), "eth0")?;
     let fresh = rt.block_on(fresh);
     std::thread::sleep(Duration::from_secs(1));
     stop_kept.store(true, Ordering::Relaxed);
+    // A task that failed (it panicked) counts as a broken connection.
     let kept: Vec<Kept> = kept
         .into_iter()
-        .filter_map(|k| rt.block_on(k).ok())
+        .map(|k| {
+            rt.block_on(k).unwrap_or_else(|e| Kept {
+                broken: Some(format!("the connection's task failed: {e}")),
+                ..Kept::default()
+            })
+        })
         .collect();
     stop_watch.store(true, Ordering::Relaxed);
     let watch = watcher
@@ -222,7 +229,7 @@ pub(crate) fn flood_window(
         "requested_pps": rate,
         "sent": frames,
         "refused_by_kernel": sent["refused"],
-        "seconds": round1(seconds * 10.0) / 10.0,
+        "seconds": round2(seconds),
         "reached_pps": whole(reached),
         "delivered_pct": round1(100.0 * delivered),
         "kept_up": reached >= KEEP_UP * f(rate) && delivered >= DELIVERED && busiest <= MAX_CPU_BUSY_PCT,
@@ -236,12 +243,12 @@ pub(crate) fn flood_window(
         "pods_tcp": pods_delta(&pods0, &pods1),
         "xdp_mean_ns_first_2s": window_mean(&links, |t| t <= 2.0),
         "xdp_mean_ns_last_2s": window_mean(&links, |t| t > duration.as_secs_f64() - 2.0),
-        "per_half_second": {"columns": ["t_s", "frames_into_the_bridge", "dropped_before_node1", "xdp_mean_ns"],
-            "rows": links},
+        "per_half_second": {"columns": LINK_SERIES_COLUMNS, "rows": links},
         "node1_rx_dropped": link_delta(&node1_0, &node1_1, "rx", "dropped"),
         "cpu": cpu,
         "machine_idle_pct": round1(idle),
         "established": {
+            "planned": KEPT_ALIVE,
             "connections": kept.len(),
             "requests_ok": kept.iter().map(|k| k.ok).sum::<u64>(),
             "requests_late": kept.iter().map(|k| k.late).sum::<u64>(),
@@ -252,7 +259,7 @@ pub(crate) fn flood_window(
         "new_connections": {
             "attempted": fresh.len(),
             "ok": fresh_ok,
-            "success_pct": round1(100.0 * f(count(fresh_ok)) / f(count(fresh.len()).max(1)) * 10.0) / 10.0,
+            "success_pct": round2(100.0 * f(count(fresh_ok)) / f(count(fresh.len()).max(1))),
             "failure_reasons": fresh_reasons,
             "latency": latency_json(&fresh_lat),
         },
