@@ -1,5 +1,7 @@
 //! Map names, sizes, flags, and the key and value layouts of every map.
 
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.

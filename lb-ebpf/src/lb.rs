@@ -105,10 +105,11 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfi
 /// translated back, after the reverse-path check.
 #[inline(always)]
 fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Option<Action> {
-    let ptr = REVNAT.get_ptr_mut(conntrack::key(flow))?;
+    let key = conntrack::key(flow);
+    let ptr = REVNAT.get_ptr_mut(key)?;
     // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
     let rev = unsafe { *ptr };
-    if !spoof::reply_path_ok(ctx, cfg, flow, at.ifindex, rev.ifindex) {
+    if !spoof::reply_path_ok(ctx, cfg, &key, at.ifindex, rev.ifindex) {
         counters::event(Event::ReplyRejected);
         counters::count(Verdict::Invalid);
         return Some(Action::Drop);

@@ -16,6 +16,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod filter;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;
@@ -31,8 +32,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// XDP entry point for the node's uplink interface(s).
-#[xdp]
+/// XDP entry point for the node's uplink interface(s). Multi-buffer aware
+/// (`xdp.frags`), so it attaches where the MTU is jumbo: headers are in the
+/// first buffer, which is all it reads or writes.
+#[xdp(frags)]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     xdp::handle(&ctx)
@@ -56,21 +59,22 @@ pub fn lb_tc_uplink(ctx: TcContext) -> i32 {
 
 /// A program that passes every packet: the per-call floor for benchmarks, and
 /// what a veth peer needs attached to receive `XDP_TX` or redirected frames.
-#[xdp]
+#[xdp(frags)]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 /// The floor of any L4 balancer, for benchmarks: parse Ethernet, IPv4 and
 /// TCP/UDP exactly as `lb_xdp` does, then pass the packet.
-#[xdp]
+#[xdp(frags)]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn xdp_parse(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let Some(ip) = parse::ipv4(data, data_end) else {
         return aya_ebpf::bindings::xdp_action::XDP_PASS;
     };
-    match parse::parse(data, data_end, data_end - data, ip) {
+    let len = xdp::frame_len(&ctx, ip, data_end - data);
+    match parse::parse(data, data_end, len, ip) {
         // Never taken for a parsed flow: keeps the parse from being optimised away.
         Some(flow) if flow.proto == 0 => aya_ebpf::bindings::xdp_action::XDP_DROP,
         _ => aya_ebpf::bindings::xdp_action::XDP_PASS,

@@ -118,7 +118,9 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
             }
             // SAFETY: l4 + TcpHdr::LEN <= data_end checked above.
             let tcp = unsafe { &*(l4 as *const TcpHdr) };
-            if usize::from(tcp.doff()) * 4 < TcpHdr::LEN {
+            let doff = usize::from(tcp.doff()) * 4;
+            if doff < TcpHdr::LEN || ihl + doff > tot_len {
+                // A header longer than the packet's payload: malformed, never rewritten.
                 return None;
             }
             // SAFETY: the flags byte lies inside the TCP header checked above.
@@ -130,7 +132,10 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
             }
             // SAFETY: l4 + UdpHdr::LEN <= data_end checked above.
             let udp = unsafe { &*(l4 as *const UdpHdr) };
-            if usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
+            let udp_len = usize::from(u16::from_be_bytes(udp.len));
+            if udp_len < UdpHdr::LEN || ihl + udp_len > tot_len {
+                // Shorter than its header, or longer than the IP payload
+                // (shorter is padding, which the stack trims): malformed.
                 return None;
             }
         }

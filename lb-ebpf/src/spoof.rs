@@ -6,9 +6,7 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     EbpfContext,
 };
-use lb_common::{NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
-
-use crate::parse::Flow;
+use lb_common::{FlowKey, NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
@@ -22,8 +20,8 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
     cfg.node_addr != 0 && src == cfg.node_addr
 }
 
-/// Whether a reply that matched a reverse-NAT entry could legitimately have
-/// arrived on `ifindex`: the route back to its source leaves through that
+/// Whether a reply (or an ICMP error) with tuple `arrived` (as on the wire)
+/// that matched a reverse-NAT entry could legitimately have arrived on `ifindex`: the route back to its source leaves through that
 /// interface (strict reverse-path check, in the spirit of `rp_filter=1`;
 /// the lookup is the forwarding one, which fails where the interface does
 /// not forward, as a node balancing traffic always does). `verified` is the interface the flow's replies
@@ -32,7 +30,7 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
 pub fn reply_path_ok<C: EbpfContext>(
     ctx: &C,
     cfg: &NodeConfig,
-    flow: &Flow,
+    arrived: &FlowKey,
     ifindex: u32,
     verified: u32,
 ) -> bool {
@@ -42,15 +40,15 @@ pub fn reply_path_ok<C: EbpfContext>(
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = flow.proto;
+    params.l4_protocol = arrived.proto;
     // The route a packet arriving on this interface and addressed to the
     // reply's source would take (an input lookup, unrestricted; the kernel
     // also takes the namespace from this interface).
     params.ifindex = ifindex;
-    params.sport = flow.dport;
-    params.dport = flow.sport;
-    params.__bindgen_anon_3.ipv4_src = flow.dst;
-    params.__bindgen_anon_4.ipv4_dst = flow.src;
+    params.sport = arrived.dst_port;
+    params.dport = arrived.src_port;
+    params.__bindgen_anon_3.ipv4_src = arrived.dst_addr;
+    params.__bindgen_anon_4.ipv4_dst = arrived.src_addr;
     // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
     let ret = unsafe {
         fib_lookup(

@@ -5,10 +5,10 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use lb_common::IPPROTO_UDP;
+use lb_common::{IPPROTO_ICMP, IPPROTO_UDP};
 
 use crate::{
-    config,
+    config, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
@@ -37,13 +37,21 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     if lb::spoofs_node(cfg, parse::source(ip)) {
         return TC_ACT_SHOT;
     }
-    let Some(flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
-        return TC_ACT_OK;
-    };
     let at = Ingress {
         hook,
         // SAFETY: the program's own skb context.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    };
+    if ip.proto == IPPROTO_ICMP {
+        // Written in place through direct packet access: the sum over the
+        // packet is unchanged, so the skb's checksum state stays right.
+        return match icmp::handle(ctx, data, data_end, ctx.len() as usize, at, cfg) {
+            icmp::Outcome::Pass => TC_ACT_OK,
+            icmp::Outcome::Drop => TC_ACT_SHOT,
+        };
+    }
+    let Some(flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
+        return TC_ACT_OK;
     };
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => TC_ACT_OK,

@@ -1,11 +1,11 @@
 //! The XDP program: decide, then rewrite in place with incremental checksums.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{csum, IPPROTO_UDP};
-use network_types::{tcp::TcpHdr, udp::UdpHdr};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
+use lb_common::{csum, IPPROTO_ICMP, IPPROTO_UDP};
+use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config,
+    config, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
@@ -24,15 +24,21 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     if lb::spoofs_node(cfg, parse::source(ip)) {
         return xdp_action::XDP_DROP;
     }
-    // No multi-buffer XDP here: the frame is all in [data, data_end).
-    let Some(flow) = parse::parse(data, data_end, data_end - data, ip) else {
-        return xdp_action::XDP_PASS;
-    };
     let at = Ingress {
         hook: Hook::Uplink,
         // Interface indexes are 32-bit in the kernel.
         #[allow(clippy::cast_possible_truncation)]
         ifindex: ctx.ingress_ifindex() as u32,
+    };
+    let len = frame_len(ctx, ip, data_end - data);
+    if ip.proto == IPPROTO_ICMP {
+        return match icmp::handle(ctx, data, data_end, len, at, cfg) {
+            icmp::Outcome::Pass => xdp_action::XDP_PASS,
+            icmp::Outcome::Drop => xdp_action::XDP_DROP,
+        };
+    }
+    let Some(flow) = parse::parse(data, data_end, len, ip) else {
+        return xdp_action::XDP_PASS;
     };
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => xdp_action::XDP_PASS,
@@ -45,6 +51,21 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             }
         }
     }
+}
+
+/// The whole frame's length: the linear part `linear` unless the IP header
+/// says the packet goes on into fragments of a multi-buffer frame (a jumbo
+/// frame, `xdp.frags`); only then is the helper asked. Headers are always
+/// read and rewritten in the linear part.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext, ip: &Ipv4Hdr, linear: usize) -> usize {
+    let ip_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if parse::L3_OFF + ip_len <= linear {
+        return linear;
+    }
+    // SAFETY: the program's own context.
+    let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    usize::try_from(whole).unwrap_or(linear)
 }
 
 /// Writes the rewrite into the packet, fixing the IPv4 and L4 checksums.

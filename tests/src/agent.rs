@@ -28,6 +28,40 @@ metadata: {name: remote-only-1, namespace: default, labels: {kubernetes.io/servi
 addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\n- {name: dns, port: 5353, protocol: UDP}\n\
 endpoints:\n- {addresses: [\"10.244.2.2\"], nodeName: node2, conditions: {ready: true}}\n";
 
+/// A ClusterIP Service `name` at `ip` whose only endpoint is `pod_ip` on
+/// `node`, with UDP `ports` given as (name, port, target port).
+#[must_use]
+pub fn udp_service_on_one_pod(
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    ports: &[(&str, u16, u16)],
+    pod_ip: std::net::Ipv4Addr,
+    node: &str,
+) -> String {
+    use std::fmt::Write as _;
+    let (mut service_ports, mut slice_ports) = (String::new(), String::new());
+    for (port_name, port, target) in ports {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            service_ports,
+            "  - {{name: {port_name}, port: {port}, protocol: UDP, targetPort: {target}}}"
+        );
+        let _ = writeln!(
+            slice_ports,
+            "- {{name: {port_name}, port: {target}, protocol: UDP}}"
+        );
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\n\
+metadata: {{name: {name}, namespace: default}}\n\
+spec:\n  clusterIP: {ip}\n  ports:\n{service_ports}\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+addressType: IPv4\nports:\n{slice_ports}\
+endpoints:\n- {{addresses: [\"{pod_ip}\"], nodeName: {node}, conditions: {{ready: true}}}}\n"
+    )
+}
+
 /// Path of the agent binary: `LB_AGENT_BIN`, else the workspace's debug build.
 pub fn agent_bin() -> Result<PathBuf> {
     let path = std::env::var_os("LB_AGENT_BIN").map_or_else(

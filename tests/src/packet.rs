@@ -143,6 +143,13 @@ impl Packet {
         self
     }
 
+    /// Replaces the payload (a segment or datagram of this size).
+    #[must_use]
+    pub fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
     /// Sends the UDP datagram without a checksum (zero).
     #[must_use]
     pub fn zero_udp_checksum(mut self) -> Self {
@@ -309,6 +316,61 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     f.extend_from_slice(&ip);
     f.extend_from_slice(&icmp);
     f
+}
+
+/// An ICMP error frame from `src` to `dst`: an IPv4 header (no options, not
+/// a fragment), the ICMP header (`rest` is bytes 4-7: unused, the MTU of a
+/// fragmentation-needed, the pointer of a parameter problem) and `quoted`
+/// (the offending packet's IPv4 header and first bytes, see [`quote`]); the
+/// IPv4 and ICMP checksums computed from scratch.
+#[must_use]
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0xc0];
+    ip.extend_from_slice(&u16::try_from(20 + icmp.len()).unwrap().to_be_bytes());
+    ip.extend_from_slice(&[0x4d, 0x2e, 0, 0, 61, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = ethernet(0x0800);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// What an ICMP error quotes of `frame` (Ethernet, 20-byte IPv4 header): its
+/// IPv4 header and the first `l4_bytes` after it (at most what there is).
+#[must_use]
+pub fn quote(frame: &[u8], l4_bytes: usize) -> Vec<u8> {
+    frame[14..frame.len().min(34 + l4_bytes)].to_vec()
+}
+
+/// A quote (see [`quote`]) with its addresses and ports replaced and its
+/// IPv4 header checksum computed from scratch; the L4 checksum and every
+/// other byte stay as they were.
+#[must_use]
+pub fn quote_as(quoted: &[u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut q = quoted.to_vec();
+    q[12..16].copy_from_slice(&src.0.octets());
+    q[16..20].copy_from_slice(&dst.0.octets());
+    q[20..22].copy_from_slice(&src.1.to_be_bytes());
+    q[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    q[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&q[..20]);
+    q[10..12].copy_from_slice(&c.to_be_bytes());
+    q
 }
 
 /// An IPv6 TCP SYN (to port 80).

@@ -271,3 +271,255 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Sends one datagram from a UDP socket in `ns` connected to `to` (with
+/// `IP_RECVERR` on) and expects `recv` to fail with `ECONNREFUSED` within
+/// `timeout`, from an ICMP port unreachable (origin ICMP, type 3, code 3)
+/// about that datagram (its destination `to`) in the socket's error queue.
+/// Returns the error's offender: the ICMP packet's source address. Fails
+/// naming what happened instead (a reply, silence, another error or ICMP
+/// message), with the ICMP messages that reached `ns` meanwhile.
+pub fn udp_refused_by(
+    ns: &Netns,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<std::net::Ipv4Addr> {
+    ns.run(move || udp_refused_here(to, timeout))?
+}
+
+/// [`udp_refused_by`] on the calling thread's namespace.
+fn udp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv4Addr> {
+    use std::{io::ErrorKind, os::fd::AsRawFd as _};
+
+    // Opened first: it sees every ICMP message that reaches the namespace.
+    let watcher = IcmpWatcher::open()?;
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(to)?;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a live local, of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_IP,
+            libc::IP_RECVERR,
+            (&raw const on).cast(),
+            socklen::<libc::c_int>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt IP_RECVERR");
+    }
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(b"query")?;
+    let mut buf = [0u8; 1500];
+    match socket.recv(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        Ok(n) => bail!(
+            "a reply ({:?}) from {to} instead of ECONNREFUSED; {}",
+            String::from_utf8_lossy(&buf[..n]),
+            watcher.seen()
+        ),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => bail!(
+            "no reply and no error from {to} within {timeout:?} instead of ECONNREFUSED; {}",
+            watcher.seen()
+        ),
+        Err(e) => bail!(
+            "`{e}` from {to} instead of ECONNREFUSED; {}",
+            watcher.seen()
+        ),
+    }
+    let queued = QueuedError::read(&socket)
+        .with_context(|| format!("ECONNREFUSED from {to}; {}", watcher.seen()))?;
+    let ee = &queued.ee;
+    let expected = (
+        u32::try_from(libc::ECONNREFUSED)?,
+        libc::SO_EE_ORIGIN_ICMP,
+        3,
+        3,
+    );
+    if (ee.ee_errno, ee.ee_origin, ee.ee_type, ee.ee_code) != expected || queued.destination != to {
+        bail!(
+            "the queued error is errno {} origin {} ICMP type {} code {} about {}, \
+             not a port unreachable (errno {}, origin {}, type 3, code 3) about {to}; {}",
+            ee.ee_errno,
+            ee.ee_origin,
+            ee.ee_type,
+            ee.ee_code,
+            queued.destination,
+            libc::ECONNREFUSED,
+            libc::SO_EE_ORIGIN_ICMP,
+            watcher.seen()
+        );
+    }
+    queued
+        .offender
+        .with_context(|| format!("the ICMP error names no offender; {}", watcher.seen()))
+}
+
+/// `size_of::<T>()` as a `socklen_t`.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("a small struct")
+}
+
+/// An address in network order (`in_addr`) as an [`std::net::Ipv4Addr`].
+fn in_addr_ip(addr: libc::in_addr) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(addr.s_addr.to_ne_bytes())
+}
+
+/// One error from a socket's error queue (`MSG_ERRQUEUE`, `IP_RECVERR`).
+struct QueuedError {
+    /// The extended error.
+    ee: libc::sock_extended_err,
+    /// `SO_EE_OFFENDER`: the ICMP packet's source, if it names one.
+    offender: Option<std::net::Ipv4Addr>,
+    /// The address the offending datagram was sent to (its inner header).
+    destination: SocketAddrV4,
+}
+
+impl QueuedError {
+    /// Reads the oldest queued error, without waiting.
+    fn read(socket: &UdpSocket) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+
+        // SAFETY: plain C structs of integers and pointers: all zeros is valid.
+        let mut name: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut data = [0u8; 64];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // u64s: aligned for cmsghdr.
+        let mut control = [0u64; 64];
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut name).cast();
+        msg.msg_namelen = socklen::<libc::sockaddr_in>();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        // SAFETY: every buffer msg points to is a live local of the size given.
+        let n = unsafe {
+            libc::recvmsg(
+                socket.as_raw_fd(),
+                &raw mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("nothing in the socket's error queue (recvmsg MSG_ERRQUEUE)");
+        }
+        let destination = SocketAddrV4::new(in_addr_ip(name.sin_addr), u16::from_be(name.sin_port));
+        // SAFETY: the kernel filled `control` up to msg_controllen; the CMSG
+        // macros stay within it, and the IP_RECVERR payload is a
+        // sock_extended_err followed by a sockaddr_in (read unaligned).
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
+                    let data = libc::CMSG_DATA(cmsg);
+                    let ee = data.cast::<libc::sock_extended_err>().read_unaligned();
+                    // SO_EE_OFFENDER: right after the extended error.
+                    let offender = data
+                        .add(size_of::<libc::sock_extended_err>())
+                        .cast::<libc::sockaddr_in>()
+                        .read_unaligned();
+                    let offender = (i32::from(offender.sin_family) == libc::AF_INET)
+                        .then(|| in_addr_ip(offender.sin_addr));
+                    return Ok(Self {
+                        ee,
+                        offender,
+                        destination,
+                    });
+                }
+                cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+            }
+        }
+        bail!("a queued error without an IP_RECVERR message")
+    }
+}
+
+/// A raw ICMP socket that records the ICMP messages reaching its namespace,
+/// for failure messages.
+struct IcmpWatcher {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl IcmpWatcher {
+    /// Opens the socket in the calling thread's namespace.
+    fn open() -> Result<Self> {
+        use std::os::fd::FromRawFd as _;
+
+        // SAFETY: socket has no memory preconditions.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("a raw ICMP socket");
+        }
+        // SAFETY: a descriptor just opened and owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// The ICMP messages received so far, described.
+    fn seen(&self) -> String {
+        use std::os::fd::AsRawFd as _;
+
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1500];
+        while seen.len() < 16 {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else {
+                break;
+            };
+            seen.push(describe_icmp(&buf[..n]));
+        }
+        if seen.is_empty() {
+            "no ICMP message reached the namespace".to_string()
+        } else {
+            format!("ICMP that reached the namespace: {}", seen.join("; "))
+        }
+    }
+}
+
+/// An IPv4 packet carrying ICMP, in words: type, code, addresses and, for
+/// errors, the packet they are about.
+fn describe_icmp(packet: &[u8]) -> String {
+    let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let header = |b: &[u8]| usize::from(b[0] & 0x0f) * 4;
+    if packet.len() < 20 || packet.len() < header(packet) + 8 {
+        return format!("a truncated packet of {} bytes", packet.len());
+    }
+    let icmp = &packet[header(packet)..];
+    let text = format!(
+        "type {} code {} from {} to {}",
+        icmp[0],
+        icmp[1],
+        ip(&packet[12..16]),
+        ip(&packet[16..20])
+    );
+    let inner = &icmp[8..];
+    if !matches!(icmp[0], 3 | 4 | 5 | 11 | 12) || inner.len() < 20 {
+        return text;
+    }
+    let (src, dst) = (ip(&inner[12..16]), ip(&inner[16..20]));
+    let ports = inner.get(header(inner)..header(inner) + 4);
+    let about = match (inner[9], ports) {
+        (6 | 17, Some(p)) => format!(
+            "{} {src}:{} -> {dst}:{}",
+            if inner[9] == 6 { "TCP" } else { "UDP" },
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]])
+        ),
+        (proto, _) => format!("protocol {proto} {src} -> {dst}"),
+    };
+    format!("{text} about {about}")
+}
