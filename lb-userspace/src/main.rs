@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, RunOptions, SourceConfig},
     conntrack,
-    datapath::{DatapathConfig, UplinkHook},
+    datapath::{
+        uplink::{self, HookRequest},
+        DatapathConfig, UplinkHook,
+    },
     desired::NodeInfo,
     flows::{self, FlowSettings, PortRange},
     status,
@@ -76,10 +79,15 @@ struct RunArgs {
     /// uplink TC program (repeat for several).
     #[arg(long = "xdp-iface")]
     xdp_ifaces: Vec<String>,
-    /// The hook on the uplinks: XDP, or TC ingress (after GRO; on a veth
-    /// uplink it spares the copy XDP makes of every cloned frame).
-    #[arg(long, value_enum, default_value_t = UplinkHookArg::Xdp)]
+    /// The hook on the uplinks: XDP, TC ingress, or auto: XDP (native)
+    /// unless an uplink can hand XDP partial checksums (a veth), then TC.
+    #[arg(long, value_enum, default_value_t = UplinkHookArg::Auto)]
     uplink_hook: UplinkHookArg,
+    /// Allow `--uplink-hook xdp` on a veth uplink: only where every sender
+    /// beyond it completes its checksums (TX checksum offload off), as on
+    /// test beds; otherwise XDP would corrupt partially checksummed packets.
+    #[arg(long)]
+    xdp_on_veth: bool,
     /// Pod interface name or pattern with `*` for the TC program (repeat for several).
     #[arg(long = "tc-iface")]
     tc_ifaces: Vec<String>,
@@ -154,6 +162,8 @@ enum SourceArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum UplinkHookArg {
+    /// XDP where it is safe (no veth uplink), TC otherwise.
+    Auto,
     /// XDP (`--xdp-mode` says how).
     Xdp,
     /// TC ingress.
@@ -212,7 +222,36 @@ fn main() -> Result<()> {
     }
 }
 
+/// The uplink hook: the request, decided against the uplinks' drivers.
+fn uplink_hook(args: &RunArgs) -> Result<UplinkHook> {
+    let request = match (args.uplink_hook, args.xdp_mode) {
+        (UplinkHookArg::Auto, XdpModeArg::Native) => HookRequest::Auto,
+        (UplinkHookArg::Auto, XdpModeArg::Skb) => {
+            bail!("--xdp-mode skb needs --uplink-hook xdp (and generic XDP is refused: see its error)")
+        }
+        (UplinkHookArg::Tc, _) => HookRequest::Tc,
+        (UplinkHookArg::Xdp, mode) => HookRequest::Xdp {
+            mode: match mode {
+                XdpModeArg::Native => XdpMode::Driver,
+                XdpModeArg::Skb => XdpMode::Skb,
+            },
+            on_veth: args.xdp_on_veth,
+        },
+    };
+    let drivers = args
+        .xdp_ifaces
+        .iter()
+        .map(|iface| Ok((iface.clone(), uplink::driver(iface)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (hook, why) = uplink::choose(request, &drivers)?;
+    if let Some(why) = why {
+        tracing::info!("{why}");
+    }
+    Ok(hook)
+}
+
 fn run_options(args: RunArgs) -> Result<RunOptions> {
+    let uplink = uplink_hook(&args)?;
     let node_addr = match (args.node_ip, args.xdp_ifaces.first()) {
         (Some(ip), _) => ip,
         (None, Some(uplink)) => interface_ipv4(uplink)?,
@@ -255,11 +294,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         },
         datapath: DatapathConfig {
             xdp_ifaces: args.xdp_ifaces,
-            uplink: match (args.uplink_hook, args.xdp_mode) {
-                (UplinkHookArg::Tc, _) => UplinkHook::Tc,
-                (UplinkHookArg::Xdp, XdpModeArg::Native) => UplinkHook::Xdp(XdpMode::Driver),
-                (UplinkHookArg::Xdp, XdpModeArg::Skb) => UplinkHook::Xdp(XdpMode::Skb),
-            },
+            uplink,
             tc_patterns: args.tc_ifaces,
             node_addr,
             pin_dir: args.pin_dir,

@@ -62,6 +62,23 @@ endpoints:\n- {{addresses: [\"{pod_ip}\"], nodeName: {node}, conditions: {{ready
     )
 }
 
+/// The uplink hook a test gets unless it chooses one: XDP, allowed on
+/// node1's veth uplink because the topology completes checksums at every
+/// sender beyond it (TX offload off on the LAN hosts and node2's pods), so
+/// the XDP program is what the end-to-end tests exercise. The agent's own
+/// default (`auto`) takes TC on a veth; `tests/e2e_checksums.rs` runs it
+/// where senders leave their checksums partial.
+pub const TEST_BED_XDP: [&str; 3] = ["--uplink-hook", "xdp", "--xdp-on-veth"];
+
+/// [`TEST_BED_XDP`] unless `args` choose the uplink hook themselves.
+fn default_hook(args: &[&str]) -> &'static [&'static str] {
+    if args.iter().any(|a| a.starts_with("--uplink-hook")) {
+        &[]
+    } else {
+        &TEST_BED_XDP
+    }
+}
+
 /// Path of the agent binary: `LB_AGENT_BIN`, else the workspace's debug build.
 pub fn agent_bin() -> Result<PathBuf> {
     let path = std::env::var_os("LB_AGENT_BIN").map_or_else(
@@ -126,6 +143,7 @@ impl Agent {
             .arg(&bin)
             .args(["--log-level", "info", "run"])
             .args(source_args)
+            .args(default_hook(source_args))
             .args([
                 "--xdp-iface",
                 NODE1_UPLINK,

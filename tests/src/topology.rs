@@ -38,6 +38,20 @@ pub struct ClusterTopology {
     pub node2: Netns,
     /// The LAN.
     pub lan: Netns,
+    /// How the senders leave their checksums.
+    checksums: SenderChecksums,
+}
+
+/// How the hosts beyond node1's uplink send their L4 checksums.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SenderChecksums {
+    /// Complete: TX checksum offload off at every sender, as a real wire
+    /// delivers them (XDP on node1's veth uplink may rewrite them).
+    Complete,
+    /// Partial, as Linux leaves them by default on a veth (TX offload on);
+    /// node1 completes checksums in software on its uplink's way out
+    /// (`ethtool -K eth0 tx off`), where a wrong update would show.
+    Partial,
 }
 
 /// node1's uplink (XDP).
@@ -48,8 +62,13 @@ pub const NODE1_POD_IFACES: &str = "vpod*";
 pub const NODE1_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 
 impl ClusterTopology {
-    /// Builds the whole topology.
+    /// Builds the whole topology, senders completing their checksums.
     pub fn new() -> Result<Self> {
+        Self::with_checksums(SenderChecksums::Complete)
+    }
+
+    /// Builds the whole topology with senders' checksums as `checksums` says.
+    pub fn with_checksums(checksums: SenderChecksums) -> Result<Self> {
         crate::require_root();
         remove_stale();
         let lan = Netns::new("lan")?;
@@ -62,6 +81,7 @@ impl ClusterTopology {
             node1,
             node2,
             lan,
+            checksums,
         };
         topo.build()?;
         Ok(topo)
@@ -80,7 +100,10 @@ impl ClusterTopology {
         .into_iter()
         .enumerate()
         {
-            attach_to_lan(&lan, &format!("lan{i}"), ns, addr)?;
+            attach_to_lan(&lan, &format!("lan{i}"), ns, addr, self.checksums)?;
+        }
+        if self.checksums == SenderChecksums::Partial {
+            self.node1.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         }
         ip(
             self.client.name(),
@@ -149,7 +172,7 @@ impl ClusterTopology {
             &format!("route add {gateway} dev eth0 scope link"),
         )?;
         ip(ns.name(), &format!("route add default via {gateway}"))?;
-        if node_index == 2 {
+        if node_index == 2 && self.checksums == SenderChecksums::Complete {
             // node2's pods reach node1 over the wire, where XDP sees them.
             ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         }
@@ -168,7 +191,7 @@ impl ClusterTopology {
     /// the topology if it is dropped first.
     pub fn add_lan_host(&self, role: &str, port: &str, addr: &str) -> Result<Netns> {
         let ns = Netns::new(role)?;
-        attach_to_lan(self.lan.name(), port, &ns, addr)?;
+        attach_to_lan(self.lan.name(), port, &ns, addr, SenderChecksums::Complete)?;
         Ok(ns)
     }
 
@@ -190,8 +213,15 @@ impl Drop for ClusterTopology {
 }
 
 /// Joins `ns` to the LAN's bridge: a veth from the LAN's `port` to `eth0` in
-/// `ns`, with `addr`, both ends up, and transmit checksum offload off on both.
-fn attach_to_lan(lan: &str, port: &str, ns: &Netns, addr: &str) -> Result<()> {
+/// `ns`, with `addr`, both ends up, and (with complete `checksums`)
+/// transmit checksum offload off on both.
+fn attach_to_lan(
+    lan: &str,
+    port: &str,
+    ns: &Netns,
+    addr: &str,
+    checksums: SenderChecksums,
+) -> Result<()> {
     ip(
         lan,
         &format!(
@@ -203,6 +233,9 @@ fn attach_to_lan(lan: &str, port: &str, ns: &Netns, addr: &str) -> Result<()> {
     ip(ns.name(), &format!("addr add {addr} dev eth0"))?;
     ip(ns.name(), "link set eth0 up")?;
     ip(ns.name(), "link set lo up")?;
+    if checksums == SenderChecksums::Partial {
+        return Ok(());
+    }
     // A real wire delivers complete checksums; XDP cannot finish partial ones.
     ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
     sh(&[

@@ -1,0 +1,205 @@
+//! Which hook serves the uplinks. XDP cannot read whether a packet's L4
+//! checksum is complete or partial (`CHECKSUM_PARTIAL`: the field holds only
+//! the pseudo-header seed, and a device completes it on the way out), and an
+//! incremental update of a partial checksum corrupts the packet once it is
+//! completed. Partial checksums reach XDP on a veth (its peer's stack leaves
+//! them to TX offload) and in generic mode (GRO merges packets into ones with
+//! partial checksums); they never come from a NIC's wire. TC's checksum
+//! helpers handle both kinds. So XDP serves only where every packet is
+//! complete, and the TC uplink program everywhere else.
+
+use std::{ffi::CStr, os::fd::AsRawFd as _};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::XdpMode;
+
+use super::UplinkHook;
+
+/// The hook the operator asked for (`--uplink-hook`, `--xdp-mode`, `--xdp-on-veth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookRequest {
+    /// XDP in driver mode where no uplink can hand it partial checksums, TC otherwise.
+    Auto,
+    /// XDP, in this mode; `on_veth`: allowed on a veth uplink too, because
+    /// every sender beyond it completes its checksums (TX offload off).
+    Xdp {
+        /// The attach mode.
+        mode: XdpMode,
+        /// Whether XDP may serve a veth uplink.
+        on_veth: bool,
+    },
+    /// TC ingress.
+    Tc,
+}
+
+/// The ethtool driver name of a veth.
+pub const VETH_DRIVER: &str = "veth";
+
+/// Decides the uplink hook for `request` given each uplink's driver name
+/// (`uplinks`: interface, driver). Returns the hook and, when `Auto` chose
+/// TC, why; refuses XDP where it would see partial checksums, naming the fix.
+pub fn choose(
+    request: HookRequest,
+    uplinks: &[(String, String)],
+) -> Result<(UplinkHook, Option<String>)> {
+    let veth = uplinks
+        .iter()
+        .find(|(_, driver)| driver == VETH_DRIVER)
+        .map(|(iface, _)| iface.as_str());
+    match request {
+        HookRequest::Tc => Ok((UplinkHook::Tc, None)),
+        HookRequest::Xdp {
+            mode: XdpMode::Skb, ..
+        } => bail!(
+            "--xdp-mode skb: generic XDP runs after GRO, whose merged packets carry partial \
+             checksums that XDP cannot tell from complete ones (rewriting them corrupts them); \
+             use --uplink-hook tc (or native XDP on a NIC that supports it)"
+        ),
+        HookRequest::Xdp { mode, on_veth } => match veth {
+            Some(iface) if !on_veth => bail!(
+                "{iface} is a veth: packets from its peer's stack carry partial checksums (TX \
+                 checksum offload) that XDP cannot tell from complete ones, and rewriting them \
+                 corrupts them; use --uplink-hook tc (or auto, the default), or add \
+                 --xdp-on-veth if every sender beyond {iface} completes its checksums"
+            ),
+            _ => Ok((UplinkHook::Xdp(mode), None)),
+        },
+        HookRequest::Auto => Ok(match veth {
+            Some(iface) => (
+                UplinkHook::Tc,
+                Some(format!(
+                    "{iface} is a veth, whose packets may carry partial checksums that XDP \
+                     cannot rewrite safely: the uplink program runs at TC"
+                )),
+            ),
+            None => (UplinkHook::Xdp(XdpMode::Driver), None),
+        }),
+    }
+}
+
+/// `SIOCETHTOOL` (linux/sockios.h).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `ETHTOOL_GDRVINFO` (linux/ethtool.h).
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` (linux/ethtool.h).
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// The driver name of interface `iface` in this network namespace (as
+/// `ethtool -i` shows it: `veth`, `mlx5_core`, `virtio_net`, ...).
+pub fn driver(iface: &str) -> Result<String> {
+    // SAFETY: `ifreq` and `EthtoolDrvinfo` are plain C structs for which all zeros is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= request.ifr_name.len() {
+        bail!("{iface:?} is not an interface name");
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = libc::c_char::from_ne_bytes([*src]);
+    }
+    request.ifr_ifru.ifru_data = (&raw mut info).cast();
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("a socket for ethtool")?;
+    // SAFETY: SIOCETHTOOL reads the name and the command from `request` and
+    // writes at most size_of::<EthtoolDrvinfo>() bytes into `info`, which
+    // outlives the call.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &raw mut request) };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the driver of {iface} (ethtool -i)"));
+    }
+    Ok(CStr::from_bytes_until_nul(&info.driver)
+        .map_or_else(|_| String::new(), |s| s.to_string_lossy().into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uplinks(drivers: &[(&str, &str)]) -> Vec<(String, String)> {
+        drivers
+            .iter()
+            .map(|(i, d)| ((*i).to_string(), (*d).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn auto_takes_xdp_on_a_nic_and_tc_on_a_veth() {
+        let nic = uplinks(&[("eth0", "mlx5_core")]);
+        assert_eq!(
+            choose(HookRequest::Auto, &nic).unwrap(),
+            (UplinkHook::Xdp(XdpMode::Driver), None)
+        );
+        let mixed = uplinks(&[("eth0", "mlx5_core"), ("eth1", "veth")]);
+        let (hook, why) = choose(HookRequest::Auto, &mixed).unwrap();
+        assert_eq!(hook, UplinkHook::Tc);
+        assert!(why.unwrap().contains("eth1 is a veth"));
+    }
+
+    #[test]
+    fn xdp_on_a_veth_is_refused_unless_its_senders_complete_checksums() {
+        let veth = uplinks(&[("eth0", "veth")]);
+        let asked = |on_veth| HookRequest::Xdp {
+            mode: XdpMode::Driver,
+            on_veth,
+        };
+        let err = choose(asked(false), &veth).unwrap_err().to_string();
+        assert!(
+            err.contains("eth0 is a veth") && err.contains("--uplink-hook tc"),
+            "{err}"
+        );
+        assert_eq!(
+            choose(asked(true), &veth).unwrap(),
+            (UplinkHook::Xdp(XdpMode::Driver), None)
+        );
+        assert_eq!(
+            choose(asked(false), &uplinks(&[("eth0", "ixgbe")])).unwrap(),
+            (UplinkHook::Xdp(XdpMode::Driver), None)
+        );
+    }
+
+    #[test]
+    fn generic_xdp_is_refused_everywhere_and_tc_taken_everywhere() {
+        let nic = uplinks(&[("eth0", "ixgbe")]);
+        let skb = HookRequest::Xdp {
+            mode: XdpMode::Skb,
+            on_veth: true,
+        };
+        let err = choose(skb, &nic).unwrap_err().to_string();
+        assert!(
+            err.contains("GRO") && err.contains("--uplink-hook tc"),
+            "{err}"
+        );
+        assert_eq!(
+            choose(HookRequest::Tc, &uplinks(&[("eth0", "veth")])).unwrap(),
+            (UplinkHook::Tc, None)
+        );
+    }
+
+    #[test]
+    fn the_driver_of_loopback_is_read() {
+        // Loopback has no ethtool driver info on every kernel: either a
+        // clear error naming it, or an empty/"loopback"-like name.
+        match driver("lo") {
+            Ok(name) => assert_ne!(name, VETH_DRIVER),
+            Err(e) => assert!(format!("{e:#}").contains("lo"), "{e:#}"),
+        }
+        assert!(driver("").is_err());
+        assert!(driver("a-name-far-too-long-for-ifreq").is_err());
+    }
+}
