@@ -1,0 +1,461 @@
+//! End to end: path MTU discovery through a Service (issue 12). A router
+//! namespace forwards over a 1280-byte hop and answers a larger packet (Linux
+//! TCP sets DF) with "fragmentation needed", where a bridge would drop it
+//! silently. 1 MiB moves through the Service only if that error reaches the
+//! sender about a packet its socket knows, which takes the data path's
+//! translation:
+//!
+//! - client side: a far client behind the router, whose link to it has the
+//!   narrow MTU on the router's end only (the client announces an MSS of
+//!   1460). The backend's 1 MiB response leaves node1 from the Service
+//!   address; the router's error about it goes to the Service address, is
+//!   routed to node1 and must reach the backend about its own packet (pod1a,
+//!   local; pod2a, remote, about node1's SNAT address).
+//! - pod side: node1 and node2 reach each other's pods through the router,
+//!   whose routes to them have `mtu lock 1280`. The client's 1 MiB upload
+//!   leaves node1 from node1's address (SNAT) to pod2a, and the router's
+//!   error about it must reach the client about client -> Service; pod1b's
+//!   upload (no SNAT) the same about pod1b -> Service. pod1c's download from
+//!   pod2a is the control: the router's error goes to pod2a about pod2a ->
+//!   pod1c, before node1 translates anything, so path MTU discovery needs no
+//!   translation there (it passes without it).
+//!
+//! Every case runs with the uplink program at the harness's default hook
+//! (XDP with `--xdp-on-veth`: every sender here, the far client too,
+//! completes its checksums) and at TC. Each transfer is bounded (a stall is
+//! the failure) and follows a small exchange on the same path (routing told
+//! apart from translation); the router must have sent destination
+//! unreachables meanwhile, and the sender must hold a 1280-byte path MTU to
+//! its peer. Needs root.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    process::Output,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context, Result};
+use lb_tests::{
+    agent::{Agent, ManifestDir},
+    netns::Netns,
+    topology::ClusterTopology,
+};
+use Transfer::{Download, Upload};
+
+/// The narrow hop's MTU.
+const MTU: &str = "1280";
+/// Bytes of each big transfer.
+const SIZE: usize = 1 << 20;
+/// Bound on each transfer: a stall fails it.
+const WAIT: Duration = Duration::from_secs(20);
+/// The bulk servers' port in pod1a and pod2a.
+const BULK_PORT: u16 = 8090;
+/// A Service whose only endpoint is pod1a, on node1.
+const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 70), 80);
+/// A Service whose only endpoint is pod2a, on node2 (SNAT to node1's address).
+const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 71), 80);
+/// The router's address on the LAN (also in the routes below), and its
+/// settings: it forwards, checks no reverse path, and sends no redirects (on
+/// the pod side it forwards back out of the LAN port a packet came in by).
+const ROUTER: &str = "192.168.50.20";
+/// See [`ROUTER`].
+const ROUTER_SETUP: &str = "sysctl -qw net.ipv4.ip_forward=1
+    sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    sysctl -qw net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.all.send_redirects=0
+    sysctl -qw net.ipv4.conf.default.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0";
+/// The router's routes to each node's pods for [`Hop::PodSide`], with the
+/// narrow [`MTU`] (forwarding honours a route's MTU; `lock` keeps it).
+const POD_SIDE_ROUTES: &str = "ip route add 10.244.2.0/24 via 192.168.50.12 mtu lock 1280
+    ip route add 10.244.1.0/24 via 192.168.50.11 mtu lock 1280";
+/// The far client's address, behind the router on 192.168.60.0/24.
+const FAR_CLIENT: &str = "192.168.60.10";
+/// The router's end of the far client's link (`eth1`), and its route to Services.
+const FAR_ROUTER_SETUP: &str = "ip addr add 192.168.60.1/24 dev eth1
+    ip link set eth1 up
+    sysctl -qw net.ipv4.conf.eth1.rp_filter=0 net.ipv4.conf.eth1.send_redirects=0
+    ip route add 10.96.0.0/12 via 192.168.50.11";
+/// The far client's end (`eth0`), its route, and complete checksums (as the
+/// LAN's hosts send them: XDP on node1's uplink cannot rewrite partial ones).
+const FAR_CLIENT_SETUP: &str = "ip addr add 192.168.60.10/24 dev eth0
+    ip link set eth0 up
+    ip link set lo up
+    ip route add default via 192.168.60.1
+    ethtool -K eth0 tx off";
+
+/// A ClusterIP Service at `addr`, TCP to [`BULK_PORT`], whose only endpoint
+/// is `pod` on `node`.
+fn service(name: &str, addr: SocketAddrV4, pod: Ipv4Addr, node: &str) -> String {
+    let (ip, port) = (addr.ip(), addr.port());
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+spec:\n  clusterIP: {ip}\n  ports:\n  - {{name: http, port: {port}, protocol: TCP, targetPort: {BULK_PORT}}}\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+addressType: IPv4\nports:\n- {{name: http, port: {BULK_PORT}, protocol: TCP}}\n\
+endpoints:\n- {{addresses: [\"{pod}\"], nodeName: {node}, conditions: {{ready: true}}}}\n"
+    )
+}
+
+/// Runs each line of `script` (words split on spaces) in `ns`; panics on a
+/// failure. Returns the last command's output.
+fn run(ns: &Netns, script: &str) -> Output {
+    let mut last = None;
+    for line in script.lines().filter(|l| !l.trim().is_empty()) {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = ns.exec(&args);
+        last = Some(out.unwrap_or_else(|e| panic!("in {}: {e:#}", ns.name())));
+    }
+    last.expect("a command")
+}
+
+/// Where the 1280-byte hop is.
+#[derive(Clone, Copy, PartialEq)]
+enum Hop {
+    /// Between the router and a far client (the router's `eth1`).
+    ClientSide,
+    /// Between node1 and node2's pods, both ways (the router's routes).
+    PodSide,
+}
+
+/// Which way the big transfer goes.
+#[derive(Clone, Copy, Debug)]
+enum Transfer {
+    /// `GET /big`: [`SIZE`] bytes from the backend.
+    Download,
+    /// `POST /upload` of [`SIZE`] bytes to the backend.
+    Upload,
+}
+
+/// Topology, hop, servers, manifests and a ready agent. Field order is drop order.
+struct Cluster {
+    _agent: Agent,
+    _manifests: ManifestDir,
+    _servers: BulkServers,
+    /// The far client ([`Hop::ClientSide`]).
+    far: Option<Netns>,
+    router: Netns,
+    topo: ClusterTopology,
+}
+
+impl Cluster {
+    /// The cluster with `hop`, both Services, the agent run with `extra` arguments.
+    fn new(hop: Hop, extra: &[&str]) -> Self {
+        let topo = ClusterTopology::new().expect("building the namespace topology");
+        let router = topo
+            .add_lan_host("router", "lan3", &format!("{ROUTER}/24"))
+            .expect("the router on the LAN");
+        run(&router, ROUTER_SETUP);
+        let far = (hop == Hop::ClientSide).then(|| far_client(&topo, &router));
+        if hop == Hop::PodSide {
+            let node1 = "ip route replace 10.244.2.0/24 via 192.168.50.20";
+            let node2 = "ip route replace 10.244.1.0/24 via 192.168.50.20";
+            for (ns, script) in [
+                (&router, POD_SIDE_ROUTES),
+                (&topo.node1, node1),
+                (&topo.node2, node2),
+            ] {
+                run(ns, script);
+            }
+        }
+        let servers = BulkServers::start(&[&topo.pod("pod1a").ns, &topo.pod("pod2a").ns]);
+        let manifests = ManifestDir::new().unwrap();
+        for (name, addr, pod, node) in [
+            ("pmtu-local", LOCAL, "pod1a", "node1"),
+            ("pmtu-remote", REMOTE, "pod2a", "node2"),
+        ] {
+            let yaml = service(name, addr, topo.pod(pod).ip, node);
+            manifests.write(&format!("{name}.yaml"), &yaml).unwrap();
+        }
+        let dir = manifests.path().to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", &dir];
+        args.extend_from_slice(extra);
+        let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
+        let ready = agent.wait_ready(Duration::from_secs(30));
+        ready.expect("lb-agent ready");
+        Self {
+            _agent: agent,
+            _manifests: manifests,
+            _servers: servers,
+            far,
+            router,
+            topo,
+        }
+    }
+
+    /// The router's `Icmp: OutDestUnreachs` (`/proc/net/snmp`).
+    fn router_unreachables(&self) -> u64 {
+        let snmp = String::from_utf8(run(&self.router, "cat /proc/net/snmp").stdout).unwrap();
+        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "OutDestUnreachs")
+            .unwrap();
+        values.split_whitespace().nth(at).unwrap().parse().unwrap()
+    }
+
+    /// From `client` (`who`), a small exchange with `service` (the control),
+    /// then `transfer` of [`SIZE`] bytes, which must complete while the
+    /// router sends errors; then `sender` holds a 1280-byte path MTU to `peer`.
+    fn moves_a_mebibyte(
+        &self,
+        (client, who): (&Netns, &str),
+        service: SocketAddrV4,
+        transfer: Transfer,
+        (sender, peer): (&Netns, &str),
+    ) {
+        let echoed = upload(client, service, 100)
+            .unwrap_or_else(|e| panic!("control: {who} posts 100 bytes to {service}: {e:#}"));
+        assert_eq!(echoed, 100, "control: {who} -> {service}");
+        let before = self.router_unreachables();
+        let moved = match transfer {
+            Download => download(client, service),
+            Upload => upload(client, service, SIZE),
+        };
+        let sent = self.router_unreachables() - before;
+        let what = format!("{who}: {transfer:?} of {SIZE} bytes through {service}");
+        let moved = moved.unwrap_or_else(|e| panic!("{what}, {sent} unreachables sent: {e:#}"));
+        assert_eq!(moved, SIZE, "{what}");
+        assert!(
+            sent > 0,
+            "{what}: the router sent no unreachable: the hop did nothing"
+        );
+        let route = String::from_utf8(run(sender, &format!("ip route get {peer}")).stdout).unwrap();
+        let learned = route.contains(&format!("mtu {MTU}"));
+        assert!(
+            learned,
+            "{what}: the sender learned no path MTU to {peer}: {route}"
+        );
+    }
+}
+
+/// The far client: a namespace linked to the router (its `eth1`, with the
+/// narrow MTU; the client's end keeps 1500), routes both ways via the router.
+fn far_client(topo: &ClusterTopology, router: &Netns) -> Netns {
+    let far = Netns::new("farclient").expect("the far client's namespace");
+    let name = far.name();
+    let link = format!("ip link add eth1 mtu {MTU} type veth peer name eth0 netns {name}");
+    run(router, &(link + "\n" + FAR_ROUTER_SETUP));
+    run(&far, FAR_CLIENT_SETUP);
+    run(
+        &topo.node1,
+        "ip route add 192.168.60.0/24 via 192.168.50.20",
+    );
+    far
+}
+
+/// HTTP servers on [`BULK_PORT`] in some pods: `GET /big` answers [`SIZE`]
+/// bytes, `POST /upload` reads the body and answers with its length. One
+/// request per connection, each bounded by [`WAIT`]. Stop when dropped.
+struct BulkServers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BulkServers {
+    fn start(pods: &[&Netns]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = pods
+            .iter()
+            .map(|ns| {
+                let listener = ns
+                    .run(|| TcpListener::bind(("0.0.0.0", BULK_PORT)))
+                    .unwrap()
+                    .unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((stream, _)) => drop(std::thread::spawn(move || serve(&stream))),
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for BulkServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves one request on `stream`; an error ends the connection.
+fn serve(stream: &TcpStream) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    let mut reader = BufReader::new(stream);
+    let (request, length) = read_head(&mut reader)?;
+    let mut writer = stream;
+    if request.starts_with("GET /big ") {
+        write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n")?;
+        writer.write_all(&vec![b'x'; SIZE])?;
+    } else {
+        ensure!(
+            request.starts_with("POST /upload "),
+            "unknown request {request:?}"
+        );
+        let body = std::io::copy(&mut reader.take(length), &mut std::io::sink())?.to_string();
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads an HTTP head: its first line and its `Content-Length` (0 if none).
+fn read_head(reader: &mut impl BufRead) -> Result<(String, u64)> {
+    let (mut first, mut length, mut line) = (String::new(), 0, String::new());
+    loop {
+        line.clear();
+        ensure!(
+            reader.read_line(&mut line)? > 0,
+            "the connection closed within the head"
+        );
+        if line == "\r\n" {
+            return Ok((first, length));
+        }
+        if first.is_empty() {
+            first.clone_from(&line);
+        } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse()?;
+        }
+    }
+}
+
+/// A connection from `ns` to `service`, each read and write bounded by [`WAIT`].
+fn connect(ns: &Netns, service: SocketAddrV4) -> Result<TcpStream> {
+    let timeout = Duration::from_secs(2);
+    let stream = ns
+        .run(move || TcpStream::connect_timeout(&SocketAddr::V4(service), timeout))?
+        .with_context(|| format!("connecting to {service}"))?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    Ok(stream)
+}
+
+/// Reads `stream`'s response, head and body; returns the body.
+fn response(stream: &TcpStream) -> Result<Vec<u8>> {
+    let mut reader = BufReader::new(stream);
+    let (status, length) = read_head(&mut reader)?;
+    ensure!(status.starts_with("HTTP/1.1 200"), "answered {status:?}");
+    let mut body = Vec::new();
+    // On an error, what was read is in `body`.
+    let read = reader.take(length).read_to_end(&mut body);
+    read.with_context(|| format!("after {} of {length} bytes", body.len()))?;
+    ensure!(
+        body.len() as u64 == length,
+        "closed after {} of {length} bytes",
+        body.len()
+    );
+    Ok(body)
+}
+
+/// `GET /big` from `ns` through `service`; returns the bytes of body received.
+fn download(ns: &Netns, service: SocketAddrV4) -> Result<usize> {
+    let mut stream = connect(ns, service)?;
+    stream.write_all(b"GET /big HTTP/1.1\r\nHost: pmtu\r\n\r\n")?;
+    let body = response(&stream)?;
+    ensure!(body.iter().all(|&b| b == b'x'), "a corrupted body");
+    Ok(body.len())
+}
+
+/// `POST /upload` of `size` bytes from `ns` through `service`; returns the
+/// length the server says it read.
+fn upload(ns: &Netns, service: SocketAddrV4, size: usize) -> Result<usize> {
+    let mut stream = connect(ns, service)?;
+    write!(
+        stream,
+        "POST /upload HTTP/1.1\r\nHost: pmtu\r\nContent-Length: {size}\r\n\r\n"
+    )?;
+    let mut sent = 0;
+    for piece in vec![b'y'; size].chunks(64 * 1024) {
+        let write = stream.write_all(piece);
+        write.with_context(|| format!("after sending {sent} of {size} bytes"))?;
+        sent += piece.len();
+    }
+    let body = response(&stream).context("the upload's answer")?;
+    let body = String::from_utf8_lossy(&body);
+    body.parse().with_context(|| format!("the answer {body:?}"))
+}
+
+/// Case 1: the far client downloads from pod1a, then from pod2a (which
+/// replied to node1's SNAT address).
+fn far_client_downloads(extra: &[&str]) {
+    let c = Cluster::new(Hop::ClientSide, extra);
+    let far = (c.far.as_ref().unwrap(), "far client");
+    let pod1a = (&c.topo.pod("pod1a").ns, FAR_CLIENT);
+    c.moves_a_mebibyte(far, LOCAL, Download, pod1a);
+    let pod2a = (&c.topo.pod("pod2a").ns, "192.168.50.11");
+    c.moves_a_mebibyte(far, REMOTE, Download, pod2a);
+}
+
+/// Case 2: the client uploads to pod2a (SNAT at node1).
+fn client_uploads(extra: &[&str]) {
+    let c = Cluster::new(Hop::PodSide, extra);
+    let (client, service) = (&c.topo.client, REMOTE.ip().to_string());
+    c.moves_a_mebibyte((client, "client"), REMOTE, Upload, (client, &service));
+}
+
+/// Case 3: pod1c downloads from pod2a (the control, no translation
+/// involved), pod1b uploads to it. Two pods: a path MTU either transfer
+/// learned would shrink the MSS the other's peer announces.
+fn pods_download_and_upload(extra: &[&str]) {
+    let c = Cluster::new(Hop::PodSide, extra);
+    let (downloader, backend) = (c.topo.pod("pod1c"), &c.topo.pod("pod2a").ns);
+    let peer = downloader.ip.to_string();
+    let (ns, who) = (&downloader.ns, "pod1c");
+    c.moves_a_mebibyte((ns, who), REMOTE, Download, (backend, &peer));
+    let service = REMOTE.ip().to_string();
+    let uploader = &c.topo.pod("pod1b").ns;
+    c.moves_a_mebibyte((uploader, "pod1b"), REMOTE, Upload, (uploader, &service));
+}
+
+/// The uplink program at TC instead of the default hook.
+const TC: &[&str] = &["--uplink-hook", "tc"];
+
+#[test]
+fn a_far_client_downloads_a_mebibyte_through_a_1280_byte_hop() {
+    far_client_downloads(&[]);
+}
+
+#[test]
+fn a_far_client_downloads_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc() {
+    far_client_downloads(TC);
+}
+
+#[test]
+fn a_client_uploads_a_mebibyte_to_a_remote_backend_through_a_1280_byte_hop() {
+    client_uploads(&[]);
+}
+
+#[test]
+fn a_client_uploads_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc() {
+    client_uploads(TC);
+}
+
+#[test]
+fn pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_to_a_remote_backend() {
+    pods_download_and_upload(&[]);
+}
+
+#[test]
+fn pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc() {
+    pods_download_and_upload(TC);
+}
