@@ -578,6 +578,50 @@ pub struct BackendKey {
     pub pad: u8,
 }
 
+/// Name of the fragment map: [`FragKey`] -> [`FragPorts`] (LRU hash). Not
+/// pinned: it holds only datagrams in flight, for the programs of one load
+/// (an agent's upgrade loses them, and with them those datagrams' later
+/// fragments), so it is no part of the pin layout.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+/// Capacity of the fragment map: datagrams in flight whose first fragment
+/// was translated (each entry lives until the LRU needs its room).
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
+
+/// Key of the fragment map: one IPv4 datagram, as its fragments name it on
+/// the wire (RFC 791: source, destination, identification and protocol),
+/// before translation.
+///
+/// Layout (12 bytes): `src_addr` be32 | `dst_addr` be32 | `id` be16 |
+/// `proto` u8 | pad u8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source IPv4 address, network byte order.
+    pub src_addr: u32,
+    /// Destination IPv4 address, network byte order.
+    pub dst_addr: u32,
+    /// IPv4 identification, network byte order.
+    pub id: u16,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of the fragment map: the ports of a datagram whose first fragment
+/// was translated, as they were on the wire before translation, so that its
+/// later fragments (which carry no L4 header) are decided as the first was.
+///
+/// Layout (4 bytes): `src_port` be16 | `dst_port` be16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is repr(C), made only of integers, with explicit padding
@@ -595,6 +639,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::SnatExhaustion {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 #[cfg(test)]
@@ -616,6 +662,8 @@ mod tests {
         assert_eq!(size_of::<NodeConfig>(), 64);
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<SnatExhaustion>(), 16);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragPorts>(), 4);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     counters,
     maps::{CONNTRACK, REVNAT},
-    parse::Flow,
+    parse::{Flow, Fragment},
     select::{self, Chosen},
 };
 
@@ -85,7 +85,8 @@ fn backend_of(ct: &CtEntry) -> Option<Chosen> {
 /// The live flow `key`, recalled for a packet from its client: its backend is
 /// unchanged and it has not expired. Stamps the packet's time (at most once a
 /// second per flow, when the expiry is also checked and a missing reverse
-/// entry restored) and moves the TCP state. `None` when the flow must start anew.
+/// entry restored) and moves the TCP state (not on a later fragment, which
+/// carries no TCP flags). `None` when the flow must start anew.
 #[inline(always)]
 pub fn recall(key: &FlowKey, flow: &Flow, cfg: &NodeConfig) -> Option<(CtEntry, Chosen)> {
     let ptr = CONNTRACK.get_ptr_mut(key)?;
@@ -111,7 +112,7 @@ pub fn recall(key: &FlowKey, flow: &Flow, cfg: &NodeConfig) -> Option<(CtEntry, 
         unsafe { (*ptr).last_seen_s = now };
         restore_reverse(key, &ct, now);
     }
-    if flow.proto == IPPROTO_TCP {
+    if flow.proto == IPPROTO_TCP && flow.fragment != Fragment::Later {
         let state = CtState::from_u8(ct.state);
         let next = tcp_next(state, flow.tcp_flags, true);
         if next != state {

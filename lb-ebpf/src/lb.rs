@@ -11,10 +11,10 @@ use lb_common::{
 use crate::{
     affinity, config,
     conntrack::{self, Recorded},
-    counters, filter,
+    counters, filter, frag,
     maps::{REVNAT, SERVICES},
     nat::{self, Reverse, Rewrite},
-    parse::Flow,
+    parse::{Flow, Fragment},
     select::{self, Chosen},
     snat, spoof,
 };
@@ -61,9 +61,23 @@ pub fn spoofs_node(cfg: &NodeConfig, src: u32) -> bool {
     false
 }
 
-/// Decides the fate of one parsed packet and counts the verdict.
+/// Decides the fate of one parsed packet (a later fragment with its
+/// datagram's ports, see [`frag::complete`]) and counts the verdict. A first
+/// fragment's fate is remembered for the rest of its datagram.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
+    let action = decide_packet(ctx, flow, at, cfg);
+    if flow.fragment == Fragment::First {
+        frag::note_first(flow, matches!(action, Action::Rewrite(_)));
+    }
+    action
+}
+
+/// [`decide`] for one packet. A later fragment only recalls what its first
+/// fragment found (the tracked flow, or the reverse entry): it never starts
+/// a flow.
+#[inline(always)]
+fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
     if filter::may_be_frontend(flow) {
         // An established flow keeps its backend while the backend entry
         // exists, also when it takes no new connections (terminating, not
@@ -79,17 +93,21 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfi
                 return action;
             }
         }
-        let key = lb_common::ServiceKey {
-            addr: flow.dst,
-            port: flow.dport,
-            proto: flow.proto,
-            pad: 0,
-        };
-        // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays valid
-        // for this RCU read section and is copied out at once.
-        if let Some(svc) = unsafe { SERVICES.get(key) } {
-            let svc = *svc;
-            return to_service(ctx, flow, &svc, &ct_key, at.hook, cfg);
+        // A later fragment whose flow is gone (expired, or its backend) is
+        // not translated: its first fragment would need the new flow.
+        if flow.fragment != Fragment::Later {
+            let key = lb_common::ServiceKey {
+                addr: flow.dst,
+                port: flow.dport,
+                proto: flow.proto,
+                pad: 0,
+            };
+            // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays
+            // valid for this RCU read section and is copied out at once.
+            if let Some(svc) = unsafe { SERVICES.get(key) } {
+                let svc = *svc;
+                return to_service(ctx, flow, &svc, &ct_key, at.hook, cfg);
+            }
         }
     }
     if filter::may_be_reply(flow) {

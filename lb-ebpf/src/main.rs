@@ -16,6 +16,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod filter;
+mod frag;
 mod icmp;
 mod lb;
 mod maps;

@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, NodeConfig, RevNatEntry,
-    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry, SnatExhaustion,
-    AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, MAGLEV_SLAB_SLOTS,
-    MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
-    SNAT_EXHAUSTED_MAX_ENTRIES, VERDICT_COUNT,
+    AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
+    NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry,
+    SnatExhaustion, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS,
+    FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
+    SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -84,3 +84,10 @@ pub static SNAT_EXHAUSTED: HashMap<BackendKey, SnatExhaustion> =
 /// Per-CPU scratch of a SNAT port claim's probe loop (not pinned).
 #[map(name = "PROBES")]
 pub static PROBES: PerCpuArray<crate::snat::Probes> = PerCpuArray::with_max_entries(1, 0);
+
+/// Datagrams whose first fragment was translated: (source, destination, IP
+/// id, protocol) -> ports, for their later fragments (not pinned; see
+/// [`crate::frag`]).
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);

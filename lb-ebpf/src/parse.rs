@@ -1,4 +1,7 @@
 //! Header parsing: Ethernet + IPv4 + TCP/UDP, bounds-checked against `data_end`.
+//! A fragment of a TCP/UDP datagram parses too: the first (it carries the L4
+//! header) like a whole packet, a later one without ports, which
+//! [`crate::frag`] fills in from its datagram's first fragment.
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
@@ -23,8 +26,23 @@ pub const UDP_CSUM_OFF: usize = 6;
 /// Bytes a parse needs in the linear area at most (Ethernet, IPv4 with options, TCP).
 pub const MAX_HEADERS_LEN: usize = EthHdr::LEN + 60 + TcpHdr::LEN;
 
-/// IPv4 "more fragments" flag and fragment offset bits of `frags`.
-const IP_MF_OR_OFFSET: u16 = 0x3fff;
+/// IPv4 "more fragments" flag of `frags`.
+const IP_MF: u16 = 0x2000;
+/// IPv4 fragment offset bits of `frags` (in 8-byte units).
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Where a packet stands in its IPv4 datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented: the whole datagram.
+    Whole,
+    /// The first fragment (more fragments follow, offset 0): it carries the
+    /// L4 header, whose checksum covers the whole datagram.
+    First,
+    /// A later fragment (offset above 0): payload only, no L4 header; its
+    /// ports are its datagram's, remembered from the first fragment.
+    Later,
+}
 
 /// A TCP or UDP packet over IPv4. Addresses and ports are raw network-order words.
 #[derive(Clone, Copy)]
@@ -43,8 +61,14 @@ pub struct Flow {
     pub l4_off: usize,
     /// Length of the whole packet (linear and paged), Ethernet included.
     pub len: u32,
-    /// TCP flags (`lb_common::conntrack::TCP_*`), 0 for UDP.
+    /// TCP flags (`lb_common::conntrack::TCP_*`), 0 for UDP and for a
+    /// later fragment.
     pub tcp_flags: u8,
+    /// Where the packet stands in its datagram.
+    pub fragment: Fragment,
+    /// IPv4 identification (raw network-order), which with the addresses
+    /// and protocol names a fragment's datagram.
+    pub ip_id: u16,
 }
 
 /// Offset of the flags byte in the TCP header.
@@ -86,8 +110,9 @@ pub fn source(ip: &Ipv4Hdr) -> u32 {
 
 /// Parses the packet whose headers are in `[data, data_end)`, whose IPv4
 /// header [`ipv4`] found as `ip`, and whose whole length (linear and paged
-/// data) is `len`. Returns `None` for anything that is not a complete,
-/// unfragmented IPv4 TCP/UDP packet: those are not ours.
+/// data) is `len`. Returns `None` for anything that is not a complete IPv4
+/// TCP/UDP packet or fragment of one: those are not ours. A later fragment
+/// comes back with ports 0 (see [`Fragment::Later`]).
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<Flow> {
     if ip.vihl >> 4 != 4 {
@@ -97,11 +122,14 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
     if ihl < Ipv4Hdr::LEN {
         return None;
     }
-    if u16::from_be_bytes(ip.frags) & IP_MF_OR_OFFSET != 0 {
-        // Fragments: only the first carries ports, translating it alone would
-        // break the datagram, so every fragment is left to the stack.
-        return None;
-    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let fragment = if frags & IP_OFFSET != 0 {
+        Fragment::Later
+    } else if frags & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::Whole
+    };
     let proto = ip.proto;
     let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
     if L3_OFF + tot_len > len {
@@ -109,6 +137,26 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
         return None;
     }
     let l4_off = L3_OFF + ihl;
+    if fragment == Fragment::Later {
+        // Payload only: nothing beyond the IPv4 header is read or written.
+        if tot_len <= ihl || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            return None;
+        }
+        return Some(Flow {
+            src: source(ip),
+            dst: u32::from_ne_bytes(ip.dst_addr),
+            sport: 0,
+            dport: 0,
+            proto,
+            l4_off,
+            // A packet is shorter than 4 GiB.
+            #[allow(clippy::cast_possible_truncation)]
+            len: len as u32,
+            tcp_flags: 0,
+            fragment,
+            ip_id: u16::from_ne_bytes(ip.id),
+        });
+    }
     let l4 = opaque(data + l4_off);
     let mut tcp_flags = 0;
     match proto {
@@ -133,9 +181,10 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
             // SAFETY: l4 + UdpHdr::LEN <= data_end checked above.
             let udp = unsafe { &*(l4 as *const UdpHdr) };
             let udp_len = usize::from(u16::from_be_bytes(udp.len));
-            if udp_len < UdpHdr::LEN || ihl + udp_len > tot_len {
+            if udp_len < UdpHdr::LEN || (fragment == Fragment::Whole && ihl + udp_len > tot_len) {
                 // Shorter than its header, or longer than the IP payload
-                // (shorter is padding, which the stack trims): malformed.
+                // (shorter is padding, which the stack trims): malformed. A
+                // first fragment's datagram goes on beyond its payload.
                 return None;
             }
         }
@@ -157,6 +206,8 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
         #[allow(clippy::cast_possible_truncation)]
         len: len as u32,
         tcp_flags,
+        fragment,
+        ip_id: u16::from_ne_bytes(ip.id),
     })
 }
 

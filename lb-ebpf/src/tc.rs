@@ -8,10 +8,10 @@ use aya_ebpf::{
 use lb_common::{IPPROTO_ICMP, IPPROTO_UDP};
 
 use crate::{
-    config, icmp,
+    config, frag, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
-    parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
+    parse::{self, Flow, Fragment, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
 };
 
 /// Handles one packet leaving a pod (`Hook::Pod`) or arriving on the uplink.
@@ -50,9 +50,12 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             icmp::Outcome::Drop => TC_ACT_SHOT,
         };
     }
-    let Some(flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
+    let Some(mut flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
         return TC_ACT_OK;
     };
+    if !frag::complete(&mut flow) {
+        return TC_ACT_OK;
+    }
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
@@ -67,8 +70,10 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
 }
 
 /// Writes the rewrite with `bpf_skb_store_bytes` and the checksum helpers.
+/// A later fragment has no L4 header: its addresses and IPv4 checksum only.
 #[inline(always)]
 fn write(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), i64> {
+    let l4 = flow.fragment != Fragment::Later;
     let l4_csum = flow.l4_csum_off();
     let mangled = if flow.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
@@ -78,14 +83,21 @@ fn write(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), i64> {
     let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled | 4;
     let port_flags = mangled | 2;
     if rw.src != flow.src {
-        ctx.l4_csum_replace(l4_csum, u64::from(flow.src), u64::from(rw.src), addr_flags)?;
+        if l4 {
+            ctx.l4_csum_replace(l4_csum, u64::from(flow.src), u64::from(rw.src), addr_flags)?;
+        }
         ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(flow.src), u64::from(rw.src), 4)?;
         ctx.store(IP_SRC_OFF, &rw.src, 0)?;
     }
     if rw.dst != flow.dst {
-        ctx.l4_csum_replace(l4_csum, u64::from(flow.dst), u64::from(rw.dst), addr_flags)?;
+        if l4 {
+            ctx.l4_csum_replace(l4_csum, u64::from(flow.dst), u64::from(rw.dst), addr_flags)?;
+        }
         ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(flow.dst), u64::from(rw.dst), 4)?;
         ctx.store(IP_DST_OFF, &rw.dst, 0)?;
+    }
+    if !l4 {
+        return Ok(());
     }
     if rw.sport != flow.sport {
         ctx.l4_csum_replace(

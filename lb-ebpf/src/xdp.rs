@@ -5,10 +5,12 @@ use lb_common::{csum, IPPROTO_ICMP, IPPROTO_UDP};
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, icmp,
+    config, frag, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
-    parse::{self, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse::{
+        self, Flow, Fragment, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+    },
 };
 
 /// Handles one packet on the uplink.
@@ -37,9 +39,12 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             icmp::Outcome::Drop => xdp_action::XDP_DROP,
         };
     }
-    let Some(flow) = parse::parse(data, data_end, len, ip) else {
+    let Some(mut flow) = parse::parse(data, data_end, len, ip) else {
         return xdp_action::XDP_PASS;
     };
+    if !frag::complete(&mut flow) {
+        return xdp_action::XDP_PASS;
+    }
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
@@ -68,35 +73,59 @@ pub fn frame_len(ctx: &XdpContext, ip: &Ipv4Hdr, linear: usize) -> usize {
     usize::try_from(whole).unwrap_or(linear)
 }
 
-/// Writes the rewrite into the packet, fixing the IPv4 and L4 checksums.
+/// Writes the rewrite into the packet, fixing the IPv4 and L4 checksums. A
+/// later fragment has no L4 header: its addresses and IPv4 checksum only.
 #[inline(always)]
 fn write(data: usize, data_end: usize, flow: &Flow, rw: &Rewrite) -> bool {
-    let udp = flow.proto == IPPROTO_UDP;
-    let l4_len = if udp { UdpHdr::LEN } else { TcpHdr::LEN };
-    let l4 = parse::opaque(data + flow.l4_off);
-    if data + IP_DST_OFF + 4 > data_end || l4 + l4_len > data_end {
+    if data + IP_DST_OFF + 4 > data_end {
+        return false;
+    }
+    if flow.fragment != Fragment::Later && !write_l4(data, data_end, flow, rw) {
         return false;
     }
     let ip_csum = (data + IP_CSUM_OFF) as *mut u16;
     let src = (data + IP_SRC_OFF) as *mut u32;
     let dst = (data + IP_DST_OFF) as *mut u32;
+    // SAFETY: the IPv4 header's fields lie within the bounds checked above;
+    // packet fields may be unaligned, hence read/write_unaligned.
+    unsafe {
+        let mut ip_check = ip_csum.read_unaligned();
+        if rw.src != flow.src {
+            ip_check = csum::replace32(ip_check, flow.src, rw.src);
+            src.write_unaligned(rw.src);
+        }
+        if rw.dst != flow.dst {
+            ip_check = csum::replace32(ip_check, flow.dst, rw.dst);
+            dst.write_unaligned(rw.dst);
+        }
+        ip_csum.write_unaligned(ip_check);
+    }
+    true
+}
+
+/// Writes the rewrite's ports and updates the L4 checksum for them and for
+/// the addresses (its pseudo-header); `false` when the L4 header is not
+/// within the frame. The addresses themselves are the caller's to write.
+#[inline(always)]
+fn write_l4(data: usize, data_end: usize, flow: &Flow, rw: &Rewrite) -> bool {
+    let udp = flow.proto == IPPROTO_UDP;
+    let l4_len = if udp { UdpHdr::LEN } else { TcpHdr::LEN };
+    let l4 = parse::opaque(data + flow.l4_off);
+    if l4 + l4_len > data_end {
+        return false;
+    }
     let sport = l4 as *mut u16;
     let dport = (l4 + 2) as *mut u16;
     let l4_csum = (l4 + if udp { UDP_CSUM_OFF } else { TCP_CSUM_OFF }) as *mut u16;
     // SAFETY: every field lies within the bounds checked above; packet fields
     // may be unaligned, hence read/write_unaligned.
     unsafe {
-        let mut ip_check = ip_csum.read_unaligned();
         let mut l4_check = l4_csum.read_unaligned();
         if rw.src != flow.src {
-            ip_check = csum::replace32(ip_check, flow.src, rw.src);
             l4_check = l4_replace32(udp, l4_check, flow.src, rw.src);
-            src.write_unaligned(rw.src);
         }
         if rw.dst != flow.dst {
-            ip_check = csum::replace32(ip_check, flow.dst, rw.dst);
             l4_check = l4_replace32(udp, l4_check, flow.dst, rw.dst);
-            dst.write_unaligned(rw.dst);
         }
         if rw.sport != flow.sport {
             l4_check = l4_replace16(udp, l4_check, flow.sport, rw.sport);
@@ -106,7 +135,6 @@ fn write(data: usize, data_end: usize, flow: &Flow, rw: &Rewrite) -> bool {
             l4_check = l4_replace16(udp, l4_check, flow.dport, rw.dport);
             dport.write_unaligned(rw.dport);
         }
-        ip_csum.write_unaligned(ip_check);
         l4_csum.write_unaligned(l4_check);
     }
     true

@@ -73,6 +73,7 @@ pub struct Packet {
     zero_udp_checksum: bool,
     ip_options: bool,
     frag: u16,
+    ip_id: u16,
     payload: Vec<u8>,
 }
 
@@ -90,6 +91,7 @@ impl Packet {
             zero_udp_checksum: false,
             ip_options: false,
             frag: 0x4000, // DF
+            ip_id: 0x1c46,
             payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         }
     }
@@ -171,9 +173,46 @@ impl Packet {
         self
     }
 
+    /// Sets the IPv4 identification field (what ties a datagram's fragments together).
+    #[must_use]
+    pub fn with_ip_id(mut self, id: u16) -> Self {
+        self.ip_id = id;
+        self
+    }
+
     /// The frame's bytes, checksums computed from scratch.
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
+        self.frame(self.frag, &self.l4())
+    }
+
+    /// The datagram as a sender fragments it: its IP payload (the L4 header,
+    /// whose checksum covers the whole datagram, and the payload) cut into
+    /// pieces of `size` bytes (a multiple of 8; the last piece holds the
+    /// rest), each behind the datagram's IPv4 header (same identification,
+    /// no DF) with its own total length, more-fragments flag, offset and
+    /// header checksum, computed from scratch.
+    #[must_use]
+    pub fn fragments(&self, size: usize) -> Vec<Vec<u8>> {
+        assert!(
+            size > 0 && size.is_multiple_of(8),
+            "fragment payloads are multiples of 8 bytes"
+        );
+        let l4 = self.l4();
+        let pieces: Vec<&[u8]> = l4.chunks(size).collect();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+                let offset = u16::try_from(i * size / 8).expect("an offset of 13 bits");
+                self.frame(more | offset, piece)
+            })
+            .collect()
+    }
+
+    /// The L4 header and payload, the checksum over the whole datagram.
+    fn l4(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend_from_slice(&self.sport.to_be_bytes());
         l4.extend_from_slice(&self.dport.to_be_bytes());
@@ -196,11 +235,10 @@ impl Packet {
             l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
         }
         l4.extend_from_slice(&self.payload);
-        let proto = if self.udp { 17 } else { 6 };
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&self.src.octets());
         pseudo.extend_from_slice(&self.dst.octets());
-        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&[0, self.proto()]);
         pseudo.extend_from_slice(&u16::try_from(l4.len()).unwrap().to_be_bytes());
         pseudo.extend_from_slice(&l4);
         let csum_at = if self.udp { 6 } else { 16 };
@@ -211,14 +249,27 @@ impl Packet {
             }
             l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
         }
+        l4
+    }
 
+    fn proto(&self) -> u8 {
+        if self.udp {
+            17
+        } else {
+            6
+        }
+    }
+
+    /// An Ethernet frame carrying `ip_payload` behind this packet's IPv4
+    /// header with fragment field `frag`.
+    fn frame(&self, frag: u16, ip_payload: &[u8]) -> Vec<u8> {
         let options: &[u8] = if self.ip_options { &[1, 1, 1, 0] } else { &[] };
         let ihl = 20 + options.len();
         let mut ip = vec![0x40 | u8::try_from(ihl / 4).unwrap(), 0];
-        ip.extend_from_slice(&u16::try_from(ihl + l4.len()).unwrap().to_be_bytes());
-        ip.extend_from_slice(&0x1c46u16.to_be_bytes());
-        ip.extend_from_slice(&self.frag.to_be_bytes());
-        ip.extend_from_slice(&[64, proto, 0, 0]);
+        ip.extend_from_slice(&u16::try_from(ihl + ip_payload.len()).unwrap().to_be_bytes());
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
+        ip.extend_from_slice(&frag.to_be_bytes());
+        ip.extend_from_slice(&[64, self.proto(), 0, 0]);
         ip.extend_from_slice(&self.src.octets());
         ip.extend_from_slice(&self.dst.octets());
         ip.extend_from_slice(options);
@@ -227,7 +278,7 @@ impl Packet {
 
         let mut frame = ethernet(0x0800);
         frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&l4);
+        frame.extend_from_slice(ip_payload);
         frame
     }
 }
@@ -296,6 +347,18 @@ pub fn with_byte(frame: &[u8], at: usize, value: u8) -> Vec<u8> {
 pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    f
+}
+
+/// `frame` (Ethernet, IPv4) with its IPv4 header checksum computed anew
+/// (after a test changed a header field).
+#[must_use]
+pub fn with_ip_checksum(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[14..14 + ihl]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
     f
 }
 
@@ -557,6 +620,29 @@ impl TestDatapath {
     pub fn remove_reverse(&self, key: &lb_common::FlowKey) {
         let mut map = self.flow_map::<lb_common::RevNatEntry>(lb_common::MAP_REVNAT);
         map.remove(key).expect("deleting a reverse-NAT entry");
+    }
+
+    /// Datagrams the fragment map remembers now. The map is not pinned: it
+    /// is found among the XDP program's maps (0 when the programs have none).
+    #[must_use]
+    pub fn fragments_remembered(&self) -> usize {
+        let info = self
+            .program(XDP_PROGRAM)
+            .info()
+            .expect("the XDP program's info");
+        let ids = info.map_ids().expect("the XDP program's maps");
+        for id in ids.unwrap_or_default() {
+            let map = aya::maps::MapInfo::from_id(id).expect("a map of the program");
+            if map.name_as_str() != Some(lb_common::MAP_FRAGMENTS) {
+                continue;
+            }
+            let data = aya::maps::MapData::from_id(id).expect("opening the fragment map");
+            let fragments: aya::maps::HashMap<_, lb_common::FragKey, lb_common::FragPorts> =
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                    .expect("the fragment map");
+            return fragments.keys().flatten().count();
+        }
+        0
     }
 
     /// The summed count of a data-path event.
