@@ -216,7 +216,7 @@ pub fn handle<C: EbpfContext>(
         proto: IPPROTO_ICMP,
         pad: [0; 3],
     };
-    if !spoof::reply_path_ok(ctx, cfg, &arrived, at.ifindex, 0) {
+    if !spoof::reply_path_ok(ctx, cfg, &arrived, &at, 0) {
         counters::count(Verdict::Invalid);
         return Outcome::Drop;
     }

@@ -47,6 +47,8 @@ pub struct Ingress {
     pub hook: Hook,
     /// Index of the interface the packet arrived on.
     pub ifindex: u32,
+    /// The frame's Ethernet source: the neighbour it came from.
+    pub src_mac: [u8; 6],
 }
 
 /// Whether a packet from outside claims the node's own address as source:
@@ -127,7 +129,7 @@ fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) ->
     let ptr = REVNAT.get_ptr_mut(key)?;
     // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
     let rev = unsafe { *ptr };
-    if !spoof::reply_path_ok(ctx, cfg, &key, at.ifindex, rev.ifindex) {
+    if !spoof::reply_path_ok(ctx, cfg, &key, &at, rev.ifindex) {
         counters::event(Event::ReplyRejected);
         counters::count(Verdict::Invalid);
         return Some(Action::Drop);

@@ -16,6 +16,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod filter;
+mod forward;
 mod frag;
 mod icmp;
 mod lb;

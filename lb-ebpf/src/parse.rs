@@ -102,6 +102,16 @@ pub fn ipv4<'a>(data: usize, data_end: usize) -> Option<&'a Ipv4Hdr> {
     Some(unsafe { &*((data + L3_OFF) as *const Ipv4Hdr) })
 }
 
+/// The Ethernet source address of the frame whose IPv4 header [`ipv4`] found.
+#[inline(always)]
+pub fn source_mac(data: usize, data_end: usize) -> [u8; 6] {
+    if data + EthHdr::LEN > data_end {
+        return [0; 6];
+    }
+    // SAFETY: the Ethernet header is within bounds (checked above).
+    unsafe { (*(data as *const EthHdr)).src_addr }
+}
+
 /// The source address of an IPv4 header, raw network-order word.
 #[inline(always)]
 pub fn source(ip: &Ipv4Hdr) -> u32 {

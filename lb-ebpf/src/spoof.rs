@@ -2,11 +2,13 @@
 //! address, and replies that could not have arrived where they did.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::bpf_fib_lookup as fib_lookup,
     EbpfContext,
 };
 use lb_common::{FlowKey, NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
+
+use crate::lb::Ingress;
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
@@ -21,20 +23,25 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
 }
 
 /// Whether a reply (or an ICMP error) with tuple `arrived` (as on the wire)
-/// that matched a reverse-NAT entry could legitimately have arrived on `ifindex`: the route back to its source leaves through that
-/// interface (strict reverse-path check, in the spirit of `rp_filter=1`;
-/// the lookup is the forwarding one, which fails where the interface does
-/// not forward, as a node balancing traffic always does). `verified` is the interface the flow's replies
-/// were last verified on, so a flow pays for one route lookup, not one per packet.
+/// that matched a reverse-NAT entry could legitimately have arrived where it
+/// did (`at`): the route back to its source leaves through the interface it
+/// arrived on (strict reverse-path check, in the spirit of `rp_filter=1`), or,
+/// where that interface is a port of a bridge the route leaves through (a
+/// bridge CNI's pod veth, an uplink enslaved to a bridge), the frame came from
+/// the neighbour that route resolves to (its Ethernet source is the
+/// neighbour's address). The lookup is the forwarding one, which fails where
+/// the interface does not forward, as a node balancing traffic always does.
+/// `verified` is the interface the flow's replies were last verified on, so a
+/// flow pays for one route lookup, not one per packet.
 #[inline(always)]
 pub fn reply_path_ok<C: EbpfContext>(
     ctx: &C,
     cfg: &NodeConfig,
     arrived: &FlowKey,
-    ifindex: u32,
+    at: &Ingress,
     verified: u32,
 ) -> bool {
-    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0 || (verified != 0 && verified == ifindex) {
+    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0 || (verified != 0 && verified == at.ifindex) {
         return true;
     }
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
@@ -43,8 +50,8 @@ pub fn reply_path_ok<C: EbpfContext>(
     params.l4_protocol = arrived.proto;
     // The route a packet arriving on this interface and addressed to the
     // reply's source would take (an input lookup, unrestricted; the kernel
-    // also takes the namespace from this interface).
-    params.ifindex = ifindex;
+    // also takes the namespace from this interface), with its neighbour.
+    params.ifindex = at.ifindex;
     params.sport = arrived.dst_port;
     params.dport = arrived.src_port;
     params.__bindgen_anon_3.ipv4_src = arrived.dst_addr;
@@ -59,8 +66,12 @@ pub fn reply_path_ok<C: EbpfContext>(
             {
                 size_of::<bpf_fib_lookup>() as i32
             },
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
+            0,
         )
     };
-    ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.ifindex == ifindex
+    let routed =
+        ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    routed
+        && (params.ifindex == at.ifindex
+            || (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.dmac == at.src_mac))
 }

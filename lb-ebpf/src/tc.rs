@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{IPPROTO_ICMP, IPPROTO_UDP};
 
 use crate::{
-    config, frag, icmp,
+    config, forward, frag, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, Fragment, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
@@ -41,6 +41,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         hook,
         // SAFETY: the program's own skb context.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        src_mac: parse::source_mac(data, data_end),
     };
     if ip.proto == IPPROTO_ICMP {
         // Written in place through direct packet access: the sum over the
@@ -60,10 +61,13 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Rewrite(rw) => {
-            if write(ctx, &flow, &rw).is_ok() {
-                TC_ACT_OK
-            } else {
+            if write(ctx, &flow, &rw).is_err() {
                 TC_ACT_SHOT
+            } else if hook == Hook::Pod && rw.src == cfg.node_addr && cfg.node_addr != 0 {
+                // A martian to the stack on a pod interface or bridge.
+                forward::to_next_hop(ctx, at.ifindex, rw.src, rw.dst, flow.proto)
+            } else {
+                TC_ACT_OK
             }
         }
     }

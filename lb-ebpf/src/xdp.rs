@@ -31,6 +31,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         // Interface indexes are 32-bit in the kernel.
         #[allow(clippy::cast_possible_truncation)]
         ifindex: ctx.ingress_ifindex() as u32,
+        src_mac: parse::source_mac(data, data_end),
     };
     let len = frame_len(ctx, ip, data_end - data);
     if ip.proto == IPPROTO_ICMP {

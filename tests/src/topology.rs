@@ -40,6 +40,36 @@ pub struct ClusterTopology {
     pub lan: Netns,
     /// How the senders leave their checksums.
     checksums: SenderChecksums,
+    /// How pods are attached to their node.
+    cni: Cni,
+}
+
+/// How pods are attached to their node, as CNI plugins do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cni {
+    /// A veth per pod, routed by a /32 route on the host side (Calico's,
+    /// Cilium's layout).
+    Routed,
+    /// A veth per pod, enslaved to the node's `cni0` bridge with hairpin
+    /// mode on, the node's pod gateway address on the bridge (the bridge
+    /// plugin's and flannel's layout).
+    Bridge,
+}
+
+impl Cni {
+    /// The CNI layout of the default topology: `LB_TEST_CNI` (`routed` or
+    /// `bridge`), routed when unset, so the same end-to-end tests run on either.
+    ///
+    /// # Panics
+    /// On any other value of `LB_TEST_CNI`.
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("LB_TEST_CNI").as_deref() {
+            Err(_) | Ok("" | "routed") => Cni::Routed,
+            Ok("bridge") => Cni::Bridge,
+            Ok(other) => panic!("LB_TEST_CNI={other:?}: expected routed or bridge"),
+        }
+    }
 }
 
 /// How the hosts beyond node1's uplink send their L4 checksums.
@@ -67,8 +97,15 @@ impl ClusterTopology {
         Self::with_checksums(SenderChecksums::Complete)
     }
 
-    /// Builds the whole topology with senders' checksums as `checksums` says.
+    /// Builds the whole topology with senders' checksums as `checksums` says
+    /// (pods attached as [`Cni::from_env`] says).
     pub fn with_checksums(checksums: SenderChecksums) -> Result<Self> {
+        Self::with(checksums, Cni::from_env())
+    }
+
+    /// Builds the whole topology: senders' checksums as `checksums` says,
+    /// pods attached as `cni` says.
+    pub fn with(checksums: SenderChecksums, cni: Cni) -> Result<Self> {
         crate::require_root();
         remove_stale();
         let lan = Netns::new("lan")?;
@@ -82,6 +119,7 @@ impl ClusterTopology {
             node2,
             lan,
             checksums,
+            cni,
         };
         topo.build()?;
         Ok(topo)
@@ -129,6 +167,17 @@ impl ClusterTopology {
             self.node2.name(),
             "route add 10.244.1.0/24 via 192.168.50.11",
         )?;
+        if self.cni == Cni::Bridge {
+            for (node, index) in [(&self.node1, 1), (&self.node2, 2)] {
+                ip(node.name(), "link add cni0 type bridge")?;
+                ip(
+                    node.name(),
+                    &format!("addr add 10.244.{index}.1/24 dev cni0"),
+                )?;
+                ip(node.name(), "link set cni0 up")?;
+                node.exec(&["sysctl", "-qw", "net.ipv4.conf.cni0.rp_filter=0"])?;
+            }
+        }
         for (name, last, node) in [
             ("pod1a", 2, 1),
             ("pod1b", 3, 1),
@@ -156,9 +205,18 @@ impl ClusterTopology {
                 ns.name()
             ),
         )?;
-        ip(node.name(), &format!("addr add {gateway}/32 dev {host_if}"))?;
-        ip(node.name(), &format!("link set {host_if} up"))?;
-        ip(node.name(), &format!("route add {pod_ip}/32 dev {host_if}"))?;
+        if self.cni == Cni::Bridge {
+            ip(node.name(), &format!("link set {host_if} master cni0"))?;
+            ip(
+                node.name(),
+                &format!("link set {host_if} type bridge_slave hairpin on"),
+            )?;
+            ip(node.name(), &format!("link set {host_if} up"))?;
+        } else {
+            ip(node.name(), &format!("addr add {gateway}/32 dev {host_if}"))?;
+            ip(node.name(), &format!("link set {host_if} up"))?;
+            ip(node.name(), &format!("route add {pod_ip}/32 dev {host_if}"))?;
+        }
         node.exec(&[
             "sysctl",
             "-qw",
@@ -193,6 +251,12 @@ impl ClusterTopology {
         let ns = Netns::new(role)?;
         attach_to_lan(self.lan.name(), port, &ns, addr, SenderChecksums::Complete)?;
         Ok(ns)
+    }
+
+    /// How pods are attached to their node.
+    #[must_use]
+    pub fn cni(&self) -> Cni {
+        self.cni
     }
 
     /// The pod called `name`.

@@ -12,7 +12,7 @@ use std::{
 
 use lb_tests::{
     agent::{udp_service_on_one_pod, Agent, ManifestDir},
-    topology::ClusterTopology,
+    topology::{ClusterTopology, Cni},
     traffic::{PodServers, UDP_PORT},
 };
 
@@ -51,6 +51,10 @@ fn jumbo(topo: &ClusterTopology) {
     for (pod, node) in [("pod1a", &topo.node1), ("pod2a", &topo.node2)] {
         set(&topo.pod(pod).ns, "eth0");
         set(node, &format!("v{pod}"));
+        if topo.cni() == Cni::Bridge {
+            // The bridge's own MTU, else the smallest of its ports'.
+            set(node, "cni0");
+        }
     }
 }
 

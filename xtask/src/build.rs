@@ -81,12 +81,39 @@ pub fn test() -> Result<()> {
     run_tests(
         cargo()
             .args(["test", "-p", "lb-tests", "--", "--test-threads=1"])
-            .env("LB_AGENT_BIN", agent),
+            .env("LB_AGENT_BIN", &agent),
+        &mut totals,
+    )?;
+    // The end-to-end tests again with pods on a bridge CNI (cni0, hairpin).
+    let mut bridge = cargo();
+    bridge.args(["test", "-p", "lb-tests"]);
+    for e2e in E2E_TESTS {
+        bridge.args(["--test", e2e]);
+    }
+    run_tests(
+        bridge
+            .args(["--", "--test-threads=1"])
+            .env("LB_AGENT_BIN", agent)
+            .env("LB_TEST_CNI", "bridge"),
         &mut totals,
     )?;
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }
+
+/// The end-to-end test files, which build the namespace cluster and run on
+/// each CNI layout (`LB_TEST_CNI`).
+const E2E_TESTS: [&str; 9] = [
+    "e2e",
+    "e2e_kube",
+    "e2e_snat",
+    "e2e_icmp",
+    "e2e_jumbo",
+    "e2e_pmtu",
+    "e2e_fragments",
+    "e2e_checksums",
+    "e2e_node_source",
+];
 
 /// The demo.
 pub fn demo() -> Result<()> {

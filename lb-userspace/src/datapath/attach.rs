@@ -163,11 +163,13 @@ pub fn interfaces() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Lets `iface` accept packets whose source is one of this node's addresses.
+/// Lets the uplink `iface` accept packets whose source is one of this node's addresses.
 ///
-/// After SNAT to the node address (a backend on another node, or a pod reaching
-/// itself through its service) the kernel sees a packet arriving with a local
-/// source address, which it drops as martian unless `accept_local` is set.
+/// After SNAT to the node address (a backend on another node) the kernel sees
+/// a packet arriving on the uplink with a local source address, which it
+/// drops as martian unless `accept_local` is set; the uplink program drops
+/// packets from outside that claim the node's address. (Pod interfaces need
+/// none: the TC program forwards such packets from pods itself.)
 /// Returns the previous value, to restore on exit.
 pub fn accept_local_source(iface: &str) -> Result<String> {
     let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");

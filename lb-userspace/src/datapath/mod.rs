@@ -376,7 +376,9 @@ impl Datapath {
                 };
                 match moved {
                     Ok(Some(how)) => {
-                        self.set_accept_local(iface, how)?;
+                        if uplink {
+                            self.set_accept_local(iface, how)?;
+                        }
                         info!(iface, kind, "took over the earlier layout's link");
                     }
                     Ok(None) => {
@@ -436,9 +438,9 @@ impl Datapath {
             if self.awaits_handover(LINK_POD_TC, &iface, &pin) {
                 continue;
             }
-            match attach::attach_tc(&mut self.ebpf, TC_PROGRAM, &iface, &pin, None)
-                .and_then(|how| self.set_accept_local(&iface, how).map(|()| how))
-            {
+            // No accept_local on pod interfaces: the TC program forwards the
+            // packets that leave a pod with the node's address itself.
+            match attach::attach_tc(&mut self.ebpf, TC_PROGRAM, &iface, &pin, None) {
                 Ok(how) => {
                     info!(iface, ?how, "TC program attached");
                     self.tc_attached.insert(iface);
