@@ -151,10 +151,26 @@ pub struct ServiceKey {
     pub pad: u8,
 }
 
+/// Service flag: the frontend's Service port has no usable endpoint
+/// anywhere (kube-proxy's "has no endpoints"), so a new connection to it is
+/// refused with an ICMP port unreachable (kube-proxy's REJECT). Without it, a
+/// frontend with no backend in its table drops: its Service has endpoints,
+/// but none this frontend may use (a `Local` traffic policy on a node
+/// without a local endpoint, where kube-proxy drops too). Set only while
+/// `backend_count` is 0. Entries written before the flag existed hold 0
+/// here (the field was padding): they drop, as they did.
+pub const SERVICE_F_REJECT: u32 = 1;
+
+/// Refusals (ICMP port unreachable for a Service without endpoints) each
+/// CPU sends per second at most; beyond it, the packets drop. Linux's own
+/// `icmp_msgs_per_sec` is 1,000 for the whole node.
+pub const REJECTS_PER_SECOND: u32 = 100;
+
 /// Value of the services map: where the frontend's Maglev table lives.
 ///
 /// Layout (24 bytes): `id` u32 | `backend_count` u32 | `table_offset` u32 |
-/// `table_size` u32 | `affinity_timeout` u32 | pad u32.
+/// `table_size` u32 | `affinity_timeout` u32 | `flags` u32 (padding, always
+/// zero, before [`SERVICE_F_REJECT`]: the layout is unchanged).
 /// The agent writes a new table into free slab slots first and then swaps this
 /// entry in one update, so a packet sees either the old table or the new one.
 #[repr(C)]
@@ -170,8 +186,8 @@ pub struct ServiceEntry {
     pub table_size: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0 without affinity.
     pub affinity_timeout: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
 }
 
 /// Backend flag: the entry is in use.

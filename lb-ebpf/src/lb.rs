@@ -15,6 +15,7 @@ use crate::{
     maps::{REVNAT, SERVICES},
     nat::{self, Reverse, Rewrite},
     parse::{Flow, Fragment},
+    reject,
     select::{self, Chosen},
     snat, spoof,
 };
@@ -38,6 +39,9 @@ pub enum Action {
     Drop,
     /// Rewrite addresses and ports, then hand it on.
     Rewrite(Rewrite),
+    /// A new connection to a Service without endpoints: drop it, answering
+    /// with an ICMP port unreachable ([`reject`]).
+    Refuse,
 }
 
 /// Where a packet came from: the hook and the interface it arrived on.
@@ -175,7 +179,11 @@ fn to_service<C: EbpfContext>(
 ) -> Action {
     if svc.backend_count == 0 {
         counters::count(Verdict::Dropped);
-        return Action::Drop;
+        return if reject::refuses(flow, svc) {
+            Action::Refuse
+        } else {
+            Action::Drop
+        };
     }
     match new_flow(flow, svc, ct_key, hook, cfg) {
         Ok(action) => action,

@@ -23,6 +23,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod select;
 mod snat;
 mod spoof;

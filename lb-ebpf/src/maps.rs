@@ -85,6 +85,11 @@ pub static SNAT_EXHAUSTED: HashMap<BackendKey, SnatExhaustion> =
 #[map(name = "PROBES")]
 pub static PROBES: PerCpuArray<crate::snat::Probes> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU budget of refusals (ICMP port unreachable for Services without
+/// endpoints) in the current second (not pinned; see [`crate::reject`]).
+#[map(name = "REJECTS")]
+pub static REJECTS: PerCpuArray<crate::reject::Budget> = PerCpuArray::with_max_entries(1, 0);
+
 /// Datagrams whose first fragment was translated: (source, destination, IP
 /// id, protocol) -> ports, for their later fragments (not pinned; see
 /// [`crate::frag`]).

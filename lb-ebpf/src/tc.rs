@@ -12,6 +12,7 @@ use crate::{
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{self, Flow, Fragment, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, MAX_HEADERS_LEN},
+    reject,
 };
 
 /// Handles one packet leaving a pod (`Hook::Pod`) or arriving on the uplink.
@@ -60,6 +61,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
+        Action::Refuse => reject::refuse_tc(ctx, &flow, at.ifindex),
         Action::Rewrite(rw) => {
             if write(ctx, &flow, &rw).is_err() {
                 TC_ACT_SHOT

@@ -11,6 +11,7 @@ use crate::{
     parse::{
         self, Flow, Fragment, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
+    reject,
 };
 
 /// Handles one packet on the uplink.
@@ -49,6 +50,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     match lb::decide(ctx, &flow, at, cfg) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
+        Action::Refuse => reject::refuse_xdp(ctx, &flow),
         Action::Rewrite(rw) => {
             if write(data, data_end, &flow, &rw) {
                 xdp_action::XDP_PASS

@@ -148,6 +148,13 @@ pub struct DesiredFrontend {
     pub backends: BTreeMap<SocketAddrV4, BackendInfo>,
     /// `sessionAffinity: ClientIP` timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
+    /// Whether the Service port has a usable endpoint anywhere in the
+    /// cluster (ready, or else serving and terminating): kube-proxy's
+    /// "has endpoints". Without one, new connections to the frontend are
+    /// refused (ICMP port unreachable, kube-proxy's REJECT); with one but no
+    /// backend selected here (a `Local` traffic policy on a node without a
+    /// local endpoint), they are dropped, as kube-proxy drops them.
+    pub has_endpoints: bool,
 }
 
 /// The whole desired state: every frontend the maps should hold.

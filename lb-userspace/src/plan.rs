@@ -15,7 +15,7 @@ use std::{
 
 use lb_common::{
     Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
-    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES,
+    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES, SERVICE_F_REJECT,
 };
 
 use crate::{
@@ -408,7 +408,7 @@ impl Planner {
             table_offset: offset,
             table_size: size,
             affinity_timeout: want.affinity_timeout,
-            pad: 0,
+            flags: service_flags(want),
         };
         ops.services.push(MapOp::SetService(frontend.key(), entry));
         if current.is_none_or(|c| c.service != want.service) {
@@ -478,10 +478,25 @@ impl Planner {
     }
 }
 
-/// Whether `want` has the same backends, and the same ones selected, as `cur`:
-/// then the table stays.
+/// The `SERVICE_F_*` bits of a frontend's service entry: it refuses new
+/// connections when it has no backend to select because its Service port
+/// has no usable endpoint anywhere (not when they are all elsewhere under a
+/// `Local` policy: that drops).
+#[must_use]
+pub fn service_flags(want: &DesiredFrontend) -> u32 {
+    let selected = want.backends.values().any(|b| b.selected);
+    if !selected && !want.has_endpoints {
+        SERVICE_F_REJECT
+    } else {
+        0
+    }
+}
+
+/// Whether `want` has the same backends, and the same ones selected, as `cur`,
+/// and the same flags: then the table and the service entry stay.
 fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
     cur.entry.affinity_timeout == want.affinity_timeout
+        && cur.entry.flags == service_flags(want)
         && cur.backends.len() == want.backends.len()
         && cur
             .backends
@@ -564,6 +579,7 @@ mod tests {
                 })
                 .collect(),
             affinity_timeout: 0,
+            has_endpoints: !backends.is_empty(),
         }
     }
 
@@ -619,6 +635,48 @@ mod tests {
         assert!(again.ops.is_empty(), "same desired state, no operations");
         let empty = p.frontends().find(|f| f.frontend == fe(20)).unwrap();
         assert_eq!((empty.entry.backend_count, empty.entry.table_size), (0, 0));
+        assert_eq!(empty.entry.flags, SERVICE_F_REJECT, "no endpoints: refused");
+        let full = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
+        assert_eq!(full.entry.flags, 0);
+    }
+
+    #[test]
+    fn endpoints_only_elsewhere_drop_and_becoming_usable_rewrites_the_entry() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        // A Local policy without a local endpoint: listed, not selected.
+        let mut elsewhere = want(&[(2, false)]);
+        elsewhere
+            .backends
+            .values_mut()
+            .for_each(|b| b.selected = false);
+        // The same endpoint not usable anywhere (not ready, not terminating).
+        let mut unusable = elsewhere.clone();
+        unusable.has_endpoints = false;
+        p.plan(&state(&[(fe(10), unusable)]), t0);
+        let entry = |p: &Planner| p.frontends().next().unwrap().entry;
+        assert_eq!(entry(&p).flags, SERVICE_F_REJECT);
+        let (plan, _) = p.plan(&state(&[(fe(10), elsewhere)]), t0);
+        assert_eq!(kinds(&plan), ["service"], "only the entry changes");
+        assert_eq!(entry(&p).flags, 0, "endpoints elsewhere: dropped");
+        assert_eq!(entry(&p).backend_count, 0);
+    }
+
+    #[test]
+    fn an_adopted_empty_frontend_written_before_the_flag_gets_it() {
+        let t0 = Instant::now();
+        let mut p = Planner::new(1 << 16, GRACE);
+        let desired = state(&[(fe(20), want(&[]))]);
+        p.plan(&desired, t0);
+        // As an agent before the flag wrote it: the word was padding, zero.
+        let mut older: Vec<AppliedFrontend> = p.frontends().cloned().collect();
+        older[0].entry.flags = 0;
+        let mut adopted = Planner::adopt(older, Vec::new(), 1 << 16, GRACE);
+        let (plan, errors) = adopted.plan(&desired, t0);
+        assert!(errors.is_empty());
+        assert_eq!(kinds(&plan), ["service"], "only the entry is rewritten");
+        let entry = adopted.frontends().next().unwrap().entry;
+        assert_eq!(entry.flags, SERVICE_F_REJECT);
     }
 
     #[test]

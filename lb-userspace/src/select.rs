@@ -41,7 +41,11 @@ use crate::{
 ///   not-ready or terminating endpoint continue until it leaves the slice; only
 ///   selected ones are in the Maglev table.
 /// - A frontend with no endpoints is kept with no backends, so the data path
-///   drops its packets rather than passing them on to nowhere.
+///   stops its packets rather than passing them on to nowhere: it refuses
+///   new connections (ICMP port unreachable) when the Service port has no
+///   usable endpoint anywhere, and drops them when it has some, but none
+///   this frontend may use (a `Local` policy without a local endpoint), as
+///   kube-proxy's REJECT and DROP rules do.
 #[must_use]
 pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<String>) {
     let index = SliceIndex::build(cluster);
@@ -154,6 +158,8 @@ pub fn service_state(
     let mut out = Vec::new();
     for port in &service.ports {
         let endpoints = endpoints_for(port, &slices, node);
+        let all: Vec<&Candidate<'_>> = endpoints.iter().collect();
+        let has_endpoints = !usable(&all).is_empty();
         for (frontend, policy) in frontends(service, port, node) {
             out.push((
                 frontend,
@@ -162,6 +168,7 @@ pub fn service_state(
                     port_name: port.name.clone(),
                     backends: choose(&endpoints, policy, node),
                     affinity_timeout: service.affinity_timeout.unwrap_or(0),
+                    has_endpoints,
                 },
             ));
         }

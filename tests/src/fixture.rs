@@ -18,7 +18,8 @@ use crate::packet::TestDatapath;
 
 /// A frontend and its backends (address, port, on this node?), all selected.
 /// Its service is `default/svc-{addr}-{port}`: one service per frontend, also
-/// where two frontends share a port on different addresses.
+/// where two frontends share a port on different addresses. Without
+/// backends, its Service has no endpoints at all (refused).
 #[must_use]
 pub fn frontend(
     addr: Ipv4Addr,
@@ -47,8 +48,37 @@ pub fn frontend(
                 })
                 .collect(),
             affinity_timeout: 0,
+            has_endpoints: !backends.is_empty(),
         },
     )
+}
+
+/// A frontend under a `Local` traffic policy on a node without a local
+/// endpoint: its Service's endpoints (address, port) are all on other nodes,
+/// listed but not selected (kept only for established flows), so new
+/// connections drop rather than being refused.
+#[must_use]
+pub fn frontend_without_local_endpoints(
+    addr: Ipv4Addr,
+    port: u16,
+    proto: Protocol,
+    backends: &[(Ipv4Addr, u16)],
+) -> (Frontend, DesiredFrontend) {
+    let (frontend, mut desired) = frontend(addr, port, proto, &[]);
+    desired.backends = backends
+        .iter()
+        .map(|&(ip, port)| {
+            (
+                SocketAddrV4::new(ip, port),
+                BackendInfo {
+                    local: false,
+                    selected: false,
+                },
+            )
+        })
+        .collect();
+    desired.has_endpoints = !backends.is_empty();
+    (frontend, desired)
 }
 
 /// Loads a data path (`TestDatapath::load_with_flows`) and writes `state`

@@ -53,8 +53,14 @@ pub fn maglev_slot(
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
 pub const XDP_PASS: u32 = 2;
+/// `XDP_TX`: back out of the interface the frame arrived on.
+pub const XDP_TX: u32 = 3;
 /// `TC_ACT_OK`.
 pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT` (where `bpf_redirect` said).
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;

@@ -356,6 +356,122 @@ fn udp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv
         .with_context(|| format!("the ICMP error names no offender; {}", watcher.seen()))
 }
 
+/// Connects a TCP socket in `ns` (with `IP_RECVERR` on) to `to` and expects
+/// the connect to fail with `ECONNREFUSED` within `timeout`, from an ICMP
+/// port unreachable about its SYN (to `to`) in the socket's error queue: a
+/// refusal by ICMP, not a RST (which queues no error). Returns the error's
+/// offender, the ICMP packet's source. Fails naming what happened instead
+/// (a connection, silence, another error), with the ICMP messages that
+/// reached `ns` meanwhile.
+pub fn tcp_refused_by(
+    ns: &Netns,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> Result<std::net::Ipv4Addr> {
+    ns.run(move || tcp_refused_here(to, timeout))?
+}
+
+/// [`tcp_refused_by`] on the calling thread's namespace.
+fn tcp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv4Addr> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+
+    let watcher = IcmpWatcher::open()?;
+    // SAFETY: socket has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("a TCP socket");
+    }
+    // SAFETY: a descriptor just opened and owned by nothing else.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let on: libc::c_int = 1;
+    // A blocking connect gives up after the send timeout.
+    let limit = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs())?,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: setsockopt reads a live local of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_IP,
+            libc::IP_RECVERR,
+            (&raw const on).cast(),
+            socklen::<libc::c_int>(),
+        ) | libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const limit).cast(),
+            socklen::<libc::timeval>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt");
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET)?,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect reads a live sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            socklen::<libc::sockaddr_in>(),
+        )
+    };
+    if rc == 0 {
+        bail!(
+            "connected to {to} instead of ECONNREFUSED; {}",
+            watcher.seen()
+        );
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => {}
+        Some(libc::EINPROGRESS | libc::EAGAIN | libc::ETIMEDOUT) => bail!(
+            "no answer from {to} within {timeout:?} instead of ECONNREFUSED; {}",
+            watcher.seen()
+        ),
+        _ => bail!(
+            "`{err}` from {to} instead of ECONNREFUSED; {}",
+            watcher.seen()
+        ),
+    }
+    let queued = QueuedError::read(&socket).with_context(|| {
+        format!(
+            "ECONNREFUSED from {to}, but no ICMP error queued (a RST?); {}",
+            watcher.seen()
+        )
+    })?;
+    let ee = &queued.ee;
+    let expected = (
+        u32::try_from(libc::ECONNREFUSED)?,
+        libc::SO_EE_ORIGIN_ICMP,
+        3,
+        3,
+    );
+    if (ee.ee_errno, ee.ee_origin, ee.ee_type, ee.ee_code) != expected || queued.destination != to {
+        bail!(
+            "the queued error is errno {} origin {} ICMP type {} code {} about {}, \
+             not a port unreachable about {to}; {}",
+            ee.ee_errno,
+            ee.ee_origin,
+            ee.ee_type,
+            ee.ee_code,
+            queued.destination,
+            watcher.seen()
+        );
+    }
+    queued
+        .offender
+        .with_context(|| format!("the ICMP error names no offender; {}", watcher.seen()))
+}
+
 /// `size_of::<T>()` as a `socklen_t`.
 fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).expect("a small struct")
@@ -378,9 +494,7 @@ struct QueuedError {
 
 impl QueuedError {
     /// Reads the oldest queued error, without waiting.
-    fn read(socket: &UdpSocket) -> Result<Self> {
-        use std::os::fd::AsRawFd as _;
-
+    fn read(socket: &impl std::os::fd::AsRawFd) -> Result<Self> {
         // SAFETY: plain C structs of integers and pointers: all zeros is valid.
         let mut name: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut data = [0u8; 64];

@@ -9,7 +9,7 @@ use std::{
 use lb_common::{Verdict, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use lb_tests::{
     fixture::{self, apply, frontend, program},
-    packet::{test_flows, Packet, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS},
+    packet::{test_flows, Packet, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
     desired::{DesiredFrontend, Frontend, Protocol},
@@ -551,12 +551,15 @@ fn the_programs_skip_lookups_only_where_the_filter_has_no_bit() {
     assert!(words.iter().all(|w| *w == 0), "an empty filter");
 }
 
+/// The refusal's bytes and every case are in `tests/reject.rs`.
 #[test]
-fn service_without_endpoints_drops() {
+fn service_without_endpoints_refuses_a_syn_and_drops_the_rest() {
     let (dp, _p) = setup("empty", &[frontend(VIP, 80, Protocol::Tcp, &[])]);
     let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
-    assert_eq!(ret, XDP_DROP);
-    assert_eq!(dp.verdict(Verdict::Dropped), 1);
+    assert_eq!(ret, XDP_TX, "the SYN is answered (port unreachable)");
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).build());
+    assert_eq!(ret, XDP_DROP, "a segment without SYN drops");
+    assert_eq!(dp.verdict(Verdict::Dropped), 2);
 }
 
 #[test]

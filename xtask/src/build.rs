@@ -103,7 +103,7 @@ pub fn test() -> Result<()> {
 
 /// The end-to-end test files, which build the namespace cluster and run on
 /// each CNI layout (`LB_TEST_CNI`).
-const E2E_TESTS: [&str; 9] = [
+const E2E_TESTS: [&str; 10] = [
     "e2e",
     "e2e_kube",
     "e2e_snat",
@@ -113,6 +113,7 @@ const E2E_TESTS: [&str; 9] = [
     "e2e_fragments",
     "e2e_checksums",
     "e2e_node_source",
+    "e2e_reject",
 ];
 
 /// The demo.

@@ -384,6 +384,74 @@ fn external_frontends_follow_external_traffic_policy() {
     );
 }
 
+/// Whether the cluster IP's frontend refuses (no usable endpoint anywhere)
+/// rather than drops what it cannot balance, as the data path's flag says.
+fn refuses(cluster: &Cluster) -> bool {
+    let (state, _) = desired_state(cluster, &node());
+    let frontend = Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 10),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    crate::plan::service_flags(&state[&frontend]) & lb_common::SERVICE_F_REJECT != 0
+}
+
+#[test]
+fn no_usable_endpoint_anywhere_refuses_and_none_here_under_local_drops() {
+    let svc = || service(ServiceKind::ClusterIp, http());
+    let local = || ServiceSpec {
+        internal_policy: TrafficPolicy::Local,
+        ..svc()
+    };
+    let cases = [
+        ("no slice", cluster(svc(), vec![]), true),
+        (
+            "an empty slice",
+            cluster(svc(), vec![http_slice(vec![])]),
+            true,
+        ),
+        (
+            "only endpoints neither ready nor serving-terminating",
+            cluster(
+                svc(),
+                vec![http_slice(vec![
+                    ep(2, false, "node2"),
+                    terminating(3, false, "node2"),
+                ])],
+            ),
+            true,
+        ),
+        (
+            "a ready endpoint",
+            cluster(svc(), vec![http_slice(vec![ep(2, true, "node2")])]),
+            false,
+        ),
+        (
+            "a serving terminating endpoint",
+            cluster(svc(), vec![http_slice(vec![terminating(2, true, "node2")])]),
+            false,
+        ),
+        (
+            "Local policy, ready endpoints only on another node: dropped",
+            cluster(local(), vec![http_slice(vec![ep(3, true, "node2")])]),
+            false,
+        ),
+        (
+            "Local policy, no endpoints at all: refused (kube-proxy too)",
+            cluster(local(), vec![http_slice(vec![])]),
+            true,
+        ),
+        (
+            "Local policy, a local endpoint",
+            cluster(local(), vec![http_slice(vec![ep(2, true, "node1")])]),
+            false,
+        ),
+    ];
+    for (what, cluster, refused) in cases {
+        assert_eq!(refuses(&cluster), refused, "{what}");
+    }
+}
+
 #[test]
 fn mirrored_slices_count_only_without_a_real_slice() {
     let mut mirrored = slice(

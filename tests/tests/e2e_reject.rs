@@ -1,0 +1,156 @@
+//! End to end: a Service without endpoints refuses, as kube-proxy's REJECT
+//! rule does. A TCP `connect()` to it fails with `ECONNREFUSED` from an ICMP
+//! port unreachable (queued on the socket with `IP_RECVERR`: not a RST, so
+//! not node1's own stack refusing a node port), and a connected UDP socket
+//! gets `ECONNREFUSED`; in both the error's source (`SO_EE_OFFENDER`) is the
+//! frontend's address: the ClusterIP, or node1's address for a node port. No
+//! timed assertion: the error itself proves the refusal came. From the
+//! client outside (through node1's uplink: XDP, the test bed's default, and
+//! `--uplink-hook tc`) and from a pod (the pod hook). Needs root.
+//!
+//! `XDP_TX` on a veth hands the frame to the peer's ring, and the peer's
+//! NAPI is woken for it only when the peer has an XDP program of its own
+//! (GRO alone gives it NAPI but no wake-up: the frame waits for the next
+//! packet): for the XDP case, the LAN side of node1's uplink (`lan1`) gets
+//! the object's `xdp_pass`. The agent's own default on a veth uplink is TC
+//! (`--uplink-hook auto`), which redirects and needs nothing of the peer.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_tests::{
+    agent::{Agent, ManifestDir},
+    netns::Netns,
+    topology::{ClusterTopology, NODE1_IP},
+    traffic::{tcp_refused_by, udp_refused_by},
+};
+use lb_userspace::datapath::{EBPF_OBJECT, XDP_PASS_PROGRAM};
+
+/// A NodePort Service without endpoints (no EndpointSlice at all).
+const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const EMPTY_SERVICE: &str = "apiVersion: v1\nkind: Service\n\
+metadata: {name: empty, namespace: default}\n\
+spec:\n  type: NodePort\n  clusterIP: 10.96.0.60\n  ports:\n\
+\x20 - {name: http, port: 80, nodePort: 30090, protocol: TCP, targetPort: 8080}\n\
+\x20 - {name: dns, port: 53, nodePort: 30091, protocol: UDP, targetPort: 5353}\n";
+/// Its TCP and UDP ports, and its TCP node port.
+const HTTP: u16 = 80;
+const DNS: u16 = 53;
+const HTTP_NODE_PORT: u16 = 30090;
+/// node1's port on the LAN bridge (the peer of its uplink).
+const NODE1_LAN_PORT: &str = "lan1";
+/// Bound on every exchange.
+const WAIT: Duration = Duration::from_secs(2);
+
+/// Topology, manifests and a ready agent. Field order is drop order.
+struct Cluster {
+    _agent: Agent,
+    _manifests: ManifestDir,
+    topo: ClusterTopology,
+}
+
+/// The cluster with the empty Service, the agent run with `extra` arguments.
+fn cluster(extra: &[&str]) -> Cluster {
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("empty.yaml", EMPTY_SERVICE).unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut args = vec!["--manifests", &dir];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("lb-agent ready");
+    Cluster {
+        _agent: agent,
+        _manifests: manifests,
+        topo,
+    }
+}
+
+/// Lets node1's uplink peer take `XDP_TX` frames (see the module's docs):
+/// the object's `xdp_pass` on `lan1`, in native mode. The program stays
+/// attached while the returned object lives.
+fn lan_takes_xdp_tx(topo: &ClusterTopology) -> Ebpf {
+    topo.lan
+        .run(|| -> anyhow::Result<Ebpf> {
+            // Only xdp_pass runs: the Maglev slab need not take its 64 MiB.
+            let mut ebpf = EbpfLoader::new()
+                .map_max_entries(lb_common::MAP_MAGLEV, 2)
+                .load(EBPF_OBJECT)?;
+            let pass: &mut Xdp = ebpf
+                .program_mut(XDP_PASS_PROGRAM)
+                .expect("the object has xdp_pass")
+                .try_into()?;
+            pass.load()?;
+            pass.attach(NODE1_LAN_PORT, XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .and_then(|loaded| loaded)
+        .expect("xdp_pass on the uplink's peer")
+}
+
+/// From `client` (`who`, for messages): TCP and UDP to the ClusterIP are
+/// refused by the ClusterIP.
+fn refused_by_the_cluster_ip(client: &Netns, who: &str) {
+    let tcp = SocketAddrV4::new(EMPTY, HTTP);
+    let offender = tcp_refused_by(client, tcp, WAIT).unwrap_or_else(|e| {
+        panic!("{who}: TCP connect to {tcp} (no endpoints) must be refused by ICMP: {e:#}")
+    });
+    assert_eq!(
+        offender, EMPTY,
+        "{who} -> {tcp}: refused by the Service address"
+    );
+    let udp = SocketAddrV4::new(EMPTY, DNS);
+    let offender = udp_refused_by(client, udp, WAIT).unwrap_or_else(|e| {
+        panic!("{who}: UDP to {udp} (no endpoints) must fail with ECONNREFUSED: {e:#}")
+    });
+    assert_eq!(
+        offender, EMPTY,
+        "{who} -> {udp}: refused by the Service address"
+    );
+}
+
+/// From `client`: TCP to the node port is refused by node1's address, by
+/// ICMP (node1's own stack would answer with a RST).
+fn refused_by_the_node(client: &Netns, who: &str) {
+    let tcp = SocketAddrV4::new(NODE1_IP, HTTP_NODE_PORT);
+    let offender = tcp_refused_by(client, tcp, WAIT).unwrap_or_else(|e| {
+        panic!("{who}: TCP connect to the node port {tcp} must be refused by ICMP: {e:#}")
+    });
+    assert_eq!(
+        offender, NODE1_IP,
+        "{who} -> {tcp}: refused by the node address"
+    );
+}
+
+/// Through node1's uplink XDP program (`XDP_TX`).
+#[test]
+fn a_client_is_refused_by_a_service_without_endpoints_at_xdp() {
+    let c = cluster(&[]);
+    let _pass = lan_takes_xdp_tx(&c.topo);
+    refused_by_the_cluster_ip(&c.topo.client, "client");
+    refused_by_the_node(&c.topo.client, "client");
+}
+
+/// Through node1's uplink TC program (redirected back out of the uplink).
+#[test]
+fn a_client_is_refused_by_a_service_without_endpoints_with_the_uplink_hook_at_tc() {
+    let c = cluster(&["--uplink-hook", "tc"]);
+    refused_by_the_cluster_ip(&c.topo.client, "client");
+    refused_by_the_node(&c.topo.client, "client");
+}
+
+/// Through the pod hook (redirected back into the pod).
+#[test]
+fn a_pod_is_refused_by_a_service_without_endpoints() {
+    let c = cluster(&[]);
+    let pod1b = &c.topo.pod("pod1b").ns;
+    refused_by_the_cluster_ip(pod1b, "pod1b");
+}
