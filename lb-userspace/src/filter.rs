@@ -13,7 +13,7 @@ use std::{
 
 use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WORDS};
 
-use crate::plan::AppliedFrontend;
+use crate::applied::AppliedFrontend;
 
 /// The filter bits one applied frontend needs: its own, and one per backend
 /// (selected or draining: both still send replies).
@@ -164,8 +164,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        applied::AppliedBackend,
         desired::{Frontend, ObjectName, Protocol},
-        plan::AppliedBackend,
     };
 
     fn applied(last: u8, backends: &[u8]) -> AppliedFrontend {

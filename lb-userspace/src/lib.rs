@@ -2,11 +2,13 @@
 //! code (manifests, model, selection, Maglev, plans) and thin I/O layers.
 
 pub mod agent;
+pub mod applied;
 pub mod conntrack;
 pub mod datapath;
 pub mod desired;
 pub mod filter;
 pub mod flows;
+pub mod ident;
 pub mod maglev;
 pub mod manifest;
 pub mod metrics;

@@ -9,7 +9,7 @@ mod tests;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use crate::desired::{ObjectName, Protocol};
+use crate::ident::{ObjectName, Protocol};
 
 pub use self::parse::{object_name, parse_port, parse_protocol};
 

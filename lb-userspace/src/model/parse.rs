@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT};
-use crate::desired::{ObjectName, Protocol};
+use crate::ident::{ObjectName, Protocol};
 
 /// Namespace ("default" when absent) and name of an object's metadata.
 pub fn object_name(

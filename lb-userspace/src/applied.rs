@@ -1,0 +1,34 @@
+//! The applied state of a frontend, as the planner wrote it to the maps:
+//! read by the planner and by the pass-through filter.
+
+use std::{collections::BTreeMap, net::SocketAddrV4};
+
+use lb_common::{BackendId, ServiceEntry};
+
+use crate::desired::{Frontend, ObjectName};
+
+/// A backend as applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedBackend {
+    /// Its id in the backends array.
+    pub id: BackendId,
+    /// Whether it runs on this node.
+    pub local: bool,
+    /// Whether it is in the Maglev table (takes new connections).
+    pub selected: bool,
+}
+
+/// A frontend as applied to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedFrontend {
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Its Service.
+    pub service: ObjectName,
+    /// The Service port's name.
+    pub port_name: String,
+    /// The service entry as written (its `id` is the service id).
+    pub entry: ServiceEntry,
+    /// Backends with their ids.
+    pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
+}

@@ -1,0 +1,366 @@
+//! The planner's unit tests.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::desired::Protocol;
+
+const GRACE: Duration = Duration::from_secs(2);
+
+fn fe(last: u8) -> Frontend {
+    Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, last),
+        port: 80,
+        proto: Protocol::Tcp,
+    }
+}
+
+fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
+    DesiredFrontend {
+        service: ObjectName {
+            namespace: "default".into(),
+            name: "web".into(),
+        },
+        port_name: "http".into(),
+        backends: backends
+            .iter()
+            .map(|&(last, local)| {
+                (
+                    SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), 8080),
+                    BackendInfo {
+                        local,
+                        selected: true,
+                    },
+                )
+            })
+            .collect(),
+        affinity_timeout: 0,
+        has_endpoints: !backends.is_empty(),
+    }
+}
+
+fn state(items: &[(Frontend, DesiredFrontend)]) -> DesiredState {
+    items.iter().cloned().collect()
+}
+
+/// The kinds of the plan's operations, labels left out.
+fn kinds(plan: &Plan) -> Vec<&'static str> {
+    plan.ops
+        .iter()
+        .filter(|op| {
+            !matches!(
+                op,
+                MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..)
+            )
+        })
+        .map(|op| match op {
+            MapOp::SetBackend(..) => "backend",
+            MapOp::SetTable { .. } => "table",
+            MapOp::SetService(..) => "service",
+            MapOp::DeleteService(..) => "delete",
+            MapOp::ClearBackend(..) => "clear",
+            MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
+                unreachable!()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn first_sync_writes_backends_then_tables_then_services_and_is_idempotent() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let desired = state(&[
+        (fe(10), want(&[(2, true), (3, false)])),
+        (fe(20), want(&[])),
+    ]);
+    let (plan, errors) = p.plan(&desired, t0);
+    assert!(errors.is_empty());
+    assert_eq!(
+        kinds(&plan),
+        ["backend", "backend", "table", "service", "service"]
+    );
+    let labels: Vec<&MapOp> = plan
+        .ops
+        .iter()
+        .filter(|op| matches!(op, MapOp::SetLabel(..)))
+        .collect();
+    assert_eq!(labels.len(), 2, "each new frontend is named for status");
+    assert!(matches!(labels[0], MapOp::SetLabel(_, name) if name == "default/web"));
+    let (again, _) = p.plan(&desired, t0);
+    assert!(again.ops.is_empty(), "same desired state, no operations");
+    let empty = p.frontends().find(|f| f.frontend == fe(20)).unwrap();
+    assert_eq!((empty.entry.backend_count, empty.entry.table_size), (0, 0));
+    assert_eq!(empty.entry.flags, SERVICE_F_REJECT, "no endpoints: refused");
+    let full = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
+    assert_eq!(full.entry.flags, 0);
+}
+
+#[test]
+fn endpoints_only_elsewhere_drop_and_becoming_usable_rewrites_the_entry() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    // A Local policy without a local endpoint: listed, not selected.
+    let mut elsewhere = want(&[(2, false)]);
+    elsewhere
+        .backends
+        .values_mut()
+        .for_each(|b| b.selected = false);
+    // The same endpoint not usable anywhere (not ready, not terminating).
+    let mut unusable = elsewhere.clone();
+    unusable.has_endpoints = false;
+    p.plan(&state(&[(fe(10), unusable)]), t0);
+    let entry = |p: &Planner| p.frontends().next().unwrap().entry;
+    assert_eq!(entry(&p).flags, SERVICE_F_REJECT);
+    let (plan, _) = p.plan(&state(&[(fe(10), elsewhere)]), t0);
+    assert_eq!(kinds(&plan), ["service"], "only the entry changes");
+    assert_eq!(entry(&p).flags, 0, "endpoints elsewhere: dropped");
+    assert_eq!(entry(&p).backend_count, 0);
+}
+
+#[test]
+fn an_adopted_empty_frontend_written_before_the_flag_gets_it() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let desired = state(&[(fe(20), want(&[]))]);
+    p.plan(&desired, t0);
+    // As an agent before the flag wrote it: the word was padding, zero.
+    let mut older: Vec<AppliedFrontend> = p.frontends().cloned().collect();
+    older[0].entry.flags = 0;
+    let mut adopted = Planner::adopt(older, Vec::new(), 1 << 16, GRACE);
+    let (plan, errors) = adopted.plan(&desired, t0);
+    assert!(errors.is_empty());
+    assert_eq!(kinds(&plan), ["service"], "only the entry is rewritten");
+    let entry = adopted.frontends().next().unwrap().entry;
+    assert_eq!(entry.flags, SERVICE_F_REJECT);
+}
+
+#[test]
+fn table_matches_maglev_over_the_backend_ids() {
+    let mut p = Planner::new(1 << 16, GRACE);
+    let (plan, _) = p.plan(
+        &state(&[(fe(10), want(&[(2, true), (3, true), (4, true)]))]),
+        Instant::now(),
+    );
+    let applied = p.frontends().next().unwrap();
+    let addrs: Vec<SocketAddrV4> = applied.backends.keys().copied().collect();
+    let expected: Vec<u32> = maglev::build_table(&addrs, applied.entry.table_size)
+        .into_iter()
+        .map(|i| applied.backends[&addrs[i as usize]].id)
+        .collect();
+    let table = plan.ops.iter().find_map(|op| match op {
+        MapOp::SetTable { slots, .. } => Some(slots.clone()),
+        _ => None,
+    });
+    assert_eq!(table, Some(expected));
+}
+
+#[test]
+fn changing_one_frontend_touches_only_it_and_clears_last() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let a = (fe(10), want(&[(2, true), (3, true)]));
+    let b = (fe(20), want(&[(5, true)]));
+    p.plan(&state(&[a.clone(), b.clone()]), t0);
+    let before = p
+        .frontends()
+        .find(|f| f.frontend == fe(10))
+        .unwrap()
+        .clone();
+    let (plan, _) = p.plan(&state(&[(fe(10), want(&[(3, true), (4, true)])), b]), t0);
+    assert_eq!(kinds(&plan), ["backend", "table", "service", "clear"]);
+    let after = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
+    let kept = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080);
+    assert_eq!(
+        after.backends[&kept].id, before.backends[&kept].id,
+        "a surviving backend keeps its id"
+    );
+    assert_eq!(
+        after.entry.table_size, before.entry.table_size,
+        "the table keeps its size"
+    );
+    assert_ne!(
+        after.entry.table_offset, before.entry.table_offset,
+        "a new table goes to free slots"
+    );
+    let removed = before.backends[&SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080)].id;
+    let last = plan
+        .ops
+        .iter()
+        .rfind(|op| !matches!(op, MapOp::SetFilterWord(..)));
+    assert_eq!(last, Some(&MapOp::ClearBackend(removed)));
+}
+
+#[test]
+fn unselected_backends_keep_their_entries_but_leave_the_table() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
+    let before = p.frontends().next().unwrap().clone();
+    let mut draining = want(&[(2, true), (3, true)]);
+    draining.backends.values_mut().nth(1).unwrap().selected = false;
+    let (plan, _) = p.plan(&state(&[(fe(10), draining)]), t0);
+    assert_eq!(
+        kinds(&plan),
+        ["backend", "table", "service"],
+        "the draining backend is rewritten without the selected flag, not cleared"
+    );
+    let MapOp::SetBackend(_, drained) = &plan.ops[0] else {
+        unreachable!()
+    };
+    assert_eq!(drained.flags, BACKEND_F_ACTIVE | BACKEND_F_LOCAL);
+    let after = p.frontends().next().unwrap();
+    assert_eq!(after.entry.backend_count, 1);
+    let kept = before.backends.values().nth(1).unwrap().id;
+    let table = plan.ops.iter().find_map(|op| match op {
+        MapOp::SetTable { slots, .. } => Some(slots.clone()),
+        _ => None,
+    });
+    assert!(
+        table.unwrap().iter().all(|&id| id != kept),
+        "the draining backend is out of the table"
+    );
+    assert_eq!(
+        after.backends.values().nth(1).unwrap().id,
+        kept,
+        "but keeps its id and entry"
+    );
+}
+
+#[test]
+fn a_frontend_with_5000_backends_gets_every_one_in_its_table() {
+    let mut p = Planner::new(1 << 20, GRACE);
+    let mut big = want(&[]);
+    big.backends = (0..5000u32)
+        .map(|i| {
+            (
+                SocketAddrV4::new(Ipv4Addr::from(0x0af5_0000 + i), 8080),
+                BackendInfo {
+                    local: false,
+                    selected: true,
+                },
+            )
+        })
+        .collect();
+    let (plan, errors) = p.plan(&state(&[(fe(10), big)]), Instant::now());
+    assert!(errors.is_empty(), "{errors:?}");
+    let table = plan
+        .ops
+        .iter()
+        .find_map(|op| match op {
+            MapOp::SetTable { slots, .. } => Some(slots.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let distinct: std::collections::BTreeSet<u32> = table.iter().copied().collect();
+    assert_eq!((table.len(), distinct.len()), (131_071, 5000));
+}
+
+#[test]
+fn local_flag_flip_rewrites_only_the_backend() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
+    let (plan, _) = p.plan(&state(&[(fe(10), want(&[(2, true), (3, false)]))]), t0);
+    assert_eq!(kinds(&plan), ["backend"]);
+    let MapOp::SetBackend(_, entry) = &plan.ops[0] else {
+        unreachable!()
+    };
+    assert_eq!(entry.flags, BACKEND_F_ACTIVE | BACKEND_F_SELECTED);
+}
+
+#[test]
+fn removed_frontend_is_deleted_and_its_slots_reused_only_after_grace() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(251, GRACE);
+    p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+    let (plan, _) = p.plan(&state(&[]), t0);
+    assert_eq!(kinds(&plan), ["delete", "clear"]);
+    assert!(plan
+        .ops
+        .iter()
+        .any(|op| matches!(op, MapOp::DeleteLabel(_))));
+    let (_, errors) = p.plan(
+        &state(&[(fe(11), want(&[(2, true)]))]),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(
+        errors.len(),
+        1,
+        "the only 251 slots are still in quarantine"
+    );
+    assert!(
+        errors[0].to_string().contains("default/web"),
+        "{}",
+        errors[0]
+    );
+    let (plan, errors) = p.plan(&state(&[(fe(11), want(&[(2, true)]))]), t0 + GRACE);
+    assert!(errors.is_empty());
+    assert_eq!(kinds(&plan), ["backend", "table", "service"]);
+}
+
+#[test]
+fn filter_bits_are_set_first_and_cleared_last() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let (plan, _) = p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+    let applied = p.frontends().next().unwrap().clone();
+    let needed: Vec<u32> = filter::bits_of(&applied).collect();
+    let set_first: Vec<u64> = plan
+        .ops
+        .iter()
+        .take_while(|op| matches!(op, MapOp::SetFilterWord(..)))
+        .map(|op| match op {
+            MapOp::SetFilterWord(index, bits) => {
+                assert!(needed.iter().any(|b| b / 64 == *index));
+                *bits
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        set_first.iter().map(|w| w.count_ones()).sum::<u32>(),
+        2,
+        "the frontend's bit and its backend's, before anything else"
+    );
+    assert!(matches!(plan.ops.last(), Some(MapOp::SetLabel(..))));
+    let (plan, _) = p.plan(&state(&[]), t0);
+    assert!(
+        !plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, MapOp::SetFilterWord(..))),
+        "kept for the grace after the frontend and its backend are gone: {:?}",
+        plan.ops
+    );
+    let (plan, _) = p.plan(&state(&[]), t0 + GRACE);
+    assert!(
+        matches!(plan.ops.last(), Some(MapOp::SetFilterWord(_, 0))),
+        "cleared after the grace: {:?}",
+        plan.ops
+    );
+}
+
+#[test]
+fn a_frontend_that_does_not_fit_leaves_the_others_alone() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(600, GRACE);
+    p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
+    let big: Vec<(u8, bool)> = (2..12).map(|i| (i, true)).collect();
+    let (plan, errors) = p.plan(
+        &state(&[
+            (fe(10), want(&[(2, true)])),
+            (fe(20), want(&big)),
+            (fe(30), want(&[(9, true)])),
+        ]),
+        t0,
+    );
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].frontend, fe(20));
+    assert_eq!(
+        kinds(&plan),
+        ["backend", "table", "service"],
+        "fe(30) is still placed"
+    );
+    assert!(p.frontends().all(|f| f.frontend != fe(20)));
+}
