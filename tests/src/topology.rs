@@ -143,6 +143,21 @@ impl ClusterTopology {
         if self.checksums == SenderChecksums::Partial {
             self.node1.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         }
+        if std::env::var("LB_TEST_FIREWALL").as_deref() == Ok("invalid-drop") {
+            // kube-proxy's KUBE-FORWARD rule (firewalld and Calico have the like).
+            let out = self.node1.exec(&[
+                "iptables",
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ])?;
+            anyhow::ensure!(out.status.success(), "iptables in node1: {out:?}");
+        }
         ip(
             self.client.name(),
             "route add 10.96.0.0/12 via 192.168.50.11",
