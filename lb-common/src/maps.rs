@@ -381,7 +381,8 @@ pub const CONFIG_F_REPLY_PATH_CHECK: u32 = 1;
 /// agent's settings.
 ///
 /// Layout (64 bytes): `node_addr` be32 | `flags` u32 | `snat_port_min` u16 |
-/// `snat_port_max` u16 | pad u32 | `hash_key` [u64; 2] | `timeouts` [u32; 8].
+/// `snat_port_max` u16 | `overlay_ifindex` u32 | `hash_key` [u64; 2] |
+/// `timeouts` [u32; 8].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
@@ -393,8 +394,12 @@ pub struct NodeConfig {
     pub snat_port_min: u16,
     /// Last port of the SNAT pool, host byte order.
     pub snat_port_max: u16,
-    /// Always zero.
-    pub pad: u32,
+    /// Index of the node's overlay device (VXLAN, Geneve: flannel's
+    /// `flannel.1`, Calico's `vxlan.calico`), 0 without one. Other nodes'
+    /// pods are routed through it, but their replies to the node's own
+    /// address come over the underlay, unencapsulated: the reverse-path
+    /// check accepts those on an uplink. (Zero padding in agents before it.)
+    pub overlay_ifindex: u32,
     /// Secret key of the flow hash (Maglev), the same on every node of a cluster.
     pub hash_key: crate::siphash::HashKey,
     /// Idle timeouts in seconds, by [`crate::conntrack`] `T_*` index.

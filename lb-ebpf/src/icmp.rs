@@ -16,6 +16,11 @@
 //! 62  quoted TCP/UDP (at least 8): source port at 62, destination port at 64
 //! ```
 //!
+//! On the way into a pod ([`Hook::PodEgress`]) only errors about a client's
+//! packet are translated (the pod is the client): an error about a reply
+//! travels to a backend, and the replies a pod's interface sees going in
+//! were translated where they left their backend or entered the node.
+//!
 //! The quoted flow's state is looked up, never created or stamped. The quoted
 //! L4 checksum is left as it is (a receiver does not verify it; `nf_nat`
 //! leaves TCP's alone as well); the quoted IP checksum, the ICMP checksum and
@@ -31,7 +36,7 @@ use lb_common::{
 
 use crate::{
     conntrack, counters,
-    lb::Ingress,
+    lb::{Hook, Ingress},
     maps::{CONNTRACK, REVNAT},
     parse::L3_OFF,
     spoof,
@@ -203,9 +208,13 @@ pub fn handle<C: EbpfContext>(
         proto,
         pad: [0; 3],
     };
-    let Some(new) = about_forward(&reversed, &outer, &quoted)
-        .or_else(|| about_reply(&reversed, &outer, &quoted, cfg))
-    else {
+    let Some(new) = about_forward(&reversed, &outer, &quoted).or_else(|| {
+        if at.hook == Hook::PodEgress {
+            None
+        } else {
+            about_reply(&reversed, &outer, &quoted, cfg)
+        }
+    }) else {
         return Outcome::Pass;
     };
     let arrived = FlowKey {

@@ -1,5 +1,7 @@
-//! The per-packet decision shared by both programs: service lookup, backend
-//! selection or recall, NAT bookkeeping. It only decides; the caller writes.
+//! The per-packet decision shared by the programs: service lookup, backend
+//! selection or recall, NAT bookkeeping ([`decide`]); on the way into a pod,
+//! reverse translation only ([`decide_reply`]). It only decides; the caller
+//! writes.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::debug;
@@ -29,6 +31,11 @@ pub enum Hook {
     /// A pod interface: clients are this node's pods, whose addresses are
     /// routable in the cluster, so only a pod reaching itself is translated.
     Pod,
+    /// A pod interface at TC egress: packets on their way into the pod,
+    /// whatever device they came in by (an overlay's `vxlan0`, the uplink,
+    /// another pod, the node itself). Only replies of tracked flows are
+    /// translated there ([`decide_reply`]); nothing starts a flow.
+    PodEgress,
 }
 
 /// What to do with a packet.
@@ -49,9 +56,14 @@ pub enum Action {
 pub struct Ingress {
     /// The program's hook.
     pub hook: Hook,
-    /// Index of the interface the packet arrived on.
+    /// Index of the interface the packet arrived on: the hook's own, or at
+    /// [`Hook::PodEgress`] the one it entered the node by
+    /// (`skb->ingress_ifindex`), [`spoof::NODE_ITSELF`] for a packet the
+    /// node originated.
     pub ifindex: u32,
-    /// The frame's Ethernet source: the neighbour it came from.
+    /// The frame's Ethernet source: the neighbour it came from (at
+    /// [`Hook::PodEgress`], the node's own address once routed; a bridged
+    /// frame's sender).
     pub src_mac: [u8; 6],
 }
 
@@ -77,6 +89,28 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfi
         frag::note_first(flow, matches!(action, Action::Rewrite(_)));
     }
     action
+}
+
+/// Decides a packet on its way into a pod ([`Hook::PodEgress`]): a reply of a
+/// tracked flow that no earlier hook translated (one that came in over an
+/// overlay, or from the node itself) is translated back, after the
+/// reverse-path check against the interface it entered the node by.
+/// Replies already translated (at the uplink, or at the backend pod's own
+/// interface) carry the Service's address as source and match no reverse
+/// entry, so nothing is translated twice. Everything else passes untouched
+/// and uncounted: it was counted where it entered, if ours. A first
+/// fragment's fate is remembered as in [`decide`].
+#[inline(always)]
+pub fn decide_reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
+    let action = if filter::may_be_reply(flow) {
+        reply(ctx, flow, at, cfg)
+    } else {
+        None
+    };
+    if flow.fragment == Fragment::First {
+        frag::note_first(flow, matches!(action, Some(Action::Rewrite(_))));
+    }
+    action.unwrap_or(Action::Pass)
 }
 
 /// [`decide`] for one packet. A later fragment only recalls what its first
@@ -139,11 +173,17 @@ fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) ->
         return Some(Action::Drop);
     }
     let now = conntrack::now_s();
-    if rev.last_seen_s != now || rev.ifindex != at.ifindex {
+    // A packet of the node's own has no interface: the one verified stays.
+    let verified = if at.ifindex == spoof::NODE_ITSELF {
+        rev.ifindex
+    } else {
+        at.ifindex
+    };
+    if rev.last_seen_s != now || rev.ifindex != verified {
         // SAFETY: as above.
         unsafe {
             (*ptr).last_seen_s = now;
-            (*ptr).ifindex = at.ifindex;
+            (*ptr).ifindex = verified;
         }
     }
     conntrack::on_reply(&rev, flow, rev.last_seen_s == 0);
@@ -226,7 +266,8 @@ fn new_flow(
     };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
-        Hook::Pod => chosen.backend.addr == flow.src,
+        // PodEgress starts no flow (see `decide_reply`): never reached from it.
+        Hook::Pod | Hook::PodEgress => chosen.backend.addr == flow.src,
     };
     if needs_snat && state == CtState::Established {
         // Mid-stream to a translated backend: the flow's port is long gone.

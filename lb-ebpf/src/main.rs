@@ -1,10 +1,11 @@
 //! The load balancer's kernel programs.
 //!
 //! `lb_xdp` (or `lb_tc_uplink`) runs on the node's uplink, `lb_tc` on the
-//! host side of pod interfaces (ingress, i.e. traffic leaving the pods). All
-//! share the maps in [`maps`] and the per-packet decision in [`lb`]; they
-//! differ only in how a decided rewrite is written into the packet ([`xdp`],
-//! [`tc`]) and in where they run ([`lb::Hook`]).
+//! host side of pod interfaces (ingress, i.e. traffic leaving the pods), and
+//! `lb_tc_pod_egress` there too at egress (traffic into the pods, replies
+//! only). All share the maps in [`maps`] and the per-packet decision in
+//! [`lb`]; they differ only in how a decided rewrite is written into the
+//! packet ([`xdp`], [`tc`]) and in where they run ([`lb::Hook`]).
 #![no_std]
 #![no_main]
 // Atomic compare-and-swap and add on map values (the target has no `Atomic*` CAS).
@@ -49,6 +50,17 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc(ctx: TcContext) -> i32 {
     tc::handle(&ctx, lb::Hook::Pod)
+}
+
+/// TC egress entry point for the host side of pod interfaces: packets on
+/// their way into a pod, whatever device they entered the node by. Replies
+/// of tracked flows that nothing translated yet (decapsulated from an
+/// overlay, or from the node itself) are translated back; nothing else is
+/// touched and no flow starts here.
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc_pod_egress(ctx: TcContext) -> i32 {
+    tc::handle(&ctx, lb::Hook::PodEgress)
 }
 
 /// TC ingress entry point for the node's uplink(s), in place of `lb_xdp`

@@ -8,10 +8,14 @@ use aya_ebpf::{
 };
 use lb_common::{FlowKey, NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
 
-use crate::lb::Ingress;
+use crate::lb::{Hook, Ingress};
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
+
+/// The ingress interface index of a packet the node itself originated (a
+/// local process, the kernel's own ICMP errors): it entered by no interface.
+pub const NODE_ITSELF: u32 = 0;
 
 /// Whether a packet from outside the node (uplink or pod interface) claims
 /// the node's address as its source. The agent sets `accept_local` where
@@ -33,6 +37,17 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
 /// the interface does not forward, as a node balancing traffic always does.
 /// `verified` is the interface the flow's replies were last verified on, so a
 /// flow pays for one route lookup, not one per packet.
+///
+/// Two more cases pass:
+/// - On an uplink, a reply whose source is routed through the node's overlay
+///   device (`overlay_ifindex`): an overlay carries traffic to pod CIDRs
+///   only, so a remote pod's replies to the node's own address (a flow
+///   translated to it) come over the underlay, unencapsulated.
+/// - A packet the node itself originated ([`NODE_ITSELF`], seen only at
+///   [`Hook::PodEgress`]): a hostNetwork backend at the node's address
+///   answering a pod, the node's own ICMP error about a pod's translated
+///   packet. No interface to judge, and nothing from outside the node
+///   arrives without one; the node is trusted as it is for its own address.
 #[inline(always)]
 pub fn reply_path_ok<C: EbpfContext>(
     ctx: &C,
@@ -41,7 +56,10 @@ pub fn reply_path_ok<C: EbpfContext>(
     at: &Ingress,
     verified: u32,
 ) -> bool {
-    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0 || (verified != 0 && verified == at.ifindex) {
+    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0
+        || at.ifindex == NODE_ITSELF
+        || verified == at.ifindex
+    {
         return true;
     }
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
@@ -73,5 +91,8 @@ pub fn reply_path_ok<C: EbpfContext>(
         ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     routed
         && (params.ifindex == at.ifindex
-            || (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.dmac == at.src_mac))
+            || (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.dmac == at.src_mac)
+            || (at.hook == Hook::Uplink
+                && cfg.overlay_ifindex != 0
+                && params.ifindex == cfg.overlay_ifindex))
 }

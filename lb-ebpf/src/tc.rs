@@ -1,5 +1,8 @@
-//! The TC program: decide, then rewrite through the skb-aware helpers, which
+//! The TC programs: decide, then rewrite through the skb-aware helpers, which
 //! keep checksums right also for packets with offloaded (partial) checksums.
+//! At the ingress of pod interfaces and uplinks every decision is taken
+//! ([`lb::decide`]); at the egress of pod interfaces, on the way into the
+//! pod, only replies are translated ([`lb::decide_reply`]).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
@@ -15,9 +18,11 @@ use crate::{
     reject,
 };
 
-/// Handles one packet leaving a pod (`Hook::Pod`) or arriving on the uplink.
+/// Handles one packet leaving a pod (`Hook::Pod`), arriving on the uplink
+/// (`Hook::Uplink`) or on its way into a pod (`Hook::PodEgress`).
 #[inline(always)]
 pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
+    let into_pod = hook == Hook::PodEgress;
     if ctx.data() + MAX_HEADERS_LEN > ctx.data_end()
         && ctx.len() as usize > ctx.data_end() - ctx.data()
     {
@@ -35,13 +40,22 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(ip) = parse::ipv4(data, data_end) else {
         return TC_ACT_OK;
     };
-    if lb::spoofs_node(cfg, parse::source(ip)) {
+    // The node's address is the node's own: checked where packets enter the
+    // node, not on their way into a pod (the node itself talks to its pods).
+    if !into_pod && lb::spoofs_node(cfg, parse::source(ip)) {
         return TC_ACT_SHOT;
     }
     let at = Ingress {
         hook,
-        // SAFETY: the program's own skb context.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        // SAFETY: the program's own skb context. Into a pod, the interface
+        // the packet entered the node by is the one to judge a reply by.
+        ifindex: unsafe {
+            if into_pod {
+                (*ctx.skb.skb).ingress_ifindex
+            } else {
+                (*ctx.skb.skb).ifindex
+            }
+        },
         src_mac: parse::source_mac(data, data_end),
     };
     if ip.proto == IPPROTO_ICMP {
@@ -58,7 +72,12 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     if !frag::complete(&mut flow) {
         return TC_ACT_OK;
     }
-    match lb::decide(ctx, &flow, at, cfg) {
+    let action = if into_pod {
+        lb::decide_reply(ctx, &flow, at, cfg)
+    } else {
+        lb::decide(ctx, &flow, at, cfg)
+    };
+    match action {
         Action::Pass => TC_ACT_OK,
         Action::Drop => TC_ACT_SHOT,
         Action::Refuse => reject::refuse_tc(ctx, &flow, at.ifindex),

@@ -10,7 +10,10 @@ use std::{
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode};
 use lb_common::Verdict;
 use lb_userspace::{
-    datapath::{Datapath, DatapathConfig, UplinkHook, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM},
+    datapath::{
+        Datapath, DatapathConfig, UplinkHook, POD_EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM,
+        XDP_PROGRAM,
+    },
     flows::FlowSettings,
 };
 
@@ -715,11 +718,54 @@ impl TestDatapath {
         run(prog, frame)
     }
 
+    /// Runs the pod egress TC program (on the way into a pod) once on
+    /// `frame`, as a packet the node itself originated (no ingress
+    /// interface): (return code, frame after).
+    #[must_use]
+    pub fn run_tc_pod_egress(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(POD_EGRESS_TC_PROGRAM).try_into().unwrap();
+        run(prog, frame)
+    }
+
+    /// Runs the pod egress TC program once on `frame` leaving by interface
+    /// `ifindex` after it entered the node by `ingress_ifindex` (both of
+    /// the calling thread's network namespace).
+    #[must_use]
+    pub fn run_tc_pod_egress_on(
+        &self,
+        ifindex: u32,
+        ingress_ifindex: u32,
+        frame: &[u8],
+    ) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(POD_EGRESS_TC_PROGRAM).try_into().unwrap();
+        let mut ctx = skb_ctx(ifindex);
+        // struct __sk_buff: ingress_ifindex at offset 36.
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        run_with_ctx(prog, frame, Some(&ctx))
+    }
+
+    /// Tells the programs the node's overlay device is `ifindex` (0: none),
+    /// as the agent does when it finds one.
+    pub fn set_overlay_ifindex(&mut self, ifindex: u32) {
+        let config = &mut self.datapath_mut().maps.config;
+        let mut value = config.get(&0, 0).unwrap();
+        value.overlay_ifindex = ifindex;
+        config.set(0, value, 0).unwrap();
+    }
+
     /// Runs the uplink TC program (`--uplink-hook tc`) on one frame: (return code, frame out).
     #[must_use]
     pub fn run_tc_uplink(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
         run(prog, frame)
+    }
+
+    /// Runs the uplink TC program once on `frame` as if it arrived on
+    /// interface `ifindex` (of the calling thread's network namespace).
+    #[must_use]
+    pub fn run_tc_uplink_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
+        run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
     /// The summed counter of `verdict`.

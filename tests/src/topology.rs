@@ -6,6 +6,10 @@
 //!  node1  192.168.50.11 ─┼─ br0 (ns lan)     node1: pod1a 10.244.1.2, pod1b .3, pod1c .4
 //!  node2  192.168.50.12 ─┘                   node2: pod2a 10.244.2.2
 //! ```
+//!
+//! Each node reaches the other's pods (10.244.N.0/24) through the other node
+//! on the LAN, or with [`Cni::BridgeVxlan`] through a VXLAN overlay whose
+//! packets (UDP 8472) cross the LAN between the nodes' addresses only.
 
 use std::net::Ipv4Addr;
 
@@ -54,11 +58,20 @@ pub enum Cni {
     /// mode on, the node's pod gateway address on the bridge (the bridge
     /// plugin's and flannel's layout).
     Bridge,
+    /// [`Cni::Bridge`]'s pods, and the other node's pods reached through a
+    /// VXLAN overlay, as flannel's `vxlan` backend sets it up: a `vxlan0`
+    /// device per node (VNI 1, UDP 8472, static forwarding entries, no
+    /// learning) holding the `.0` address of the node's pod CIDR, the other
+    /// node's pod CIDR routed over it to that node's `.0` (a permanent
+    /// neighbour entry), and pod links with the overlay's MTU (1450).
+    /// Replies of remote backends to pods arrive decapsulated on `vxlan0`.
+    BridgeVxlan,
 }
 
 impl Cni {
-    /// The CNI layout of the default topology: `LB_TEST_CNI` (`routed` or
-    /// `bridge`), routed when unset, so the same end-to-end tests run on either.
+    /// The CNI layout of the default topology: `LB_TEST_CNI` (`routed`,
+    /// `bridge` or `vxlan`), routed when unset, so the same end-to-end tests
+    /// run on each.
     ///
     /// # Panics
     /// On any other value of `LB_TEST_CNI`.
@@ -67,10 +80,25 @@ impl Cni {
         match std::env::var("LB_TEST_CNI").as_deref() {
             Err(_) | Ok("" | "routed") => Cni::Routed,
             Ok("bridge") => Cni::Bridge,
-            Ok(other) => panic!("LB_TEST_CNI={other:?}: expected routed or bridge"),
+            Ok("vxlan") => Cni::BridgeVxlan,
+            Ok(other) => panic!("LB_TEST_CNI={other:?}: expected routed, bridge or vxlan"),
         }
     }
+
+    /// Whether pods are ports of the node's `cni0` bridge.
+    #[must_use]
+    pub fn bridged(self) -> bool {
+        matches!(self, Cni::Bridge | Cni::BridgeVxlan)
+    }
 }
+
+/// The VXLAN overlay's device on each node ([`Cni::BridgeVxlan`]).
+pub const VXLAN_DEVICE: &str = "vxlan0";
+/// The overlay's UDP port: flannel's (Linux's first VXLAN port; IANA's is 4789).
+pub const VXLAN_PORT: u16 = 8472;
+/// The overlay's MTU: the LAN's 1500 less VXLAN's 50 bytes of headers, as
+/// flannel sets it on `vxlan0` and on pod links.
+pub const VXLAN_MTU: u16 = 1450;
 
 /// How the hosts beyond node1's uplink send their L4 checksums.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -90,6 +118,8 @@ pub const NODE1_UPLINK: &str = "eth0";
 pub const NODE1_POD_IFACES: &str = "vpod*";
 /// node1's address.
 pub const NODE1_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+/// node2's address.
+pub const NODE2_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 12);
 
 impl ClusterTopology {
     /// Builds the whole topology, senders completing their checksums.
@@ -174,15 +204,19 @@ impl ClusterTopology {
                 node.exec(&["sysctl", "-qw", key])?;
             }
         }
-        ip(
-            self.node1.name(),
-            "route add 10.244.2.0/24 via 192.168.50.12",
-        )?;
-        ip(
-            self.node2.name(),
-            "route add 10.244.1.0/24 via 192.168.50.11",
-        )?;
-        if self.cni == Cni::Bridge {
+        if self.cni == Cni::BridgeVxlan {
+            self.overlay()?;
+        } else {
+            ip(
+                self.node1.name(),
+                "route add 10.244.2.0/24 via 192.168.50.12",
+            )?;
+            ip(
+                self.node2.name(),
+                "route add 10.244.1.0/24 via 192.168.50.11",
+            )?;
+        }
+        if self.cni.bridged() {
             for (node, index) in [(&self.node1, 1), (&self.node2, 2)] {
                 ip(node.name(), "link add cni0 type bridge")?;
                 ip(
@@ -204,6 +238,66 @@ impl ClusterTopology {
         Ok(())
     }
 
+    /// The VXLAN overlay between the nodes ([`Cni::BridgeVxlan`]), as
+    /// flannel's `vxlan` backend programs it: per node a `vxlan0` (VNI 1, UDP
+    /// 8472, over `eth0`, no learning) with a fixed MAC address and the `.0`
+    /// of its pod CIDR; towards the other node a forwarding entry (its
+    /// `vxlan0` MAC behind its LAN address), a permanent neighbour (its `.0`
+    /// at that MAC) and its pod CIDR routed via its `.0` over `vxlan0`.
+    fn overlay(&self) -> Result<()> {
+        let nodes = [(&self.node1, 1u8, NODE1_IP), (&self.node2, 2, NODE2_IP)];
+        for (node, index, addr) in nodes {
+            let name = node.name();
+            ip(
+                name,
+                &format!(
+                    "link add {VXLAN_DEVICE} address {} type vxlan id 1 dstport {VXLAN_PORT} \
+                     local {addr} dev eth0 nolearning",
+                    vxlan_mac(index)
+                ),
+            )?;
+            ip(name, &format!("link set {VXLAN_DEVICE} mtu {VXLAN_MTU}"))?;
+            ip(
+                name,
+                &format!("addr add 10.244.{index}.0/32 dev {VXLAN_DEVICE}"),
+            )?;
+            ip(name, &format!("link set {VXLAN_DEVICE} up"))?;
+            node.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=0"),
+            ])?;
+        }
+        for ((node, _, _), (_, other, other_addr)) in [(nodes[0], nodes[1]), (nodes[1], nodes[0])] {
+            let (name, mac) = (node.name(), vxlan_mac(other));
+            sh(&[
+                "bridge",
+                "-n",
+                name,
+                "fdb",
+                "append",
+                &mac,
+                "dev",
+                VXLAN_DEVICE,
+                "dst",
+                &other_addr.to_string(),
+            ])?;
+            ip(
+                name,
+                &format!(
+                    "neigh add 10.244.{other}.0 lladdr {mac} dev {VXLAN_DEVICE} nud permanent"
+                ),
+            )?;
+            ip(
+                name,
+                &format!(
+                    "route add 10.244.{other}.0/24 via 10.244.{other}.0 dev {VXLAN_DEVICE} onlink"
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     fn add_pod(&mut self, name: &str, pod_ip: Ipv4Addr, node_index: u8) -> Result<()> {
         let ns = Netns::new(name)?;
         let node = if node_index == 1 {
@@ -220,7 +314,12 @@ impl ClusterTopology {
                 ns.name()
             ),
         )?;
-        if self.cni == Cni::Bridge {
+        if self.cni == Cni::BridgeVxlan {
+            // Pod links carry the overlay's MTU, both ends (as flannel's CNI sets them).
+            ip(node.name(), &format!("link set {host_if} mtu {VXLAN_MTU}"))?;
+            ip(ns.name(), &format!("link set eth0 mtu {VXLAN_MTU}"))?;
+        }
+        if self.cni.bridged() {
             ip(node.name(), &format!("link set {host_if} master cni0"))?;
             ip(
                 node.name(),
@@ -321,6 +420,11 @@ fn attach_to_lan(
         "ip", "netns", "exec", lan, "ethtool", "-K", port, "tx", "off",
     ])?;
     Ok(())
+}
+
+/// The fixed MAC address of node `index`'s `vxlan0` (locally administered).
+fn vxlan_mac(index: u8) -> String {
+    format!("0e:00:00:00:00:{index:02x}")
 }
 
 fn ip(ns: &str, args: &str) -> Result<()> {

@@ -466,7 +466,7 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
 }
 
 /// The successor pinned its links: the uplink's of its hook (`tc_uplink`:
-/// TC, else XDP), none of the other hook, and the pods'.
+/// TC, else XDP), none of the other hook, and the pods' (ingress and egress).
 fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_uplink: bool) {
     let (uplink, gone) = if tc_uplink {
         ("tcup-eth0", "xdp-eth0")
@@ -476,7 +476,15 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
     let links = pin_dir
         .join(lb_userspace::datapath::PIN_LAYOUT)
         .join("links");
-    for link in [uplink, "tc-vpod1a", "tc-vpod1b", "tc-vpod1c"] {
+    for link in [
+        uplink,
+        "tc-vpod1a",
+        "tc-vpod1b",
+        "tc-vpod1c",
+        "tcegress-vpod1a",
+        "tcegress-vpod1b",
+        "tcegress-vpod1c",
+    ] {
         assert!(
             links.join(link).exists(),
             "{link} is pinned by the successor"

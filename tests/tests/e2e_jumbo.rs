@@ -12,12 +12,14 @@ use std::{
 
 use lb_tests::{
     agent::{udp_service_on_one_pod, Agent, ManifestDir},
-    topology::{ClusterTopology, Cni},
+    topology::{ClusterTopology, Cni, VXLAN_DEVICE},
     traffic::{PodServers, UDP_PORT},
 };
 
 /// The jumbo MTU.
 const MTU: &str = "9000";
+/// The overlay's MTU on the jumbo LAN: [`MTU`] less VXLAN's 50 bytes.
+const VXLAN_JUMBO_MTU: &str = "8950";
 /// Bytes of each request: one frame on a 9000-byte link, six on a 1500-byte one.
 const DATAGRAM: usize = 8000;
 /// A Service whose only endpoint is pod1a, on node1.
@@ -51,9 +53,19 @@ fn jumbo(topo: &ClusterTopology) {
     for (pod, node) in [("pod1a", &topo.node1), ("pod2a", &topo.node2)] {
         set(&topo.pod(pod).ns, "eth0");
         set(node, &format!("v{pod}"));
-        if topo.cni() == Cni::Bridge {
+        if topo.cni().bridged() {
             // The bridge's own MTU, else the smallest of its ports'.
             set(node, "cni0");
+        }
+    }
+    if topo.cni() == Cni::BridgeVxlan {
+        // A jumbo LAN gives the overlay a jumbo MTU (less VXLAN's headers),
+        // as flannel derives it from the uplink's.
+        for node in [&topo.node1, &topo.node2] {
+            let out = node
+                .exec(&["ip", "link", "set", VXLAN_DEVICE, "mtu", VXLAN_JUMBO_MTU])
+                .unwrap_or_else(|e| panic!("{VXLAN_DEVICE} in {}: {e:#}", node.name()));
+            assert!(out.status.success(), "{out:?}");
         }
     }
 }

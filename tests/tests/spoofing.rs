@@ -381,3 +381,99 @@ fn a_local_pods_replies_are_checked_in_tc_too() {
         assert_eq!(dp.event(Event::ReplyRejected), 1);
     });
 }
+
+/// On the way into a pod (`lb_tc_pod_egress`), a reply is judged by the
+/// interface it entered the node by, not the pod interface it leaves by:
+/// accepted from `d0` (the route to the backend, as an overlay's `vxlan0`
+/// is), dropped from `d1`, and accepted from the node itself (no ingress
+/// interface: a hostNetwork backend, the node's own ICMP errors).
+#[test]
+fn replies_into_a_pod_are_checked_where_they_entered_the_node() {
+    let ns = node_namespace("rpf-egress", &[]);
+    in_netns(&ns, || {
+        let (dp, _) = setup("rpf-egress", NODE, path_checked(), &remote_state());
+        let (d0, d1, d2) = (ifindex("d0"), ifindex("d1"), ifindex("d2"));
+        // The local pod (behind d2) opens a flow to the remote backend.
+        let (ret, out) = dp.run_tc_on(d2, &tcp(POD, 40_000, VIP, 80).syn().build());
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, tcp(POD, 40_000, REMOTE, 8080).syn().build())
+        );
+        let reply = tcp(REMOTE, 8080, POD, 40_000).synack().build();
+        let restored = tcp(VIP, 80, POD, 40_000).synack().build();
+        let (ret, out) = dp.run_tc_pod_egress_on(d2, d1, &reply);
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_SHOT, reply.clone()),
+            "entered by d1, where the backend is not: dropped untranslated"
+        );
+        assert_eq!(dp.event(Event::ReplyRejected), 1);
+        let (ret, out) = dp.run_tc_pod_egress_on(d2, d0, &reply);
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, restored.clone()),
+            "entered by d0, the route to the backend: translated \
+             (ReplyRejected = {})",
+            dp.event(Event::ReplyRejected)
+        );
+        assert_eq!(
+            dp.reverse(&flow_key(REMOTE, 8080, POD, 40_000, IPPROTO_TCP))
+                .expect("the flow's reverse entry")
+                .ifindex,
+            d0,
+            "the interface it entered by is the one verified"
+        );
+        let (ret, out) = dp.run_tc_pod_egress_on(d2, 0, &reply);
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, restored),
+            "from the node itself: translated"
+        );
+        assert_eq!(
+            dp.reverse(&flow_key(REMOTE, 8080, POD, 40_000, IPPROTO_TCP))
+                .unwrap()
+                .ifindex,
+            d0,
+            "the node's own packet leaves the verified interface as it was"
+        );
+        let (ret, _) = dp.run_tc_pod_egress_on(d2, d1, &reply);
+        assert_eq!(ret, TC_ACT_SHOT, "d1 still fails after d0 was verified");
+        assert_eq!(dp.event(Event::ReplyRejected), 2);
+        assert_eq!(dp.verdict(Verdict::Reversed), 2);
+    });
+}
+
+/// With an overlay (the agent found `d0` to be one: VXLAN, Geneve), a remote
+/// pod's replies to the node's SNAT address come over the underlay: an
+/// uplink (`d1`) accepts them. Nowhere else: a pod interface still drops
+/// them, and without the overlay the uplink does.
+#[test]
+fn replies_from_behind_the_overlay_are_accepted_on_the_uplink() {
+    let ns = node_namespace("rpf-overlay", &[]);
+    in_netns(&ns, || {
+        let (mut dp, _) = setup("rpf-overlay", NODE, path_checked(), &remote_state());
+        let (d0, d1, d2) = (ifindex("d0"), ifindex("d1"), ifindex("d2"));
+        let port = open_remote_flow(&dp, d1, 40_000);
+        let synack = tcp(REMOTE, 8080, NODE, port).synack().build();
+        let (ret, _) = dp.run_xdp_on(d1, &synack);
+        assert_eq!(ret, XDP_DROP, "no overlay: the uplink drops it");
+        dp.set_overlay_ifindex(d0);
+        let (ret, out) = dp.run_xdp_on(d1, &synack);
+        assert_eq!(
+            (ret, out),
+            (XDP_PASS, tcp(VIP, 80, CLIENT, 40_000).synack().build()),
+            "d0 is the overlay: its pods' replies on the uplink are translated"
+        );
+        // A second flow's first reply at the TC uplink hook (nothing cached).
+        let second = open_remote_flow(&dp, d1, 40_001);
+        let (ret, out) = dp.run_tc_uplink_on(d1, &tcp(REMOTE, 8080, NODE, second).synack().build());
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, tcp(VIP, 80, CLIENT, 40_001).synack().build()),
+            "at the TC uplink hook too"
+        );
+        let (ret, _) = dp.run_tc_on(d2, &tcp(REMOTE, 8080, NODE, port).ack().build());
+        assert_eq!(ret, TC_ACT_SHOT, "a pod interface still drops it");
+        assert_eq!(dp.event(Event::ReplyRejected), 2);
+    });
+}

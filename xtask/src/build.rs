@@ -84,25 +84,28 @@ pub fn test() -> Result<()> {
             .env("LB_AGENT_BIN", &agent),
         &mut totals,
     )?;
-    // The end-to-end tests again with pods on a bridge CNI (cni0, hairpin).
-    let mut bridge = cargo();
-    bridge.args(["test", "-p", "lb-tests"]);
-    for e2e in E2E_TESTS {
-        bridge.args(["--test", e2e]);
+    // The end-to-end tests again with pods on a bridge CNI (cni0, hairpin),
+    // then on a bridge with the other node's pods behind a VXLAN overlay.
+    for cni in ["bridge", "vxlan"] {
+        let mut e2e = cargo();
+        e2e.args(["test", "-p", "lb-tests"]);
+        for file in E2E_TESTS {
+            e2e.args(["--test", file]);
+        }
+        run_tests(
+            e2e.args(["--", "--test-threads=1"])
+                .env("LB_AGENT_BIN", &agent)
+                .env("LB_TEST_CNI", cni),
+            &mut totals,
+        )?;
     }
-    run_tests(
-        bridge
-            .args(["--", "--test-threads=1"])
-            .env("LB_AGENT_BIN", agent)
-            .env("LB_TEST_CNI", "bridge"),
-        &mut totals,
-    )?;
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }
 
 /// The end-to-end test files, which build the namespace cluster and run on
-/// each CNI layout (`LB_TEST_CNI`).
+/// each CNI layout (`LB_TEST_CNI`: routed, bridge, vxlan). `e2e_overlay`
+/// builds its overlay itself and runs once.
 const E2E_TESTS: [&str; 10] = [
     "e2e",
     "e2e_kube",

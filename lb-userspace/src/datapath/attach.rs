@@ -13,14 +13,17 @@ use aya::{
     Ebpf,
 };
 
-use super::{TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM};
+use super::{
+    POD_EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM,
+    XDP_PROGRAM,
+};
 
 /// Loads (verifies) the programs.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
     xdp.load()
         .with_context(|| format!("the verifier rejected {XDP_PROGRAM}"))?;
-    for name in [TC_PROGRAM, UPLINK_TC_PROGRAM] {
+    for name in [TC_PROGRAM, UPLINK_TC_PROGRAM, POD_EGRESS_TC_PROGRAM] {
         let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         tc.load()
             .with_context(|| format!("the verifier rejected {name}"))?;
@@ -87,15 +90,16 @@ pub fn attach_xdp(
     Ok(Attached::New)
 }
 
-/// Attaches the TC program `name` to the ingress of `iface` through a TCX
-/// link pinned at `pin`, adopting an existing pinned link (or an earlier
-/// layout's, pinned at `previous`) like [`attach_xdp`]. Kernels without TCX
-/// (< 6.6) get a clsact qdisc and a netlink filter, which does not survive
-/// the agent.
+/// Attaches the TC program `name` to `iface` at `direction` (ingress or
+/// egress) through a TCX link pinned at `pin`, adopting an existing pinned
+/// link (or an earlier layout's, pinned at `previous`) like [`attach_xdp`].
+/// Kernels without TCX (< 6.6) get a clsact qdisc and a netlink filter,
+/// which does not survive the agent.
 pub fn attach_tc(
     ebpf: &mut Ebpf,
     name: &str,
     iface: &str,
+    direction: TcAttachType,
     pin: &Path,
     previous: Option<&Path>,
 ) -> Result<Attached> {
@@ -116,13 +120,13 @@ pub fn attach_tc(
         move_pin(FdLink::try_from(prog.take_link(id)?)?, previous, pin)?;
         return Ok(Attached::Adopted);
     }
-    let id = if let Ok(id) = prog.attach(iface, TcAttachType::Ingress) {
+    let id = if let Ok(id) = prog.attach(iface, direction) {
         id
     } else {
         // Older kernels: netlink attach needs the clsact qdisc (it may exist already).
         let _ = tc::qdisc_add_clsact(iface);
-        prog.attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching TC ingress to {iface}"))?
+        prog.attach(iface, direction)
+            .with_context(|| format!("attaching TC {direction:?} to {iface}"))?
     };
     if let Ok(link) = FdLink::try_from(prog.take_link(id)?) {
         link.pin(pin)
@@ -141,6 +145,15 @@ fn move_pin(link: FdLink, previous: Option<&Path>, pin: &Path) -> Result<()> {
             .with_context(|| format!("removing the earlier pin {}", previous.display()))?;
     }
     Ok(())
+}
+
+/// The index of interface `iface` in this network namespace, if it exists.
+#[must_use]
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// Names of the interfaces in this network namespace.

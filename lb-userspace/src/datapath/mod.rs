@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::{programs::XdpMode, Ebpf, EbpfLoader, VerifierLogLevel};
+use aya::{
+    programs::{TcAttachType, XdpMode},
+    Ebpf, EbpfLoader, VerifierLogLevel,
+};
 use lb_common::{NodeConfig, CONFIG_F_REPLY_PATH_CHECK, MAP_MAGLEV, MAP_SERVICES};
 use tracing::{info, warn};
 
@@ -41,6 +44,9 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Name of the uplink TC program in the object (`--uplink-hook tc`).
 pub const UPLINK_TC_PROGRAM: &str = "lb_tc_uplink";
+/// Name of the TC program at the egress of pod interfaces (into the pods:
+/// reverse translation only).
+pub const POD_EGRESS_TC_PROGRAM: &str = "lb_tc_pod_egress";
 /// Name of the pass-everything XDP program (benchmark floor; veth peers).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the parse-then-pass XDP program (the floor of any L4 balancer).
@@ -77,6 +83,12 @@ const LINK_XDP: &str = "xdp";
 const LINK_UPLINK_TC: &str = "tcup";
 /// Link pin kind of the TC program on a pod interface.
 const LINK_POD_TC: &str = "tc";
+/// Link pin kind of the egress TC program on a pod interface (no `-`: pins
+/// are named `{kind}-{iface}`).
+const LINK_POD_TC_EGRESS: &str = "tcegress";
+/// Ethtool driver names of overlay devices, whose remote pods' replies to
+/// the node's address arrive over the underlay (see `NodeConfig::overlay_ifindex`).
+const OVERLAY_DRIVERS: [&str; 2] = ["vxlan", "geneve"];
 
 /// How to set up the data path.
 #[derive(Clone, Debug)]
@@ -109,7 +121,12 @@ pub struct Datapath {
     /// Typed map handles.
     pub maps: Maps,
     config: DatapathConfig,
+    /// Pod interfaces with the TC program at ingress.
     tc_attached: BTreeSet<String>,
+    /// Pod interfaces with the egress TC program.
+    tc_egress_attached: BTreeSet<String>,
+    /// The overlay device found (name, index), as `CONFIG` holds it.
+    overlay: Option<(String, u32)>,
     /// Interfaces whose `accept_local` we changed, with the value to restore.
     sysctls: Vec<(String, String)>,
     /// The maps came from an earlier agent's pins.
@@ -256,12 +273,25 @@ impl Datapath {
             );
         }
         let hash_key = Self::hash_key(&config.flows, &maps, adopted)?;
-        maps.config.set(0, node_config(&config, hash_key), 0)?;
+        // The overlay device is in the first configuration the programs
+        // read (an adopted data path keeps accepting its pods' replies).
+        let overlay = overlay_device(&config, &attach::interfaces()?);
+        let mut node = node_config(&config, hash_key);
+        node.overlay_ifindex = overlay.as_ref().map_or(0, |(_, index)| *index);
+        maps.config.set(0, node, 0)?;
+        if let Some((iface, index)) = &overlay {
+            info!(
+                iface,
+                index, "overlay device: replies of pods behind it are accepted on the uplinks"
+            );
+        }
         let mut datapath = Self {
             ebpf,
             maps,
             config,
             tc_attached: BTreeSet::new(),
+            tc_egress_attached: BTreeSet::new(),
+            overlay,
             sysctls: Vec::new(),
             adopted,
             handover,
@@ -315,9 +345,14 @@ impl Datapath {
             UplinkHook::Xdp(mode) => {
                 attach::attach_xdp(&mut self.ebpf, iface, mode, &pin, previous)?
             }
-            UplinkHook::Tc => {
-                attach::attach_tc(&mut self.ebpf, UPLINK_TC_PROGRAM, iface, &pin, previous)?
-            }
+            UplinkHook::Tc => attach::attach_tc(
+                &mut self.ebpf,
+                UPLINK_TC_PROGRAM,
+                iface,
+                TcAttachType::Ingress,
+                &pin,
+                previous,
+            )?,
         };
         for other in [LINK_XDP, LINK_UPLINK_TC] {
             let stale = self.link_pin(other, iface);
@@ -358,19 +393,15 @@ impl Datapath {
                 let Some((kind, iface)) = name.split_once('-') else {
                     continue;
                 };
-                let pin = self.link_pin(kind, iface);
                 let uplink = self.config.xdp_ifaces.iter().any(|i| i == iface);
                 let moved = match kind {
                     k if uplink && k == self.config.uplink.link_kind() => {
                         self.attach_uplink(iface, Some(&old)).map(Some)
                     }
-                    LINK_POD_TC if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) => {
-                        attach::attach_tc(&mut self.ebpf, TC_PROGRAM, iface, &pin, Some(&old)).map(
-                            |how| {
-                                self.tc_attached.insert(iface.to_string());
-                                Some(how)
-                            },
-                        )
+                    LINK_POD_TC | LINK_POD_TC_EGRESS
+                        if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) =>
+                    {
+                        self.attach_pod(kind, iface, Some(&old)).map(Some)
                     }
                     _ => Ok(None),
                 };
@@ -422,32 +453,82 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the TC program to interfaces matching the patterns that appeared since the last call.
+    /// Attaches the TC programs to interfaces matching the patterns that
+    /// appeared since the last call: at egress first (replies into the pod
+    /// are translated before the pod can open a flow), then at ingress.
+    /// Also looks for the node's overlay device (it may appear after the
+    /// agent started, as the CNI's does).
     pub fn attach_new_pod_interfaces(&mut self) -> Result<()> {
-        for iface in attach::interfaces()? {
-            if self.tc_attached.contains(&iface)
-                || !self
-                    .config
-                    .tc_patterns
-                    .iter()
-                    .any(|p| glob_match(p, &iface))
-            {
+        let interfaces = attach::interfaces()?;
+        for iface in &interfaces {
+            if !self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) {
                 continue;
             }
-            let pin = self.link_pin(LINK_POD_TC, &iface);
-            if self.awaits_handover(LINK_POD_TC, &iface, &pin) {
-                continue;
-            }
-            // No accept_local on pod interfaces: the TC program forwards the
-            // packets that leave a pod with the node's address itself.
-            match attach::attach_tc(&mut self.ebpf, TC_PROGRAM, &iface, &pin, None) {
-                Ok(how) => {
-                    info!(iface, ?how, "TC program attached");
-                    self.tc_attached.insert(iface);
+            for kind in [LINK_POD_TC_EGRESS, LINK_POD_TC] {
+                let attached = if kind == LINK_POD_TC {
+                    &self.tc_attached
+                } else {
+                    &self.tc_egress_attached
+                };
+                let pin = self.link_pin(kind, iface);
+                if attached.contains(iface) || self.awaits_handover(kind, iface, &pin) {
+                    continue;
                 }
-                Err(e) => warn!(iface, "cannot attach the TC program: {e:#}"),
+                // No accept_local on pod interfaces: the TC program forwards the
+                // packets that leave a pod with the node's address itself.
+                match self.attach_pod(kind, iface, None) {
+                    Ok(how) => info!(iface, ?how, hook = kind, "TC program attached"),
+                    Err(e) => warn!(iface, hook = kind, "cannot attach the TC program: {e:#}"),
+                }
             }
         }
+        self.find_overlay(&interfaces)
+    }
+
+    /// Attaches the pod program of link kind `kind` (ingress or egress) to
+    /// `iface`, taking over the link pinned at `previous` (an earlier
+    /// layout's), and notes it attached.
+    fn attach_pod(
+        &mut self,
+        kind: &str,
+        iface: &str,
+        previous: Option<&Path>,
+    ) -> Result<attach::Attached> {
+        let pin = self.link_pin(kind, iface);
+        let (program, direction) = if kind == LINK_POD_TC {
+            (TC_PROGRAM, TcAttachType::Ingress)
+        } else {
+            (POD_EGRESS_TC_PROGRAM, TcAttachType::Egress)
+        };
+        let how = attach::attach_tc(&mut self.ebpf, program, iface, direction, &pin, previous)?;
+        if kind == LINK_POD_TC {
+            self.tc_attached.insert(iface.to_string());
+        } else {
+            self.tc_egress_attached.insert(iface.to_string());
+        }
+        Ok(how)
+    }
+
+    /// Tells the programs the node's overlay device among `interfaces`
+    /// ([`overlay_device`]) when it changed (a CNI creates its own after the
+    /// agent may have started, or recreates it).
+    fn find_overlay(&mut self, interfaces: &[String]) -> Result<()> {
+        let found = overlay_device(&self.config, interfaces);
+        if found == self.overlay {
+            return Ok(());
+        }
+        let mut config = self.maps.config.get(&0, 0)?;
+        config.overlay_ifindex = found.as_ref().map_or(0, |(_, index)| *index);
+        self.maps.config.set(0, config, 0)?;
+        if let Some((iface, index)) = &found {
+            info!(
+                iface,
+                index, "overlay device: replies of pods behind it are accepted on the uplinks"
+            );
+        } else {
+            info!("no overlay device any more");
+        }
+        self.overlay = found;
         Ok(())
     }
 
@@ -459,7 +540,8 @@ impl Datapath {
             .unwrap_or_else(|| panic!("the eBPF object has no program {name}"))
     }
 
-    /// Names of the pod interfaces the TC program is attached to.
+    /// Names of the pod interfaces the TC program is attached to (at ingress;
+    /// the egress program goes wherever it does).
     #[must_use]
     pub fn pod_interfaces(&self) -> &BTreeSet<String> {
         &self.tc_attached
@@ -485,6 +567,22 @@ impl Datapath {
     }
 }
 
+/// The node's overlay device among `interfaces`, with its index: the first
+/// whose driver is an overlay's ([`OVERLAY_DRIVERS`]; uplinks and pod
+/// interfaces are not looked at). The programs' reverse-path check accepts
+/// on an uplink the replies of pods behind it (see
+/// `NodeConfig::overlay_ifindex`).
+fn overlay_device(config: &DatapathConfig, interfaces: &[String]) -> Option<(String, u32)> {
+    interfaces
+        .iter()
+        .filter(|iface| {
+            !config.xdp_ifaces.contains(iface)
+                && !config.tc_patterns.iter().any(|p| glob_match(p, iface))
+        })
+        .find(|iface| uplink::driver(iface).is_ok_and(|d| OVERLAY_DRIVERS.contains(&d.as_str())))
+        .and_then(|iface| Some((iface.clone(), attach::ifindex(iface)?)))
+}
+
 /// The node configuration the programs read, from the agent's settings.
 #[must_use]
 pub fn node_config(config: &DatapathConfig, hash_key: lb_common::HashKey) -> NodeConfig {
@@ -498,7 +596,8 @@ pub fn node_config(config: &DatapathConfig, hash_key: lb_common::HashKey) -> Nod
         },
         snat_port_min: *flows.snat_ports.0.start(),
         snat_port_max: *flows.snat_ports.0.end(),
-        pad: 0,
+        // Found among the interfaces (`overlay_device`).
+        overlay_ifindex: 0,
         hash_key,
         timeouts: flows.timeouts,
     }
