@@ -12,16 +12,13 @@
 //! before.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
+    helpers::bpf_redirect_neigh,
     programs::TcContext,
-    EbpfContext,
 };
 
-use crate::parse::L3_OFF;
+use crate::{fib, parse::L3_OFF};
 
-/// `AF_INET`.
-const AF_INET: u8 = 2;
 /// Offset of the TTL and protocol word in the IPv4 header.
 const IP_TTL_OFF: usize = L3_OFF + 8;
 /// Offset of the IPv4 header checksum.
@@ -31,26 +28,18 @@ const IP_CSUM_OFF: usize = L3_OFF + 10;
 /// arrived on `ifindex` and hands it to its next hop; the TC verdict.
 #[inline(always)]
 pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8) -> i32 {
-    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = proto;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
-    // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
-    let ret = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            // The struct is 64 bytes.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-            {
-                size_of::<bpf_fib_lookup>() as i32
-            },
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
+    let (ret, params) = fib::lookup(
+        ctx,
+        &fib::Query {
+            ifindex,
+            src,
+            dst,
+            proto,
+            sport: 0,
+            dport: 0,
+        },
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
+    );
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || !decrement_ttl(ctx) {
         // The stack answers what it must (time exceeded, unreachable).
         return TC_ACT_OK;

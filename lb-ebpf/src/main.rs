@@ -16,6 +16,7 @@ mod affinity;
 mod config;
 mod conntrack;
 mod counters;
+mod fib;
 mod filter;
 mod forward;
 mod frag;

@@ -2,16 +2,15 @@
 //! address, and replies that could not have arrived where they did.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::bpf_fib_lookup as fib_lookup,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     EbpfContext,
 };
 use lb_common::{FlowKey, NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
 
-use crate::lb::{Hook, Ingress};
-
-/// `AF_INET`.
-const AF_INET: u8 = 2;
+use crate::{
+    fib,
+    lb::{Hook, Ingress},
+};
 
 /// The ingress interface index of a packet the node itself originated (a
 /// local process, the kernel's own ICMP errors): it entered by no interface.
@@ -62,31 +61,21 @@ pub fn reply_path_ok<C: EbpfContext>(
     {
         return true;
     }
-    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = arrived.proto;
     // The route a packet arriving on this interface and addressed to the
     // reply's source would take (an input lookup, unrestricted; the kernel
     // also takes the namespace from this interface), with its neighbour.
-    params.ifindex = at.ifindex;
-    params.sport = arrived.dst_port;
-    params.dport = arrived.src_port;
-    params.__bindgen_anon_3.ipv4_src = arrived.dst_addr;
-    params.__bindgen_anon_4.ipv4_dst = arrived.src_addr;
-    // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
-    let ret = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            // The struct is 64 bytes.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-            {
-                size_of::<bpf_fib_lookup>() as i32
-            },
-            0,
-        )
-    };
+    let (ret, params) = fib::lookup(
+        ctx,
+        &fib::Query {
+            ifindex: at.ifindex,
+            src: arrived.dst_addr,
+            dst: arrived.src_addr,
+            proto: arrived.proto,
+            sport: arrived.dst_port,
+            dport: arrived.src_port,
+        },
+        0,
+    );
     let routed =
         ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     routed

@@ -264,9 +264,11 @@ async fn serve(
     let metrics = Metrics::new(options.datapath.pin_dir.clone());
     metrics.set_source(source.stats());
     if let Some(addr) = options.metrics_addr {
+        // Bound before "ready": the probes find it listening at once.
+        let listener = crate::metrics::bind(addr).await?;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, metrics).await {
+            if let Err(e) = crate::metrics::serve(listener, metrics).await {
                 error!("metrics server: {e:#}");
             }
         });

@@ -487,16 +487,22 @@ pub fn evictions(created: u64, live: u64) -> u64 {
     created.saturating_sub(live)
 }
 
-/// Serves the metrics and probes on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+/// Binds the metrics address: connections queue from here on, so an agent
+/// that says "ready" after this answers its probes.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (see [`bind`]).
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> Result<()> {
     let app = Router::new()
         .route(METRICS_PATH, get(metrics_handler))
         .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
         .route(READYZ_PATH, get(readyz))
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let addr = listener.local_addr()?;
     info!(%addr, "serving {METRICS_PATH}, {HEALTHZ_PATH} and {READYZ_PATH}");
     axum::serve(listener, app).await?;
     Ok(())

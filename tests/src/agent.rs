@@ -126,6 +126,17 @@ impl Agent {
         Self::start_pinned(node, &args, &pin_dir)
     }
 
+    /// Starts the agent on `node` with the manifests in `manifests` and the
+    /// `extra` arguments, and waits (30 s at most) until it is ready.
+    pub fn start_ready(node: &Netns, manifests: &ManifestDir, extra: &[&str]) -> Result<Self> {
+        let dir = manifests.path().to_string_lossy().into_owned();
+        let mut args = vec!["--manifests", dir.as_str()];
+        args.extend_from_slice(extra);
+        let mut agent = Self::start_with(node, &args)?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
     /// Starts `lb-agent run` with exactly these arguments on `pin_dir`
     /// (several agents in turn can share one, as restarts do).
     pub fn start_pinned(node: &Netns, source_args: &[&str], pin_dir: &Path) -> Result<Self> {

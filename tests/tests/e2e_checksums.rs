@@ -36,13 +36,7 @@ fn every_request_succeeds(hook_args: &[&str], expect_in_log: Option<&str>) {
         .expect("building the namespace topology");
     let _servers = PodServers::start(&topo).expect("starting pod servers");
     let manifests = ManifestDir::with_examples().unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(hook_args);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
+    let mut agent = Agent::start_ready(&topo.node1, &manifests, hook_args).expect("lb-agent ready");
     if let Some(expected) = expect_in_log {
         assert!(
             agent.log().contains(expected),

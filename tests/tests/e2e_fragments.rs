@@ -126,13 +126,7 @@ fn cluster(hook: &[&str]) -> Cluster {
             &udp_service_on_one_pod("frag-remote", REMOTE_SERVICE, &ports, pod2a, "node2"),
         )
         .unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(hook);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
+    let agent = Agent::start_ready(&topo.node1, &manifests, hook).expect("lb-agent ready");
     Cluster {
         agent,
         _manifests: manifests,

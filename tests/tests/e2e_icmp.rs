@@ -73,13 +73,7 @@ fn cluster(extra: &[&str]) -> Cluster {
             &service("icmp-remote", REMOTE_SERVICE, pod2a, "node2"),
         )
         .unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(extra);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
+    let agent = Agent::start_ready(&topo.node1, &manifests, extra).expect("lb-agent ready");
     Cluster {
         _agent: agent,
         _manifests: manifests,

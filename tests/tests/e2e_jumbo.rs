@@ -112,12 +112,7 @@ fn jumbo_datagrams_are_translated(extra: &[&str]) {
             &service("jumbo-remote", REMOTE_SERVICE, pod2a, "node2"),
         )
         .unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(extra);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
+    let mut agent = Agent::start_ready(&topo.node1, &manifests, extra)
         .expect("lb-agent attaches on a 9000-byte MTU uplink and gets ready");
     for (service, backend) in [(LOCAL_SERVICE, "pod1a"), (REMOTE_SERVICE, "pod2a")] {
         let addr = SocketAddrV4::new(service, PORT);

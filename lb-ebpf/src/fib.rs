@@ -1,0 +1,56 @@
+//! Route lookups in the kernel's forwarding table (`bpf_fib_lookup`), shared
+//! by the reverse-path check (`spoof.rs`) and the forwarding past the stack
+//! (`forward.rs`).
+
+use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, EbpfContext};
+
+/// `AF_INET`.
+const AF_INET: u8 = 2;
+
+/// What to look up: the route a packet `src` -> `dst` (protocol and ports,
+/// raw network-order words) arriving on `ifindex` would take.
+pub struct Query {
+    /// The interface the packet arrives on (also gives the namespace).
+    pub ifindex: u32,
+    /// Source address.
+    pub src: u32,
+    /// Destination address.
+    pub dst: u32,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source port (0 where none).
+    pub sport: u16,
+    /// Destination port (0 where none).
+    pub dport: u16,
+}
+
+/// Looks `query` up with the `BPF_FIB_LOOKUP_*` `flags`: the helper's
+/// return code (`BPF_FIB_LKUP_RET_*`) and its filled parameters (egress
+/// interface, and the neighbour's and the interface's Ethernet addresses
+/// unless the neighbour was skipped or is unresolved).
+#[inline(always)]
+pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_fib_lookup) {
+    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = query.proto;
+    params.ifindex = query.ifindex;
+    params.sport = query.sport;
+    params.dport = query.dport;
+    params.__bindgen_anon_3.ipv4_src = query.src;
+    params.__bindgen_anon_4.ipv4_dst = query.dst;
+    // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            // The struct is 64 bytes.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+            {
+                size_of::<bpf_fib_lookup>() as i32
+            },
+            flags,
+        )
+    };
+    (ret, params)
+}
