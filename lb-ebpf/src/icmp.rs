@@ -38,7 +38,7 @@ use crate::{
     conntrack, counters,
     lb::{Hook, Ingress},
     maps::{CONNTRACK, REVNAT},
-    parse::L3_OFF,
+    parse::{read_at, write_at, L3_OFF},
     spoof,
 };
 
@@ -106,26 +106,6 @@ struct Translation {
     verdict: Verdict,
 }
 
-/// Reads an unaligned `T` at `data + off`; the caller checked the bounds.
-///
-/// # Safety
-/// `data + off + size_of::<T>()` must not exceed the frame's end.
-#[inline(always)]
-unsafe fn read<T: Copy>(data: usize, off: usize) -> T {
-    // SAFETY: bounds checked by the caller; packet fields may be unaligned.
-    unsafe { ((data + off) as *const T).read_unaligned() }
-}
-
-/// Writes an unaligned `T` at `data + off`; the caller checked the bounds.
-///
-/// # Safety
-/// As [`read`], and the frame must be writable (XDP, or TC after the checks).
-#[inline(always)]
-unsafe fn write<T: Copy>(data: usize, off: usize, value: T) {
-    // SAFETY: as above.
-    unsafe { ((data + off) as *mut T).write_unaligned(value) }
-}
-
 /// Handles an IPv4 ICMP packet whose headers are in `[data, data_end)` and
 /// whose whole length is `len`: an error about a translated flow is
 /// translated in place; everything else passes untouched.
@@ -145,13 +125,13 @@ pub fn handle<C: EbpfContext>(
     // ERROR_MIN_LEN, checked against data_end above.
     let (outer_vihl, outer_frag, outer_proto, outer_len) = unsafe {
         (
-            read::<u8>(data, L3_OFF),
-            u16::from_be(read::<u16>(data, L3_OFF + IP_FRAG)),
-            read::<u8>(data, L3_OFF + IP_PROTO),
-            usize::from(u16::from_be(read::<u16>(data, L3_OFF + 2))),
+            read_at::<u8>(data, L3_OFF),
+            u16::from_be(read_at::<u16>(data, L3_OFF + IP_FRAG)),
+            read_at::<u8>(data, L3_OFF + IP_PROTO),
+            usize::from(u16::from_be(read_at::<u16>(data, L3_OFF + 2))),
         )
     };
-    let icmp_type = unsafe { read::<u8>(data, ICMP_OFF) };
+    let icmp_type = unsafe { read_at::<u8>(data, ICMP_OFF) };
     if outer_vihl != IPV4_NO_OPTIONS
         || outer_proto != IPPROTO_ICMP
         || outer_frag & IP_MF_OR_OFFSET != 0
@@ -166,9 +146,9 @@ pub fn handle<C: EbpfContext>(
     }
     let (quoted_vihl, quoted_frag, proto) = unsafe {
         (
-            read::<u8>(data, QUOTED_IP_OFF),
-            u16::from_be(read::<u16>(data, QUOTED_IP_OFF + IP_FRAG)),
-            read::<u8>(data, QUOTED_IP_OFF + IP_PROTO),
+            read_at::<u8>(data, QUOTED_IP_OFF),
+            u16::from_be(read_at::<u16>(data, QUOTED_IP_OFF + IP_FRAG)),
+            read_at::<u8>(data, QUOTED_IP_OFF + IP_PROTO),
         )
     };
     // Ports are only in the first fragment of a quoted datagram.
@@ -180,18 +160,18 @@ pub fn handle<C: EbpfContext>(
     }
     let outer = unsafe {
         Tuple {
-            src: read(data, L3_OFF + IP_SRC),
-            dst: read(data, L3_OFF + IP_DST),
+            src: read_at(data, L3_OFF + IP_SRC),
+            dst: read_at(data, L3_OFF + IP_DST),
             sport: 0,
             dport: 0,
         }
     };
     let quoted = unsafe {
         Tuple {
-            src: read(data, QUOTED_IP_OFF + IP_SRC),
-            dst: read(data, QUOTED_IP_OFF + IP_DST),
-            sport: read(data, QUOTED_L4_OFF),
-            dport: read(data, QUOTED_L4_OFF + 2),
+            src: read_at(data, QUOTED_IP_OFF + IP_SRC),
+            dst: read_at(data, QUOTED_IP_OFF + IP_DST),
+            sport: read_at(data, QUOTED_L4_OFF),
+            dport: read_at(data, QUOTED_L4_OFF + 2),
         }
     };
     // An error goes to the source of the packet it quotes.
@@ -319,28 +299,28 @@ fn about_reply(
 unsafe fn rewrite(data: usize, outer: &Tuple, quoted: &Tuple, new: &Translation) {
     // SAFETY: the caller's bounds; raw network-order words throughout.
     unsafe {
-        let mut outer_check: u16 = read(data, L3_OFF + IP_CSUM);
+        let mut outer_check: u16 = read_at(data, L3_OFF + IP_CSUM);
         outer_check = csum::replace32(outer_check, outer.src, new.outer.src);
         outer_check = csum::replace32(outer_check, outer.dst, new.outer.dst);
-        write(data, L3_OFF + IP_SRC, new.outer.src);
-        write(data, L3_OFF + IP_DST, new.outer.dst);
-        write(data, L3_OFF + IP_CSUM, outer_check);
+        write_at(data, L3_OFF + IP_SRC, new.outer.src);
+        write_at(data, L3_OFF + IP_DST, new.outer.dst);
+        write_at(data, L3_OFF + IP_CSUM, outer_check);
 
-        let old_quoted_check: u16 = read(data, QUOTED_IP_OFF + IP_CSUM);
+        let old_quoted_check: u16 = read_at(data, QUOTED_IP_OFF + IP_CSUM);
         let mut quoted_check = csum::replace32(old_quoted_check, quoted.src, new.quoted.src);
         quoted_check = csum::replace32(quoted_check, quoted.dst, new.quoted.dst);
         // The ICMP checksum covers the quoted header, its checksum and ports.
-        let mut icmp_check: u16 = read(data, ICMP_CSUM_OFF);
+        let mut icmp_check: u16 = read_at(data, ICMP_CSUM_OFF);
         icmp_check = csum::replace32(icmp_check, quoted.src, new.quoted.src);
         icmp_check = csum::replace32(icmp_check, quoted.dst, new.quoted.dst);
         icmp_check = csum::replace16(icmp_check, old_quoted_check, quoted_check);
         icmp_check = csum::replace16(icmp_check, quoted.sport, new.quoted.sport);
         icmp_check = csum::replace16(icmp_check, quoted.dport, new.quoted.dport);
-        write(data, QUOTED_IP_OFF + IP_SRC, new.quoted.src);
-        write(data, QUOTED_IP_OFF + IP_DST, new.quoted.dst);
-        write(data, QUOTED_IP_OFF + IP_CSUM, quoted_check);
-        write(data, QUOTED_L4_OFF, new.quoted.sport);
-        write(data, QUOTED_L4_OFF + 2, new.quoted.dport);
-        write(data, ICMP_CSUM_OFF, icmp_check);
+        write_at(data, QUOTED_IP_OFF + IP_SRC, new.quoted.src);
+        write_at(data, QUOTED_IP_OFF + IP_DST, new.quoted.dst);
+        write_at(data, QUOTED_IP_OFF + IP_CSUM, quoted_check);
+        write_at(data, QUOTED_L4_OFF, new.quoted.sport);
+        write_at(data, QUOTED_L4_OFF + 2, new.quoted.dport);
+        write_at(data, ICMP_CSUM_OFF, icmp_check);
     }
 }

@@ -221,6 +221,28 @@ pub fn parse(data: usize, data_end: usize, len: usize, ip: &Ipv4Hdr) -> Option<F
     })
 }
 
+/// Reads an unaligned `T` at `data + off` of a frame (packet fields may be
+/// unaligned).
+///
+/// # Safety
+/// `data + off + size_of::<T>()` must not exceed the frame's end, as checked
+/// against `data_end` by the caller.
+#[inline(always)]
+pub unsafe fn read_at<T: Copy>(data: usize, off: usize) -> T {
+    // SAFETY: the caller's bounds.
+    unsafe { ((data + off) as *const T).read_unaligned() }
+}
+
+/// Writes an unaligned `T` at `data + off` of a frame.
+///
+/// # Safety
+/// As [`read_at`], in a writable frame (XDP, or TC's direct packet access).
+#[inline(always)]
+pub unsafe fn write_at<T: Copy>(data: usize, off: usize, value: T) {
+    // SAFETY: the caller's bounds.
+    unsafe { ((data + off) as *mut T).write_unaligned(value) }
+}
+
 /// Returns `value` through a volatile stack slot, so the compiler cannot fold a
 /// variable packet offset into the bounds check: the verifier must see the
 /// check and the accesses on the same pointer.

@@ -63,7 +63,7 @@ use lb_common::{
 use crate::{
     conntrack,
     maps::REJECTS,
-    parse::{Flow, Fragment, L3_OFF},
+    parse::{read_at, write_at, Flow, Fragment, L3_OFF},
 };
 
 /// Length of an IPv4 header without options.
@@ -235,26 +235,6 @@ pub fn refuse_tc(ctx: &TcContext, flow: &Flow, ifindex: u32) -> i32 {
     }
 }
 
-/// Reads an unaligned `T` at `data + off`.
-///
-/// # Safety
-/// `data + off + size_of::<T>()` must lie within the frame.
-#[inline(always)]
-unsafe fn read<T: Copy>(data: usize, off: usize) -> T {
-    // SAFETY: the caller's bounds; packet fields may be unaligned.
-    unsafe { ((data + off) as *const T).read_unaligned() }
-}
-
-/// Writes an unaligned `T` at `data + off`.
-///
-/// # Safety
-/// As [`read`], in a writable frame.
-#[inline(always)]
-unsafe fn write<T: Copy>(data: usize, off: usize, value: T) {
-    // SAFETY: as above.
-    unsafe { ((data + off) as *mut T).write_unaligned(value) }
-}
-
 /// Ones'-complement sum (unfolded) of the `words` 16-bit words at `data + off`.
 ///
 /// # Safety
@@ -264,7 +244,7 @@ unsafe fn sum(data: usize, off: usize, words: usize) -> u32 {
     let mut total = 0u32;
     for i in 0..words {
         // SAFETY: the caller's bounds.
-        total += u32::from(unsafe { read::<u16>(data, off + 2 * i) });
+        total += u32::from(unsafe { read_at::<u16>(data, off + 2 * i) });
     }
     total
 }
@@ -283,33 +263,33 @@ unsafe fn build(data: usize, eth_at: usize, quoted_l4: usize) -> u16 {
     // SAFETY (every access): the caller's bounds; all offsets are below
     // QUOTE_OFF + IPV4_LEN + quoted_l4.
     unsafe {
-        let to: [u8; ETH_ALEN] = read(data, eth_at);
-        let from: [u8; ETH_ALEN] = read(data, eth_at + ETH_ALEN);
+        let to: [u8; ETH_ALEN] = read_at(data, eth_at);
+        let from: [u8; ETH_ALEN] = read_at(data, eth_at + ETH_ALEN);
         // The offending packet's addresses, raw network-order words.
-        let client: u32 = read(data, QUOTE_OFF + 12);
-        let frontend: u32 = read(data, QUOTE_OFF + 16);
-        write(data, 0, from);
-        write(data, ETH_ALEN, to);
-        write(data, 2 * ETH_ALEN, ETH_P_IP);
+        let client: u32 = read_at(data, QUOTE_OFF + 12);
+        let frontend: u32 = read_at(data, QUOTE_OFF + 16);
+        write_at(data, 0, from);
+        write_at(data, ETH_ALEN, to);
+        write_at(data, 2 * ETH_ALEN, ETH_P_IP);
 
         // IPv4 header. The length fits 16 bits (82 at most).
         #[allow(clippy::cast_possible_truncation)]
         let total = ((IPV4_LEN + ICMP_LEN + IPV4_LEN + quoted_l4) as u16).to_be();
-        write(data, L3_OFF, VIHL_TOS);
-        write(data, L3_OFF + 2, total);
+        write_at(data, L3_OFF, VIHL_TOS);
+        write_at(data, L3_OFF + 2, total);
         // Identification 0; flags and fragment offset 0 (DF off).
-        write(data, L3_OFF + 4, 0u32);
-        write(data, L3_OFF + 8, TTL_PROTO);
-        write(data, L3_OFF + 10, 0u16);
-        write(data, L3_OFF + 12, frontend);
-        write(data, L3_OFF + 16, client);
+        write_at(data, L3_OFF + 4, 0u32);
+        write_at(data, L3_OFF + 8, TTL_PROTO);
+        write_at(data, L3_OFF + 10, 0u16);
+        write_at(data, L3_OFF + 12, frontend);
+        write_at(data, L3_OFF + 16, client);
         let ip_check = !csum::fold(sum(data, L3_OFF, IPV4_LEN / 2));
-        write(data, L3_OFF + 10, ip_check);
+        write_at(data, L3_OFF + 10, ip_check);
 
         // ICMP header, its checksum over itself and the quote.
-        write(data, ICMP_OFF, TYPE_CODE);
-        write(data, ICMP_OFF + 2, 0u16);
-        write(data, ICMP_OFF + 4, 0u32);
+        write_at(data, ICMP_OFF, TYPE_CODE);
+        write_at(data, ICMP_OFF + 2, 0u16);
+        write_at(data, ICMP_OFF + 4, 0u32);
         let mut icmp_sum = sum(data, ICMP_OFF, (ICMP_LEN + IPV4_LEN + QUOTED_L4) / 2);
         if quoted_l4 == TCP_HEADER_LEN {
             icmp_sum += sum(
@@ -319,7 +299,7 @@ unsafe fn build(data: usize, eth_at: usize, quoted_l4: usize) -> u16 {
             );
         }
         let icmp_check = !csum::fold(icmp_sum);
-        write(data, ICMP_OFF + 2, icmp_check);
+        write_at(data, ICMP_OFF + 2, icmp_check);
         csum::fold(sum(data, L3_OFF, ROOM / 2))
     }
 }

@@ -50,6 +50,12 @@ impl Netns {
         sh(&full)
     }
 
+    /// The value of sysctl `key` in the namespace (e.g. `net.ipv4.conf.eth0.accept_local`).
+    pub fn sysctl(&self, key: &str) -> Result<String> {
+        let out = self.exec(&["sysctl", "-n", key])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Runs `f` on a thread that has entered the namespace: sockets it opens live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);

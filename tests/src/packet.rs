@@ -371,23 +371,82 @@ pub fn with_ip_checksum(frame: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A program of the data path a test frame goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `lb_xdp`, on the uplink.
+    Xdp,
+    /// `lb_tc_uplink`, on the uplink at TC.
+    TcUplink,
+    /// `lb_tc`, on a pod interface (ingress).
+    Pod,
+}
+
+impl Hook {
+    /// Every program.
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcUplink, Hook::Pod];
+    /// The uplink's programs.
+    pub const UPLINKS: [Hook; 2] = [Hook::Xdp, Hook::TcUplink];
+
+    /// Runs `frame` through the program once: (return code, frame after).
+    #[must_use]
+    pub fn run(self, dp: &TestDatapath, frame: &[u8]) -> (u32, Vec<u8>) {
+        match self {
+            Hook::Xdp => dp.run_xdp(frame),
+            Hook::TcUplink => dp.run_tc_uplink(frame),
+            Hook::Pod => dp.run_tc(frame),
+        }
+    }
+
+    /// The return code of a frame handed on.
+    #[must_use]
+    pub fn passed(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_PASS,
+            Hook::TcUplink | Hook::Pod => TC_ACT_OK,
+        }
+    }
+
+    /// The return code of a drop.
+    #[must_use]
+    pub fn dropped(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_DROP,
+            Hook::TcUplink | Hook::Pod => TC_ACT_SHOT,
+        }
+    }
+
+    /// The return code of a reply sent back where the frame came from.
+    #[must_use]
+    pub fn bounced(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_TX,
+            Hook::TcUplink | Hook::Pod => TC_ACT_REDIRECT,
+        }
+    }
+
+    /// Runs `frame` through the program, asserts it is handed on, and
+    /// returns the frame after.
+    ///
+    /// # Panics
+    /// When the program does anything else with it.
+    #[must_use]
+    pub fn pass(self, dp: &TestDatapath, frame: &[u8]) -> Vec<u8> {
+        let (ret, out) = self.run(dp, frame);
+        assert_eq!(ret, self.passed(), "{self:?}: the frame passes");
+        out
+    }
+}
+
 /// An ICMP echo request.
 #[must_use]
 pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
-    let c = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&u16::try_from(20 + icmp.len()).unwrap().to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = ethernet(0x0800);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
+    icmp_frame(
+        src,
+        dst,
+        [0, 0, 1, 0x40, 0, 64],
+        vec![8, 0, 0, 0, 0, 1, 0, 1],
+    )
 }
 
 /// An ICMP error frame from `src` to `dst`: an IPv4 header (no options, not
@@ -407,11 +466,26 @@ pub fn icmp_error(
     let mut icmp = vec![icmp_type, code, 0, 0];
     icmp.extend_from_slice(&rest);
     icmp.extend_from_slice(quoted);
+    icmp_frame(src, dst, [0xc0, 0x4d, 0x2e, 0, 0, 61], icmp)
+}
+
+/// An ICMP message `icmp` (its checksum field zero) in an IPv4 header
+/// without options from `src` to `dst`; `tos_id_frag_ttl` are the header's
+/// TOS, identification, fragment field and TTL bytes. Both checksums are
+/// computed from scratch.
+fn icmp_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    tos_id_frag_ttl: [u8; 6],
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
     let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0xc0];
+    let [tos, id @ .., ttl] = tos_id_frag_ttl;
+    let mut ip = vec![0x45, tos];
     ip.extend_from_slice(&u16::try_from(20 + icmp.len()).unwrap().to_be_bytes());
-    ip.extend_from_slice(&[0x4d, 0x2e, 0, 0, 61, 1, 0, 0]);
+    ip.extend_from_slice(&id);
+    ip.extend_from_slice(&[ttl, 1, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
     let c = checksum(&ip);

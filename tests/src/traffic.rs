@@ -330,30 +330,7 @@ fn udp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv
     }
     let queued = QueuedError::read(&socket)
         .with_context(|| format!("ECONNREFUSED from {to}; {}", watcher.seen()))?;
-    let ee = &queued.ee;
-    let expected = (
-        u32::try_from(libc::ECONNREFUSED)?,
-        libc::SO_EE_ORIGIN_ICMP,
-        3,
-        3,
-    );
-    if (ee.ee_errno, ee.ee_origin, ee.ee_type, ee.ee_code) != expected || queued.destination != to {
-        bail!(
-            "the queued error is errno {} origin {} ICMP type {} code {} about {}, \
-             not a port unreachable (errno {}, origin {}, type 3, code 3) about {to}; {}",
-            ee.ee_errno,
-            ee.ee_origin,
-            ee.ee_type,
-            ee.ee_code,
-            queued.destination,
-            libc::ECONNREFUSED,
-            libc::SO_EE_ORIGIN_ICMP,
-            watcher.seen()
-        );
-    }
-    queued
-        .offender
-        .with_context(|| format!("the ICMP error names no offender; {}", watcher.seen()))
+    port_unreachable_offender(&queued, to, &watcher)
 }
 
 /// Connects a TCP socket in `ns` (with `IP_RECVERR` on) to `to` and expects
@@ -448,6 +425,17 @@ fn tcp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv
             watcher.seen()
         )
     })?;
+    port_unreachable_offender(&queued, to, &watcher)
+}
+
+/// The offender (the ICMP packet's source) of `queued`, which must be a port
+/// unreachable (errno `ECONNREFUSED`, origin ICMP, type 3, code 3) about a
+/// packet to `to`; else an error naming what it is instead.
+fn port_unreachable_offender(
+    queued: &QueuedError,
+    to: SocketAddrV4,
+    watcher: &IcmpWatcher,
+) -> Result<std::net::Ipv4Addr> {
     let ee = &queued.ee;
     let expected = (
         u32::try_from(libc::ECONNREFUSED)?,
@@ -458,12 +446,14 @@ fn tcp_refused_here(to: SocketAddrV4, timeout: Duration) -> Result<std::net::Ipv
     if (ee.ee_errno, ee.ee_origin, ee.ee_type, ee.ee_code) != expected || queued.destination != to {
         bail!(
             "the queued error is errno {} origin {} ICMP type {} code {} about {}, \
-             not a port unreachable about {to}; {}",
+             not a port unreachable (errno {}, origin {}, type 3, code 3) about {to}; {}",
             ee.ee_errno,
             ee.ee_origin,
             ee.ee_type,
             ee.ee_code,
             queued.destination,
+            libc::ECONNREFUSED,
+            libc::SO_EE_ORIGIN_ICMP,
             watcher.seen()
         );
     }

@@ -43,25 +43,10 @@ fn node_port_replies_and_hairpin_leave_pods_without_accept_local() {
     let _servers = PodServers::start(&topo).expect("starting pod servers");
     let manifests = ManifestDir::new().unwrap();
     manifests.write("local-only.yaml", LOCAL_ONLY).unwrap();
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut agent = Agent::start_with(&topo.node1, &["--manifests", &dir]).expect("lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
+    let mut agent = Agent::start_ready(&topo.node1, &manifests, &[]).expect("lb-agent ready");
     for iface in ["vpod1a", "vpod1b", "all", "default"] {
-        let out = topo
-            .node1
-            .exec(&[
-                "sysctl",
-                "-n",
-                &format!("net.ipv4.conf.{iface}.accept_local"),
-            ])
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "0",
-            "accept_local on {iface}"
-        );
+        let key = format!("net.ipv4.conf.{iface}.accept_local");
+        assert_eq!(topo.node1.sysctl(&key).unwrap(), "0", "{key}");
     }
     let (backend, other_pod) = (topo.pod("pod1a"), topo.pod("pod1b"));
     for round in 0..3 {

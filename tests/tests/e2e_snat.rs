@@ -198,15 +198,9 @@ const NODE1: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 
 /// `net.ipv4.conf.<iface>.accept_local` in node1.
 fn accept_local(topo: &ClusterTopology, iface: &str) -> String {
-    let out = topo
-        .node1
-        .exec(&[
-            "sysctl",
-            "-n",
-            &format!("net.ipv4.conf.{iface}.accept_local"),
-        ])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    topo.node1
+        .sysctl(&format!("net.ipv4.conf.{iface}.accept_local"))
+        .unwrap()
 }
 
 fn set_accept_local(topo: &ClusterTopology, iface: &str, value: &str) {

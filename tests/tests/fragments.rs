@@ -17,10 +17,7 @@ use std::{collections::HashSet, net::Ipv4Addr};
 use lb_common::{conntrack::CtState, FlowKey, Verdict, IPPROTO_UDP};
 use lb_tests::{
     fixture::{frontend, program},
-    packet::{
-        dst_of, flow_key, src_of, with_ip_checksum, with_u16, Packet, TestDatapath, TC_ACT_OK,
-        XDP_PASS,
-    },
+    packet::{dst_of, flow_key, src_of, with_ip_checksum, with_u16, Hook, Packet, TestDatapath},
 };
 use lb_userspace::desired::Protocol;
 
@@ -43,17 +40,6 @@ const FRAGMENT: usize = 1480;
 /// Payload of the datagrams in three fragments: 1480 + 1480 + 3 bytes of IP
 /// payload (8 bytes of UDP header included), the last shorter than a UDP header.
 const PAYLOAD: usize = 2 * FRAGMENT + 3 - 8;
-
-/// A program to run frames through.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Xdp,
-    TcUplink,
-    Pod,
-}
-
-const UPLINKS: [Hook; 2] = [Hook::Xdp, Hook::TcUplink];
-const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcUplink, Hook::Pod];
 
 /// Asserts two frames are the same bytes; on a difference, says where
 /// (offsets from the frame's start) rather than printing both frames.
@@ -81,17 +67,6 @@ fn same_frame(got: &[u8], want: &[u8], what: &str) {
         show(got),
         show(want)
     );
-}
-
-/// Runs `frame` through `hook`; asserts it passes; the frame after.
-fn pass(dp: &TestDatapath, hook: Hook, frame: &[u8]) -> Vec<u8> {
-    let ((ret, out), ok) = match hook {
-        Hook::Xdp => (dp.run_xdp(frame), XDP_PASS),
-        Hook::TcUplink => (dp.run_tc_uplink(frame), TC_ACT_OK),
-        Hook::Pod => (dp.run_tc(frame), TC_ACT_OK),
-    };
-    assert_eq!(ret, ok, "{hook:?}: the frame passes");
-    out
 }
 
 /// VIP:53/UDP to REMOTE:5353; `VIP_LOCAL`:53/UDP to LOCAL:5353.
@@ -144,7 +119,7 @@ fn translated_in_order(
     assert_eq!(sent.len(), expected.len());
     for (i, (fragment, want)) in sent.iter().zip(expected).enumerate() {
         let before = dp.verdict(verdict);
-        let out = pass(dp, hook, fragment);
+        let out = hook.pass(dp, fragment);
         same_frame(
             &out,
             want,
@@ -174,7 +149,7 @@ fn untouched(dp: &TestDatapath, hooks: &[Hook], frame: &[u8], what: &str) {
     );
     for &hook in hooks {
         same_frame(
-            &pass(dp, hook, frame),
+            &hook.pass(dp, frame),
             frame,
             &format!("{what}: {hook:?} must not modify"),
         );
@@ -216,7 +191,7 @@ fn a_datagram_in_fragments_to_a_remote_backend_is_snated_fragment_by_fragment() 
     let dp = datapath("frag-remote");
     for (hook, port) in [(Hook::Xdp, 50010), (Hook::TcUplink, 50011)] {
         let sent = datagram((CLIENT, port), (VIP, PORT), 0x5151).fragments(FRAGMENT);
-        let first = pass(&dp, hook, &sent[0]);
+        let first = hook.pass(&dp, &sent[0]);
         let (node, snat) = src_of(&first);
         assert_eq!(
             (node, dst_of(&first)),
@@ -246,7 +221,7 @@ fn a_reply_in_fragments_is_translated_back_fragment_by_fragment() {
     // From the local backend: the reply leaves the pod through its TC program.
     let request = datagram((CLIENT, 50020), (VIP_LOCAL, PORT), 1).fragments(FRAGMENT);
     for fragment in &request {
-        pass(&dp, Hook::Xdp, fragment);
+        let _ = Hook::Xdp.pass(&dp, fragment);
     }
     let reply = datagram((LOCAL, TARGET), (CLIENT, 50020), 0x6001).fragments(FRAGMENT);
     let expected = datagram((VIP_LOCAL, PORT), (CLIENT, 50020), 0x6001).fragments(FRAGMENT);
@@ -254,9 +229,9 @@ fn a_reply_in_fragments_is_translated_back_fragment_by_fragment() {
     // From the remote backend to the node's SNAT port: back through the uplink.
     for (hook, port, id) in [(Hook::Xdp, 50021, 0x6002), (Hook::TcUplink, 50022, 0x6003)] {
         let request = datagram((CLIENT, port), (VIP, PORT), 2).fragments(FRAGMENT);
-        let snat = src_of(&pass(&dp, hook, &request[0])).1;
+        let snat = src_of(&hook.pass(&dp, &request[0])).1;
         for fragment in &request[1..] {
-            pass(&dp, hook, fragment);
+            let _ = hook.pass(&dp, fragment);
         }
         let reply = datagram((REMOTE, TARGET), (NODE, snat), id).fragments(FRAGMENT);
         let expected = datagram((VIP, PORT), (CLIENT, port), id).fragments(FRAGMENT);
@@ -288,8 +263,8 @@ fn fragments_from_a_pod_are_translated_on_the_pod_hook() {
 fn a_later_fragment_before_its_first_passes_untouched_and_creates_no_state() {
     let dp = datapath("frag-early");
     let sent = datagram((CLIENT, 50030), (VIP_LOCAL, PORT), 0x8001).fragments(FRAGMENT);
-    untouched(&dp, &ALL, &sent[1], "the second fragment first");
-    untouched(&dp, &ALL, &sent[2], "the last fragment first");
+    untouched(&dp, &Hook::ALL, &sent[1], "the second fragment first");
+    untouched(&dp, &Hook::ALL, &sent[2], "the last fragment first");
     let s = dp.snapshot();
     assert!(s.flows.is_empty() && s.replies.is_empty(), "no flow state");
     assert_eq!(dp.fragments_remembered(), 0, "no datagram remembered");
@@ -298,7 +273,12 @@ fn a_later_fragment_before_its_first_passes_untouched_and_creates_no_state() {
     translated_in_order(&dp, Hook::Xdp, &sent, &expected, Verdict::Translated);
     // A reply's later fragment before its first: untouched as well.
     let reply = datagram((LOCAL, TARGET), (CLIENT, 50030), 0x8002).fragments(FRAGMENT);
-    untouched(&dp, &ALL, &reply[1], "a reply's second fragment first");
+    untouched(
+        &dp,
+        &Hook::ALL,
+        &reply[1],
+        "a reply's second fragment first",
+    );
 }
 
 #[test]
@@ -307,7 +287,7 @@ fn a_later_fragment_of_a_datagram_nobody_tracks_passes_untouched() {
     // A tracked flow whose datagram in fragments went through.
     let sent = datagram((CLIENT, 50040), (VIP_LOCAL, PORT), 0x9001).fragments(FRAGMENT);
     for fragment in &sent {
-        pass(&dp, Hook::Xdp, fragment);
+        let _ = Hook::Xdp.pass(&dp, fragment);
     }
     let later = |src: Ipv4Addr, dst: Ipv4Addr, id: u16| {
         datagram((src, 50040), (dst, PORT), id).fragments(FRAGMENT)[1].clone()
@@ -329,14 +309,14 @@ fn a_later_fragment_of_a_datagram_nobody_tracks_passes_untouched() {
                 .clone(),
         ),
     ] {
-        untouched(&dp, &ALL, &frame, what);
+        untouched(&dp, &Hook::ALL, &frame, what);
     }
     // A datagram that is not ours: none of its fragments is remembered or touched.
     let other = datagram((CLIENT, 50041), (VIP_LOCAL, 54), 0x9003).fragments(FRAGMENT);
     for (i, fragment) in other.iter().enumerate() {
         untouched(
             &dp,
-            &ALL,
+            &Hook::ALL,
             fragment,
             &format!("fragment {i} to a port no Service has"),
         );
@@ -348,14 +328,14 @@ fn a_first_fragment_that_is_not_translated_ends_what_its_id_meant() {
     let dp = datapath("frag-reused-id");
     let sent = datagram((CLIENT, 50050), (VIP_LOCAL, PORT), 0xa001).fragments(FRAGMENT);
     for fragment in &sent {
-        pass(&dp, Hook::Xdp, fragment);
+        let _ = Hook::Xdp.pass(&dp, fragment);
     }
     // The sender's id comes round again, on a datagram that is not ours:
     // its later fragments must not take the earlier datagram's ports.
     let other = datagram((CLIENT, 50051), (VIP_LOCAL, 54), 0xa001).fragments(FRAGMENT);
     for (i, fragment) in other.iter().enumerate() {
         same_frame(
-            &pass(&dp, Hook::Xdp, fragment),
+            &Hook::Xdp.pass(&dp, fragment),
             fragment,
             &format!("fragment {i} of the other"),
         );
@@ -375,7 +355,7 @@ fn a_first_fragment_may_carry_a_udp_length_beyond_its_payload_but_a_whole_datagr
     let whole = with_ip_checksum(&with_u16(&first, 20, 0));
     untouched(
         &dp,
-        &ALL,
+        &Hook::ALL,
         &whole,
         "a whole datagram whose UDP length exceeds it",
     );
@@ -398,16 +378,16 @@ fn a_truncated_fragment_is_never_rewritten() {
     // A first fragment cut short of its total length creates nothing.
     untouched(
         &dp,
-        &ALL,
+        &Hook::ALL,
         &sent[0][..sent[0].len() - 1],
         "a first fragment cut short",
     );
-    pass(&dp, Hook::Xdp, &sent[0]);
+    let _ = Hook::Xdp.pass(&dp, &sent[0]);
     for cut in [1, 100] {
         let frame = &sent[1][..sent[1].len() - cut];
         untouched(
             &dp,
-            &ALL,
+            &Hook::ALL,
             frame,
             &format!("a later fragment {cut} bytes short"),
         );
@@ -421,13 +401,13 @@ fn the_uplink_hooks_agree_on_every_fragment() {
     let sent = datagram((CLIENT, 50080), (VIP_LOCAL, PORT), 0xd001).fragments(FRAGMENT);
     let expected = datagram((CLIENT, 50080), (LOCAL, TARGET), 0xd001).fragments(FRAGMENT);
     same_frame(
-        &pass(&dp, Hook::Xdp, &sent[0]),
+        &Hook::Xdp.pass(&dp, &sent[0]),
         &expected[0],
         "the first, XDP",
     );
-    for hook in UPLINKS {
+    for hook in Hook::UPLINKS {
         same_frame(
-            &pass(&dp, hook, &sent[1]),
+            &hook.pass(&dp, &sent[1]),
             &expected[1],
             &format!("the second, {hook:?}"),
         );
@@ -448,14 +428,12 @@ fn a_later_fragment_moves_no_tcp_state() {
     );
     let key = flow_key(CLIENT, 40000, VIP_LOCAL, 80, lb_common::IPPROTO_TCP);
     let state = |dp: &TestDatapath| CtState::from_u8(dp.conntrack(&key).unwrap().state);
-    pass(
+    let _ = Hook::Xdp.pass(
         &dp,
-        Hook::Xdp,
         &Packet::tcp(CLIENT, 40000, VIP_LOCAL, 80).syn().build(),
     );
-    pass(
+    let _ = Hook::Pod.pass(
         &dp,
-        Hook::Pod,
         &Packet::tcp(LOCAL, 8080, CLIENT, 40000).synack().build(),
     );
     assert_eq!(state(&dp), CtState::SynRecv);
@@ -484,7 +462,7 @@ fn a_later_fragment_moves_no_tcp_state() {
 fn the_fragment_map_is_not_pinned() {
     let dp = datapath("frag-unpinned");
     let sent = datagram((CLIENT, 50090), (VIP_LOCAL, PORT), 0xf001).fragments(FRAGMENT);
-    pass(&dp, Hook::Xdp, &sent[0]);
+    let _ = Hook::Xdp.pass(&dp, &sent[0]);
     assert_eq!(dp.fragments_remembered(), 1, "the datagram is remembered");
     let pins = lb_userspace::datapath::pins_dir(dp.pin_dir());
     assert!(

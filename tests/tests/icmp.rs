@@ -19,7 +19,7 @@ use lb_tests::{
     fixture::{frontend, program},
     packet::{
         checksum, dst_of, flow_key, icmp_echo, icmp_error, quote, quote_as, src_of, with_byte,
-        with_u16, Packet, TestDatapath, TC_ACT_OK, XDP_PASS,
+        with_u16, Hook, Packet, TestDatapath,
     },
 };
 use lb_userspace::desired::Protocol;
@@ -57,28 +57,6 @@ const ROUTER_QUOTE: usize = 8;
 /// L4 bytes Linux quotes at most (576 bytes in all).
 const LINUX_QUOTE: usize = 576 - 20 - 8 - 20;
 
-/// A program to run frames through.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Xdp,
-    TcUplink,
-    Pod,
-}
-
-const UPLINKS: [Hook; 2] = [Hook::Xdp, Hook::TcUplink];
-const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcUplink, Hook::Pod];
-
-/// Runs `frame` through `hook`; asserts it passes; the frame after.
-fn pass(dp: &TestDatapath, hook: Hook, frame: &[u8]) -> Vec<u8> {
-    let ((ret, out), ok) = match hook {
-        Hook::Xdp => (dp.run_xdp(frame), XDP_PASS),
-        Hook::TcUplink => (dp.run_tc_uplink(frame), TC_ACT_OK),
-        Hook::Pod => (dp.run_tc(frame), TC_ACT_OK),
-    };
-    assert_eq!(ret, ok, "{hook:?}: the frame passes");
-    out
-}
-
 /// VIP:80/TCP, VIP:53/UDP to REMOTE; `VIP_LOCAL`:80/TCP, :53/UDP to LOCAL.
 fn datapath(name: &str) -> TestDatapath {
     let mut dp = TestDatapath::load(name, NODE);
@@ -109,7 +87,7 @@ fn translates(dp: &TestDatapath, hooks: &[Hook], error: &[u8], expected: &[u8], 
     let keys = flow_keys(dp);
     for &hook in hooks {
         let before = dp.verdict(verdict);
-        let out = pass(dp, hook, error);
+        let out = hook.pass(dp, error);
         assert_eq!(out, expected, "{hook:?}: the translated error");
         assert_eq!(dp.verdict(verdict), before + 1, "{hook:?}: one {verdict:?}");
     }
@@ -126,7 +104,7 @@ fn untouched(dp: &TestDatapath, hooks: &[Hook], frame: &[u8], what: &str) {
     );
     for &hook in hooks {
         assert_eq!(
-            pass(dp, hook, frame),
+            hook.pass(dp, frame),
             frame,
             "{what}: {hook:?} must not modify"
         );
@@ -155,11 +133,7 @@ fn port_unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
 
 /// CLIENT:`port`'s SYN to VIP:80 through XDP, translated (to the node address).
 fn snated_syn(dp: &TestDatapath, port: u16) -> Vec<u8> {
-    let syn = pass(
-        dp,
-        Hook::Xdp,
-        &Packet::tcp(CLIENT, port, VIP, 80).syn().build(),
-    );
+    let syn = Hook::Xdp.pass(dp, &Packet::tcp(CLIENT, port, VIP, 80).syn().build());
     assert_eq!((src_of(&syn).0, dst_of(&syn)), (NODE, (REMOTE, 8080)));
     syn
 }
@@ -174,7 +148,7 @@ fn every_error_from_a_snated_backend_reaches_the_client_from_the_service() {
             let error = icmp_error(REMOTE, NODE, icmp_type, code, rest, &quoted);
             let translated = quote_as(&quoted, (CLIENT, 40000), (VIP, 80));
             let expected = icmp_error(VIP, CLIENT, icmp_type, code, rest, &translated);
-            translates(&dp, &UPLINKS, &error, &expected, Verdict::Reversed);
+            translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Reversed);
         }
     }
 }
@@ -185,12 +159,12 @@ fn fragmentation_needed_from_a_router_reaches_the_client_from_the_router_with_it
     let syn = snated_syn(&dp, 40001);
     let snat = src_of(&syn).1;
     let synack = Packet::tcp(REMOTE, 8080, NODE, snat).synack().build();
-    pass(&dp, Hook::Xdp, &synack);
+    let _ = Hook::Xdp.pass(&dp, &synack);
     let data = Packet::tcp(CLIENT, 40001, VIP, 80)
         .with_payload(&[0xa5; 1360])
         .ack()
         .build();
-    let big = pass(&dp, Hook::Xdp, &data);
+    let big = Hook::Xdp.pass(&dp, &data);
     assert_eq!(src_of(&big), (NODE, snat));
     let mtu = [0, 0, 0x05, 0x14]; // 1300
     for len in [ROUTER_QUOTE, LINUX_QUOTE] {
@@ -198,7 +172,7 @@ fn fragmentation_needed_from_a_router_reaches_the_client_from_the_router_with_it
         let error = icmp_error(ROUTER, NODE, UNREACH, 4, mtu, &quoted);
         let translated = quote_as(&quoted, (CLIENT, 40001), (VIP, 80));
         let expected = icmp_error(ROUTER, CLIENT, UNREACH, 4, mtu, &translated);
-        translates(&dp, &UPLINKS, &error, &expected, Verdict::Reversed);
+        translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Reversed);
     }
 }
 
@@ -208,14 +182,14 @@ fn a_port_unreachable_about_a_whole_udp_datagram_reaches_the_client_from_the_ser
     let query = Packet::udp(CLIENT, 50000, VIP, 53)
         .with_payload(&[0x3c; 500])
         .build();
-    let sent = pass(&dp, Hook::TcUplink, &query);
+    let sent = Hook::TcUplink.pass(&dp, &query);
     assert_eq!((src_of(&sent).0, dst_of(&sent)), (NODE, (REMOTE, 5353)));
     for len in [ROUTER_QUOTE, LINUX_QUOTE] {
         let quoted = quote(&sent, len);
         let error = port_unreachable(REMOTE, NODE, &quoted);
         let translated = quote_as(&quoted, (CLIENT, 50000), (VIP, 53));
         let expected = port_unreachable(VIP, CLIENT, &translated);
-        translates(&dp, &UPLINKS, &error, &expected, Verdict::Reversed);
+        translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Reversed);
     }
 }
 
@@ -223,7 +197,7 @@ fn a_port_unreachable_about_a_whole_udp_datagram_reaches_the_client_from_the_ser
 fn a_port_unreachable_from_a_local_backend_pod_reaches_the_pod_client_from_the_service() {
     let dp = datapath("icmp-fwd-pod");
     let query = Packet::udp(POD, 33000, VIP_LOCAL, 53).build();
-    let sent = pass(&dp, Hook::Pod, &query);
+    let sent = Hook::Pod.pass(&dp, &query);
     assert_eq!(sent, Packet::udp(POD, 33000, LOCAL, 5353).build());
     for len in [ROUTER_QUOTE, LINUX_QUOTE] {
         let quoted = quote(&sent, len);
@@ -238,7 +212,7 @@ fn a_port_unreachable_from_a_local_backend_pod_reaches_the_pod_client_from_the_s
 fn snated_reply(dp: &TestDatapath) -> (u16, Vec<u8>) {
     let snat = src_of(&snated_syn(dp, 40002)).1;
     let synack = Packet::tcp(REMOTE, 8080, NODE, snat).synack().build();
-    let reply = pass(dp, Hook::Xdp, &synack);
+    let reply = Hook::Xdp.pass(dp, &synack);
     assert_eq!(reply, Packet::tcp(VIP, 80, CLIENT, 40002).synack().build());
     (snat, reply)
 }
@@ -253,7 +227,7 @@ fn an_error_from_the_client_about_a_reply_reaches_the_snated_backend_from_the_no
             let error = icmp_error(CLIENT, VIP, icmp_type, code, rest, &quoted);
             let translated = quote_as(&quoted, (REMOTE, 8080), (NODE, snat));
             let expected = icmp_error(NODE, REMOTE, icmp_type, code, rest, &translated);
-            translates(&dp, &UPLINKS, &error, &expected, Verdict::Translated);
+            translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Translated);
         }
     }
 }
@@ -267,21 +241,17 @@ fn time_exceeded_from_a_router_about_a_reply_reaches_the_snated_backend_from_the
         let error = icmp_error(ROUTER, VIP, TIME_EXCEEDED, 0, UNUSED, &quoted);
         let translated = quote_as(&quoted, (REMOTE, 8080), (NODE, snat));
         let expected = icmp_error(ROUTER, REMOTE, TIME_EXCEEDED, 0, UNUSED, &translated);
-        translates(&dp, &UPLINKS, &error, &expected, Verdict::Translated);
+        translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Translated);
     }
 }
 
 #[test]
 fn an_error_about_a_local_backends_reply_reaches_the_backend_from_the_client_itself() {
     let dp = datapath("icmp-rev-local");
-    let sent = pass(
-        &dp,
-        Hook::Xdp,
-        &Packet::udp(CLIENT, 50001, VIP_LOCAL, 53).build(),
-    );
+    let sent = Hook::Xdp.pass(&dp, &Packet::udp(CLIENT, 50001, VIP_LOCAL, 53).build());
     assert_eq!(sent, Packet::udp(CLIENT, 50001, LOCAL, 5353).build());
     let answer = Packet::udp(LOCAL, 5353, CLIENT, 50001).build();
-    let reply = pass(&dp, Hook::Pod, &answer);
+    let reply = Hook::Pod.pass(&dp, &answer);
     assert_eq!(reply, Packet::udp(VIP_LOCAL, 53, CLIENT, 50001).build());
     for (icmp_type, code, rest) in [
         (UNREACH, PORT_UNREACH, UNUSED),
@@ -292,7 +262,7 @@ fn an_error_about_a_local_backends_reply_reaches_the_backend_from_the_client_its
             let error = icmp_error(CLIENT, VIP_LOCAL, icmp_type, code, rest, &quoted);
             let translated = quote_as(&quoted, (LOCAL, 5353), (CLIENT, 50001));
             let expected = icmp_error(CLIENT, LOCAL, icmp_type, code, rest, &translated);
-            translates(&dp, &UPLINKS, &error, &expected, Verdict::Translated);
+            translates(&dp, &Hook::UPLINKS, &error, &expected, Verdict::Translated);
         }
     }
 }
@@ -300,10 +270,10 @@ fn an_error_about_a_local_backends_reply_reaches_the_backend_from_the_client_its
 #[test]
 fn an_error_from_a_pod_client_about_a_reply_leaves_the_pod_toward_the_backend() {
     let dp = datapath("icmp-rev-pod");
-    let sent = pass(&dp, Hook::Pod, &Packet::udp(POD, 33001, VIP, 53).build());
+    let sent = Hook::Pod.pass(&dp, &Packet::udp(POD, 33001, VIP, 53).build());
     assert_eq!(sent, Packet::udp(POD, 33001, REMOTE, 5353).build());
     let answer = Packet::udp(REMOTE, 5353, POD, 33001).build();
-    let reply = pass(&dp, Hook::Xdp, &answer);
+    let reply = Hook::Xdp.pass(&dp, &answer);
     assert_eq!(reply, Packet::udp(VIP, 53, POD, 33001).build());
     let quoted = quote(&reply, ROUTER_QUOTE);
     let error = port_unreachable(POD, VIP, &quoted);
@@ -342,7 +312,7 @@ fn an_error_about_a_flow_nobody_tracks_passes_untouched_and_creates_no_state() {
         ),
     ] {
         let error = port_unreachable(src, dst, &quote(&quoted.build(), 8));
-        untouched(&dp, &ALL, &error, what);
+        untouched(&dp, &Hook::ALL, &error, what);
     }
     no_state_at_all(&dp);
 }
@@ -359,7 +329,7 @@ fn an_error_not_addressed_to_the_quoted_source_passes_untouched() {
         ("reply, to the backend", CLIENT, REMOTE, quote(&reply, 8)),
     ] {
         let error = port_unreachable(src, dst, &quoted);
-        untouched(&dp, &ALL, &error, what);
+        untouched(&dp, &Hook::ALL, &error, what);
     }
 }
 
@@ -370,14 +340,19 @@ fn an_error_quoting_less_than_eight_bytes_of_the_transport_header_passes_untouch
     let forward = Packet::tcp(NODE, snat, REMOTE, 8080).ack().build();
     for len in [0, 4, 7] {
         let error = port_unreachable(REMOTE, NODE, &quote(&forward, len));
-        untouched(&dp, &ALL, &error, &format!("forward, {len} bytes"));
+        untouched(&dp, &Hook::ALL, &error, &format!("forward, {len} bytes"));
         let error = port_unreachable(CLIENT, VIP, &quote(&reply, len));
-        untouched(&dp, &ALL, &error, &format!("reply, {len} bytes"));
+        untouched(&dp, &Hook::ALL, &error, &format!("reply, {len} bytes"));
     }
     // A whole error whose frame ends early (its total length beyond the frame).
     let error = port_unreachable(REMOTE, NODE, &quote(&forward, 8));
     for cut in [1, 4] {
-        untouched(&dp, &ALL, &error[..error.len() - cut], "a truncated frame");
+        untouched(
+            &dp,
+            &Hook::ALL,
+            &error[..error.len() - cut],
+            "a truncated frame",
+        );
     }
 }
 
@@ -391,14 +366,14 @@ fn an_echo_request_to_a_service_address_is_passed_to_the_stack_untouched() {
         ("from a pod", POD, VIP),
         ("to the node", CLIENT, NODE),
     ] {
-        untouched(&dp, &ALL, &icmp_echo(src, dst), what);
+        untouched(&dp, &Hook::ALL, &icmp_echo(src, dst), what);
     }
     // Echo data that reads like a quote of the tracked flow's reply is data.
     for (what, icmp_type) in [("request", 8), ("reply", 0)] {
         let echo = icmp_error(CLIENT, VIP, icmp_type, 0, [0, 1, 0, 1], &quote(&reply, 8));
         untouched(
             &dp,
-            &ALL,
+            &Hook::ALL,
             &echo,
             &format!("an echo {what} with a flow's tuple"),
         );
@@ -429,10 +404,10 @@ fn an_error_quoting_icmp_passes_untouched() {
     let c = checksum(&as_icmp[..20]);
     as_icmp[10..12].copy_from_slice(&c.to_be_bytes());
     let error = port_unreachable(REMOTE, NODE, &as_icmp);
-    untouched(&dp, &ALL, &error, "ICMP shaped like the flow");
+    untouched(&dp, &Hook::ALL, &error, "ICMP shaped like the flow");
     let echo = icmp_echo(NODE, REMOTE);
     let error = icmp_error(REMOTE, NODE, UNREACH, 1, UNUSED, &quote(&echo, 8));
-    untouched(&dp, &ALL, &error, "an echo request");
+    untouched(&dp, &Hook::ALL, &error, "an echo request");
 }
 
 #[test]
@@ -446,7 +421,7 @@ fn a_tcp_segment_whose_data_offset_exceeds_the_ip_payload_is_passed_untouched() 
         ("SYN, doff 15", with_byte(&syn, 46, 0xf0)),
         ("data, doff 10", with_byte(&data, 46, 0xa0)),
     ] {
-        untouched(&dp, &ALL, &frame, what);
+        untouched(&dp, &Hook::ALL, &frame, what);
     }
     no_state_at_all(&dp);
 }
@@ -462,7 +437,7 @@ fn a_udp_datagram_whose_length_exceeds_the_ip_payload_is_passed_untouched() {
         ("65535", with_u16(&query, 38, 0xffff)),
         ("local, one byte more", with_u16(&local, 38, len + 1)),
     ] {
-        untouched(&dp, &ALL, &frame, what);
+        untouched(&dp, &Hook::ALL, &frame, what);
     }
     no_state_at_all(&dp);
 }

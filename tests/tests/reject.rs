@@ -18,10 +18,7 @@ use std::net::Ipv4Addr;
 use lb_common::{Verdict, REJECTS_PER_SECOND};
 use lb_tests::{
     fixture::{frontend, frontend_without_local_endpoints, program},
-    packet::{
-        checksum, dst_of, src_of, Packet, TestDatapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        XDP_DROP, XDP_PASS, XDP_TX,
-    },
+    packet::{checksum, dst_of, src_of, Hook, Packet, TestDatapath},
 };
 use lb_userspace::desired::Protocol;
 
@@ -45,56 +42,11 @@ const PORT_UNREACH: u8 = 3;
 /// L4 bytes a refusal quotes (RFC 792).
 const QUOTED_L4: usize = 8;
 
-/// A program to run frames through.
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Xdp,
-    TcUplink,
-    Pod,
-}
-
-const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcUplink, Hook::Pod];
-
-impl Hook {
-    /// The client this hook sees: outside the node, or a pod.
-    fn client(self) -> Ipv4Addr {
-        match self {
-            Hook::Xdp | Hook::TcUplink => CLIENT,
-            Hook::Pod => POD,
-        }
-    }
-
-    /// Runs `frame` through the hook: (return code, frame after).
-    fn run(self, dp: &TestDatapath, frame: &[u8]) -> (u32, Vec<u8>) {
-        match self {
-            Hook::Xdp => dp.run_xdp(frame),
-            Hook::TcUplink => dp.run_tc_uplink(frame),
-            Hook::Pod => dp.run_tc(frame),
-        }
-    }
-
-    /// The return code of a reply sent back where the frame came from.
-    fn bounced(self) -> u32 {
-        match self {
-            Hook::Xdp => XDP_TX,
-            Hook::TcUplink | Hook::Pod => TC_ACT_REDIRECT,
-        }
-    }
-
-    /// The return code of a drop.
-    fn dropped(self) -> u32 {
-        match self {
-            Hook::Xdp => XDP_DROP,
-            Hook::TcUplink | Hook::Pod => TC_ACT_SHOT,
-        }
-    }
-
-    /// The return code of a packet handed on.
-    fn passed(self) -> u32 {
-        match self {
-            Hook::Xdp => XDP_PASS,
-            Hook::TcUplink | Hook::Pod => TC_ACT_OK,
-        }
+/// The client `hook` sees: outside the node, or a pod.
+fn client_of(hook: Hook) -> Ipv4Addr {
+    match hook {
+        Hook::Xdp | Hook::TcUplink => CLIENT,
+        Hook::Pod => POD,
     }
 }
 
@@ -178,8 +130,8 @@ fn dropped(dp: &TestDatapath, hook: Hook, frame: &[u8], what: &str) {
 #[test]
 fn a_syn_to_a_service_without_endpoints_is_refused_on_every_hook() {
     let dp = datapath("reject-syn");
-    for hook in ALL {
-        let syn = Packet::tcp(hook.client(), 40000, EMPTY, 80).syn().build();
+    for hook in Hook::ALL {
+        let syn = Packet::tcp(client_of(hook), 40000, EMPTY, 80).syn().build();
         refused(&dp, hook, &syn, EMPTY, "SYN to the ClusterIP");
     }
 }
@@ -187,8 +139,8 @@ fn a_syn_to_a_service_without_endpoints_is_refused_on_every_hook() {
 #[test]
 fn a_syn_to_a_node_port_without_endpoints_is_refused_from_the_node_address() {
     let dp = datapath("reject-nodeport");
-    for hook in ALL {
-        let syn = Packet::tcp(hook.client(), 40001, NODE, EMPTY_NODE_PORT)
+    for hook in Hook::ALL {
+        let syn = Packet::tcp(client_of(hook), 40001, NODE, EMPTY_NODE_PORT)
             .syn()
             .build();
         refused(&dp, hook, &syn, NODE, "SYN to the node port");
@@ -198,12 +150,12 @@ fn a_syn_to_a_node_port_without_endpoints_is_refused_from_the_node_address() {
 #[test]
 fn a_udp_datagram_to_a_service_without_endpoints_is_refused_on_every_hook() {
     let dp = datapath("reject-udp");
-    for hook in ALL {
-        let query = Packet::udp(hook.client(), 50000, EMPTY, 53)
+    for hook in Hook::ALL {
+        let query = Packet::udp(client_of(hook), 50000, EMPTY, 53)
             .with_payload(&[0x5a; 300])
             .build();
         refused(&dp, hook, &query, EMPTY, "datagram to the ClusterIP");
-        let to_node_port = Packet::udp(hook.client(), 50001, NODE, EMPTY_NODE_PORT).build();
+        let to_node_port = Packet::udp(client_of(hook), 50001, NODE, EMPTY_NODE_PORT).build();
         refused(&dp, hook, &to_node_port, NODE, "datagram to the node port");
     }
 }
@@ -211,8 +163,8 @@ fn a_udp_datagram_to_a_service_without_endpoints_is_refused_on_every_hook() {
 #[test]
 fn the_first_fragment_of_a_datagram_is_refused_and_a_later_one_passes() {
     let dp = datapath("reject-fragments");
-    for hook in ALL {
-        let pieces = Packet::udp(hook.client(), 50002, EMPTY, 53)
+    for hook in Hook::ALL {
+        let pieces = Packet::udp(client_of(hook), 50002, EMPTY, 53)
             .with_payload(&[0x33; 3000])
             .with_ip_id(0x7700)
             .fragments(1480);
@@ -229,8 +181,8 @@ fn the_first_fragment_of_a_datagram_is_refused_and_a_later_one_passes() {
 #[test]
 fn tcp_segments_without_syn_to_a_service_without_endpoints_drop() {
     let dp = datapath("reject-non-syn");
-    for hook in ALL {
-        let c = hook.client();
+    for hook in Hook::ALL {
+        let c = client_of(hook);
         for (what, segment) in [
             ("ACK", Packet::tcp(c, 40002, EMPTY, 80).build()),
             ("SYN-ACK", Packet::tcp(c, 40002, EMPTY, 80).synack().build()),
@@ -245,8 +197,8 @@ fn tcp_segments_without_syn_to_a_service_without_endpoints_drop() {
 #[test]
 fn a_syn_with_ip_options_or_from_a_source_no_error_may_go_to_drops() {
     let dp = datapath("reject-unanswerable");
-    for hook in ALL {
-        let options = Packet::tcp(hook.client(), 40003, EMPTY, 80)
+    for hook in Hook::ALL {
+        let options = Packet::tcp(client_of(hook), 40003, EMPTY, 80)
             .syn()
             .with_ip_options()
             .build();
@@ -265,8 +217,8 @@ fn a_syn_with_ip_options_or_from_a_source_no_error_may_go_to_drops() {
 #[test]
 fn a_frontend_whose_endpoints_are_elsewhere_under_a_local_policy_drops() {
     let dp = datapath("reject-local-policy");
-    for hook in ALL {
-        let syn = Packet::tcp(hook.client(), 40004, LOCAL_POLICY, 80)
+    for hook in Hook::ALL {
+        let syn = Packet::tcp(client_of(hook), 40004, LOCAL_POLICY, 80)
             .syn()
             .build();
         dropped(
@@ -281,8 +233,8 @@ fn a_frontend_whose_endpoints_are_elsewhere_under_a_local_policy_drops() {
 #[test]
 fn a_service_with_endpoints_is_not_affected() {
     let dp = datapath("reject-unaffected");
-    for hook in ALL {
-        let syn = Packet::tcp(hook.client(), 40005, VIP, 80).syn().build();
+    for hook in Hook::ALL {
+        let syn = Packet::tcp(client_of(hook), 40005, VIP, 80).syn().build();
         let (ret, out) = hook.run(&dp, &syn);
         assert_eq!(ret, hook.passed(), "{hook:?}: translated and handed on");
         assert_eq!(dst_of(&out), (REMOTE, 8080), "{hook:?}: to the backend");
@@ -342,7 +294,7 @@ fn beyond_the_rate_limit_in_a_second_a_cpu_drops_instead() {
             // Every hook shares the CPU's budget.
             let hook = hooks[i % hooks.len()];
             let port = 20_000 + u16::try_from(i).unwrap();
-            let syn = Packet::tcp(hook.client(), port, EMPTY, 80).syn().build();
+            let syn = Packet::tcp(client_of(hook), port, EMPTY, 80).syn().build();
             let (ret, out) = hook.run(&dp, &syn);
             codes.push((hook, ret, out, syn));
         }
