@@ -22,6 +22,8 @@ pub struct Query {
     pub sport: u16,
     /// Destination port (0 where none).
     pub dport: u16,
+    /// The packet's IP length, checked against the route's MTU (0: unchecked).
+    pub tot_len: u16,
 }
 
 /// Looks `query` up with the `BPF_FIB_LOOKUP_*` `flags`: the helper's
@@ -37,6 +39,7 @@ pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_f
     params.ifindex = query.ifindex;
     params.sport = query.sport;
     params.dport = query.dport;
+    params.__bindgen_anon_1.tot_len = query.tot_len;
     params.__bindgen_anon_3.ipv4_src = query.src;
     params.__bindgen_anon_4.ipv4_dst = query.dst;
     // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.

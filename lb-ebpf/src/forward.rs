@@ -1,23 +1,38 @@
-//! Forwarding past the stack, for the translated packets the stack would
-//! drop: a packet leaving a pod that now carries the node's own address as
-//! its source (a pod reaching itself through its Service, translated to
-//! the node's address; a reply to a node port). Entering the stack through a pod interface
-//! or a bridge CNI's `cni0`, such a packet is a martian unless
-//! `accept_local` is set there, and `accept_local` would let any pod send as
-//! the node. So the TC program routes it itself: a forwarding route lookup
-//! for its (translated) destination, the TTL decremented as a router does,
-//! and a redirect to the route's device, whose neighbour entry gives the
-//! Ethernet addresses (`bpf_redirect_neigh`). Where the lookup fails (no
-//! route, forwarding disabled, TTL spent) the packet goes to the stack, as
-//! before.
+//! Forwarding past the stack, for the packets of flows translated to the
+//! node's own address (a backend on another node; a pod reaching itself
+//! through its Service), both ways (see [`crate::lb`]). Carrying the node's
+//! address, such a packet is a martian to the stack where it enters (unless
+//! `accept_local`, which would let anyone send as the node), and netfilter
+//! would see each direction as a different connection. So the program
+//! routes it itself: a forwarding route lookup for its (translated)
+//! destination, the TTL decremented as a router does, and the packet handed
+//! to the route's device. Where the lookup fails (no route, forwarding
+//! disabled, TTL spent, no neighbour yet at XDP, a next hop XDP cannot
+//! reach) the packet goes to the stack, as a router would get it.
+//!
+//! - At TC: a redirect to the route's device, whose neighbour entry gives
+//!   the Ethernet addresses (`bpf_redirect_neigh`).
+//! - At XDP: the neighbour's addresses from the lookup, and `XDP_TX` when
+//!   the next hop is behind the interface the packet came in by (the
+//!   balancer's usual case); any other device goes through the stack (a
+//!   redirect could reach only devices that take XDP frames: no overlay).
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
+    bindings::{xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
     helpers::bpf_redirect_neigh,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
+};
+use lb_common::csum;
+
+use crate::{
+    fib,
+    parse::{read_at, write_at, L3_OFF},
 };
 
-use crate::{fib, parse::L3_OFF};
+/// Length of the Ethernet addresses.
+const ETH_ALEN: usize = 6;
+/// Offset of the IPv4 total length.
+const IP_TOT_LEN_OFF: usize = L3_OFF + 2;
 
 /// Offset of the TTL and protocol word in the IPv4 header.
 const IP_TTL_OFF: usize = L3_OFF + 8;
@@ -25,9 +40,20 @@ const IP_TTL_OFF: usize = L3_OFF + 8;
 const IP_CSUM_OFF: usize = L3_OFF + 10;
 
 /// Routes the translated packet (now `src` -> `dst`, protocol `proto`) that
-/// arrived on `ifindex` and hands it to its next hop; the TC verdict.
+/// arrived on `ifindex` and hands it to its next hop; the TC verdict
+/// (`TC_ACT_OK`: the stack forwards it).
 #[inline(always)]
 pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8) -> i32 {
+    // A packet too big for the route (an overlay's smaller MTU) goes to the
+    // stack, which fragments it or answers "fragmentation needed". A GRO
+    // packet is longer than its segments: the device segments it.
+    // SAFETY: the program's own skb context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let tot_len = if gso {
+        0
+    } else {
+        ctx.load::<u16>(IP_TOT_LEN_OFF).map_or(0, u16::from_be)
+    };
     let (ret, params) = fib::lookup(
         ctx,
         &fib::Query {
@@ -37,6 +63,7 @@ pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8)
             proto,
             sport: 0,
             dport: 0,
+            tot_len,
         },
         BPF_FIB_LOOKUP_SKIP_NEIGH,
     );
@@ -51,6 +78,63 @@ pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8)
     {
         verdict as i32
     }
+}
+
+/// Routes the translated frame in `[data, data_end)` (now `src` -> `dst`,
+/// protocol `proto`), `len` bytes in all, that arrived on `ifindex` and
+/// sends it back out there when its next hop is behind it; the XDP verdict
+/// (`XDP_PASS`: the stack forwards it). A multi-buffer frame (longer than
+/// its linear part) goes to the stack: not every driver transmits one.
+#[inline(always)]
+pub fn xdp_to_next_hop(
+    ctx: &XdpContext,
+    len: usize,
+    ifindex: u32,
+    src: u32,
+    dst: u32,
+    proto: u8,
+) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + L3_OFF + 20 > data_end || len > data_end - data {
+        return xdp_action::XDP_PASS;
+    }
+    // With the packet's length, the lookup also checks the route's MTU: a
+    // packet too big for it goes to the stack, which answers for it.
+    // SAFETY: the IPv4 header lies within the bounds checked above.
+    let tot_len = u16::from_be(unsafe { read_at::<u16>(data, IP_TOT_LEN_OFF) });
+    let (ret, params) = fib::lookup(
+        ctx,
+        &fib::Query {
+            ifindex,
+            src,
+            dst,
+            proto,
+            sport: 0,
+            dport: 0,
+            tot_len,
+        },
+        0,
+    );
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex != ifindex {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the TTL word and both Ethernet addresses lie within the bounds
+    // checked above; packet fields may be unaligned (read/write_at).
+    unsafe {
+        let word: u16 = read_at(data, IP_TTL_OFF);
+        let mut bytes = word.to_ne_bytes();
+        if bytes[0] <= 1 {
+            return xdp_action::XDP_PASS;
+        }
+        bytes[0] -= 1;
+        let new = u16::from_ne_bytes(bytes);
+        let check: u16 = read_at(data, IP_CSUM_OFF);
+        write_at(data, IP_CSUM_OFF, csum::replace16(check, word, new));
+        write_at(data, IP_TTL_OFF, new);
+        write_at(data, 0, params.dmac);
+        write_at(data, ETH_ALEN, params.smac);
+    }
+    xdp_action::XDP_TX
 }
 
 /// Decrements the IPv4 TTL with its checksum, as forwarding does; `false`

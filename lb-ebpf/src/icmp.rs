@@ -16,10 +16,16 @@
 //! 62  quoted TCP/UDP (at least 8): source port at 62, destination port at 64
 //! ```
 //!
-//! On the way into a pod ([`Hook::PodEgress`]) only errors about a client's
-//! packet are translated (the pod is the client): an error about a reply
-//! travels to a backend, and the replies a pod's interface sees going in
-//! were translated where they left their backend or entered the node.
+//! Errors are translated where the flow's own packets are (see [`crate::lb`]),
+//! so that netfilter relates each to its connection:
+//! - about a reply (travelling to the backend): where it enters the node,
+//!   before routing (it is addressed to the Service);
+//! - about a client's packet translated to the node's address (travelling to
+//!   the node): where it enters, then forwarded past the stack as the
+//!   flow's packets are ([`Outcome::Forward`]);
+//! - about a client's packet that kept the client's address (travelling to
+//!   the client): at TC egress ([`Hook::Egress`]), after netfilter related
+//!   it to the connection as it saw it, client <-> backend.
 //!
 //! The quoted flow's state is looked up, never created or stamped. The quoted
 //! L4 checksum is left as it is (a receiver does not verify it; `nf_nat`
@@ -88,6 +94,15 @@ pub enum Outcome {
     Pass,
     /// An error about a tracked flow that failed the reverse-path check.
     Drop,
+    /// Translated in place; to be forwarded past the stack from `src` to
+    /// `dst` (its new outer addresses): an error about a flow translated to
+    /// the node's address.
+    Forward {
+        /// New outer source.
+        src: u32,
+        /// New outer destination.
+        dst: u32,
+    },
 }
 
 /// Addresses and ports, raw network-order words.
@@ -104,6 +119,8 @@ struct Translation {
     outer: Tuple,
     quoted: Tuple,
     verdict: Verdict,
+    /// The flow is translated to the node's address: forwarded past the stack.
+    via_node: bool,
 }
 
 /// Handles an IPv4 ICMP packet whose headers are in `[data, data_end)` and
@@ -188,13 +205,7 @@ pub fn handle<C: EbpfContext>(
         proto,
         pad: [0; 3],
     };
-    let Some(new) = about_forward(&reversed, &outer, &quoted).or_else(|| {
-        if at.hook == Hook::PodEgress {
-            None
-        } else {
-            about_reply(&reversed, &outer, &quoted, cfg)
-        }
-    }) else {
+    let Some(new) = translation(at.hook, &reversed, &outer, &quoted, cfg) else {
         return Outcome::Pass;
     };
     let arrived = FlowKey {
@@ -212,15 +223,55 @@ pub fn handle<C: EbpfContext>(
     // SAFETY: as above.
     unsafe { rewrite(data, &outer, &quoted, &new) };
     counters::count(new.verdict);
-    Outcome::Pass
+    if new.via_node {
+        Outcome::Forward {
+            src: new.outer.src,
+            dst: new.outer.dst,
+        }
+    } else {
+        Outcome::Pass
+    }
+}
+
+/// The translation of an error at `hook`, if it is translated there. Where
+/// it enters the node: errors about replies, and errors about client
+/// packets translated to the node's address; at egress, errors about client
+/// packets that kept the client's address.
+#[inline(always)]
+fn translation(
+    hook: Hook,
+    reversed: &FlowKey,
+    outer: &Tuple,
+    quoted: &Tuple,
+    cfg: &NodeConfig,
+) -> Option<Translation> {
+    let via_node = cfg.node_addr != 0 && quoted.src == cfg.node_addr;
+    if hook == Hook::Egress {
+        if via_node {
+            None
+        } else {
+            about_forward(reversed, outer, quoted, false)
+        }
+    } else if via_node {
+        about_forward(reversed, outer, quoted, true)
+            .or_else(|| about_reply(reversed, outer, quoted, cfg))
+    } else {
+        about_reply(reversed, outer, quoted, cfg)
+    }
 }
 
 /// An error about a client's packet as it left translated (client or SNAT
 /// source -> backend), travelling back to the client: its flow's reverse
 /// entry (`reply`, the quoted packet's reply tuple) restores the client and
-/// the Service, if the flow is live.
+/// the Service, if the flow is live. `via_node`: the quoted packet's source
+/// is the node's address.
 #[inline(always)]
-fn about_forward(reply: &FlowKey, outer: &Tuple, quoted: &Tuple) -> Option<Translation> {
+fn about_forward(
+    reply: &FlowKey,
+    outer: &Tuple,
+    quoted: &Tuple,
+    via_node: bool,
+) -> Option<Translation> {
     // SAFETY: LRU values copied out at once.
     let rev = unsafe { *REVNAT.get(reply)? };
     let client = FlowKey::client_of(&rev, reply.proto);
@@ -249,6 +300,7 @@ fn about_forward(reply: &FlowKey, outer: &Tuple, quoted: &Tuple) -> Option<Trans
             dport: rev.svc_port,
         },
         verdict: Verdict::Reversed,
+        via_node,
     })
 }
 
@@ -268,10 +320,11 @@ fn about_reply(
         return None;
     }
     let reply = client.reply_of(&ct);
+    let snat = ct.flags & CT_F_SNAT != 0;
     Some(Translation {
         outer: Tuple {
             // From the client itself: as if from the address the backend sees.
-            src: if ct.flags & CT_F_SNAT != 0 && outer.src == quoted.dst {
+            src: if snat && outer.src == quoted.dst {
                 reply.dst_addr
             } else {
                 outer.src
@@ -287,6 +340,7 @@ fn about_reply(
             dport: reply.dst_port,
         },
         verdict: Verdict::Translated,
+        via_node: snat && cfg.node_addr != 0 && ct.snat_addr == cfg.node_addr,
     })
 }
 

@@ -1,7 +1,23 @@
 //! The per-packet decision shared by the programs: service lookup, backend
-//! selection or recall, NAT bookkeeping ([`decide`]); on the way into a pod,
-//! reverse translation only ([`decide_reply`]). It only decides; the caller
-//! writes.
+//! selection or recall, NAT bookkeeping ([`decide`]); at TC egress, reverse
+//! translation only ([`decide_reply`]). It only decides; the caller writes.
+//!
+//! Where a flow is translated keeps netfilter's view of it consistent, so
+//! that conntrack (and a firewall's `--ctstate INVALID -j DROP`, as
+//! kube-proxy's KUBE-FORWARD installs) sees one connection both ways:
+//! - A flow that keeps the client's address (to a backend on this node, or
+//!   from a pod to any backend) goes through the stack both ways, as
+//!   client <-> backend: translated to the backend where it enters the node
+//!   (before netfilter), translated back where its replies leave the node
+//!   (TC egress of the uplink or of the client pod's interface, after
+//!   netfilter). FORWARD rules (an iptables `NetworkPolicy`) apply to it.
+//! - A flow translated to the node's own address (a backend on another
+//!   node; a pod reaching itself) is forwarded past the stack both ways
+//!   ([`Action::Forward`]): its packets carry the node's address, which the
+//!   stack would take for its own, so netfilter sees neither direction.
+//!   The FORWARD chain of this node does not see it; the backend's node
+//!   enforces its pod's policy, on the node's address as source, as with
+//!   kube-proxy's masquerade.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::debug;
@@ -31,11 +47,12 @@ pub enum Hook {
     /// A pod interface: clients are this node's pods, whose addresses are
     /// routable in the cluster, so only a pod reaching itself is translated.
     Pod,
-    /// A pod interface at TC egress: packets on their way into the pod,
-    /// whatever device they came in by (an overlay's `vxlan0`, the uplink,
-    /// another pod, the node itself). Only replies of tracked flows are
-    /// translated there ([`decide_reply`]); nothing starts a flow.
-    PodEgress,
+    /// TC egress of the uplink or of a pod interface: packets leaving the
+    /// node, or on their way into a pod, whatever device they came in by (an
+    /// overlay's `vxlan0`, the uplink, another pod, the node itself). Only
+    /// replies of flows that keep the client's address are translated there
+    /// ([`decide_reply`]), after netfilter saw them; nothing starts a flow.
+    Egress,
 }
 
 /// What to do with a packet.
@@ -46,9 +63,20 @@ pub enum Action {
     Drop,
     /// Rewrite addresses and ports, then hand it on.
     Rewrite(Rewrite),
+    /// Rewrite addresses and ports, then forward it past the stack to its
+    /// next hop: a packet of a flow translated to the node's address.
+    Forward(Rewrite),
     /// A new connection to a Service without endpoints: drop it, answering
     /// with an ICMP port unreachable ([`reject`]).
     Refuse,
+}
+
+impl Action {
+    /// Whether the packet is translated.
+    #[inline(always)]
+    pub fn rewrites(&self) -> bool {
+        matches!(self, Action::Rewrite(_) | Action::Forward(_))
+    }
 }
 
 /// Where a packet came from: the hook and the interface it arrived on.
@@ -57,12 +85,12 @@ pub struct Ingress {
     /// The program's hook.
     pub hook: Hook,
     /// Index of the interface the packet arrived on: the hook's own, or at
-    /// [`Hook::PodEgress`] the one it entered the node by
+    /// [`Hook::Egress`] the one it entered the node by
     /// (`skb->ingress_ifindex`), [`spoof::NODE_ITSELF`] for a packet the
     /// node originated.
     pub ifindex: u32,
     /// The frame's Ethernet source: the neighbour it came from (at
-    /// [`Hook::PodEgress`], the node's own address once routed; a bridged
+    /// [`Hook::Egress`], the node's own address once routed; a bridged
     /// frame's sender).
     pub src_mac: [u8; 6],
 }
@@ -82,33 +110,43 @@ pub fn spoofs_node(cfg: &NodeConfig, src: u32) -> bool {
 /// Decides the fate of one parsed packet (a later fragment with its
 /// datagram's ports, see [`frag::complete`]) and counts the verdict. A first
 /// fragment's fate is remembered for the rest of its datagram.
+///
+/// Every fragment from the uplink goes to the stack, translated, also of a
+/// flow forwarded past it: a fragment too big for its route (an overlay's
+/// smaller MTU) must go there, and a datagram whose fragments took both
+/// paths would never be whole where netfilter's conntrack reassembles it.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
     let action = decide_packet(ctx, flow, at, cfg);
     if flow.fragment == Fragment::First {
-        frag::note_first(flow, matches!(action, Action::Rewrite(_)));
+        frag::note_first(flow, action.rewrites());
     }
-    action
+    match action {
+        Action::Forward(rw) if at.hook == Hook::Uplink && flow.fragment != Fragment::Whole => {
+            Action::Rewrite(rw)
+        }
+        other => other,
+    }
 }
 
-/// Decides a packet on its way into a pod ([`Hook::PodEgress`]): a reply of a
-/// tracked flow that no earlier hook translated (one that came in over an
-/// overlay, or from the node itself) is translated back, after the
-/// reverse-path check against the interface it entered the node by.
-/// Replies already translated (at the uplink, or at the backend pod's own
-/// interface) carry the Service's address as source and match no reverse
-/// entry, so nothing is translated twice. Everything else passes untouched
-/// and uncounted: it was counted where it entered, if ours. A first
-/// fragment's fate is remembered as in [`decide`].
+/// Decides a packet leaving the node or on its way into a pod
+/// ([`Hook::Egress`]): a reply of a tracked flow that keeps the client's
+/// address, having crossed the stack as backend -> client, is translated
+/// back, after the reverse-path check against the interface it entered the
+/// node by. Replies to the node's address were translated where they
+/// entered (and forwarded past the stack): they carry the Service's address
+/// as source and match no reverse entry, so nothing is translated twice.
+/// Everything else passes untouched and uncounted: it was counted where it
+/// entered, if ours. A first fragment's fate is remembered as in [`decide`].
 #[inline(always)]
 pub fn decide_reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Action {
-    let action = if filter::may_be_reply(flow) {
+    let action = if !to_node(flow, cfg) && filter::may_be_reply(flow) {
         reply(ctx, flow, at, cfg)
     } else {
         None
     };
     if flow.fragment == Fragment::First {
-        frag::note_first(flow, matches!(action, Some(Action::Rewrite(_))));
+        frag::note_first(flow, action.as_ref().is_some_and(Action::rewrites));
     }
     action.unwrap_or(Action::Pass)
 }
@@ -124,7 +162,7 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
         // ready): its conntrack entry alone decides, without the frontend.
         let ct_key = conntrack::key(flow);
         if let Some((ct, chosen)) = conntrack::recall(&ct_key, flow, cfg) {
-            return established(flow, &ct, &chosen);
+            return established(flow, &ct, &chosen, cfg);
         }
         // A reply to a SNAT port is a reply, even where the port is also a
         // frontend's (a node port or an external IP on the node address).
@@ -150,7 +188,18 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
             }
         }
     }
+    // Only replies to the node's address are translated where they enter:
+    // the others cross the stack untranslated, back at egress, and are
+    // counted there (a packet that only collides in the filter goes
+    // uncounted).
     if filter::may_be_reply(flow) {
+        if !to_node(flow, cfg) {
+            return if at.hook == Hook::Pod {
+                reply_leaving_pod(ctx, flow, at, cfg)
+            } else {
+                Action::Pass
+            };
+        }
         if let Some(action) = reply(ctx, flow, at, cfg) {
             return action;
         }
@@ -159,8 +208,55 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
     Action::Pass
 }
 
+/// A packet leaving a pod that may be a reply crossing the stack: if its
+/// reverse entry matches, its path is checked here, where the pod's own
+/// interface and the frame's sender are known (a bridge CNI's port: at
+/// egress the interface it entered by is the bridge, which every pod on it
+/// shares), and a reply failing the check is dropped. Egress translates
+/// and counts the rest; the cache of the verified interface is egress's.
+#[inline(always)]
+fn reply_leaving_pod<C: EbpfContext>(
+    ctx: &C,
+    flow: &Flow,
+    at: Ingress,
+    cfg: &NodeConfig,
+) -> Action {
+    let key = conntrack::key(flow);
+    // SAFETY: the LRU value is copied out at once.
+    let Some(rev) = (unsafe { REVNAT.get(key) }).copied() else {
+        counters::count(Verdict::Passed);
+        return Action::Pass;
+    };
+    if spoof::reply_path_ok(ctx, cfg, &key, &at, rev.ifindex) {
+        Action::Pass
+    } else {
+        counters::event(Event::ReplyRejected);
+        counters::count(Verdict::Invalid);
+        Action::Drop
+    }
+}
+
+/// Whether the packet is addressed to the node's own address: a reply of a
+/// flow translated to it, if it is a reply.
+#[inline(always)]
+fn to_node(flow: &Flow, cfg: &NodeConfig) -> bool {
+    cfg.node_addr != 0 && flow.dst == cfg.node_addr
+}
+
+/// The action for a packet rewritten as `rw` whose flow is translated to the
+/// node's address (`via_node`): forwarded past the stack, else handed to it.
+#[inline(always)]
+fn rewrite(rw: Rewrite, via_node: bool) -> Action {
+    if via_node {
+        Action::Forward(rw)
+    } else {
+        Action::Rewrite(rw)
+    }
+}
+
 /// A reply of a tracked flow (its reverse entry matches), if it is one:
-/// translated back, after the reverse-path check.
+/// translated back, after the reverse-path check; forwarded past the stack
+/// when it was addressed to the node.
 #[inline(always)]
 fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) -> Option<Action> {
     let key = conntrack::key(flow);
@@ -188,12 +284,12 @@ fn reply<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeConfig) ->
     }
     conntrack::on_reply(&rev, flow, rev.last_seen_s == 0);
     counters::count(Verdict::Reversed);
-    Some(Action::Rewrite(nat::reverse(&rev)))
+    Some(rewrite(nat::reverse(&rev), to_node(flow, cfg)))
 }
 
 /// A packet of a tracked flow: to its backend, with its SNAT if any.
 #[inline(always)]
-fn established(flow: &Flow, ct: &CtEntry, chosen: &Chosen) -> Action {
+fn established(flow: &Flow, ct: &CtEntry, chosen: &Chosen, cfg: &NodeConfig) -> Action {
     counters::count(Verdict::Translated);
     counters::count_service(chosen.backend.service_id, flow.len);
     if ct.flags & CT_F_AFFINITY != 0 {
@@ -204,7 +300,11 @@ fn established(flow: &Flow, ct: &CtEntry, chosen: &Chosen) -> Action {
     } else {
         0
     };
-    Action::Rewrite(nat::forward(flow, chosen, ct.snat_addr, snat_port))
+    let via_node = snat_port != 0 && ct.snat_addr == cfg.node_addr;
+    rewrite(
+        nat::forward(flow, chosen, ct.snat_addr, snat_port),
+        via_node,
+    )
 }
 
 /// A packet to a service frontend that no live conntrack entry covers.
@@ -266,8 +366,8 @@ fn new_flow(
     };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
-        // PodEgress starts no flow (see `decide_reply`): never reached from it.
-        Hook::Pod | Hook::PodEgress => chosen.backend.addr == flow.src,
+        // Egress starts no flow (see `decide_reply`): never reached from it.
+        Hook::Pod | Hook::Egress => chosen.backend.addr == flow.src,
     };
     if needs_snat && state == CtState::Established {
         // Mid-stream to a translated backend: the flow's port is long gone.
@@ -313,15 +413,16 @@ fn new_flow(
         Recorded::Mine => {
             counters::count(Verdict::Translated);
             counters::count_service(svc.id, flow.len);
-            Ok(Action::Rewrite(nat::forward(
-                flow, &chosen, snat_addr, snat_port,
-            )))
+            Ok(rewrite(
+                nat::forward(flow, &chosen, snat_addr, snat_port),
+                needs_snat,
+            ))
         }
         Recorded::Theirs(theirs, their_backend) => {
             if snat_port != 0 {
                 snat::release(&ct_key.reply_of(&entry), &rev);
             }
-            Ok(established(flow, &theirs, &their_backend))
+            Ok(established(flow, &theirs, &their_backend, cfg))
         }
         Recorded::Failed => {
             if snat_port != 0 {

@@ -2,8 +2,8 @@
 //!
 //! `lb_xdp` (or `lb_tc_uplink`) runs on the node's uplink, `lb_tc` on the
 //! host side of pod interfaces (ingress, i.e. traffic leaving the pods), and
-//! `lb_tc_pod_egress` there too at egress (traffic into the pods, replies
-//! only). All share the maps in [`maps`] and the per-packet decision in
+//! `lb_tc_egress` at the egress of both (traffic leaving the node or into
+//! the pods, replies only). All share the maps in [`maps`] and the per-packet decision in
 //! [`lb`]; they differ only in how a decided rewrite is written into the
 //! packet ([`xdp`], [`tc`]) and in where they run ([`lb::Hook`]).
 #![no_std]
@@ -60,8 +60,8 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 /// touched and no flow starts here.
 #[classifier]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
-pub fn lb_tc_pod_egress(ctx: TcContext) -> i32 {
-    tc::handle(&ctx, lb::Hook::PodEgress)
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    tc::handle(&ctx, lb::Hook::Egress)
 }
 
 /// TC ingress entry point for the node's uplink(s), in place of `lb_xdp`

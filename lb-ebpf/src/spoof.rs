@@ -43,7 +43,7 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
 ///   only, so a remote pod's replies to the node's own address (a flow
 ///   translated to it) come over the underlay, unencapsulated.
 /// - A packet the node itself originated ([`NODE_ITSELF`], seen only at
-///   [`Hook::PodEgress`]): a hostNetwork backend at the node's address
+///   [`Hook::Egress`]): a hostNetwork backend at the node's address
 ///   answering a pod, the node's own ICMP error about a pod's translated
 ///   packet. No interface to judge, and nothing from outside the node
 ///   arrives without one; the node is trusted as it is for its own address.
@@ -73,6 +73,7 @@ pub fn reply_path_ok<C: EbpfContext>(
             proto: arrived.proto,
             sport: arrived.dst_port,
             dport: arrived.src_port,
+            tot_len: 0,
         },
         0,
     );

@@ -1,7 +1,7 @@
 //! The TC programs: decide, then rewrite through the skb-aware helpers, which
 //! keep checksums right also for packets with offloaded (partial) checksums.
 //! At the ingress of pod interfaces and uplinks every decision is taken
-//! ([`lb::decide`]); at the egress of pod interfaces, on the way into the
+//! ([`lb::decide`]); at their egress, on the way out of the node or into a
 //! pod, only replies are translated ([`lb::decide_reply`]).
 
 use aya_ebpf::{
@@ -19,10 +19,10 @@ use crate::{
 };
 
 /// Handles one packet leaving a pod (`Hook::Pod`), arriving on the uplink
-/// (`Hook::Uplink`) or on its way into a pod (`Hook::PodEgress`).
+/// (`Hook::Uplink`) or leaving through either (`Hook::Egress`).
 #[inline(always)]
 pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
-    let into_pod = hook == Hook::PodEgress;
+    let egress = hook == Hook::Egress;
     if ctx.data() + MAX_HEADERS_LEN > ctx.data_end()
         && ctx.len() as usize > ctx.data_end() - ctx.data()
     {
@@ -41,16 +41,16 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         return TC_ACT_OK;
     };
     // The node's address is the node's own: checked where packets enter the
-    // node, not on their way into a pod (the node itself talks to its pods).
-    if !into_pod && lb::spoofs_node(cfg, parse::source(ip)) {
+    // node, not on their way out (the node itself talks to its pods).
+    if !egress && lb::spoofs_node(cfg, parse::source(ip)) {
         return TC_ACT_SHOT;
     }
     let at = Ingress {
         hook,
-        // SAFETY: the program's own skb context. Into a pod, the interface
+        // SAFETY: the program's own skb context. At egress, the interface
         // the packet entered the node by is the one to judge a reply by.
         ifindex: unsafe {
-            if into_pod {
+            if egress {
                 (*ctx.skb.skb).ingress_ifindex
             } else {
                 (*ctx.skb.skb).ifindex
@@ -64,6 +64,9 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         return match icmp::handle(ctx, data, data_end, ctx.len() as usize, at, cfg) {
             icmp::Outcome::Pass => TC_ACT_OK,
             icmp::Outcome::Drop => TC_ACT_SHOT,
+            icmp::Outcome::Forward { src, dst } => {
+                forward::to_next_hop(ctx, at.ifindex, src, dst, IPPROTO_ICMP)
+            }
         };
     }
     let Some(mut flow) = parse::parse(data, data_end, ctx.len() as usize, ip) else {
@@ -72,7 +75,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     if !frag::complete(&mut flow) {
         return TC_ACT_OK;
     }
-    let action = if into_pod {
+    let action = if egress {
         lb::decide_reply(ctx, &flow, at, cfg)
     } else {
         lb::decide(ctx, &flow, at, cfg)
@@ -84,11 +87,15 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         Action::Rewrite(rw) => {
             if write(ctx, &flow, &rw).is_err() {
                 TC_ACT_SHOT
-            } else if hook == Hook::Pod && rw.src == cfg.node_addr && cfg.node_addr != 0 {
-                // A martian to the stack on a pod interface or bridge.
-                forward::to_next_hop(ctx, at.ifindex, rw.src, rw.dst, flow.proto)
             } else {
                 TC_ACT_OK
+            }
+        }
+        Action::Forward(rw) => {
+            if write(ctx, &flow, &rw).is_err() {
+                TC_ACT_SHOT
+            } else {
+                forward::to_next_hop(ctx, at.ifindex, rw.src, rw.dst, flow.proto)
             }
         }
     }

@@ -1,11 +1,13 @@
-//! The XDP program: decide, then rewrite in place with incremental checksums.
+//! The XDP program: decide, then rewrite in place with incremental checksums;
+//! packets of flows translated to the node's address go back out with
+//! `XDP_TX` where their next hop allows ([`forward`]).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 use lb_common::{csum, IPPROTO_ICMP, IPPROTO_UDP};
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, frag, icmp,
+    config, forward, frag, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{
@@ -39,6 +41,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         return match icmp::handle(ctx, data, data_end, len, at, cfg) {
             icmp::Outcome::Pass => xdp_action::XDP_PASS,
             icmp::Outcome::Drop => xdp_action::XDP_DROP,
+            icmp::Outcome::Forward { src, dst } => {
+                forward::xdp_to_next_hop(ctx, len, at.ifindex, src, dst, IPPROTO_ICMP)
+            }
         };
     }
     let Some(mut flow) = parse::parse(data, data_end, len, ip) else {
@@ -54,6 +59,13 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         Action::Rewrite(rw) => {
             if write(data, data_end, &flow, &rw) {
                 xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
+        }
+        Action::Forward(rw) => {
+            if write(data, data_end, &flow, &rw) {
+                forward::xdp_to_next_hop(ctx, len, at.ifindex, rw.src, rw.dst, flow.proto)
             } else {
                 xdp_action::XDP_DROP
             }

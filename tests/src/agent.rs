@@ -62,20 +62,41 @@ endpoints:\n- {{addresses: [\"{pod_ip}\"], nodeName: {node}, conditions: {{ready
     )
 }
 
-/// The uplink hook a test gets unless it chooses one: XDP, allowed on
-/// node1's veth uplink because the topology completes checksums at every
-/// sender beyond it (TX offload off on the LAN hosts and node2's pods), so
-/// the XDP program is what the end-to-end tests exercise. The agent's own
-/// default (`auto`) takes TC on a veth; `tests/e2e_checksums.rs` runs it
-/// where senders leave their checksums partial.
+/// The uplink hook a test gets unless it chooses one (or
+/// `LB_TEST_UPLINK_HOOK=tc` asks for [`TEST_BED_TC`], see [`test_bed_hook`]):
+/// XDP, allowed on node1's veth uplink because the topology completes
+/// checksums at every sender beyond it (TX offload off on the LAN hosts and
+/// node2's pods), so the XDP program is what the end-to-end tests exercise.
+/// The agent's own default (`auto`) takes TC on a veth;
+/// `tests/e2e_checksums.rs` runs it where senders leave their checksums
+/// partial.
 pub const TEST_BED_XDP: [&str; 3] = ["--uplink-hook", "xdp", "--xdp-on-veth"];
 
-/// [`TEST_BED_XDP`] unless `args` choose the uplink hook themselves.
+/// The uplink program at TC ingress: the hook a test gets unless it chooses
+/// one, with `LB_TEST_UPLINK_HOOK=tc`.
+pub const TEST_BED_TC: [&str; 2] = ["--uplink-hook", "tc"];
+
+/// The uplink hook arguments of tests that choose none: `LB_TEST_UPLINK_HOOK`
+/// (`xdp`, the default when unset or empty: [`TEST_BED_XDP`]; or `tc`:
+/// [`TEST_BED_TC`]), so the same end-to-end tests run on each hook.
+///
+/// # Panics
+/// On any other value of `LB_TEST_UPLINK_HOOK`.
+#[must_use]
+pub fn test_bed_hook() -> &'static [&'static str] {
+    match std::env::var("LB_TEST_UPLINK_HOOK").as_deref() {
+        Err(_) | Ok("" | "xdp") => &TEST_BED_XDP,
+        Ok("tc") => &TEST_BED_TC,
+        Ok(other) => panic!("LB_TEST_UPLINK_HOOK={other:?}: expected xdp or tc"),
+    }
+}
+
+/// [`test_bed_hook`] unless `args` choose the uplink hook themselves.
 fn default_hook(args: &[&str]) -> &'static [&'static str] {
     if args.iter().any(|a| a.starts_with("--uplink-hook")) {
         &[]
     } else {
-        &TEST_BED_XDP
+        test_bed_hook()
     }
 }
 
@@ -105,7 +126,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent in `node`'s network namespace on `manifests`, with XDP on node1's uplink and TC on its pods.
+    /// Starts the agent in `node`'s network namespace on `manifests`, with the
+    /// test bed's uplink hook ([`test_bed_hook`]) and TC on its pods.
     pub fn start(node: &Netns, manifests: &Path) -> Result<Self> {
         let dir = manifests.to_string_lossy().into_owned();
         Self::start_with(node, &["--manifests", &dir])

@@ -11,7 +11,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp
 use lb_common::Verdict;
 use lb_userspace::{
     datapath::{
-        Datapath, DatapathConfig, UplinkHook, POD_EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM,
+        Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM,
         XDP_PROGRAM,
     },
     flows::FlowSettings,
@@ -359,6 +359,22 @@ pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
     f
 }
 
+/// `frame` (Ethernet, IPv4) as a router forwards it: TTL one less, the
+/// IPv4 checksum updated (the Ethernet addresses as they were).
+#[must_use]
+pub fn forwarded(frame: &[u8]) -> Vec<u8> {
+    with_ip_checksum(&with_byte(frame, 22, frame[22] - 1))
+}
+
+/// `frame` with Ethernet destination `dst` and source `src`.
+#[must_use]
+pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
 /// `frame` (Ethernet, IPv4) with its IPv4 header checksum computed anew
 /// (after a test changed a header field).
 #[must_use]
@@ -380,10 +396,13 @@ pub enum Hook {
     TcUplink,
     /// `lb_tc`, on a pod interface (ingress).
     Pod,
+    /// `lb_tc_egress`, at the egress of the uplink or a pod interface, as a
+    /// packet the node originated (no ingress interface).
+    Egress,
 }
 
 impl Hook {
-    /// Every program.
+    /// Every program where packets enter the node.
     pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcUplink, Hook::Pod];
     /// The uplink's programs.
     pub const UPLINKS: [Hook; 2] = [Hook::Xdp, Hook::TcUplink];
@@ -395,6 +414,7 @@ impl Hook {
             Hook::Xdp => dp.run_xdp(frame),
             Hook::TcUplink => dp.run_tc_uplink(frame),
             Hook::Pod => dp.run_tc(frame),
+            Hook::Egress => dp.run_tc_egress(frame),
         }
     }
 
@@ -403,7 +423,7 @@ impl Hook {
     pub fn passed(self) -> u32 {
         match self {
             Hook::Xdp => XDP_PASS,
-            Hook::TcUplink | Hook::Pod => TC_ACT_OK,
+            Hook::TcUplink | Hook::Pod | Hook::Egress => TC_ACT_OK,
         }
     }
 
@@ -412,7 +432,7 @@ impl Hook {
     pub fn dropped(self) -> u32 {
         match self {
             Hook::Xdp => XDP_DROP,
-            Hook::TcUplink | Hook::Pod => TC_ACT_SHOT,
+            Hook::TcUplink | Hook::Pod | Hook::Egress => TC_ACT_SHOT,
         }
     }
 
@@ -421,7 +441,7 @@ impl Hook {
     pub fn bounced(self) -> u32 {
         match self {
             Hook::Xdp => XDP_TX,
-            Hook::TcUplink | Hook::Pod => TC_ACT_REDIRECT,
+            Hook::TcUplink | Hook::Pod | Hook::Egress => TC_ACT_REDIRECT,
         }
     }
 
@@ -792,26 +812,26 @@ impl TestDatapath {
         run(prog, frame)
     }
 
-    /// Runs the pod egress TC program (on the way into a pod) once on
+    /// Runs the egress TC program (out of the node or into a pod) once on
     /// `frame`, as a packet the node itself originated (no ingress
     /// interface): (return code, frame after).
     #[must_use]
-    pub fn run_tc_pod_egress(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(POD_EGRESS_TC_PROGRAM).try_into().unwrap();
+    pub fn run_tc_egress(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(EGRESS_TC_PROGRAM).try_into().unwrap();
         run(prog, frame)
     }
 
-    /// Runs the pod egress TC program once on `frame` leaving by interface
+    /// Runs the egress TC program once on `frame` leaving by interface
     /// `ifindex` after it entered the node by `ingress_ifindex` (both of
     /// the calling thread's network namespace).
     #[must_use]
-    pub fn run_tc_pod_egress_on(
+    pub fn run_tc_egress_on(
         &self,
         ifindex: u32,
         ingress_ifindex: u32,
         frame: &[u8],
     ) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(POD_EGRESS_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.program(EGRESS_TC_PROGRAM).try_into().unwrap();
         let mut ctx = skb_ctx(ifindex);
         // struct __sk_buff: ingress_ifindex at offset 36.
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());

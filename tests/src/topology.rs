@@ -10,10 +10,20 @@
 //! Each node reaches the other's pods (10.244.N.0/24) through the other node
 //! on the LAN, or with [`Cni::BridgeVxlan`] through a VXLAN overlay whose
 //! packets (UDP 8472) cross the LAN between the nodes' addresses only.
+//!
+//! node1's port on the bridge ([`NODE1_LAN_PORT`], the peer of its uplink)
+//! carries the object's `xdp_pass` for the topology's whole life, so that
+//! the frames node1's uplink XDP program sends back out with `XDP_TX` are
+//! delivered.
 
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_userspace::datapath::{EBPF_OBJECT, XDP_PASS_PROGRAM};
 
 use crate::netns::{remove_stale, sh, Netns};
 
@@ -32,6 +42,9 @@ pub struct Pod {
 
 /// The cluster. Dropping it removes every namespace (and so every link).
 pub struct ClusterTopology {
+    /// The object whose `xdp_pass` is attached to [`NODE1_LAN_PORT`] while
+    /// it lives (set by `build`); detached on drop before any namespace goes.
+    lan_xdp_pass: Option<Ebpf>,
     /// Pods, node1's first.
     pub pods: Vec<Pod>,
     /// The client outside the cluster.
@@ -92,6 +105,35 @@ impl Cni {
     }
 }
 
+/// The firewall rules node1 starts with, as other components of a cluster
+/// install them in its FORWARD chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firewall {
+    /// No rule.
+    None,
+    /// kube-proxy's KUBE-FORWARD rule dropping what conntrack finds INVALID
+    /// (firewalld and Calico have the like):
+    /// [`ClusterTopology::install_invalid_drop`].
+    InvalidDrop,
+}
+
+impl Firewall {
+    /// node1's firewall in the default topology: `LB_TEST_FIREWALL` (`none`
+    /// or `invalid-drop`), none when unset or empty, so the same end-to-end
+    /// tests run with and without it.
+    ///
+    /// # Panics
+    /// On any other value of `LB_TEST_FIREWALL`.
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("LB_TEST_FIREWALL").as_deref() {
+            Err(_) | Ok("" | "none") => Firewall::None,
+            Ok("invalid-drop") => Firewall::InvalidDrop,
+            Ok(other) => panic!("LB_TEST_FIREWALL={other:?}: expected none or invalid-drop"),
+        }
+    }
+}
+
 /// The VXLAN overlay's device on each node ([`Cni::BridgeVxlan`]).
 pub const VXLAN_DEVICE: &str = "vxlan0";
 /// The overlay's UDP port: flannel's (Linux's first VXLAN port; IANA's is 4789).
@@ -112,8 +154,27 @@ pub enum SenderChecksums {
     Partial,
 }
 
+/// kube-proxy's rule in node1's FORWARD chain, after `iptables -A` or `-C`.
+const INVALID_DROP: [&str; 7] = [
+    "FORWARD",
+    "-m",
+    "conntrack",
+    "--ctstate",
+    "INVALID",
+    "-j",
+    "DROP",
+];
+
 /// node1's uplink (XDP).
 pub const NODE1_UPLINK: &str = "eth0";
+/// node1's port on the LAN bridge (the peer of its uplink, in the LAN's
+/// namespace). It carries the object's `xdp_pass` (native mode) for the
+/// topology's whole life: the uplink's XDP program sends frames back out
+/// with `XDP_TX`, which a veth queues on its peer's ring, and the kernel
+/// wakes the peer's NAPI for them only when the peer has an XDP program of
+/// its own (`veth_xdp_flush`); without one the frame waits for the next
+/// packet sent over the veth, or is dropped when the peer has no NAPI.
+pub const NODE1_LAN_PORT: &str = "lan1";
 /// node1's pod interfaces (TC).
 pub const NODE1_POD_IFACES: &str = "vpod*";
 /// node1's address.
@@ -143,6 +204,7 @@ impl ClusterTopology {
         let node1 = Netns::new("node1")?;
         let node2 = Netns::new("node2")?;
         let mut topo = Self {
+            lan_xdp_pass: None,
             pods: Vec::new(),
             client,
             node1,
@@ -170,23 +232,12 @@ impl ClusterTopology {
         {
             attach_to_lan(&lan, &format!("lan{i}"), ns, addr, self.checksums)?;
         }
+        self.lan_xdp_pass = Some(self.lan_takes_xdp_tx()?);
         if self.checksums == SenderChecksums::Partial {
             self.node1.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
         }
-        if std::env::var("LB_TEST_FIREWALL").as_deref() == Ok("invalid-drop") {
-            // kube-proxy's KUBE-FORWARD rule (firewalld and Calico have the like).
-            let out = self.node1.exec(&[
-                "iptables",
-                "-A",
-                "FORWARD",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "INVALID",
-                "-j",
-                "DROP",
-            ])?;
-            anyhow::ensure!(out.status.success(), "iptables in node1: {out:?}");
+        if Firewall::from_env() == Firewall::InvalidDrop {
+            self.install_invalid_drop()?;
         }
         ip(
             self.client.name(),
@@ -236,6 +287,27 @@ impl ClusterTopology {
             self.add_pod(name, Ipv4Addr::new(10, 244, node, last), node)?;
         }
         Ok(())
+    }
+
+    /// Lets node1's uplink peer take `XDP_TX` frames (see
+    /// [`NODE1_LAN_PORT`]): the object's `xdp_pass` on that port, in native
+    /// mode. The program stays attached while the returned object lives.
+    fn lan_takes_xdp_tx(&self) -> Result<Ebpf> {
+        self.lan
+            .run(|| -> Result<Ebpf> {
+                // Only xdp_pass runs: the Maglev slab need not take its 64 MiB.
+                let mut ebpf = EbpfLoader::new()
+                    .map_max_entries(lb_common::MAP_MAGLEV, 2)
+                    .load(EBPF_OBJECT)?;
+                let pass: &mut Xdp = ebpf
+                    .program_mut(XDP_PASS_PROGRAM)
+                    .context("the object has no xdp_pass")?
+                    .try_into()?;
+                pass.load()?;
+                pass.attach(NODE1_LAN_PORT, XdpMode::Driver)?;
+                Ok(ebpf)
+            })?
+            .with_context(|| format!("xdp_pass on {NODE1_LAN_PORT}, node1's uplink peer"))
     }
 
     /// The VXLAN overlay between the nodes ([`Cni::BridgeVxlan`]), as
@@ -373,6 +445,32 @@ impl ClusterTopology {
         self.cni
     }
 
+    /// Appends kube-proxy's rule dropping what conntrack finds INVALID
+    /// (`-m conntrack --ctstate INVALID -j DROP`) to node1's FORWARD chain,
+    /// unless it is there already ([`Firewall::InvalidDrop`] put it there).
+    pub fn install_invalid_drop(&self) -> Result<()> {
+        let check = [&["iptables", "-C"][..], &INVALID_DROP].concat();
+        if self.node1.exec(&check).is_err() {
+            self.node1
+                .exec(&[&["iptables", "-A"][..], &INVALID_DROP].concat())?;
+        }
+        Ok(())
+    }
+
+    /// The packets node1's INVALID drop rule ([`Self::install_invalid_drop`])
+    /// has dropped; fails if the rule is not there.
+    pub fn invalid_drops(&self) -> Result<u64> {
+        let out = self
+            .node1
+            .exec(&["iptables", "-L", "FORWARD", "-n", "-v", "-x"])?;
+        let rules = String::from_utf8_lossy(&out.stdout);
+        rules
+            .lines()
+            .find(|rule| rule.contains("ctstate INVALID") && rule.contains(" DROP "))
+            .and_then(|rule| rule.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no INVALID drop rule in node1's FORWARD chain:\n{rules}"))
+    }
+
     /// The pod called `name`.
     #[must_use]
     pub fn pod(&self, name: &str) -> &Pod {
@@ -385,8 +483,10 @@ impl ClusterTopology {
 
 impl Drop for ClusterTopology {
     fn drop(&mut self) {
-        // Pods first, then nodes, client and LAN (fields drop in order after this).
+        // Pods first, then the LAN port's xdp_pass, then nodes, client and
+        // LAN (fields drop in order after this).
         self.pods.clear();
+        drop(self.lan_xdp_pass.take());
     }
 }
 

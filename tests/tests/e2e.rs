@@ -9,8 +9,8 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, ManifestDir},
-    topology::ClusterTopology,
+    agent::{test_bed_hook, Agent, ManifestDir, TEST_BED_XDP},
+    topology::{ClusterTopology, Cni, Firewall},
     traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
 };
 
@@ -263,7 +263,8 @@ fn bad_manifest_keeps_other_services() {
 
 #[test]
 fn sigterm_detaches_and_removes_what_the_agent_created() {
-    let mut c = cluster(ManifestDir::with_examples().unwrap());
+    // At XDP whatever LB_TEST_UPLINK_HOOK says: its detachment is checked.
+    let mut c = cluster_with(ManifestDir::with_examples().unwrap(), &TEST_BED_XDP);
     let link = |ns: &lb_tests::netns::Netns, iface: &str| {
         String::from_utf8_lossy(&ns.exec(&["ip", "link", "show", iface]).unwrap().stdout)
             .into_owned()
@@ -424,17 +425,33 @@ fn metrics_follow_real_traffic_and_probes_answer() {
 
 #[test]
 fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
-    kill_and_restart("restart", |_| {}, false, &[], "adopted the pinned maps");
+    kill_and_restart(
+        "restart",
+        |_| {},
+        false,
+        &[],
+        &[],
+        "adopted the pinned maps",
+    );
 }
 
 /// A restart that moves the uplink program from XDP to TC ingress: the
-/// successor attaches its TC program, then detaches the XDP one.
+/// successor attaches its TC program, then detaches the XDP one. Not where
+/// the topology has an overlay and kube-proxy's INVALID rule: XDP cannot
+/// forward into the overlay device, so there the first agent's flows
+/// translated to node2's pod fail (a documented limit, README "Netfilter"; the
+/// pass says so and skips).
 #[test]
 fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
+    if Cni::from_env() == Cni::BridgeVxlan && Firewall::from_env() == Firewall::InvalidDrop {
+        eprintln!("skipped: XDP with an overlay and an INVALID-drop rule (README, Netfilter)");
+        return;
+    }
     kill_and_restart(
         "hookswitch",
         |_| {},
         false,
+        &TEST_BED_XDP,
         &["--uplink-hook", "tc"],
         "detached the other uplink hook",
     );
@@ -461,6 +478,7 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
         },
         true,
         &[],
+        &[],
         "hand-over from the earlier layout finished",
     );
 }
@@ -478,6 +496,7 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
         .join("links");
     for link in [
         uplink,
+        "tcupegress-eth0",
         "tc-vpod1a",
         "tc-vpod1b",
         "tc-vpod1c",
@@ -540,9 +559,22 @@ fn probe_continuously(
     (stop, prober)
 }
 
-/// Starts an agent, opens a long-lived connection through SNAT and keeps opening
+/// `args`, with the test bed's hook ([`test_bed_hook`]) first unless they
+/// choose the uplink hook.
+fn hook_or_test_bed<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = Vec::new();
+    if !args.iter().any(|a| a.starts_with("--uplink-hook")) {
+        all.extend_from_slice(test_bed_hook());
+    }
+    all.extend_from_slice(args);
+    all
+}
+
+/// Starts an agent (with `first_hook`, else the test bed's hook), opens a
+/// long-lived connection through SNAT and keeps opening
 /// new ones, kills the agent, runs `between` on the pins, starts a successor
-/// with `successor_args` more (whose log must say `expected_log`) and edits
+/// with `successor_args` more (whose log must say `expected_log`; the test
+/// bed's hook unless they choose) and edits
 /// an endpoint: nothing fails. With `simulated` (the pins of an earlier
 /// layout made out of this one's), new connections pause from `between`
 /// until the successor is ready: the programs left running keep writing to
@@ -552,6 +584,7 @@ fn kill_and_restart(
     tag: &str,
     between: fn(&std::path::Path),
     simulated: bool,
+    first_hook: &[&str],
     successor_args: &[&str],
     expected_log: &str,
 ) {
@@ -560,7 +593,10 @@ fn kill_and_restart(
     let manifests = ManifestDir::with_examples().unwrap();
     let dir = manifests.path().to_string_lossy().into_owned();
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt{}x{tag}", std::process::id()));
-    let mut first = Agent::start_pinned(&topo.node1, &["--manifests", &dir], &pin_dir).unwrap();
+    let mut first_args = vec!["--manifests", dir.as_str()];
+    first_args.extend_from_slice(first_hook);
+    let first_args = hook_or_test_bed(&first_args);
+    let mut first = Agent::start_pinned(&topo.node1, &first_args, &pin_dir).unwrap();
     first.cleanup_on_drop = false;
     first.wait_ready(Duration::from_secs(30)).unwrap();
 
@@ -600,8 +636,8 @@ fn kill_and_restart(
     between(&pin_dir);
 
     // The successor adopts the pins: the connection keeps working, then an edit applies.
-    let mut args = vec!["--manifests", &dir, "--detach-on-exit"];
-    args.extend_from_slice(successor_args);
+    let args = vec!["--manifests", &dir, "--detach-on-exit"];
+    let args = hook_or_test_bed(&[args.as_slice(), successor_args].concat());
     let mut second = Agent::start_pinned(&topo.node1, &args, &pin_dir).unwrap();
     second.wait_ready(Duration::from_secs(30)).unwrap();
     pause.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -616,7 +652,7 @@ fn kill_and_restart(
         [lb_userspace::datapath::PIN_LAYOUT],
         "one layout remains"
     );
-    assert_successor_links(&topo, &pin_dir, successor_args.contains(&"tc"));
+    assert_successor_links(&topo, &pin_dir, args.contains(&"tc"));
     let first_sync = log
         .lines()
         .find(|l| l.contains("synced"))

@@ -11,26 +11,23 @@
 //! `XDP_TX` on a veth hands the frame to the peer's ring, and the peer's
 //! NAPI is woken for it only when the peer has an XDP program of its own
 //! (GRO alone gives it NAPI but no wake-up: the frame waits for the next
-//! packet): for the XDP case, the LAN side of node1's uplink (`lan1`) gets
-//! the object's `xdp_pass`. The agent's own default on a veth uplink is TC
-//! (`--uplink-hook auto`), which redirects and needs nothing of the peer.
+//! packet): the topology keeps the object's `xdp_pass` on the LAN side of
+//! node1's uplink (`lan1`, [`lb_tests::topology::NODE1_LAN_PORT`]) for its
+//! whole life, which the XDP case relies on. The agent's own default on a
+//! veth uplink is TC (`--uplink-hook auto`), which redirects and needs
+//! nothing of the peer.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
-use aya::{
-    programs::{Xdp, XdpMode},
-    Ebpf, EbpfLoader,
-};
 use lb_tests::{
     agent::{Agent, ManifestDir},
     netns::Netns,
     topology::{ClusterTopology, NODE1_IP},
     traffic::{tcp_refused_by, udp_refused_by},
 };
-use lb_userspace::datapath::{EBPF_OBJECT, XDP_PASS_PROGRAM};
 
 /// A NodePort Service without endpoints (no EndpointSlice at all).
 const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
@@ -43,8 +40,6 @@ spec:\n  type: NodePort\n  clusterIP: 10.96.0.60\n  ports:\n\
 const HTTP: u16 = 80;
 const DNS: u16 = 53;
 const HTTP_NODE_PORT: u16 = 30090;
-/// node1's port on the LAN bridge (the peer of its uplink).
-const NODE1_LAN_PORT: &str = "lan1";
 /// Bound on every exchange.
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -66,28 +61,6 @@ fn cluster(extra: &[&str]) -> Cluster {
         _manifests: manifests,
         topo,
     }
-}
-
-/// Lets node1's uplink peer take `XDP_TX` frames (see the module's docs):
-/// the object's `xdp_pass` on `lan1`, in native mode. The program stays
-/// attached while the returned object lives.
-fn lan_takes_xdp_tx(topo: &ClusterTopology) -> Ebpf {
-    topo.lan
-        .run(|| -> anyhow::Result<Ebpf> {
-            // Only xdp_pass runs: the Maglev slab need not take its 64 MiB.
-            let mut ebpf = EbpfLoader::new()
-                .map_max_entries(lb_common::MAP_MAGLEV, 2)
-                .load(EBPF_OBJECT)?;
-            let pass: &mut Xdp = ebpf
-                .program_mut(XDP_PASS_PROGRAM)
-                .expect("the object has xdp_pass")
-                .try_into()?;
-            pass.load()?;
-            pass.attach(NODE1_LAN_PORT, XdpMode::Driver)?;
-            Ok(ebpf)
-        })
-        .and_then(|loaded| loaded)
-        .expect("xdp_pass on the uplink's peer")
 }
 
 /// From `client` (`who`, for messages): TCP and UDP to the ClusterIP are
@@ -128,7 +101,6 @@ fn refused_by_the_node(client: &Netns, who: &str) {
 #[test]
 fn a_client_is_refused_by_a_service_without_endpoints_at_xdp() {
     let c = cluster(&[]);
-    let _pass = lan_takes_xdp_tx(&c.topo);
     refused_by_the_cluster_ip(&c.topo.client, "client");
     refused_by_the_node(&c.topo.client, "client");
 }

@@ -218,14 +218,16 @@ fn a_datagram_in_fragments_to_a_remote_backend_is_snated_fragment_by_fragment() 
 #[test]
 fn a_reply_in_fragments_is_translated_back_fragment_by_fragment() {
     let dp = datapath("frag-reply");
-    // From the local backend: the reply leaves the pod through its TC program.
+    // From the local backend: the reply crosses the stack as it left the
+    // pod and is translated where it leaves the node.
     let request = datagram((CLIENT, 50020), (VIP_LOCAL, PORT), 1).fragments(FRAGMENT);
     for fragment in &request {
         let _ = Hook::Xdp.pass(&dp, fragment);
     }
     let reply = datagram((LOCAL, TARGET), (CLIENT, 50020), 0x6001).fragments(FRAGMENT);
     let expected = datagram((VIP_LOCAL, PORT), (CLIENT, 50020), 0x6001).fragments(FRAGMENT);
-    translated_in_order(&dp, Hook::Pod, &reply, &expected, Verdict::Reversed);
+    untouched(&dp, &[Hook::Pod], &reply[0], "a local pod's reply");
+    translated_in_order(&dp, Hook::Egress, &reply, &expected, Verdict::Reversed);
     // From the remote backend to the node's SNAT port: back through the uplink.
     for (hook, port, id) in [(Hook::Xdp, 50021, 0x6002), (Hook::TcUplink, 50022, 0x6003)] {
         let request = datagram((CLIENT, port), (VIP, PORT), 2).fragments(FRAGMENT);
@@ -248,15 +250,21 @@ fn fragments_from_a_pod_are_translated_on_the_pod_hook() {
     translated_in_order(&dp, Hook::Pod, &sent, &expected, Verdict::Translated);
     let reply = datagram((LOCAL, TARGET), (POD, 33000), 0x7002).fragments(FRAGMENT);
     let expected = datagram((VIP_LOCAL, PORT), (POD, 33000), 0x7002).fragments(FRAGMENT);
-    translated_in_order(&dp, Hook::Pod, &reply, &expected, Verdict::Reversed);
+    translated_in_order(&dp, Hook::Egress, &reply, &expected, Verdict::Reversed);
     // To a remote backend (a pod's address is routable: no SNAT); the reply
-    // comes back through the uplink.
+    // comes back through the uplink and the stack, into the pod.
     let sent = datagram((POD, 33001), (VIP, PORT), 0x7003).fragments(FRAGMENT);
     let expected = datagram((POD, 33001), (REMOTE, TARGET), 0x7003).fragments(FRAGMENT);
     translated_in_order(&dp, Hook::Pod, &sent, &expected, Verdict::Translated);
     let reply = datagram((REMOTE, TARGET), (POD, 33001), 0x7004).fragments(FRAGMENT);
     let expected = datagram((VIP, PORT), (POD, 33001), 0x7004).fragments(FRAGMENT);
-    translated_in_order(&dp, Hook::Xdp, &reply, &expected, Verdict::Reversed);
+    untouched(
+        &dp,
+        &Hook::UPLINKS,
+        &reply[0],
+        "a pod's reply on the uplink",
+    );
+    translated_in_order(&dp, Hook::Egress, &reply, &expected, Verdict::Reversed);
 }
 
 #[test]
@@ -432,7 +440,7 @@ fn a_later_fragment_moves_no_tcp_state() {
         &dp,
         &Packet::tcp(CLIENT, 40000, VIP_LOCAL, 80).syn().build(),
     );
-    let _ = Hook::Pod.pass(
+    let _ = Hook::Egress.pass(
         &dp,
         &Packet::tcp(LOCAL, 8080, CLIENT, 40000).synack().build(),
     );

@@ -376,16 +376,22 @@ fn udp_is_translated_and_zero_checksum_stays_zero() {
     );
 }
 
+/// A local pod's reply crosses the stack as pod -> client (netfilter sees
+/// the connection it saw going in) and gets the Service's address at egress.
 #[test]
-fn reply_from_local_pod_gets_the_service_address_in_tc() {
+fn reply_from_local_pod_crosses_the_stack_and_gets_the_service_address_at_egress() {
     let (dp, _p) = setup(
         "reply",
         &[frontend(VIP, 80, Protocol::Tcp, &[(POD_A, 8080, true)])],
     );
     let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
     assert_eq!(ret, XDP_PASS);
-    let synack = tcp(POD_A, 8080, CLIENT, 40000).synack();
-    let (ret, out) = dp.run_tc(&synack.build());
+    let synack = tcp(POD_A, 8080, CLIENT, 40000).synack().build();
+    let (ret, out) = dp.run_tc(&synack);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, synack, "untouched where it leaves the pod");
+    assert_eq!(dp.verdict(Verdict::Reversed), 0);
+    let (ret, out) = dp.run_tc_egress(&synack);
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(out, tcp(VIP, 80, CLIENT, 40000).synack().build());
     assert!(lb_tests::packet::checksums_valid(&out));
@@ -453,9 +459,14 @@ fn pod_to_cluster_ip_in_tc_keeps_the_pod_address() {
     let (ret, out) = dp.run_tc(&tcp(POD_A, 33000, VIP, 80).syn().build());
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(out, tcp(POD_A, 33000, REMOTE, 8080).syn().build());
-    // The reply arrives on the uplink.
-    let (ret, reply) = dp.run_xdp(&tcp(REMOTE, 8080, POD_A, 33000).synack().build());
+    // The reply arrives on the uplink, crosses the stack as it is, and is
+    // translated on its way into the pod.
+    let synack = tcp(REMOTE, 8080, POD_A, 33000).synack().build();
+    let (ret, through) = dp.run_xdp(&synack);
     assert_eq!(ret, XDP_PASS);
+    assert_eq!(through, synack);
+    let (ret, reply) = dp.run_tc_egress(&synack);
+    assert_eq!(ret, TC_ACT_OK);
     assert_eq!(reply, tcp(VIP, 80, POD_A, 33000).synack().build());
 }
 

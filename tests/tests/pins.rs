@@ -92,7 +92,7 @@ struct WebFlow {
 impl WebFlow {
     /// The backend's segment with `flags` (`Packet::ack` or `Packet::synack`),
     /// and whether it arrives through XDP (the remote backend, to the node's
-    /// port) rather than TC (the local one, to the client).
+    /// port) rather than TC egress (the local one's, leaving the node to the client).
     fn backend_segment(&self, flags: fn(Packet) -> Packet) -> (Packet, bool) {
         match self.snat {
             Some(port) => (flags(Packet::tcp(REMOTE, 8080, NODE, port)), true),
@@ -107,7 +107,7 @@ impl WebFlow {
         let reply = if uplink {
             agent.run_xdp(&reply.build())
         } else {
-            agent.run_tc(&reply.build())
+            agent.run_tc_egress(&reply.build())
         };
         (forward, reply)
     }
@@ -138,7 +138,7 @@ impl WebFlow {
         let (ret, out) = if uplink {
             agent.run_xdp(&synack.build())
         } else {
-            agent.run_tc(&synack.build())
+            agent.run_tc_egress(&synack.build())
         };
         assert_eq!(ret, if uplink { XDP_PASS } else { TC_ACT_OK });
         assert_eq!(

@@ -42,11 +42,12 @@ const PORT_UNREACH: u8 = 3;
 /// L4 bytes a refusal quotes (RFC 792).
 const QUOTED_L4: usize = 8;
 
-/// The client `hook` sees: outside the node, or a pod.
+/// The client `hook` sees: outside the node, or a pod (egress starts no
+/// flow: only the hooks where packets enter are asked).
 fn client_of(hook: Hook) -> Ipv4Addr {
     match hook {
         Hook::Xdp | Hook::TcUplink => CLIENT,
-        Hook::Pod => POD,
+        Hook::Pod | Hook::Egress => POD,
     }
 }
 

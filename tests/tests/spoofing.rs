@@ -11,8 +11,8 @@ use lb_tests::{
     fixture::{frontend, setup},
     netns::Netns,
     packet::{
-        checksums_valid, flow_key, icmp_echo, src_of, test_flows, Packet, TestDatapath, TC_ACT_OK,
-        XDP_DROP, XDP_PASS,
+        checksums_valid, flow_key, forwarded, icmp_echo, src_of, test_flows, Packet, TestDatapath,
+        TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
     },
 };
 use lb_userspace::{
@@ -348,10 +348,12 @@ fn without_the_check_a_reply_from_any_interface_is_translated() {
     });
 }
 
-/// The pod program checks a local pod's replies the same way: accepted from
-/// the pod's own interface, dropped from another.
+/// A local pod's replies cross the stack untranslated (the pod program
+/// leaves them be) and are checked where they leave the node, by the
+/// interface they entered it by: translated from the pod's own interface,
+/// dropped from another.
 #[test]
-fn a_local_pods_replies_are_checked_in_tc_too() {
+fn a_local_pods_replies_are_checked_where_they_leave_the_node() {
     let ns = node_namespace("rpf-pod", &[]);
     in_netns(&ns, || {
         let (dp, _) = setup(
@@ -369,20 +371,32 @@ fn a_local_pods_replies_are_checked_in_tc_too() {
         let reply = tcp(POD, 8080, CLIENT, 40_000).synack().build();
         let (ret, out) = dp.run_tc_on(d2, &reply);
         assert_eq!(
-            (ret, src_of(&out)),
-            (TC_ACT_OK, (VIP, 80)),
-            "the pod's reply from its own interface d2 is reverse-translated \
-             (ReplyRejected = {})",
+            (ret, &out),
+            (TC_ACT_OK, &reply),
+            "the pod program leaves it to the stack"
+        );
+        let (ret, out) = dp.run_tc_egress_on(d1, d2, &reply);
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, tcp(VIP, 80, CLIENT, 40_000).synack().build()),
+            "the pod's reply that entered by its own interface d2 is \
+             reverse-translated leaving by d1 (ReplyRejected = {})",
             dp.event(Event::ReplyRejected)
         );
-        assert_eq!(out, tcp(VIP, 80, CLIENT, 40_000).synack().build());
-        let (ret, _) = dp.run_tc_on(d0, &tcp(POD, 8080, CLIENT, 40_000).ack().build());
-        assert_eq!(ret, TC_ACT_SHOT, "the same reply from d0 is dropped");
+        let ack = tcp(POD, 8080, CLIENT, 40_000).ack().build();
+        let (ret, _) = dp.run_tc_egress_on(d1, d0, &ack);
+        assert_eq!(ret, TC_ACT_SHOT, "the same reply entered by d0 is dropped");
         assert_eq!(dp.event(Event::ReplyRejected), 1);
+        // Where it leaves a pod, its own interface (a bridge CNI's port,
+        // which egress cannot tell from the bridge) is checked as well.
+        let (ret, _) = dp.run_tc_on(d0, &ack);
+        assert_eq!(ret, TC_ACT_SHOT, "the same reply from pod interface d0");
+        assert_eq!(dp.event(Event::ReplyRejected), 2);
+        assert_eq!(dp.verdict(Verdict::Reversed), 1, "counted where it left");
     });
 }
 
-/// On the way into a pod (`lb_tc_pod_egress`), a reply is judged by the
+/// On the way into a pod (`lb_tc_egress`), a reply is judged by the
 /// interface it entered the node by, not the pod interface it leaves by:
 /// accepted from `d0` (the route to the backend, as an overlay's `vxlan0`
 /// is), dropped from `d1`, and accepted from the node itself (no ingress
@@ -401,14 +415,14 @@ fn replies_into_a_pod_are_checked_where_they_entered_the_node() {
         );
         let reply = tcp(REMOTE, 8080, POD, 40_000).synack().build();
         let restored = tcp(VIP, 80, POD, 40_000).synack().build();
-        let (ret, out) = dp.run_tc_pod_egress_on(d2, d1, &reply);
+        let (ret, out) = dp.run_tc_egress_on(d2, d1, &reply);
         assert_eq!(
             (ret, out),
             (TC_ACT_SHOT, reply.clone()),
             "entered by d1, where the backend is not: dropped untranslated"
         );
         assert_eq!(dp.event(Event::ReplyRejected), 1);
-        let (ret, out) = dp.run_tc_pod_egress_on(d2, d0, &reply);
+        let (ret, out) = dp.run_tc_egress_on(d2, d0, &reply);
         assert_eq!(
             (ret, out),
             (TC_ACT_OK, restored.clone()),
@@ -423,7 +437,7 @@ fn replies_into_a_pod_are_checked_where_they_entered_the_node() {
             d0,
             "the interface it entered by is the one verified"
         );
-        let (ret, out) = dp.run_tc_pod_egress_on(d2, 0, &reply);
+        let (ret, out) = dp.run_tc_egress_on(d2, 0, &reply);
         assert_eq!(
             (ret, out),
             (TC_ACT_OK, restored),
@@ -436,7 +450,7 @@ fn replies_into_a_pod_are_checked_where_they_entered_the_node() {
             d0,
             "the node's own packet leaves the verified interface as it was"
         );
-        let (ret, _) = dp.run_tc_pod_egress_on(d2, d1, &reply);
+        let (ret, _) = dp.run_tc_egress_on(d2, d1, &reply);
         assert_eq!(ret, TC_ACT_SHOT, "d1 still fails after d0 was verified");
         assert_eq!(dp.event(Event::ReplyRejected), 2);
         assert_eq!(dp.verdict(Verdict::Reversed), 2);
@@ -464,12 +478,16 @@ fn replies_from_behind_the_overlay_are_accepted_on_the_uplink() {
             (XDP_PASS, tcp(VIP, 80, CLIENT, 40_000).synack().build()),
             "d0 is the overlay: its pods' replies on the uplink are translated"
         );
-        // A second flow's first reply at the TC uplink hook (nothing cached).
+        // A second flow's first reply at the TC uplink hook (nothing cached),
+        // forwarded past the stack to the client behind d1.
         let second = open_remote_flow(&dp, d1, 40_001);
         let (ret, out) = dp.run_tc_uplink_on(d1, &tcp(REMOTE, 8080, NODE, second).synack().build());
         assert_eq!(
             (ret, out),
-            (TC_ACT_OK, tcp(VIP, 80, CLIENT, 40_001).synack().build()),
+            (
+                TC_ACT_REDIRECT,
+                forwarded(&tcp(VIP, 80, CLIENT, 40_001).synack().build())
+            ),
             "at the TC uplink hook too"
         );
         let (ret, _) = dp.run_tc_on(d2, &tcp(REMOTE, 8080, NODE, port).ack().build());

@@ -588,11 +588,11 @@ fn a_reply_tuple_clash_remaps_the_second_flow_and_replies_go_to_their_frontends(
         (CT_F_SNAT, ne(CLIENT), p)
     );
 
-    // The pod's replies, through the pod program, go back to their own frontends.
-    let (ret, reply1) = dp.run_tc(&tcp(POD, 8443, CLIENT, 40_000).synack().build());
+    // The pod's replies, leaving the node, go back to their own frontends.
+    let (ret, reply1) = dp.run_tc_egress(&tcp(POD, 8443, CLIENT, 40_000).synack().build());
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(reply1, tcp(VIP, 443, CLIENT, 40_000).synack().build());
-    let (ret, reply2) = dp.run_tc(&tcp(POD, 8443, CLIENT, p).synack().build());
+    let (ret, reply2) = dp.run_tc_egress(&tcp(POD, 8443, CLIENT, p).synack().build());
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(
         reply2,
@@ -607,7 +607,7 @@ fn a_reply_tuple_clash_remaps_the_second_flow_and_replies_go_to_their_frontends(
     assert_eq!(a, tcp(CLIENT, 40_000, POD, 8443).ack().build());
     let (_, b) = dp.run_xdp(&tcp(CLIENT, 40_000, VIP2, 443).ack().build());
     assert_eq!(b, tcp(CLIENT, p, POD, 8443).ack().build());
-    let (_, data) = dp.run_tc(&tcp(POD, 8443, CLIENT, p).ack().build());
+    let (_, data) = dp.run_tc_egress(&tcp(POD, 8443, CLIENT, p).ack().build());
     assert_eq!(data, tcp(VIP2, 443, CLIENT, 40_000).ack().build());
     assert_eq!(
         dp.event(Event::TupleRemapped),
@@ -658,7 +658,7 @@ fn a_tuple_whose_flow_expired_is_taken_over_without_a_remap() {
         0,
         "the new flow keeps the client's port"
     );
-    let (ret, reply) = dp.run_tc(&tcp(POD, 8443, CLIENT, 40_000).synack().build());
+    let (ret, reply) = dp.run_tc_egress(&tcp(POD, 8443, CLIENT, 40_000).synack().build());
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(
         reply,

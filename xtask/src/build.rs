@@ -77,25 +77,27 @@ pub fn test() -> Result<()> {
         cargo().args(["test", "--workspace", "--exclude", "lb-tests"]),
         &mut totals,
     )?;
-    // Packet and namespace tests share the kernel: one at a time.
+    // Packet and namespace tests share the kernel: one at a time. The whole
+    // suite runs once (FULL_SUITE), the end-to-end files again on each of
+    // E2E_VARIANTS.
+    println!("all of lb-tests on {FULL_SUITE}");
     run_tests(
-        cargo()
-            .args(["test", "-p", "lb-tests", "--", "--test-threads=1"])
+        FULL_SUITE
+            .apply(cargo().args(["test", "-p", "lb-tests", "--", "--test-threads=1"]))
             .env("LB_AGENT_BIN", &agent),
         &mut totals,
     )?;
-    // The end-to-end tests again with pods on a bridge CNI (cni0, hairpin),
-    // then on a bridge with the other node's pods behind a VXLAN overlay.
-    for cni in ["bridge", "vxlan"] {
+    for variant in E2E_VARIANTS {
+        println!("the end-to-end tests on {variant}");
         let mut e2e = cargo();
         e2e.args(["test", "-p", "lb-tests"]);
         for file in E2E_TESTS {
             e2e.args(["--test", file]);
         }
         run_tests(
-            e2e.args(["--", "--test-threads=1"])
-                .env("LB_AGENT_BIN", &agent)
-                .env("LB_TEST_CNI", cni),
+            variant
+                .apply(e2e.args(["--", "--test-threads=1"]))
+                .env("LB_AGENT_BIN", &agent),
             &mut totals,
         )?;
     }
@@ -103,10 +105,10 @@ pub fn test() -> Result<()> {
     Ok(())
 }
 
-/// The end-to-end test files, which build the namespace cluster and run on
-/// each CNI layout (`LB_TEST_CNI`: routed, bridge, vxlan). `e2e_overlay`
-/// builds its overlay itself and runs once.
-const E2E_TESTS: [&str; 10] = [
+/// The end-to-end test files, which build the namespace cluster and run in
+/// every [`E2E_VARIANTS`] pass. `e2e_overlay` builds its overlay itself and
+/// runs once.
+const E2E_TESTS: [&str; 11] = [
     "e2e",
     "e2e_kube",
     "e2e_snat",
@@ -117,6 +119,79 @@ const E2E_TESTS: [&str; 10] = [
     "e2e_checksums",
     "e2e_node_source",
     "e2e_reject",
+    "e2e_firewall",
+];
+
+/// One pass of the end-to-end tests: the values of `LB_TEST_CNI`,
+/// `LB_TEST_FIREWALL` and `LB_TEST_UPLINK_HOOK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct E2eVariant {
+    /// How pods are attached: routed, bridge or vxlan.
+    cni: &'static str,
+    /// node1's FORWARD rules: none or invalid-drop (kube-proxy's).
+    firewall: &'static str,
+    /// The uplink hook of tests that choose none: xdp or tc.
+    hook: &'static str,
+}
+
+impl E2eVariant {
+    /// Sets the variant's environment on `cmd`.
+    fn apply(self, cmd: &mut Command) -> &mut Command {
+        cmd.env("LB_TEST_CNI", self.cni)
+            .env("LB_TEST_FIREWALL", self.firewall)
+            .env("LB_TEST_UPLINK_HOOK", self.hook)
+    }
+}
+
+impl std::fmt::Display for E2eVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LB_TEST_CNI={} LB_TEST_FIREWALL={} LB_TEST_UPLINK_HOOK={}",
+            self.cni, self.firewall, self.hook
+        )
+    }
+}
+
+/// The layout, firewall and hook of the pass of the whole lb-tests suite.
+const FULL_SUITE: E2eVariant = E2eVariant {
+    cni: "routed",
+    firewall: "none",
+    hook: "xdp",
+};
+
+/// The passes of [`E2E_TESTS`] after [`FULL_SUITE`]: with it, a pairwise
+/// covering array of layout (3) × firewall (2) × uplink hook (2). Every
+/// pair of values of any two of them is in some pass (the 6 layout and
+/// firewall pairs, the 6 layout and hook pairs, the 4 firewall and hook
+/// pairs), in 6 passes instead of the 12 of every combination; a fault
+/// that needs one value of each of two of them is met.
+const E2E_VARIANTS: [E2eVariant; 5] = [
+    E2eVariant {
+        cni: "routed",
+        firewall: "invalid-drop",
+        hook: "tc",
+    },
+    E2eVariant {
+        cni: "bridge",
+        firewall: "none",
+        hook: "tc",
+    },
+    E2eVariant {
+        cni: "bridge",
+        firewall: "invalid-drop",
+        hook: "xdp",
+    },
+    E2eVariant {
+        cni: "vxlan",
+        firewall: "none",
+        hook: "xdp",
+    },
+    E2eVariant {
+        cni: "vxlan",
+        firewall: "invalid-drop",
+        hook: "tc",
+    },
 ];
 
 /// The demo.
@@ -170,4 +245,46 @@ pub fn bench(quick: bool) -> Result<()> {
     }
     run(&mut report)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{E2eVariant, E2E_VARIANTS, FULL_SUITE};
+
+    /// Every pair of values of two dimensions is in some pass.
+    #[test]
+    fn the_end_to_end_passes_cover_every_pair() {
+        let passes: Vec<E2eVariant> = std::iter::once(FULL_SUITE).chain(E2E_VARIANTS).collect();
+        let (cnis, firewalls, hooks) = (
+            ["routed", "bridge", "vxlan"],
+            ["none", "invalid-drop"],
+            ["xdp", "tc"],
+        );
+        for cni in cnis {
+            for firewall in firewalls {
+                assert!(
+                    passes
+                        .iter()
+                        .any(|p| p.cni == cni && p.firewall == firewall),
+                    "{cni} with {firewall}"
+                );
+            }
+            for hook in hooks {
+                assert!(
+                    passes.iter().any(|p| p.cni == cni && p.hook == hook),
+                    "{cni} with {hook}"
+                );
+            }
+        }
+        for firewall in firewalls {
+            for hook in hooks {
+                assert!(
+                    passes
+                        .iter()
+                        .any(|p| p.firewall == firewall && p.hook == hook),
+                    "{firewall} with {hook}"
+                );
+            }
+        }
+    }
 }

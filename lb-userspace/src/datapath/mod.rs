@@ -44,9 +44,9 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Name of the uplink TC program in the object (`--uplink-hook tc`).
 pub const UPLINK_TC_PROGRAM: &str = "lb_tc_uplink";
-/// Name of the TC program at the egress of pod interfaces (into the pods:
-/// reverse translation only).
-pub const POD_EGRESS_TC_PROGRAM: &str = "lb_tc_pod_egress";
+/// Name of the TC program at the egress of uplinks and pod interfaces (out
+/// of the node and into the pods: reverse translation only).
+pub const EGRESS_TC_PROGRAM: &str = "lb_tc_egress";
 /// Name of the pass-everything XDP program (benchmark floor; veth peers).
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the parse-then-pass XDP program (the floor of any L4 balancer).
@@ -81,6 +81,9 @@ impl UplinkHook {
 const LINK_XDP: &str = "xdp";
 /// Link pin kind of the TC program on an uplink.
 const LINK_UPLINK_TC: &str = "tcup";
+/// Link pin kind of the egress TC program on an uplink (no `-`, see
+/// [`LINK_POD_TC_EGRESS`]).
+const LINK_UPLINK_TC_EGRESS: &str = "tcupegress";
 /// Link pin kind of the TC program on a pod interface.
 const LINK_POD_TC: &str = "tc";
 /// Link pin kind of the egress TC program on a pod interface (no `-`: pins
@@ -298,6 +301,19 @@ impl Datapath {
         };
         attach::load_programs(&mut datapath.ebpf)?;
         for iface in &datapath.config.xdp_ifaces.clone() {
+            // Egress first: replies that kept the client's address are
+            // translated there once the ingress program leaves them be (an
+            // earlier layout's ingress program translates them itself).
+            let egress_pin = datapath.link_pin(LINK_UPLINK_TC_EGRESS, iface);
+            if !datapath.awaits_handover(LINK_UPLINK_TC_EGRESS, iface, &egress_pin) {
+                let how = datapath.attach_uplink_egress(iface, None)?;
+                info!(
+                    iface,
+                    ?how,
+                    hook = LINK_UPLINK_TC_EGRESS,
+                    "uplink program attached"
+                );
+            }
             let kind = datapath.config.uplink.link_kind();
             let pin = datapath.link_pin(kind, iface);
             if datapath.awaits_handover(kind, iface, &pin) {
@@ -366,6 +382,25 @@ impl Datapath {
         Ok(how)
     }
 
+    /// Attaches the egress program to the uplink `iface` (taking over the
+    /// link pinned at `previous`, an earlier layout's): replies of flows that
+    /// kept the client's address are translated back as they leave.
+    fn attach_uplink_egress(
+        &mut self,
+        iface: &str,
+        previous: Option<&Path>,
+    ) -> Result<attach::Attached> {
+        let pin = self.link_pin(LINK_UPLINK_TC_EGRESS, iface);
+        attach::attach_tc(
+            &mut self.ebpf,
+            EGRESS_TC_PROGRAM,
+            iface,
+            TcAttachType::Egress,
+            &pin,
+            previous,
+        )
+    }
+
     /// Whether `iface` keeps an earlier layout's program of `kind` until the
     /// hand-over finishes (this layout has no link pinned there yet).
     fn awaits_handover(&self, kind: &str, iface: &str, pin: &Path) -> bool {
@@ -398,6 +433,9 @@ impl Datapath {
                     k if uplink && k == self.config.uplink.link_kind() => {
                         self.attach_uplink(iface, Some(&old)).map(Some)
                     }
+                    LINK_UPLINK_TC_EGRESS if uplink => {
+                        self.attach_uplink_egress(iface, Some(&old)).map(Some)
+                    }
                     LINK_POD_TC | LINK_POD_TC_EGRESS
                         if self.config.tc_patterns.iter().any(|p| glob_match(p, iface)) =>
                     {
@@ -407,7 +445,7 @@ impl Datapath {
                 };
                 match moved {
                     Ok(Some(how)) => {
-                        if uplink {
+                        if uplink && kind != LINK_UPLINK_TC_EGRESS {
                             self.set_accept_local(iface, how)?;
                         }
                         info!(iface, kind, "took over the earlier layout's link");
@@ -498,7 +536,7 @@ impl Datapath {
         let (program, direction) = if kind == LINK_POD_TC {
             (TC_PROGRAM, TcAttachType::Ingress)
         } else {
-            (POD_EGRESS_TC_PROGRAM, TcAttachType::Egress)
+            (EGRESS_TC_PROGRAM, TcAttachType::Egress)
         };
         let how = attach::attach_tc(&mut self.ebpf, program, iface, direction, &pin, previous)?;
         if kind == LINK_POD_TC {
@@ -573,12 +611,25 @@ impl Datapath {
 /// on an uplink the replies of pods behind it (see
 /// `NodeConfig::overlay_ifindex`).
 fn overlay_device(config: &DatapathConfig, interfaces: &[String]) -> Option<(String, u32)> {
+    find_overlay(&config.xdp_ifaces, &config.tc_patterns, interfaces)
+}
+
+/// The node's overlay device now (see [`overlay_device`]), read before
+/// attaching to choose the uplink hook: its name, if any.
+pub fn current_overlay(uplinks: &[String], patterns: &[String]) -> Result<Option<String>> {
+    Ok(find_overlay(uplinks, patterns, &attach::interfaces()?).map(|(name, _)| name))
+}
+
+/// The overlay device among `interfaces` other than the `uplinks` and
+/// those matching the pod interface `patterns`, with its index.
+fn find_overlay(
+    uplinks: &[String],
+    patterns: &[String],
+    interfaces: &[String],
+) -> Option<(String, u32)> {
     interfaces
         .iter()
-        .filter(|iface| {
-            !config.xdp_ifaces.contains(iface)
-                && !config.tc_patterns.iter().any(|p| glob_match(p, iface))
-        })
+        .filter(|iface| !uplinks.contains(iface) && !patterns.iter().any(|p| glob_match(p, iface)))
         .find(|iface| uplink::driver(iface).is_ok_and(|d| OVERLAY_DRIVERS.contains(&d.as_str())))
         .and_then(|iface| Some((iface.clone(), attach::ifindex(iface)?)))
 }
