@@ -15,3 +15,7 @@ pub use conntrack::{CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM};
 pub use hash::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND};
 pub use maps::*;
 pub use siphash::{flow_hash, HashKey};
+
+/// The 4 bytes of XDP metadata (host order) marking a frame XDP hands to
+/// the uplink's TC program to forward (`lb-ebpf/src/handoff.rs`): "LBHO".
+pub const HANDOFF_MARK: u32 = 0x4c42_484f;

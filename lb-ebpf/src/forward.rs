@@ -14,11 +14,16 @@
 //!   the Ethernet addresses (`bpf_redirect_neigh`).
 //! - At XDP: the neighbour's addresses from the lookup, and `XDP_TX` when
 //!   the next hop is behind the interface the packet came in by (the
-//!   balancer's usual case); any other device goes through the stack (a
-//!   redirect could reach only devices that take XDP frames: no overlay).
+//!   balancer's usual case). A next hop behind another device (a redirect
+//!   could reach only devices that take XDP frames: no overlay), or without
+//!   a resolved neighbour, is the uplink's TC program's to reach: XDP hands
+//!   the translated frame over ([`crate::handoff`]).
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK},
+    bindings::{
+        xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        TC_ACT_OK,
+    },
     helpers::bpf_redirect_neigh,
     programs::{TcContext, XdpContext},
 };
@@ -80,26 +85,46 @@ pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8)
     }
 }
 
-/// Routes the translated frame in `[data, data_end)` (now `src` -> `dst`,
-/// protocol `proto`), `len` bytes in all, that arrived on `ifindex` and
-/// sends it back out there when its next hop is behind it; the XDP verdict
-/// (`XDP_PASS`: the stack forwards it). A multi-buffer frame (longer than
-/// its linear part) goes to the stack: not every driver transmits one.
+/// Where XDP sends a frame it forwards ([`xdp_next_hop`]).
+#[derive(Clone, Copy)]
+pub enum XdpNextHop {
+    /// Back out of the uplink it came in by, to the neighbour at `dmac`
+    /// from the uplink's `smac` ([`xdp_transmit`]). Only the addresses are
+    /// kept: the XDP program's stack has little room left.
+    Tx {
+        /// The neighbour's Ethernet address.
+        dmac: [u8; ETH_ALEN],
+        /// The uplink's Ethernet address.
+        smac: [u8; ETH_ALEN],
+    },
+    /// Through the uplink's TC program, translated ([`crate::handoff`]): the
+    /// next hop is behind another device (an overlay's, which takes no XDP
+    /// frames), its neighbour is not resolved yet (`bpf_redirect_neigh`
+    /// resolves it), or the frame is multi-buffer (not every driver
+    /// transmits one).
+    Tc,
+    /// To the stack: no route, forwarding disabled, too big for the route
+    /// (the stack fragments it or answers for it), unreadable.
+    Stack,
+}
+
+/// Looks up where the frame in `[data, data_end)`, `len` bytes in all, that
+/// arrived on `ifindex` goes once translated to `src` -> `dst` (protocol
+/// `proto`). Reads the packet, writes nothing.
 #[inline(always)]
-pub fn xdp_to_next_hop(
+pub fn xdp_next_hop(
     ctx: &XdpContext,
     len: usize,
     ifindex: u32,
     src: u32,
     dst: u32,
     proto: u8,
-) -> u32 {
+) -> XdpNextHop {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    if data + L3_OFF + 20 > data_end || len > data_end - data {
-        return xdp_action::XDP_PASS;
+    if data + L3_OFF + 20 > data_end {
+        return XdpNextHop::Stack;
     }
-    // With the packet's length, the lookup also checks the route's MTU: a
-    // packet too big for it goes to the stack, which answers for it.
+    // With the packet's length, the lookup also checks the route's MTU.
     // SAFETY: the IPv4 header lies within the bounds checked above.
     let tot_len = u16::from_be(unsafe { read_at::<u16>(data, IP_TOT_LEN_OFF) });
     let (ret, params) = fib::lookup(
@@ -115,7 +140,29 @@ pub fn xdp_to_next_hop(
         },
         0,
     );
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex != ifindex {
+    if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return XdpNextHop::Tc;
+    }
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return XdpNextHop::Stack;
+    }
+    if params.ifindex != ifindex || len > data_end - data {
+        XdpNextHop::Tc
+    } else {
+        XdpNextHop::Tx {
+            dmac: params.dmac,
+            smac: params.smac,
+        }
+    }
+}
+
+/// Sends the (translated) frame back out of its uplink to the neighbour at
+/// `dmac`, from `smac` ([`XdpNextHop::Tx`]): TTL decremented with its
+/// checksum; the XDP verdict (`XDP_PASS`: the stack answers a spent TTL).
+#[inline(always)]
+pub fn xdp_transmit(ctx: &XdpContext, dmac: [u8; ETH_ALEN], smac: [u8; ETH_ALEN]) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + L3_OFF + 20 > data_end {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: the TTL word and both Ethernet addresses lie within the bounds
@@ -131,8 +178,8 @@ pub fn xdp_to_next_hop(
         let check: u16 = read_at(data, IP_CSUM_OFF);
         write_at(data, IP_CSUM_OFF, csum::replace16(check, word, new));
         write_at(data, IP_TTL_OFF, new);
-        write_at(data, 0, params.dmac);
-        write_at(data, ETH_ALEN, params.smac);
+        write_at(data, 0, dmac);
+        write_at(data, ETH_ALEN, smac);
     }
     xdp_action::XDP_TX
 }

@@ -3,7 +3,8 @@
 //! `lb_xdp` (or `lb_tc_uplink`) runs on the node's uplink, `lb_tc` on the
 //! host side of pod interfaces (ingress, i.e. traffic leaving the pods), and
 //! `lb_tc_egress` at the egress of both (traffic leaving the node or into
-//! the pods, replies only). All share the maps in [`maps`] and the per-packet decision in
+//! the pods, replies only); beside `lb_xdp`, `lb_tc_uplink_handoff` at the
+//! uplink's TC ingress forwards what XDP handed over ([`handoff`]). All share the maps in [`maps`] and the per-packet decision in
 //! [`lb`]; they differ only in how a decided rewrite is written into the
 //! packet ([`xdp`], [`tc`]) and in where they run ([`lb::Hook`]).
 #![no_std]
@@ -20,6 +21,7 @@ mod fib;
 mod filter;
 mod forward;
 mod frag;
+mod handoff;
 mod icmp;
 mod lb;
 mod maps;
@@ -75,6 +77,14 @@ pub fn lb_tc_uplink(ctx: TcContext) -> i32 {
 
 /// A program that passes every packet: the per-call floor for benchmarks, and
 /// what a veth peer needs attached to receive `XDP_TX` or redirected frames.
+/// At the uplink's TC ingress beside `lb_xdp`: routes the frames XDP
+/// handed over ([`handoff::route`]).
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc_uplink_handoff(ctx: TcContext) -> i32 {
+    handoff::route(&ctx)
+}
+
 #[xdp(frags)]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS

@@ -7,7 +7,9 @@ use lb_common::{csum, IPPROTO_ICMP, IPPROTO_UDP};
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, forward, frag, icmp,
+    config,
+    forward::{self, XdpNextHop},
+    frag, handoff, icmp,
     lb::{self, Action, Hook, Ingress},
     nat::Rewrite,
     parse::{
@@ -41,9 +43,10 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         return match icmp::handle(ctx, data, data_end, len, at, cfg) {
             icmp::Outcome::Pass => xdp_action::XDP_PASS,
             icmp::Outcome::Drop => xdp_action::XDP_DROP,
-            icmp::Outcome::Forward { src, dst } => {
-                forward::xdp_to_next_hop(ctx, len, at.ifindex, src, dst, IPPROTO_ICMP)
-            }
+            icmp::Outcome::Forward { src, dst } => send(
+                ctx,
+                forward::xdp_next_hop(ctx, len, at.ifindex, src, dst, IPPROTO_ICMP),
+            ),
         };
     }
     let Some(mut flow) = parse::parse(data, data_end, len, ip) else {
@@ -64,12 +67,27 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             }
         }
         Action::Forward(rw) => {
-            if write(data, data_end, &flow, &rw) {
-                forward::xdp_to_next_hop(ctx, len, at.ifindex, rw.src, rw.dst, flow.proto)
-            } else {
-                xdp_action::XDP_DROP
+            let next = forward::xdp_next_hop(ctx, len, at.ifindex, rw.src, rw.dst, flow.proto);
+            if !write(data, data_end, &flow, &rw) {
+                return xdp_action::XDP_DROP;
             }
+            send(ctx, next)
         }
+    }
+}
+
+/// Sends a translated frame on to `next`: back out of the uplink, handed to
+/// the uplink's TC program to route (marked, [`handoff`]), or to the stack
+/// (also where the driver keeps no metadata for the mark).
+#[inline(always)]
+fn send(ctx: &XdpContext, next: XdpNextHop) -> u32 {
+    match next {
+        XdpNextHop::Tx { dmac, smac } => forward::xdp_transmit(ctx, dmac, smac),
+        XdpNextHop::Tc => {
+            let _ = handoff::mark(ctx);
+            xdp_action::XDP_PASS
+        }
+        XdpNextHop::Stack => xdp_action::XDP_PASS,
     }
 }
 

@@ -243,13 +243,9 @@ fn uplink_hook(args: &RunArgs) -> Result<UplinkHook> {
         .iter()
         .map(|iface| Ok((iface.clone(), uplink::driver(iface)?)))
         .collect::<Result<Vec<_>>>()?;
-    let overlay = lb_userspace::datapath::current_overlay(&args.xdp_ifaces, &args.tc_ifaces)?;
-    let (hook, why) = uplink::choose(request, &drivers, overlay.as_deref())?;
-    match (hook, why) {
-        // Beside XDP, a reason is a warning (see `uplink::choose`).
-        (UplinkHook::Xdp(_), Some(warning)) => tracing::warn!("{warning}"),
-        (_, Some(why)) => tracing::info!("{why}"),
-        (_, None) => {}
+    let (hook, why) = uplink::choose(request, &drivers)?;
+    if let Some(why) = why {
+        tracing::info!("{why}");
     }
     Ok(hook)
 }

@@ -180,3 +180,44 @@ pub fn remove_stale() {
         }
     }
 }
+
+/// Runs `f` on a scoped thread inside `ns` (it may borrow; panics carry
+/// over), for `BPF_PROG_TEST_RUN`s whose route lookups must see `ns`.
+///
+/// # Panics
+/// When `ns` cannot be entered, or `f` panics.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{}", ns.name());
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd changes only this
+            // thread's network namespace; the fd outlives the call.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert!(ns.is_current(), "the thread is in {path}");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The index of interface `name` in the calling thread's namespace.
+///
+/// # Panics
+/// When there is no such interface.
+#[must_use]
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name} here");
+    index
+}

@@ -11,8 +11,8 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp
 use lb_common::Verdict;
 use lb_userspace::{
     datapath::{
-        Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM,
-        XDP_PROGRAM,
+        Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM,
+        UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
     },
     flows::FlowSettings,
 };
@@ -364,6 +364,13 @@ pub fn with_u16(frame: &[u8], at: usize, value: u16) -> Vec<u8> {
 #[must_use]
 pub fn forwarded(frame: &[u8]) -> Vec<u8> {
     with_ip_checksum(&with_byte(frame, 22, frame[22] - 1))
+}
+
+/// The frame XDP handed to the uplink's TC program (`out` of an XDP run
+/// whose metadata is [`lb_common::HANDOFF_MARK`]), if it did.
+#[must_use]
+pub fn handed_over(out: &[u8]) -> Option<&[u8]> {
+    out.strip_prefix(&lb_common::HANDOFF_MARK.to_ne_bytes())
 }
 
 /// `frame` with Ethernet destination `dst` and source `src`.
@@ -859,6 +866,15 @@ impl TestDatapath {
     #[must_use]
     pub fn run_tc_uplink_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
+        run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
+    }
+
+    /// Runs the uplink's TC hand-off program (`lb_tc_uplink_handoff`) once
+    /// on `frame` as if it arrived on interface `ifindex` (test runs carry
+    /// no XDP metadata: the frame is unmarked).
+    #[must_use]
+    pub fn run_tc_uplink_handoff_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &SchedClassifier = self.program(UPLINK_HANDOFF_TC_PROGRAM).try_into().unwrap();
         run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::{test_bed_hook, Agent, ManifestDir, TEST_BED_XDP},
-    topology::{ClusterTopology, Cni, Firewall},
+    topology::ClusterTopology,
     traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
 };
 
@@ -436,17 +436,10 @@ fn a_killed_agent_leaves_traffic_flowing_and_its_successor_takes_over() {
 }
 
 /// A restart that moves the uplink program from XDP to TC ingress: the
-/// successor attaches its TC program, then detaches the XDP one. Not where
-/// the topology has an overlay and kube-proxy's INVALID rule: XDP cannot
-/// forward into the overlay device, so there the first agent's flows
-/// translated to node2's pod fail (a documented limit, README "Netfilter"; the
-/// pass says so and skips).
+/// successor attaches its TC program, then detaches the XDP one (and its
+/// hand-off program).
 #[test]
 fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
-    if Cni::from_env() == Cni::BridgeVxlan && Firewall::from_env() == Firewall::InvalidDrop {
-        eprintln!("skipped: XDP with an overlay and an INVALID-drop rule (README, Netfilter)");
-        return;
-    }
     kill_and_restart(
         "hookswitch",
         |_| {},
@@ -484,18 +477,18 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
 }
 
 /// The successor pinned its links: the uplink's of its hook (`tc_uplink`:
-/// TC, else XDP), none of the other hook, and the pods' (ingress and egress).
+/// TC, else XDP and its hand-off), none of the other hook, the uplink's
+/// egress and the pods' (ingress and egress).
 fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_uplink: bool) {
-    let (uplink, gone) = if tc_uplink {
-        ("tcup-eth0", "xdp-eth0")
+    let (uplinks, gone): (&[&str], &[&str]) = if tc_uplink {
+        (&["tcup-eth0"], &["xdp-eth0", "tcupho-eth0"])
     } else {
-        ("xdp-eth0", "tcup-eth0")
+        (&["xdp-eth0", "tcupho-eth0"], &["tcup-eth0"])
     };
     let links = pin_dir
         .join(lb_userspace::datapath::PIN_LAYOUT)
         .join("links");
-    for link in [
-        uplink,
+    for link in uplinks.iter().copied().chain([
         "tcupegress-eth0",
         "tc-vpod1a",
         "tc-vpod1b",
@@ -503,13 +496,15 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
         "tcegress-vpod1a",
         "tcegress-vpod1b",
         "tcegress-vpod1c",
-    ] {
+    ]) {
         assert!(
             links.join(link).exists(),
             "{link} is pinned by the successor"
         );
     }
-    assert!(!links.join(gone).exists());
+    for link in gone {
+        assert!(!links.join(link).exists(), "{link} is not pinned");
+    }
     let link = topo
         .node1
         .exec(&["ip", "-d", "link", "show", "eth0"])

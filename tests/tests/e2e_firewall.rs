@@ -24,9 +24,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, ManifestDir, TEST_BED_TC},
+    agent::{Agent, ManifestDir},
     netns::Netns,
-    topology::{ClusterTopology, Cni, Pod, NODE1_IP},
+    topology::{ClusterTopology, Pod, NODE1_IP},
     traffic::{http_get, udp_request, HttpClient, PodServers},
 };
 
@@ -72,11 +72,6 @@ struct Cluster {
 /// The cluster with kube-proxy's INVALID drop rule in node1, a NodePort
 /// Service on pod1a and one on pod2a, and the agent ready.
 fn cluster() -> Cluster {
-    cluster_with(&[])
-}
-
-/// [`cluster`] with more `lb-agent run` arguments.
-fn cluster_with(extra: &[&str]) -> Cluster {
     let topo = ClusterTopology::new().expect("building the namespace topology");
     topo.install_invalid_drop()
         .expect("kube-proxy's INVALID drop rule in node1");
@@ -89,7 +84,7 @@ fn cluster_with(extra: &[&str]) -> Cluster {
     manifests
         .write("remote.yaml", &service("remote", &REMOTE, remote))
         .unwrap();
-    let agent = Agent::start_ready(&topo.node1, &manifests, extra).expect("lb-agent ready");
+    let agent = Agent::start_ready(&topo.node1, &manifests, &[]).expect("lb-agent ready");
     Cluster {
         _agent: agent,
         _manifests: manifests,
@@ -167,17 +162,9 @@ fn a_client_reaches_a_local_backend_past_kube_proxys_invalid_drop() {
     nothing_invalid(&c.topo);
 }
 
-/// With an overlay the uplink hook is TC, as `--uplink-hook auto` takes it
-/// there: XDP cannot forward into the overlay device, so at XDP these flows
-/// cross the stack one way and the rule drops them (a documented limit, see
-/// "Netfilter" in the README; the agent warns).
 #[test]
 fn a_client_reaches_a_remote_backend_past_kube_proxys_invalid_drop() {
-    let c = if Cni::from_env() == Cni::BridgeVxlan {
-        cluster_with(&TEST_BED_TC)
-    } else {
-        cluster()
-    };
+    let c = cluster();
     exchanges(&c.topo.client, "client", &REMOTE, "pod2a");
     nothing_invalid(&c.topo);
 }

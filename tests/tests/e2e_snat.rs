@@ -213,6 +213,17 @@ fn set_accept_local(topo: &ClusterTopology, iface: &str, value: &str) {
         .unwrap();
 }
 
+/// A 4,000-byte datagram (three fragments on the LAN) from the client to
+/// [`DNS`]: the answering pod's name.
+fn big_udp_request(topo: &ClusterTopology, timeout: Duration) -> anyhow::Result<String> {
+    let socket = topo.client.run(|| UdpSocket::bind("0.0.0.0:0"))??;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(&[b'x'; 4000], DNS)?;
+    let mut buf = [0u8; 64];
+    let (n, _) = socket.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Removes node1's neighbour entry for the next hop to pod2a (node2 on the
 /// LAN; the overlay's `.0` keeps its permanent one, and XDP cannot reach
 /// it anyway), as if node1 had never talked to it.
@@ -282,30 +293,27 @@ fn accept_local_is_set_where_translated_packets_need_it_and_spoofs_of_the_node_s
     let pod1a = topo.pod("pod1a");
 
     // A flow SNATed to a remote backend is forwarded past the stack, both
-    // ways. The uplink needs accept_local only for the packets the program
-    // hands to the stack instead, with the node's address as source: at
-    // XDP, those whose next hop has no neighbour entry yet (the stack
-    // resolves it) or is behind another device (an overlay's); at TC,
-    // none (bpf_redirect_neigh resolves the neighbour itself).
+    // ways (at XDP through the TC hand-off where XDP cannot send it: no
+    // neighbour entry yet, an overlay device). The uplink needs
+    // accept_local only for the packets the programs hand to the stack,
+    // with the node's address as source: every fragment from the uplink,
+    // a packet too big for its route, no route. A fragmented datagram
+    // shows it.
     let short = Duration::from_millis(1500);
     assert_eq!(http_get(&topo.client, WEB, short).unwrap(), "pod2a");
     set_accept_local(&topo, "eth0", "0");
     forget_next_hop_to_pod2a(&topo);
-    let without = http_get(&topo.client, WEB, short);
-    if lb_tests::agent::test_bed_hook() == lb_tests::agent::TEST_BED_TC {
-        assert_eq!(
-            without.unwrap(),
-            "pod2a",
-            "at TC the flow never reaches the stack"
-        );
-    } else {
-        assert!(
-            without.is_err(),
-            "at XDP, without a neighbour entry, dropped by the stack as a martian"
-        );
-    }
+    assert_eq!(
+        http_get(&topo.client, WEB, short).unwrap(),
+        "pod2a",
+        "a connection never reaches the stack, its next hop unresolved or not"
+    );
+    assert!(
+        big_udp_request(&topo, short).is_err(),
+        "fragments go to the stack, which drops them as martians"
+    );
     set_accept_local(&topo, "eth0", "1");
-    forget_next_hop_to_pod2a(&topo);
+    assert_eq!(big_udp_request(&topo, short).unwrap(), "pod2a");
     assert_eq!(http_get(&topo.client, WEB, short).unwrap(), "pod2a");
     // A pod interface needs none: a pod reaching itself is translated to
     // the node's address, which the stack would drop as a martian there (on

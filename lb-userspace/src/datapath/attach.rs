@@ -14,8 +14,8 @@ use aya::{
 };
 
 use super::{
-    EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM,
-    XDP_PROGRAM,
+    EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM,
+    XDP_PASS_PROGRAM, XDP_PROGRAM,
 };
 
 /// Loads (verifies) the programs.
@@ -23,7 +23,12 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
     xdp.load()
         .with_context(|| format!("the verifier rejected {XDP_PROGRAM}"))?;
-    for name in [TC_PROGRAM, UPLINK_TC_PROGRAM, EGRESS_TC_PROGRAM] {
+    for name in [
+        TC_PROGRAM,
+        UPLINK_TC_PROGRAM,
+        UPLINK_HANDOFF_TC_PROGRAM,
+        EGRESS_TC_PROGRAM,
+    ] {
         let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         tc.load()
             .with_context(|| format!("the verifier rejected {name}"))?;

@@ -44,6 +44,9 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const TC_PROGRAM: &str = "lb_tc";
 /// Name of the uplink TC program in the object (`--uplink-hook tc`).
 pub const UPLINK_TC_PROGRAM: &str = "lb_tc_uplink";
+/// Name of the TC program beside `lb_xdp` at the uplink's TC ingress: the
+/// frames XDP hands over (it cannot send them itself) only.
+pub const UPLINK_HANDOFF_TC_PROGRAM: &str = "lb_tc_uplink_handoff";
 /// Name of the TC program at the egress of uplinks and pod interfaces (out
 /// of the node and into the pods: reverse translation only).
 pub const EGRESS_TC_PROGRAM: &str = "lb_tc_egress";
@@ -84,6 +87,8 @@ const LINK_UPLINK_TC: &str = "tcup";
 /// Link pin kind of the egress TC program on an uplink (no `-`, see
 /// [`LINK_POD_TC_EGRESS`]).
 const LINK_UPLINK_TC_EGRESS: &str = "tcupegress";
+/// Link pin kind of the hand-off TC program beside XDP on an uplink.
+const LINK_UPLINK_HANDOFF: &str = "tcupho";
 /// Link pin kind of the TC program on a pod interface.
 const LINK_POD_TC: &str = "tc";
 /// Link pin kind of the egress TC program on a pod interface (no `-`: pins
@@ -353,12 +358,22 @@ impl Datapath {
     }
 
     /// Attaches the configured uplink program to `iface` (taking over the
-    /// link pinned at `previous`, an earlier layout's), then detaches the
-    /// other uplink hook's link an earlier agent may have left there.
+    /// link pinned at `previous`, an earlier layout's; XDP after its TC
+    /// hand-off program), then detaches the other uplink hook's links an
+    /// earlier agent may have left there.
     fn attach_uplink(&mut self, iface: &str, previous: Option<&Path>) -> Result<attach::Attached> {
         let pin = self.link_pin(self.config.uplink.link_kind(), iface);
         let how = match self.config.uplink {
             UplinkHook::Xdp(mode) => {
+                let handoff = self.link_pin(LINK_UPLINK_HANDOFF, iface);
+                attach::attach_tc(
+                    &mut self.ebpf,
+                    UPLINK_HANDOFF_TC_PROGRAM,
+                    iface,
+                    TcAttachType::Ingress,
+                    &handoff,
+                    None,
+                )?;
                 attach::attach_xdp(&mut self.ebpf, iface, mode, &pin, previous)?
             }
             UplinkHook::Tc => attach::attach_tc(
@@ -370,9 +385,13 @@ impl Datapath {
                 previous,
             )?,
         };
-        for other in [LINK_XDP, LINK_UPLINK_TC] {
+        let others: &[&str] = match self.config.uplink {
+            UplinkHook::Xdp(_) => &[LINK_UPLINK_TC],
+            UplinkHook::Tc => &[LINK_XDP, LINK_UPLINK_HANDOFF],
+        };
+        for &other in others {
             let stale = self.link_pin(other, iface);
-            if other != self.config.uplink.link_kind() && stale.exists() {
+            if stale.exists() {
                 // Removing the last pin detaches it: the new hook serves already.
                 std::fs::remove_file(&stale)
                     .with_context(|| format!("detaching {}", stale.display()))?;
@@ -612,12 +631,6 @@ impl Datapath {
 /// `NodeConfig::overlay_ifindex`).
 fn overlay_device(config: &DatapathConfig, interfaces: &[String]) -> Option<(String, u32)> {
     find_overlay(&config.xdp_ifaces, &config.tc_patterns, interfaces)
-}
-
-/// The node's overlay device now (see [`overlay_device`]), read before
-/// attaching to choose the uplink hook: its name, if any.
-pub fn current_overlay(uplinks: &[String], patterns: &[String]) -> Result<Option<String>> {
-    Ok(find_overlay(uplinks, patterns, &attach::interfaces()?).map(|(name, _)| name))
 }
 
 /// The overlay device among `interfaces` other than the `uplinks` and

@@ -7,14 +7,6 @@
 //! partial checksums); they never come from a NIC's wire. TC's checksum
 //! helpers handle both kinds. So XDP serves only where every packet is
 //! complete, and the TC uplink program everywhere else.
-//!
-//! Flows translated to the node's address are forwarded past the stack; XDP
-//! can send a packet back out of its uplink only (`XDP_TX`), not into an
-//! overlay device (no XDP transmit there), so with an overlay such a flow's
-//! packets to a backend behind it cross the stack, whose conntrack then sees
-//! one direction only: a firewall's INVALID-drop rule (kube-proxy's) drops
-//! them. TC redirects to any device. So `auto` also takes TC where the node
-//! has an overlay device, and XDP asked for there gets a warning.
 
 use std::{ffi::CStr, os::fd::AsRawFd as _};
 
@@ -44,14 +36,11 @@ pub enum HookRequest {
 pub const VETH_DRIVER: &str = "veth";
 
 /// Decides the uplink hook for `request` given each uplink's driver name
-/// (`uplinks`: interface, driver) and the node's overlay device if any.
-/// Returns the hook and, when `Auto` chose TC, why, or when XDP was asked
-/// for beside an overlay, a warning; refuses XDP where it would see partial
-/// checksums, naming the fix.
+/// (`uplinks`: interface, driver). Returns the hook and, when `Auto` chose
+/// TC, why; refuses XDP where it would see partial checksums, naming the fix.
 pub fn choose(
     request: HookRequest,
     uplinks: &[(String, String)],
-    overlay: Option<&str>,
 ) -> Result<(UplinkHook, Option<String>)> {
     let veth = uplinks
         .iter()
@@ -73,34 +62,17 @@ pub fn choose(
                  corrupts them; use --uplink-hook tc (or auto, the default), or add \
                  --xdp-on-veth if every sender beyond {iface} completes its checksums"
             ),
-            _ => Ok((
-                UplinkHook::Xdp(mode),
-                overlay.map(|device| {
-                    format!(
-                        "{device} is an overlay device: XDP cannot forward into it, so flows \
-                         from outside to backends behind it cross the stack one way, and a \
-                         firewall dropping conntrack's INVALID packets (kube-proxy's \
-                         KUBE-FORWARD) drops them; --uplink-hook tc (or auto) forwards them"
-                    )
-                }),
-            )),
+            _ => Ok((UplinkHook::Xdp(mode), None)),
         },
-        HookRequest::Auto => Ok(match (veth, overlay) {
-            (Some(iface), _) => (
+        HookRequest::Auto => Ok(match veth {
+            Some(iface) => (
                 UplinkHook::Tc,
                 Some(format!(
                     "{iface} is a veth, whose packets may carry partial checksums that XDP \
                      cannot rewrite safely: the uplink program runs at TC"
                 )),
             ),
-            (None, Some(device)) => (
-                UplinkHook::Tc,
-                Some(format!(
-                    "{device} is an overlay device, which XDP cannot forward into: the uplink \
-                     program runs at TC"
-                )),
-            ),
-            (None, None) => (UplinkHook::Xdp(XdpMode::Driver), None),
+            None => (UplinkHook::Xdp(XdpMode::Driver), None),
         }),
     }
 }
@@ -170,33 +142,13 @@ mod tests {
     fn auto_takes_xdp_on_a_nic_and_tc_on_a_veth() {
         let nic = uplinks(&[("eth0", "mlx5_core")]);
         assert_eq!(
-            choose(HookRequest::Auto, &nic, None).unwrap(),
+            choose(HookRequest::Auto, &nic).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
         let mixed = uplinks(&[("eth0", "mlx5_core"), ("eth1", "veth")]);
-        let (hook, why) = choose(HookRequest::Auto, &mixed, None).unwrap();
+        let (hook, why) = choose(HookRequest::Auto, &mixed).unwrap();
         assert_eq!(hook, UplinkHook::Tc);
         assert!(why.unwrap().contains("eth1 is a veth"));
-    }
-
-    #[test]
-    fn auto_takes_tc_beside_an_overlay_and_xdp_asked_for_there_is_warned_of() {
-        let nic = uplinks(&[("eth0", "mlx5_core")]);
-        let (hook, why) = choose(HookRequest::Auto, &nic, Some("flannel.1")).unwrap();
-        assert_eq!(hook, UplinkHook::Tc);
-        assert!(why.unwrap().contains("flannel.1 is an overlay device"));
-        let asked = HookRequest::Xdp {
-            mode: XdpMode::Driver,
-            on_veth: false,
-        };
-        let (hook, warning) = choose(asked, &nic, Some("vxlan0")).unwrap();
-        assert_eq!(hook, UplinkHook::Xdp(XdpMode::Driver));
-        let warning = warning.unwrap();
-        assert!(
-            warning.contains("vxlan0") && warning.contains("--uplink-hook tc"),
-            "{warning}"
-        );
-        assert_eq!(choose(asked, &nic, None).unwrap().1, None);
     }
 
     #[test]
@@ -206,17 +158,17 @@ mod tests {
             mode: XdpMode::Driver,
             on_veth,
         };
-        let err = choose(asked(false), &veth, None).unwrap_err().to_string();
+        let err = choose(asked(false), &veth).unwrap_err().to_string();
         assert!(
             err.contains("eth0 is a veth") && err.contains("--uplink-hook tc"),
             "{err}"
         );
         assert_eq!(
-            choose(asked(true), &veth, None).unwrap(),
+            choose(asked(true), &veth).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
         assert_eq!(
-            choose(asked(false), &uplinks(&[("eth0", "ixgbe")]), None).unwrap(),
+            choose(asked(false), &uplinks(&[("eth0", "ixgbe")])).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
     }
@@ -228,13 +180,13 @@ mod tests {
             mode: XdpMode::Skb,
             on_veth: true,
         };
-        let err = choose(skb, &nic, None).unwrap_err().to_string();
+        let err = choose(skb, &nic).unwrap_err().to_string();
         assert!(
             err.contains("GRO") && err.contains("--uplink-hook tc"),
             "{err}"
         );
         assert_eq!(
-            choose(HookRequest::Tc, &uplinks(&[("eth0", "veth")]), None).unwrap(),
+            choose(HookRequest::Tc, &uplinks(&[("eth0", "veth")])).unwrap(),
             (UplinkHook::Tc, None)
         );
     }

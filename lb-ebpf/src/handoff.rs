@@ -1,0 +1,87 @@
+//! The hand-off from XDP to the uplink's TC program, for the frames of
+//! flows forwarded past the stack that XDP cannot send itself
+//! ([`crate::forward::XdpNextHop::Tc`]): XDP translates such a frame (and
+//! counts it) as any other, marks it in the frame's metadata and passes it;
+//! the TC program at the same uplink's ingress (`lb_tc_uplink_handoff`)
+//! takes only marked frames and routes them ([`route`]): the route lookup
+//! and `bpf_redirect_neigh`, which reaches any device and resolves the
+//! neighbour. Nothing is decided or counted twice. Every other frame goes
+//! on to the next program of the hook. A driver that keeps no metadata
+//! gets the frame to the stack, translated, as before (see [`mark`]).
+//!
+//! Layout: 4 bytes of metadata before the frame, [`HANDOFF_MARK`] in host
+//! order (shared with userspace, whose tests read it).
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_UNSPEC},
+    helpers::bpf_xdp_adjust_meta,
+    programs::{TcContext, XdpContext},
+};
+use lb_common::HANDOFF_MARK;
+
+use crate::{
+    forward,
+    parse::{self, read_at, write_at},
+};
+/// Length of the metadata.
+const META_LEN: usize = 4;
+
+/// Marks the frame for the uplink's TC program; `false` (nothing changed)
+/// when the driver keeps no metadata.
+#[inline(always)]
+pub fn mark(ctx: &XdpContext) -> bool {
+    // META_LEN is 4: the cast is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    let grow = -(META_LEN as i32);
+    // SAFETY: the program's own context; packet pointers are read anew below.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, grow) } != 0 {
+        return false;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.metadata_end());
+    if meta + META_LEN > data {
+        return false;
+    }
+    // SAFETY: the metadata lies within the bounds checked above.
+    unsafe { write_at(meta, 0, HANDOFF_MARK) };
+    true
+}
+
+/// Whether XDP marked the packet for this TC program.
+#[inline(always)]
+pub fn marked(ctx: &TcContext) -> bool {
+    // SAFETY: the program's own skb context; packet pointers are 32-bit
+    // fields of it.
+    let (meta, data) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).data_meta as usize, (*skb).data as usize)
+    };
+    if meta + META_LEN > data {
+        return false;
+    }
+    // SAFETY: the metadata lies within the bounds checked above.
+    unsafe { read_at::<u32>(meta, 0) == HANDOFF_MARK }
+}
+
+/// The TC verdict for a packet at the uplink's TC ingress beside XDP: a
+/// marked one routed past the stack, any other on to the next program of
+/// the hook (`TC_ACT_UNSPEC`, TCX's "next": `TC_ACT_OK` would end the
+/// chain, and the TC uplink program that replaces this one on a switch to
+/// `--uplink-hook tc` runs after it for a moment).
+#[inline(always)]
+pub fn route(ctx: &TcContext) -> i32 {
+    if !marked(ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(ip) = parse::ipv4(ctx.data(), ctx.data_end()) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: the program's own skb context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    forward::to_next_hop(
+        ctx,
+        ifindex,
+        parse::source(ip),
+        u32::from_ne_bytes(ip.dst_addr),
+        ip.proto,
+    )
+}
