@@ -21,11 +21,12 @@
 
 use aya_ebpf::{
     bindings::{
-        xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        TC_ACT_OK,
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK,
     },
     helpers::bpf_redirect_neigh,
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use lb_common::csum;
 
@@ -59,17 +60,13 @@ pub fn to_next_hop(ctx: &TcContext, ifindex: u32, src: u32, dst: u32, proto: u8)
     } else {
         ctx.load::<u16>(IP_TOT_LEN_OFF).map_or(0, u16::from_be)
     };
-    let (ret, params) = fib::lookup(
+    let (ret, params) = route(
         ctx,
-        &fib::Query {
-            ifindex,
-            src,
-            dst,
-            proto,
-            sport: 0,
-            dport: 0,
-            tot_len,
-        },
+        ifindex,
+        src,
+        dst,
+        proto,
+        tot_len,
         BPF_FIB_LOOKUP_SKIP_NEIGH,
     );
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || !decrement_ttl(ctx) {
@@ -127,19 +124,7 @@ pub fn xdp_next_hop(
     // With the packet's length, the lookup also checks the route's MTU.
     // SAFETY: the IPv4 header lies within the bounds checked above.
     let tot_len = u16::from_be(unsafe { read_at::<u16>(data, IP_TOT_LEN_OFF) });
-    let (ret, params) = fib::lookup(
-        ctx,
-        &fib::Query {
-            ifindex,
-            src,
-            dst,
-            proto,
-            sport: 0,
-            dport: 0,
-            tot_len,
-        },
-        0,
-    );
+    let (ret, params) = route(ctx, ifindex, src, dst, proto, tot_len, 0);
     if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return XdpNextHop::Tc;
     }
@@ -169,12 +154,9 @@ pub fn xdp_transmit(ctx: &XdpContext, dmac: [u8; ETH_ALEN], smac: [u8; ETH_ALEN]
     // checked above; packet fields may be unaligned (read/write_at).
     unsafe {
         let word: u16 = read_at(data, IP_TTL_OFF);
-        let mut bytes = word.to_ne_bytes();
-        if bytes[0] <= 1 {
+        let Some(new) = ttl_decremented(word) else {
             return xdp_action::XDP_PASS;
-        }
-        bytes[0] -= 1;
-        let new = u16::from_ne_bytes(bytes);
+        };
         let check: u16 = read_at(data, IP_CSUM_OFF);
         write_at(data, IP_CSUM_OFF, csum::replace16(check, word, new));
         write_at(data, IP_TTL_OFF, new);
@@ -188,18 +170,48 @@ pub fn xdp_transmit(ctx: &XdpContext, dmac: [u8; ETH_ALEN], smac: [u8; ETH_ALEN]
 /// (nothing changed) when it is spent or cannot be read.
 #[inline(always)]
 fn decrement_ttl(ctx: &TcContext) -> bool {
-    let Ok(word) = ctx.load::<u16>(IP_TTL_OFF) else {
+    let Some((word, new)) = ctx
+        .load::<u16>(IP_TTL_OFF)
+        .ok()
+        .and_then(|word| Some((word, ttl_decremented(word)?)))
+    else {
         return false;
     };
-    // The word is TTL then protocol, in network order.
-    let ttl = word.to_ne_bytes()[0];
-    if ttl <= 1 {
-        return false;
-    }
-    let mut bytes = word.to_ne_bytes();
-    bytes[0] = ttl - 1;
-    let new = u16::from_ne_bytes(bytes);
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(word), u64::from(new), 2)
         .and_then(|()| ctx.store(IP_TTL_OFF, &new, 0))
         .is_ok()
+}
+
+/// The forwarding route lookup of a translated packet `src` -> `dst`
+/// (protocol `proto`, IP length `tot_len`, 0: MTU unchecked) arriving on
+/// `ifindex`, with the `BPF_FIB_LOOKUP_*` `flags`.
+#[inline(always)]
+fn route<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    src: u32,
+    dst: u32,
+    proto: u8,
+    tot_len: u16,
+    flags: u32,
+) -> (i64, bpf_fib_lookup) {
+    let query = fib::Query {
+        ifindex,
+        src,
+        dst,
+        proto,
+        sport: 0,
+        dport: 0,
+        tot_len,
+    };
+    fib::lookup(ctx, &query, flags)
+}
+
+/// The IPv4 TTL and protocol word (network order) with the TTL one less,
+/// as a router forwards it; `None` when the TTL is spent.
+#[inline(always)]
+fn ttl_decremented(word: u16) -> Option<u16> {
+    let mut bytes = word.to_ne_bytes();
+    bytes[0] = bytes[0].checked_sub(1).filter(|&ttl| ttl > 0)?;
+    Some(u16::from_ne_bytes(bytes))
 }

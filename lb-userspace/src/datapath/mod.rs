@@ -630,19 +630,12 @@ impl Datapath {
 /// on an uplink the replies of pods behind it (see
 /// `NodeConfig::overlay_ifindex`).
 fn overlay_device(config: &DatapathConfig, interfaces: &[String]) -> Option<(String, u32)> {
-    find_overlay(&config.xdp_ifaces, &config.tc_patterns, interfaces)
-}
-
-/// The overlay device among `interfaces` other than the `uplinks` and
-/// those matching the pod interface `patterns`, with its index.
-fn find_overlay(
-    uplinks: &[String],
-    patterns: &[String],
-    interfaces: &[String],
-) -> Option<(String, u32)> {
     interfaces
         .iter()
-        .filter(|iface| !uplinks.contains(iface) && !patterns.iter().any(|p| glob_match(p, iface)))
+        .filter(|iface| {
+            !config.xdp_ifaces.contains(iface)
+                && !config.tc_patterns.iter().any(|p| glob_match(p, iface))
+        })
         .find(|iface| uplink::driver(iface).is_ok_and(|d| OVERLAY_DRIVERS.contains(&d.as_str())))
         .and_then(|iface| Some((iface.clone(), attach::ifindex(iface)?)))
 }
