@@ -39,7 +39,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Namespace and name of a Kubernetes object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectName {
     /// Namespace ("default" when the manifest gives none).
     pub namespace: String,

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod problem;
 pub mod reconcile;
 pub mod select;
 pub mod slab;

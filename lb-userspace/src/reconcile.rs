@@ -11,6 +11,7 @@ use crate::{
     desired::{DesiredState, Frontend, NodeInfo, ObjectName},
     model::{AddressType, Cluster},
     plan::{Plan, PlanError, Planner},
+    problem::ServiceProblem,
     select::{self, SliceIndex},
     source::Changes,
 };
@@ -47,6 +48,9 @@ pub struct Reconciled {
     pub errors: Vec<PlanError>,
     /// New warnings about ignored input.
     pub warnings: Vec<String>,
+    /// Services that cannot be programmed as they ask, as of this reconcile
+    /// (every current one, new or not: the reporter deduplicates).
+    pub problems: Vec<ServiceProblem>,
     /// Frontends recomputed (all of them on a full sync).
     pub recomputed: usize,
 }
@@ -120,6 +124,7 @@ impl Reconciler {
             ops,
             errors,
             warnings,
+            problems: Vec::new(),
             recomputed,
         };
         (done, applied)
@@ -304,6 +309,7 @@ mod tests {
             internal_policy: TrafficPolicy::Cluster,
             external_policy: TrafficPolicy::Cluster,
             affinity_timeout: None,
+            ..ServiceSpec::default()
         }
     }
 

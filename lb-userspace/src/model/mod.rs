@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use crate::ident::{ObjectName, Protocol};
 
 pub use self::parse::{object_name, parse_port, parse_protocol};
+pub use self::service::{PROXY_IP_MODE, SOURCE_RANGES_ANNOTATION};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -21,9 +22,10 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MIRROR_MANAGER: &str = "endpointslicemirroring-controller.k8s.io";
 
 /// What kind of Service it is, as far as balancing goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceKind {
     /// A virtual IP balanced inside the cluster.
+    #[default]
     ClusterIp,
     /// ClusterIP plus a port on every node.
     NodePort,
@@ -70,7 +72,7 @@ pub enum TrafficPolicy {
 }
 
 /// A validated Service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// Namespace and name.
     pub name: ObjectName,
@@ -90,6 +92,42 @@ pub struct ServiceSpec {
     pub external_policy: TrafficPolicy,
     /// `spec.sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout: Option<u32>,
+    /// `metadata.creationTimestamp` in Unix seconds (`None` from manifests
+    /// without one): the older of two Services claiming a frontend keeps it.
+    pub created: Option<i64>,
+    /// `spec.healthCheckNodePort` (LoadBalancer Services with
+    /// `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges` (or, when that is empty, the
+    /// `service.beta.kubernetes.io/load-balancer-source-ranges` annotation):
+    /// the clients a load-balancer IP accepts; empty: all. IPv4 ranges only.
+    pub source_ranges: Vec<SourceRange>,
+}
+
+/// An IPv4 CIDR of `loadBalancerSourceRanges`, its host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0-32.
+    pub prefix_len: u8,
+}
+
+impl SourceRange {
+    /// Whether `ip` falls in the range.
+    #[must_use]
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr)
+    }
+}
+
+impl std::fmt::Display for SourceRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
 }
 
 /// Address family of an EndpointSlice.

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT};
+use super::{SourceRange, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT};
 use crate::ident::{ObjectName, Protocol};
 
 /// Namespace ("default" when absent) and name of an object's metadata.
@@ -89,6 +89,41 @@ pub(super) fn parse_ipv4_list<'a>(
             Ok(IpAddr::V4(ip)) => out.push(ip),
             Ok(IpAddr::V6(_)) => skipped.push(value.clone()),
             Err(_) => return Err(format!("{field} {value:?} is not a valid IP address")),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses CIDRs, keeping IPv4 ones (host bits cleared, as kube-proxy reads
+/// them) and putting IPv6 ones in `skipped`; anything else is an error.
+pub(super) fn parse_ipv4_cidrs<'a>(
+    field: &str,
+    values: impl IntoIterator<Item = &'a str>,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<SourceRange>, String> {
+    let mut out = Vec::new();
+    for value in values {
+        let value = value.trim();
+        let invalid = || format!("{field} {value:?} is not a valid CIDR");
+        let (addr, len) = value.split_once('/').ok_or_else(invalid)?;
+        let len: u8 = len.parse().map_err(|_| invalid())?;
+        match addr.parse::<IpAddr>().map_err(|_| invalid())? {
+            IpAddr::V4(ip) if len <= 32 => {
+                let range = SourceRange {
+                    addr: ip,
+                    prefix_len: len,
+                };
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                let range = SourceRange {
+                    addr: Ipv4Addr::from(u32::from(ip) & mask),
+                    ..range
+                };
+                if !out.contains(&range) {
+                    out.push(range);
+                }
+            }
+            IpAddr::V6(_) if len <= 128 => skipped.push(value.to_string()),
+            _ => return Err(invalid()),
         }
     }
     Ok(out)

@@ -5,7 +5,7 @@ use tracing::warn;
 
 use super::{
     object_name,
-    parse::{parse_affinity, parse_ipv4_list, parse_policy},
+    parse::{parse_affinity, parse_ipv4_cidrs, parse_ipv4_list, parse_policy},
     parse_port, parse_protocol, ServiceKind, ServicePort, ServiceSpec, TargetPort,
 };
 
@@ -40,6 +40,8 @@ impl ServiceSpec {
             spec.external_ips.iter().flatten(),
             &mut skipped,
         )?;
+        // An ingress with `ipMode: Proxy` is an address of a proxying load
+        // balancer: in-cluster clients must go through it (kube-proxy skips it).
         let load_balancer_ips = parse_ipv4_list(
             "status.loadBalancer.ingress ip",
             service
@@ -47,9 +49,41 @@ impl ServiceSpec {
                 .iter()
                 .filter_map(|s| s.load_balancer.as_ref())
                 .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter(|i| i.ip_mode.as_deref() != Some(PROXY_IP_MODE))
                 .filter_map(|i| i.ip.as_ref()),
             &mut skipped,
         )?;
+        let annotation = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+        let source_ranges = match spec.load_balancer_source_ranges.as_deref() {
+            Some(ranges) if !ranges.is_empty() => parse_ipv4_cidrs(
+                "loadBalancerSourceRanges",
+                ranges.iter().map(String::as_str),
+                &mut skipped,
+            )?,
+            _ => parse_ipv4_cidrs(
+                SOURCE_RANGES_ANNOTATION,
+                annotation
+                    .iter()
+                    .flat_map(|a| a.split(','))
+                    .filter(|r| !r.trim().is_empty()),
+                &mut skipped,
+            )?,
+        };
+        let health_check_node_port = match spec.health_check_node_port {
+            Some(port) if kind == ServiceKind::LoadBalancer => {
+                Some(parse_port("healthCheckNodePort", port)?)
+            }
+            _ => None,
+        };
+        let created = service
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
         let internal_policy = parse_policy(
             "internalTrafficPolicy",
             spec.internal_traffic_policy.as_deref(),
@@ -76,9 +110,17 @@ impl ServiceSpec {
             internal_policy,
             external_policy,
             affinity_timeout,
+            created,
+            health_check_node_port,
+            source_ranges,
         })
     }
 }
+
+/// Annotation that gives `loadBalancerSourceRanges` when the field is empty.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+/// `status.loadBalancer.ingress[].ipMode` of a proxying load balancer.
+pub const PROXY_IP_MODE: &str = "Proxy";
 
 /// Validates a Service's ports: numbers in range, TCP or UDP, each
 /// (port, protocol) once; a missing or empty targetPort is the port itself.

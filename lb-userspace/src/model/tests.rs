@@ -268,3 +268,85 @@ fn invalid_slices_are_errors() {
         );
     }
 }
+
+fn full_service(object: &Value) -> Result<ServiceSpec, String> {
+    ServiceSpec::from_k8s(&serde_json::from_value(object.clone()).unwrap())
+}
+
+#[test]
+fn source_ranges_health_check_port_ip_mode_and_age() {
+    let lb = |meta: Value, spec: Value, ingress: Value| {
+        let mut s = json!({"type": "LoadBalancer", "clusterIP": "10.96.0.9",
+            "ports": [{"port": 80, "nodePort": 30080}]});
+        s.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        full_service(
+            &json!({"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": s, "status": {"loadBalancer": {"ingress": ingress}}}),
+        )
+    };
+    let range = |a: [u8; 4], len| SourceRange {
+        addr: Ipv4Addr::from(a),
+        prefix_len: len,
+    };
+    let svc = lb(
+        json!({"name": "web", "creationTimestamp": "2026-01-02T03:04:05Z"}),
+        json!({"loadBalancerSourceRanges": ["10.1.2.3/8", "192.0.2.0/24", "2001:db8::/32", "10.0.0.0/8"],
+               "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}),
+        json!([{"ip": "198.51.100.1"}, {"ip": "198.51.100.2", "ipMode": "Proxy"},
+               {"ip": "198.51.100.3", "ipMode": "VIP"}]),
+    )
+    .unwrap();
+    assert_eq!(
+        svc.source_ranges,
+        vec![range([10, 0, 0, 0], 8), range([192, 0, 2, 0], 24)],
+        "host bits cleared, duplicates once, IPv6 skipped"
+    );
+    assert!(svc.source_ranges[0].contains(Ipv4Addr::new(10, 200, 0, 1)));
+    assert!(!svc.source_ranges[0].contains(Ipv4Addr::new(11, 0, 0, 1)));
+    assert!(SourceRange {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0
+    }
+    .contains(Ipv4Addr::BROADCAST));
+    assert_eq!(svc.health_check_node_port, Some(32000));
+    assert_eq!(
+        svc.load_balancer_ips,
+        vec![
+            Ipv4Addr::new(198, 51, 100, 1),
+            Ipv4Addr::new(198, 51, 100, 3)
+        ],
+        "an ingress of a proxying load balancer (ipMode: Proxy) is not ours"
+    );
+    assert_eq!(svc.created, Some(1_767_323_045));
+
+    let annotated = lb(
+        json!({"name": "web", "annotations": {SOURCE_RANGES_ANNOTATION: "203.0.113.0/24, 10.0.0.0/8"}}),
+        json!({}),
+        json!([]),
+    )
+    .unwrap();
+    assert_eq!(
+        annotated.source_ranges,
+        vec![range([203, 0, 113, 0], 24), range([10, 0, 0, 0], 8)],
+        "the annotation counts when the field is empty"
+    );
+    assert_eq!(annotated.created, None);
+    let field_wins = lb(
+        json!({"name": "web", "annotations": {SOURCE_RANGES_ANNOTATION: "203.0.113.0/24"}}),
+        json!({"loadBalancerSourceRanges": ["10.0.0.0/8"]}),
+        json!([]),
+    )
+    .unwrap();
+    assert_eq!(field_wins.source_ranges, vec![range([10, 0, 0, 0], 8)]);
+    for bad in ["10.0.0.0", "10.0.0.0/33", "example/8", "10.0.0.0/x"] {
+        let err = lb(
+            json!({"name": "web"}),
+            json!({"loadBalancerSourceRanges": [bad]}),
+            json!([]),
+        )
+        .unwrap_err();
+        assert!(err.contains(bad) && err.contains("CIDR"), "{bad}: {err}");
+    }
+}

@@ -34,6 +34,7 @@ fn service(kind: ServiceKind, ports: Vec<ServicePort>) -> ServiceSpec {
         internal_policy: TrafficPolicy::Cluster,
         external_policy: TrafficPolicy::Cluster,
         affinity_timeout: None,
+        ..ServiceSpec::default()
     }
 }
 
