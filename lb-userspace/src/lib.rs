@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod applied;
+pub mod claims;
 pub mod conntrack;
 pub mod datapath;
 pub mod desired;

@@ -8,10 +8,11 @@ use std::{
 };
 
 use crate::{
+    claims::Claims,
     desired::{DesiredState, Frontend, NodeInfo, ObjectName},
     model::{AddressType, Cluster},
     plan::{Plan, PlanError, Planner},
-    problem::ServiceProblem,
+    problem::{ProblemReason, ServiceProblem},
     select::{self, SliceIndex},
     source::Changes,
 };
@@ -31,10 +32,14 @@ pub struct Reconciler {
     planner: Planner,
     index: SliceIndex,
     desired: DesiredState,
-    /// The frontends each Service produced.
+    /// Every Service's claim on each frontend; `desired` holds the owners'.
+    claims: Claims,
+    /// The frontends each Service claims.
     by_service: BTreeMap<ObjectName, Vec<Frontend>>,
     /// Warnings already logged, so a lasting condition is logged once.
     warned: HashSet<String>,
+    /// Frontends the last plan could not place: planned again next time.
+    failed: BTreeSet<Frontend>,
 }
 
 /// The outcome of one reconcile.
@@ -65,8 +70,10 @@ impl Reconciler {
             planner: Planner::new(slab_slots, REUSE_GRACE),
             index: SliceIndex::default(),
             desired: DesiredState::new(),
+            claims: Claims::default(),
             by_service: BTreeMap::new(),
             warned: HashSet::new(),
+            failed: BTreeSet::new(),
         }
     }
 
@@ -119,12 +126,22 @@ impl Reconciler {
     ) -> (Reconciled, Result<(), E>) {
         let (frontends, warnings, recomputed) = self.update(cluster, changes);
         let (ops, errors, applied) = self.plan_chunked(frontends, now, chunk_slots, apply);
+        self.failed = errors.iter().map(|e| e.frontend).collect();
+        let mut problems = self.claims.problems();
+        problems.extend(errors.iter().map(|e| ServiceProblem {
+            service: e.service.clone(),
+            reason: ProblemReason::Capacity,
+            message: format!(
+                "frontend {} is not programmed: {} (retried at every sync)",
+                e.frontend, e.message
+            ),
+        }));
         let done = Reconciled {
             plan: Plan::default(),
             ops,
             errors,
             warnings,
-            problems: Vec::new(),
+            problems,
             recomputed,
         };
         (done, applied)
@@ -166,10 +183,23 @@ impl Reconciler {
         let mut touched = BTreeSet::new();
         for name in &affected {
             for frontend in self.by_service.remove(name).unwrap_or_default() {
-                self.desired.remove(&frontend);
+                self.claims.remove(&frontend, name);
                 touched.insert(frontend);
             }
             self.add_service(cluster, name, &mut touched);
+        }
+        // What could not be placed last time is tried again.
+        touched.extend(self.failed.iter().copied());
+        // A frontend another Service also claims goes to whoever owns it now.
+        for frontend in &touched {
+            match self.claims.owner(frontend) {
+                Some(want) => {
+                    self.desired.insert(*frontend, want.clone());
+                }
+                None => {
+                    self.desired.remove(frontend);
+                }
+            }
         }
         let warnings = warnings
             .into_iter()
@@ -224,25 +254,26 @@ impl Reconciler {
     ) {
         let node = self.merged_node.as_ref().unwrap_or(&self.node);
         let frontends = select::service_state(cluster, &self.index, name, node);
-        if frontends.is_empty() {
+        let Some(service) = cluster.services.get(name).filter(|_| !frontends.is_empty()) else {
             return;
-        }
+        };
         let keys = frontends.iter().map(|(f, _)| *f).collect();
         for (frontend, want) in frontends {
             touched.insert(frontend);
-            self.desired.insert(frontend, want);
+            self.claims.insert(service, frontend, want);
         }
         self.by_service.insert(name.clone(), keys);
     }
 
     fn full(&mut self, cluster: &Cluster) -> (Vec<Frontend>, Vec<String>, usize) {
         self.index = SliceIndex::build(cluster);
-        self.desired.clear();
+        self.claims.clear();
         self.by_service.clear();
         let mut touched = BTreeSet::new();
         for name in cluster.services.keys() {
             self.add_service(cluster, name, &mut touched);
         }
+        self.desired = self.claims.desired();
         // As `Planner::plan`: the frontends that go, then every desired one.
         let gone = self
             .planner
@@ -262,238 +293,4 @@ impl Reconciler {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::plan::MapOp;
-
-    /// Maglev slots the `SetTable` operations of `ops` write.
-    fn table_slots(ops: &[MapOp]) -> usize {
-        ops.iter()
-            .map(|op| match op {
-                MapOp::SetTable { slots, .. } => slots.len(),
-                _ => 0,
-            })
-            .sum()
-    }
-    use crate::{
-        desired::Protocol,
-        model::{
-            EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SlicePort, SliceSpec, TargetPort,
-            TrafficPolicy,
-        },
-    };
-
-    fn name(n: &str) -> ObjectName {
-        ObjectName {
-            namespace: "default".into(),
-            name: n.into(),
-        }
-    }
-
-    fn service(n: &str, last: u8) -> ServiceSpec {
-        ServiceSpec {
-            name: name(n),
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, last)],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-            }],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            internal_policy: TrafficPolicy::Cluster,
-            external_policy: TrafficPolicy::Cluster,
-            affinity_timeout: None,
-            ..ServiceSpec::default()
-        }
-    }
-
-    fn slice(n: &str, svc: &str, ips: &[u8]) -> SliceSpec {
-        SliceSpec {
-            name: name(n),
-            service: svc.into(),
-            address_type: AddressType::Ipv4,
-            ports: vec![SlicePort {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: ips
-                .iter()
-                .map(|&i| EndpointSpec {
-                    addresses: vec![Ipv4Addr::new(10, 244, 1, i)],
-                    ready: true,
-                    serving: None,
-                    terminating: None,
-                    node_name: None,
-                    zone: None,
-                    zone_hints: vec![],
-                    node_hints: vec![],
-                })
-                .collect(),
-            mirrored: false,
-        }
-    }
-
-    fn node() -> NodeInfo {
-        NodeInfo {
-            name: "node1".into(),
-            ..NodeInfo::default()
-        }
-    }
-
-    #[test]
-    fn a_change_recomputes_only_its_service_and_matches_a_full_recompute() {
-        let mut cluster = Cluster::default();
-        for i in 0..50u8 {
-            let svc = service(&format!("s{i}"), i + 1);
-            cluster.services.insert(svc.name.clone(), svc);
-            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
-            cluster.slices.insert(sl.name.clone(), sl);
-        }
-        let mut r = Reconciler::new(node(), 1 << 20);
-        let t0 = Instant::now();
-        let first = r.reconcile(&cluster, &Changes::all(), t0);
-        assert_eq!(first.recomputed, 50);
-
-        // One slice changes: one service recomputed, its frontend only.
-        let edited = slice("s7-1", "s7", &[8, 99]);
-        cluster.slices.insert(edited.name.clone(), edited);
-        let one_slice = Changes {
-            slices: [name("s7-1")].into_iter().collect(),
-            ..Changes::default()
-        };
-        let step = r.reconcile(&cluster, &one_slice, t0);
-        assert_eq!(step.recomputed, 1);
-        assert!(!step.plan.ops.is_empty());
-
-        // A slice moves to another service, a service goes, one comes.
-        cluster
-            .slices
-            .insert(name("s8-1"), slice("s8-1", "s9", &[120]));
-        cluster.services.remove(&name("s3"));
-        let new = service("new", 200);
-        cluster.services.insert(new.name.clone(), new);
-        let several = Changes {
-            services: [name("s3"), name("new")].into_iter().collect(),
-            slices: [name("s8-1")].into_iter().collect(),
-            ..Changes::default()
-        };
-        let step = r.reconcile(&cluster, &several, t0);
-        assert_eq!(step.recomputed, 4, "s3 gone, new, s8 and s9");
-
-        // The incremental state equals a full recompute of the same model.
-        let (full, _) = select::desired_state(&cluster, &node());
-        assert_eq!(r.desired(), &full);
-        let mut fresh = Reconciler::new(node(), 1 << 20);
-        fresh.reconcile(&cluster, &Changes::all(), t0);
-        assert_eq!(fresh.desired(), r.desired());
-        // And nothing is left to apply.
-        let again = r.reconcile(&cluster, &Changes::all(), t0);
-        assert!(again.plan.ops.is_empty(), "{:?}", again.plan.ops);
-    }
-
-    #[test]
-    fn chunks_hold_bounded_tables_and_add_up_to_the_whole_plan() {
-        let mut cluster = Cluster::default();
-        for i in 0..40u8 {
-            let svc = service(&format!("s{i}"), i + 1);
-            cluster.services.insert(svc.name.clone(), svc);
-            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1, i + 101]);
-            cluster.slices.insert(sl.name.clone(), sl);
-        }
-        let t0 = Instant::now();
-        let mut whole = Reconciler::new(node(), 1 << 20);
-        let expected = whole.reconcile(&cluster, &Changes::all(), t0);
-        let mut chunked = Reconciler::new(node(), 1 << 20);
-        let mut chunks: Vec<Plan> = Vec::new();
-        // Two backends get 251-slot tables: a chunk closes at its fourth table.
-        let (done, applied) =
-            chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 1_000, |chunk| {
-                chunks.push(chunk);
-                Ok::<(), ()>(())
-            });
-        applied.unwrap();
-        assert_eq!(chunks.len(), 10, "40 tables, 4 per chunk");
-        for chunk in &chunks {
-            assert!(
-                table_slots(&chunk.ops) <= 1_000 + 251,
-                "{}",
-                table_slots(&chunk.ops)
-            );
-        }
-        let all: Vec<MapOp> = chunks.into_iter().flat_map(|c| c.ops).collect();
-        let sorted = |ops: &[MapOp]| {
-            let mut ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
-            ops.sort();
-            ops
-        };
-        assert_eq!(
-            sorted(&all),
-            sorted(&expected.plan.ops),
-            "the same operations (each chunk in its own order)"
-        );
-        assert_eq!(done.ops, all.len());
-        assert_eq!(done.recomputed, expected.recomputed);
-        assert_eq!(chunked.desired(), whole.desired());
-
-        // A frontend's table is written before the entry that publishes it.
-        for (k, op) in all.iter().enumerate() {
-            if let MapOp::SetService(_, entry) = op {
-                assert!(all[..k].iter().any(
-                    |o| matches!(o, MapOp::SetTable { offset, .. } if *offset == entry.table_offset)
-                ));
-            }
-        }
-
-        // A failing chunk stops the sync there.
-        cluster.services.clear();
-        let mut calls = 0;
-        let (_, failed) = chunked.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| {
-            calls += 1;
-            Err("map full")
-        });
-        assert_eq!(failed, Err("map full"));
-        assert_eq!(calls, 1);
-    }
-
-    #[test]
-    fn after_a_failed_apply_the_next_sync_plans_what_the_maps_lack() {
-        let mut cluster = Cluster::default();
-        for i in 0..3u8 {
-            let svc = service(&format!("s{i}"), i + 1);
-            cluster.services.insert(svc.name.clone(), svc);
-            let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
-            cluster.slices.insert(sl.name.clone(), sl);
-        }
-        let t0 = Instant::now();
-        let sorted = |ops: &[MapOp]| {
-            let mut ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
-            ops.sort();
-            ops
-        };
-        let expected = Reconciler::new(node(), 1 << 20).reconcile(&cluster, &Changes::all(), t0);
-        let mut r = Reconciler::new(node(), 1 << 20);
-        // The first chunk fails: the maps hold nothing, the planner thinks otherwise.
-        let (_, failed) = r.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| Err(()));
-        assert_eq!(failed, Err(()));
-        let mut stale = Reconciler::new(node(), 1 << 20);
-        let _ = stale.reconcile_chunked(&cluster, &Changes::all(), t0, 0, |_| Err(()));
-        assert!(
-            stale
-                .reconcile(&cluster, &Changes::default(), t0)
-                .plan
-                .ops
-                .is_empty(),
-            "without recovery nothing changed, so nothing is planned"
-        );
-        r.recover(Planner::new(1 << 20, REUSE_GRACE));
-        let next = r.reconcile(&cluster, &Changes::default(), t0);
-        assert_eq!(sorted(&next.plan.ops), sorted(&expected.plan.ops));
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@ use std::{
 };
 
 use crate::{
+    claims::Claims,
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo, ObjectName},
     model::{
         AddressType, Cluster, EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SliceSpec,
@@ -46,14 +47,18 @@ use crate::{
 ///   usable endpoint anywhere, and drops them when it has some, but none
 ///   this frontend may use (a `Local` policy without a local endpoint), as
 ///   kube-proxy's REJECT and DROP rules do.
+/// - A frontend several Services claim belongs to one of them, as
+///   [`crate::claims`] orders them (a cluster IP first, then the oldest).
 #[must_use]
 pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<String>) {
     let index = SliceIndex::build(cluster);
-    let mut state = DesiredState::new();
-    for name in cluster.services.keys() {
-        state.extend(service_state(cluster, &index, name, node));
+    let mut claims = Claims::default();
+    for (name, service) in &cluster.services {
+        for (frontend, want) in service_state(cluster, &index, name, node) {
+            claims.insert(service, frontend, want);
+        }
     }
-    (state, index.warnings(cluster))
+    (claims.desired(), index.warnings(cluster))
 }
 
 /// The EndpointSlices of each Service, by (namespace, service name).
