@@ -161,6 +161,40 @@ pub struct ServiceKey {
 /// here (the field was padding): they drop, as they did.
 pub const SERVICE_F_REJECT: u32 = 1;
 
+/// Service flag: the frontend accepts new connections only from the
+/// clients in its entries of [`MAP_SOURCE_RANGES`] (`loadBalancerSourceRanges`
+/// of a load-balancer IP); others are dropped, as kube-proxy's firewall chain
+/// drops them. Flows already tracked are not checked again.
+pub const SERVICE_F_SOURCE_RANGES: u32 = 2;
+
+/// Name of the source-range map: a frontend's allowed client ranges,
+/// `bpf_lpm_trie_key` of [`SOURCE_RANGE_KEY_BITS`] over [`SourceRangeKey`] ->
+/// u32 (always 1) (LPM trie, no prealloc). The prefix length counts the 32
+/// bits of the service id, which a lookup always matches whole, plus the
+/// range's own length.
+pub const MAP_SOURCE_RANGES: &str = "SOURCE_RANGES";
+/// Capacity of the source-range map (the ranges of every frontend together).
+pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 65_536;
+/// Bits of a [`SourceRangeKey`] before the client address: the service id,
+/// matched whole by every entry.
+pub const SOURCE_RANGE_ID_BITS: u32 = 32;
+/// Bits of a [`SourceRangeKey`]: the prefix length of a lookup of one client
+/// address (service id and the whole address).
+pub const SOURCE_RANGE_KEY_BITS: u32 = SOURCE_RANGE_ID_BITS + 32;
+
+/// Data of a source-range key (after the LPM trie's `prefixlen` u32).
+///
+/// Layout (8 bytes): `service_id` be32 | `client_addr` be32. The id is
+/// stored big-endian so that its bits come first in the trie's bit order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    /// [`ServiceEntry::id`] of the frontend, network byte order.
+    pub service_id: u32,
+    /// Client IPv4 address (a range's network address), network byte order.
+    pub client_addr: u32,
+}
+
 /// Refusals (ICMP port unreachable for a Service without endpoints) each
 /// CPU sends per second at most; beyond it, the packets drop. Linux's own
 /// `icmp_msgs_per_sec` is 1,000 for the whole node.
@@ -435,7 +469,8 @@ pub enum Verdict {
     Reversed = 1,
     /// A packet that is not ours was passed untouched.
     Passed = 2,
-    /// A packet to a service was dropped: the service has no endpoints.
+    /// A packet to a service was dropped: the service has no endpoints (or
+    /// none this frontend may use), or its client is outside the source ranges.
     Dropped = 3,
     /// A packet to a service could not be translated (no SNAT port, a map or
     /// helper failure, an inconsistent table) and was dropped.
@@ -523,10 +558,13 @@ pub enum Event {
     NodeSourceSpoofed = 8,
     /// Two CPUs created the same flow at once; the later one adopted the first's entry.
     ConntrackRaceLost = 9,
+    /// A new connection from a client outside a load-balancer IP's source
+    /// ranges was dropped.
+    SourceRangeDenied = 10,
 }
 
 /// Number of [`Event`] values (size of the event counters).
-pub const EVENT_COUNT: u32 = 10;
+pub const EVENT_COUNT: u32 = 11;
 
 impl Event {
     /// Every event, in index order.
@@ -541,6 +579,7 @@ impl Event {
         Event::TupleRemapped,
         Event::NodeSourceSpoofed,
         Event::ConntrackRaceLost,
+        Event::SourceRangeDenied,
     ];
 
     /// Lower-case name used in metrics.
@@ -557,6 +596,7 @@ impl Event {
             Event::TupleRemapped => "tuple_remapped",
             Event::NodeSourceSpoofed => "node_source_spoofed",
             Event::ConntrackRaceLost => "conntrack_race_lost",
+            Event::SourceRangeDenied => "source_range_denied",
         }
     }
 }
@@ -662,6 +702,7 @@ mod pod {
     unsafe impl aya::Pod for super::SnatExhaustion {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
 }
 
 #[cfg(test)]
@@ -685,6 +726,7 @@ mod tests {
         assert_eq!(size_of::<SnatExhaustion>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragPorts>(), 4);
+        assert_eq!(size_of::<SourceRangeKey>(), 8);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::{
     maps::{REVNAT, SERVICES},
     nat::{self, Reverse, Rewrite},
     parse::{Flow, Fragment},
-    reject,
+    ranges, reject,
     select::{self, Chosen},
     snat, spoof,
 };
@@ -317,6 +317,13 @@ fn to_service<C: EbpfContext>(
     hook: Hook,
     cfg: &NodeConfig,
 ) -> Action {
+    // A client outside the frontend's source ranges learns nothing: dropped
+    // before a refusal could tell it the Service has no endpoints.
+    if !ranges::admits(svc, flow.src) {
+        counters::event(Event::SourceRangeDenied);
+        counters::count(Verdict::Dropped);
+        return Action::Drop;
+    }
     if svc.backend_count == 0 {
         counters::count(Verdict::Dropped);
         return if reject::refuses(flow, svc) {

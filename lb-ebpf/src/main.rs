@@ -27,6 +27,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod ranges;
 mod reject;
 mod select;
 mod snat;

@@ -3,14 +3,15 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
     NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry,
-    SnatExhaustion, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS,
-    FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, REVNAT_MAX_ENTRIES,
-    SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES, VERDICT_COUNT,
+    SnatExhaustion, SourceRangeKey, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT,
+    FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES,
+    REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -96,3 +97,9 @@ pub static REJECTS: PerCpuArray<crate::reject::Budget> = PerCpuArray::with_max_e
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX_ENTRIES, 0);
+
+/// The client ranges of frontends flagged `SERVICE_F_SOURCE_RANGES`:
+/// (service id, client prefix) -> 1 (see [`crate::ranges`]).
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(SOURCE_RANGES_MAX_ENTRIES, BPF_F_NO_PREALLOC);

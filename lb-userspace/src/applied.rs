@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4};
 
 use lb_common::{BackendId, ServiceEntry};
 
-use crate::desired::{Frontend, ObjectName};
+use crate::desired::{Frontend, ObjectName, SourceRange};
 
 /// A backend as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,4 +31,6 @@ pub struct AppliedFrontend {
     pub entry: ServiceEntry,
     /// Backends with their ids.
     pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
+    /// Source ranges written under its service id, sorted.
+    pub source_ranges: Vec<SourceRange>,
 }

@@ -7,6 +7,7 @@ use std::{
 };
 
 pub use crate::ident::{ObjectName, Protocol};
+pub use crate::model::SourceRange;
 
 /// One frontend of a Service: the address, port and protocol a client sends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,6 +108,9 @@ pub struct DesiredFrontend {
     /// backend selected here (a `Local` traffic policy on a node without a
     /// local endpoint), they are dropped, as kube-proxy drops them.
     pub has_endpoints: bool,
+    /// The clients that may open connections (`loadBalancerSourceRanges`
+    /// of a load-balancer IP), sorted and unique; empty: any client.
+    pub source_ranges: Vec<SourceRange>,
 }
 
 /// The whole desired state: every frontend the maps should hold.

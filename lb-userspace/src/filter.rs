@@ -170,6 +170,7 @@ mod tests {
 
     fn applied(last: u8, backends: &[u8]) -> AppliedFrontend {
         AppliedFrontend {
+            source_ranges: Vec::new(),
             frontend: Frontend {
                 addr: Ipv4Addr::new(10, 96, 0, last),
                 port: 80,

@@ -20,4 +20,5 @@ pub mod reconcile;
 pub mod select;
 pub mod slab;
 pub mod source;
+pub mod source_ranges;
 pub mod status;

@@ -15,11 +15,11 @@ use std::{
 
 use lb_common::{
     Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
-    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES, SERVICE_F_REJECT,
+    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
 
 use crate::{
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName},
+    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, SourceRange},
     filter::{self, FilterBits, FilterWrites},
     maglev,
     slab::{IdAllocator, SlabAllocator},
@@ -49,6 +49,10 @@ pub enum MapOp {
     DeleteLabel(u32),
     /// Write one word of the pass-through filter (index, bits).
     SetFilterWord(u32, u64),
+    /// Allow a client range for a service id.
+    SetSourceRange(u32, SourceRange),
+    /// Remove a client range of a service id.
+    DeleteSourceRange(u32, SourceRange),
 }
 
 /// The operations of one sync, in the order they must be applied.
@@ -93,6 +97,8 @@ pub struct Planner {
     filter: FilterBits,
     /// Maglev tables built ahead for the plan under way: frontend -> (size, backend indices).
     prebuilt: HashMap<Frontend, (u32, Vec<u32>)>,
+    /// Source ranges the maps hold, all frontends together.
+    source_ranges: usize,
 }
 
 #[derive(Default)]
@@ -115,6 +121,7 @@ impl Planner {
             service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
             filter: FilterBits::default().with_grace(grace),
             prebuilt: HashMap::new(),
+            source_ranges: 0,
         }
     }
 
@@ -142,6 +149,7 @@ impl Planner {
                     .values()
                     .all(|b| planner.backend_ids.reserve(b.id));
             if ok {
+                planner.source_ranges += applied.source_ranges.len();
                 planner.filter.add(filter::bits_of(&applied));
                 planner.frontends.insert(applied.frontend, applied);
             }
@@ -277,6 +285,8 @@ impl Planner {
         };
         ops.deletes.push(MapOp::DeleteService(frontend.key()));
         ops.deletes.push(MapOp::DeleteLabel(applied.entry.id));
+        ranges::update(applied.entry.id, &applied.source_ranges, &[], ops);
+        self.source_ranges -= applied.source_ranges.len();
         for backend in applied.backends.values() {
             ops.clears.push(MapOp::ClearBackend(backend.id));
             self.backend_ids.free(backend.id, now);
@@ -293,10 +303,14 @@ impl Planner {
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
+        let had = self
+            .frontends
+            .get(&frontend)
+            .map_or(0, |cur| cur.source_ranges.len());
+        let ranges_after = ranges::count_after(self.source_ranges, had, want.source_ranges.len())?;
         match self.frontends.get_mut(&frontend) {
             Some(cur) if same_table(cur, want) => {
                 refresh(cur, want, ops);
-                Ok(())
             }
             current => {
                 let current = current.cloned();
@@ -305,9 +319,10 @@ impl Planner {
                     self.retire(&cur, &applied, ops, now);
                 }
                 self.frontends.insert(frontend, applied);
-                Ok(())
             }
         }
+        self.source_ranges = ranges_after;
+        Ok(())
     }
 
     /// A new table (in free slab slots) for a frontend whose backend set changed.
@@ -386,6 +401,8 @@ impl Planner {
             affinity_timeout: want.affinity_timeout,
             flags: service_flags(want),
         };
+        let had: &[SourceRange] = current.map_or(&[], |c| &c.source_ranges);
+        ranges::update(service_id, had, &want.source_ranges, ops);
         ops.services.push(MapOp::SetService(frontend.key(), entry));
         if current.is_none_or(|c| c.service != want.service) {
             ops.services
@@ -397,6 +414,7 @@ impl Planner {
             port_name: want.port_name.clone(),
             entry,
             backends,
+            source_ranges: want.source_ranges.clone(),
         })
     }
 
@@ -457,22 +475,31 @@ impl Planner {
 /// The `SERVICE_F_*` bits of a frontend's service entry: it refuses new
 /// connections when it has no backend to select because its Service port
 /// has no usable endpoint anywhere (not when they are all elsewhere under a
-/// `Local` policy: that drops).
+/// `Local` policy: that drops); it checks clients against its source ranges
+/// when it has some.
 #[must_use]
 pub fn service_flags(want: &DesiredFrontend) -> u32 {
     let selected = want.backends.values().any(|b| b.selected);
-    if !selected && !want.has_endpoints {
+    let reject = if !selected && !want.has_endpoints {
         SERVICE_F_REJECT
     } else {
         0
-    }
+    };
+    let ranges = if want.source_ranges.is_empty() {
+        0
+    } else {
+        SERVICE_F_SOURCE_RANGES
+    };
+    reject | ranges
 }
 
 /// Whether `want` has the same backends, and the same ones selected, as `cur`,
-/// and the same flags: then the table and the service entry stay.
+/// and the same flags but for the source ranges': then the table stays (and
+/// the entry, unless the ranges come or go).
 fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
     cur.entry.affinity_timeout == want.affinity_timeout
-        && cur.entry.flags == service_flags(want)
+        && cur.entry.flags & !SERVICE_F_SOURCE_RANGES
+            == service_flags(want) & !SERVICE_F_SOURCE_RANGES
         && cur.backends.len() == want.backends.len()
         && cur
             .backends
@@ -502,6 +529,16 @@ fn refresh(cur: &mut AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) {
     if cur.port_name != want.port_name {
         cur.port_name.clone_from(&want.port_name);
     }
+    if cur.source_ranges != want.source_ranges {
+        ranges::update(service_id, &cur.source_ranges, &want.source_ranges, ops);
+        cur.source_ranges.clone_from(&want.source_ranges);
+    }
+    let flags = service_flags(want);
+    if cur.entry.flags != flags {
+        cur.entry.flags = flags;
+        ops.services
+            .push(MapOp::SetService(cur.frontend.key(), cur.entry));
+    }
 }
 
 /// The backends-array entry of an endpoint of service `service_id`.
@@ -518,5 +555,6 @@ pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> 
     }
 }
 
+mod ranges;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use crate::{
         AddressType, Cluster, EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SliceSpec,
         TargetPort, TrafficPolicy,
     },
+    source_ranges,
 };
 
 /// The desired state of every frontend, and warnings about ignored input.
@@ -174,6 +175,7 @@ pub fn service_state(
                     backends: choose(&endpoints, policy, node),
                     affinity_timeout: service.affinity_timeout.unwrap_or(0),
                     has_endpoints,
+                    source_ranges: source_ranges::of_frontend(service, frontend, node),
                 },
             ));
         }

@@ -49,6 +49,7 @@ pub fn frontend(
                 .collect(),
             affinity_timeout: 0,
             has_endpoints: !backends.is_empty(),
+            source_ranges: Vec::new(),
         },
     )
 }

@@ -1,5 +1,10 @@
-//! Pins of the previous layout, made from the current one: what an agent of
-//! layout v3 would have left under a pin directory, for hand-over tests.
+//! Pins of the previous layouts, made from the current one: what an agent
+//! of layout v4 or v3 would have left under a pin directory, for hand-over
+//! tests.
+//!
+//! v4 kept every map of v5 but `SOURCE_RANGES`, with one event fewer (10):
+//! [`make_v4`] renames the layout directory, removes `SOURCE_RANGES` and
+//! shortens the event counters.
 //!
 //! v3 kept the maps of v4 but `SNAT_EXHAUSTED`, with other flow entries
 //! (conntrack 32 bytes of another layout, reverse NAT 12 bytes), a smaller
@@ -25,12 +30,16 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues
 use lb_common::{
     conntrack::CtState, CtEntry, FlowKey, NodeConfig, RevNatEntry, CT_F_AFFINITY, CT_F_REPLIED,
     CT_F_SNAT, IPPROTO_TCP, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
-    MAP_VERDICTS,
+    MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 use lb_userspace::datapath::PIN_LAYOUT;
 
 /// The layout [`make_v3`] makes.
 pub const V3: &str = "v3";
+/// The layout [`make_v4`] makes.
+pub const V4: &str = "v4";
+/// Length of v4's event counters (v5 added `source_range_denied`).
+pub const V4_EVENTS: u32 = 10;
 
 /// v3's conntrack flag: the source was translated.
 pub const V3_SNAT: u32 = 1;
@@ -80,15 +89,33 @@ pub struct Written {
     pub reverse: usize,
 }
 
-/// Turns the pins an agent of layout v4 left under `pin_dir` (its
+/// Turns the pins an agent of layout v5 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v4 would have
+/// left: the same maps and entries, without `SOURCE_RANGES`, with the
+/// first [`V4_EVENTS`] event counters.
+pub fn make_v4(pin_dir: &Path) -> Result<()> {
+    ensure!(
+        PIN_LAYOUT == "v5",
+        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
+    );
+    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V4));
+    ensure!(!to.exists(), "{} exists already", to.display());
+    let events = read_counters(&from, MAP_EVENTS, V4_EVENTS)?;
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
+    write_counters(&to, MAP_EVENTS, events)
+}
+
+/// Turns the pins an agent of layout v5 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v3 would have
 /// left. With `bogus_marks`, every translated TCP flow that was answered
 /// carries v3's [`V3_BOGUS_MARKS`] and a closing time, as v3 wrote them
 /// after a handshake.
 pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
     ensure!(
-        PIN_LAYOUT == "v4",
-        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layout before it"
+        PIN_LAYOUT == "v5",
+        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
     );
     let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V3));
     ensure!(!to.exists(), "{} exists already", to.display());
@@ -115,6 +142,7 @@ pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     std::fs::remove_file(to.join(MAP_SNAT_EXHAUSTED)).context("removing SNAT_EXHAUSTED")?;
+    std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
 
     let mut written = Written::default();
     let mut ct: HashMap<MapData, FlowKey, [u8; V3_CONNTRACK_VALUE]> =
@@ -159,20 +187,26 @@ pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
     value[0..4].copy_from_slice(&node_addr.to_ne_bytes());
     config.set(0, value, 0)?;
     for (name, values) in counters {
-        let len = u32::try_from(values.len())?;
-        let mut map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(replace(
-            &to,
-            name,
-            BPF_MAP_TYPE_PERCPU_ARRAY,
-            4,
-            8,
-            len,
-        )?))?;
-        for (index, per_cpu) in (0..).zip(values) {
-            map.set(index, per_cpu, 0)?;
-        }
+        write_counters(&to, name, values)?;
     }
     Ok(written)
+}
+
+/// Replaces the per-CPU counter array `name` in `dir` by one holding `values`.
+fn write_counters(dir: &Path, name: &str, values: Vec<PerCpuValues<u64>>) -> Result<()> {
+    let len = u32::try_from(values.len())?;
+    let mut map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(replace(
+        dir,
+        name,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        4,
+        8,
+        len,
+    )?))?;
+    for (index, per_cpu) in (0..).zip(values) {
+        map.set(index, per_cpu, 0)?;
+    }
+    Ok(())
 }
 
 /// The v3 conntrack value of the v4 flow `key` -> `ct`; with `bogus_marks`,

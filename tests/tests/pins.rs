@@ -1,5 +1,5 @@
-//! The pinned state across agents: a hand-over from the previous pin layout
-//! (v3) that keeps every flow and its SNAT port, and LRU evictions made
+//! The pinned state across agents: hand-overs from the previous pin layouts
+//! (v4, v3) that keep every flow and its SNAT port, and LRU evictions made
 //! visible. Packets go through the real programs with `BPF_PROG_TEST_RUN`.
 //! Needs root.
 
@@ -11,7 +11,7 @@ use std::{
     net::Ipv4Addr,
     ops::RangeInclusive,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_common::{
@@ -30,9 +30,10 @@ use lb_tests::{
 use lb_userspace::{
     conntrack::{FlowLife, Snapshot},
     datapath::{cleanup, PIN_LAYOUT},
-    desired::{DesiredFrontend, Frontend, Protocol},
+    desired::{DesiredFrontend, Frontend, Protocol, SourceRange},
     flows::{FlowSettings, PortRange},
     metrics::Metrics,
+    plan::{MapOp, Planner},
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
@@ -244,8 +245,8 @@ fn fill_pool(
 }
 
 #[test]
-fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
-    assert_eq!(PIN_LAYOUT, "v4", "the previous layout made below is v3");
+fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
+    assert_eq!(PIN_LAYOUT, "v5", "the earlier layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
     let _pins = Pins(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
@@ -329,6 +330,71 @@ fn a_handover_from_the_previous_layout_keeps_every_flow_and_its_snat_port() {
     );
     assert_unchanged(&new, &flows, "with the pool full");
     assert_established(&pin_dir, &flows);
+}
+
+#[test]
+fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ranges() {
+    assert_eq!(PIN_LAYOUT, "v5", "the previous layout made below is v4");
+    let pin_dir = unique_pin_dir("handover-v4");
+    let _pins = Pins(pin_dir.clone());
+    let flows: Vec<WebFlow> = {
+        let mut old = load_agent(&pin_dir, V3_POOL, false);
+        program(&mut old, &[web(true)]);
+        (43000..43020)
+            .map(|sport| WebFlow::open(&old, sport))
+            .collect()
+    };
+    let before = Snapshot::read(&pin_dir).unwrap();
+    legacy::make_v4(&pin_dir).unwrap();
+
+    let mut new = load_agent(&pin_dir, V3_POOL, true);
+    assert!(new.datapath_mut().adopted(), "the services came along");
+    let after = Snapshot::read(&pin_dir).unwrap();
+    for flow in &flows {
+        assert_eq!(
+            tracked(&after, flow.sport).0,
+            tracked(&before, flow.sport).0,
+            "flow {}: v4's entry carried as it was",
+            flow.sport
+        );
+    }
+    assert_unchanged(&new, &flows, "during the hand-over");
+    new.datapath_mut().finish_handover().unwrap();
+    assert!(!pin_dir.join(legacy::V4).exists());
+    assert_eq!(
+        new.event(Event::ConntrackCreated),
+        20,
+        "v4's counters carried"
+    );
+
+    // The carried frontend gains source ranges: written by the next sync,
+    // which only new connections from outside them feel.
+    let (fe, mut desired) = web(true);
+    desired.source_ranges = vec![SourceRange {
+        addr: Ipv4Addr::new(10, 0, 0, 0),
+        prefix_len: 8,
+    }];
+    let dp = new.datapath_mut();
+    let mut planner = Planner::adopt(
+        dp.maps.applied_frontends().unwrap(),
+        dp.maps.filter.words(),
+        dp.maps.slab.slots(),
+        Duration::ZERO,
+    );
+    let (plan, errors) = planner.plan(&[(fe, desired)].into_iter().collect(), Instant::now());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        plan.ops
+            .iter()
+            .all(|op| !matches!(op, MapOp::SetTable { .. } | MapOp::SetBackend(..))),
+        "only the ranges and the entry change: {:?}",
+        plan.ops
+    );
+    dp.maps.apply(&plan.ops).unwrap();
+    let (ret, _) = new.run_xdp(&Packet::tcp(CLIENT, 44000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_DROP, "{CLIENT} is outside 10.0.0.0/8");
+    assert_eq!(new.event(Event::SourceRangeDenied), 1);
+    assert_unchanged(&new, &flows, "once the ranges apply");
 }
 
 #[test]

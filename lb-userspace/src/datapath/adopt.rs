@@ -9,9 +9,9 @@ use std::{
 use anyhow::Result;
 use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED, IPPROTO_TCP, IPPROTO_UDP};
 
-use super::{decode_label, maps::Maps};
+use super::{decode_label, maps::Maps, writer::source_range_of};
 use crate::{
-    desired::{Frontend, ObjectName, Protocol},
+    desired::{Frontend, ObjectName, Protocol, SourceRange},
     plan::{AppliedBackend, AppliedFrontend},
 };
 
@@ -37,6 +37,11 @@ impl Maps {
                     selected: backend.flags & BACKEND_F_SELECTED != 0,
                 },
             );
+        }
+        let mut ranges_of: BTreeMap<u32, Vec<SourceRange>> = BTreeMap::new();
+        for key in self.source_ranges.keys() {
+            let (id, range) = source_range_of(&key?);
+            ranges_of.entry(id).or_default().push(range);
         }
         let mut frontends = Vec::new();
         for item in &self.services {
@@ -65,6 +70,13 @@ impl Maps {
                 port_name: String::new(),
                 entry,
                 backends: backends_of.remove(&entry.id).unwrap_or_default(),
+                source_ranges: ranges_of
+                    .remove(&entry.id)
+                    .map(|mut ranges| {
+                        ranges.sort_unstable();
+                        ranges
+                    })
+                    .unwrap_or_default(),
             });
         }
         Ok(frontends)

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        lpm_trie::LpmTrie, Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     Pod,
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, RevNatEntry, ServiceEntry, ServiceKey,
-    ServiceLabel, ServiceStats, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV,
-    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
-    MAP_VERDICTS,
+    ServiceLabel, ServiceStats, SourceRangeKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS,
+    MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{
@@ -134,9 +137,33 @@ fn add_service_stats(old: &Path, new: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the services, backends and Maglev tables: the slab and the
-/// backends first, the frontends last, so no frontend points at a missing table.
-pub fn carry_services(old_dir: &Path, new_dir: &Path, maps: &mut Maps) -> Result<()> {
+/// Copies every entry of the LPM trie at `old` into the one at `new`.
+fn copy_lpm<K: Pod, V: Pod>(old: &Path, new: &Path) -> Result<()> {
+    let from: LpmTrie<MapData, K, V> = LpmTrie::try_from(open(old)?)?;
+    let mut to: LpmTrie<MapData, K, V> = LpmTrie::try_from(open(new)?)?;
+    for item in &from {
+        let (key, value) = item?;
+        to.insert(&key, value, 0)
+            .with_context(|| format!("copying into {}", new.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the services, backends and Maglev tables (and the source ranges
+/// when `plan` carries them): the slab, the backends and the ranges first,
+/// the frontends last, so no frontend points at a missing table or range.
+pub fn carry_services(
+    old_dir: &Path,
+    new_dir: &Path,
+    plan: &Handover,
+    maps: &mut Maps,
+) -> Result<()> {
+    if plan.carry.contains(&MAP_SOURCE_RANGES) {
+        copy_lpm::<SourceRangeKey, u32>(
+            &old_dir.join(MAP_SOURCE_RANGES),
+            &new_dir.join(MAP_SOURCE_RANGES),
+        )?;
+    }
     let old_slab = Slab::new(open(&old_dir.join(MAP_MAGLEV))?)?;
     maps.slab.write(0, &old_slab.read(0, old_slab.slots())?)?;
     copy_array::<Backend>(&old_dir.join(MAP_BACKENDS), &new_dir.join(MAP_BACKENDS))?;

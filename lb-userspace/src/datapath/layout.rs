@@ -8,19 +8,20 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES,
-    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
+    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES,
+    MAP_VERDICTS,
 };
 
 use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v4";
+pub const PIN_LAYOUT: &str = "v5";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_219_463_600_702_452_487;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 5_838_633_558_749_025_540;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -29,8 +30,24 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_219_463_600_702_452_487;
 /// counters (a hash) are carried into the hash, which counts alongside the
 /// per-CPU array of low ids that v3 added. v4 added `SNAT_EXHAUSTED`, one
 /// verdict and events (counters only grow), and changed the flow state:
-/// see [`CONVERTED_LAYOUTS`].
+/// see [`CONVERTED_LAYOUTS`]. v5 added `SOURCE_RANGES` and one event.
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
+    (
+        "v4",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_SERVICE_STATS_ARRAY,
+            MAP_EVENTS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+        ],
+    ),
     (
         "v3",
         &[
@@ -86,12 +103,15 @@ pub const CONVERTED_SHAPES: [(&str, u32, u32); 2] = [(MAP_CONNTRACK, 16, 32), (M
 /// The maps naming each other's ids (service ids, backend ids, slab
 /// offsets): carried all together or not at all.
 pub const SERVICE_MAPS: [&str; 4] = [MAP_MAGLEV, MAP_BACKENDS, MAP_SERVICE_LABELS, MAP_SERVICES];
-/// Maps whose entries hold service or backend ids: carried only with [`SERVICE_MAPS`].
-pub const ID_DEPENDENT_MAPS: [&str; 4] = [
+/// Maps whose entries hold service or backend ids: carried only with
+/// [`SERVICE_MAPS`]. The source ranges may start empty under carried
+/// services (a layout before they existed): the first sync writes them.
+pub const ID_DEPENDENT_MAPS: [&str; 5] = [
     MAP_CONNTRACK,
     MAP_AFFINITY,
     MAP_SERVICE_STATS,
     MAP_SERVICE_STATS_ARRAY,
+    MAP_SOURCE_RANGES,
 ];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];

@@ -8,15 +8,18 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
 use lb_common::{
     Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
-    SlabEntry, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS,
-    MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
+    SlabEntry, SourceRangeKey, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV, MAP_SERVICES,
+    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
+    SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -31,6 +34,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     lb_common::MAP_EVENTS,
     MAP_FILTER,
     lb_common::MAP_SNAT_EXHAUSTED,
+    lb_common::MAP_SOURCE_RANGES,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
@@ -60,6 +64,8 @@ pub struct Maps {
     pub events: PerCpuArray<MapData, u64>,
     /// The pass-through filter, memory-mapped.
     pub filter: Filter,
+    /// Client ranges of frontends restricted to them.
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
 }
 
 impl Maps {
@@ -80,6 +86,7 @@ impl Maps {
             service_stats_array: PerCpuArray::try_from(take(MAP_SERVICE_STATS_ARRAY)?)?,
             events: PerCpuArray::try_from(take(lb_common::MAP_EVENTS)?)?,
             filter: Filter::new(take(MAP_FILTER)?)?,
+            source_ranges: LpmTrie::try_from(take(lb_common::MAP_SOURCE_RANGES)?)?,
         })
     }
 
@@ -108,6 +115,7 @@ impl Maps {
             )?))?,
             events: PerCpuArray::try_from(Map::PerCpuArray(open(lb_common::MAP_EVENTS)?))?,
             filter: Filter::new(Map::Array(open(MAP_FILTER)?))?,
+            source_ranges: LpmTrie::try_from(Map::LpmTrie(open(lb_common::MAP_SOURCE_RANGES)?))?,
         })
     }
 

@@ -266,7 +266,7 @@ impl Datapath {
         {
             let dir = pins_dir(&config.pin_dir);
             if plan.carries_services() {
-                handover::carry_services(from, &dir, &mut maps)
+                handover::carry_services(from, &dir, plan, &mut maps)
                     .context("carrying the services over from the earlier layout")?;
                 adopted = true;
             }

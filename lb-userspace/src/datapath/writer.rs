@@ -1,10 +1,11 @@
 //! Applies a plan's map operations in order.
 
 use anyhow::{Context, Result};
-use lb_common::{Backend, ServiceLabel, SERVICE_LABEL_LEN};
+use aya::maps::lpm_trie::Key;
+use lb_common::{Backend, ServiceLabel, SourceRangeKey, SERVICE_LABEL_LEN, SOURCE_RANGE_ID_BITS};
 
 use super::maps::Maps;
-use crate::plan::MapOp;
+use crate::{desired::SourceRange, plan::MapOp};
 
 impl Maps {
     /// Applies `ops` in order. Stops at the first failure, so a table is never
@@ -37,6 +38,14 @@ impl Maps {
                 // A service id's label and counters end together (the id may
                 // be reused later); a missing entry is fine.
                 MapOp::SetFilterWord(index, bits) => self.filter.set(*index, *bits)?,
+                MapOp::SetSourceRange(id, range) => self
+                    .source_ranges
+                    .insert(&source_range_key(*id, *range), 1, 0)
+                    .with_context(|| format!("writing source range {range} of service {id}"))?,
+                MapOp::DeleteSourceRange(id, range) => self
+                    .source_ranges
+                    .remove(&source_range_key(*id, *range))
+                    .with_context(|| format!("deleting source range {range} of service {id}"))?,
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
                     self.clear_service_stats(*id)
@@ -46,6 +55,35 @@ impl Maps {
         }
         Ok(())
     }
+}
+
+/// The `SOURCE_RANGES` key of `range` for service id `service_id`.
+#[must_use]
+pub fn source_range_key(service_id: u32, range: SourceRange) -> Key<SourceRangeKey> {
+    Key::new(
+        SOURCE_RANGE_ID_BITS + u32::from(range.prefix_len),
+        SourceRangeKey {
+            service_id: service_id.to_be(),
+            client_addr: u32::from_ne_bytes(range.addr.octets()),
+        },
+    )
+}
+
+/// The service id and range of a `SOURCE_RANGES` key.
+#[must_use]
+pub fn source_range_of(key: &Key<SourceRangeKey>) -> (u32, SourceRange) {
+    let data = key.data();
+    let prefix_len = key
+        .prefix_len()
+        .saturating_sub(SOURCE_RANGE_ID_BITS)
+        .min(32);
+    (
+        u32::from_be(data.service_id),
+        SourceRange {
+            addr: std::net::Ipv4Addr::from(data.client_addr.to_ne_bytes()),
+            prefix_len: u8::try_from(prefix_len).unwrap_or(32),
+        },
+    )
 }
 
 /// Encodes a label, truncated on a character boundary to fit.

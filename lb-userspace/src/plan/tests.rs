@@ -36,6 +36,7 @@ fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
             .collect(),
         affinity_timeout: 0,
         has_endpoints: !backends.is_empty(),
+        source_ranges: Vec::new(),
     }
 }
 
@@ -59,6 +60,8 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
             MapOp::SetService(..) => "service",
             MapOp::DeleteService(..) => "delete",
             MapOp::ClearBackend(..) => "clear",
+            MapOp::SetSourceRange(..) => "range",
+            MapOp::DeleteSourceRange(..) => "unrange",
             MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
                 unreachable!()
             }
@@ -363,4 +366,75 @@ fn a_frontend_that_does_not_fit_leaves_the_others_alone() {
         "fe(30) is still placed"
     );
     assert!(p.frontends().all(|f| f.frontend != fe(20)));
+}
+
+#[test]
+fn source_ranges_are_written_before_the_entry_that_uses_them_and_removed_after() {
+    let t0 = Instant::now();
+    let r = |c: u8, len| SourceRange {
+        addr: Ipv4Addr::new(c, 0, 0, 0),
+        prefix_len: len,
+    };
+    let with = |ranges: Vec<SourceRange>| DesiredFrontend {
+        source_ranges: ranges,
+        ..want(&[(2, true)])
+    };
+    let mut p = Planner::new(1 << 16, GRACE);
+    let (plan, _) = p.plan(&state(&[(fe(10), with(vec![r(10, 8), r(20, 8)]))]), t0);
+    assert_eq!(
+        kinds(&plan),
+        ["backend", "range", "range", "table", "service"]
+    );
+    let entry = |plan: &Plan| {
+        plan.ops
+            .iter()
+            .find_map(|op| match op {
+                MapOp::SetService(_, e) => Some(*e),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let first = entry(&plan);
+    assert_eq!(first.flags, SERVICE_F_SOURCE_RANGES);
+    let id = first.id;
+
+    // One range more, one fewer: the table and the entry stay.
+    let (plan, _) = p.plan(&state(&[(fe(10), with(vec![r(10, 8), r(30, 8)]))]), t0);
+    assert_eq!(
+        plan.ops,
+        [
+            MapOp::SetSourceRange(id, r(30, 8)),
+            MapOp::DeleteSourceRange(id, r(20, 8))
+        ]
+    );
+    // No ranges: the entry stops checking first, then the ranges go.
+    let (plan, _) = p.plan(&state(&[(fe(10), with(vec![]))]), t0);
+    let k = kinds(&plan);
+    let service = k.iter().position(|&x| x == "service").unwrap();
+    assert_eq!(entry(&plan).flags, 0);
+    assert!(
+        k[service + 1..].iter().filter(|&&x| x == "unrange").count() == 2,
+        "{k:?}"
+    );
+    assert!(!k[..service].contains(&"unrange"), "{k:?}");
+    // And back, then the frontend goes: its ranges go after its entry.
+    p.plan(&state(&[(fe(10), with(vec![r(10, 8)]))]), t0);
+    let (plan, _) = p.plan(&state(&[]), t0);
+    let k = kinds(&plan);
+    assert_eq!(&k[..2], ["delete", "unrange"], "{k:?}");
+    assert_eq!(p.source_ranges, 0);
+    // Replanning the same state writes nothing.
+    p.plan(&state(&[(fe(10), with(vec![r(10, 8)]))]), t0);
+    let (again, _) = p.plan(&state(&[(fe(10), with(vec![r(10, 8)]))]), t0);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+    assert_eq!(p.source_ranges, 1);
+}
+
+#[test]
+fn the_source_range_map_has_a_capacity() {
+    let max = lb_common::SOURCE_RANGES_MAX_ENTRIES as usize;
+    assert_eq!(ranges::count_after(max - 1, 0, 1), Ok(max));
+    assert_eq!(ranges::count_after(max, 3, 3), Ok(max));
+    let err = ranges::count_after(max, 0, 1).unwrap_err();
+    assert!(err.contains("source ranges"), "{err}");
 }

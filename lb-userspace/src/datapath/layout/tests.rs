@@ -1,5 +1,6 @@
 use lb_common::{
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED,
+    MAP_SOURCE_RANGES,
 };
 
 use super::*;
@@ -17,12 +18,20 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v3 layout: today's maps without `SNAT_EXHAUSTED`, with v3's flow
+/// The v4 layout: today's maps without `SOURCE_RANGES`, with one event fewer (10).
+fn v4(current: &Shapes) -> Shapes {
+    let mut old = current.clone();
+    old.remove(MAP_SOURCE_RANGES);
+    old.get_mut(MAP_EVENTS).unwrap().max_entries = 10;
+    old
+}
+
+/// The v3 layout: v4's maps without `SNAT_EXHAUSTED`, with v3's flow
 /// entries (a conntrack value of the same size but another layout, a
 /// reverse-NAT value of 12 bytes), its 8-byte `CONFIG`, and fewer verdicts
 /// (5) and events (2).
 fn v3(current: &Shapes) -> Shapes {
-    let mut old = current.clone();
+    let mut old = v4(current);
     old.remove(MAP_SNAT_EXHAUSTED);
     old.get_mut(MAP_CONNTRACK).unwrap().value_size = 32;
     old.get_mut(MAP_REVNAT).unwrap().value_size = 12;
@@ -112,13 +121,29 @@ fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
 }
 
 #[test]
+fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v4", &v4(new), new);
+    let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOURCE_RANGES);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
+    assert!(plan.convert.is_empty(), "v4's flows are v5's: {plan:?}");
+    assert_eq!(plan.fresh, vec![none(MAP_SOURCE_RANGES, "v4")]);
+    assert!(plan.carries_services());
+    // v4 counted one event fewer: its counters fit into v5's.
+    assert!(plan.carry.contains(&MAP_EVENTS));
+}
+
+#[test]
 fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
-    assert_eq!(sorted(&plan.carry), every_map_but(&NEVER_CARRIED));
+    let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOURCE_RANGES);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
-    assert!(plan.fresh.is_empty(), "{:?}", plan.fresh);
+    assert_eq!(plan.fresh, vec![none(MAP_SOURCE_RANGES, "v3")]);
     assert!(plan.carries_services());
     // v3's counter arrays are shorter: they fit into v4's.
     assert!(plan.carry.contains(&MAP_VERDICTS) && plan.carry.contains(&MAP_EVENTS));
@@ -135,11 +160,17 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SERVICE_STATS_ARRAY);
+    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     // v2 counted every service in the hash, which is carried.
-    assert_eq!(plan.fresh, vec![none(MAP_SERVICE_STATS_ARRAY, "v2")]);
+    assert_eq!(
+        plan.fresh,
+        vec![
+            none(MAP_SERVICE_STATS_ARRAY, "v2"),
+            none(MAP_SOURCE_RANGES, "v2")
+        ]
+    );
     assert!(plan.carries_services());
 }
 
@@ -148,12 +179,16 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_EVENTS]);
+    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_EVENTS, MAP_SOURCE_RANGES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     assert_eq!(
         plan.fresh,
-        vec![none(MAP_SERVICE_STATS_ARRAY, "v1"), none(MAP_EVENTS, "v1")]
+        vec![
+            none(MAP_SERVICE_STATS_ARRAY, "v1"),
+            none(MAP_SOURCE_RANGES, "v1"),
+            none(MAP_EVENTS, "v1")
+        ]
     );
     assert!(plan.carries_services());
 }
@@ -192,7 +227,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carries_services(), "{map} of {what}");
             assert_eq!(plan.convert, vec![other], "{map} of {what}");
             assert!(plan.carry.contains(&MAP_AFFINITY));
-            assert_eq!(plan.fresh.len(), 1, "{map} of {what}: {plan:?}");
+            assert_eq!(plan.fresh.len(), 2, "{map} of {what}: {plan:?}");
         }
     }
 }
@@ -201,7 +236,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
 fn an_unknown_layout_carries_nothing() {
     let new = object_shapes().unwrap();
     // Neither one of today's shapes, nor v3's flow maps under another name.
-    for (from, old) in [("v7", new.clone()), ("v5", v3(new)), ("v0", v3(new))] {
+    for (from, old) in [("v7", new.clone()), ("v6", v3(new)), ("v0", v3(new))] {
         let plan = plan_handover(from, &old, new);
         assert!(plan.carry.is_empty(), "{from}: {plan:?}");
         assert!(plan.convert.is_empty(), "{from}: {plan:?}");
@@ -306,7 +341,7 @@ fn other_layout_dirs_are_listed_oldest_first() {
     for sub in ["v10", "v1", "v3", PIN_LAYOUT, "links", "vx", "v7"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    std::fs::write(dir.join("v5"), "a file, not a layout").unwrap();
+    std::fs::write(dir.join("v6"), "a file, not a layout").unwrap();
     let found = other_layouts(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(found, vec!["v1", "v3", "v7", "v10"]);

@@ -1,0 +1,37 @@
+//! A frontend's source ranges in `SOURCE_RANGES`, keyed by its service id.
+//! New ranges are written before the service entry that may turn them on
+//! (`SERVICE_F_SOURCE_RANGES`), and ranges it no longer has are removed after
+//! the entry that stops using them, so a packet never meets a flagged entry
+//! without its ranges.
+
+use super::{MapOp, Ops};
+use crate::desired::SourceRange;
+
+/// Queues the writes that turn `old` (sorted) into `new` (sorted) for
+/// service id `service_id`.
+pub(super) fn update(service_id: u32, old: &[SourceRange], new: &[SourceRange], ops: &mut Ops) {
+    for range in new {
+        if old.binary_search(range).is_err() {
+            ops.backends.push(MapOp::SetSourceRange(service_id, *range));
+        }
+    }
+    for range in old {
+        if new.binary_search(range).is_err() {
+            ops.deletes
+                .push(MapOp::DeleteSourceRange(service_id, *range));
+        }
+    }
+}
+
+/// How many ranges the maps hold after `old` becomes `new`, or why not.
+pub(super) fn count_after(used: usize, old: usize, new: usize) -> Result<usize, String> {
+    let after = used - old + new;
+    if after > lb_common::SOURCE_RANGES_MAX_ENTRIES as usize {
+        Err(format!(
+            "more than {} source ranges in all",
+            lb_common::SOURCE_RANGES_MAX_ENTRIES
+        ))
+    } else {
+        Ok(after)
+    }
+}
