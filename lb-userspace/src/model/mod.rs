@@ -1,6 +1,8 @@
 //! The validated model: Services and EndpointSlices as the agent needs them,
 //! built from the Kubernetes objects with every field checked.
 
+#[cfg(test)]
+mod kube_proxy_tests;
 mod parse;
 mod service;
 mod slice;
@@ -155,11 +157,11 @@ pub struct SlicePort {
 pub struct EndpointSpec {
     /// Addresses (the first is the one used; all are kept).
     pub addresses: Vec<Ipv4Addr>,
-    /// `conditions.ready` is not false.
+    /// `conditions.ready` is not false (unset is ready, as kube-proxy reads it).
     pub ready: bool,
-    /// `conditions.serving`.
+    /// `conditions.serving` as the slice says it; see [`EndpointSpec::is_serving`].
     pub serving: Option<bool>,
-    /// `conditions.terminating`.
+    /// `conditions.terminating` as the slice says it; see [`EndpointSpec::is_terminating`].
     pub terminating: Option<bool>,
     /// The node it runs on.
     pub node_name: Option<String>,
@@ -172,10 +174,13 @@ pub struct EndpointSpec {
 }
 
 impl EndpointSpec {
-    /// `conditions.serving`, which defaults to `ready`.
+    /// `conditions.serving`; unset is serving. kube-proxy reads it so
+    /// (`endpointslicecache.go`), not as the API's "defer to ready": the two
+    /// differ only for a not-ready terminating endpoint with `serving` unset,
+    /// which kube-proxy (and so this agent) uses when nothing is ready.
     #[must_use]
     pub fn is_serving(&self) -> bool {
-        self.serving.unwrap_or(self.ready)
+        self.serving.unwrap_or(true)
     }
 
     /// `conditions.terminating`, false when absent.
