@@ -7,6 +7,7 @@ use tracing::debug;
 
 use crate::model::{
     object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
+    UNSUPPORTED_PROTOCOL,
 };
 
 /// Label that asks the mirroring controller to leave an Endpoints object alone.
@@ -39,10 +40,18 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
     for (i, subset) in endpoints.subsets.iter().flatten().enumerate() {
         let mut ports = Vec::new();
         for port in subset.ports.iter().flatten() {
+            let number = parse_port("port", port.port)?;
+            // An SCTP port is dropped alone, as from an EndpointSlice.
+            let Some(protocol) = parse_protocol(port.protocol.as_deref())? else {
+                debug!(
+                    "Endpoints {name}: port {number}/{UNSUPPORTED_PROTOCOL} is not served; dropped"
+                );
+                continue;
+            };
             ports.push(SlicePort {
                 name: port.name.clone().unwrap_or_default(),
-                port: parse_port("port", port.port)?,
-                protocol: parse_protocol(port.protocol.as_deref())?,
+                port: number,
+                protocol,
             });
         }
         let mut v4 = Vec::new();

@@ -154,12 +154,10 @@ fn invalid_objects_are_reported_by_file_and_name() {
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 0}]}\n", "port 0 is out of range"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, targetPort: 70000}]}\n", "targetPort 70000"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: QUIC}]}\n", "unknown protocol"),
-        ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80, protocol: SCTP}]}\n", "SCTP"),
         ("Service default/bad", "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}, {port: 80}]}\n", "twice"),
         ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\nendpoints: []\n", "kubernetes.io/service-name"),
         ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [10.1.2]}]\n", "10.1.2"),
         ("EndpointSlice prod/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: prod, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nports: [{port: 0}]\nendpoints: []\n", "port 0 is out of range"),
-        ("EndpointSlice default/s", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nports: [{port: 80, protocol: SCTP}]\nendpoints: []\n", "SCTP"),
         ("Endpoints default/e", "apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\nsubsets: [{addresses: [{ip: nope}], ports: [{port: 80}]}]\n", "nope"),
     ];
     for (object, yaml, needle) in cases {

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::ident::{ObjectName, Protocol};
 
-pub use self::parse::{object_name, parse_port, parse_protocol};
+pub use self::parse::{object_name, parse_port, parse_protocol, UNSUPPORTED_PROTOCOL};
 pub use self::service::{PROXY_IP_MODE, SOURCE_RANGES_ANNOTATION};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -104,6 +104,9 @@ pub struct ServiceSpec {
     /// `service.beta.kubernetes.io/load-balancer-source-ranges` annotation):
     /// the clients a load-balancer IP accepts; empty: all. IPv4 ranges only.
     pub source_ranges: Vec<SourceRange>,
+    /// Ports left out of `ports` because the data path does not serve their
+    /// protocol, as "port/protocol" (e.g. "53/SCTP"); the others are served.
+    pub skipped_ports: Vec<String>,
 }
 
 /// An IPv4 CIDR of `loadBalancerSourceRanges`, its host bits cleared.
