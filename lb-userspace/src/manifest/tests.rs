@@ -9,25 +9,25 @@ use super::*;
 use crate::model::{AddressType, ServiceKind, TargetPort};
 
 /// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    pub(super) fn new(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("lb-manifest-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
 
-    fn write(&self, name: &str, text: &str) {
+    pub(super) fn write(&self, name: &str, text: &str) {
         std::fs::write(self.0.join(name), text).unwrap();
     }
 
-    fn remove(&self, name: &str) {
+    pub(super) fn remove(&self, name: &str) {
         std::fs::remove_file(self.0.join(name)).unwrap();
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -38,7 +38,7 @@ impl Drop for TempDir {
     }
 }
 
-fn name(ns: &str, n: &str) -> ObjectName {
+pub(super) fn name(ns: &str, n: &str) -> ObjectName {
     ObjectName {
         namespace: ns.into(),
         name: n.into(),
@@ -106,6 +106,10 @@ fn headless_and_external_name_are_recognised() {
 #[test]
 fn legacy_endpoints_are_mirrored_into_slices() {
     let dir = TempDir::new("mirror");
+    dir.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: ns1}\nspec: {clusterIP: 10.96.0.30}\n",
+    );
     dir.write(
         "ep.yaml",
         "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ext, namespace: ns1}\nsubsets:\n\
@@ -308,6 +312,12 @@ fn a_later_file_wins_a_name_clash_as_a_whole_object() {
 fn endpoints_the_controller_would_not_mirror_give_no_slices() {
     let dir = TempDir::new("skip-mirror");
     let subsets = "subsets: [{addresses: [{ip: 10.0.0.1}], ports: [{port: 80}]}]\n";
+    for n in ["a", "b", "c"] {
+        dir.write(
+            &format!("svc-{n}.yaml"),
+            &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{clusterIP: 10.96.0.40}}\n"),
+        );
+    }
     dir.write(
         "a.yaml",
         &format!(

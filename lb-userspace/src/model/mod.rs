@@ -107,6 +107,10 @@ pub struct ServiceSpec {
     /// Ports left out of `ports` because the data path does not serve their
     /// protocol, as "port/protocol" (e.g. "53/SCTP"); the others are served.
     pub skipped_ports: Vec<String>,
+    /// `spec.selector` is set (and not empty, which the API server stores
+    /// as unset): the EndpointSlice controller writes its slices, and its
+    /// Endpoints are not mirrored.
+    pub has_selector: bool,
 }
 
 /// An IPv4 CIDR of `loadBalancerSourceRanges`, its host bits cleared.

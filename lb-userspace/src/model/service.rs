@@ -96,7 +96,6 @@ impl ServiceSpec {
             "externalTrafficPolicy",
             spec.external_traffic_policy.as_deref(),
         )?;
-        let affinity_timeout = parse_affinity(&spec)?;
         let (ports, skipped_ports) = parse_ports(spec.ports.as_deref().unwrap_or_default(), kind)?;
         if !skipped.is_empty() {
             warn!(
@@ -113,11 +112,12 @@ impl ServiceSpec {
             load_balancer_ips,
             internal_policy,
             external_policy,
-            affinity_timeout,
+            affinity_timeout: parse_affinity(&spec)?,
             created,
             health_check_node_port,
             source_ranges,
             skipped_ports,
+            has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
         })
     }
 
