@@ -1,13 +1,16 @@
 //! Legacy `v1 Endpoints` to EndpointSlices, as Kubernetes' mirroring controller does.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Endpoints;
 use tracing::debug;
 
-use crate::model::{
-    object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
-    UNSUPPORTED_PROTOCOL,
+use crate::{
+    desired::ObjectName,
+    model::{
+        object_name, parse_port, parse_protocol, AddressType, EndpointSpec, ServiceSpec, SlicePort,
+        SliceSpec, UNSUPPORTED_PROTOCOL,
+    },
 };
 
 /// Label that asks the mirroring controller to leave an Endpoints object alone.
@@ -117,7 +120,7 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
             ));
         }
         let slice = |suffix: &str, address_type, endpoints| SliceSpec {
-            name: crate::desired::ObjectName {
+            name: ObjectName {
                 namespace: name.namespace.clone(),
                 name: format!("{}-mirror-{i}{suffix}", name.name),
             },
@@ -134,4 +137,25 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
         }
     }
     Ok(out)
+}
+
+/// Whether the Endpoints `name` are mirrored given the `services` there
+/// are: the controller mirrors only the Endpoints of a Service that exists
+/// and has no selector (the EndpointSlice controller serves the others).
+/// Mirrored slices follow their Service on the next load: the manifest
+/// model is rebuilt whole from every file, and the manifest source reports
+/// every load as a change of everything, so slices appear and go with no
+/// change list of their own.
+pub(super) fn wanted(name: &ObjectName, services: &BTreeMap<ObjectName, ServiceSpec>) -> bool {
+    match services.get(name) {
+        None => {
+            debug!("Endpoints {name}: not mirrored (no Service of that name)");
+            false
+        }
+        Some(service) if service.has_selector => {
+            debug!("Endpoints {name}: not mirrored (its Service has a selector)");
+            false
+        }
+        Some(_) => true,
+    }
 }

@@ -98,22 +98,8 @@ impl LoadResult {
             node: None,
         };
         for (endpoints, mirrored) in endpoints {
-            // The controller mirrors only the Endpoints of a Service that
-            // exists and has no selector (the EndpointSlice controller
-            // serves the others). Mirrored slices follow their Service on
-            // the next load: this model is rebuilt whole from every file,
-            // and the manifest source reports every load as a change of
-            // everything, so slices appear and go with no change list.
-            match cluster.services.get(&endpoints) {
-                None => {
-                    debug!("Endpoints {endpoints}: not mirrored (no Service of that name)");
-                    continue;
-                }
-                Some(service) if service.has_selector => {
-                    debug!("Endpoints {endpoints}: not mirrored (its Service has a selector)");
-                    continue;
-                }
-                Some(_) => {}
+            if !mirror::wanted(&endpoints, &cluster.services) {
+                continue;
             }
             for slice in mirrored {
                 if cluster.slices.contains_key(&slice.name) {
