@@ -10,7 +10,7 @@ use crate::{
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo, ObjectName},
     model::{
         AddressType, Cluster, EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SliceSpec,
-        TargetPort, TrafficPolicy,
+        TrafficPolicy,
     },
     source_ranges,
 };
@@ -22,19 +22,27 @@ use crate::{
 ///   an internal frontend per port; external frontends are `externalIPs`,
 ///   load-balancer ingress IPs, and each node address with the port's
 ///   nodePort (NodePort and LoadBalancer Services).
-/// - A Service's endpoints come from the slices in its namespace labelled
-///   with its name. Slices mirrored from legacy Endpoints count only when the
-///   Service has no EndpointSlice of its own. Slices of another address
-///   family are ignored with a warning.
+/// - A Service's endpoints come from every slice in its namespace labelled
+///   with its name: the union of its own slices and those mirrored from
+///   legacy Endpoints. Slices of another address family are ignored with a
+///   warning.
 /// - A Service port takes, in each slice, the slice port with the same name
 ///   and protocol; its number is the endpoint port (so a named targetPort
-///   resolves per slice). A numeric targetPort is used when the slice has no
-///   ports at all. An address found in several slices counts once.
+///   resolves per slice). A slice without that port, or without ports at
+///   all, gives the Service port nothing (whatever its targetPort). An
+///   address found in several slices counts once (one not terminating over
+///   a terminating one).
 /// - New connections go to ready endpoints; when none is ready, to endpoints
-///   that are serving and terminating (KEP-1669).
-/// - Topology: when every ready endpoint carries zone hints and one is for
-///   this node's zone, cluster-wide frontends use only the endpoints hinted
-///   for it (node hints likewise, first). Otherwise all endpoints.
+///   that are serving and terminating (KEP-1669). Unset conditions read as
+///   kube-proxy reads them: ready and serving true, terminating false.
+/// - Topology (cluster-wide frontends only): when every ready endpoint
+///   carries node hints and one is for this node, only the ready endpoints
+///   hinted for this node; otherwise, when every ready endpoint carries zone
+///   hints and one is for this node's zone, only those hinted for the zone;
+///   otherwise all. Only ready endpoints count, and the terminating fallback
+///   ignores hints. Hints are used whenever present, as kube-proxy does: it
+///   reads neither `trafficDistribution` nor the topology-mode annotation,
+///   which only tell the EndpointSlice controller to write hints.
 /// - `internalTrafficPolicy: Local` (cluster IPs) and
 ///   `externalTrafficPolicy: Local` (external frontends) use only this node's
 ///   endpoints, with the same ready-then-terminating fallback; with none, the
@@ -148,18 +156,15 @@ pub fn service_state(
     ) {
         return Vec::new();
     }
-    let all: Vec<&SliceSpec> = index
+    // Every slice labelled for the Service counts, mirrored or not (kube-proxy
+    // takes their union).
+    let slices: Vec<&SliceSpec> = index
         .by_service
         .get(name)
         .into_iter()
         .flatten()
         .filter_map(|s| cluster.slices.get(s))
         .filter(|s| s.address_type == AddressType::Ipv4)
-        .collect();
-    let has_own = all.iter().any(|s| !s.mirrored);
-    let slices: Vec<&SliceSpec> = all
-        .into_iter()
-        .filter(|s| !has_own || !s.mirrored)
         .collect();
     let mut out = Vec::new();
     for port in &service.ports {
@@ -227,31 +232,41 @@ fn endpoints_for<'a>(
     slices: &[&'a SliceSpec],
     node: &NodeInfo,
 ) -> Vec<Candidate<'a>> {
-    let mut seen = BTreeMap::new();
+    let mut seen: BTreeMap<SocketAddrV4, Candidate<'a>> = BTreeMap::new();
     for slice in slices {
-        let number = if slice.ports.is_empty() {
-            match port.target_port {
-                TargetPort::Number(n) => Some(n),
-                TargetPort::Name(_) => None,
-            }
-        } else {
-            slice
-                .ports
-                .iter()
-                .find(|p| p.name == port.name && p.protocol == port.protocol)
-                .map(|p| p.port)
+        // A slice without the port (or without ports at all) gives this
+        // Service port nothing, whatever its targetPort.
+        let Some(number) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+            .map(|p| p.port)
+        else {
+            continue;
         };
-        let Some(number) = number else { continue };
         for endpoint in &slice.endpoints {
             let Some(&ip) = endpoint.addresses.first() else {
                 continue;
             };
             let addr = SocketAddrV4::new(ip, number);
-            seen.entry(addr).or_insert(Candidate {
+            let candidate = Candidate {
                 addr,
                 endpoint,
                 local: endpoint.node_name.as_deref() == Some(node.name.as_str()),
-            });
+            };
+            // One address in several slices counts once: the first found,
+            // unless a later one is not terminating and it is (kube-proxy
+            // prefers the running endpoint of a reused address).
+            match seen.entry(addr) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(candidate);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    if e.get().endpoint.is_terminating() && !endpoint.is_terminating() {
+                        e.insert(candidate);
+                    }
+                }
+            }
         }
     }
     seen.into_values().collect()
@@ -268,7 +283,9 @@ fn choose(
         TrafficPolicy::Cluster => candidates.iter().collect(),
     };
     let mut selected = usable(&pool);
-    if policy == TrafficPolicy::Cluster {
+    // Hints steer only ready endpoints: the terminating fallback (no ready
+    // endpoint anywhere) ignores topology, as kube-proxy does.
+    if policy == TrafficPolicy::Cluster && selected.iter().all(|c| c.endpoint.ready) {
         selected = topology(&selected, node);
     }
     candidates
@@ -327,5 +344,7 @@ fn topology<'c, 'a>(selected: &[&'c Candidate<'a>], node: &NodeInfo) -> Vec<&'c 
     }
 }
 
+#[cfg(test)]
+mod kube_proxy_tests;
 #[cfg(test)]
 mod tests;

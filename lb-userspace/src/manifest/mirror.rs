@@ -1,12 +1,16 @@
 //! Legacy `v1 Endpoints` to EndpointSlices, as Kubernetes' mirroring controller does.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
+use k8s_openapi::api::core::v1::Endpoints;
 use tracing::debug;
 
-use crate::model::{
-    object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
+use crate::{
+    desired::ObjectName,
+    model::{
+        object_name, parse_port, parse_protocol, AddressType, EndpointSpec, ServiceSpec, SlicePort,
+        SliceSpec, UNSUPPORTED_PROTOCOL,
+    },
 };
 
 /// Label that asks the mirroring controller to leave an Endpoints object alone.
@@ -14,12 +18,33 @@ pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// Annotation of leader-election records kept in Endpoints objects (never mirrored).
 pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 
-/// The slices mirrored from `endpoints`: per subset, one IPv4 slice (ready
-/// `addresses` and not-ready `notReadyAddresses`) and, if it has other
-/// addresses, one slice of the other family (ignored by selection). Like the
-/// controller, nothing for Endpoints labelled `skip-mirror: "true"` or
-/// holding a leader-election record.
-pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
+/// Addresses mirrored per subset at most, ready ones first: the
+/// controller's default `--mirroring-max-endpoints-per-subset`.
+pub const MAX_ENDPOINTS_PER_SUBSET: usize = 1_000;
+
+/// What mirroring one Endpoints object gives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirrored {
+    /// The slices.
+    pub slices: Vec<SliceSpec>,
+    /// What was left out, one sentence each (an invalid address, addresses
+    /// over the cap), for the log.
+    pub skipped: Vec<String>,
+}
+
+/// The slices mirrored from `endpoints`, as the mirroring controller makes
+/// them: per subset, one IPv4 slice (ready `addresses`, then not-ready
+/// `notReadyAddresses`, with only `ready` set) and, if it has other
+/// addresses, one slice of the other family (ignored by selection). A
+/// subset gives at most [`MAX_ENDPOINTS_PER_SUBSET`] valid addresses, ready
+/// ones first; an address that is not an IP is skipped alone. An SCTP port
+/// is dropped alone. Nothing for Endpoints labelled `skip-mirror: "true"` or
+/// holding a leader-election record. Whether the Service exists without a
+/// selector is checked by the caller ([`super::LoadResult::cluster`]).
+///
+/// Subsets with the same ports stay separate slices here; the controller
+/// merges them into one slice of at most the cap.
+pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
     let name = object_name(&endpoints.metadata)?;
     let meta = &endpoints.metadata;
     let skip = meta
@@ -33,16 +58,24 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
         .is_some_and(|a| a.contains_key(LEADER_ANNOTATION));
     if skip || leader {
         debug!("Endpoints {name}: not mirrored (skip-mirror label or leader-election record)");
-        return Ok(Vec::new());
+        return Ok(Mirrored::default());
     }
-    let mut slices = Vec::new();
+    let mut out = Mirrored::default();
     for (i, subset) in endpoints.subsets.iter().flatten().enumerate() {
         let mut ports = Vec::new();
         for port in subset.ports.iter().flatten() {
+            let number = parse_port("port", port.port)?;
+            // An SCTP port is dropped alone, as from an EndpointSlice.
+            let Some(protocol) = parse_protocol(port.protocol.as_deref())? else {
+                debug!(
+                    "Endpoints {name}: port {number}/{UNSUPPORTED_PROTOCOL} is not served; dropped"
+                );
+                continue;
+            };
             ports.push(SlicePort {
                 name: port.name.clone().unwrap_or_default(),
-                port: parse_port("port", port.port)?,
-                protocol: parse_protocol(port.protocol.as_deref())?,
+                port: number,
+                protocol,
             });
         }
         let mut v4 = Vec::new();
@@ -53,23 +86,41 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
             .iter()
             .flatten()
             .map(|a| (a, false));
+        let (mut added, mut over) = (0usize, 0usize);
         for (address, is_ready) in ready.chain(not_ready) {
-            match parse(address)? {
-                Some(ip) => v4.push(EndpointSpec {
+            if added >= MAX_ENDPOINTS_PER_SUBSET {
+                over += 1;
+                continue;
+            }
+            match address.ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => v4.push(EndpointSpec {
                     addresses: vec![ip],
                     ready: is_ready,
-                    serving: Some(is_ready),
-                    terminating: Some(false),
+                    serving: None,
+                    terminating: None,
                     node_name: address.node_name.clone(),
                     zone: None,
                     zone_hints: Vec::new(),
                     node_hints: Vec::new(),
                 }),
-                None => other = true,
+                Ok(IpAddr::V6(_)) => other = true,
+                Err(_) => {
+                    out.skipped.push(format!(
+                        "address {:?} is not a valid IP address; not mirrored",
+                        address.ip
+                    ));
+                    continue;
+                }
             }
+            added += 1;
+        }
+        if over > 0 {
+            out.skipped.push(format!(
+                "subset {i} has more than {MAX_ENDPOINTS_PER_SUBSET} addresses; {over} not mirrored (ready ones first)"
+            ));
         }
         let slice = |suffix: &str, address_type, endpoints| SliceSpec {
-            name: crate::desired::ObjectName {
+            name: ObjectName {
                 namespace: name.namespace.clone(),
                 name: format!("{}-mirror-{i}{suffix}", name.name),
             },
@@ -79,21 +130,32 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Vec<SliceSpec>, String> {
             endpoints,
             mirrored: true,
         };
-        slices.push(slice("", AddressType::Ipv4, v4));
+        out.slices.push(slice("", AddressType::Ipv4, v4));
         if other {
-            slices.push(slice("-v6", AddressType::Other("IPv6".into()), Vec::new()));
+            out.slices
+                .push(slice("-v6", AddressType::Other("IPv6".into()), Vec::new()));
         }
     }
-    Ok(slices)
+    Ok(out)
 }
 
-fn parse(address: &EndpointAddress) -> Result<Option<Ipv4Addr>, String> {
-    match address.ip.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
-        Ok(IpAddr::V6(_)) => Ok(None),
-        Err(_) => Err(format!(
-            "address {:?} is not a valid IP address",
-            address.ip
-        )),
+/// Whether the Endpoints `name` are mirrored given the `services` there
+/// are: the controller mirrors only the Endpoints of a Service that exists
+/// and has no selector (the EndpointSlice controller serves the others).
+/// Mirrored slices follow their Service on the next load: the manifest
+/// model is rebuilt whole from every file, and the manifest source reports
+/// every load as a change of everything, so slices appear and go with no
+/// change list of their own.
+pub(super) fn wanted(name: &ObjectName, services: &BTreeMap<ObjectName, ServiceSpec>) -> bool {
+    match services.get(name) {
+        None => {
+            debug!("Endpoints {name}: not mirrored (no Service of that name)");
+            false
+        }
+        Some(service) if service.has_selector => {
+            debug!("Endpoints {name}: not mirrored (its Service has a selector)");
+            false
+        }
+        Some(_) => true,
     }
 }

@@ -26,7 +26,9 @@ use crate::{
     model::{Cluster, ServiceSpec, SliceSpec},
 };
 
-pub use self::mirror::{mirror, LEADER_ANNOTATION, SKIP_MIRROR_LABEL};
+pub use self::mirror::{
+    mirror, Mirrored, LEADER_ANNOTATION, MAX_ENDPOINTS_PER_SUBSET, SKIP_MIRROR_LABEL,
+};
 
 /// A problem with a manifest file or one object in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +80,8 @@ pub struct LoadResult {
 impl LoadResult {
     /// The model: every object of every file. When files define the same
     /// object, the last file (by name) wins with a warning; a mirrored slice
-    /// never replaces a real EndpointSlice of the same name.
+    /// never replaces a real EndpointSlice of the same name. Endpoints are
+    /// mirrored only for a Service that exists without a selector.
     #[must_use]
     pub fn cluster(&self) -> Cluster {
         let mut services = BTreeMap::new();
@@ -95,6 +98,9 @@ impl LoadResult {
             node: None,
         };
         for (endpoints, mirrored) in endpoints {
+            if !mirror::wanted(&endpoints, &cluster.services) {
+                continue;
+            }
             for slice in mirrored {
                 if cluster.slices.contains_key(&slice.name) {
                     warn!(
@@ -427,10 +433,14 @@ fn add_object(
             );
         }
         ("v1", "Endpoints") => {
+            let mut skipped = Vec::new();
             let parsed = serde_json::from_value::<Endpoints>(value)
                 .map_err(|e| format!("invalid Endpoints: {e}"))
                 .and_then(|e| mirror(&e))
-                .map(|slices| (name.clone(), slices));
+                .map(|mirrored| {
+                    skipped = mirrored.skipped;
+                    (name.clone(), mirrored.slices)
+                });
             keep_last_good(
                 parsed,
                 name,
@@ -438,11 +448,19 @@ fn add_object(
                 &mut objects.endpoints,
                 &mut report,
             );
+            // What mirroring left out of a valid object, named with it.
+            errors.extend(skipped.into_iter().map(|message| ManifestError {
+                file: path.to_path_buf(),
+                object: Some(object.clone()),
+                message,
+            }));
         }
         _ => debug!(file = %path.display(), "ignoring {object} ({api_version})"),
     }
 }
 
+#[cfg(test)]
+mod mirror_tests;
 #[cfg(test)]
 mod tests;
 

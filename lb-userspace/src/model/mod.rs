@@ -1,6 +1,8 @@
 //! The validated model: Services and EndpointSlices as the agent needs them,
 //! built from the Kubernetes objects with every field checked.
 
+#[cfg(test)]
+mod kube_proxy_tests;
 mod parse;
 mod service;
 mod slice;
@@ -11,7 +13,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::ident::{ObjectName, Protocol};
 
-pub use self::parse::{object_name, parse_port, parse_protocol};
+pub use self::parse::{object_name, parse_port, parse_protocol, UNSUPPORTED_PROTOCOL};
 pub use self::service::{PROXY_IP_MODE, SOURCE_RANGES_ANNOTATION};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -102,6 +104,13 @@ pub struct ServiceSpec {
     /// `service.beta.kubernetes.io/load-balancer-source-ranges` annotation):
     /// the clients a load-balancer IP accepts; empty: all. IPv4 ranges only.
     pub source_ranges: Vec<SourceRange>,
+    /// Ports left out of `ports` because the data path does not serve their
+    /// protocol, as "port/protocol" (e.g. "53/SCTP"); the others are served.
+    pub skipped_ports: Vec<String>,
+    /// `spec.selector` is set (and not empty, which the API server stores
+    /// as unset): the EndpointSlice controller writes its slices, and its
+    /// Endpoints are not mirrored.
+    pub has_selector: bool,
 }
 
 /// An IPv4 CIDR of `loadBalancerSourceRanges`, its host bits cleared.
@@ -155,11 +164,11 @@ pub struct SlicePort {
 pub struct EndpointSpec {
     /// Addresses (the first is the one used; all are kept).
     pub addresses: Vec<Ipv4Addr>,
-    /// `conditions.ready` is not false.
+    /// `conditions.ready` is not false (unset is ready, as kube-proxy reads it).
     pub ready: bool,
-    /// `conditions.serving`.
+    /// `conditions.serving` as the slice says it; see [`EndpointSpec::is_serving`].
     pub serving: Option<bool>,
-    /// `conditions.terminating`.
+    /// `conditions.terminating` as the slice says it; see [`EndpointSpec::is_terminating`].
     pub terminating: Option<bool>,
     /// The node it runs on.
     pub node_name: Option<String>,
@@ -172,10 +181,13 @@ pub struct EndpointSpec {
 }
 
 impl EndpointSpec {
-    /// `conditions.serving`, which defaults to `ready`.
+    /// `conditions.serving`; unset is serving. kube-proxy reads it so
+    /// (`endpointslicecache.go`), not as the API's "defer to ready": the two
+    /// differ only for a not-ready terminating endpoint with `serving` unset,
+    /// which kube-proxy (and so this agent) uses when nothing is ready.
     #[must_use]
     pub fn is_serving(&self) -> bool {
-        self.serving.unwrap_or(self.ready)
+        self.serving.unwrap_or(true)
     }
 
     /// `conditions.terminating`, false when absent.

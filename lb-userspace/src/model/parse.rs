@@ -23,15 +23,22 @@ pub fn object_name(
     })
 }
 
-/// Parses a protocol name; SCTP and unknown names are errors.
-pub fn parse_protocol(protocol: Option<&str>) -> Result<Protocol, String> {
+/// Parses a protocol name (TCP when absent): `None` for SCTP, a Kubernetes
+/// protocol the data path does not serve (its port is skipped alone);
+/// unknown names are errors.
+pub fn parse_protocol(protocol: Option<&str>) -> Result<Option<Protocol>, String> {
     match protocol.unwrap_or("TCP") {
-        "TCP" => Ok(Protocol::Tcp),
-        "UDP" => Ok(Protocol::Udp),
-        "SCTP" => Err("protocol SCTP is not supported by the data path yet".to_string()),
-        other => Err(format!("unknown protocol {other:?} (expected TCP or UDP)")),
+        "TCP" => Ok(Some(Protocol::Tcp)),
+        "UDP" => Ok(Some(Protocol::Udp)),
+        UNSUPPORTED_PROTOCOL => Ok(None),
+        other => Err(format!(
+            "unknown protocol {other:?} (expected TCP, UDP or SCTP)"
+        )),
     }
 }
+
+/// The Kubernetes protocol the data path does not serve.
+pub const UNSUPPORTED_PROTOCOL: &str = "SCTP";
 
 /// Checks a port number is in 1..=65535.
 pub fn parse_port(what: &str, port: i32) -> Result<u16, String> {

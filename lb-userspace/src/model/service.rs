@@ -7,11 +7,15 @@ use super::{
     object_name,
     parse::{parse_affinity, parse_ipv4_cidrs, parse_ipv4_list, parse_policy},
     parse_port, parse_protocol, ServiceKind, ServicePort, ServiceSpec, TargetPort,
+    UNSUPPORTED_PROTOCOL,
 };
+use crate::problem::{ProblemReason, ServiceProblem};
 
 impl ServiceSpec {
     /// Validates a Service. IPv6 addresses are skipped with one warning (the
-    /// data path is IPv4 only); anything else that is wrong is an error.
+    /// data path is IPv4 only); SCTP ports are skipped alone and listed in
+    /// `skipped_ports` (see [`ServiceSpec::problems`]); anything else that is
+    /// wrong is an error.
     pub fn from_k8s(service: &Service) -> Result<Self, String> {
         let name = object_name(&service.metadata)?;
         let spec = service.spec.clone().unwrap_or_default();
@@ -92,8 +96,7 @@ impl ServiceSpec {
             "externalTrafficPolicy",
             spec.external_traffic_policy.as_deref(),
         )?;
-        let affinity_timeout = parse_affinity(&spec)?;
-        let ports = parse_ports(spec.ports.as_deref().unwrap_or_default(), kind)?;
+        let (ports, skipped_ports) = parse_ports(spec.ports.as_deref().unwrap_or_default(), kind)?;
         if !skipped.is_empty() {
             warn!(
                 "Service {name}: IPv6 addresses {} are not served (the data path is IPv4 only); skipped",
@@ -109,11 +112,35 @@ impl ServiceSpec {
             load_balancer_ips,
             internal_policy,
             external_policy,
-            affinity_timeout,
+            affinity_timeout: parse_affinity(&spec)?,
             created,
             health_check_node_port,
             source_ranges,
+            skipped_ports,
+            has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
         })
+    }
+
+    /// The problems to report for this Service: one for its skipped ports,
+    /// if any (the reporter logs it once and makes it an Event).
+    #[must_use]
+    pub fn problems(&self) -> Vec<ServiceProblem> {
+        if self.skipped_ports.is_empty() {
+            return Vec::new();
+        }
+        let (noun, verb) = if self.skipped_ports.len() == 1 {
+            ("port", "is")
+        } else {
+            ("ports", "are")
+        };
+        vec![ServiceProblem {
+            service: self.name.clone(),
+            reason: ProblemReason::UnsupportedPort,
+            message: format!(
+                "{noun} {} {verb} not served ({UNSUPPORTED_PROTOCOL} is not supported by the data path); its other ports are",
+                self.skipped_ports.join(", ")
+            ),
+        }]
     }
 }
 
@@ -124,15 +151,22 @@ pub const PROXY_IP_MODE: &str = "Proxy";
 
 /// Validates a Service's ports: numbers in range, TCP or UDP, each
 /// (port, protocol) once; a missing or empty targetPort is the port itself.
+/// An SCTP port is skipped alone (after its number is checked) and returned
+/// as "port/SCTP" beside the served ones.
 fn parse_ports(
     ports: &[k8s_openapi::api::core::v1::ServicePort],
     kind: ServiceKind,
-) -> Result<Vec<ServicePort>, String> {
+) -> Result<(Vec<ServicePort>, Vec<String>), String> {
     let mut out: Vec<ServicePort> = Vec::new();
+    let mut skipped = Vec::new();
     for port in ports {
         let number = parse_port("port", port.port)?;
         let protocol =
             parse_protocol(port.protocol.as_deref()).map_err(|e| format!("port {number}: {e}"))?;
+        let Some(protocol) = protocol else {
+            skipped.push(format!("{number}/{UNSUPPORTED_PROTOCOL}"));
+            continue;
+        };
         let target_port = match &port.target_port {
             None => TargetPort::Number(number),
             Some(IntOrString::Int(n)) => TargetPort::Number(parse_port("targetPort", *n)?),
@@ -162,5 +196,5 @@ fn parse_ports(
             node_port,
         });
     }
-    Ok(out)
+    Ok((out, skipped))
 }

@@ -3,10 +3,11 @@
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tracing::debug;
 
 use super::{
     object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
-    MANAGED_BY_LABEL, MIRROR_MANAGER, SERVICE_NAME_LABEL,
+    MANAGED_BY_LABEL, MIRROR_MANAGER, SERVICE_NAME_LABEL, UNSUPPORTED_PROTOCOL,
 };
 
 impl SliceSpec {
@@ -36,11 +37,18 @@ impl SliceSpec {
         for port in slice.ports.clone().unwrap_or_default() {
             let Some(number) = port.port else { continue };
             let number = parse_port("port", number)?;
+            let protocol = parse_protocol(port.protocol.as_deref())
+                .map_err(|e| format!("port {number}: {e}"))?;
+            // An SCTP port is dropped alone: the Service's problem is the
+            // warning its owner sees.
+            let Some(protocol) = protocol else {
+                debug!("EndpointSlice {name}: port {number}/{UNSUPPORTED_PROTOCOL} is not served; dropped");
+                continue;
+            };
             ports.push(SlicePort {
                 name: port.name.clone().unwrap_or_default(),
                 port: number,
-                protocol: parse_protocol(port.protocol.as_deref())
-                    .map_err(|e| format!("port {number}: {e}"))?,
+                protocol,
             });
         }
         let mut endpoints = Vec::new();

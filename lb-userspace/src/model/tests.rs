@@ -138,10 +138,6 @@ fn invalid_services_are_errors() {
             "targetPort 0",
         ),
         (
-            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "SCTP"}]}),
-            "SCTP is not supported by the data path yet",
-        ),
-        (
             json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "QUIC"}]}),
             "unknown protocol \"QUIC\"",
         ),
@@ -252,12 +248,6 @@ fn invalid_slices_are_errors() {
             json!([{"port": 70000}]),
             ok_endpoints.clone(),
             "port 70000 is out of range",
-        ),
-        (
-            labelled(),
-            json!([{"port": 80, "protocol": "SCTP"}]),
-            ok_endpoints.clone(),
-            "SCTP is not supported",
         ),
     ];
     for (labels, ports, endpoints, needle) in cases {

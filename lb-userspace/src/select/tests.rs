@@ -5,17 +5,17 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::{
     desired::{ObjectName, Protocol},
-    model::{EndpointSpec, ServiceSpec, SlicePort},
+    model::{EndpointSpec, ServiceSpec, SlicePort, TargetPort},
 };
 
-fn name(n: &str) -> ObjectName {
+pub(super) fn name(n: &str) -> ObjectName {
     ObjectName {
         namespace: "default".into(),
         name: n.into(),
     }
 }
 
-fn node() -> NodeInfo {
+pub(super) fn node() -> NodeInfo {
     NodeInfo {
         name: "node1".into(),
         zone: Some("zone-a".into()),
@@ -23,7 +23,7 @@ fn node() -> NodeInfo {
     }
 }
 
-fn service(kind: ServiceKind, ports: Vec<ServicePort>) -> ServiceSpec {
+pub(super) fn service(kind: ServiceKind, ports: Vec<ServicePort>) -> ServiceSpec {
     ServiceSpec {
         name: name("web"),
         kind,
@@ -38,7 +38,7 @@ fn service(kind: ServiceKind, ports: Vec<ServicePort>) -> ServiceSpec {
     }
 }
 
-fn port(name: &str, port: u16, protocol: Protocol, target: TargetPort) -> ServicePort {
+pub(super) fn port(name: &str, port: u16, protocol: Protocol, target: TargetPort) -> ServicePort {
     ServicePort {
         name: name.into(),
         port,
@@ -48,7 +48,7 @@ fn port(name: &str, port: u16, protocol: Protocol, target: TargetPort) -> Servic
     }
 }
 
-fn http() -> Vec<ServicePort> {
+pub(super) fn http() -> Vec<ServicePort> {
     vec![port(
         "http",
         80,
@@ -58,7 +58,7 @@ fn http() -> Vec<ServicePort> {
 }
 
 /// An endpoint: last octet, ready, node.
-fn ep(last: u8, ready: bool, node: &str) -> EndpointSpec {
+pub(super) fn ep(last: u8, ready: bool, node: &str) -> EndpointSpec {
     EndpointSpec {
         addresses: vec![Ipv4Addr::new(10, 244, 1, last)],
         ready,
@@ -72,7 +72,7 @@ fn ep(last: u8, ready: bool, node: &str) -> EndpointSpec {
 }
 
 /// A terminating endpoint that is still serving (or not).
-fn terminating(last: u8, serving: bool, node: &str) -> EndpointSpec {
+pub(super) fn terminating(last: u8, serving: bool, node: &str) -> EndpointSpec {
     EndpointSpec {
         serving: Some(serving),
         terminating: Some(true),
@@ -80,14 +80,14 @@ fn terminating(last: u8, serving: bool, node: &str) -> EndpointSpec {
     }
 }
 
-fn hinted(last: u8, zones: &[&str]) -> EndpointSpec {
+pub(super) fn hinted(last: u8, zones: &[&str]) -> EndpointSpec {
     EndpointSpec {
         zone_hints: zones.iter().map(|z| (*z).to_string()).collect(),
         ..ep(last, true, "node9")
     }
 }
 
-fn slice(n: &str, ports: &[(&str, u16)], endpoints: Vec<EndpointSpec>) -> SliceSpec {
+pub(super) fn slice(n: &str, ports: &[(&str, u16)], endpoints: Vec<EndpointSpec>) -> SliceSpec {
     SliceSpec {
         name: name(n),
         service: "web".into(),
@@ -105,7 +105,7 @@ fn slice(n: &str, ports: &[(&str, u16)], endpoints: Vec<EndpointSpec>) -> SliceS
     }
 }
 
-fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
+pub(super) fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
     Cluster {
         services: [(service.name.clone(), service)].into_iter().collect(),
         slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
@@ -115,7 +115,7 @@ fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
 
 /// Backends of one frontend as "octet:port", with "L" when local and "~" when
 /// kept for established connections only (not selected).
-fn backends_of(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> Option<Vec<String>> {
+pub(super) fn backends_of(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> Option<Vec<String>> {
     let (state, _) = desired_state(cluster, &node());
     let frontend = Frontend {
         addr,
@@ -138,11 +138,11 @@ fn backends_of(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> Option<Vec<Strin
     })
 }
 
-fn backends(cluster: &Cluster) -> Option<Vec<String>> {
+pub(super) fn backends(cluster: &Cluster) -> Option<Vec<String>> {
     backends_of(cluster, Ipv4Addr::new(10, 96, 0, 10), 80)
 }
 
-fn http_slice(endpoints: Vec<EndpointSpec>) -> SliceSpec {
+pub(super) fn http_slice(endpoints: Vec<EndpointSpec>) -> SliceSpec {
     slice("a", &[("http", 8080)], endpoints)
 }
 
@@ -210,17 +210,6 @@ fn selection_rules() {
             "no slices: the frontend exists with no backends",
             cluster(svc(), vec![]),
             Some(vec![]),
-        ),
-        (
-            "numeric targetPort with a portless slice",
-            cluster(
-                service(
-                    ServiceKind::ClusterIp,
-                    vec![port("", 80, Protocol::Tcp, TargetPort::Number(8081))],
-                ),
-                vec![slice("a", &[], vec![ep(2, true, "node1")])],
-            ),
-            Some(vec!["2:8081L"]),
         ),
         (
             "terminating endpoints keep connections but take no new ones",
@@ -451,26 +440,6 @@ fn no_usable_endpoint_anywhere_refuses_and_none_here_under_local_drops() {
     for (what, cluster, refused) in cases {
         assert_eq!(refuses(&cluster), refused, "{what}");
     }
-}
-
-#[test]
-fn mirrored_slices_count_only_without_a_real_slice() {
-    let mut mirrored = slice(
-        "web-mirror-0",
-        &[("http", 8080)],
-        vec![ep(5, true, "node1")],
-    );
-    mirrored.mirrored = true;
-    let only_mirrored = cluster(
-        service(ServiceKind::ClusterIp, http()),
-        vec![mirrored.clone()],
-    );
-    assert_eq!(backends(&only_mirrored), Some(vec!["5:8080L".to_string()]));
-    let both = cluster(
-        service(ServiceKind::ClusterIp, http()),
-        vec![mirrored, http_slice(vec![ep(2, true, "node1")])],
-    );
-    assert_eq!(backends(&both), Some(vec!["2:8080L".to_string()]));
 }
 
 #[test]

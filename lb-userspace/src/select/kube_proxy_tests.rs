@@ -1,0 +1,149 @@
+//! Rules where selection once differed from kube-proxy (issue 13, items 7, 8
+//! and 9): one table row each, with kube-proxy's answer.
+
+use super::tests::{
+    backends, cluster, ep, hinted, http, http_slice, port, service, slice, terminating,
+};
+use super::*;
+use crate::{
+    desired::Protocol,
+    model::{EndpointSpec, TargetPort},
+};
+
+fn mirrored(n: &str, endpoints: Vec<EndpointSpec>) -> SliceSpec {
+    SliceSpec {
+        mirrored: true,
+        ..slice(n, &[("http", 8080)], endpoints)
+    }
+}
+
+/// Terminating, not ready, with `serving` unset.
+fn terminating_serving_unset(last: u8) -> EndpointSpec {
+    EndpointSpec {
+        serving: None,
+        ..terminating(last, true, "node2")
+    }
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one table row per rule
+fn selection_follows_kube_proxy() {
+    let svc = || service(ServiceKind::ClusterIp, http());
+    let numeric = || {
+        service(
+            ServiceKind::ClusterIp,
+            vec![port("", 80, Protocol::Tcp, TargetPort::Number(8081))],
+        )
+    };
+    let cases: Vec<(&str, Cluster, Vec<&str>)> = vec![
+        (
+            "7: a mirrored slice alone serves",
+            cluster(svc(), vec![mirrored("web-mirror-0", vec![ep(5, true, "node1")])]),
+            vec!["5:8080L"],
+        ),
+        (
+            "7: mirrored and own slices are united",
+            cluster(
+                svc(),
+                vec![
+                    mirrored("web-mirror-0", vec![ep(5, true, "node1")]),
+                    http_slice(vec![ep(2, true, "node1")]),
+                ],
+            ),
+            vec!["2:8080L", "5:8080L"],
+        ),
+        (
+            "7: an address in a mirrored and an own slice counts once",
+            cluster(
+                svc(),
+                vec![
+                    mirrored("web-mirror-0", vec![ep(2, true, "node1")]),
+                    http_slice(vec![ep(2, true, "node1")]),
+                ],
+            ),
+            vec!["2:8080L"],
+        ),
+        (
+            "7: of one address in two slices, the one not terminating counts",
+            cluster(
+                svc(),
+                vec![
+                    http_slice(vec![terminating(2, true, "node2")]),
+                    slice("b", &[("http", 8080)], vec![ep(2, true, "node2")]),
+                ],
+            ),
+            vec!["2:8080"],
+        ),
+        (
+            "8: no ready endpoint: the terminating fallback ignores zone hints",
+            cluster(
+                svc(),
+                vec![http_slice(vec![
+                    EndpointSpec {
+                        zone_hints: vec!["zone-a".into()],
+                        ..terminating(2, true, "node2")
+                    },
+                    EndpointSpec {
+                        zone_hints: vec!["zone-b".into()],
+                        ..terminating(3, true, "node2")
+                    },
+                ])],
+            ),
+            vec!["2:8080", "3:8080"],
+        ),
+        (
+            "8: no ready endpoint: the terminating fallback ignores node hints",
+            cluster(
+                svc(),
+                vec![http_slice(vec![
+                    EndpointSpec {
+                        node_hints: vec!["node1".into()],
+                        ..terminating(2, true, "node2")
+                    },
+                    EndpointSpec {
+                        node_hints: vec!["node2".into()],
+                        ..terminating(3, true, "node2")
+                    },
+                ])],
+            ),
+            vec!["2:8080", "3:8080"],
+        ),
+        (
+            "8: hints count only on ready endpoints (a terminating one without hints does not disable them)",
+            cluster(
+                svc(),
+                vec![http_slice(vec![
+                    hinted(2, &["zone-a"]),
+                    hinted(3, &["zone-b"]),
+                    terminating(4, true, "node2"),
+                ])],
+            ),
+            vec!["2:8080", "3:8080~", "4:8080~"],
+        ),
+        (
+            "8: serving unset counts as serving (kube-proxy), so a terminating endpoint is a fallback",
+            cluster(svc(), vec![http_slice(vec![terminating_serving_unset(2)])]),
+            vec!["2:8080"],
+        ),
+        (
+            "9: a slice without ports gives no endpoints, even for a numeric targetPort",
+            cluster(numeric(), vec![slice("a", &[], vec![ep(2, true, "node1")])]),
+            vec![],
+        ),
+        (
+            "9: a portless slice beside one with the port: only the latter counts",
+            cluster(
+                numeric(),
+                vec![
+                    slice("a", &[], vec![ep(2, true, "node1")]),
+                    slice("b", &[("", 8081)], vec![ep(3, true, "node1")]),
+                ],
+            ),
+            vec!["3:8081L"],
+        ),
+    ];
+    for (rule, cluster, expected) in cases {
+        let expected: Vec<String> = expected.into_iter().map(String::from).collect();
+        assert_eq!(backends(&cluster), Some(expected), "{rule}");
+    }
+}
