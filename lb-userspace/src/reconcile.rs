@@ -127,7 +127,12 @@ impl Reconciler {
         let (frontends, warnings, recomputed) = self.update(cluster, changes);
         let (ops, errors, applied) = self.plan_chunked(frontends, now, chunk_slots, apply);
         self.failed = errors.iter().map(|e| e.frontend).collect();
-        let mut problems = self.claims.problems();
+        let mut problems: Vec<ServiceProblem> = cluster
+            .services
+            .values()
+            .flat_map(crate::model::ServiceSpec::problems)
+            .collect();
+        problems.extend(self.claims.problems());
         problems.extend(errors.iter().map(|e| ServiceProblem {
             service: e.service.clone(),
             reason: ProblemReason::Capacity,

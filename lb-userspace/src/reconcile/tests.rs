@@ -425,3 +425,21 @@ fn among_external_claims_the_oldest_wins_then_the_name() {
         assert_ne!(next, want, "{why}");
     }
 }
+
+#[test]
+fn every_current_problem_is_reported_at_every_reconcile() {
+    let mut cluster = Cluster::default();
+    let mut svc = service("sctp", 1);
+    svc.skipped_ports = vec!["9/SCTP".into()];
+    cluster.services.insert(svc.name.clone(), svc);
+    let mut r = Reconciler::new(node(), 1 << 20);
+    for changes in [Changes::all(), Changes::default()] {
+        let done = r.reconcile(&cluster, &changes, Instant::now());
+        assert_eq!(done.problems.len(), 1, "{:?}", done.problems);
+        assert_eq!(done.problems[0].reason, ProblemReason::UnsupportedPort);
+        assert_eq!(done.problems[0].service, name("sctp"));
+    }
+    cluster.services.get_mut(&name("sctp")).unwrap().skipped_ports.clear();
+    let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
+    assert!(done.problems.is_empty());
+}
