@@ -123,19 +123,23 @@ pub fn local_ready_endpoints<'a>(
     node: &str,
     services: impl IntoIterator<Item = &'a ObjectName>,
 ) -> BTreeMap<ObjectName, usize> {
-    let wanted: BTreeSet<&ObjectName> = services.into_iter().collect();
+    // Borrowed (namespace, name): no allocation per slice of other Services.
+    let wanted: BTreeSet<(&str, &str)> = services
+        .into_iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
     let mut addresses: BTreeMap<ObjectName, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     if wanted.is_empty() {
         return BTreeMap::new();
     }
     for slice in cluster.slices.values() {
-        if slice.ports.is_empty() || slice.address_type != AddressType::Ipv4 {
+        if slice.ports.is_empty()
+            || slice.address_type != AddressType::Ipv4
+            || !wanted.contains(&(slice.name.namespace.as_str(), slice.service.as_str()))
+        {
             continue;
         }
         let service = crate::select::SliceIndex::service_of(slice);
-        if !wanted.contains(&service) {
-            continue;
-        }
         let local = slice
             .endpoints
             .iter()
@@ -257,14 +261,20 @@ impl Health {
             }),
         });
         let (desired, ports) = watch::channel(BTreeMap::new());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("creating the health servers' runtime")?;
         let on_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("lb-health".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!("health endpoints not served: no runtime: {e}");
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
                     if let Some(addr) = on_thread.options.healthz_addr {
                         tokio::spawn(proxy::serve(on_thread.clone(), addr));
