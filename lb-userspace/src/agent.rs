@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     datapath::{Datapath, DatapathConfig},
     desired::NodeInfo,
+    health::Health,
     metrics::Metrics,
     plan::Planner,
     reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How often expired flows are collected from the maps.
     pub gc_interval: Duration,
+    /// kube-proxy's health endpoints: `/healthz` and the health check node ports.
+    pub health: crate::health::HealthOptions,
 }
 
 /// Reconciles the source's latest model and writes the result into the maps.
@@ -68,9 +71,11 @@ fn sync(
     source: &mut dyn Source,
     datapath: &mut Datapath,
     metrics: &Metrics,
+    health: &Health,
 ) -> Result<()> {
     let started = Instant::now();
     let (cluster, changes) = source.snapshot();
+    health.queued(changes.since.unwrap_or(started));
     let snapshot = started.elapsed();
     // Chunk by chunk, so the tables of thousands of Services are never all
     // in memory at once.
@@ -94,6 +99,7 @@ fn sync(
         reconciler.recover(adopt_maps(datapath)?);
         return Err(e);
     }
+    health.synced(cluster);
     let computed = started.elapsed().saturating_sub(applying);
     metrics.syncs.inc();
     metrics.map_ops.inc_by(done.ops as u64);
@@ -263,6 +269,8 @@ async fn serve(
     }
     let metrics = Metrics::new(options.datapath.pin_dir.clone());
     metrics.set_source(source.stats());
+    // Before the first sync: healthy while starting, as kube-proxy is.
+    let health = Health::start(options.health.clone(), &options.node.name)?;
     if let Some(addr) = options.metrics_addr {
         // Bound before "ready": the probes find it listening at once.
         let listener = crate::metrics::bind(addr).await?;
@@ -286,7 +294,13 @@ async fn serve(
     // Before "ready": a SIGTERM right after it must still detach and clean up.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    sync(&mut reconciler, source.as_mut(), datapath, &metrics)?;
+    sync(
+        &mut reconciler,
+        source.as_mut(),
+        datapath,
+        &metrics,
+        &health,
+    )?;
     // The maps hold the source now: an earlier layout's programs can go.
     if let Err(e) = datapath.finish_handover() {
         error!("finishing the hand-over from an earlier pin layout: {e:#}");
@@ -309,14 +323,14 @@ async fn serve(
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
                 retry = false;
-                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics) {
+                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health) {
                     error!("sync failed (retried at the next interface scan): {e:#}");
                     retry = true;
                 }
             }
             _ = scan.tick() => {
                 if retry {
-                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics)
+                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health)
                         .inspect_err(|e| error!("sync failed again: {e:#}"))
                         .is_err();
                 }

@@ -113,6 +113,11 @@ struct RunArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9960).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve kube-proxy's /healthz and /livez on this IP:port ("" turns it
+    /// off). While kube-proxy still runs beside the agent it holds the
+    /// port: the agent logs that and tries again every few seconds.
+    #[arg(long, default_value = lb_userspace::health::DEFAULT_HEALTHZ_BIND_ADDRESS)]
+    healthz_bind_address: String,
     /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
     #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
     maglev_slab_slots: u32,
@@ -283,8 +288,14 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         (None, Some(path)) => Some(flows::read_hash_key(path)?),
         (None, None) => None,
     };
+    let healthz_addr = lb_userspace::health::parse_bind_address(&args.healthz_bind_address)
+        .context("--healthz-bind-address")?;
     Ok(RunOptions {
         metrics_addr: args.metrics_addr,
+        health: lb_userspace::health::HealthOptions {
+            healthz_addr,
+            ..lb_userspace::health::HealthOptions::default()
+        },
         gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
         source,
         node: NodeInfo {

@@ -12,6 +12,7 @@ use k8s_openapi::api::{
 };
 use lb_userspace::{
     datapath::REQUIRED_CAPABILITIES,
+    health::DEFAULT_HEALTHZ_BIND_ADDRESS,
     metrics::{HEALTHZ_PATH, READYZ_PATH},
     source::kube::{WATCHED_RESOURCES, WATCH_VERBS},
 };
@@ -136,6 +137,23 @@ fn the_daemonset_runs_everywhere_with_least_privilege_and_real_probes() {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(metrics_port)
         );
     }
+    // kube-proxy's health port, declared where the agent serves it.
+    let healthz = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--healthz-bind-address="))
+        .expect("--healthz-bind-address");
+    assert_eq!(
+        healthz, DEFAULT_HEALTHZ_BIND_ADDRESS,
+        "kube-proxy's address, where load balancers and monitoring look"
+    );
+    let healthz_port: i32 = healthz.rsplit(':').next().unwrap().parse().unwrap();
+    let ports: BTreeSet<i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, [metrics_port, healthz_port].into(), "declared ports");
     let security = container.security_context.clone().unwrap();
     assert_ne!(security.privileged, Some(true), "not privileged");
     let caps = security.capabilities.unwrap();

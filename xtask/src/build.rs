@@ -108,7 +108,7 @@ pub fn test() -> Result<()> {
 /// The end-to-end test files, which build the namespace cluster and run in
 /// every [`E2E_VARIANTS`] pass. `e2e_overlay` builds its overlay itself and
 /// runs once.
-const E2E_TESTS: [&str; 11] = [
+const E2E_TESTS: [&str; 12] = [
     "e2e",
     "e2e_kube",
     "e2e_snat",
@@ -120,6 +120,7 @@ const E2E_TESTS: [&str; 11] = [
     "e2e_node_source",
     "e2e_reject",
     "e2e_firewall",
+    "e2e_health",
 ];
 
 /// One pass of the end-to-end tests: the values of `LB_TEST_CNI`,

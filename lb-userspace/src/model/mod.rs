@@ -232,7 +232,13 @@ pub struct NodeFacts {
     pub zone: Option<String>,
     /// `InternalIP` and `ExternalIP` addresses (IPv4).
     pub addresses: Vec<Ipv4Addr>,
+    /// A deletionTimestamp or the [`TO_BE_DELETED_TAINT`]: load balancers
+    /// should stop sending here (the proxy `/healthz` answers 503).
+    pub being_deleted: bool,
 }
+
+/// Taint the cluster autoscaler puts on a node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -241,7 +247,8 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 impl NodeFacts {
-    /// Reads the zone label and IPv4 InternalIP/ExternalIP addresses of a Node.
+    /// Reads the zone label, IPv4 InternalIP/ExternalIP addresses and
+    /// deletion marks of a Node.
     #[must_use]
     pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> Self {
         let zone = node
@@ -257,6 +264,16 @@ impl NodeFacts {
             .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
             .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
             .collect();
-        Self { zone, addresses }
+        let being_deleted = node.metadata.deletion_timestamp.is_some()
+            || node
+                .spec
+                .iter()
+                .flat_map(|s| s.taints.iter().flatten())
+                .any(|t| t.key == TO_BE_DELETED_TAINT);
+        Self {
+            zone,
+            addresses,
+            being_deleted,
+        }
     }
 }
