@@ -167,6 +167,33 @@ pub const SERVICE_F_REJECT: u32 = 1;
 /// drops them. Flows already tracked are not checked again.
 pub const SERVICE_F_SOURCE_RANGES: u32 = 2;
 
+/// Service flag: clients inside the cluster (pods) use another table than
+/// clients from outside, the one at the frontend's id in
+/// [`MAP_INTERNAL_TABLES`]: an external IP, load-balancer IP or node port of
+/// a Service with `externalTrafficPolicy: Local` serves pods from every
+/// node's endpoints, as kube-proxy does, and outside clients from this
+/// node's only.
+pub const SERVICE_F_INTERNAL_TABLE: u32 = 4;
+
+/// Name of the in-cluster tables: [`ServiceEntry::id`] -> [`InternalTable`]
+/// (array), read for frontends flagged [`SERVICE_F_INTERNAL_TABLE`] only.
+pub const MAP_INTERNAL_TABLES: &str = "INTERNAL_TABLES";
+
+/// Value of the in-cluster tables: where the Maglev table that clients
+/// inside the cluster use lives, as in [`ServiceEntry`].
+///
+/// Layout (12 bytes): `backend_count` u32 | `table_offset` u32 | `table_size` u32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InternalTable {
+    /// Number of distinct backends in the table; 0: none for these clients.
+    pub backend_count: u32,
+    /// First slot of the table in the Maglev slab.
+    pub table_offset: u32,
+    /// Number of slots of the table (a prime); 0 without backends.
+    pub table_size: u32,
+}
+
 /// Name of the source-range map: a frontend's allowed client ranges,
 /// `bpf_lpm_trie_key` of [`SOURCE_RANGE_KEY_BITS`] over [`SourceRangeKey`] ->
 /// u32 (always 1) (LPM trie, no prealloc). The prefix length counts the 32
@@ -231,6 +258,11 @@ pub const BACKEND_F_LOCAL: u8 = 2;
 /// Backend flag: the endpoint takes new connections (it is in the Maglev
 /// table); without it only established flows and no affinity may use it.
 pub const BACKEND_F_SELECTED: u8 = 4;
+/// Backend flag: the endpoint takes new connections from clients inside the
+/// cluster (pods): it is in the frontend's in-cluster table
+/// ([`MAP_INTERNAL_TABLES`]) when the frontend has one, else in its table
+/// (then the flag equals [`BACKEND_F_SELECTED`]).
+pub const BACKEND_F_SELECTED_INTERNAL: u8 = 8;
 
 /// Value of the backends array: one endpoint of one frontend.
 ///
@@ -703,6 +735,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
+    unsafe impl aya::Pod for super::InternalTable {}
 }
 
 #[cfg(test)]
@@ -727,6 +760,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragPorts>(), 4);
         assert_eq!(size_of::<SourceRangeKey>(), 8);
+        assert_eq!(size_of::<InternalTable>(), 12);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the backend its last flow used, while it used it within the timeout.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{AffinityEntry, AffinityKey, ServiceEntry, BACKEND_F_SELECTED};
+use lb_common::{AffinityEntry, AffinityKey, ServiceEntry};
 
 use crate::{
     maps::AFFINITY,
@@ -29,9 +29,11 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The client's remembered backend, if fresh and still taking new connections.
+/// The client's remembered backend, if fresh and still taking new
+/// connections from this client (its backend flag `selected` set: see
+/// `view::selected_flag`).
 #[inline(always)]
-pub fn recall(svc: &ServiceEntry, flow: &Flow) -> Option<Chosen> {
+pub fn recall(svc: &ServiceEntry, flow: &Flow, selected: u8) -> Option<Chosen> {
     if svc.affinity_timeout == 0 {
         return None;
     }
@@ -44,7 +46,7 @@ pub fn recall(svc: &ServiceEntry, flow: &Flow) -> Option<Chosen> {
         return None;
     }
     let backend = select::backend(remembered.backend_id, svc.id)?;
-    if backend.flags & BACKEND_F_SELECTED == 0 {
+    if backend.flags & selected == 0 {
         return None;
     }
     // SAFETY: as above; a plain store of the timestamp.

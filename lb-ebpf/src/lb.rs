@@ -35,7 +35,7 @@ use crate::{
     parse::{Flow, Fragment},
     ranges, reject,
     select::{self, Chosen},
-    snat, spoof,
+    snat, spoof, view,
 };
 
 /// Where the program runs, which decides when the source is translated.
@@ -183,7 +183,10 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
             // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays
             // valid for this RCU read section and is copied out at once.
             if let Some(svc) = unsafe { SERVICES.get(key) } {
-                let svc = *svc;
+                let Some(svc) = view::for_client(svc, at.hook) else {
+                    counters::count(Verdict::Error);
+                    return Action::Drop;
+                };
                 return to_service(ctx, flow, &svc, &ct_key, at.hook, cfg);
             }
         }
@@ -364,13 +367,14 @@ fn new_flow(
     cfg: &NodeConfig,
 ) -> Result<Action, Verdict> {
     let state = conntrack::initial_state(flow).ok_or(Verdict::Invalid)?;
-    let chosen: Chosen = if let Some(remembered) = affinity::recall(svc, flow) {
-        remembered
-    } else {
-        let picked = select::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
-        affinity::remember(svc, flow, &picked);
-        picked
-    };
+    let chosen: Chosen =
+        if let Some(remembered) = affinity::recall(svc, flow, view::selected_flag(hook)) {
+            remembered
+        } else {
+            let picked = select::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
+            affinity::remember(svc, flow, &picked);
+            picked
+        };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
         // Egress starts no flow (see `decide_reply`): never reached from it.

@@ -33,6 +33,7 @@ mod select;
 mod snat;
 mod spoof;
 mod tc;
+mod view;
 mod xdp;
 
 use aya_ebpf::{

@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
-    NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SlabEntry,
-    SnatExhaustion, SourceRangeKey, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT,
-    FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES,
-    REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
+    InternalTable, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
+    SlabEntry, SnatExhaustion, SourceRangeKey, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
+    EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS,
+    MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
     SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
 };
 
@@ -103,3 +103,8 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
 #[map(name = "SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::with_max_entries(SOURCE_RANGES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The tables clients inside the cluster use, by frontend id, for frontends
+/// flagged `SERVICE_F_INTERNAL_TABLE` (see [`crate::view`]).
+#[map(name = "INTERNAL_TABLES")]
+pub static INTERNAL_TABLES: Array<InternalTable> = Array::with_max_entries(MAX_SERVICES + 1, 0);

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddrV4};
 
-use lb_common::{BackendId, ServiceEntry};
+use lb_common::{BackendId, InternalTable, ServiceEntry};
 
 use crate::desired::{Frontend, ObjectName, SourceRange};
 
@@ -16,6 +16,8 @@ pub struct AppliedBackend {
     pub local: bool,
     /// Whether it is in the Maglev table (takes new connections).
     pub selected: bool,
+    /// Whether it takes new connections from pods (see `BackendInfo`).
+    pub selected_internal: bool,
 }
 
 /// A frontend as applied to the maps.
@@ -33,4 +35,6 @@ pub struct AppliedFrontend {
     pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
     /// Source ranges written under its service id, sorted.
     pub source_ranges: Vec<SourceRange>,
+    /// The table pods use, when it has one of its own.
+    pub internal: Option<InternalTable>,
 }

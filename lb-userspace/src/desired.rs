@@ -48,6 +48,11 @@ pub struct BackendInfo {
     /// that is listed but not selected (not ready, terminating, filtered by a
     /// traffic policy) keeps only the connections it already has.
     pub selected: bool,
+    /// New connections from pods may go to it. It differs from `selected`
+    /// only on an external frontend of a Service with
+    /// `externalTrafficPolicy: Local`, which serves pods from every node's
+    /// endpoints: then the frontend gets a second table, for pods.
+    pub selected_internal: bool,
 }
 
 impl Default for BackendInfo {
@@ -55,6 +60,7 @@ impl Default for BackendInfo {
         Self {
             local: false,
             selected: true,
+            selected_internal: true,
         }
     }
 }
@@ -87,6 +93,17 @@ impl NodeInfo {
             }
         }
         node
+    }
+}
+
+impl DesiredFrontend {
+    /// Whether pods use another table than clients from outside (some
+    /// backend is selected for one and not the other).
+    #[must_use]
+    pub fn has_internal_table(&self) -> bool {
+        self.backends
+            .values()
+            .any(|b| b.selected != b.selected_internal)
     }
 }
 

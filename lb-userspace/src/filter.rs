@@ -171,6 +171,7 @@ mod tests {
     fn applied(last: u8, backends: &[u8]) -> AppliedFrontend {
         AppliedFrontend {
             source_ranges: Vec::new(),
+            internal: None,
             frontend: Frontend {
                 addr: Ipv4Addr::new(10, 96, 0, last),
                 port: 80,
@@ -191,6 +192,7 @@ mod tests {
                             id: u32::from(b),
                             local: true,
                             selected: true,
+                            selected_internal: true,
                         },
                     )
                 })

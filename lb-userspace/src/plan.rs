@@ -14,8 +14,9 @@ use std::{
 };
 
 use lb_common::{
-    Backend, BackendId, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
-    BACKEND_F_SELECTED, MAX_BACKENDS, MAX_SERVICES, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
+    Backend, BackendId, InternalTable, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
+    BACKEND_F_SELECTED, BACKEND_F_SELECTED_INTERNAL, MAX_BACKENDS, MAX_SERVICES,
+    SERVICE_F_INTERNAL_TABLE, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
 
 use crate::{
@@ -37,6 +38,8 @@ pub enum MapOp {
         /// Backend id of each slot.
         slots: Vec<BackendId>,
     },
+    /// Write the table pods use for a service id (before its entry says so).
+    SetInternalTable(u32, InternalTable),
     /// Publish (create or replace) a service entry.
     SetService(ServiceKey, ServiceEntry),
     /// Remove a service entry.
@@ -145,6 +148,9 @@ impl Planner {
                     .slab
                     .reserve(applied.entry.table_offset, applied.entry.table_size)
                 && applied
+                    .internal
+                    .is_none_or(|table| planner.slab.reserve(table.table_offset, table.table_size))
+                && applied
                     .backends
                     .values()
                     .all(|b| planner.backend_ids.reserve(b.id));
@@ -244,7 +250,7 @@ impl Planner {
             let Some(want) = desired.get(frontend) else {
                 continue;
             };
-            let size = self.slots_to_write(frontend, want);
+            let size = self.main_slots_to_write(*frontend, want);
             if size > 0 {
                 let addrs: Vec<SocketAddrV4> = want
                     .backends
@@ -266,10 +272,22 @@ impl Planner {
     }
 
     /// The Maglev slots planning `frontend` as `want` writes: its new
-    /// table's size, or 0 when its table stays.
+    /// tables' sizes (the pods' table included), or 0 when its tables stay.
     #[must_use]
     pub fn slots_to_write(&self, frontend: &Frontend, want: &DesiredFrontend) -> u32 {
         let current = self.frontends.get(frontend);
+        self.main_slots_to_write(*frontend, want)
+            + if current.is_some_and(|cur| same_table(cur, want)) {
+                0
+            } else {
+                internal_table_size(want, current)
+            }
+    }
+
+    /// The size of the main table planning `frontend` as `want` writes, or
+    /// 0 when its tables stay.
+    fn main_slots_to_write(&self, frontend: Frontend, want: &DesiredFrontend) -> u32 {
+        let current = self.frontends.get(&frontend);
         if current.is_some_and(|cur| same_table(cur, want)) {
             return 0;
         }
@@ -293,6 +311,9 @@ impl Planner {
         }
         self.slab
             .free(applied.entry.table_offset, applied.entry.table_size, now);
+        if let Some(table) = applied.internal {
+            self.slab.free(table.table_offset, table.table_size, now);
+        }
         self.service_ids.free(applied.entry.id, now);
     }
 
@@ -324,152 +345,6 @@ impl Planner {
         self.source_ranges = ranges_after;
         Ok(())
     }
-
-    /// A new table (in free slab slots) for a frontend whose backend set changed.
-    /// Surviving backends keep their ids, so their established flows stay.
-    fn rebuild(
-        &mut self,
-        frontend: Frontend,
-        want: &DesiredFrontend,
-        current: Option<&AppliedFrontend>,
-        ops: &mut Ops,
-        now: Instant,
-    ) -> Result<AppliedFrontend, String> {
-        let size = maglev::table_size_for(
-            want.backends.values().filter(|b| b.selected).count(),
-            current.map_or(0, |c| c.entry.table_size),
-        );
-        // Reserve everything first, so a failure changes nothing.
-        let offset = self.reserve_slots(size, now)?;
-        let service_id = if let Some(cur) = current {
-            cur.entry.id
-        } else {
-            let Some(id) = self.service_ids.alloc(now) else {
-                self.slab.free(offset, size, now);
-                return Err(format!("more than {MAX_SERVICES} service frontends"));
-            };
-            id
-        };
-        let mut backends = BTreeMap::new();
-        let mut backend_ops = Vec::new();
-        for (addr, info) in &want.backends {
-            let entry = backend_entry(*addr, *info, service_id);
-            let id = if let Some(kept) = current.and_then(|c| c.backends.get(addr)) {
-                if kept.local != info.local || kept.selected != info.selected {
-                    backend_ops.push(MapOp::SetBackend(kept.id, entry));
-                }
-                kept.id
-            } else {
-                let Some(id) = self.backend_ids.alloc(now) else {
-                    self.undo(&backend_ops, current, (offset, size), service_id, now);
-                    return Err(format!("more than {MAX_BACKENDS} backends in all"));
-                };
-                backend_ops.push(MapOp::SetBackend(id, entry));
-                id
-            };
-            backends.insert(
-                *addr,
-                AppliedBackend {
-                    id,
-                    local: info.local,
-                    selected: info.selected,
-                },
-            );
-        }
-        ops.backends.extend(backend_ops);
-        // Only selected backends take new connections; the others keep their
-        // entries so that their established flows continue.
-        let addrs: Vec<SocketAddrV4> = backends
-            .iter()
-            .filter(|(_, b)| b.selected)
-            .map(|(a, _)| *a)
-            .collect();
-        if size > 0 {
-            let ids: Vec<BackendId> = addrs.iter().map(|a| backends[a].id).collect();
-            let table = match self.prebuilt.remove(&frontend) {
-                Some((built, table)) if built == size => table,
-                _ => maglev::build_table(&addrs, size),
-            };
-            let slots = table.into_iter().map(|i| ids[i as usize]).collect();
-            ops.tables.push(MapOp::SetTable { offset, slots });
-        }
-        let entry = ServiceEntry {
-            id: service_id,
-            backend_count: u32::try_from(addrs.len()).expect("fewer than 2^32 backends"),
-            table_offset: offset,
-            table_size: size,
-            affinity_timeout: want.affinity_timeout,
-            flags: service_flags(want),
-        };
-        let had: &[SourceRange] = current.map_or(&[], |c| &c.source_ranges);
-        ranges::update(service_id, had, &want.source_ranges, ops);
-        ops.services.push(MapOp::SetService(frontend.key(), entry));
-        if current.is_none_or(|c| c.service != want.service) {
-            ops.services
-                .push(MapOp::SetLabel(service_id, want.service.to_string()));
-        }
-        Ok(AppliedFrontend {
-            frontend,
-            service: want.service.clone(),
-            port_name: want.port_name.clone(),
-            entry,
-            backends,
-            source_ranges: want.source_ranges.clone(),
-        })
-    }
-
-    fn reserve_slots(&mut self, size: u32, now: Instant) -> Result<u32, String> {
-        if size == 0 {
-            return Ok(0);
-        }
-        self.slab.alloc(size, now).ok_or_else(|| {
-            format!(
-                "the Maglev slab has no {size} free contiguous slots ({} free of {}): raise --maglev-slab-slots",
-                self.slab.free_slots(),
-                self.slab.total()
-            )
-        })
-    }
-
-    /// Gives back what `rebuild` reserved before it failed.
-    fn undo(
-        &mut self,
-        backend_ops: &[MapOp],
-        current: Option<&AppliedFrontend>,
-        (offset, size): (u32, u32),
-        service_id: u32,
-        now: Instant,
-    ) {
-        for op in backend_ops {
-            if let MapOp::SetBackend(id, _) = op {
-                if current.is_none_or(|c| c.backends.values().all(|b| b.id != *id)) {
-                    self.backend_ids.free(*id, now);
-                }
-            }
-        }
-        self.slab.free(offset, size, now);
-        if current.is_none() {
-            self.service_ids.free(service_id, now);
-        }
-    }
-
-    /// Clears the backends `old` had and `new` has not, and frees `old`'s table.
-    fn retire(
-        &mut self,
-        old: &AppliedFrontend,
-        new: &AppliedFrontend,
-        ops: &mut Ops,
-        now: Instant,
-    ) {
-        for (addr, applied) in &old.backends {
-            if !new.backends.contains_key(addr) {
-                ops.clears.push(MapOp::ClearBackend(applied.id));
-                self.backend_ids.free(applied.id, now);
-            }
-        }
-        self.slab
-            .free(old.entry.table_offset, old.entry.table_size, now);
-    }
 }
 
 /// The `SERVICE_F_*` bits of a frontend's service entry: it refuses new
@@ -490,7 +365,12 @@ pub fn service_flags(want: &DesiredFrontend) -> u32 {
     } else {
         SERVICE_F_SOURCE_RANGES
     };
-    reject | ranges
+    let internal = if want.has_internal_table() {
+        SERVICE_F_INTERNAL_TABLE
+    } else {
+        0
+    };
+    reject | ranges | internal
 }
 
 /// Whether `want` has the same backends, and the same ones selected, as `cur`,
@@ -505,7 +385,11 @@ fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
             .backends
             .iter()
             .zip(&want.backends)
-            .all(|((a, applied), (b, info))| a == b && applied.selected == info.selected)
+            .all(|((a, applied), (b, info))| {
+                a == b
+                    && applied.selected == info.selected
+                    && applied.selected_internal == info.selected_internal
+            })
 }
 
 /// Same table: at most `local` flags and names change.
@@ -549,12 +433,20 @@ pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> 
         port: addr.port().to_be(),
         flags: BACKEND_F_ACTIVE
             | if info.local { BACKEND_F_LOCAL } else { 0 }
-            | if info.selected { BACKEND_F_SELECTED } else { 0 },
+            | if info.selected { BACKEND_F_SELECTED } else { 0 }
+            | if info.selected_internal {
+                BACKEND_F_SELECTED_INTERNAL
+            } else {
+                0
+            },
         pad: 0,
         service_id,
     }
 }
 
 mod ranges;
+mod tables;
+
+use self::tables::internal_table_size;
 #[cfg(test)]
 mod tests;

@@ -171,13 +171,13 @@ pub fn service_state(
         let endpoints = endpoints_for(port, &slices, node);
         let all: Vec<&Candidate<'_>> = endpoints.iter().collect();
         let has_endpoints = !usable(&all).is_empty();
-        for (frontend, policy) in frontends(service, port, node) {
+        for (frontend, policy, pods_policy) in frontends(service, port, node) {
             out.push((
                 frontend,
                 DesiredFrontend {
                     service: service.name.clone(),
                     port_name: port.name.clone(),
-                    backends: choose(&endpoints, policy, node),
+                    backends: choose(&endpoints, policy, pods_policy, node),
                     affinity_timeout: service.affinity_timeout.unwrap_or(0),
                     has_endpoints,
                     source_ranges: source_ranges::of_frontend(service, frontend, node),
@@ -188,32 +188,38 @@ pub fn service_state(
     out
 }
 
-/// The frontends of one Service port, each with the traffic policy it follows.
+/// The frontends of one Service port, each with the traffic policy it
+/// follows for clients from outside the cluster and the one it follows for
+/// pods: an external frontend sends pods to the cluster-wide endpoints
+/// whatever its `externalTrafficPolicy` (kube-proxy's short-circuit of
+/// in-cluster traffic), a cluster IP follows `internalTrafficPolicy` for all.
 fn frontends(
     service: &ServiceSpec,
     port: &ServicePort,
     node: &NodeInfo,
-) -> Vec<(Frontend, TrafficPolicy)> {
+) -> Vec<(Frontend, TrafficPolicy, TrafficPolicy)> {
     let at = |addr: Ipv4Addr, port_number: u16| Frontend {
         addr,
         port: port_number,
         proto: port.protocol,
     };
-    let mut out: Vec<(Frontend, TrafficPolicy)> = service
+    let internal = service.internal_policy;
+    let external = service.external_policy;
+    let mut out: Vec<(Frontend, TrafficPolicy, TrafficPolicy)> = service
         .cluster_ips
         .iter()
-        .map(|&ip| (at(ip, port.port), service.internal_policy))
+        .map(|&ip| (at(ip, port.port), internal, internal))
         .collect();
     for &ip in service
         .external_ips
         .iter()
         .chain(&service.load_balancer_ips)
     {
-        out.push((at(ip, port.port), service.external_policy));
+        out.push((at(ip, port.port), external, TrafficPolicy::Cluster));
     }
     if let Some(node_port) = port.node_port {
         for &ip in &node.addresses {
-            out.push((at(ip, node_port), service.external_policy));
+            out.push((at(ip, node_port), external, TrafficPolicy::Cluster));
         }
     }
     out
@@ -272,12 +278,39 @@ fn endpoints_for<'a>(
     seen.into_values().collect()
 }
 
-/// Every candidate as a backend, selected as the policy and conditions say.
+/// Every candidate as a backend, selected for clients from outside as
+/// `policy` and the conditions say, and for pods as `pods_policy` says.
 fn choose(
     candidates: &[Candidate<'_>],
     policy: TrafficPolicy,
+    pods_policy: TrafficPolicy,
     node: &NodeInfo,
 ) -> BTreeMap<SocketAddrV4, BackendInfo> {
+    let selected = selection(candidates, policy, node);
+    let for_pods = if pods_policy == policy {
+        selected.clone()
+    } else {
+        selection(candidates, pods_policy, node)
+    };
+    candidates
+        .iter()
+        .map(|c| {
+            let info = BackendInfo {
+                local: c.local,
+                selected: selected.contains(&c.addr),
+                selected_internal: for_pods.contains(&c.addr),
+            };
+            (c.addr, info)
+        })
+        .collect()
+}
+
+/// The candidates that take new connections under `policy`.
+fn selection(
+    candidates: &[Candidate<'_>],
+    policy: TrafficPolicy,
+    node: &NodeInfo,
+) -> BTreeSet<SocketAddrV4> {
     let pool: Vec<&Candidate<'_>> = match policy {
         TrafficPolicy::Local => candidates.iter().filter(|c| c.local).collect(),
         TrafficPolicy::Cluster => candidates.iter().collect(),
@@ -288,16 +321,7 @@ fn choose(
     if policy == TrafficPolicy::Cluster && selected.iter().all(|c| c.endpoint.ready) {
         selected = topology(&selected, node);
     }
-    candidates
-        .iter()
-        .map(|c| {
-            let info = BackendInfo {
-                local: c.local,
-                selected: selected.iter().any(|s| s.addr == c.addr),
-            };
-            (c.addr, info)
-        })
-        .collect()
+    selected.iter().map(|c| c.addr).collect()
 }
 
 /// Ready endpoints; when none is ready, the serving and terminating ones.

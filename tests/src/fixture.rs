@@ -43,6 +43,7 @@ pub fn frontend(
                         BackendInfo {
                             local,
                             selected: true,
+                            selected_internal: true,
                         },
                     )
                 })
@@ -74,6 +75,7 @@ pub fn frontend_without_local_endpoints(
                 BackendInfo {
                     local: false,
                     selected: false,
+                    selected_internal: false,
                 },
             )
         })

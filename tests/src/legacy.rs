@@ -2,9 +2,10 @@
 //! of layout v4 or v3 would have left under a pin directory, for hand-over
 //! tests.
 //!
-//! v4 kept every map of v5 but `SOURCE_RANGES`, with one event fewer (10):
-//! [`make_v4`] renames the layout directory, removes `SOURCE_RANGES` and
-//! shortens the event counters.
+//! v4 kept every map of v5 but `SOURCE_RANGES` and `INTERNAL_TABLES`, with
+//! one event fewer (10) and no backend flagged `BACKEND_F_SELECTED_INTERNAL`:
+//! [`make_v4`] renames the layout directory, removes the two maps, shortens
+//! the event counters and clears the flag.
 //!
 //! v3 kept the maps of v4 but `SNAT_EXHAUSTED`, with other flow entries
 //! (conntrack 32 bytes of another layout, reverse NAT 12 bytes), a smaller
@@ -28,8 +29,9 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
-    conntrack::CtState, CtEntry, FlowKey, NodeConfig, RevNatEntry, CT_F_AFFINITY, CT_F_REPLIED,
-    CT_F_SNAT, IPPROTO_TCP, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
+    conntrack::CtState, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry,
+    BACKEND_F_SELECTED_INTERNAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
     MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 use lb_userspace::datapath::PIN_LAYOUT;
@@ -104,7 +106,23 @@ pub fn make_v4(pin_dir: &Path) -> Result<()> {
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
+    std::fs::remove_file(to.join(MAP_INTERNAL_TABLES)).context("removing INTERNAL_TABLES")?;
+    clear_pod_selection(&to)?;
     write_counters(&to, MAP_EVENTS, events)
+}
+
+/// Clears `BACKEND_F_SELECTED_INTERNAL` (new in v5) on every backend in `dir`.
+fn clear_pod_selection(dir: &Path) -> Result<()> {
+    let mut backends: Array<MapData, Backend> =
+        Array::try_from(Map::Array(open(dir, MAP_BACKENDS)?))?;
+    for index in 0..backends.len() {
+        let mut backend = backends.get(&index, 0)?;
+        if backend.flags & BACKEND_F_SELECTED_INTERNAL != 0 {
+            backend.flags &= !BACKEND_F_SELECTED_INTERNAL;
+            backends.set(index, backend, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// Turns the pins an agent of layout v5 left under `pin_dir` (its
@@ -143,6 +161,8 @@ pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     std::fs::remove_file(to.join(MAP_SNAT_EXHAUSTED)).context("removing SNAT_EXHAUSTED")?;
     std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
+    std::fs::remove_file(to.join(MAP_INTERNAL_TABLES)).context("removing INTERNAL_TABLES")?;
+    clear_pod_selection(&to)?;
 
     let mut written = Written::default();
     let mut ct: HashMap<MapData, FlowKey, [u8; V3_CONNTRACK_VALUE]> =

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED, BACKEND_F_SELECTED_INTERNAL,
+    IPPROTO_TCP, IPPROTO_UDP, SERVICE_F_INTERNAL_TABLE,
+};
 
 use super::{decode_label, maps::Maps, writer::source_range_of};
 use crate::{
@@ -35,6 +38,7 @@ impl Maps {
                     id,
                     local: backend.flags & BACKEND_F_LOCAL != 0,
                     selected: backend.flags & BACKEND_F_SELECTED != 0,
+                    selected_internal: backend.flags & BACKEND_F_SELECTED_INTERNAL != 0,
                 },
             );
         }
@@ -70,6 +74,9 @@ impl Maps {
                 port_name: String::new(),
                 entry,
                 backends: backends_of.remove(&entry.id).unwrap_or_default(),
+                internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
+                    .then(|| self.internal_tables.get(&entry.id, 0).ok())
+                    .flatten(),
                 source_ranges: ranges_of
                     .remove(&entry.id)
                     .map(|mut ranges| {

@@ -13,10 +13,11 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, RevNatEntry, ServiceEntry, ServiceKey,
-    ServiceLabel, ServiceStats, SourceRangeKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS,
-    MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES, MAP_VERDICTS,
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
+    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SourceRangeKey, BACKEND_F_ACTIVE,
+    BACKEND_F_SELECTED, BACKEND_F_SELECTED_INTERNAL, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS,
+    MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{
@@ -149,6 +150,19 @@ fn copy_lpm<K: Pod, V: Pod>(old: &Path, new: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gives every active backend selected for new connections the flag that
+/// selects it for pods too.
+fn select_for_pods_as_before(backends: &mut Array<MapData, Backend>) -> Result<()> {
+    for index in 0..backends.len() {
+        let mut backend = backends.get(&index, 0)?;
+        if backend.flags & BACKEND_F_ACTIVE != 0 && backend.flags & BACKEND_F_SELECTED != 0 {
+            backend.flags |= BACKEND_F_SELECTED_INTERNAL;
+            backends.set(index, backend, 0)?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies the services, backends and Maglev tables (and the source ranges
 /// when `plan` carries them): the slab, the backends and the ranges first,
 /// the frontends last, so no frontend points at a missing table or range.
@@ -164,9 +178,20 @@ pub fn carry_services(
             &new_dir.join(MAP_SOURCE_RANGES),
         )?;
     }
+    if plan.carry.contains(&MAP_INTERNAL_TABLES) {
+        copy_array::<InternalTable>(
+            &old_dir.join(MAP_INTERNAL_TABLES),
+            &new_dir.join(MAP_INTERNAL_TABLES),
+        )?;
+    }
     let old_slab = Slab::new(open(&old_dir.join(MAP_MAGLEV))?)?;
     maps.slab.write(0, &old_slab.read(0, old_slab.slots())?)?;
     copy_array::<Backend>(&old_dir.join(MAP_BACKENDS), &new_dir.join(MAP_BACKENDS))?;
+    if !old_dir.join(MAP_INTERNAL_TABLES).exists() {
+        // A layout before pods had tables of their own (v4): pods used each
+        // frontend's table, so a backend selected there is selected for them.
+        select_for_pods_as_before(&mut maps.backends)?;
+    }
     copy_hash::<u32, ServiceLabel>(
         &old_dir.join(MAP_SERVICE_LABELS),
         &new_dir.join(MAP_SERVICE_LABELS),

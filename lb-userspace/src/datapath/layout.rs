@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES,
-    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES,
-    MAP_VERDICTS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
+    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
+    MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{maps::PINNED_MAPS, EBPF_OBJECT};
@@ -21,7 +21,7 @@ pub const PIN_LAYOUT: &str = "v5";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 5_838_633_558_749_025_540;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_569_852_032_400_998_959;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -30,7 +30,10 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 5_838_633_558_749_025_540;
 /// counters (a hash) are carried into the hash, which counts alongside the
 /// per-CPU array of low ids that v3 added. v4 added `SNAT_EXHAUSTED`, one
 /// verdict and events (counters only grow), and changed the flow state:
-/// see [`CONVERTED_LAYOUTS`]. v5 added `SOURCE_RANGES` and one event.
+/// see [`CONVERTED_LAYOUTS`]. v5 added `SOURCE_RANGES`, `INTERNAL_TABLES`,
+/// one event and a backend flag (`BACKEND_F_SELECTED_INTERNAL`, which
+/// v4's carried backends get where they had `BACKEND_F_SELECTED`: v4 served
+/// pods from the same table).
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
         "v4",
@@ -104,14 +107,16 @@ pub const CONVERTED_SHAPES: [(&str, u32, u32); 2] = [(MAP_CONNTRACK, 16, 32), (M
 /// offsets): carried all together or not at all.
 pub const SERVICE_MAPS: [&str; 4] = [MAP_MAGLEV, MAP_BACKENDS, MAP_SERVICE_LABELS, MAP_SERVICES];
 /// Maps whose entries hold service or backend ids: carried only with
-/// [`SERVICE_MAPS`]. The source ranges may start empty under carried
-/// services (a layout before they existed): the first sync writes them.
-pub const ID_DEPENDENT_MAPS: [&str; 5] = [
+/// [`SERVICE_MAPS`]. The source ranges and the pods' tables may start
+/// empty under carried services (a layout before they existed): the first
+/// sync writes them.
+pub const ID_DEPENDENT_MAPS: [&str; 6] = [
     MAP_CONNTRACK,
     MAP_AFFINITY,
     MAP_SERVICE_STATS,
     MAP_SERVICE_STATS_ARRAY,
     MAP_SOURCE_RANGES,
+    MAP_INTERNAL_TABLES,
 ];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];

@@ -12,14 +12,14 @@ use aya::maps::{
     lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use lb_common::{
-    Backend, BackendId, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
-    SlabEntry, SourceRangeKey, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV, MAP_SERVICES,
-    MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
+    Backend, BackendId, InternalTable, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel,
+    ServiceStats, SlabEntry, SourceRangeKey, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV,
+    MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
     SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -35,6 +35,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     MAP_FILTER,
     lb_common::MAP_SNAT_EXHAUSTED,
     lb_common::MAP_SOURCE_RANGES,
+    lb_common::MAP_INTERNAL_TABLES,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
@@ -66,6 +67,8 @@ pub struct Maps {
     pub filter: Filter,
     /// Client ranges of frontends restricted to them.
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    /// The tables pods use, by frontend id.
+    pub internal_tables: Array<MapData, InternalTable>,
 }
 
 impl Maps {
@@ -87,6 +90,7 @@ impl Maps {
             events: PerCpuArray::try_from(take(lb_common::MAP_EVENTS)?)?,
             filter: Filter::new(take(MAP_FILTER)?)?,
             source_ranges: LpmTrie::try_from(take(lb_common::MAP_SOURCE_RANGES)?)?,
+            internal_tables: Array::try_from(take(lb_common::MAP_INTERNAL_TABLES)?)?,
         })
     }
 
@@ -116,6 +120,7 @@ impl Maps {
             events: PerCpuArray::try_from(Map::PerCpuArray(open(lb_common::MAP_EVENTS)?))?,
             filter: Filter::new(Map::Array(open(MAP_FILTER)?))?,
             source_ranges: LpmTrie::try_from(Map::LpmTrie(open(lb_common::MAP_SOURCE_RANGES)?))?,
+            internal_tables: Array::try_from(Map::Array(open(lb_common::MAP_INTERNAL_TABLES)?))?,
         })
     }
 

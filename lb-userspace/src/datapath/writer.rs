@@ -46,6 +46,10 @@ impl Maps {
                     .source_ranges
                     .remove(&source_range_key(*id, *range))
                     .with_context(|| format!("deleting source range {range} of service {id}"))?,
+                MapOp::SetInternalTable(id, table) => self
+                    .internal_tables
+                    .set(*id, table, 0)
+                    .with_context(|| format!("writing the in-cluster table of service {id}"))?,
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
                     self.clear_service_stats(*id)

@@ -30,6 +30,7 @@ fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
                     BackendInfo {
                         local,
                         selected: true,
+                        selected_internal: true,
                     },
                 )
             })
@@ -61,6 +62,7 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
             MapOp::DeleteService(..) => "delete",
             MapOp::ClearBackend(..) => "clear",
             MapOp::SetSourceRange(..) => "range",
+            MapOp::SetInternalTable(..) => "internal",
             MapOp::DeleteSourceRange(..) => "unrange",
             MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
                 unreachable!()
@@ -103,12 +105,13 @@ fn first_sync_writes_backends_then_tables_then_services_and_is_idempotent() {
 fn endpoints_only_elsewhere_drop_and_becoming_usable_rewrites_the_entry() {
     let t0 = Instant::now();
     let mut p = Planner::new(1 << 16, GRACE);
-    // A Local policy without a local endpoint: listed, not selected.
+    // A Local policy without a local endpoint: listed, not selected (an
+    // internal one: for pods neither).
     let mut elsewhere = want(&[(2, false)]);
-    elsewhere
-        .backends
-        .values_mut()
-        .for_each(|b| b.selected = false);
+    elsewhere.backends.values_mut().for_each(|b| {
+        b.selected = false;
+        b.selected_internal = false;
+    });
     // The same endpoint not usable anywhere (not ready, not terminating).
     let mut unusable = elsewhere.clone();
     unusable.has_endpoints = false;
@@ -201,7 +204,9 @@ fn unselected_backends_keep_their_entries_but_leave_the_table() {
     p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
     let before = p.frontends().next().unwrap().clone();
     let mut draining = want(&[(2, true), (3, true)]);
-    draining.backends.values_mut().nth(1).unwrap().selected = false;
+    let drained = draining.backends.values_mut().nth(1).unwrap();
+    drained.selected = false;
+    drained.selected_internal = false;
     let (plan, _) = p.plan(&state(&[(fe(10), draining)]), t0);
     assert_eq!(
         kinds(&plan),
@@ -241,6 +246,7 @@ fn a_frontend_with_5000_backends_gets_every_one_in_its_table() {
                 BackendInfo {
                     local: false,
                     selected: true,
+                    selected_internal: true,
                 },
             )
         })
@@ -269,7 +275,10 @@ fn local_flag_flip_rewrites_only_the_backend() {
     let MapOp::SetBackend(_, entry) = &plan.ops[0] else {
         unreachable!()
     };
-    assert_eq!(entry.flags, BACKEND_F_ACTIVE | BACKEND_F_SELECTED);
+    assert_eq!(
+        entry.flags,
+        BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_INTERNAL
+    );
 }
 
 #[test]
@@ -437,4 +446,111 @@ fn the_source_range_map_has_a_capacity() {
     assert_eq!(ranges::count_after(max, 3, 3), Ok(max));
     let err = ranges::count_after(max, 0, 1).unwrap_err();
     assert!(err.contains("source ranges"), "{err}");
+}
+
+#[test]
+fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry() {
+    let t0 = Instant::now();
+    // externalTrafficPolicy: Local on a node with one local endpoint of
+    // three: outside clients get the local one, pods all three.
+    let mut local_only = want(&[(2, true), (3, false), (4, false)]);
+    for (addr, info) in &mut local_only.backends {
+        info.selected = addr.ip().octets()[3] == 2;
+    }
+    assert!(local_only.has_internal_table());
+    let mut p = Planner::new(1 << 16, GRACE);
+    let (plan, errors) = p.plan(&state(&[(fe(10), local_only.clone())]), t0);
+    assert!(errors.is_empty());
+    assert_eq!(
+        kinds(&plan),
+        ["backend", "backend", "backend", "table", "table", "internal", "service"]
+    );
+    let (entry, internal) = {
+        let applied = p.frontends().next().unwrap();
+        (applied.entry, applied.internal.unwrap())
+    };
+    assert_eq!(entry.flags, SERVICE_F_INTERNAL_TABLE);
+    assert_eq!((entry.backend_count, internal.backend_count), (1, 3));
+    assert_ne!(
+        entry.table_offset, internal.table_offset,
+        "two ranges of the slab"
+    );
+    let tables: Vec<(u32, Vec<BackendId>)> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::SetTable { offset, slots } => Some((*offset, slots.clone())),
+            _ => None,
+        })
+        .collect();
+    let distinct = |slots: &[BackendId]| {
+        slots
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let main = tables
+        .iter()
+        .find(|(o, _)| *o == entry.table_offset)
+        .unwrap();
+    let pods = tables
+        .iter()
+        .find(|(o, _)| *o == internal.table_offset)
+        .unwrap();
+    assert_eq!((distinct(&main.1), distinct(&pods.1)), (1, 3));
+    for op in &plan.ops {
+        if let MapOp::SetBackend(_, b) = op {
+            let local = b.flags & BACKEND_F_LOCAL != 0;
+            assert_eq!(b.flags & BACKEND_F_SELECTED != 0, local);
+            assert_ne!(
+                b.flags & BACKEND_F_SELECTED_INTERNAL,
+                0,
+                "pods may use every one"
+            );
+        }
+    }
+    // Unchanged: nothing to write. An adopting planner agrees.
+    let (again, _) = p.plan(&state(&[(fe(10), local_only.clone())]), t0);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+    let applied: Vec<AppliedFrontend> = p.frontends().cloned().collect();
+    let mut adopted = Planner::adopt(applied, Vec::new(), 1 << 16, GRACE);
+    let (again, _) = adopted.plan(&state(&[(fe(10), local_only.clone())]), t0);
+    assert!(
+        again
+            .ops
+            .iter()
+            .all(|op| matches!(op, MapOp::SetFilterWord(..))),
+        "{:?}",
+        again.ops
+    );
+
+    // The local endpoint goes: outside clients have none here, pods two.
+    let mut none_here = want(&[(3, false), (4, false)]);
+    for info in none_here.backends.values_mut() {
+        info.selected = false;
+    }
+    let (plan, _) = p.plan(&state(&[(fe(10), none_here)]), t0);
+    assert!(kinds(&plan).contains(&"internal"));
+    let applied = p.frontends().next().unwrap();
+    assert_eq!(
+        (
+            applied.entry.backend_count,
+            applied.internal.unwrap().backend_count
+        ),
+        (0, 2)
+    );
+    assert_eq!(
+        applied.entry.flags, SERVICE_F_INTERNAL_TABLE,
+        "dropped outside, served to pods"
+    );
+
+    // Both see the same backends again: one table, no flag.
+    let (plan, _) = p.plan(&state(&[(fe(10), want(&[(3, false)]))]), t0);
+    assert!(!kinds(&plan).contains(&"internal"));
+    let applied = p.frontends().next().unwrap();
+    assert_eq!((applied.entry.flags, applied.internal), (0, None));
+    // And the frontend goes: both ranges of the slab come back after the grace.
+    p.plan(&state(&[]), t0);
+    let (plan, errors) = p.plan(&state(&[(fe(10), local_only)]), t0 + GRACE * 2);
+    assert!(errors.is_empty() && !plan.ops.is_empty());
 }

@@ -439,7 +439,12 @@ fn every_current_problem_is_reported_at_every_reconcile() {
         assert_eq!(done.problems[0].reason, ProblemReason::UnsupportedPort);
         assert_eq!(done.problems[0].service, name("sctp"));
     }
-    cluster.services.get_mut(&name("sctp")).unwrap().skipped_ports.clear();
+    cluster
+        .services
+        .get_mut(&name("sctp"))
+        .unwrap()
+        .skipped_ports
+        .clear();
     let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
     assert!(done.problems.is_empty());
 }

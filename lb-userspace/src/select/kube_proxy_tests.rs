@@ -147,3 +147,80 @@ fn selection_follows_kube_proxy() {
         assert_eq!(backends(&cluster), Some(expected), "{rule}");
     }
 }
+
+/// The addresses (last octet) selected for outside clients and for pods
+/// at frontend `addr:port`.
+fn views(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> (Vec<u8>, Vec<u8>) {
+    let (state, _) = desired_state(cluster, &super::tests::node());
+    let frontend = state
+        .iter()
+        .find(|(f, _)| f.addr == addr && f.port == port)
+        .map(|(_, want)| want)
+        .expect("the frontend");
+    let pick = |f: fn(&BackendInfo) -> bool| {
+        frontend
+            .backends
+            .iter()
+            .filter(|(_, b)| f(b))
+            .map(|(a, _)| a.ip().octets()[3])
+            .collect()
+    };
+    (pick(|b| b.selected), pick(|b| b.selected_internal))
+}
+
+#[test]
+fn pods_reach_external_frontends_through_every_node_s_endpoints() {
+    // Item 2: externalTrafficPolicy: Local serves outside clients from this
+    // node's endpoints, pods (in-cluster traffic) from every node's, with
+    // topology as for the cluster IP; internalTrafficPolicy: Local holds
+    // for pods too.
+    let mut ports = http();
+    ports[0].node_port = Some(30080);
+    let lb = ServiceSpec {
+        external_ips: vec![Ipv4Addr::new(203, 0, 113, 7)],
+        external_policy: TrafficPolicy::Local,
+        ..service(ServiceKind::NodePort, ports)
+    };
+    let endpoints = vec![
+        ep(2, true, "node1"),
+        ep(3, true, "node2"),
+        ep(4, false, "node2"),
+    ];
+    let c = cluster(lb.clone(), vec![http_slice(endpoints.clone())]);
+    let node_ip = super::tests::node().addresses[0];
+    for (addr, port) in [(Ipv4Addr::new(203, 0, 113, 7), 80), (node_ip, 30080)] {
+        assert_eq!(
+            views(&c, addr, port),
+            (vec![2], vec![2, 3]),
+            "{addr}:{port}"
+        );
+    }
+    assert_eq!(
+        views(&c, Ipv4Addr::new(10, 96, 0, 10), 80),
+        (vec![2, 3], vec![2, 3])
+    );
+    let (state, _) = desired_state(&c, &super::tests::node());
+    assert_eq!(state.values().filter(|f| f.has_internal_table()).count(), 2);
+
+    // No local endpoint: none for outside clients, the others for pods.
+    let elsewhere = cluster(lb.clone(), vec![http_slice(vec![ep(3, true, "node2")])]);
+    assert_eq!(
+        views(&elsewhere, Ipv4Addr::new(203, 0, 113, 7), 80),
+        (vec![], vec![3])
+    );
+
+    // internalTrafficPolicy: Local: the cluster IP serves pods from this node only.
+    let itp = ServiceSpec {
+        internal_policy: TrafficPolicy::Local,
+        ..lb
+    };
+    let c = cluster(itp, vec![http_slice(endpoints)]);
+    assert_eq!(
+        views(&c, Ipv4Addr::new(10, 96, 0, 10), 80),
+        (vec![2], vec![2])
+    );
+    assert_eq!(
+        views(&c, Ipv4Addr::new(203, 0, 113, 7), 80),
+        (vec![2], vec![2, 3])
+    );
+}

@@ -1,6 +1,6 @@
 use lb_common::{
-    CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED,
-    MAP_SOURCE_RANGES,
+    CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_SERVICE_STATS_ARRAY,
+    MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES,
 };
 
 use super::*;
@@ -18,10 +18,12 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v4 layout: today's maps without `SOURCE_RANGES`, with one event fewer (10).
+/// The v4 layout: today's maps without `SOURCE_RANGES` and
+/// `INTERNAL_TABLES`, with one event fewer (10).
 fn v4(current: &Shapes) -> Shapes {
     let mut old = current.clone();
     old.remove(MAP_SOURCE_RANGES);
+    old.remove(MAP_INTERNAL_TABLES);
     old.get_mut(MAP_EVENTS).unwrap().max_entries = 10;
     old
 }
@@ -125,10 +127,16 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v4", &v4(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOURCE_RANGES);
+    but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v4's flows are v5's: {plan:?}");
-    assert_eq!(plan.fresh, vec![none(MAP_SOURCE_RANGES, "v4")]);
+    assert_eq!(
+        plan.fresh,
+        vec![
+            none(MAP_SOURCE_RANGES, "v4"),
+            none(MAP_INTERNAL_TABLES, "v4")
+        ]
+    );
     assert!(plan.carries_services());
     // v4 counted one event fewer: its counters fit into v5's.
     assert!(plan.carry.contains(&MAP_EVENTS));
@@ -140,10 +148,16 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOURCE_RANGES);
+    but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
-    assert_eq!(plan.fresh, vec![none(MAP_SOURCE_RANGES, "v3")]);
+    assert_eq!(
+        plan.fresh,
+        vec![
+            none(MAP_SOURCE_RANGES, "v3"),
+            none(MAP_INTERNAL_TABLES, "v3")
+        ]
+    );
     assert!(plan.carries_services());
     // v3's counter arrays are shorter: they fit into v4's.
     assert!(plan.carry.contains(&MAP_VERDICTS) && plan.carry.contains(&MAP_EVENTS));
@@ -160,7 +174,11 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES]);
+    but.extend([
+        MAP_SERVICE_STATS_ARRAY,
+        MAP_SOURCE_RANGES,
+        MAP_INTERNAL_TABLES,
+    ]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     // v2 counted every service in the hash, which is carried.
@@ -168,7 +186,8 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
         plan.fresh,
         vec![
             none(MAP_SERVICE_STATS_ARRAY, "v2"),
-            none(MAP_SOURCE_RANGES, "v2")
+            none(MAP_SOURCE_RANGES, "v2"),
+            none(MAP_INTERNAL_TABLES, "v2")
         ]
     );
     assert!(plan.carries_services());
@@ -179,7 +198,12 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend([MAP_SERVICE_STATS_ARRAY, MAP_EVENTS, MAP_SOURCE_RANGES]);
+    but.extend([
+        MAP_SERVICE_STATS_ARRAY,
+        MAP_EVENTS,
+        MAP_SOURCE_RANGES,
+        MAP_INTERNAL_TABLES,
+    ]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     assert_eq!(
@@ -187,6 +211,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
         vec![
             none(MAP_SERVICE_STATS_ARRAY, "v1"),
             none(MAP_SOURCE_RANGES, "v1"),
+            none(MAP_INTERNAL_TABLES, "v1"),
             none(MAP_EVENTS, "v1")
         ]
     );
@@ -227,7 +252,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carries_services(), "{map} of {what}");
             assert_eq!(plan.convert, vec![other], "{map} of {what}");
             assert!(plan.carry.contains(&MAP_AFFINITY));
-            assert_eq!(plan.fresh.len(), 2, "{map} of {what}: {plan:?}");
+            assert_eq!(plan.fresh.len(), 3, "{map} of {what}: {plan:?}");
         }
     }
 }
