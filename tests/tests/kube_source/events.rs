@@ -90,7 +90,7 @@ fn a_lasting_problem_gets_one_warning_event_on_its_service() {
         // Gone, then back: posted again, as a series of the same Event.
         reporter.observe(&[]);
         assert_eq!(metrics.current(ProblemReason::FrontendConflict), 0);
-        reporter.observe(&[conflict.clone()]);
+        reporter.observe(std::slice::from_ref(&conflict));
         eventually("the second occurrence posted", || {
             metrics.events(EventOutcome::Posted) == 2
         })
