@@ -159,17 +159,23 @@ impl Reporter {
     /// Takes a sync's current problems: logs and offers the new ones, and
     /// sets the gauge. Never waits.
     pub fn observe(&mut self, problems: &[ServiceProblem]) {
+        let mut dropped = 0u64;
         for problem in self.log.observe(problems) {
             warn!("{problem}");
             let Some(sink) = &self.sink else { continue };
-            match sink.offer(problem) {
-                Offered::Queued => {}
-                Offered::Full(problem) => {
-                    self.metrics.count_event(EventOutcome::Dropped);
-                    warn!("too many Events waiting to be posted: dropped the one for {problem}");
-                }
-                Offered::Closed => self.metrics.count_event(EventOutcome::Dropped),
+            if !matches!(sink.offer(problem), Offered::Queued) {
+                dropped += 1;
             }
+        }
+        if dropped > 0 {
+            self.metrics
+                .events
+                .get_or_create(&outcome_labels(EventOutcome::Dropped))
+                .inc_by(dropped);
+            warn!(
+                dropped,
+                "too many Events waiting to be posted: dropped these (logged above)"
+            );
         }
         let counts = self.log.counts();
         self.reasons.extend(counts.keys().copied());

@@ -6,6 +6,10 @@
 //! `ProblemReason::as_str`, note the problem's message, reported by
 //! [`REPORTING_CONTROLLER`] with the node's name as instance. A refused or
 //! failed post is logged and counted, and the task goes on.
+//!
+//! The `Recorder` makes a repeat (same Service, reason and reporter, within
+//! six minutes) a series of the first Event: a problem that goes and comes
+//! back is counted on one Event, which keeps the first occurrence's note.
 
 use k8s_openapi::api::core::v1::Service;
 use kube::{
@@ -40,8 +44,8 @@ const MAX_NOTE: usize = 1024;
 pub enum Offered {
     /// Queued for posting.
     Queued,
-    /// The queue was full: not posted (handed back).
-    Full(ServiceProblem),
+    /// The queue was full: not posted.
+    Full,
     /// The posting task has ended.
     Closed,
 }
@@ -74,7 +78,7 @@ impl EventSink {
     pub fn offer(&self, problem: ServiceProblem) -> Offered {
         match self.queue.try_send(problem) {
             Ok(()) => Offered::Queued,
-            Err(mpsc::error::TrySendError::Full(problem)) => Offered::Full(problem),
+            Err(mpsc::error::TrySendError::Full(_)) => Offered::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closed,
         }
     }
