@@ -20,7 +20,8 @@ use crate::{
     metrics::Metrics,
     plan::Planner,
     reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
-    source::{kube::KubeSource, manifests::ManifestSource, Source},
+    report::Reporter,
+    source::{events::EventSink, kube::KubeSource, manifests::ManifestSource, Source},
 };
 
 /// How often to look for new pod interfaces.
@@ -72,6 +73,7 @@ fn sync(
     datapath: &mut Datapath,
     metrics: &Metrics,
     health: &Health,
+    reporter: &mut Reporter,
 ) -> Result<()> {
     let started = Instant::now();
     let (cluster, changes) = source.snapshot();
@@ -93,6 +95,7 @@ fn sync(
     for e in &done.errors {
         error!("{e}");
     }
+    reporter.observe(&done.problems);
     if let Err(e) = applied {
         // The planner counted the failed chunk (and the filter words it
         // set) as applied: start again from what the maps hold.
@@ -191,6 +194,8 @@ fn micros(d: Duration) -> u64 {
 /// Runs the agent until SIGINT or SIGTERM, then detaches and removes its pins.
 pub async fn run(options: RunOptions) -> Result<()> {
     let (changed_tx, changed) = mpsc::unbounded_channel();
+    // The Kubernetes source's client also posts Events about Services.
+    let mut events = None;
     let (source, mut datapath): (Box<dyn Source>, _) = match &options.source {
         SourceConfig::Manifests(dir) => {
             let mut source = ManifestSource::new(dir.clone(), changed_tx)?;
@@ -218,12 +223,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
         SourceConfig::Kube { kubeconfig } => {
             let client = kube_client(kubeconfig.as_ref()).await?;
             let source = KubeSource::start(&client, &changed_tx, &options.node.name);
+            events = Some(client);
             info!("waiting for the initial list of Services and EndpointSlices");
             source.wait_until_ready().await?;
             (Box::new(source), Datapath::load(options.datapath.clone())?)
         }
     };
-    let result = serve(&options, source, changed, &mut datapath).await;
+    let result = serve(&options, source, events, changed, &mut datapath).await;
     datapath.shutdown();
     info!("detached and removed pins");
     result
@@ -248,6 +254,7 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
 async fn serve(
     options: &RunOptions,
     mut source: Box<dyn Source>,
+    events: Option<kube::Client>,
     mut changed: mpsc::UnboundedReceiver<()>,
     datapath: &mut Datapath,
 ) -> Result<()> {
@@ -271,6 +278,16 @@ async fn serve(
     metrics.set_source(source.stats());
     // Before the first sync: healthy while starting, as kube-proxy is.
     let health = Health::start(options.health.clone(), &options.node.name)?;
+    let sink = events.map(|client| {
+        let node = &options.node.name;
+        EventSink::start(
+            client,
+            node,
+            crate::source::events::QUEUE,
+            metrics.problems.clone(),
+        )
+    });
+    let mut reporter = Reporter::new(metrics.problems.clone(), sink);
     if let Some(addr) = options.metrics_addr {
         // Bound before "ready": the probes find it listening at once.
         let listener = crate::metrics::bind(addr).await?;
@@ -300,6 +317,7 @@ async fn serve(
         datapath,
         &metrics,
         &health,
+        &mut reporter,
     )?;
     // The maps hold the source now: an earlier layout's programs can go.
     if let Err(e) = datapath.finish_handover() {
@@ -323,14 +341,14 @@ async fn serve(
                 tokio::task::yield_now().await;
                 while changed.try_recv().is_ok() {}
                 retry = false;
-                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health) {
+                if let Err(e) = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health, &mut reporter) {
                     error!("sync failed (retried at the next interface scan): {e:#}");
                     retry = true;
                 }
             }
             _ = scan.tick() => {
                 if retry {
-                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health)
+                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health, &mut reporter)
                         .inspect_err(|e| error!("sync failed again: {e:#}"))
                         .is_err();
                 }

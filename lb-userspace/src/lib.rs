@@ -18,6 +18,7 @@ pub mod model;
 pub mod plan;
 pub mod problem;
 pub mod reconcile;
+pub mod report;
 pub mod select;
 pub mod slab;
 pub mod source;

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub map_ops: Counter,
     /// Frontends the planner could not place.
     pub plan_errors: Counter,
+    /// Services' problems and the Events about them.
+    pub problems: crate::report::ProblemMetrics,
     ready: AtomicBool,
     pin_dir: PathBuf,
     source: Mutex<Option<Arc<SourceStats>>>,
@@ -144,6 +146,7 @@ impl Metrics {
             frontends: Gauge::default(),
             map_ops: Counter::default(),
             plan_errors: Counter::default(),
+            problems: crate::report::ProblemMetrics::default(),
             ready: AtomicBool::new(false),
             pin_dir,
             source: Mutex::new(None),
@@ -178,6 +181,7 @@ impl Metrics {
     /// Registers every metric (names get the `lb_` prefix).
     fn register(&self, registry: &mut Registry) {
         self.register_flows(registry);
+        self.problems.register(registry);
         registry.register(
             "change_to_map_seconds",
             "From a watch event reaching the agent to the maps holding it",

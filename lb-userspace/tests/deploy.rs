@@ -3,7 +3,10 @@
 //! probes hit real endpoints, the pod has the capabilities and mounts it needs
 //! and no more.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -14,7 +17,10 @@ use lb_userspace::{
     datapath::REQUIRED_CAPABILITIES,
     health::DEFAULT_HEALTHZ_BIND_ADDRESS,
     metrics::{HEALTHZ_PATH, READYZ_PATH},
-    source::kube::{WATCHED_RESOURCES, WATCH_VERBS},
+    source::{
+        events::{EVENT_RESOURCE, EVENT_VERBS, SERVICE_LOOKUP_VERB},
+        kube::{WATCHED_RESOURCES, WATCH_VERBS},
+    },
 };
 use serde::de::DeserializeOwned;
 
@@ -62,28 +68,49 @@ fn every_manifest_parses_into_its_type() {
 #[test]
 fn rbac_grants_exactly_what_the_source_requests() {
     let role: ClusterRole = one("ClusterRole");
-    let mut granted = BTreeSet::new();
+    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role.rules.unwrap_or_default() {
-        let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert!(
-            verbs.is_subset(&["get", "list", "watch"].into()),
-            "read-only verbs only: {verbs:?}"
-        );
-        assert!(
-            verbs.is_superset(&WATCH_VERBS.into()),
-            "the verbs the watches use: {verbs:?}"
-        );
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
-                granted.insert((group.clone(), resource.clone()));
+                granted
+                    .entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
             }
         }
     }
-    let needed: BTreeSet<(String, String)> = WATCHED_RESOURCES
+    let key = |(g, r): (&str, &str)| (g.to_string(), r.to_string());
+    let verbs = |v: &[&str]| -> BTreeSet<String> { v.iter().map(ToString::to_string).collect() };
+    // What the code uses: the watches, the Service look-up of the Event
+    // poster, and the Events it creates and patches.
+    let mut needed: BTreeMap<(String, String), BTreeSet<String>> = WATCHED_RESOURCES
         .iter()
-        .map(|(g, r)| ((*g).to_string(), (*r).to_string()))
+        .map(|&resource| (key(resource), verbs(&WATCH_VERBS)))
         .collect();
-    assert_eq!(granted, needed, "RBAC resources equal the watched ones");
+    needed
+        .entry(key(("", "services")))
+        .or_default()
+        .insert(SERVICE_LOOKUP_VERB.to_string());
+    needed.insert(key(EVENT_RESOURCE), verbs(&EVENT_VERBS));
+    assert_eq!(
+        granted.keys().collect::<Vec<_>>(),
+        needed.keys().collect::<Vec<_>>(),
+        "RBAC resources equal the ones the code uses"
+    );
+    for (resource, want) in &needed {
+        let have = &granted[resource];
+        assert!(
+            have.is_superset(want),
+            "{resource:?}: {have:?} lacks {want:?}"
+        );
+        // Beyond what the code uses, only `get` of what it watches (read-only).
+        for extra in have.difference(want) {
+            assert!(
+                extra == "get" && WATCHED_RESOURCES.iter().any(|&r| key(r) == *resource),
+                "{resource:?}: {extra} is granted but unused"
+            );
+        }
+    }
     let binding: ClusterRoleBinding = one("ClusterRoleBinding");
     let account: ServiceAccount = one("ServiceAccount");
     let subject = &binding.subjects.unwrap()[0];

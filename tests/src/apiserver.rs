@@ -1,29 +1,38 @@
 //! A test API server on loopback that speaks the Kubernetes list/watch
 //! protocol for Services, EndpointSlices and Nodes: resourceVersions, chunked
 //! watch streams, bookmarks, dropped connections, `410 Gone` after compaction,
-//! and an unreachable mode. The real kube client talks to it over HTTP.
+//! label and field selectors (an object that stops or starts matching a
+//! watch's selector is sent as DELETED or ADDED, as the real server does),
+//! paged lists (`limit`, `continue`), GET of one object, `events.k8s.io`
+//! Events (created and patched, kept for the tests), and an unreachable mode.
+//! The real kube client talks to it over HTTP.
+
+mod events;
+mod read;
+mod select;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    convert::Infallible,
     net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use axum::{
-    body::{Body, Bytes},
+    body::Bytes,
     extract::{Query, State},
-    http::{StatusCode, Uri},
+    http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     Router,
 };
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot, watch};
-use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
+use self::{
+    read::{list_response, object_route, watch_response},
+    select::Filter,
+};
 use crate::netns::Netns;
 
 /// The resources served: (collection path, apiVersion, kind).
@@ -43,6 +52,16 @@ struct Change {
     rv: u64,
     kind_of_event: &'static str,
     object: Value,
+    /// The object before the change (for a deletion, the deleted object):
+    /// a watch's selector decides on both.
+    previous: Option<Value>,
+}
+
+/// The rest of a paged list, kept until its last page is read.
+struct Page {
+    kind: String,
+    rv: u64,
+    rest: Vec<Value>,
 }
 
 #[derive(Default)]
@@ -59,6 +78,12 @@ struct Store {
     requests: u64,
     lists: u64,
     log: Vec<String>,
+    /// Paged lists under way, by continue token.
+    pages: HashMap<String, Page>,
+    /// Events created (and patched since), in order.
+    events: Vec<Value>,
+    /// While true Event requests get 403, as without RBAC for them.
+    events_forbidden: bool,
 }
 
 /// Counts a watch as open while it lives.
@@ -161,17 +186,25 @@ impl TestApiServer {
         store.rv += 1;
         let rv = store.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let existed = store
-            .objects
-            .entry(kind.clone())
-            .or_default()
-            .insert(key, object.clone())
-            .is_some();
+        let objects = store.objects.entry(kind.clone()).or_default();
+        if object["metadata"]["uid"].is_null() {
+            // The real server gives each object a uid at creation.
+            object["metadata"]["uid"] = objects.get(&key).map_or_else(
+                || json!(format!("uid-{rv}")),
+                |o| o["metadata"]["uid"].clone(),
+            );
+        }
+        let previous = objects.insert(key, object.clone());
         let change = Change {
             kind,
             rv,
-            kind_of_event: if existed { "MODIFIED" } else { "ADDED" },
+            kind_of_event: if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
             object,
+            previous,
         };
         store.history.push(change.clone());
         let _ = self.shared.changes.send(change);
@@ -193,6 +226,7 @@ impl TestApiServer {
             kind: kind.to_string(),
             rv,
             kind_of_event: "DELETED",
+            previous: Some(object.clone()),
             object,
         };
         store.history.push(change.clone());
@@ -209,6 +243,7 @@ impl TestApiServer {
                 rv: store.rv,
                 kind_of_event: "BOOKMARK",
                 object: json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}}),
+                previous: None,
             });
         }
     }
@@ -218,6 +253,8 @@ impl TestApiServer {
         let mut store = self.shared.store.lock().unwrap();
         store.compacted = store.rv;
         store.history.clear();
+        // A continue token from before now is too old, as with the real server.
+        store.pages.clear();
     }
 
     /// Ends every open watch, as a dropped connection would.
@@ -251,6 +288,18 @@ impl TestApiServer {
     #[must_use]
     pub fn log(&self) -> Vec<String> {
         self.shared.store.lock().unwrap().log.clone()
+    }
+
+    /// Refuses Event requests with 403 Forbidden (as without RBAC for
+    /// them), or takes them again.
+    pub fn set_events_forbidden(&self, forbidden: bool) {
+        self.shared.store.lock().unwrap().events_forbidden = forbidden;
+    }
+
+    /// The Events created (as last patched), in order of creation.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.store.lock().unwrap().events.clone()
     }
 
     /// How many requests the server has answered.
@@ -299,135 +348,75 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
-    let Some(&(_, api_version, kind)) = KINDS.iter().find(|(path, _, _)| *path == uri.path())
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(status(404, "NotFound", "not served by the test API server")),
-        )
-            .into_response();
-    };
     {
         let mut store = shared.store.lock().unwrap();
         store.requests += 1;
         store.log.push(uri.to_string());
         if store.down {
-            return (
+            return failure(
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(status(
-                    503,
-                    "ServiceUnavailable",
-                    "the test API server is down",
-                )),
-            )
-                .into_response();
+                "ServiceUnavailable",
+                "the test API server is down",
+            );
         }
     }
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        watch_response(&shared, kind, &query)
-    } else {
+    if let Some(route) = events::route(uri.path()) {
         let mut store = shared.store.lock().unwrap();
-        store.lists += 1;
-        let items: Vec<Value> = store
-            .objects
-            .get(kind)
-            .map(|o| o.values().cloned().collect())
-            .unwrap_or_default();
-        axum::Json(json!({
-            "apiVersion": api_version,
-            "kind": format!("{kind}List"),
-            "metadata": {"resourceVersion": store.rv.to_string()},
-            "items": items,
-        }))
-        .into_response()
+        let store = &mut *store;
+        if store.events_forbidden {
+            return failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "events.events.k8s.io is forbidden for this user",
+            );
+        }
+        let (code, answer) =
+            events::handle(&mut store.events, &mut store.rv, &method, &route, &body);
+        return (code, axum::Json(answer)).into_response();
+    }
+    if method != Method::GET {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the test API server only reads these",
+        );
+    }
+    if let Some((kind, key)) = object_route(uri.path()) {
+        let store = shared.store.lock().unwrap();
+        return match store.objects.get(kind).and_then(|o| o.get(&key)) {
+            Some(object) => axum::Json(object.clone()).into_response(),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{kind} {key} not found"),
+            ),
+        };
+    }
+    let Some(&(_, api_version, kind)) = KINDS.iter().find(|(path, _, _)| *path == uri.path())
+    else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "not served by the test API server",
+        );
+    };
+    let filter = match Filter::from_query(query.get("labelSelector"), query.get("fieldSelector")) {
+        Ok(filter) => filter,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    };
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        watch_response(&shared, kind, &query, filter)
+    } else {
+        list_response(&shared, api_version, kind, &query, &filter)
     }
 }
 
-fn watch_response(shared: &Arc<Shared>, kind: &str, query: &HashMap<String, String>) -> Response {
-    let from: u64 = query
-        .get("resourceVersion")
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0);
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .map_or(Duration::from_mins(5), Duration::from_secs);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
-    // Subscribe before reading the history so no change falls in between.
-    let mut changes = shared.changes.subscribe();
-    let mut generation = shared.generation.subscribe();
-    let backlog: Result<Vec<Change>, ()> = {
-        let store = shared.store.lock().unwrap();
-        if from != 0 && from < store.compacted {
-            Err(())
-        } else {
-            Ok(store
-                .history
-                .iter()
-                .filter(|c| c.kind == kind && c.rv > from)
-                .cloned()
-                .collect())
-        }
-    };
-    let kind = kind.to_string();
-    shared
-        .open_watches
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let open = OpenWatch(shared.open_watches.clone());
-    tokio::spawn(async move {
-        let _open = open;
-        let line = |event: &str, object: &Value| {
-            let mut text = json!({"type": event, "object": object}).to_string();
-            text.push('\n');
-            Bytes::from(text)
-        };
-        let Ok(backlog) = backlog else {
-            let _ = tx
-                .send(line(
-                    "ERROR",
-                    &status(410, "Expired", "too old resource version"),
-                ))
-                .await;
-            return;
-        };
-        let mut last = from;
-        for change in backlog {
-            last = change.rv;
-            if tx
-                .send(line(change.kind_of_event, &change.object))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                // A dropped connection wins over changes made after the drop.
-                biased;
-                _ = generation.changed() => return,
-                () = &mut deadline => return,
-                change = changes.recv() => {
-                    let Ok(change) = change else { return };
-                    if change.kind != kind || (change.kind_of_event != "BOOKMARK" && change.rv <= last) {
-                        continue;
-                    }
-                    last = last.max(change.rv);
-                    if tx.send(line(change.kind_of_event, &change.object)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>));
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(body)
-        .expect("watch response")
+/// A failure answered with its Status.
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
+    (code, axum::Json(status(code.as_u16(), reason, message))).into_response()
 }

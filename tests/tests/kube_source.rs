@@ -1,6 +1,12 @@
 //! The Kubernetes source against the test API server: the real kube client
 //! over HTTP on loopback, list/watch, bookmarks, dropped connections, `410
-//! Gone` relists and an unreachable server. No root needed.
+//! Gone` relists and an unreachable server; the watch's scope (labels) and
+//! paging in `scope`, Events about Services in `events`. No root needed.
+
+#[path = "kube_source/events.rs"]
+mod events;
+#[path = "kube_source/scope.rs"]
+mod scope;
 
 use std::{
     future::Future,
@@ -40,6 +46,8 @@ fn slice(service: &str, ips: &[&str]) -> String {
 struct Fixture {
     source: KubeSource,
     reconciler: Reconciler,
+    /// The source's client, for what else the agent sends (Events).
+    client: kube::Client,
 }
 
 /// "service frontend -> backends" lines of the desired state, reconciled
@@ -117,6 +125,7 @@ fn run<F: Future<Output = ()>>(server: &TestApiServer, test: impl FnOnce(Fixture
         let fixture = Fixture {
             source,
             reconciler: Reconciler::new(node1(), 1 << 20),
+            client,
         };
         tokio::time::timeout(Duration::from_mins(1), test(fixture))
             .await

@@ -6,6 +6,13 @@
 //! that vanished meanwhile are dropped; while the API server is unreachable
 //! the watcher retries with backoff and the model, and so the maps, keep the
 //! last known state.
+//!
+//! As kube-proxy does, Services and EndpointSlices are watched with the
+//! label selector [`SERVICE_SELECTOR`]: objects of another proxy, and the
+//! slices of headless Services, are never seen. An object that gains one of
+//! those labels leaves the watch's selection, and the API server sends it as
+//! DELETED (ADDED when it loses the label), so the model drops it (takes it
+//! back) like any deletion (creation).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -46,6 +53,17 @@ pub const WATCHED_RESOURCES: [(&str, &str); 3] = [
 ];
 /// The verbs the source uses on each watched resource.
 pub const WATCH_VERBS: [&str; 2] = ["list", "watch"];
+
+/// Label of a Service (copied onto its EndpointSlices by their controller)
+/// that another proxy serves: not ours, as kube-proxy skips it.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Label the EndpointSlice controller puts on the slices of a headless
+/// Service (no virtual IP to balance): skipped, as kube-proxy does.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The label selector of the Service and EndpointSlice watches: neither label
+/// (kube-proxy's selector).
+pub const SERVICE_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// Watches of Services and EndpointSlices in all namespaces.
 pub struct KubeSource {
@@ -116,10 +134,10 @@ impl KubeSource {
             ..Pending::default()
         }));
         let stats: Arc<SourceStats> = Arc::default();
-        let all = watcher::Config::default();
+        let ours = watcher::Config::default().labels(SERVICE_SELECTOR);
         let services = watch(
             Api::<Service>::all(client.clone()),
-            all.clone(),
+            ours.clone(),
             ServiceSpec::from_k8s,
             deliverer(&pending, changed, |p, d| {
                 record(&mut p.changes, |c| &mut c.services, &mut p.services, d);
@@ -128,7 +146,7 @@ impl KubeSource {
         );
         let slices = watch(
             Api::<EndpointSlice>::all(client.clone()),
-            all,
+            ours,
             SliceSpec::from_k8s,
             deliverer(&pending, changed, |p, d| {
                 record(&mut p.changes, |c| &mut c.slices, &mut p.slices, d);
@@ -384,6 +402,14 @@ mod tests {
 
     fn model(entries: &[(&str, u32)]) -> BTreeMap<ObjectName, u32> {
         entries.iter().map(|&(n, v)| (name(n), v)).collect()
+    }
+
+    #[test]
+    fn the_selector_excludes_both_labels() {
+        assert_eq!(
+            SERVICE_SELECTOR,
+            format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")
+        );
     }
 
     #[test]
