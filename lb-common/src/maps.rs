@@ -194,6 +194,17 @@ pub struct InternalTable {
     pub table_size: u32,
 }
 
+/// Name of the node-port addresses: IPv4 address (network byte order) ->
+/// u32 (always 1) (hash). A node port is a frontend of address 0
+/// ([`NODE_PORT_ADDR`]) in [`MAP_SERVICES`], served on every address of this
+/// set (the node's local addresses, or those `--nodeport-addresses` picks)
+/// without one entry per address.
+pub const MAP_NODE_PORT_ADDRS: &str = "NODE_PORT_ADDRS";
+/// Capacity of the node-port addresses.
+pub const NODE_PORT_ADDRS_MAX_ENTRIES: u32 = 1_024;
+/// The address of a node port's frontend key: any node-port address.
+pub const NODE_PORT_ADDR: u32 = 0;
+
 /// Name of the source-range map: a frontend's allowed client ranges,
 /// `bpf_lpm_trie_key` of [`SOURCE_RANGE_KEY_BITS`] over [`SourceRangeKey`] ->
 /// u32 (always 1) (LPM trie, no prealloc). The prefix length counts the 32

@@ -29,8 +29,8 @@ use lb_common::{
 use crate::{
     affinity, config,
     conntrack::{self, Recorded},
-    counters, filter, frag,
-    maps::{REVNAT, SERVICES},
+    counters, filter, frag, frontend,
+    maps::REVNAT,
     nat::{self, Reverse, Rewrite},
     parse::{Flow, Fragment},
     ranges, reject,
@@ -174,16 +174,8 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
         // A later fragment whose flow is gone (expired, or its backend) is
         // not translated: its first fragment would need the new flow.
         if flow.fragment != Fragment::Later {
-            let key = lb_common::ServiceKey {
-                addr: flow.dst,
-                port: flow.dport,
-                proto: flow.proto,
-                pad: 0,
-            };
-            // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays
-            // valid for this RCU read section and is copied out at once.
-            if let Some(svc) = unsafe { SERVICES.get(key) } {
-                let Some(svc) = view::for_client(svc, at.hook) else {
+            if let Some(svc) = frontend::lookup(flow) {
+                let Some(svc) = view::for_client(&svc, at.hook) else {
                     counters::count(Verdict::Error);
                     return Action::Drop;
                 };

@@ -21,6 +21,7 @@ mod fib;
 mod filter;
 mod forward;
 mod frag;
+mod frontend;
 mod handoff;
 mod icmp;
 mod lb;

@@ -10,8 +10,8 @@ use lb_common::{
     InternalTable, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
     SlabEntry, SnatExhaustion, SourceRangeKey, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
     EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
+    MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
+    SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -108,3 +108,9 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
 /// flagged `SERVICE_F_INTERNAL_TABLE` (see [`crate::view`]).
 #[map(name = "INTERNAL_TABLES")]
 pub static INTERNAL_TABLES: Array<InternalTable> = Array::with_max_entries(MAX_SERVICES + 1, 0);
+
+/// The node-port addresses: where a node port (a frontend of address 0) is
+/// served (see [`crate::frontend`]).
+#[map(name = "NODE_PORT_ADDRS")]
+pub static NODE_PORT_ADDRS: HashMap<u32, u32> =
+    HashMap::with_max_entries(NODE_PORT_ADDRS_MAX_ENTRIES, 0);

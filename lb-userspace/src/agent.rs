@@ -18,6 +18,7 @@ use crate::{
     desired::NodeInfo,
     health::Health,
     metrics::Metrics,
+    node_ports::NodePortAddresses,
     plan::Planner,
     reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
     report::Reporter,
@@ -46,6 +47,8 @@ pub struct RunOptions {
     pub source: SourceConfig,
     /// This node: its name (which endpoints are local), zone and addresses.
     pub node: NodeInfo,
+    /// Which local addresses serve node ports (`--nodeport-addresses`).
+    pub node_port_addresses: NodePortAddresses,
     /// Data-path setup.
     pub datapath: DatapathConfig,
     /// Where to serve /metrics, /healthz and /readyz (none: not served).
@@ -64,7 +67,8 @@ fn adopt_maps(datapath: &Datapath) -> Result<Planner> {
         datapath.maps.filter.words(),
         datapath.maps.slab.slots(),
         REUSE_GRACE,
-    ))
+    )
+    .with_node_port_addrs(datapath.maps.node_port_addresses()?))
 }
 
 fn sync(
@@ -129,6 +133,20 @@ fn sync(
         "synced"
     );
     Ok(())
+}
+
+/// Reads this node's local addresses into `reconciler` (where node ports
+/// are served); whether they changed. A failure is logged and changes nothing.
+fn scan_local_addresses(reconciler: &mut Reconciler) -> bool {
+    match crate::node_ports::interface_addresses() {
+        Ok(found) => {
+            reconciler.set_local_addresses(found.into_iter().map(|(_, addr)| addr).collect())
+        }
+        Err(e) => {
+            warn!("listing the node's addresses (node ports keep the last ones): {e}");
+            false
+        }
+    }
 }
 
 /// How often SNAT exhaustion is logged per backend, at most.
@@ -308,6 +326,8 @@ async fn serve(
     } else {
         Reconciler::new(options.node.clone(), options.datapath.slab_slots)
     };
+    reconciler.set_node_port_rule(options.node_port_addresses.clone());
+    scan_local_addresses(&mut reconciler);
     // Before "ready": a SIGTERM right after it must still detach and clean up.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -354,6 +374,12 @@ async fn serve(
                 }
                 if let Err(e) = datapath.attach_new_pod_interfaces() {
                     warn!("scanning interfaces: {e:#}");
+                }
+                if scan_local_addresses(&mut reconciler) {
+                    // Node ports follow the node's addresses at once.
+                    retry = sync(&mut reconciler, source.as_mut(), datapath, &metrics, &health, &mut reporter)
+                        .inspect_err(|e| error!("sync failed (retried at the next interface scan): {e:#}"))
+                        .is_err();
                 }
             }
         }

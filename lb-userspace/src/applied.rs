@@ -1,7 +1,10 @@
 //! The applied state of a frontend, as the planner wrote it to the maps:
 //! read by the planner and by the pass-through filter.
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use lb_common::{BackendId, InternalTable, ServiceEntry};
 
@@ -37,4 +40,6 @@ pub struct AppliedFrontend {
     pub source_ranges: Vec<SourceRange>,
     /// The table pods use, when it has one of its own.
     pub internal: Option<InternalTable>,
+    /// A node port's node-port addresses, as its filter bits cover them.
+    pub node_port_addrs: Vec<Ipv4Addr>,
 }

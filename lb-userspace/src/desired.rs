@@ -33,9 +33,31 @@ impl Frontend {
     }
 }
 
+impl Frontend {
+    /// A node port: served on every node-port address, keyed at address 0.
+    #[must_use]
+    pub fn node_port(port: u16, proto: Protocol) -> Self {
+        Self {
+            addr: Ipv4Addr::UNSPECIFIED,
+            port,
+            proto,
+        }
+    }
+
+    /// Whether it is a node port.
+    #[must_use]
+    pub fn is_node_port(&self) -> bool {
+        self.addr.is_unspecified()
+    }
+}
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        if self.is_node_port() {
+            write!(f, "*:{}/{}", self.port, self.proto)
+        } else {
+            write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        }
     }
 }
 
@@ -72,8 +94,11 @@ pub struct NodeInfo {
     pub name: String,
     /// Its zone (`topology.kubernetes.io/zone`), for topology-aware routing.
     pub zone: Option<String>,
-    /// Its addresses, which serve node ports.
+    /// Its own addresses (`--node-ip`, its Node's `InternalIP` and `ExternalIP`).
     pub addresses: Vec<Ipv4Addr>,
+    /// The addresses that serve node ports, sorted (see
+    /// [`crate::node_ports`]); `None`: its own addresses.
+    pub node_port_addresses: Option<Vec<Ipv4Addr>>,
 }
 
 impl NodeInfo {
@@ -93,6 +118,19 @@ impl NodeInfo {
             }
         }
         node
+    }
+
+    /// The addresses that serve node ports: those set, or else its own.
+    #[must_use]
+    pub fn node_port_addresses(&self) -> Vec<Ipv4Addr> {
+        if let Some(chosen) = &self.node_port_addresses {
+            chosen.clone()
+        } else {
+            let mut own = self.addresses.clone();
+            own.sort_unstable();
+            own.dedup();
+            own
+        }
     }
 }
 
@@ -128,6 +166,9 @@ pub struct DesiredFrontend {
     /// The clients that may open connections (`loadBalancerSourceRanges`
     /// of a load-balancer IP), sorted and unique; empty: any client.
     pub source_ranges: Vec<SourceRange>,
+    /// A node port's (address 0) node-port addresses, sorted: where it is
+    /// served (for the pass-through filter's bits); empty for other frontends.
+    pub node_port_addrs: Vec<Ipv4Addr>,
 }
 
 /// The whole desired state: every frontend the maps should hold.

@@ -15,11 +15,32 @@ use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WO
 
 use crate::applied::AppliedFrontend;
 
-/// The filter bits one applied frontend needs: its own, and one per backend
-/// (selected or draining: both still send replies).
+/// The filter bits one applied frontend needs: its own (a node port's on
+/// each of its node-port addresses), and one per backend (selected or
+/// draining: both still send replies).
 pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
     let key = applied.frontend.key();
-    let own = filter_bit(FILTER_SEED_FRONTEND, key.addr, key.port, key.proto);
+    let own: Vec<u32> = if applied.frontend.is_node_port() {
+        applied
+            .node_port_addrs
+            .iter()
+            .map(|a| {
+                filter_bit(
+                    FILTER_SEED_FRONTEND,
+                    u32::from_ne_bytes(a.octets()),
+                    key.port,
+                    key.proto,
+                )
+            })
+            .collect()
+    } else {
+        vec![filter_bit(
+            FILTER_SEED_FRONTEND,
+            key.addr,
+            key.port,
+            key.proto,
+        )]
+    };
     let backends = applied.backends.keys().map(move |addr| {
         filter_bit(
             FILTER_SEED_BACKEND,
@@ -28,7 +49,7 @@ pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
             key.proto,
         )
     });
-    std::iter::once(own).chain(backends)
+    own.into_iter().chain(backends)
 }
 
 /// Word writes of one plan: `before` goes ahead of every other operation
@@ -172,6 +193,7 @@ mod tests {
         AppliedFrontend {
             source_ranges: Vec::new(),
             internal: None,
+            node_port_addrs: Vec::new(),
             frontend: Frontend {
                 addr: Ipv4Addr::new(10, 96, 0, last),
                 port: 80,

@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod node_ports;
 pub mod plan;
 pub mod problem;
 pub mod reconcile;

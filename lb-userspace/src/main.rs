@@ -14,6 +14,7 @@ use lb_userspace::{
     },
     desired::NodeInfo,
     flows::{self, FlowSettings, PortRange},
+    node_ports::NodePortAddresses,
     status,
 };
 
@@ -125,6 +126,11 @@ struct RunArgs {
     /// ephemeral range and the NodePort range; checked at start).
     #[arg(long, default_value = "1024-29999")]
     snat_port_range: PortRange,
+    /// Where node ports are served: "" for every local address (kube-proxy's
+    /// default), `primary` for the node's own addresses, or comma-separated
+    /// CIDRs of local addresses.
+    #[arg(long, default_value = "")]
+    nodeport_addresses: String,
     /// The cluster's NodePort range (the API server's --service-node-port-range).
     #[arg(long, default_value = "30000-32767")]
     node_port_range: PortRange,
@@ -302,7 +308,10 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             name: node_name,
             zone: args.node_zone,
             addresses: vec![node_addr],
+            node_port_addresses: None,
         },
+        node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)
+            .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
         datapath: DatapathConfig {
             xdp_ifaces: args.xdp_ifaces,
             uplink,
@@ -324,32 +333,11 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
 
 /// The first IPv4 address of `iface`.
 fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {
-    let mut found = None;
-    // SAFETY: getifaddrs fills a linked list that is freed below; each entry's
-    // ifa_addr is checked for null and family before the cast.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&raw mut list) != 0 {
-            return Err(std::io::Error::last_os_error()).context("listing interface addresses");
-        }
-        let mut entry = list;
-        while !entry.is_null() {
-            let name = std::ffi::CStr::from_ptr((*entry).ifa_name).to_string_lossy();
-            let addr = (*entry).ifa_addr;
-            if found.is_none()
-                && name == iface
-                && !addr.is_null()
-                && i32::from((*addr).sa_family) == libc::AF_INET
-            {
-                // An AF_INET entry is a sockaddr_in; read it unaligned to be safe.
-                #[allow(clippy::cast_ptr_alignment)]
-                let sin = addr.cast::<libc::sockaddr_in>().read_unaligned();
-                found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-            entry = (*entry).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
+    let found = lb_userspace::node_ports::interface_addresses()
+        .context("listing interface addresses")?
+        .into_iter()
+        .find(|(name, _)| name == iface)
+        .map(|(_, addr)| addr);
     match found {
         Some(ip) => Ok(ip),
         None => bail!("interface {iface} has no IPv4 address: pass --node-ip"),

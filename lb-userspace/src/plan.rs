@@ -7,9 +7,9 @@
 //! Freed slab ranges and ids wait for a grace period before reuse.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -52,6 +52,10 @@ pub enum MapOp {
     DeleteLabel(u32),
     /// Write one word of the pass-through filter (index, bits).
     SetFilterWord(u32, u64),
+    /// Serve node ports on an address.
+    SetNodePortAddr(Ipv4Addr),
+    /// Stop serving node ports on an address.
+    DeleteNodePortAddr(Ipv4Addr),
     /// Allow a client range for a service id.
     SetSourceRange(u32, SourceRange),
     /// Remove a client range of a service id.
@@ -102,6 +106,8 @@ pub struct Planner {
     prebuilt: HashMap<Frontend, (u32, Vec<u32>)>,
     /// Source ranges the maps hold, all frontends together.
     source_ranges: usize,
+    /// The node-port addresses the maps hold.
+    node_port_addrs: BTreeSet<Ipv4Addr>,
 }
 
 #[derive(Default)]
@@ -125,6 +131,7 @@ impl Planner {
             filter: FilterBits::default().with_grace(grace),
             prebuilt: HashMap::new(),
             source_ranges: 0,
+            node_port_addrs: BTreeSet::new(),
         }
     }
 
@@ -161,6 +168,33 @@ impl Planner {
             }
         }
         planner
+    }
+
+    /// The planner with the node-port addresses the maps hold (from an
+    /// earlier agent).
+    #[must_use]
+    pub fn with_node_port_addrs(mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        self.node_port_addrs = addrs.into_iter().collect();
+        self
+    }
+
+    /// The writes that make the node-port addresses `want`: the ones to
+    /// add (applied before any frontend that may need them) and the ones
+    /// to remove (after every frontend that no longer does). They count as
+    /// applied.
+    pub fn node_port_addresses(&mut self, want: &[Ipv4Addr]) -> (Plan, Plan) {
+        let want: BTreeSet<Ipv4Addr> = want.iter().copied().collect();
+        let add = want
+            .difference(&self.node_port_addrs)
+            .map(|a| MapOp::SetNodePortAddr(*a))
+            .collect();
+        let remove = self
+            .node_port_addrs
+            .difference(&want)
+            .map(|a| MapOp::DeleteNodePortAddr(*a))
+            .collect();
+        self.node_port_addrs = want;
+        (Plan { ops: add }, Plan { ops: remove })
     }
 
     /// The frontends as applied.
@@ -412,6 +446,9 @@ fn refresh(cur: &mut AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) {
     }
     if cur.port_name != want.port_name {
         cur.port_name.clone_from(&want.port_name);
+    }
+    if cur.node_port_addrs != want.node_port_addrs {
+        cur.node_port_addrs.clone_from(&want.node_port_addrs);
     }
     if cur.source_ranges != want.source_ranges {
         ranges::update(service_id, &cur.source_ranges, &want.source_ranges, ops);

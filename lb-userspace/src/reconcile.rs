@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     convert::Infallible,
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -11,6 +12,7 @@ use crate::{
     claims::Claims,
     desired::{DesiredState, Frontend, NodeInfo, ObjectName},
     model::{AddressType, Cluster},
+    node_ports::NodePortAddresses,
     plan::{Plan, PlanError, Planner},
     problem::{ProblemReason, ServiceProblem},
     select::{self, SliceIndex},
@@ -40,6 +42,9 @@ pub struct Reconciler {
     warned: HashSet<String>,
     /// Frontends the last plan could not place: planned again next time.
     failed: BTreeSet<Frontend>,
+    /// Which local addresses serve node ports, and the local addresses.
+    node_port_rule: NodePortAddresses,
+    local_addresses: Vec<Ipv4Addr>,
 }
 
 /// The outcome of one reconcile.
@@ -74,6 +79,8 @@ impl Reconciler {
             by_service: BTreeMap::new(),
             warned: HashSet::new(),
             failed: BTreeSet::new(),
+            node_port_rule: NodePortAddresses::default(),
+            local_addresses: Vec::new(),
         }
     }
 
@@ -84,6 +91,22 @@ impl Reconciler {
             planner,
             ..Self::new(node, 0)
         }
+    }
+
+    /// Serves node ports where `rule` says (until set: on the node's own
+    /// addresses, with no local addresses read).
+    pub fn set_node_port_rule(&mut self, rule: NodePortAddresses) {
+        self.node_port_rule = rule;
+    }
+
+    /// The node's local addresses as last read (sorted here); whether they
+    /// changed. A change replans every frontend at the next reconcile.
+    pub fn set_local_addresses(&mut self, mut local: Vec<Ipv4Addr>) -> bool {
+        local.sort_unstable();
+        local.dedup();
+        let changed = local != self.local_addresses;
+        self.local_addresses = local;
+        changed
     }
 
     /// The desired state as last computed.
@@ -125,7 +148,14 @@ impl Reconciler {
         apply: impl FnMut(Plan) -> Result<(), E>,
     ) -> (Reconciled, Result<(), E>) {
         let (frontends, warnings, recomputed) = self.update(cluster, changes);
-        let (ops, errors, applied) = self.plan_chunked(frontends, now, chunk_slots, apply);
+        let node_port_addrs = self
+            .merged_node
+            .as_ref()
+            .unwrap_or(&self.node)
+            .node_port_addresses();
+        let (add, remove) = self.planner.node_port_addresses(&node_port_addrs);
+        let (ops, errors, applied) =
+            self.plan_chunked(frontends, now, chunk_slots, add, remove, apply);
         self.failed = errors.iter().map(|e| e.frontend).collect();
         let mut problems: Vec<ServiceProblem> = cluster
             .services
@@ -166,7 +196,13 @@ impl Reconciler {
         cluster: &Cluster,
         changes: &Changes,
     ) -> (Vec<Frontend>, Vec<String>, usize) {
-        let node = self.node.merged(cluster.node.as_ref());
+        let mut node = self.node.merged(cluster.node.as_ref());
+        if !self.local_addresses.is_empty() {
+            node.node_port_addresses = Some(
+                self.node_port_rule
+                    .select(&self.local_addresses, &node.addresses),
+            );
+        }
         if changes.all || self.merged_node.as_ref() != Some(&node) {
             self.merged_node = Some(node);
             return self.full(cluster);
@@ -216,14 +252,23 @@ impl Reconciler {
 
     /// Plans `frontends` in groups of about `chunk_slots` new table slots,
     /// handing each group's operations to `apply`.
+    /// `first` (node-port addresses to serve) goes ahead of every chunk,
+    /// `last` (those to stop serving) behind them.
     fn plan_chunked<E>(
         &mut self,
         frontends: Vec<Frontend>,
         now: Instant,
         chunk_slots: usize,
+        first: Plan,
+        last: Plan,
         mut apply: impl FnMut(Plan) -> Result<(), E>,
     ) -> (usize, Vec<PlanError>, Result<(), E>) {
-        let (mut total, mut errors) = (0usize, Vec::new());
+        let (mut total, mut errors) = (first.ops.len() + last.ops.len(), Vec::new());
+        if !first.ops.is_empty() {
+            if let Err(e) = apply(first) {
+                return (total, errors, Err(e));
+            }
+        }
         let mut group = Vec::new();
         let mut slots = 0usize;
         let count = frontends.len();
@@ -246,6 +291,11 @@ impl Reconciler {
                 if let Err(e) = apply(plan) {
                     return (total, errors, Err(e));
                 }
+            }
+        }
+        if !last.ops.is_empty() {
+            if let Err(e) = apply(last) {
+                return (total, errors, Err(e));
             }
         }
         (total, errors, Ok(()))

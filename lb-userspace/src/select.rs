@@ -171,7 +171,7 @@ pub fn service_state(
         let endpoints = endpoints_for(port, &slices, node);
         let all: Vec<&Candidate<'_>> = endpoints.iter().collect();
         let has_endpoints = !usable(&all).is_empty();
-        for (frontend, policy, pods_policy) in frontends(service, port, node) {
+        for (frontend, policy, pods_policy) in frontends(service, port) {
             out.push((
                 frontend,
                 DesiredFrontend {
@@ -181,6 +181,11 @@ pub fn service_state(
                     affinity_timeout: service.affinity_timeout.unwrap_or(0),
                     has_endpoints,
                     source_ranges: source_ranges::of_frontend(service, frontend, node),
+                    node_port_addrs: if frontend.is_node_port() {
+                        node.node_port_addresses()
+                    } else {
+                        Vec::new()
+                    },
                 },
             ));
         }
@@ -196,7 +201,6 @@ pub fn service_state(
 fn frontends(
     service: &ServiceSpec,
     port: &ServicePort,
-    node: &NodeInfo,
 ) -> Vec<(Frontend, TrafficPolicy, TrafficPolicy)> {
     let at = |addr: Ipv4Addr, port_number: u16| Frontend {
         addr,
@@ -218,9 +222,11 @@ fn frontends(
         out.push((at(ip, port.port), external, TrafficPolicy::Cluster));
     }
     if let Some(node_port) = port.node_port {
-        for &ip in &node.addresses {
-            out.push((at(ip, node_port), external, TrafficPolicy::Cluster));
-        }
+        out.push((
+            Frontend::node_port(node_port, port.protocol),
+            external,
+            TrafficPolicy::Cluster,
+        ));
     }
     out
 }

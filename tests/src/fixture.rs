@@ -51,6 +51,7 @@ pub fn frontend(
             affinity_timeout: 0,
             has_endpoints: !backends.is_empty(),
             source_ranges: Vec::new(),
+            node_port_addrs: Vec::new(),
         },
     )
 }

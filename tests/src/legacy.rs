@@ -2,7 +2,8 @@
 //! of layout v4 or v3 would have left under a pin directory, for hand-over
 //! tests.
 //!
-//! v4 kept every map of v5 but `SOURCE_RANGES` and `INTERNAL_TABLES`, with
+//! v4 kept every map of v5 but `SOURCE_RANGES`, `INTERNAL_TABLES` and
+//! `NODE_PORT_ADDRS`, with
 //! one event fewer (10) and no backend flagged `BACKEND_F_SELECTED_INTERNAL`:
 //! [`make_v4`] renames the layout directory, removes the two maps, shortens
 //! the event counters and clears the flag.
@@ -31,8 +32,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues
 use lb_common::{
     conntrack::CtState, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry,
     BACKEND_F_SELECTED_INTERNAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
-    MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
-    MAP_SOURCE_RANGES, MAP_VERDICTS,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS, MAP_REVNAT,
+    MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 use lb_userspace::datapath::PIN_LAYOUT;
 
@@ -107,6 +108,7 @@ pub fn make_v4(pin_dir: &Path) -> Result<()> {
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
     std::fs::remove_file(to.join(MAP_INTERNAL_TABLES)).context("removing INTERNAL_TABLES")?;
+    std::fs::remove_file(to.join(MAP_NODE_PORT_ADDRS)).context("removing NODE_PORT_ADDRS")?;
     clear_pod_selection(&to)?;
     write_counters(&to, MAP_EVENTS, events)
 }
@@ -162,6 +164,7 @@ pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
     std::fs::remove_file(to.join(MAP_SNAT_EXHAUSTED)).context("removing SNAT_EXHAUSTED")?;
     std::fs::remove_file(to.join(MAP_SOURCE_RANGES)).context("removing SOURCE_RANGES")?;
     std::fs::remove_file(to.join(MAP_INTERNAL_TABLES)).context("removing INTERNAL_TABLES")?;
+    std::fs::remove_file(to.join(MAP_NODE_PORT_ADDRS)).context("removing NODE_PORT_ADDRS")?;
     clear_pod_selection(&to)?;
 
     let mut written = Written::default();

@@ -301,7 +301,13 @@ fn the_own_node_object_gives_zone_and_node_port_addresses() {
                 .merged(cluster.node.as_ref());
                 let (desired, _) = select::desired_state(&cluster, &node);
                 let frontends: Vec<String> = desired.keys().map(ToString::to_string).collect();
-                assert_eq!(frontends, ["10.96.0.50:80/TCP", "192.168.50.11:30080/TCP"]);
+                assert_eq!(frontends, ["*:30080/TCP", "10.96.0.50:80/TCP"]);
+                let node_port = desired.values().find(|f| !f.node_port_addrs.is_empty());
+                assert_eq!(
+                    node_port.map(|f| f.node_port_addrs.clone()),
+                    Some(vec![std::net::Ipv4Addr::new(192, 168, 50, 11)]),
+                    "served on the Node's address"
+                );
                 break;
             }
             assert!(started.elapsed() < WAIT, "no Node facts");

@@ -47,6 +47,7 @@ impl Maps {
             let (id, range) = source_range_of(&key?);
             ranges_of.entry(id).or_default().push(range);
         }
+        let node_port_addrs = self.node_port_addresses()?;
         let mut frontends = Vec::new();
         for item in &self.services {
             let (key, entry) = item?;
@@ -74,6 +75,13 @@ impl Maps {
                 port_name: String::new(),
                 entry,
                 backends: backends_of.remove(&entry.id).unwrap_or_default(),
+                node_port_addrs: if key.addr == lb_common::NODE_PORT_ADDR {
+                    let mut addrs = node_port_addrs.clone();
+                    addrs.sort_unstable();
+                    addrs
+                } else {
+                    Vec::new()
+                },
                 internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
                     .then(|| self.internal_tables.get(&entry.id, 0).ok())
                     .flatten(),

@@ -21,7 +21,7 @@ pub const PIN_LAYOUT: &str = "v5";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_569_852_032_400_998_959;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_369_264_402_183_749_549;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -31,6 +31,8 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_569_852_032_400_998_959;
 /// per-CPU array of low ids that v3 added. v4 added `SNAT_EXHAUSTED`, one
 /// verdict and events (counters only grow), and changed the flow state:
 /// see [`CONVERTED_LAYOUTS`]. v5 added `SOURCE_RANGES`, `INTERNAL_TABLES`,
+/// `NODE_PORT_ADDRS` (never carried: the first sync writes it; v4's node
+/// ports, one frontend per node address, become one frontend of address 0),
 /// one event and a backend flag (`BACKEND_F_SELECTED_INTERNAL`, which
 /// v4's carried backends get where they had `BACKEND_F_SELECTED`: v4 served
 /// pods from the same table).

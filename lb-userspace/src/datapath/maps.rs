@@ -19,7 +19,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -36,6 +36,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     lb_common::MAP_SNAT_EXHAUSTED,
     lb_common::MAP_SOURCE_RANGES,
     lb_common::MAP_INTERNAL_TABLES,
+    lb_common::MAP_NODE_PORT_ADDRS,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
@@ -69,6 +70,8 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// The tables pods use, by frontend id.
     pub internal_tables: Array<MapData, InternalTable>,
+    /// The node-port addresses (network byte order).
+    pub node_port_addrs: HashMap<MapData, u32, u32>,
 }
 
 impl Maps {
@@ -91,6 +94,7 @@ impl Maps {
             filter: Filter::new(take(MAP_FILTER)?)?,
             source_ranges: LpmTrie::try_from(take(lb_common::MAP_SOURCE_RANGES)?)?,
             internal_tables: Array::try_from(take(lb_common::MAP_INTERNAL_TABLES)?)?,
+            node_port_addrs: HashMap::try_from(take(lb_common::MAP_NODE_PORT_ADDRS)?)?,
         })
     }
 
@@ -121,7 +125,18 @@ impl Maps {
             filter: Filter::new(Map::Array(open(MAP_FILTER)?))?,
             source_ranges: LpmTrie::try_from(Map::LpmTrie(open(lb_common::MAP_SOURCE_RANGES)?))?,
             internal_tables: Array::try_from(Map::Array(open(lb_common::MAP_INTERNAL_TABLES)?))?,
+            node_port_addrs: HashMap::try_from(Map::HashMap(open(
+                lb_common::MAP_NODE_PORT_ADDRS,
+            )?))?,
         })
+    }
+
+    /// The node-port addresses the maps hold.
+    pub fn node_port_addresses(&self) -> Result<Vec<std::net::Ipv4Addr>> {
+        self.node_port_addrs
+            .keys()
+            .map(|k| Ok(std::net::Ipv4Addr::from(k?.to_ne_bytes())))
+            .collect()
     }
 
     /// Packets and bytes per service id that has counted any, summed over CPUs.

@@ -50,6 +50,16 @@ impl Maps {
                     .internal_tables
                     .set(*id, table, 0)
                     .with_context(|| format!("writing the in-cluster table of service {id}"))?,
+                MapOp::SetNodePortAddr(addr) => self
+                    .node_port_addrs
+                    .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
+                    .with_context(|| format!("adding node-port address {addr}"))?,
+                MapOp::DeleteNodePortAddr(addr) => {
+                    // Already gone is fine.
+                    let _ = self
+                        .node_port_addrs
+                        .remove(&u32::from_ne_bytes(addr.octets()));
+                }
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
                     self.clear_service_stats(*id)

@@ -75,8 +75,7 @@ fn mirrored_slices_follow_their_service_from_load_to_load() {
     assert_eq!(names, ["default/ext-mirror-0"], "the selector went");
     let node = crate::desired::NodeInfo {
         name: "node1".into(),
-        zone: None,
-        addresses: vec![],
+        ..crate::desired::NodeInfo::default()
     };
     let (state, _) = crate::select::desired_state(&second.cluster(), &node);
     assert_eq!(

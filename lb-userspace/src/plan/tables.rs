@@ -116,6 +116,7 @@ impl Planner {
             backends,
             source_ranges: want.source_ranges.clone(),
             internal,
+            node_port_addrs: want.node_port_addrs.clone(),
         })
     }
 

@@ -38,6 +38,7 @@ fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
         affinity_timeout: 0,
         has_endpoints: !backends.is_empty(),
         source_ranges: Vec::new(),
+        node_port_addrs: Vec::new(),
     }
 }
 
@@ -63,6 +64,8 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
             MapOp::ClearBackend(..) => "clear",
             MapOp::SetSourceRange(..) => "range",
             MapOp::SetInternalTable(..) => "internal",
+            MapOp::SetNodePortAddr(..) => "nodeport",
+            MapOp::DeleteNodePortAddr(..) => "unnodeport",
             MapOp::DeleteSourceRange(..) => "unrange",
             MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
                 unreachable!()

@@ -448,3 +448,61 @@ fn every_current_problem_is_reported_at_every_reconcile() {
     let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
     assert!(done.problems.is_empty());
 }
+
+#[test]
+fn node_ports_follow_the_local_addresses_first_added_last_removed() {
+    let mut cluster = Cluster::default();
+    let mut svc = service("np", 1);
+    svc.kind = ServiceKind::NodePort;
+    svc.ports[0].node_port = Some(30080);
+    cluster.services.insert(svc.name.clone(), svc);
+    let sl = slice("np-1", "np", &[2]);
+    cluster.slices.insert(sl.name.clone(), sl);
+    let (a, b, c) = (
+        Ipv4Addr::new(192, 168, 50, 11),
+        Ipv4Addr::new(10, 244, 1, 1),
+        Ipv4Addr::new(172, 17, 0, 1),
+    );
+    let mut r = Reconciler::new(node(), 1 << 20);
+    assert!(r.set_local_addresses(vec![Ipv4Addr::LOCALHOST, b, a]));
+    let first = r.reconcile(&cluster, &Changes::all(), Instant::now());
+    let served: Vec<&MapOp> = first
+        .plan
+        .ops
+        .iter()
+        .take_while(|op| matches!(op, MapOp::SetNodePortAddr(_)))
+        .collect();
+    assert_eq!(
+        served,
+        [&MapOp::SetNodePortAddr(b), &MapOp::SetNodePortAddr(a)],
+        "ahead of everything, loopback left out"
+    );
+    let node_port = &r.desired()[&Frontend::node_port(30080, Protocol::Tcp)];
+    assert_eq!(node_port.node_port_addrs, [b, a]);
+
+    assert!(
+        !r.set_local_addresses(vec![a, b, Ipv4Addr::LOCALHOST]),
+        "the same set"
+    );
+    assert!(r.set_local_addresses(vec![a, c]));
+    let next = r.reconcile(&cluster, &Changes::default(), Instant::now());
+    assert_eq!(next.plan.ops.first(), Some(&MapOp::SetNodePortAddr(c)));
+    assert_eq!(next.plan.ops.last(), Some(&MapOp::DeleteNodePortAddr(b)));
+    assert_eq!(
+        r.desired()[&Frontend::node_port(30080, Protocol::Tcp)].node_port_addrs,
+        [c, a]
+    );
+
+    // --nodeport-addresses=primary: the node's own addresses only.
+    r.set_node_port_rule(crate::node_ports::NodePortAddresses::Primary);
+    let own = r.reconcile(&cluster, &Changes::all(), Instant::now());
+    assert!(
+        own.plan.ops.contains(&MapOp::DeleteNodePortAddr(a))
+            && own.plan.ops.contains(&MapOp::DeleteNodePortAddr(c)),
+        "the test node has no address of its own: {:?}",
+        own.plan.ops
+    );
+    assert!(r.desired()[&Frontend::node_port(30080, Protocol::Tcp)]
+        .node_port_addrs
+        .is_empty());
+}

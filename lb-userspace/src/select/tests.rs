@@ -20,6 +20,7 @@ pub(super) fn node() -> NodeInfo {
         name: "node1".into(),
         zone: Some("zone-a".into()),
         addresses: vec![Ipv4Addr::new(192, 168, 50, 11)],
+        node_port_addresses: None,
     }
 }
 
@@ -363,10 +364,30 @@ fn external_frontends_follow_external_traffic_policy() {
         "load-balancer IP"
     );
     assert_eq!(
-        backends_of(&c, Ipv4Addr::new(192, 168, 50, 11), 30080),
+        backends_of(&c, Ipv4Addr::UNSPECIFIED, 30080),
         local,
-        "node port on the node address"
+        "the node port, one frontend for every node-port address"
     );
+    assert_eq!(
+        backends_of(&c, Ipv4Addr::new(192, 168, 50, 11), 30080),
+        None
+    );
+    let (state, _) = desired_state(&c, &node());
+    let node_port = &state[&Frontend::node_port(30080, Protocol::Tcp)];
+    assert_eq!(node_port.node_port_addrs, [Ipv4Addr::new(192, 168, 50, 11)]);
+    let elsewhere = NodeInfo {
+        node_port_addresses: Some(vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]),
+        ..node()
+    };
+    let (state, _) = desired_state(&c, &elsewhere);
+    assert_eq!(
+        state[&Frontend::node_port(30080, Protocol::Tcp)].node_port_addrs,
+        [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+        "where --nodeport-addresses says"
+    );
+    assert!(state
+        .iter()
+        .all(|(f, want)| f.is_node_port() || want.node_port_addrs.is_empty()));
     assert_eq!(
         backends(&c),
         Some(vec!["2:8080L".to_string(), "3:8080".to_string()]),

@@ -1,6 +1,6 @@
 use lb_common::{
-    CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_SERVICE_STATS_ARRAY,
-    MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES,
+    CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
+    MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES,
 };
 
 use super::*;
@@ -18,12 +18,13 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v4 layout: today's maps without `SOURCE_RANGES` and
-/// `INTERNAL_TABLES`, with one event fewer (10).
+/// The v4 layout: today's maps without `SOURCE_RANGES`, `INTERNAL_TABLES`
+/// and `NODE_PORT_ADDRS`, with one event fewer (10).
 fn v4(current: &Shapes) -> Shapes {
     let mut old = current.clone();
     old.remove(MAP_SOURCE_RANGES);
     old.remove(MAP_INTERNAL_TABLES);
+    old.remove(MAP_NODE_PORT_ADDRS);
     old.get_mut(MAP_EVENTS).unwrap().max_entries = 10;
     old
 }
@@ -74,8 +75,14 @@ fn every_map_but(but: &[&str]) -> Vec<&'static str> {
 }
 
 /// Maps no hand-over carries: the agent writes the node configuration, the
-/// filter follows from the services, and the exhaustion counters are new in v4.
-const NEVER_CARRIED: [&str; 3] = [MAP_CONFIG, MAP_FILTER, MAP_SNAT_EXHAUSTED];
+/// filter follows from the services, the exhaustion counters are new in v4,
+/// and the first sync writes the node-port addresses.
+const NEVER_CARRIED: [&str; 4] = [
+    MAP_CONFIG,
+    MAP_FILTER,
+    MAP_SNAT_EXHAUSTED,
+    MAP_NODE_PORT_ADDRS,
+];
 
 fn none(name: &'static str, layout: &str) -> (&'static str, String) {
     (name, format!("layout {layout} has no such map"))
