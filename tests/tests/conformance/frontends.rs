@@ -191,6 +191,16 @@ pub fn rows() -> Vec<Row> {
             &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080 | from 10.0.0.0/8"]),
         ),
         Row::new(
+            // kube-proxy treats a zero-masked range as no restriction at all (no
+            // firewall); here it is a range that admits every client (reported).
+            "item 3: 0.0.0.0/0 admits every client",
+            vec![
+                load_balancer("", "loadBalancerSourceRanges: [0.0.0.0/0]", "[{ip: 198.51.100.7}]"),
+                one_endpoint(),
+            ],
+            &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080 | from 0.0.0.0/0, 198.51.100.7/32"]),
+        ),
+        Row::new(
             // kube-proxy reads only spec.loadBalancerSourceRanges; the annotation is
             // for cloud load balancers (reported as a difference).
             "item 3: the source-ranges annotation when the field is empty",

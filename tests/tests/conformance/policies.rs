@@ -106,6 +106,21 @@ pub fn rows() -> Vec<Row> {
             ],
         ),
         Row::new(
+            "externalTrafficPolicy: Local, no ready endpoint, a remote terminating one: outside clients dropped (not rejected), pods to it",
+            vec![
+                load_balancer("Local"),
+                web_slice(
+                    "web-1",
+                    &[with("10.244.2.2", "node2", "ready: false, serving: true, terminating: true")],
+                ),
+            ],
+            &[
+                "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080",
+                "default/web 198.51.100.7:80/TCP -> drop | pods -> 10.244.2.2:8080",
+                "default/web 192.168.50.11:30080/TCP -> drop | pods -> 10.244.2.2:8080",
+            ],
+        ),
+        Row::new(
             "externalTrafficPolicy: Local: local endpoints ignore hints, pods follow the zone hints",
             vec![
                 load_balancer("Local"),
