@@ -8,7 +8,7 @@
 //!   load-balancer IPs are accepted as sources too: a load balancer whose
 //!   IP is a local address on the node sends the node's own requests to it
 //!   from that IP (kube-proxy's `allowFromNode`).
-//! - No ranges: any client.
+//! - No ranges, or a range of all addresses (`0.0.0.0/0`): any client.
 
 use crate::{
     desired::{Frontend, NodeInfo},
@@ -19,7 +19,8 @@ use crate::{
 /// `service`, sorted and unique; empty when any client may.
 #[must_use]
 pub fn of_frontend(service: &ServiceSpec, frontend: Frontend, node: &NodeInfo) -> Vec<SourceRange> {
-    if service.source_ranges.is_empty() || !service.load_balancer_ips.contains(&frontend.addr) {
+    let open_to_all = service.source_ranges.iter().any(|r| r.prefix_len == 0);
+    if open_to_all || !service.load_balancer_ips.contains(&frontend.addr) {
         return Vec::new();
     }
     let mut ranges = service.source_ranges.clone();

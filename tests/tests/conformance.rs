@@ -18,6 +18,8 @@
 //!   neither: not ready, terminating, filtered out); kube-proxy has no such
 //!   list, its conntrack entries keep such flows.
 //! - `| affinity`: the entry's `sessionAffinity: ClientIP` timeout.
+//! - `| at`: a node port's (`*:port`) node-port addresses (item 10), as
+//!   read back from the maps.
 //! - `| from`: the frontend's source ranges (`SERVICE_F_SOURCE_RANGES`).
 //! - Inconsistencies between flags, tables and backends get a line of their
 //!   own, so they fail every row.
@@ -297,6 +299,10 @@ fn line(f: &AppliedFrontend) -> String {
     }
     if f.entry.affinity_timeout != 0 {
         parts.push(format!("affinity {}s", f.entry.affinity_timeout));
+    }
+    if f.frontend.is_node_port() {
+        let at: Vec<String> = f.node_port_addrs.iter().map(ToString::to_string).collect();
+        parts.push(format!("at {}", at.join(", ")));
     }
     let flagged = flags & SERVICE_F_SOURCE_RANGES != 0;
     if flagged || !f.source_ranges.is_empty() {

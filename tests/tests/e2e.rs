@@ -471,6 +471,43 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
     );
 }
 
+/// The successor's first sync rewrote nothing that was right; after an
+/// `upgrade` from v4, only what v4 lacked.
+fn assert_first_sync(topo: &ClusterTopology, log: &str, upgrade: bool) {
+    let first_sync = log
+        .lines()
+        .find(|l| l.contains("synced"))
+        .unwrap_or_default();
+    let ops: usize = first_sync
+        .split(" ops=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ops in {first_sync}"));
+    if upgrade {
+        // v4 had no node-port addresses: the first sync writes node1's (all
+        // but loopback) and the node ports' filter bits on them, nothing else.
+        let addrs = topo
+            .node1
+            .run(|| lb_userspace::node_ports::interface_addresses().unwrap())
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| !a.is_loopback())
+            .map(|(_, a)| *a)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        assert!(
+            (addrs..=2 * addrs).contains(&ops),
+            "the upgrade writes the {addrs} node-port addresses and their filter words: {first_sync}"
+        );
+    } else {
+        assert_eq!(
+            ops, 0,
+            "the takeover rewrites nothing that is right: {first_sync}"
+        );
+    }
+}
+
 /// The successor pinned its links: the uplink's of its hook (`tc_uplink`:
 /// TC, else XDP and its hand-off), none of the other hook, the uplink's
 /// egress and the pods' (ingress and egress).
@@ -643,35 +680,7 @@ fn kill_and_restart(
         "one layout remains"
     );
     assert_successor_links(&topo, &pin_dir, args.contains(&"tc"));
-    let first_sync = log
-        .lines()
-        .find(|l| l.contains("synced"))
-        .unwrap_or_default();
-    let ops: usize = first_sync
-        .split(" ops=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ops in {first_sync}"));
-    if expected_log.contains("hand-over") {
-        // v4 had no node-port addresses: the first sync writes node1's (all
-        // but loopback) and the node ports' filter bits on them, nothing else.
-        let addrs = topo
-            .node1
-            .run(|| lb_userspace::node_ports::interface_addresses().unwrap())
-            .unwrap()
-            .iter()
-            .filter(|(_, a)| !a.is_loopback())
-            .map(|(_, a)| *a)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        assert!(
-            (addrs..=2 * addrs).contains(&ops),
-            "the upgrade writes the {addrs} node-port addresses and their filter words: {first_sync}"
-        );
-    } else {
-        assert_eq!(ops, 0, "the takeover rewrites nothing that is right: {first_sync}");
-    }
+    assert_first_sync(&topo, &log, expected_log.contains("hand-over"));
     assert_eq!(
         conn.get().unwrap(),
         "pod2a",

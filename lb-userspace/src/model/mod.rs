@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use crate::ident::{ObjectName, Protocol};
 
 pub use self::parse::{object_name, parse_port, parse_protocol, UNSUPPORTED_PROTOCOL};
-pub use self::service::{PROXY_IP_MODE, SOURCE_RANGES_ANNOTATION};
+pub use self::service::PROXY_IP_MODE;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -100,9 +100,8 @@ pub struct ServiceSpec {
     /// `spec.healthCheckNodePort` (LoadBalancer Services with
     /// `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
-    /// `spec.loadBalancerSourceRanges` (or, when that is empty, the
-    /// `service.beta.kubernetes.io/load-balancer-source-ranges` annotation):
-    /// the clients a load-balancer IP accepts; empty: all. IPv4 ranges only.
+    /// `spec.loadBalancerSourceRanges`: the clients a load-balancer IP
+    /// accepts; empty: all. IPv4 ranges only.
     pub source_ranges: Vec<SourceRange>,
     /// Ports left out of `ports` because the data path does not serve their
     /// protocol, as "port/protocol" (e.g. "53/SCTP"); the others are served.

@@ -57,26 +57,16 @@ impl ServiceSpec {
                 .filter_map(|i| i.ip.as_ref()),
             &mut skipped,
         )?;
-        let annotation = service
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
-        let source_ranges = match spec.load_balancer_source_ranges.as_deref() {
-            Some(ranges) if !ranges.is_empty() => parse_ipv4_cidrs(
-                "loadBalancerSourceRanges",
-                ranges.iter().map(String::as_str),
-                &mut skipped,
-            )?,
-            _ => parse_ipv4_cidrs(
-                SOURCE_RANGES_ANNOTATION,
-                annotation
-                    .iter()
-                    .flat_map(|a| a.split(','))
-                    .filter(|r| !r.trim().is_empty()),
-                &mut skipped,
-            )?,
-        };
+        // Only the field, as kube-proxy reads it (the annotation of the
+        // same meaning is for cloud load balancers).
+        let source_ranges = parse_ipv4_cidrs(
+            "loadBalancerSourceRanges",
+            spec.load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .map(String::as_str),
+            &mut skipped,
+        )?;
         let health_check_node_port = match spec.health_check_node_port {
             Some(port) if kind == ServiceKind::LoadBalancer => {
                 Some(parse_port("healthCheckNodePort", port)?)
@@ -144,8 +134,6 @@ impl ServiceSpec {
     }
 }
 
-/// Annotation that gives `loadBalancerSourceRanges` when the field is empty.
-pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// `status.loadBalancer.ingress[].ipMode` of a proxying load balancer.
 pub const PROXY_IP_MODE: &str = "Proxy";
 

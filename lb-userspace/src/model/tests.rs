@@ -311,25 +311,27 @@ fn source_ranges_health_check_port_ip_mode_and_age() {
     );
     assert_eq!(svc.created, Some(1_767_323_045));
 
+    // The annotation of the same meaning is for cloud load balancers:
+    // kube-proxy reads only the field, and so do we.
     let annotated = lb(
-        json!({"name": "web", "annotations": {SOURCE_RANGES_ANNOTATION: "203.0.113.0/24, 10.0.0.0/8"}}),
+        json!({"name": "web", "annotations": {"service.beta.kubernetes.io/load-balancer-source-ranges": "203.0.113.0/24"}}),
         json!({}),
         json!([]),
     )
     .unwrap();
-    assert_eq!(
-        annotated.source_ranges,
-        vec![range([203, 0, 113, 0], 24), range([10, 0, 0, 0], 8)],
-        "the annotation counts when the field is empty"
-    );
+    assert!(annotated.source_ranges.is_empty());
     assert_eq!(annotated.created, None);
-    let field_wins = lb(
-        json!({"name": "web", "annotations": {SOURCE_RANGES_ANNOTATION: "203.0.113.0/24"}}),
-        json!({"loadBalancerSourceRanges": ["10.0.0.0/8"]}),
+    let padded = lb(
+        json!({"name": "web"}),
+        json!({"loadBalancerSourceRanges": [" 10.0.0.0/8 "]}),
         json!([]),
     )
     .unwrap();
-    assert_eq!(field_wins.source_ranges, vec![range([10, 0, 0, 0], 8)]);
+    assert_eq!(
+        padded.source_ranges,
+        vec![range([10, 0, 0, 0], 8)],
+        "padding trimmed"
+    );
     for bad in ["10.0.0.0", "10.0.0.0/33", "example/8", "10.0.0.0/x"] {
         let err = lb(
             json!({"name": "web"}),

@@ -84,7 +84,7 @@ fn one_endpoint() -> String {
 const OPEN: [&str; 3] = [
     "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080",
     "default/web 203.0.113.7:80/TCP -> 10.244.2.2:8080",
-    "default/web 192.168.50.11:30080/TCP -> 10.244.2.2:8080",
+    "default/web *:30080/TCP -> 10.244.2.2:8080 | at 192.168.50.11",
 ];
 
 /// [`OPEN`] and the load-balancer IPs `lines`.
@@ -191,19 +191,18 @@ pub fn rows() -> Vec<Row> {
             &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080 | from 10.0.0.0/8"]),
         ),
         Row::new(
-            // kube-proxy treats a zero-masked range as no restriction at all (no
-            // firewall); here it is a range that admits every client (reported).
-            "item 3: 0.0.0.0/0 admits every client",
+            // kube-proxy treats a zero-masked range as no restriction at all.
+            "item 3: 0.0.0.0/0 restricts nothing",
             vec![
-                load_balancer("", "loadBalancerSourceRanges: [0.0.0.0/0]", "[{ip: 198.51.100.7}]"),
+                load_balancer("", "loadBalancerSourceRanges: [0.0.0.0/0, 10.0.0.0/8]", "[{ip: 198.51.100.7}]"),
                 one_endpoint(),
             ],
-            &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080 | from 0.0.0.0/0, 198.51.100.7/32"]),
+            &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080"]),
         ),
         Row::new(
             // kube-proxy reads only spec.loadBalancerSourceRanges; the annotation is
-            // for cloud load balancers (reported as a difference).
-            "item 3: the source-ranges annotation when the field is empty",
+            // for cloud load balancers.
+            "item 3: the source-ranges annotation restricts nothing",
             vec![
                 load_balancer(
                     ", annotations: {service.beta.kubernetes.io/load-balancer-source-ranges: \"10.0.0.0/8,172.16.0.0/12\"}",
@@ -212,7 +211,7 @@ pub fn rows() -> Vec<Row> {
                 ),
                 one_endpoint(),
             ],
-            &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080 | from 10.0.0.0/8, 172.16.0.0/12"]),
+            &open_and(&["default/web 198.51.100.7:80/TCP -> 10.244.2.2:8080"]),
         ),
         Row::new(
             "item 6: an ingress with ipMode: Proxy is not programmed, one with VIP is",
@@ -252,7 +251,7 @@ pub fn rows() -> Vec<Row> {
             ],
             &[
                 "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080 | affinity 10800s",
-                "default/web 192.168.50.11:30080/TCP -> 10.244.2.2:8080 | affinity 10800s",
+                "default/web *:30080/TCP -> 10.244.2.2:8080 | affinity 10800s | at 192.168.50.11",
             ],
         ),
         Row::new(
@@ -271,7 +270,7 @@ pub fn rows() -> Vec<Row> {
             )],
             &[
                 "default/web 10.96.0.10:80/TCP -> reject",
-                "default/web 192.168.50.11:30080/TCP -> reject",
+                "default/web *:30080/TCP -> reject | at 192.168.50.11",
             ],
         ),
         Row::new(
