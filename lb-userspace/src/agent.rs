@@ -62,10 +62,11 @@ pub struct RunOptions {
 /// Reconciles the source's latest model and writes the result into the maps.
 /// A planner that continues from what the maps hold.
 fn adopt_maps(datapath: &Datapath) -> Result<Planner> {
-    Ok(Planner::adopt(
+    Ok(Planner::adopt_sized(
         datapath.maps.applied_frontends()?,
         datapath.maps.filter.words(),
         datapath.maps.slab.slots(),
+        datapath.maps.backends.len(),
         REUSE_GRACE,
     )
     .with_node_port_addrs(datapath.maps.node_port_addresses()?))
@@ -133,6 +134,30 @@ fn sync(
         "synced"
     );
     Ok(())
+}
+
+/// The reconciler of this run: it takes over what an earlier agent left in
+/// the maps, serves node ports where `--nodeport-addresses` says and knows
+/// the node's local addresses.
+fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
+    let planner = if datapath.adopted() {
+        let planner = adopt_maps(datapath)?;
+        info!(
+            frontends = planner.frontends().count(),
+            "took over the frontends of an earlier agent"
+        );
+        planner
+    } else {
+        Planner::new_sized(
+            options.datapath.slab_slots,
+            datapath.maps.backends.len(),
+            REUSE_GRACE,
+        )
+    };
+    let mut reconciler = Reconciler::with_planner(options.node.clone(), planner);
+    reconciler.set_node_port_rule(options.node_port_addresses.clone());
+    scan_local_addresses(&mut reconciler);
+    Ok(reconciler)
 }
 
 /// Reads this node's local addresses into `reconciler` (where node ports
@@ -316,18 +341,7 @@ async fn serve(
             }
         });
     }
-    let mut reconciler = if datapath.adopted() {
-        let planner = adopt_maps(datapath)?;
-        info!(
-            frontends = planner.frontends().count(),
-            "took over the frontends of an earlier agent"
-        );
-        Reconciler::with_planner(options.node.clone(), planner)
-    } else {
-        Reconciler::new(options.node.clone(), options.datapath.slab_slots)
-    };
-    reconciler.set_node_port_rule(options.node_port_addresses.clone());
-    scan_local_addresses(&mut reconciler);
+    let mut reconciler = reconciler(options, datapath)?;
     // Before "ready": a SIGTERM right after it must still detach and clean up.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

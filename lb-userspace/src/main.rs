@@ -122,6 +122,11 @@ struct RunArgs {
     /// Slots of the Maglev slab (4 bytes each), shared by all services' tables.
     #[arg(long, default_value_t = lb_common::MAGLEV_SLAB_SLOTS)]
     maglev_slab_slots: u32,
+    /// Entries of the backends array (12 bytes each): one per endpoint of
+    /// each frontend (a cluster IP, an external or load-balancer IP, a node
+    /// port), all Services together.
+    #[arg(long, default_value_t = lb_common::MAX_BACKENDS)]
+    max_backends: u32,
     /// Source ports for translated flows, per backend (outside the node's
     /// ephemeral range and the NodePort range; checked at start).
     #[arg(long, default_value = "1024-29999")]
@@ -319,6 +324,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             node_addr,
             pin_dir: args.pin_dir,
             slab_slots: args.maglev_slab_slots,
+            backend_slots: check_max_backends(args.max_backends)?,
             stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
             flows: FlowSettings {
@@ -330,6 +336,19 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         },
     })
 }
+
+/// Checks `--max-backends`: at least 2 (id 0 is never used), at most
+/// [`MAX_BACKEND_SLOTS`].
+fn check_max_backends(n: u32) -> Result<u32> {
+    if (2..=MAX_BACKEND_SLOTS).contains(&n) {
+        Ok(n)
+    } else {
+        bail!("--max-backends {n}: give 2 to {MAX_BACKEND_SLOTS} (12 bytes of kernel memory each)")
+    }
+}
+
+/// The largest `--max-backends` (192 MiB of kernel memory).
+const MAX_BACKEND_SLOTS: u32 = 1 << 24;
 
 /// The first IPv4 address of `iface`.
 fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {

@@ -108,6 +108,8 @@ pub struct Planner {
     source_ranges: usize,
     /// The node-port addresses the maps hold.
     node_port_addrs: BTreeSet<Ipv4Addr>,
+    /// Entries of the backends array.
+    backend_capacity: u32,
 }
 
 #[derive(Default)]
@@ -123,10 +125,18 @@ impl Planner {
     /// A planner for empty maps with a slab of `slab_slots`; freed slots and ids wait `grace`.
     #[must_use]
     pub fn new(slab_slots: u32, grace: Duration) -> Self {
+        Self::new_sized(slab_slots, MAX_BACKENDS, grace)
+    }
+
+    /// [`Planner::new`] for a backends array of `backend_slots` entries
+    /// (`--max-backends`).
+    #[must_use]
+    pub fn new_sized(slab_slots: u32, backend_slots: u32, grace: Duration) -> Self {
         Self {
+            backend_capacity: backend_slots,
             frontends: BTreeMap::new(),
             slab: SlabAllocator::new(slab_slots, grace),
-            backend_ids: IdAllocator::new(1, MAX_BACKENDS, grace),
+            backend_ids: IdAllocator::new(1, backend_slots, grace),
             service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
             filter: FilterBits::default().with_grace(grace),
             prebuilt: HashMap::new(),
@@ -147,7 +157,19 @@ impl Planner {
         slab_slots: u32,
         grace: Duration,
     ) -> Self {
-        let mut planner = Self::new(slab_slots, grace);
+        Self::adopt_sized(frontends, filter_words, slab_slots, MAX_BACKENDS, grace)
+    }
+
+    /// [`Planner::adopt`] for a backends array of `backend_slots` entries.
+    #[must_use]
+    pub fn adopt_sized(
+        frontends: Vec<AppliedFrontend>,
+        filter_words: Vec<u64>,
+        slab_slots: u32,
+        backend_slots: u32,
+        grace: Duration,
+    ) -> Self {
+        let mut planner = Self::new_sized(slab_slots, backend_slots, grace);
         planner.filter = FilterBits::new(filter_words).with_grace(grace);
         for applied in frontends {
             let ok = planner.service_ids.reserve(applied.entry.id)

@@ -651,6 +651,7 @@ impl TestDatapath {
             node_addr: node,
             pin_dir: pin_dir.to_path_buf(),
             slab_slots: 1 << 16,
+            backend_slots: lb_common::MAX_BACKENDS,
             stats_array_len: None,
             detach_on_exit: true,
             flows: test_flows(),

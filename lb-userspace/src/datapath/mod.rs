@@ -114,6 +114,8 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// Slots of the Maglev slab.
     pub slab_slots: u32,
+    /// Entries of the backends array (`--max-backends`; id 0 unused).
+    pub backend_slots: u32,
     /// Service ids counted in the per-CPU array, the rest in the hash
     /// (`None`: as many as [`lb_common::SERVICE_STATS_ARRAY_BUDGET`] allows).
     pub stats_array_len: Option<u32>,
@@ -177,6 +179,7 @@ impl Datapath {
             ),
         };
         loader.map_max_entries(lb_common::MAP_SERVICE_STATS_ARRAY, stats_array_len);
+        loader.map_max_entries(lb_common::MAP_BACKENDS, config.backend_slots);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }

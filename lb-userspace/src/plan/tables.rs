@@ -5,7 +5,7 @@
 use super::{
     backend_entry, maglev, ranges, service_flags, AppliedBackend, AppliedFrontend, BTreeMap,
     BackendId, DesiredFrontend, Frontend, Instant, InternalTable, MapOp, Ops, Planner,
-    ServiceEntry, SocketAddrV4, SourceRange, MAX_BACKENDS, MAX_SERVICES,
+    ServiceEntry, SocketAddrV4, SourceRange, MAX_SERVICES,
 };
 
 impl Planner {
@@ -58,7 +58,10 @@ impl Planner {
             } else {
                 let Some(id) = self.backend_ids.alloc(now) else {
                     self.undo(&backend_ops, current, &ranges, service_id, now);
-                    return Err(format!("more than {MAX_BACKENDS} backends in all"));
+                    return Err(format!(
+                        "more than {} backends in all (frontends times endpoints): raise --max-backends",
+                        self.backend_capacity - 1
+                    ));
                 };
                 backend_ops.push(MapOp::SetBackend(id, entry));
                 id

@@ -557,3 +557,35 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
     let (plan, errors) = p.plan(&state(&[(fe(10), local_only)]), t0 + GRACE * 2);
     assert!(errors.is_empty() && !plan.ops.is_empty());
 }
+
+#[test]
+fn the_backends_array_has_the_configured_size_and_a_clear_error() {
+    let t0 = Instant::now();
+    // Four entries: id 0 is never used, so three backends fit.
+    let mut p = Planner::new_sized(1 << 16, 4, GRACE);
+    let (_, errors) = p.plan(
+        &state(&[(fe(10), want(&[(2, true), (3, true), (4, true)]))]),
+        t0,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let (_, errors) = p.plan(
+        &state(&[
+            (fe(10), want(&[(2, true), (3, true), (4, true)])),
+            (fe(11), want(&[(5, true)])),
+        ]),
+        t0,
+    );
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].frontend, fe(11));
+    assert!(
+        errors[0].message.contains("more than 3 backends")
+            && errors[0].message.contains("--max-backends"),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!(
+        p.frontends().count(),
+        1,
+        "the other frontend keeps its place"
+    );
+}
