@@ -36,20 +36,10 @@ impl NodePortAddresses {
         }
         let mut ranges = Vec::new();
         for cidr in text.split(',').map(str::trim) {
-            let invalid =
-                || format!("{cidr:?} is not a CIDR (expected e.g. 10.0.0.0/8, or primary)");
-            let (addr, len) = cidr.split_once('/').ok_or_else(invalid)?;
-            let len: u8 = len.parse().map_err(|_| invalid())?;
-            match addr.parse::<std::net::IpAddr>().map_err(|_| invalid())? {
-                std::net::IpAddr::V4(ip) if len <= 32 => {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                    ranges.push(SourceRange {
-                        addr: Ipv4Addr::from(u32::from(ip) & mask),
-                        prefix_len: len,
-                    });
-                }
-                std::net::IpAddr::V6(_) if len <= 128 => {}
-                _ => return Err(invalid()),
+            match SourceRange::parse(cidr) {
+                Ok(Some(range)) => ranges.push(range),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{e} (expected e.g. 10.0.0.0/8, or primary)")),
             }
         }
         if ranges.is_empty() {

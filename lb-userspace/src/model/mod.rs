@@ -122,6 +122,27 @@ pub struct SourceRange {
 }
 
 impl SourceRange {
+    /// Parses a CIDR (`10.0.0.0/8`; surrounding spaces allowed): an IPv4
+    /// range with its host bits cleared, as kube-proxy reads it, or `None`
+    /// for an IPv6 one (the data path is IPv4 only); an error naming the
+    /// text when it is no CIDR.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let invalid = || format!("{:?} is not a valid CIDR", text.trim());
+        let (addr, len) = text.trim().split_once('/').ok_or_else(invalid)?;
+        let len: u8 = len.parse().map_err(|_| invalid())?;
+        match addr.parse::<std::net::IpAddr>().map_err(|_| invalid())? {
+            std::net::IpAddr::V4(ip) if len <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                Ok(Some(Self {
+                    addr: Ipv4Addr::from(u32::from(ip) & mask),
+                    prefix_len: len,
+                }))
+            }
+            std::net::IpAddr::V6(_) if len <= 128 => Ok(None),
+            _ => Err(invalid()),
+        }
+    }
+
     /// Whether `ip` falls in the range.
     #[must_use]
     pub fn contains(&self, ip: Ipv4Addr) -> bool {

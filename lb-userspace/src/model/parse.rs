@@ -110,27 +110,11 @@ pub(super) fn parse_ipv4_cidrs<'a>(
 ) -> Result<Vec<SourceRange>, String> {
     let mut out = Vec::new();
     for value in values {
-        let value = value.trim();
-        let invalid = || format!("{field} {value:?} is not a valid CIDR");
-        let (addr, len) = value.split_once('/').ok_or_else(invalid)?;
-        let len: u8 = len.parse().map_err(|_| invalid())?;
-        match addr.parse::<IpAddr>().map_err(|_| invalid())? {
-            IpAddr::V4(ip) if len <= 32 => {
-                let range = SourceRange {
-                    addr: ip,
-                    prefix_len: len,
-                };
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                let range = SourceRange {
-                    addr: Ipv4Addr::from(u32::from(ip) & mask),
-                    ..range
-                };
-                if !out.contains(&range) {
-                    out.push(range);
-                }
-            }
-            IpAddr::V6(_) if len <= 128 => skipped.push(value.to_string()),
-            _ => return Err(invalid()),
+        match SourceRange::parse(value) {
+            Ok(Some(range)) if !out.contains(&range) => out.push(range),
+            Ok(Some(_)) => {}
+            Ok(None) => skipped.push(value.trim().to_string()),
+            Err(e) => return Err(format!("{field} {e}")),
         }
     }
     Ok(out)

@@ -79,11 +79,7 @@ impl Planner {
         ops.backends.extend(backend_ops);
         // Only selected backends take new connections; the others keep their
         // entries so that their established flows continue.
-        let addrs: Vec<SocketAddrV4> = backends
-            .iter()
-            .filter(|(_, b)| b.selected)
-            .map(|(a, _)| *a)
-            .collect();
+        let addrs = selected_addrs(&backends, |b| b.selected);
         if size > 0 {
             let ids: Vec<BackendId> = addrs.iter().map(|a| backends[a].id).collect();
             let table = match self.prebuilt.remove(&frontend) {
@@ -214,11 +210,7 @@ fn internal_table(
     (offset, size): (u32, u32),
     ops: &mut Ops,
 ) -> InternalTable {
-    let addrs: Vec<SocketAddrV4> = backends
-        .iter()
-        .filter(|(_, b)| b.selected_internal)
-        .map(|(a, _)| *a)
-        .collect();
+    let addrs = selected_addrs(backends, |b| b.selected_internal);
     if size > 0 {
         let table = maglev::build_table(&addrs, size);
         let slots = table
@@ -234,4 +226,16 @@ fn internal_table(
     };
     ops.tables.push(MapOp::SetInternalTable(service_id, table));
     table
+}
+
+/// The addresses of `backends` that `pick` selects, in order: a table's members.
+fn selected_addrs(
+    backends: &BTreeMap<SocketAddrV4, AppliedBackend>,
+    pick: fn(&AppliedBackend) -> bool,
+) -> Vec<SocketAddrV4> {
+    backends
+        .iter()
+        .filter(|(_, b)| pick(b))
+        .map(|(a, _)| *a)
+        .collect()
 }
