@@ -272,6 +272,11 @@ impl Planner {
             }
         }
         self.prebuilt.clear();
+        // What this plan freed is cleared by its own trailing operations:
+        // reusable only by later plans.
+        self.slab.settle();
+        self.backend_ids.settle();
+        self.service_ids.settle();
         let Ops {
             backends,
             tables,

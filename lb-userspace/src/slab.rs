@@ -13,6 +13,9 @@ pub struct SlabAllocator {
     free: BTreeMap<u32, u32>,
     /// Freed ranges waiting for the grace period: (freed at, offset, length).
     quarantine: Vec<(Instant, u32, u32)>,
+    /// Ranges freed by the plan under way: not reusable before it is
+    /// settled (its trailing operations may still touch them).
+    unsettled: Vec<(Instant, u32, u32)>,
     grace: Duration,
     total: u32,
 }
@@ -28,6 +31,7 @@ impl SlabAllocator {
         Self {
             free,
             quarantine: Vec::new(),
+            unsettled: Vec::new(),
             grace,
             total,
         }
@@ -78,11 +82,18 @@ impl SlabAllocator {
         true
     }
 
-    /// Returns a range; it becomes allocatable once the grace period has passed.
+    /// Returns a range; it becomes allocatable once the plan that frees it
+    /// is settled ([`SlabAllocator::settle`]) and the grace period has passed.
     pub fn free(&mut self, offset: u32, len: u32, now: Instant) {
         if len > 0 {
-            self.quarantine.push((now, offset, len));
+            self.unsettled.push((now, offset, len));
         }
+    }
+
+    /// Ends a plan: what it freed starts its grace period (never reused
+    /// within the plan that freed it, even with no grace).
+    pub fn settle(&mut self) {
+        self.quarantine.append(&mut self.unsettled);
     }
 
     /// Moves ranges whose grace period has passed back to the free list.
@@ -121,6 +132,8 @@ pub struct IdAllocator {
     end: u32,
     free: Vec<u32>,
     quarantine: Vec<(Instant, u32)>,
+    /// Ids freed by the plan under way (see [`SlabAllocator::settle`]).
+    unsettled: Vec<(Instant, u32)>,
     grace: Duration,
 }
 
@@ -133,6 +146,7 @@ impl IdAllocator {
             end,
             free: Vec::new(),
             quarantine: Vec::new(),
+            unsettled: Vec::new(),
             grace,
         }
     }
@@ -177,9 +191,14 @@ impl IdAllocator {
         false
     }
 
-    /// Returns an id for reuse after the grace period.
+    /// Returns an id for reuse once its plan is settled and the grace period has passed.
     pub fn free(&mut self, id: u32, now: Instant) {
-        self.quarantine.push((now, id));
+        self.unsettled.push((now, id));
+    }
+
+    /// Ends a plan: what it freed starts its grace period.
+    pub fn settle(&mut self) {
+        self.quarantine.append(&mut self.unsettled);
     }
 }
 
@@ -197,6 +216,12 @@ mod tests {
         assert_eq!(slab.alloc(30, now), None, "only 10 slots left");
         slab.free(0, 30, now);
         slab.free(30, 30, now);
+        assert_eq!(
+            slab.alloc(50, now),
+            None,
+            "not within the plan that freed them"
+        );
+        slab.settle();
         assert_eq!(slab.alloc(50, now), Some(0), "adjacent ranges coalesce");
         assert_eq!(slab.free_slots(), 20);
     }
@@ -207,6 +232,7 @@ mod tests {
         let mut slab = SlabAllocator::new(10, Duration::from_secs(2));
         assert_eq!(slab.alloc(10, t0), Some(0));
         slab.free(0, 10, t0);
+        slab.settle();
         assert_eq!(slab.alloc(10, t0 + Duration::from_secs(1)), None);
         assert_eq!(slab.alloc(10, t0 + Duration::from_secs(2)), Some(0));
     }
@@ -233,6 +259,12 @@ mod tests {
         assert_eq!(ids.alloc(t0), Some(1));
         assert_eq!(ids.alloc(t0), Some(2));
         ids.free(1, t0);
+        assert_eq!(
+            ids.alloc(t0 + Duration::from_secs(2)),
+            None,
+            "not before its plan is settled"
+        );
+        ids.settle();
         assert_eq!(ids.alloc(t0), None, "id 1 is quarantined, 3 is the end");
         assert_eq!(ids.alloc(t0 + Duration::from_secs(2)), Some(1));
     }

@@ -589,3 +589,60 @@ fn the_backends_array_has_the_configured_size_and_a_clear_error() {
         "the other frontend keeps its place"
     );
 }
+
+#[test]
+fn what_a_plan_frees_is_never_reused_by_the_same_plan_even_without_grace() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, Duration::ZERO);
+    p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
+    // One plan removes fe(10) and places fe(11): its trailing clears of
+    // fe(10)'s backends must not hit fe(11)'s.
+    let (plan, errors) = p.plan(&state(&[(fe(11), want(&[(4, true), (5, true)]))]), t0);
+    assert!(errors.is_empty());
+    let written: Vec<BackendId> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::SetBackend(id, _) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let cleared: Vec<BackendId> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::ClearBackend(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!((written.len(), cleared.len()), (2, 2));
+    assert!(
+        written.iter().all(|id| !cleared.contains(id)),
+        "{written:?} {cleared:?}"
+    );
+    let tables: Vec<u32> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::SetTable { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect();
+    assert_ne!(
+        tables,
+        [0],
+        "the removed table's slots are not rewritten in the same plan"
+    );
+    // The next plan may reuse them.
+    let (plan, _) = p.plan(
+        &state(&[
+            (fe(12), want(&[(6, true)])),
+            (fe(11), want(&[(4, true), (5, true)])),
+        ]),
+        t0,
+    );
+    assert!(plan
+        .ops
+        .iter()
+        .any(|op| matches!(op, MapOp::SetBackend(id, _) if cleared.contains(id))));
+}
