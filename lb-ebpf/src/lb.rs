@@ -175,7 +175,7 @@ fn decide_packet<C: EbpfContext>(ctx: &C, flow: &Flow, at: Ingress, cfg: &NodeCo
         // not translated: its first fragment would need the new flow.
         if flow.fragment != Fragment::Later {
             if let Some(svc) = frontend::lookup(flow) {
-                let Some(svc) = view::for_client(&svc, at.hook) else {
+                let Some(svc) = view::for_client(svc, at.hook) else {
                     counters::count(Verdict::Error);
                     return Action::Drop;
                 };

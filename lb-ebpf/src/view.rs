@@ -16,17 +16,14 @@ use crate::{lb::Hook, maps::INTERNAL_TABLES};
 /// with the in-cluster table in place of its own for pods when it has one.
 /// `None` when the in-cluster table cannot be read (the caller drops).
 #[inline(always)]
-pub fn for_client(svc: &ServiceEntry, hook: Hook) -> Option<ServiceEntry> {
-    if hook != Hook::Pod || svc.flags & SERVICE_F_INTERNAL_TABLE == 0 {
-        return Some(*svc);
+pub fn for_client(mut svc: ServiceEntry, hook: Hook) -> Option<ServiceEntry> {
+    if hook == Hook::Pod && svc.flags & SERVICE_F_INTERNAL_TABLE != 0 {
+        let table = INTERNAL_TABLES.get(svc.id)?;
+        svc.backend_count = table.backend_count;
+        svc.table_offset = table.table_offset;
+        svc.table_size = table.table_size;
     }
-    let table = INTERNAL_TABLES.get(svc.id)?;
-    Some(ServiceEntry {
-        backend_count: table.backend_count,
-        table_offset: table.table_offset,
-        table_size: table.table_size,
-        ..*svc
-    })
+    Some(svc)
 }
 
 /// The backend flag that says a backend takes new connections from clients

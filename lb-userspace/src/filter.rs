@@ -20,27 +20,19 @@ use crate::applied::AppliedFrontend;
 /// draining: both still send replies).
 pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
     let key = applied.frontend.key();
-    let own: Vec<u32> = if applied.frontend.is_node_port() {
-        applied
-            .node_port_addrs
-            .iter()
-            .map(|a| {
-                filter_bit(
-                    FILTER_SEED_FRONTEND,
-                    u32::from_ne_bytes(a.octets()),
-                    key.port,
-                    key.proto,
-                )
-            })
-            .collect()
-    } else {
-        vec![filter_bit(
+    // A node port's bits are on its node-port addresses (an exact frontend
+    // lists none).
+    let exact = (!applied.frontend.is_node_port())
+        .then(|| filter_bit(FILTER_SEED_FRONTEND, key.addr, key.port, key.proto));
+    let node_port = applied.node_port_addrs.iter().map(move |a| {
+        filter_bit(
             FILTER_SEED_FRONTEND,
-            key.addr,
+            u32::from_ne_bytes(a.octets()),
             key.port,
             key.proto,
-        )]
-    };
+        )
+    });
+    let own = exact.into_iter().chain(node_port);
     let backends = applied.backends.keys().map(move |addr| {
         filter_bit(
             FILTER_SEED_BACKEND,

@@ -109,6 +109,12 @@ impl Reconciler {
         changed
     }
 
+    /// The EndpointSlices of each Service, as of the last reconcile.
+    #[must_use]
+    pub fn slice_index(&self) -> &SliceIndex {
+        &self.index
+    }
+
     /// The desired state as last computed.
     #[must_use]
     pub fn desired(&self) -> &DesiredState {

@@ -109,6 +109,14 @@ impl SliceIndex {
         previous.filter(|p| *p != service)
     }
 
+    /// The slices labelled for `service`.
+    pub fn slices_of<'a>(
+        &'a self,
+        service: &ObjectName,
+    ) -> impl Iterator<Item = &'a ObjectName> + 'a {
+        self.by_service.get(service).into_iter().flatten()
+    }
+
     /// Removes a slice; returns the Service it belonged to.
     pub fn remove(&mut self, slice: &ObjectName) -> Option<ObjectName> {
         let service = self.owner.remove(slice)?;

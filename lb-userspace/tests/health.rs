@@ -16,9 +16,15 @@ use lb_userspace::{
         AddressType, Cluster, EndpointSpec, NodeFacts, ServiceKind, ServicePort, ServiceSpec,
         SlicePort, SliceSpec, TargetPort, TrafficPolicy,
     },
+    select::SliceIndex,
 };
 
 const NODE: &str = "node1";
+
+/// Tells `health` the maps hold `cluster`, as the agent does after a sync.
+fn sync(health: &Health, cluster: &Cluster) {
+    health.synced(cluster, &SliceIndex::build(cluster));
+}
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// A port free a moment ago.
@@ -158,10 +164,13 @@ fn a_health_check_node_port_follows_its_service_and_local_endpoints() {
     let port = free_port();
     let health = Health::start(options(None), NODE).unwrap();
     let web = lb_local("web", port);
-    health.synced(&cluster(
-        vec![web.clone()],
-        vec![slice("web", &[NODE, NODE, "node2"])],
-    ));
+    sync(
+        &health,
+        &cluster(
+            vec![web.clone()],
+            vec![slice("web", &[NODE, NODE, "node2"])],
+        ),
+    );
     eventually("the port to listen", || bound(&health, "web"));
     let (status, headers, body) = get(port, "/any/path").unwrap();
     assert_eq!(status, 200);
@@ -174,7 +183,10 @@ fn a_health_check_node_port_follows_its_service_and_local_endpoints() {
         Some("2")
     );
     // The local endpoints move away: 503.
-    health.synced(&cluster(vec![web.clone()], vec![slice("web", &["node2"])]));
+    sync(
+        &health,
+        &cluster(vec![web.clone()], vec![slice("web", &["node2"])]),
+    );
     let (status, headers, body) = get(port, "/").unwrap();
     assert_eq!(status, 503);
     assert!(body.contains("\"localEndpoints\": 0,"), "{body}");
@@ -185,7 +197,7 @@ fn a_health_check_node_port_follows_its_service_and_local_endpoints() {
     // The Service turns to Cluster: the port closes.
     let mut cluster_policy = web;
     cluster_policy.external_policy = TrafficPolicy::Cluster;
-    health.synced(&cluster(vec![cluster_policy], vec![]));
+    sync(&health, &cluster(vec![cluster_policy], vec![]));
     eventually("the port to close", || get(port, "/").is_err());
     assert!(health.listening().services.is_empty());
 }
@@ -196,10 +208,13 @@ fn a_taken_port_is_retried_until_free_without_holding_up_the_others() {
     let holder = TcpListener::bind((LOCALHOST, taken)).unwrap();
     let healthz_holder = TcpListener::bind((LOCALHOST, healthz)).unwrap();
     let health = Health::start(options(Some(healthz)), NODE).unwrap();
-    health.synced(&cluster(
-        vec![lb_local("held", taken), lb_local("free", other)],
-        vec![slice("held", &[NODE]), slice("free", &[NODE])],
-    ));
+    sync(
+        &health,
+        &cluster(
+            vec![lb_local("held", taken), lb_local("free", other)],
+            vec![slice("held", &[NODE]), slice("free", &[NODE])],
+        ),
+    );
     eventually("the free port to listen", || bound(&health, "free"));
     assert_eq!(get(other, "/").unwrap().0, 200);
     eventually("both failures to be recorded", || {
@@ -232,7 +247,7 @@ fn healthz_is_503_while_the_node_is_being_deleted_and_livez_ignores_it() {
         being_deleted: true,
         ..NodeFacts::default()
     });
-    health.synced(&leaving);
+    sync(&health, &leaving);
     let (status, _, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 503);
     assert!(
@@ -245,7 +260,7 @@ fn healthz_is_503_while_the_node_is_being_deleted_and_livez_ignores_it() {
     assert_eq!(get(port, "/metrics").unwrap().0, 404);
     // The deletion is called off.
     leaving.node = Some(NodeFacts::default());
-    health.synced(&leaving);
+    sync(&health, &leaving);
     assert_eq!(get(port, "/healthz").unwrap().0, 200);
 }
 
@@ -261,7 +276,7 @@ fn changes_waiting_past_the_timeout_turn_everything_503() {
     )
     .unwrap();
     let c = cluster(vec![lb_local("web", service)], vec![slice("web", &[NODE])]);
-    health.synced(&c);
+    sync(&health, &c);
     eventually("both to listen", || {
         bound(&health, "web") && get(healthz, "/healthz").is_ok()
     });
@@ -277,7 +292,7 @@ fn changes_waiting_past_the_timeout_turn_everything_503() {
     assert_eq!(status, 503);
     assert!(body.contains("\"serviceProxyHealthy\": false"), "{body}");
     // The sync lands.
-    health.synced(&c);
+    sync(&health, &c);
     assert_eq!(get(healthz, "/livez").unwrap().0, 200);
     assert_eq!(get(service, "/").unwrap().0, 200);
 }

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use crate::{
     ident::ObjectName,
     model::{AddressType, Cluster, ServiceKind, TrafficPolicy},
+    select::SliceIndex,
 };
 
 /// kube-proxy's default `--healthz-bind-address`.
@@ -120,40 +121,27 @@ pub fn health_check_ports(cluster: &Cluster) -> BTreeMap<ObjectName, u16> {
 #[must_use]
 pub fn local_ready_endpoints<'a>(
     cluster: &Cluster,
+    index: &SliceIndex,
     node: &str,
     services: impl IntoIterator<Item = &'a ObjectName>,
 ) -> BTreeMap<ObjectName, usize> {
-    // Borrowed (namespace, name): no allocation per slice of other Services.
-    let wanted: BTreeSet<(&str, &str)> = services
-        .into_iter()
-        .map(|s| (s.namespace.as_str(), s.name.as_str()))
-        .collect();
-    let mut addresses: BTreeMap<ObjectName, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    if wanted.is_empty() {
-        return BTreeMap::new();
-    }
-    for slice in cluster.slices.values() {
-        if slice.ports.is_empty()
-            || slice.address_type != AddressType::Ipv4
-            || !wanted.contains(&(slice.name.namespace.as_str(), slice.service.as_str()))
-        {
-            continue;
-        }
-        let service = crate::select::SliceIndex::service_of(slice);
-        let local = slice
-            .endpoints
-            .iter()
+    let mut counts = BTreeMap::new();
+    for service in services {
+        // Only this Service's slices (the index): a sync costs what the
+        // health-checked Services have, not every slice of the cluster.
+        let local: BTreeSet<Ipv4Addr> = index
+            .slices_of(service)
+            .filter_map(|name| cluster.slices.get(name))
+            .filter(|slice| !slice.ports.is_empty() && slice.address_type == AddressType::Ipv4)
+            .flat_map(|slice| &slice.endpoints)
             .filter(|e| e.ready && e.node_name.as_deref() == Some(node))
-            .filter_map(|e| e.addresses.first().copied());
-        let mut local = local.peekable();
-        if local.peek().is_some() {
-            addresses.entry(service).or_default().extend(local);
+            .filter_map(|e| e.addresses.first().copied())
+            .collect();
+        if !local.is_empty() {
+            counts.insert(service.clone(), local.len());
         }
     }
-    addresses
-        .into_iter()
-        .map(|(name, ips)| (name, ips.len()))
-        .collect()
+    counts
 }
 
 /// Whether this node may take load-balancer traffic (kube-proxy's "node
@@ -299,9 +287,10 @@ impl Health {
 
     /// The maps hold `cluster` now: the proxy is up to date, and the health
     /// check ports and local endpoint counts follow it.
-    pub fn synced(&self, cluster: &Cluster) {
+    /// `index` holds the slices of each Service in `cluster`.
+    pub fn synced(&self, cluster: &Cluster, index: &SliceIndex) {
         let ports = health_check_ports(cluster);
-        let local = local_ready_endpoints(cluster, &self.node_name, ports.keys());
+        let local = local_ready_endpoints(cluster, index, &self.node_name, ports.keys());
         {
             let mut state = self.shared.state();
             state.sync = SyncState {

@@ -191,14 +191,14 @@ fn local_ready_endpoints_count_as_kube_proxy_counts_them() {
     );
     let ports = health_check_ports(&c);
     assert_eq!(
-        local_ready_endpoints(&c, NODE, ports.keys()),
+        local_ready_endpoints(&c, &SliceIndex::build(&c), NODE, ports.keys()),
         [(name("default", "web"), 3)].into(),
         ".1, .6 and .7"
     );
     // Only the Services asked about.
-    assert!(local_ready_endpoints(&c, NODE, []).is_empty());
+    assert!(local_ready_endpoints(&c, &SliceIndex::build(&c), NODE, []).is_empty());
     assert_eq!(
-        local_ready_endpoints(&c, "node2", ports.keys()),
+        local_ready_endpoints(&c, &SliceIndex::build(&c), "node2", ports.keys()),
         [(name("default", "web"), 1), (name("default", "idle"), 1)].into()
     );
 }
