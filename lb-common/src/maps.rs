@@ -26,13 +26,14 @@ pub const MAP_AFFINITY: &str = "AFFINITY";
 /// Capacity of the session-affinity map (client, service pairs).
 pub const AFFINITY_MAX_ENTRIES: u32 = 1 << 16;
 
-/// Key of the session-affinity map: a client of a frontend.
+/// Key of the session-affinity map: a client of a Service port (all its
+/// frontends together, as kube-proxy's affinity spans them).
 ///
 /// Layout (8 bytes): `service_id` u32 | `client_addr` be32.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    /// [`ServiceEntry::id`] of the frontend.
+    /// [`ServiceEntry::id`] of the Service port.
     pub service_id: u32,
     /// Client IPv4 address, network byte order.
     pub client_addr: u32,
@@ -75,7 +76,8 @@ pub fn service_stats_array_len(possible_cpus: u32) -> u32 {
     u32::try_from(fits.min(u64::from(MAX_SERVICES) + 1)).unwrap_or(MAX_SERVICES + 1)
 }
 
-/// Value of the per-service counters: packets and bytes sent to a frontend.
+/// Value of the per-service counters: packets and bytes sent to a Service
+/// port (all its frontends together).
 ///
 /// Layout (16 bytes): `packets` u64 | `bytes` u64.
 #[repr(C)]
@@ -88,12 +90,15 @@ pub struct ServiceStats {
 }
 
 /// Name of the service labels: [`ServiceEntry::id`] -> [`ServiceLabel`] (hash,
-/// written and read by userspace only, so `lb-agent status` works from the pins).
+/// written and read by userspace only, so `lb-agent status` works from the pins
+/// and a restarted agent knows which Service port each id is).
 pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
 
 /// Capacity of the services map (frontends: address, port, protocol).
 pub const MAX_SERVICES: u32 = 65_536;
-/// Capacity of the backends array; id 0 is never used so a zero slot means "none".
+/// Default capacity of the backends array (endpoints of every Service port
+/// together; `--max-backends` sets it at load); id 0 is never used so a zero
+/// slot means "none".
 pub const MAX_BACKENDS: u32 = 262_144;
 /// Default number of slots in the Maglev slab (4 bytes each: 64 MiB, room
 /// for 10,000 Services of 10 endpoints at 1,021 slots each), a
@@ -168,19 +173,26 @@ pub const SERVICE_F_REJECT: u32 = 1;
 pub const SERVICE_F_SOURCE_RANGES: u32 = 2;
 
 /// Service flag: clients inside the cluster (pods) use another table than
-/// clients from outside, the one at the frontend's id in
-/// [`MAP_INTERNAL_TABLES`]: an external IP, load-balancer IP or node port of
+/// clients from outside: the Service port's table under the `Cluster`
+/// policy, at its id in [`MAP_INTERNAL_TABLES`], with the backends flagged
+/// [`BACKEND_F_SELECTED`]. An external IP, load-balancer IP or node port of
 /// a Service with `externalTrafficPolicy: Local` serves pods from every
 /// node's endpoints, as kube-proxy does, and outside clients from this
-/// node's only.
+/// node's only (its own table, flagged [`SERVICE_F_LOCAL`]).
 pub const SERVICE_F_INTERNAL_TABLE: u32 = 4;
+
+/// Service flag: the frontend's own table follows the `Local` traffic
+/// policy: a backend takes its new connections when flagged
+/// [`BACKEND_F_SELECTED_LOCAL`] (not [`BACKEND_F_SELECTED`]), which session
+/// affinity checks. Set only where the two policies select differently.
+pub const SERVICE_F_LOCAL: u32 = 8;
 
 /// Name of the in-cluster tables: [`ServiceEntry::id`] -> [`InternalTable`]
 /// (array), read for frontends flagged [`SERVICE_F_INTERNAL_TABLE`] only.
 pub const MAP_INTERNAL_TABLES: &str = "INTERNAL_TABLES";
 
-/// Value of the in-cluster tables: where the Maglev table that clients
-/// inside the cluster use lives, as in [`ServiceEntry`].
+/// Value of the in-cluster tables: where a Service port's Maglev table
+/// under the `Cluster` policy lives, as in [`ServiceEntry`].
 ///
 /// Layout (12 bytes): `backend_count` u32 | `table_offset` u32 | `table_size` u32.
 #[repr(C)]
@@ -227,7 +239,7 @@ pub const SOURCE_RANGE_KEY_BITS: u32 = SOURCE_RANGE_ID_BITS + 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeKey {
-    /// [`ServiceEntry::id`] of the frontend, network byte order.
+    /// [`ServiceEntry::id`] of the Service port, network byte order.
     pub service_id: u32,
     /// Client IPv4 address (a range's network address), network byte order.
     pub client_addr: u32,
@@ -238,7 +250,10 @@ pub struct SourceRangeKey {
 /// `icmp_msgs_per_sec` is 1,000 for the whole node.
 pub const REJECTS_PER_SECOND: u32 = 100;
 
-/// Value of the services map: where the frontend's Maglev table lives.
+/// Value of the services map: the frontend's Service port and where the
+/// frontend's Maglev table lives. Every frontend of a Service port (cluster
+/// IP, external and load-balancer IPs, node port) shares its id, its
+/// backends, and its tables: one per traffic policy in use.
 ///
 /// Layout (24 bytes): `id` u32 | `backend_count` u32 | `table_offset` u32 |
 /// `table_size` u32 | `affinity_timeout` u32 | `flags` u32 (padding, always
@@ -248,7 +263,9 @@ pub const REJECTS_PER_SECOND: u32 = 100;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceEntry {
-    /// Agent-assigned id of this frontend (stable while it exists).
+    /// Agent-assigned id of the frontend's Service port (stable while it
+    /// exists): its backends carry it; counters, session affinity, source
+    /// ranges and the pods' table are keyed by it.
     pub id: u32,
     /// Number of distinct backends in the table; 0 means "no endpoints".
     pub backend_count: u32,
@@ -266,16 +283,20 @@ pub struct ServiceEntry {
 pub const BACKEND_F_ACTIVE: u8 = 1;
 /// Backend flag: the endpoint runs on this node (no SNAT, client IP kept).
 pub const BACKEND_F_LOCAL: u8 = 2;
-/// Backend flag: the endpoint takes new connections (it is in the Maglev
-/// table); without it only established flows and no affinity may use it.
+/// Backend flag: the endpoint takes new connections under the `Cluster`
+/// traffic policy (it is in the Service port's table of that policy);
+/// without it (or [`BACKEND_F_SELECTED_LOCAL`], for a frontend flagged
+/// [`SERVICE_F_LOCAL`]) only established flows and no affinity may use it.
 pub const BACKEND_F_SELECTED: u8 = 4;
-/// Backend flag: the endpoint takes new connections from clients inside the
-/// cluster (pods): it is in the frontend's in-cluster table
-/// ([`MAP_INTERNAL_TABLES`]) when the frontend has one, else in its table
-/// (then the flag equals [`BACKEND_F_SELECTED`]).
-pub const BACKEND_F_SELECTED_INTERNAL: u8 = 8;
+/// Backend flag: the endpoint takes new connections under the `Local`
+/// traffic policy (it is in the Service port's table of that policy),
+/// read by frontends flagged [`SERVICE_F_LOCAL`].
+pub const BACKEND_F_SELECTED_LOCAL: u8 = 8;
 
-/// Value of the backends array: one endpoint of one frontend.
+/// Value of the backends array: one endpoint of one Service port, shared by
+/// the Service port's frontends. (After a hand-over from layout v5, which
+/// gave each frontend its own entries, an endpoint may have more than one
+/// entry with the same contents, kept for the flows that use them.)
 ///
 /// Layout (12 bytes): `addr` be32 | `port` be16 | `flags` u8 | pad u8 | `service_id` u32.
 #[repr(C)]
@@ -289,7 +310,7 @@ pub struct Backend {
     pub flags: u8,
     /// Always zero.
     pub pad: u8,
-    /// Id of the frontend this backend serves ([`ServiceEntry::id`]).
+    /// Id of the Service port this backend serves ([`ServiceEntry::id`]).
     pub service_id: u32,
 }
 
@@ -486,7 +507,9 @@ pub struct NodeConfig {
 /// Bytes of a [`ServiceLabel`].
 pub const SERVICE_LABEL_LEN: usize = 160;
 
-/// Value of the service labels map: "namespace/name:port-name", NUL-padded UTF-8.
+/// Value of the service labels map: "namespace/name:port-name" (the name
+/// empty for an unnamed port), NUL-padded UTF-8. Layouts before v6 wrote
+/// "namespace/name", one id per frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceLabel {

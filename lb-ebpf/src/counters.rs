@@ -25,7 +25,7 @@ pub fn event(event: Event) {
     }
 }
 
-/// Adds one packet of `len` bytes to the counters of frontend `service_id`.
+/// Adds one packet of `len` bytes to the counters of Service port `service_id`.
 #[inline(always)]
 pub fn count_service(service_id: u32, len: u32) {
     // Low ids (every id on most machines) index the array: no hashing.

@@ -360,7 +360,7 @@ fn new_flow(
 ) -> Result<Action, Verdict> {
     let state = conntrack::initial_state(flow).ok_or(Verdict::Invalid)?;
     let chosen: Chosen =
-        if let Some(remembered) = affinity::recall(svc, flow, view::selected_flag(hook)) {
+        if let Some(remembered) = affinity::recall(svc, flow, view::selected_flag(svc)) {
             remembered
         } else {
             let picked = select::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;

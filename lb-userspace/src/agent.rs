@@ -143,7 +143,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
     let planner = if datapath.adopted() {
         let planner = adopt_maps(datapath)?;
         info!(
-            frontends = planner.frontends().count(),
+            frontends = planner.frontend_count(),
             "took over the frontends of an earlier agent"
         );
         planner

@@ -7,7 +7,7 @@ use std::{
 };
 
 pub use crate::ident::{ObjectName, Protocol};
-pub use crate::model::SourceRange;
+pub use crate::model::{SourceRange, TrafficPolicy};
 
 /// One frontend of a Service: the address, port and protocol a client sends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,28 +61,39 @@ impl fmt::Display for Frontend {
     }
 }
 
-/// Properties of one backend of a frontend.
+/// Properties of one endpoint of a Service port, the same for every
+/// frontend of the port: where it runs, and whether it takes new
+/// connections under each traffic policy. A backend that is listed but not
+/// selected (not ready, terminating, filtered by a traffic policy or by
+/// topology) keeps only the connections it already has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendInfo {
     /// The endpoint runs on this node: keep the client address, no SNAT.
     pub local: bool,
-    /// New connections may go to it (it is in the Maglev table). A backend
-    /// that is listed but not selected (not ready, terminating, filtered by a
-    /// traffic policy) keeps only the connections it already has.
-    pub selected: bool,
-    /// New connections from pods may go to it. It differs from `selected`
-    /// only on an external frontend of a Service with
-    /// `externalTrafficPolicy: Local`, which serves pods from every node's
-    /// endpoints: then the frontend gets a second table, for pods.
-    pub selected_internal: bool,
+    /// New connections may go to it under the `Cluster` policy (it is in
+    /// the Service port's table of that policy).
+    pub for_cluster: bool,
+    /// New connections may go to it under the `Local` policy.
+    pub for_local: bool,
 }
 
 impl Default for BackendInfo {
     fn default() -> Self {
         Self {
             local: false,
-            selected: true,
-            selected_internal: true,
+            for_cluster: true,
+            for_local: true,
+        }
+    }
+}
+
+impl BackendInfo {
+    /// Whether new connections may go to it under `policy`.
+    #[must_use]
+    pub fn selected_under(&self, policy: TrafficPolicy) -> bool {
+        match policy {
+            TrafficPolicy::Cluster => self.for_cluster,
+            TrafficPolicy::Local => self.for_local,
         }
     }
 }
@@ -135,13 +146,50 @@ impl NodeInfo {
 }
 
 impl DesiredFrontend {
-    /// Whether pods use another table than clients from outside (some
-    /// backend is selected for one and not the other).
+    /// Whether the two policies select differently (then a frontend that
+    /// follows `Local` needs a table of its own policy).
+    #[must_use]
+    pub fn policies_differ(&self) -> bool {
+        self.backends.values().any(|b| b.for_cluster != b.for_local)
+    }
+
+    /// The policy whose table the frontend's own entry points at: `Local`
+    /// only where it selects otherwise than `Cluster`.
+    #[must_use]
+    pub fn table_policy(&self) -> TrafficPolicy {
+        effective(self.policy, self.policies_differ())
+    }
+
+    /// Whether pods use another table than clients from outside (the
+    /// `Cluster` policy's, where the frontend's own follows `Local`).
     #[must_use]
     pub fn has_internal_table(&self) -> bool {
-        self.backends
-            .values()
-            .any(|b| b.selected != b.selected_internal)
+        let differ = self.policies_differ();
+        effective(self.policy, differ) == TrafficPolicy::Local
+            && effective(self.pods_policy, differ) == TrafficPolicy::Cluster
+    }
+
+    /// Whether new connections from outside (`pods`: from pods) may go to
+    /// the backend `info` of this frontend.
+    #[must_use]
+    pub fn selects(&self, info: &BackendInfo, pods: bool) -> bool {
+        let policy = if pods && self.has_internal_table() {
+            TrafficPolicy::Cluster
+        } else {
+            self.table_policy()
+        };
+        info.selected_under(policy)
+    }
+}
+
+/// The policy a frontend following `policy` uses: `Local` only where the
+/// two policies select differently (`differ`); else the one table serves.
+#[must_use]
+pub fn effective(policy: TrafficPolicy, differ: bool) -> TrafficPolicy {
+    if differ {
+        policy
+    } else {
+        TrafficPolicy::Cluster
     }
 }
 
@@ -152,8 +200,16 @@ pub struct DesiredFrontend {
     pub service: ObjectName,
     /// The Service port's name ("" when unnamed).
     pub port_name: String,
-    /// Backends (endpoint address and target port), ordered and unique.
+    /// The Service port's endpoints (address and target port), ordered and
+    /// unique: the same for every frontend of the port.
     pub backends: BTreeMap<SocketAddrV4, BackendInfo>,
+    /// The traffic policy the frontend follows for clients from outside the
+    /// cluster: `internalTrafficPolicy` for a cluster IP,
+    /// `externalTrafficPolicy` for the others.
+    pub policy: TrafficPolicy,
+    /// The one it follows for pods: a cluster IP's own, `Cluster` for the
+    /// others (kube-proxy's short-circuit of in-cluster traffic).
+    pub pods_policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` timeout in seconds (0: no affinity).
     pub affinity_timeout: u32,
     /// Whether the Service port has a usable endpoint anywhere in the

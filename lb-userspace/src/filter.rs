@@ -8,23 +8,37 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
 use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WORDS};
 
-use crate::applied::AppliedFrontend;
+use crate::{
+    applied::AppliedFrontend,
+    desired::{Frontend, Protocol},
+};
 
 /// The filter bits one applied frontend needs: its own (a node port's on
-/// each of its node-port addresses), and one per backend (selected or
-/// draining: both still send replies).
+/// each of its node-port addresses), and one per backend of its Service
+/// port (selected or draining: both still send replies).
 pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
-    let key = applied.frontend.key();
-    // A node port's bits are on its node-port addresses (an exact frontend
-    // lists none).
-    let exact = (!applied.frontend.is_node_port())
+    frontend_bits(applied.frontend, &applied.node_port_addrs).chain(backend_bits(
+        applied.backends.keys(),
+        applied.frontend.proto,
+    ))
+}
+
+/// A frontend's own filter bits: its address, or a node port's node-port
+/// addresses (an exact frontend lists none).
+pub fn frontend_bits(
+    frontend: Frontend,
+    node_port_addrs: &[Ipv4Addr],
+) -> impl Iterator<Item = u32> + '_ {
+    let key = frontend.key();
+    let exact = (!frontend.is_node_port())
         .then(|| filter_bit(FILTER_SEED_FRONTEND, key.addr, key.port, key.proto));
-    let node_port = applied.node_port_addrs.iter().map(move |a| {
+    let node_port = node_port_addrs.iter().map(move |a| {
         filter_bit(
             FILTER_SEED_FRONTEND,
             u32::from_ne_bytes(a.octets()),
@@ -32,16 +46,22 @@ pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
             key.proto,
         )
     });
-    let own = exact.into_iter().chain(node_port);
-    let backends = applied.backends.keys().map(move |addr| {
+    exact.into_iter().chain(node_port)
+}
+
+/// The filter bits of backends at `addrs` serving `proto`.
+pub fn backend_bits<'a>(
+    addrs: impl IntoIterator<Item = &'a SocketAddrV4> + 'a,
+    proto: Protocol,
+) -> impl Iterator<Item = u32> + 'a {
+    addrs.into_iter().map(move |addr| {
         filter_bit(
             FILTER_SEED_BACKEND,
             u32::from_ne_bytes(addr.ip().octets()),
             addr.port().to_be(),
-            key.proto,
+            proto.number(),
         )
-    });
-    own.into_iter().chain(backends)
+    })
 }
 
 /// Word writes of one plan: `before` goes ahead of every other operation
@@ -195,7 +215,7 @@ mod tests {
                 namespace: "default".into(),
                 name: "web".into(),
             },
-            port_name: String::new(),
+            port_name: None,
             entry: ServiceEntry::default(),
             backends: backends
                 .iter()
@@ -204,9 +224,10 @@ mod tests {
                         SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, b), 8080),
                         AppliedBackend {
                             id: u32::from(b),
+                            aliases: Vec::new(),
                             local: true,
-                            selected: true,
-                            selected_internal: true,
+                            for_cluster: true,
+                            for_local: true,
                         },
                     )
                 })

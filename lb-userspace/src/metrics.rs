@@ -71,13 +71,14 @@ pub struct MapLabels {
     pub map: String,
 }
 
-/// Labels of the per-service counters.
+/// Labels of the per-service counters: one Service port, all its frontends
+/// together (the data path counts by Service port).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     /// "namespace/name" of the Service.
     pub service: String,
-    /// "addr:port/PROTO" of the frontend.
-    pub frontend: String,
+    /// The Service port's name ("" when unnamed).
+    pub port: String,
 }
 
 /// The agent's own metrics, updated by the run loop.
@@ -225,12 +226,12 @@ impl Metrics {
         registry.register("map_operations", "Map writes", self.map_ops.clone());
         registry.register(
             "service_packets",
-            "Packets sent to a Service frontend (all CPUs)",
+            "Packets sent to a Service port, all its frontends together (all CPUs)",
             self.service_packets.clone(),
         );
         registry.register(
             "service_bytes",
-            "Bytes sent to a Service frontend, Ethernet header included (all CPUs)",
+            "Bytes sent to a Service port, Ethernet header included (all CPUs)",
             self.service_bytes.clone(),
         );
         registry.register(
@@ -336,14 +337,11 @@ impl Metrics {
         self.service_bytes.clear();
         let totals: std::collections::HashMap<u32, lb_common::ServiceStats> =
             maps.service_totals()?.into_iter().collect();
-        for (frontend, entry) in crate::status::frontends_by_id(&maps)? {
-            let Some(stats) = totals.get(&entry.0) else {
+        for (id, service, port) in crate::status::ports_by_id(&maps)? {
+            let Some(stats) = totals.get(&id) else {
                 continue;
             };
-            let labels = ServiceLabels {
-                service: entry.1,
-                frontend,
-            };
+            let labels = ServiceLabels { service, port };
             self.service_packets
                 .get_or_create(&labels)
                 .inner()

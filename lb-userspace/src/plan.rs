@@ -1,6 +1,13 @@
 //! From the desired state to an ordered list of map operations, keeping what
 //! is applied: ids, Maglev tables and their place in the slab.
 //!
+//! The frontends of one Service port (its cluster IP, external and
+//! load-balancer IPs, node port) share one service id, one backend entry
+//! per endpoint, and one Maglev table per traffic policy in use; each
+//! frontend's entry points at the table of its policy. So the backends
+//! array holds each endpoint once per Service port, however many frontends
+//! the port has.
+//!
 //! Order matters for packets in flight: new backends are written before the
 //! tables that point at them, a table before the service entry that publishes
 //! it, and a backend is cleared only after no published table points at it.
@@ -15,14 +22,13 @@ use std::{
 
 use lb_common::{
     Backend, BackendId, InternalTable, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
-    BACKEND_F_SELECTED, BACKEND_F_SELECTED_INTERNAL, MAX_BACKENDS, MAX_SERVICES,
-    SERVICE_F_INTERNAL_TABLE, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
+    BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL, MAX_BACKENDS, MAX_SERVICES,
+    SERVICE_F_INTERNAL_TABLE, SERVICE_F_LOCAL, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
 
 use crate::{
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, SourceRange},
-    filter::{self, FilterBits, FilterWrites},
-    maglev,
+    desired::{DesiredFrontend, DesiredState, Frontend, ObjectName, SourceRange, TrafficPolicy},
+    filter::{FilterBits, FilterWrites},
     slab::{IdAllocator, SlabAllocator},
 };
 
@@ -38,7 +44,8 @@ pub enum MapOp {
         /// Backend id of each slot.
         slots: Vec<BackendId>,
     },
-    /// Write the table pods use for a service id (before its entry says so).
+    /// Write where a service id's `Cluster` table is, for pods (before an
+    /// entry says to read it).
     SetInternalTable(u32, InternalTable),
     /// Publish (create or replace) a service entry.
     SetService(ServiceKey, ServiceEntry),
@@ -46,7 +53,8 @@ pub enum MapOp {
     DeleteService(ServiceKey),
     /// Clear a backend entry that nothing publishes any more.
     ClearBackend(BackendId),
-    /// Name a service id ("namespace/name") for `lb-agent status`.
+    /// Name a service id ("namespace/name:port") for `lb-agent status` and
+    /// a restarted agent.
     SetLabel(u32, String),
     /// Forget a service id's name.
     DeleteLabel(u32),
@@ -92,19 +100,43 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
-pub use crate::applied::{AppliedBackend, AppliedFrontend};
+pub use crate::applied::{AppliedBackend, AppliedFrontend, AppliedPort, AppliedTable, PortName};
+
+/// A Maglev table built ahead: its size, its members, and the member index
+/// of each slot.
+type Prebuilt = (u32, Vec<SocketAddrV4>, Vec<u32>);
+
+/// A frontend as the planner records it.
+#[derive(Clone, Debug)]
+struct PlacedFrontend {
+    /// Its Service port's id.
+    port: u32,
+    /// Its entry as written, if any.
+    entry: Option<ServiceEntry>,
+    /// The policy it follows for clients from outside.
+    policy: TrafficPolicy,
+    /// The policy it follows for pods.
+    pods_policy: TrafficPolicy,
+    /// Its source ranges (load-balancer IPs only), sorted.
+    source_ranges: Vec<SourceRange>,
+    /// A node port's node-port addresses.
+    node_port_addrs: Vec<Ipv4Addr>,
+}
 
 /// The applied state, and the planner of changes to it.
 #[derive(Debug)]
 pub struct Planner {
-    frontends: BTreeMap<Frontend, AppliedFrontend>,
+    frontends: BTreeMap<Frontend, PlacedFrontend>,
+    ports: BTreeMap<u32, AppliedPort>,
+    by_name: HashMap<PortName, u32>,
     slab: SlabAllocator,
     backend_ids: IdAllocator,
     service_ids: IdAllocator,
     filter: FilterBits,
-    /// Maglev tables built ahead for the plan under way: frontend -> (size, backend indices).
-    prebuilt: HashMap<Frontend, (u32, Vec<u32>)>,
-    /// Source ranges the maps hold, all frontends together.
+    /// Maglev tables built ahead for the plan under way: (port, policy) ->
+    /// (size, members, backend indices).
+    prebuilt: HashMap<(PortName, TrafficPolicy), Prebuilt>,
+    /// Source ranges the maps hold, all Service ports together.
     source_ranges: usize,
     /// The node-port addresses the maps hold.
     node_port_addrs: BTreeSet<Ipv4Addr>,
@@ -121,6 +153,17 @@ struct Ops {
     clears: Vec<MapOp>,
 }
 
+/// How `place` found the Service port of a frontend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Applied already.
+    Applied,
+    /// Adopted without a name, named now.
+    Claimed,
+    /// Created now.
+    Created,
+}
+
 impl Planner {
     /// A planner for empty maps with a slab of `slab_slots`; freed slots and ids wait `grace`.
     #[must_use]
@@ -135,6 +178,8 @@ impl Planner {
         Self {
             backend_capacity: backend_slots,
             frontends: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            by_name: HashMap::new(),
             slab: SlabAllocator::new(slab_slots, grace),
             backend_ids: IdAllocator::new(1, backend_slots, grace),
             service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
@@ -143,53 +188,6 @@ impl Planner {
             source_ranges: 0,
             node_port_addrs: BTreeSet::new(),
         }
-    }
-
-    /// A planner that takes over frontends an earlier agent applied: their
-    /// ids and slab ranges count as used, so the next plan changes only what
-    /// differs. Frontends whose ranges or ids collide are dropped from the
-    /// record (and so rewritten by the next plan). `filter_words` is what the
-    /// pass-through filter holds: the next plan sets the bits it lacks.
-    #[must_use]
-    pub fn adopt(
-        frontends: Vec<AppliedFrontend>,
-        filter_words: Vec<u64>,
-        slab_slots: u32,
-        grace: Duration,
-    ) -> Self {
-        Self::adopt_sized(frontends, filter_words, slab_slots, MAX_BACKENDS, grace)
-    }
-
-    /// [`Planner::adopt`] for a backends array of `backend_slots` entries.
-    #[must_use]
-    pub fn adopt_sized(
-        frontends: Vec<AppliedFrontend>,
-        filter_words: Vec<u64>,
-        slab_slots: u32,
-        backend_slots: u32,
-        grace: Duration,
-    ) -> Self {
-        let mut planner = Self::new_sized(slab_slots, backend_slots, grace);
-        planner.filter = FilterBits::new(filter_words).with_grace(grace);
-        for applied in frontends {
-            let ok = planner.service_ids.reserve(applied.entry.id)
-                && planner
-                    .slab
-                    .reserve(applied.entry.table_offset, applied.entry.table_size)
-                && applied
-                    .internal
-                    .is_none_or(|table| planner.slab.reserve(table.table_offset, table.table_size))
-                && applied
-                    .backends
-                    .values()
-                    .all(|b| planner.backend_ids.reserve(b.id));
-            if ok {
-                planner.source_ranges += applied.source_ranges.len();
-                planner.filter.add(filter::bits_of(&applied));
-                planner.frontends.insert(applied.frontend, applied);
-            }
-        }
-        planner
     }
 
     /// The planner with the node-port addresses the maps hold (from an
@@ -219,9 +217,47 @@ impl Planner {
         (Plan { ops: add }, Plan { ops: remove })
     }
 
-    /// The frontends as applied.
-    pub fn frontends(&self) -> impl Iterator<Item = &AppliedFrontend> {
-        self.frontends.values()
+    /// The frontends as applied, each as one view with its Service port's
+    /// backends.
+    pub fn frontends(&self) -> impl Iterator<Item = AppliedFrontend> + '_ {
+        self.frontends
+            .iter()
+            .map(|(frontend, placed)| self.view(*frontend, placed))
+    }
+
+    /// The applied frontends' keys.
+    pub fn frontend_keys(&self) -> impl Iterator<Item = Frontend> + '_ {
+        self.frontends.keys().copied()
+    }
+
+    /// How many frontends are applied.
+    #[must_use]
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// The Service ports as applied.
+    pub fn ports(&self) -> impl Iterator<Item = &AppliedPort> {
+        self.ports.values()
+    }
+
+    fn view(&self, frontend: Frontend, placed: &PlacedFrontend) -> AppliedFrontend {
+        let port = &self.ports[&placed.port];
+        let entry = placed.entry.unwrap_or_default();
+        AppliedFrontend {
+            frontend,
+            service: port.service.clone(),
+            port_name: port.name.as_ref().map(|n| n.port.clone()),
+            entry,
+            backends: port.backends.clone(),
+            source_ranges: port.source_ranges.clone(),
+            internal: if entry.flags & SERVICE_F_INTERNAL_TABLE == 0 {
+                None
+            } else {
+                port.internal_written.map(InternalTable::from)
+            },
+            node_port_addrs: placed.node_port_addrs.clone(),
+        }
     }
 
     /// The operations that turn the applied state into `desired`, which then
@@ -240,7 +276,8 @@ impl Planner {
 
     /// Like [`Planner::plan`] for the given frontends only: each is placed as
     /// `desired` has it, or removed when `desired` lacks it. The caller
-    /// vouches that every other frontend is unchanged.
+    /// vouches that every other frontend is unchanged (a Service port's
+    /// other frontends follow what its placed ones say it shares).
     pub fn plan_frontends(
         &mut self,
         desired: &DesiredState,
@@ -253,9 +290,6 @@ impl Planner {
         let mut ops = Ops::default();
         let mut errors = Vec::new();
         for frontend in frontends {
-            if let Some(old) = self.frontends.get(&frontend) {
-                self.filter.remove_at(filter::bits_of(old), now);
-            }
             if let Some(want) = desired.get(&frontend) {
                 if let Err(message) = self.place(frontend, want, &mut ops, now) {
                     errors.push(PlanError {
@@ -266,9 +300,6 @@ impl Planner {
                 }
             } else {
                 self.remove(frontend, &mut ops, now);
-            }
-            if let Some(new) = self.frontends.get(&frontend) {
-                self.filter.add(filter::bits_of(new));
             }
         }
         self.prebuilt.clear();
@@ -301,83 +332,9 @@ impl Planner {
         (Plan { ops }, errors)
     }
 
-    /// Builds, on every core, the Maglev tables of the frontends among
-    /// `frontends` whose table the plan will rebuild (a pure function of the
-    /// selected backends and the size, which `rebuild` decides alike).
-    fn prebuild(&mut self, desired: &DesiredState, frontends: &[Frontend]) {
-        let mut keys = Vec::new();
-        let mut jobs = Vec::new();
-        for frontend in frontends {
-            let Some(want) = desired.get(frontend) else {
-                continue;
-            };
-            let size = self.main_slots_to_write(*frontend, want);
-            if size > 0 {
-                let addrs: Vec<SocketAddrV4> = want
-                    .backends
-                    .iter()
-                    .filter(|(_, b)| b.selected)
-                    .map(|(a, _)| *a)
-                    .collect();
-                keys.push((*frontend, size));
-                jobs.push((addrs, size));
-            }
-        }
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let tables = maglev::build_tables(&jobs, threads);
-        self.prebuilt = keys
-            .into_iter()
-            .zip(tables)
-            .map(|((frontend, size), table)| (frontend, (size, table)))
-            .collect();
-    }
-
-    /// The Maglev slots planning `frontend` as `want` writes: its new
-    /// tables' sizes (the pods' table included), or 0 when its tables stay.
-    #[must_use]
-    pub fn slots_to_write(&self, frontend: &Frontend, want: &DesiredFrontend) -> u32 {
-        let current = self.frontends.get(frontend);
-        self.main_slots_to_write(*frontend, want)
-            + if current.is_some_and(|cur| same_table(cur, want)) {
-                0
-            } else {
-                internal_table_size(want, current)
-            }
-    }
-
-    /// The size of the main table planning `frontend` as `want` writes, or
-    /// 0 when its tables stay.
-    fn main_slots_to_write(&self, frontend: Frontend, want: &DesiredFrontend) -> u32 {
-        let current = self.frontends.get(&frontend);
-        if current.is_some_and(|cur| same_table(cur, want)) {
-            return 0;
-        }
-        maglev::table_size_for(
-            want.backends.values().filter(|b| b.selected).count(),
-            current.map_or(0, |c| c.entry.table_size),
-        )
-    }
-
-    fn remove(&mut self, frontend: Frontend, ops: &mut Ops, now: Instant) {
-        let Some(applied) = self.frontends.remove(&frontend) else {
-            return;
-        };
-        ops.deletes.push(MapOp::DeleteService(frontend.key()));
-        ops.deletes.push(MapOp::DeleteLabel(applied.entry.id));
-        ranges::update(applied.entry.id, &applied.source_ranges, &[], ops);
-        self.source_ranges -= applied.source_ranges.len();
-        for backend in applied.backends.values() {
-            ops.clears.push(MapOp::ClearBackend(backend.id));
-            self.backend_ids.free(backend.id, now);
-        }
-        self.slab
-            .free(applied.entry.table_offset, applied.entry.table_size, now);
-        if let Some(table) = applied.internal {
-            self.slab.free(table.table_offset, table.table_size, now);
-        }
-        self.service_ids.free(applied.entry.id, now);
-    }
-
+    /// Places `frontend` as `want` says, in its Service port (created, or
+    /// claimed from the adopted ones, if need be), and updates what the
+    /// port shares. On failure nothing changes.
     fn place(
         &mut self,
         frontend: Frontend,
@@ -385,121 +342,238 @@ impl Planner {
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        let had = self
-            .frontends
-            .get(&frontend)
-            .map_or(0, |cur| cur.source_ranges.len());
-        let ranges_after = ranges::count_after(self.source_ranges, had, want.source_ranges.len())?;
-        match self.frontends.get_mut(&frontend) {
-            Some(cur) if same_table(cur, want) => {
-                refresh(cur, want, ops);
+        let name = PortName {
+            service: want.service.clone(),
+            port: want.port_name.clone(),
+        };
+        let previous = self.frontends.get(&frontend).cloned();
+        let from = previous.as_ref().map(|p| p.port);
+        let (id, found) = self.find_port(&name, frontend, from, now)?;
+        self.frontends.insert(
+            frontend,
+            PlacedFrontend {
+                port: id,
+                entry: previous.as_ref().and_then(|p| p.entry),
+                policy: want.policy,
+                pods_policy: want.pods_policy,
+                source_ranges: want.source_ranges.clone(),
+                node_port_addrs: want.node_port_addrs.clone(),
+            },
+        );
+        self.port_mut(id).frontends.insert(frontend);
+        if let Err(message) = self.sync_port(id, Some(want), ops, now) {
+            if let Some(p) = previous {
+                self.frontends.insert(frontend, p);
+            } else {
+                self.frontends.remove(&frontend);
             }
-            current => {
-                let current = current.cloned();
-                let applied = self.rebuild(frontend, want, current.as_ref(), ops, now)?;
-                if let Some(cur) = current {
-                    self.retire(&cur, &applied, ops, now);
+            if from != Some(id) {
+                self.port_mut(id).frontends.remove(&frontend);
+            }
+            match found {
+                Found::Applied => {}
+                Found::Claimed => {
+                    self.port_mut(id).name = None;
+                    self.by_name.remove(&name);
                 }
-                self.frontends.insert(frontend, applied);
+                Found::Created => {
+                    self.ports.remove(&id);
+                    self.by_name.remove(&name);
+                    self.service_ids.free(id, now);
+                }
             }
+            return Err(message);
         }
-        self.source_ranges = ranges_after;
+        if found != Found::Applied {
+            ops.services.push(MapOp::SetLabel(id, name.label()));
+        }
+        if let Some(p) = &previous {
+            self.filter.remove_at(
+                crate::filter::frontend_bits(frontend, &p.node_port_addrs),
+                now,
+            );
+        }
+        self.filter.add(crate::filter::frontend_bits(
+            frontend,
+            &want.node_port_addrs,
+        ));
+        if let Some(old) = from.filter(|&old| old != id) {
+            self.leave(old, frontend, Some(id), ops, now);
+        }
         Ok(())
     }
-}
 
-/// The `SERVICE_F_*` bits of a frontend's service entry: it refuses new
-/// connections when it has no backend to select because its Service port
-/// has no usable endpoint anywhere (not when they are all elsewhere under a
-/// `Local` policy: that drops); it checks clients against its source ranges
-/// when it has some.
-#[must_use]
-pub fn service_flags(want: &DesiredFrontend) -> u32 {
-    let selected = want.backends.values().any(|b| b.selected);
-    let reject = if !selected && !want.has_endpoints {
-        SERVICE_F_REJECT
-    } else {
-        0
-    };
-    let ranges = if want.source_ranges.is_empty() {
-        0
-    } else {
-        SERVICE_F_SOURCE_RANGES
-    };
-    let internal = if want.has_internal_table() {
-        SERVICE_F_INTERNAL_TABLE
-    } else {
-        0
-    };
-    reject | ranges | internal
-}
+    /// The id of the Service port `name` (of `frontend`, now in port
+    /// `from`): applied, the adopted unnamed one `frontend` is in, or new.
+    fn find_port(
+        &mut self,
+        name: &PortName,
+        frontend: Frontend,
+        from: Option<u32>,
+        now: Instant,
+    ) -> Result<(u32, Found), String> {
+        if let Some(&id) = self.by_name.get(name) {
+            return Ok((id, Found::Applied));
+        }
+        if let Some(id) = from.filter(|id| self.ports[id].name.is_none()) {
+            let port = self.port_mut(id);
+            port.name = Some(name.clone());
+            port.service = name.service.clone();
+            self.by_name.insert(name.clone(), id);
+            return Ok((id, Found::Claimed));
+        }
+        let Some(id) = self.service_ids.alloc(now) else {
+            return Err(format!("more than {MAX_SERVICES} Service ports"));
+        };
+        self.by_name.insert(name.clone(), id);
+        self.ports.insert(
+            id,
+            AppliedPort {
+                id,
+                name: Some(name.clone()),
+                service: name.service.clone(),
+                proto: frontend.proto,
+                backends: BTreeMap::new(),
+                cluster_table: None,
+                local_table: None,
+                internal_written: None,
+                source_ranges: Vec::new(),
+                affinity_timeout: 0,
+                has_endpoints: false,
+                frontends: BTreeSet::new(),
+            },
+        );
+        Ok((id, Found::Created))
+    }
 
-/// Whether `want` has the same backends, and the same ones selected, as `cur`,
-/// and the same flags but for the source ranges': then the table stays (and
-/// the entry, unless the ranges come or go).
-fn same_table(cur: &AppliedFrontend, want: &DesiredFrontend) -> bool {
-    cur.entry.affinity_timeout == want.affinity_timeout
-        && cur.entry.flags & !SERVICE_F_SOURCE_RANGES
-            == service_flags(want) & !SERVICE_F_SOURCE_RANGES
-        && cur.backends.len() == want.backends.len()
-        && cur
-            .backends
-            .iter()
-            .zip(&want.backends)
-            .all(|((a, applied), (b, info))| {
-                a == b
-                    && applied.selected == info.selected
-                    && applied.selected_internal == info.selected_internal
-            })
-}
+    fn port_mut(&mut self, id: u32) -> &mut AppliedPort {
+        self.ports.get_mut(&id).expect("an applied Service port")
+    }
 
-/// Same table: at most `local` flags and names change.
-fn refresh(cur: &mut AppliedFrontend, want: &DesiredFrontend, ops: &mut Ops) {
-    let service_id = cur.entry.id;
-    for (addr, info) in &want.backends {
-        let applied = cur.backends.get_mut(addr).expect("same key set");
-        if applied.local != info.local {
-            applied.local = info.local;
-            ops.backends.push(MapOp::SetBackend(
-                applied.id,
-                backend_entry(*addr, *info, service_id),
-            ));
+    fn remove(&mut self, frontend: Frontend, ops: &mut Ops, now: Instant) {
+        let Some(placed) = self.frontends.remove(&frontend) else {
+            return;
+        };
+        ops.deletes.push(MapOp::DeleteService(frontend.key()));
+        self.filter.remove_at(
+            crate::filter::frontend_bits(frontend, &placed.node_port_addrs),
+            now,
+        );
+        self.leave(placed.port, frontend, None, ops, now);
+    }
+
+    /// `frontend` no longer points at Service port `id` (it moved to port
+    /// `into`, or went): the port goes with its last frontend, its backends
+    /// still in `into` becoming aliases there; else what it shares follows
+    /// its remaining frontends.
+    fn leave(
+        &mut self,
+        id: u32,
+        frontend: Frontend,
+        into: Option<u32>,
+        ops: &mut Ops,
+        now: Instant,
+    ) {
+        let port = self.port_mut(id);
+        port.frontends.remove(&frontend);
+        if port.frontends.is_empty() {
+            self.drop_port(id, into, ops, now);
+        } else if let Err(message) = self.sync_port(id, None, ops, now) {
+            // Fewer frontends never need more room.
+            log::error!("Service port {id} after its frontend {frontend} left: {message}");
         }
     }
-    if cur.service != want.service {
-        cur.service.clone_from(&want.service);
-        ops.services
-            .push(MapOp::SetLabel(service_id, want.service.to_string()));
-    }
-    if cur.port_name != want.port_name {
-        cur.port_name.clone_from(&want.port_name);
-    }
-    if cur.node_port_addrs != want.node_port_addrs {
-        cur.node_port_addrs.clone_from(&want.node_port_addrs);
-    }
-    if cur.source_ranges != want.source_ranges {
-        ranges::update(service_id, &cur.source_ranges, &want.source_ranges, ops);
-        cur.source_ranges.clone_from(&want.source_ranges);
-    }
-    let flags = service_flags(want);
-    if cur.entry.flags != flags {
-        cur.entry.flags = flags;
-        ops.services
-            .push(MapOp::SetService(cur.frontend.key(), cur.entry));
+
+    /// Removes Service port `id`, whose last frontend went (or moved to
+    /// port `into`): its entries, label, ranges and tables go; its
+    /// backends are cleared after everything else, but those of endpoints
+    /// that port `into` has become aliases there (rewritten as that port's
+    /// entries, after the frontends point at it), so the flows that use them
+    /// continue.
+    fn drop_port(&mut self, id: u32, into: Option<u32>, ops: &mut Ops, now: Instant) {
+        let Some(port) = self.ports.remove(&id) else {
+            return;
+        };
+        if let Some(name) = &port.name {
+            self.by_name.remove(name);
+        }
+        ops.deletes.push(MapOp::DeleteLabel(id));
+        ranges::update(id, &port.source_ranges, &[], ops);
+        self.source_ranges -= port.source_ranges.len();
+        self.filter.remove_at(
+            crate::filter::backend_bits(port.backends.keys(), port.proto),
+            now,
+        );
+        for (addr, gone) in &port.backends {
+            let heir = into
+                .and_then(|to| self.ports.get_mut(&to))
+                .and_then(|to| Some((to.id, to.backends.get_mut(addr)?)));
+            if let Some((heir_id, heir)) = heir {
+                let entry = backend_entry(*addr, heir, heir_id);
+                for alias in gone.ids() {
+                    ops.clears.push(MapOp::SetBackend(alias, entry));
+                    heir.aliases.push(alias);
+                }
+            } else {
+                for backend in gone.ids() {
+                    ops.clears.push(MapOp::ClearBackend(backend));
+                    self.backend_ids.free(backend, now);
+                }
+            }
+        }
+        for table in [port.cluster_table, port.local_table].into_iter().flatten() {
+            self.free_slots(table.offset, table.size, now);
+        }
+        self.service_ids.free(id, now);
     }
 }
 
-/// The backends-array entry of an endpoint of service `service_id`.
+/// The `SERVICE_F_*` bits of a frontend's service entry, for its table of
+/// policy `main` (holding `count` backends), with the `Cluster` table for
+/// pods (`internal`), in a Service port with or without endpoints anywhere:
+/// it refuses new connections when it has no backend to select because
+/// its Service port has no usable endpoint anywhere (not when they are all
+/// elsewhere under a `Local` policy: that drops); it checks clients
+/// against its source ranges when it has some.
 #[must_use]
-pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> Backend {
+pub fn service_flags(
+    main: TrafficPolicy,
+    internal: bool,
+    count: u32,
+    has_endpoints: bool,
+    has_ranges: bool,
+) -> u32 {
+    let mut flags = 0;
+    if count == 0 && !has_endpoints {
+        flags |= SERVICE_F_REJECT;
+    }
+    if has_ranges {
+        flags |= SERVICE_F_SOURCE_RANGES;
+    }
+    if internal {
+        flags |= SERVICE_F_INTERNAL_TABLE;
+    }
+    if main == TrafficPolicy::Local {
+        flags |= SERVICE_F_LOCAL;
+    }
+    flags
+}
+
+/// The backends-array entry of an endpoint of service id `service_id`.
+#[must_use]
+pub fn backend_entry(addr: SocketAddrV4, backend: &AppliedBackend, service_id: u32) -> Backend {
     Backend {
         addr: u32::from_ne_bytes(addr.ip().octets()),
         port: addr.port().to_be(),
         flags: BACKEND_F_ACTIVE
-            | if info.local { BACKEND_F_LOCAL } else { 0 }
-            | if info.selected { BACKEND_F_SELECTED } else { 0 }
-            | if info.selected_internal {
-                BACKEND_F_SELECTED_INTERNAL
+            | if backend.local { BACKEND_F_LOCAL } else { 0 }
+            | if backend.for_cluster {
+                BACKEND_F_SELECTED
+            } else {
+                0
+            }
+            | if backend.for_local {
+                BACKEND_F_SELECTED_LOCAL
             } else {
                 0
             },
@@ -508,9 +582,11 @@ pub fn backend_entry(addr: SocketAddrV4, info: BackendInfo, service_id: u32) -> 
     }
 }
 
+mod adopt;
+mod port;
 mod ranges;
-mod tables;
 
-use self::tables::internal_table_size;
+#[cfg(test)]
+mod sharing_tests;
 #[cfg(test)]
 mod tests;

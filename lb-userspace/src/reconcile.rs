@@ -338,8 +338,7 @@ impl Reconciler {
         // As `Planner::plan`: the frontends that go, then every desired one.
         let gone = self
             .planner
-            .frontends()
-            .map(|applied| applied.frontend)
+            .frontend_keys()
             .filter(|f| !self.desired.contains_key(f));
         let frontends = gone.chain(self.desired.keys().copied()).collect();
         let all = self.index.warnings(cluster);

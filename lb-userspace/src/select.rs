@@ -179,13 +179,20 @@ pub fn service_state(
         let endpoints = endpoints_for(port, &slices, node);
         let all: Vec<&Candidate<'_>> = endpoints.iter().collect();
         let has_endpoints = !usable(&all).is_empty();
-        for (frontend, policy, pods_policy) in frontends(service, port) {
+        let port_frontends = frontends(service, port);
+        let uses_local = port_frontends.iter().any(|(_, policy, pods)| {
+            *policy == TrafficPolicy::Local || *pods == TrafficPolicy::Local
+        });
+        let backends = choose(&endpoints, uses_local, node);
+        for (frontend, policy, pods_policy) in port_frontends {
             out.push((
                 frontend,
                 DesiredFrontend {
                     service: service.name.clone(),
                     port_name: port.name.clone(),
-                    backends: choose(&endpoints, policy, pods_policy, node),
+                    backends: backends.clone(),
+                    policy,
+                    pods_policy,
                     affinity_timeout: service.affinity_timeout.unwrap_or(0),
                     has_endpoints,
                     source_ranges: source_ranges::of_frontend(service, frontend, node),
@@ -292,27 +299,28 @@ fn endpoints_for<'a>(
     seen.into_values().collect()
 }
 
-/// Every candidate as a backend, selected for clients from outside as
-/// `policy` and the conditions say, and for pods as `pods_policy` says.
+/// Every candidate as a backend of the Service port, with whether each
+/// policy selects it; without a frontend that follows `Local`
+/// (`uses_local`), `Local` selects as `Cluster` does (so the port keeps one
+/// table).
 fn choose(
     candidates: &[Candidate<'_>],
-    policy: TrafficPolicy,
-    pods_policy: TrafficPolicy,
+    uses_local: bool,
     node: &NodeInfo,
 ) -> BTreeMap<SocketAddrV4, BackendInfo> {
-    let selected = selection(candidates, policy, node);
-    let for_pods = if pods_policy == policy {
-        selected.clone()
+    let for_cluster = selection(candidates, TrafficPolicy::Cluster, node);
+    let for_local = if uses_local {
+        selection(candidates, TrafficPolicy::Local, node)
     } else {
-        selection(candidates, pods_policy, node)
+        for_cluster.clone()
     };
     candidates
         .iter()
         .map(|c| {
             let info = BackendInfo {
                 local: c.local,
-                selected: selected.contains(&c.addr),
-                selected_internal: for_pods.contains(&c.addr),
+                for_cluster: for_cluster.contains(&c.addr),
+                for_local: for_local.contains(&c.addr),
             };
             (c.addr, info)
         })

@@ -62,24 +62,31 @@ pub fn read(
     Ok((frontends, maps.verdict_totals()?))
 }
 
-/// Every frontend as "addr:port/PROTO" with its (service id, "namespace/name").
-pub fn frontends_by_id(maps: &Maps) -> Result<Vec<(String, (u32, String))>> {
+/// Every labelled service id with its Service ("namespace/name") and port name.
+pub fn ports_by_id(maps: &Maps) -> Result<Vec<(u32, String, String)>> {
     let mut out = Vec::new();
-    for item in &maps.services {
-        let (key, entry) = item?;
-        out.push((
-            frontend_name(key),
-            (entry.id, service_label(maps, entry.id)),
-        ));
+    for item in &maps.labels {
+        let (id, label) = item?;
+        let label = decode_label(&label);
+        let (service, port) = label.rsplit_once(':').unwrap_or((label.as_str(), ""));
+        out.push((id, service.to_string(), port.to_string()));
     }
     Ok(out)
 }
 
-/// "namespace/name" of a service id, or "service #id" without a label.
+/// "namespace/name" of a service id's Service (its label without the port
+/// name), or "service #id" without a label.
 fn service_label(maps: &Maps, id: u32) -> String {
-    maps.labels
-        .get(&id, 0)
-        .map_or_else(|_| format!("service #{id}"), |l| decode_label(&l))
+    maps.labels.get(&id, 0).map_or_else(
+        |_| format!("service #{id}"),
+        |l| {
+            let label = decode_label(&l);
+            match label.rsplit_once(':') {
+                Some((service, _)) => service.to_string(),
+                None => label,
+            }
+        },
+    )
 }
 
 fn frontend_name(key: lb_common::ServiceKey) -> String {

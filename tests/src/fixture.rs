@@ -9,7 +9,9 @@ use std::{
 
 use lb_userspace::{
     datapath::Datapath,
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol},
+    desired::{
+        BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol, TrafficPolicy,
+    },
     flows::FlowSettings,
     plan::Planner,
 };
@@ -42,12 +44,14 @@ pub fn frontend(
                         SocketAddrV4::new(ip, port),
                         BackendInfo {
                             local,
-                            selected: true,
-                            selected_internal: true,
+                            for_cluster: true,
+                            for_local: true,
                         },
                     )
                 })
                 .collect(),
+            policy: TrafficPolicy::Cluster,
+            pods_policy: TrafficPolicy::Cluster,
             affinity_timeout: 0,
             has_endpoints: !backends.is_empty(),
             source_ranges: Vec::new(),
@@ -56,9 +60,10 @@ pub fn frontend(
     )
 }
 
-/// A frontend under a `Local` traffic policy on a node without a local
-/// endpoint: its Service's endpoints (address, port) are all on other nodes,
-/// listed but not selected (kept only for established flows), so new
+/// A frontend under a `Local` traffic policy (for every client, as a
+/// cluster IP's `internalTrafficPolicy`) on a node without a local
+/// endpoint: its Service's endpoints (address, port) are all on other
+/// nodes, listed but not selected (kept only for established flows), so new
 /// connections drop rather than being refused.
 #[must_use]
 pub fn frontend_without_local_endpoints(
@@ -68,6 +73,8 @@ pub fn frontend_without_local_endpoints(
     backends: &[(Ipv4Addr, u16)],
 ) -> (Frontend, DesiredFrontend) {
     let (frontend, mut desired) = frontend(addr, port, proto, &[]);
+    desired.policy = TrafficPolicy::Local;
+    desired.pods_policy = TrafficPolicy::Local;
     desired.backends = backends
         .iter()
         .map(|&(ip, port)| {
@@ -75,8 +82,8 @@ pub fn frontend_without_local_endpoints(
                 SocketAddrV4::new(ip, port),
                 BackendInfo {
                     local: false,
-                    selected: false,
-                    selected_internal: false,
+                    for_cluster: true,
+                    for_local: false,
                 },
             )
         })

@@ -1,6 +1,14 @@
 //! Pins of the previous layouts, made from the current one: what an agent
-//! of layout v4 or v3 would have left under a pin directory, for hand-over
-//! tests.
+//! of layout v5, v4 or v3 would have left under a pin directory, for
+//! hand-over tests.
+//!
+//! v5 had the maps of v6, of the same shapes, but one service id per
+//! frontend, labelled "namespace/name", and no `SERVICE_F_LOCAL`: for a
+//! state where each Service port has one frontend and no `Local` policy,
+//! v5 wrote the same entries but the labels. [`make_v5`] renames the layout
+//! directory and strips the port names from the labels (it refuses other
+//! states). To make what v5 wrote for several frontends of one Service
+//! port, program each with a port name of its own.
 //!
 //! v4 kept every map of v5 but `SOURCE_RANGES`, `INTERNAL_TABLES` and
 //! `NODE_PORT_ADDRS`, with
@@ -30,10 +38,11 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
-    conntrack::CtState, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry,
-    BACKEND_F_SELECTED_INTERNAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
-    MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS, MAP_REVNAT,
-    MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES, MAP_VERDICTS,
+    conntrack::CtState, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
+    ServiceKey, ServiceLabel, BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT,
+    IPPROTO_TCP, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES,
+    MAP_NODE_PORT_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED,
+    MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL,
 };
 use lb_userspace::datapath::PIN_LAYOUT;
 
@@ -41,6 +50,8 @@ use lb_userspace::datapath::PIN_LAYOUT;
 pub const V3: &str = "v3";
 /// The layout [`make_v4`] makes.
 pub const V4: &str = "v4";
+/// The layout [`make_v5`] makes.
+pub const V5: &str = "v5";
 /// Length of v4's event counters (v5 added `source_range_denied`).
 pub const V4_EVENTS: u32 = 10;
 
@@ -92,16 +103,58 @@ pub struct Written {
     pub reverse: usize,
 }
 
-/// Turns the pins an agent of layout v5 left under `pin_dir` (its
-/// `--pin-dir`; the agent gone) into those an agent of layout v4 would have
-/// left: the same maps and entries, without `SOURCE_RANGES`, with the
-/// first [`V4_EVENTS`] event counters.
-pub fn make_v4(pin_dir: &Path) -> Result<()> {
+/// Turns the pins an agent of layout v6 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v5 would have
+/// left: the same maps and entries, each label without its port name.
+/// Refuses a state v5 could not have written (a service id shared by
+/// frontends, a frontend following `Local`).
+pub fn make_v5(pin_dir: &Path) -> Result<()> {
     ensure!(
-        PIN_LAYOUT == "v5",
+        PIN_LAYOUT == "v6",
         "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
     );
-    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V4));
+    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V5));
+    ensure!(!to.exists(), "{} exists already", to.display());
+    let services: HashMap<MapData, ServiceKey, ServiceEntry> =
+        HashMap::try_from(Map::HashMap(open(&from, MAP_SERVICES)?))?;
+    let mut ids = std::collections::BTreeSet::new();
+    for item in &services {
+        let (key, entry) = item?;
+        ensure!(
+            ids.insert(entry.id),
+            "service id {} is shared (frontend {key:?}): v5 gave each frontend its own",
+            entry.id
+        );
+        ensure!(
+            entry.flags & SERVICE_F_LOCAL == 0,
+            "frontend {key:?} follows Local: v5 wrote no such flag"
+        );
+    }
+    let mut labels: HashMap<MapData, u32, ServiceLabel> =
+        HashMap::try_from(Map::HashMap(open(&from, MAP_SERVICE_LABELS)?))?;
+    let all = labels.iter().collect::<Result<Vec<_>, _>>()?;
+    for (id, mut label) in all {
+        let end = label
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(label.bytes.len());
+        if let Some(colon) = label.bytes[..end].iter().rposition(|&b| b == b':') {
+            label.bytes[colon..].fill(0);
+            labels.insert(id, label, 0)?;
+        }
+    }
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+}
+
+/// Turns the pins an agent of layout v6 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v4 would have
+/// left: those of [`make_v5`], without `SOURCE_RANGES`, with the
+/// first [`V4_EVENTS`] event counters.
+pub fn make_v4(pin_dir: &Path) -> Result<()> {
+    make_v5(pin_dir)?;
+    let (from, to) = (pin_dir.join(V5), pin_dir.join(V4));
     ensure!(!to.exists(), "{} exists already", to.display());
     let events = read_counters(&from, MAP_EVENTS, V4_EVENTS)?;
     std::fs::rename(&from, &to)
@@ -113,31 +166,29 @@ pub fn make_v4(pin_dir: &Path) -> Result<()> {
     write_counters(&to, MAP_EVENTS, events)
 }
 
-/// Clears `BACKEND_F_SELECTED_INTERNAL` (new in v5) on every backend in `dir`.
+/// Clears the backend flag v5 added (`BACKEND_F_SELECTED_INTERNAL` then,
+/// `BACKEND_F_SELECTED_LOCAL` since v6) on every backend in `dir`.
 fn clear_pod_selection(dir: &Path) -> Result<()> {
     let mut backends: Array<MapData, Backend> =
         Array::try_from(Map::Array(open(dir, MAP_BACKENDS)?))?;
     for index in 0..backends.len() {
         let mut backend = backends.get(&index, 0)?;
-        if backend.flags & BACKEND_F_SELECTED_INTERNAL != 0 {
-            backend.flags &= !BACKEND_F_SELECTED_INTERNAL;
+        if backend.flags & BACKEND_F_SELECTED_LOCAL != 0 {
+            backend.flags &= !BACKEND_F_SELECTED_LOCAL;
             backends.set(index, backend, 0)?;
         }
     }
     Ok(())
 }
 
-/// Turns the pins an agent of layout v5 left under `pin_dir` (its
+/// Turns the pins an agent of layout v6 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v3 would have
-/// left. With `bogus_marks`, every translated TCP flow that was answered
+/// left (through [`make_v5`]). With `bogus_marks`, every translated TCP flow that was answered
 /// carries v3's [`V3_BOGUS_MARKS`] and a closing time, as v3 wrote them
 /// after a handshake.
 pub fn make_v3(pin_dir: &Path, bogus_marks: bool) -> Result<Written> {
-    ensure!(
-        PIN_LAYOUT == "v5",
-        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
-    );
-    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V3));
+    make_v5(pin_dir)?;
+    let (from, to) = (pin_dir.join(V5), pin_dir.join(V3));
     ensure!(!to.exists(), "{} exists already", to.display());
     // Everything is read before anything changes.
     let flows: HashMap<MapData, FlowKey, CtEntry> =

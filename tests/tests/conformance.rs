@@ -8,11 +8,12 @@
 //! One line per frontend in the maps:
 //! `default/web 10.96.0.10:80/TCP -> A, B | pods -> A, B, C | kept D | affinity 60s | from 10.0.0.0/8`
 //! - `->`: the backends new connections from outside the cluster go to
-//!   (`selected`); `drop` when none and the Service has endpoints elsewhere,
+//!   (flagged for the policy the entry follows: `BACKEND_F_SELECTED`, or
+//!   `BACKEND_F_SELECTED_LOCAL` under `SERVICE_F_LOCAL`); `drop` when none and the Service has endpoints elsewhere,
 //!   `reject` when it has none (the entry's `SERVICE_F_REJECT`).
 //! - `| pods ->`: only on a frontend with a table of its own for pods
-//!   (`SERVICE_F_INTERNAL_TABLE`): the backends pods go to
-//!   (`selected_internal`); an external frontend of an
+//!   (`SERVICE_F_INTERNAL_TABLE`): the backends pods go to (the `Cluster`
+//!   policy's, `BACKEND_F_SELECTED`); an external frontend of an
 //!   `externalTrafficPolicy: Local` Service (item 2).
 //! - `| kept`: backends listed for established flows only (selected for
 //!   neither: not ready, terminating, filtered out); kube-proxy has no such
@@ -20,7 +21,8 @@
 //! - `| affinity`: the entry's `sessionAffinity: ClientIP` timeout.
 //! - `| at`: a node port's (`*:port`) node-port addresses (item 10), as
 //!   read back from the maps.
-//! - `| from`: the frontend's source ranges (`SERVICE_F_SOURCE_RANGES`).
+//! - `| from`: the source ranges a frontend flagged `SERVICE_F_SOURCE_RANGES`
+//!   checks (its Service port's).
 //! - Inconsistencies between flags, tables and backends get a line of their
 //!   own, so they fail every row.
 //!
@@ -255,16 +257,16 @@ fn read_back(pin_dir: &Path) -> Vec<String> {
 }
 
 fn line(f: &AppliedFrontend) -> String {
-    let pick = |want: fn(&AppliedBackend) -> bool| -> Vec<String> {
+    let pick = |want: &dyn Fn(&AppliedBackend) -> bool| -> Vec<String> {
         f.backends
             .iter()
             .filter(|(_, b)| want(b))
             .map(|(addr, _)| addr.to_string())
             .collect()
     };
-    let outside = pick(|b| b.selected);
-    let pods = pick(|b| b.selected_internal);
-    let kept = pick(|b| !b.selected && !b.selected_internal);
+    let outside = pick(&|b| f.selects(b, false));
+    let pods = pick(&|b| f.selects(b, true));
+    let kept = pick(&|b| !f.selects(b, false) && !f.selects(b, true));
     let flags = f.entry.flags;
     let reject = flags & SERVICE_F_REJECT != 0;
     let list = |backends: &[String]| match (backends.is_empty(), reject) {
@@ -304,11 +306,12 @@ fn line(f: &AppliedFrontend) -> String {
         let at: Vec<String> = f.node_port_addrs.iter().map(ToString::to_string).collect();
         parts.push(format!("at {}", at.join(", ")));
     }
-    let flagged = flags & SERVICE_F_SOURCE_RANGES != 0;
-    if flagged || !f.source_ranges.is_empty() {
+    // The ranges are the Service port's, shared by its frontends: only the
+    // flagged ones (load-balancer IPs) check them.
+    if flags & SERVICE_F_SOURCE_RANGES != 0 {
         let ranges: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
-        let unflagged = if flagged { "" } else { " (not flagged)" };
-        parts.push(format!("from {}{unflagged}", ranges.join(", ")));
+        let none = if ranges.is_empty() { "(none)" } else { "" };
+        parts.push(format!("from {}{none}", ranges.join(", ")));
     }
     parts.join(" | ")
 }

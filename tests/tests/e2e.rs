@@ -369,14 +369,12 @@ fn metrics_follow_real_traffic_and_probes_answer() {
         counter(&after, "lb_packets_total{verdict=\"reversed\"}") >= reversed + 20 * 4,
         "{after}"
     );
-    let web =
-        "lb_service_packets_total{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    let web = "lb_service_packets_total{service=\"default/web-service\",port=\"http\"}";
     assert!(
         counter(&after, web) >= 20 * 5,
         "per-service packets: {after}"
     );
-    let bytes =
-        "lb_service_bytes_total{service=\"default/web-service\",frontend=\"10.96.0.10:80/TCP\"}";
+    let bytes = "lb_service_bytes_total{service=\"default/web-service\",port=\"http\"}";
     assert!(
         counter(&after, bytes) >= counter(&after, web) * 54,
         "per-service bytes: {after}"

@@ -219,7 +219,9 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
     assert!(!on_b.is_empty(), "some of 40 flows went to POD_B");
     // POD_B terminates: listed but not selected.
     let (fe, mut desired) = frontend(VIP, 80, Protocol::Tcp, &both);
-    desired.backends.values_mut().nth(1).unwrap().selected = false;
+    let unselected = desired.backends.values_mut().nth(1).unwrap();
+    unselected.for_cluster = false;
+    unselected.for_local = false;
     apply(&mut dp, &mut planner, &[(fe, desired.clone())]);
     for &sport in &on_b {
         let (_, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).ack().build());
@@ -238,7 +240,9 @@ fn a_draining_backend_keeps_its_flows_and_gets_no_new_ones() {
         );
     }
     // Even with no backend left for new connections, established ones continue.
-    desired.backends.values_mut().next().unwrap().selected = false;
+    let unselected = desired.backends.values_mut().next().unwrap();
+    unselected.for_cluster = false;
+    unselected.for_local = false;
     apply(&mut dp, &mut planner, &[(fe, desired)]);
     let (ret, out) = dp.run_xdp(&tcp(CLIENT, on_b[0], VIP, 80).ack().build());
     assert_eq!(
@@ -275,7 +279,9 @@ fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
 
     // The remembered backend stops taking new connections: the client moves, then sticks.
     let gone = SocketAddrV4::new(first, 8080);
-    desired.backends.get_mut(&gone).unwrap().selected = false;
+    let unselected = desired.backends.get_mut(&gone).unwrap();
+    unselected.for_cluster = false;
+    unselected.for_local = false;
     apply(&mut dp, &mut planner, &[(fe, desired)]);
     let second = dst(&dp, CLIENT, 46000);
     assert_ne!(second, first);

@@ -1,6 +1,6 @@
 //! The pinned state across agents: hand-overs from the previous pin layouts
-//! (v4, v3) that keep every flow and its SNAT port, and LRU evictions made
-//! visible. Packets go through the real programs with `BPF_PROG_TEST_RUN`.
+//! (v5, v4, v3) that keep every flow and its SNAT port, and LRU evictions
+//! made visible. Packets go through the real programs with `BPF_PROG_TEST_RUN`.
 //! Needs root.
 
 // Metrics are parsed as f64; the counts here are integers far below 2^53, so exact.
@@ -39,6 +39,8 @@ use lb_userspace::{
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// An external IP of the web service (the v5 hand-over).
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const SLAB: u32 = 1 << 16;
@@ -80,6 +82,8 @@ const V3_POOL: RangeInclusive<u16> = 61_000..=61_127;
 
 /// One client flow of the web service and what the programs made of it.
 struct WebFlow {
+    /// The frontend address it went to.
+    dst: Ipv4Addr,
     /// The client's port.
     sport: u16,
     /// Its SNAT port, when it goes to the remote backend.
@@ -103,7 +107,7 @@ impl WebFlow {
 
     /// Sends the client's and the backend's data segments.
     fn exchange(&self, agent: &TestDatapath) -> ((u32, Vec<u8>), (u32, Vec<u8>)) {
-        let forward = agent.run_xdp(&Packet::tcp(CLIENT, self.sport, VIP, 80).ack().build());
+        let forward = agent.run_xdp(&Packet::tcp(CLIENT, self.sport, self.dst, 80).ack().build());
         let (reply, uplink) = self.backend_segment(Packet::ack);
         let reply = if uplink {
             agent.run_xdp(&reply.build())
@@ -113,10 +117,15 @@ impl WebFlow {
         (forward, reply)
     }
 
-    /// A connection through `agent`: SYN, the backend's SYN-ACK, the client's
-    /// ACK, then data both ways.
+    /// A connection through `agent` to the cluster IP: SYN, the backend's
+    /// SYN-ACK, the client's ACK, then data both ways.
     fn open(agent: &TestDatapath, sport: u16) -> Self {
-        let (ret, syn) = agent.run_xdp(&Packet::tcp(CLIENT, sport, VIP, 80).syn().build());
+        Self::open_at(agent, VIP, sport)
+    }
+
+    /// [`WebFlow::open`] to frontend address `dst`.
+    fn open_at(agent: &TestDatapath, dst: Ipv4Addr, sport: u16) -> Self {
+        let (ret, syn) = agent.run_xdp(&Packet::tcp(CLIENT, sport, dst, 80).syn().build());
         assert_eq!(ret, XDP_PASS, "flow {sport}");
         let backend = dst_of(&syn);
         assert!(
@@ -130,6 +139,7 @@ impl WebFlow {
             "SNAT to the remote one only"
         );
         let mut flow = Self {
+            dst,
             sport,
             snat,
             forward: (0, vec![]),
@@ -144,14 +154,14 @@ impl WebFlow {
         assert_eq!(ret, if uplink { XDP_PASS } else { TC_ACT_OK });
         assert_eq!(
             out,
-            Packet::tcp(VIP, 80, CLIENT, sport).synack().build(),
+            Packet::tcp(dst, 80, CLIENT, sport).synack().build(),
             "the SYN-ACK of flow {sport} is translated back"
         );
         (flow.forward, flow.reply) = flow.exchange(agent);
         assert_eq!(flow.forward.0, XDP_PASS);
         assert_eq!(
             flow.reply.1,
-            Packet::tcp(VIP, 80, CLIENT, sport).ack().build()
+            Packet::tcp(dst, 80, CLIENT, sport).ack().build()
         );
         flow
     }
@@ -246,7 +256,7 @@ fn fill_pool(
 
 #[test]
 fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
-    assert_eq!(PIN_LAYOUT, "v5", "the earlier layout made below is v3");
+    assert_eq!(PIN_LAYOUT, "v6", "the earlier layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
     let _pins = Pins(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
@@ -333,8 +343,76 @@ fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
 }
 
 #[test]
+fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flows() {
+    assert_eq!(PIN_LAYOUT, "v6", "the previous layout made below is v5");
+    let pin_dir = unique_pin_dir("handover-v5");
+    let _pins = Pins(pin_dir.clone());
+    let at = |addr: Ipv4Addr, port_name: &str| {
+        let (mut fe, mut desired) = web(true);
+        fe.addr = addr;
+        desired.port_name = port_name.to_string();
+        (fe, desired)
+    };
+    // v5 gave each frontend a service id, backends and a table of its own:
+    // as v6 does for two Service ports, which `make_v5` relabels as v5 did.
+    let flows: Vec<WebFlow> = {
+        let mut old = load_agent(&pin_dir, V3_POOL, false);
+        program(&mut old, &[at(VIP, "v5-a"), at(EXTERNAL, "v5-b")]);
+        let to_vip = (43000..43010).map(|sport| WebFlow::open(&old, sport));
+        let to_external = (43100..43110).map(|sport| WebFlow::open_at(&old, EXTERNAL, sport));
+        to_vip.chain(to_external).collect()
+    };
+    legacy::make_v5(&pin_dir).unwrap();
+
+    let mut new = load_agent(&pin_dir, V3_POOL, true);
+    assert!(new.datapath_mut().adopted(), "the services came along");
+    assert_unchanged(&new, &flows, "during the hand-over");
+    new.datapath_mut().finish_handover().unwrap();
+
+    // The first sync: both frontends of the one Service port `http`.
+    let dp = new.datapath_mut();
+    let mut planner = Planner::adopt(
+        dp.maps.applied_frontends().unwrap(),
+        dp.maps.filter.words(),
+        dp.maps.slab.slots(),
+        Duration::ZERO,
+    );
+    let desired = [at(VIP, "http"), at(EXTERNAL, "http")]
+        .into_iter()
+        .collect();
+    let (plan, errors) = planner.plan(&desired, Instant::now());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        plan.ops
+            .iter()
+            .all(|op| !matches!(op, MapOp::ClearBackend(_))),
+        "every endpoint stays: no backend entry is cleared: {:?}",
+        plan.ops
+    );
+    dp.maps.apply(&plan.ops).unwrap();
+    let applied = dp.maps.applied_frontends().unwrap();
+    let ids: BTreeSet<u32> = applied.iter().map(|f| f.entry.id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one service id for both frontends: {applied:?}"
+    );
+    assert_eq!(planner.ports().count(), 1);
+    assert!(
+        planner
+            .ports()
+            .all(|p| p.backends.values().all(|b| b.aliases.len() == 1)),
+        "the other frontend's entries are kept for its flows"
+    );
+    assert_unchanged(&new, &flows, "once the frontends share a Service port");
+    // New connections through either frontend still open.
+    WebFlow::open(&new, 44000);
+    WebFlow::open_at(&new, EXTERNAL, 44001);
+}
+
+#[test]
 fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ranges() {
-    assert_eq!(PIN_LAYOUT, "v5", "the previous layout made below is v4");
+    assert_eq!(PIN_LAYOUT, "v6", "the layout made below is v4");
     let pin_dir = unique_pin_dir("handover-v4");
     let _pins = Pins(pin_dir.clone());
     let flows: Vec<WebFlow> = {

@@ -47,8 +47,8 @@ const RACE_BUDGET: Duration = Duration::from_mins(1);
 /// The id the planner gave backend `addr`:`port`.
 fn backend_id(planner: &Planner, addr: Ipv4Addr, port: u16) -> u32 {
     planner
-        .frontends()
-        .find_map(|f| f.backends.get(&SocketAddrV4::new(addr, port)))
+        .ports()
+        .find_map(|p| p.backends.get(&SocketAddrV4::new(addr, port)))
         .expect("the backend is applied")
         .id
 }

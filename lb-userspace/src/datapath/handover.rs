@@ -15,7 +15,7 @@ use aya::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
     ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SourceRangeKey, BACKEND_F_ACTIVE,
-    BACKEND_F_SELECTED, BACKEND_F_SELECTED_INTERNAL, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
+    BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS,
     MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
@@ -151,12 +151,13 @@ fn copy_lpm<K: Pod, V: Pod>(old: &Path, new: &Path) -> Result<()> {
 }
 
 /// Gives every active backend selected for new connections the flag that
-/// selects it for pods too.
+/// selects it under the `Local` policy too: a v4 frontend had one table,
+/// for every client, and no entry reads the flag before the first sync.
 fn select_for_pods_as_before(backends: &mut Array<MapData, Backend>) -> Result<()> {
     for index in 0..backends.len() {
         let mut backend = backends.get(&index, 0)?;
         if backend.flags & BACKEND_F_ACTIVE != 0 && backend.flags & BACKEND_F_SELECTED != 0 {
-            backend.flags |= BACKEND_F_SELECTED_INTERNAL;
+            backend.flags |= BACKEND_F_SELECTED_LOCAL;
             backends.set(index, backend, 0)?;
         }
     }

@@ -16,7 +16,7 @@ use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v5";
+pub const PIN_LAYOUT: &str = "v6";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
@@ -35,8 +35,34 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_369_264_402_183_749_549;
 /// ports, one frontend per node address, become one frontend of address 0),
 /// one event and a backend flag (`BACKEND_F_SELECTED_INTERNAL`, which
 /// v4's carried backends get where they had `BACKEND_F_SELECTED`: v4 served
-/// pods from the same table).
+/// pods from the same table). v6 changed no map's shape but the meaning of
+/// a service id: one per Service port, shared by its frontends with its
+/// backends, tables, counters, affinity and source ranges (labelled
+/// "namespace/name:port"); the `Local` policy's selection has the backend
+/// flag v5 gave pods', and an entry flag (`SERVICE_F_LOCAL`) says which a
+/// frontend reads. v5's maps are carried as they are: each frontend is a
+/// port of its own until the first sync merges each Service port's
+/// frontends into the port of the first one placed, the others' backend
+/// entries kept as aliases for their flows (see `plan::adopt`).
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
+    (
+        "v5",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_SERVICE_STATS_ARRAY,
+            MAP_EVENTS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+            MAP_SOURCE_RANGES,
+            MAP_INTERNAL_TABLES,
+        ],
+    ),
     (
         "v4",
         &[

@@ -64,7 +64,7 @@ pub struct ServicePort {
 }
 
 /// Which endpoints a frontend may use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TrafficPolicy {
     /// Endpoints on any node.
     #[default]

@@ -1,4 +1,4 @@
-//! A frontend's source ranges in `SOURCE_RANGES`, keyed by its service id.
+//! A Service port's source ranges in `SOURCE_RANGES`, keyed by its service id.
 //! New ranges are written before the service entry that may turn them on
 //! (`SERVICE_F_SOURCE_RANGES`), and ranges it no longer has are removed after
 //! the entry that stops using them, so a packet never meets a flagged entry

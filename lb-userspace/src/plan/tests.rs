@@ -3,7 +3,10 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::desired::Protocol;
+use crate::{
+    desired::{BackendInfo, Protocol},
+    filter, maglev,
+};
 
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -29,12 +32,14 @@ fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
                     SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), 8080),
                     BackendInfo {
                         local,
-                        selected: true,
-                        selected_internal: true,
+                        for_cluster: true,
+                        for_local: true,
                     },
                 )
             })
             .collect(),
+        policy: TrafficPolicy::Cluster,
+        pods_policy: TrafficPolicy::Cluster,
         affinity_timeout: 0,
         has_endpoints: !backends.is_empty(),
         source_ranges: Vec::new(),
@@ -42,8 +47,19 @@ fn want(backends: &[(u8, bool)]) -> DesiredFrontend {
     }
 }
 
+/// The desired state of `items`, each frontend in a Service of its own
+/// ("web-<last octet>") unless its `want` names another than "web".
 fn state(items: &[(Frontend, DesiredFrontend)]) -> DesiredState {
-    items.iter().cloned().collect()
+    items
+        .iter()
+        .cloned()
+        .map(|(frontend, mut want)| {
+            if want.service.name == "web" {
+                want.service.name = format!("web-{}", frontend.addr.octets()[3]);
+            }
+            (frontend, want)
+        })
+        .collect()
 }
 
 /// The kinds of the plan's operations, labels left out.
@@ -94,7 +110,7 @@ fn first_sync_writes_backends_then_tables_then_services_and_is_idempotent() {
         .filter(|op| matches!(op, MapOp::SetLabel(..)))
         .collect();
     assert_eq!(labels.len(), 2, "each new frontend is named for status");
-    assert!(matches!(labels[0], MapOp::SetLabel(_, name) if name == "default/web"));
+    assert!(matches!(labels[0], MapOp::SetLabel(_, name) if name == "default/web-10:http"));
     let (again, _) = p.plan(&desired, t0);
     assert!(again.ops.is_empty(), "same desired state, no operations");
     let empty = p.frontends().find(|f| f.frontend == fe(20)).unwrap();
@@ -112,8 +128,8 @@ fn endpoints_only_elsewhere_drop_and_becoming_usable_rewrites_the_entry() {
     // internal one: for pods neither).
     let mut elsewhere = want(&[(2, false)]);
     elsewhere.backends.values_mut().for_each(|b| {
-        b.selected = false;
-        b.selected_internal = false;
+        b.for_cluster = false;
+        b.for_local = false;
     });
     // The same endpoint not usable anywhere (not ready, not terminating).
     let mut unusable = elsewhere.clone();
@@ -134,7 +150,7 @@ fn an_adopted_empty_frontend_written_before_the_flag_gets_it() {
     let desired = state(&[(fe(20), want(&[]))]);
     p.plan(&desired, t0);
     // As an agent before the flag wrote it: the word was padding, zero.
-    let mut older: Vec<AppliedFrontend> = p.frontends().cloned().collect();
+    let mut older: Vec<AppliedFrontend> = p.frontends().collect();
     older[0].entry.flags = 0;
     let mut adopted = Planner::adopt(older, Vec::new(), 1 << 16, GRACE);
     let (plan, errors) = adopted.plan(&desired, t0);
@@ -171,11 +187,7 @@ fn changing_one_frontend_touches_only_it_and_clears_last() {
     let a = (fe(10), want(&[(2, true), (3, true)]));
     let b = (fe(20), want(&[(5, true)]));
     p.plan(&state(&[a.clone(), b.clone()]), t0);
-    let before = p
-        .frontends()
-        .find(|f| f.frontend == fe(10))
-        .unwrap()
-        .clone();
+    let before = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
     let (plan, _) = p.plan(&state(&[(fe(10), want(&[(3, true), (4, true)])), b]), t0);
     assert_eq!(kinds(&plan), ["backend", "table", "service", "clear"]);
     let after = p.frontends().find(|f| f.frontend == fe(10)).unwrap();
@@ -205,11 +217,11 @@ fn unselected_backends_keep_their_entries_but_leave_the_table() {
     let t0 = Instant::now();
     let mut p = Planner::new(1 << 16, GRACE);
     p.plan(&state(&[(fe(10), want(&[(2, true), (3, true)]))]), t0);
-    let before = p.frontends().next().unwrap().clone();
+    let before = p.frontends().next().unwrap();
     let mut draining = want(&[(2, true), (3, true)]);
     let drained = draining.backends.values_mut().nth(1).unwrap();
-    drained.selected = false;
-    drained.selected_internal = false;
+    drained.for_cluster = false;
+    drained.for_local = false;
     let (plan, _) = p.plan(&state(&[(fe(10), draining)]), t0);
     assert_eq!(
         kinds(&plan),
@@ -248,8 +260,8 @@ fn a_frontend_with_5000_backends_gets_every_one_in_its_table() {
                 SocketAddrV4::new(Ipv4Addr::from(0x0af5_0000 + i), 8080),
                 BackendInfo {
                     local: false,
-                    selected: true,
-                    selected_internal: true,
+                    for_cluster: true,
+                    for_local: true,
                 },
             )
         })
@@ -280,7 +292,7 @@ fn local_flag_flip_rewrites_only_the_backend() {
     };
     assert_eq!(
         entry.flags,
-        BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_INTERNAL
+        BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_LOCAL
     );
 }
 
@@ -319,7 +331,7 @@ fn filter_bits_are_set_first_and_cleared_last() {
     let t0 = Instant::now();
     let mut p = Planner::new(1 << 16, GRACE);
     let (plan, _) = p.plan(&state(&[(fe(10), want(&[(2, true)]))]), t0);
-    let applied = p.frontends().next().unwrap().clone();
+    let applied = p.frontends().next().unwrap();
     let needed: Vec<u32> = filter::bits_of(&applied).collect();
     let set_first: Vec<u64> = plan
         .ops
@@ -457,8 +469,9 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
     // externalTrafficPolicy: Local on a node with one local endpoint of
     // three: outside clients get the local one, pods all three.
     let mut local_only = want(&[(2, true), (3, false), (4, false)]);
+    local_only.policy = TrafficPolicy::Local;
     for (addr, info) in &mut local_only.backends {
-        info.selected = addr.ip().octets()[3] == 2;
+        info.for_local = addr.ip().octets()[3] == 2;
     }
     assert!(local_only.has_internal_table());
     let mut p = Planner::new(1 << 16, GRACE);
@@ -472,7 +485,7 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
         let applied = p.frontends().next().unwrap();
         (applied.entry, applied.internal.unwrap())
     };
-    assert_eq!(entry.flags, SERVICE_F_INTERNAL_TABLE);
+    assert_eq!(entry.flags, SERVICE_F_INTERNAL_TABLE | SERVICE_F_LOCAL);
     assert_eq!((entry.backend_count, internal.backend_count), (1, 3));
     assert_ne!(
         entry.table_offset, internal.table_offset,
@@ -504,18 +517,14 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
     for op in &plan.ops {
         if let MapOp::SetBackend(_, b) = op {
             let local = b.flags & BACKEND_F_LOCAL != 0;
-            assert_eq!(b.flags & BACKEND_F_SELECTED != 0, local);
-            assert_ne!(
-                b.flags & BACKEND_F_SELECTED_INTERNAL,
-                0,
-                "pods may use every one"
-            );
+            assert_eq!(b.flags & BACKEND_F_SELECTED_LOCAL != 0, local);
+            assert_ne!(b.flags & BACKEND_F_SELECTED, 0, "pods may use every one");
         }
     }
     // Unchanged: nothing to write. An adopting planner agrees.
     let (again, _) = p.plan(&state(&[(fe(10), local_only.clone())]), t0);
     assert!(again.ops.is_empty(), "{:?}", again.ops);
-    let applied: Vec<AppliedFrontend> = p.frontends().cloned().collect();
+    let applied: Vec<AppliedFrontend> = p.frontends().collect();
     let mut adopted = Planner::adopt(applied, Vec::new(), 1 << 16, GRACE);
     let (again, _) = adopted.plan(&state(&[(fe(10), local_only.clone())]), t0);
     assert!(
@@ -529,8 +538,9 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
 
     // The local endpoint goes: outside clients have none here, pods two.
     let mut none_here = want(&[(3, false), (4, false)]);
+    none_here.policy = TrafficPolicy::Local;
     for info in none_here.backends.values_mut() {
-        info.selected = false;
+        info.for_local = false;
     }
     let (plan, _) = p.plan(&state(&[(fe(10), none_here)]), t0);
     assert!(kinds(&plan).contains(&"internal"));
@@ -543,7 +553,8 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
         (0, 2)
     );
     assert_eq!(
-        applied.entry.flags, SERVICE_F_INTERNAL_TABLE,
+        applied.entry.flags,
+        SERVICE_F_INTERNAL_TABLE | SERVICE_F_LOCAL,
         "dropped outside, served to pods"
     );
 

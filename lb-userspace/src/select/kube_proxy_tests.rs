@@ -157,15 +157,15 @@ fn views(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> (Vec<u8>, Vec<u8>) {
         .find(|(f, _)| f.addr == addr && f.port == port)
         .map(|(_, want)| want)
         .expect("the frontend");
-    let pick = |f: fn(&BackendInfo) -> bool| {
+    let pick = |pods: bool| {
         frontend
             .backends
             .iter()
-            .filter(|(_, b)| f(b))
+            .filter(|(_, b)| frontend.selects(b, pods))
             .map(|(a, _)| a.ip().octets()[3])
             .collect()
     };
-    (pick(|b| b.selected), pick(|b| b.selected_internal))
+    (pick(false), pick(true))
 }
 
 #[test]

@@ -132,7 +132,7 @@ pub(super) fn backends_of(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> Optio
                     a.ip().octets()[3],
                     a.port(),
                     if i.local { "L" } else { "" },
-                    if i.selected { "" } else { "~" }
+                    if f.selects(i, false) { "" } else { "~" }
                 )
             })
             .collect()
@@ -404,7 +404,16 @@ fn refuses(cluster: &Cluster) -> bool {
         port: 80,
         proto: Protocol::Tcp,
     };
-    crate::plan::service_flags(&state[&frontend]) & lb_common::SERVICE_F_REJECT != 0
+    let want = &state[&frontend];
+    let count = want
+        .backends
+        .values()
+        .filter(|b| want.selects(b, false))
+        .count();
+    let count = u32::try_from(count).expect("few backends");
+    let flags =
+        crate::plan::service_flags(want.table_policy(), false, count, want.has_endpoints, false);
+    flags & lb_common::SERVICE_F_REJECT != 0
 }
 
 #[test]
