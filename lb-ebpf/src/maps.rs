@@ -104,8 +104,8 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::with_max_entries(SOURCE_RANGES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The tables clients inside the cluster use, by frontend id, for frontends
-/// flagged `SERVICE_F_INTERNAL_TABLE` (see [`crate::view`]).
+/// Each Service port's `Cluster` table, by its id, which pods use through
+/// frontends flagged `SERVICE_F_INTERNAL_TABLE` (see [`crate::view`]).
 #[map(name = "INTERNAL_TABLES")]
 pub static INTERNAL_TABLES: Array<InternalTable> = Array::with_max_entries(MAX_SERVICES + 1, 0);
 

@@ -67,35 +67,49 @@ impl From<AppliedTable> for InternalTable {
     }
 }
 
-/// The Service port a set of frontends shares: namespace/name and port name.
+/// The Service port a set of frontends shares: namespace/name, port name and
+/// protocol (a port whose protocol changes is another port: its backends
+/// serve another protocol).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortName {
     /// The Service.
     pub service: ObjectName,
     /// The port's name ("" when unnamed).
     pub port: String,
+    /// The port's protocol.
+    pub proto: Protocol,
 }
 
 impl PortName {
-    /// The label of its id in the service labels map: "namespace/name:port".
+    /// The Service port of frontend `frontend` as `want` has it.
+    #[must_use]
+    pub fn of(frontend: Frontend, want: &crate::desired::DesiredFrontend) -> Self {
+        Self {
+            service: want.service.clone(),
+            port: want.port_name.clone(),
+            proto: frontend.proto,
+        }
+    }
+
+    /// The label of its id in the service labels map: "namespace/name:port"
+    /// (the protocol is its frontends').
     #[must_use]
     pub fn label(&self) -> String {
         format!("{}:{}", self.service, self.port)
     }
 
-    /// Parses a label; `None` for an earlier layout's "namespace/name"
-    /// (one id per frontend, its port unknown) or a malformed one.
+    /// Parses a label into the Service and port name; `None` for an earlier
+    /// layout's "namespace/name" (one id per frontend, its port unknown) or
+    /// a malformed one.
     #[must_use]
-    pub fn from_label(label: &str) -> Option<Self> {
-        let (service, port) = label.rsplit_once(':')?;
+    pub fn from_label(label: &str) -> Option<(ObjectName, String)> {
+        let (service, port) = label.split_once(':')?;
         let (namespace, name) = service.split_once('/')?;
-        Some(Self {
-            service: ObjectName {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            },
-            port: port.to_string(),
-        })
+        let service = ObjectName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        Some((service, port.to_string()))
     }
 }
 

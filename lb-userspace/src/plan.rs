@@ -121,6 +121,10 @@ struct PlacedFrontend {
     source_ranges: Vec<SourceRange>,
     /// A node port's node-port addresses.
     node_port_addrs: Vec<Ipv4Addr>,
+    /// Adopted, its policies read from its entry's flags, which do not say
+    /// a policy that selects as `Cluster` does: taken from the desired
+    /// state at the next plan, before any port is synced.
+    guessed: bool,
 }
 
 /// The applied state, and the planner of changes to it.
@@ -142,6 +146,11 @@ pub struct Planner {
     node_port_addrs: BTreeSet<Ipv4Addr>,
     /// Entries of the backends array.
     backend_capacity: u32,
+    /// Whether adopted frontends' policies are still guesses.
+    guesses: bool,
+    /// Frontends an earlier agent wrote that could not be adopted (their
+    /// ranges or ids collide): deleted by the next plan unless placed.
+    orphans: BTreeSet<Frontend>,
 }
 
 #[derive(Default)]
@@ -187,6 +196,8 @@ impl Planner {
             prebuilt: HashMap::new(),
             source_ranges: 0,
             node_port_addrs: BTreeSet::new(),
+            guesses: false,
+            orphans: BTreeSet::new(),
         }
     }
 
@@ -267,6 +278,7 @@ impl Planner {
         let gone: Vec<Frontend> = self
             .frontends
             .keys()
+            .chain(&self.orphans)
             .filter(|f| !desired.contains_key(f))
             .copied()
             .collect();
@@ -285,6 +297,7 @@ impl Planner {
         now: Instant,
     ) -> (Plan, Vec<PlanError>) {
         self.slab.reclaim(now);
+        self.settle_guesses(desired);
         let frontends: Vec<Frontend> = frontends.into_iter().collect();
         self.prebuild(desired, &frontends);
         let mut ops = Ops::default();
@@ -332,6 +345,23 @@ impl Planner {
         (Plan { ops }, errors)
     }
 
+    /// Takes the policies of adopted frontends from `desired` (those it
+    /// lacks keep their guesses: they are about to go), so that a port
+    /// synced for one of its frontends writes the others' entries as
+    /// they are meant, not as their flags looked.
+    fn settle_guesses(&mut self, desired: &DesiredState) {
+        if !std::mem::take(&mut self.guesses) {
+            return;
+        }
+        for (frontend, placed) in &mut self.frontends {
+            if let Some(want) = desired.get(frontend).filter(|_| placed.guessed) {
+                placed.policy = want.policy;
+                placed.pods_policy = want.pods_policy;
+            }
+            placed.guessed = false;
+        }
+    }
+
     /// Places `frontend` as `want` says, in its Service port (created, or
     /// claimed from the adopted ones, if need be), and updates what the
     /// port shares. On failure nothing changes.
@@ -342,12 +372,10 @@ impl Planner {
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        let name = PortName {
-            service: want.service.clone(),
-            port: want.port_name.clone(),
-        };
+        let name = PortName::of(frontend, want);
         let previous = self.frontends.get(&frontend).cloned();
         let from = previous.as_ref().map(|p| p.port);
+        let claimed_from = from.map(|id| self.ports[&id].service.clone());
         let (id, found) = self.find_port(&name, frontend, from, now)?;
         self.frontends.insert(
             frontend,
@@ -358,8 +386,10 @@ impl Planner {
                 pods_policy: want.pods_policy,
                 source_ranges: want.source_ranges.clone(),
                 node_port_addrs: want.node_port_addrs.clone(),
+                guessed: false,
             },
         );
+        self.orphans.remove(&frontend);
         self.port_mut(id).frontends.insert(frontend);
         if let Err(message) = self.sync_port(id, Some(want), ops, now) {
             if let Some(p) = previous {
@@ -373,7 +403,11 @@ impl Planner {
             match found {
                 Found::Applied => {}
                 Found::Claimed => {
-                    self.port_mut(id).name = None;
+                    let port = self.port_mut(id);
+                    port.name = None;
+                    if let Some(service) = claimed_from {
+                        port.service = service;
+                    }
                     self.by_name.remove(&name);
                 }
                 Found::Created => {
@@ -412,7 +446,7 @@ impl Planner {
         from: Option<u32>,
         now: Instant,
     ) -> Result<(u32, Found), String> {
-        if let Some(&id) = self.by_name.get(name) {
+        if let Some(id) = self.port_named(name) {
             return Ok((id, Found::Applied));
         }
         if let Some(id) = from.filter(|id| self.ports[id].name.is_none()) {
@@ -446,12 +480,23 @@ impl Planner {
         Ok((id, Found::Created))
     }
 
+    /// The id of the applied port named `name`.
+    fn port_named(&self, name: &PortName) -> Option<u32> {
+        self.by_name
+            .get(name)
+            .copied()
+            .filter(|id| self.ports.contains_key(id))
+    }
+
     fn port_mut(&mut self, id: u32) -> &mut AppliedPort {
         self.ports.get_mut(&id).expect("an applied Service port")
     }
 
     fn remove(&mut self, frontend: Frontend, ops: &mut Ops, now: Instant) {
         let Some(placed) = self.frontends.remove(&frontend) else {
+            if self.orphans.remove(&frontend) {
+                ops.deletes.push(MapOp::DeleteService(frontend.key()));
+            }
             return;
         };
         ops.deletes.push(MapOp::DeleteService(frontend.key()));

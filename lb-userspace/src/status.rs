@@ -68,7 +68,7 @@ pub fn ports_by_id(maps: &Maps) -> Result<Vec<(u32, String, String)>> {
     for item in &maps.labels {
         let (id, label) = item?;
         let label = decode_label(&label);
-        let (service, port) = label.rsplit_once(':').unwrap_or((label.as_str(), ""));
+        let (service, port) = label.split_once(':').unwrap_or((label.as_str(), ""));
         out.push((id, service.to_string(), port.to_string()));
     }
     Ok(out)
@@ -81,7 +81,7 @@ fn service_label(maps: &Maps, id: u32) -> String {
         |_| format!("service #{id}"),
         |l| {
             let label = decode_label(&l);
-            match label.rsplit_once(':') {
+            match label.split_once(':') {
                 Some((service, _)) => service.to_string(),
                 None => label,
             }

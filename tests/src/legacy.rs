@@ -5,10 +5,10 @@
 //! v5 had the maps of v6, of the same shapes, but one service id per
 //! frontend, labelled "namespace/name", and no `SERVICE_F_LOCAL`: for a
 //! state where each Service port has one frontend and no `Local` policy,
-//! v5 wrote the same entries but the labels. [`make_v5`] renames the layout
-//! directory and strips the port names from the labels (it refuses other
-//! states). To make what v5 wrote for several frontends of one Service
-//! port, program each with a port name of its own.
+//! v5 wrote the same entries but the labels. [`make_v5`] first gives each
+//! frontend a port of its own (through the real planner, so the entries of
+//! its flows stay), then renames the layout directory and strips the port
+//! names from the labels. It refuses a frontend following `Local`.
 //!
 //! v4 kept every map of v5 but `SOURCE_RANGES`, `INTERNAL_TABLES` and
 //! `NODE_PORT_ADDRS`, with
@@ -33,6 +33,7 @@ use std::{
     io,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
+    time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context as _, Result};
@@ -42,9 +43,13 @@ use lb_common::{
     ServiceKey, ServiceLabel, BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT,
     IPPROTO_TCP, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES,
     MAP_NODE_PORT_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED,
-    MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL,
+    MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
-use lb_userspace::datapath::PIN_LAYOUT;
+use lb_userspace::{
+    datapath::{maps::Maps, PIN_LAYOUT},
+    desired::{BackendInfo, DesiredFrontend, DesiredState, TrafficPolicy},
+    plan::Planner,
+};
 
 /// The layout [`make_v3`] makes.
 pub const V3: &str = "v3";
@@ -115,6 +120,7 @@ pub fn make_v5(pin_dir: &Path) -> Result<()> {
     );
     let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V5));
     ensure!(!to.exists(), "{} exists already", to.display());
+    one_port_per_frontend(pin_dir)?;
     let services: HashMap<MapData, ServiceKey, ServiceEntry> =
         HashMap::try_from(Map::HashMap(open(&from, MAP_SERVICES)?))?;
     let mut ids = std::collections::BTreeSet::new();
@@ -139,13 +145,71 @@ pub fn make_v5(pin_dir: &Path) -> Result<()> {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(label.bytes.len());
-        if let Some(colon) = label.bytes[..end].iter().rposition(|&b| b == b':') {
+        if let Some(colon) = label.bytes[..end].iter().position(|&b| b == b':') {
             label.bytes[colon..].fill(0);
             labels.insert(id, label, 0)?;
         }
     }
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+}
+
+/// Moves every frontend of a Service port shared with others in the
+/// current layout's pins under `pin_dir` into a port of its own, named after the frontend, as v5
+/// kept them: the planner adopts the maps and plans each frontend as it is
+/// (its backends, flags, ranges) under its own port name. The shared
+/// entries stay, as aliases, for the flows that use them.
+fn one_port_per_frontend(pin_dir: &Path) -> Result<()> {
+    let mut maps = Maps::from_pins(pin_dir)?;
+    let applied = maps.applied_frontends()?;
+    let ids: std::collections::BTreeSet<u32> = applied.iter().map(|f| f.entry.id).collect();
+    if ids.len() == applied.len() {
+        return Ok(());
+    }
+    let mut desired = DesiredState::new();
+    for f in &applied {
+        ensure!(
+            f.entry.flags & SERVICE_F_LOCAL == 0,
+            "frontend {} follows Local: v5 wrote no such flag",
+            f.frontend
+        );
+        let want = DesiredFrontend {
+            service: f.service.clone(),
+            port_name: format!("v5-{}-{}", f.frontend.port, desired.len()),
+            backends: f
+                .backends
+                .iter()
+                .map(|(addr, b)| {
+                    let info = BackendInfo {
+                        local: b.local,
+                        for_cluster: b.for_cluster,
+                        for_local: b.for_local,
+                    };
+                    (*addr, info)
+                })
+                .collect(),
+            policy: TrafficPolicy::Cluster,
+            pods_policy: TrafficPolicy::Cluster,
+            affinity_timeout: f.entry.affinity_timeout,
+            has_endpoints: f.entry.flags & SERVICE_F_REJECT == 0,
+            source_ranges: if f.entry.flags & SERVICE_F_SOURCE_RANGES == 0 {
+                Vec::new()
+            } else {
+                f.source_ranges.clone()
+            },
+            node_port_addrs: f.node_port_addrs.clone(),
+        };
+        desired.insert(f.frontend, want);
+    }
+    let mut planner = Planner::adopt(
+        applied,
+        maps.filter.words(),
+        maps.slab.slots(),
+        Duration::ZERO,
+    );
+    let (plan, errors) = planner.plan(&desired, Instant::now());
+    ensure!(errors.is_empty(), "giving each frontend a port: {errors:?}");
+    maps.apply(&plan.ops)
 }
 
 /// Turns the pins an agent of layout v6 left under `pin_dir` (its

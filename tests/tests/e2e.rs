@@ -449,19 +449,19 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
 }
 
 /// Like a restart, but the successor is an upgrade whose pin layout is the
-/// next one: it finds the previous layout's pins (v4, made here from the
-/// current ones: without the source ranges, the pods' tables and the
-/// node-port addresses v5 added, one event fewer, no backend selected for
-/// pods by its own flag), carries their maps over, and moves the links to
-/// its programs after its first sync. The long-lived connection through
-/// SNAT keeps its backend and port. (The conversion of v3's flows is
-/// checked packet by packet in `tests/pins.rs`.)
+/// next one: it finds the previous layout's pins (v5, made here from the
+/// current ones: each frontend a Service port of its own, labelled without
+/// the port), carries their maps over, merges each Service port's
+/// frontends in its first sync, and moves the links to its programs after
+/// it. The long-lived connection through SNAT keeps its backend and port.
+/// (The hand-overs from v4 and v3, whose flows v3 converts, are checked
+/// packet by packet in `tests/pins.rs`.)
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
-    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v5");
+    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v6");
     kill_and_restart(
         "upgrade",
-        |pin_dir| lb_tests::legacy::make_v4(pin_dir).unwrap(),
+        |pin_dir| lb_tests::legacy::make_v5(pin_dir).unwrap(),
         true,
         &[],
         &[],
@@ -470,8 +470,8 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
 }
 
 /// The successor's first sync rewrote nothing that was right; after an
-/// `upgrade` from v4, only what v4 lacked.
-fn assert_first_sync(topo: &ClusterTopology, log: &str, upgrade: bool) {
+/// `upgrade` from v5, it merged Service ports.
+fn assert_first_sync(log: &str, upgrade: bool) {
     let first_sync = log
         .lines()
         .find(|l| l.contains("synced"))
@@ -483,20 +483,11 @@ fn assert_first_sync(topo: &ClusterTopology, log: &str, upgrade: bool) {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no ops in {first_sync}"));
     if upgrade {
-        // v4 had no node-port addresses: the first sync writes node1's (all
-        // but loopback) and the node ports' filter bits on them, nothing else.
-        let addrs = topo
-            .node1
-            .run(|| lb_userspace::node_ports::interface_addresses().unwrap())
-            .unwrap()
-            .iter()
-            .filter(|(_, a)| !a.is_loopback())
-            .map(|(_, a)| *a)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
+        // v5 gave each frontend a Service port of its own: the first sync
+        // merges them (entries, labels, aliases), writing something.
         assert!(
-            (addrs..=2 * addrs).contains(&ops),
-            "the upgrade writes the {addrs} node-port addresses and their filter words: {first_sync}"
+            ops > 0,
+            "the upgrade merges the Service ports: {first_sync}"
         );
     } else {
         assert_eq!(
@@ -678,7 +669,7 @@ fn kill_and_restart(
         "one layout remains"
     );
     assert_successor_links(&topo, &pin_dir, args.contains(&"tc"));
-    assert_first_sync(&topo, &log, expected_log.contains("hand-over"));
+    assert_first_sync(&log, expected_log.contains("hand-over"));
     assert_eq!(
         conn.get().unwrap(),
         "pod2a",

@@ -74,8 +74,8 @@ impl Maps {
                 .map(|l| decode_label(&l))
                 .unwrap_or_default();
             // "namespace/name:port" since v6; "namespace/name" before.
-            let (service, port_name) = if let Some(name) = PortName::from_label(&label) {
-                (name.service, Some(name.port))
+            let (service, port_name) = if let Some((service, port)) = PortName::from_label(&label) {
+                (service, Some(port))
             } else {
                 let (namespace, name) = label.split_once('/').unwrap_or(("", ""));
                 let service = ObjectName {

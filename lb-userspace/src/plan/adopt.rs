@@ -6,7 +6,7 @@ use lb_common::{SERVICE_F_INTERNAL_TABLE, SERVICE_F_LOCAL, SERVICE_F_REJECT};
 
 use super::{
     AppliedBackend, AppliedFrontend, AppliedPort, AppliedTable, BTreeMap, BTreeSet, Duration,
-    PlacedFrontend, Planner, PortName, TrafficPolicy, MAX_BACKENDS,
+    Instant, PlacedFrontend, Planner, PortName, TrafficPolicy, MAX_BACKENDS,
 };
 use crate::filter::{self, FilterBits};
 
@@ -52,13 +52,15 @@ impl Planner {
             let id = applied.entry.id;
             let known = planner.ports.contains_key(&id);
             if !known && !planner.adopt_port(&applied) {
+                planner.orphans.insert(applied.frontend);
                 continue;
             }
             if !planner.adopt_tables(id, &applied) {
                 if !known {
                     // A port of this frontend alone: nothing points at it.
-                    planner.ports.remove(&id);
+                    planner.unadopt_port(id);
                 }
+                planner.orphans.insert(applied.frontend);
                 continue;
             }
             let flags = applied.entry.flags;
@@ -96,10 +98,34 @@ impl Planner {
                     pods_policy,
                     source_ranges,
                     node_port_addrs: applied.node_port_addrs,
+                    guessed: true,
                 },
             );
+            planner.guesses = true;
         }
         planner
+    }
+
+    /// Forgets a port [`Planner::adopt_port`] recorded: its name, ids,
+    /// ranges and filter bits (kept for the grace: the maps still hold its
+    /// backends until the ids are reused).
+    fn unadopt_port(&mut self, id: u32) {
+        let Some(port) = self.ports.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(name) = &port.name {
+            if self.by_name.get(name) == Some(&id) {
+                self.by_name.remove(name);
+            }
+        }
+        self.service_ids.free(id, now);
+        for backend in port.backends.values().flat_map(AppliedBackend::ids) {
+            self.backend_ids.free(backend, now);
+        }
+        self.source_ranges -= port.source_ranges.len();
+        self.filter
+            .remove_at(filter::backend_bits(port.backends.keys(), port.proto), now);
     }
 
     /// Records the Service port of `applied` (not yet known): its id,
@@ -121,6 +147,7 @@ impl Planner {
             .map(|port| PortName {
                 service: applied.service.clone(),
                 port: port.clone(),
+                proto: applied.frontend.proto,
             })
             .filter(|n| !self.by_name.contains_key(n));
         if let Some(name) = &name {

@@ -331,10 +331,7 @@ impl Planner {
             let Some(want) = desired.get(frontend) else {
                 continue;
             };
-            let name = PortName {
-                service: want.service.clone(),
-                port: want.port_name.clone(),
-            };
+            let name = PortName::of(*frontend, want);
             for (policy, size, members) in self.tables_to_build(*frontend, want) {
                 if size > 0 && seen.insert((name.clone(), policy)) {
                     keys.push((name.clone(), policy, size, members.clone()));
@@ -364,14 +361,9 @@ impl Planner {
     /// The tables of its Service port that placing `frontend` as `want`
     /// rebuilds.
     fn tables_to_build(&self, frontend: Frontend, want: &DesiredFrontend) -> Vec<Rebuild> {
-        let name = PortName {
-            service: want.service.clone(),
-            port: want.port_name.clone(),
-        };
+        let name = PortName::of(frontend, want);
         let port = self
-            .by_name
-            .get(&name)
-            .copied()
+            .port_named(&name)
             .or_else(|| {
                 self.frontends
                     .get(&frontend)

@@ -307,3 +307,94 @@ fn frontends_adopted_with_ids_of_their_own_merge_and_keep_their_flows() {
         plan.ops
     );
 }
+
+#[test]
+fn a_port_whose_protocol_changes_is_another_port() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let desired = whole_port(&[(2, true), (3, false)], TrafficPolicy::Cluster);
+    p.plan(&desired, t0);
+    let tcp_id = p.ports().next().unwrap().id;
+    // The same port name, now UDP: new frontends (UDP keys), a new port,
+    // also planned as the reconciler does, the old and new keys in order
+    // (a UDP key may come before the TCP ones go).
+    let udp: DesiredState = desired
+        .iter()
+        .map(|(frontend, want)| {
+            let mut frontend = *frontend;
+            frontend.proto = Protocol::Udp;
+            (frontend, want.clone())
+        })
+        .collect();
+    let keys: BTreeSet<Frontend> = desired.keys().chain(udp.keys()).copied().collect();
+    let (_, errors) = p.plan_frontends(&udp, keys, t0);
+    assert!(errors.is_empty(), "{errors:?}");
+    let ports: Vec<&AppliedPort> = p.ports().collect();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].proto, Protocol::Udp, "its backends serve UDP");
+    assert_ne!(ports[0].id, tcp_id);
+    assert!(p.frontends().all(|f| f.entry.id == ports[0].id));
+}
+
+#[test]
+fn an_adopted_frontend_whose_table_collides_is_rewritten_without_a_panic() {
+    let t0 = Instant::now();
+    let desired = whole_port(&[(2, true), (3, false)], TrafficPolicy::Cluster);
+    let mut older = as_v5(&desired);
+    // The second frontend's table lies over the first's: it cannot be adopted.
+    older[1].entry.table_offset = older[0].entry.table_offset;
+    let lost = older[1].frontend;
+    let mut p = Planner::adopt(older, Vec::new(), 1 << 16, GRACE);
+    assert_eq!(p.frontend_count(), 2);
+    let (plan, errors) = p.plan(&desired, t0);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(p.frontend_count(), 3, "placed again");
+    assert!(plan
+        .ops
+        .iter()
+        .any(|op| matches!(op, MapOp::SetService(key, _) if *key == lost.key())));
+    // Not desired any more: the orphan's entry is deleted.
+    let mut older = as_v5(&desired);
+    older[1].entry.table_offset = older[0].entry.table_offset;
+    let mut p = Planner::adopt(older, Vec::new(), 1 << 16, GRACE);
+    let (plan, _) = p.plan(&DesiredState::new(), t0);
+    assert!(plan
+        .ops
+        .iter()
+        .any(|op| *op == MapOp::DeleteService(lost.key())));
+}
+
+#[test]
+fn adopted_frontends_take_their_policies_from_the_desired_state_first() {
+    let t0 = Instant::now();
+    // Every endpoint local: Local selects as Cluster does, so no entry says
+    // Local, and an adopting planner cannot tell which frontends follow it.
+    let mut p = Planner::new(1 << 16, GRACE);
+    p.plan(&whole_port(&[(2, true)], TrafficPolicy::Local), t0);
+    assert!(p.frontends().all(|f| f.entry.flags & SERVICE_F_LOCAL == 0));
+    let mut adopted = Planner::adopt(p.frontends().collect(), Vec::new(), 1 << 16, GRACE);
+    // A remote endpoint comes: the external frontends now need the Local
+    // table; each entry is written once, as meant (the node port, placed
+    // first, syncs the port for the others too).
+    let (plan, errors) = adopted.plan(
+        &whole_port(&[(2, true), (3, false)], TrafficPolicy::Local),
+        t0,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut written: BTreeMap<ServiceKey, Vec<u32>> = BTreeMap::new();
+    for op in &plan.ops {
+        if let MapOp::SetService(key, entry) = op {
+            written.entry(*key).or_default().push(entry.flags);
+        }
+    }
+    assert_eq!(written.len(), 3, "{written:?}");
+    for (key, flags) in &written {
+        let external = *key != cluster_ip().key();
+        let want = if external {
+            SERVICE_F_LOCAL | SERVICE_F_INTERNAL_TABLE
+        } else {
+            0
+        };
+        assert_eq!(flags, &vec![want], "{key:?}");
+    }
+}
