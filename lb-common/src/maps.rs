@@ -245,6 +245,45 @@ pub struct SourceRangeKey {
     pub client_addr: u32,
 }
 
+/// Name of the socket reverse map: [`SockRevKey`] -> [`SockRevEntry`] (LRU
+/// hash). Socket-level balancing points a socket at a backend when it
+/// connects (or per send of an unconnected UDP socket); the entry gives the
+/// Service's address back to `recvmsg` and `getpeername` of that socket.
+pub const MAP_SOCK_REVERSE: &str = "SOCK_REVERSE";
+/// Capacity of the socket reverse map (sockets and backends they talk to).
+pub const SOCK_REVERSE_MAX_ENTRIES: u32 = 1 << 17;
+
+/// Key of the socket reverse map: a socket and a backend it was pointed at.
+///
+/// Layout (16 bytes): `cookie` u64 | `backend_addr` be32 | `backend_port`
+/// be16 | pad u16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`).
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub backend_addr: u32,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Value of the socket reverse map: the Service address the socket asked for.
+///
+/// Layout (8 bytes): `svc_addr` be32 | `svc_port` be16 | pad u16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevEntry {
+    /// Service (frontend) IPv4 address, network byte order.
+    pub svc_addr: u32,
+    /// Service port, network byte order.
+    pub svc_port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 /// Refusals (ICMP port unreachable for a Service without endpoints) each
 /// CPU sends per second at most; beyond it, the packets drop. Linux's own
 /// `icmp_msgs_per_sec` is 1,000 for the whole node.
@@ -627,10 +666,15 @@ pub enum Event {
     /// A new connection from a client outside a load-balancer IP's source
     /// ranges was dropped.
     SourceRangeDenied = 10,
+    /// A socket's connect (or a send of an unconnected UDP socket) to a
+    /// Service was pointed at a backend (socket-level balancing).
+    SocketTranslated = 11,
+    /// A socket's connect to a Service without a backend for it was refused.
+    SocketRefused = 12,
 }
 
 /// Number of [`Event`] values (size of the event counters).
-pub const EVENT_COUNT: u32 = 11;
+pub const EVENT_COUNT: u32 = 13;
 
 impl Event {
     /// Every event, in index order.
@@ -646,6 +690,8 @@ impl Event {
         Event::NodeSourceSpoofed,
         Event::ConntrackRaceLost,
         Event::SourceRangeDenied,
+        Event::SocketTranslated,
+        Event::SocketRefused,
     ];
 
     /// Lower-case name used in metrics.
@@ -663,6 +709,8 @@ impl Event {
             Event::NodeSourceSpoofed => "node_source_spoofed",
             Event::ConntrackRaceLost => "conntrack_race_lost",
             Event::SourceRangeDenied => "source_range_denied",
+            Event::SocketTranslated => "socket_translated",
+            Event::SocketRefused => "socket_refused",
         }
     }
 }
@@ -770,6 +818,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::InternalTable {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevEntry {}
 }
 
 #[cfg(test)]
@@ -795,6 +845,8 @@ mod tests {
         assert_eq!(size_of::<FragPorts>(), 4);
         assert_eq!(size_of::<SourceRangeKey>(), 8);
         assert_eq!(size_of::<InternalTable>(), 12);
+        assert_eq!(size_of::<SockRevKey>(), 16);
+        assert_eq!(size_of::<SockRevEntry>(), 8);
     }
 
     #[test]

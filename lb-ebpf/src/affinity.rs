@@ -16,10 +16,10 @@ const BPF_ANY: u64 = 0;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[inline(always)]
-fn key(svc: &ServiceEntry, flow: &Flow) -> AffinityKey {
+fn key(svc: &ServiceEntry, client: u32) -> AffinityKey {
     AffinityKey {
         service_id: svc.id,
-        client_addr: flow.src,
+        client_addr: client,
     }
 }
 
@@ -29,15 +29,15 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The client's remembered backend, if fresh and still taking new
-/// connections from this client (its backend flag `selected` set: see
-/// `view::selected_flag`).
+/// The remembered backend of `client` (its address, network order), if
+/// fresh and still taking new connections from this client (its backend
+/// flag `selected` set: see `view::selected_flag`).
 #[inline(always)]
-pub fn recall(svc: &ServiceEntry, flow: &Flow, selected: u8) -> Option<Chosen> {
+pub fn recall(svc: &ServiceEntry, client: u32, selected: u8) -> Option<Chosen> {
     if svc.affinity_timeout == 0 {
         return None;
     }
-    let entry = AFFINITY.get_ptr_mut(key(svc, flow))?;
+    let entry = AFFINITY.get_ptr_mut(key(svc, client))?;
     let now = now();
     // SAFETY: a valid map value pointer for this RCU section; a racing writer
     // can only make us see another valid backend id or timestamp.
@@ -57,9 +57,9 @@ pub fn recall(svc: &ServiceEntry, flow: &Flow, selected: u8) -> Option<Chosen> {
     })
 }
 
-/// Remembers the backend of a client's new flow.
+/// Remembers the backend of a new flow of `client`.
 #[inline(always)]
-pub fn remember(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
+pub fn remember(svc: &ServiceEntry, client: u32, chosen: &Chosen) {
     if svc.affinity_timeout == 0 {
         return;
     }
@@ -69,7 +69,7 @@ pub fn remember(svc: &ServiceEntry, flow: &Flow, chosen: &Chosen) {
         last_seen_ns: now(),
     };
     // On failure (it cannot fail for an LRU map) the next flow just rehashes.
-    let _ = AFFINITY.insert(key(svc, flow), entry, BPF_ANY);
+    let _ = AFFINITY.insert(key(svc, client), entry, BPF_ANY);
 }
 
 /// Refreshes the client's affinity to frontend `service_id` on a packet of

@@ -15,10 +15,17 @@ use crate::{
 /// A copy of the service entry of the frontend `flow` is addressed to.
 #[inline(always)]
 pub fn lookup(flow: &Flow) -> Option<ServiceEntry> {
+    lookup_at(flow.dst, flow.dport, flow.proto)
+}
+
+/// A copy of the service entry of the frontend at `addr`:`port` (network
+/// order) of protocol `proto`.
+#[inline(always)]
+pub fn lookup_at(addr: u32, port: u16, proto: u8) -> Option<ServiceEntry> {
     let mut key = ServiceKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
+        addr,
+        port,
+        proto,
         pad: 0,
     };
     // SAFETY: SERVICES has no prealloc (see maps.rs): the value stays valid
@@ -27,7 +34,7 @@ pub fn lookup(flow: &Flow) -> Option<ServiceEntry> {
         return Some(*svc);
     }
     // SAFETY: a presence check only; nothing is read through the pointer.
-    unsafe { NODE_PORT_ADDRS.get(flow.dst) }?;
+    unsafe { NODE_PORT_ADDRS.get(addr) }?;
     key.addr = NODE_PORT_ADDR;
     // SAFETY: as above.
     unsafe { SERVICES.get(key) }.copied()

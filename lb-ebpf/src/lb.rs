@@ -360,11 +360,11 @@ fn new_flow(
 ) -> Result<Action, Verdict> {
     let state = conntrack::initial_state(flow).ok_or(Verdict::Invalid)?;
     let chosen: Chosen =
-        if let Some(remembered) = affinity::recall(svc, flow, view::selected_flag(svc)) {
+        if let Some(remembered) = affinity::recall(svc, flow.src, view::selected_flag(svc)) {
             remembered
         } else {
             let picked = select::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
-            affinity::remember(svc, flow, &picked);
+            affinity::remember(svc, flow.src, &picked);
             picked
         };
     let needs_snat = match hook {

@@ -32,14 +32,15 @@ mod ranges;
 mod reject;
 mod select;
 mod snat;
+mod sock;
 mod spoof;
 mod tc;
 mod view;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP entry point for the node's uplink interface(s). Multi-buffer aware
@@ -86,6 +87,37 @@ pub fn lb_tc_uplink(ctx: TcContext) -> i32 {
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc_uplink_handoff(ctx: TcContext) -> i32 {
     handoff::route(&ctx)
+}
+
+/// `connect()` of a socket in the attached cgroup: one aimed at a Service
+/// is pointed at a backend ([`sock`]).
+#[cgroup_sock_addr(connect4)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, false)
+}
+
+/// `sendmsg()` of an unconnected UDP socket: each send to a Service goes to
+/// the socket's backend.
+#[cgroup_sock_addr(sendmsg4)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, true)
+}
+
+/// `recvmsg()` of a UDP socket: a reply from its backend shows the Service
+/// address.
+#[cgroup_sock_addr(recvmsg4)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+/// `getpeername()`: a socket pointed at a backend names the Service.
+#[cgroup_sock_addr(getpeername4)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[xdp(frags)]

@@ -8,10 +8,11 @@ use aya_ebpf::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
     InternalTable, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
-    SlabEntry, SnatExhaustion, SourceRangeKey, AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
-    EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS, MAX_BACKENDS,
-    MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SLOTS_PER_SLAB_ENTRY,
-    SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
+    SlabEntry, SnatExhaustion, SockRevEntry, SockRevKey, SourceRangeKey, AFFINITY_MAX_ENTRIES,
+    CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS,
+    MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -114,3 +115,10 @@ pub static INTERNAL_TABLES: Array<InternalTable> = Array::with_max_entries(MAX_S
 #[map(name = "NODE_PORT_ADDRS")]
 pub static NODE_PORT_ADDRS: HashMap<u32, u32> =
     HashMap::with_max_entries(NODE_PORT_ADDRS_MAX_ENTRIES, 0);
+
+/// Where sockets balanced at `connect` (or per send) were pointed: (socket
+/// cookie, backend) -> Service address, for `recvmsg` and `getpeername`
+/// (see [`crate::sock`]).
+#[map(name = "SOCK_REVERSE")]
+pub static SOCK_REVERSE: LruHashMap<SockRevKey, SockRevEntry> =
+    LruHashMap::with_max_entries(SOCK_REVERSE_MAX_ENTRIES, 0);

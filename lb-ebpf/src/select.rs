@@ -53,6 +53,15 @@ pub fn maglev(svc: &ServiceEntry, flow: &Flow, cfg: &NodeConfig) -> Option<Chose
         flow.dport,
         flow.proto,
     );
+    by_hash(svc, hash)
+}
+
+/// Picks the backend at `hash`'s slot of the service's Maglev table.
+#[inline(always)]
+pub fn by_hash(svc: &ServiceEntry, hash: u32) -> Option<Chosen> {
+    if svc.table_size == 0 {
+        return None;
+    }
     let slot = svc.table_offset.wrapping_add(hash % svc.table_size);
     let pair = MAGLEV.get(slot / SLOTS_PER_SLAB_ENTRY)?;
     let id = pair[(slot % SLOTS_PER_SLAB_ENTRY) as usize];

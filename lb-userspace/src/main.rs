@@ -107,6 +107,16 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     xdp_mode: XdpModeArg,
+    /// Socket-level balancing: `host` points the sockets of the node's own
+    /// network namespace (host processes, hostNetwork pods) aimed at a
+    /// Service at a backend when they connect (cgroup programs), with no
+    /// per-packet work; `off` leaves the node's own traffic untranslated.
+    #[arg(long, value_enum, default_value_t = SocketLbArg::Off)]
+    socket_lb: SocketLbArg,
+    /// The cgroup v2 directory the socket programs attach to (required by
+    /// `--socket-lb host`; on a node, the host's cgroup v2 root).
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
     /// On exit, detach the programs and remove the pins. By default they stay
     /// pinned and keep serving, so a restarted agent adopts them.
     #[arg(long)]
@@ -184,6 +194,14 @@ enum UplinkHookArg {
     Xdp,
     /// TC ingress.
     Tc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SocketLbArg {
+    /// No socket-level balancing.
+    Off,
+    /// The node's own network namespace (decided by its netns cookie).
+    Host,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -268,6 +286,7 @@ fn uplink_hook(args: &RunArgs) -> Result<UplinkHook> {
 
 fn run_options(args: RunArgs) -> Result<RunOptions> {
     let uplink = uplink_hook(&args)?;
+    let socket_lb_cgroup = socket_lb_cgroup(&args)?;
     let node_addr = match (args.node_ip, args.xdp_ifaces.first()) {
         (Some(ip), _) => ip,
         (None, Some(uplink)) => interface_ipv4(uplink)?,
@@ -327,6 +346,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             backend_slots: check_max_backends(args.max_backends)?,
             stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
+            socket_lb_cgroup,
             flows: FlowSettings {
                 snat_ports: args.snat_port_range,
                 timeouts,
@@ -335,6 +355,20 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             },
         },
     })
+}
+
+/// The cgroup of `--socket-lb host`, which must name one; none when off.
+fn socket_lb_cgroup(args: &RunArgs) -> Result<Option<PathBuf>> {
+    match (args.socket_lb, &args.socket_lb_cgroup) {
+        (SocketLbArg::Off, None) => Ok(None),
+        (SocketLbArg::Off, Some(_)) => {
+            anyhow::bail!("--socket-lb-cgroup needs --socket-lb host")
+        }
+        (SocketLbArg::Host, None) => anyhow::bail!(
+            "--socket-lb host needs --socket-lb-cgroup: the cgroup v2 directory whose              processes it serves (the host's cgroup v2 root on a node; never guessed)"
+        ),
+        (SocketLbArg::Host, Some(path)) => Ok(Some(path.clone())),
+    }
 }
 
 /// Checks `--max-backends`: at least 2 (id 0 is never used), at most

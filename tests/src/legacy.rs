@@ -5,7 +5,8 @@
 //! v5 had the maps of v6, of the same shapes, but one service id per
 //! frontend, labelled "namespace/name", and no `SERVICE_F_LOCAL`: for a
 //! state where each Service port has one frontend and no `Local` policy,
-//! v5 wrote the same entries but the labels. [`make_v5`] first gives each
+//! v5 wrote the same entries but the labels; it had no `SOCK_REVERSE`.
+//! [`make_v5`] first gives each
 //! frontend a port of its own (through the real planner, so the entries of
 //! its flows stay), then renames the layout directory and strips the port
 //! names from the labels. It refuses a frontend following `Local`.
@@ -43,7 +44,8 @@ use lb_common::{
     ServiceKey, ServiceLabel, BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT,
     IPPROTO_TCP, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES,
     MAP_NODE_PORT_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED,
-    MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
+    MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL, SERVICE_F_REJECT,
+    SERVICE_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     datapath::{maps::Maps, PIN_LAYOUT},
@@ -151,7 +153,8 @@ pub fn make_v5(pin_dir: &Path) -> Result<()> {
         }
     }
     std::fs::rename(&from, &to)
-        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(to.join(MAP_SOCK_REVERSE)).context("removing SOCK_REVERSE")
 }
 
 /// Moves every frontend of a Service port shared with others in the

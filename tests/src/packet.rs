@@ -633,6 +633,17 @@ impl TestDatapath {
         })
     }
 
+    /// Like [`TestDatapath::load`] with socket-level balancing of this
+    /// process's network namespace, its programs attached to `cgroup` (a
+    /// test's own, see [`crate::cgroup::TestCgroup`]).
+    #[must_use]
+    pub fn load_with_socket_lb(name: &str, node: Ipv4Addr, cgroup: &Path) -> Self {
+        Self::load_config(DatapathConfig {
+            socket_lb_cgroup: Some(cgroup.to_path_buf()),
+            ..Self::config(&unique_pin_dir(name), node)
+        })
+    }
+
     /// Like [`TestDatapath::load`] with these flow settings.
     #[must_use]
     pub fn load_with_flows(name: &str, node: Ipv4Addr, flows: FlowSettings) -> Self {
@@ -655,6 +666,7 @@ impl TestDatapath {
             stats_array_len: None,
             detach_on_exit: true,
             flows: test_flows(),
+            socket_lb_cgroup: None,
         }
     }
 

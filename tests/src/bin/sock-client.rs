@@ -1,0 +1,81 @@
+//! A client for the socket-level balancing tests. It first moves its own
+//! process (nothing else) into the cgroup v2 directory given, where the
+//! agent's socket programs are attached, then talks to a Service address
+//! and prints one line per exchange: `peer=<address the socket reports>
+//! reply=<what the backend answered>`, or `error=<why>`.
+//!
+//! Usage: `sock-client <cgroup dir> <tcp|udp|udp-unconnected> <addr:port>
+//! <count> [other-netns]`; with `other-netns` it first moves into a new
+//! network namespace of its own (a pod's, as the programs see it).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (cgroup, mode, addr, count, other_netns) = match args.as_slice() {
+        [_, cgroup, mode, addr, count] => (cgroup, mode, addr, count, false),
+        [_, cgroup, mode, addr, count, flag] if flag == "other-netns" => {
+            (cgroup, mode, addr, count, true)
+        }
+        _ => {
+            eprintln!(
+                "usage: sock-client <cgroup dir> <tcp|udp|udp-unconnected> <addr:port> <count> \
+                 [other-netns]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let addr: SocketAddr = addr.parse().expect("an address:port");
+    let count: u32 = count.parse().expect("a count");
+    // "0" moves the writing process itself.
+    std::fs::write(format!("{cgroup}/cgroup.procs"), "0").expect("joining the cgroup");
+    if other_netns {
+        // SAFETY: a plain syscall; the process is single-threaded here.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare: {}", std::io::Error::last_os_error());
+    }
+    for _ in 0..count {
+        let line = match mode.as_str() {
+            "tcp" => tcp(addr),
+            "udp" => udp(addr, true),
+            "udp-unconnected" => udp(addr, false),
+            other => panic!("unknown mode {other}"),
+        };
+        println!("{}", line.unwrap_or_else(|e| format!("error={e}")));
+    }
+}
+
+fn tcp(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    stream.write_all(b"hello\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(format!("peer={peer} reply={}", reply.trim()))
+}
+
+fn udp(addr: SocketAddr, connected: bool) -> std::io::Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    let mut buf = [0u8; 512];
+    let (n, peer) = if connected {
+        socket.connect(addr)?;
+        socket.send(b"hello")?;
+        let n = socket.recv(&mut buf)?;
+        (n, socket.peer_addr()?)
+    } else {
+        socket.send_to(b"hello", addr)?;
+        socket.recv_from(&mut buf)?
+    };
+    Ok(format!(
+        "peer={peer} reply={}",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    ))
+}
