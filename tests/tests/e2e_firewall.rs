@@ -60,6 +60,12 @@ const REMOTE: [(SocketAddrV4, SocketAddrV4); 2] = [
 const ROUNDS: usize = 10;
 /// Bound on each connect, request and datagram.
 const WAIT: Duration = Duration::from_secs(2);
+/// Bound on a connect the FORWARD drop rule must stop: past TCP's first
+/// retransmission of the SYN (1 s, its initial RTO), so the SYN and its
+/// retransmission (which may meet the data path's flow entry of the first)
+/// both meet the rule; a connection the rule let through would be
+/// answered in milliseconds.
+const DROPPED_WAIT: Duration = Duration::from_millis(1300);
 
 /// Topology, servers, manifests and a ready agent. Field order is drop order.
 struct Cluster {
@@ -207,7 +213,7 @@ fn policy_applies(topo: &ClusterTopology, from: &Netns, who: &str) {
     let backend = topo.pod("pod1a").ip;
     policy_drop(topo, "-I", backend);
     for (tcp, _) in LOCAL {
-        match HttpClient::connect(from, tcp, WAIT) {
+        match HttpClient::connect(from, tcp, DROPPED_WAIT) {
             Ok(_) => panic!("{who} -> {tcp}: connected past the FORWARD drop rule for {backend}"),
             Err(e) => assert!(
                 e.downcast_ref::<std::io::Error>()

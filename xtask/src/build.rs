@@ -108,8 +108,10 @@ pub fn test() -> Result<()> {
 /// The end-to-end test files, which build the namespace cluster and run in
 /// every [`E2E_VARIANTS`] pass. `e2e_overlay` builds its overlay itself and
 /// runs once; so do `e2e_health` (HTTP on the node, whatever the CNI
-/// layout, firewall or uplink hook) and `e2e_semantics` (Service semantics
-/// the conformance table checks on every map).
+/// layout, firewall or uplink hook), `e2e_agent` (manifest edits and bad
+/// manifests, SIGTERM's cleanup at XDP, a refused SNAT pool: the agent's
+/// own doing, whatever the layout, firewall or hook) and `e2e_semantics`
+/// (Service semantics the conformance table checks on every map).
 const E2E_TESTS: [&str; 11] = [
     "e2e",
     "e2e_kube",
