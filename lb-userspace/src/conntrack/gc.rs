@@ -133,6 +133,11 @@ impl Collector {
     /// One sweep: reads both maps, deletes what expired or is orphaned (if
     /// unchanged since read), restores missing reverse entries.
     pub fn sweep(&self) -> Result<Swept> {
+        // Read before the maps: an entry created while they are read is
+        // then live but not yet counted as created, which the eviction
+        // count (created - live - collected, saturating) absorbs; read
+        // after, it would be counted as evicted, for good.
+        let created = self.created()?;
         let snapshot = Snapshot::read(&self.pin_dir)?;
         let plan = plan(&snapshot);
         let mut ct: HashMap<MapData, FlowKey, CtEntry> = self.open(MAP_CONNTRACK)?;
@@ -172,7 +177,7 @@ impl Collector {
             (snapshot.flows.len() as u64).saturating_sub(swept.conntrack_deleted);
         swept.reverse_live =
             (snapshot.replies.len() as u64 + swept.restored).saturating_sub(swept.reverse_deleted);
-        swept.created = self.created()?;
+        swept.created = created;
         Ok(swept)
     }
 
