@@ -284,6 +284,26 @@ pub struct SockRevEntry {
     pub pad: u16,
 }
 
+/// Name of the socket-level session-affinity map: [`SockAffinityKey`] ->
+/// [`AffinityEntry`] (LRU hash). A socket's client is its network namespace
+/// (a pod, or the node), known at `connect` when its address is not yet.
+pub const MAP_SOCK_AFFINITY: &str = "SOCK_AFFINITY";
+
+/// Key of the socket-level session-affinity map: a network namespace as a
+/// client of a Service port.
+///
+/// Layout (16 bytes): `service_id` u32 | pad u32 | `netns_cookie` u64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockAffinityKey {
+    /// [`ServiceEntry::id`] of the Service port.
+    pub service_id: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// The client's network namespace cookie (`bpf_get_netns_cookie`).
+    pub netns_cookie: u64,
+}
+
 /// Refusals (ICMP port unreachable for a Service without endpoints) each
 /// CPU sends per second at most; beyond it, the packets drop. Linux's own
 /// `icmp_msgs_per_sec` is 1,000 for the whole node.
@@ -820,6 +840,7 @@ mod pod {
     unsafe impl aya::Pod for super::InternalTable {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevEntry {}
+    unsafe impl aya::Pod for super::SockAffinityKey {}
 }
 
 #[cfg(test)]
@@ -847,6 +868,7 @@ mod tests {
         assert_eq!(size_of::<InternalTable>(), 12);
         assert_eq!(size_of::<SockRevKey>(), 16);
         assert_eq!(size_of::<SockRevEntry>(), 8);
+        assert_eq!(size_of::<SockAffinityKey>(), 16);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Session affinity (`sessionAffinity: ClientIP`): a client's new flows go to
-//! the backend its last flow used, while it used it within the timeout.
+//! the backend its last flow used, while it used it within the timeout. A
+//! packet's client is its source address; a socket's (socket-level
+//! balancing) is its network namespace.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{AffinityEntry, AffinityKey, ServiceEntry};
+use lb_common::{AffinityEntry, AffinityKey, ServiceEntry, SockAffinityKey};
 
 use crate::{
-    maps::AFFINITY,
+    maps::{AFFINITY, SOCK_AFFINITY},
     parse::Flow,
     select::{self, Chosen},
 };
@@ -24,6 +26,15 @@ fn key(svc: &ServiceEntry, client: u32) -> AffinityKey {
 }
 
 #[inline(always)]
+fn netns_key(svc: &ServiceEntry, netns_cookie: u64) -> SockAffinityKey {
+    SockAffinityKey {
+        service_id: svc.id,
+        pad: 0,
+        netns_cookie,
+    }
+}
+
+#[inline(always)]
 fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
@@ -37,7 +48,27 @@ pub fn recall(svc: &ServiceEntry, client: u32, selected: u8) -> Option<Chosen> {
     if svc.affinity_timeout == 0 {
         return None;
     }
-    let entry = AFFINITY.get_ptr_mut(key(svc, client))?;
+    fresh(svc, AFFINITY.get_ptr_mut(key(svc, client))?, selected)
+}
+
+/// [`recall`] for a socket's client: its network namespace (socket-level
+/// balancing decides at `connect`, before the socket has an address).
+#[inline(always)]
+pub fn recall_netns(svc: &ServiceEntry, netns_cookie: u64, selected: u8) -> Option<Chosen> {
+    if svc.affinity_timeout == 0 {
+        return None;
+    }
+    fresh(
+        svc,
+        SOCK_AFFINITY.get_ptr_mut(netns_key(svc, netns_cookie))?,
+        selected,
+    )
+}
+
+/// The backend of a remembered `entry`, if fresh and selectable; its time
+/// refreshed.
+#[inline(always)]
+fn fresh(svc: &ServiceEntry, entry: *mut AffinityEntry, selected: u8) -> Option<Chosen> {
     let now = now();
     // SAFETY: a valid map value pointer for this RCU section; a racing writer
     // can only make us see another valid backend id or timestamp.
@@ -57,19 +88,34 @@ pub fn recall(svc: &ServiceEntry, client: u32, selected: u8) -> Option<Chosen> {
     })
 }
 
+/// A new entry for `chosen`, used now.
+#[inline(always)]
+fn entry(chosen: &Chosen) -> AffinityEntry {
+    AffinityEntry {
+        backend_id: chosen.id,
+        pad: 0,
+        last_seen_ns: now(),
+    }
+}
+
 /// Remembers the backend of a new flow of `client`.
 #[inline(always)]
 pub fn remember(svc: &ServiceEntry, client: u32, chosen: &Chosen) {
     if svc.affinity_timeout == 0 {
         return;
     }
-    let entry = AffinityEntry {
-        backend_id: chosen.id,
-        pad: 0,
-        last_seen_ns: now(),
-    };
     // On failure (it cannot fail for an LRU map) the next flow just rehashes.
-    let _ = AFFINITY.insert(key(svc, client), entry, BPF_ANY);
+    let _ = AFFINITY.insert(key(svc, client), entry(chosen), BPF_ANY);
+}
+
+/// [`remember`] for a socket's network namespace.
+#[inline(always)]
+pub fn remember_netns(svc: &ServiceEntry, netns_cookie: u64, chosen: &Chosen) {
+    if svc.affinity_timeout == 0 {
+        return;
+    }
+    // As in `remember`.
+    let _ = SOCK_AFFINITY.insert(netns_key(svc, netns_cookie), entry(chosen), BPF_ANY);
 }
 
 /// Refreshes the client's affinity to frontend `service_id` on a packet of

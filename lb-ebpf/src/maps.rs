@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
     InternalTable, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
-    SlabEntry, SnatExhaustion, SockRevEntry, SockRevKey, SourceRangeKey, AFFINITY_MAX_ENTRIES,
-    CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES, MAGLEV_SLAB_SLOTS,
-    MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SlabEntry, SnatExhaustion, SockAffinityKey, SockRevEntry, SockRevKey, SourceRangeKey,
+    AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES,
+    MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
     SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES,
     SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
 };
@@ -122,3 +122,9 @@ pub static NODE_PORT_ADDRS: HashMap<u32, u32> =
 #[map(name = "SOCK_REVERSE")]
 pub static SOCK_REVERSE: LruHashMap<SockRevKey, SockRevEntry> =
     LruHashMap::with_max_entries(SOCK_REVERSE_MAX_ENTRIES, 0);
+
+/// Socket-level session affinity: a network namespace's backend per Service
+/// port (see `lb_common::MAP_SOCK_AFFINITY`).
+#[map(name = "SOCK_AFFINITY")]
+pub static SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);

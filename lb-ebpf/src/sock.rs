@@ -5,14 +5,16 @@
 //! unconnected UDP socket; `recvmsg4` and `getpeername4` show the Service
 //! address back to the application, from `SOCK_REVERSE`.
 //!
-//! Only sockets of the node's own network namespace are balanced here
-//! (`HOST_NETNS_COOKIE`): pods keep the per-packet path. The node is a
-//! client inside the cluster: it sees a frontend as pods do
+//! Which sockets are balanced here is the agent's scope: those of the
+//! node's own network namespace (`HOST_NETNS_COOKIE`; pods keep the
+//! per-packet path), or every namespace's (`SOCK_ALL_NETNS`: pods too).
+//! Every client is inside the cluster: it sees a frontend as pods do
 //! ([`view::for_client`] at [`Hook::Pod`]), as kube-proxy sends the node's
 //! own traffic to external frontends of `externalTrafficPolicy: Local`
-//! Services to every node's endpoints. Its affinity key is the node's
-//! address. The backend is picked by a hash of the socket's cookie (the
-//! source port is not chosen yet at `connect`), so each socket keeps its
+//! Services to every node's endpoints. A socket's affinity key is its
+//! network namespace (its cookie: one pod, or the node), as its address is
+//! not known yet at `connect`. The backend is picked by a hash of the
+//! socket's cookie (nor is its source port), so each socket keeps its
 //! backend for every send.
 
 use aya_ebpf::{
@@ -47,14 +49,26 @@ const BPF_ANY: u64 = 0;
 #[unsafe(no_mangle)]
 static HOST_NETNS_COOKIE: u64 = 0;
 
-/// Whether the socket of `ctx` belongs to the node's own namespace.
+/// Nonzero: sockets of every network namespace are balanced (pods' too),
+/// set by the agent at load (`--socket-lb all`).
+#[unsafe(no_mangle)]
+static SOCK_ALL_NETNS: u8 = 0;
+
+/// The network namespace cookie of the socket of `ctx`, if the agent's
+/// scope takes its sockets.
 #[inline(always)]
-fn in_host_netns(ctx: &SockAddrContext) -> bool {
-    // SAFETY: a read of a constant the loader may have rewritten; volatile
-    // so the compiler does not fold the zero it was compiled with.
-    let host = unsafe { core::ptr::read_volatile(&raw const HOST_NETNS_COOKIE) };
+fn netns_in_scope(ctx: &SockAddrContext) -> Option<u64> {
+    // SAFETY: reads of constants the loader may have rewritten; volatile so
+    // the compiler does not fold the zeroes they were compiled with.
+    let (host, all) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const HOST_NETNS_COOKIE),
+            core::ptr::read_volatile(&raw const SOCK_ALL_NETNS),
+        )
+    };
     // SAFETY: helper available to sock_addr programs; the context is ours.
-    host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    (all != 0 || (host != 0 && netns == host)).then_some(netns)
 }
 
 /// `connect4` (`udp_only` false) and `sendmsg4` (true): points a socket
@@ -78,10 +92,12 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     if family != AF_INET
         || !(proto == IPPROTO_TCP || proto == IPPROTO_UDP)
         || (udp_only && proto != IPPROTO_UDP)
-        || !in_host_netns(ctx)
     {
         return PROCEED;
     }
+    let Some(netns) = netns_in_scope(ctx) else {
+        return PROCEED;
+    };
     // The port is the socket address's, network order, in a 32-bit field.
     #[allow(clippy::cast_possible_truncation)]
     let port = port as u16;
@@ -100,12 +116,12 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     };
     // SAFETY: helper available to sock_addr programs; the context is ours.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let chosen: Option<Chosen> = affinity::recall(&svc, cfg.node_addr, view::selected_flag(&svc))
+    let chosen: Option<Chosen> = affinity::recall_netns(&svc, netns, view::selected_flag(&svc))
         .or_else(|| {
             #[allow(clippy::cast_possible_truncation)]
             let (low, high) = (cookie as u32, (cookie >> 32) as u32);
             let picked = select::by_hash(&svc, flow_hash(&cfg.hash_key, low, high, 0, 0, proto))?;
-            affinity::remember(&svc, cfg.node_addr, &picked);
+            affinity::remember_netns(&svc, netns, &picked);
             Some(picked)
         });
     let Some(chosen) = chosen else {
@@ -144,7 +160,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context for this program type; plain reads.
     let (family, addr, port) = unsafe { ((*sa).user_family, (*sa).user_ip4, (*sa).user_port) };
-    if family != AF_INET || !in_host_netns(ctx) {
+    if family != AF_INET || netns_in_scope(ctx).is_none() {
         return PROCEED;
     }
     // SAFETY: helper available to sock_addr programs; the context is ours.

@@ -9,6 +9,7 @@ use lb_userspace::{
     agent::{self, RunOptions, SourceConfig},
     conntrack,
     datapath::{
+        socket_lb::SocketLbScope,
         uplink::{self, HookRequest},
         DatapathConfig, UplinkHook,
     },
@@ -110,11 +111,12 @@ struct RunArgs {
     /// Socket-level balancing: `host` points the sockets of the node's own
     /// network namespace (host processes, hostNetwork pods) aimed at a
     /// Service at a backend when they connect (cgroup programs), with no
-    /// per-packet work; `off` leaves the node's own traffic untranslated.
+    /// per-packet work; `all` does it for pods' sockets too; `off` leaves
+    /// the node's own traffic untranslated.
     #[arg(long, value_enum, default_value_t = SocketLbArg::Off)]
     socket_lb: SocketLbArg,
     /// The cgroup v2 directory the socket programs attach to (required by
-    /// `--socket-lb host`; on a node, the host's cgroup v2 root).
+    /// `--socket-lb host|all`; on a node, the host's cgroup v2 root).
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
     /// On exit, detach the programs and remove the pins. By default they stay
@@ -202,6 +204,8 @@ enum SocketLbArg {
     Off,
     /// The node's own network namespace (decided by its netns cookie).
     Host,
+    /// Every network namespace: the node's and its pods'.
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -347,6 +351,10 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
             socket_lb_cgroup,
+            socket_lb_scope: match args.socket_lb {
+                SocketLbArg::All => SocketLbScope::All,
+                SocketLbArg::Off | SocketLbArg::Host => SocketLbScope::Host,
+            },
             flows: FlowSettings {
                 snat_ports: args.snat_port_range,
                 timeouts,
@@ -357,17 +365,18 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     })
 }
 
-/// The cgroup of `--socket-lb host`, which must name one; none when off.
+/// The cgroup of `--socket-lb host|all`, which must name one; none when off.
 fn socket_lb_cgroup(args: &RunArgs) -> Result<Option<PathBuf>> {
     match (args.socket_lb, &args.socket_lb_cgroup) {
         (SocketLbArg::Off, None) => Ok(None),
         (SocketLbArg::Off, Some(_)) => {
-            anyhow::bail!("--socket-lb-cgroup needs --socket-lb host")
+            anyhow::bail!("--socket-lb-cgroup needs --socket-lb host or all")
         }
-        (SocketLbArg::Host, None) => anyhow::bail!(
-            "--socket-lb host needs --socket-lb-cgroup: the cgroup v2 directory whose              processes it serves (the host's cgroup v2 root on a node; never guessed)"
+        (SocketLbArg::Host | SocketLbArg::All, None) => anyhow::bail!(
+            "--socket-lb host and all need --socket-lb-cgroup: the cgroup v2 directory \
+             whose processes they serve (the host's cgroup v2 root on a node; never guessed)"
         ),
-        (SocketLbArg::Host, Some(path)) => Ok(Some(path.clone())),
+        (SocketLbArg::Host | SocketLbArg::All, Some(path)) => Ok(Some(path.clone())),
     }
 }
 

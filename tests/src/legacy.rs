@@ -1,6 +1,8 @@
 //! Pins of the previous layouts, made from the current one: what an agent
-//! of layout v5, v4 or v3 would have left under a pin directory, for
+//! of layout v6, v5, v4 or v3 would have left under a pin directory, for
 //! hand-over tests.
+//!
+//! v6 had the maps of v7 but `SOCK_AFFINITY`, of the same shapes.
 //!
 //! v5 had the maps of v6, of the same shapes, but one service id per
 //! frontend, labelled "namespace/name", and no `SERVICE_F_LOCAL`: for a
@@ -44,8 +46,8 @@ use lb_common::{
     ServiceKey, ServiceLabel, BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT,
     IPPROTO_TCP, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES,
     MAP_NODE_PORT_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED,
-    MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL, SERVICE_F_REJECT,
-    SERVICE_F_SOURCE_RANGES,
+    MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL,
+    SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     datapath::{maps::Maps, PIN_LAYOUT},
@@ -57,6 +59,8 @@ use lb_userspace::{
 pub const V3: &str = "v3";
 /// The layout [`make_v4`] makes.
 pub const V4: &str = "v4";
+/// The layout [`make_v6`] makes.
+pub const V6: &str = "v6";
 /// The layout [`make_v5`] makes.
 pub const V5: &str = "v5";
 /// Length of v4's event counters (v5 added `source_range_denied`).
@@ -110,14 +114,29 @@ pub struct Written {
     pub reverse: usize,
 }
 
-/// Turns the pins an agent of layout v6 left under `pin_dir` (its
+/// Turns the pins an agent of layout v7 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v6 would have
+/// left: the same maps and entries, without `SOCK_AFFINITY`.
+pub fn make_v6(pin_dir: &Path) -> Result<()> {
+    ensure!(
+        PIN_LAYOUT == "v7",
+        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
+    );
+    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V6));
+    ensure!(!to.exists(), "{} exists already", to.display());
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(to.join(MAP_SOCK_AFFINITY)).context("removing SOCK_AFFINITY")
+}
+
+/// Turns the pins an agent of layout v7 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v5 would have
 /// left: the same maps and entries, each label without its port name.
 /// Refuses a state v5 could not have written (a service id shared by
 /// frontends, a frontend following `Local`).
 pub fn make_v5(pin_dir: &Path) -> Result<()> {
     ensure!(
-        PIN_LAYOUT == "v6",
+        PIN_LAYOUT == "v7",
         "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
     );
     let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V5));
@@ -154,6 +173,7 @@ pub fn make_v5(pin_dir: &Path) -> Result<()> {
     }
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(to.join(MAP_SOCK_AFFINITY)).context("removing SOCK_AFFINITY")?;
     std::fs::remove_file(to.join(MAP_SOCK_REVERSE)).context("removing SOCK_REVERSE")
 }
 
@@ -215,7 +235,7 @@ fn one_port_per_frontend(pin_dir: &Path) -> Result<()> {
     maps.apply(&plan.ops)
 }
 
-/// Turns the pins an agent of layout v6 left under `pin_dir` (its
+/// Turns the pins an agent of layout v7 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v4 would have
 /// left: those of [`make_v5`], without `SOURCE_RANGES`, with the
 /// first [`V4_EVENTS`] event counters.
@@ -248,7 +268,7 @@ fn clear_pod_selection(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Turns the pins an agent of layout v6 left under `pin_dir` (its
+/// Turns the pins an agent of layout v7 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v3 would have
 /// left (through [`make_v5`]). With `bogus_marks`, every translated TCP flow that was answered
 /// carries v3's [`V3_BOGUS_MARKS`] and a closing time, as v3 wrote them

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod charts;
+pub mod cluster;
 pub mod fixture;
 pub mod flood;
 pub mod kubeproxy;

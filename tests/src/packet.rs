@@ -11,8 +11,8 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp
 use lb_common::Verdict;
 use lb_userspace::{
     datapath::{
-        Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM,
-        UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
+        socket_lb::SocketLbScope, Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM,
+        TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
     },
     flows::FlowSettings,
 };
@@ -638,8 +638,20 @@ impl TestDatapath {
     /// test's own, see [`crate::cgroup::TestCgroup`]).
     #[must_use]
     pub fn load_with_socket_lb(name: &str, node: Ipv4Addr, cgroup: &Path) -> Self {
+        Self::load_with_socket_lb_scope(name, node, cgroup, SocketLbScope::Host)
+    }
+
+    /// [`TestDatapath::load_with_socket_lb`] serving the sockets `scope` says.
+    #[must_use]
+    pub fn load_with_socket_lb_scope(
+        name: &str,
+        node: Ipv4Addr,
+        cgroup: &Path,
+        scope: SocketLbScope,
+    ) -> Self {
         Self::load_config(DatapathConfig {
             socket_lb_cgroup: Some(cgroup.to_path_buf()),
+            socket_lb_scope: scope,
             ..Self::config(&unique_pin_dir(name), node)
         })
     }
@@ -667,6 +679,7 @@ impl TestDatapath {
             detach_on_exit: true,
             flows: test_flows(),
             socket_lb_cgroup: None,
+            socket_lb_scope: SocketLbScope::Host,
         }
     }
 

@@ -4,13 +4,13 @@
 //! `tests/e2e_agent.rs`.) Needs root.
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
 use lb_tests::{
     agent::{test_bed_hook, Agent, ManifestDir, TEST_BED_XDP},
+    cluster::{assert_spread, cluster, cluster_with, Cluster},
     topology::ClusterTopology,
     traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
 };
@@ -19,54 +19,6 @@ const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const WEB_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
 const EXTERNAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80);
 const DEADLINE: Duration = Duration::from_mins(1);
-
-/// Topology, servers, manifests and a ready agent. Field order is drop order.
-struct Cluster {
-    agent: Agent,
-    _manifests: ManifestDir,
-    _servers: PodServers,
-    topo: ClusterTopology,
-}
-
-fn cluster(manifests: ManifestDir) -> Cluster {
-    cluster_with(manifests, &[])
-}
-
-/// Like [`cluster`], with more `lb-agent run` arguments.
-fn cluster_with(manifests: ManifestDir, extra: &[&str]) -> Cluster {
-    let topo = ClusterTopology::new().expect("building the namespace topology");
-    let servers = PodServers::start(&topo).expect("starting pod servers");
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(extra);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
-    Cluster {
-        agent,
-        _manifests: manifests,
-        _servers: servers,
-        topo,
-    }
-}
-
-fn assert_spread(counts: &BTreeMap<String, usize>, pods: &[&str], total: usize, min_share: f64) {
-    for pod in pods {
-        let n = counts.get(*pod).copied().unwrap_or(0);
-        #[allow(clippy::cast_precision_loss)]
-        let share = n as f64 / total as f64;
-        assert!(share >= min_share, "{pod} got {n} of {total}: {counts:?}");
-    }
-    let answered: usize = pods
-        .iter()
-        .map(|p| counts.get(*p).copied().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        answered, total,
-        "every request answered by the expected pods: {counts:?}"
-    );
-}
 
 #[test]
 fn balances_tcp_and_udp_over_all_four_backends() {
@@ -166,8 +118,8 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let c = Cluster {
         agent,
-        _manifests: manifests,
-        _servers: servers,
+        manifests,
+        servers,
         topo,
     };
     assert!(scrape(&c, "/healthz").0.contains("200"));
@@ -279,7 +231,7 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
 /// packet by packet in `tests/pins.rs`.)
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
-    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v6");
+    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v7");
     kill_and_restart(
         "upgrade",
         |pin_dir| lb_tests::legacy::make_v5(pin_dir).unwrap(),

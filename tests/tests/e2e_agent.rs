@@ -10,7 +10,6 @@
 //! root.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
@@ -18,62 +17,15 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, ManifestDir, TEST_BED_XDP},
+    cluster::{assert_spread, cluster, cluster_with},
     topology::ClusterTopology,
-    traffic::{http_distribution, HttpClient, PodServers},
+    traffic::{http_distribution, HttpClient},
 };
 
 const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const EXTERNAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80);
 const EDIT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
 const DEADLINE: Duration = Duration::from_mins(1);
-
-/// Topology, servers, manifests and a ready agent. Field order is drop order.
-struct Cluster {
-    agent: Agent,
-    manifests: ManifestDir,
-    _servers: PodServers,
-    topo: ClusterTopology,
-}
-
-fn cluster(manifests: ManifestDir) -> Cluster {
-    cluster_with(manifests, &[])
-}
-
-/// Like [`cluster`], with more `lb-agent run` arguments.
-fn cluster_with(manifests: ManifestDir, extra: &[&str]) -> Cluster {
-    let topo = ClusterTopology::new().expect("building the namespace topology");
-    let servers = PodServers::start(&topo).expect("starting pod servers");
-    let dir = manifests.path().to_string_lossy().into_owned();
-    let mut args = vec!["--manifests", &dir];
-    args.extend_from_slice(extra);
-    let mut agent = Agent::start_with(&topo.node1, &args).expect("starting lb-agent");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .expect("lb-agent ready");
-    Cluster {
-        agent,
-        manifests,
-        _servers: servers,
-        topo,
-    }
-}
-
-fn assert_spread(counts: &BTreeMap<String, usize>, pods: &[&str], total: usize, min_share: f64) {
-    for pod in pods {
-        let n = counts.get(*pod).copied().unwrap_or(0);
-        #[allow(clippy::cast_precision_loss)]
-        let share = n as f64 / total as f64;
-        assert!(share >= min_share, "{pod} got {n} of {total}: {counts:?}");
-    }
-    let answered: usize = pods
-        .iter()
-        .map(|p| counts.get(*p).copied().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        answered, total,
-        "every request answered by the expected pods: {counts:?}"
-    );
-}
 
 fn edit_service(endpoints: &[(&str, &str)]) -> String {
     let mut yaml = String::from(

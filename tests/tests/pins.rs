@@ -16,7 +16,8 @@ use std::{
 
 use lb_common::{
     conntrack::{assured, CtState, DEFAULT_TIMEOUTS, EARLY_DROP_IDLE_S, T_ESTABLISHED},
-    Event, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, REVNAT_MAX_ENTRIES,
+    Event, SockRevEntry, SockRevKey, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP,
+    MAP_SOCK_REVERSE, REVNAT_MAX_ENTRIES,
 };
 use lb_tests::{
     fixture::{frontend, program},
@@ -256,7 +257,7 @@ fn fill_pool(
 
 #[test]
 fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
-    assert_eq!(PIN_LAYOUT, "v6", "the earlier layout made below is v3");
+    assert_eq!(PIN_LAYOUT, "v7", "the earlier layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
     let _pins = Pins(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
@@ -342,9 +343,67 @@ fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
     assert_established(&pin_dir, &flows);
 }
 
+/// The socket reverse map pinned in layout `layout` under `pin_dir`.
+fn sock_reverse(
+    pin_dir: &Path,
+    layout: &str,
+) -> aya::maps::HashMap<aya::maps::MapData, SockRevKey, SockRevEntry> {
+    let path = pin_dir.join(layout).join(MAP_SOCK_REVERSE);
+    let data = aya::maps::MapData::from_pin(&path).expect("opening the pinned SOCK_REVERSE");
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash")
+}
+
+#[test]
+fn a_handover_from_v6_keeps_every_flow_and_what_connected_sockets_were_pointed_at() {
+    assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v6");
+    let pin_dir = unique_pin_dir("handover-v6");
+    let _pins = Pins(pin_dir.clone());
+    // A connected socket the earlier programs pointed at the local backend
+    // (as `connect4` records it): its `getpeername` must keep showing the
+    // Service once the new programs serve it.
+    let socket = SockRevKey {
+        cookie: 0x5eed_0000_0001,
+        backend_addr: u32::from(LOCAL).to_be(),
+        backend_port: 8080u16.to_be(),
+        pad: 0,
+    };
+    let service = SockRevEntry {
+        svc_addr: u32::from(VIP).to_be(),
+        svc_port: 80u16.to_be(),
+        pad: 0,
+    };
+    let flows: Vec<WebFlow> = {
+        let mut old = load_agent(&pin_dir, V3_POOL, false);
+        program(&mut old, &[web(true)]);
+        sock_reverse(&pin_dir, PIN_LAYOUT)
+            .insert(socket, service, 0)
+            .unwrap();
+        (43000..43010)
+            .map(|sport| WebFlow::open(&old, sport))
+            .collect()
+    };
+    legacy::make_v6(&pin_dir).unwrap();
+
+    let mut new = load_agent(&pin_dir, V3_POOL, true);
+    assert!(new.datapath_mut().adopted(), "the services came along");
+    assert_unchanged(&new, &flows, "during the hand-over");
+    new.datapath_mut().finish_handover().unwrap();
+    assert!(
+        !pin_dir.join(legacy::V6).exists(),
+        "the earlier layout is gone"
+    );
+    assert_eq!(
+        sock_reverse(&pin_dir, PIN_LAYOUT).get(&socket, 0).unwrap(),
+        service,
+        "the socket's Service address came along"
+    );
+    assert_unchanged(&new, &flows, "after the hand-over");
+    assert_established(&pin_dir, &flows);
+}
+
 #[test]
 fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flows() {
-    assert_eq!(PIN_LAYOUT, "v6", "the previous layout made below is v5");
+    assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v5");
     let pin_dir = unique_pin_dir("handover-v5");
     let _pins = Pins(pin_dir.clone());
     let at = |addr: Ipv4Addr, port_name: &str| {
@@ -412,7 +471,7 @@ fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flo
 
 #[test]
 fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ranges() {
-    assert_eq!(PIN_LAYOUT, "v6", "the layout made below is v4");
+    assert_eq!(PIN_LAYOUT, "v7", "the layout made below is v4");
     let pin_dir = unique_pin_dir("handover-v4");
     let _pins = Pins(pin_dir.clone());
     let flows: Vec<WebFlow> = {

@@ -14,10 +14,11 @@ use aya::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
-    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SourceRangeKey, BACKEND_F_ACTIVE,
-    BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL, MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS,
-    MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_SOURCE_RANGES, MAP_VERDICTS,
+    ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SockAffinityKey, SockRevEntry,
+    SockRevKey, SourceRangeKey, BACKEND_F_ACTIVE, BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
+    MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
+    MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{
@@ -238,7 +239,8 @@ fn convert_hash<K: Pod, O: Pod, V: Pod>(
     Ok(copied)
 }
 
-/// Copies the flow state the plan carries (conntrack, reverse NAT, affinity),
+/// Copies the flow state the plan carries (conntrack, reverse NAT, affinity,
+/// the sockets' reverse entries),
 /// converting entries of an earlier layout where the plan says so, and
 /// keeping entries the new programs made. With `since_ns` (the second pass,
 /// after the links moved) only converted flows the earlier programs created
@@ -295,6 +297,20 @@ pub fn carry_state(
         copy_hash::<AffinityKey, AffinityEntry>(
             &old_dir.join(MAP_AFFINITY),
             &new_dir.join(MAP_AFFINITY),
+        )?;
+    }
+    if carries(MAP_SOCK_AFFINITY) {
+        copy_hash::<SockAffinityKey, AffinityEntry>(
+            &old_dir.join(MAP_SOCK_AFFINITY),
+            &new_dir.join(MAP_SOCK_AFFINITY),
+        )?;
+    }
+    // Connected sockets keep showing the Service's address: the earlier
+    // programs pointed them (both passes: they serve until their links go).
+    if carries(MAP_SOCK_REVERSE) {
+        copy_hash::<SockRevKey, SockRevEntry>(
+            &old_dir.join(MAP_SOCK_REVERSE),
+            &new_dir.join(MAP_SOCK_REVERSE),
         )?;
     }
     Ok(copied)

@@ -9,19 +9,19 @@ use aya::maps::MapInfo;
 use lb_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
-    MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
+    MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
 };
 
 use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v6";
+pub const PIN_LAYOUT: &str = "v7";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_990_065_807_418_196_245;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 16_486_199_402_865_587_841;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -43,8 +43,29 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_990_065_807_418_196_245;
 /// frontend reads. v5's maps are carried as they are: each frontend is a
 /// port of its own until the first sync merges each Service port's
 /// frontends into the port of the first one placed, the others' backend
-/// entries kept as aliases for their flows (see `plan::adopt`).
+/// entries kept as aliases for their flows (see `plan::adopt`). v7 added
+/// `SOCK_AFFINITY` (socket-level session affinity, keyed by network
+/// namespace; it starts empty).
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
+    (
+        "v6",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_SERVICE_STATS_ARRAY,
+            MAP_EVENTS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+            MAP_SOURCE_RANGES,
+            MAP_INTERNAL_TABLES,
+            MAP_SOCK_REVERSE,
+        ],
+    ),
     (
         "v5",
         &[
@@ -138,9 +159,10 @@ pub const SERVICE_MAPS: [&str; 4] = [MAP_MAGLEV, MAP_BACKENDS, MAP_SERVICE_LABEL
 /// [`SERVICE_MAPS`]. The source ranges and the pods' tables may start
 /// empty under carried services (a layout before they existed): the first
 /// sync writes them.
-pub const ID_DEPENDENT_MAPS: [&str; 6] = [
+pub const ID_DEPENDENT_MAPS: [&str; 7] = [
     MAP_CONNTRACK,
     MAP_AFFINITY,
+    MAP_SOCK_AFFINITY,
     MAP_SERVICE_STATS,
     MAP_SERVICE_STATS_ARRAY,
     MAP_SOURCE_RANGES,

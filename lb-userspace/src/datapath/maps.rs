@@ -19,7 +19,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 19] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -38,6 +38,7 @@ pub const PINNED_MAPS: [&str; 18] = [
     lb_common::MAP_INTERNAL_TABLES,
     lb_common::MAP_NODE_PORT_ADDRS,
     lb_common::MAP_SOCK_REVERSE,
+    lb_common::MAP_SOCK_AFFINITY,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.

@@ -124,9 +124,11 @@ pub struct DatapathConfig {
     pub detach_on_exit: bool,
     /// Flow tracking and translation: SNAT pool, timeouts, hash key, checks.
     pub flows: FlowSettings,
-    /// Socket-level balancing of the node's own namespace: the cgroup v2
-    /// directory its programs attach to (`None`: off).
+    /// Socket-level balancing: the cgroup v2 directory its programs attach
+    /// to (`None`: off).
     pub socket_lb_cgroup: Option<PathBuf>,
+    /// Whose sockets socket-level balancing serves (with a cgroup).
+    pub socket_lb_scope: socket_lb::SocketLbScope,
 }
 
 /// The loaded and attached data path.
@@ -193,6 +195,12 @@ impl Datapath {
             0
         };
         loader.override_global(socket_lb::HOST_NETNS_COOKIE, &host_netns, true);
+        let all_netns = if config.socket_lb_cgroup.is_some() {
+            config.socket_lb_scope.all_netns()
+        } else {
+            0
+        };
+        loader.override_global(socket_lb::SOCK_ALL_NETNS, &all_netns, true);
         if std::env::var_os("LB_VERIFIER_LOG").is_some() {
             // Debugging aid: the whole verifier log in load errors.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -321,7 +329,8 @@ impl Datapath {
         let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
         if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
             socket_lb::load(&mut datapath.ebpf)?;
-            socket_lb::attach(&mut datapath.ebpf, &cgroup, &links)?;
+            let scope = datapath.config.socket_lb_scope;
+            socket_lb::attach(&mut datapath.ebpf, &cgroup, scope, &links)?;
         } else {
             socket_lb::detach_pinned(&links);
         }

@@ -36,6 +36,28 @@ pub const PROGRAMS: [(&str, &str); 4] = [
 
 /// The global the programs compare a socket's namespace cookie with.
 pub const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
+/// The global that makes the programs balance every namespace's sockets.
+pub const SOCK_ALL_NETNS: &str = "SOCK_ALL_NETNS";
+
+/// Whose sockets socket-level balancing serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketLbScope {
+    /// The agent's own network namespace (the node's): host processes and
+    /// hostNetwork pods; pods keep the per-packet path.
+    #[default]
+    Host,
+    /// Every network namespace under the cgroup: the node's and its pods'
+    /// (east-west TCP and UDP need no per-packet translation).
+    All,
+}
+
+impl SocketLbScope {
+    /// The value of [`SOCK_ALL_NETNS`] for this scope.
+    #[must_use]
+    pub fn all_netns(self) -> u8 {
+        u8::from(self == Self::All)
+    }
+}
 
 /// `CGROUP2_SUPER_MAGIC`: the file system type of a cgroup v2 hierarchy.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -102,7 +124,12 @@ pub fn load(ebpf: &mut Ebpf) -> Result<()> {
 
 /// Attaches every socket program to the cgroup at `cgroup`, each through a
 /// new link pinned in `links_dir` in place of an earlier agent's.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    cgroup: &Path,
+    scope: SocketLbScope,
+    links_dir: &Path,
+) -> Result<()> {
     let dir = open_cgroup(cgroup)?;
     for (name, kind) in PROGRAMS {
         let prog = program(ebpf, name)?;
@@ -122,7 +149,11 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<()> {
         link.pin(&pin)
             .with_context(|| format!("pinning the link at {}", pin.display()))?;
     }
-    info!(cgroup = %cgroup.display(), "socket-level balancing attached (the node's namespace)");
+    let whose = match scope {
+        SocketLbScope::Host => "the node's namespace",
+        SocketLbScope::All => "every namespace: the node's and its pods'",
+    };
+    info!(cgroup = %cgroup.display(), "socket-level balancing attached ({whose})");
     Ok(())
 }
 

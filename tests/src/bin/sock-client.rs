@@ -4,9 +4,11 @@
 //! and prints one line per exchange: `peer=<address the socket reports>
 //! reply=<what the backend answered>`, or `error=<why>`.
 //!
-//! Usage: `sock-client <cgroup dir> <tcp|udp|udp-unconnected> <addr:port>
-//! <count> [other-netns]`; with `other-netns` it first moves into a new
-//! network namespace of its own (a pod's, as the programs see it).
+//! Usage: `sock-client <cgroup dir> <tcp|http|udp|udp-unconnected>
+//! <addr:port> <count> [other-netns]`; with `other-netns` it first moves
+//! into a new network namespace of its own (a pod's, as the programs see
+//! it). `tcp` sends a line and reads to the end; `http` sends a GET and
+//! reads one response (the test cluster's pod servers).
 
 use std::{
     io::{Read as _, Write as _},
@@ -25,8 +27,8 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: sock-client <cgroup dir> <tcp|udp|udp-unconnected> <addr:port> <count> \
-                 [other-netns]"
+                "usage: sock-client <cgroup dir> <tcp|http|udp|udp-unconnected> <addr:port> \
+                 <count> [other-netns]"
             );
             std::process::exit(2);
         }
@@ -43,6 +45,7 @@ fn main() {
     for _ in 0..count {
         let line = match mode.as_str() {
             "tcp" => tcp(addr),
+            "http" => http(addr),
             "udp" => udp(addr, true),
             "udp-unconnected" => udp(addr, false),
             other => panic!("unknown mode {other}"),
@@ -59,6 +62,35 @@ fn tcp(addr: SocketAddr) -> std::io::Result<String> {
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     Ok(format!("peer={peer} reply={}", reply.trim()))
+}
+
+fn http(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 512];
+    // Headers, then the body of Content-Length bytes; bounded by the
+    // read timeout and the buffer's growth.
+    while response.len() < 4096 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| body.len() >= len) {
+                return Ok(format!("peer={peer} reply={}", body.trim()));
+            }
+        }
+    }
+    Err(std::io::Error::other("no complete HTTP response"))
 }
 
 fn udp(addr: SocketAddr, connected: bool) -> std::io::Result<String> {

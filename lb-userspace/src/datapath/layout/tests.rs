@@ -1,6 +1,7 @@
 use lb_common::{
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
-    MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES,
+    MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE,
+    MAP_SOURCE_RANGES,
 };
 
 use super::*;
@@ -18,10 +19,17 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v5 layout: today's maps, of the same shapes (v6 changed what a
+/// The v6 layout: today's maps without `SOCK_AFFINITY`.
+fn v6(current: &Shapes) -> Shapes {
+    let mut old = current.clone();
+    old.remove(MAP_SOCK_AFFINITY);
+    old
+}
+
+/// The v5 layout: v6's maps, of the same shapes (v6 changed what a
 /// service id means), without `SOCK_REVERSE`.
 fn v5(current: &Shapes) -> Shapes {
-    let mut old = current.clone();
+    let mut old = v6(current);
     old.remove(MAP_SOCK_REVERSE);
     old
 }
@@ -138,14 +146,31 @@ fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
 }
 
 #[test]
+fn from_v6_every_map_is_carried_as_it_is() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v6", &v6(new), new);
+    let mut but = NEVER_CARRIED.to_vec();
+    but.push(MAP_SOCK_AFFINITY);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
+    assert!(plan.convert.is_empty(), "v6's flows are v7's: {plan:?}");
+    assert_eq!(plan.fresh, vec![none(MAP_SOCK_AFFINITY, "v6")]);
+    assert!(plan.carries_services());
+    // Connected sockets keep their Service's address across the hand-over.
+    assert!(plan.carry.contains(&MAP_SOCK_REVERSE));
+}
+
+#[test]
 fn from_v5_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v5", &v5(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOCK_REVERSE);
+    but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v5's flows are v6's: {plan:?}");
-    assert_eq!(plan.fresh, vec![none(MAP_SOCK_REVERSE, "v5")]);
+    assert_eq!(
+        plan.fresh,
+        vec![none(MAP_SOCK_AFFINITY, "v5"), none(MAP_SOCK_REVERSE, "v5")]
+    );
     assert!(plan.carries_services());
 }
 
@@ -154,13 +179,14 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v4", &v4(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOCK_REVERSE);
+    but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v4's flows are v5's: {plan:?}");
     assert_eq!(
         plan.fresh,
         vec![
+            none(MAP_SOCK_AFFINITY, "v4"),
             none(MAP_SOURCE_RANGES, "v4"),
             none(MAP_INTERNAL_TABLES, "v4"),
             none(MAP_SOCK_REVERSE, "v4")
@@ -177,13 +203,14 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOCK_REVERSE);
+    but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     assert_eq!(
         plan.fresh,
         vec![
+            none(MAP_SOCK_AFFINITY, "v3"),
             none(MAP_SOURCE_RANGES, "v3"),
             none(MAP_INTERNAL_TABLES, "v3"),
             none(MAP_SOCK_REVERSE, "v3")
@@ -205,7 +232,7 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOCK_REVERSE);
+    but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
         MAP_SOURCE_RANGES,
@@ -217,6 +244,7 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     assert_eq!(
         plan.fresh,
         vec![
+            none(MAP_SOCK_AFFINITY, "v2"),
             none(MAP_SERVICE_STATS_ARRAY, "v2"),
             none(MAP_SOURCE_RANGES, "v2"),
             none(MAP_INTERNAL_TABLES, "v2"),
@@ -231,7 +259,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.push(MAP_SOCK_REVERSE);
+    but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
         MAP_EVENTS,
@@ -243,6 +271,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     assert_eq!(
         plan.fresh,
         vec![
+            none(MAP_SOCK_AFFINITY, "v1"),
             none(MAP_SERVICE_STATS_ARRAY, "v1"),
             none(MAP_SOURCE_RANGES, "v1"),
             none(MAP_INTERNAL_TABLES, "v1"),
@@ -287,7 +316,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carries_services(), "{map} of {what}");
             assert_eq!(plan.convert, vec![other], "{map} of {what}");
             assert!(plan.carry.contains(&MAP_AFFINITY));
-            assert_eq!(plan.fresh.len(), 4, "{map} of {what}: {plan:?}");
+            assert_eq!(plan.fresh.len(), 5, "{map} of {what}: {plan:?}");
         }
     }
 }
@@ -296,7 +325,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
 fn an_unknown_layout_carries_nothing() {
     let new = object_shapes().unwrap();
     // Neither one of today's shapes, nor v3's flow maps under another name.
-    for (from, old) in [("v7", new.clone()), ("v6", v3(new)), ("v0", v3(new))] {
+    for (from, old) in [("v8", new.clone()), ("v9", v3(new)), ("v0", v3(new))] {
         let plan = plan_handover(from, &old, new);
         assert!(plan.carry.is_empty(), "{from}: {plan:?}");
         assert!(plan.convert.is_empty(), "{from}: {plan:?}");
@@ -398,11 +427,11 @@ fn a_same_version_dir_with_other_shapes_is_refused_by_name() {
 #[test]
 fn other_layout_dirs_are_listed_oldest_first() {
     let dir = std::env::temp_dir().join(format!("lb-layouts-{}", std::process::id()));
-    for sub in ["v10", "v1", "v3", PIN_LAYOUT, "links", "vx", "v7"] {
+    for sub in ["v10", "v1", "v3", PIN_LAYOUT, "links", "vx", "v9"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     std::fs::write(dir.join("v8"), "a file, not a layout").unwrap();
     let found = other_layouts(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(found, vec!["v1", "v3", "v7", "v10"]);
+    assert_eq!(found, vec!["v1", "v3", "v9", "v10"]);
 }
