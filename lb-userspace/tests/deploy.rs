@@ -264,3 +264,53 @@ fn the_hash_seed_comes_from_a_secret_created_at_install_never_from_deploy() {
         "no seed on the command line"
     );
 }
+
+/// The value of the `--<flag>=` argument, with the ConfigMap's `$(VAR)`s
+/// substituted.
+fn arg_value(args: &[String], config: &BTreeMap<String, String>, flag: &str) -> String {
+    let raw = args
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("--{flag}=")))
+        .unwrap_or_else(|| panic!("--{flag}= in {args:?}"));
+    match raw.strip_prefix("$(").and_then(|r| r.strip_suffix(')')) {
+        Some(var) => config
+            .get(var)
+            .unwrap_or_else(|| panic!("{var} in the ConfigMap"))
+            .clone(),
+        None => raw.to_string(),
+    }
+}
+
+#[test]
+fn socket_level_balancing_attaches_to_the_hosts_cgroup_v2_root_read_only() {
+    let ds: DaemonSet = one("DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let config: ConfigMap = one("ConfigMap");
+    let config: BTreeMap<String, String> = config.data.unwrap_or_default();
+    let scope = arg_value(&args, &config, "socket-lb");
+    assert!(
+        ["off", "host", "all"].contains(&scope.as_str()),
+        "--socket-lb={scope}"
+    );
+    let cgroup = arg_value(&args, &config, "socket-lb-cgroup");
+    // The cgroup is inside a read-only mount of the host's /sys/fs/cgroup:
+    // the mount itself (a cgroup v2 host) or `unified` (a hybrid one).
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| cgroup == m.mount_path || cgroup == format!("{}/unified", m.mount_path))
+        .unwrap_or_else(|| panic!("no volume mount holds --socket-lb-cgroup={cgroup}"));
+    assert_eq!(mount.read_only, Some(true), "attaching needs no write");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let host = volume.host_path.as_ref().expect("a hostPath volume");
+    assert_eq!(host.path, "/sys/fs/cgroup", "the host's cgroup hierarchy");
+    assert_eq!(host.type_.as_deref(), Some("Directory"), "never created");
+}
