@@ -245,6 +245,26 @@ pub async fn new_connections(
     .await
 }
 
+/// Runs `concurrency` clients for `duration`, each opening connections one
+/// after another and closing them at once; latency is `connect()` alone
+/// (the handshake, and whatever the path does to the first packets).
+pub async fn connects(addr: SocketAddrV4, concurrency: usize, duration: Duration) -> LoadResult {
+    run_clients(concurrency, duration, move |deadline| async move {
+        let mut result = LoadResult::default();
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            let done = timeout(IO_TIMEOUT, async {
+                TcpStream::connect(addr).await?;
+                Ok(())
+            })
+            .await;
+            record(&mut result, started, &done);
+        }
+        result
+    })
+    .await
+}
+
 /// Runs `concurrency` clients for `duration`, each sending requests one after
 /// another on one kept-alive connection (reopened if it fails).
 pub async fn kept_alive(addr: SocketAddrV4, concurrency: usize, duration: Duration) -> LoadResult {

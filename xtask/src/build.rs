@@ -223,7 +223,7 @@ pub fn bench(quick: bool) -> Result<()> {
         ),
     ])?;
     let agent = build(true)?;
-    for name in ["packet", "control", "e2e", "flows"] {
+    for name in ["packet", "control", "e2e", "east_west", "flows"] {
         let mut bench = cargo();
         bench
             .args(["bench", "-p", "lb-tests", "--bench", name])

@@ -26,6 +26,7 @@ fn main() -> Result<()> {
         "packet": json("packet.json")?,
         "control": json("control.json")?,
         "flows": json("flows.json")?,
+        "east_west": json("east_west.json")?,
     });
     let verdicts = targets::judge(&report);
     let table = targets::markdown(&verdicts);
@@ -47,10 +48,12 @@ fn main() -> Result<()> {
          (2 cores, shared: read ratios, not absolute times). Every figure: \
          `target/bench/report.json`.\n\n## Targets (issue 4)\n\n{table}\n{notes}\n## End to end\n\n\
          ![New connections per second](docs/bench/e2e-connections.png)\n\n\
-         ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
+         ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n\
+         ## East-west: socket-level balancing (issue 14)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
          ## Control path\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",
         if quick { " --quick" } else { "" },
         read("e2e.md"),
+        read("east_west.md"),
         read("packet.md"),
         read("control.md"),
         read("flows.md")
