@@ -380,3 +380,16 @@ impl Drop for ManifestDir {
         let _ = fs::remove_dir_all(&self.path);
     }
 }
+
+/// A pin directory removed, with every pin and link under it, when the
+/// test ends, passed or not (`lb-agent cleanup`'s work, done in process).
+pub struct PinDirGuard(pub PathBuf);
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            lb_userspace::datapath::cleanup(&self.0);
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+}

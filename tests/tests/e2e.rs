@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{test_bed_hook, Agent, ManifestDir, TEST_BED_XDP},
+    agent::{test_bed_hook, Agent, ManifestDir, PinDirGuard, TEST_BED_XDP},
     cluster::{assert_spread, cluster, cluster_with, Cluster},
     topology::ClusterTopology,
     traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
@@ -382,6 +382,8 @@ fn kill_and_restart(
     let manifests = ManifestDir::with_examples().unwrap();
     let dir = manifests.path().to_string_lossy().into_owned();
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/lbt{}x{tag}", std::process::id()));
+    // Whatever fails below, the pins go (the agents' own cleanup needs them alive).
+    let _pins = PinDirGuard(pin_dir.clone());
     let mut first_args = vec!["--manifests", dir.as_str()];
     first_args.extend_from_slice(first_hook);
     let first_args = hook_or_test_bed(&first_args);

@@ -10,7 +10,7 @@ use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
     ops::RangeInclusive,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,7 @@ use lb_common::{
     MAP_SOCK_REVERSE, REVNAT_MAX_ENTRIES,
 };
 use lb_tests::{
+    agent::PinDirGuard,
     fixture::{frontend, program},
     legacy::{self, Written},
     packet::{
@@ -30,7 +31,7 @@ use lb_tests::{
 };
 use lb_userspace::{
     conntrack::{FlowLife, Snapshot},
-    datapath::{cleanup, PIN_LAYOUT},
+    datapath::PIN_LAYOUT,
     desired::{DesiredFrontend, Frontend, Protocol, SourceRange},
     flows::{FlowSettings, PortRange},
     metrics::Metrics,
@@ -45,15 +46,6 @@ const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const SLAB: u32 = 1 << 16;
-
-/// Removes every pin under the directory when the test ends, passed or not.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        cleanup(&self.0);
-    }
-}
 
 /// The web service (`default/web`, port `http`), on a local and a remote
 /// backend (or only the local one).
@@ -259,7 +251,7 @@ fn fill_pool(
 fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
     assert_eq!(PIN_LAYOUT, "v7", "the earlier layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
-    let _pins = Pins(pin_dir.clone());
+    let _pins = PinDirGuard(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
     let flows: Vec<WebFlow> = {
         let mut old = load_agent(&pin_dir, V3_POOL, false);
@@ -357,7 +349,7 @@ fn sock_reverse(
 fn a_handover_from_v6_keeps_every_flow_and_what_connected_sockets_were_pointed_at() {
     assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v6");
     let pin_dir = unique_pin_dir("handover-v6");
-    let _pins = Pins(pin_dir.clone());
+    let _pins = PinDirGuard(pin_dir.clone());
     // A connected socket the earlier programs pointed at the local backend
     // (as `connect4` records it): its `getpeername` must keep showing the
     // Service once the new programs serve it.
@@ -405,7 +397,7 @@ fn a_handover_from_v6_keeps_every_flow_and_what_connected_sockets_were_pointed_a
 fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flows() {
     assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v5");
     let pin_dir = unique_pin_dir("handover-v5");
-    let _pins = Pins(pin_dir.clone());
+    let _pins = PinDirGuard(pin_dir.clone());
     let at = |addr: Ipv4Addr, port_name: &str| {
         let (mut fe, mut desired) = web(true);
         fe.addr = addr;
@@ -473,7 +465,7 @@ fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flo
 fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ranges() {
     assert_eq!(PIN_LAYOUT, "v7", "the layout made below is v4");
     let pin_dir = unique_pin_dir("handover-v4");
-    let _pins = Pins(pin_dir.clone());
+    let _pins = PinDirGuard(pin_dir.clone());
     let flows: Vec<WebFlow> = {
         let mut old = load_agent(&pin_dir, V3_POOL, false);
         program(&mut old, &[web(true)]);
@@ -537,7 +529,7 @@ fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ran
 #[test]
 fn conntrack_evictions_are_counted_when_the_table_overflows() {
     let pin_dir = unique_pin_dir("evict");
-    let _pins = Pins(pin_dir.clone());
+    let _pins = PinDirGuard(pin_dir.clone());
     let mut dp = TestDatapath::load_at(&pin_dir, NODE, SLAB, true);
     // A local backend only: no SNAT, whose ports would run out first.
     program(&mut dp, &[web(false)]);
