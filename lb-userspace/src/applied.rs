@@ -10,7 +10,7 @@ use std::{
 
 use lb_common::{BackendId, InternalTable, ServiceEntry, SERVICE_F_INTERNAL_TABLE};
 
-use crate::desired::{Frontend, ObjectName, Protocol, SourceRange, TrafficPolicy};
+use crate::desired::{BackendInfo, Frontend, ObjectName, Protocol, SourceRange, TrafficPolicy};
 
 /// A backend of a Service port as applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,16 @@ pub struct AppliedBackend {
     pub for_cluster: bool,
     /// Whether it takes new connections under the `Local` policy.
     pub for_local: bool,
+}
+
+impl From<&AppliedBackend> for BackendInfo {
+    fn from(b: &AppliedBackend) -> Self {
+        BackendInfo {
+            local: b.local,
+            for_cluster: b.for_cluster,
+            for_local: b.for_local,
+        }
+    }
 }
 
 impl AppliedBackend {

@@ -265,7 +265,7 @@ fn the_hash_seed_comes_from_a_secret_created_at_install_never_from_deploy() {
     );
 }
 
-/// The value of the `--<flag>=` argument, with the ConfigMap's `$(VAR)`s
+/// The value of the `--<flag>=` argument, with the `ConfigMap` variables
 /// substituted.
 fn arg_value(args: &[String], config: &BTreeMap<String, String>, flag: &str) -> String {
     let raw = args

@@ -202,14 +202,7 @@ fn one_port_per_frontend(pin_dir: &Path) -> Result<()> {
             backends: f
                 .backends
                 .iter()
-                .map(|(addr, b)| {
-                    let info = BackendInfo {
-                        local: b.local,
-                        for_cluster: b.for_cluster,
-                        for_local: b.for_local,
-                    };
-                    (*addr, info)
-                })
+                .map(|(addr, b)| (*addr, BackendInfo::from(b)))
                 .collect(),
             policy: TrafficPolicy::Cluster,
             pods_policy: TrafficPolicy::Cluster,

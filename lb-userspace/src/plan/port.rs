@@ -50,14 +50,7 @@ impl Planner {
             None => port
                 .backends
                 .iter()
-                .map(|(addr, b)| {
-                    let info = BackendInfo {
-                        local: b.local,
-                        for_cluster: b.for_cluster,
-                        for_local: b.for_local,
-                    };
-                    (*addr, info)
-                })
+                .map(|(addr, b)| (*addr, BackendInfo::from(b)))
                 .collect(),
         };
         let (has_endpoints, affinity_timeout) = want
