@@ -12,7 +12,8 @@
 //! sockets, including to a node port of node1 itself (not on loopback,
 //! as kube-proxy's nftables mode); a pod's session
 //! affinity holds across its sockets. With `--socket-lb host` a pod's
-//! sockets in the same cgroup are left to the per-packet path. Run once,
+//! sockets in the same cgroup are left to the per-packet path; the
+//! programs outlive a crashed agent (pinned links) until `lb-agent cleanup`. Run once,
 //! not on every pass of the end-to-end matrix: nothing here depends on the
 //! CNI layout, the firewall or the uplink hook. Needs root and cgroup v2.
 
@@ -24,12 +25,13 @@ use std::{
 };
 
 use lb_tests::{
-    agent::ManifestDir,
+    agent::{agent_bin, ManifestDir, PinDirGuard},
     cgroup::TestCgroup,
     cluster::{assert_spread, cluster_with, Cluster},
     netns::Netns,
     traffic::{http_distribution, metric, scrape},
 };
+use lb_userspace::datapath::PIN_LAYOUT;
 
 const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const WEB_DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
@@ -78,6 +80,17 @@ fn socket_cluster(scope: &str, cgroup: &TestCgroup) -> Cluster {
 /// keeps /sys and so the cgroup visible), joining `cgroup` first, and
 /// returns its lines.
 fn sock_client(ns: &Netns, cgroup: &TestCgroup, mode: &str, to: SocketAddrV4) -> Vec<String> {
+    sock_client_n(ns, cgroup, mode, to, COUNT)
+}
+
+/// [`sock_client`] with `count` exchanges.
+fn sock_client_n(
+    ns: &Netns,
+    cgroup: &TestCgroup,
+    mode: &str,
+    to: SocketAddrV4,
+    count: usize,
+) -> Vec<String> {
     let netns = format!("--net=/run/netns/{}", ns.name());
     let out = Command::new("nsenter")
         .args([
@@ -87,7 +100,7 @@ fn sock_client(ns: &Netns, cgroup: &TestCgroup, mode: &str, to: SocketAddrV4) ->
             cgroup.path().to_str().unwrap(),
             mode,
             &to.to_string(),
-            &COUNT.to_string(),
+            &count.to_string(),
         ])
         .output()
         .expect("running sock-client");
@@ -190,7 +203,7 @@ fn with_scope_all_pods_and_the_node_reach_services_with_no_packet_translated() {
 #[test]
 fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
     let cgroup = TestCgroup::new("e2esockhost");
-    let c = socket_cluster("host", &cgroup);
+    let mut c = socket_cluster("host", &cgroup);
     let before = (
         counter(&c, WEB_HTTP_PACKETS),
         counter(&c, SOCKET_TRANSLATED),
@@ -211,4 +224,32 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
     let tcp = answers(&sock_client(node, &cgroup, "http", WEB), WEB);
     assert_spread(&tcp, &ALL, COUNT, 0.05);
     assert!(counter(&c, SOCKET_TRANSLATED) >= before.1 + COUNT as u64);
+
+    // The links are pinned: a crashed agent leaves them serving, and
+    // `lb-agent cleanup` detaches them.
+    let pin_dir = c.agent.pin_dir().to_path_buf();
+    let _pins = PinDirGuard(pin_dir.clone());
+    let links = pin_dir.join(PIN_LAYOUT).join("links");
+    for hook in ["connect4", "sendmsg4", "recvmsg4", "getpeername4"] {
+        assert!(links.join(format!("sock-{hook}")).exists(), "sock-{hook}");
+    }
+    c.agent.cleanup_on_drop = false;
+    c.agent.kill();
+    let node = &c.topo.node1;
+    let served = sock_client_n(node, &cgroup, "http", WEB, 1);
+    assert!(
+        served[0].starts_with(&format!("peer={WEB} reply=")),
+        "{served:?}"
+    );
+    let cleanup = Command::new(agent_bin().unwrap())
+        .args(["cleanup", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    let after = sock_client_n(node, &cgroup, "http", WEB, 1);
+    assert!(
+        after[0].starts_with("error="),
+        "not balanced any more: {after:?}"
+    );
 }
