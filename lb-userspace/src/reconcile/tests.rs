@@ -506,3 +506,50 @@ fn node_ports_follow_the_local_addresses_first_added_last_removed() {
         .node_port_addrs
         .is_empty());
 }
+
+#[test]
+fn tracked_the_backends_a_frontend_loses_are_reported_once() {
+    let mut cluster = Cluster::default();
+    for (svc, ip, eps) in [("a", 1, &[1u8, 2, 3][..]), ("b", 2, &[2][..])] {
+        let s = service(svc, ip);
+        cluster.services.insert(s.name.clone(), s);
+        let sl = slice(&format!("{svc}-1"), svc, eps);
+        cluster.slices.insert(sl.name.clone(), sl);
+    }
+    let t0 = Instant::now();
+    let mut r = Reconciler::new(node(), 1 << 20);
+    assert!(r.reconcile(&cluster, &Changes::all(), t0).gone.is_empty());
+    r.track_gone(true);
+    let ep = |i| std::net::SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, i), 8080);
+    let fe = |last| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, last),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+
+    // Endpoint 2 leaves a's slice (it stays b's).
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[1, 3]));
+    let one_slice = Changes {
+        slices: [name("a-1")].into_iter().collect(),
+        ..Changes::default()
+    };
+    let step = r.reconcile(&cluster, &one_slice, t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(1), ep(2))]);
+    assert!(r.reconcile(&cluster, &one_slice, t0).gone.is_empty());
+
+    // b goes: its frontend takes its backend along; a full sync finds it too.
+    cluster.services.remove(&name("b"));
+    let mut full = Reconciler::new(node(), 1 << 20);
+    full.track_gone(true);
+    full.reconcile(&cluster, &Changes::all(), t0);
+    let step = r.reconcile(&cluster, &changed(&["b"]), t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(2), ep(2))]);
+    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[3]));
+    let step = full.reconcile(&cluster, &Changes::all(), t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(1), ep(1))]);
+}
