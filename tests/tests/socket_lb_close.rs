@@ -19,8 +19,10 @@ use std::{
 };
 
 use lb_tests::{
+    agent::{Agent, ManifestDir},
     cgroup::TestCgroup,
     fixture::{apply, frontend, program},
+    netns::Netns,
     packet::TestDatapath,
 };
 use lb_userspace::desired::{DesiredFrontend, DesiredState, Frontend, Protocol};
@@ -38,20 +40,23 @@ const SOCKETS: usize = 16;
 struct Echo {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Their addresses.
+    addrs: Vec<Ipv4Addr>,
     /// (TCP, UDP) ports by backend.
     ports: Vec<(u16, u16)>,
 }
 
 impl Echo {
-    /// Starts them on [`BACKENDS`] (in the calling thread's namespace).
-    fn start() -> Self {
+    /// Starts them on `addrs` and `port` (0: any), in the calling thread's
+    /// namespace; the k-th answers "b<k>".
+    fn start(addrs: &[Ipv4Addr], port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (mut threads, mut ports) = (Vec::new(), Vec::new());
-        for (k, ip) in BACKENDS.iter().enumerate() {
+        for (k, ip) in addrs.iter().enumerate() {
             let name = format!("b{k}");
-            let tcp = TcpListener::bind((*ip, 0)).unwrap();
+            let tcp = TcpListener::bind((*ip, port)).unwrap();
             tcp.set_nonblocking(true).unwrap();
-            let udp = UdpSocket::bind((*ip, 0)).unwrap();
+            let udp = UdpSocket::bind((*ip, port)).unwrap();
             udp.set_read_timeout(Some(Duration::from_millis(50)))
                 .unwrap();
             ports.push((
@@ -86,6 +91,7 @@ impl Echo {
         Self {
             stop,
             threads,
+            addrs: addrs.to_vec(),
             ports,
         }
     }
@@ -129,16 +135,17 @@ struct Holder {
 }
 
 impl Holder {
-    fn start(cgroup: &TestCgroup, echo: &Echo, netns: Option<&str>) -> Self {
+    /// Sockets to `vip` (TCP 80, UDP 53), and directly to backend b1.
+    fn start(cgroup: &TestCgroup, echo: &Echo, vip: Ipv4Addr, netns: Option<&str>) -> Self {
         let direct = |k: usize, tcp: bool| {
             let (t, u) = echo.ports[k];
-            SocketAddr::from((BACKENDS[k], if tcp { t } else { u })).to_string()
+            SocketAddr::from((echo.addrs[k], if tcp { t } else { u })).to_string()
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_sock-client"))
             .arg(cgroup.path())
             .arg("hold")
-            .arg(SocketAddr::from((VIP, 80)).to_string())
-            .arg(SocketAddr::from((VIP, 53)).to_string())
+            .arg(SocketAddr::from((vip, 80)).to_string())
+            .arg(SocketAddr::from((vip, 53)).to_string())
             .arg(SOCKETS.to_string())
             .args([direct(1, true), direct(1, false)])
             .args(netns)
@@ -175,6 +182,14 @@ impl Holder {
     }
 }
 
+impl Drop for Holder {
+    /// A test that fails leaves no client behind (its cgroup can go).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Lines of `out` up to `end` (or its end), at most 1,000.
 fn lines(out: &mut impl BufRead, end: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -200,7 +215,7 @@ fn state(echo: &Echo, backends: &[usize]) -> Vec<(Frontend, DesiredFrontend)> {
             .iter()
             .map(|&k| {
                 let (t, u) = echo.ports[k];
-                (BACKENDS[k], if tcp { t } else { u }, true)
+                (echo.addrs[k], if tcp { t } else { u }, true)
             })
             .collect()
     };
@@ -221,19 +236,12 @@ fn on(opened: &BTreeMap<(String, usize), String>, kind: &str, backend: &str) -> 
 #[test]
 fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
     let cgroup = TestCgroup::new("sockclose");
-    let echo = Echo::start();
+    let echo = Echo::start(&BACKENDS, 0);
     let mut dp = TestDatapath::load_with_socket_lb("sock-close", NODE, cgroup.path());
     let mut planner = program(&mut dp, &state(&echo, &[0, 1]));
-    let holder = Holder::start(&cgroup, &echo, None);
+    let holder = Holder::start(&cgroup, &echo, VIP, None);
     let opened = holder.opened.clone();
-    for kind in ["svc-tcp", "svc-udp"] {
-        assert!(
-            on(&opened, kind, "b0") > 0 && on(&opened, kind, "b1") > 0,
-            "{kind} on both backends: {opened:?}"
-        );
-    }
-    assert_eq!(on(&opened, "direct-tcp", "b1"), 1);
-    assert_eq!(on(&opened, "direct-udp", "b1"), 1);
+    check_spread(&opened);
 
     // The edit: b1 leaves the Service. The maps first, then the sockets.
     let started = Instant::now();
@@ -253,20 +261,137 @@ fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     eprintln!("applied and closed {on_b1} sockets in {took:?}");
 
+    check_closed(&opened, holder);
+    // Nothing left to close.
+    assert_eq!(dp.datapath_mut().close_sockets(&gone).unwrap().destroyed, 0);
+    drop(dp);
+    drop(echo);
+}
+
+/// Sockets through the Service went to both backends; the direct ones to b1.
+fn check_spread(opened: &BTreeMap<(String, usize), String>) {
+    for kind in ["svc-tcp", "svc-udp"] {
+        assert!(
+            on(opened, kind, "b0") > 0 && on(opened, kind, "b1") > 0,
+            "{kind} on both backends: {opened:?}"
+        );
+    }
+    assert_eq!(on(opened, "direct-tcp", "b1"), 1);
+    assert_eq!(on(opened, "direct-udp", "b1"), 1);
+}
+
+/// After b1 left the Service: the sockets balanced to it fail, every other
+/// one (b0's, those connected to b1 directly) still answers, and each
+/// reconnect lands on b0.
+fn check_closed(opened: &BTreeMap<(String, usize), String>, holder: Holder) {
     let (after, reconnect) = holder.finish();
-    for ((kind, n), was) in &opened {
+    for ((kind, n), was) in opened {
         let now = &after[&(kind.clone(), *n)];
         if kind.starts_with("svc") && was == "b1" {
             assert!(now.starts_with("error="), "{kind} {n} closed: {now}");
         } else {
-            // The other backend's, and those connected to b1 directly.
             assert_eq!(now, was, "{kind} {n} stays open");
         }
     }
+    let errors: std::collections::BTreeSet<_> = after
+        .iter()
+        .filter(|(_, now)| now.starts_with("error="))
+        .map(|((kind, _), now)| format!("{kind}: {now}"))
+        .collect();
+    eprintln!("the closed sockets saw {errors:?}");
+    let on_b1 = on(opened, "svc-tcp", "b1") + on(opened, "svc-udp", "b1");
     assert_eq!(reconnect.len(), on_b1);
     assert!(reconnect.iter().all(|r| r == "b0"), "{reconnect:?}");
-    // Nothing left to close.
-    assert_eq!(dp.datapath_mut().close_sockets(&gone).unwrap().destroyed, 0);
-    drop(dp);
+}
+
+/// The agent test's Service address and backends, in a namespace of its own.
+const AGENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 10);
+const AGENT_BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 9, 1), Ipv4Addr::new(10, 244, 9, 2)];
+
+/// Service `web` (TCP 80 and UDP 53, both to port 8080) on `endpoints`.
+fn web(endpoints: &[Ipv4Addr]) -> String {
+    let mut manifest = r"apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.9.10
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 8080, protocol: UDP}
+endpoints:
+"
+    .to_string();
+    for ip in endpoints {
+        manifest += &[
+            "- {addresses: [\"",
+            &ip.to_string(),
+            "\"], nodeName: node1, conditions: {ready: true}}\n",
+        ]
+        .concat();
+    }
+    manifest
+}
+
+#[test]
+fn an_edit_through_the_agent_closes_the_sockets_of_the_removed_backend() {
+    let cgroup = TestCgroup::new("sockagent");
+    let node = Netns::new("sockagent").unwrap();
+    // The backends' addresses on the namespace's loopback: nothing leaves it.
+    for cmd in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "addr", "add", "10.244.9.1/32", "dev", "lo"],
+        &["ip", "addr", "add", "10.244.9.2/32", "dev", "lo"],
+    ] {
+        node.exec(cmd).unwrap();
+    }
+    let echo = node.run(|| Echo::start(&AGENT_BACKENDS, 8080)).unwrap();
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("web.yaml", &web(&AGENT_BACKENDS)).unwrap();
+    let dir = manifests.path().to_str().unwrap();
+    let cg = cgroup.path().to_str().unwrap();
+    let mut agent = Agent::start_bare(
+        &node,
+        &[
+            "--manifests",
+            dir,
+            "--node-ip",
+            "10.244.9.1",
+            "--socket-lb",
+            "host",
+            "--socket-lb-cgroup",
+            cg,
+        ],
+    )
+    .unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let netns = format!("/run/netns/{}", node.name());
+    let holder = Holder::start(&cgroup, &echo, AGENT_VIP, Some(&netns));
+    let opened = holder.opened.clone();
+    check_spread(&opened);
+    let on_b1 = on(&opened, "svc-tcp", "b1") + on(&opened, "svc-udp", "b1");
+
+    // The edit: 10.244.9.2 leaves the EndpointSlice.
+    let started = Instant::now();
+    manifests
+        .write("web.yaml", &web(&AGENT_BACKENDS[..1]))
+        .unwrap();
+    let expect = format!("destroyed={on_b1}");
+    while !agent.log().contains(&expect) && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = started.elapsed();
+    assert!(agent.log().contains(&expect), "{}", agent.log());
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    eprintln!("the agent closed {on_b1} sockets {took:?} after the edit");
+    check_closed(&opened, holder);
+    assert!(agent.stop(), "a clean exit");
     drop(echo);
 }
