@@ -68,6 +68,27 @@ pub fn gone(old: &DesiredState, new: &DesiredState) -> Vec<GoneBackend> {
     out
 }
 
+/// Every backend of the `applied` frontends (as an earlier agent left
+/// them in the maps) that the frontend does not have in `new`: a restarted
+/// agent's first sync, which has no earlier desired state to compare with.
+pub fn gone_since_applied(
+    applied: impl IntoIterator<Item = (Frontend, Vec<SocketAddrV4>)>,
+    new: &DesiredState,
+) -> Vec<GoneBackend> {
+    let mut out = Vec::new();
+    for (frontend, backends) in applied {
+        let now = new.get(&frontend);
+        out.extend(
+            backends
+                .into_iter()
+                .filter(|b| now.is_none_or(|now| !now.backends.contains_key(b)))
+                .map(|backend| GoneBackend { frontend, backend }),
+        );
+    }
+    out.sort_unstable();
+    out
+}
+
 /// The distinct backends of `gone` by protocol number: what to look for
 /// among the node's sockets.
 #[must_use]
@@ -203,6 +224,25 @@ mod tests {
             backends_by_proto(&found),
             [(6, ep(2)), (17, ep(1))],
             "by protocol number"
+        );
+    }
+
+    #[test]
+    fn a_restart_compares_with_what_the_maps_held() {
+        let new: DesiredState = [(fe(1, Protocol::Tcp), want("a", &[(1, true)]))]
+            .into_iter()
+            .collect();
+        let applied = [
+            (fe(1, Protocol::Tcp), vec![ep(1), ep(2)]),
+            (fe(2, Protocol::Tcp), vec![ep(3)]),
+        ];
+        let found: Vec<_> = gone_since_applied(applied, &new)
+            .into_iter()
+            .map(|g| (g.frontend, g.backend))
+            .collect();
+        assert_eq!(
+            found,
+            [(fe(1, Protocol::Tcp), ep(2)), (fe(2, Protocol::Tcp), ep(3))]
         );
     }
 

@@ -356,7 +356,16 @@ impl Reconciler {
         }
         let old = std::mem::replace(&mut self.desired, self.claims.desired());
         if self.track_gone {
-            self.gone = gone::gone(&old, &self.desired);
+            self.gone = if old.is_empty() {
+                // The first sync: an earlier agent's frontends (adopted) or none.
+                let applied = self
+                    .planner
+                    .frontends()
+                    .map(|f| (f.frontend, f.backends.into_keys().collect()));
+                gone::gone_since_applied(applied, &self.desired)
+            } else {
+                gone::gone(&old, &self.desired)
+            };
         }
         // As `Planner::plan`: the frontends that go, then every desired one.
         let gone = self

@@ -14,6 +14,7 @@
 //! thread's, and [`close_pointed_at`] works in whichever it is given.
 
 use std::{
+    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -52,6 +53,9 @@ const TCP_STATES: u32 =
 /// A connected UDP socket is `ESTABLISHED` (1); an unconnected one (its
 /// sends balanced one by one) is `CLOSE` and is never closed here.
 const UDP_STATES: u32 = 1 << 1;
+/// Backends of one protocol found by filtered dumps at most; beyond, one
+/// dump of all the protocol's connected sockets, filtered here.
+const FILTERED_DUMPS: usize = 8;
 /// Replies read per request at most (each read holds one or more
 /// messages; a dump ends with `NLMSG_DONE`).
 const MAX_READS: usize = 1 << 16;
@@ -120,6 +124,12 @@ impl SockDiag {
     /// The connected sockets of protocol `proto` (TCP or UDP) whose peer is
     /// `dst`.
     pub fn connected_to(&self, proto: u8, dst: SocketAddrV4) -> io::Result<Vec<InetSock>> {
+        self.connected(proto, Some(dst))
+    }
+
+    /// The connected sockets of protocol `proto`, those whose peer is `dst`
+    /// when given (the kernel filters).
+    pub fn connected(&self, proto: u8, dst: Option<SocketAddrV4>) -> io::Result<Vec<InetSock>> {
         let states = if proto == lb_common::IPPROTO_TCP {
             TCP_STATES
         } else {
@@ -129,14 +139,16 @@ impl SockDiag {
         // No cookie: `INET_DIAG_NOCOOKIE`.
         id[40..48].copy_from_slice(&[0xff; 8]);
         let mut body = req_v2(proto, states, &id);
-        body.extend_from_slice(&dst_filter(dst));
+        if let Some(dst) = dst {
+            body.extend_from_slice(&dst_filter(dst));
+        }
         let seq = self.send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, &body)?;
         let mut found = Vec::new();
         self.replies(seq, |ty, payload| {
             if ty == SOCK_DIAG_BY_FAMILY {
                 if let Some(sock) = parse_diag_msg(proto, payload) {
                     // The kernel filtered already; this is a second look.
-                    if sock.dst == dst {
+                    if dst.is_none_or(|dst| sock.dst == dst) {
                         found.push(sock);
                     }
                 }
@@ -252,43 +264,73 @@ pub fn close_pointed_at(
     reverse: impl Fn(&SockRevKey) -> Option<SockRevEntry>,
 ) -> Closed {
     let mut closed = Closed::default();
-    for (proto, backend) in gone::backends_by_proto(gone) {
-        let sockets = match diag.connected_to(proto, backend) {
-            Ok(sockets) => sockets,
+    // (protocol, backend) -> the frontends it left.
+    let mut left: HashMap<(u8, SocketAddrV4), Vec<&GoneBackend>> = HashMap::new();
+    for g in gone {
+        left.entry((g.frontend.proto.number(), g.backend))
+            .or_default()
+            .push(g);
+    }
+    let mut sockets = Vec::new();
+    for (proto, dsts) in dumps(&gone::backends_by_proto(gone)) {
+        match diag.connected(proto, dsts) {
+            Ok(found) => sockets.extend(found),
             Err(e) => {
-                warn!(%backend, proto, "listing the sockets connected to a removed backend: {e}");
+                warn!(
+                    ?dsts,
+                    proto, "listing the sockets connected to removed backends: {e}"
+                );
                 closed.failed += 1;
-                continue;
             }
+        }
+    }
+    for sock in sockets {
+        let backend = sock.dst;
+        let Some(frontends) = left.get(&(sock.proto, backend)) else {
+            continue;
         };
-        for sock in sockets {
-            let key = SockRevKey {
-                cookie: sock.cookie,
-                backend_addr: u32::from_ne_bytes(backend.ip().octets()),
-                backend_port: backend.port().to_be(),
-                pad: 0,
-            };
-            let Some(entry) = reverse(&key) else {
-                continue;
-            };
-            let svc = gone::svc_addr(entry.svc_addr, entry.svc_port);
-            if !gone
-                .iter()
-                .any(|g| g.backend == backend && g.serves(proto, svc))
-            {
-                continue;
-            }
-            match diag.destroy(&sock) {
-                Ok(true) => closed.destroyed += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(%backend, %svc, cookie = sock.cookie, "closing a socket: {e}");
-                    closed.failed += 1;
-                }
+        let key = SockRevKey {
+            cookie: sock.cookie,
+            backend_addr: u32::from_ne_bytes(backend.ip().octets()),
+            backend_port: backend.port().to_be(),
+            pad: 0,
+        };
+        // Only a socket our programs pointed at the backend has an entry.
+        let Some(entry) = reverse(&key) else {
+            continue;
+        };
+        let svc = gone::svc_addr(entry.svc_addr, entry.svc_port);
+        if !frontends.iter().any(|g| g.serves(sock.proto, svc)) {
+            continue;
+        }
+        match diag.destroy(&sock) {
+            Ok(true) => closed.destroyed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                warn!(%backend, %svc, cookie = sock.cookie, "closing a socket: {e}");
+                closed.failed += 1;
             }
         }
     }
     closed
+}
+
+/// The dumps that find the sockets of `backends` ((protocol, backend),
+/// sorted): one per backend, filtered by the kernel, or one of all the
+/// protocol's connected sockets (`None`) when more than
+/// [`FILTERED_DUMPS`] backends of a protocol went (a big Service scaled
+/// down: each dump walks every socket of the protocol).
+fn dumps(backends: &[(u8, SocketAddrV4)]) -> Vec<(u8, Option<SocketAddrV4>)> {
+    let mut out = Vec::new();
+    for chunk in backends.chunk_by(|a, b| a.0 == b.0) {
+        let proto = chunk[0].0;
+        if chunk.len() > FILTERED_DUMPS {
+            out.push((proto, None));
+        } else {
+            out.extend(chunk.iter().map(|&(proto, backend)| (proto, Some(backend))));
+        }
+    }
+    out
 }
 
 /// `struct inet_diag_req_v2`: family `AF_INET`, `proto`, `states`, `id`.

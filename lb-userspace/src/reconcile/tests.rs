@@ -553,3 +553,31 @@ fn tracked_the_backends_a_frontend_loses_are_reported_once() {
     let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
     assert_eq!(found, [(fe(1), ep(1))]);
 }
+
+#[test]
+fn a_restarted_agent_s_first_sync_finds_what_left_while_none_ran() {
+    let mut cluster = Cluster::default();
+    let s = service("a", 1);
+    cluster.services.insert(s.name.clone(), s);
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[1, 2]));
+    // What an earlier agent applied (and a restarted one adopts).
+    let t0 = Instant::now();
+    let (earlier, _) = select::desired_state(&cluster, &node());
+    let mut planner = Planner::new(1 << 20, Duration::ZERO);
+    planner.plan(&earlier, t0);
+    // Endpoint 2 left while no agent ran.
+    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[1]));
+    let mut r = Reconciler::with_planner(node(), planner);
+    r.track_gone(true);
+    let first = r.reconcile(&cluster, &Changes::all(), t0);
+    let found: Vec<_> = first.gone.iter().map(|g| g.backend).collect();
+    assert_eq!(
+        found,
+        [std::net::SocketAddrV4::new(
+            Ipv4Addr::new(10, 244, 1, 2),
+            8080
+        )]
+    );
+}

@@ -116,6 +116,14 @@ fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
     if !is_root() {
         return;
     }
+    // One filtered dump; then one of every connected UDP socket, as more
+    // than `FILTERED_DUMPS` backends went.
+    closes_only_what_the_reverse_map_names(0);
+    closes_only_what_the_reverse_map_names(FILTERED_DUMPS);
+}
+
+/// Sockets to one backend, closed with `extra` more (unused) backends gone.
+fn closes_only_what_the_reverse_map_names(extra: usize) {
     let diag = SockDiag::open().unwrap();
     let server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let backend = v4(server.local_addr().unwrap());
@@ -138,8 +146,11 @@ fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
     };
     let (through_cookie, other_cookie) = (cookie(&through), cookie(&other));
     let reverse = |key: &SockRevKey| {
-        assert_eq!(key.backend_addr, u32::from_ne_bytes(backend.ip().octets()));
-        assert_eq!(key.backend_port, backend.port().to_be());
+        if key.backend_addr != u32::from_ne_bytes(backend.ip().octets())
+            || key.backend_port != backend.port().to_be()
+        {
+            return None;
+        }
         if key.cookie == through_cookie {
             Some(entry([127, 1, 0, 10]))
         } else if key.cookie == other_cookie {
@@ -148,7 +159,12 @@ fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
             None
         }
     };
-    let gone = [GoneBackend { frontend, backend }];
+    let mut gone = vec![GoneBackend { frontend, backend }];
+    // Ports nothing here is connected to.
+    gone.extend((0..extra).map(|k| GoneBackend {
+        frontend,
+        backend: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 1 + u16::try_from(k).unwrap()),
+    }));
     let closed = close_pointed_at(&diag, &gone, reverse);
     assert_eq!(
         closed,
@@ -168,4 +184,32 @@ fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
         let err = s.recv(&mut [0u8; 8]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
     }
+}
+
+#[test]
+fn many_backends_of_a_protocol_take_one_unfiltered_dump() {
+    let backend = |i: u8| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 80);
+    let few: Vec<_> = (1..=2).map(|i| (6, backend(i))).collect();
+    assert_eq!(dumps(&few), [(6, Some(backend(1))), (6, Some(backend(2)))]);
+    let mut many: Vec<_> = (1..=9).map(|i| (6, backend(i))).collect();
+    many.push((17, backend(1)));
+    assert_eq!(dumps(&many), [(6, None), (17, Some(backend(1)))]);
+}
+
+#[test]
+fn an_unfiltered_dump_holds_every_connected_socket_of_the_protocol() {
+    if !is_root() {
+        return;
+    }
+    let diag = SockDiag::open().unwrap();
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.connect(server.local_addr().unwrap()).unwrap();
+    let all = diag.connected(lb_common::IPPROTO_UDP, None).unwrap();
+    let cookies: Vec<u64> = all.iter().map(|s| s.cookie).collect();
+    assert!(cookies.contains(&cookie(&a)), "the connected one");
+    assert!(
+        !cookies.contains(&cookie(&server)),
+        "not an unconnected one"
+    );
 }
