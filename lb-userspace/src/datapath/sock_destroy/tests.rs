@@ -3,11 +3,11 @@
 
 use std::{
     io::{ErrorKind, Read as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
 };
 
-use super::*;
+use super::{wire::*, *};
 use crate::desired::{Frontend, Protocol};
 
 fn is_root() -> bool {
