@@ -108,6 +108,12 @@ fn sync(
         return Err(e);
     }
     health.synced(cluster, reconciler.slice_index());
+    // The maps no longer offer the gone backends: now their sockets close,
+    // and the applications' reconnects land on live backends.
+    if let Some(closed) = datapath.close_sockets(&done.gone) {
+        metrics.sockets_closed.inc_by(closed.destroyed);
+        metrics.socket_close_errors.inc_by(closed.failed);
+    }
     let computed = started.elapsed().saturating_sub(applying);
     metrics.syncs.inc();
     metrics.map_ops.inc_by(done.ops as u64);
@@ -155,6 +161,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
         )
     };
     let mut reconciler = Reconciler::with_planner(options.node.clone(), planner);
+    reconciler.track_gone(options.datapath.socket_lb_cgroup.is_some());
     reconciler.set_node_port_rule(options.node_port_addresses.clone());
     scan_local_addresses(&mut reconciler);
     Ok(reconciler)

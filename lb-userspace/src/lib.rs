@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod desired;
 pub mod filter;
 pub mod flows;
+pub mod gone;
 pub mod health;
 pub mod ident;
 pub mod maglev;

@@ -99,6 +99,10 @@ pub struct Metrics {
     pub map_ops: Counter,
     /// Frontends the planner could not place.
     pub plan_errors: Counter,
+    /// Sockets closed because their backend left their Service (socket-level balancing).
+    pub sockets_closed: Counter,
+    /// Failures to list or close such sockets.
+    pub socket_close_errors: Counter,
     /// Services' problems and the Events about them.
     pub problems: crate::report::ProblemMetrics,
     ready: AtomicBool,
@@ -147,6 +151,8 @@ impl Metrics {
             frontends: Gauge::default(),
             map_ops: Counter::default(),
             plan_errors: Counter::default(),
+            sockets_closed: Counter::default(),
+            socket_close_errors: Counter::default(),
             problems: crate::report::ProblemMetrics::default(),
             ready: AtomicBool::new(false),
             pin_dir,
@@ -238,6 +244,16 @@ impl Metrics {
             "plan_errors",
             "Frontends that could not be placed",
             self.plan_errors.clone(),
+        );
+        registry.register(
+            "sockets_closed",
+            "Sockets socket-level balancing had pointed at a backend that left its Service, closed",
+            self.sockets_closed.clone(),
+        );
+        registry.register(
+            "socket_close_errors",
+            "Failures to list or close the sockets of a backend that left its Service",
+            self.socket_close_errors.clone(),
         );
     }
 

@@ -11,6 +11,7 @@ use std::{
 use crate::{
     claims::Claims,
     desired::{DesiredState, Frontend, NodeInfo, ObjectName},
+    gone::{self, GoneBackend},
     model::{AddressType, Cluster},
     node_ports::NodePortAddresses,
     plan::{Plan, PlanError, Planner},
@@ -45,6 +46,10 @@ pub struct Reconciler {
     /// Which local addresses serve node ports, and the local addresses.
     node_port_rule: NodePortAddresses,
     local_addresses: Vec<Ipv4Addr>,
+    /// Whether to find the backends frontends lose ([`Reconciled::gone`]).
+    track_gone: bool,
+    /// What the update under way found gone.
+    gone: Vec<GoneBackend>,
 }
 
 /// The outcome of one reconcile.
@@ -63,6 +68,10 @@ pub struct Reconciled {
     pub problems: Vec<ServiceProblem>,
     /// Frontends recomputed (all of them on a full sync).
     pub recomputed: usize,
+    /// Backends frontends no longer have, when tracked
+    /// ([`Reconciler::track_gone`]); not those of frontends that could not
+    /// be placed (their earlier state stays applied).
+    pub gone: Vec<GoneBackend>,
 }
 
 impl Reconciler {
@@ -81,6 +90,8 @@ impl Reconciler {
             failed: BTreeSet::new(),
             node_port_rule: NodePortAddresses::default(),
             local_addresses: Vec::new(),
+            track_gone: false,
+            gone: Vec::new(),
         }
     }
 
@@ -91,6 +102,12 @@ impl Reconciler {
             planner,
             ..Self::new(node, 0)
         }
+    }
+
+    /// Finds, at each reconcile, the backends frontends no longer have
+    /// (socket-level balancing closes the sockets pointed at them).
+    pub fn track_gone(&mut self, on: bool) {
+        self.track_gone = on;
     }
 
     /// Serves node ports where `rule` says (until set: on the node's own
@@ -163,6 +180,8 @@ impl Reconciler {
         let (ops, errors, applied) =
             self.plan_chunked(frontends, now, chunk_slots, add, remove, apply);
         self.failed = errors.iter().map(|e| e.frontend).collect();
+        let mut gone = std::mem::take(&mut self.gone);
+        gone.retain(|g| !self.failed.contains(&g.frontend));
         let mut problems: Vec<ServiceProblem> = cluster
             .services
             .values()
@@ -184,6 +203,7 @@ impl Reconciler {
             warnings,
             problems,
             recomputed,
+            gone,
         };
         (done, applied)
     }
@@ -239,13 +259,13 @@ impl Reconciler {
         touched.extend(self.failed.iter().copied());
         // A frontend another Service also claims goes to whoever owns it now.
         for frontend in &touched {
-            match self.claims.owner(frontend) {
-                Some(want) => {
-                    self.desired.insert(*frontend, want.clone());
-                }
-                None => {
-                    self.desired.remove(frontend);
-                }
+            let old = match self.claims.owner(frontend) {
+                Some(want) => self.desired.insert(*frontend, want.clone()),
+                None => self.desired.remove(frontend),
+            };
+            if self.track_gone {
+                let new = self.desired.get(frontend);
+                gone::gone_from(*frontend, old.as_ref(), new, &mut self.gone);
             }
         }
         let warnings = warnings
@@ -334,7 +354,19 @@ impl Reconciler {
         for name in cluster.services.keys() {
             self.add_service(cluster, name, &mut touched);
         }
-        self.desired = self.claims.desired();
+        let old = std::mem::replace(&mut self.desired, self.claims.desired());
+        if self.track_gone {
+            self.gone = if old.is_empty() {
+                // The first sync: an earlier agent's frontends (adopted) or none.
+                let applied = self
+                    .planner
+                    .frontends()
+                    .map(|f| (f.frontend, f.backends.into_keys().collect()));
+                gone::gone_since_applied(applied, &self.desired)
+            } else {
+                gone::gone(&old, &self.desired)
+            };
+        }
         // As `Planner::plan`: the frontends that go, then every desired one.
         let gone = self
             .planner

@@ -162,6 +162,21 @@ impl Agent {
     /// Starts `lb-agent run` with exactly these arguments on `pin_dir`
     /// (several agents in turn can share one, as restarts do).
     pub fn start_pinned(node: &Netns, source_args: &[&str], pin_dir: &Path) -> Result<Self> {
+        Self::spawn(node, source_args, pin_dir, true)
+    }
+
+    /// Starts `lb-agent run --detach-on-exit` in `node` with `args` and
+    /// none of the test topology's (no interfaces, no uplink hook: give
+    /// `--node-ip`), on a pin directory of its own.
+    pub fn start_bare(node: &Netns, args: &[&str]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));
+        let mut args = args.to_vec();
+        args.push("--detach-on-exit");
+        Self::spawn(node, &args, &pin_dir, false)
+    }
+
+    fn spawn(node: &Netns, source_args: &[&str], pin_dir: &Path, topology: bool) -> Result<Self> {
         let bin = agent_bin()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}x{n}", std::process::id());
@@ -170,22 +185,23 @@ impl Agent {
         let out = fs::File::create(&log)?;
         // nsenter, not `ip netns exec`: the latter mounts a fresh /sys, which
         // would hide bpffs at /sys/fs/bpf.
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", node.name()))
             .arg("--")
             .arg(&bin)
             .args(["--log-level", "info", "run"])
-            .args(source_args)
-            .args(default_hook(source_args))
-            .args([
+            .args(source_args);
+        if topology {
+            command.args(default_hook(source_args)).args([
                 "--xdp-iface",
                 NODE1_UPLINK,
                 "--tc-iface",
                 NODE1_POD_IFACES,
-                "--node-name",
-                "node1",
-                "--pin-dir",
-            ])
+            ]);
+        }
+        let child = command
+            .args(["--node-name", "node1", "--pin-dir"])
             .arg(&pin_dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

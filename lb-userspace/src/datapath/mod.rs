@@ -7,6 +7,7 @@ pub mod convert;
 mod handover;
 pub mod layout;
 pub mod maps;
+pub mod sock_destroy;
 pub mod socket_lb;
 pub mod uplink;
 mod writer;

@@ -21,10 +21,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
+    maps::HashMap as AyaHashMap,
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
-use tracing::info;
+use lb_common::{SockRevEntry, SockRevKey, MAP_SOCK_REVERSE};
+use tracing::{info, warn};
+
+use super::sock_destroy::{close_pointed_at, Closed, SockDiag};
+use crate::gone::GoneBackend;
 
 /// The socket programs and the kind of their link pins.
 pub const PROGRAMS: [(&str, &str); 4] = [
@@ -165,6 +170,42 @@ pub fn detach_pinned(links_dir: &Path) {
         if std::fs::remove_file(&pin).is_ok() {
             info!(pin = %pin.display(), "detached an earlier agent's socket program");
         }
+    }
+}
+
+impl super::Datapath {
+    /// With socket-level balancing on, closes the sockets of the agent's
+    /// network namespace its programs pointed at a backend of `gone` (see
+    /// [`super::sock_destroy::close_pointed_at`]); `None` when it is off or
+    /// nothing went. A failure is logged and counted, never fatal.
+    pub fn close_sockets(&self, gone: &[GoneBackend]) -> Option<Closed> {
+        if self.config.socket_lb_cgroup.is_none() || gone.is_empty() {
+            return None;
+        }
+        let reverse = self
+            .ebpf
+            .map(MAP_SOCK_REVERSE)
+            .and_then(|map| AyaHashMap::<_, SockRevKey, SockRevEntry>::try_from(map).ok());
+        let (Some(reverse), Ok(diag)) = (
+            reverse,
+            SockDiag::open().inspect_err(|e| {
+                warn!("a sock_diag socket to close sockets of removed backends: {e}");
+            }),
+        ) else {
+            return Some(Closed {
+                destroyed: 0,
+                failed: 1,
+            });
+        };
+        let closed = close_pointed_at(&diag, gone, |key| reverse.get(key, 0).ok());
+        if closed.destroyed + closed.failed > 0 {
+            info!(
+                destroyed = closed.destroyed,
+                failed = closed.failed,
+                "closed sockets balanced to removed backends"
+            );
+        }
+        Some(closed)
     }
 }
 

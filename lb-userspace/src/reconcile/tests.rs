@@ -506,3 +506,78 @@ fn node_ports_follow_the_local_addresses_first_added_last_removed() {
         .node_port_addrs
         .is_empty());
 }
+
+#[test]
+fn tracked_the_backends_a_frontend_loses_are_reported_once() {
+    let mut cluster = Cluster::default();
+    for (svc, ip, eps) in [("a", 1, &[1u8, 2, 3][..]), ("b", 2, &[2][..])] {
+        let s = service(svc, ip);
+        cluster.services.insert(s.name.clone(), s);
+        let sl = slice(&format!("{svc}-1"), svc, eps);
+        cluster.slices.insert(sl.name.clone(), sl);
+    }
+    let t0 = Instant::now();
+    let mut r = Reconciler::new(node(), 1 << 20);
+    assert!(r.reconcile(&cluster, &Changes::all(), t0).gone.is_empty());
+    r.track_gone(true);
+    let ep = |i| std::net::SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, i), 8080);
+    let fe = |last| Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, last),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+
+    // Endpoint 2 leaves a's slice (it stays b's).
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[1, 3]));
+    let one_slice = Changes {
+        slices: [name("a-1")].into_iter().collect(),
+        ..Changes::default()
+    };
+    let step = r.reconcile(&cluster, &one_slice, t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(1), ep(2))]);
+    assert!(r.reconcile(&cluster, &one_slice, t0).gone.is_empty());
+
+    // b goes: its frontend takes its backend along; a full sync finds it too.
+    cluster.services.remove(&name("b"));
+    let mut full = Reconciler::new(node(), 1 << 20);
+    full.track_gone(true);
+    full.reconcile(&cluster, &Changes::all(), t0);
+    let step = r.reconcile(&cluster, &changed(&["b"]), t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(2), ep(2))]);
+    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[3]));
+    let step = full.reconcile(&cluster, &Changes::all(), t0);
+    let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe(1), ep(1))]);
+}
+
+#[test]
+fn a_restarted_agent_s_first_sync_finds_what_left_while_none_ran() {
+    let mut cluster = Cluster::default();
+    let s = service("a", 1);
+    cluster.services.insert(s.name.clone(), s);
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[1, 2]));
+    // What an earlier agent applied (and a restarted one adopts).
+    let t0 = Instant::now();
+    let (earlier, _) = select::desired_state(&cluster, &node());
+    let mut planner = Planner::new(1 << 20, Duration::ZERO);
+    planner.plan(&earlier, t0);
+    // Endpoint 2 left while no agent ran.
+    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[1]));
+    let mut r = Reconciler::with_planner(node(), planner);
+    r.track_gone(true);
+    let first = r.reconcile(&cluster, &Changes::all(), t0);
+    let found: Vec<_> = first.gone.iter().map(|g| g.backend).collect();
+    assert_eq!(
+        found,
+        [std::net::SocketAddrV4::new(
+            Ipv4Addr::new(10, 244, 1, 2),
+            8080
+        )]
+    );
+}

@@ -9,6 +9,12 @@
 //! into a new network namespace of its own (a pod's, as the programs see
 //! it). `tcp` sends a line and reads to the end; `http` sends a GET and
 //! reads one response (the test cluster's pod servers).
+//!
+//! `sock-client <cgroup dir> hold <tcp addr:port> <udp addr:port> <count>
+//! <direct tcp> <direct udp> [netns path]` keeps sockets open instead
+//! (`hold.rs`): `count` TCP and `count` connected UDP sockets to the two
+//! Service addresses, and one of each connected to the direct addresses.
+//! With a namespace path it first joins that network namespace.
 
 use std::{
     io::{Read as _, Write as _},
@@ -18,8 +24,15 @@ use std::{
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+#[path = "sock-client/hold.rs"]
+mod hold;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(2).is_some_and(|m| m == "hold") {
+        hold::main(&args[1], &args[3..]);
+        return;
+    }
     let (cgroup, mode, addr, count, other_netns) = match args.as_slice() {
         [_, cgroup, mode, addr, count] => (cgroup, mode, addr, count, false),
         [_, cgroup, mode, addr, count, flag] if flag == "other-netns" => {
@@ -54,6 +67,7 @@ fn main() {
     }
 }
 
+/// One exchange on a fresh TCP connection (the backend closes it).
 fn tcp(addr: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
