@@ -107,7 +107,7 @@ fn sync(
         reconciler.recover(adopt_maps(datapath)?);
         return Err(e);
     }
-    health.synced(cluster, reconciler.slice_index());
+    health.synced_on(cluster, reconciler.slice_index(), reconciler.node());
     let computed = started.elapsed().saturating_sub(applying);
     metrics.syncs.inc();
     metrics.map_ops.inc_by(done.ops as u64);
