@@ -37,11 +37,16 @@ pub fn claims_node_address(cfg: &NodeConfig, src: u32) -> bool {
 /// `verified` is the interface the flow's replies were last verified on, so a
 /// flow pays for one route lookup, not one per packet.
 ///
-/// Two more cases pass:
+/// Three more cases pass:
 /// - On an uplink, a reply whose source is routed through the node's overlay
 ///   device (`overlay_ifindex`): an overlay carries traffic to pod CIDRs
 ///   only, so a remote pod's replies to the node's own address (a flow
 ///   translated to it) come over the underlay, unencapsulated.
+/// - On its way into a pod ([`Hook::Egress`]), a reply that entered by the
+///   overlay device, wherever its source is routed: another node answers a
+///   pod from its own address (a hostNetwork backend) over the overlay, as
+///   its route to this node's pod CIDR goes. The overlay already admits
+///   that node's pods' addresses from any sender of its encapsulation.
 /// - A packet the node itself originated ([`NODE_ITSELF`], seen only at
 ///   [`Hook::Egress`]): a hostNetwork backend at the node's address
 ///   answering a pod, the node's own ICMP error about a pod's translated
@@ -82,7 +87,7 @@ pub fn reply_path_ok<C: EbpfContext>(
     routed
         && (params.ifindex == at.ifindex
             || (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && params.dmac == at.src_mac)
-            || (at.hook == Hook::Uplink
-                && cfg.overlay_ifindex != 0
-                && params.ifindex == cfg.overlay_ifindex))
+            || (cfg.overlay_ifindex != 0
+                && ((at.hook == Hook::Uplink && params.ifindex == cfg.overlay_ifindex)
+                    || (at.hook == Hook::Egress && at.ifindex == cfg.overlay_ifindex))))
 }

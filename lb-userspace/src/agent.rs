@@ -107,7 +107,7 @@ fn sync(
         reconciler.recover(adopt_maps(datapath)?);
         return Err(e);
     }
-    health.synced(cluster, reconciler.slice_index());
+    health.synced_on(cluster, reconciler.slice_index(), reconciler.node());
     // The maps no longer offer the gone backends: now their sockets close,
     // and the applications' reconnects land on live backends.
     if let Some(closed) = datapath.close_sockets(&done.gone) {

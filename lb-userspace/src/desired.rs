@@ -107,6 +107,9 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Its own addresses (`--node-ip`, its Node's `InternalIP` and `ExternalIP`).
     pub addresses: Vec<Ipv4Addr>,
+    /// Every IPv4 address of its interfaces (the agent's interface scan),
+    /// loopback ones included or not: [`NodeInfo::owns`] skips them.
+    pub local_addresses: Vec<Ipv4Addr>,
     /// The addresses that serve node ports, sorted (see
     /// [`crate::node_ports`]); `None`: its own addresses.
     pub node_port_addresses: Option<Vec<Ipv4Addr>>,
@@ -129,6 +132,17 @@ impl NodeInfo {
             }
         }
         node
+    }
+
+    /// Whether `addr` is one of this node's addresses (its own or one of its
+    /// interfaces', loopback aside): an endpoint there is the node itself
+    /// (a hostNetwork server, the API server of a control-plane node),
+    /// local whatever its `nodeName` says.
+    #[must_use]
+    pub fn owns(&self, addr: Ipv4Addr) -> bool {
+        !addr.is_loopback()
+            && !addr.is_unspecified()
+            && (self.addresses.contains(&addr) || self.local_addresses.contains(&addr))
     }
 
     /// The addresses that serve node ports: those set, or else its own.

@@ -336,6 +336,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             name: node_name,
             zone: args.node_zone,
             addresses: vec![node_addr],
+            local_addresses: Vec::new(),
             node_port_addresses: None,
         },
         node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)

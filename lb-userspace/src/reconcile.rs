@@ -126,6 +126,13 @@ impl Reconciler {
         changed
     }
 
+    /// This node as of the last reconcile: with its Node object's and its
+    /// interfaces' addresses.
+    #[must_use]
+    pub fn node(&self) -> &NodeInfo {
+        self.merged_node.as_ref().unwrap_or(&self.node)
+    }
+
     /// The EndpointSlices of each Service, as of the last reconcile.
     #[must_use]
     pub fn slice_index(&self) -> &SliceIndex {
@@ -228,6 +235,7 @@ impl Reconciler {
                 self.node_port_rule
                     .select(&self.local_addresses, &node.addresses),
             );
+            node.local_addresses.clone_from(&self.local_addresses);
         }
         if changes.all || self.merged_node.as_ref() != Some(&node) {
             self.merged_node = Some(node);

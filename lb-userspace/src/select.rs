@@ -279,7 +279,7 @@ fn endpoints_for<'a>(
             let candidate = Candidate {
                 addr,
                 endpoint,
-                local: endpoint.node_name.as_deref() == Some(node.name.as_str()),
+                local: is_local(endpoint, ip, node),
             };
             // One address in several slices counts once: the first found,
             // unless a later one is not terminating and it is (kube-proxy
@@ -297,6 +297,14 @@ fn endpoints_for<'a>(
         }
     }
     seen.into_values().collect()
+}
+
+/// Whether an endpoint at `ip` runs on this node: its `nodeName` is this
+/// node's, or its address is one of the node's (a hostNetwork endpoint or
+/// the `kubernetes` Service's, which has no `nodeName`).
+#[must_use]
+pub fn is_local(endpoint: &EndpointSpec, ip: Ipv4Addr, node: &NodeInfo) -> bool {
+    endpoint.node_name.as_deref() == Some(node.name.as_str()) || node.owns(ip)
 }
 
 /// Every candidate as a backend of the Service port, with whether each
@@ -392,5 +400,7 @@ fn topology<'c, 'a>(selected: &[&'c Candidate<'a>], node: &NodeInfo) -> Vec<&'c 
 
 #[cfg(test)]
 mod kube_proxy_tests;
+#[cfg(test)]
+mod node_backend_tests;
 #[cfg(test)]
 mod tests;

@@ -479,3 +479,39 @@ fn replies_from_behind_the_overlay_are_accepted_on_the_uplink() {
         assert_eq!(dp.event(Event::ReplyRejected), 2);
     });
 }
+
+/// Another node's own address (a hostNetwork backend, routed over the
+/// uplink `d1`) answers a pod over the overlay (`d0`), as its route to
+/// this node's pod CIDR goes: on its way into the pod (`d2`) the reply is
+/// accepted once `d0` is the overlay, and only from there.
+#[test]
+fn a_node_backend_answers_pods_over_the_overlay() {
+    const NODE2: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 12);
+    let ns = node_namespace("rpf-nodebe", &[]);
+    in_netns(&ns, || {
+        let state = [frontend(VIP, 443, Protocol::Tcp, &[(NODE2, 9080, false)])];
+        let (mut dp, _) = setup("rpf-nodebe", NODE, path_checked(), &state);
+        let (d0, d1, d2) = (ifindex("d0"), ifindex("d1"), ifindex("d2"));
+        let (ret, out) = dp.run_tc_on(d2, &tcp(POD, 40_000, VIP, 443).syn().build());
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, tcp(POD, 40_000, NODE2, 9080).syn().build())
+        );
+        let reply = tcp(NODE2, 9080, POD, 40_000).synack().build();
+        let restored = tcp(VIP, 443, POD, 40_000).synack().build();
+        let (ret, _) = dp.run_tc_egress_on(d2, d0, &reply);
+        assert_eq!(ret, TC_ACT_SHOT, "no overlay: d0 is not the route to node2");
+        dp.set_overlay_ifindex(d0);
+        let (ret, out) = dp.run_tc_egress_on(d2, d0, &reply);
+        assert_eq!(
+            (ret, out),
+            (TC_ACT_OK, restored.clone()),
+            "entered by the overlay: translated"
+        );
+        let (ret, out) = dp.run_tc_egress_on(d2, d1, &reply);
+        assert_eq!((ret, out), (TC_ACT_OK, restored), "by the route itself");
+        let (ret, _) = dp.run_tc_egress_on(d2, d2, &reply);
+        assert_eq!(ret, TC_ACT_SHOT, "from a pod interface: dropped");
+        assert_eq!(dp.event(Event::ReplyRejected), 2);
+    });
+}

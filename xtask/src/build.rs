@@ -112,7 +112,7 @@ pub fn test() -> Result<()> {
 /// manifests, SIGTERM's cleanup at XDP, a refused SNAT pool: the agent's
 /// own doing, whatever the layout, firewall or hook) and `e2e_semantics`
 /// (Service semantics the conformance table checks on every map).
-const E2E_TESTS: [&str; 11] = [
+const E2E_TESTS: [&str; 12] = [
     "e2e",
     "e2e_kube",
     "e2e_snat",
@@ -122,6 +122,7 @@ const E2E_TESTS: [&str; 11] = [
     "e2e_fragments",
     "e2e_checksums",
     "e2e_node_source",
+    "e2e_node_backend",
     "e2e_reject",
     "e2e_firewall",
 ];

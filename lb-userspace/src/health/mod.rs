@@ -29,6 +29,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
+    desired::NodeInfo,
     ident::ObjectName,
     model::{AddressType, Cluster, ServiceKind, TrafficPolicy},
     select::SliceIndex,
@@ -122,7 +123,7 @@ pub fn health_check_ports(cluster: &Cluster) -> BTreeMap<ObjectName, u16> {
 pub fn local_ready_endpoints<'a>(
     cluster: &Cluster,
     index: &SliceIndex,
-    node: &str,
+    node: &NodeInfo,
     services: impl IntoIterator<Item = &'a ObjectName>,
 ) -> BTreeMap<ObjectName, usize> {
     let mut counts = BTreeMap::new();
@@ -134,8 +135,10 @@ pub fn local_ready_endpoints<'a>(
             .filter_map(|name| cluster.slices.get(name))
             .filter(|slice| !slice.ports.is_empty() && slice.address_type == AddressType::Ipv4)
             .flat_map(|slice| &slice.endpoints)
-            .filter(|e| e.ready && e.node_name.as_deref() == Some(node))
-            .filter_map(|e| e.addresses.first().copied())
+            .filter(|e| e.ready)
+            .filter_map(|e| e.addresses.first().map(|&addr| (e, addr)))
+            .filter(|&(e, addr)| crate::select::is_local(e, addr, node))
+            .map(|(_, addr)| addr)
             .collect();
         if !local.is_empty() {
             counts.insert(service.clone(), local.len());
@@ -289,8 +292,18 @@ impl Health {
     /// check ports and local endpoint counts follow it.
     /// `index` holds the slices of each Service in `cluster`.
     pub fn synced(&self, cluster: &Cluster, index: &SliceIndex) {
+        let node = NodeInfo {
+            name: self.node_name.clone(),
+            ..NodeInfo::default()
+        };
+        self.synced_on(cluster, index, &node.merged(cluster.node.as_ref()));
+    }
+
+    /// [`Health::synced`] on `node` as the agent knows it (its addresses
+    /// tell endpoints that are the node itself, listed without `nodeName`).
+    pub fn synced_on(&self, cluster: &Cluster, index: &SliceIndex, node: &NodeInfo) {
         let ports = health_check_ports(cluster);
-        let local = local_ready_endpoints(cluster, index, &self.node_name, ports.keys());
+        let local = local_ready_endpoints(cluster, index, node, ports.keys());
         {
             let mut state = self.shared.state();
             state.sync = SyncState {

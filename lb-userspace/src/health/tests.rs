@@ -14,6 +14,15 @@ use crate::{
 
 const NODE: &str = "node1";
 
+/// The node named `n`, with `addresses` of its own.
+fn on(n: &str, addresses: &[Ipv4Addr]) -> NodeInfo {
+    NodeInfo {
+        name: n.into(),
+        addresses: addresses.to_vec(),
+        ..NodeInfo::default()
+    }
+}
+
 fn name(namespace: &str, n: &str) -> ObjectName {
     ObjectName {
         namespace: namespace.into(),
@@ -191,15 +200,26 @@ fn local_ready_endpoints_count_as_kube_proxy_counts_them() {
     );
     let ports = health_check_ports(&c);
     assert_eq!(
-        local_ready_endpoints(&c, &SliceIndex::build(&c), NODE, ports.keys()),
+        local_ready_endpoints(&c, &SliceIndex::build(&c), &on(NODE, &[]), ports.keys()),
         [(name("default", "web"), 3)].into(),
         ".1, .6 and .7"
     );
     // Only the Services asked about.
-    assert!(local_ready_endpoints(&c, &SliceIndex::build(&c), NODE, []).is_empty());
+    assert!(local_ready_endpoints(&c, &SliceIndex::build(&c), &on(NODE, &[]), []).is_empty());
     assert_eq!(
-        local_ready_endpoints(&c, &SliceIndex::build(&c), "node2", ports.keys()),
+        local_ready_endpoints(&c, &SliceIndex::build(&c), &on("node2", &[]), ports.keys()),
         [(name("default", "web"), 1), (name("default", "idle"), 1)].into()
+    );
+    // An endpoint at one of the node's addresses is the node itself, local
+    // without a nodeName (.4) or with another's (.3).
+    let node = on(
+        NODE,
+        &[Ipv4Addr::new(10, 244, 1, 4), Ipv4Addr::new(10, 244, 1, 3)],
+    );
+    assert_eq!(
+        local_ready_endpoints(&c, &SliceIndex::build(&c), &node, ports.keys()),
+        [(name("default", "web"), 5)].into(),
+        ".1, .3, .4, .6 and .7"
     );
 }
 

@@ -581,3 +581,29 @@ fn a_restarted_agent_s_first_sync_finds_what_left_while_none_ran() {
         )]
     );
 }
+
+#[test]
+fn an_endpoint_at_an_interface_address_is_local_from_the_scan_that_finds_it() {
+    let mut cluster = Cluster::default();
+    let svc = service("api", 1);
+    cluster.services.insert(svc.name.clone(), svc);
+    // 10.244.1.1: the node's pod gateway address, an endpoint without nodeName.
+    let sl = slice("api-1", "api", &[1]);
+    cluster.slices.insert(sl.name.clone(), sl);
+    let gateway = Ipv4Addr::new(10, 244, 1, 1);
+    let frontend = Frontend {
+        addr: Ipv4Addr::new(10, 96, 0, 1),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    let local = |r: &Reconciler| r.desired()[&frontend].backends.values().all(|b| b.local);
+    let mut r = Reconciler::new(node(), 1 << 20);
+    r.reconcile(&cluster, &Changes::all(), Instant::now());
+    assert!(!local(&r), "not an address of the node yet");
+    assert!(r.set_local_addresses(vec![Ipv4Addr::new(192, 168, 50, 11), gateway]));
+    r.reconcile(&cluster, &Changes::default(), Instant::now());
+    assert!(local(&r), "found on an interface");
+    assert!(r.set_local_addresses(vec![Ipv4Addr::new(192, 168, 50, 11)]));
+    r.reconcile(&cluster, &Changes::default(), Instant::now());
+    assert!(!local(&r), "gone from the interfaces");
+}

@@ -10,6 +10,7 @@ pub fn node1() -> NodeInfo {
         name: "node1".into(),
         zone: Some("zone-a".into()),
         addresses: vec![Ipv4Addr::new(192, 168, 50, 11)],
+        local_addresses: Vec::new(),
         node_port_addresses: None,
     }
 }
