@@ -119,6 +119,12 @@ struct RunArgs {
     /// `--socket-lb host|all`; on a node, the host's cgroup v2 root).
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
+    /// A directory of the pods' network namespace files (the container
+    /// runtime's, `/run/netns`; repeatable), where the agent closes the
+    /// sockets pointed at a removed backend; read only with `--socket-lb
+    /// all` (entering a namespace needs `CAP_SYS_ADMIN`).
+    #[arg(long)]
+    socket_lb_netns_dir: Vec<PathBuf>,
     /// On exit, detach the programs and remove the pins. By default they stay
     /// pinned and keep serving, so a restarted agent adopts them.
     #[arg(long)]
@@ -356,6 +362,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
                 SocketLbArg::All => SocketLbScope::All,
                 SocketLbArg::Off | SocketLbArg::Host => SocketLbScope::Host,
             },
+            socket_lb_netns_dirs: args.socket_lb_netns_dir.clone(),
             flows: FlowSettings {
                 snat_ports: args.snat_port_range,
                 timeouts,

@@ -282,7 +282,7 @@ fn arg_value(args: &[String], config: &BTreeMap<String, String>, flag: &str) -> 
 }
 
 #[test]
-fn socket_level_balancing_attaches_to_the_hosts_cgroup_v2_root_read_only() {
+fn socket_level_balancing_reads_the_hosts_cgroup_v2_root_and_pod_namespaces() {
     let ds: DaemonSet = one("DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     let container = &pod.containers[0];
@@ -313,4 +313,27 @@ fn socket_level_balancing_attaches_to_the_hosts_cgroup_v2_root_read_only() {
     let host = volume.host_path.as_ref().expect("a hostPath volume");
     assert_eq!(host.path, "/sys/fs/cgroup", "the host's cgroup hierarchy");
     assert_eq!(host.type_.as_deref(), Some("Directory"), "never created");
+
+    // The pods' namespaces, for closing their sockets of removed backends:
+    // the runtime's directory, whose new mounts reach the agent.
+    let netns = arg_value(&args, &config, "socket-lb-netns-dir");
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == netns)
+        .unwrap_or_else(|| panic!("no volume mount at --socket-lb-netns-dir={netns}"));
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(
+        mount.mount_propagation.as_deref(),
+        Some("HostToContainer"),
+        "a pod started after the agent is seen"
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(volume.host_path.as_ref().unwrap().path, "/run/netns");
 }

@@ -1,6 +1,6 @@
 //! East-west: a pod on node1 reaching a Service whose backends are two other
-//! pods on node1, three ways in the same run: directly to one backend (no
-//! balancer: the limit), through the per-packet path (the TC programs on
+//! pods on node1, three ways in the same run: directly to the backends (no
+//! balancer, half the clients to each: the limit), through the per-packet path (the TC programs on
 //! the pods' interfaces, `--socket-lb off`), and through socket-level
 //! balancing (`--socket-lb all`: the pod's socket is pointed at a backend
 //! at `connect`, no packet is translated). The client is the same process
@@ -53,7 +53,7 @@ impl Mode {
 
     fn name(self) -> &'static str {
         match self {
-            Mode::Direct => "direct to a pod (no balancer)",
+            Mode::Direct => "direct to the pods (no balancer)",
             Mode::PerPacket => "per-packet path (TC on the pods' interfaces)",
             Mode::Socket => "socket-level balancing (--socket-lb all)",
         }
@@ -96,7 +96,10 @@ fn run_mode(mode: Mode, manifests: &ManifestDir, duration: Duration) -> Result<(
     let cgroup_dir = cgroup.path().to_string_lossy().into_owned();
     let dir = manifests.path().to_string_lossy().into_owned();
     let (target, agent) = match mode {
-        Mode::Direct => (SocketAddrV4::new(backends[0].ip, BENCH_HTTP_PORT), None),
+        Mode::Direct => {
+            let pods = backends.map(|p| SocketAddrV4::new(p.ip, BENCH_HTTP_PORT).to_string());
+            (pods.join(","), None)
+        }
         Mode::PerPacket | Mode::Socket => {
             let mut args = vec!["--manifests", dir.as_str()];
             if mode == Mode::Socket {
@@ -104,7 +107,7 @@ fn run_mode(mode: Mode, manifests: &ManifestDir, duration: Duration) -> Result<(
             }
             let mut agent = Agent::start_with(&topo.node1, &args)?;
             agent.wait_ready(Duration::from_mins(1))?;
-            (SERVICE, Some(agent))
+            (SERVICE.to_string(), Some(agent))
         }
     };
     let netns = format!("--net=/run/netns/{}", client.name());
@@ -115,7 +118,7 @@ fn run_mode(mode: Mode, manifests: &ManifestDir, duration: Duration) -> Result<(
             "--",
             env!("CARGO_BIN_EXE_ew-load"),
             &cgroup_dir,
-            &target.to_string(),
+            &target,
             &CONCURRENCY.to_string(),
             &millis,
         ])

@@ -652,6 +652,7 @@ impl TestDatapath {
         Self::load_config(DatapathConfig {
             socket_lb_cgroup: Some(cgroup.to_path_buf()),
             socket_lb_scope: scope,
+            socket_lb_netns_dirs: vec![],
             ..Self::config(&unique_pin_dir(name), node)
         })
     }
@@ -680,6 +681,7 @@ impl TestDatapath {
             flows: test_flows(),
             socket_lb_cgroup: None,
             socket_lb_scope: SocketLbScope::Host,
+            socket_lb_netns_dirs: vec![],
         }
     }
 

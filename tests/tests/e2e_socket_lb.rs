@@ -11,7 +11,9 @@
 //! the cgroup moves it, so the counter is alive); so do node1's own
 //! sockets, including to a node port of node1 itself (not on loopback,
 //! as kube-proxy's nftables mode); a pod's session
-//! affinity holds across its sockets. With `--socket-lb host` a pod's
+//! affinity holds across its sockets; a pod's connected sockets to a
+//! backend whose endpoint leaves are closed (in its own namespace), no
+//! others. With `--socket-lb host` a pod's
 //! sockets in the same cgroup are left to the per-packet path; the
 //! programs outlive a crashed agent (pinned links) until `lb-agent cleanup`. Run once,
 //! not on every pass of the end-to-end matrix: nothing here depends on the
@@ -19,8 +21,9 @@
 
 use std::{
     collections::BTreeMap,
+    io::{BufRead, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -57,7 +60,8 @@ addressType: IPv4\nports:\n- {name: http, port: 8080, protocol: TCP}\nendpoints:
 - {addresses: [10.244.1.4], nodeName: node1, conditions: {ready: true}}\n\
 - {addresses: [10.244.2.2], nodeName: node2, conditions: {ready: true}}\n";
 
-/// The cluster with `--socket-lb <scope>` on `cgroup` and metrics on node1.
+/// The cluster with `--socket-lb <scope>` on `cgroup` and metrics on node1
+/// (and, with `all`, the pods' namespaces under `/run/netns`).
 fn socket_cluster(scope: &str, cgroup: &TestCgroup) -> Cluster {
     let manifests = ManifestDir::with_examples().unwrap();
     manifests.write("sticky.yaml", STICKY_YAML).unwrap();
@@ -72,7 +76,15 @@ fn socket_cluster(scope: &str, cgroup: &TestCgroup) -> Cluster {
             &cgroup,
             "--metrics-addr",
             &metrics,
-        ],
+        ]
+        .into_iter()
+        .chain(
+            (scope == "all")
+                .then_some(["--socket-lb-netns-dir", "/run/netns"])
+                .into_iter()
+                .flatten(),
+        )
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -252,4 +264,108 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
         after[0].starts_with("error="),
         "not balanced any more: {after:?}"
     );
+}
+
+/// Lines of `out` up to `end` (or its end), at most 1,000.
+fn lines_until(out: &mut impl BufRead, end: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for _ in 0..1000 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 || line.trim() == end {
+            break;
+        }
+        found.push(line.trim().to_string());
+    }
+    found
+}
+
+/// A client process that holds sockets open, killed if the test fails.
+struct Held(std::process::Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_scope_all_a_pods_sockets_to_a_removed_backend_are_closed_and_no_others() {
+    const SOCKETS: usize = 16;
+    let cgroup = TestCgroup::new("e2esockclose");
+    let c = socket_cluster("all", &cgroup);
+    let pod1b_dns = SocketAddrV4::new(c.topo.pod("pod1b").ip, 5353);
+    // pod1a holds connected UDP sockets through the Service, and one
+    // straight to pod1b (not ours to close).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sock-client"))
+        .arg(cgroup.path())
+        .arg("hold")
+        .args([WEB.to_string(), WEB_DNS.to_string(), format!("0+{SOCKETS}")])
+        .args(["-".to_string(), pod1b_dns.to_string()])
+        .arg(format!("/run/netns/{}", c.topo.pod("pod1a").ns.name()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running sock-client");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut held = Held(child);
+    let opened: Vec<[String; 3]> = lines_until(&mut out, "ready")
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            [f[1].to_string(), f[2].to_string(), f[3].to_string()]
+        })
+        .collect();
+    let on_pod1b = opened
+        .iter()
+        .filter(|[kind, _, reply]| kind == "svc-udp" && reply == "pod1b")
+        .count();
+    assert!(on_pod1b > 0, "some sockets on pod1b: {opened:?}");
+
+    // pod1b's endpoint leaves the slice.
+    let web = c.manifests.read("web-service.yaml").unwrap();
+    let edited = web.replace(
+        "  - addresses: [\"10.244.1.3\"]\n    conditions: {ready: true}\n    nodeName: node1\n",
+        "",
+    );
+    assert_ne!(edited, web, "the example lists pod1b");
+    c.manifests.write("web-service.yaml", &edited).unwrap();
+    let closed = "lb_sockets_closed_total";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&c, closed) < on_pod1b as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        counter(&c, closed),
+        on_pod1b as u64,
+        "the pod's sockets on pod1b"
+    );
+
+    held.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let rest = lines_until(&mut out, "");
+    assert!(held.0.wait().unwrap().success());
+    for line in &rest {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        let (what, kind, n, reply) = (f[0], f[1], f[2], f[3]);
+        match (what, kind) {
+            ("after", "direct-udp") => assert_eq!(reply, "pod1b", "{line}"),
+            ("after", "svc-udp") => {
+                let first = &opened.iter().find(|o| o[0] == kind && o[1] == n).unwrap()[2];
+                if first == "pod1b" {
+                    assert!(reply.starts_with("error="), "closed: {line}");
+                } else {
+                    assert_eq!(reply, first, "kept: {line}");
+                }
+            }
+            ("reconnect", _) => {
+                assert!(
+                    ALL.contains(&reply) && reply != "pod1b",
+                    "a live backend: {line}"
+                );
+            }
+            _ => panic!("{line}"),
+        }
+    }
+    let reconnects = rest.iter().filter(|l| l.starts_with("reconnect")).count();
+    assert_eq!(reconnects, on_pod1b, "{rest:?}");
 }

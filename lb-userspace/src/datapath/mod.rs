@@ -7,6 +7,7 @@ pub mod convert;
 mod handover;
 pub mod layout;
 pub mod maps;
+pub mod pod_netns;
 pub mod sock_destroy;
 pub mod socket_lb;
 pub mod uplink;
@@ -58,8 +59,11 @@ pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 pub const XDP_PARSE_PROGRAM: &str = "xdp_parse";
 
 /// Linux capabilities the agent needs: load programs and maps, attach them
-/// to interfaces and set sysctls, read kernel time in programs, raise rlimits.
-pub const REQUIRED_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
+/// to interfaces and cgroups and set sysctls, read kernel time in programs,
+/// raise rlimits, and (`--socket-lb all`) enter the pods' network
+/// namespaces to close the sockets of a removed backend (`setns`).
+pub const REQUIRED_CAPABILITIES: [&str; 5] =
+    ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"];
 
 /// Which program serves the node's uplinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +134,10 @@ pub struct DatapathConfig {
     pub socket_lb_cgroup: Option<PathBuf>,
     /// Whose sockets socket-level balancing serves (with a cgroup).
     pub socket_lb_scope: socket_lb::SocketLbScope,
+    /// With [`socket_lb::SocketLbScope::All`]: directories of the pods'
+    /// network namespace files, where the sockets of a removed backend are
+    /// closed too.
+    pub socket_lb_netns_dirs: Vec<PathBuf>,
 }
 
 /// The loaded and attached data path.

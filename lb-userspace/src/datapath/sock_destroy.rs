@@ -246,6 +246,13 @@ pub struct Closed {
     pub failed: u64,
 }
 
+impl std::ops::AddAssign for Closed {
+    fn add_assign(&mut self, other: Self) {
+        self.destroyed += other.destroyed;
+        self.failed += other.failed;
+    }
+}
+
 /// Closes the sockets of `diag`'s namespace that the socket programs
 /// pointed at a backend of `gone` through its frontend: connected to the
 /// backend, with a `SOCK_REVERSE` entry (`reverse`) for their cookie and

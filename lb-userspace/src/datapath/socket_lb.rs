@@ -28,7 +28,10 @@ use aya::{
 use lb_common::{SockRevEntry, SockRevKey, MAP_SOCK_REVERSE};
 use tracing::{info, warn};
 
-use super::sock_destroy::{close_pointed_at, Closed, SockDiag};
+use super::{
+    pod_netns,
+    sock_destroy::{close_pointed_at, Closed, SockDiag},
+};
 use crate::gone::GoneBackend;
 
 /// The socket programs and the kind of their link pins.
@@ -174,30 +177,43 @@ pub fn detach_pinned(links_dir: &Path) {
 }
 
 impl super::Datapath {
-    /// With socket-level balancing on, closes the sockets of the agent's
-    /// network namespace its programs pointed at a backend of `gone` (see
-    /// [`super::sock_destroy::close_pointed_at`]); `None` when it is off or
+    /// With socket-level balancing on, closes the sockets its programs
+    /// pointed at a backend of `gone` (see
+    /// [`super::sock_destroy::close_pointed_at`]): those of the agent's
+    /// network namespace and, with the scope `all`, of every namespace in
+    /// the configured directories (the pods'). `None` when it is off or
     /// nothing went. A failure is logged and counted, never fatal.
     pub fn close_sockets(&self, gone: &[GoneBackend]) -> Option<Closed> {
         if self.config.socket_lb_cgroup.is_none() || gone.is_empty() {
             return None;
         }
-        let reverse = self
+        let Some(reverse) = self
             .ebpf
             .map(MAP_SOCK_REVERSE)
-            .and_then(|map| AyaHashMap::<_, SockRevKey, SockRevEntry>::try_from(map).ok());
-        let (Some(reverse), Ok(diag)) = (
-            reverse,
-            SockDiag::open().inspect_err(|e| {
-                warn!("a sock_diag socket to close sockets of removed backends: {e}");
-            }),
-        ) else {
+            .and_then(|map| AyaHashMap::<_, SockRevKey, SockRevEntry>::try_from(map).ok())
+        else {
+            warn!("no SOCK_REVERSE map to close the sockets of removed backends");
             return Some(Closed {
                 destroyed: 0,
                 failed: 1,
             });
         };
-        let closed = close_pointed_at(&diag, gone, |key| reverse.get(key, 0).ok());
+        let reverse = |key: &SockRevKey| reverse.get(key, 0).ok();
+        let mut closed = Closed::default();
+        let mut close_in = |diag: io::Result<SockDiag>, whose: &dyn std::fmt::Display| match diag {
+            Ok(diag) => closed += close_pointed_at(&diag, gone, reverse),
+            Err(e) => {
+                warn!("a sock_diag socket in {whose} to close sockets of removed backends: {e}");
+                closed.failed += 1;
+            }
+        };
+        close_in(SockDiag::open(), &"the agent's namespace");
+        if self.config.socket_lb_scope == SocketLbScope::All {
+            for (path, netns) in pod_netns::namespaces(&self.config.socket_lb_netns_dirs) {
+                let diag = pod_netns::open_in(&netns, &path, SockDiag::open);
+                close_in(diag, &path.display());
+            }
+        }
         if closed.destroyed + closed.failed > 0 {
             info!(
                 destroyed = closed.destroyed,

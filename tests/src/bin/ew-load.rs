@@ -6,19 +6,52 @@
 //! response, close) and kept-alive requests, each with its rate and p50/p99
 //! in microseconds.
 //!
-//! Usage: `ew-load <cgroup dir> <addr:port> <concurrency> <milliseconds>`.
+//! Usage: `ew-load <cgroup dir> <addr:port>[,<addr:port>...] <concurrency>
+//! <milliseconds>`: the clients are shared out over the addresses (the
+//! backends themselves, for a client that balances on its own).
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{future::Future, net::SocketAddrV4, time::Duration};
 
+use futures::future::join_all;
 use lb_tests::load::{connects, kept_alive, new_connections, LoadResult};
+
+/// Runs `load` with `concurrency` clients shared out over `targets`, at
+/// once, and merges what they achieved.
+async fn shared<F, Fut>(targets: &[SocketAddrV4], concurrency: usize, load: F) -> LoadResult
+where
+    F: Fn(SocketAddrV4, usize) -> Fut,
+    Fut: Future<Output = LoadResult>,
+{
+    let share =
+        |k: usize| concurrency / targets.len() + usize::from(k < concurrency % targets.len());
+    let runs = targets
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| share(*k) > 0)
+        .map(|(k, t)| load(*t, share(k)));
+    let mut all = LoadResult::default();
+    for r in join_all(runs).await {
+        all.completed += r.completed;
+        all.errors += r.errors;
+        all.elapsed = all.elapsed.max(r.elapsed);
+        all.latencies.extend(r.latencies);
+    }
+    all.latencies.sort_unstable();
+    all
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, cgroup, addr, concurrency, millis] = args.as_slice() else {
-        eprintln!("usage: ew-load <cgroup dir> <addr:port> <concurrency> <milliseconds>");
+    let [_, cgroup, targets, concurrency, millis] = args.as_slice() else {
+        eprintln!(
+            "usage: ew-load <cgroup dir> <addr:port>[,<addr:port>...] <concurrency> <milliseconds>"
+        );
         std::process::exit(2);
     };
-    let addr: SocketAddrV4 = addr.parse().expect("an address:port");
+    let targets: Vec<SocketAddrV4> = targets
+        .split(',')
+        .map(|t| t.parse().expect("an address:port"))
+        .collect();
     let concurrency: usize = concurrency.parse().expect("a concurrency");
     let duration = Duration::from_millis(millis.parse().expect("milliseconds"));
     // "0" moves the writing process itself, before any thread or socket exists.
@@ -28,15 +61,20 @@ fn main() {
         .build()
         .expect("a runtime");
     let (connect, new, kept) = runtime.block_on(async {
-        let warm = new_connections(addr, 1, Duration::from_millis(200)).await;
-        assert!(
-            warm.completed > 0 && warm.errors == 0,
-            "{addr} does not answer: {warm:?}"
-        );
+        for addr in &targets {
+            let warm = new_connections(*addr, 1, Duration::from_millis(200)).await;
+            assert!(
+                warm.completed > 0 && warm.errors == 0,
+                "{addr} does not answer: {warm:?}"
+            );
+        }
         (
-            connects(addr, concurrency, duration).await,
-            new_connections(addr, concurrency, duration).await,
-            kept_alive(addr, concurrency, duration).await,
+            shared(&targets, concurrency, |t, n| connects(t, n, duration)).await,
+            shared(&targets, concurrency, |t, n| {
+                new_connections(t, n, duration)
+            })
+            .await,
+            shared(&targets, concurrency, |t, n| kept_alive(t, n, duration)).await,
         )
     });
     let figures = |r: &LoadResult| {

@@ -4,7 +4,9 @@
 //! <n> <reply>` or `after <kind> <n> error=<why>`), and replaces each
 //! Service socket that failed with a new one (`reconnect <kind> <n>
 //! <reply>`). Kinds: `svc-tcp`, `svc-udp`, `direct-tcp`, `direct-udp`.
-//! Every call has a timeout, so it ends on its own.
+//! Every call has a timeout, so it ends on its own. A count `T+U` opens `T`
+//! TCP and `U` UDP Service sockets (the e2e pods' servers speak only UDP
+//! this way); a direct address `-` opens no direct socket.
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -61,7 +63,9 @@ pub fn main(cgroup: &str, args: &[String]) {
         std::process::exit(2);
     };
     let addr = |s: &String| -> SocketAddr { s.parse().expect("an address:port") };
-    let count: usize = count.parse().expect("a count");
+    let (tcp_count, udp_count) = count.split_once('+').unwrap_or((count, count));
+    let tcp_count: usize = tcp_count.parse().expect("a count");
+    let udp_count: usize = udp_count.parse().expect("a count");
     std::fs::write(format!("{cgroup}/cgroup.procs"), "0").expect("joining the cgroup");
     if let [netns] = netns {
         let file = std::fs::File::open(netns).expect("opening the namespace");
@@ -70,10 +74,14 @@ pub fn main(cgroup: &str, args: &[String]) {
         assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
     }
     let mut plan = Vec::new();
-    plan.extend((0..count).map(|n| ("svc-tcp", n, true, addr(tcp_svc))));
-    plan.extend((0..count).map(|n| ("svc-udp", n, false, addr(udp_svc))));
-    plan.push(("direct-tcp", 0, true, addr(direct_tcp)));
-    plan.push(("direct-udp", 0, false, addr(direct_udp)));
+    plan.extend((0..tcp_count).map(|n| ("svc-tcp", n, true, addr(tcp_svc))));
+    plan.extend((0..udp_count).map(|n| ("svc-udp", n, false, addr(udp_svc))));
+    if direct_tcp != "-" {
+        plan.push(("direct-tcp", 0, true, addr(direct_tcp)));
+    }
+    if direct_udp != "-" {
+        plan.push(("direct-udp", 0, false, addr(direct_udp)));
+    }
     let mut conns = Vec::new();
     for &(kind, n, tcp, to) in &plan {
         let mut conn = Conn::open(tcp, to).expect("opening a socket");
