@@ -195,6 +195,8 @@ fn with_scope_all_pods_and_the_node_reach_services_with_no_packet_translated() {
     assert_spread(&tcp, &ALL, COUNT, 0.05);
     let udp = answers(&sock_client(node, &cgroup, "udp", WEB_DNS), WEB_DNS);
     assert_spread(&udp, &ALL, COUNT, 0.05);
+    let unconnected = sock_client(node, &cgroup, "udp-unconnected", WEB_DNS);
+    assert_spread(&answers(&unconnected, WEB_DNS), &ALL, COUNT, 0.05);
     let node_port = sock_client(node, &cgroup, "http", STICKY_NODE_PORT);
     let node_port = answers(&node_port, STICKY_NODE_PORT);
     assert_eq!(node_port.values().sum::<usize>(), COUNT, "{node_port:?}");
