@@ -55,6 +55,7 @@ struct Stats {
     p99: u64,
 }
 
+/// The [`Stats`] of one series' per-call durations.
 fn stats(mut samples: Vec<u64>) -> Stats {
     samples.sort_unstable();
     let n = samples.len();
@@ -277,18 +278,18 @@ pub fn measure(quick: bool) -> (serde_json::Value, String) {
         let (x_floor, floor_low, floor_high) =
             paired_ratio(&medians, &floor_medians).expect("rounds");
         let (x_parse, parse_low, parse_high) = paired_ratio(&medians, &parse).expect("rounds");
-        let flows = match flows[s] {
+        let shown = match flows[s] {
             0 => "-".to_string(),
             n => n.to_string(),
         };
         let _ = writeln!(
             md,
-            "| {name} | {flows} | {} ({}-{}) | {mean} | {p99} | {am} / {amean} / {ap99} | {x_floor:.2}x ({floor_low:.2}-{floor_high:.2}) | {x_parse:.2}x ({parse_low:.2}-{parse_high:.2}) | {} |",
+            "| {name} | {shown} | {} ({}-{}) | {mean} | {p99} | {am} / {amean} / {ap99} | {x_floor:.2}x ({floor_low:.2}-{floor_high:.2}) | {x_parse:.2}x ({parse_low:.2}-{parse_high:.2}) | {} |",
             fig.median, fig.low, fig.high, misses[s],
         );
         classes.insert(
             (*name).to_string(),
-            serde_json::json!({"flows": flows, "median_ns": fig.median, "low_ns": fig.low, "high_ns": fig.high,
+            serde_json::json!({"flows": flows[s], "median_ns": fig.median, "low_ns": fig.low, "high_ns": fig.high,
                 "mean_ns": mean, "p99_ns": p99,
                 "rounds": r.iter().map(|x| serde_json::json!({"median_ns": x.median, "mean_ns": x.mean, "p99_ns": x.p99})).collect::<Vec<_>>(),
                 "above_floor_ns": am, "above_floor_mean_ns": amean, "above_floor_p99_ns": ap99,
