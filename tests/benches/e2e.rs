@@ -22,7 +22,7 @@ use lb_tests::{
     load::{bulk, kept_alive, new_connections, BenchServers, BENCH_HTTP_PORT, SINK_PORT},
     netns::Netns,
     procfs,
-    stats::{figure, paired_ratio, ratio, Figure},
+    stats::{figure, paired_ratio, ratio, spread, Figure},
     topology::ClusterTopology,
 };
 
@@ -593,39 +593,31 @@ fn noise_floor(
     summary: &mut String,
 ) -> serde_json::Value {
     let mut floor = serde_json::Map::new();
-    for column in [0, 3] {
-        let mut diffs: Vec<f64> = Vec::new();
+    for (name, get) in [COLUMNS[0], COLUMNS[3]] {
+        let (mut first, mut again) = (Vec::new(), Vec::new());
         for total in [10u32, 10_000] {
-            let (Some(first), Some(again)) = (
+            if let (Some(a), Some(b)) = (
                 per_round.get(&(total, Mode::Direct)),
                 per_round.get(&(total, Mode::DirectAgain)),
-            ) else {
-                continue;
-            };
-            let get = COLUMNS[column].1;
-            diffs.extend(
-                first
-                    .iter()
-                    .zip(again)
-                    .map(|(a, b)| (ratio(get(b), get(a)) - 1.0).abs()),
-            );
+            ) {
+                // Paired by round: as many as both have.
+                let n = a.len().min(b.len());
+                first.extend(a[..n].iter().map(get));
+                again.extend(b[..n].iter().map(get));
+            }
         }
-        if diffs.is_empty() {
+        let Some((diffs, median, max)) = spread(&first, &again) else {
             continue;
-        }
-        let mut sorted = diffs.clone();
-        sorted.sort_by(f64::total_cmp);
-        let (median, max) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
+        };
         let _ = writeln!(
             summary,
-            "- noise floor, {}: direct measured twice a round differs by {:.1}% (median; largest {:.1}%, {} pairs)",
-            COLUMNS[column].0,
+            "- noise floor, {name}: direct measured twice a round differs by {:.1}% (median; largest {:.1}%, {} pairs)",
             median * 100.0,
             max * 100.0,
             diffs.len()
         );
         floor.insert(
-            COLUMNS[column].0.into(),
+            name.into(),
             serde_json::json!({"median": median, "max": max, "rounds": diffs}),
         );
     }

@@ -55,7 +55,13 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             let _ = std::fs::remove_file(out.join(format!("{bench}.{ext}")));
         }
     }
-    for file in ["summary.txt", "flows-summary.txt", "report.json"] {
+    for file in [
+        "summary.txt",
+        "flows-summary.txt",
+        "report.json",
+        "e2e-connections.png",
+        "e2e-requests.png",
+    ] {
         let _ = std::fs::remove_file(out.join(file));
     }
     for name in &benches {

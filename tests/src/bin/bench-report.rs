@@ -162,7 +162,7 @@ fn header(run: &Run, missing: &[String]) -> String {
         format!("`{}`", run.commit)
     };
     let mut header = format!(
-        "Written by `cargo xtask bench`{} on this project's CI machine kind (2 cores, shared: read \
+        "Written by `cargo xtask bench{}` on this project's CI machine kind (2 cores, shared: read \
          ratios, not absolute times), run `{}` of commit {commit}. Every file assembled here \
          carries that run's stamp (`bench-report` refuses a mixed or incomplete set). Every \
          figure: `target/bench/report.json`.\n",
