@@ -122,6 +122,19 @@ fn stop_agent(mut agent: std::process::Child, pin_dir: &Path, log: &Path, kubeco
     }
 }
 
+/// The p99 (ms) of each of `blocks` consecutive blocks of `latencies`
+/// (in the order measured): one figure per round for the per-round verdicts.
+fn block_p99s_ms(latencies: &[Duration], blocks: usize) -> Vec<f64> {
+    latencies
+        .chunks(latencies.len().div_ceil(blocks.max(1)).max(1))
+        .map(|block| {
+            let mut block = block.to_vec();
+            block.sort();
+            percentile(&block, 99).as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
 /// With `extra` other services programmed, times the cold start in
 /// `rounds` and then `changes` slice changes of one service; returns a
 /// Markdown table row and a JSON record.
@@ -139,7 +152,7 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Va
     // Cold start in rounds, each agent from no pins; the last one stays
     // for the change latencies.
     let mut colds_us = Vec::with_capacity(rounds);
-    let mut peak_rss_kib = 0;
+    let mut peaks_kib = Vec::with_capacity(rounds);
     let mut started = None;
     for round in 0..rounds {
         let tag = format!("lbt{}xbench{extra}r{round}", std::process::id());
@@ -148,7 +161,7 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Va
         wait_ready(&mut agent, &log);
         colds_us.push(u64::try_from(cold.elapsed().as_micros()).unwrap_or(u64::MAX));
         let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
-        peak_rss_kib = peak_rss_kib.max(procfs::peak_rss_kib(&status).expect("VmHWM"));
+        peaks_kib.push(procfs::peak_rss_kib(&status).expect("VmHWM"));
         if round + 1 < rounds {
             stop_agent(agent, &pin_dir, &log, &kubeconfig);
         } else {
@@ -157,6 +170,7 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Va
     }
     let (agent, pin_dir, log, kubeconfig, status) = started.expect("at least one round");
     let cold = figure(&colds_us);
+    let peak_rss_kib = peaks_kib.iter().copied().max().unwrap_or(0);
     let heap_kib = procfs::anon_rss_kib(&status).expect("RssAnon");
     let maps_bytes = procfs::maps_memlock_of(agent.id());
     let key = Frontend {
@@ -191,8 +205,9 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Va
         }
     }
     stop_agent(agent, &pin_dir, &log, &kubeconfig);
-    latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let p99_rounds_ms = block_p99s_ms(&latencies, rounds);
+    latencies.sort();
     #[allow(clippy::cast_precision_loss)] // microseconds far below 2^52
     let us_ms = |us: u64| us as f64 / 1e3;
     let (p50, p99, max) = (
@@ -221,6 +236,7 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, serde_json::Va
         "cold_start_rounds_ms": colds_us.iter().map(|&us| us_ms(us)).collect::<Vec<_>>(),
         "agent_peak_rss_kib": peak_rss_kib, "agent_heap_at_ready_kib": heap_kib, "maps_memlock_bytes": maps_bytes, "changes": changes,
         "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(max),
+        "p99_rounds_ms": p99_rounds_ms, "agent_peak_rss_rounds_kib": peaks_kib,
     });
     (row, json)
 }
@@ -234,7 +250,9 @@ fn main() {
                   Services have 10 endpoints each; median and spread of {COLD_ROUNDS} cold starts, one with \
                   `--quick`), its peak RSS (the highest of the cold starts; it includes the \
                   memory-mapped Maglev slab, kernel map memory) and its heap at ready (`RssAnon`), and its maps' kernel \
-                  memory; then an EndpointSlice change at the API server -> the kernel map holding it.\n\n\
+                  memory; then an EndpointSlice change at the API server -> the kernel map holding it (the \
+                  JSON also gives the p99 of each of as many consecutive blocks of the changes as there \
+                  were cold starts, and each cold start's peak RSS, for the per-round verdicts).\n\n\
                   | services programmed | cold start to ready (ms) | agent peak RSS (MiB) | agent heap at ready (MiB) | map memory (MiB) | changes | p50 (ms) | p99 (ms) | max (ms) |\n\
                   |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     print!("{header}");
@@ -246,13 +264,15 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("control.md"),
-        format!("{header}{small}\n{mid}\n{large}\n"),
+        lb_tests::bench_run::stamped_text(&format!("{header}{small}\n{mid}\n{large}\n")),
     )
     .unwrap();
     std::fs::write(
         dir.join("control.json"),
-        serde_json::to_string_pretty(&serde_json::json!([small_json, mid_json, large_json]))
-            .unwrap(),
+        serde_json::to_string_pretty(&lb_tests::bench_run::stamped(
+            serde_json::json!({"sizes": [small_json, mid_json, large_json]}),
+        ))
+        .unwrap(),
     )
     .unwrap();
 }

@@ -16,12 +16,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_tests::{
     agent::{Agent, ManifestDir},
+    bench_run,
     charts::{grouped_bars, Bar, Group},
     kubeproxy::{iptables_restore, manifests_yaml, nft_ruleset, KpService},
     load::{bulk, kept_alive, new_connections, BenchServers, BENCH_HTTP_PORT, SINK_PORT},
     netns::Netns,
     procfs,
-    stats::{figure, paired_ratio, Figure},
+    stats::{figure, paired_ratio, ratio, spread, Figure},
     topology::ClusterTopology,
 };
 
@@ -38,15 +39,18 @@ enum Mode {
     Ours,
     /// lb-agent with `--uplink-hook tc`: TC on the uplink too.
     OursTc,
+    /// Direct once more, half a round after the first: the noise floor.
+    DirectAgain,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Direct,
         Mode::Ours,
         Mode::OursTc,
+        Mode::DirectAgain,
         Mode::Iptables,
         Mode::Nftables,
     ];
@@ -54,6 +58,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct (no balancer)",
+            Mode::DirectAgain => "direct again (noise floor)",
             Mode::Ours => "lb-agent (XDP uplink)",
             Mode::OursTc => "lb-agent (TC uplink)",
             Mode::Iptables => "kube-proxy iptables layout",
@@ -64,6 +69,7 @@ impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectAgain => "direct_again",
             Mode::Ours => "ours",
             Mode::OursTc => "ours_tc",
             Mode::Iptables => "iptables",
@@ -184,7 +190,7 @@ fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> Result<Sampl
     let _servers = BenchServers::start(&pods)?;
     let mut agent = None;
     let (web, bulk_to) = match mode {
-        Mode::Direct => (
+        Mode::Direct | Mode::DirectAgain => (
             SocketAddrV4::new(pods[0].ip, BENCH_HTTP_PORT),
             SocketAddrV4::new(pods[0].ip, SINK_PORT),
         ),
@@ -307,11 +313,15 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
         let ipt = figure(&runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>());
         let nft = figure(&runs.iter().map(|r| ms(r.4)).collect::<Vec<_>>());
         let heap = figure(&runs.iter().map(|r| r.5).collect::<Vec<_>>());
-        let (speedup, _, _) = paired_ratio(
-            &runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>(),
-            &runs.iter().map(|r| ms(r.0)).collect::<Vec<_>>(),
-        )
-        .context("no programming round")?;
+        let ours_rounds: Vec<u64> = runs.iter().map(|r| ms(r.0)).collect();
+        let ipt_rounds: Vec<u64> = runs.iter().map(|r| ms(r.3)).collect();
+        let (speedup, _, _) =
+            paired_ratio(&ipt_rounds, &ours_rounds).context("no programming round")?;
+        let speedup_rounds: Vec<f64> = ipt_rounds
+            .iter()
+            .zip(&ours_rounds)
+            .map(|(&a, &b)| ratio(a, b))
+            .collect();
         let _ = writeln!(
             md,
             "| {total} | {} ({}-{}) | {} ({}-{}) | {} ({}-{}) | {speedup:.1}x | {:.0} | {:.0} | {:.1} |",
@@ -333,7 +343,9 @@ fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)>
             "iptables_restore_ms": ipt.median, "nft_ms": nft.median,
             "iptables_restore_over_ours": speedup, "agent_peak_rss_kib": peak.high,
             "agent_heap_at_ready_kib": heap.median,
-            "maps_memlock_bytes": maps.median}),
+            "maps_memlock_bytes": maps.median, "ours_rounds_ms": ours_rounds,
+            "iptables_restore_over_ours_rounds": speedup_rounds,
+            "agent_peak_rss_rounds_kib": runs.iter().map(|r| r.1).collect::<Vec<_>>()}),
         );
     }
     Ok((md, serde_json::Value::Array(json)))
@@ -371,7 +383,8 @@ fn intro(rounds: usize, duration: Duration) -> String {
          modes in rotating order, a fresh topology for every measurement. The measured Service \
          sits in the middle of the programmed ones (kube-proxy's KUBE-SERVICES chain is walked \
          half way for each new connection). Median of rounds (spread: lowest-highest round); \
-         the headline ratios pair the two modes of each round.\n\n",
+         the headline ratios pair the two modes of each round. Direct is measured twice a round, half \
+         a round apart (\"direct again\"): their difference is the noise floor.\n\n",
         duration.as_secs()
     )
 }
@@ -433,11 +446,13 @@ fn main() -> Result<()> {
             per_round.insert((total, *mode), s.clone());
             let _ = write!(md, "| {} |", mode.name());
             let mut fields = serde_json::Map::new();
-            for ((name, _), f) in COLUMNS.iter().zip(&figures) {
+            for ((name, get), f) in COLUMNS.iter().zip(&figures) {
                 let _ = write!(md, " {} ({}-{}) |", f.median, f.low, f.high);
+                let rounds: Vec<u64> = s.iter().map(get).collect();
                 fields.insert(
                     (*name).to_string(),
-                    serde_json::json!({"median": f.median, "low": f.low, "high": f.high}),
+                    serde_json::json!({"median": f.median, "low": f.low, "high": f.high,
+                        "rounds": rounds}),
                 );
             }
             let errors: u64 = s.iter().map(|x| x.errors).sum();
@@ -448,7 +463,8 @@ fn main() -> Result<()> {
         let _ = writeln!(md);
         json.push(serde_json::json!({"services": total, "modes": modes}));
     }
-    let (headline, mut summary) = headline(&per_round);
+    let (headline, headline_rounds, mut summary) = headline(&per_round);
+    let noise_floor = noise_floor(&per_round, &mut summary);
     draw_charts(&medians, &out)?;
     // Loading 100,000 nft chains takes minutes: at most three rounds of it.
     let (programming_md, programming_json) = programming(rounds.min(3), &out)?;
@@ -461,12 +477,15 @@ fn main() -> Result<()> {
         );
     }
     md = format!("{summary}\n{md}");
-    std::fs::write(out.join("summary.txt"), &summary)?;
+    std::fs::write(out.join("summary.txt"), bench_run::stamped_text(&summary))?;
     let report = serde_json::json!({"rounds": rounds, "seconds_per_figure": duration.as_secs(),
-        "concurrency": CONCURRENCY, "headline": headline, "scales": json,
-        "programming": programming_json});
-    std::fs::write(out.join("e2e.json"), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(out.join("e2e.md"), &md)?;
+        "concurrency": CONCURRENCY, "headline": headline, "headline_rounds": headline_rounds,
+        "noise_floor": noise_floor, "scales": json, "programming": programming_json});
+    std::fs::write(
+        out.join("e2e.json"),
+        serde_json::to_string_pretty(&bench_run::stamped(report))?,
+    )?;
+    std::fs::write(out.join("e2e.md"), bench_run::stamped_text(&md))?;
     print!("{md}");
     println!(
         "(took {:.1} s; wrote target/bench/e2e.json and e2e.md)",
@@ -476,16 +495,22 @@ fn main() -> Result<()> {
 }
 
 /// The headline ratios, each the median of its per-round ratios (the two
-/// modes measured in the same round, close in time): JSON and a summary.
+/// modes measured in the same round, close in time): JSON, the per-round
+/// ratios (JSON) and a summary.
 fn headline(
     per_round: &std::collections::BTreeMap<(u32, Mode), Vec<Sample>>,
-) -> (serde_json::Map<String, serde_json::Value>, String) {
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+    String,
+) {
     let get = |total, mode, column: usize| {
         per_round
             .get(&(total, mode))
             .map(|s| s.iter().map(COLUMNS[column].1).collect::<Vec<u64>>())
     };
     let mut headline = serde_json::Map::new();
+    let mut rounds = serde_json::Map::new();
     let mut summary = String::from(
         "Headline (each ratio the median of the per-round ratios, lowest-highest round):\n",
     );
@@ -546,6 +571,8 @@ fn headline(
             continue;
         };
         if let Some((r, low, high)) = paired_ratio(&ours, &base) {
+            let each: Vec<f64> = ours.iter().zip(&base).map(|(&a, &b)| ratio(a, b)).collect();
+            rounds.insert(key.clone(), each.into());
             headline.insert(key, r.into());
             let _ = writeln!(
                 summary,
@@ -554,7 +581,47 @@ fn headline(
             );
         }
     }
-    (headline, summary)
+    (headline, rounds, summary)
+}
+
+/// The noise floor: direct measured twice in each round, half a round
+/// apart; for new connections/s and kept-alive requests/s, the relative
+/// difference of the two in every round (both scales), its median and
+/// largest (JSON), also added to the summary.
+fn noise_floor(
+    per_round: &std::collections::BTreeMap<(u32, Mode), Vec<Sample>>,
+    summary: &mut String,
+) -> serde_json::Value {
+    let mut floor = serde_json::Map::new();
+    for (name, get) in [COLUMNS[0], COLUMNS[3]] {
+        let (mut first, mut again) = (Vec::new(), Vec::new());
+        for total in [10u32, 10_000] {
+            if let (Some(a), Some(b)) = (
+                per_round.get(&(total, Mode::Direct)),
+                per_round.get(&(total, Mode::DirectAgain)),
+            ) {
+                // Paired by round: as many as both have.
+                let n = a.len().min(b.len());
+                first.extend(a[..n].iter().map(get));
+                again.extend(b[..n].iter().map(get));
+            }
+        }
+        let Some((diffs, median, max)) = spread(&first, &again) else {
+            continue;
+        };
+        let _ = writeln!(
+            summary,
+            "- noise floor, {name}: direct measured twice a round differs by {:.1}% (median; largest {:.1}%, {} pairs)",
+            median * 100.0,
+            max * 100.0,
+            diffs.len()
+        );
+        floor.insert(
+            name.into(),
+            serde_json::json!({"median": median, "max": max, "rounds": diffs}),
+        );
+    }
+    serde_json::Value::Object(floor)
 }
 
 /// Draws the connection-rate and request-rate charts into `out`.
@@ -582,6 +649,7 @@ fn draw_charts(
                 label: format!("{total} services"),
                 bars: Mode::ALL
                     .iter()
+                    .filter(|&&mode| mode != Mode::DirectAgain)
                     .filter_map(|&mode| {
                         let f = medians.get(&(total, mode))?[column];
                         Some(Bar {

@@ -21,9 +21,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_tests::{
     agent::{Agent, ManifestDir},
+    bench_run,
     cgroup::TestCgroup,
     load::{BenchServers, BENCH_HTTP_PORT},
-    stats::{figure, paired_ratio},
+    stats::{figure, paired_ratio, ratio},
     topology::ClusterTopology,
 };
 
@@ -190,24 +191,51 @@ fn main() -> Result<()> {
     for ((mode, rows), failed) in Mode::ALL.iter().zip(&samples).zip(&errors) {
         let _ = write!(md, "| {} |", mode.name());
         let mut fields = serde_json::Map::new();
+        let mut per_round = serde_json::Map::new();
         for (c, (name, _, _)) in COLUMNS.iter().enumerate() {
-            let f = figure(&rows.iter().map(|s| s[c]).collect::<Vec<_>>());
+            let values: Vec<u64> = rows.iter().map(|s| s[c]).collect();
+            let f = figure(&values);
             let _ = write!(md, " {} ({}-{}) |", f.median, f.low, f.high);
             fields.insert((*name).to_string(), serde_json::json!(f.median));
+            per_round.insert((*name).to_string(), serde_json::json!(values));
         }
         let _ = writeln!(md, " {failed} |");
         fields.insert("errors".into(), serde_json::json!(failed));
+        fields.insert("rounds".into(), serde_json::Value::Object(per_round));
         json.insert(mode.key().into(), serde_json::Value::Object(fields));
     }
+    ratios(&samples, &mut md, &mut json);
+    json.insert("rounds".into(), serde_json::json!(rounds));
+    json.insert("seconds".into(), serde_json::json!(duration.as_secs()));
+    std::fs::write(out.join("east_west.md"), bench_run::stamped_text(&md))?;
+    std::fs::write(
+        out.join("east_west.json"),
+        serde_json::to_string_pretty(&bench_run::stamped(serde_json::Value::Object(json)))?,
+    )?;
+    eprintln!(
+        "east-west benchmark done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The ratios of the modes, each the median of its per-round ratios, into
+/// `md` and `json` (with every round's ratio).
+fn ratios(
+    samples: &[Vec<Sample>],
+    md: &mut String,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) {
     let column = |mode: Mode, c: usize| -> Vec<u64> {
         let index = Mode::ALL.iter().position(|m| *m == mode).unwrap();
         samples[index].iter().map(|s| s[c]).collect()
     };
     let _ = writeln!(
-        md,
+        *md,
         "\nRatios (median of the rounds' ratios, lowest-highest):"
     );
     let mut ratios = serde_json::Map::new();
+    let mut ratio_rounds = serde_json::Map::new();
     for (c, what) in [
         (0, "connect p50"),
         (2, "new connections/s"),
@@ -217,9 +245,14 @@ fn main() -> Result<()> {
             (Mode::Socket, Mode::PerPacket),
             (Mode::Socket, Mode::Direct),
         ] {
-            if let Some((median, low, high)) = paired_ratio(&column(a, c), &column(b, c)) {
+            let (ours, base) = (column(a, c), column(b, c));
+            if let Some((median, low, high)) = paired_ratio(&ours, &base) {
+                ratio_rounds.insert(
+                    format!("{what}, {} / {}", a.key(), b.key()),
+                    ours.iter().zip(&base).map(|(&x, &y)| ratio(x, y)).collect(),
+                );
                 let _ = writeln!(
-                    md,
+                    *md,
                     "- {what}, {} / {}: {median:.2}x ({low:.2}-{high:.2}x)",
                     a.key(),
                     b.key()
@@ -232,16 +265,8 @@ fn main() -> Result<()> {
         }
     }
     json.insert("ratios".into(), serde_json::Value::Object(ratios));
-    json.insert("rounds".into(), serde_json::json!(rounds));
-    json.insert("seconds".into(), serde_json::json!(duration.as_secs()));
-    std::fs::write(out.join("east_west.md"), md)?;
-    std::fs::write(
-        out.join("east_west.json"),
-        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
-    )?;
-    eprintln!(
-        "east-west benchmark done in {:.0} s",
-        started.elapsed().as_secs_f64()
+    json.insert(
+        "ratios_rounds".into(),
+        serde_json::Value::Object(ratio_rounds),
     );
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench_run;
 pub mod cgroup;
 pub mod charts;
 pub mod cluster;

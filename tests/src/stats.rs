@@ -61,6 +61,22 @@ pub fn paired_ratio(a: &[u64], b: &[u64]) -> Option<(f64, f64, f64)> {
     ))
 }
 
+/// The noise between two measurements of one configuration, paired by
+/// round: each round's relative difference `|b[i] / a[i] - 1|`, and their
+/// median and largest. `None` when no round has both.
+#[must_use]
+pub fn spread(a: &[u64], b: &[u64]) -> Option<(Vec<f64>, f64, f64)> {
+    let diffs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (ratio(y, x) - 1.0).abs())
+        .collect();
+    let mut sorted = diffs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (median, max) = (*sorted.get(sorted.len() / 2)?, *sorted.last()?);
+    Some((diffs, median, max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +140,14 @@ mod tests {
     fn ratio_guards_against_a_zero_baseline() {
         assert!((ratio(250, 100) - 2.5).abs() < 1e-9);
         assert!((ratio(5, 0) - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spread_is_the_relative_difference_of_each_pair() {
+        let (diffs, median, max) = spread(&[100, 200, 100], &[110, 190, 100]).unwrap();
+        assert_eq!(diffs.len(), 3);
+        assert!((diffs[0] - 0.1).abs() < 1e-9 && (diffs[1] - 0.05).abs() < 1e-9);
+        assert!((median - 0.05).abs() < 1e-9 && (max - 0.1).abs() < 1e-9);
+        assert_eq!(spread(&[], &[]), None);
     }
 }

@@ -1,6 +1,9 @@
 //! Building, linting, testing and the demo.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Result;
 
@@ -9,9 +12,15 @@ use crate::{
     util::{require_root, root, run, run_tests, TestTotals},
 };
 
+/// Cargo's target directory for a build run in `dir`: `CARGO_TARGET_DIR`
+/// (relative to `dir`) when set, else `dir/target`.
+fn target_dir(dir: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), |d| dir.join(d))
+}
+
 /// Path of the built kernel object.
 pub fn ebpf_object() -> PathBuf {
-    root().join("lb-ebpf/target/bpfel-unknown-none/release/lb-ebpf")
+    target_dir(&root().join("lb-ebpf")).join("bpfel-unknown-none/release/lb-ebpf")
 }
 
 /// Builds the kernel programs; returns the object's path.
@@ -24,7 +33,8 @@ pub fn build_ebpf() -> Result<PathBuf> {
     Ok(ebpf_object())
 }
 
-fn cargo() -> Command {
+/// `cargo` at the workspace root, told where the kernel object is.
+pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).env("LB_EBPF_OBJECT", ebpf_object());
     cmd
@@ -39,8 +49,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    Ok(root()
-        .join("target")
+    Ok(target_dir(&root())
         .join(if release { "release" } else { "debug" })
         .join("lb-agent"))
 }
@@ -207,49 +216,6 @@ pub fn demo() -> Result<()> {
     run(cargo()
         .args(["run", "--quiet", "-p", "lb-tests", "--bin", "demo"])
         .env("LB_AGENT_BIN", agent))
-}
-
-/// The benchmarks; `bench-report` assembles their tables into BENCHMARKS.md
-/// (with the targets judged) and their figures into target/bench/report.json.
-pub fn bench(quick: bool) -> Result<()> {
-    require_root("cargo xtask bench")?;
-    setup()?;
-    // The comparison needs kube-proxy's rule loaders; the charts a font.
-    crate::setup::ensure_tools(&[
-        ("iptables-restore", "iptables"),
-        ("nft", "nftables"),
-        (
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "fonts-dejavu-core",
-        ),
-    ])?;
-    let agent = build(true)?;
-    for name in ["packet", "control", "e2e", "east_west", "flows"] {
-        let mut bench = cargo();
-        bench
-            .args(["bench", "-p", "lb-tests", "--bench", name])
-            .env("LB_AGENT_BIN", &agent);
-        if quick {
-            bench.env("LB_BENCH_QUICK", "1");
-        }
-        run(&mut bench)?;
-    }
-    // The report: targets judged, notes, tables, charts, report.json.
-    let mut report = cargo();
-    report.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "bench-report",
-    ]);
-    if quick {
-        report.args(["--", "--quick"]);
-    }
-    run(&mut report)?;
-    Ok(())
 }
 
 #[cfg(test)]

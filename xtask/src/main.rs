@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: setup, build, run, lint, test, demo and bench.
 
+mod bench;
 mod build;
 mod setup;
 mod util;
@@ -46,6 +47,10 @@ enum Command {
         /// Fewer samples: a run of about a minute.
         #[arg(long)]
         quick: bool,
+        /// Only these benches (comma-separated: packet, control, e2e,
+        /// `east_west`, flows); the report says which are missing.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -61,6 +66,6 @@ fn main() -> Result<()> {
         Command::Lint => build::lint(),
         Command::Test => build::test(),
         Command::Demo => build::demo(),
-        Command::Bench { quick } => build::bench(quick),
+        Command::Bench { quick, only } => bench::bench(quick, only.as_deref()),
     }
 }

@@ -108,10 +108,13 @@ fn main() -> Result<()> {
     }
     std::fs::write(
         out.join("flows.json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(&lb_tests::bench_run::stamped(report.clone()))?,
     )?;
-    std::fs::write(out.join("flows.md"), &md)?;
-    std::fs::write(out.join("flows-summary.txt"), summary(&report))?;
+    std::fs::write(out.join("flows.md"), lb_tests::bench_run::stamped_text(&md))?;
+    std::fs::write(
+        out.join("flows-summary.txt"),
+        lb_tests::bench_run::stamped_text(&summary(&report)),
+    )?;
     print!("{md}");
     println!(
         "(took {:.1} s; wrote target/bench/flows.json and flows.md)",

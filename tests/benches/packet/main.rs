@@ -277,11 +277,11 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("packet.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
+        serde_json::to_string_pretty(&lb_tests::bench_run::stamped(report)).unwrap(),
     )
     .unwrap();
     let md = format!("{header}{md}\n{ws_md}");
-    std::fs::write(dir.join("packet.md"), &md).unwrap();
+    std::fs::write(dir.join("packet.md"), lb_tests::bench_run::stamped_text(&md)).unwrap();
     print!("{md}");
     println!(
         "(took {:.1} s; wrote target/bench/packet.json and packet.md)",

@@ -1,0 +1,133 @@
+//! The per-packet targets: the ratios to the parse-only baseline and the
+//! flatness over the number of Services, with their per-round figures.
+
+use serde_json::Value;
+
+use super::{numbers, Figure};
+
+/// Why a per-packet ratio target is judged on the medians alone.
+const NO_RATIO_ROUNDS: &str = "packet.json has no per-round ratios (median only)";
+
+/// The per-round ratios of `class` to parse-only in one configuration:
+/// `vs_parse_only_rounds` of the class, else its `rounds_ns` over the
+/// configuration's `parse_only_rounds_ns`.
+fn round_ratios(config: &Value, class: &str) -> Option<Vec<f64>> {
+    let figures = &config["classes"][class];
+    if let Some(r) = numbers(&figures["vs_parse_only_rounds"]) {
+        return Some(r);
+    }
+    let ns = numbers(&figures["rounds_ns"])?;
+    let parse = numbers(&config["parse_only_rounds_ns"])?;
+    Some(ns.iter().zip(&parse).map(|(a, b)| a / b.max(1.0)).collect())
+}
+
+/// The largest value of each round over `series` (rounds paired by index,
+/// as many as the shortest has).
+fn worst_per_round(series: &[Vec<f64>]) -> Vec<f64> {
+    let n = series.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|r| {
+            series
+                .iter()
+                .map(|s| s[r])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
+/// The worst (largest) per-packet ratio of `class` over the
+/// configurations, as "a-b x"; a round's figure is its worst configuration.
+pub(super) fn worst_ratio(report: &Value, class: &str) -> Option<Figure> {
+    let configs: Vec<&Value> = report["packet"]["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["classes"][class]["vs_parse_only"].is_f64())
+        .collect();
+    let ratios: Vec<f64> = configs
+        .iter()
+        .filter_map(|c| c["classes"][class]["vs_parse_only"].as_f64())
+        .collect();
+    let worst = ratios.iter().copied().reduce(f64::max)?;
+    let best = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let rounds: Option<Vec<Vec<f64>>> = configs.iter().map(|c| round_ratios(c, class)).collect();
+    Some(Figure {
+        value: worst,
+        text: format!(
+            "{best:.2}x-{worst:.2}x over {} configurations",
+            ratios.len()
+        ),
+        rounds: rounds.map(|r| worst_per_round(&r)).ok_or(NO_RATIO_ROUNDS),
+    })
+}
+
+/// The largest change of any class's ns/packet from 1 service to 100 or
+/// 10,000 (10 backends each): the median of the per-round ratios where the
+/// report has the rounds (each round measures every configuration), else the
+/// ratio of the medians. A round's figure is its largest change.
+pub(super) fn flatness(report: &Value) -> Option<Figure> {
+    let configs = report["packet"]["configs"].as_array()?;
+    let with_ten = |c: &&Value| c["backends_per_service"].as_u64() == Some(10);
+    let one = configs
+        .iter()
+        .filter(with_ten)
+        .find(|c| c["services"].as_u64() == Some(1))?;
+    let rounds = |figures: &Value| -> Option<Vec<u64>> {
+        figures["rounds_ns"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect()
+    };
+    let mut worst: Option<(f64, String)> = None;
+    // Each (size, class)'s change in every round, or None once one lacks rounds.
+    let mut per_round: Option<Vec<Vec<f64>>> = Some(Vec::new());
+    for many in configs.iter().filter(with_ten) {
+        let services = many["services"].as_u64().unwrap_or(1);
+        if services == 1 {
+            continue;
+        }
+        for (class, figures) in one["classes"].as_object()? {
+            let other = &many["classes"][class];
+            let (Some(a), Some(b)) = (figures["median_ns"].as_f64(), other["median_ns"].as_f64())
+            else {
+                continue;
+            };
+            let paired = rounds(figures).zip(rounds(other));
+            let ratio = paired
+                .as_ref()
+                .and_then(|(ra, rb)| crate::stats::paired_ratio(rb, ra).map(|(r, _, _)| r))
+                .unwrap_or(b / a.max(1.0));
+            per_round = match (per_round, paired) {
+                (Some(mut all), Some((ra, rb))) => {
+                    all.push(
+                        ra.iter()
+                            .zip(&rb)
+                            .map(|(&x, &y)| (crate::stats::ratio(y, x) - 1.0).abs())
+                            .collect(),
+                    );
+                    Some(all)
+                }
+                _ => None,
+            };
+            let change = (ratio - 1.0).abs();
+            if worst.as_ref().is_none_or(|(w, _)| change > *w) {
+                worst = Some((
+                    change,
+                    format!(
+                        "{:.0}% ({class} at {services} services: {a:.0} -> {b:.0} ns)",
+                        change * 100.0
+                    ),
+                ));
+            }
+        }
+    }
+    let (value, text) = worst?;
+    Some(Figure {
+        value,
+        text,
+        rounds: per_round
+            .map(|r| worst_per_round(&r))
+            .ok_or("packet.json has no per-round figures (median only)"),
+    })
+}

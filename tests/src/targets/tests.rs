@@ -1,0 +1,242 @@
+//! The targets judged from small made-up reports.
+
+use serde_json::json;
+
+use super::*;
+
+fn report() -> Value {
+    let classes = |est: f64, new: f64, non: f64, est_ns: u64| {
+        json!({
+            "established TCP": {"vs_parse_only": est, "median_ns": est_ns},
+            "new TCP flow": {"vs_parse_only": new, "median_ns": 600},
+            "non-service": {"vs_parse_only": non, "median_ns": 50},
+        })
+    };
+    json!({
+        "packet": {"configs": [
+            {"services": 1, "backends_per_service": 10, "classes": classes(2.4, 9.0, 1.3, 100)},
+            {"services": 10_000, "backends_per_service": 10, "classes": classes(2.6, 8.0, 1.1, 112)},
+            {"services": 1, "backends_per_service": 1_000, "classes": classes(2.5, 9.5, 1.2, 100)},
+        ]},
+        "e2e": {
+            "headline": {"rps_ours_over_direct": 0.87, "rps_ours_over_direct_tc": 1.01,
+                         "cps_ours_over_iptables": 2.3},
+            "programming": [{"services": 10_000, "ours_ms": 1500.0,
+                             "iptables_restore_over_ours": 9.4, "agent_peak_rss_kib": 140_000}],
+        },
+        "control": {"sizes": [{"services": 10_000, "cold_start_ms": 1700.0, "p99_ms": 0.2,
+                     "agent_peak_rss_kib": 200 * 1024}]},
+    })
+}
+
+fn find<'a>(verdicts: &'a [Verdict], start: &str) -> &'a Verdict {
+    verdicts
+        .iter()
+        .find(|v| v.target.starts_with(start))
+        .unwrap()
+}
+
+#[test]
+fn the_worst_configuration_decides_a_per_packet_target() {
+    let v = judge(&report());
+    let est = find(&v, "per packet: established");
+    assert_eq!(est.met, Some(false), "2.6x at 10,000 services misses 2.5x");
+    assert_eq!(est.measured, "2.40x-2.60x over 3 configurations");
+    assert_eq!(find(&v, "per packet: pass-through").met, Some(false));
+    assert_eq!(find(&v, "per packet: new").met, Some(false));
+    let flat = find(&v, "per packet: flat");
+    assert_eq!(flat.met, Some(false), "{flat:?}");
+    assert!(
+        flat.measured.starts_with("12% (established TCP"),
+        "{flat:?}"
+    );
+}
+
+#[test]
+fn flatness_counts_every_size_and_pairs_the_rounds() {
+    let config = |services: u64, rounds: [u64; 3]| {
+        json!({"services": services, "backends_per_service": 10, "classes": {
+            "reply": {"median_ns": rounds[1], "rounds_ns": rounds}}})
+    };
+    // 100 services are 38% off 1 service; 10,000 are alike.
+    let report = json!({"packet": {"configs": [
+        config(1, [100, 100, 100]),
+        config(100, [138, 138, 138]),
+        config(10_000, [100, 104, 100]),
+    ]}});
+    let flat = find(&judge(&report), "per packet: flat").clone();
+    assert_eq!(flat.met, Some(false));
+    assert!(
+        flat.measured.starts_with("38% (reply at 100 services"),
+        "{flat:?}"
+    );
+    // The medians (100 vs 200 ns) say 100%; round by round 10,000
+    // services are as fast as 1 but once, when the machine was slow.
+    let report = json!({"packet": {"configs": [
+        config(1, [100, 100, 200]),
+        config(10_000, [100, 200, 200]),
+    ]}});
+    let flat = find(&judge(&report), "per packet: flat").clone();
+    assert_eq!(flat.met, Some(true), "{flat:?}");
+}
+
+#[test]
+fn bounds_point_the_right_way_and_missing_figures_say_so() {
+    let v = judge(&report());
+    assert_eq!(
+        find(&v, "end to end: kept-alive requests/s >= 0.9x direct (XDP").met,
+        Some(false)
+    );
+    assert_eq!(
+        find(&v, "end to end: kept-alive requests/s >= 0.9x direct (TC").met,
+        Some(true)
+    );
+    assert_eq!(
+        find(
+            &v,
+            "end to end: new connections/s >= 1.3x the iptables layout at 10,000 services (XDP"
+        )
+        .met,
+        Some(true)
+    );
+    let missing = find(
+        &v,
+        "end to end: new connections/s >= 1.3x the iptables layout at 10,000 services (TC",
+    );
+    assert_eq!(
+        (missing.met, missing.measured.as_str()),
+        (None, "not measured")
+    );
+    assert_eq!(
+        find(
+            &v,
+            "control: 10,000 services from cold in <= 2 s (manifests)"
+        )
+        .met,
+        Some(true)
+    );
+    assert_eq!(find(&v, "control: >= 10x").met, Some(false));
+    assert_eq!(find(&v, "control: p99").met, Some(true));
+    let rss = find(
+        &v,
+        "control: agent peak RSS <= 150 MiB at 10,000 services (--source",
+    );
+    assert_eq!((rss.met, rss.measured.as_str()), (Some(false), "200 MiB"));
+    assert_eq!(
+        find(
+            &v,
+            "control: agent peak RSS <= 150 MiB at 10,000 services (manifests"
+        )
+        .met,
+        Some(true)
+    );
+    let md = markdown(&v);
+    assert!(
+        md.contains(
+            "| control: p99 change-to-map <= 10 ms (10,000 services) | 0.20 ms | not counted: no per-round figures in the bench's JSON | met |"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("**missed**"));
+}
+
+#[test]
+fn every_round_is_judged_beside_the_median() {
+    // The median (1.35x) meets 1.3x; two of five rounds do not.
+    let report = json!({"e2e": {
+        "headline": {"cps_ours_over_iptables": 1.35},
+        "headline_rounds": {"cps_ours_over_iptables": [1.2, 1.35, 1.4, 1.25, 1.5]},
+        "programming": [{"services": 10_000, "ours_ms": 1500.0, "ours_rounds_ms": [1500.0, 2100.0, 1400.0],
+                         "iptables_restore_over_ours": 9.4, "agent_peak_rss_kib": 140 * 1024,
+                         "agent_peak_rss_rounds_kib": [140 * 1024, 100 * 1024, 151 * 1024]}],
+    }, "control": {"sizes": [{"services": 10_000, "p99_ms": 0.5, "p99_rounds_ms": [0.4, 12.0, 0.5]}]}});
+    let v = judge(&report);
+    let cps = find(
+        &v,
+        "end to end: new connections/s >= 1.3x the iptables layout at 10,000 services (XDP",
+    );
+    assert_eq!(cps.met, Some(true));
+    assert_eq!(cps.rounds, Rounds::Counted { met: 3, of: 5 });
+    let cold = find(
+        &v,
+        "control: 10,000 services from cold in <= 2 s (manifests)",
+    );
+    assert_eq!(cold.rounds, Rounds::Counted { met: 2, of: 3 });
+    let p99 = find(&v, "control: p99");
+    assert_eq!(
+        (p99.met, &p99.rounds),
+        (Some(true), &Rounds::Counted { met: 2, of: 3 })
+    );
+    // The peak RSS rounds are KiB, the bound MiB.
+    let rss = find(
+        &v,
+        "control: agent peak RSS <= 150 MiB at 10,000 services (manifests",
+    );
+    assert_eq!(rss.rounds, Rounds::Counted { met: 2, of: 3 });
+    // A figure without rounds says why; the table shows the count.
+    let ratio = find(&v, "control: >= 10x");
+    assert_eq!(
+        ratio.rounds,
+        Rounds::NotCounted("e2e.json has no per-round ratios")
+    );
+    let md = markdown(&v);
+    assert!(md.contains("| 1.35x | 3/5 rounds met | met |"), "{md}");
+    assert!(md.contains("| not measured |  | not measured |"), "{md}");
+}
+
+#[test]
+fn a_per_packet_round_is_judged_on_its_worst_configuration() {
+    let class = |median: f64, rounds: Value| json!({"non-service": {"vs_parse_only": median, "vs_parse_only_rounds": rounds}});
+    // Config a misses 1.2x in round 1, config b in round 3: one round meets it.
+    let report = json!({"packet": {"configs": [
+        {"services": 1, "backends_per_service": 10, "classes": class(1.1, json!([1.3, 1.1, 1.1]))},
+        {"services": 100, "backends_per_service": 10, "classes": class(1.15, json!([1.1, 1.15, 1.25]))},
+    ]}});
+    let v = find(&judge(&report), "per packet: pass-through").clone();
+    assert_eq!(v.met, Some(true));
+    assert_eq!(v.rounds, Rounds::Counted { met: 1, of: 3 });
+    // From the ns rounds and the configuration's parse-only rounds instead.
+    let report = json!({"packet": {"configs": [{"services": 1, "backends_per_service": 10,
+        "parse_only_rounds_ns": [100, 100, 50],
+        "classes": {"non-service": {"vs_parse_only": 1.1, "rounds_ns": [110, 130, 55]}}}]}});
+    let v = find(&judge(&report), "per packet: pass-through").clone();
+    assert_eq!(v.rounds, Rounds::Counted { met: 2, of: 3 });
+    // Neither: the median alone, said so.
+    let v = find(&judge(&self::report()), "per packet: pass-through").clone();
+    assert!(
+        matches!(v.rounds, Rounds::NotCounted(why) if why.contains("median only")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn flatness_is_judged_per_round_from_the_ns_rounds() {
+    let config = |services: u64, rounds: [u64; 3]| {
+        json!({"services": services, "backends_per_service": 10, "classes": {
+            "reply": {"median_ns": rounds[1], "rounds_ns": rounds}}})
+    };
+    // Round 2 is 30% off, the others within 10%.
+    let report = json!({"packet": {"configs": [
+        config(1, [100, 100, 100]),
+        config(10_000, [105, 130, 100]),
+    ]}});
+    let flat = find(&judge(&report), "per packet: flat").clone();
+    assert_eq!(flat.met, Some(true), "{flat:?}");
+    assert_eq!(flat.rounds, Rounds::Counted { met: 2, of: 3 });
+}
+
+#[test]
+fn the_noise_floor_is_stated_when_measured() {
+    assert_eq!(noise_floor(&json!({})), "");
+    let report = json!({"e2e": {"noise_floor": {
+        "new connections/s": {"median": 0.031, "max": 0.08, "rounds": [0.01, 0.031, 0.08]},
+        "kept-alive requests/s": {"median": 0.012, "max": 0.02, "rounds": [0.012, 0.02, 0.0]},
+    }}});
+    let text = noise_floor(&report);
+    assert!(
+        text.contains(
+            "new connections/s 3.1% (largest 8.0%, 3 pairs) and kept-alive requests/s 1.2%"
+        ),
+        "{text}"
+    );
+}
