@@ -281,7 +281,11 @@ fn main() {
     )
     .unwrap();
     let md = format!("{header}{md}\n{ws_md}");
-    std::fs::write(dir.join("packet.md"), lb_tests::bench_run::stamped_text(&md)).unwrap();
+    std::fs::write(
+        dir.join("packet.md"),
+        lb_tests::bench_run::stamped_text(&md),
+    )
+    .unwrap();
     print!("{md}");
     println!(
         "(took {:.1} s; wrote target/bench/packet.json and packet.md)",
