@@ -54,21 +54,37 @@ static HOST_NETNS_COOKIE: u64 = 0;
 #[unsafe(no_mangle)]
 static SOCK_ALL_NETNS: u8 = 0;
 
+/// The agent's scope: (the node's netns cookie, whether every namespace).
+#[inline(always)]
+fn scope() -> (u64, bool) {
+    // SAFETY: reads of constants the loader may have rewritten; volatile so
+    // the compiler does not fold the zeroes they were compiled with.
+    unsafe {
+        (
+            core::ptr::read_volatile(&raw const HOST_NETNS_COOKIE),
+            core::ptr::read_volatile(&raw const SOCK_ALL_NETNS) != 0,
+        )
+    }
+}
+
 /// The network namespace cookie of the socket of `ctx`, if the agent's
 /// scope takes its sockets.
 #[inline(always)]
 fn netns_in_scope(ctx: &SockAddrContext) -> Option<u64> {
-    // SAFETY: reads of constants the loader may have rewritten; volatile so
-    // the compiler does not fold the zeroes they were compiled with.
-    let (host, all) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const HOST_NETNS_COOKIE),
-            core::ptr::read_volatile(&raw const SOCK_ALL_NETNS),
-        )
-    };
+    let (host, all) = scope();
     // SAFETY: helper available to sock_addr programs; the context is ours.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    (all != 0 || (host != 0 && netns == host)).then_some(netns)
+    (all || (host != 0 && netns == host)).then_some(netns)
+}
+
+/// Whether the agent's scope takes the socket of `ctx`; with every
+/// namespace in scope, without asking for its cookie (this runs on every
+/// `recvmsg`).
+#[inline(always)]
+fn in_scope(ctx: &SockAddrContext) -> bool {
+    let (host, all) = scope();
+    // SAFETY: as in `netns_in_scope`.
+    all || (host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host)
 }
 
 /// `connect4` (`udp_only` false) and `sendmsg4` (true): points a socket
@@ -160,7 +176,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context for this program type; plain reads.
     let (family, addr, port) = unsafe { ((*sa).user_family, (*sa).user_ip4, (*sa).user_port) };
-    if family != AF_INET || netns_in_scope(ctx).is_none() {
+    if family != AF_INET || !in_scope(ctx) {
         return PROCEED;
     }
     // SAFETY: helper available to sock_addr programs; the context is ours.

@@ -10,7 +10,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Namespace, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, PodSpec, ServiceAccount, Volume},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use lb_userspace::{
@@ -53,6 +53,15 @@ fn one<T: DeserializeOwned>(kind: &str) -> T {
     assert_eq!(found.len(), 1, "exactly one {kind} in deploy/");
     serde_json::from_value(found[0].clone())
         .unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+}
+
+/// The pod's volume called `name`.
+fn volume<'a>(pod: &'a PodSpec, name: &str) -> &'a Volume {
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
 }
 
 #[test]
@@ -200,12 +209,7 @@ fn the_daemonset_runs_everywhere_with_least_privilege_and_real_probes() {
         .map(|m| m.mount_path.clone())
         .collect();
     assert!(mounts.contains("/sys/fs/bpf"), "bpffs mounted for the pins");
-    let bpffs = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "bpffs")
-        .unwrap();
+    let bpffs = volume(&pod, "bpffs");
     assert_eq!(bpffs.host_path.as_ref().unwrap().path, "/sys/fs/bpf");
     // Every $(VAR) the arguments use is defined.
     let config: ConfigMap = one("ConfigMap");
@@ -238,13 +242,8 @@ fn the_hash_seed_comes_from_a_secret_created_at_install_never_from_deploy() {
         .flatten()
         .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
         .expect("the seed file is on a mounted volume");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
-    let secret = volume.secret.as_ref().expect("the volume is a Secret");
+    let found = volume(&pod, &mount.name);
+    let secret = found.secret.as_ref().expect("the volume is a Secret");
     assert_eq!(secret.optional, Some(false), "no seed, no start");
     let name = secret.secret_name.clone().unwrap();
     // The Secret itself is made per cluster at install: none in deploy/.
@@ -304,13 +303,8 @@ fn socket_level_balancing_reads_the_hosts_cgroup_v2_root_and_pod_namespaces() {
         .find(|m| cgroup == m.mount_path || cgroup == format!("{}/unified", m.mount_path))
         .unwrap_or_else(|| panic!("no volume mount holds --socket-lb-cgroup={cgroup}"));
     assert_eq!(mount.read_only, Some(true), "attaching needs no write");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
-    let host = volume.host_path.as_ref().expect("a hostPath volume");
+    let found = volume(&pod, &mount.name);
+    let host = found.host_path.as_ref().expect("a hostPath volume");
     assert_eq!(host.path, "/sys/fs/cgroup", "the host's cgroup hierarchy");
     assert_eq!(host.type_.as_deref(), Some("Directory"), "never created");
 
@@ -329,11 +323,6 @@ fn socket_level_balancing_reads_the_hosts_cgroup_v2_root_and_pod_namespaces() {
         Some("HostToContainer"),
         "a pod started after the agent is seen"
     );
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .unwrap();
-    assert_eq!(volume.host_path.as_ref().unwrap().path, "/run/netns");
+    let found = volume(&pod, &mount.name);
+    assert_eq!(found.host_path.as_ref().unwrap().path, "/run/netns");
 }

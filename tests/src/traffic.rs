@@ -627,3 +627,20 @@ fn describe_icmp(packet: &[u8]) -> String {
     };
     format!("{text} about {about}")
 }
+
+/// Lines a client process printed on `out`, up to a line `end` (or the end
+/// of its output), at most 1,000.
+///
+/// # Panics
+/// When the output cannot be read.
+pub fn lines_until(out: &mut impl std::io::BufRead, end: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for _ in 0..1000 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 || line.trim() == end {
+            break;
+        }
+        found.push(line.trim().to_string());
+    }
+    found
+}

@@ -21,7 +21,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write as _},
+    io::{BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
     process::{Command, Stdio},
     time::Duration,
@@ -32,7 +32,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     cluster::{assert_spread, cluster_with, Cluster},
     netns::Netns,
-    traffic::{http_distribution, metric, scrape},
+    traffic::{http_distribution, lines_until, metric, scrape},
 };
 use lb_userspace::datapath::PIN_LAYOUT;
 
@@ -266,19 +266,6 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
         after[0].starts_with("error="),
         "not balanced any more: {after:?}"
     );
-}
-
-/// Lines of `out` up to `end` (or its end), at most 1,000.
-fn lines_until(out: &mut impl BufRead, end: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for _ in 0..1000 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 || line.trim() == end {
-            break;
-        }
-        found.push(line.trim().to_string());
-    }
-    found
 }
 
 /// A client process that holds sockets open, killed if the test fails.

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read as _, Write as _},
+    io::{BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     process::{Command, Stdio},
     sync::{
@@ -24,6 +24,7 @@ use lb_tests::{
     fixture::{apply, frontend, program},
     netns::Netns,
     packet::TestDatapath,
+    traffic::lines_until,
 };
 use lb_userspace::desired::{DesiredFrontend, DesiredState, Frontend, Protocol};
 
@@ -155,7 +156,7 @@ impl Holder {
             .expect("running sock-client");
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut opened = BTreeMap::new();
-        for line in lines(&mut out, "ready") {
+        for line in lines_until(&mut out, "ready") {
             let [_, kind, n, reply] = fields(&line);
             opened.insert((kind, n.parse().unwrap()), reply);
         }
@@ -166,7 +167,7 @@ impl Holder {
     /// lines by (kind, n).
     fn finish(mut self) -> (BTreeMap<(String, usize), String>, Vec<String>) {
         self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let rest = lines(&mut self.out, "");
+        let rest = lines_until(&mut self.out, "");
         let status = self.child.wait().unwrap();
         assert!(status.success(), "sock-client: {status}");
         let (mut after, mut reconnect) = (BTreeMap::new(), Vec::new());
@@ -188,19 +189,6 @@ impl Drop for Holder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Lines of `out` up to `end` (or its end), at most 1,000.
-fn lines(out: &mut impl BufRead, end: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for _ in 0..1000 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 || line.trim() == end {
-            break;
-        }
-        found.push(line.trim().to_string());
-    }
-    found
 }
 
 fn fields(line: &str) -> [String; 4] {
