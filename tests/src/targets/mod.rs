@@ -1,4 +1,4 @@
-//! Issue 4's targets, judged from one benchmark run's report (the JSON that
+//! The targets of issues 4 and 15, judged from one benchmark run's report (the JSON that
 //! `cargo xtask bench` writes): each target with the figure measured, whether
 //! it is met, and in how many of the run's rounds it was met.
 //!
@@ -162,7 +162,7 @@ fn rss(row: Option<&Value>) -> Option<Figure> {
     })
 }
 
-/// Judges every target of issue 4 against `report` (`{"packet", "e2e", "control"}`).
+/// Judges every target of issues 4 and 15 against `report` (`{"packet", "e2e", "control"}`).
 #[must_use]
 pub fn judge(report: &Value) -> Vec<Verdict> {
     vec![
@@ -185,6 +185,21 @@ pub fn judge(report: &Value) -> Vec<Verdict> {
             "per packet: flat from 1 to 10,000 services (within 10%)",
             packet::flatness(report),
             Bound::AtMost(0.10),
+        ),
+        verdict(
+            "per packet, working set: new flow <= 4x the bare floor",
+            packet::working_set_ratio(report, "new TCP flow"),
+            Bound::AtMost(4.0),
+        ),
+        verdict(
+            "per packet, working set: established flow <= 1.8x the bare floor",
+            packet::working_set_ratio(report, "established TCP"),
+            Bound::AtMost(1.8),
+        ),
+        verdict(
+            "per packet, working set: pass-through <= 1.1x the bare floor",
+            packet::working_set_ratio(report, "non-service"),
+            Bound::AtMost(1.1),
         ),
         verdict(
             "end to end: kept-alive requests/s >= 0.9x direct (XDP uplink)",

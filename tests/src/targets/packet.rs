@@ -131,3 +131,48 @@ pub(super) fn flatness(report: &Value) -> Option<Figure> {
             .ok_or("packet.json has no per-round figures (median only)"),
     })
 }
+
+/// Conntrack fill below which a working-set figure is not the steady state
+/// the targets name (at least 90% full).
+const MIN_CONNTRACK_FILL: f64 = 0.9;
+
+/// The working set's ratio of `series` to the bare floor (medians of the
+/// per-round ratios of round medians), with each round's own ratio; the
+/// text names the flows and the conntrack fill it was measured at. `None`
+/// when the report has no working set, or conntrack was not full enough
+/// for the figure to be the steady state.
+pub(super) fn working_set_ratio(report: &Value, series: &str) -> Option<Figure> {
+    let ws = &report["packet"]["working_set"];
+    let row = &ws["series"][series];
+    let floor = &ws["series"]["bare XDP_PASS (floor)"];
+    let value = row["vs_floor"].as_f64()?;
+    let medians = |s: &Value| -> Option<Vec<f64>> {
+        s["rounds"]
+            .as_array()?
+            .iter()
+            .map(|r| r["median_ns"].as_f64())
+            .collect()
+    };
+    let rounds = medians(row)
+        .zip(medians(floor))
+        .map(|(a, f)| a.iter().zip(&f).map(|(x, y)| x / y.max(1.0)).collect())
+        .ok_or("packet.json's working set has no per-round medians");
+    let capacity = ws["conntrack_capacity"].as_f64()?;
+    let live = ws["conntrack_live_before"]
+        .as_f64()?
+        .min(ws["conntrack_live_after"].as_f64()?);
+    let fill = live / capacity.max(1.0);
+    if fill < MIN_CONNTRACK_FILL {
+        return None;
+    }
+    let tracked = ws["tracked_flows"].as_u64()?;
+    let services = ws["services"].as_u64()?;
+    Some(Figure {
+        value,
+        text: format!(
+            "{value:.2}x ({tracked} flows, {services} services, conntrack {:.0}% full)",
+            fill * 100.0
+        ),
+        rounds,
+    })
+}

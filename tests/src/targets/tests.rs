@@ -240,3 +240,38 @@ fn the_noise_floor_is_stated_when_measured() {
         "{text}"
     );
 }
+
+#[test]
+fn working_set_targets_are_judged_per_round_against_the_floor() {
+    let series = |medians: [u64; 3], vs_floor: f64| {
+        json!({"vs_floor": vs_floor,
+               "rounds": medians.iter().map(|m| json!({"median_ns": m})).collect::<Vec<_>>()})
+    };
+    let report = |live: u64| {
+        json!({"packet": {"working_set": {
+            "services": 10_000, "tracked_flows": 150_000,
+            "conntrack_capacity": 1000, "conntrack_live_before": live, "conntrack_live_after": 1000,
+            "series": {
+                "bare XDP_PASS (floor)": series([50, 50, 100], 1.0),
+                "new TCP flow": series([150, 250, 300], 3.0),
+                "established TCP": series([80, 100, 150], 1.6),
+                "non-service": series([60, 50, 100], 1.0),
+            }}}})
+    };
+    let v = judge(&report(950));
+    let new = find(&v, "per packet, working set: new flow");
+    assert_eq!(new.met, Some(true), "{new:?}");
+    assert_eq!(
+        new.measured,
+        "3.00x (150000 flows, 10000 services, conntrack 95% full)"
+    );
+    // 3x, 5x and 3x the floor of their own round.
+    assert_eq!(new.rounds, Rounds::Counted { met: 2, of: 3 });
+    let est = find(&v, "per packet, working set: established");
+    assert_eq!(est.rounds, Rounds::Counted { met: 2, of: 3 });
+    let pass = find(&v, "per packet, working set: pass-through");
+    assert_eq!(pass.rounds, Rounds::Counted { met: 2, of: 3 });
+    // Conntrack not full: not the steady state the targets name.
+    let v = judge(&report(500));
+    assert_eq!(find(&v, "per packet, working set: new flow").met, None);
+}
