@@ -12,7 +12,8 @@
 //! Two parts: one hot flow per class in six configurations (the same packet
 //! replayed, everything it touches in cache: the program's cost alone), and
 //! the working set ([`working_set`]): many distinct flows over 10,000
-//! Services with conntrack full and evicting (what a busy node pays).
+//! Services with conntrack full and evicting (what a busy node pays); and
+//! a new flow's cost by conntrack fill ([`fill`]).
 //!
 //! `LB_BENCH_QUICK=1` (`cargo xtask bench --quick`) takes fewer samples and
 //! a smaller working set.
@@ -26,6 +27,7 @@ use lb_tests::{
     packet::{Packet, TestDatapath, XDP_PASS},
     stats::{figure, median, paired_ratio},
 };
+mod fill;
 mod working_set;
 
 use lb_userspace::{
@@ -269,6 +271,9 @@ fn main() {
     // The hot-flow data paths are unloaded before the working set loads its own.
     drop(benches);
     let (working_set, ws_md) = working_set::measure(quick);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (by_fill, fill_md) = fill::measure(quick, &dir);
     let report = serde_json::json!({
         "calls_per_measurement": calls,
         "rounds": ROUNDS,
@@ -276,23 +281,23 @@ fn main() {
         "parse_only_ns": {"median": p.median, "low": p.low, "high": p.high},
         "configs": json_configs,
         "working_set": working_set,
+        "new_flow_by_fill": by_fill,
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("packet.json"),
-        serde_json::to_string_pretty(&lb_tests::bench_run::stamped(report)).unwrap(),
-    )
-    .unwrap();
-    let md = format!("{header}{md}\n{ws_md}");
-    std::fs::write(
-        dir.join("packet.md"),
-        lb_tests::bench_run::stamped_text(&md),
-    )
-    .unwrap();
+    let md = format!("{header}{md}\n{ws_md}\n{fill_md}");
+    write_report(&dir, report, &md);
     print!("{md}");
     println!(
         "(took {:.1} s; wrote target/bench/packet.json and packet.md)",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Writes the run's JSON and Markdown into `dir`, stamped with the run.
+fn write_report(dir: &std::path::Path, report: serde_json::Value, md: &str) {
+    std::fs::write(
+        dir.join("packet.json"),
+        serde_json::to_string_pretty(&lb_tests::bench_run::stamped(report)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("packet.md"), lb_tests::bench_run::stamped_text(md)).unwrap();
 }

@@ -66,17 +66,22 @@ fn main() -> Result<()> {
     // The charts are committed next to the report, which shows them.
     let charts = root.join("docs/bench");
     std::fs::create_dir_all(&charts)?;
-    for png in ["e2e-connections.png", "e2e-requests.png"] {
+    for png in [
+        "e2e-connections.png",
+        "e2e-requests.png",
+        "packet-new-flow-fill.png",
+    ] {
         if out.join(png).exists() {
             std::fs::copy(out.join(png), charts.join(png))?;
         }
     }
     let notes = std::fs::read_to_string(charts.join("notes.md")).unwrap_or_default();
     let md = format!(
-        "# Benchmarks\n\n{}\n## Targets (issue 4)\n\n{table}\n{}{noise}\n{notes}\n## End to end\n\n\
+        "# Benchmarks\n\n{}\n## Targets (issues 4 and 15)\n\n{table}\n{}{noise}\n{notes}\n## End to end\n\n\
          ![New connections per second](docs/bench/e2e-connections.png)\n\n\
          ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n\
-         ## East-west: socket-level balancing (issue 14)\n\n{}\n## Per packet, in the kernel\n\n{}\n\
+         ## East-west: socket-level balancing (issue 14)\n\n{}\n## Per packet, in the kernel\n\n\
+         ![New flow by conntrack fill](docs/bench/packet-new-flow-fill.png)\n\n{}\n\
          ## Control path\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",
         header(&run, &missing),
         JUDGING,

@@ -249,14 +249,14 @@ fn working_set_targets_are_judged_per_round_against_the_floor() {
     };
     let report = |live: u64| {
         json!({"packet": {"working_set": {
-            "services": 10_000, "tracked_flows": 150_000,
-            "conntrack_capacity": 1000, "conntrack_live_before": live, "conntrack_live_after": 1000,
-            "series": {
-                "bare XDP_PASS (floor)": series([50, 50, 100], 1.0),
-                "new TCP flow": series([150, 250, 300], 3.0),
-                "established TCP": series([80, 100, 150], 1.6),
-                "non-service": series([60, 50, 100], 1.0),
-            }}}})
+        "services": 10_000, "tracked_flows": 150_000,
+        "conntrack_capacity": 1000, "conntrack_live_before": live, "conntrack_live_after": 1000,
+        "series": {
+            "bare XDP_PASS (floor)": series([50, 50, 100], 1.0),
+            "new TCP flow": series([150, 250, 300], 3.0),
+            "established TCP": series([80, 100, 150], 1.6),
+            "non-service": series([60, 50, 100], 1.0),
+        }}}})
     };
     let v = judge(&report(950));
     let new = find(&v, "per packet, working set: new flow");
