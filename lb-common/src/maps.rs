@@ -67,13 +67,15 @@ pub const MAP_SERVICE_STATS_ARRAY: &str = "SVC_STATS_ARRAY";
 /// Kernel memory the per-CPU array of service counters may take, all CPUs together.
 pub const SERVICE_STATS_ARRAY_BUDGET: u64 = 16 << 20;
 
-/// Length of [`MAP_SERVICE_STATS_ARRAY`] on a machine of `possible_cpus`:
-/// every service id while the budget allows, fewer on machines of many CPUs.
+/// Length of [`MAP_SERVICE_STATS_ARRAY`] on a machine of `possible_cpus`
+/// with `service_slots` Service port ids: every id while the budget allows,
+/// fewer on machines of many CPUs.
 #[must_use]
-pub fn service_stats_array_len(possible_cpus: u32) -> u32 {
+pub fn service_stats_array_len(possible_cpus: u32, service_slots: u32) -> u32 {
     let per_id = size_of::<ServiceStats>() as u64 * u64::from(possible_cpus.max(1));
     let fits = SERVICE_STATS_ARRAY_BUDGET / per_id;
-    u32::try_from(fits.min(u64::from(MAX_SERVICES) + 1)).unwrap_or(MAX_SERVICES + 1)
+    let every_id = u64::from(service_slots) + 1;
+    u32::try_from(fits.min(every_id)).unwrap_or(u32::MAX)
 }
 
 /// Value of the per-service counters: packets and bytes sent to a Service
@@ -94,7 +96,9 @@ pub struct ServiceStats {
 /// and a restarted agent knows which Service port each id is).
 pub const MAP_SERVICE_LABELS: &str = "SERVICE_LABELS";
 
-/// Capacity of the services map (frontends: address, port, protocol).
+/// Default capacity of the services map (frontends: address, port,
+/// protocol) and of Service port ids, which size the maps indexed by them
+/// (`--max-services` sets it at load).
 pub const MAX_SERVICES: u32 = 65_536;
 /// Default capacity of the backends array (endpoints of every Service port
 /// together; `--max-backends` sets it at load); id 0 is never used so a zero
@@ -874,12 +878,15 @@ mod tests {
     #[test]
     fn stats_array_holds_every_service_id_until_the_budget_binds() {
         let every_id = MAX_SERVICES + 1;
-        assert_eq!(service_stats_array_len(0), every_id);
-        assert_eq!(service_stats_array_len(2), every_id);
-        assert_eq!(service_stats_array_len(8), every_id);
-        assert_eq!(service_stats_array_len(16), MAX_SERVICES);
+        assert_eq!(service_stats_array_len(0, MAX_SERVICES), every_id);
+        assert_eq!(service_stats_array_len(2, MAX_SERVICES), every_id);
+        assert_eq!(service_stats_array_len(8, MAX_SERVICES), every_id);
+        assert_eq!(service_stats_array_len(16, MAX_SERVICES), MAX_SERVICES);
         // 16 MiB / (16 bytes x 64 CPUs): the ids above count in the hash.
-        assert_eq!(service_stats_array_len(64), 16_384);
-        assert_eq!(service_stats_array_len(1024), 1024);
+        assert_eq!(service_stats_array_len(64, MAX_SERVICES), 16_384);
+        assert_eq!(service_stats_array_len(1024, MAX_SERVICES), 1024);
+        // Fewer ids configured: no longer than they need; more: the budget binds.
+        assert_eq!(service_stats_array_len(2, 100), 101);
+        assert_eq!(service_stats_array_len(2, 1 << 20), 1 << 19);
     }
 }

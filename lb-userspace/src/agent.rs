@@ -19,7 +19,7 @@ use crate::{
     health::Health,
     metrics::Metrics,
     node_ports::NodePortAddresses,
-    plan::Planner,
+    plan::{Capacity, Planner},
     reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
     report::Reporter,
     source::{events::EventSink, kube::KubeSource, manifests::ManifestSource, Source},
@@ -61,12 +61,23 @@ pub struct RunOptions {
 
 /// Reconciles the source's latest model and writes the result into the maps.
 /// A planner that continues from what the maps hold.
+/// The sizes of the maps the planner fills, as they were created (an
+/// earlier agent's pinned maps keep the sizes it gave them).
+fn capacity(datapath: &Datapath) -> Capacity {
+    let maps = &datapath.maps;
+    Capacity {
+        slab_slots: maps.slab.slots(),
+        backend_slots: maps.backends.len(),
+        // The id-indexed array has a slot for every id and the unused 0.
+        service_slots: maps.internal_tables.len().saturating_sub(1),
+    }
+}
+
 fn adopt_maps(datapath: &Datapath) -> Result<Planner> {
     Ok(Planner::adopt_sized(
         datapath.maps.applied_frontends()?,
         datapath.maps.filter.words(),
-        datapath.maps.slab.slots(),
-        datapath.maps.backends.len(),
+        capacity(datapath),
         REUSE_GRACE,
     )
     .with_node_port_addrs(datapath.maps.node_port_addresses()?))
@@ -146,6 +157,18 @@ fn sync(
 /// the maps, serves node ports where `--nodeport-addresses` says and knows
 /// the node's local addresses.
 fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
+    let sizes = capacity(datapath);
+    let asked = &options.datapath;
+    if sizes.service_slots != asked.service_slots || sizes.backend_slots != asked.backend_slots {
+        warn!(
+            services = sizes.service_slots,
+            backends = sizes.backend_slots,
+            "the pinned maps keep the sizes an earlier agent gave them: \
+             --max-services {} and --max-backends {} take effect after `lb-agent cleanup`",
+            asked.service_slots,
+            asked.backend_slots
+        );
+    }
     let planner = if datapath.adopted() {
         let planner = adopt_maps(datapath)?;
         info!(
@@ -154,11 +177,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
         );
         planner
     } else {
-        Planner::new_sized(
-            options.datapath.slab_slots,
-            datapath.maps.backends.len(),
-            REUSE_GRACE,
-        )
+        Planner::new_sized(capacity(datapath), REUSE_GRACE)
     };
     let mut reconciler = Reconciler::with_planner(options.node.clone(), planner);
     reconciler.track_gone(options.datapath.socket_lb_cgroup.is_some());

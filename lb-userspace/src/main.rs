@@ -145,6 +145,11 @@ struct RunArgs {
     /// port), all Services together.
     #[arg(long, default_value_t = lb_common::MAX_BACKENDS)]
     max_backends: u32,
+    /// Frontends (a cluster IP, an external or load-balancer IP, a node
+    /// port: each address, port and protocol), and Service ports, all
+    /// Services together.
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES)]
+    max_services: u32,
     /// Source ports for translated flows, per backend (outside the node's
     /// ephemeral range and the NodePort range; checked at start).
     #[arg(long, default_value = "1024-29999")]
@@ -355,6 +360,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             pin_dir: args.pin_dir,
             slab_slots: args.maglev_slab_slots,
             backend_slots: check_max_backends(args.max_backends)?,
+            service_slots: check_max_services(args.max_services)?,
             stats_array_len: None,
             detach_on_exit: args.detach_on_exit,
             socket_lb_cgroup,
@@ -400,6 +406,19 @@ fn check_max_backends(n: u32) -> Result<u32> {
 
 /// The largest `--max-backends` (192 MiB of kernel memory).
 const MAX_BACKEND_SLOTS: u32 = 1 << 24;
+
+/// Checks `--max-services`: at least 1, at most [`MAX_SERVICE_SLOTS`].
+fn check_max_services(n: u32) -> Result<u32> {
+    if (1..=MAX_SERVICE_SLOTS).contains(&n) {
+        Ok(n)
+    } else {
+        bail!("--max-services {n}: give 1 to {MAX_SERVICE_SLOTS}")
+    }
+}
+
+/// The largest `--max-services`: ids fit the service counters' hash and
+/// array, and the id-indexed tables stay within 16 MiB.
+const MAX_SERVICE_SLOTS: u32 = 1 << 20;
 
 /// The first IPv4 address of `iface`.
 fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {

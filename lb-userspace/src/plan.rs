@@ -146,6 +146,8 @@ pub struct Planner {
     node_port_addrs: BTreeSet<Ipv4Addr>,
     /// Entries of the backends array.
     backend_capacity: u32,
+    /// Frontends the services map holds, and Service port ids.
+    service_capacity: u32,
     /// Whether adopted frontends' policies are still guesses.
     guesses: bool,
     /// Frontends an earlier agent wrote that could not be adopted (their
@@ -173,25 +175,53 @@ enum Found {
     Created,
 }
 
+/// The sizes of the maps a [`Planner`] fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Slots of the Maglev slab (`--maglev-slab-slots`).
+    pub slab_slots: u32,
+    /// Entries of the backends array, id 0 unused (`--max-backends`).
+    pub backend_slots: u32,
+    /// Frontends of the services map, and Service port ids (`--max-services`).
+    pub service_slots: u32,
+}
+
+impl Capacity {
+    /// A slab of `slab_slots`, the other maps at their default sizes.
+    #[must_use]
+    pub fn with_slab(slab_slots: u32) -> Self {
+        Self {
+            slab_slots,
+            backend_slots: MAX_BACKENDS,
+            service_slots: MAX_SERVICES,
+        }
+    }
+}
+
 impl Planner {
     /// A planner for empty maps with a slab of `slab_slots`; freed slots and ids wait `grace`.
     #[must_use]
     pub fn new(slab_slots: u32, grace: Duration) -> Self {
-        Self::new_sized(slab_slots, MAX_BACKENDS, grace)
+        Self::new_sized(Capacity::with_slab(slab_slots), grace)
     }
 
-    /// [`Planner::new`] for a backends array of `backend_slots` entries
-    /// (`--max-backends`).
+    /// [`Planner::new`] for maps of the sizes `capacity` gives.
     #[must_use]
-    pub fn new_sized(slab_slots: u32, backend_slots: u32, grace: Duration) -> Self {
+    pub fn new_sized(capacity: Capacity, grace: Duration) -> Self {
+        let Capacity {
+            slab_slots,
+            backend_slots,
+            service_slots,
+        } = capacity;
         Self {
             backend_capacity: backend_slots,
+            service_capacity: service_slots,
             frontends: BTreeMap::new(),
             ports: BTreeMap::new(),
             by_name: HashMap::new(),
             slab: SlabAllocator::new(slab_slots, grace),
             backend_ids: IdAllocator::new(1, backend_slots, grace),
-            service_ids: IdAllocator::new(1, MAX_SERVICES + 1, grace),
+            service_ids: IdAllocator::new(1, service_slots.saturating_add(1), grace),
             filter: FilterBits::default().with_grace(grace),
             prebuilt: HashMap::new(),
             source_ranges: 0,
@@ -374,6 +404,12 @@ impl Planner {
     ) -> Result<(), String> {
         let name = PortName::of(frontend, want);
         let previous = self.frontends.get(&frontend).cloned();
+        if previous.is_none() && self.frontends.len() >= self.service_capacity as usize {
+            return Err(format!(
+                "more than {} frontends: raise --max-services",
+                self.service_capacity
+            ));
+        }
         let from = previous.as_ref().map(|p| p.port);
         let claimed_from = from.map(|id| self.ports[&id].service.clone());
         let (id, found) = self.find_port(&name, frontend, from, now)?;
@@ -457,7 +493,10 @@ impl Planner {
             return Ok((id, Found::Claimed));
         }
         let Some(id) = self.service_ids.alloc(now) else {
-            return Err(format!("more than {MAX_SERVICES} Service ports"));
+            return Err(format!(
+                "more than {} Service ports: raise --max-services",
+                self.service_capacity
+            ));
         };
         self.by_name.insert(name.clone(), id);
         self.ports.insert(

@@ -676,6 +676,7 @@ impl TestDatapath {
             pin_dir: pin_dir.to_path_buf(),
             slab_slots: 1 << 16,
             backend_slots: lb_common::MAX_BACKENDS,
+            service_slots: lb_common::MAX_SERVICES,
             stats_array_len: None,
             detach_on_exit: true,
             flows: test_flows(),

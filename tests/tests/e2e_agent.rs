@@ -225,3 +225,33 @@ fn an_agent_refuses_a_pool_inside_the_ephemeral_range() {
         "{text}"
     );
 }
+
+#[test]
+fn max_services_sizes_the_maps_and_refuses_frontends_beyond_it() {
+    // The examples have three frontends: two fit, the third is refused by name.
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let manifests = ManifestDir::with_examples().unwrap();
+    let agent = Agent::start_ready(&topo.node1, &manifests, &["--max-services", "2"])
+        .expect("lb-agent ready with --max-services 2");
+    let layout = lb_userspace::datapath::pins_dir(agent.pin_dir());
+    let size = |map: &str| {
+        lb_userspace::datapath::layout::pinned_shape(&layout.join(map))
+            .unwrap()
+            .max_entries
+    };
+    assert_eq!(size(lb_common::MAP_SERVICES), 2);
+    assert_eq!(size(lb_common::MAP_SERVICE_LABELS), 2);
+    assert_eq!(
+        size(lb_common::MAP_INTERNAL_TABLES),
+        3,
+        "one slot per id, and id 0"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("more than 2 frontends: raise --max-services"),
+        "{log}"
+    );
+    let status = agent.status().unwrap();
+    let served = status.lines().filter(|l| l.contains(" -> ")).count();
+    assert_eq!(served, 2, "{status}");
+}

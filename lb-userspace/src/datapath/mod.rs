@@ -122,6 +122,8 @@ pub struct DatapathConfig {
     pub slab_slots: u32,
     /// Entries of the backends array (`--max-backends`; id 0 unused).
     pub backend_slots: u32,
+    /// Frontends of the services map, and Service port ids (`--max-services`).
+    pub service_slots: u32,
     /// Service ids counted in the per-CPU array, the rest in the hash
     /// (`None`: as many as [`lb_common::SERVICE_STATS_ARRAY_BUDGET`] allows).
     pub stats_array_len: Option<u32>,
@@ -191,10 +193,23 @@ impl Datapath {
             Some(len) => len,
             None => lb_common::service_stats_array_len(
                 u32::try_from(maps::possible_cpus()?).unwrap_or(u32::MAX),
+                config.service_slots,
             ),
         };
         loader.map_max_entries(lb_common::MAP_SERVICE_STATS_ARRAY, stats_array_len);
         loader.map_max_entries(lb_common::MAP_BACKENDS, config.backend_slots);
+        // Frontends, and the maps indexed by Service port id (id 0 unused).
+        for map in [
+            MAP_SERVICES,
+            lb_common::MAP_SERVICE_LABELS,
+            lb_common::MAP_SERVICE_STATS,
+        ] {
+            loader.map_max_entries(map, config.service_slots);
+        }
+        loader.map_max_entries(
+            lb_common::MAP_INTERNAL_TABLES,
+            config.service_slots.saturating_add(1),
+        );
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }

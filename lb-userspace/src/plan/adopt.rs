@@ -5,8 +5,8 @@
 use lb_common::{SERVICE_F_INTERNAL_TABLE, SERVICE_F_LOCAL, SERVICE_F_REJECT};
 
 use super::{
-    AppliedBackend, AppliedFrontend, AppliedPort, AppliedTable, BTreeMap, BTreeSet, Duration,
-    Instant, PlacedFrontend, Planner, PortName, TrafficPolicy, MAX_BACKENDS,
+    AppliedBackend, AppliedFrontend, AppliedPort, AppliedTable, BTreeMap, BTreeSet, Capacity,
+    Duration, Instant, PlacedFrontend, Planner, PortName, TrafficPolicy,
 };
 use crate::filter::{self, FilterBits};
 
@@ -24,10 +24,15 @@ impl Planner {
         slab_slots: u32,
         grace: Duration,
     ) -> Self {
-        Self::adopt_sized(frontends, filter_words, slab_slots, MAX_BACKENDS, grace)
+        Self::adopt_sized(
+            frontends,
+            filter_words,
+            Capacity::with_slab(slab_slots),
+            grace,
+        )
     }
 
-    /// [`Planner::adopt`] for a backends array of `backend_slots` entries.
+    /// [`Planner::adopt`] for maps of the sizes `capacity` gives.
     ///
     /// Frontends of one service id share a Service port. A layout before v6
     /// gave each frontend an id of its own, labelled without the port: such
@@ -42,11 +47,10 @@ impl Planner {
     pub fn adopt_sized(
         frontends: Vec<AppliedFrontend>,
         filter_words: Vec<u64>,
-        slab_slots: u32,
-        backend_slots: u32,
+        capacity: Capacity,
         grace: Duration,
     ) -> Self {
-        let mut planner = Self::new_sized(slab_slots, backend_slots, grace);
+        let mut planner = Self::new_sized(capacity, grace);
         planner.filter = FilterBits::new(filter_words).with_grace(grace);
         for applied in frontends {
             let id = applied.entry.id;

@@ -178,7 +178,13 @@ fn a_local_external_policy_adds_one_table_shared_by_the_external_frontends() {
 fn a_port_of_many_frontends_fits_a_backends_array_of_its_endpoints() {
     // Four entries: id 0 is never used, so three endpoints fit, however
     // many frontends the port has (three here: nine entries before).
-    let mut p = Planner::new_sized(1 << 16, 4, GRACE);
+    let mut p = Planner::new_sized(
+        Capacity {
+            backend_slots: 4,
+            ..Capacity::with_slab(1 << 16)
+        },
+        GRACE,
+    );
     let desired = whole_port(&[(2, true), (3, false), (4, false)], TrafficPolicy::Cluster);
     let (_, errors) = p.plan(&desired, Instant::now());
     assert!(errors.is_empty(), "{errors:?}");

@@ -573,7 +573,13 @@ fn a_frontend_whose_pods_see_other_backends_gets_a_second_table_before_its_entry
 fn the_backends_array_has_the_configured_size_and_a_clear_error() {
     let t0 = Instant::now();
     // Four entries: id 0 is never used, so three backends fit.
-    let mut p = Planner::new_sized(1 << 16, 4, GRACE);
+    let mut p = Planner::new_sized(
+        Capacity {
+            backend_slots: 4,
+            ..Capacity::with_slab(1 << 16)
+        },
+        GRACE,
+    );
     let (_, errors) = p.plan(
         &state(&[(fe(10), want(&[(2, true), (3, true), (4, true)]))]),
         t0,
@@ -599,6 +605,44 @@ fn the_backends_array_has_the_configured_size_and_a_clear_error() {
         1,
         "the other frontend keeps its place"
     );
+}
+
+#[test]
+fn the_services_map_has_the_configured_size_and_a_clear_error() {
+    let t0 = Instant::now();
+    let mut p = Planner::new_sized(
+        Capacity {
+            service_slots: 2,
+            ..Capacity::with_slab(1 << 16)
+        },
+        GRACE,
+    );
+    let two = [(fe(10), want(&[(2, true)])), (fe(11), want(&[(3, true)]))];
+    let (_, errors) = p.plan(&state(&two), t0);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (_, errors) = p.plan(
+        &state(&[two[0].clone(), two[1].clone(), (fe(12), want(&[(4, true)]))]),
+        t0,
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].frontend, fe(12));
+    assert!(
+        errors[0].message.contains("more than 2 frontends")
+            && errors[0].message.contains("--max-services"),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!(p.frontends().count(), 2, "the others keep their places");
+    // Ids freed wait out the grace: a new Service port cannot take them yet.
+    let (_, errors) = p.plan(&state(&[(fe(12), want(&[(4, true)]))]), t0);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.contains("more than 2 Service ports"),
+        "{}",
+        errors[0].message
+    );
+    let (_, errors) = p.plan(&state(&[(fe(12), want(&[(4, true)]))]), t0 + GRACE);
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 #[test]
