@@ -62,6 +62,8 @@ impl Claims {
         let rank = Rank::of(service, frontend);
         let claims = self.by_frontend.entry(frontend).or_default();
         let at = claims.partition_point(|(r, _)| *r < rank);
+        // One claim is the rule: no room for more kept per frontend.
+        claims.reserve_exact(1);
         claims.insert(at, (rank, want));
         if claims.len() > 1 {
             self.contested.insert(frontend);

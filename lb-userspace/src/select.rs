@@ -73,7 +73,9 @@ pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<S
 /// The EndpointSlices of each Service, by (namespace, service name).
 #[derive(Clone, Debug, Default)]
 pub struct SliceIndex {
-    by_service: BTreeMap<ObjectName, BTreeSet<ObjectName>>,
+    /// Each Service's slices, sorted: a Vec, as a Service has one slice or
+    /// a few (a set's node would reserve room for eleven).
+    by_service: BTreeMap<ObjectName, Vec<ObjectName>>,
     owner: BTreeMap<ObjectName, ObjectName>,
 }
 
@@ -101,10 +103,11 @@ impl SliceIndex {
     pub fn insert(&mut self, slice: &SliceSpec) -> Option<ObjectName> {
         let previous = self.remove(&slice.name);
         let service = Self::service_of(slice);
-        self.by_service
-            .entry(service.clone())
-            .or_default()
-            .insert(slice.name.clone());
+        let slices = self.by_service.entry(service.clone()).or_default();
+        if let Err(at) = slices.binary_search(&slice.name) {
+            slices.reserve_exact(1);
+            slices.insert(at, slice.name.clone());
+        }
         self.owner.insert(slice.name.clone(), service.clone());
         previous.filter(|p| *p != service)
     }
@@ -121,7 +124,9 @@ impl SliceIndex {
     pub fn remove(&mut self, slice: &ObjectName) -> Option<ObjectName> {
         let service = self.owner.remove(slice)?;
         if let Some(slices) = self.by_service.get_mut(&service) {
-            slices.remove(slice);
+            if let Ok(at) = slices.binary_search(slice) {
+                slices.remove(at);
+            }
             if slices.is_empty() {
                 self.by_service.remove(&service);
             }

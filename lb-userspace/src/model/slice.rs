@@ -33,8 +33,10 @@ impl SliceSpec {
         } else {
             AddressType::Other(slice.address_type.clone())
         };
-        let mut ports = Vec::new();
-        for port in slice.ports.clone().unwrap_or_default() {
+        // Every Vec at its exact length: the model holds one per slice and
+        // per endpoint for as long as the object lives.
+        let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
+        for port in slice.ports.iter().flatten() {
             let Some(number) = port.port else { continue };
             let number = parse_port("port", number)?;
             let protocol = parse_protocol(port.protocol.as_deref())
@@ -53,13 +55,17 @@ impl SliceSpec {
         }
         let mut endpoints = Vec::new();
         if address_type == AddressType::Ipv4 {
+            endpoints.reserve_exact(slice.endpoints.len());
             for endpoint in &slice.endpoints {
-                let mut addresses = Vec::new();
-                for addr in &endpoint.addresses {
-                    addresses.push(addr.parse::<Ipv4Addr>().map_err(|_| {
-                        format!("endpoint address {addr:?} is not a valid IPv4 address")
-                    })?);
-                }
+                let addresses = endpoint
+                    .addresses
+                    .iter()
+                    .map(|addr| {
+                        addr.parse::<Ipv4Addr>().map_err(|_| {
+                            format!("endpoint address {addr:?} is not a valid IPv4 address")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let conditions = endpoint.conditions.clone().unwrap_or_default();
                 let hints = endpoint.hints.clone().unwrap_or_default();
                 endpoints.push(EndpointSpec {
