@@ -192,7 +192,7 @@ impl Reconciler {
         let mut problems: Vec<ServiceProblem> = cluster
             .services
             .values()
-            .flat_map(crate::model::ServiceSpec::problems)
+            .flat_map(|service| service.problems())
             .collect();
         problems.extend(self.claims.problems());
         problems.extend(errors.iter().map(|e| ServiceProblem {

@@ -176,7 +176,7 @@ pub fn service_state(
         .get(name)
         .into_iter()
         .flatten()
-        .filter_map(|s| cluster.slices.get(s))
+        .filter_map(|s| cluster.slices.get(s).map(AsRef::as_ref))
         .filter(|s| s.address_type == AddressType::Ipv4)
         .collect();
     let mut out = Vec::new();

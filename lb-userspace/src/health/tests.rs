@@ -87,8 +87,14 @@ fn slice(
 
 fn cluster(services: Vec<ServiceSpec>, slices: Vec<SliceSpec>) -> Cluster {
     Cluster {
-        services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
-        slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        services: services
+            .into_iter()
+            .map(|s| (s.name.clone(), s.into()))
+            .collect(),
+        slices: slices
+            .into_iter()
+            .map(|s| (s.name.clone(), s.into()))
+            .collect(),
         node: None,
     }
 }

@@ -146,7 +146,10 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
 /// model is rebuilt whole from every file, and the manifest source reports
 /// every load as a change of everything, so slices appear and go with no
 /// change list of their own.
-pub(super) fn wanted(name: &ObjectName, services: &BTreeMap<ObjectName, ServiceSpec>) -> bool {
+pub(super) fn wanted(
+    name: &ObjectName,
+    services: &BTreeMap<ObjectName, std::sync::Arc<ServiceSpec>>,
+) -> bool {
     match services.get(name) {
         None => {
             debug!("Endpoints {name}: not mirrored (no Service of that name)");

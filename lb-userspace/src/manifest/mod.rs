@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -54,11 +55,11 @@ impl fmt::Display for ManifestError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileObjects {
     /// Services by name.
-    pub services: BTreeMap<ObjectName, ServiceSpec>,
+    pub services: BTreeMap<ObjectName, Arc<ServiceSpec>>,
     /// EndpointSlices by name.
-    pub slices: BTreeMap<ObjectName, SliceSpec>,
+    pub slices: BTreeMap<ObjectName, Arc<SliceSpec>>,
     /// Mirrored slices by the name of the Endpoints object they came from.
-    pub endpoints: BTreeMap<ObjectName, Vec<SliceSpec>>,
+    pub endpoints: BTreeMap<ObjectName, Vec<Arc<SliceSpec>>>,
 }
 
 /// What the last load kept of each file.
@@ -410,7 +411,7 @@ fn add_object(
             let parsed = serde_json::from_value::<Service>(value)
                 .map_err(|e| format!("invalid Service: {e}"))
                 .and_then(|s| ServiceSpec::from_k8s(&s))
-                .map(|spec| (spec.name.clone(), spec));
+                .map(|spec| (spec.name.clone(), Arc::new(spec)));
             keep_last_good(
                 parsed,
                 name,
@@ -423,7 +424,7 @@ fn add_object(
             let parsed = serde_json::from_value::<EndpointSlice>(value)
                 .map_err(|e| format!("invalid EndpointSlice: {e}"))
                 .and_then(|s| SliceSpec::from_k8s(&s))
-                .map(|spec| (spec.name.clone(), spec));
+                .map(|spec| (spec.name.clone(), Arc::new(spec)));
             keep_last_good(
                 parsed,
                 name,
@@ -439,7 +440,10 @@ fn add_object(
                 .and_then(|e| mirror(&e))
                 .map(|mirrored| {
                     skipped = mirrored.skipped;
-                    (name.clone(), mirrored.slices)
+                    (
+                        name.clone(),
+                        mirrored.slices.into_iter().map(Arc::new).collect(),
+                    )
                 });
             keep_last_good(
                 parsed,

@@ -9,7 +9,7 @@ mod slice;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use crate::ident::{ObjectName, Protocol};
 
@@ -234,13 +234,15 @@ pub struct SliceSpec {
     pub mirrored: bool,
 }
 
-/// Every valid object, by namespace and name.
+/// Every valid object, by namespace and name. Objects are shared (`Arc`):
+/// a source that keeps them elsewhere too (the manifest source, by file)
+/// holds each once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     /// Services.
-    pub services: BTreeMap<ObjectName, ServiceSpec>,
+    pub services: BTreeMap<ObjectName, Arc<ServiceSpec>>,
     /// EndpointSlices (real and mirrored).
-    pub slices: BTreeMap<ObjectName, SliceSpec>,
+    pub slices: BTreeMap<ObjectName, Arc<SliceSpec>>,
     /// What this node's Node object says, when the source has one.
     pub node: Option<NodeFacts>,
 }

@@ -1,5 +1,5 @@
 //! The reconciler against full recomputes, chunking and recovery.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use super::*;
 use crate::plan::MapOp;
@@ -88,9 +88,9 @@ fn a_change_recomputes_only_its_service_and_matches_a_full_recompute() {
     let mut cluster = Cluster::default();
     for i in 0..50u8 {
         let svc = service(&format!("s{i}"), i + 1);
-        cluster.services.insert(svc.name.clone(), svc);
+        cluster.services.insert(svc.name.clone(), svc.into());
         let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
-        cluster.slices.insert(sl.name.clone(), sl);
+        cluster.slices.insert(sl.name.clone(), sl.into());
     }
     let mut r = Reconciler::new(node(), 1 << 20);
     let t0 = Instant::now();
@@ -99,7 +99,7 @@ fn a_change_recomputes_only_its_service_and_matches_a_full_recompute() {
 
     // One slice changes: one service recomputed, its frontend only.
     let edited = slice("s7-1", "s7", &[8, 99]);
-    cluster.slices.insert(edited.name.clone(), edited);
+    cluster.slices.insert(edited.name.clone(), edited.into());
     let one_slice = Changes {
         slices: [name("s7-1")].into_iter().collect(),
         ..Changes::default()
@@ -111,10 +111,10 @@ fn a_change_recomputes_only_its_service_and_matches_a_full_recompute() {
     // A slice moves to another service, a service goes, one comes.
     cluster
         .slices
-        .insert(name("s8-1"), slice("s8-1", "s9", &[120]));
+        .insert(name("s8-1"), slice("s8-1", "s9", &[120]).into());
     cluster.services.remove(&name("s3"));
     let new = service("new", 200);
-    cluster.services.insert(new.name.clone(), new);
+    cluster.services.insert(new.name.clone(), new.into());
     let several = Changes {
         services: [name("s3"), name("new")].into_iter().collect(),
         slices: [name("s8-1")].into_iter().collect(),
@@ -139,9 +139,9 @@ fn chunks_hold_bounded_tables_and_add_up_to_the_whole_plan() {
     let mut cluster = Cluster::default();
     for i in 0..40u8 {
         let svc = service(&format!("s{i}"), i + 1);
-        cluster.services.insert(svc.name.clone(), svc);
+        cluster.services.insert(svc.name.clone(), svc.into());
         let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1, i + 101]);
-        cluster.slices.insert(sl.name.clone(), sl);
+        cluster.slices.insert(sl.name.clone(), sl.into());
     }
     let t0 = Instant::now();
     let mut whole = Reconciler::new(node(), 1 << 20);
@@ -203,9 +203,9 @@ fn after_a_failed_apply_the_next_sync_plans_what_the_maps_lack() {
     let mut cluster = Cluster::default();
     for i in 0..3u8 {
         let svc = service(&format!("s{i}"), i + 1);
-        cluster.services.insert(svc.name.clone(), svc);
+        cluster.services.insert(svc.name.clone(), svc.into());
         let sl = slice(&format!("s{i}-1"), &format!("s{i}"), &[i + 1]);
-        cluster.slices.insert(sl.name.clone(), sl);
+        cluster.slices.insert(sl.name.clone(), sl.into());
     }
     let t0 = Instant::now();
     let sorted = |ops: &[MapOp]| {
@@ -291,9 +291,11 @@ fn a_cluster_ip_is_never_taken_over_and_a_contested_frontend_survives_its_claima
     };
     let mut cluster = Cluster::default();
     let kube_dns = claimant("kube-dns", 10, None, Some(1_000));
-    cluster.services.insert(kube_dns.name.clone(), kube_dns);
+    cluster
+        .services
+        .insert(kube_dns.name.clone(), kube_dns.into());
     let sl = dns_slice("kube-dns-1", "kube-dns", 53);
-    cluster.slices.insert(sl.name.clone(), sl);
+    cluster.slices.insert(sl.name.clone(), sl.into());
     let mut r = Reconciler::new(node(), 1 << 20);
     assert_eq!(
         owner_of(&mut r, &cluster, &Changes::all(), dns).as_deref(),
@@ -302,9 +304,9 @@ fn a_cluster_ip_is_never_taken_over_and_a_contested_frontend_survives_its_claima
 
     // A younger Service, first by name, lists the DNS address as an external IP.
     let hijack = claimant("a", 20, Some(dns_ip), Some(2_000));
-    cluster.services.insert(hijack.name.clone(), hijack);
+    cluster.services.insert(hijack.name.clone(), hijack.into());
     let sl = dns_slice("a-1", "a", 66);
-    cluster.slices.insert(sl.name.clone(), sl);
+    cluster.slices.insert(sl.name.clone(), sl.into());
     let mut step = changed(&["a"]);
     step.slices.insert(name("a-1"));
     assert_eq!(
@@ -325,14 +327,14 @@ fn a_cluster_ip_is_never_taken_over_and_a_contested_frontend_survives_its_claima
     );
 
     // Even an older claimant through an external IP does not take a cluster IP.
-    cluster.services.get_mut(&name("a")).unwrap().created = Some(1);
+    Arc::make_mut(cluster.services.get_mut(&name("a")).unwrap()).created = Some(1);
     assert_eq!(
         owner_of(&mut r, &cluster, &changed(&["a"]), dns).as_deref(),
         Some("kube-dns")
     );
 
     // The loser changes or goes: the owner's frontend stays (no full sync).
-    cluster.services.get_mut(&name("a")).unwrap().ports[0].name = "dns".into();
+    Arc::make_mut(cluster.services.get_mut(&name("a")).unwrap()).ports[0].name = "dns".into();
     assert_eq!(
         owner_of(&mut r, &cluster, &changed(&["a"]), dns).as_deref(),
         Some("kube-dns")
@@ -349,7 +351,7 @@ fn a_cluster_ip_is_never_taken_over_and_a_contested_frontend_survives_its_claima
 
     // With the owner gone, the remaining claimant takes over at once.
     let hijack = claimant("a", 20, Some(dns_ip), Some(2_000));
-    cluster.services.insert(hijack.name.clone(), hijack);
+    cluster.services.insert(hijack.name.clone(), hijack.into());
     owner_of(&mut r, &cluster, &changed(&["a"]), dns);
     cluster.services.remove(&name("kube-dns"));
     assert_eq!(
@@ -403,7 +405,7 @@ fn among_external_claims_the_oldest_wins_then_the_name() {
         // Added one by one, so each order of arrival is seen incrementally.
         for (k, (n, created)) in claims.iter().enumerate() {
             let svc = claimant(n, 30 + u8::try_from(k).unwrap(), Some(shared), *created);
-            cluster.services.insert(svc.name.clone(), svc);
+            cluster.services.insert(svc.name.clone(), svc.into());
             owner_of(&mut r, &cluster, &changed(&[n]), frontend);
         }
         assert_eq!(
@@ -431,7 +433,7 @@ fn every_current_problem_is_reported_at_every_reconcile() {
     let mut cluster = Cluster::default();
     let mut svc = service("sctp", 1);
     svc.skipped_ports = vec!["9/SCTP".into()];
-    cluster.services.insert(svc.name.clone(), svc);
+    cluster.services.insert(svc.name.clone(), svc.into());
     let mut r = Reconciler::new(node(), 1 << 20);
     for changes in [Changes::all(), Changes::default()] {
         let done = r.reconcile(&cluster, &changes, Instant::now());
@@ -439,10 +441,7 @@ fn every_current_problem_is_reported_at_every_reconcile() {
         assert_eq!(done.problems[0].reason, ProblemReason::UnsupportedPort);
         assert_eq!(done.problems[0].service, name("sctp"));
     }
-    cluster
-        .services
-        .get_mut(&name("sctp"))
-        .unwrap()
+    Arc::make_mut(cluster.services.get_mut(&name("sctp")).unwrap())
         .skipped_ports
         .clear();
     let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
@@ -455,9 +454,9 @@ fn node_ports_follow_the_local_addresses_first_added_last_removed() {
     let mut svc = service("np", 1);
     svc.kind = ServiceKind::NodePort;
     svc.ports[0].node_port = Some(30080);
-    cluster.services.insert(svc.name.clone(), svc);
+    cluster.services.insert(svc.name.clone(), svc.into());
     let sl = slice("np-1", "np", &[2]);
-    cluster.slices.insert(sl.name.clone(), sl);
+    cluster.slices.insert(sl.name.clone(), sl.into());
     let (a, b, c) = (
         Ipv4Addr::new(192, 168, 50, 11),
         Ipv4Addr::new(10, 244, 1, 1),
@@ -512,9 +511,9 @@ fn tracked_the_backends_a_frontend_loses_are_reported_once() {
     let mut cluster = Cluster::default();
     for (svc, ip, eps) in [("a", 1, &[1u8, 2, 3][..]), ("b", 2, &[2][..])] {
         let s = service(svc, ip);
-        cluster.services.insert(s.name.clone(), s);
+        cluster.services.insert(s.name.clone(), s.into());
         let sl = slice(&format!("{svc}-1"), svc, eps);
-        cluster.slices.insert(sl.name.clone(), sl);
+        cluster.slices.insert(sl.name.clone(), sl.into());
     }
     let t0 = Instant::now();
     let mut r = Reconciler::new(node(), 1 << 20);
@@ -530,7 +529,7 @@ fn tracked_the_backends_a_frontend_loses_are_reported_once() {
     // Endpoint 2 leaves a's slice (it stays b's).
     cluster
         .slices
-        .insert(name("a-1"), slice("a-1", "a", &[1, 3]));
+        .insert(name("a-1"), slice("a-1", "a", &[1, 3]).into());
     let one_slice = Changes {
         slices: [name("a-1")].into_iter().collect(),
         ..Changes::default()
@@ -548,7 +547,9 @@ fn tracked_the_backends_a_frontend_loses_are_reported_once() {
     let step = r.reconcile(&cluster, &changed(&["b"]), t0);
     let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
     assert_eq!(found, [(fe(2), ep(2))]);
-    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[3]));
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[3]).into());
     let step = full.reconcile(&cluster, &Changes::all(), t0);
     let found: Vec<_> = step.gone.iter().map(|g| (g.frontend, g.backend)).collect();
     assert_eq!(found, [(fe(1), ep(1))]);
@@ -558,17 +559,19 @@ fn tracked_the_backends_a_frontend_loses_are_reported_once() {
 fn a_restarted_agent_s_first_sync_finds_what_left_while_none_ran() {
     let mut cluster = Cluster::default();
     let s = service("a", 1);
-    cluster.services.insert(s.name.clone(), s);
+    cluster.services.insert(s.name.clone(), s.into());
     cluster
         .slices
-        .insert(name("a-1"), slice("a-1", "a", &[1, 2]));
+        .insert(name("a-1"), slice("a-1", "a", &[1, 2]).into());
     // What an earlier agent applied (and a restarted one adopts).
     let t0 = Instant::now();
     let (earlier, _) = select::desired_state(&cluster, &node());
     let mut planner = Planner::new(1 << 20, Duration::ZERO);
     planner.plan(&earlier, t0);
     // Endpoint 2 left while no agent ran.
-    cluster.slices.insert(name("a-1"), slice("a-1", "a", &[1]));
+    cluster
+        .slices
+        .insert(name("a-1"), slice("a-1", "a", &[1]).into());
     let mut r = Reconciler::with_planner(node(), planner);
     r.track_gone(true);
     let first = r.reconcile(&cluster, &Changes::all(), t0);
@@ -586,10 +589,10 @@ fn a_restarted_agent_s_first_sync_finds_what_left_while_none_ran() {
 fn an_endpoint_at_an_interface_address_is_local_from_the_scan_that_finds_it() {
     let mut cluster = Cluster::default();
     let svc = service("api", 1);
-    cluster.services.insert(svc.name.clone(), svc);
+    cluster.services.insert(svc.name.clone(), svc.into());
     // 10.244.1.1: the node's pod gateway address, an endpoint without nodeName.
     let sl = slice("api-1", "api", &[1]);
-    cluster.slices.insert(sl.name.clone(), sl);
+    cluster.slices.insert(sl.name.clone(), sl.into());
     let gateway = Ipv4Addr::new(10, 244, 1, 1);
     let frontend = Frontend {
         addr: Ipv4Addr::new(10, 96, 0, 1),

@@ -109,8 +109,13 @@ pub(super) fn slice(n: &str, ports: &[(&str, u16)], endpoints: Vec<EndpointSpec>
 
 pub(super) fn cluster(service: ServiceSpec, slices: Vec<SliceSpec>) -> Cluster {
     Cluster {
-        services: [(service.name.clone(), service)].into_iter().collect(),
-        slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        services: [(service.name.clone(), service.into())]
+            .into_iter()
+            .collect(),
+        slices: slices
+            .into_iter()
+            .map(|s| (s.name.clone(), s.into()))
+            .collect(),
         node: None,
     }
 }

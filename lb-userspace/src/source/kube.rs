@@ -270,7 +270,7 @@ fn record<T>(
 /// previous valid version, if any (logged with its name, and counted).
 pub fn fold<T>(
     kind: &str,
-    model: &mut BTreeMap<ObjectName, T>,
+    model: &mut BTreeMap<ObjectName, Arc<T>>,
     updates: Updates<T>,
     rejected: &AtomicU64,
 ) {
@@ -297,11 +297,11 @@ fn settle<T>(
     kind: &str,
     name: &ObjectName,
     update: Update<T>,
-    previous: Option<T>,
+    previous: Option<Arc<T>>,
     rejected: &AtomicU64,
-) -> Option<T> {
+) -> Option<Arc<T>> {
     match update {
-        Update::Valid(spec) => Some(spec),
+        Update::Valid(spec) => Some(Arc::new(spec)),
         Update::Gone => None,
         Update::Invalid(message) => {
             let what = if previous.is_some() {
@@ -400,8 +400,11 @@ mod tests {
         }
     }
 
-    fn model(entries: &[(&str, u32)]) -> BTreeMap<ObjectName, u32> {
-        entries.iter().map(|&(n, v)| (name(n), v)).collect()
+    fn model(entries: &[(&str, u32)]) -> BTreeMap<ObjectName, Arc<u32>> {
+        entries
+            .iter()
+            .map(|&(n, v)| (name(n), Arc::new(v)))
+            .collect()
     }
 
     #[test]
@@ -475,7 +478,7 @@ mod tests {
             Delivery::Relisted(
                 model(&[("a", 1)])
                     .into_iter()
-                    .map(|(k, v)| (k, Update::Valid(v)))
+                    .map(|(k, v)| (k, Update::Valid(*v)))
                     .collect(),
             ),
         );
