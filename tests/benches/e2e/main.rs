@@ -1,12 +1,16 @@
 //! End to end: one Service reached four ways in the same run, in the test
-//! topology (client -> node1's uplink -> pods on node1): directly to one
-//! backend (no balancer: the limit), through our data path, through the rules
-//! kube-proxy's iptables mode installs, and through its nftables-mode rules;
-//! with 10 and with 10,000 Services programmed. Each measurement gets a fresh
+//! topology (client -> node1's uplink -> pods on node1): directly to its
+//! three backends (no balancer: the limit; the client spreads over them
+//! itself), through our data path, through the rules kube-proxy's iptables
+//! mode installs, and through its nftables-mode rules (nat and filter
+//! tables); with 10 and with 10,000 Services programmed. Saturating loads
+//! give rates; open-loop loads at a fixed rate give host CPU per request. Each measurement gets a fresh
 //! topology, so no mode inherits another's netfilter state. Rounds rotate the
 //! order of the modes. Run with `cargo xtask bench`.
 
 mod charts;
+mod fixed;
+mod fixed_report;
 mod modes;
 mod programming;
 mod report;
@@ -24,6 +28,7 @@ use lb_tests::{bench_run, stats::Figure};
 
 use crate::{
     charts::draw_charts,
+    fixed_report::fixed_section,
     modes::{programs, run_mode, Mode, Sample},
     programming::programming,
     report::{headline, intro, noise_floor, summarize, COLUMNS},
@@ -42,11 +47,9 @@ fn main() -> Result<()> {
     } else {
         (5, Duration::from_secs(3))
     };
-    for tool in ["iptables-restore", "nft"] {
-        if which(tool).is_none() {
-            bail!("{tool} is missing: `cargo xtask bench` installs iptables and nftables");
-        }
-    }
+    // The fixed-rate windows: long enough for /proc/stat's 10 ms ticks.
+    let window = duration.max(Duration::from_secs(2));
+    check_tools()?;
     let started = Instant::now();
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out)?;
@@ -67,7 +70,7 @@ fn main() -> Result<()> {
                         continue;
                     }
                 }
-                let sample = run_mode(mode, &programs, duration)
+                let sample = run_mode(mode, &programs, duration, window)
                     .with_context(|| format!("{} with {total} services", mode.name()))?;
                 eprintln!("{total} services, {}: {sample:?}", mode.name());
                 samples[index].push(sample);
@@ -108,6 +111,9 @@ fn main() -> Result<()> {
     }
     let (headline, headline_rounds, mut summary) = headline(&per_round);
     let noise_floor = noise_floor(&per_round, &mut summary);
+    let (fixed_md, fixed_json, fixed_summary) = fixed_section(&per_round, window);
+    summary.push_str(&fixed_summary);
+    md.push_str(&fixed_md);
     draw_charts(&medians, &out)?;
     // Loading 100,000 nft chains takes minutes: at most three rounds of it.
     let (programming_md, programming_json) = programming(rounds.min(3), &out)?;
@@ -123,7 +129,7 @@ fn main() -> Result<()> {
     std::fs::write(out.join("summary.txt"), bench_run::stamped_text(&summary))?;
     let report = serde_json::json!({"rounds": rounds, "seconds_per_figure": duration.as_secs(),
         "concurrency": CONCURRENCY, "headline": headline, "headline_rounds": headline_rounds,
-        "noise_floor": noise_floor, "scales": json, "programming": programming_json});
+        "noise_floor": noise_floor, "scales": json, "fixed_rate": fixed_json, "programming": programming_json});
     std::fs::write(
         out.join("e2e.json"),
         serde_json::to_string_pretty(&bench_run::stamped(report))?,
@@ -134,6 +140,16 @@ fn main() -> Result<()> {
         "(took {:.1} s; wrote target/bench/e2e.json and e2e.md)",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Fails unless kube-proxy's rule loaders are installed.
+fn check_tools() -> Result<()> {
+    for tool in ["iptables-restore", "nft"] {
+        if which(tool).is_none() {
+            bail!("{tool} is missing: `cargo xtask bench` installs iptables and nftables");
+        }
+    }
     Ok(())
 }
 

@@ -13,10 +13,14 @@ use lb_tests::{
     kubeproxy::{iptables_restore, manifests_yaml, nft_ruleset, KpService},
     load::{bulk, kept_alive, new_connections, BenchServers, BENCH_HTTP_PORT, SINK_PORT},
     netns::Netns,
+    paced::shared,
     topology::ClusterTopology,
 };
 
-use crate::{BULK, CLUSTER_CIDR, CONCURRENCY, WEB};
+use crate::{
+    fixed::{measure_pair, FixedPair},
+    BULK, CLUSTER_CIDR, CONCURRENCY, WEB,
+};
 
 /// How the client reaches the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,6 +147,8 @@ pub(crate) struct Sample {
     pub(crate) req_p99_us: u64,
     pub(crate) bulk_mbit_s: u64,
     pub(crate) errors: u64,
+    /// CPU and program time per request at fixed offered rates.
+    pub(crate) fixed: FixedPair,
 }
 
 pub(crate) fn micros(d: Duration) -> u64 {
@@ -154,7 +160,9 @@ pub(crate) fn whole(x: f64) -> u64 {
     x.round() as u64
 }
 
-pub(crate) fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> Result<Sample> {
+/// A fresh topology whose client routes the pod network via node1 and may
+/// reuse ports quickly.
+fn topology() -> Result<ClusterTopology> {
     let topo = ClusterTopology::new()?;
     topo.client.exec(&[
         "ip",
@@ -170,15 +178,32 @@ pub(crate) fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> R
     ] {
         topo.client.exec(&["sysctl", "-qw", key])?;
     }
+    Ok(topo)
+}
+
+/// Measures `mode` in a fresh topology: the fixed-rate windows (each
+/// `window` long, BPF statistics on), then the saturating loads.
+pub(crate) fn run_mode(
+    mode: Mode,
+    programs: &Programs,
+    duration: Duration,
+    window: Duration,
+) -> Result<Sample> {
+    let topo = topology()?;
     let pods: Vec<_> = ["pod1a", "pod1b", "pod1c"]
         .iter()
         .map(|p| topo.pod(p))
         .collect();
     let _servers = BenchServers::start(&pods)?;
     let mut agent = None;
-    let (web, bulk_to) = match mode {
+    // Direct spreads over the three pods like the balancers (kept-alive
+    // clients and new connections shared out round robin), so the pods do
+    // the same work in every mode; bulk has one endpoint in every mode.
+    let (web, bulk_to): (Vec<SocketAddrV4>, _) = match mode {
         Mode::Direct | Mode::DirectAgain => (
-            SocketAddrV4::new(pods[0].ip, BENCH_HTTP_PORT),
+            pods.iter()
+                .map(|p| SocketAddrV4::new(p.ip, BENCH_HTTP_PORT))
+                .collect(),
             SocketAddrV4::new(pods[0].ip, SINK_PORT),
         ),
         Mode::Ours | Mode::OursTc => {
@@ -190,30 +215,48 @@ pub(crate) fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> R
             let mut a = Agent::start_with(&topo.node1, &args)?;
             a.wait_ready(Duration::from_mins(2))?;
             agent = Some(a);
-            (WEB, BULK)
+            (vec![WEB], BULK)
         }
         Mode::Iptables => {
             load_rules(&topo.node1, "iptables-restore <", &programs.iptables)?;
-            (WEB, BULK)
+            (vec![WEB], BULK)
         }
         Mode::Nftables => {
             load_rules(&topo.node1, "nft -f", &programs.nft)?;
-            (WEB, BULK)
+            (vec![WEB], BULK)
         }
     };
     let rt = topo.client.runtime(1)?;
     let client = Netns::existing(topo.client.name());
+    let agent_pid = agent.as_ref().and_then(Agent::pid);
+    // The programs' run time is counted while this descriptor is open.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime);
+    if let Err(e) = &stats {
+        eprintln!("no BPF run-time statistics: {e}");
+    }
+    let targets = web.clone();
     // Spawned, so it runs on a worker thread, inside the client's namespace.
+    let fixed = rt.spawn(async move {
+        if !client.is_current() {
+            bail!("the load would leave the client's namespace");
+        }
+        for &t in &targets {
+            let warm = new_connections(t, 2, Duration::from_millis(300)).await;
+            if warm.completed == 0 || warm.errors > 0 {
+                bail!("{}: the service does not answer: {warm:?}", mode.name());
+            }
+        }
+        measure_pair(&targets, window, agent_pid).await
+    });
+    let fixed = rt.block_on(fixed)??;
+    drop(stats);
+    let client = Netns::existing(topo.client.name());
     let measure = rt.spawn(async move {
         if !client.is_current() {
             bail!("the load would leave the client's namespace");
         }
-        let warm = new_connections(web, 2, Duration::from_millis(300)).await;
-        if warm.completed == 0 || warm.errors > 0 {
-            bail!("{}: the service does not answer: {warm:?}", mode.name());
-        }
-        let conn = new_connections(web, CONCURRENCY, duration).await;
-        let kept = kept_alive(web, CONCURRENCY, duration).await;
+        let conn = shared(&web, CONCURRENCY, |t, n| new_connections(t, n, duration)).await;
+        let kept = shared(&web, CONCURRENCY, |t, n| kept_alive(t, n, duration)).await;
         if conn.errors + kept.errors > 0 {
             eprintln!(
                 "{}: {} new-connection and {} kept-alive requests failed",
@@ -232,6 +275,7 @@ pub(crate) fn run_mode(mode: Mode, programs: &Programs, duration: Duration) -> R
             req_p99_us: micros(kept.latency(99)),
             bulk_mbit_s: whole(rate * 8.0 / 1e6),
             errors: conn.errors + kept.errors,
+            fixed,
         })
     });
     let sample = rt.block_on(measure)??;

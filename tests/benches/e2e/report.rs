@@ -33,7 +33,13 @@ pub(crate) fn intro(rounds: usize, duration: Duration) -> String {
     format!(
         "End to end in the namespace topology: a client outside the cluster, node1 forwarding to \
          three pods; {CONCURRENCY} concurrent clients for {} s per figure, {rounds} round(s), \
-         modes in rotating order, a fresh topology for every measurement. The measured Service \
+         modes in rotating order, a fresh topology for every measurement. Direct spreads over the \
+         same three pods as the balancers (its kept-alive clients and new connections shared out \
+         among the pod addresses in turn), so the pods do the same work in every mode; bulk TCP \
+         goes to one pod in every mode. The kube-proxy layouts carry its filter-table chains \
+         too (KUBE-FORWARD, KUBE-PROXY-FIREWALL, KUBE-SERVICES and the others in iptables mode; \
+         filter-* base chains and their checks in nftables mode). \
+         The measured Service \
          sits in the middle of the programmed ones (kube-proxy's KUBE-SERVICES chain is walked \
          half way for each new connection). Median of rounds (spread: lowest-highest round); \
          the headline ratios pair the two modes of each round. Direct is measured twice a round, half \
