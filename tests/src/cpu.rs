@@ -1,6 +1,8 @@
-//! Host-wide CPU time from `/proc/stat`: the busy time of all CPUs over a
-//! window, for CPU-per-request figures. All network namespaces share one
-//! kernel, so this counts every process and softirq on the machine.
+//! CPU time for CPU-per-request figures: host-wide from `/proc/stat` (the
+//! busy time of all CPUs over a window; all network namespaces share one
+//! kernel, so this counts every process and softirq on the machine), and
+//! the CPU time of given processes from `/proc/<pid>/stat` (what a shared
+//! machine's other work does not blur).
 
 use std::time::Duration;
 
@@ -59,11 +61,54 @@ pub fn tick() -> Duration {
     Duration::from_nanos(1_000_000_000 / hz)
 }
 
+/// The CPU time of a process (all its threads: user plus system, ticks)
+/// from its `/proc/<pid>/stat` text; `None` if malformed.
+#[must_use]
+pub fn parse_pid_stat(stat: &str) -> Option<u64> {
+    // The name may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; field 3 (state) is the first here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The CPU ticks of the processes `pids` together (a process gone counts 0).
+#[must_use]
+pub fn processes_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|s| parse_pid_stat(&s))
+        .sum()
+}
+
+/// The kernel's softirq threads (`ksoftirqd/N`): network receive work
+/// deferred to them is charged to them, not to the sender.
+#[must_use]
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
+/// `ticks` clock ticks as a duration.
+#[must_use]
+pub fn ticks(ticks: u64) -> Duration {
+    tick() * u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
 /// Busy CPU time (all CPUs) between two readings.
 #[must_use]
 pub fn busy_between(before: &CpuTimes, after: &CpuTimes) -> Duration {
-    let ticks = after.busy().saturating_sub(before.busy());
-    tick() * u32::try_from(ticks).unwrap_or(u32::MAX)
+    ticks(after.busy().saturating_sub(before.busy()))
 }
 
 #[cfg(test)]
@@ -79,6 +124,16 @@ mod tests {
         assert_eq!(t.busy(), 165);
         assert_eq!(parse_stat("cpu0 1 2 3 4 5\n"), None, "no all-CPU line");
         assert_eq!(parse_stat("cpu  1 2 x 4 5\n"), None, "not a number");
+    }
+
+    #[test]
+    fn a_process_cpu_time_is_user_plus_system() {
+        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 170 30 0 0 20 0 9 0 100 1 1\n";
+        assert_eq!(parse_pid_stat(stat), Some(200));
+        assert_eq!(parse_pid_stat("4242 (x) S 1"), None, "too short");
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_pid_stat(&me).is_some());
+        assert_eq!(processes_ticks(&[u32::MAX]), 0, "no such process");
     }
 
     #[test]
