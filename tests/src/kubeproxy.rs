@@ -1,6 +1,9 @@
 //! The rules kube-proxy would install for a set of Services, in its iptables
-//! and nftables modes (the `nat` service path), and the same Services as
-//! manifests for our agent: the end-to-end benchmark's comparison.
+//! and nftables modes (the `nat` service path and the filter-table chains),
+//! and the same Services as manifests for our agent: the end-to-end
+//! benchmark's comparison.
+
+mod filter;
 
 use std::{
     fmt::Write as _,
@@ -8,6 +11,8 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+
+pub use filter::{iptables_filter, nft_filter, SERVICE_CIDR};
 
 /// One TCP Service port with its endpoints, as kube-proxy sees it.
 #[derive(Clone, Debug)]
@@ -67,12 +72,23 @@ fn sep_chain(svc: &KpService, ep: SocketAddrV4) -> String {
     format!("KUBE-SEP-{}", chain_hash(&format!("{}tcp{ep}", svc.id())))
 }
 
-/// Input for `iptables-restore`: the whole `nat` table in kube-proxy's
-/// iptables-mode layout (KUBE-SERVICES -> KUBE-SVC-* with `statistic`
-/// probabilities -> KUBE-SEP-* DNAT, masquerade marks for traffic from
-/// outside `cluster_cidr` and for hairpin).
+/// Input for `iptables-restore`: the `filter` table (see [`iptables_filter`])
+/// and then the whole `nat` table in kube-proxy's iptables-mode layout, as
+/// kube-proxy writes them.
 #[must_use]
 pub fn iptables_restore(services: &[KpService], cluster_cidr: &str) -> String {
+    format!(
+        "{}{}",
+        iptables_filter(services),
+        iptables_nat(services, cluster_cidr)
+    )
+}
+
+/// The `nat` table in kube-proxy's iptables-mode layout (KUBE-SERVICES ->
+/// KUBE-SVC-* with `statistic` probabilities -> KUBE-SEP-* DNAT, masquerade
+/// marks for traffic from outside `cluster_cidr` and for hairpin).
+#[must_use]
+pub fn iptables_nat(services: &[KpService], cluster_cidr: &str) -> String {
     let mut chains = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n\
@@ -149,8 +165,9 @@ fn nft_name(kind: &str, svc: &KpService, ep: Option<SocketAddrV4>) -> String {
 
 /// Input for `nft -f`: table `ip kube-proxy` in kube-proxy's nftables-mode
 /// layout (a verdict map from address, protocol and port to the service
-/// chain; `numgen random` picking the endpoint chain; masquerade marks).
-/// Replaces an existing table of that name.
+/// chain, then the node-port map for local addresses; `numgen random`
+/// picking the endpoint chain; masquerade marks; the filter chains of
+/// [`nft_filter`]). Replaces an existing table of that name.
 #[must_use]
 pub fn nft_ruleset(services: &[KpService], cluster_cidr: &str) -> String {
     let mut out = String::from(
@@ -161,8 +178,10 @@ pub fn nft_ruleset(services: &[KpService], cluster_cidr: &str) -> String {
          \tchain nat-prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n\
          \tchain nat-output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}\n\
          \tchain nat-postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tjump masquerading\n\t}\n\
-         \tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n",
+         \tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
+         \t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n\t}\n",
     );
+    out.push_str(&nft_filter(services));
     let mut elements = Vec::new();
     for svc in services {
         let chain = nft_name("service", svc, None);

@@ -23,7 +23,7 @@ fn web(endpoints: usize) -> KpService {
 
 #[test]
 fn iptables_rules_pick_endpoints_with_kube_proxys_probabilities() {
-    let text = iptables_restore(&[web(3)], "10.244.0.0/16");
+    let text = iptables_nat(&[web(3)], "10.244.0.0/16");
     assert!(
         text.starts_with("*nat\n:PREROUTING ACCEPT [0:0]\n"),
         "{text}"
@@ -155,7 +155,9 @@ fn iptables_text_for_one_service_with_two_endpoints() {
 -A KUBE-SEP-2AZ33KU3V5PGPQZH -p tcp -m comment --comment default/web:http -m tcp -j DNAT --to-destination 10.244.1.3:8080
 COMMIT
 "#;
-    assert_eq!(iptables_restore(&[web(2)], "10.244.0.0/16"), expected);
+    assert_eq!(iptables_nat(&[web(2)], "10.244.0.0/16"), expected);
+    let whole = iptables_restore(&[web(2)], "10.244.0.0/16");
+    assert_eq!(whole, format!("{}{expected}", iptables_filter(&[web(2)])));
 }
 
 #[test]
@@ -186,6 +188,7 @@ table ip kube-proxy {
     }
     chain services {
         ip daddr . meta l4proto . th dport vmap @service-ips
+        fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
     }
     chain service-CDGGSHYL-default_web_tcp_http {
         ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
@@ -206,7 +209,10 @@ table ip kube-proxy {
 }
 ";
     let text = nft_ruleset(&[web(2)], "10.244.0.0/16");
-    assert_eq!(text.replace('\t', "    "), expected);
+    // The filter chains follow the services chain (checked on their own below).
+    let filter = nft_filter(&[web(2)]);
+    assert_eq!(text.matches(&filter).count(), 1);
+    assert_eq!(text.replace(&filter, "").replace('\t', "    "), expected);
 }
 
 #[test]
@@ -238,4 +244,78 @@ fn manifests_parse_back_as_services_and_slices() {
         slice.metadata.labels.unwrap()["kubernetes.io/service-name"],
         "web"
     );
+}
+
+fn empty() -> KpService {
+    KpService {
+        name: "empty".into(),
+        cluster_ip: Ipv4Addr::new(10, 96, 0, 20),
+        ..web(0)
+    }
+}
+
+#[test]
+fn iptables_filter_table_as_kube_proxy_writes_it() {
+    let expected = r#"*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
+-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment "default/empty:http has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"#;
+    assert_eq!(iptables_filter(&[web(2), empty()]), expected);
+    let whole = iptables_restore(&[web(2), empty()], "10.244.0.0/16");
+    assert!(whole.starts_with("*filter\n") && whole.contains("COMMIT\n*nat\n"));
+    assert_eq!(
+        whole.matches("-j REJECT").count(),
+        1,
+        "only the Service without endpoints"
+    );
+}
+
+#[test]
+fn nft_filter_chains_as_kube_proxy_writes_them() {
+    let text = nft_ruleset(&[web(2), empty()], "10.244.0.0/16");
+    for chain in [
+        "\tchain filter-prerouting {\n\t\ttype filter hook prerouting priority -110; policy accept;\n\t\tct state new jump firewall-check\n\t}\n",
+        "\tchain filter-input {\n\t\ttype filter hook input priority -110; policy accept;\n\t\tct state new jump nodeport-endpoints-check\n\t\tct state new jump service-endpoints-check\n\t}\n",
+        "\tchain filter-forward {\n\t\ttype filter hook forward priority -110; policy accept;\n\t\tct state new jump service-endpoints-check\n\t\tct state new jump cluster-ips-check\n\t}\n",
+        "\tchain filter-output {\n\t\ttype filter hook output priority -110; policy accept;\n\t\tct state new jump service-endpoints-check\n\t\tct state new jump firewall-check\n\t}\n",
+        "\tchain filter-output-post-dnat {\n\t\ttype filter hook output priority -90; policy accept;\n\t\tct state new jump cluster-ips-check\n\t}\n",
+        "\tchain reject-chain {\n\t\treject\n\t}\n",
+        "\tchain cluster-ips-check {\n\t\tip daddr @cluster-ips reject\n\t\tip daddr { 10.96.0.0/12 } drop\n\t}\n",
+        "\tchain firewall-check {\n\t\tip daddr . meta l4proto . th dport vmap @firewall-ips\n\t}\n",
+    ] {
+        assert!(text.contains(chain), "{chain} missing from\n{text}");
+    }
+    assert!(text.contains(
+        "\tset cluster-ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.96.0.10, 10.96.0.20 }\n"
+    ));
+    assert!(text.contains("elements = { 10.96.0.20 . tcp . 80 : goto reject-chain }"));
+    assert!(text.contains(
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
+    ));
+    for map in ["no-endpoint-nodeports", "firewall-ips", "service-nodeports"] {
+        assert!(text.contains(&format!("\tmap {map} {{\n")), "{map}");
+    }
+    assert_eq!(text.matches('{').count(), text.matches('}').count());
+    // Without Services: no empty element lists (nft rejects them).
+    assert!(!nft_filter(&[]).contains("elements"));
 }

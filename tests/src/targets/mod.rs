@@ -8,6 +8,7 @@
 //! the same bound and is shown beside the verdict, so a median that hides
 //! failed rounds is visible.
 
+mod e2e;
 mod packet;
 #[cfg(test)]
 mod tests;
@@ -263,6 +264,9 @@ pub fn judge(report: &Value) -> Vec<Verdict> {
             Bound::AtMost(150.0),
         ),
     ]
+    .into_iter()
+    .chain(e2e::verdicts(report))
+    .collect()
 }
 
 /// The verdicts as a markdown table.
