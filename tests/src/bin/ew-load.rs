@@ -10,35 +10,12 @@
 //! <milliseconds>`: the clients are shared out over the addresses (the
 //! backends themselves, for a client that balances on its own).
 
-use std::{future::Future, net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
-use futures::future::join_all;
-use lb_tests::load::{connects, kept_alive, new_connections, LoadResult};
-
-/// Runs `load` with `concurrency` clients shared out over `targets`, at
-/// once, and merges what they achieved.
-async fn shared<F, Fut>(targets: &[SocketAddrV4], concurrency: usize, load: F) -> LoadResult
-where
-    F: Fn(SocketAddrV4, usize) -> Fut,
-    Fut: Future<Output = LoadResult>,
-{
-    let share =
-        |k: usize| concurrency / targets.len() + usize::from(k < concurrency % targets.len());
-    let runs = targets
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| share(*k) > 0)
-        .map(|(k, t)| load(*t, share(k)));
-    let mut all = LoadResult::default();
-    for r in join_all(runs).await {
-        all.completed += r.completed;
-        all.errors += r.errors;
-        all.elapsed = all.elapsed.max(r.elapsed);
-        all.latencies.extend(r.latencies);
-    }
-    all.latencies.sort_unstable();
-    all
-}
+use lb_tests::{
+    load::{connects, kept_alive, new_connections, LoadResult},
+    paced::shared,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
