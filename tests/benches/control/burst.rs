@@ -23,6 +23,11 @@ pub const UPDATES: u32 = 1_000;
 const PACE: Duration = Duration::from_millis(1);
 /// At most this many packets run during a burst (a bound on the traffic).
 const MAX_PACKETS: u64 = 500_000;
+/// Packets run between pauses of 1 ms: at most 50,000 a second, so the
+/// traffic does not take a whole core of two from the agent.
+const PACKETS_PER_MS: u64 = 50;
+/// The pause between the poller's sweeps of the map.
+const SWEEP: Duration = Duration::from_micros(200);
 
 /// What one burst measured.
 pub struct Burst {
@@ -102,7 +107,8 @@ pub fn run(
                         left -= 1;
                     }
                 }
-                std::thread::yield_now();
+                // A sweep at most every 0.2 ms: the poller must not take a core from the agent.
+                std::thread::sleep(SWEEP);
             }
             let last_in = start.elapsed();
             done.store(true, Ordering::Release);
@@ -157,6 +163,9 @@ fn traffic(agent: u32, done: &AtomicBool) -> (u64, u64) {
             .build();
         let (ret, len) = test_run(program.as_fd().as_raw_fd(), &frame, &mut out);
         packets += 1;
+        if packets.is_multiple_of(PACKETS_PER_MS) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let (dst, port) = packet::dst_of(&out[..len.max(38)]);
         let [a, b, ..] = dst.octets();
         if ret == packet::XDP_PASS && a == 10 && (250..=253).contains(&b) && port == 8080 {
