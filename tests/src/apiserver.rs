@@ -1,6 +1,7 @@
 //! A test API server on loopback that speaks the Kubernetes list/watch
 //! protocol for Services, EndpointSlices and Nodes: resourceVersions, chunked
-//! watch streams, bookmarks, dropped connections, `410 Gone` after compaction,
+//! watch streams, bookmarks, dropped connections, `410 Gone` after compaction
+//! (on a new watch, or ending an open one),
 //! label and field selectors (an object that stops or starts matching a
 //! watch's selector is sent as DELETED or ADDED, as the real server does),
 //! paged lists (`limit`, `continue`), GET of one object, `events.k8s.io`
@@ -237,12 +238,27 @@ impl TestApiServer {
     /// Sends a BOOKMARK with the current resourceVersion on every open watch.
     pub fn bookmark(&self) {
         let store = self.shared.store.lock().unwrap();
+        self.to_every_watch("BOOKMARK", store.rv);
+    }
+
+    /// Compacts (see [`TestApiServer::compact`]) and ends every open watch
+    /// with an ERROR event of `410 Gone` ("too old resource version"), as
+    /// the real server does when a watch falls behind compaction: the
+    /// client relists.
+    pub fn expire_watches(&self) {
+        self.compact();
+        let store = self.shared.store.lock().unwrap();
+        self.to_every_watch("ERROR", store.rv);
+    }
+
+    /// Sends `event` (BOOKMARK or ERROR) at `rv` on every open watch.
+    fn to_every_watch(&self, event: &'static str, rv: u64) {
         for (_, api_version, kind) in KINDS {
             let _ = self.shared.changes.send(Change {
                 kind: kind.to_string(),
-                rv: store.rv,
-                kind_of_event: "BOOKMARK",
-                object: json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": store.rv.to_string()}}),
+                rv,
+                kind_of_event: event,
+                object: json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv.to_string()}}),
                 previous: None,
             });
         }

@@ -1,5 +1,6 @@
 //! Reading a process's memory figures from procfs: its peak resident set,
-//! and the kernel memory of the BPF maps it holds.
+//! its resident set split into its own memory and the BPF maps it has
+//! mmapped (`smaps`), and the kernel memory of the BPF maps it holds.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,73 @@ fn field_kib(status: &str, name: &str) -> Option<u64> {
     let mut words = line[name.len()..].split_whitespace();
     let value = words.next()?.parse().ok()?;
     (words.next() == Some("kB")).then_some(value)
+}
+
+/// A process's resident memory from its `/proc/<pid>/smaps`, split into
+/// the BPF maps it has mmapped (the Maglev slab's windows and the filter
+/// array: mappings of `anon_inode:bpf-map`, whose pages are the maps' kernel
+/// memory) and the rest (its heap, stacks, binary and libraries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RssSplit {
+    /// The `Rss` of every mapping, in KiB.
+    pub total_kib: u64,
+    /// The `Rss` of the BPF map mappings, in KiB.
+    pub bpf_maps_kib: u64,
+}
+
+impl RssSplit {
+    /// The resident memory that is not BPF maps, in KiB.
+    #[must_use]
+    pub fn own_kib(self) -> u64 {
+        self.total_kib.saturating_sub(self.bpf_maps_kib)
+    }
+
+    /// The larger of each figure of two samples (a peak over samples).
+    #[must_use]
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            total_kib: self.total_kib.max(other.total_kib),
+            bpf_maps_kib: self.bpf_maps_kib.max(other.bpf_maps_kib),
+        }
+    }
+}
+
+/// Whether a line of `smaps` opens a mapping (`start-end perms offset dev
+/// inode [path]`), and if so, whether it maps a BPF map.
+fn mapping_header(line: &str) -> Option<bool> {
+    let mut words = line.split_whitespace();
+    let (start, end) = words.next()?.split_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(start) || !hex(end) {
+        return None;
+    }
+    let path = words.nth(4).unwrap_or("");
+    Some(path == "anon_inode:bpf-map" || path == "anon_inode:[bpf-map]")
+}
+
+/// The resident memory of a `/proc/<pid>/smaps` text, split (see [`RssSplit`]).
+#[must_use]
+pub fn rss_split(smaps: &str) -> RssSplit {
+    let mut split = RssSplit::default();
+    let mut bpf_map = false;
+    for line in smaps.lines() {
+        if let Some(is_map) = mapping_header(line) {
+            bpf_map = is_map;
+        } else if let Some(kib) = field_kib(line, "Rss:") {
+            split.total_kib += kib;
+            if bpf_map {
+                split.bpf_maps_kib += kib;
+            }
+        }
+    }
+    split
+}
+
+/// The split resident memory of process `pid` now; `None` when it is gone.
+#[must_use]
+pub fn rss_split_of(pid: u32) -> Option<RssSplit> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    (!smaps.is_empty()).then(|| rss_split(&smaps))
 }
 
 /// The `memlock` bytes of a BPF map's `/proc/<pid>/fdinfo/<fd>` text.
@@ -122,6 +190,68 @@ mod tests {
         assert_eq!(anon_rss_kib(STATUS), Some(3_364));
         assert_eq!(peak_rss_kib("Name:\tx\n"), None, "missing field");
         assert_eq!(peak_rss_kib("VmHWM:\t12 MB\n"), None, "unknown unit");
+    }
+
+    /// Three mappings of a made-up agent: its binary, its heap, and a window
+    /// of the slab (a BPF map); the slab's pages are not the agent's own.
+    const SMAPS: &str = "\
+55ae853d7000-55ae853d9000 r--p 00000000 fe:00 247030                     /usr/local/bin/lb-agent
+Size:                  8 kB
+Rss:                   8 kB
+Pss:                   8 kB
+VmFlags: rd mr mw me
+55ae86000000-55ae8a000000 rw-p 00000000 00:00 0                          [heap]
+Size:              65536 kB
+Rss:               61000 kB
+Anonymous:         61000 kB
+VmFlags: rd wr mr mw me ac
+7f0000000000-7f0000100000 rw-s 00000000 00:0f 1057                       anon_inode:bpf-map
+Size:               1024 kB
+Rss:                1024 kB
+Shared_Dirty:       1024 kB
+VmFlags: rd wr sh mr mw me ms
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 
+Size:                132 kB
+Rss:                  12 kB
+";
+
+    #[test]
+    fn smaps_splits_the_bpf_maps_from_the_agents_own_memory() {
+        let split = rss_split(SMAPS);
+        assert_eq!(
+            split,
+            RssSplit {
+                total_kib: 8 + 61_000 + 1_024 + 12,
+                bpf_maps_kib: 1_024
+            }
+        );
+        assert_eq!(split.own_kib(), 61_020);
+        assert_eq!(rss_split(""), RssSplit::default());
+        let later = RssSplit {
+            total_kib: 10,
+            bpf_maps_kib: 5_000,
+        };
+        assert_eq!(
+            split.max(later),
+            RssSplit {
+                total_kib: 62_044,
+                bpf_maps_kib: 5_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_field_line_is_not_a_mapping() {
+        assert_eq!(mapping_header("Rss:                   8 kB"), None);
+        assert_eq!(mapping_header("VmFlags: rd wr mr mw me ac"), None);
+        assert_eq!(
+            mapping_header("7f00-7f01 rw-s 00000000 00:0f 1057 anon_inode:bpf-map"),
+            Some(true)
+        );
+        assert_eq!(
+            mapping_header("7ffd-7ffe rw-p 00000000 00:00 0"),
+            Some(false)
+        );
     }
 
     #[test]

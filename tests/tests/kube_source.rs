@@ -209,6 +209,36 @@ fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
     });
 }
 
+/// A watch the server ends with an ERROR event of `410 Gone` (too old
+/// resource version): the watcher relists, and changes made meanwhile
+/// (a deletion) reach the model.
+#[test]
+fn a_watch_ended_by_410_gone_relists() {
+    let server = Arc::new(TestApiServer::start().unwrap());
+    server.apply(&service("web", "10.96.0.10")).unwrap();
+    server
+        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
+        .unwrap();
+    server.apply(&service("old", "10.96.0.12")).unwrap();
+    run(&server.clone(), |mut source| async move {
+        until(&mut source, &["default/old 10.96.0.12:80/TCP -> ", WEB]).await;
+        let lists = server.lists();
+        server.expire_watches();
+        assert!(server.delete("Service", "default", "old"));
+        until(&mut source, &[WEB]).await;
+        // Each watch relists after the watcher's backoff.
+        let started = Instant::now();
+        while server.lists() < lists + 3 {
+            assert!(
+                started.elapsed() < WAIT,
+                "every kind relisted: {:#?}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 #[test]
 fn dropped_connections_resume_from_the_last_bookmark_without_relisting() {
     let server = Arc::new(TestApiServer::start().unwrap());

@@ -176,6 +176,10 @@ pub(super) fn watch_response(
                 () = &mut deadline => return,
                 change = changes.recv() => {
                     let Ok(change) = change else { return };
+                    if change.kind == kind && change.kind_of_event == "ERROR" {
+                        let _ = tx.send(line("ERROR", &status(410, "Expired", "too old resource version"))).await;
+                        return;
+                    }
                     if change.kind != kind || (change.kind_of_event != "BOOKMARK" && change.rv <= last) {
                         continue;
                     }

@@ -155,7 +155,7 @@ const JUDGING: &str = "A target is met when its figure meets the bound: the medi
     rounds (a ratio: the median of the per-round ratios; per packet, the worst configuration's; \
     peak RSS, the highest round). \"k/N rounds met\" judges each round's own figure against the \
     same bound (per packet, a round's worst configuration; the p99 change-to-map, the p99 of each \
-    consecutive block of the changes, one block per cold-start round), so a median that hides \
+    round's own 1,000 changes, or its burst's), so a median that hides \
     failed rounds shows. A target met in fewer than all rounds is met by a margin smaller than \
     the machine's noise.\n\n";
 

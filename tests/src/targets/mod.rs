@@ -8,6 +8,7 @@
 //! the same bound and is shown beside the verdict, so a median that hides
 //! failed rounds is visible.
 
+mod control;
 mod e2e;
 mod packet;
 #[cfg(test)]
@@ -115,58 +116,10 @@ fn headline(report: &Value, key: &str) -> Option<Figure> {
     })
 }
 
-/// A size of the control bench (`--source kube`): the row at `services`.
-fn control_row(report: &Value, services: u64) -> Option<&Value> {
-    report["control"]["sizes"]
-        .as_array()?
-        .iter()
-        .find(|r| r["services"].as_u64() == Some(services))
-}
-
-/// A row of the cold-programming comparison (manifests) at `services`.
-fn programming_row(report: &Value, services: u64) -> Option<&Value> {
-    report["e2e"]["programming"]
-        .as_array()?
-        .iter()
-        .find(|r| r["services"].as_u64() == Some(services))
-}
-
-#[allow(clippy::cast_precision_loss)] // KiB far below 2^52
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// `key` of `row` in milliseconds, with its rounds at `rounds_key`.
-fn ms(row: Option<&Value>, key: &str, rounds_key: &str, digits: usize) -> Option<Figure> {
-    let row = row?;
-    let x = row[key].as_f64()?;
-    Some(Figure {
-        value: x,
-        text: format!("{x:.digits$} ms"),
-        rounds: rounds_at(row, rounds_key, "no per-round figures in the bench's JSON"),
-    })
-}
-
-/// The peak RSS of `row` in MiB, with its rounds.
-fn rss(row: Option<&Value>) -> Option<Figure> {
-    let row = row?;
-    let x = mib(row["agent_peak_rss_kib"].as_u64()?);
-    Some(Figure {
-        value: x,
-        text: format!("{x:.0} MiB"),
-        rounds: rounds_at(
-            row,
-            "agent_peak_rss_rounds_kib",
-            "no per-round figures in the bench's JSON",
-        )
-        .map(|r| r.iter().map(|kib| kib / 1024.0).collect()),
-    })
-}
-
 /// Judges every target of issues 4 and 15 against `report` (`{"packet", "e2e", "control"}`).
 #[must_use]
 pub fn judge(report: &Value) -> Vec<Verdict> {
-    vec![
+    let mut verdicts = vec![
         verdict(
             "per packet: established flow <= 2.5x parse-only",
             packet::worst_ratio(report, "established TCP"),
@@ -207,52 +160,11 @@ pub fn judge(report: &Value) -> Vec<Verdict> {
             headline(report, "cps_ours_over_iptables_tc"),
             Bound::AtLeast(1.3),
         ),
-        verdict(
-            "control: 10,000 services from cold in <= 2 s (--source kube)",
-            ms(control_row(report, 10_000), "cold_start_ms", "cold_start_rounds_ms", 0),
-            Bound::AtMost(2000.0),
-        ),
-        verdict(
-            "control: 10,000 services from cold in <= 2 s (manifests)",
-            ms(programming_row(report, 10_000), "ours_ms", "ours_rounds_ms", 0),
-            Bound::AtMost(2000.0),
-        ),
-        verdict(
-            "control: >= 10x faster than iptables-restore of the same rules (10,000 services)",
-            programming_row(report, 10_000).and_then(|r| {
-                let x = r["iptables_restore_over_ours"].as_f64()?;
-                Some(Figure {
-                    value: x,
-                    text: format!("{x:.1}x"),
-                    rounds: rounds_at(
-                        r,
-                        "iptables_restore_over_ours_rounds",
-                        "e2e.json has no per-round ratios",
-                    ),
-                })
-            }),
-            Bound::AtLeast(10.0),
-        ),
-        verdict(
-            "control: p99 change-to-map <= 10 ms (10,000 services)",
-            ms(control_row(report, 10_000), "p99_ms", "p99_rounds_ms", 2),
-            Bound::AtMost(10.0),
-        ),
-        verdict(
-            "control: agent peak RSS <= 150 MiB at 10,000 services (--source kube)",
-            rss(control_row(report, 10_000)),
-            Bound::AtMost(150.0),
-        ),
-        verdict(
-            "control: agent peak RSS <= 150 MiB at 10,000 services (manifests)",
-            rss(programming_row(report, 10_000)),
-            Bound::AtMost(150.0),
-        ),
-    ]
-    .into_iter()
-    .chain(working_set_verdicts(report))
-    .chain(e2e::verdicts(report))
-    .collect()
+    ];
+    verdicts.extend(working_set_verdicts(report));
+    verdicts.extend(control::verdicts(report));
+    verdicts.extend(e2e::verdicts(report));
+    verdicts
 }
 
 /// Issue 15's per-packet targets over the working set, against the floor.

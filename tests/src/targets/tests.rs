@@ -275,3 +275,51 @@ fn working_set_targets_are_judged_per_round_against_the_floor() {
     let v = judge(&report(500));
     assert_eq!(find(&v, "per packet, working set: new flow").met, None);
 }
+
+#[test]
+fn the_burst_and_the_agents_own_memory_are_judged_from_the_control_row() {
+    let report = json!({"control": {"sizes": [{"services": 10_000, "p99_ms": 0.5,
+        "agent_peak_rss_kib": 200 * 1024, "agent_own_peak_kib": 120 * 1024,
+        "agent_own_peak_rounds_kib": [120 * 1024, 160 * 1024], "maps_memlock_bytes": 90u64 << 20,
+        "burst": {"p99_ms": 12.5, "drain_ms": 40.0, "p99_rounds_ms": [8.0, 12.5]}}]}});
+    let v = control::verdicts(&report);
+    let judged = judge(&report);
+    let control_lines: Vec<_> = judged
+        .iter()
+        .filter(|v| v.target.starts_with("control:"))
+        .collect();
+    assert_eq!(
+        v.len(),
+        control_lines.len(),
+        "every control line comes from control.rs"
+    );
+    let burst = find(&v, "control: p99 change-to-map <= 10 ms during a burst");
+    assert_eq!(
+        (burst.met, burst.measured.as_str()),
+        (
+            Some(false),
+            "12.50 ms (drained 40 ms after the last update)"
+        )
+    );
+    assert_eq!(burst.rounds, Rounds::Counted { met: 1, of: 2 });
+    let own = find(&v, "control: agent peak RSS without BPF maps and slab");
+    assert_eq!(
+        (own.met, own.measured.as_str()),
+        (Some(true), "120 MiB (maps 90 MiB, sum 210 MiB)")
+    );
+    assert_eq!(own.rounds, Rounds::Counted { met: 1, of: 2 });
+    // The whole resident set (the mmapped slab in it) misses.
+    let whole = find(
+        &v,
+        "control: agent peak RSS <= 150 MiB at 10,000 services (--source",
+    );
+    assert_eq!(whole.met, Some(false));
+    // Without a burst in the JSON: not measured.
+    let report = json!({"control": {"sizes": [{"services": 10_000, "p99_ms": 0.5}]}});
+    let burst = find(
+        &judge(&report),
+        "control: p99 change-to-map <= 10 ms during",
+    )
+    .clone();
+    assert_eq!(burst.met, None);
+}

@@ -122,3 +122,80 @@ fn a_list_longer_than_a_page_is_read_whole() {
         }
     });
 }
+
+/// kube-rs' `Api::list` with a page size: each page holds at most that
+/// many, carries the first page's resourceVersion and a continue token
+/// until the last; the pages joined are the list at the first page (a
+/// Service created between pages is not in them). A token from before a
+/// compaction (or one never given) is `410 Gone` with a Status, as the
+/// real server answers.
+#[test]
+fn api_list_pages_join_into_one_consistent_list() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, ListParams};
+
+    let server = Arc::new(TestApiServer::start().unwrap());
+    for i in 0..5 {
+        server
+            .apply(&service(&format!("s{i}"), &format!("10.96.0.{}", 10 + i)))
+            .unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let api = Api::<Service>::all(kube::Client::try_from(config).unwrap());
+        let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+        assert_eq!(first.items.len(), 2);
+        let rv = first.metadata.resource_version.clone().unwrap();
+        server.apply(&service("late", "10.96.0.99")).unwrap();
+        let mut names: Vec<String> = first
+            .items
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        let mut token = first.metadata.continue_.clone();
+        let mut pages = 1;
+        while let Some(t) = token.filter(|t| !t.is_empty()) {
+            let page = api
+                .list(&ListParams::default().limit(2).continue_token(&t))
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 2);
+            assert_eq!(page.metadata.resource_version.as_deref(), Some(rv.as_str()));
+            names.extend(page.items.iter().map(|s| s.metadata.name.clone().unwrap()));
+            token = page.metadata.continue_;
+            pages += 1;
+        }
+        assert_eq!(pages, 3, "5 Services in pages of 2");
+        assert_eq!(
+            names,
+            ["s0", "s1", "s2", "s3", "s4"],
+            "joined, without the late one"
+        );
+        let whole = api.list(&ListParams::default()).await.unwrap();
+        assert_eq!(whole.items.len(), 6, "a new list has it");
+        assert!(whole.metadata.continue_.is_none_or(|t| t.is_empty()));
+
+        let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+        server.compact();
+        let stale = first.metadata.continue_.unwrap();
+        for token in [stale.as_str(), "never-given"] {
+            match api
+                .list(&ListParams::default().limit(2).continue_token(token))
+                .await
+            {
+                Err(kube::Error::Api(status)) => {
+                    assert_eq!(
+                        (status.code, status.reason.as_str()),
+                        (410, "Expired"),
+                        "{status:?}"
+                    );
+                }
+                other => panic!("{token}: expected 410 Gone, got {other:?}"),
+            }
+        }
+    });
+}

@@ -1,0 +1,152 @@
+//! The control-path targets: cold start (`--source kube` and manifests),
+//! against iptables-restore, change-to-map p99 (one by one and in a burst)
+//! and the agent's memory at 10,000 Services, with their per-round figures.
+
+use serde_json::Value;
+
+use super::{rounds_at, verdict, Bound, Figure, Verdict};
+
+/// A size of the control bench (`--source kube`): the row at `services`.
+fn control_row(report: &Value, services: u64) -> Option<&Value> {
+    report["control"]["sizes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["services"].as_u64() == Some(services))
+}
+
+/// A row of the cold-programming comparison (manifests) at `services`.
+fn programming_row(report: &Value, services: u64) -> Option<&Value> {
+    report["e2e"]["programming"]
+        .as_array()?
+        .iter()
+        .find(|r| r["services"].as_u64() == Some(services))
+}
+
+#[allow(clippy::cast_precision_loss)] // KiB far below 2^52
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// `key` of `row` in milliseconds, with its rounds at `rounds_key`.
+fn ms(row: Option<&Value>, key: &str, rounds_key: &str, digits: usize) -> Option<Figure> {
+    let row = row?;
+    let x = row[key].as_f64()?;
+    Some(Figure {
+        value: x,
+        text: format!("{x:.digits$} ms"),
+        rounds: rounds_at(row, rounds_key, "no per-round figures in the bench's JSON"),
+    })
+}
+
+/// The peak RSS of `row` in MiB, with its rounds.
+fn rss(row: Option<&Value>) -> Option<Figure> {
+    let row = row?;
+    let x = mib(row["agent_peak_rss_kib"].as_u64()?);
+    Some(Figure {
+        value: x,
+        text: format!("{x:.0} MiB"),
+        rounds: rounds_at(
+            row,
+            "agent_peak_rss_rounds_kib",
+            "no per-round figures in the bench's JSON",
+        )
+        .map(|r| r.iter().map(|kib| kib / 1024.0).collect()),
+    })
+}
+
+/// The burst's p99 change-to-map of `row` (1,000 updates in a second), with its rounds.
+fn burst_p99(row: Option<&Value>) -> Option<Figure> {
+    let burst = &row?["burst"];
+    let x = burst["p99_ms"].as_f64()?;
+    Some(Figure {
+        value: x,
+        text: format!(
+            "{x:.2} ms (drained {:.0} ms after the last update)",
+            burst["drain_ms"].as_f64().unwrap_or(f64::NAN)
+        ),
+        rounds: rounds_at(
+            burst,
+            "p99_rounds_ms",
+            "no per-round figures in the bench's JSON",
+        ),
+    })
+}
+
+/// The agent's own peak RSS of `row` over every phase (ready, changes,
+/// burst, after a relist), without its mmapped BPF maps (slab, filter), in
+/// MiB, with the maps' kernel memory and the sum beside it.
+fn own_rss(row: Option<&Value>) -> Option<Figure> {
+    let row = row?;
+    let own = mib(row["agent_own_peak_kib"].as_u64()?);
+    let maps = mib(row["maps_memlock_bytes"].as_u64().unwrap_or(0) / 1024);
+    Some(Figure {
+        value: own,
+        text: format!(
+            "{own:.0} MiB (maps {maps:.0} MiB, sum {:.0} MiB)",
+            own + maps
+        ),
+        rounds: rounds_at(
+            row,
+            "agent_own_peak_rounds_kib",
+            "no per-round figures in the bench's JSON",
+        )
+        .map(|r| r.iter().map(|kib| kib / 1024.0).collect()),
+    })
+}
+
+/// Judges the control-path targets against `report`.
+pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
+    vec![
+        verdict(
+            "control: 10,000 services from cold in <= 2 s (--source kube)",
+            ms(control_row(report, 10_000), "cold_start_ms", "cold_start_rounds_ms", 0),
+            Bound::AtMost(2000.0),
+        ),
+        verdict(
+            "control: 10,000 services from cold in <= 2 s (manifests)",
+            ms(programming_row(report, 10_000), "ours_ms", "ours_rounds_ms", 0),
+            Bound::AtMost(2000.0),
+        ),
+        verdict(
+            "control: >= 10x faster than iptables-restore of the same rules (10,000 services)",
+            programming_row(report, 10_000).and_then(|r| {
+                let x = r["iptables_restore_over_ours"].as_f64()?;
+                Some(Figure {
+                    value: x,
+                    text: format!("{x:.1}x"),
+                    rounds: rounds_at(
+                        r,
+                        "iptables_restore_over_ours_rounds",
+                        "e2e.json has no per-round ratios",
+                    ),
+                })
+            }),
+            Bound::AtLeast(10.0),
+        ),
+        verdict(
+            "control: p99 change-to-map <= 10 ms (10,000 services)",
+            ms(control_row(report, 10_000), "p99_ms", "p99_rounds_ms", 2),
+            Bound::AtMost(10.0),
+        ),
+        verdict(
+            "control: p99 change-to-map <= 10 ms during a burst of 1,000 updates in 1 s (10,000 services)",
+            burst_p99(control_row(report, 10_000)),
+            Bound::AtMost(10.0),
+        ),
+        verdict(
+            "control: agent peak RSS <= 150 MiB at 10,000 services (--source kube)",
+            rss(control_row(report, 10_000)),
+            Bound::AtMost(150.0),
+        ),
+        verdict(
+            "control: agent peak RSS without BPF maps and slab <= 150 MiB at 10,000 services, over ready, changes, burst and relist (--source kube)",
+            own_rss(control_row(report, 10_000)),
+            Bound::AtMost(150.0),
+        ),
+        verdict(
+            "control: agent peak RSS <= 150 MiB at 10,000 services (manifests)",
+            rss(programming_row(report, 10_000)),
+            Bound::AtMost(150.0),
+        ),
+    ]
+}
