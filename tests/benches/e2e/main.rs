@@ -116,7 +116,7 @@ fn main() -> Result<()> {
     md.push_str(&fixed_md);
     draw_charts(&medians, &out)?;
     // Loading 100,000 nft chains takes minutes: at most three rounds of it.
-    let (programming_md, programming_json) = programming(rounds.min(3), &out)?;
+    let (programming_md, programming_json) = programming(rounds.min(3), &out, quick)?;
     let _ = write!(md, "### Programming from cold\n\n{programming_md}\n");
     for row in programming_json.as_array().into_iter().flatten() {
         let _ = writeln!(

@@ -20,7 +20,10 @@ use crate::modes::{load_rules, programs, Programs};
 
 /// its maps' kernel memory in bytes, `iptables-restore`, `nft -f`, its heap
 /// at ready in KiB).
-fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duration, Duration, u64)> {
+fn program_from_cold(
+    programs: &Programs,
+    with_nft: bool,
+) -> Result<(Duration, u64, u64, Duration, Option<Duration>, u64)> {
     let topo = ClusterTopology::new()?;
     let dir = programs.manifests.path().to_string_lossy().into_owned();
     let started = Instant::now();
@@ -40,12 +43,24 @@ fn program_from_cold(programs: &Programs) -> Result<(Duration, u64, u64, Duratio
         Ok(started.elapsed())
     };
     let iptables = timed("iptables-restore <", &programs.iptables)?;
-    let nft = timed("nft -f", &programs.nft)?;
+    let nft = if with_nft {
+        Some(timed("nft -f", &programs.nft)?)
+    } else {
+        None
+    };
     Ok((ours, peak_kib, maps_bytes, iptables, nft, heap_kib))
 }
 
+/// Services above which a quick run skips `nft -f` (10,000 Services' rules
+/// take it about two minutes here, and no target reads it).
+const QUICK_NFT_MAX: u32 = 1_000;
+
 /// The cold-programming comparison at 1,000 and 10,000 services: markdown and JSON.
-pub(crate) fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_json::Value)> {
+pub(crate) fn programming(
+    rounds: usize,
+    dir: &Path,
+    quick: bool,
+) -> Result<(String, serde_json::Value)> {
     let mut md = String::from(
         "Programming from cold: our agent from start to `ready` (programs loaded and verified, \
          manifests parsed, every map written), against `iptables-restore` and `nft -f` loading the \
@@ -60,15 +75,21 @@ pub(crate) fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_js
     for total in [1_000u32, 10_000] {
         let programs = programs(total, dir)?;
         let mut runs = Vec::new();
+        let with_nft = !quick || total <= QUICK_NFT_MAX;
         for _ in 0..rounds {
-            runs.push(program_from_cold(&programs)?);
+            runs.push(program_from_cold(&programs, with_nft)?);
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let ours = figure(&runs.iter().map(|r| ms(r.0)).collect::<Vec<_>>());
         let peak = figure(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
         let maps = figure(&runs.iter().map(|r| r.2).collect::<Vec<_>>());
         let ipt = figure(&runs.iter().map(|r| ms(r.3)).collect::<Vec<_>>());
-        let nft = figure(&runs.iter().map(|r| ms(r.4)).collect::<Vec<_>>());
+        let nft: Option<Vec<u64>> = runs.iter().map(|r| r.4.map(ms)).collect();
+        let nft = nft.map(|rounds| figure(&rounds));
+        let nft_text = nft.as_ref().map_or_else(
+            || "- (skipped in --quick)".to_string(),
+            |f| format!("{} ({}-{})", f.median, f.low, f.high),
+        );
         let heap = figure(&runs.iter().map(|r| r.5).collect::<Vec<_>>());
         let ours_rounds: Vec<u64> = runs.iter().map(|r| ms(r.0)).collect();
         let ipt_rounds: Vec<u64> = runs.iter().map(|r| ms(r.3)).collect();
@@ -81,23 +102,20 @@ pub(crate) fn programming(rounds: usize, dir: &Path) -> Result<(String, serde_js
             .collect();
         let _ = writeln!(
             md,
-            "| {total} | {} ({}-{}) | {} ({}-{}) | {} ({}-{}) | {speedup:.1}x | {:.0} | {:.0} | {:.1} |",
+            "| {total} | {} ({}-{}) | {} ({}-{}) | {nft_text} | {speedup:.1}x | {:.0} | {:.0} | {:.1} |",
             ours.median,
             ours.low,
             ours.high,
             ipt.median,
             ipt.low,
             ipt.high,
-            nft.median,
-            nft.low,
-            nft.high,
             mib(peak.high * 1024),
             mib(heap.median * 1024),
             mib(maps.median),
         );
         json.push(
             serde_json::json!({"services": total, "ours_ms": ours.median,
-            "iptables_restore_ms": ipt.median, "nft_ms": nft.median,
+            "iptables_restore_ms": ipt.median, "nft_ms": nft.map(|f| f.median),
             "iptables_restore_over_ours": speedup, "agent_peak_rss_kib": peak.high,
             "agent_heap_at_ready_kib": heap.median,
             "maps_memlock_bytes": maps.median, "ours_rounds_ms": ours_rounds,
