@@ -82,6 +82,15 @@ fn until_moved(maps: &Maps, key: lb_common::ServiceKey, before: u32, sent: Insta
     }
 }
 
+/// Halts a sampler when dropped (also while a failed round unwinds).
+struct Halt<'a>(&'a memory::Sampler);
+
+impl Drop for Halt<'_> {
+    fn drop(&mut self) {
+        self.0.halt();
+    }
+}
+
 /// What one round measured (after its cold start).
 struct Round {
     cold_us: u64,
@@ -121,7 +130,10 @@ fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Ro
     );
     let mut latencies = Vec::with_capacity(changes);
     let mut next_ip = {
-        let mut n = round * changes;
+        // Each round takes `changes` addresses and one more for the relist:
+        // a round starting where the last one's relist left the slice would
+        // change nothing, and wait for a move that never comes.
+        let mut n = round * (changes + 1);
         move || {
             n += 1;
             format!("10.244.{}.{}", 3 + n / 250 % 200, n % 250 + 1)
@@ -129,6 +141,8 @@ fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Ro
     };
     let (burst, relist, peaks) = std::thread::scope(|s| {
         s.spawn(|| sampler.run());
+        // A round that panics halts the sampler, or the scope would wait for it forever.
+        let _halt = Halt(&sampler);
         sampler.enter(1);
         for _ in 0..changes {
             let before = maps.services.get(&key, 0).unwrap().table_offset;

@@ -93,6 +93,12 @@ impl Sampler {
         self.sample();
     }
 
+    /// Ends the sampling without a last sample (a round that failed: the
+    /// sampling thread must end for the failure to surface).
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
     /// Ends the sampling (after a last sample); returns the peak of each phase.
     pub fn stop(&self) -> [RssSplit; PHASES.len()] {
         self.sample();
