@@ -177,7 +177,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
         );
         planner
     } else {
-        Planner::new_sized(capacity(datapath), REUSE_GRACE)
+        Planner::new_sized(sizes, REUSE_GRACE)
     };
     let mut reconciler = Reconciler::with_planner(options.node.clone(), planner);
     reconciler.track_gone(options.datapath.socket_lb_cgroup.is_some());

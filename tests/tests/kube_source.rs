@@ -180,14 +180,20 @@ fn a_slice_before_its_service_is_picked_up_when_the_service_comes() {
     });
 }
 
-#[test]
-fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
+/// A server holding "web" (two endpoints) and "old" (none).
+fn with_web_and_old() -> Arc<TestApiServer> {
     let server = Arc::new(TestApiServer::start().unwrap());
     server.apply(&service("web", "10.96.0.10")).unwrap();
     server
         .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
         .unwrap();
     server.apply(&service("old", "10.96.0.12")).unwrap();
+    server
+}
+
+#[test]
+fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
+    let server = with_web_and_old();
     run(&server.clone(), |mut source| async move {
         until(&mut source, &["default/old 10.96.0.12:80/TCP -> ", WEB]).await;
         let lists = server.lists();
@@ -214,12 +220,7 @@ fn relist_after_410_removes_what_vanished_and_keeps_the_rest() {
 /// (a deletion) reach the model.
 #[test]
 fn a_watch_ended_by_410_gone_relists() {
-    let server = Arc::new(TestApiServer::start().unwrap());
-    server.apply(&service("web", "10.96.0.10")).unwrap();
-    server
-        .apply(&slice("web", &["10.244.1.2", "10.244.1.3"]))
-        .unwrap();
-    server.apply(&service("old", "10.96.0.12")).unwrap();
+    let server = with_web_and_old();
     run(&server.clone(), |mut source| async move {
         until(&mut source, &["default/old 10.96.0.12:80/TCP -> ", WEB]).await;
         let lists = server.lists();
