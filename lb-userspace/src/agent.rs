@@ -22,7 +22,7 @@ use crate::{
     plan::{Capacity, Planner},
     reconcile::{Reconciler, CHUNK_SLOTS, REUSE_GRACE},
     report::Reporter,
-    source::{events::EventSink, kube::KubeSource, manifests::ManifestSource, Source},
+    source::{api_server, events::EventSink, kube::KubeSource, manifests::ManifestSource, Source},
 };
 
 /// How often to look for new pod interfaces.
@@ -35,8 +35,11 @@ pub enum SourceConfig {
     Manifests(PathBuf),
     /// The API server: in-cluster config, or this kubeconfig file.
     Kube {
-        /// Path of a kubeconfig; `None` infers (in-cluster, then `~/.kube/config`).
+        /// Path of a kubeconfig; `None` infers (`~/.kube/config`, then in-cluster).
         kubeconfig: Option<PathBuf>,
+        /// The API server's direct address, in place of the config's
+        /// (`--api-server`, see [`api_server`]).
+        api_server: Option<http::Uri>,
     },
 }
 
@@ -289,8 +292,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
             })?;
             (Box::new(source), datapath)
         }
-        SourceConfig::Kube { kubeconfig } => {
-            let client = kube_client(kubeconfig.as_ref()).await?;
+        SourceConfig::Kube {
+            kubeconfig,
+            api_server,
+        } => {
+            let client = kube_client(kubeconfig.as_ref(), api_server.as_ref()).await?;
             let source = KubeSource::start(&client, &changed_tx, &options.node.name);
             events = Some(client);
             info!("waiting for the initial list of Services and EndpointSlices");
@@ -304,8 +310,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
     result
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+/// The client of the config found (a kubeconfig, or in-cluster), at
+/// `api_server` when given: its credentials and CA stay the config's.
+async fn kube_client(
+    kubeconfig: Option<&PathBuf>,
+    api_server: Option<&http::Uri>,
+) -> Result<kube::Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -317,6 +328,20 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
             .await
             .context("no in-cluster config and no kubeconfig: pass --kubeconfig")?,
     };
+    if let Some(server) = api_server {
+        info!(%server, replaces = %config.cluster_url, "reaching the API server at --api-server");
+        config.cluster_url = server.clone();
+    } else if api_server::through_service(
+        &config.cluster_url,
+        std::env::var(api_server::SERVICE_HOST_ENV).ok().as_deref(),
+    ) {
+        warn!(
+            server = %config.cluster_url,
+            "the API server is reached through the kubernetes Service's cluster IP: where this \
+             agent replaces kube-proxy, a node booting without pinned maps cannot reach it; \
+             pass --api-server with the control plane's address"
+        );
+    }
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod node_ports;
 pub mod plan;
+pub mod preflight;
 pub mod problem;
 pub mod reconcile;
 pub mod report;

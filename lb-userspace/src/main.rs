@@ -55,6 +55,10 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Check this node before the agent replaces kube-proxy: kernel, bpffs,
+    /// cgroup v2, other programs on the interfaces, kube-proxy's rules.
+    /// Exits 1 when something blocks.
+    Check(CheckArgs),
     /// List the tracked flows: client -> service -> backend, protocol, age.
     Conntrack {
         /// Pin directory of the running agent.
@@ -67,6 +71,25 @@ enum Command {
 }
 
 #[derive(Parser)]
+struct CheckArgs {
+    /// Pin directory the agent would use.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Uplink interfaces the agent would attach to (repeat for several).
+    #[arg(long = "xdp-iface")]
+    xdp_ifaces: Vec<String>,
+    /// Pod interface names or patterns with `*` (repeat for several).
+    #[arg(long = "tc-iface")]
+    tc_ifaces: Vec<String>,
+    /// The cgroup v2 directory of socket-level balancing, if it is to be used.
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Parser)]
 struct RunArgs {
     /// Where Services and EndpointSlices come from.
     #[arg(long, value_enum, default_value_t = SourceArg::Manifests)]
@@ -74,9 +97,15 @@ struct RunArgs {
     /// Directory of Service, EndpointSlice and Endpoints manifests (YAML or JSON), for `--source manifests`.
     #[arg(long, required_if_eq("source", "manifests"))]
     manifests: Option<PathBuf>,
-    /// Kubeconfig for `--source kube` [default: in-cluster config, then ~/.kube/config].
+    /// Kubeconfig for `--source kube` [default: ~/.kube/config, then the in-cluster config].
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The API server's direct address (host:port or https:// URL; "" for
+    /// none), used in place of the config's: required where the agent
+    /// replaces kube-proxy, whose in-cluster address (the `kubernetes`
+    /// Service) only the agent itself would serve.
+    #[arg(long, default_value = "")]
+    api_server: String,
     /// Uplink interface for the XDP program, or with `--uplink-hook tc` the
     /// uplink TC program (repeat for several).
     #[arg(long = "xdp-iface")]
@@ -251,6 +280,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Check(args) => {
+            let code = check(&args)?;
+            std::process::exit(code);
+        }
         Command::Cleanup { pin_dir } => {
             lb_userspace::datapath::cleanup(&pin_dir);
             println!(
@@ -312,12 +345,18 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         None => hostname()?,
     };
     let source = match args.source {
-        SourceArg::Manifests => SourceConfig::Manifests(
-            args.manifests
-                .context("--source manifests needs --manifests DIR")?,
-        ),
+        SourceArg::Manifests => {
+            if !args.api_server.trim().is_empty() {
+                bail!("--api-server is for --source kube");
+            }
+            SourceConfig::Manifests(
+                args.manifests
+                    .context("--source manifests needs --manifests DIR")?,
+            )
+        }
         SourceArg::Kube => SourceConfig::Kube {
             kubeconfig: args.kubeconfig,
+            api_server: lb_userspace::source::api_server::parse(&args.api_server)?,
         },
     };
     let mut timeouts = lb_common::conntrack::DEFAULT_TIMEOUTS;
@@ -392,6 +431,35 @@ fn socket_lb_cgroup(args: &RunArgs) -> Result<Option<PathBuf>> {
         ),
         (SocketLbArg::Host | SocketLbArg::All, Some(path)) => Ok(Some(path.clone())),
     }
+}
+
+/// `lb-agent check`: prints what the node's facts mean; the exit status.
+fn check(args: &CheckArgs) -> Result<i32> {
+    use lb_userspace::preflight::{self, probe};
+    let facts = probe::gather(&probe::CheckOptions {
+        pin_dir: args.pin_dir.clone(),
+        uplinks: args.xdp_ifaces.clone(),
+        pod_patterns: args.tc_ifaces.clone(),
+        socket_lb_cgroup: args.socket_lb_cgroup.clone(),
+    });
+    let findings = preflight::assess(&facts);
+    let code = preflight::exit_code(&findings);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        for finding in &findings {
+            println!("{finding}");
+        }
+        println!(
+            "{}",
+            if code == 0 {
+                "nothing blocks lb-agent on this node"
+            } else {
+                "something blocks lb-agent on this node (BLOCK above)"
+            }
+        );
+    }
+    Ok(code)
 }
 
 /// Checks `--max-backends`: at least 2 (id 0 is never used), at most

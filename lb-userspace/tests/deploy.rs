@@ -326,3 +326,21 @@ fn socket_level_balancing_reads_the_hosts_cgroup_v2_root_and_pod_namespaces() {
     let found = volume(&pod, &mount.name);
     assert_eq!(found.host_path.as_ref().unwrap().path, "/run/netns");
 }
+
+#[test]
+fn the_api_server_address_comes_from_the_configmap_and_parses() {
+    let ds: DaemonSet = one("DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        args.iter().any(|a| a == "--api-server=$(LB_API_SERVER)"),
+        "the DaemonSet passes the ConfigMap's API server address"
+    );
+    let config: ConfigMap = one("ConfigMap");
+    let value = config.data.unwrap_or_default()["LB_API_SERVER"].clone();
+    // The shipped default is empty (the in-cluster address) and must parse.
+    assert_eq!(
+        lb_userspace::source::api_server::parse(&value).unwrap(),
+        None
+    );
+}

@@ -121,6 +121,12 @@ impl TestApiServer {
 
     /// Starts a server on 127.0.0.1 inside `ns` (the agent's node), or here.
     pub fn start_in(ns: Option<&Netns>) -> Result<Self> {
+        Self::start_at(ns, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts a server on `ip` (an address of `ns`, or of this process's
+    /// namespace), on a port of the kernel's choosing.
+    pub fn start_at(ns: Option<&Netns>, ip: std::net::Ipv4Addr) -> Result<Self> {
         let (changes, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
@@ -129,8 +135,8 @@ impl TestApiServer {
             open_watches: Arc::default(),
         });
         let listener = match ns {
-            Some(ns) => ns.run(|| std::net::TcpListener::bind("127.0.0.1:0"))??,
-            None => std::net::TcpListener::bind("127.0.0.1:0")?,
+            Some(ns) => ns.run(move || std::net::TcpListener::bind((ip, 0)))??,
+            None => std::net::TcpListener::bind((ip, 0))?,
         };
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -166,13 +172,18 @@ impl TestApiServer {
 
     /// Writes a kubeconfig pointing at this server.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
-        let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{}\"}}\n\
-             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\n\
-             current-context: test\n",
-            self.url()
-        );
+        let config = Self::kubeconfig_text(&self.url());
         std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A kubeconfig naming `server` (a URL), without credentials.
+    #[must_use]
+    pub fn kubeconfig_text(server: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{server}\"}}\n\
+             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\n\
+             current-context: test\n"
+        )
     }
 
     /// Creates or replaces an object (given as YAML or JSON), as `kubectl apply` would.

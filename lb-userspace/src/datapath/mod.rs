@@ -29,13 +29,14 @@ use tracing::{info, warn};
 
 use crate::flows::{self, FlowSettings};
 
+pub use self::{
+    attach::{ifindex, interfaces},
+    layout::PIN_LAYOUT,
+    writer::{decode_label, encode_label},
+};
 use self::{
     handover::PendingHandover,
     maps::{Maps, PINNED_MAPS},
-};
-pub use self::{
-    layout::PIN_LAYOUT,
-    writer::{decode_label, encode_label},
 };
 
 /// The kernel programs' object, embedded at build time.

@@ -2,6 +2,7 @@
 //! A source signals "something changed" on a channel and, when asked, gives
 //! its model and what changed since it was last asked.
 
+pub mod api_server;
 pub mod events;
 pub mod kube;
 pub mod manifests;
