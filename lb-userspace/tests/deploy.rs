@@ -200,6 +200,11 @@ fn the_daemonset_runs_everywhere_with_least_privilege_and_real_probes() {
         "exactly the capabilities the code needs"
     );
     assert_eq!(caps.drop.unwrap_or_default(), ["ALL"]);
+    assert_eq!(
+        security.read_only_root_filesystem,
+        Some(true),
+        "a read-only root, as tests/e2e_confined.rs runs the agent"
+    );
     let requests = container.resources.clone().unwrap().requests.unwrap();
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
     let mounts: BTreeSet<String> = container

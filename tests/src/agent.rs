@@ -176,7 +176,49 @@ impl Agent {
         Self::spawn(node, &args, &pin_dir, false)
     }
 
+    /// Starts the agent as [`Agent::start_with`] does, confined as the
+    /// DaemonSet confines it: only the capabilities `caps` (names as in a
+    /// securityContext, e.g. `NET_ADMIN`; the bounding set limits what root
+    /// gets at exec) and the root file system read-only (a mount namespace
+    /// of its own where `/` is remounted read-only; bpffs, /proc and /sys
+    /// stay writable, as the DaemonSet's mounts are).
+    pub fn start_confined(node: &Netns, caps: &[&str], source_args: &[&str]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));
+        let mut args = source_args.to_vec();
+        args.push("--detach-on-exit");
+        let bounding: Vec<String> = caps
+            .iter()
+            .map(|c| format!("+{}", c.to_ascii_lowercase()))
+            .collect();
+        let confine = [
+            "unshare".to_string(),
+            "--mount".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            "mount -o remount,bind,ro / && exec \"$@\"".into(),
+            "confine".into(),
+            "setpriv".into(),
+            format!("--bounding-set=-all,{}", bounding.join(",")),
+            "--".into(),
+        ];
+        Self::spawn_wrapped(node, &args, &pin_dir, true, &confine)
+    }
+
     fn spawn(node: &Netns, source_args: &[&str], pin_dir: &Path, topology: bool) -> Result<Self> {
+        Self::spawn_wrapped(node, source_args, pin_dir, topology, &[])
+    }
+
+    /// Spawns the agent in `node`, through `wrapper` (a command line the
+    /// agent's own is appended to, which must exec it) if any.
+    fn spawn_wrapped(
+        node: &Netns,
+        source_args: &[&str],
+        pin_dir: &Path,
+        topology: bool,
+        wrapper: &[String],
+    ) -> Result<Self> {
         let bin = agent_bin()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}x{n}", std::process::id());
@@ -189,6 +231,7 @@ impl Agent {
         command
             .arg(format!("--net=/run/netns/{}", node.name()))
             .arg("--")
+            .args(wrapper)
             .arg(&bin)
             .args(["--log-level", "info", "run"])
             .args(source_args);

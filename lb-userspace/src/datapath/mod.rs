@@ -61,10 +61,11 @@ pub const XDP_PARSE_PROGRAM: &str = "xdp_parse";
 
 /// Linux capabilities the agent needs: load programs and maps, attach them
 /// to interfaces and cgroups and set sysctls, read kernel time in programs,
-/// raise rlimits, and (`--socket-lb all`) enter the pods' network
-/// namespaces to close the sockets of a removed backend (`setns`).
-pub const REQUIRED_CAPABILITIES: [&str; 5] =
-    ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"];
+/// and (`--socket-lb all`) enter the pods' network namespaces to close the
+/// sockets of a removed backend (`setns`). Not `SYS_RESOURCE`: the kernels
+/// the programs need (5.18, see `preflight::MIN_KERNEL`) charge BPF memory
+/// to the memory cgroup, not to `RLIMIT_MEMLOCK`.
+pub const REQUIRED_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"];
 
 /// Which program serves the node's uplinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
