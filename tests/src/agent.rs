@@ -177,11 +177,11 @@ impl Agent {
     }
 
     /// Starts the agent as [`Agent::start_with`] does, confined as the
-    /// DaemonSet confines it: only the capabilities `caps` (names as in a
+    /// `DaemonSet` confines it: only the capabilities `caps` (names as in a
     /// securityContext, e.g. `NET_ADMIN`; the bounding set limits what root
     /// gets at exec) and the root file system read-only (a mount namespace
     /// of its own where `/` is remounted read-only; bpffs, /proc and /sys
-    /// stay writable, as the DaemonSet's mounts are).
+    /// stay writable, as the `DaemonSet`'s mounts are).
     pub fn start_confined(node: &Netns, caps: &[&str], source_args: &[&str]) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));

@@ -1,4 +1,4 @@
-//! The agent confined as the DaemonSet confines it: exactly the
+//! The agent confined as the `DaemonSet` confines it: exactly the
 //! capabilities it grants (`REQUIRED_CAPABILITIES`, which `deploy.rs`
 //! checks against the manifest) and a read-only root file system. It
 //! attaches, syncs and serves traffic to local and remote backends.
