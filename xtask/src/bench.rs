@@ -61,6 +61,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         "report.json",
         "e2e-connections.png",
         "e2e-requests.png",
+        "e2e-cpu.png",
         "packet-new-flow-fill.png",
     ] {
         let _ = std::fs::remove_file(out.join(file));

@@ -5,10 +5,14 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::Result;
 use lb_tests::{
     charts::{grouped_bars, Bar, Group},
-    stats::Figure,
+    stats::{figure, Figure},
 };
 
-use crate::{modes::Mode, report::COLUMNS};
+use crate::{
+    fixed::{Fixed, FixedPair},
+    modes::{Mode, Sample},
+    report::COLUMNS,
+};
 
 /// Draws the connection-rate and request-rate charts into `out`.
 pub(crate) fn draw_charts(medians: &BTreeMap<(u32, Mode), Vec<Figure>>, out: &Path) -> Result<()> {
@@ -48,4 +52,54 @@ pub(crate) fn draw_charts(medians: &BTreeMap<(u32, Mode), Vec<Figure>>, out: &Pa
         grouped_bars(&out.join(file), title, COLUMNS[column].0, &groups)?;
     }
     Ok(())
+}
+
+/// One fixed-rate window of a mode's windows.
+type Window = fn(&FixedPair) -> Fixed;
+
+/// The fixed-rate windows the CPU chart shows, at 10,000 Services.
+const CPU_GROUPS: [(&str, Window); 3] = [
+    ("kept-alive, pods on node1", |p| p.kept),
+    ("kept-alive, forwarded to node2", |p| p.remote),
+    ("new connections, pods on node1", |p| p.conn),
+];
+
+/// Draws host CPU per request at the fixed offered rates by mode
+/// (`e2e-cpu.png`, 10,000 Services) into `out`.
+pub(crate) fn draw_cpu_chart(
+    per_round: &BTreeMap<(u32, Mode), Vec<Sample>>,
+    out: &Path,
+) -> Result<()> {
+    #[allow(clippy::cast_precision_loss)] // ns far below 2^52
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let groups: Vec<Group> = CPU_GROUPS
+        .iter()
+        .map(|(label, get)| Group {
+            label: (*label).to_string(),
+            bars: Mode::ALL
+                .iter()
+                .filter(|&&mode| mode != Mode::DirectAgain)
+                .filter_map(|&mode| {
+                    let samples = per_round.get(&(10_000, mode))?;
+                    let ns: Vec<u64> = samples
+                        .iter()
+                        .map(|s| get(&s.fixed).cpu_ns_per_request)
+                        .collect();
+                    let f = figure(&ns);
+                    Some(Bar {
+                        series: mode.name().to_string(),
+                        value: us(f.median),
+                        low: us(f.low),
+                        high: us(f.high),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    grouped_bars(
+        &out.join("e2e-cpu.png"),
+        "Host CPU per request at a fixed rate, 10,000 services (lower is better)",
+        "host CPU µs per request",
+        &groups,
+    )
 }

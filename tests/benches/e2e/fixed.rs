@@ -69,13 +69,15 @@ impl Fixed {
     }
 }
 
-/// The two windows of one mode.
+/// The windows of one mode.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct FixedPair {
-    /// Kept-alive requests.
+    /// Kept-alive requests to node1's pods.
     pub(crate) kept: Fixed,
-    /// New connections (one request each).
+    /// New connections (one request each) to node1's pods.
     pub(crate) conn: Fixed,
+    /// Kept-alive requests to the pod on node2, forwarded by node1.
+    pub(crate) remote: Fixed,
 }
 
 fn summed(progs: &BTreeMap<u32, ProgRuns>) -> (u64, u64) {
@@ -127,9 +129,11 @@ pub(crate) async fn measure(
     })
 }
 
-/// Both windows: kept-alive requests, then new connections.
+/// The windows: kept-alive requests, then new connections, to `targets`;
+/// then kept-alive requests to `remote` (the pod on node2, through node1).
 pub(crate) async fn measure_pair(
     targets: &[SocketAddrV4],
+    remote: SocketAddrV4,
     window: Duration,
     agent: Option<u32>,
 ) -> Result<FixedPair> {
@@ -143,5 +147,6 @@ pub(crate) async fn measure_pair(
             agent,
         )
         .await?,
+        remote: measure(&[remote], Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?,
     })
 }

@@ -1,6 +1,7 @@
 //! The fixed-rate figures as tables, JSON and summary lines: CPU per request
 //! per mode (host-wide and the bench's own processes), its ratio to direct
-//! paired by round, the programs' run time.
+//! paired by round (for flows node1 forwards to node2, our modes' ratio to
+//! the iptables layout too), the programs' run time.
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
@@ -17,11 +18,18 @@ use crate::{
 type Get = fn(&FixedPair) -> Fixed;
 type Cpu = fn(&Fixed) -> u64;
 
-/// The two kinds of window: name, JSON key, figure.
-const KINDS: [(&str, &str, Get); 2] = [
+/// The kinds of window: name, JSON key, figure.
+const KINDS: [(&str, &str, Get); 3] = [
     ("kept-alive request", "kept_alive", |p| p.kept),
     ("new connection", "new_connections", |p| p.conn),
+    ("forwarded kept-alive request", REMOTE_KEY, |p| p.remote),
 ];
+
+/// The JSON key of the window whose flows node1 forwards to node2.
+const REMOTE_KEY: &str = "kept_alive_remote";
+
+/// The JSON key of our modes' host CPU ratios to the iptables layout.
+const OVER_IPTABLES: &str = "cpu_over_iptables";
 
 /// The two CPU figures: JSON key of the ratios, figure.
 const CPUS: [(&str, Cpu); 2] = [
@@ -78,11 +86,41 @@ fn spread_us(w: &[Fixed], cpu: Cpu) -> String {
     format!("{:.1} ({:.1}-{:.1})", us(f.median), us(f.low), us(f.high))
 }
 
+impl Ratio {
+    /// The median and spread, as "1.05x (1.00-1.10x)".
+    fn text(&self) -> String {
+        format!("{:.2}x ({:.2}-{:.2}x)", self.median, self.low, self.high)
+    }
+
+    /// " over N rounds", and how many were short or saturated.
+    fn rounds_text(&self) -> String {
+        let flagged = self
+            .short
+            .iter()
+            .zip(&self.saturated)
+            .filter(|(a, b)| **a || **b)
+            .count();
+        format!(
+            " over {} rounds{}",
+            self.rounds.len(),
+            if flagged > 0 {
+                format!(", {flagged} short or saturated")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "median": self.median, "low": self.low, "high": self.high,
+            "rounds": self.rounds, "short": self.short, "saturated": self.saturated,
+        })
+    }
+}
+
 fn ratio_text(r: Option<&Ratio>) -> String {
-    r.map_or_else(
-        || "-".to_string(),
-        |r| format!("{:.2}x ({:.2}-{:.2}x)", r.median, r.low, r.high),
-    )
+    r.map_or_else(|| "-".to_string(), Ratio::text)
 }
 
 /// One table row's cells after the mode.
@@ -150,7 +188,14 @@ fn intro(window: Duration) -> String {
          threads (`/proc/<pid>/stat`; softirqs run in a sender's context are charged to it). \
          \"x direct\" pairs each mode with the direct run of the same round (median of the rounds' \
          ratios, lowest-highest). BPF ns is the agent's programs' own run time per request \
-         (`BPF_ENABLE_STATS` on during both windows in every mode).\n\n",
+         (`BPF_ENABLE_STATS` on during every window in every mode). Forwarded kept-alive \
+         requests go to a Service whose one endpoint is pod2a on node2 (at the same rate, one \
+         target): node1 translates each flow to its own address and forwards it to node2 and \
+         the replies back to the client (our modes past the stack: a FIB lookup and `XDP_TX`, \
+         or `bpf_redirect_neigh` at TC; kube-proxy's layouts by DNAT and masquerade in the \
+         stack); direct routes the client's requests to pod2a through node1 and node2 routes \
+         the replies through node1, so every mode crosses node1 both ways. For these, \
+         \"x iptables\" below the tables pairs our modes with the iptables layout's round.\n\n",
         window.as_secs(),
         ACHIEVED_MIN * 100.0
     )
@@ -176,6 +221,8 @@ pub(crate) fn fixed_section(
                  |---|---:|---:|---:|---:|---:|---:|---:|"
             );
             let base = windows(per_round, (total, Mode::Direct), get);
+            let iptables = windows(per_round, (total, Mode::Iptables), get);
+            let mut below = String::new();
             for mode in Mode::ALL {
                 let w = windows(per_round, (total, mode), get);
                 if w.is_empty() {
@@ -186,6 +233,9 @@ pub(crate) fn fixed_section(
                         .then(|| over_direct(&w, &base, cpu))
                         .flatten()
                 });
+                let vs_iptables = (key == REMOTE_KEY && matches!(mode, Mode::Ours | Mode::OursTc))
+                    .then(|| over_direct(&w, &iptables, CPUS[0].1))
+                    .flatten();
                 let _ = writeln!(
                     md,
                     "| {} |{}",
@@ -193,45 +243,48 @@ pub(crate) fn fixed_section(
                     cells(&w, host.as_ref(), own.as_ref())
                 );
                 modes.entry(mode.key()).or_insert_with(|| json!({}))[key] = rounds_json(&w);
-                for ((which, _), r) in CPUS.iter().zip([&host, &own]) {
+                for (which, r) in [
+                    (CPUS[0].0, &host),
+                    (CPUS[1].0, &own),
+                    (OVER_IPTABLES, &vs_iptables),
+                ] {
                     let Some(r) = r else { continue };
-                    ratios.entry(*which).or_insert_with(|| json!({}))[key][total.to_string()]
-                        [mode.key()] = json!({
-                        "median": r.median, "low": r.low, "high": r.high,
-                        "rounds": r.rounds, "short": r.short, "saturated": r.saturated,
-                    });
+                    ratios.entry(which).or_insert_with(|| json!({}))[key][total.to_string()]
+                        [mode.key()] = r.json();
                 }
-                if let (Some(h), Some(o), true) = (
-                    &host,
-                    &own,
-                    matches!(mode, Mode::Ours | Mode::OursTc | Mode::DirectAgain),
-                ) {
-                    let flagged = h
-                        .short
-                        .iter()
-                        .zip(&h.saturated)
-                        .filter(|(a, b)| **a || **b)
-                        .count();
+                if let Some(r) = &vs_iptables {
+                    let _ = writeln!(
+                        below,
+                        "- {} x iptables layout, host CPU: {}{}",
+                        mode.name(),
+                        r.text(),
+                        r.rounds_text()
+                    );
                     let _ = writeln!(
                         summary,
-                        "- CPU per {name} at a fixed rate, {total} services, {} / direct: host {:.2}x ({:.2}-{:.2}x), own {:.2}x ({:.2}-{:.2}x) over {} rounds{}",
+                        "- CPU per {name} at a fixed rate, {total} services, {} / iptables layout: host {}{}",
                         mode.name(),
-                        h.median,
-                        h.low,
-                        h.high,
-                        o.median,
-                        o.low,
-                        o.high,
-                        h.rounds.len(),
-                        if flagged > 0 {
-                            format!(", {flagged} short or saturated")
-                        } else {
-                            String::new()
-                        },
+                        r.text(),
+                        r.rounds_text()
+                    );
+                }
+                let summarized = matches!(mode, Mode::Ours | Mode::OursTc | Mode::DirectAgain)
+                    || (key == REMOTE_KEY && mode == Mode::Iptables);
+                if let (Some(h), Some(o), true) = (&host, &own, summarized) {
+                    let _ = writeln!(
+                        summary,
+                        "- CPU per {name} at a fixed rate, {total} services, {} / direct: host {}, own {}{}",
+                        mode.name(),
+                        h.text(),
+                        o.text(),
+                        h.rounds_text()
                     );
                 }
             }
             let _ = writeln!(md);
+            if !below.is_empty() {
+                let _ = writeln!(md, "{below}");
+            }
         }
         scales.push(json!({"services": total, "modes": modes}));
     }

@@ -4,7 +4,10 @@
 //! itself), through our data path, through the rules kube-proxy's iptables
 //! mode installs, and through its nftables-mode rules (nat and filter
 //! tables); with 10 and with 10,000 Services programmed. Saturating loads
-//! give rates; open-loop loads at a fixed rate give host CPU per request. Each measurement gets a fresh
+//! give rates; open-loop loads at a fixed rate give host CPU per request,
+//! to node1's pods and to a Service whose endpoint is on node2 (node1
+//! forwards its flows both ways; direct routing reaches that pod through
+//! node1 too). Each measurement gets a fresh
 //! topology, so no mode inherits another's netfilter state. Rounds rotate the
 //! order of the modes. Run with `cargo xtask bench`.
 
@@ -27,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use lb_tests::{bench_run, stats::Figure};
 
 use crate::{
-    charts::draw_charts,
+    charts::{draw_charts, draw_cpu_chart},
     fixed_report::fixed_section,
     modes::{programs, run_mode, Mode, Sample},
     programming::programming,
@@ -36,6 +39,8 @@ use crate::{
 
 const WEB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const BULK: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 9000);
+/// The Service whose one endpoint is on node2 (pod2a): node1 forwards it.
+const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 80);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const CONCURRENCY: usize = 8;
 
@@ -115,6 +120,7 @@ fn main() -> Result<()> {
     summary.push_str(&fixed_summary);
     md.push_str(&fixed_md);
     draw_charts(&medians, &out)?;
+    draw_cpu_chart(&per_round, &out)?;
     // Loading 100,000 nft chains takes minutes: at most three rounds of it.
     let (programming_md, programming_json) = programming(rounds.min(3), &out, quick)?;
     let _ = write!(md, "### Programming from cold\n\n{programming_md}\n");

@@ -19,7 +19,7 @@ use lb_tests::{
 
 use crate::{
     fixed::{measure_pair, FixedPair},
-    BULK, CLUSTER_CIDR, CONCURRENCY, WEB,
+    BULK, CLUSTER_CIDR, CONCURRENCY, REMOTE, WEB,
 };
 
 /// How the client reaches the service.
@@ -69,8 +69,9 @@ impl Mode {
     }
 }
 
-/// The Services: web (three pods on node1) and bulk (one pod), placed in the
-/// middle of `total` Services whose other endpoints are never reached.
+/// The Services: web (three pods on node1), bulk (one pod) and remote (pod2a,
+/// on node2: node1 forwards its flows), placed in the middle of `total`
+/// Services whose other endpoints are never reached.
 pub(crate) fn workload(total: u32) -> Vec<KpService> {
     let pods = |port| {
         [2, 3, 4]
@@ -85,7 +86,7 @@ pub(crate) fn workload(total: u32) -> Vec<KpService> {
         port: addr.port(),
         endpoints,
         node_name: Some(
-            if name.starts_with("filler") {
+            if name.starts_with("filler") || name == "remote" {
                 "node2"
             } else {
                 "node1"
@@ -93,7 +94,7 @@ pub(crate) fn workload(total: u32) -> Vec<KpService> {
             .into(),
         ),
     };
-    let mut all: Vec<KpService> = (0..total.saturating_sub(2))
+    let mut all: Vec<KpService> = (0..total.saturating_sub(3))
         .map(|i| {
             let base = u32::from(Ipv4Addr::new(10, 250, 0, 0)) + i * 10;
             svc(
@@ -111,6 +112,8 @@ pub(crate) fn workload(total: u32) -> Vec<KpService> {
     let middle = all.len() / 2;
     all.insert(middle, svc("web", WEB, pods(BENCH_HTTP_PORT)));
     all.insert(middle + 1, svc("bulk", BULK, pods(SINK_PORT)[..1].to_vec()));
+    let pod2a = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), BENCH_HTTP_PORT);
+    all.insert(middle + 2, svc("remote", REMOTE, vec![pod2a]));
     all
 }
 
@@ -161,7 +164,9 @@ pub(crate) fn whole(x: f64) -> u64 {
 }
 
 /// A fresh topology whose client routes the pod network via node1 and may
-/// reuse ports quickly.
+/// reuse ports quickly; node2 routes the client via node1 too, so that
+/// direct routing to pod2a crosses node1 both ways, as the balancers' flows
+/// to it do (their replies go to node1's address).
 fn topology() -> Result<ClusterTopology> {
     let topo = ClusterTopology::new()?;
     topo.client.exec(&[
@@ -169,6 +174,14 @@ fn topology() -> Result<ClusterTopology> {
         "route",
         "add",
         "10.244.0.0/16",
+        "via",
+        "192.168.50.11",
+    ])?;
+    topo.node2.exec(&[
+        "ip",
+        "route",
+        "add",
+        "192.168.50.10/32",
         "via",
         "192.168.50.11",
     ])?;
@@ -182,7 +195,8 @@ fn topology() -> Result<ClusterTopology> {
 }
 
 /// Measures `mode` in a fresh topology: the fixed-rate windows (each
-/// `window` long, BPF statistics on), then the saturating loads.
+/// `window` long, BPF statistics on; the last one to pod2a on node2), then
+/// the saturating loads.
 pub(crate) fn run_mode(
     mode: Mode,
     programs: &Programs,
@@ -194,7 +208,8 @@ pub(crate) fn run_mode(
         .iter()
         .map(|p| topo.pod(p))
         .collect();
-    let _servers = BenchServers::start(&pods)?;
+    let pod2a = topo.pod("pod2a");
+    let _servers = BenchServers::start(&[pods.as_slice(), &[pod2a]].concat())?;
     let mut agent = None;
     // Direct spreads over the three pods like the balancers (kept-alive
     // clients and new connections shared out round robin), so the pods do
@@ -235,18 +250,23 @@ pub(crate) fn run_mode(
         eprintln!("no BPF run-time statistics: {e}");
     }
     let targets = web.clone();
+    // Direct routing reaches pod2a through node1 as the balancers' flows do.
+    let remote = match mode {
+        Mode::Direct | Mode::DirectAgain => SocketAddrV4::new(pod2a.ip, BENCH_HTTP_PORT),
+        _ => REMOTE,
+    };
     // Spawned, so it runs on a worker thread, inside the client's namespace.
     let fixed = rt.spawn(async move {
         if !client.is_current() {
             bail!("the load would leave the client's namespace");
         }
-        for &t in &targets {
+        for &t in targets.iter().chain([&remote]) {
             let warm = new_connections(t, 2, Duration::from_millis(300)).await;
             if warm.completed == 0 || warm.errors > 0 {
                 bail!("{}: the service does not answer: {warm:?}", mode.name());
             }
         }
-        measure_pair(&targets, window, agent_pid).await
+        measure_pair(&targets, remote, window, agent_pid).await
     });
     let fixed = rt.block_on(fixed)??;
     drop(stats);

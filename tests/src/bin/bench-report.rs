@@ -69,6 +69,7 @@ fn main() -> Result<()> {
     for png in [
         "e2e-connections.png",
         "e2e-requests.png",
+        "e2e-cpu.png",
         "packet-new-flow-fill.png",
     ] {
         if out.join(png).exists() {
@@ -79,7 +80,8 @@ fn main() -> Result<()> {
     let md = format!(
         "# Benchmarks\n\n{}\n## Targets (issues 4 and 15)\n\n{table}\n{}{noise}\n{notes}\n## End to end\n\n\
          ![New connections per second](docs/bench/e2e-connections.png)\n\n\
-         ![Requests per second](docs/bench/e2e-requests.png)\n\n{}\n\
+         ![Requests per second](docs/bench/e2e-requests.png)\n\n\
+         ![Host CPU per request at a fixed rate](docs/bench/e2e-cpu.png)\n\n{}\n\
          ## East-west: socket-level balancing (issue 14)\n\n{}\n## Per packet, in the kernel\n\n\
          ![New flow by conntrack fill](docs/bench/packet-new-flow-fill.png)\n\n{}\n\
          ## Control path\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",

@@ -1,6 +1,8 @@
-//! The end-to-end CPU target: host CPU per kept-alive request at a fixed
-//! offered rate, our modes over direct in the same round, at 10,000
-//! Services. A round that fell short of the offered rate, or where the host
+//! The end-to-end CPU targets: host CPU per kept-alive request at a fixed
+//! offered rate, our modes over a baseline in the same round, at 10,000
+//! Services: to node1's pods over direct; to a pod on node2 (node1
+//! forwards the flow both ways) over direct routing and over the iptables
+//! layout. A round that fell short of the offered rate, or where the host
 //! was saturated (either mode), does not meet the target: its host CPU
 //! figure is not that of the offered rate, or not that of this load.
 
@@ -8,12 +10,13 @@ use serde_json::Value;
 
 use super::{numbers, verdict, Bound, Figure, Verdict};
 
-/// The ratio of `mode` at 10,000 Services: the median of the rounds not
-/// flagged (the bench's median when it gives no rounds), each flagged round
-/// as infinity (never within a bound); `None` (not measured) when every
-/// round is flagged.
-fn cpu_over_direct(report: &Value, mode: &str) -> Option<Figure> {
-    let r = &report["e2e"]["fixed_rate"]["cpu_over_direct"]["kept_alive"]["10000"][mode];
+/// The ratio `over` (`cpu_over_direct`, `cpu_over_iptables`) of the
+/// windows `kind` (`kept_alive`, `kept_alive_remote`) of `mode` at 10,000
+/// Services: the median of the rounds not flagged (the bench's median when
+/// it gives no rounds), each flagged round as infinity (never within a
+/// bound); `None` (not measured) when every round is flagged.
+fn cpu_ratio(report: &Value, over: &str, kind: &str, mode: &str) -> Option<Figure> {
+    let r = &report["e2e"]["fixed_rate"][over][kind]["10000"][mode];
     let mut median = r["median"].as_f64()?;
     let rounds = numbers(&r["rounds"]).unwrap_or_default();
     let flags = |key: &str| -> Vec<bool> {
@@ -58,18 +61,41 @@ fn cpu_over_direct(report: &Value, mode: &str) -> Option<Figure> {
     })
 }
 
-/// The end-to-end CPU verdicts, one per uplink hook.
+/// The end-to-end CPU verdicts, each per uplink hook.
 pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
+    let direct = "cpu_over_direct";
+    let iptables = "cpu_over_iptables";
+    let (local, remote) = ("kept_alive", "kept_alive_remote");
     vec![
         verdict(
             "end to end: node CPU per kept-alive request <= 1.1x direct (XDP uplink)",
-            cpu_over_direct(report, "ours"),
+            cpu_ratio(report, direct, local, "ours"),
             Bound::AtMost(1.1),
         ),
         verdict(
             "end to end: node CPU per kept-alive request <= 1.1x direct (TC uplink)",
-            cpu_over_direct(report, "ours_tc"),
+            cpu_ratio(report, direct, local, "ours_tc"),
             Bound::AtMost(1.1),
+        ),
+        verdict(
+            "end to end: node CPU per forwarded request <= 0.5x the iptables layout (XDP uplink)",
+            cpu_ratio(report, iptables, remote, "ours"),
+            Bound::AtMost(0.5),
+        ),
+        verdict(
+            "end to end: node CPU per forwarded request <= 0.5x the iptables layout (TC uplink)",
+            cpu_ratio(report, iptables, remote, "ours_tc"),
+            Bound::AtMost(0.5),
+        ),
+        verdict(
+            "end to end: node CPU per forwarded request <= 1.0x direct routing (XDP uplink)",
+            cpu_ratio(report, direct, remote, "ours"),
+            Bound::AtMost(1.0),
+        ),
+        verdict(
+            "end to end: node CPU per forwarded request <= 1.0x direct routing (TC uplink)",
+            cpu_ratio(report, direct, remote, "ours_tc"),
+            Bound::AtMost(1.0),
         ),
     ]
 }
@@ -95,7 +121,7 @@ mod tests {
         let v = verdicts(&report(&json!({"median": 1.05, "low": 1.0, "high": 1.5,
             "rounds": [1.0, 1.5, 1.05], "short": [false, true, false],
             "saturated": [false, false, false]})));
-        assert_eq!(v.len(), 2);
+        assert_eq!(v.len(), 6);
         assert!(v[0].target.contains("XDP uplink"));
         assert_eq!(v[0].met, Some(true), "1.0x and 1.05x: median 1.05x");
         assert_eq!(
@@ -116,6 +142,59 @@ mod tests {
         let v = verdicts(&report(&json!({"median": 0.99, "low": 0.99, "high": 0.99,
             "rounds": [0.99], "short": [false], "saturated": [true]})));
         assert_eq!(v[0].met, None, "a saturated host measures nothing");
+    }
+
+    /// A report with forwarded-request ratios: over iptables and over direct.
+    fn forwarded(over_iptables: &Value, over_direct: &Value) -> Value {
+        json!({"e2e": {"fixed_rate": {
+            "cpu_over_iptables": {"kept_alive_remote": {"10000": {
+                "ours": over_iptables, "ours_tc": over_iptables}}},
+            "cpu_over_direct": {"kept_alive_remote": {"10000": {
+                "ours": over_direct, "ours_tc": {"median": 1.2}}}},
+        }}})
+    }
+
+    #[test]
+    fn forwarded_requests_are_judged_against_iptables_and_direct_routing() {
+        let v = verdicts(&forwarded(
+            &json!({"median": 0.45, "low": 0.4, "high": 0.9,
+                "rounds": [0.4, 0.9, 0.45, 0.3], "short": [false, false, false, true],
+                "saturated": [false, false, false, false]}),
+            &json!({"median": 0.98, "low": 0.95, "high": 1.01,
+                "rounds": [0.95, 1.01, 0.98], "short": [false, false, false],
+                "saturated": [false, false, false]}),
+        ));
+        let find = |start: &str, hook: &str| {
+            v.iter()
+                .find(|v| v.target.contains(start) && v.target.contains(hook))
+                .unwrap()
+        };
+        let xdp = find("<= 0.5x the iptables layout", "XDP uplink");
+        assert_eq!(xdp.met, Some(true), "0.4x, 0.45x and 0.9x: median 0.45x");
+        assert_eq!(
+            xdp.measured,
+            "0.45x over 3 round(s) (1 short of the offered rate or host saturated)"
+        );
+        assert_eq!(
+            xdp.rounds,
+            Rounds::Counted { met: 2, of: 4 },
+            "the short round never meets, however low"
+        );
+        assert_eq!(
+            find("<= 0.5x the iptables layout", "TC uplink").met,
+            Some(true)
+        );
+        let direct = find("<= 1.0x direct routing", "XDP uplink");
+        assert_eq!(direct.met, Some(true), "median 0.98x");
+        assert_eq!(direct.rounds, Rounds::Counted { met: 2, of: 3 });
+        let tc = find("<= 1.0x direct routing", "TC uplink");
+        assert_eq!(tc.met, Some(false), "1.2x, the bench's median: no rounds");
+        assert_eq!(
+            tc.rounds,
+            Rounds::NotCounted("e2e.json has no per-round ratios")
+        );
+        let local = find("kept-alive request <= 1.1x direct", "XDP uplink");
+        assert_eq!(local.met, None, "the local windows are not in this report");
     }
 
     #[test]
