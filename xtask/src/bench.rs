@@ -62,6 +62,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         "e2e-connections.png",
         "e2e-requests.png",
         "packet-new-flow-fill.png",
+        "control-cold-start.png",
     ] {
         let _ = std::fs::remove_file(out.join(file));
     }
