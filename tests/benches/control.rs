@@ -20,6 +20,7 @@ use lb_userspace::{
     datapath::maps::Maps,
     desired::{Frontend, Protocol},
 };
+use objects::{seeded, slice, slice_yaml_at};
 
 #[path = "control/agent.rs"]
 mod agent;
@@ -27,59 +28,49 @@ mod agent;
 mod burst;
 #[path = "control/memory.rs"]
 mod memory;
+#[path = "control/objects.rs"]
+mod objects;
+#[path = "control/text.rs"]
+mod text;
 
 /// Changes one by one in a round.
 const CHANGES: usize = 1000;
 /// Rounds per size (each from a cold start, no pins).
 const ROUNDS: usize = 5;
+/// The largest size's other Services (100,000 programmed, 1,000,000
+/// endpoints: issue 15's scale), measured in the full run only.
+const LARGE: u32 = 99_999;
+/// Rounds at [`LARGE`] (about 40 s each here, after 17 s seeding the API server).
+const LARGE_ROUNDS: usize = 3;
 
-fn slice(ip: &str) -> String {
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: lat-1, namespace: default, labels: {{kubernetes.io/service-name: lat}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
-         endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}}}]\n"
-    )
-}
-
-fn service_yaml(name: &str, ip: Ipv4Addr) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
-}
-
-/// The EndpointSlice of service number `i`: ten ready endpoints.
-fn slice_yaml(service: &str, i: u32) -> String {
-    slice_yaml_at(service, burst::endpoint_base(i, 0))
-}
-
-/// The EndpointSlice of `service`: ten ready endpoints from `base` on.
-fn slice_yaml_at(service: &str, base: u32) -> String {
-    let endpoints: Vec<String> = (0..10)
-        .map(|k| {
-            format!(
-                "{{addresses: [\"{}\"], conditions: {{ready: true}}}}",
-                Ipv4Addr::from(base + k)
-            )
-        })
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n",
-        endpoints.join(", ")
-    )
-}
-
-/// Waits until service `key`'s table moves from `before`: how long after `sent`.
-fn until_moved(maps: &Maps, key: lb_common::ServiceKey, before: u32, sent: Instant) -> Duration {
+/// Waits until service `key`'s table moves from `before`: how long after
+/// `sent` (at most `limit`).
+fn until_moved(
+    maps: &Maps,
+    key: lb_common::ServiceKey,
+    before: u32,
+    sent: Instant,
+    limit: Duration,
+) -> Duration {
     loop {
         if maps.services.get(&key, 0).unwrap().table_offset != before {
             return sent.elapsed();
         }
         assert!(
-            sent.elapsed() < Duration::from_secs(30),
-            "a change never reached the map"
+            sent.elapsed() < limit,
+            "a change never reached the map within {limit:?}"
         );
     }
+}
+
+/// How long a change may take to reach the map: 30 s.
+const CHANGE_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a relist of `services` Services may take: 30 s and 1 s per
+/// 1,000 (at 100,000 the agent lists 1,000,000 endpoints again, as long as
+/// a cold start).
+fn relist_limit(services: u32) -> Duration {
+    CHANGE_LIMIT + Duration::from_millis(u64::from(services))
 }
 
 /// Halts a sampler when dropped (also while a failed round unwinds).
@@ -110,9 +101,17 @@ struct Round {
 fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Round {
     let tag = format!("lbt{}xbench{extra}r{round}", std::process::id());
     let cold = Instant::now();
-    let (mut agent, pin_dir, log, kubeconfig) = start_agent(server, &tag);
+    let (mut agent, pin_dir, log, kubeconfig) =
+        start_agent(server, &tag, &agent::capacity(extra + 1));
+    // A round that fails stops its agent and removes its pins.
+    let _failed = agent::OnFailure::new(agent.id(), &pin_dir, &kubeconfig);
     wait_ready(&mut agent, &log);
     let cold_us = u64::try_from(cold.elapsed().as_micros()).unwrap_or(u64::MAX);
+    eprintln!(
+        "control: {} services, round {round}: ready in {:.2} s",
+        extra + 1,
+        cold.elapsed().as_secs_f64()
+    );
     let sampler = memory::Sampler::new(agent.id());
     sampler.sample();
     let key = Frontend {
@@ -148,12 +147,20 @@ fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Ro
             let before = maps.services.get(&key, 0).unwrap().table_offset;
             let sent = Instant::now();
             server.apply(&slice(&next_ip())).unwrap();
-            latencies.push(until_moved(&maps, key, before, sent));
+            latencies.push(until_moved(&maps, key, before, sent, CHANGE_LIMIT));
         }
         sampler.enter(2);
         let burst = (extra >= burst::UPDATES).then(|| {
+            // For a profiler started by hand on this line.
+            eprintln!(
+                "control: burst begins at {} services, agent pid {}",
+                extra + 1,
+                agent.id()
+            );
             let range = u32::try_from(round % 2).unwrap() ^ 1;
-            burst::run(server, &maps, &pin_dir, agent.id(), range, slice_yaml_at)
+            let burst = burst::run(server, &maps, &pin_dir, agent.id(), range, slice_yaml_at);
+            eprintln!("control: burst ends");
+            burst
         });
         // The relist: every watch ended by 410 Gone; done when a change
         // made after it is in the map (the slices were listed again).
@@ -163,7 +170,7 @@ fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Ro
         let sent = Instant::now();
         server.expire_watches();
         server.apply(&slice(&next_ip())).unwrap();
-        let relist = until_moved(&maps, key, before, sent);
+        let relist = until_moved(&maps, key, before, sent, relist_limit(extra + 1));
         // The other kinds relist too, each after the watcher's backoff.
         while server.lists() < lists + 3 {
             assert!(
@@ -180,6 +187,17 @@ fn round(server: &TestApiServer, extra: u32, round: usize, changes: usize) -> Ro
     let maps_bytes = procfs::maps_memlock_of(agent.id());
     drop(maps);
     stop_agent(agent, &pin_dir, &log, &kubeconfig);
+    eprintln!(
+        "control: {} services, round {round}: change p99 {:.2} ms, burst p99 {}, relist {:.2} s, own peak {:.0} MiB, VmHWM {:.0} MiB",
+        extra + 1,
+        ms(spread(&latencies).1),
+        burst
+            .as_ref()
+            .map_or("-".into(), |b| format!("{:.2} ms", ms(spread(&b.latencies).1))),
+        relist.as_secs_f64(),
+        mib(peaks.iter().map(|p| p.own_kib()).max().unwrap_or(0)),
+        mib(hwm_kib)
+    );
     Round {
         cold_us,
         hwm_kib,
@@ -215,20 +233,18 @@ fn spread(latencies: &[Duration]) -> (Duration, Duration, Duration) {
 /// `changes` changes each; returns the Markdown table rows (the size, its
 /// burst) and a JSON record.
 fn measure(extra: u32, rounds: usize, changes: usize) -> (String, String, serde_json::Value) {
-    let server = TestApiServer::start().expect("test API server");
-    for i in 0..extra {
-        server
-            .apply(&service_yaml(&format!("s{i}"), burst::service_ip(i)))
-            .unwrap();
-        server.apply(&slice_yaml(&format!("s{i}"), i)).unwrap();
-    }
-    server
-        .apply(&service_yaml("lat", Ipv4Addr::new(10, 96, 0, 60)))
-        .unwrap();
-    server.apply(&slice("10.244.3.1")).unwrap();
+    let began = Instant::now();
+    let server = seeded(extra);
+    let seeded = began.elapsed();
     let runs: Vec<Round> = (0..rounds)
         .map(|r| round(&server, extra, r, changes))
         .collect();
+    eprintln!(
+        "control: {} services, {rounds} round(s): seeded in {:.1} s, {:.1} s in all",
+        extra + 1,
+        seeded.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
     let colds_us: Vec<u64> = runs.iter().map(|r| r.cold_us).collect();
     let cold = figure(&colds_us);
     #[allow(clippy::cast_precision_loss)] // microseconds far below 2^52
@@ -272,7 +288,7 @@ fn measure(extra: u32, rounds: usize, changes: usize) -> (String, String, serde_
     );
     println!("{row}");
     let mut json = serde_json::json!({
-        "services": extra + 1, "endpoints_per_other_service": 10, "watch_page_size": WATCH_PAGE,
+        "services": extra + 1, "rounds": rounds, "endpoints_per_other_service": 10, "watch_page_size": WATCH_PAGE,
         "cold_start_ms": us_ms(cold.median),
         "cold_start_rounds_ms": colds_us.iter().map(|&us| us_ms(us)).collect::<Vec<_>>(),
         "agent_peak_rss_kib": hwm_kib, "agent_peak_rss_rounds_kib": runs.iter().map(|r| r.hwm_kib).collect::<Vec<_>>(),
@@ -323,33 +339,33 @@ fn median_f64(values: &[f64]) -> f64 {
 /// agent keeps); the test API server pages when asked.
 const WATCH_PAGE: u32 = 500;
 
+/// Whether to measure `services`: `LB_CONTROL_SIZES` (comma-separated
+/// Service counts) picks sizes for a look by hand, not a run to report.
+fn only(services: u32) -> bool {
+    std::env::var("LB_CONTROL_SIZES").map_or(true, |list| {
+        list.split(',').any(|s| s.trim().parse() == Ok(services))
+    })
+}
+
 fn main() {
     lb_tests::require_root();
     lb_tests::require_bpffs();
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
     let rounds = if quick { 1 } else { ROUNDS };
-    let header = format!("Control path, through the real agent (`--source kube`, release build) and the test API \
-                  server, which pages lists: the agent's watcher lists in pages of {WATCH_PAGE} (kube-rs' default). \
-                  {rounds} round(s) a size, each: a cold start until the agent is ready with every Service \
-                  programmed (the other Services have 10 endpoints each; median and spread), {CHANGES} \
-                  EndpointSlice changes one after another (API server send -> the kernel map holding it; \
-                  p50/p99/max over every round, the JSON has each round's p99), a burst (below), then a relist \
-                  forced by ending every watch with `410 Gone` (until a change made after it is in the map). \
-                  Memory: peak RSS (`VmHWM`, everything), and through every phase (ready, changes, burst, after \
-                  the relist; `smaps` at each switch, `VmRSS` every 20 ms between): the agent's own peak (without the mmapped \
-                  BPF maps: Maglev slab windows and filter), the mmapped maps' resident peak, the kernel memory of \
-                  all its maps (`memlock`, slab whole) and own + maps. The JSON has each phase's peaks.\n\n\
-                  | services programmed | cold start to ready (ms) | peak RSS (MiB) | own peak, no maps (MiB) | mmapped maps (MiB) | map memory (MiB) | own + maps (MiB) | changes | p50 (ms) | p99 (ms) | max (ms) | relist (ms) |\n\
-                  |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    // The quick run stops at 10,000 Services (it must end within 10 minutes).
+    let sizes: Vec<(u32, usize)> = [0, 999, 9_999]
+        .map(|extra| (extra, rounds))
+        .into_iter()
+        .chain((!quick).then_some((LARGE, LARGE_ROUNDS)))
+        .filter(|&(extra, _)| only(extra + 1))
+        .collect();
+    let header = text::header(rounds, quick);
     print!("{header}");
-    let sizes = [0, 999, 9_999].map(|extra| measure(extra, rounds, CHANGES));
-    let burst_header = format!("\nBurst, at 10,000 Services: {} EndpointSlice updates of as many Services sent one a millisecond (within 1 s), \
-                  while SYNs to those Services run through the agent's own XDP program (`BPF_PROG_TEST_RUN` on it, \
-                  one at a time, 50 then a 1 ms pause (under 50,000/s), each checked to pass rewritten to a backend): each \
-                  update's send -> map latency, and the drain (last update sent -> last one in the map). \
-                  The poller sweeps the pending Services' map entries every 0.2 ms, so a latency includes up to a sweep and a pause.\n\n\
-                  | services programmed | updates | sent in (ms) | p50 (ms) | p99 (ms) | max (ms) | drain (ms) | packets | to a backend |\n\
-                  |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", burst::UPDATES);
+    let sizes: Vec<_> = sizes
+        .into_iter()
+        .map(|(extra, rounds)| measure(extra, rounds, CHANGES))
+        .collect();
+    let burst_header = text::burst_header(quick);
     print!("{burst_header}");
     let mut md = header;
     for (row, _, _) in &sizes {

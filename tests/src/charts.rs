@@ -1,6 +1,8 @@
 //! PNG charts of the benchmark figures: grouped bars with the spread of the
 //! rounds as whiskers.
 
+pub mod cold_start;
+
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};

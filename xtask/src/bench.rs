@@ -63,6 +63,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         "e2e-requests.png",
         "e2e-cpu.png",
         "packet-new-flow-fill.png",
+        "control-cold-start.png",
     ] {
         let _ = std::fs::remove_file(out.join(file));
     }

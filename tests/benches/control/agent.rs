@@ -9,10 +9,33 @@ use std::{
 use lb_tests::apiserver::TestApiServer;
 use lb_userspace::datapath::cleanup;
 
-/// Starts the agent on `server`; returns it, its pin dir and log path.
+/// The map-size flags for `services` Services of 10 endpoints: none up to
+/// 10,001 (the defaults: 65,536 frontends, 262,144 backends, 2^24 slab
+/// slots); beyond, 131,072 frontends, 2^20 backends and 2^27 slab slots
+/// (512 MiB: every Service's table, and the tables a burst writes beside
+/// the old ones).
+pub fn capacity(services: u32) -> Vec<String> {
+    if services <= 10_001 {
+        return Vec::new();
+    }
+    [
+        "--max-services",
+        "131072",
+        "--max-backends",
+        "1048576",
+        "--maglev-slab-slots",
+        "134217728",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts the agent on `server` with `capacity` (its map-size flags);
+/// returns it, its pin dir, log path and kubeconfig.
 pub fn start_agent(
     server: &TestApiServer,
     tag: &str,
+    capacity: &[String],
 ) -> (std::process::Child, PathBuf, PathBuf, PathBuf) {
     let kubeconfig = std::env::temp_dir().join(format!("{tag}-kubeconfig"));
     server.write_kubeconfig(&kubeconfig).unwrap();
@@ -35,6 +58,7 @@ pub fn start_agent(
         .arg(&kubeconfig)
         .arg("--pin-dir")
         .arg(&pin_dir)
+        .args(capacity)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -55,6 +79,42 @@ pub fn wait_ready(agent: &mut std::process::Child, log: &Path) {
             "agent exited before ready: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
+    }
+}
+
+/// Kills the agent and removes its pins and kubeconfig when dropped while
+/// a round fails (its panic unwinding); nothing otherwise.
+pub struct OnFailure {
+    pid: u32,
+    pin_dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl OnFailure {
+    /// Guards agent `pid`, pinned at `pin_dir`.
+    pub fn new(pid: u32, pin_dir: &Path, kubeconfig: &Path) -> Self {
+        Self {
+            pid,
+            pin_dir: pin_dir.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for OnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let pid = i32::try_from(self.pid).unwrap_or(i32::MAX);
+        // SAFETY: our own child, not yet reaped (its `Child` is dropped
+        // unwaited during the unwinding), so the pid is still its.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        cleanup(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.kubeconfig);
     }
 }
 

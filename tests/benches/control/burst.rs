@@ -48,7 +48,10 @@ pub fn service_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a60_1000 + i)
 }
 
-/// The first endpoint of Service `i` in backend range `range` (0: 10.250/15, 1: 10.252/15).
+/// The first endpoint of Service `i` in backend range `range` (0: 10.250/15
+/// for the first 13,107 Services, and on past 10.252 for more; 1: 10.252/15,
+/// which only the burst's first 1,000 use). A backend address another
+/// Service also has is fine: each Service's backends are its own.
 pub fn endpoint_base(i: u32, range: u32) -> u32 {
     u32::from(Ipv4Addr::new(10, 250, 0, 0)) + range * (2 << 16) + i * 10
 }

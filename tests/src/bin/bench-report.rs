@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use anyhow::{bail, Context, Result};
 use lb_tests::{
     bench_run::{check_set, unstamp_text, Run, Stamp},
+    charts::cold_start,
     targets,
 };
 use serde_json::Value;
@@ -63,6 +64,10 @@ fn main() -> Result<()> {
             serde_json::json!({"target": v.target, "measured": v.measured, "met": v.met, "rounds": rounds})
         })
         .collect();
+    // Cold start by Services takes two benches' figures: drawn here.
+    if let Err(e) = cold_start::draw(&report, &out.join(cold_start::CHART)) {
+        eprintln!("no chart {}: {e:#}", cold_start::CHART);
+    }
     // The charts are committed next to the report, which shows them.
     let charts = root.join("docs/bench");
     std::fs::create_dir_all(&charts)?;
@@ -71,6 +76,7 @@ fn main() -> Result<()> {
         "e2e-requests.png",
         "e2e-cpu.png",
         "packet-new-flow-fill.png",
+        cold_start::CHART,
     ] {
         if out.join(png).exists() {
             std::fs::copy(out.join(png), charts.join(png))?;
@@ -84,7 +90,8 @@ fn main() -> Result<()> {
          ![Host CPU per request at a fixed rate](docs/bench/e2e-cpu.png)\n\n{}\n\
          ## East-west: socket-level balancing (issue 14)\n\n{}\n## Per packet, in the kernel\n\n\
          ![New flow by conntrack fill](docs/bench/packet-new-flow-fill.png)\n\n{}\n\
-         ## Control path\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",
+         ## Control path\n\n\
+         ![Cold start by Services](docs/bench/control-cold-start.png)\n\n{}\n## Flows: SNAT capacity and floods\n\n{}",
         header(&run, &missing),
         JUDGING,
         read("e2e.md"),

@@ -1,10 +1,15 @@
 //! The control-path targets: cold start (`--source kube` and manifests),
 //! against iptables-restore, change-to-map p99 (one by one and in a burst)
-//! and the agent's memory at 10,000 Services, with their per-round figures.
+//! and the agent's memory at 10,000 Services; cold start, the burst and the
+//! agent's own memory at 100,000 (issue 15's scale); with their per-round
+//! figures.
 
 use serde_json::Value;
 
 use super::{rounds_at, verdict, Bound, Figure, Verdict};
+
+/// Issue 15's scale: Services of the largest control-bench size.
+const LARGE: u64 = 100_000;
 
 /// A size of the control bench (`--source kube`): the row at `services`.
 fn control_row(report: &Value, services: u64) -> Option<&Value> {
@@ -147,6 +152,21 @@ pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
             "control: agent peak RSS <= 150 MiB at 10,000 services (manifests)",
             rss(programming_row(report, 10_000)),
             Bound::AtMost(150.0),
+        ),
+        verdict(
+            "control: 100,000 services (1,000,000 endpoints) from cold in <= 10 s (--source kube)",
+            ms(control_row(report, LARGE), "cold_start_ms", "cold_start_rounds_ms", 0),
+            Bound::AtMost(10_000.0),
+        ),
+        verdict(
+            "control: 100,000 services: p99 change-to-map <= 10 ms during a burst of 1,000 updates in 1 s",
+            burst_p99(control_row(report, LARGE)),
+            Bound::AtMost(10.0),
+        ),
+        verdict(
+            "control: 100,000 services: agent peak RSS without BPF maps and slab <= 600 MiB, over ready, changes, burst and relist (--source kube)",
+            own_rss(control_row(report, LARGE)),
+            Bound::AtMost(600.0),
         ),
     ]
 }

@@ -323,3 +323,66 @@ fn the_burst_and_the_agents_own_memory_are_judged_from_the_control_row() {
     .clone();
     assert_eq!(burst.met, None);
 }
+
+#[test]
+fn issue_15s_scale_is_judged_from_the_100000_row() {
+    let report = json!({"control": {"sizes": [{"services": 10_000, "cold_start_ms": 900.0},
+        {"services": 100_000, "cold_start_ms": 14_500.0,
+         "cold_start_rounds_ms": [9_800.0, 14_500.0, 16_000.0],
+         "agent_own_peak_kib": 580 * 1024, "agent_own_peak_rounds_kib": [580 * 1024, 610 * 1024],
+         "maps_memlock_bytes": 900u64 << 20,
+         "burst": {"p99_ms": 9.0, "drain_ms": 30.0, "p99_rounds_ms": [9.0, 11.0, 8.0]}}]}});
+    let v = control::verdicts(&report);
+    let cold = find(
+        &v,
+        "control: 100,000 services (1,000,000 endpoints) from cold",
+    );
+    assert_eq!(
+        (cold.met, cold.measured.as_str()),
+        (Some(false), "14500 ms")
+    );
+    assert_eq!(cold.rounds, Rounds::Counted { met: 1, of: 3 });
+    let burst = find(&v, "control: 100,000 services: p99 change-to-map");
+    assert_eq!(burst.met, Some(true));
+    assert_eq!(burst.rounds, Rounds::Counted { met: 2, of: 3 });
+    let own = find(&v, "control: 100,000 services: agent peak RSS without");
+    assert_eq!(
+        (own.met, own.measured.as_str()),
+        (Some(true), "580 MiB (maps 900 MiB, sum 1480 MiB)")
+    );
+    assert_eq!(own.rounds, Rounds::Counted { met: 1, of: 2 });
+    // The 10,000 row is not taken for the 100,000 one.
+    assert_eq!(
+        find(
+            &v,
+            "control: 10,000 services from cold in <= 2 s (--source kube)"
+        )
+        .met,
+        Some(true)
+    );
+}
+
+#[test]
+fn a_run_without_the_100000_size_leaves_its_targets_unmeasured() {
+    // The quick run stops at 10,000 Services.
+    let report = json!({"control": {"sizes": [{"services": 10_000, "cold_start_ms": 900.0,
+        "burst": {"p99_ms": 9.0}}]}});
+    for v in control::verdicts(&report)
+        .iter()
+        .filter(|v| v.target.starts_with("control: 100,000"))
+    {
+        assert_eq!(
+            (v.met, v.measured.as_str()),
+            (None, "not measured"),
+            "{}",
+            v.target
+        );
+    }
+    assert_eq!(
+        control::verdicts(&report)
+            .iter()
+            .filter(|v| v.target.starts_with("control: 100,000"))
+            .count(),
+        3
+    );
+}
