@@ -68,7 +68,7 @@ impl SocketLbScope {
 }
 
 /// `CGROUP2_SUPER_MAGIC`: the file system type of a cgroup v2 hierarchy.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`,
 /// Linux 5.14).
@@ -110,7 +110,8 @@ pub fn open_cgroup(path: &Path) -> Result<File> {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("--socket-lb-cgroup {}", path.display()));
     }
-    if stat.f_type != CGROUP2_SUPER_MAGIC {
+    // `f_type` is signed with glibc, unsigned with musl.
+    if u64::try_from(stat.f_type).ok() != Some(CGROUP2_SUPER_MAGIC) {
         bail!(
             "--socket-lb-cgroup {}: not a cgroup v2 directory (on a hybrid host the v2 \
              hierarchy may be at /sys/fs/cgroup/unified)",

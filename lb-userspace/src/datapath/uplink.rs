@@ -78,7 +78,7 @@ pub fn choose(
 }
 
 /// `SIOCETHTOOL` (linux/sockios.h).
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
 /// `ETHTOOL_GDRVINFO` (linux/ethtool.h).
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
 

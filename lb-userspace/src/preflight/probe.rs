@@ -13,9 +13,9 @@ use super::{xdp_query, Facts, Interface, KubeProxyRules, Probe};
 use crate::datapath::{glob_match, ifindex, interfaces as local_interfaces};
 
 /// `BPF_FS_MAGIC`: the file system type of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 /// `CGROUP2_SUPER_MAGIC`: the file system type of a cgroup v2 hierarchy.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 /// kube-proxy's own top-level chains in the nat table (kubelet makes other
 /// `KUBE-` chains, which stay after kube-proxy is gone).
 const KUBE_PROXY_CHAINS: [&str; 2] = ["KUBE-SERVICES", "KUBE-NODEPORTS"];
@@ -78,7 +78,7 @@ fn kernel_release() -> String {
 }
 
 /// Whether `path` is on a file system of type `magic`.
-fn fs_is(path: &Path, magic: i64) -> Probe<bool> {
+fn fs_is(path: &Path, magic: u64) -> Probe<bool> {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return Probe::Unknown("a path with a NUL byte".into());
     };
@@ -88,7 +88,8 @@ fn fs_is(path: &Path, magic: i64) -> Probe<bool> {
     if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
         return Probe::Unknown(io::Error::last_os_error().to_string());
     }
-    Probe::Found(stat.f_type == magic)
+    // `f_type` is signed with glibc, unsigned with musl.
+    Probe::Found(u64::try_from(stat.f_type).ok() == Some(magic))
 }
 
 /// The uplinks, and the existing interfaces matching the pod patterns.
