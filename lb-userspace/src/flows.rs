@@ -148,12 +148,16 @@ pub fn read_hash_key(path: &Path) -> Result<HashKey> {
     parse_hash_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// A random hash key from the kernel's random source.
+/// A random hash key from the kernel's random source (`getrandom`, which
+/// needs no `/dev`: an image from scratch run without one still starts).
 pub fn random_hash_key() -> Result<HashKey> {
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom for a hash key")?;
+    // SAFETY: a valid buffer and its length; 16 bytes never come back
+    // short from the initialised pool (at most 256 are atomic).
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).ok() != Some(bytes.len()) {
+        return Err(std::io::Error::last_os_error()).context("getrandom for a hash key");
+    }
     let (a, b) = bytes.split_at(8);
     Ok([
         u64::from_le_bytes(a.try_into().expect("8 bytes")),

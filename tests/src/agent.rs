@@ -1,6 +1,7 @@
 //! The agent under test, run as a process inside node1's namespace.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -206,18 +207,79 @@ impl Agent {
         Self::spawn_wrapped(node, &args, &pin_dir, true, &confine)
     }
 
+    /// Starts the agent as [`Agent::start_with`] does, from a container
+    /// image's root file system `rootfs` (its binary at `binary` inside),
+    /// as a runtime would: a mount namespace of its own with /proc and /sys
+    /// (bpffs and cgroups included) mounted in, plus each of `shared` (host
+    /// paths the arguments name, at the same path), then `chroot`.
+    pub fn start_from_rootfs(
+        node: &Netns,
+        rootfs: &Path,
+        binary: &str,
+        shared: &[&Path],
+        source_args: &[&str],
+    ) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));
+        let mut args = source_args.to_vec();
+        args.push("--detach-on-exit");
+        let root = rootfs.to_string_lossy();
+        let mut script = format!(
+            "set -e; mkdir -p '{root}/proc' '{root}/sys'; \
+             mount --rbind /proc '{root}/proc'; mount --rbind /sys '{root}/sys'; "
+        );
+        for path in shared {
+            let path = path.to_string_lossy();
+            // Writing to a String cannot fail.
+            let _ = write!(
+                script,
+                "mkdir -p '{root}{path}'; mount --bind '{path}' '{root}{path}'; "
+            );
+        }
+        let _ = write!(script, "exec chroot '{root}' \"$@\"");
+        let wrapper = [
+            "unshare".to_string(),
+            "--mount".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+            "image".into(),
+        ];
+        Self::spawn_in(
+            node,
+            &args,
+            &pin_dir,
+            true,
+            &wrapper,
+            Some(Path::new(binary)),
+        )
+    }
+
     fn spawn(node: &Netns, source_args: &[&str], pin_dir: &Path, topology: bool) -> Result<Self> {
         Self::spawn_wrapped(node, source_args, pin_dir, topology, &[])
     }
 
-    /// Spawns the agent in `node`, through `wrapper` (a command line the
-    /// agent's own is appended to, which must exec it) if any.
     fn spawn_wrapped(
         node: &Netns,
         source_args: &[&str],
         pin_dir: &Path,
         topology: bool,
         wrapper: &[String],
+    ) -> Result<Self> {
+        Self::spawn_in(node, source_args, pin_dir, topology, wrapper, None)
+    }
+
+    /// Spawns the agent in `node`, through `wrapper` (a command line the
+    /// agent's own is appended to, which must exec it) if any, running
+    /// `exec` (a path where the wrapper puts it) instead of [`agent_bin`].
+    fn spawn_in(
+        node: &Netns,
+        source_args: &[&str],
+        pin_dir: &Path,
+        topology: bool,
+        wrapper: &[String],
+        exec: Option<&Path>,
     ) -> Result<Self> {
         let bin = agent_bin()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +294,7 @@ impl Agent {
             .arg(format!("--net=/run/netns/{}", node.name()))
             .arg("--")
             .args(wrapper)
-            .arg(&bin)
+            .arg(exec.unwrap_or(&bin))
             .args(["--log-level", "info", "run"])
             .args(source_args);
         if topology {

@@ -14,7 +14,7 @@ use crate::{
 
 /// Cargo's target directory for a build run in `dir`: `CARGO_TARGET_DIR`
 /// (relative to `dir`) when set, else `dir/target`.
-fn target_dir(dir: &Path) -> PathBuf {
+pub fn target_dir(dir: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), |d| dir.join(d))
 }
 

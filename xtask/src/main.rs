@@ -1,7 +1,8 @@
-//! `cargo xtask <command>`: setup, build, run, lint, test, demo and bench.
+//! `cargo xtask <command>`: setup, build, image, run, lint, test, demo and bench.
 
 mod bench;
 mod build;
+mod image;
 mod setup;
 mod util;
 
@@ -27,6 +28,10 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// The statically linked agent (musl, release), as the image holds it.
+    BuildStatic,
+    /// The container image (buildah, from scratch): `localhost/lb-agent:VERSION`. Needs root.
+    Image,
     /// Build, then run `lb-agent` with the given arguments (the dev-VM workflow).
     Run {
         /// Build the agent in release mode.
@@ -62,6 +67,11 @@ fn main() -> Result<()> {
         Command::Run { release, args } => {
             let agent = build::build(release)?;
             util::run(std::process::Command::new(agent).args(args))
+        }
+        Command::BuildStatic => image::build_static().map(|path| println!("{}", path.display())),
+        Command::Image => {
+            util::require_root("cargo xtask image")?;
+            image::image().map(|name| println!("{name}"))
         }
         Command::Lint => build::lint(),
         Command::Test => build::test(),
