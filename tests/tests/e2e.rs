@@ -28,6 +28,7 @@ fn balances_tcp_and_udp_over_all_four_backends() {
         status.contains("default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080"),
         "status:\n{status}"
     );
+    assert_uplink_hook(&c, test_bed_hook().contains(&"tc"));
     let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
     let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
     assert_spread(&tcp, &all, 200, 0.10);
@@ -44,16 +45,24 @@ fn balances_over_all_four_backends_with_the_uplink_hook_at_tc() {
         ManifestDir::with_examples().unwrap(),
         &["--uplink-hook", "tc"],
     );
+    assert_uplink_hook(&c, true);
+    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
+    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
+    assert_spread(&tcp, &all, 200, 0.10);
+    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
+    assert_spread(&udp, &all, 100, 0.05);
+}
+
+/// The uplink's program is at TC ingress (`tc`: no XDP program on the
+/// link, its TC link pinned, no XDP link pinned), else at XDP.
+fn assert_uplink_hook(c: &Cluster, tc: bool) {
     let link = c
         .topo
         .node1
         .exec(&["ip", "-d", "link", "show", "eth0"])
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
-    assert!(
-        !link.contains("xdp"),
-        "no XDP program on the uplink: {link}"
-    );
+    assert_eq!(link.contains("xdp"), !tc, "XDP on the uplink: {link}");
     let pins = std::fs::read_dir(
         c.agent
             .pin_dir()
@@ -63,13 +72,8 @@ fn balances_over_all_four_backends_with_the_uplink_hook_at_tc() {
     .unwrap()
     .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
     .collect::<Vec<_>>();
-    assert!(pins.contains(&"tcup-eth0".to_string()), "{pins:?}");
-    assert!(!pins.contains(&"xdp-eth0".to_string()), "{pins:?}");
-    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
-    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
-    assert_spread(&tcp, &all, 200, 0.10);
-    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
-    assert_spread(&udp, &all, 100, 0.05);
+    assert_eq!(pins.contains(&"tcup-eth0".to_string()), tc, "{pins:?}");
+    assert_eq!(pins.contains(&"xdp-eth0".to_string()), !tc, "{pins:?}");
 }
 
 #[test]

@@ -152,9 +152,9 @@ const E2E_TESTS: [&str; 12] = [
 /// [`FULL_SUITE`] and two of [`E2E_VARIANTS`]), and their twins cover the
 /// TC hook on the layouts and firewalls of the other three passes: each
 /// (layout, firewall) pair still meets the TC uplink program in one pass.
-/// (`e2e`'s `balances_over_all_four_backends_with_the_uplink_hook_at_tc`
-/// checks the pins and the link besides: it is no twin and stays.)
-const SAME_AT_TC: [&str; 7] = [
+const SAME_AT_TC: [&str; 8] = [
+    // Twin: balances_tcp_and_udp_over_all_four_backends (which checks the test bed's hook's pins).
+    "balances_over_all_four_backends_with_the_uplink_hook_at_tc",
     // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_local_backend.
     "a_client_is_refused_for_a_local_backend_with_the_uplink_hook_at_tc",
     // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_remote_backend.
