@@ -56,28 +56,6 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// Sets sysctls (`key=value`, as `sysctl -w` takes them) in the
-    /// namespace, from a thread inside it: no process per setting.
-    pub fn set_sysctls(&self, settings: &[&str]) -> Result<()> {
-        let paths: Vec<(String, String)> = settings
-            .iter()
-            .map(|s| {
-                let (key, value) = s.split_once('=').context("a sysctl is key=value")?;
-                Ok((
-                    format!("/proc/sys/{}", key.replace('.', "/")),
-                    value.to_string(),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        self.run(move || {
-            for (path, value) in paths {
-                std::fs::write(&path, &value)
-                    .with_context(|| format!("writing {value} to {path}"))?;
-            }
-            Ok(())
-        })?
-    }
-
     /// Runs `f` on a thread that has entered the namespace: sockets it opens live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let path = format!("/run/netns/{}", self.name);

@@ -244,14 +244,16 @@ impl ClusterTopology {
             "route add 10.96.0.0/12 via 192.168.50.11",
         )?;
         for node in [&self.node1, &self.node2] {
-            node.set_sysctls(&[
+            for key in [
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
                 "net.ipv4.conf.all.send_redirects=0",
                 "net.ipv4.conf.default.send_redirects=0",
                 "net.ipv4.conf.eth0.rp_filter=0",
-            ])?;
+            ] {
+                node.exec(&["sysctl", "-qw", key])?;
+            }
         }
         if self.cni == Cni::BridgeVxlan {
             self.overlay()?;
@@ -273,7 +275,7 @@ impl ClusterTopology {
                     &format!("addr add 10.244.{index}.1/24 dev cni0"),
                 )?;
                 ip(node.name(), "link set cni0 up")?;
-                node.set_sysctls(&["net.ipv4.conf.cni0.rp_filter=0"])?;
+                node.exec(&["sysctl", "-qw", "net.ipv4.conf.cni0.rp_filter=0"])?;
             }
         }
         for (name, last, node) in [
@@ -332,7 +334,11 @@ impl ClusterTopology {
                 &format!("addr add 10.244.{index}.0/32 dev {VXLAN_DEVICE}"),
             )?;
             ip(name, &format!("link set {VXLAN_DEVICE} up"))?;
-            node.set_sysctls(&[&format!("net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=0")])?;
+            node.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=0"),
+            ])?;
         }
         for ((node, _, _), (_, other, other_addr)) in [(nodes[0], nodes[1]), (nodes[1], nodes[0])] {
             let (name, mac) = (node.name(), vxlan_mac(other));
@@ -397,7 +403,11 @@ impl ClusterTopology {
             ip(node.name(), &format!("link set {host_if} up"))?;
             ip(node.name(), &format!("route add {pod_ip}/32 dev {host_if}"))?;
         }
-        node.set_sysctls(&[&format!("net.ipv4.conf.{host_if}.rp_filter=0")])?;
+        node.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{host_if}.rp_filter=0"),
+        ])?;
         ip(ns.name(), &format!("addr add {pod_ip}/32 dev eth0"))?;
         ip(ns.name(), "link set eth0 up")?;
         ip(ns.name(), "link set lo up")?;
