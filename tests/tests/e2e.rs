@@ -28,6 +28,7 @@ fn balances_tcp_and_udp_over_all_four_backends() {
         status.contains("default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080"),
         "status:\n{status}"
     );
+    assert_uplink_hook(&c, test_bed_hook().contains(&"tc"));
     let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
     let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
     assert_spread(&tcp, &all, 200, 0.10);
@@ -44,16 +45,24 @@ fn balances_over_all_four_backends_with_the_uplink_hook_at_tc() {
         ManifestDir::with_examples().unwrap(),
         &["--uplink-hook", "tc"],
     );
+    assert_uplink_hook(&c, true);
+    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
+    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
+    assert_spread(&tcp, &all, 200, 0.10);
+    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
+    assert_spread(&udp, &all, 100, 0.05);
+}
+
+/// The uplink's program is at TC ingress (`tc`: no XDP program on the
+/// link, its TC link pinned, no XDP link pinned), else at XDP.
+fn assert_uplink_hook(c: &Cluster, tc: bool) {
     let link = c
         .topo
         .node1
         .exec(&["ip", "-d", "link", "show", "eth0"])
         .unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
-    assert!(
-        !link.contains("xdp"),
-        "no XDP program on the uplink: {link}"
-    );
+    assert_eq!(link.contains("xdp"), !tc, "XDP on the uplink: {link}");
     let pins = std::fs::read_dir(
         c.agent
             .pin_dir()
@@ -63,13 +72,8 @@ fn balances_over_all_four_backends_with_the_uplink_hook_at_tc() {
     .unwrap()
     .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
     .collect::<Vec<_>>();
-    assert!(pins.contains(&"tcup-eth0".to_string()), "{pins:?}");
-    assert!(!pins.contains(&"xdp-eth0".to_string()), "{pins:?}");
-    let all = ["pod1a", "pod1b", "pod1c", "pod2a"];
-    let tcp = http_distribution(&c.topo.client, WEB, 200, DEADLINE);
-    assert_spread(&tcp, &all, 200, 0.10);
-    let udp = udp_distribution(&c.topo.client, WEB_DNS, 100, DEADLINE);
-    assert_spread(&udp, &all, 100, 0.05);
+    assert_eq!(pins.contains(&"tcup-eth0".to_string()), tc, "{pins:?}");
+    assert_eq!(pins.contains(&"xdp-eth0".to_string()), !tc, "{pins:?}");
 }
 
 #[test]
@@ -310,19 +314,22 @@ fn assert_successor_links(topo: &ClusterTopology, pin_dir: &std::path::Path, tc_
     );
 }
 
+/// A flag shared with the prober thread.
+type Flag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 /// Opens a new connection to the web service every 20 ms (for at most a
 /// minute) until told to stop, except while paused; the thread returns
-/// successes and failures.
+/// successes and failures. Returns the stop flag, a flag the prober sets
+/// while paused with no connection under way, and the thread.
 fn probe_continuously(
     topo: &ClusterTopology,
-    pause: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<(u32, Vec<String>)>,
-) {
+    pause: &Flag,
+) -> (Flag, Flag, std::thread::JoinHandle<(u32, Vec<String>)>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let idle = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = {
         let stop = stop.clone();
+        let idle = idle.clone();
         let pause = pause.clone();
         let client = topo.client.name().to_string();
         std::thread::spawn(move || {
@@ -333,9 +340,11 @@ fn probe_continuously(
                 && started.elapsed() < Duration::from_mins(1)
             {
                 if pause.load(std::sync::atomic::Ordering::SeqCst) {
+                    idle.store(true, std::sync::atomic::Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
+                idle.store(false, std::sync::atomic::Ordering::SeqCst);
                 match lb_tests::traffic::http_get(&ns, WEB, Duration::from_secs(2)) {
                     Ok(_) => ok += 1,
                     Err(e) => failed.push(format!("{:?}: {e}", started.elapsed())),
@@ -345,7 +354,26 @@ fn probe_continuously(
             (ok, failed)
         })
     };
-    (stop, prober)
+    (stop, idle, prober)
+}
+
+/// Waits until `agent`'s maps send new connections to the web service's
+/// HTTP port to `backends` (as `lb-agent status` lists them: sorted,
+/// comma-separated); fails when that takes more than `bound`.
+fn until_web_serves(agent: &Agent, backends: &str, bound: Duration) {
+    let line = format!("default/web-service {WEB}/TCP -> {backends}\n");
+    let started = std::time::Instant::now();
+    loop {
+        let status = agent.status().unwrap();
+        if status.contains(&line) {
+            return;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "not serving {backends} after {bound:?}:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `args`, with the test bed's hook ([`test_bed_hook`]) first unless they
@@ -401,7 +429,7 @@ fn kill_and_restart(
 
     // New connections, continuously, through the crash, the restart and the edit.
     let pause = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop, prober) = probe_continuously(&topo, &pause);
+    let (stop, idle, prober) = probe_continuously(&topo, &pause);
 
     first.kill();
     assert!(pin_dir.exists(), "a crash leaves the pins");
@@ -422,7 +450,14 @@ fn kill_and_restart(
     if simulated {
         pause.store(true, std::sync::atomic::Ordering::SeqCst);
         // A connection under way finishes first (2 s timeout at most).
-        std::thread::sleep(Duration::from_millis(2100));
+        let paused = std::time::Instant::now();
+        while !idle.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                paused.elapsed() < Duration::from_millis(2100),
+                "the prober did not pause"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     between(&pin_dir);
 
@@ -460,7 +495,11 @@ fn kill_and_restart(
     );
     assert_ne!(edited, web, "the example lists pod1c as ready");
     manifests.write("web-service.yaml", &edited).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    until_web_serves(
+        &second,
+        "10.244.1.2:8080,10.244.1.3:8080,10.244.2.2:8080",
+        Duration::from_secs(1),
+    );
     let counts = http_distribution(&topo.client, WEB, 40, DEADLINE);
     assert_eq!(
         counts.get("pod1c"),

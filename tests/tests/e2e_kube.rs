@@ -49,6 +49,25 @@ fn slice_with(endpoints: &[(&str, &str, String)]) -> String {
     )
 }
 
+/// Waits until the agent's maps send new connections to `backends` (as
+/// `lb-agent status` lists them: sorted, comma-separated) for the HTTP
+/// port; fails when that takes more than [`APPLY`].
+fn until_serving(agent: &Agent, backends: &str) {
+    let line = format!("default/web {WEB}/TCP -> {backends}\n");
+    let started = Instant::now();
+    loop {
+        let status = agent.status().unwrap();
+        if status.contains(&line) {
+            return;
+        }
+        assert!(
+            started.elapsed() < APPLY,
+            "not serving {backends} after {APPLY:?}:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn pods_answering(counts: &BTreeMap<String, usize>) -> Vec<&str> {
     counts.keys().map(String::as_str).collect()
 }
@@ -98,7 +117,10 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         ("10.244.1.4", "node1", true),
     ]))
     .unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(
+        &agent,
+        "10.244.1.2:8080,10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080",
+    );
     let counts = http_distribution(&topo.client, WEB, 80, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
@@ -114,7 +136,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
         ("10.244.1.4", "node1", true),
     ]))
     .unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(&agent, "10.244.1.3:8080,10.244.1.4:8080,10.244.2.2:8080");
     let counts = http_distribution(&topo.client, WEB, 60, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
@@ -135,7 +157,7 @@ fn endpoint_changes_from_the_api_server_change_traffic() {
 
     // Scale down to pod2a.
     api.apply(&slice(&[("10.244.2.2", "node2", true)])).unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(&agent, "10.244.2.2:8080");
     let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
@@ -187,7 +209,7 @@ fn a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
         ("10.244.2.2", "node2", terminating.clone()),
     ]))
     .unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(&agent, "10.244.1.2:8080");
     let counts = http_distribution(&topo.client, WEB, 40, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
@@ -207,7 +229,7 @@ fn a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
         ("10.244.2.2", "node2", terminating),
     ]))
     .unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(&agent, "10.244.2.2:8080");
     let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
     assert_eq!(
         pods_answering(&counts),
@@ -217,7 +239,7 @@ fn a_terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
     // Removed from the slice: its connection ends up elsewhere or fails, never on pod2a.
     api.apply(&slice_with(&[("10.244.1.2", "node1", ready())]))
         .unwrap();
-    std::thread::sleep(APPLY);
+    until_serving(&agent, "10.244.1.2:8080");
     let counts = http_distribution(&topo.client, WEB, 20, Duration::from_mins(1));
     assert_eq!(pods_answering(&counts), ["pod1a"], "{counts:?}");
 }

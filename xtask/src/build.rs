@@ -103,10 +103,16 @@ pub fn test() -> Result<()> {
         for file in E2E_TESTS {
             e2e.args(["--test", file]);
         }
+        e2e.args(["--", "--test-threads=1"]);
+        if variant.hook == "tc" {
+            // `--exact`: each skip names one whole test.
+            e2e.arg("--exact");
+            for test in SAME_AT_TC {
+                e2e.args(["--skip", test]);
+            }
+        }
         run_tests(
-            variant
-                .apply(e2e.args(["--", "--test-threads=1"]))
-                .env("LB_AGENT_BIN", &agent),
+            variant.apply(&mut e2e).env("LB_AGENT_BIN", &agent),
             &mut totals,
         )?;
     }
@@ -120,7 +126,9 @@ pub fn test() -> Result<()> {
 /// layout, firewall or uplink hook), `e2e_agent` (manifest edits and bad
 /// manifests, SIGTERM's cleanup at XDP, a refused SNAT pool: the agent's
 /// own doing, whatever the layout, firewall or hook) and `e2e_semantics`
-/// (Service semantics the conformance table checks on every map).
+/// (Service semantics the conformance table checks on every map). A pass
+/// whose uplink hook is TC skips the tests of [`SAME_AT_TC`], which it
+/// would run twice.
 const E2E_TESTS: [&str; 12] = [
     "e2e",
     "e2e_kube",
@@ -134,6 +142,33 @@ const E2E_TESTS: [&str; 12] = [
     "e2e_node_backend",
     "e2e_reject",
     "e2e_firewall",
+];
+
+/// The end-to-end tests that choose `--uplink-hook tc` and are otherwise
+/// the same as a test of their file that takes the test bed's hook: same
+/// topology, same agent arguments once that hook is TC, same checks. A
+/// pass whose hook is TC (`LB_TEST_UPLINK_HOOK=tc`) runs each twice over,
+/// so it skips these; they run in every pass whose hook is XDP (the
+/// [`FULL_SUITE`] and two of [`E2E_VARIANTS`]), and their twins cover the
+/// TC hook on the layouts and firewalls of the other three passes: each
+/// (layout, firewall) pair still meets the TC uplink program in one pass.
+const SAME_AT_TC: [&str; 8] = [
+    // Twin: balances_tcp_and_udp_over_all_four_backends (which checks the test bed's hook's pins).
+    "balances_over_all_four_backends_with_the_uplink_hook_at_tc",
+    // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_local_backend.
+    "a_client_is_refused_for_a_local_backend_with_the_uplink_hook_at_tc",
+    // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_remote_backend.
+    "a_client_is_refused_for_a_remote_backend_with_the_uplink_hook_at_tc",
+    // Twin: a_client_is_refused_by_a_service_without_endpoints_at_xdp (the test bed's hook).
+    "a_client_is_refused_by_a_service_without_endpoints_with_the_uplink_hook_at_tc",
+    // Twin: jumbo_frames_are_translated_by_the_xdp_uplink_program (the test bed's hook).
+    "jumbo_frames_are_translated_by_the_tc_uplink_program",
+    // Twin: a_far_client_downloads_a_mebibyte_through_a_1280_byte_hop.
+    "a_far_client_downloads_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc",
+    // Twin: a_client_uploads_a_mebibyte_to_a_remote_backend_through_a_1280_byte_hop.
+    "a_client_uploads_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc",
+    // Twin: pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_to_a_remote_backend.
+    "pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc",
 ];
 
 /// One pass of the end-to-end tests: the values of `LB_TEST_CNI`,
@@ -220,7 +255,29 @@ pub fn demo() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{E2eVariant, E2E_VARIANTS, FULL_SUITE};
+    use super::{E2eVariant, E2E_TESTS, E2E_VARIANTS, FULL_SUITE, SAME_AT_TC};
+
+    /// Each test a TC pass skips is a test of an end-to-end file, and so is
+    /// the twin its comment names.
+    #[test]
+    fn the_tests_skipped_at_tc_and_their_twins_exist() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
+        let sources: String = E2E_TESTS
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join(format!("{f}.rs"))).unwrap())
+            .collect();
+        let build = include_str!("build.rs");
+        for test in SAME_AT_TC {
+            assert!(sources.contains(&format!("fn {test}()")), "{test}");
+        }
+        for twin in build
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("// Twin: "))
+        {
+            let name = twin.split([' ', '.']).next().unwrap();
+            assert!(sources.contains(&format!("fn {name}()")), "{name}");
+        }
+    }
 
     /// Every pair of values of two dimensions is in some pass.
     #[test]

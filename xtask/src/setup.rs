@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{is_root, output, run};
 
-/// Installs rust-src, a matching bpf-linker, ethtool, and mounts bpffs.
+/// Installs rust-src, a matching bpf-linker, ethtool, iptables, and mounts bpffs.
 pub fn setup() -> Result<()> {
     let (major, version) = nightly_llvm()?;
     ensure_rust_src()?;
@@ -100,7 +100,13 @@ fn ensure_bpf_linker(major: &str, version: &str) -> Result<()> {
 }
 
 fn ensure_packages() -> Result<()> {
-    ensure_tools(&[("ethtool", "ethtool"), ("ip", "iproute2")])
+    // iptables: the end-to-end passes with LB_TEST_FIREWALL=invalid-drop and
+    // tests/e2e_firewall.rs install kube-proxy's rule with it.
+    ensure_tools(&[
+        ("ethtool", "ethtool"),
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+    ])
 }
 
 /// Installs the Debian packages of the `(command or absolute file, package)` pairs that are missing.
