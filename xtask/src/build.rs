@@ -81,6 +81,8 @@ pub fn test() -> Result<()> {
     setup()?;
     let agent = build(false)?;
     lint()?;
+    // The image tests (tests/image.rs) check what `cargo xtask image` makes.
+    let image = crate::image::image()?;
     let mut totals = TestTotals::default();
     run_tests(
         cargo().args(["test", "--workspace", "--exclude", "lb-tests"]),
@@ -93,7 +95,8 @@ pub fn test() -> Result<()> {
     run_tests(
         FULL_SUITE
             .apply(cargo().args(["test", "-p", "lb-tests", "--", "--test-threads=1"]))
-            .env("LB_AGENT_BIN", &agent),
+            .env("LB_AGENT_BIN", &agent)
+            .env("LB_IMAGE", &image),
         &mut totals,
     )?;
     for variant in E2E_VARIANTS {

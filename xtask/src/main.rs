@@ -43,7 +43,8 @@ enum Command {
     },
     /// rustfmt and clippy (-D warnings) for userspace and the eBPF crate.
     Lint,
-    /// Every test: unit, packet (`BPF_PROG_TEST_RUN`) and end-to-end. Needs root.
+    /// Every test: unit, packet (`BPF_PROG_TEST_RUN`), end-to-end, and the
+    /// image (built first, as `cargo xtask image` does). Needs root.
     Test,
     /// The demo: a cluster of namespaces, real traffic, a manifest edit. Needs root.
     Demo,
