@@ -99,8 +99,55 @@ fn own_rss(row: Option<&Value>) -> Option<Figure> {
     })
 }
 
+/// The agent's own peak RSS plus its BPF maps' kernel memory of `row`
+/// (both charged to its memory cgroup), in MiB, per round.
+fn own_plus_maps(row: Option<&Value>) -> Option<Figure> {
+    let row = row?;
+    let maps = mib(row["maps_memlock_bytes"].as_u64()? / 1024);
+    let own = mib(row["agent_own_peak_kib"].as_u64()?);
+    Some(Figure {
+        value: own + maps,
+        text: format!("{:.0} MiB (own {own:.0} + maps {maps:.0})", own + maps),
+        rounds: rounds_at(
+            row,
+            "agent_own_peak_rounds_kib",
+            "no per-round figures in the bench's JSON",
+        )
+        .map(|r| r.iter().map(|kib| kib / 1024.0 + maps).collect()),
+    })
+}
+
+/// The memory limit of the agent's container in deploy/daemonset.yaml, in
+/// MiB.
+///
+/// # Panics
+/// When the manifest cannot be read or names no memory limit.
+#[must_use]
+pub fn daemonset_memory_limit_mib() -> f64 {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/daemonset.yaml");
+    let ds: Value = serde_yaml_ng::from_str(&text).expect("deploy/daemonset.yaml parses");
+    let limit = ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("the DaemonSet's container has a memory limit");
+    quantity_mib(limit).unwrap_or_else(|| panic!("memory limit {limit:?}: not Ki, Mi or Gi"))
+}
+
+/// A Kubernetes memory quantity (`512Mi`, `1Gi`, `262144Ki`) in MiB.
+fn quantity_mib(q: &str) -> Option<f64> {
+    let (digits, per_mib) = if let Some(n) = q.strip_suffix("Gi") {
+        (n, 1024.0)
+    } else if let Some(n) = q.strip_suffix("Mi") {
+        (n, 1.0)
+    } else {
+        (q.strip_suffix("Ki")?, 1.0 / 1024.0)
+    };
+    Some(digits.parse::<f64>().ok()? * per_mib)
+}
+
 /// Judges the control-path targets against `report`.
 pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
+    let limit = daemonset_memory_limit_mib();
     vec![
         verdict(
             "control: 10,000 services from cold in <= 2 s (--source kube)",
@@ -154,6 +201,14 @@ pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
             Bound::AtMost(150.0),
         ),
         verdict(
+            "control: agent RSS plus BPF maps <= the DaemonSet's memory limit (deploy/daemonset.yaml) at 10,000 services (--source kube, default map sizes)",
+            own_plus_maps(control_row(report, 10_000)).map(|mut f| {
+                f.text = format!("{} of {limit:.0} MiB", f.text);
+                f
+            }),
+            Bound::AtMost(limit),
+        ),
+        verdict(
             "control: 100,000 services (1,000,000 endpoints) from cold in <= 10 s (--source kube)",
             ms(control_row(report, LARGE), "cold_start_ms", "cold_start_rounds_ms", 0),
             Bound::AtMost(10_000.0),
@@ -169,4 +224,18 @@ pub(super) fn verdicts(report: &Value) -> Vec<Verdict> {
             Bound::AtMost(600.0),
         ),
     ]
+}
+
+#[cfg(test)]
+mod quantity_tests {
+    use super::quantity_mib;
+
+    #[test]
+    fn memory_quantities_in_mib() {
+        assert_eq!(quantity_mib("512Mi"), Some(512.0));
+        assert_eq!(quantity_mib("1Gi"), Some(1024.0));
+        assert_eq!(quantity_mib("262144Ki"), Some(256.0));
+        assert_eq!(quantity_mib("512M"), None, "decimal units are not read");
+        assert_eq!(quantity_mib("lots"), None);
+    }
 }

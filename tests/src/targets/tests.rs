@@ -308,6 +308,27 @@ fn the_burst_and_the_agents_own_memory_are_judged_from_the_control_row() {
         (Some(true), "120 MiB (maps 90 MiB, sum 210 MiB)")
     );
     assert_eq!(own.rounds, Rounds::Counted { met: 1, of: 2 });
+    // Own memory and maps share the container's memory limit (read from
+    // deploy/daemonset.yaml): 210 and 250 MiB per round.
+    let limit = control::daemonset_memory_limit_mib();
+    assert!(limit >= 64.0, "{limit}");
+    let fits = find(
+        &v,
+        "control: agent RSS plus BPF maps <= the DaemonSet's memory limit",
+    );
+    assert_eq!(
+        fits.measured,
+        format!("210 MiB (own 120 + maps 90) of {limit:.0} MiB")
+    );
+    assert_eq!(fits.met, Some(210.0 <= limit));
+    let rounds_met = usize::from(210.0 <= limit) + usize::from(250.0 <= limit);
+    assert_eq!(
+        fits.rounds,
+        Rounds::Counted {
+            met: rounds_met,
+            of: 2
+        }
+    );
     // The whole resident set (the mmapped slab in it) misses.
     let whole = find(
         &v,
