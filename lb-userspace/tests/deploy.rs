@@ -349,3 +349,18 @@ fn the_api_server_address_comes_from_the_configmap_and_parses() {
         None
     );
 }
+
+#[test]
+fn the_node_port_addresses_come_from_the_configmap_and_parse() {
+    let ds: DaemonSet = one("DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    let config: ConfigMap = one("ConfigMap");
+    let config: BTreeMap<String, String> = config.data.unwrap_or_default();
+    let value = arg_value(&args, &config, "nodeport-addresses");
+    // The shipped default: every local address, as kube-proxy.
+    assert_eq!(
+        lb_userspace::node_ports::NodePortAddresses::parse(&value).unwrap(),
+        lb_userspace::node_ports::NodePortAddresses::All
+    );
+}

@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what a fresh machine lacks (rust-src, bpf-linker, ethtool, bpffs).
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, ethtool, iptables, the Helm renderer, bpffs).
     Setup,
     /// Build the kernel programs (nightly, bpfel-unknown-none).
     BuildEbpf,

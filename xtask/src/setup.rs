@@ -6,12 +6,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{is_root, output, run};
 
-/// Installs rust-src, a matching bpf-linker, ethtool, iptables, and mounts bpffs.
+/// Installs rust-src, a matching bpf-linker, ethtool, iptables, the Helm
+/// renderer, and mounts bpffs.
 pub fn setup() -> Result<()> {
     let (major, version) = nightly_llvm()?;
     ensure_rust_src()?;
     ensure_bpf_linker(&major, &version)?;
     ensure_packages()?;
+    ensure_helm_renderer()?;
     ensure_bpffs()?;
     eprintln!("setup: ready (nightly LLVM {major}, bpf-linker linked against libLLVM-{major}-rust-{version})");
     Ok(())
@@ -134,6 +136,28 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
         .args(["install", "-y"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The Helm renderer of `lb-userspace/tests/helm.rs`: Helm's Go SDK (its
+/// template engine, values schema and `--set` parsing) in a Python wheel.
+const HELM_PYTHON_SDK: (&str, &str) = ("helm-python-sdk", "0.2.2");
+
+fn ensure_helm_renderer() -> Result<()> {
+    let (name, version) = HELM_PYTHON_SDK;
+    let installed = output(Command::new("python3").args([
+        "-c",
+        &format!("import helm_python, importlib.metadata as m; print(m.version('{name}'))"),
+    ]));
+    if installed.is_ok_and(|v| v.trim() == version) {
+        return Ok(());
+    }
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        &format!("{name}=={version}"),
+    ]))
 }
 
 fn ensure_bpffs() -> Result<()> {
