@@ -80,9 +80,16 @@ pub fn test() -> Result<()> {
     require_root("cargo xtask test")?;
     setup()?;
     let agent = build(false)?;
+    // The image (tests/image.rs checks what `cargo xtask image` makes) is
+    // built beside lint and the other tests, in its own target directory;
+    // its tests run last.
+    let image_log = target_dir(&root()).join("image-build.log");
+    let image_build = crate::image::spawn_image_build(&image_log)?;
+    println!(
+        "building the image beside the tests (log: {})",
+        image_log.display()
+    );
     lint()?;
-    // The image tests (tests/image.rs) check what `cargo xtask image` makes.
-    let image = crate::image::image()?;
     let mut totals = TestTotals::default();
     run_tests(
         cargo().args(["test", "--workspace", "--exclude", "lb-tests"]),
@@ -95,8 +102,8 @@ pub fn test() -> Result<()> {
     run_tests(
         FULL_SUITE
             .apply(cargo().args(["test", "-p", "lb-tests", "--", "--test-threads=1"]))
-            .env("LB_AGENT_BIN", &agent)
-            .env("LB_IMAGE", &image),
+            .args(IMAGE_TESTS.iter().flat_map(|t| ["--skip", t]))
+            .env("LB_AGENT_BIN", &agent),
         &mut totals,
     )?;
     for variant in E2E_VARIANTS {
@@ -119,9 +126,33 @@ pub fn test() -> Result<()> {
             &mut totals,
         )?;
     }
+    let image = crate::image::finish_image_build(image_build, &image_log)?;
+    println!("the image tests on {image}");
+    run_tests(
+        FULL_SUITE
+            .apply(cargo().args([
+                "test",
+                "-p",
+                "lb-tests",
+                "--test",
+                "image",
+                "--",
+                "--test-threads=1",
+            ]))
+            .env("LB_AGENT_BIN", &agent)
+            .env("LB_IMAGE", &image),
+        &mut totals,
+    )?;
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }
+
+/// The tests of `tests/image.rs`, run once the image is built (skipped by
+/// the whole suite's pass, which runs before).
+const IMAGE_TESTS: [&str; 2] = [
+    "the_image_is_the_static_agent_from_scratch_as_the_dockerfile_says",
+    "the_agent_runs_from_the_images_file_system_and_serves",
+];
 
 /// The end-to-end test files, which build the namespace cluster and run in
 /// every [`E2E_VARIANTS`] pass. `e2e_overlay` builds its overlay itself and
@@ -258,7 +289,19 @@ pub fn demo() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{E2eVariant, E2E_TESTS, E2E_VARIANTS, FULL_SUITE, SAME_AT_TC};
+    use super::{E2eVariant, E2E_TESTS, E2E_VARIANTS, FULL_SUITE, IMAGE_TESTS, SAME_AT_TC};
+
+    /// The whole suite's pass skips exactly the tests of tests/image.rs.
+    #[test]
+    fn the_image_tests_skipped_by_the_whole_suite_are_all_of_image_rs() {
+        let source = include_str!("../../tests/tests/image.rs");
+        let tests: Vec<&str> = source
+            .split("#[test]\nfn ")
+            .skip(1)
+            .filter_map(|rest| rest.split('(').next())
+            .collect();
+        assert_eq!(tests, IMAGE_TESTS);
+    }
 
     /// Each test a TC pass skips is a test of an end-to-end file, and so is
     /// the twin its comment names.

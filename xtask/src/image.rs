@@ -33,24 +33,60 @@ pub fn ensure_static_tools() -> Result<()> {
     ensure_tools(&[("musl-gcc", "musl-tools")])
 }
 
+/// The target directory of the static build: its own, so that it never
+/// waits for (or holds) the lock of the workspace's, and `cargo xtask test`
+/// can build the image while other tests run.
+fn static_target_dir() -> PathBuf {
+    target_dir(&root()).join("static")
+}
+
 /// Builds the kernel programs and the statically linked agent (release);
 /// returns the binary's path.
 pub fn build_static() -> Result<PathBuf> {
     ensure_static_tools()?;
     build_ebpf()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        STATIC_TARGET,
-        "-p",
-        "lb-userspace",
-        "--bin",
-        "lb-agent",
-    ]))?;
-    Ok(target_dir(&root())
-        .join(STATIC_TARGET)
-        .join("release/lb-agent"))
+    let dir = static_target_dir();
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            STATIC_TARGET,
+            "-p",
+            "lb-userspace",
+            "--bin",
+            "lb-agent",
+            "--target-dir",
+        ])
+        .arg(&dir))?;
+    Ok(dir.join(STATIC_TARGET).join("release/lb-agent"))
+}
+
+/// `cargo xtask image` as a child process with its output in `log`, for
+/// [`crate::build::test`] to build the image beside other work.
+pub fn spawn_image_build(log: &std::path::Path) -> Result<std::process::Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(std::env::current_exe()?)
+        .arg("image")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting cargo xtask image")
+}
+
+/// Waits for [`spawn_image_build`]'s child: the image's name, or its log.
+pub fn finish_image_build(mut child: std::process::Child, log: &std::path::Path) -> Result<String> {
+    let status = child.wait()?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    if !status.success() {
+        anyhow::bail!("cargo xtask image failed ({status}):\n{text}");
+    }
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with(IMAGE_NAME))
+        .map(str::to_string)
+        .with_context(|| format!("cargo xtask image printed no image name:\n{text}"))
 }
 
 /// `buildah` with the storage driver set.
