@@ -145,6 +145,10 @@ impl SliceIndex {
                     "EndpointSlice {}: address type {family} is not served (IPv4 only); ignored",
                     slice.name
                 )),
+                AddressType::Ipv6(_) => Some(format!(
+                    "EndpointSlice {}: address type IPv6 is not served (IPv4 only); ignored",
+                    slice.name
+                )),
                 AddressType::Ipv4 => None,
             })
             .collect()
