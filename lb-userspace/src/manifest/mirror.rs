@@ -128,8 +128,11 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
             out.slices.push(slice("", AddressType::Ipv4, v4));
         }
         if !v6.is_empty() {
-            out.slices
-                .push(slice("-v6", AddressType::Ipv6(v6), Vec::new()));
+            out.slices.push(slice(
+                "-v6",
+                AddressType::Ipv6(v6.into_boxed_slice()),
+                Vec::new(),
+            ));
         }
     }
     Ok(out)

@@ -208,3 +208,12 @@ fn addresses_are_split_by_family_and_v4_only_services_keep_no_v6_side() {
         "the IPv6 side costs an IPv4 Service one pointer and three bytes"
     );
 }
+
+#[test]
+fn ipv6_slices_cost_ipv4_slices_nothing() {
+    assert_eq!(
+        std::mem::size_of::<AddressType>(),
+        std::mem::size_of::<String>(),
+        "AddressType stays the size of its FQDN name, as before IPv6"
+    );
+}

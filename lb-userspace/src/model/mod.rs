@@ -186,8 +186,9 @@ pub enum AddressType {
     /// `endpoints`.
     Ipv4,
     /// IPv6, with the slice's endpoints (its `endpoints` field, typed for
-    /// IPv4, stays empty: the IPv4 path keeps its types and size).
-    Ipv6(Vec<EndpointSpec<Ipv6Addr>>),
+    /// IPv4, stays empty: the IPv4 path keeps its types, and a boxed slice
+    /// keeps this enum, and so every slice, at its IPv4-only size).
+    Ipv6(Box<[EndpointSpec<Ipv6Addr>]>),
     /// Anything else (FQDN): ignored with a warning.
     Other(String),
 }

@@ -51,7 +51,7 @@ impl SliceSpec {
         let (address_type, endpoints) = match slice.address_type.as_str() {
             "IPv4" => (AddressType::Ipv4, parse_endpoints(&slice.endpoints)?),
             "IPv6" => (
-                AddressType::Ipv6(parse_endpoints(&slice.endpoints)?),
+                AddressType::Ipv6(parse_endpoints(&slice.endpoints)?.into_boxed_slice()),
                 Vec::new(),
             ),
             other => (AddressType::Other(other.to_string()), Vec::new()),
