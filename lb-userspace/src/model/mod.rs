@@ -1,7 +1,7 @@
 //! The validated model: Services and EndpointSlices as the agent needs them,
 //! built from the Kubernetes objects with every field checked.
 
-mod family;
+pub mod family;
 #[cfg(test)]
 mod family_tests;
 #[cfg(test)]
