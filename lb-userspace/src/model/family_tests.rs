@@ -217,3 +217,20 @@ fn ipv6_slices_cost_ipv4_slices_nothing() {
         "AddressType stays the size of its FQDN name, as before IPv6"
     );
 }
+
+#[test]
+fn a_nodes_addresses_are_kept_by_family() {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "192.168.50.11"},
+            {"type": "InternalIP", "address": "fd00:50::11"},
+            {"type": "ExternalIP", "address": "2001:db8::11"},
+            {"type": "Hostname", "address": "node1"},
+        ]},
+    }))
+    .unwrap();
+    let facts = NodeFacts::from_k8s(&node);
+    assert_eq!(facts.addresses, [Ipv4Addr::new(192, 168, 50, 11)]);
+    assert_eq!(facts.addresses_v6, [v6("fd00:50::11"), v6("2001:db8::11")]);
+}

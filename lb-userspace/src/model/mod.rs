@@ -292,6 +292,9 @@ pub struct NodeFacts {
     pub zone: Option<String>,
     /// `InternalIP` and `ExternalIP` addresses (IPv4).
     pub addresses: Vec<Ipv4Addr>,
+    /// `InternalIP` and `ExternalIP` addresses (IPv6), kept for the IPv6
+    /// node ports; nothing uses them while the data path is IPv4 only.
+    pub addresses_v6: Vec<Ipv6Addr>,
     /// A deletionTimestamp or the [`TO_BE_DELETED_TAINT`]: load balancers
     /// should stop sending here (the proxy `/healthz` answers 503).
     pub being_deleted: bool,
@@ -307,8 +310,8 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 impl NodeFacts {
-    /// Reads the zone label, IPv4 InternalIP/ExternalIP addresses and
-    /// deletion marks of a Node.
+    /// Reads the zone label, InternalIP/ExternalIP addresses (by family)
+    /// and deletion marks of a Node.
     #[must_use]
     pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> Self {
         let zone = node
@@ -317,13 +320,19 @@ impl NodeFacts {
             .as_ref()
             .and_then(|l| l.get(ZONE_LABEL))
             .cloned();
-        let addresses = node
+        let (mut addresses, mut addresses_v6) = (Vec::new(), Vec::new());
+        for addr in node
             .status
             .iter()
             .flat_map(|s| s.addresses.iter().flatten())
             .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
-            .collect();
+            .filter_map(|a| a.address.parse::<std::net::IpAddr>().ok())
+        {
+            match addr {
+                std::net::IpAddr::V4(v4) => addresses.push(v4),
+                std::net::IpAddr::V6(v6) => addresses_v6.push(v6),
+            }
+        }
         let being_deleted = node.metadata.deletion_timestamp.is_some()
             || node
                 .spec
@@ -333,6 +342,7 @@ impl NodeFacts {
         Self {
             zone,
             addresses,
+            addresses_v6,
             being_deleted,
         }
     }
