@@ -15,6 +15,8 @@ pub enum ProblemReason {
     UnsupportedPort,
     /// A map is full: some frontends of the Service are not programmed.
     Capacity,
+    /// The Service has IPv6 frontends, which the data path does not serve yet.
+    Ipv6NotServed,
 }
 
 impl ProblemReason {
@@ -25,6 +27,7 @@ impl ProblemReason {
             ProblemReason::FrontendConflict => "FrontendConflict",
             ProblemReason::UnsupportedPort => "UnsupportedPort",
             ProblemReason::Capacity => "CapacityExceeded",
+            ProblemReason::Ipv6NotServed => "IPv6NotServed",
         }
     }
 }

@@ -192,7 +192,10 @@ impl Reconciler {
         let mut problems: Vec<ServiceProblem> = cluster
             .services
             .values()
-            .flat_map(|service| service.problems())
+            .flat_map(|service| {
+                let ipv6 = select::family::ipv6_problem(service);
+                service.problems().into_iter().chain(ipv6)
+            })
             .collect();
         problems.extend(self.claims.problems());
         problems.extend(errors.iter().map(|e| ServiceProblem {
@@ -249,9 +252,7 @@ impl Reconciler {
                 self.index.insert(slice);
                 affected.insert(SliceIndex::service_of(slice));
                 if let AddressType::Other(family) = &slice.address_type {
-                    warnings.push(format!(
-                        "EndpointSlice {name}: address type {family} is not served (IPv4 only); ignored"
-                    ));
+                    warnings.push(select::other_address_type(name, family));
                 }
             }
         }

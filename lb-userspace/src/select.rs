@@ -9,8 +9,8 @@ use crate::{
     claims::Claims,
     desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo, ObjectName},
     model::{
-        AddressType, Cluster, EndpointSpec, ServiceKind, ServicePort, ServiceSpec, SliceSpec,
-        TrafficPolicy,
+        AddressType, Cluster, EndpointSpec, IpFamily, ServiceKind, ServicePort, ServiceSpec,
+        SliceSpec, TrafficPolicy,
     },
     source_ranges,
 };
@@ -18,14 +18,16 @@ use crate::{
 /// The desired state of every frontend, and warnings about ignored input.
 ///
 /// Rules (kube-proxy's):
-/// - Headless and ExternalName Services are skipped. Every IPv4 cluster IP is
+/// - Headless and ExternalName Services are skipped, and so are Services
+///   without the IPv4 family (their IPv6 side: [`family`]). Every IPv4 cluster IP is
 ///   an internal frontend per port; external frontends are `externalIPs`,
 ///   load-balancer ingress IPs, and each node address with the port's
 ///   nodePort (NodePort and LoadBalancer Services).
 /// - A Service's endpoints come from every slice in its namespace labelled
 ///   with its name: the union of its own slices and those mirrored from
-///   legacy Endpoints. Slices of another address family are ignored with a
-///   warning.
+///   legacy Endpoints. IPv6 slices serve the IPv6 frontends only
+///   ([`family`]); slices of another address type (FQDN) are ignored with
+///   a warning.
 /// - A Service port takes, in each slice, the slice port with the same name
 ///   and protocol; its number is the endpoint port (so a named targetPort
 ///   resolves per slice). A slice without that port, or without ports at
@@ -70,89 +72,18 @@ pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<S
     (claims.desired(), index.warnings(cluster))
 }
 
-/// The EndpointSlices of each Service, by (namespace, service name).
-#[derive(Clone, Debug, Default)]
-pub struct SliceIndex {
-    /// Each Service's slices, sorted: a Vec, as a Service has one slice or
-    /// a few (a set's node would reserve room for eleven).
-    by_service: BTreeMap<ObjectName, Vec<ObjectName>>,
-    owner: BTreeMap<ObjectName, ObjectName>,
+/// Whether `service` is balanced in `family`: it balances (not headless or
+/// ExternalName) and has that family.
+#[must_use]
+pub fn serves(service: &ServiceSpec, family: IpFamily) -> bool {
+    !matches!(
+        service.kind,
+        ServiceKind::Headless | ServiceKind::ExternalName
+    ) && service.ip_families.contains(family)
 }
 
-impl SliceIndex {
-    /// Indexes every slice of `cluster`.
-    #[must_use]
-    pub fn build(cluster: &Cluster) -> Self {
-        let mut index = Self::default();
-        for slice in cluster.slices.values() {
-            index.insert(slice);
-        }
-        index
-    }
-
-    /// The Service a slice belongs to.
-    #[must_use]
-    pub fn service_of(slice: &SliceSpec) -> ObjectName {
-        ObjectName {
-            namespace: slice.name.namespace.clone(),
-            name: slice.service.clone(),
-        }
-    }
-
-    /// Adds (or moves) a slice; returns the Service it belonged to before, if another.
-    pub fn insert(&mut self, slice: &SliceSpec) -> Option<ObjectName> {
-        let previous = self.remove(&slice.name);
-        let service = Self::service_of(slice);
-        let slices = self.by_service.entry(service.clone()).or_default();
-        if let Err(at) = slices.binary_search(&slice.name) {
-            slices.reserve_exact(1);
-            slices.insert(at, slice.name.clone());
-        }
-        self.owner.insert(slice.name.clone(), service.clone());
-        previous.filter(|p| *p != service)
-    }
-
-    /// The slices labelled for `service`.
-    pub fn slices_of<'a>(
-        &'a self,
-        service: &ObjectName,
-    ) -> impl Iterator<Item = &'a ObjectName> + 'a {
-        self.by_service.get(service).into_iter().flatten()
-    }
-
-    /// Removes a slice; returns the Service it belonged to.
-    pub fn remove(&mut self, slice: &ObjectName) -> Option<ObjectName> {
-        let service = self.owner.remove(slice)?;
-        if let Some(slices) = self.by_service.get_mut(&service) {
-            if let Ok(at) = slices.binary_search(slice) {
-                slices.remove(at);
-            }
-            if slices.is_empty() {
-                self.by_service.remove(&service);
-            }
-        }
-        Some(service)
-    }
-
-    /// Warnings about slices that cannot be used.
-    #[must_use]
-    pub fn warnings(&self, cluster: &Cluster) -> Vec<String> {
-        cluster
-            .slices
-            .values()
-            .filter_map(|slice| match &slice.address_type {
-                AddressType::Other(family) => Some(format!(
-                    "EndpointSlice {}: address type {family} is not served (IPv4 only); ignored",
-                    slice.name
-                )),
-                AddressType::Ipv4 => None,
-            })
-            .collect()
-    }
-}
-
-/// The frontends of one Service as the rules above say (none when the
-/// Service is absent, headless or ExternalName).
+/// The IPv4 frontends of one Service as the rules above say (none when the
+/// Service is absent, headless, ExternalName or without IPv4).
 #[must_use]
 pub fn service_state(
     cluster: &Cluster,
@@ -163,19 +94,13 @@ pub fn service_state(
     let Some(service) = cluster.services.get(name) else {
         return Vec::new();
     };
-    if matches!(
-        service.kind,
-        ServiceKind::Headless | ServiceKind::ExternalName
-    ) {
+    if !serves(service, IpFamily::V4) {
         return Vec::new();
     }
     // Every slice labelled for the Service counts, mirrored or not (kube-proxy
     // takes their union).
     let slices: Vec<&SliceSpec> = index
-        .by_service
-        .get(name)
-        .into_iter()
-        .flatten()
+        .slices_of(name)
         .filter_map(|s| cluster.slices.get(s).map(AsRef::as_ref))
         .filter(|s| s.address_type == AddressType::Ipv4)
         .collect();
@@ -403,6 +328,12 @@ fn topology<'c, 'a>(selected: &[&'c Candidate<'a>], node: &NodeInfo) -> Vec<&'c 
     }
 }
 
+pub mod family;
+mod index;
+
+pub use self::index::{other_address_type, SliceIndex};
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod kube_proxy_tests;
 #[cfg(test)]

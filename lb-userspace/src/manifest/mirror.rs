@@ -33,10 +33,11 @@ pub struct Mirrored {
 }
 
 /// The slices mirrored from `endpoints`, as the mirroring controller makes
-/// them: per subset, one IPv4 slice (ready `addresses`, then not-ready
-/// `notReadyAddresses`, with only `ready` set) and, if it has other
-/// addresses, one slice of the other family (ignored by selection). A
-/// subset gives at most [`MAX_ENDPOINTS_PER_SUBSET`] valid addresses, ready
+/// them: per subset and per family of its addresses, one slice (ready
+/// `addresses`, then not-ready `notReadyAddresses`, with only `ready` set):
+/// `<name>-mirror-<i>` for IPv4, `<name>-mirror-<i>-v6` for IPv6; a subset
+/// without addresses keeps its empty IPv4 slice. A subset gives at most
+/// [`MAX_ENDPOINTS_PER_SUBSET`] valid addresses over both families, ready
 /// ones first; an address that is not an IP is skipped alone. An SCTP port
 /// is dropped alone. Nothing for Endpoints labelled `skip-mirror: "true"` or
 /// holding a leader-election record. Whether the Service exists without a
@@ -79,7 +80,7 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
             });
         }
         let mut v4 = Vec::new();
-        let mut other = false;
+        let mut v6 = Vec::new();
         let ready = subset.addresses.iter().flatten().map(|a| (a, true));
         let not_ready = subset
             .not_ready_addresses
@@ -93,17 +94,8 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
                 continue;
             }
             match address.ip.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => v4.push(EndpointSpec {
-                    addresses: vec![ip],
-                    ready: is_ready,
-                    serving: None,
-                    terminating: None,
-                    node_name: address.node_name.clone(),
-                    zone: None,
-                    zone_hints: Vec::new(),
-                    node_hints: Vec::new(),
-                }),
-                Ok(IpAddr::V6(_)) => other = true,
+                Ok(IpAddr::V4(ip)) => v4.push(mirrored_endpoint(ip, is_ready, address)),
+                Ok(IpAddr::V6(ip)) => v6.push(mirrored_endpoint(ip, is_ready, address)),
                 Err(_) => {
                     out.skipped.push(format!(
                         "address {:?} is not a valid IP address; not mirrored",
@@ -130,10 +122,17 @@ pub fn mirror(endpoints: &Endpoints) -> Result<Mirrored, String> {
             endpoints,
             mirrored: true,
         };
-        out.slices.push(slice("", AddressType::Ipv4, v4));
-        if other {
-            out.slices
-                .push(slice("-v6", AddressType::Other("IPv6".into()), Vec::new()));
+        // One slice per family that has addresses; a subset without any
+        // keeps its (empty) IPv4 slice.
+        if !v4.is_empty() || v6.is_empty() {
+            out.slices.push(slice("", AddressType::Ipv4, v4));
+        }
+        if !v6.is_empty() {
+            out.slices.push(slice(
+                "-v6",
+                AddressType::Ipv6(v6.into_boxed_slice()),
+                Vec::new(),
+            ));
         }
     }
     Ok(out)
@@ -160,5 +159,24 @@ pub(super) fn wanted(
             false
         }
         Some(_) => true,
+    }
+}
+
+/// An endpoint mirrored from an Endpoints address: only `ready` set, as the
+/// controller writes it.
+fn mirrored_endpoint<A>(
+    ip: A,
+    ready: bool,
+    address: &k8s_openapi::api::core::v1::EndpointAddress,
+) -> EndpointSpec<A> {
+    EndpointSpec {
+        addresses: vec![ip],
+        ready,
+        serving: None,
+        terminating: None,
+        node_name: address.node_name.clone(),
+        zone: None,
+        zone_hints: Vec::new(),
+        node_hints: Vec::new(),
     }
 }

@@ -2,10 +2,14 @@
 //! (issue 13, item 12): which Endpoints, how many addresses, and what an
 //! invalid address costs.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::tests::{name, TempDir};
 use super::*;
+use crate::model::AddressType;
 
 const ENDPOINTS: &str = "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ext}\nsubsets: [{addresses: [{ip: 10.0.0.1}], ports: [{port: 8080}]}]\n";
 
@@ -208,4 +212,74 @@ fn an_sctp_port_of_endpoints_is_dropped_alone() {
         .collect();
     assert_eq!(ports, [("b", 8080)]);
     assert_eq!(slice.endpoints.len(), 1);
+}
+
+/// Mirrored endpoints as (address, ready).
+type Mirrored = Vec<(IpAddr, bool)>;
+
+#[test]
+fn each_family_is_mirrored_into_its_own_slice() {
+    // (addresses of the subset, ready first; IPv4 and IPv6 slices made and
+    // their endpoints as (address, ready))
+    let v4 = |a: &str, r| (a.parse::<IpAddr>().unwrap(), r);
+    let cases: [(&str, &str, Mirrored, Mirrored); 4] = [
+        (
+            "IPv4 only: one IPv4 slice",
+            "addresses: [{ip: 10.0.0.1}]",
+            vec![v4("10.0.0.1", true)],
+            vec![],
+        ),
+        (
+            "IPv6 only: one IPv6 slice, no empty IPv4 one",
+            "addresses: [{ip: 'fd00::1'}]\n  notReadyAddresses: [{ip: 'fd00::2'}]",
+            vec![],
+            vec![v4("fd00::1", true), v4("fd00::2", false)],
+        ),
+        (
+            "both: a slice per family",
+            "addresses: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]\n  notReadyAddresses: [{ip: 'fd00::2'}, {ip: 10.0.0.2}]",
+            vec![v4("10.0.0.1", true), v4("10.0.0.2", false)],
+            vec![v4("fd00::1", true), v4("fd00::2", false)],
+        ),
+        (
+            "no addresses: the empty IPv4 slice",
+            "addresses: []",
+            vec![],
+            vec![],
+        ),
+    ];
+    for (what, addresses, want_v4, want_v6) in cases {
+        let dir = TempDir::new("mirror-family");
+        dir.write("svc.yaml", &service(""));
+        dir.write(
+            "ep.yaml",
+            &format!("apiVersion: v1\nkind: Endpoints\nmetadata: {{name: ext}}\nsubsets:\n- ports: [{{port: 8080}}]\n  {addresses}\n"),
+        );
+        let loaded = load_dir(dir.path(), &ManifestCache::default());
+        assert!(loaded.errors.is_empty(), "{what}: {:?}", loaded.errors);
+        let cluster = loaded.cluster();
+        let got_v4 = cluster
+            .slices
+            .get(&name("default", "ext-mirror-0"))
+            .map(|s| {
+                assert_eq!(s.address_type, AddressType::Ipv4, "{what}");
+                s.endpoints
+                    .iter()
+                    .map(|e| (IpAddr::V4(e.addresses[0]), e.ready))
+                    .collect::<Vec<_>>()
+            });
+        let got_v6 = cluster
+            .slices
+            .get(&name("default", "ext-mirror-0-v6"))
+            .map(|s| match &s.address_type {
+                AddressType::Ipv6(endpoints) => endpoints
+                    .iter()
+                    .map(|e| (IpAddr::V6(e.addresses[0]), e.ready))
+                    .collect::<Vec<_>>(),
+                other => panic!("{what}: {other:?}"),
+            });
+        let expect_v4 = (!want_v4.is_empty() || want_v6.is_empty()).then_some(want_v4);
+        let expect_v6 = (!want_v6.is_empty()).then_some(want_v6);
+        assert_eq!((got_v4, got_v6), (expect_v4, expect_v6), "{what}");
+    }
 }

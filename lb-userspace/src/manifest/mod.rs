@@ -464,6 +464,8 @@ fn add_object(
 }
 
 #[cfg(test)]
+mod family_tests;
+#[cfg(test)]
 mod mirror_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,9 @@
 //! The validated model: Services and EndpointSlices as the agent needs them,
 //! built from the Kubernetes objects with every field checked.
 
+pub mod family;
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod kube_proxy_tests;
 mod parse;
@@ -9,10 +12,18 @@ mod slice;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use crate::ident::{ObjectName, Protocol};
 
+pub use self::family::{
+    resolve as resolve_families, Families, IpFamilies, IpFamily, IpFamilyPolicy, ServiceV6,
+    SourceRangeV6,
+};
 pub use self::parse::{object_name, parse_port, parse_protocol, UNSUPPORTED_PROTOCOL};
 pub use self::service::PROXY_IP_MODE;
 
@@ -80,7 +91,7 @@ pub struct ServiceSpec {
     pub name: ObjectName,
     /// Type.
     pub kind: ServiceKind,
-    /// IPv4 cluster IPs.
+    /// IPv4 cluster IP (one at most); the IPv6 one is in `v6`.
     pub cluster_ips: Vec<Ipv4Addr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
@@ -110,6 +121,15 @@ pub struct ServiceSpec {
     /// as unset): the EndpointSlice controller writes its slices, and its
     /// Endpoints are not mirrored.
     pub has_selector: bool,
+    /// `spec.ipFamilies`, resolved and checked (see [`family`]): the
+    /// families it is served in; IPv4 by default.
+    pub ip_families: IpFamilies,
+    /// `spec.ipFamilyPolicy` (defaulted as the API server does).
+    pub ip_family_policy: IpFamilyPolicy,
+    /// The IPv6 addresses (cluster IP, externalIPs, load-balancer ingress,
+    /// source ranges), boxed and only when there are any: IPv4-only
+    /// Services pay one pointer.
+    pub v6: Option<Box<ServiceV6>>,
 }
 
 /// An IPv4 CIDR of `loadBalancerSourceRanges`, its host bits cleared.
@@ -124,7 +144,7 @@ pub struct SourceRange {
 impl SourceRange {
     /// Parses a CIDR (`10.0.0.0/8`; surrounding spaces allowed): an IPv4
     /// range with its host bits cleared, as kube-proxy reads it, or `None`
-    /// for an IPv6 one (the data path is IPv4 only); an error naming the
+    /// for an IPv6 one (a [`SourceRangeV6`]); an error naming the
     /// text when it is no CIDR.
     pub fn parse(text: &str) -> Result<Option<Self>, String> {
         let invalid = || format!("{:?} is not a valid CIDR", text.trim());
@@ -162,10 +182,27 @@ impl std::fmt::Display for SourceRange {
 /// Address family of an EndpointSlice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressType {
-    /// IPv4, the family the data path serves.
+    /// IPv4, the family the data path serves; the endpoints are the slice's
+    /// `endpoints`.
     Ipv4,
-    /// Anything else (IPv6, FQDN): ignored with a warning.
+    /// IPv6, with the slice's endpoints (its `endpoints` field, typed for
+    /// IPv4, stays empty: the IPv4 path keeps its types, and a boxed slice
+    /// keeps this enum, and so every slice, at its IPv4-only size).
+    Ipv6(Box<[EndpointSpec<Ipv6Addr>]>),
+    /// Anything else (FQDN): ignored with a warning.
     Other(String),
+}
+
+impl AddressType {
+    /// The IP family, `None` for another address type.
+    #[must_use]
+    pub const fn family(&self) -> Option<IpFamily> {
+        match self {
+            Self::Ipv4 => Some(IpFamily::V4),
+            Self::Ipv6(_) => Some(IpFamily::V6),
+            Self::Other(_) => None,
+        }
+    }
 }
 
 /// One port of an EndpointSlice.
@@ -179,11 +216,11 @@ pub struct SlicePort {
     pub protocol: Protocol,
 }
 
-/// One endpoint of an EndpointSlice.
+/// One endpoint of an EndpointSlice, of IPv4 addresses unless said.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndpointSpec {
+pub struct EndpointSpec<A = Ipv4Addr> {
     /// Addresses (the first is the one used; all are kept).
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<A>,
     /// `conditions.ready` is not false (unset is ready, as kube-proxy reads it).
     pub ready: bool,
     /// `conditions.serving` as the slice says it; see [`EndpointSpec::is_serving`].
@@ -200,7 +237,7 @@ pub struct EndpointSpec {
     pub node_hints: Vec<String>,
 }
 
-impl EndpointSpec {
+impl<A> EndpointSpec<A> {
     /// `conditions.serving`; unset is serving. kube-proxy reads it so
     /// (`endpointslicecache.go`), not as the API's "defer to ready": the two
     /// differ only for a not-ready terminating endpoint with `serving` unset,
@@ -228,7 +265,8 @@ pub struct SliceSpec {
     pub address_type: AddressType,
     /// Ports.
     pub ports: Vec<SlicePort>,
-    /// Endpoints (empty for a family other than IPv4).
+    /// IPv4 endpoints (empty for another family: IPv6 ones are in
+    /// [`AddressType::Ipv6`]).
     pub endpoints: Vec<EndpointSpec>,
     /// Mirrored from a legacy Endpoints object.
     pub mirrored: bool,
@@ -254,6 +292,9 @@ pub struct NodeFacts {
     pub zone: Option<String>,
     /// `InternalIP` and `ExternalIP` addresses (IPv4).
     pub addresses: Vec<Ipv4Addr>,
+    /// `InternalIP` and `ExternalIP` addresses (IPv6), kept for the IPv6
+    /// node ports; nothing uses them while the data path is IPv4 only.
+    pub addresses_v6: Vec<Ipv6Addr>,
     /// A deletionTimestamp or the [`TO_BE_DELETED_TAINT`]: load balancers
     /// should stop sending here (the proxy `/healthz` answers 503).
     pub being_deleted: bool,
@@ -269,8 +310,8 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 impl NodeFacts {
-    /// Reads the zone label, IPv4 InternalIP/ExternalIP addresses and
-    /// deletion marks of a Node.
+    /// Reads the zone label, InternalIP/ExternalIP addresses (by family)
+    /// and deletion marks of a Node.
     #[must_use]
     pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> Self {
         let zone = node
@@ -279,13 +320,19 @@ impl NodeFacts {
             .as_ref()
             .and_then(|l| l.get(ZONE_LABEL))
             .cloned();
-        let addresses = node
+        let (mut addresses, mut addresses_v6) = (Vec::new(), Vec::new());
+        for addr in node
             .status
             .iter()
             .flat_map(|s| s.addresses.iter().flatten())
             .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
-            .collect();
+            .filter_map(|a| a.address.parse::<std::net::IpAddr>().ok())
+        {
+            match addr {
+                std::net::IpAddr::V4(v4) => addresses.push(v4),
+                std::net::IpAddr::V6(v6) => addresses_v6.push(v6),
+            }
+        }
         let being_deleted = node.metadata.deletion_timestamp.is_some()
             || node
                 .spec
@@ -295,6 +342,7 @@ impl NodeFacts {
         Self {
             zone,
             addresses,
+            addresses_v6,
             being_deleted,
         }
     }

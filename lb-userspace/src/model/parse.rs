@@ -1,8 +1,8 @@
 //! Field parsers shared by the validators (and by Endpoints mirroring).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{SourceRange, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT};
+use super::{SourceRange, SourceRangeV6, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT};
 use crate::ident::{ObjectName, Protocol};
 
 /// Namespace ("default" when absent) and name of an object's metadata.
@@ -83,39 +83,46 @@ pub(super) fn parse_affinity(
     }
 }
 
-/// Parses addresses, keeping IPv4 and putting IPv6 ones in `skipped` (the
-/// data path is IPv4 only); anything else is an error.
-pub(super) fn parse_ipv4_list<'a>(
+/// Parses addresses, split by family; anything else is an error.
+pub(super) fn parse_ip_list<'a>(
     field: &str,
     values: impl IntoIterator<Item = &'a String>,
-    skipped: &mut Vec<String>,
-) -> Result<Vec<Ipv4Addr>, String> {
-    let mut out = Vec::new();
+) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), String> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for value in values {
         match value.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => out.push(ip),
-            Ok(IpAddr::V6(_)) => skipped.push(value.clone()),
+            Ok(IpAddr::V4(ip)) => v4.push(ip),
+            Ok(IpAddr::V6(ip)) => v6.push(ip),
             Err(_) => return Err(format!("{field} {value:?} is not a valid IP address")),
         }
     }
-    Ok(out)
+    Ok((v4, v6))
 }
 
-/// Parses CIDRs, keeping IPv4 ones (host bits cleared, as kube-proxy reads
-/// them) and putting IPv6 ones in `skipped`; anything else is an error.
-pub(super) fn parse_ipv4_cidrs<'a>(
+/// Parses CIDRs split by family, host bits cleared (as kube-proxy reads
+/// them), each once; anything else is an error.
+pub(super) fn parse_cidrs<'a>(
     field: &str,
     values: impl IntoIterator<Item = &'a str>,
-    skipped: &mut Vec<String>,
-) -> Result<Vec<SourceRange>, String> {
-    let mut out = Vec::new();
+) -> Result<(Vec<SourceRange>, Vec<SourceRangeV6>), String> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for value in values {
         match SourceRange::parse(value) {
-            Ok(Some(range)) if !out.contains(&range) => out.push(range),
+            Ok(Some(range)) if !v4.contains(&range) => v4.push(range),
             Ok(Some(_)) => {}
-            Ok(None) => skipped.push(value.trim().to_string()),
+            Ok(None) => {
+                // `SourceRange::parse` has checked it is an IPv6 CIDR.
+                let range = value
+                    .trim()
+                    .split_once('/')
+                    .and_then(|(a, l)| Some(SourceRangeV6::new(a.parse().ok()?, l.parse().ok()?)))
+                    .ok_or_else(|| format!("{field} {value:?} is not a valid CIDR"))?;
+                if !v6.contains(&range) {
+                    v6.push(range);
+                }
+            }
             Err(e) => return Err(format!("{field} {e}")),
         }
     }
-    Ok(out)
+    Ok((v4, v6))
 }

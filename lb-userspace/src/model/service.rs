@@ -1,19 +1,18 @@
 //! Service validation.
 
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::util::intstr::IntOrString};
-use tracing::warn;
 
 use super::{
     object_name,
-    parse::{parse_affinity, parse_ipv4_cidrs, parse_ipv4_list, parse_policy},
-    parse_port, parse_protocol, ServiceKind, ServicePort, ServiceSpec, TargetPort,
+    parse::{parse_affinity, parse_cidrs, parse_ip_list, parse_policy},
+    parse_port, parse_protocol, ServiceKind, ServicePort, ServiceSpec, ServiceV6, TargetPort,
     UNSUPPORTED_PROTOCOL,
 };
 use crate::problem::{ProblemReason, ServiceProblem};
 
 impl ServiceSpec {
-    /// Validates a Service. IPv6 addresses are skipped with one warning (the
-    /// data path is IPv4 only); SCTP ports are skipped alone and listed in
+    /// Validates a Service. Its families follow [`super::family`]'s rules,
+    /// its addresses are kept split by family; SCTP ports are skipped alone and listed in
     /// `skipped_ports` (see [`ServiceSpec::problems`]); anything else that is
     /// wrong is an error.
     pub fn from_k8s(service: &Service) -> Result<Self, String> {
@@ -26,27 +25,21 @@ impl ServiceSpec {
             "ExternalName" => ServiceKind::ExternalName,
             other => return Err(format!("unknown type {other:?}")),
         };
-        let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
-        if ips.is_empty() {
-            ips.extend(spec.cluster_ip.clone());
-        }
-        if ips.iter().any(|ip| ip == "None") {
+        let families = super::resolve_families(
+            spec.cluster_ip.as_deref(),
+            spec.cluster_ips.as_deref().unwrap_or_default(),
+            spec.ip_families.as_deref().unwrap_or_default(),
+            spec.ip_family_policy.as_deref(),
+            kind == ServiceKind::ExternalName,
+        )?;
+        if families.headless {
             kind = ServiceKind::Headless;
         }
-        let mut skipped = Vec::new();
-        let cluster_ips = if kind == ServiceKind::Headless || kind == ServiceKind::ExternalName {
-            Vec::new()
-        } else {
-            parse_ipv4_list("clusterIP", &ips, &mut skipped)?
-        };
-        let external_ips = parse_ipv4_list(
-            "externalIP",
-            spec.external_ips.iter().flatten(),
-            &mut skipped,
-        )?;
+        let (external_ips, external_v6) =
+            parse_ip_list("externalIP", spec.external_ips.iter().flatten())?;
         // An ingress with `ipMode: Proxy` is an address of a proxying load
         // balancer: in-cluster clients must go through it (kube-proxy skips it).
-        let load_balancer_ips = parse_ipv4_list(
+        let (load_balancer_ips, load_balancer_v6) = parse_ip_list(
             "status.loadBalancer.ingress ip",
             service
                 .status
@@ -55,18 +48,23 @@ impl ServiceSpec {
                 .flat_map(|lb| lb.ingress.iter().flatten())
                 .filter(|i| i.ip_mode.as_deref() != Some(PROXY_IP_MODE))
                 .filter_map(|i| i.ip.as_ref()),
-            &mut skipped,
         )?;
         // Only the field, as kube-proxy reads it (the annotation of the
         // same meaning is for cloud load balancers).
-        let source_ranges = parse_ipv4_cidrs(
+        let (source_ranges, source_ranges_v6) = parse_cidrs(
             "loadBalancerSourceRanges",
             spec.load_balancer_source_ranges
                 .iter()
                 .flatten()
                 .map(String::as_str),
-            &mut skipped,
         )?;
+        let v6 = ServiceV6 {
+            cluster_ips: families.v6,
+            external_ips: external_v6,
+            load_balancer_ips: load_balancer_v6,
+            source_ranges: source_ranges_v6,
+        }
+        .boxed_if_any();
         let health_check_node_port = match spec.health_check_node_port {
             Some(port) if kind == ServiceKind::LoadBalancer => {
                 Some(parse_port("healthCheckNodePort", port)?)
@@ -87,16 +85,10 @@ impl ServiceSpec {
             spec.external_traffic_policy.as_deref(),
         )?;
         let (ports, skipped_ports) = parse_ports(spec.ports.as_deref().unwrap_or_default(), kind)?;
-        if !skipped.is_empty() {
-            warn!(
-                "Service {name}: IPv6 addresses {} are not served (the data path is IPv4 only); skipped",
-                skipped.join(", ")
-            );
-        }
         Ok(Self {
             name,
             kind,
-            cluster_ips,
+            cluster_ips: families.v4,
             ports,
             external_ips,
             load_balancer_ips,
@@ -108,6 +100,9 @@ impl ServiceSpec {
             source_ranges,
             skipped_ports,
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+            ip_families: families.families,
+            ip_family_policy: families.policy,
+            v6,
         })
     }
 

@@ -1,6 +1,6 @@
 //! EndpointSlice validation.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::debug;
@@ -11,7 +11,7 @@ use super::{
 };
 
 impl SliceSpec {
-    /// Validates an EndpointSlice (endpoints are read only for IPv4 slices).
+    /// Validates an EndpointSlice (endpoints are read for IPv4 and IPv6 slices).
     pub fn from_k8s(slice: &EndpointSlice) -> Result<Self, String> {
         let name = object_name(&slice.metadata)?;
         let labels = slice.metadata.labels.clone().unwrap_or_default();
@@ -28,11 +28,6 @@ impl SliceSpec {
             .as_ref()
             .and_then(|l| l.get(MANAGED_BY_LABEL))
             .is_some_and(|m| m == MIRROR_MANAGER);
-        let address_type = if slice.address_type == "IPv4" {
-            AddressType::Ipv4
-        } else {
-            AddressType::Other(slice.address_type.clone())
-        };
         // Every Vec at its exact length: the model holds one per slice and
         // per endpoint for as long as the object lives.
         let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
@@ -53,43 +48,14 @@ impl SliceSpec {
                 protocol,
             });
         }
-        let mut endpoints = Vec::new();
-        if address_type == AddressType::Ipv4 {
-            endpoints.reserve_exact(slice.endpoints.len());
-            for endpoint in &slice.endpoints {
-                let addresses = endpoint
-                    .addresses
-                    .iter()
-                    .map(|addr| {
-                        addr.parse::<Ipv4Addr>().map_err(|_| {
-                            format!("endpoint address {addr:?} is not a valid IPv4 address")
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let conditions = endpoint.conditions.clone().unwrap_or_default();
-                let hints = endpoint.hints.clone().unwrap_or_default();
-                endpoints.push(EndpointSpec {
-                    addresses,
-                    ready: conditions.ready != Some(false),
-                    serving: conditions.serving,
-                    terminating: conditions.terminating,
-                    node_name: endpoint.node_name.clone(),
-                    zone: endpoint.zone.clone(),
-                    zone_hints: hints
-                        .for_zones
-                        .iter()
-                        .flatten()
-                        .map(|z| z.name.clone())
-                        .collect(),
-                    node_hints: hints
-                        .for_nodes
-                        .iter()
-                        .flatten()
-                        .map(|n| n.name.clone())
-                        .collect(),
-                });
-            }
-        }
+        let (address_type, endpoints) = match slice.address_type.as_str() {
+            "IPv4" => (AddressType::Ipv4, parse_endpoints(&slice.endpoints)?),
+            "IPv6" => (
+                AddressType::Ipv6(parse_endpoints(&slice.endpoints)?.into_boxed_slice()),
+                Vec::new(),
+            ),
+            other => (AddressType::Other(other.to_string()), Vec::new()),
+        };
         Ok(Self {
             name,
             service,
@@ -99,4 +65,62 @@ impl SliceSpec {
             mirrored,
         })
     }
+}
+
+/// An address type an endpoint address parses as (IPv4 or IPv6).
+trait EndpointAddr: std::str::FromStr {
+    /// The family, for errors.
+    const FAMILY: &'static str;
+}
+
+impl EndpointAddr for Ipv4Addr {
+    const FAMILY: &'static str = "IPv4";
+}
+
+impl EndpointAddr for Ipv6Addr {
+    const FAMILY: &'static str = "IPv6";
+}
+
+/// The endpoints of a slice of family `A`, every address of that family.
+fn parse_endpoints<A: EndpointAddr>(
+    endpoints: &[k8s_openapi::api::discovery::v1::Endpoint],
+) -> Result<Vec<EndpointSpec<A>>, String> {
+    let mut out = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let addresses = endpoint
+            .addresses
+            .iter()
+            .map(|addr| {
+                addr.parse::<A>().map_err(|_| {
+                    format!(
+                        "endpoint address {addr:?} is not a valid {} address",
+                        A::FAMILY
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let hints = endpoint.hints.clone().unwrap_or_default();
+        out.push(EndpointSpec {
+            addresses,
+            ready: conditions.ready != Some(false),
+            serving: conditions.serving,
+            terminating: conditions.terminating,
+            node_name: endpoint.node_name.clone(),
+            zone: endpoint.zone.clone(),
+            zone_hints: hints
+                .for_zones
+                .iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            node_hints: hints
+                .for_nodes
+                .iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        });
+    }
+    Ok(out)
 }

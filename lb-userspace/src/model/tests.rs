@@ -204,11 +204,14 @@ fn slices_are_validated() {
         &json!([{"addresses": ["fd00::1"]}]),
     )
     .unwrap();
-    assert_eq!(v6.address_type, AddressType::Other("IPv6".into()));
-    assert!(
-        v6.endpoints.is_empty(),
-        "other families are kept but not read"
+    let AddressType::Ipv6(endpoints) = &v6.address_type else {
+        panic!("an IPv6 slice is kept as one: {:?}", v6.address_type);
+    };
+    assert_eq!(
+        endpoints[0].addresses,
+        ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]
     );
+    assert!(v6.endpoints.is_empty(), "the IPv4 endpoints stay empty");
 
     let mirrored = slice(
         &json!({"kubernetes.io/service-name": "web", MANAGED_BY_LABEL: MIRROR_MANAGER}),
