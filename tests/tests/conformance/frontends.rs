@@ -274,12 +274,15 @@ pub fn rows() -> Vec<Row> {
             ],
         ),
         Row::new(
-            "dual-stack: the IPv4 cluster IP only",
+            "dual-stack: the IPv4 cluster IP only, the IPv6 one reported as not served",
             vec![
                 web("clusterIPs: [10.96.0.10, \"fd00::10\"], ipFamilies: [IPv4, IPv6], ipFamilyPolicy: PreferDualStack"),
                 one_endpoint(),
             ],
-            &["default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080"],
+            &[
+                "! default/web IPv6NotServed",
+                "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080",
+            ],
         ),
         Row::new(
             "headless and ExternalName Services: no frontend",
