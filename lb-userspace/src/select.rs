@@ -193,12 +193,7 @@ fn endpoints_for<'a>(
     for slice in slices {
         // A slice without the port (or without ports at all) gives this
         // Service port nothing, whatever its targetPort.
-        let Some(number) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-            .map(|p| p.port)
-        else {
+        let Some(number) = slice.port_for(port) else {
             continue;
         };
         for endpoint in &slice.endpoints {

@@ -6,11 +6,21 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::debug;
 
 use super::{
-    object_name, parse_port, parse_protocol, AddressType, EndpointSpec, SlicePort, SliceSpec,
-    MANAGED_BY_LABEL, MIRROR_MANAGER, SERVICE_NAME_LABEL, UNSUPPORTED_PROTOCOL,
+    object_name, parse_port, parse_protocol, AddressType, EndpointSpec, ServicePort, SlicePort,
+    SliceSpec, MANAGED_BY_LABEL, MIRROR_MANAGER, SERVICE_NAME_LABEL, UNSUPPORTED_PROTOCOL,
 };
 
 impl SliceSpec {
+    /// The number of the slice's port matching the Service port `port` by
+    /// name and protocol (a slice without it gives that Service port nothing).
+    #[must_use]
+    pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+            .map(|p| p.port)
+    }
+
     /// Validates an EndpointSlice (endpoints are read for IPv4 and IPv6 slices).
     pub fn from_k8s(slice: &EndpointSlice) -> Result<Self, String> {
         let name = object_name(&slice.metadata)?;

@@ -131,12 +131,7 @@ fn backends_v6(
         let AddressType::Ipv6(endpoints) = &slice.address_type else {
             continue;
         };
-        let Some(number) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-            .map(|p| p.port)
-        else {
+        let Some(number) = slice.port_for(port) else {
             continue;
         };
         for endpoint in endpoints {
