@@ -16,6 +16,7 @@ pub mod maglev;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod node_ports;
 pub mod plan;
 pub mod preflight;

@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddrV4,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
 };
 
 use lb_common::{SockRevEntry, SockRevKey};
@@ -77,37 +77,7 @@ pub struct SockDiag {
 impl SockDiag {
     /// A `sock_diag` socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: a plain syscall; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new fd of ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // A kernel that never answers must not hang the agent.
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval and its size.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                libc::socklen_t::try_from(size_of::<libc::timeval>()).expect("small"),
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::netlink::socket(libc::NETLINK_SOCK_DIAG)?;
         Ok(Self {
             fd,
             seq: std::cell::Cell::new(1),

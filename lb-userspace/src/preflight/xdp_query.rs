@@ -3,10 +3,7 @@
 //! `BPF_PROG_QUERY`, and a program attached by another tool (`ip link set
 //! xdp`, libxdp) is no BPF link the agent could enumerate.
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{io, os::fd::AsRawFd};
 
 /// `IFLA_XDP`: the nested XDP attributes of a link.
 const IFLA_XDP: u16 = 43;
@@ -21,19 +18,7 @@ const IFINFOMSG: usize = 16;
 
 /// The id of the XDP program attached to interface `ifindex`, if any.
 pub fn attached_program(ifindex: u32) -> io::Result<Option<u32>> {
-    // SAFETY: a plain socket call; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new socket of ours.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = crate::netlink::socket(libc::NETLINK_ROUTE)?;
     let request = get_link_request(ifindex);
     // SAFETY: a valid buffer and its length; the kernel is the destination
     // (an unbound netlink socket sends to pid 0).
