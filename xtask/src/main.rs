@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod image;
+mod passes;
 mod setup;
 mod util;
 

@@ -74,27 +74,34 @@ pub fn run_tests(cmd: &mut Command, totals: &mut TestTotals) -> Result<()> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let number = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)?
-                            .trim()
-                            .rsplit(' ')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .unwrap_or(0)
-            };
-            totals.passed += number("passed");
-            totals.failed += number("failed");
-        }
+        add_result_line(&line, totals);
     }
     let status = child.wait()?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Adds a `cargo test` result line ("test result: ok. 3 passed; 1 failed;
+/// ...") to `totals`; other lines add nothing.
+pub fn add_result_line(line: &str, totals: &mut TestTotals) {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return;
+    };
+    let number = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)?
+                    .trim()
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    totals.passed += number("passed");
+    totals.failed += number("failed");
 }
