@@ -691,9 +691,13 @@ impl TestDatapath {
         crate::require_bpffs();
         let slab_slots = config.slab_slots;
         let pin_dir = config.pin_dir.clone();
-        let datapath = Datapath::load(config).unwrap_or_else(|e| {
-            panic!("loading the data path (the verifier must accept both programs): {e:?}")
+        let mut datapath = Datapath::load(config).unwrap_or_else(|e| {
+            panic!("loading the data path (the verifier must accept its programs): {e:?}")
         });
+        // Tests run either uplink hook's program and the baselines.
+        datapath
+            .load_every_program()
+            .unwrap_or_else(|e| panic!("loading the other programs: {e:?}"));
         Self {
             datapath: Some(datapath),
             logger: None,

@@ -14,29 +14,54 @@ use aya::{
 };
 
 use super::{
-    EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PARSE_PROGRAM,
-    XDP_PASS_PROGRAM, XDP_PROGRAM,
+    UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM,
+    XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM,
 };
 
-/// Loads (verifies) the programs.
-pub fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
-    xdp.load()
-        .with_context(|| format!("the verifier rejected {XDP_PROGRAM}"))?;
-    for name in [
-        TC_PROGRAM,
-        UPLINK_TC_PROGRAM,
-        UPLINK_HANDOFF_TC_PROGRAM,
-        EGRESS_TC_PROGRAM,
-    ] {
-        let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-        tc.load()
-            .with_context(|| format!("the verifier rejected {name}"))?;
+/// The programs an agent with uplink `hook` attaches: the hook's own uplink
+/// program (XDP with its TC hand-off, or the uplink TC program), the pods'
+/// ingress and the egress program. The other hook's uplink program and the
+/// benchmarks' baselines are left unverified: verifying `lb_xdp` alone
+/// takes over a second.
+#[must_use]
+pub fn programs_for(hook: UplinkHook) -> &'static [&'static str] {
+    match hook {
+        UplinkHook::Xdp(_) => &[
+            XDP_PROGRAM,
+            UPLINK_HANDOFF_TC_PROGRAM,
+            TC_PROGRAM,
+            EGRESS_TC_PROGRAM,
+        ],
+        UplinkHook::Tc => &[UPLINK_TC_PROGRAM, TC_PROGRAM, EGRESS_TC_PROGRAM],
     }
-    for name in [XDP_PASS_PROGRAM, XDP_PARSE_PROGRAM] {
-        let xdp: &mut Xdp = program(ebpf, name)?.try_into()?;
-        xdp.load()
-            .with_context(|| format!("the verifier rejected {name}"))?;
+}
+
+/// Every XDP and TC program of the kernel object (for tests and benchmarks,
+/// which run any of them through `BPF_PROG_TEST_RUN`).
+pub const EVERY_PROGRAM: [&str; 7] = [
+    XDP_PROGRAM,
+    TC_PROGRAM,
+    UPLINK_TC_PROGRAM,
+    UPLINK_HANDOFF_TC_PROGRAM,
+    EGRESS_TC_PROGRAM,
+    XDP_PASS_PROGRAM,
+    XDP_PARSE_PROGRAM,
+];
+
+/// Loads (verifies) the programs `names`, skipping those loaded already.
+pub fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
+    for &name in names {
+        let rejected = || format!("the verifier rejected {name}");
+        match program(ebpf, name)? {
+            aya::programs::Program::Xdp(xdp) if xdp.fd().is_err() => {
+                xdp.load().with_context(rejected)?;
+            }
+            aya::programs::Program::SchedClassifier(tc) if tc.fd().is_err() => {
+                tc.load().with_context(rejected)?;
+            }
+            aya::programs::Program::Xdp(_) | aya::programs::Program::SchedClassifier(_) => {}
+            _ => anyhow::bail!("{name} is neither an XDP nor a TC program"),
+        }
     }
     Ok(())
 }

@@ -351,7 +351,8 @@ impl Datapath {
             adopted,
             handover,
         };
-        attach::load_programs(&mut datapath.ebpf)?;
+        let hook = datapath.config.uplink;
+        attach::load_programs(&mut datapath.ebpf, attach::programs_for(hook))?;
         let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
         if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
             socket_lb::load(&mut datapath.ebpf)?;
@@ -644,7 +645,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// A loaded program by name (for `BPF_PROG_TEST_RUN` in tests and benchmarks).
+    /// Loads every XDP and TC program of the kernel object the agent left
+    /// unverified (the other uplink hook's, the baselines), for tests and
+    /// benchmarks that run them through `BPF_PROG_TEST_RUN`.
+    pub fn load_every_program(&mut self) -> Result<()> {
+        attach::load_programs(&mut self.ebpf, &attach::EVERY_PROGRAM)
+    }
+
+    /// A program by name (for `BPF_PROG_TEST_RUN` in tests and benchmarks;
+    /// see [`Datapath::load_every_program`]).
     #[must_use]
     pub fn program(&self, name: &str) -> &aya::programs::Program {
         self.ebpf
@@ -781,7 +790,28 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{
+        attach::{programs_for, EVERY_PROGRAM},
+        glob_match, UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM,
+        UPLINK_TC_PROGRAM, XDP_PROGRAM,
+    };
+    use aya::programs::XdpMode;
+
+    /// An agent verifies its hook's uplink program, never the other's; the
+    /// pods' programs with either; tests can load all of them.
+    #[test]
+    fn an_agent_loads_only_its_hooks_uplink_program() {
+        let xdp = programs_for(UplinkHook::Xdp(XdpMode::Driver));
+        assert!(xdp.contains(&XDP_PROGRAM) && xdp.contains(&UPLINK_HANDOFF_TC_PROGRAM));
+        assert!(!xdp.contains(&UPLINK_TC_PROGRAM));
+        let tc = programs_for(UplinkHook::Tc);
+        assert!(tc.contains(&UPLINK_TC_PROGRAM));
+        assert!(!tc.contains(&XDP_PROGRAM) && !tc.contains(&UPLINK_HANDOFF_TC_PROGRAM));
+        for hook in [xdp, tc] {
+            assert!(hook.contains(&TC_PROGRAM) && hook.contains(&EGRESS_TC_PROGRAM));
+            assert!(hook.iter().all(|p| EVERY_PROGRAM.contains(p)));
+        }
+    }
 
     #[test]
     fn glob_patterns() {
