@@ -25,6 +25,7 @@ use axum::{
     extract::{Query, State},
     http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
+    serve::ListenerExt as _,
     Router,
 };
 use serde_json::{json, Value};
@@ -149,6 +150,13 @@ impl TestApiServer {
                 .expect("test API server runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                // No Nagle: Go, which the real API server is written in, sets
+                // TCP_NODELAY on every connection. Without it, watch events
+                // sent a millisecond apart wait for the client's delayed ACK
+                // and arrive in batches (tens of ms late).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;

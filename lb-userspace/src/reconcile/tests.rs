@@ -441,11 +441,25 @@ fn every_current_problem_is_reported_at_every_reconcile() {
         assert_eq!(done.problems[0].reason, ProblemReason::UnsupportedPort);
         assert_eq!(done.problems[0].service, name("sctp"));
     }
+    // A change of another Service leaves the problem standing.
+    let other = service("web", 2);
+    cluster.services.insert(other.name.clone(), other.into());
+    let done = r.reconcile(&cluster, &changed(&["web"]), Instant::now());
+    assert_eq!(done.problems.len(), 1, "{:?}", done.problems);
     Arc::make_mut(cluster.services.get_mut(&name("sctp")).unwrap())
         .skipped_ports
         .clear();
     let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
     assert!(done.problems.is_empty());
+    // A Service that goes takes its problem along.
+    let mut again = service("sctp", 1);
+    again.skipped_ports = vec!["9/SCTP".into()];
+    cluster.services.insert(again.name.clone(), again.into());
+    let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
+    assert_eq!(done.problems.len(), 1, "{:?}", done.problems);
+    cluster.services.remove(&name("sctp"));
+    let done = r.reconcile(&cluster, &changed(&["sctp"]), Instant::now());
+    assert!(done.problems.is_empty(), "{:?}", done.problems);
 }
 
 #[test]

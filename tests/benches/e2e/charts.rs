@@ -15,7 +15,11 @@ use crate::{
 };
 
 /// Draws the connection-rate and request-rate charts into `out`.
-pub(crate) fn draw_charts(medians: &BTreeMap<(u32, Mode), Vec<Figure>>, out: &Path) -> Result<()> {
+pub(crate) fn draw_charts(
+    medians: &BTreeMap<(u32, Mode), Vec<Figure>>,
+    out: &Path,
+    scales: &[u32],
+) -> Result<()> {
     #[allow(clippy::cast_precision_loss)] // rates far below 2^52
     let as_f64 = |x: u64| x as f64;
     for (file, column, title) in [
@@ -30,9 +34,9 @@ pub(crate) fn draw_charts(medians: &BTreeMap<(u32, Mode), Vec<Figure>>, out: &Pa
             "Requests per second on kept-alive connections",
         ),
     ] {
-        let groups: Vec<Group> = [10u32, 10_000]
-            .into_iter()
-            .map(|total| Group {
+        let groups: Vec<Group> = scales
+            .iter()
+            .map(|&total| Group {
                 label: format!("{total} services"),
                 bars: Mode::ALL
                     .iter()

@@ -147,6 +147,11 @@ pub(crate) async fn measure_pair(
             agent,
         )
         .await?,
-        remote: measure(&[remote], Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?,
+        remote: {
+            // For a profiler started by hand on this line (`perf record -a`
+            // for less than the window).
+            eprintln!("e2e: forwarded window begins ({} s)", window.as_secs());
+            measure(&[remote], Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?
+        },
     })
 }

@@ -206,12 +206,13 @@ fn intro(window: Duration) -> String {
 pub(crate) fn fixed_section(
     per_round: &BTreeMap<(u32, Mode), Vec<Sample>>,
     window: Duration,
+    measured: &[u32],
 ) -> (String, Value, String) {
     let mut md = intro(window);
     let mut scales = Vec::new();
     let mut ratios = Map::new();
     let mut summary = String::new();
-    for total in [10u32, 10_000] {
+    for &total in measured {
         let mut modes = Map::new();
         for (name, key, get) in KINDS {
             let _ = writeln!(

@@ -3,7 +3,8 @@
 //! three backends (no balancer: the limit; the client spreads over them
 //! itself), through our data path, through the rules kube-proxy's iptables
 //! mode installs, and through its nftables-mode rules (nat and filter
-//! tables); with 10 and with 10,000 Services programmed. Saturating loads
+//! tables); with 10 and with 10,000 Services programmed (a quick run: 10,000
+//! only, where the targets are judged). Saturating loads
 //! give rates; open-loop loads at a fixed rate give host CPU per request,
 //! to node1's pods and to a Service whose endpoint is on node2 (node1
 //! forwards its flows both ways; direct routing reaches that pod through
@@ -43,14 +44,18 @@ const BULK: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 9000)
 const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 80);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const CONCURRENCY: usize = 8;
+/// The Services programmed in each scale a full run measures.
+const SCALES: [u32; 2] = [10, 10_000];
+/// The one scale a quick run measures (the targets are judged at it).
+const QUICK_SCALES: [u32; 1] = [10_000];
 
 fn main() -> Result<()> {
     lb_tests::require_root();
     let quick = std::env::var_os("LB_BENCH_QUICK").is_some();
-    let (rounds, duration) = if quick {
-        (1, Duration::from_secs(1))
+    let (rounds, duration, scales): (usize, Duration, &[u32]) = if quick {
+        (1, Duration::from_secs(1), &QUICK_SCALES)
     } else {
-        (5, Duration::from_secs(3))
+        (5, Duration::from_secs(3), &SCALES)
     };
     // The fixed-rate windows: long enough for /proc/stat's 10 ms ticks.
     let window = duration.max(Duration::from_secs(2));
@@ -62,7 +67,7 @@ fn main() -> Result<()> {
     let mut json = Vec::new();
     let mut medians: BTreeMap<(u32, Mode), Vec<Figure>> = BTreeMap::new();
     let mut per_round: BTreeMap<(u32, Mode), Vec<Sample>> = BTreeMap::new();
-    for total in [10u32, 10_000] {
+    for &total in scales {
         let programs = programs(total, &out)?;
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Mode::ALL.len()];
         for round in 0..rounds {
@@ -116,10 +121,10 @@ fn main() -> Result<()> {
     }
     let (headline, headline_rounds, mut summary) = headline(&per_round);
     let noise_floor = noise_floor(&per_round, &mut summary);
-    let (fixed_md, fixed_json, fixed_summary) = fixed_section(&per_round, window);
+    let (fixed_md, fixed_json, fixed_summary) = fixed_section(&per_round, window, scales);
     summary.push_str(&fixed_summary);
     md.push_str(&fixed_md);
-    draw_charts(&medians, &out)?;
+    draw_charts(&medians, &out, scales)?;
     draw_cpu_chart(&per_round, &out)?;
     // Loading 100,000 nft chains takes minutes: at most three rounds of it.
     let (programming_md, programming_json) = programming(rounds.min(3), &out, quick)?;
