@@ -2,9 +2,12 @@
 //! object, for its zone and addresses) watched with kube-rs' watcher. Each
 //! object is validated as it arrives and only its model form is kept (not
 //! the Kubernetes object), so memory scales with what balancing needs. A
-//! relist (after `410 Gone`, or a restart) replaces a kind whole, so objects
-//! that vanished meanwhile are dropped; while the API server is unreachable
-//! the watcher retries with backoff and the model, and so the maps, keep the
+//! relist (after `410 Gone`, or a restart) is applied object by object as
+//! its pages arrive, and when it ends the objects it did not hold are
+//! dropped: no second copy of a kind is ever collected, and only objects
+//! that differ from the model count as changed (a relist of an unchanged
+//! cluster recomputes nothing). While the API server is unreachable the
+//! watcher retries with backoff and the model, and so the maps, keep the
 //! last known state.
 //!
 //! As kube-proxy does, Services and EndpointSlices are watched with the
@@ -90,16 +93,17 @@ pub enum Update<T> {
 /// The updates of one kind since the last snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Updates<T> {
-    /// A relist's complete set of objects, replacing all of this kind.
-    pub relisted: Option<BTreeMap<ObjectName, Update<T>>>,
-    /// Objects added, changed or removed since (applied after `relisted`).
+    /// The names a list (or relist) that ended held, every object of the
+    /// kind then: the model drops the others (before `changed`).
+    pub listed: Option<BTreeSet<ObjectName>>,
+    /// Objects listed, added, changed or removed, the latest of each.
     pub changed: BTreeMap<ObjectName, Update<T>>,
 }
 
 impl<T> Default for Updates<T> {
     fn default() -> Self {
         Self {
-            relisted: None,
+            listed: None,
             changed: BTreeMap::new(),
         }
     }
@@ -118,8 +122,10 @@ struct Pending {
 
 /// One delivery of a watch.
 enum Delivery<T> {
-    /// An initial list or relist finished: every object of the kind.
-    Relisted(BTreeMap<ObjectName, Update<T>>),
+    /// One object of a list (initial or relist) under way.
+    Listed(ObjectName, Update<T>),
+    /// A list ended: the names of every object of the kind it held.
+    ListDone(BTreeSet<ObjectName>),
     /// One object changed.
     Changed(ObjectName, Update<T>),
 }
@@ -139,18 +145,14 @@ impl KubeSource {
             Api::<Service>::all(client.clone()),
             ours.clone(),
             ServiceSpec::from_k8s,
-            deliverer(&pending, changed, |p, d| {
-                record(&mut p.changes, |c| &mut c.services, &mut p.services, d);
-            }),
+            deliverer(&pending, changed, |p, d| record(&mut p.services, d)),
             stats.clone(),
         );
         let slices = watch(
             Api::<EndpointSlice>::all(client.clone()),
             ours,
             SliceSpec::from_k8s,
-            deliverer(&pending, changed, |p, d| {
-                record(&mut p.changes, |c| &mut c.slices, &mut p.slices, d);
-            }),
+            deliverer(&pending, changed, |p, d| record(&mut p.slices, d)),
             stats.clone(),
         );
         let own_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
@@ -158,16 +160,13 @@ impl KubeSource {
             Api::<Node>::all(client.clone()),
             own_node,
             |node| Ok(NodeFacts::from_k8s(node)),
-            deliverer(&pending, changed, |p, d| {
-                // A change of our Node: recompute everything.
-                p.changes.all = true;
-                p.node = Some(match d {
-                    Delivery::Relisted(nodes) => nodes
-                        .into_values()
-                        .find(|u| matches!(u, Update::Valid(_)))
-                        .unwrap_or(Update::Gone),
-                    Delivery::Changed(_, update) => update,
-                });
+            deliverer(&pending, changed, |p, d| match d {
+                Delivery::Listed(_, update) | Delivery::Changed(_, update) => {
+                    p.node = Some(update);
+                }
+                // A list without our Node: it is gone.
+                Delivery::ListDone(names) if names.is_empty() => p.node = Some(Update::Gone),
+                Delivery::ListDone(_) => {}
             }),
             stats.clone(),
         );
@@ -200,24 +199,32 @@ impl Source for KubeSource {
     fn snapshot(&mut self) -> (&Cluster, Changes) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("pending changes"));
         let rejected = &self.stats.rejected;
-        fold(
+        let mut changes = pending.changes;
+        // What changed is what differs from the model, whatever was delivered.
+        changes.services.extend(fold(
             "Service",
             &mut self.cluster.services,
             pending.services,
             rejected,
-        );
-        fold(
+        ));
+        changes.slices.extend(fold(
             "EndpointSlice",
             &mut self.cluster.slices,
             pending.slices,
             rejected,
-        );
-        match pending.node {
-            Some(Update::Valid(facts)) => self.cluster.node = Some(facts),
-            Some(_) => self.cluster.node = None,
-            None => {}
+        ));
+        if let Some(update) = pending.node {
+            let facts = match update {
+                Update::Valid(facts) => Some(facts),
+                Update::Invalid(_) | Update::Gone => None,
+            };
+            // A change of our Node: recompute everything.
+            if facts != self.cluster.node {
+                self.cluster.node = facts;
+                changes.all = true;
+            }
         }
-        (&self.cluster, pending.changes)
+        (&self.cluster, changes)
     }
 
     fn stats(&self) -> Arc<SourceStats> {
@@ -244,65 +251,74 @@ fn deliverer<T: 'static>(
     }
 }
 
-/// Records a delivery of Services or EndpointSlices: a relist replaces what
-/// was pending for the kind and changes everything; a change names its object.
-fn record<T>(
-    changes: &mut Changes,
-    names: fn(&mut Changes) -> &mut BTreeSet<ObjectName>,
-    updates: &mut Updates<T>,
-    delivery: Delivery<T>,
-) {
+/// Records a delivery of Services or EndpointSlices: an object, the latest
+/// of each name kept; the end of a list, whose names say what the kind
+/// holds (a change pending from before it, of an object it does not hold,
+/// is dropped: the object is gone).
+fn record<T>(updates: &mut Updates<T>, delivery: Delivery<T>) {
     match delivery {
-        Delivery::Relisted(all) => {
-            updates.relisted = Some(all);
-            updates.changed.clear();
-            changes.all = true;
-        }
-        Delivery::Changed(name, update) => {
-            names(changes).insert(name.clone());
+        Delivery::Listed(name, update) | Delivery::Changed(name, update) => {
             updates.changed.insert(name, update);
+        }
+        Delivery::ListDone(names) => {
+            updates.changed.retain(|name, _| names.contains(name));
+            updates.listed = Some(names);
         }
     }
 }
 
-/// Applies one kind's updates to the model: a relist first (objects it lacks
-/// are dropped), then the changes since. An invalid object keeps its
-/// previous valid version, if any (logged with its name, and counted).
-pub fn fold<T>(
+/// Applies one kind's updates to the model: the end of a list first
+/// (objects it did not hold are dropped), then each object's latest update.
+/// An invalid object keeps its previous valid version, if any (logged with
+/// its name, and counted). Returns the names whose model entry changed
+/// (added, different or dropped): an object delivered again as it was is
+/// not a change.
+pub fn fold<T: PartialEq>(
     kind: &str,
     model: &mut BTreeMap<ObjectName, Arc<T>>,
     updates: Updates<T>,
     rejected: &AtomicU64,
-) {
-    if let Some(listed) = updates.relisted {
-        let mut before = std::mem::take(model);
-        for (name, update) in listed {
-            let previous = before.remove(&name);
-            if let Some(spec) = settle(kind, &name, update, previous, rejected) {
-                model.insert(name, spec);
+) -> BTreeSet<ObjectName> {
+    let mut changed = BTreeSet::new();
+    if let Some(listed) = updates.listed {
+        model.retain(|name, _| {
+            let keep = listed.contains(name);
+            if !keep {
+                changed.insert(name.clone());
             }
-        }
+            keep
+        });
     }
     for (name, update) in updates.changed {
         let previous = model.remove(&name);
-        if let Some(spec) = settle(kind, &name, update, previous, rejected) {
+        let had = previous.is_some();
+        let (now, differs) = settle(kind, &name, update, previous, rejected);
+        if differs || (had && now.is_none()) {
+            changed.insert(name.clone());
+        }
+        if let Some(spec) = now {
             model.insert(name, spec);
         }
     }
+    changed
 }
 
 /// What the model holds for an object after `update`: its new valid
-/// version, else its previous one (none once deleted).
-fn settle<T>(
+/// version (the previous one, shared, when equal), else its previous one
+/// (none once deleted); and whether a new version replaced or added one.
+fn settle<T: PartialEq>(
     kind: &str,
     name: &ObjectName,
     update: Update<T>,
     previous: Option<Arc<T>>,
     rejected: &AtomicU64,
-) -> Option<Arc<T>> {
+) -> (Option<Arc<T>>, bool) {
     match update {
-        Update::Valid(spec) => Some(Arc::new(spec)),
-        Update::Gone => None,
+        Update::Valid(spec) => match previous {
+            Some(previous) if *previous == spec => (Some(previous), false),
+            _ => (Some(Arc::new(spec)), true),
+        },
+        Update::Gone => (None, false),
         Update::Invalid(message) => {
             let what = if previous.is_some() {
                 "keeping its previous version"
@@ -311,7 +327,7 @@ fn settle<T>(
             };
             warn!("{kind} {name}: {message}; {what}");
             rejected.fetch_add(1, Ordering::Relaxed);
-            previous
+            (previous, false)
         }
     }
 }
@@ -352,7 +368,9 @@ async fn forward<K, T, S>(
         Ok(spec) => Update::Valid(spec),
         Err(message) => Update::Invalid(message),
     };
-    let mut listing = BTreeMap::new();
+    // The names the list under way has delivered (not the objects: those
+    // go to the model as they come).
+    let mut listing = BTreeSet::new();
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
@@ -363,12 +381,13 @@ async fn forward<K, T, S>(
             }
             Ok(Event::InitApply(object)) => {
                 if let Ok(name) = object_name(object.meta()) {
-                    listing.insert(name, check(&object));
+                    listing.insert(name.clone());
+                    deliver(Delivery::Listed(name, check(&object)));
                 }
             }
             Ok(Event::InitDone) => {
                 info!(kind, "list complete");
-                deliver(Delivery::Relisted(std::mem::take(&mut listing)));
+                deliver(Delivery::ListDone(std::mem::take(&mut listing)));
                 listed.send_replace(true);
             }
             Ok(Event::Apply(object)) => {
@@ -420,77 +439,104 @@ mod tests {
         let rejected = AtomicU64::new(0);
         let mut m = model(&[("a", 1), ("b", 2), ("c", 3)]);
         let updates = Updates {
-            relisted: None,
+            listed: None,
             changed: [
                 (name("a"), Update::Valid(10)),
                 (name("b"), Update::Invalid("bad port".into())),
                 (name("c"), Update::Gone),
                 (name("d"), Update::Invalid("no name label".into())),
                 (name("e"), Update::Valid(5)),
+                (name("f"), Update::Gone),
             ]
             .into_iter()
             .collect(),
         };
-        fold("Service", &mut m, updates, &rejected);
+        let changed = fold("Service", &mut m, updates, &rejected);
         assert_eq!(m, model(&[("a", 10), ("b", 2), ("e", 5)]));
         assert_eq!(rejected.load(Ordering::Relaxed), 2);
+        let names = BTreeSet::from(["a", "c", "e"].map(name));
+        assert_eq!(changed, names, "what the model holds differently");
     }
 
     #[test]
-    fn a_relist_drops_what_vanished_then_later_changes_apply() {
+    fn the_end_of_a_list_drops_what_it_did_not_hold_then_later_changes_apply() {
         let rejected = AtomicU64::new(0);
         let mut m = model(&[("a", 1), ("b", 2), ("gone", 3)]);
-        let updates = Updates {
-            relisted: Some(
-                [
-                    (name("a"), Update::Valid(1)),
-                    (name("b"), Update::Invalid("bad".into())),
-                    (name("new"), Update::Valid(4)),
-                    (name("bad-new"), Update::Invalid("bad".into())),
-                ]
-                .into_iter()
-                .collect(),
-            ),
-            changed: [(name("a"), Update::Valid(11))].into_iter().collect(),
-        };
-        fold("EndpointSlice", &mut m, updates, &rejected);
-        assert_eq!(m, model(&[("a", 11), ("b", 2), ("new", 4)]));
+        let mut updates = Updates::default();
+        for delivery in [
+            Delivery::Listed(name("a"), Update::Valid(1)),
+            Delivery::Listed(name("b"), Update::Invalid("bad".into())),
+            Delivery::Listed(name("new"), Update::Valid(4)),
+            Delivery::Listed(name("bad-new"), Update::Invalid("bad".into())),
+            Delivery::ListDone(BTreeSet::from(["a", "b", "new", "bad-new"].map(name))),
+            Delivery::Changed(name("a"), Update::Valid(11)),
+            Delivery::Changed(name("later"), Update::Valid(7)),
+        ] {
+            record(&mut updates, delivery);
+        }
+        let changed = fold("EndpointSlice", &mut m, updates, &rejected);
+        assert_eq!(m, model(&[("a", 11), ("b", 2), ("later", 7), ("new", 4)]));
         assert_eq!(rejected.load(Ordering::Relaxed), 2);
+        let names = BTreeSet::from(["a", "gone", "later", "new"].map(name));
+        assert_eq!(changed, names);
     }
 
+    /// A relist of objects that did not change changes nothing: the model
+    /// keeps its versions and no Service is recomputed.
+    #[test]
+    fn a_relist_of_the_same_objects_changes_nothing() {
+        let mut m = model(&[("a", 1), ("b", 2)]);
+        let before = m[&name("a")].clone();
+        let mut updates = Updates::default();
+        for delivery in [
+            Delivery::Listed(name("a"), Update::Valid(1)),
+            Delivery::Listed(name("b"), Update::Valid(2)),
+            Delivery::ListDone(BTreeSet::from(["a", "b"].map(name))),
+        ] {
+            record(&mut updates, delivery);
+        }
+        let changed = fold("Service", &mut m, updates, &AtomicU64::new(0));
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(m, model(&[("a", 1), ("b", 2)]));
+        assert!(
+            Arc::ptr_eq(&m[&name("a")], &before),
+            "the same version, shared"
+        );
+    }
+
+    /// A change pending from before a relist, of an object the relist does
+    /// not hold, is dropped with it (it was deleted meanwhile); objects
+    /// listed before a snapshot are applied then, the rest of the list
+    /// after it.
     #[test]
     fn a_relist_supersedes_the_changes_pending_before_it() {
-        let mut changes = Changes::default();
         let mut updates = Updates::default();
-        let names: fn(&mut Changes) -> &mut BTreeSet<ObjectName> = |c| &mut c.services;
         record(
-            &mut changes,
-            names,
             &mut updates,
-            Delivery::Changed(name("a"), Update::Gone),
+            Delivery::Changed(name("deleted"), Update::Valid(9)),
         );
-        assert!(!changes.all);
-        assert!(changes.services.contains(&name("a")));
+        record(&mut updates, Delivery::Listed(name("a"), Update::Valid(1)));
+        let mut m = model(&[("deleted", 8)]);
+        let first = fold(
+            "Service",
+            &mut m,
+            std::mem::take(&mut updates),
+            &AtomicU64::new(0),
+        );
+        assert_eq!(m, model(&[("a", 1), ("deleted", 9)]), "mid-list");
+        assert_eq!(first, BTreeSet::from(["a", "deleted"].map(name)));
+        record(&mut updates, Delivery::Listed(name("b"), Update::Valid(2)));
         record(
-            &mut changes,
-            names,
             &mut updates,
-            Delivery::Relisted(
-                model(&[("a", 1)])
-                    .into_iter()
-                    .map(|(k, v)| (k, Update::Valid(*v)))
-                    .collect(),
-            ),
+            Delivery::Changed(name("deleted"), Update::Valid(10)),
         );
         record(
-            &mut changes,
-            names,
             &mut updates,
-            Delivery::Changed(name("b"), Update::Valid(2)),
+            Delivery::ListDone(BTreeSet::from(["a", "b"].map(name))),
         );
-        assert!(changes.all);
-        let mut m = BTreeMap::new();
-        fold("Service", &mut m, updates, &AtomicU64::new(0));
-        assert_eq!(m, model(&[("a", 1), ("b", 2)]));
+        record(&mut updates, Delivery::Changed(name("c"), Update::Valid(3)));
+        let second = fold("Service", &mut m, updates, &AtomicU64::new(0));
+        assert_eq!(m, model(&[("a", 1), ("b", 2), ("c", 3)]));
+        assert_eq!(second, BTreeSet::from(["b", "c", "deleted"].map(name)));
     }
 }
