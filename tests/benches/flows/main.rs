@@ -168,7 +168,7 @@ fn summary(report: &Value) -> String {
             fl["duration_seconds"],
             r["established"]["broken"],
             r["established"]["connections"],
-            yes("established_broken_zero"),
+            yes("established_none_broken_or_late"),
             r["new_connections"]["ok"],
             r["new_connections"]["attempted"],
             r["new_connections"]["success_pct"],
