@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    build::{build, cargo},
+    build::{build_for_bench, cargo},
     setup::setup,
     util::{require_root, root, run},
 };
@@ -41,7 +41,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "fonts-dejavu-core",
         ),
     ])?;
-    let agent = build(true)?;
+    let agent = build_for_bench()?;
     let (commit, dirty) = commit();
     let id = run_id();
     eprintln!(

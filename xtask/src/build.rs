@@ -54,6 +54,25 @@ pub fn build(release: bool) -> Result<PathBuf> {
         .join("lb-agent"))
 }
 
+/// Builds the agent, the benches and their report in release mode in one
+/// cargo run; returns the agent binary's path. One run gives the agent's
+/// library the features the benches unify (built alone, `lb-userspace`
+/// gets another feature set, so the benches rebuilt it and aya: a minute).
+pub fn build_for_bench() -> Result<PathBuf> {
+    build_ebpf()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-tests",
+        "--bins",
+        "--benches",
+    ]))?;
+    Ok(target_dir(&root()).join("release").join("lb-agent"))
+}
+
 /// rustfmt and clippy for both workspaces.
 pub fn lint() -> Result<()> {
     build_ebpf()?;

@@ -4,7 +4,8 @@
 //! itself), through our data path, through the rules kube-proxy's iptables
 //! mode installs, and through its nftables-mode rules (nat and filter
 //! tables); with 10 and with 10,000 Services programmed (a quick run: 10,000
-//! only, where the targets are judged). Saturating loads
+//! only, where the targets are judged, without the nftables layout, whose
+//! rules take minutes to load and which no target reads). Saturating loads
 //! give rates; open-loop loads at a fixed rate give host CPU per request,
 //! to node1's pods and to a Service whose endpoint is on node2 (node1
 //! forwards its flows both ways; direct routing reaches that pod through
@@ -34,7 +35,7 @@ use crate::{
     charts::{draw_charts, draw_cpu_chart},
     fixed_report::fixed_section,
     modes::{programs, run_mode, Mode, Sample},
-    programming::programming,
+    programming::{programming, QUICK_NFT_MAX},
     report::{headline, intro, noise_floor, summarize, COLUMNS},
 };
 
@@ -74,11 +75,8 @@ fn main() -> Result<()> {
             for k in 0..Mode::ALL.len() {
                 let index = (k + round) % Mode::ALL.len();
                 let mode = Mode::ALL[index];
-                if let Ok(only) = std::env::var("LB_E2E_MODES") {
-                    // Debugging aid: measure only these modes (comma-separated keys).
-                    if !only.split(',').any(|m| m == mode.key()) {
-                        continue;
-                    }
+                if skipped(mode, total, quick) {
+                    continue;
                 }
                 let sample = run_mode(mode, &programs, duration, window)
                     .with_context(|| format!("{} with {total} services", mode.name()))?;
@@ -92,29 +90,12 @@ fn main() -> Result<()> {
             let _ = write!(md, " {name} |");
         }
         let _ = writeln!(md, " errors |\n|---|{}---:|", "---:|".repeat(COLUMNS.len()));
-        let mut modes = serde_json::Map::new();
-        for (mode, s) in Mode::ALL.iter().zip(&samples) {
-            if s.is_empty() {
-                continue;
-            }
-            let figures = summarize(s);
-            medians.insert((total, *mode), figures.clone());
-            per_round.insert((total, *mode), s.clone());
-            let _ = write!(md, "| {} |", mode.name());
-            let mut fields = serde_json::Map::new();
-            for ((name, get), f) in COLUMNS.iter().zip(&figures) {
-                let _ = write!(md, " {} ({}-{}) |", f.median, f.low, f.high);
-                let rounds: Vec<u64> = s.iter().map(get).collect();
-                fields.insert(
-                    (*name).to_string(),
-                    serde_json::json!({"median": f.median, "low": f.low, "high": f.high,
-                        "rounds": rounds}),
-                );
-            }
-            let errors: u64 = s.iter().map(|x| x.errors).sum();
-            let _ = writeln!(md, " {errors} |");
-            fields.insert("errors".into(), errors.into());
-            modes.insert(mode.key().into(), fields.into());
+        let modes = mode_rows(&mut md, total, &samples, &mut medians, &mut per_round);
+        if quick && total > QUICK_NFT_MAX {
+            let _ = writeln!(
+                md,
+                "(kube-proxy nftables layout: skipped in --quick above {QUICK_NFT_MAX} Services)"
+            );
         }
         let _ = writeln!(md);
         json.push(serde_json::json!({"services": total, "modes": modes}));
@@ -152,6 +133,54 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One row per mode measured at `total` Services into `md` (median and
+/// spread of each column, errors); records each mode's medians and rounds;
+/// returns the rows as JSON.
+fn mode_rows(
+    md: &mut String,
+    total: u32,
+    samples: &[Vec<Sample>],
+    medians: &mut BTreeMap<(u32, Mode), Vec<Figure>>,
+    per_round: &mut BTreeMap<(u32, Mode), Vec<Sample>>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut modes = serde_json::Map::new();
+    for (mode, s) in Mode::ALL.iter().zip(samples) {
+        if s.is_empty() {
+            continue;
+        }
+        let figures = summarize(s);
+        medians.insert((total, *mode), figures.clone());
+        per_round.insert((total, *mode), s.clone());
+        let _ = write!(md, "| {} |", mode.name());
+        let mut fields = serde_json::Map::new();
+        for ((name, get), f) in COLUMNS.iter().zip(&figures) {
+            let _ = write!(md, " {} ({}-{}) |", f.median, f.low, f.high);
+            let rounds: Vec<u64> = s.iter().map(get).collect();
+            fields.insert(
+                (*name).to_string(),
+                serde_json::json!({"median": f.median, "low": f.low, "high": f.high,
+                    "rounds": rounds}),
+            );
+        }
+        let errors: u64 = s.iter().map(|x| x.errors).sum();
+        let _ = writeln!(md, " {errors} |");
+        fields.insert("errors".into(), errors.into());
+        modes.insert(mode.key().into(), fields.into());
+    }
+    modes
+}
+
+/// Whether this run leaves `mode` out at `total` Services: a quick run's
+/// nftables layout above [`QUICK_NFT_MAX`] (loading its rules takes minutes
+/// and no target reads it), or a mode `LB_E2E_MODES` (a debugging aid:
+/// comma-separated keys) does not name.
+fn skipped(mode: Mode, total: u32, quick: bool) -> bool {
+    if quick && mode == Mode::Nftables && total > QUICK_NFT_MAX {
+        return true;
+    }
+    std::env::var("LB_E2E_MODES").is_ok_and(|only| !only.split(',').any(|m| m == mode.key()))
 }
 
 /// Fails unless kube-proxy's rule loaders are installed.

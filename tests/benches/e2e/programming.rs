@@ -51,9 +51,10 @@ fn program_from_cold(
     Ok((ours, peak_kib, maps_bytes, iptables, nft, heap_kib))
 }
 
-/// Services above which a quick run skips `nft -f` (10,000 Services' rules
-/// take it about two minutes here, and no target reads it).
-const QUICK_NFT_MAX: u32 = 1_000;
+/// Services above which a quick run skips `nft -f`, here and as an end-to-end
+/// mode (10,000 Services' rules take it two to three minutes here, and no
+/// target reads the nftables layout).
+pub(crate) const QUICK_NFT_MAX: u32 = 1_000;
 
 /// The cold-programming comparison at 1,000 and 10,000 services: markdown and JSON.
 pub(crate) fn programming(
