@@ -39,7 +39,7 @@ fn buildah(args: &[&str]) -> String {
         .args(["--storage-driver", "vfs"])
         .args(args)
         .output()
-        .expect("buildah is missing: `cargo xtask setup` installs it");
+        .expect("buildah is missing: `cargo xtask image` installs it");
     assert!(
         out.status.success(),
         "buildah {args:?}: {}",
@@ -85,8 +85,8 @@ fn files(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
     }
 }
 
-/// The instructions of the Dockerfile's final stage: (instruction, rest).
-fn final_stage() -> Vec<(String, String)> {
+/// The Dockerfile's instructions: (instruction, rest).
+fn dockerfile() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile"),
     )
@@ -106,6 +106,12 @@ fn final_stage() -> Vec<(String, String)> {
             (op.to_ascii_uppercase(), rest.trim().to_string())
         })
         .collect();
+    instructions
+}
+
+/// The instructions of the Dockerfile's final stage.
+fn final_stage() -> Vec<(String, String)> {
+    let instructions = dockerfile();
     let last_from = instructions
         .iter()
         .rposition(|(op, _)| op == "FROM")
@@ -189,6 +195,60 @@ fn the_image_is_the_static_agent_from_scratch_as_the_dockerfile_says() {
     assert_eq!(label_keys, image_keys, "the same labels");
     let workdir = stage.iter().find(|(op, _)| op == "WORKDIR").unwrap();
     assert_eq!(config["WorkingDir"], Value::String(workdir.1.clone()));
+    // `docker build` without --build-arg VERSION labels the same version.
+    assert!(
+        stage.contains(&(
+            "ARG".to_string(),
+            format!(
+                "VERSION={}",
+                labels["org.opencontainers.image.version"].as_str().unwrap()
+            )
+        )),
+        "{stage:?}"
+    );
+}
+
+#[test]
+fn the_dockerfiles_build_stage_runs_what_cargo_xtask_image_runs() {
+    // `cargo xtask image` (which built the image under test) runs `setup
+    // --build-only` and `build-static`; the build stage may run nothing else
+    // of the project's (no bpffs mount, no packages for the tests: an
+    // unprivileged `docker build` must get through it) and copies the binary
+    // from where `build-static` leaves it.
+    let all = dockerfile();
+    let last_from = all.iter().rposition(|(op, _)| op == "FROM").unwrap();
+    let (build, last) = all.split_at(last_from);
+    let runs: Vec<&str> = build
+        .iter()
+        .filter(|(op, _)| op == "RUN")
+        .map(|(_, rest)| rest.as_str())
+        .collect();
+    let xtask: Vec<&str> = runs
+        .iter()
+        .flat_map(|r| r.split("&&"))
+        .map(str::trim)
+        .filter(|c| c.starts_with("cargo xtask"))
+        .collect();
+    assert_eq!(
+        xtask,
+        ["cargo xtask setup --build-only", "cargo xtask build-static"],
+        "{runs:?}"
+    );
+    let workdir = &build.iter().find(|(op, _)| op == "WORKDIR").unwrap().1;
+    let copy = &last.iter().find(|(op, _)| op == "COPY").unwrap().1;
+    assert!(
+        copy.contains(&format!(
+            " {workdir}/target/static/x86_64-unknown-linux-musl/release/lb-agent "
+        )),
+        "the build stage's binary: {copy}"
+    );
+    // The build context leaves out what was built here.
+    let ignore =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore"))
+            .expect(".dockerignore");
+    for dir in ["target/", "lb-ebpf/target/"] {
+        assert!(ignore.lines().any(|l| l.trim() == dir), "{dir} not ignored");
+    }
 }
 
 #[test]

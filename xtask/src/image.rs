@@ -130,6 +130,9 @@ fn revision() -> Result<String> {
 /// Builds the image; returns its name (`localhost/lb-agent:VERSION`).
 pub fn image() -> Result<String> {
     ensure_tools(&[("buildah", "buildah")])?;
+    // What the Dockerfile's build stage runs: `setup --build-only`, then
+    // `build-static`.
+    crate::setup::build_tools()?;
     let binary = build_static()?;
     let version = version()?;
     let revision = revision()?;

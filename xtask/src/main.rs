@@ -20,7 +20,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what a fresh machine lacks (rust-src, bpf-linker, ethtool, iptables, the Helm renderer, bpffs).
-    Setup,
+    Setup {
+        /// Only what building needs (rust-src, bpf-linker): the Dockerfile's build stage.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the kernel programs (nightly, bpfel-unknown-none).
     BuildEbpf,
     /// Build the kernel programs and the agent.
@@ -63,7 +67,8 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup => setup::setup(),
+        Command::Setup { build_only: false } => setup::setup(),
+        Command::Setup { build_only: true } => setup::build_tools().map(|_| ()),
         Command::BuildEbpf => build::build_ebpf().map(|_| ()),
         Command::Build { release } => build::build(release).map(|_| ()),
         Command::Run { release, args } => {

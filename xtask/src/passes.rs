@@ -185,8 +185,9 @@ fn run_pass(pass: Pass, agent: &Path, log: &Path) -> Result<(TestTotals, ExitSta
 
 /// The tests of `tests/image.rs`, run once the image is built (skipped by
 /// the whole suite's pass, which runs before).
-pub const IMAGE_TESTS: [&str; 2] = [
+pub const IMAGE_TESTS: [&str; 3] = [
     "the_image_is_the_static_agent_from_scratch_as_the_dockerfile_says",
+    "the_dockerfiles_build_stage_runs_what_cargo_xtask_image_runs",
     "the_agent_runs_from_the_images_file_system_and_serves",
 ];
 

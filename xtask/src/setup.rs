@@ -9,14 +9,23 @@ use crate::util::{is_root, output, run};
 /// Installs rust-src, a matching bpf-linker, ethtool, iptables, the Helm
 /// renderer, and mounts bpffs.
 pub fn setup() -> Result<()> {
-    let (major, version) = nightly_llvm()?;
-    ensure_rust_src()?;
-    ensure_bpf_linker(&major, &version)?;
+    let (major, version) = build_tools()?;
     ensure_packages()?;
     ensure_helm_renderer()?;
     ensure_bpffs()?;
     eprintln!("setup: ready (nightly LLVM {major}, bpf-linker linked against libLLVM-{major}-rust-{version})");
     Ok(())
+}
+
+/// What building needs and nothing else (`cargo xtask setup --build-only`,
+/// the Dockerfile's build stage: no packages, no Helm renderer, no bpffs
+/// mount, which an unprivileged `docker build` refuses): rust-src and a
+/// bpf-linker matching the nightly's LLVM; returns (LLVM major, release).
+pub fn build_tools() -> Result<(String, String)> {
+    let (major, version) = nightly_llvm()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker(&major, &version)?;
+    Ok((major, version))
 }
 
 /// (LLVM major, rustc release) of the nightly toolchain.
@@ -151,13 +160,28 @@ fn ensure_helm_renderer() -> Result<()> {
     if installed.is_ok_and(|v| v.trim() == version) {
         return Ok(());
     }
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        &format!("{name}=={version}"),
-    ]))
+    if output(Command::new("python3").args(["-m", "pip", "--version"])).is_err() {
+        // Debian's python3 comes without pip.
+        ensure_tools(&[("/usr/lib/python3/dist-packages/pip", "python3-pip")])?;
+    }
+    let pip_install = || {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("{name}=={version}"),
+        ]);
+        cmd
+    };
+    if run(&mut pip_install()).is_ok() {
+        return Ok(());
+    }
+    // A distribution's own Python refuses pip installs (PEP 668,
+    // "externally-managed-environment"); the wheel only serves the tests.
+    eprintln!("setup: retrying {name} with --break-system-packages");
+    run(pip_install().arg("--break-system-packages"))
 }
 
 fn ensure_bpffs() -> Result<()> {
