@@ -182,7 +182,8 @@ impl Agent {
     /// securityContext, e.g. `NET_ADMIN`; the bounding set limits what root
     /// gets at exec) and the root file system read-only (a mount namespace
     /// of its own where `/` is remounted read-only; bpffs, /proc and /sys
-    /// stay writable, as the `DaemonSet`'s mounts are).
+    /// stay writable, as the `DaemonSet`'s mounts are; the host's mounts
+    /// reach it, as the netns volume's `HostToContainer` propagation does).
     pub fn start_confined(node: &Netns, caps: &[&str], source_args: &[&str]) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lbt{}x{n}", std::process::id()));
@@ -195,6 +196,7 @@ impl Agent {
         let confine = [
             "unshare".to_string(),
             "--mount".into(),
+            "--propagation=slave".into(),
             "--".into(),
             "sh".into(),
             "-c".into(),
