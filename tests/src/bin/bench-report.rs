@@ -109,6 +109,18 @@ fn main() -> Result<()> {
     println!("{}", read("flows-summary.txt"));
     println!("Targets:\n{table}");
     eprintln!("wrote BENCHMARKS.md and target/bench/report.json (run {id})");
+    let failed = targets::failed_gates(&verdicts);
+    if !failed.is_empty() {
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|v| format!("- {}: {}", v.target, v.measured))
+            .collect();
+        bail!(
+            "the agent no longer fits its deployment (raise resources.limits.memory in \
+             deploy/daemonset.yaml and the chart's values.yaml, or shrink the agent):\n{}",
+            lines.join("\n")
+        );
+    }
     Ok(())
 }
 

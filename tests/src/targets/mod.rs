@@ -116,6 +116,20 @@ fn headline(report: &Value, key: &str) -> Option<Figure> {
     })
 }
 
+/// The targets whose miss fails the bench, not only the report: the
+/// `DaemonSet`'s memory limit must hold what the agent and its maps measure,
+/// or the agent would be killed in a loop at that size.
+pub const GATES: [&str; 1] = [control::FITS_THE_DAEMONSET];
+
+/// The verdicts of [`GATES`] that this run missed.
+#[must_use]
+pub fn failed_gates(verdicts: &[Verdict]) -> Vec<&Verdict> {
+    verdicts
+        .iter()
+        .filter(|v| GATES.contains(&v.target) && v.met == Some(false))
+        .collect()
+}
+
 /// Judges every target of issues 4 and 15 against `report` (`{"packet", "e2e", "control"}`).
 #[must_use]
 pub fn judge(report: &Value) -> Vec<Verdict> {

@@ -329,6 +329,19 @@ fn the_burst_and_the_agents_own_memory_are_judged_from_the_control_row() {
             of: 2
         }
     );
+    // Under the limit the bench passes; over it, the bench fails.
+    assert_eq!(
+        failed_gates(&judged).is_empty(),
+        fits.met == Some(true),
+        "the fit is a gate"
+    );
+    let over = json!({"control": {"sizes": [{"services": 10_000, "p99_ms": 0.5,
+        "agent_own_peak_kib": 300 * 1024, "agent_own_peak_rounds_kib": [300 * 1024],
+        "maps_memlock_bytes": 4u64 << 30}]}});
+    let over = judge(&over);
+    let failed = failed_gates(&over);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].target, control::FITS_THE_DAEMONSET);
     // The whole resident set (the mmapped slab in it) misses.
     let whole = find(
         &v,
