@@ -299,15 +299,49 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let client = kube_client(kubeconfig.as_ref(), api_server.as_ref()).await?;
             let source = KubeSource::start(&client, &changed_tx, &options.node.name);
             events = Some(client);
+            // The kernel verifies the programs while the lists arrive (as the
+            // manifests path parses meanwhile): a second or more of a cold
+            // start that waited for the lists before.
+            let started = Instant::now();
+            let config = options.datapath.clone();
+            let loading = tokio::task::spawn_blocking(move || {
+                let loaded = Datapath::load(config);
+                (loaded, started.elapsed())
+            });
             info!("waiting for the initial list of Services and EndpointSlices");
-            source.wait_until_ready().await?;
-            (Box::new(source), Datapath::load(options.datapath.clone())?)
+            let listed = source.wait_until_ready().await;
+            let listed_after = started.elapsed();
+            let (loaded, load) = loading
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let datapath = loaded?;
+            if let Err(e) = listed {
+                give_up(datapath);
+                return Err(e);
+            }
+            info!(
+                list_us = micros(listed_after),
+                load_us = micros(load),
+                "listed while the programs loaded"
+            );
+            (Box::new(source), datapath)
         }
     };
     let result = serve(&options, source, events, changed, &mut datapath).await;
     datapath.shutdown();
     info!("detached and removed pins");
     result
+}
+
+/// A datapath loaded for a source that then failed: an earlier agent's
+/// adopted maps keep serving (as if this agent had never started); a fresh
+/// start leaves no pins behind (as a failed load does).
+fn give_up(datapath: Datapath) {
+    if datapath.adopted() {
+        drop(datapath);
+    } else {
+        datapath.shutdown();
+    }
 }
 
 /// The client of the config found (a kubeconfig, or in-cluster), at
