@@ -138,7 +138,12 @@ pub(crate) async fn measure_pair(
     agent: Option<u32>,
 ) -> Result<FixedPair> {
     Ok(FixedPair {
-        kept: measure(targets, Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?,
+        kept: {
+            // For a profiler started by hand on this line (`perf record -a`
+            // for less than the window), as the forwarded window's below.
+            eprintln!("e2e: kept-alive window begins ({} s)", window.as_secs());
+            measure(targets, Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?
+        },
         conn: measure(
             targets,
             Kind::NewConnection,
@@ -148,8 +153,6 @@ pub(crate) async fn measure_pair(
         )
         .await?,
         remote: {
-            // For a profiler started by hand on this line (`perf record -a`
-            // for less than the window).
             eprintln!("e2e: forwarded window begins ({} s)", window.as_secs());
             measure(&[remote], Kind::KeptAlive, KEPT_ALIVE_RATE, window, agent).await?
         },
