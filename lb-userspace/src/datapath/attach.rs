@@ -48,22 +48,53 @@ pub const EVERY_PROGRAM: [&str; 7] = [
     XDP_PARSE_PROGRAM,
 ];
 
-/// Loads (verifies) the programs `names`, skipping those loaded already.
+/// Loads (verifies) the programs `names`, skipping those loaded already,
+/// each on a thread of its own: the kernel verifies privileged loads in
+/// parallel, and `lb_xdp` alone takes over a second. The first failure in
+/// `names` order is the error.
 pub fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> Result<()> {
     for &name in names {
-        let rejected = || format!("the verifier rejected {name}");
         match program(ebpf, name)? {
-            aya::programs::Program::Xdp(xdp) if xdp.fd().is_err() => {
-                xdp.load().with_context(rejected)?;
-            }
-            aya::programs::Program::SchedClassifier(tc) if tc.fd().is_err() => {
-                tc.load().with_context(rejected)?;
-            }
             aya::programs::Program::Xdp(_) | aya::programs::Program::SchedClassifier(_) => {}
             _ => anyhow::bail!("{name} is neither an XDP nor a TC program"),
         }
     }
-    Ok(())
+    let wanted: Vec<(&str, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| names.contains(name))
+        .collect();
+    let mut results: Vec<(usize, Result<()>)> = std::thread::scope(|scope| {
+        let loading: Vec<_> = wanted
+            .into_iter()
+            .map(|(name, prog)| {
+                let order = names.iter().position(|n| *n == name).unwrap_or(usize::MAX);
+                (order, scope.spawn(move || load_one(name, prog)))
+            })
+            .collect();
+        loading
+            .into_iter()
+            .map(|(order, handle)| {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (order, result)
+            })
+            .collect()
+    });
+    results.sort_by_key(|(order, _)| *order);
+    results.into_iter().try_for_each(|(_, result)| result)
+}
+
+/// Loads one XDP or TC program unless it is loaded already.
+fn load_one(name: &str, prog: &mut aya::programs::Program) -> Result<()> {
+    let rejected = || format!("the verifier rejected {name}");
+    match prog {
+        aya::programs::Program::Xdp(xdp) if xdp.fd().is_err() => xdp.load().with_context(rejected),
+        aya::programs::Program::SchedClassifier(tc) if tc.fd().is_err() => {
+            tc.load().with_context(rejected)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
