@@ -299,31 +299,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let client = kube_client(kubeconfig.as_ref(), api_server.as_ref()).await?;
             let source = KubeSource::start(&client, &changed_tx, &options.node.name);
             events = Some(client);
-            // The kernel verifies the programs while the lists arrive (as the
-            // manifests path parses meanwhile): a second or more of a cold
-            // start that waited for the lists before.
-            let started = Instant::now();
-            let config = options.datapath.clone();
-            let loading = tokio::task::spawn_blocking(move || {
-                let loaded = Datapath::load(config);
-                (loaded, started.elapsed())
-            });
             info!("waiting for the initial list of Services and EndpointSlices");
-            let listed = source.wait_until_ready().await;
-            let listed_after = started.elapsed();
-            let (loaded, load) = loading
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let datapath = loaded?;
-            if let Err(e) = listed {
-                give_up(datapath);
-                return Err(e);
-            }
-            info!(
-                list_us = micros(listed_after),
-                load_us = micros(load),
-                "listed while the programs loaded"
-            );
+            let datapath = load_while_listing(&source, options.datapath.clone()).await?;
             (Box::new(source), datapath)
         }
     };
@@ -331,6 +308,44 @@ pub async fn run(options: RunOptions) -> Result<()> {
     datapath.shutdown();
     info!("detached and removed pins");
     result
+}
+
+/// Loads the datapath while `source` lists (the kernel verifies the
+/// programs meanwhile, as the manifests path parses meanwhile): a load that
+/// fails ends the start at once, lists or not; a source that fails after
+/// the load gives the datapath up.
+async fn load_while_listing(source: &KubeSource, config: DatapathConfig) -> Result<Datapath> {
+    let started = Instant::now();
+    let mut loading = tokio::task::spawn_blocking(move || Datapath::load(config));
+    let ready = source.wait_until_ready();
+    tokio::pin!(ready);
+    let mut listed = None;
+    let loaded = loop {
+        tokio::select! {
+            joined = &mut loading => {
+                break joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            }
+            result = &mut ready, if listed.is_none() => {
+                listed = Some((result, started.elapsed()));
+            }
+        }
+    };
+    let load = started.elapsed();
+    let datapath = loaded?;
+    let (listed, listed_after) = match listed {
+        Some(done) => done,
+        None => ((&mut ready).await, started.elapsed()),
+    };
+    if let Err(e) = listed {
+        give_up(datapath);
+        return Err(e);
+    }
+    info!(
+        list_us = micros(listed_after),
+        load_us = micros(load),
+        "listed while the programs loaded"
+    );
+    Ok(datapath)
 }
 
 /// A datapath loaded for a source that then failed: an earlier agent's

@@ -4,8 +4,9 @@
 //! established connection (as every pass of `tests/e2e.rs` checks again
 //! across restarts), a bad manifest leaves the other Services served,
 //! SIGTERM detaches and removes everything the agent created (at XDP
-//! whatever `LB_TEST_UPLINK_HOOK` says), and a SNAT pool inside the node's
-//! ephemeral range is refused. Unlike `tests/e2e.rs`, run once, not on
+//! whatever `LB_TEST_UPLINK_HOOK` says), a SNAT pool inside the node's
+//! ephemeral range is refused, and a datapath that cannot load ends the
+//! start while the API server's lists are still awaited. Unlike `tests/e2e.rs`, run once, not on
 //! every pass of the end-to-end matrix (see `E2E_TESTS` in xtask). Needs
 //! root.
 
@@ -17,6 +18,7 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, ManifestDir, TEST_BED_XDP},
+    apiserver::TestApiServer,
     cluster::{assert_spread, cluster, cluster_with},
     topology::ClusterTopology,
     traffic::{http_distribution, HttpClient},
@@ -254,4 +256,43 @@ fn max_services_sizes_the_maps_and_refuses_frontends_beyond_it() {
     let status = agent.status().unwrap();
     let served = status.lines().filter(|l| l.contains(" -> ")).count();
     assert_eq!(served, 2, "{status}");
+}
+
+#[test]
+fn a_datapath_that_cannot_load_ends_the_start_without_waiting_for_the_lists() {
+    // The kube source lists while the programs load; an API server that
+    // never answers (nothing listens at its address) must not hide a load
+    // that failed (maps pinned outside bpffs) behind an endless wait.
+    let topo = ClusterTopology::new().expect("building the namespace topology");
+    let scratch = std::env::temp_dir().join(format!("lbt{}-nobpffs", std::process::id()));
+    let kubeconfig = scratch.join("kubeconfig");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        TestApiServer::kubeconfig_text("http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let config = kubeconfig.to_string_lossy().into_owned();
+    let started = Agent::start_pinned(
+        &topo.node1,
+        &[
+            "--source",
+            "kube",
+            "--kubeconfig",
+            &config,
+            "--detach-on-exit",
+        ],
+        &scratch.join("pins"),
+    );
+    let mut agent = started.expect("starting lb-agent");
+    let err = agent
+        .wait_ready(Duration::from_secs(30))
+        .expect_err("the agent must stop: its maps cannot be pinned");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("exited") && text.contains("eBPF object"),
+        "the agent exits naming the load: {text}"
+    );
 }
