@@ -17,6 +17,7 @@ pub mod netns;
 pub mod paced;
 pub mod packet;
 pub mod procfs;
+pub mod sock_client;
 pub mod stats;
 pub mod targets;
 pub mod topology;

@@ -24,6 +24,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     cluster::assert_spread,
     netns::Netns,
+    sock_client,
     topology::ClusterTopology,
     traffic::{http_distribution, lines_until, metric, scrape, PodServers},
 };
@@ -123,23 +124,18 @@ fn counter(node: &Netns, series: &str) -> u64 {
     value
 }
 
-/// Runs `sock-client` (joining `cgroup` first) in `ns` with `count`
-/// exchanges of `mode` to `to`; its lines.
+/// Runs `sock-client` in `ns`, joining `cgroup` first, with [`COUNT`]
+/// exchanges of `mode` to `to`: its lines.
 fn sock_client(ns: &Netns, cgroup: &TestCgroup, mode: &str, to: SocketAddrV4) -> Vec<String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_sock-client"))
-        .arg(cgroup.path())
-        .args([mode, &to.to_string(), &COUNT.to_string()])
-        .output()
-        .expect("running sock-client");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    sock_client::run(
+        env!("CARGO_BIN_EXE_sock-client"),
+        Some(ns),
+        cgroup,
+        mode,
+        &to,
+        COUNT,
+        &[],
+    )
 }
 
 /// A client process holding sockets open, killed if the test fails.
@@ -177,13 +173,7 @@ fn assert_keyed_and_answering(agent: &Agent, node: &Netns) {
 fn assert_the_hook_balances(node: &Netns, pod: &Netns, cgroup: &TestCgroup) {
     let translated = "lb_datapath_events_total{event=\"socket_translated\"}";
     let before = counter(node, translated);
-    let mut tcp = BTreeMap::new();
-    for line in sock_client(pod, cgroup, "http", WEB) {
-        let reply = line
-            .strip_prefix(&format!("peer={WEB} reply="))
-            .unwrap_or_else(|| panic!("the socket reports {WEB} and an answer: {line}"));
-        *tcp.entry(reply.to_string()).or_default() += 1;
-    }
+    let tcp = sock_client::answers(&sock_client(pod, cgroup, "http", WEB), &WEB);
     assert_spread(&tcp, &ALL, COUNT, 0.05);
     assert!(counter(node, translated) >= before + COUNT as u64);
 }

@@ -32,6 +32,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     cluster::{assert_spread, cluster_with, Cluster},
     netns::Netns,
+    sock_client,
     traffic::{http_distribution, lines_until, metric, scrape},
 };
 use lb_userspace::datapath::PIN_LAYOUT;
@@ -88,9 +89,7 @@ fn socket_cluster(scope: &str, cgroup: &TestCgroup) -> Cluster {
     )
 }
 
-/// Runs `sock-client` in `ns`'s network namespace (through `nsenter`, which
-/// keeps /sys and so the cgroup visible), joining `cgroup` first, and
-/// returns its lines.
+/// Runs `sock-client` in `ns`, joining `cgroup` first: its lines.
 fn sock_client(ns: &Netns, cgroup: &TestCgroup, mode: &str, to: SocketAddrV4) -> Vec<String> {
     sock_client_n(ns, cgroup, mode, to, COUNT)
 }
@@ -103,39 +102,22 @@ fn sock_client_n(
     to: SocketAddrV4,
     count: usize,
 ) -> Vec<String> {
-    let netns = format!("--net=/run/netns/{}", ns.name());
-    let out = Command::new("nsenter")
-        .args([
-            netns.as_str(),
-            "--",
-            env!("CARGO_BIN_EXE_sock-client"),
-            cgroup.path().to_str().unwrap(),
-            mode,
-            &to.to_string(),
-            &count.to_string(),
-        ])
-        .output()
-        .expect("running sock-client");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    sock_client::run(
+        env!("CARGO_BIN_EXE_sock-client"),
+        Some(ns),
+        cgroup,
+        mode,
+        &to,
+        count,
+        &[],
+    )
 }
 
 /// The backends that answered, by name; every line must report `peer` as
 /// the socket's peer.
 fn answers(lines: &[String], peer: SocketAddrV4) -> BTreeMap<String, usize> {
     assert_eq!(lines.len(), COUNT, "{lines:?}");
-    let mut seen = BTreeMap::new();
-    for line in lines {
-        let reply = line
-            .strip_prefix(&format!("peer={peer} reply="))
-            .unwrap_or_else(|| panic!("the socket reports {peer} and an answer: {line}"));
-        *seen.entry(reply.to_string()).or_default() += 1;
-    }
-    seen
+    sock_client::answers(lines, &peer)
 }
 
 /// A counter from node1's metrics (absent: zero).

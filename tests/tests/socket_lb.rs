@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,6 +23,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     fixture::{apply, frontend, program},
     packet::TestDatapath,
+    sock_client,
 };
 use lb_userspace::desired::Protocol;
 
@@ -114,34 +114,20 @@ fn client_in(
     count: u32,
     extra: &[&str],
 ) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sock-client"))
-        .args([
-            cgroup.path().to_str().unwrap(),
-            mode,
-            &to.to_string(),
-            &count.to_string(),
-        ])
-        .args(extra)
-        .output()
-        .expect("running sock-client");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    sock_client::run(
+        env!("CARGO_BIN_EXE_sock-client"),
+        None,
+        cgroup,
+        mode,
+        &to,
+        count as usize,
+        extra,
+    )
 }
 
 /// How many exchanges each backend answered; every line must report `peer`.
 fn replies(lines: &[String], peer: SocketAddr) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for line in lines {
-        let reply = line
-            .strip_prefix(&format!("peer={peer} reply="))
-            .unwrap_or_else(|| panic!("the socket reports {peer}: {line}"));
-        *seen.entry(reply.to_string()).or_default() += 1;
-    }
-    seen
+    sock_client::answers(lines, &peer)
 }
 
 #[test]
