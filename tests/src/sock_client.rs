@@ -58,3 +58,54 @@ pub fn answers(lines: &[String], peer: &dyn Display) -> BTreeMap<String, usize> 
     }
     seen
 }
+
+/// A `sock-client hold` process: it opens its sockets, prints a line per
+/// socket and "ready", then waits for "go" on its standard input to use
+/// them again. Killed on drop, so a failed test leaves no process behind.
+pub struct Holding {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Holding {
+    /// Starts `sock-client` (see [`run`]) joining `cgroup`, with `hold`
+    /// and `args`; returns it with the lines it printed before "ready".
+    #[must_use]
+    pub fn start(bin: &str, cgroup: &TestCgroup, args: &[String]) -> (Self, Vec<String>) {
+        let mut child = Command::new(bin)
+            .arg(cgroup.path())
+            .arg("hold")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", Path::new(bin).display()));
+        let out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut holding = Self { child, out };
+        let opened = crate::traffic::lines_until(&mut holding.out, "ready");
+        (holding, opened)
+    }
+
+    /// Tells it to go on and waits for it: the lines it printed after
+    /// "ready". A failed run fails the test.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<String> {
+        use std::io::Write as _;
+        self.child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(b"go\n")
+            .unwrap();
+        let rest = crate::traffic::lines_until(&mut self.out, "");
+        assert!(self.child.wait().unwrap().success());
+        rest
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -12,9 +12,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -26,7 +24,7 @@ use lb_tests::{
     netns::Netns,
     sock_client,
     topology::ClusterTopology,
-    traffic::{http_distribution, lines_until, metric, scrape, PodServers},
+    traffic::{http_distribution, metric, scrape, PodServers},
 };
 use lb_userspace::{
     datapath::{maps::Maps, REQUIRED_CAPABILITIES},
@@ -138,16 +136,6 @@ fn sock_client(ns: &Netns, cgroup: &TestCgroup, mode: &str, to: SocketAddrV4) ->
     )
 }
 
-/// A client process holding sockets open, killed if the test fails.
-struct Held(std::process::Child);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Keyed with the Secret's seed, synced (the example's two frontends), and
 /// answering on the `DaemonSet`'s metrics and health ports in `node`.
 fn assert_keyed_and_answering(agent: &Agent, node: &Netns) {
@@ -182,19 +170,19 @@ fn assert_the_hook_balances(node: &Netns, pod: &Netns, cgroup: &TestCgroup) {
 /// endpoint out of the slice, and the agent (metrics in `node`) enters
 /// pod1a's namespace to close those the hook pointed at pod1b, no others.
 fn assert_closed_in_the_pod(node: &Netns, pod: &Netns, cgroup: &TestCgroup, edit: impl FnOnce()) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sock-client"))
-        .arg(cgroup.path())
-        .arg("hold")
-        .args([WEB.to_string(), WEB_DNS.to_string(), format!("0+{HELD}")])
-        .args(["-", "-"])
-        .arg(format!("/run/netns/{}", pod.name()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("running sock-client");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut held = Held(child);
-    let opened: BTreeMap<String, String> = lines_until(&mut out, "ready")
+    let (held, opened) = sock_client::Holding::start(
+        env!("CARGO_BIN_EXE_sock-client"),
+        cgroup,
+        &[
+            WEB.to_string(),
+            WEB_DNS.to_string(),
+            format!("0+{HELD}"),
+            "-".to_string(),
+            "-".to_string(),
+            format!("/run/netns/{}", pod.name()),
+        ],
+    );
+    let opened: BTreeMap<String, String> = opened
         .iter()
         .map(|l| {
             let f: Vec<&str> = l.splitn(4, ' ').collect();
@@ -216,9 +204,7 @@ fn assert_closed_in_the_pod(node: &Netns, pod: &Netns, cgroup: &TestCgroup, edit
         "the sockets on pod1b"
     );
     assert_eq!(counter(node, "lb_socket_close_errors_total"), 0);
-    held.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let rest = lines_until(&mut out, "");
-    assert!(held.0.wait().unwrap().success());
+    let rest = held.finish();
     for line in &rest {
         let f: Vec<&str> = line.splitn(4, ' ').collect();
         let (what, n, reply) = (f[0], f[2], f[3]);

@@ -21,9 +21,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufReader, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -33,7 +32,7 @@ use lb_tests::{
     cluster::{assert_spread, cluster_with, Cluster},
     netns::Netns,
     sock_client,
-    traffic::{http_distribution, lines_until, metric, scrape},
+    traffic::{http_distribution, metric, scrape},
 };
 use lb_userspace::datapath::PIN_LAYOUT;
 
@@ -250,16 +249,6 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
     );
 }
 
-/// A client process that holds sockets open, killed if the test fails.
-struct Held(std::process::Child);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn with_scope_all_a_pods_sockets_to_a_removed_backend_are_closed_and_no_others() {
     const SOCKETS: usize = 16;
@@ -268,19 +257,19 @@ fn with_scope_all_a_pods_sockets_to_a_removed_backend_are_closed_and_no_others()
     let pod1b_dns = SocketAddrV4::new(c.topo.pod("pod1b").ip, 5353);
     // pod1a holds connected UDP sockets through the Service, and one
     // straight to pod1b (not ours to close).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sock-client"))
-        .arg(cgroup.path())
-        .arg("hold")
-        .args([WEB.to_string(), WEB_DNS.to_string(), format!("0+{SOCKETS}")])
-        .args(["-".to_string(), pod1b_dns.to_string()])
-        .arg(format!("/run/netns/{}", c.topo.pod("pod1a").ns.name()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("running sock-client");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut held = Held(child);
-    let opened: Vec<[String; 3]> = lines_until(&mut out, "ready")
+    let (held, opened) = sock_client::Holding::start(
+        env!("CARGO_BIN_EXE_sock-client"),
+        &cgroup,
+        &[
+            WEB.to_string(),
+            WEB_DNS.to_string(),
+            format!("0+{SOCKETS}"),
+            "-".to_string(),
+            pod1b_dns.to_string(),
+            format!("/run/netns/{}", c.topo.pod("pod1a").ns.name()),
+        ],
+    );
+    let opened: Vec<[String; 3]> = opened
         .iter()
         .map(|l| {
             let f: Vec<&str> = l.splitn(4, ' ').collect();
@@ -312,9 +301,7 @@ fn with_scope_all_a_pods_sockets_to_a_removed_backend_are_closed_and_no_others()
         "the pod's sockets on pod1b"
     );
 
-    held.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let rest = lines_until(&mut out, "");
-    assert!(held.0.wait().unwrap().success());
+    let rest = held.finish();
     for line in &rest {
         let f: Vec<&str> = line.splitn(4, ' ').collect();
         let (what, kind, n, reply) = (f[0], f[1], f[2], f[3]);
