@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::{
     markdown::{capacity_md, thousands},
-    observe::{count, f, metrics, or_zero, ports_in_use, round1, to_json},
+    observe::{count, f, fresh_metrics, metrics, or_zero, ports_in_use, round1, to_json},
     port_return::port_return,
     procs::{all, merge_reasons, sum_field, Proc},
     GC_INTERVAL_S, METRICS_PORT,
@@ -54,6 +54,9 @@ pub(crate) const FILL_ROUNDS: usize = 4;
 /// never claimed: a new flow probes random ports (8 while the pool is
 /// exhausted in the same second, 128 otherwise), so it rarely finds one.
 pub(crate) const EXHAUSTED_UNCLAIMED: u64 = 2;
+
+/// How long a fresh census (two more collector sweeps) may take.
+const CENSUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The agent's default `--snat-port-range`.
 const DEFAULT_POOL: &str = "1024-29999";
@@ -138,7 +141,7 @@ fn top_up(
             ),
             Duration::from_mins(3),
         )?;
-        in_use = ports_in_use(&metrics(&topo.node1)?)?;
+        in_use = ports_in_use(&fresh_metrics(&topo.node1, CENSUS_TIMEOUT)?)?;
         eprintln!(
             "capacity: topping up: {} opened, {in_use} ports in use",
             sum_field(&answers, "ok")
@@ -244,7 +247,10 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
     let failed = sum_field(&wave, "failed");
     let check = all(&mut clients, "check", Duration::from_mins(3))?;
     let held = sum_field(&check, "ok");
-    let in_use_at_target = ports_in_use(&metrics(&topo.node1)?)?;
+    // The flow series are the collector's last census, up to a sweep old:
+    // read at once, they may predate the last connections of the wave.
+    let in_use_at_check = ports_in_use(&metrics(&topo.node1)?)?;
+    let in_use_at_target = ports_in_use(&fresh_metrics(&topo.node1, CENSUS_TIMEOUT)?)?;
     eprintln!("capacity: {opened} opened in {open_s:.1} s, {held} held; topping the pool up");
 
     let fill_started = Instant::now();
@@ -309,6 +315,7 @@ pub(crate) fn capacity(plan: &CapacityPlan, deadline: Instant) -> Result<(Value,
         "held_concurrently": held,
         "held_check_failed": sum_field(&check, "failed"),
         "snat_ports_in_use_at_target": in_use_at_target,
+        "snat_ports_in_use_at_check_end": in_use_at_check,
         "fill": {
             "rounds": rounds,
             "attempted": rounds_sum(&rounds, "attempted"),

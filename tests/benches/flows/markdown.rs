@@ -84,7 +84,7 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
                 .unwrap_or("the pool was not exhausted")
         )
     };
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 18] = [
         (
             "connections opened (each one request)",
             format!("{} of {}", j["opened"], j["target_connections"]),
@@ -104,8 +104,12 @@ pub(crate) fn capacity_md(plan: &CapacityPlan, j: &Value, target_line: &str, met
             format!("{}", j["held_concurrently"]),
         ),
         (
-            "`lb_snat_ports_in_use` for pod2a, at the target",
+            "`lb_snat_ports_in_use` for pod2a, at the target (a census after the check)",
             format!("{}", j["snat_ports_in_use_at_target"]),
+        ),
+        (
+            "the same series read as the check ended (the census then, up to a sweep old)",
+            format!("{}", j["snat_ports_in_use_at_check_end"]),
         ),
         (
             "topping up: rounds; attempts opened / failed (s)",

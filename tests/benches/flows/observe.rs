@@ -64,7 +64,7 @@ pub(crate) fn latency_json(sorted: &[Duration]) -> Value {
 
 /// The agent's flow and verdict series from `/metrics` text.
 fn series(text: &str) -> BTreeMap<String, f64> {
-    const KEEP: [&str; 12] = [
+    const KEEP: [&str; 13] = [
         "lb_packets_total",
         "lb_datapath_events_total",
         "lb_conntrack_entries",
@@ -77,6 +77,7 @@ fn series(text: &str) -> BTreeMap<String, f64> {
         "lb_snat_flows",
         "lb_snat_ports_in_use",
         "lb_snat_exhausted_total",
+        GC_RUNS,
     ];
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -96,6 +97,30 @@ pub(crate) fn metrics(node1: &Netns) -> Result<BTreeMap<String, f64>> {
     let (status, body) = scrape(node1, METRICS_PORT, "/metrics")?;
     ensure!(status.contains(" 200"), "/metrics answered {status}");
     Ok(series(&body))
+}
+
+/// Sweeps the agent's collector finished (its flow series are the last
+/// sweep's census).
+const GC_RUNS: &str = "lb_conntrack_gc_runs_total";
+
+/// The agent's series from node1's `/metrics`, from a census taken wholly
+/// after this call: waits until two more sweeps finished (the one running
+/// now may have read the maps before the caller's last connections), at
+/// most `timeout`.
+pub(crate) fn fresh_metrics(node1: &Netns, timeout: Duration) -> Result<BTreeMap<String, f64>> {
+    let before = require(&metrics(node1)?, GC_RUNS)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = metrics(node1)?;
+        if require(&m, GC_RUNS)? >= before + 2.0 {
+            return Ok(m);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the agent's collector finished fewer than 2 sweeps in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The value of the series `name`, 0 when absent: only for series that
