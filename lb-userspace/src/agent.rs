@@ -97,6 +97,7 @@ fn sync(
     let started = Instant::now();
     let (cluster, changes) = source.snapshot();
     health.queued(changes.since.unwrap_or(started));
+    health.observe(cluster, &changes);
     let snapshot = started.elapsed();
     // Chunk by chunk, so the tables of thousands of Services are never all
     // in memory at once.

@@ -31,8 +31,9 @@ use tokio::sync::watch;
 use crate::{
     desired::NodeInfo,
     ident::ObjectName,
-    model::{AddressType, Cluster, ServiceKind, TrafficPolicy},
+    model::{AddressType, Cluster, ServiceKind, ServiceSpec, TrafficPolicy},
     select::SliceIndex,
+    source::Changes,
 };
 
 /// kube-proxy's default `--healthz-bind-address`.
@@ -106,11 +107,45 @@ pub fn health_check_ports(cluster: &Cluster) -> BTreeMap<ObjectName, u16> {
     cluster
         .services
         .values()
-        .filter(|s| s.kind == ServiceKind::LoadBalancer)
-        .filter(|s| s.external_policy == TrafficPolicy::Local)
-        .filter(|s| !s.cluster_ips.is_empty() && !s.ports.is_empty())
-        .filter_map(|s| Some((s.name.clone(), s.health_check_node_port?)))
+        .filter_map(|s| Some((s.name.clone(), health_check_port(s)?)))
         .collect()
+}
+
+/// The health check node port of one Service, if it has one to serve.
+fn health_check_port(s: &ServiceSpec) -> Option<u16> {
+    (s.kind == ServiceKind::LoadBalancer
+        && s.external_policy == TrafficPolicy::Local
+        && !s.cluster_ips.is_empty()
+        && !s.ports.is_empty())
+    .then_some(s.health_check_node_port?)
+}
+
+/// Brings `ports` (the [`health_check_ports`] of an earlier `cluster`) up
+/// to date with `cluster` after `changes`: only the changed Services are
+/// looked at, so a sync at 100,000 Services does not walk them all.
+pub fn update_health_check_ports(
+    ports: &mut BTreeMap<ObjectName, u16>,
+    cluster: &Cluster,
+    changes: &Changes,
+) {
+    if changes.all {
+        *ports = health_check_ports(cluster);
+        return;
+    }
+    for name in &changes.services {
+        match cluster
+            .services
+            .get(name)
+            .and_then(|s| health_check_port(s))
+        {
+            Some(port) => {
+                ports.insert(name.clone(), port);
+            }
+            None => {
+                ports.remove(name);
+            }
+        }
+    }
 }
 
 /// Ready endpoints on `node` of each of `services`, as kube-proxy counts
@@ -237,6 +272,10 @@ impl Shared {
 pub struct Health {
     shared: Arc<Shared>,
     node_name: String,
+    /// The health check ports of the Services the agent has seen, kept up
+    /// to date change by change ([`Health::observe`]); `None` until the
+    /// first change, when every sync computes them afresh.
+    ports: Mutex<Option<BTreeMap<ObjectName, u16>>>,
     desired: Option<watch::Sender<BTreeMap<ObjectName, u16>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -278,6 +317,7 @@ impl Health {
         Ok(Self {
             shared,
             node_name: node_name.to_string(),
+            ports: Mutex::new(None),
             desired: Some(desired),
             thread: Some(thread),
         })
@@ -286,6 +326,20 @@ impl Health {
     /// A change reached the agent at `at` (kept if an older one waits).
     pub fn queued(&self, at: Instant) {
         self.shared.state().sync.pending_since.get_or_insert(at);
+    }
+
+    /// The source's `cluster` after `changes` (every snapshot, whether its
+    /// sync succeeds or not): the health check ports follow them, Service
+    /// by Service; they are served once a sync succeeds.
+    pub fn observe(&self, cluster: &Cluster, changes: &Changes) {
+        let mut ports = self
+            .ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match ports.as_mut() {
+            Some(ports) => update_health_check_ports(ports, cluster, changes),
+            None => *ports = Some(health_check_ports(cluster)),
+        }
     }
 
     /// The maps hold `cluster` now: the proxy is up to date, and the health
@@ -302,7 +356,12 @@ impl Health {
     /// [`Health::synced`] on `node` as the agent knows it (its addresses
     /// tell endpoints that are the node itself, listed without `nodeName`).
     pub fn synced_on(&self, cluster: &Cluster, index: &SliceIndex, node: &NodeInfo) {
-        let ports = health_check_ports(cluster);
+        let observed = self
+            .ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let ports = observed.unwrap_or_else(|| health_check_ports(cluster));
         let local = local_ready_endpoints(cluster, index, node, ports.keys());
         {
             let mut state = self.shared.state();

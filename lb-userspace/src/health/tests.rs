@@ -127,6 +127,49 @@ fn only_local_load_balancers_with_a_port_get_a_health_check() {
 }
 
 #[test]
+fn health_check_ports_follow_the_changed_services_only() {
+    let before = cluster(
+        vec![
+            lb_local("web", Some(31000)),
+            lb_local("gone", Some(31001)),
+            lb_local("moved", Some(31002)),
+            lb_local("later", None),
+        ],
+        vec![],
+    );
+    let mut ports = health_check_ports(&before);
+    let mut cluster_policy = lb_local("moved", Some(31002));
+    cluster_policy.external_policy = TrafficPolicy::Cluster;
+    let after = cluster(
+        vec![
+            lb_local("web", Some(31000)),
+            cluster_policy,
+            lb_local("later", Some(31003)),
+            lb_local("new", Some(31004)),
+        ],
+        vec![],
+    );
+    let changes = Changes {
+        services: ["gone", "moved", "later", "new"]
+            .into_iter()
+            .map(|n| name("default", n))
+            .collect(),
+        ..Changes::default()
+    };
+    update_health_check_ports(&mut ports, &after, &changes);
+    assert_eq!(ports, health_check_ports(&after));
+    // A Service outside the changes is not looked at: the ports say what
+    // the changes said (here, a port "web" no longer has).
+    let mut web = lb_local("web", Some(31009));
+    web.external_policy = TrafficPolicy::Local;
+    let unchanged = cluster(vec![web], vec![]);
+    update_health_check_ports(&mut ports, &unchanged, &Changes::default());
+    assert_eq!(ports[&name("default", "web")], 31000);
+    update_health_check_ports(&mut ports, &unchanged, &Changes::all());
+    assert_eq!(ports, health_check_ports(&unchanged));
+}
+
+#[test]
 fn local_ready_endpoints_count_as_kube_proxy_counts_them() {
     let terminating_serving = EndpointSpec {
         serving: Some(true),
