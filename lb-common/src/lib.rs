@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod hash;
 pub mod maps;
+pub mod maps6;
 pub mod siphash;
 
 pub use conntrack::{CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM};

@@ -611,10 +611,48 @@ pub enum Verdict {
     Invalid = 5,
 }
 
-/// Number of [`Verdict`] values (size of the verdict counters).
+/// Number of [`Verdict`] values.
 pub const VERDICT_COUNT: u32 = 6;
 
+/// The address family a counter slot belongs to: the verdict and event
+/// counters hold one block of slots per family, IPv4's first (so IPv4's
+/// indexes are the verdict's or event's own number).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4: slots from 0.
+    Ipv4 = 0,
+    /// IPv6: slots from one block on.
+    Ipv6 = 1,
+}
+
+impl Family {
+    /// Both families, in slot order.
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// Its name in metrics and status output.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Verdict slots per family (room for verdicts to come).
+pub const VERDICT_SLOTS: u32 = 8;
+/// Length of the verdict counters: one block of [`VERDICT_SLOTS`] per family.
+pub const VERDICT_ARRAY_LEN: u32 = 2 * VERDICT_SLOTS;
+const _: () = assert!(VERDICT_COUNT <= VERDICT_SLOTS);
+
 impl Verdict {
+    /// Its slot in the verdict counters for `family`.
+    #[must_use]
+    pub const fn slot(self, family: Family) -> u32 {
+        family as u32 * VERDICT_SLOTS + self as u32
+    }
+
     /// Every verdict, in index order.
     pub const ALL: [Verdict; VERDICT_COUNT as usize] = [
         Verdict::Translated,
@@ -695,10 +733,19 @@ pub enum Event {
     SocketTranslated = 11,
     /// A socket's connect to a Service without a backend for it was refused.
     SocketRefused = 12,
+    /// An IPv6 packet whose headers are malformed or beyond what the
+    /// programs walk (too many or too long extension headers, lengths past
+    /// the frame, a jumbogram, a UDP checksum of 0) was passed untouched.
+    Ipv6HeadersSkipped = 13,
 }
 
-/// Number of [`Event`] values (size of the event counters).
-pub const EVENT_COUNT: u32 = 13;
+/// Number of [`Event`] values.
+pub const EVENT_COUNT: u32 = 14;
+/// Event slots per family (room for events to come).
+pub const EVENT_SLOTS: u32 = 32;
+/// Length of the event counters: one block of [`EVENT_SLOTS`] per family.
+pub const EVENT_ARRAY_LEN: u32 = 2 * EVENT_SLOTS;
+const _: () = assert!(EVENT_COUNT <= EVENT_SLOTS);
 
 impl Event {
     /// Every event, in index order.
@@ -716,7 +763,14 @@ impl Event {
         Event::SourceRangeDenied,
         Event::SocketTranslated,
         Event::SocketRefused,
+        Event::Ipv6HeadersSkipped,
     ];
+
+    /// Its slot in the event counters for `family`.
+    #[must_use]
+    pub const fn slot(self, family: Family) -> u32 {
+        family as u32 * EVENT_SLOTS + self as u32
+    }
 
     /// Lower-case name used in metrics.
     #[must_use]
@@ -735,6 +789,7 @@ impl Event {
             Event::SourceRangeDenied => "source_range_denied",
             Event::SocketTranslated => "socket_translated",
             Event::SocketRefused => "socket_refused",
+            Event::Ipv6HeadersSkipped => "ipv6_headers_skipped",
         }
     }
 }
@@ -852,6 +907,21 @@ mod tests {
     use core::mem::size_of;
 
     use super::*;
+
+    #[test]
+    fn ipv4_keeps_its_counter_slots_and_each_family_has_its_own_block() {
+        // IPv4's slots are the numbers earlier layouts counted at.
+        for v in Verdict::ALL {
+            assert_eq!(v.slot(Family::Ipv4), v as u32);
+            assert!(v.slot(Family::Ipv6) >= VERDICT_SLOTS);
+            assert!(v.slot(Family::Ipv6) < VERDICT_ARRAY_LEN);
+        }
+        for e in Event::ALL {
+            assert_eq!(e.slot(Family::Ipv4), e as u32);
+            assert!(e.slot(Family::Ipv6) >= EVENT_SLOTS);
+            assert!(e.slot(Family::Ipv6) < EVENT_ARRAY_LEN);
+        }
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

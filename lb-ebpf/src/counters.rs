@@ -1,25 +1,31 @@
 //! Per-CPU counters: verdicts, events, per-service packets and bytes.
 
-use lb_common::{Event, ServiceStats, Verdict};
+use lb_common::{Event, Family, ServiceStats, Verdict};
 
 use crate::maps::{EVENTS, SERVICE_STATS, SERVICE_STATS_ARRAY, VERDICTS};
 
 /// `BPF_NOEXIST`: create only.
 const BPF_NOEXIST: u64 = 1;
 
-/// Adds one packet to the counter of `verdict`.
+/// Adds one IPv4 packet to the counter of `verdict`.
 #[inline(always)]
 pub fn count(verdict: Verdict) {
-    if let Some(counter) = VERDICTS.get_ptr_mut(verdict as u32) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict.slot(Family::Ipv4)) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
     }
 }
 
-/// Counts one `event`.
+/// Counts one IPv4 `event`.
 #[inline(always)]
 pub fn event(event: Event) {
-    if let Some(counter) = EVENTS.get_ptr_mut(event as u32) {
+    event_in(Family::Ipv4, event);
+}
+
+/// Counts one `event` of `family`.
+#[inline(always)]
+pub fn event_in(family: Family, event: Event) {
+    if let Some(counter) = EVENTS.get_ptr_mut(event.slot(family)) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
     }

@@ -17,6 +17,7 @@ mod affinity;
 mod config;
 mod conntrack;
 mod counters;
+mod dispatch6;
 mod fib;
 mod filter;
 mod forward;
@@ -26,8 +27,10 @@ mod handoff;
 mod icmp;
 mod lb;
 mod maps;
+mod maps6;
 mod nat;
 mod parse;
+mod parse6;
 mod ranges;
 mod reject;
 mod select;
@@ -35,8 +38,10 @@ mod snat;
 mod sock;
 mod spoof;
 mod tc;
+mod tc6;
 mod view;
 mod xdp;
+mod xdp6;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
@@ -49,13 +54,44 @@ use aya_ebpf::{
 #[xdp(frags)]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    dispatch6::xdp(&ctx);
     xdp::handle(&ctx)
+}
+
+/// `lb_xdp`'s IPv6 frames, by tail call through `XDP6_PROGS` ([`xdp6`]).
+/// Multi-buffer aware like `lb_xdp` (a prog array takes one kind only).
+#[xdp(frags)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_xdp6(ctx: XdpContext) -> u32 {
+    xdp6::handle(&ctx)
+}
+
+/// `lb_tc`'s IPv6 frames, by tail call through `TC6_PROGS` ([`tc6`]).
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc6(ctx: TcContext) -> i32 {
+    tc6::handle(&ctx, lb::Hook::Pod)
+}
+
+/// `lb_tc_uplink`'s IPv6 frames, by tail call through `TC6_PROGS` ([`tc6`]).
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc_uplink6(ctx: TcContext) -> i32 {
+    tc6::handle(&ctx, lb::Hook::Uplink)
+}
+
+/// `lb_tc_egress`'s IPv6 frames, by tail call through `TC6_PROGS` ([`tc6`]).
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
+    tc6::handle(&ctx, lb::Hook::Egress)
 }
 
 /// TC ingress entry point for the host side of pod interfaces.
 #[classifier]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc(ctx: TcContext) -> i32 {
+    dispatch6::tc(&ctx, lb::Hook::Pod);
     tc::handle(&ctx, lb::Hook::Pod)
 }
 
@@ -67,6 +103,7 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 #[classifier]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    dispatch6::tc(&ctx, lb::Hook::Egress);
     tc::handle(&ctx, lb::Hook::Egress)
 }
 
@@ -76,6 +113,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_tc_uplink(ctx: TcContext) -> i32 {
+    dispatch6::tc(&ctx, lb::Hook::Uplink);
     tc::handle(&ctx, lb::Hook::Uplink)
 }
 
@@ -156,6 +194,39 @@ pub fn xdp_parse(ctx: XdpContext) -> u32 {
         // SAFETY: a write to a local that is in scope.
         unsafe { core::ptr::write_volatile(&raw mut sink, fold) };
     }
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
+/// [`xdp_parse`] for IPv6: the floor of an IPv6 balancer, for benchmarks:
+/// parse Ethernet, IPv6, the extension headers and TCP/UDP exactly as
+/// `lb_xdp6` does, fold the fields into a volatile stack store, pass.
+#[xdp(frags)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn xdp_parse6(ctx: XdpContext) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if !parse6::is_ipv6(data, data_end) {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    }
+    let len = xdp6::frame_len(&ctx, data, data_end);
+    let fold = match parse6::parse(data, data_end, len) {
+        parse6::Parsed6::Flow(flow) => {
+            let ports = (u32::from(flow.sport) << 16) | u32::from(flow.dport);
+            let rest = (u32::from(flow.proto) << 24)
+                | (u32::from(flow.tcp_flags) << 16)
+                | (flow.frag_id ^ (flow.fragment as u32));
+            let addrs = flow.src[0] ^ flow.src[1] ^ flow.src[2] ^ flow.src[3]
+                ^ flow.dst[0] ^ flow.dst[1] ^ flow.dst[2] ^ flow.dst[3];
+            // A packet's headers lie within its first 4 GiB.
+            #[allow(clippy::cast_possible_truncation)]
+            let l4_off = flow.l4_off as u32;
+            addrs ^ ports ^ rest ^ flow.len ^ l4_off
+        }
+        parse6::Parsed6::NotOurs => 1,
+        parse6::Parsed6::Malformed => 2,
+    };
+    let mut sink = 0u32;
+    // SAFETY: a write to a local that is in scope.
+    unsafe { core::ptr::write_volatile(&raw mut sink, fold) };
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 

@@ -9,10 +9,10 @@ use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, FlowKey, FragKey, FragPorts,
     InternalTable, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel, ServiceStats,
     SlabEntry, SnatExhaustion, SockAffinityKey, SockRevEntry, SockRevKey, SourceRangeKey,
-    AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_COUNT, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES,
+    AFFINITY_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, EVENT_ARRAY_LEN, FILTER_WORDS, FRAGMENTS_MAX_ENTRIES,
     MAGLEV_SLAB_SLOTS, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
     SLOTS_PER_SLAB_ENTRY, SNAT_EXHAUSTED_MAX_ENTRIES, SOCK_REVERSE_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES, VERDICT_COUNT,
+    SOURCE_RANGES_MAX_ENTRIES, VERDICT_ARRAY_LEN,
 };
 
 /// Frontends. No prealloc: an updated value is freed only after an RCU grace
@@ -61,18 +61,18 @@ pub static SERVICE_STATS: PerCpuHashMap<u32, ServiceStats> =
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU packet counts by verdict.
+/// Per-CPU packet counts by family and verdict (`Verdict::slot`).
 #[map(name = "VERDICTS")]
-pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_COUNT, 0);
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_ARRAY_LEN, 0);
 
 /// Service labels for `lb-agent status`; never read by the programs.
 #[map(name = "SERVICE_LABELS")]
 pub static SERVICE_LABELS: HashMap<u32, ServiceLabel> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// Per-CPU event counts (entries created), by [`lb_common::Event`].
+/// Per-CPU event counts, by family and [`lb_common::Event`] (`Event::slot`).
 #[map(name = "EVENTS")]
-pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_ARRAY_LEN, 0);
 
 /// The pass-through filter's words, memory-mapped by the agent.
 #[map(name = "FILTER")]

@@ -1,6 +1,11 @@
 //! Pins of the previous layouts, made from the current one: what an agent
-//! of layout v6, v5, v4 or v3 would have left under a pin directory, for
+//! of layout v7, v6, v5, v4 or v3 would have left under a pin directory, for
 //! hand-over tests.
+//!
+//! v7 had the maps of v8 but the IPv6 prog arrays (`XDP6_PROGS`,
+//! `TC6_PROGS`), with IPv4's counters only (6 verdicts, 13 events): [`make_v7`]
+//! renames the layout directory, removes the prog arrays and shortens the
+//! counter arrays.
 //!
 //! v6 had the maps of v7 but `SOCK_AFFINITY`, of the same shapes.
 //!
@@ -42,12 +47,13 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
-    conntrack::CtState, Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry,
-    ServiceKey, ServiceLabel, BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT,
-    IPPROTO_TCP, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES,
-    MAP_NODE_PORT_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED,
-    MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL,
-    SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
+    conntrack::CtState,
+    maps6::{MAP_TC6_PROGS, MAP_XDP6_PROGS},
+    Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
+    BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SNAT_EXHAUSTED, MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE,
+    MAP_SOURCE_RANGES, MAP_VERDICTS, SERVICE_F_LOCAL, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     datapath::{maps::Maps, PIN_LAYOUT},
@@ -61,6 +67,12 @@ pub const V3: &str = "v3";
 pub const V4: &str = "v4";
 /// The layout [`make_v6`] makes.
 pub const V6: &str = "v6";
+/// Layout v7's directory name.
+pub const V7: &str = "v7";
+/// Verdict counters of layouts v4 to v7 (IPv4's only).
+pub const V7_VERDICTS: u32 = 6;
+/// Event counters of layout v7 (IPv4's only).
+pub const V7_EVENTS: u32 = 13;
 /// The layout [`make_v5`] makes.
 pub const V5: &str = "v5";
 /// Length of v4's event counters (v5 added `source_range_denied`).
@@ -114,34 +126,55 @@ pub struct Written {
     pub reverse: usize,
 }
 
-/// Turns the pins an agent of layout v7 left under `pin_dir` (its
-/// `--pin-dir`; the agent gone) into those an agent of layout v6 would have
-/// left: the same maps and entries, without `SOCK_AFFINITY`.
-pub fn make_v6(pin_dir: &Path) -> Result<()> {
+/// Turns the pins an agent of layout v8 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v7 would have
+/// left: the same maps and entries, without the IPv6 prog arrays, with
+/// IPv4's [`V7_VERDICTS`] verdict and [`V7_EVENTS`] event counters only.
+pub fn make_v7(pin_dir: &Path) -> Result<()> {
     ensure!(
-        PIN_LAYOUT == "v7",
+        PIN_LAYOUT == "v8",
         "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
     );
-    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V6));
+    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V7));
+    ensure!(!to.exists(), "{} exists already", to.display());
+    let counters = [(MAP_VERDICTS, V7_VERDICTS), (MAP_EVENTS, V7_EVENTS)]
+        .into_iter()
+        .map(|(name, len)| Ok((name, read_counters(&from, name, len)?)))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::rename(&from, &to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    for name in [MAP_XDP6_PROGS, MAP_TC6_PROGS] {
+        std::fs::remove_file(to.join(name)).with_context(|| format!("removing {name}"))?;
+    }
+    for (name, values) in counters {
+        write_counters(&to, name, values)?;
+    }
+    Ok(())
+}
+
+/// Turns the pins an agent of layout v8 left under `pin_dir` (its
+/// `--pin-dir`; the agent gone) into those an agent of layout v6 would have
+/// left: those of [`make_v7`], without `SOCK_AFFINITY`.
+pub fn make_v6(pin_dir: &Path) -> Result<()> {
+    make_v7(pin_dir)?;
+    let (from, to) = (pin_dir.join(V7), pin_dir.join(V6));
     ensure!(!to.exists(), "{} exists already", to.display());
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     std::fs::remove_file(to.join(MAP_SOCK_AFFINITY)).context("removing SOCK_AFFINITY")
 }
 
-/// Turns the pins an agent of layout v7 left under `pin_dir` (its
+/// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v5 would have
 /// left: the same maps and entries, each label without its port name.
 /// Refuses a state v5 could not have written (a service id shared by
 /// frontends, a frontend following `Local`).
 pub fn make_v5(pin_dir: &Path) -> Result<()> {
-    ensure!(
-        PIN_LAYOUT == "v7",
-        "layout {PIN_LAYOUT}: update tests/src/legacy.rs to make the layouts before it"
-    );
-    let (from, to) = (pin_dir.join(PIN_LAYOUT), pin_dir.join(V5));
+    let (from, to) = (pin_dir.join(V7), pin_dir.join(V5));
     ensure!(!to.exists(), "{} exists already", to.display());
+    // Through this agent's maps, before they become v7's.
     one_port_per_frontend(pin_dir)?;
+    make_v7(pin_dir)?;
     let services: HashMap<MapData, ServiceKey, ServiceEntry> =
         HashMap::try_from(Map::HashMap(open(&from, MAP_SERVICES)?))?;
     let mut ids = std::collections::BTreeSet::new();
@@ -228,7 +261,7 @@ fn one_port_per_frontend(pin_dir: &Path) -> Result<()> {
     maps.apply(&plan.ops)
 }
 
-/// Turns the pins an agent of layout v7 left under `pin_dir` (its
+/// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v4 would have
 /// left: those of [`make_v5`], without `SOURCE_RANGES`, with the
 /// first [`V4_EVENTS`] event counters.
@@ -261,7 +294,7 @@ fn clear_pod_selection(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Turns the pins an agent of layout v7 left under `pin_dir` (its
+/// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v3 would have
 /// left (through [`make_v5`]). With `bogus_marks`, every translated TCP flow that was answered
 /// carries v3's [`V3_BOGUS_MARKS`] and a closing time, as v3 wrote them

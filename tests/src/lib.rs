@@ -16,6 +16,7 @@ pub mod load;
 pub mod netns;
 pub mod paced;
 pub mod packet;
+pub mod packet6;
 pub mod procfs;
 pub mod sock_client;
 pub mod stats;

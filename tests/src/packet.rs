@@ -788,10 +788,16 @@ impl TestDatapath {
         0
     }
 
-    /// The summed count of a data-path event.
+    /// The summed count of a data-path event (both families).
     #[must_use]
     pub fn event(&self, event: lb_common::Event) -> u64 {
         self.datapath().maps.event_total(event).unwrap()
+    }
+
+    /// The summed count of a data-path event in `family`'s slots.
+    #[must_use]
+    pub fn event_of(&self, family: lb_common::Family, event: lb_common::Event) -> u64 {
+        self.datapath().maps.event_count(family, event).unwrap()
     }
 
     /// Slots of the Maglev slab it was loaded with.
@@ -911,10 +917,16 @@ impl TestDatapath {
         run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
-    /// The summed counter of `verdict`.
+    /// The summed counter of `verdict` (both families).
     #[must_use]
     pub fn verdict(&self, verdict: Verdict) -> u64 {
         self.datapath().maps.verdict_totals().unwrap()[verdict as usize]
+    }
+
+    /// The summed counter of `verdict` in `family`'s slots.
+    #[must_use]
+    pub fn verdict_of(&self, family: lb_common::Family, verdict: Verdict) -> u64 {
+        self.datapath().maps.verdict_count(family, verdict).unwrap()
     }
 
     /// Reads the kernel programs' log records (aya-log) into the `log` crate's logger.

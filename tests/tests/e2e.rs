@@ -235,7 +235,7 @@ fn a_restart_can_move_the_uplink_program_from_xdp_to_tc() {
 /// packet by packet in `tests/pins.rs`.)
 #[test]
 fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
-    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v7");
+    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v8");
     kill_and_restart(
         "upgrade",
         |pin_dir| lb_tests::legacy::make_v5(pin_dir).unwrap(),

@@ -16,8 +16,8 @@ use std::{
 
 use lb_common::{
     conntrack::{assured, CtState, DEFAULT_TIMEOUTS, EARLY_DROP_IDLE_S, T_ESTABLISHED},
-    Event, SockRevEntry, SockRevKey, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP,
-    MAP_SOCK_REVERSE, REVNAT_MAX_ENTRIES,
+    Event, Family, SockRevEntry, SockRevKey, Verdict, CONNTRACK_MAX_ENTRIES, CT_F_REPLIED,
+    CT_F_SNAT, IPPROTO_TCP, MAP_SOCK_REVERSE, REVNAT_MAX_ENTRIES,
 };
 use lb_tests::{
     agent::PinDirGuard,
@@ -249,7 +249,7 @@ fn fill_pool(
 
 #[test]
 fn a_handover_from_v3_converts_every_flow_and_keeps_its_snat_port() {
-    assert_eq!(PIN_LAYOUT, "v7", "the earlier layout made below is v3");
+    assert_eq!(PIN_LAYOUT, "v8", "the earlier layout made below is v3");
     let pin_dir = unique_pin_dir("handover");
     let _pins = PinDirGuard(pin_dir.clone());
     // The earlier agent: 40 connections, about half SNATed to the remote backend.
@@ -345,9 +345,56 @@ fn sock_reverse(
     aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("an LRU hash")
 }
 
+/// v7 -> v8 (IPv6's prog arrays and counter blocks): every IPv4 flow, SNAT
+/// port and count comes along, and the new programs hand IPv6 frames to
+/// their IPv6 programs from the first packet.
+#[test]
+fn a_handover_from_v7_keeps_every_flow_and_count_and_serves_ipv6_at_once() {
+    assert_eq!(PIN_LAYOUT, "v8", "the previous layout made below is v7");
+    let pin_dir = unique_pin_dir("handover-v7");
+    let _pins = PinDirGuard(pin_dir.clone());
+    let (flows, counts) = {
+        let mut old = load_agent(&pin_dir, V3_POOL, false);
+        program(&mut old, &[web(true)]);
+        let flows: Vec<WebFlow> = (44000..44010)
+            .map(|sport| WebFlow::open(&old, sport))
+            .collect();
+        let counts: Vec<u64> = Verdict::ALL.iter().map(|&v| old.verdict(v)).collect();
+        (flows, counts)
+    };
+    assert!(counts.iter().any(|&n| n > 0), "the old programs counted");
+    legacy::make_v7(&pin_dir).unwrap();
+
+    let mut new = load_agent(&pin_dir, V3_POOL, true);
+    assert!(new.datapath_mut().adopted(), "the services came along");
+    // A malformed IPv6 frame (payload length past the frame) reaches lb_xdp6.
+    let truncated = lb_tests::packet::with_u16(&lb_tests::packet::ipv6_tcp(), 18, 1400);
+    let (ret, out) = new.run_xdp(&truncated);
+    assert_eq!((ret, out), (XDP_PASS, truncated), "passed untouched");
+    assert_eq!(new.event_of(Family::Ipv6, Event::Ipv6HeadersSkipped), 1);
+    assert_unchanged(&new, &flows, "during the hand-over");
+    let ipv4 = |dp: &TestDatapath| -> Vec<u64> {
+        Verdict::ALL
+            .iter()
+            .map(|&v| dp.verdict_of(Family::Ipv4, v))
+            .collect()
+    };
+    let own = ipv4(&new);
+    new.datapath_mut().finish_handover().unwrap();
+    assert!(
+        !pin_dir.join(legacy::V7).exists(),
+        "the earlier layout is gone"
+    );
+    // The old counts are added to IPv4's block once the old programs are gone.
+    let summed: Vec<u64> = own.iter().zip(&counts).map(|(a, b)| a + b).collect();
+    assert_eq!(ipv4(&new), summed, "v7's verdict counts are IPv4's");
+    assert_unchanged(&new, &flows, "after the hand-over");
+    assert_established(&pin_dir, &flows);
+}
+
 #[test]
 fn a_handover_from_v6_keeps_every_flow_and_what_connected_sockets_were_pointed_at() {
-    assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v6");
+    assert_eq!(PIN_LAYOUT, "v8", "the previous layout made below is v6");
     let pin_dir = unique_pin_dir("handover-v6");
     let _pins = PinDirGuard(pin_dir.clone());
     // A connected socket the earlier programs pointed at the local backend
@@ -395,7 +442,7 @@ fn a_handover_from_v6_keeps_every_flow_and_what_connected_sockets_were_pointed_a
 
 #[test]
 fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flows() {
-    assert_eq!(PIN_LAYOUT, "v7", "the previous layout made below is v5");
+    assert_eq!(PIN_LAYOUT, "v8", "the previous layout made below is v5");
     let pin_dir = unique_pin_dir("handover-v5");
     let _pins = PinDirGuard(pin_dir.clone());
     let at = |addr: Ipv4Addr, port_name: &str| {
@@ -463,7 +510,7 @@ fn a_handover_from_v5_merges_the_frontends_of_a_service_port_and_keeps_their_flo
 
 #[test]
 fn a_handover_from_v4_carries_every_flow_as_it_is_and_then_writes_the_source_ranges() {
-    assert_eq!(PIN_LAYOUT, "v7", "the layout made below is v4");
+    assert_eq!(PIN_LAYOUT, "v8", "the layout made below is v4");
     let pin_dir = unique_pin_dir("handover-v4");
     let _pins = PinDirGuard(pin_dir.clone());
     let flows: Vec<WebFlow> = {

@@ -17,8 +17,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    BackendKey, CtEntry, Event, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S, MAP_CONNTRACK,
-    MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
+    BackendKey, CtEntry, Event, Family, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S,
+    MAP_CONNTRACK, MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
 };
 
 use super::{FlowStats, Snapshot};
@@ -188,7 +188,8 @@ impl Collector {
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let events: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-        let total = |e: Event| -> Result<u64> { Ok(events.get(&(e as u32), 0)?.iter().sum()) };
+        let total =
+            |e: Event| -> Result<u64> { Ok(events.get(&e.slot(Family::Ipv4), 0)?.iter().sum()) };
         Ok((
             total(Event::ConntrackCreated)?,
             total(Event::RevNatCreated)? + total(Event::RevNatRestored)?,

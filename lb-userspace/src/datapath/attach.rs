@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
+    maps::ProgramArray,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink},
@@ -13,16 +14,28 @@ use aya::{
     Ebpf,
 };
 
+use lb_common::maps6::{
+    MAP_TC6_PROGS, MAP_XDP6_PROGS, TC6_PROGRAMS, TC6_SLOT_EGRESS, TC6_SLOT_POD, TC6_SLOT_UPLINK,
+    XDP6_PROGRAM, XDP6_SLOT,
+};
+
 use super::{
     UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM,
-    XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM,
+    XDP_PARSE6_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM,
 };
+
+/// `lb_tc6`.
+const TC6_POD: &str = TC6_PROGRAMS[TC6_SLOT_POD as usize];
+/// `lb_tc_uplink6`.
+const TC6_UPLINK: &str = TC6_PROGRAMS[TC6_SLOT_UPLINK as usize];
+/// `lb_tc_egress6`.
+const TC6_EGRESS: &str = TC6_PROGRAMS[TC6_SLOT_EGRESS as usize];
 
 /// The programs an agent with uplink `hook` attaches: the hook's own uplink
 /// program (XDP with its TC hand-off, or the uplink TC program), the pods'
-/// ingress and the egress program. The other hook's uplink program and the
-/// benchmarks' baselines are left unverified: verifying `lb_xdp` alone
-/// takes over a second.
+/// ingress and the egress program, and the IPv6 programs these tail-call.
+/// The other hook's uplink programs and the benchmarks' baselines are left
+/// unverified: verifying `lb_xdp` alone takes over a second.
 #[must_use]
 pub fn programs_for(hook: UplinkHook) -> &'static [&'static str] {
     match hook {
@@ -31,14 +44,24 @@ pub fn programs_for(hook: UplinkHook) -> &'static [&'static str] {
             UPLINK_HANDOFF_TC_PROGRAM,
             TC_PROGRAM,
             EGRESS_TC_PROGRAM,
+            XDP6_PROGRAM,
+            TC6_POD,
+            TC6_EGRESS,
         ],
-        UplinkHook::Tc => &[UPLINK_TC_PROGRAM, TC_PROGRAM, EGRESS_TC_PROGRAM],
+        UplinkHook::Tc => &[
+            UPLINK_TC_PROGRAM,
+            TC_PROGRAM,
+            EGRESS_TC_PROGRAM,
+            TC6_UPLINK,
+            TC6_POD,
+            TC6_EGRESS,
+        ],
     }
 }
 
 /// Every XDP and TC program of the kernel object (for tests and benchmarks,
 /// which run any of them through `BPF_PROG_TEST_RUN`).
-pub const EVERY_PROGRAM: [&str; 7] = [
+pub const EVERY_PROGRAM: [&str; 12] = [
     XDP_PROGRAM,
     TC_PROGRAM,
     UPLINK_TC_PROGRAM,
@@ -46,7 +69,47 @@ pub const EVERY_PROGRAM: [&str; 7] = [
     EGRESS_TC_PROGRAM,
     XDP_PASS_PROGRAM,
     XDP_PARSE_PROGRAM,
+    XDP6_PROGRAM,
+    TC6_POD,
+    TC6_UPLINK,
+    TC6_EGRESS,
+    XDP_PARSE6_PROGRAM,
 ];
+
+/// Puts every loaded IPv6 program into its slot of the prog arrays, which
+/// the IPv4 entry points tail-call for IPv6 frames: from then on those
+/// frames are the IPv6 programs' (an empty slot passes them). Called after
+/// loading and before attaching, so a restarted agent's programs never
+/// meet an empty slot.
+pub fn fill_ipv6_slots(ebpf: &mut Ebpf) -> Result<()> {
+    let slots = [(MAP_XDP6_PROGS, XDP6_SLOT, XDP6_PROGRAM)]
+        .into_iter()
+        .chain(
+            (0u32..)
+                .zip(TC6_PROGRAMS)
+                .map(|(slot, name)| (MAP_TC6_PROGS, slot, name)),
+        );
+    for (map, slot, name) in slots {
+        let fd = match program(ebpf, name)? {
+            aya::programs::Program::Xdp(p) => p.fd().ok().map(aya::programs::ProgramFd::try_clone),
+            aya::programs::Program::SchedClassifier(p) => {
+                p.fd().ok().map(aya::programs::ProgramFd::try_clone)
+            }
+            _ => anyhow::bail!("{name} is neither an XDP nor a TC program"),
+        };
+        let Some(fd) = fd.transpose()? else {
+            continue;
+        };
+        let mut array = ProgramArray::try_from(
+            ebpf.map_mut(map)
+                .with_context(|| format!("the eBPF object has no map {map}"))?,
+        )?;
+        array
+            .set(slot, &fd, 0)
+            .with_context(|| format!("putting {name} into {map}[{slot}]"))?;
+    }
+    Ok(())
+}
 
 /// Loads (verifies) the programs `names`, skipping those loaded already,
 /// each on a thread of its own: the kernel verifies privileged loads in

@@ -16,12 +16,12 @@ use super::{maps::PINNED_MAPS, EBPF_OBJECT};
 
 /// Version of the pin layout (map names, key and value layouts). A new layout
 /// gets a new directory, so an agent never misreads an older agent's maps.
-pub const PIN_LAYOUT: &str = "v7";
+pub const PIN_LAYOUT: &str = "v8";
 
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 16_486_199_402_865_587_841;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 14_928_442_198_747_433_632;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -45,8 +45,31 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 16_486_199_402_865_587_841;
 /// frontends into the port of the first one placed, the others' backend
 /// entries kept as aliases for their flows (see `plan::adopt`). v7 added
 /// `SOCK_AFFINITY` (socket-level session affinity, keyed by network
-/// namespace; it starts empty).
+/// namespace; it starts empty). v8 added IPv6: the prog arrays
+/// `XDP6_PROGS` and `TC6_PROGS` (never carried: each load fills its own),
+/// and one block of verdict and event counters per family, IPv4's first
+/// (v7's counters fit into the longer arrays as IPv4's).
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
+    (
+        "v7",
+        &[
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_MAGLEV,
+            MAP_SERVICE_LABELS,
+            MAP_AFFINITY,
+            MAP_VERDICTS,
+            MAP_SERVICE_STATS,
+            MAP_SERVICE_STATS_ARRAY,
+            MAP_EVENTS,
+            MAP_CONNTRACK,
+            MAP_REVNAT,
+            MAP_SOURCE_RANGES,
+            MAP_INTERNAL_TABLES,
+            MAP_SOCK_REVERSE,
+            MAP_SOCK_AFFINITY,
+        ],
+    ),
     (
         "v6",
         &[

@@ -12,14 +12,14 @@ use aya::maps::{
     lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use lb_common::{
-    Backend, BackendId, InternalTable, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel,
-    ServiceStats, SlabEntry, SourceRangeKey, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER, MAP_MAGLEV,
-    MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY, MAP_VERDICTS,
-    SLOTS_PER_SLAB_ENTRY,
+    Backend, BackendId, Family, InternalTable, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel,
+    ServiceStats, SlabEntry, SourceRangeKey, Verdict, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER,
+    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
+    MAP_VERDICTS, SLOTS_PER_SLAB_ENTRY,
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 19] = [
+pub const PINNED_MAPS: [&str; 21] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -39,6 +39,8 @@ pub const PINNED_MAPS: [&str; 19] = [
     lb_common::MAP_NODE_PORT_ADDRS,
     lb_common::MAP_SOCK_REVERSE,
     lb_common::MAP_SOCK_AFFINITY,
+    lb_common::maps6::MAP_XDP6_PROGS,
+    lb_common::maps6::MAP_TC6_PROGS,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
@@ -185,28 +187,44 @@ impl Maps {
         Ok(())
     }
 
-    /// Sums the per-CPU count of `event`.
+    /// Sums the per-CPU count of `event`, both families.
     pub fn event_total(&self, event: lb_common::Event) -> Result<u64> {
-        Ok(self.events.get(&(event as u32), 0)?.iter().sum())
+        Family::ALL
+            .iter()
+            .map(|&family| self.event_count(family, event))
+            .sum()
+    }
+
+    /// Sums the per-CPU count of `event` in `family`'s slots.
+    pub fn event_count(&self, family: Family, event: lb_common::Event) -> Result<u64> {
+        Ok(self.events.get(&event.slot(family), 0)?.iter().sum())
     }
 
     /// Adds `count` to `event` (on the first CPU's slot): entries carried
-    /// over from an earlier layout count as created.
+    /// over from an earlier layout count as created (IPv4's slots: earlier
+    /// layouts carried IPv4 flows only).
     pub fn add_events(&mut self, event: lb_common::Event, count: u64) -> Result<()> {
-        let mut values = self.events.get(&(event as u32), 0)?.to_vec();
+        let slot = event.slot(Family::Ipv4);
+        let mut values = self.events.get(&slot, 0)?.to_vec();
         values[0] += count;
-        self.events
-            .set(event as u32, PerCpuValues::try_from(values)?, 0)?;
+        self.events.set(slot, PerCpuValues::try_from(values)?, 0)?;
         Ok(())
     }
 
-    /// Sums the per-CPU verdict counters, in `Verdict::ALL` order.
+    /// Sums the per-CPU verdict counters of both families, in `Verdict::ALL` order.
     pub fn verdict_totals(&self) -> Result<[u64; lb_common::VERDICT_COUNT as usize]> {
         let mut totals = [0; lb_common::VERDICT_COUNT as usize];
-        for (index, total) in (0u32..).zip(totals.iter_mut()) {
-            *total = self.verdicts.get(&index, 0)?.iter().sum();
+        for (verdict, total) in Verdict::ALL.iter().zip(totals.iter_mut()) {
+            for family in Family::ALL {
+                *total += self.verdict_count(family, *verdict)?;
+            }
         }
         Ok(totals)
+    }
+
+    /// Sums the per-CPU counter of `verdict` in `family`'s slots.
+    pub fn verdict_count(&self, family: Family, verdict: Verdict) -> Result<u64> {
+        Ok(self.verdicts.get(&verdict.slot(family), 0)?.iter().sum())
     }
 }
 

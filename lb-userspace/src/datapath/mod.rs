@@ -58,6 +58,8 @@ pub const EGRESS_TC_PROGRAM: &str = "lb_tc_egress";
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
 /// Name of the parse-then-pass XDP program (the floor of any L4 balancer).
 pub const XDP_PARSE_PROGRAM: &str = "xdp_parse";
+/// Name of the IPv6 parse-then-pass XDP program (the IPv6 floor).
+pub const XDP_PARSE6_PROGRAM: &str = "xdp_parse6";
 
 /// Linux capabilities the agent needs: load programs and maps, attach them
 /// to interfaces and cgroups and set sysctls, read kernel time in programs,
@@ -353,6 +355,7 @@ impl Datapath {
         };
         let hook = datapath.config.uplink;
         attach::load_programs(&mut datapath.ebpf, attach::programs_for(hook))?;
+        attach::fill_ipv6_slots(&mut datapath.ebpf)?;
         let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
         if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
             socket_lb::load(&mut datapath.ebpf)?;
@@ -649,7 +652,8 @@ impl Datapath {
     /// unverified (the other uplink hook's, the baselines), for tests and
     /// benchmarks that run them through `BPF_PROG_TEST_RUN`.
     pub fn load_every_program(&mut self) -> Result<()> {
-        attach::load_programs(&mut self.ebpf, &attach::EVERY_PROGRAM)
+        attach::load_programs(&mut self.ebpf, &attach::EVERY_PROGRAM)?;
+        attach::fill_ipv6_slots(&mut self.ebpf)
     }
 
     /// A program by name (for `BPF_PROG_TEST_RUN` in tests and benchmarks;

@@ -1,4 +1,5 @@
 use lb_common::{
+    maps6::{MAP_TC6_PROGS, MAP_XDP6_PROGS},
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
     MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE,
     MAP_SOURCE_RANGES,
@@ -19,9 +20,20 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v6 layout: today's maps without `SOCK_AFFINITY`.
-fn v6(current: &Shapes) -> Shapes {
+/// The v7 layout: today's maps without the IPv6 prog arrays, with IPv4's
+/// counters only (6 verdicts, 13 events).
+fn v7(current: &Shapes) -> Shapes {
     let mut old = current.clone();
+    old.remove(MAP_XDP6_PROGS);
+    old.remove(MAP_TC6_PROGS);
+    old.get_mut(MAP_VERDICTS).unwrap().max_entries = 6;
+    old.get_mut(MAP_EVENTS).unwrap().max_entries = 13;
+    old
+}
+
+/// The v6 layout: v7's maps without `SOCK_AFFINITY`.
+fn v6(current: &Shapes) -> Shapes {
+    let mut old = v7(current);
     old.remove(MAP_SOCK_AFFINITY);
     old
 }
@@ -92,12 +104,15 @@ fn every_map_but(but: &[&str]) -> Vec<&'static str> {
 
 /// Maps no hand-over carries: the agent writes the node configuration, the
 /// filter follows from the services, the exhaustion counters are new in v4,
-/// and the first sync writes the node-port addresses.
-const NEVER_CARRIED: [&str; 4] = [
+/// the first sync writes the node-port addresses, and each load fills its
+/// own prog arrays.
+const NEVER_CARRIED: [&str; 6] = [
     MAP_CONFIG,
     MAP_FILTER,
     MAP_SNAT_EXHAUSTED,
     MAP_NODE_PORT_ADDRS,
+    MAP_XDP6_PROGS,
+    MAP_TC6_PROGS,
 ];
 
 fn none(name: &'static str, layout: &str) -> (&'static str, String) {
@@ -143,6 +158,19 @@ fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
     // The picture of v3 here differs from today's where v4 changed a layout.
     assert_ne!(v3(new)[MAP_REVNAT], new[MAP_REVNAT]);
     assert!(!v3(new).contains_key(MAP_SNAT_EXHAUSTED));
+}
+
+#[test]
+fn from_v7_every_map_is_carried_as_it_is_and_ipv4_s_counters_fit() {
+    let new = object_shapes().unwrap();
+    let plan = plan_handover("v7", &v7(new), new);
+    assert_eq!(sorted(&plan.carry), every_map_but(&NEVER_CARRIED));
+    assert!(plan.convert.is_empty(), "v7's flows are v8's: {plan:?}");
+    assert!(plan.fresh.is_empty(), "{plan:?}");
+    assert!(plan.carries_services());
+    // v7's counters are IPv4's block of v8's longer arrays.
+    assert!(new[MAP_VERDICTS].max_entries > 6 && new[MAP_EVENTS].max_entries > 13);
+    assert!(plan.carry.contains(&MAP_VERDICTS) && plan.carry.contains(&MAP_EVENTS));
 }
 
 #[test]
@@ -430,7 +458,7 @@ fn other_layout_dirs_are_listed_oldest_first() {
     for sub in ["v10", "v1", "v3", PIN_LAYOUT, "links", "vx", "v9"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    std::fs::write(dir.join("v8"), "a file, not a layout").unwrap();
+    std::fs::write(dir.join("v7"), "a file, not a layout").unwrap();
     let found = other_layouts(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(found, vec!["v1", "v3", "v9", "v10"]);
