@@ -1,16 +1,25 @@
 //! The benchmarks' baselines do the work they claim: `xdp_parse` keeps the
-//! whole Ethernet + IPv4 + TCP/UDP parse after optimisation, and passes every
-//! packet unchanged, like `xdp_pass`. Needs root.
+//! whole Ethernet + IPv4 + TCP/UDP parse after optimisation (`xdp_parse6`
+//! the IPv6 one, extension headers included), and passes every packet
+//! unchanged, like `xdp_pass`. And every program stays within the verifier
+//! work recorded for it. Needs root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::Xdp;
-use lb_tests::packet::{arp, icmp_echo, ipv6_tcp, run, with_u16, Packet, TestDatapath, XDP_PASS};
-use lb_userspace::datapath::{XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM};
+use lb_tests::{
+    packet::{arp, icmp_echo, ipv6_tcp, run, with_u16, Packet, TestDatapath, XDP_PASS},
+    packet6::{Ext, Packet6},
+};
+use lb_userspace::datapath::{
+    EVERY_PROGRAM, XDP_PARSE6_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 
 /// Instructions `xdp_parse` must have after the verifier at least. Measured
 /// on kernel 6.18: 44 when the compiler had removed the L4 parse (its result
@@ -20,11 +29,82 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// 100; the parse-less program cannot reach it.
 const MIN_PARSE_INSNS: u32 = 100;
 
+/// Instructions `xdp_parse6` must have after the verifier at least: the
+/// walk of up to five extension headers and the TCP/UDP checks. Measured
+/// on kernel 6.18: 729. The whole IPv4 parse takes 173 (`xdp_parse`): an
+/// IPv6 parse that lost its walk cannot reach 200.
+const MIN_PARSE6_INSNS: u32 = 200;
+
+/// The verifier's processed instructions (`verified_insns`) each program
+/// may take at most: about 1.5x what it took on kernel 6.18 when recorded
+/// (in parentheses), so a change that makes verification much costlier (a
+/// loop the verifier can no longer prune, an unbounded walk) fails here
+/// before a node's load slows down or hits the 1,000,000 limit. IPv4's
+/// programs must not grow for IPv6, which runs in its own programs. Raise
+/// a ceiling only with a reason.
+const VERIFIER_CEILINGS: [(&str, u32); 12] = [
+    ("lb_xdp", 330_000),           // (218,943)
+    ("lb_tc", 183_000),            // (121,839)
+    ("lb_tc_uplink", 190_000),     // (126,062)
+    ("lb_tc_uplink_handoff", 700), // (423)
+    ("lb_tc_egress", 10_000),      // (6,484)
+    ("xdp_pass", 10),              // (2)
+    ("xdp_parse", 400),            // (235)
+    ("lb_xdp6", 3_000),            // (1,983)
+    ("lb_tc6", 7_100),             // (4,710)
+    ("lb_tc_uplink6", 7_100),      // (4,710)
+    ("lb_tc_egress6", 4_400),      // (2,936)
+    ("xdp_parse6", 3_900),         // (2,590)
+];
+
 /// Instructions of a loaded program after the verifier (`xlated_prog_len` / 8).
 fn instructions(dp: &TestDatapath, name: &str) -> u32 {
     let prog: &Xdp = dp.program(name).try_into().unwrap();
     let info = prog.info().expect("bpf_prog_info");
     info.size_translated().expect("xlated_prog_len") / 8
+}
+
+/// Instructions the verifier processed loading `name`.
+fn verified(dp: &TestDatapath, name: &str) -> u32 {
+    let info = match dp.program(name) {
+        aya::programs::Program::Xdp(p) => p.info(),
+        aya::programs::Program::SchedClassifier(p) => p.info(),
+        _ => panic!("{name} is neither XDP nor TC"),
+    };
+    info.expect("bpf_prog_info")
+        .verified_instruction_count()
+        .expect("verified_insns (kernel 5.16+)")
+}
+
+#[test]
+fn every_program_stays_within_its_verifier_ceiling() {
+    let dp = TestDatapath::load("baseline-verifier", NODE);
+    let mut over = Vec::new();
+    for name in EVERY_PROGRAM {
+        let n = verified(&dp, name);
+        let ceiling = VERIFIER_CEILINGS.iter().find(|(n, _)| *n == name);
+        eprintln!("{name}: {n} instructions processed (ceiling {ceiling:?})");
+        match ceiling {
+            Some(&(_, ceiling)) if n <= ceiling => {}
+            Some(&(_, ceiling)) => over.push(format!("{name}: {n} > {ceiling}")),
+            None => over.push(format!("{name}: {n}, no ceiling recorded")),
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "verifier work above the ceilings: {over:?}"
+    );
+}
+
+#[test]
+fn parse6_only_keeps_the_extension_header_walk_and_l4_parse() {
+    let dp = TestDatapath::load("baseline-insns6", NODE);
+    let parse6 = instructions(&dp, XDP_PARSE6_PROGRAM);
+    eprintln!("instructions after the verifier: xdp_parse6 {parse6}");
+    assert!(
+        parse6 >= MIN_PARSE6_INSNS,
+        "xdp_parse6 has {parse6} instructions: the compiler removed the parse it is meant to measure"
+    );
 }
 
 #[test]
@@ -71,13 +151,36 @@ fn frames() -> Vec<Vec<u8>> {
         icmp_echo(CLIENT, VIP),
         ipv6_tcp(),
         arp(),
+        ipv6_syn_behind(&[Ext::HopByHop { len8: 0 }, Ext::DestOpts { len8: 1 }]),
+        ipv6_udp_fragment(),
+        with_u16(&ipv6_syn_behind(&[]), 18, 1400),
     ]
+}
+
+/// An IPv6 TCP SYN behind the extension headers `exts`.
+fn ipv6_syn_behind(exts: &[Ext]) -> Vec<u8> {
+    exts.iter()
+        .cloned()
+        .fold(Packet6::tcp(CLIENT6, 40000, VIP6, 80).syn(), Packet6::ext)
+        .build()
+}
+
+/// The first fragment of an IPv6 UDP datagram.
+fn ipv6_udp_fragment() -> Vec<u8> {
+    Packet6::udp(CLIENT6, 40001, VIP6, 53)
+        .with_payload(&[7; 64])
+        .ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+            id: 7,
+        })
+        .build()
 }
 
 #[test]
 fn baselines_pass_every_packet_unchanged() {
     let dp = TestDatapath::load("baseline-pass", NODE);
-    for name in [XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM] {
+    for name in [XDP_PARSE_PROGRAM, XDP_PARSE6_PROGRAM, XDP_PASS_PROGRAM] {
         let prog: &Xdp = dp.program(name).try_into().unwrap();
         for (i, frame) in frames().iter().enumerate() {
             let (code, out) = run(prog, frame);

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::flows::{self, FlowSettings};
 
 pub use self::{
-    attach::{ifindex, interfaces},
+    attach::{ifindex, interfaces, EVERY_PROGRAM},
     layout::PIN_LAYOUT,
     writer::{decode_label, encode_label},
 };
