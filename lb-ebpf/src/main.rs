@@ -214,8 +214,14 @@ pub fn xdp_parse6(ctx: XdpContext) -> u32 {
             let rest = (u32::from(flow.proto) << 24)
                 | (u32::from(flow.tcp_flags) << 16)
                 | (flow.frag_id ^ (flow.fragment as u32));
-            let addrs = flow.src[0] ^ flow.src[1] ^ flow.src[2] ^ flow.src[3]
-                ^ flow.dst[0] ^ flow.dst[1] ^ flow.dst[2] ^ flow.dst[3];
+            let addrs = flow.src[0]
+                ^ flow.src[1]
+                ^ flow.src[2]
+                ^ flow.src[3]
+                ^ flow.dst[0]
+                ^ flow.dst[1]
+                ^ flow.dst[2]
+                ^ flow.dst[3];
             // A packet's headers lie within its first 4 GiB.
             #[allow(clippy::cast_possible_truncation)]
             let l4_off = flow.l4_off as u32;

@@ -11,5 +11,4 @@ pub static XDP6_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "TC6_PROGS")]
 // Three programs: the length fits.
 #[allow(clippy::cast_possible_truncation)]
-pub static TC6_PROGS: ProgramArray =
-    ProgramArray::with_max_entries(TC6_PROGRAMS.len() as u32, 0);
+pub static TC6_PROGS: ProgramArray = ProgramArray::with_max_entries(TC6_PROGRAMS.len() as u32, 0);

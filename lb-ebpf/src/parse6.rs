@@ -190,10 +190,7 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Parsed6 {
         // SAFETY: the checksum lies inside the UDP header checked above.
         let csum = unsafe { *((l4 + UDP_CSUM_OFF) as *const u16) };
         // IPv6 makes the UDP checksum mandatory (RFC 8200 8.1).
-        if udp_len < UdpHdr::LEN
-            || (fragment == Fragment::Whole && udp_len > l4_len)
-            || csum == 0
-        {
+        if udp_len < UdpHdr::LEN || (fragment == Fragment::Whole && udp_len > l4_len) || csum == 0 {
             return Parsed6::Malformed;
         }
     }
