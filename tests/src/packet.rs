@@ -66,9 +66,11 @@ pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
+/// TCP flag SYN.
+pub const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP over IPv4 frame to build.
 #[derive(Clone)]

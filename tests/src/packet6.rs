@@ -4,29 +4,26 @@
 
 use std::net::Ipv6Addr;
 
-pub use lb_common::maps6::{NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING};
+pub use lb_common::{
+    maps6::{
+        IPPROTO_ICMPV6 as NEXTHDR_ICMPV6, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP,
+        NEXTHDR_ROUTING,
+    },
+    IPPROTO_TCP as NEXTHDR_TCP, IPPROTO_UDP as NEXTHDR_UDP,
+};
 
-use crate::packet::checksum;
+use crate::packet::{checksum, TCP_ACK, TCP_SYN};
 
 /// Offset of the IPv6 fixed header in a frame (after Ethernet).
 pub const IP6_OFF: usize = 14;
 /// Offset of what follows the 40-byte fixed header (extension headers or the upper layer).
 pub const IP6_PAYLOAD_OFF: usize = IP6_OFF + 40;
-/// Next header: TCP.
-pub const NEXTHDR_TCP: u8 = 6;
-/// Next header: UDP.
-pub const NEXTHDR_UDP: u8 = 17;
 /// Next header: encapsulating security payload.
 pub const NEXTHDR_ESP: u8 = 50;
 /// Next header: authentication header.
 pub const NEXTHDR_AUTH: u8 = 51;
-/// Next header: `ICMPv6`.
-pub const NEXTHDR_ICMPV6: u8 = 58;
 /// Next header: no next header.
 pub const NEXTHDR_NONE: u8 = 59;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// One extension header of a chain; the builder fills in its next-header field.
 #[derive(Clone, Debug, PartialEq, Eq)]
