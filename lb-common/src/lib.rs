@@ -13,7 +13,10 @@ pub mod maps6;
 pub mod siphash;
 
 pub use conntrack::{CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM};
-pub use hash::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND};
+pub use hash::{
+    filter_bit, filter_bit6, FILTER_SEED_BACKEND, FILTER_SEED_BACKEND6, FILTER_SEED_FRONTEND,
+    FILTER_SEED_FRONTEND6,
+};
 pub use maps::*;
 pub use siphash::{flow_hash, HashKey};
 
