@@ -1,7 +1,15 @@
 //! IPv6's maps. Layouts and names are documented in `lb_common::maps6`.
 
-use aya_ebpf::{macros::map, maps::ProgramArray};
-use lb_common::maps6::TC6_PROGRAMS;
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, ProgramArray},
+};
+use lb_common::{
+    maps6::{Backend6, ServiceKey6, SourceRangeKey6, TC6_PROGRAMS},
+    ServiceEntry, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
+    SOURCE_RANGES_MAX_ENTRIES,
+};
 
 /// `lb_xdp6`, which `lb_xdp` tail-calls for IPv6 frames (pinned).
 #[map(name = "XDP6_PROGS")]
@@ -12,3 +20,23 @@ pub static XDP6_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 // Three programs: the length fits.
 #[allow(clippy::cast_possible_truncation)]
 pub static TC6_PROGS: ProgramArray = ProgramArray::with_max_entries(TC6_PROGRAMS.len() as u32, 0);
+
+/// IPv6 frontends, the twin of `SERVICES` (no prealloc, for the same reason).
+#[map(name = "SERVICES6")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceEntry> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// IPv6 backends by id, in the id space `BACKENDS` shares (0 unused).
+#[map(name = "BACKENDS6")]
+pub static BACKENDS6: Array<Backend6> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The client ranges of IPv6 frontends flagged `SERVICE_F_SOURCE_RANGES`.
+#[map(name = "SOURCE_RANGES6")]
+pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u32> =
+    LpmTrie::with_max_entries(SOURCE_RANGES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The IPv6 node-port addresses: where an IPv6 node port (a frontend of
+/// address `::`) is served.
+#[map(name = "NODEPORT_ADDRS6")]
+pub static NODEPORT_ADDRS6: HashMap<[u32; 4], u32> =
+    HashMap::with_max_entries(NODE_PORT_ADDRS_MAX_ENTRIES, 0);

@@ -70,7 +70,9 @@ fn capacity(datapath: &Datapath) -> Capacity {
     let maps = &datapath.maps;
     Capacity {
         slab_slots: maps.slab.slots(),
-        backend_slots: maps.backends.len(),
+        // The families share the backend ids: an id must fit both arrays
+        // (created alike; a pin dir from before BACKENDS6 gets it at load).
+        backend_slots: maps.backends.len().min(maps.backends6.len()),
         // The id-indexed array has a slot for every id and the unused 0.
         service_slots: maps.internal_tables.len().saturating_sub(1),
     }

@@ -48,7 +48,10 @@ use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{
     conntrack::CtState,
-    maps6::{MAP_TC6_PROGS, MAP_XDP6_PROGS},
+    maps6::{
+        MAP_BACKENDS6, MAP_NODE_PORT_ADDRS6, MAP_SERVICES6, MAP_SOURCE_RANGES6, MAP_TC6_PROGS,
+        MAP_XDP6_PROGS,
+    },
     Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
     BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
     MAP_CONFIG, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS, MAP_REVNAT,
@@ -128,7 +131,8 @@ pub struct Written {
 
 /// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v7 would have
-/// left: the same maps and entries, without the IPv6 prog arrays, with
+/// left: the same maps and entries, without IPv6's maps (prog arrays and
+/// frontend maps), with
 /// IPv4's [`V7_VERDICTS`] verdict and [`V7_EVENTS`] event counters only.
 pub fn make_v7(pin_dir: &Path) -> Result<()> {
     ensure!(
@@ -143,7 +147,14 @@ pub fn make_v7(pin_dir: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     std::fs::rename(&from, &to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
-    for name in [MAP_XDP6_PROGS, MAP_TC6_PROGS] {
+    for name in [
+        MAP_XDP6_PROGS,
+        MAP_TC6_PROGS,
+        MAP_SERVICES6,
+        MAP_BACKENDS6,
+        MAP_SOURCE_RANGES6,
+        MAP_NODE_PORT_ADDRS6,
+    ] {
         std::fs::remove_file(to.join(name)).with_context(|| format!("removing {name}"))?;
     }
     for (name, values) in counters {

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
+    maps6::{MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_RANGES6},
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
     MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
@@ -21,7 +22,7 @@ pub const PIN_LAYOUT: &str = "v8";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 14_928_442_198_747_433_632;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_461_598_755_194_312_720;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -48,7 +49,10 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 14_928_442_198_747_433_632;
 /// namespace; it starts empty). v8 added IPv6: the prog arrays
 /// `XDP6_PROGS` and `TC6_PROGS` (never carried: each load fills its own),
 /// and one block of verdict and event counters per family, IPv4's first
-/// (v7's counters fit into the longer arrays as IPv4's).
+/// (v7's counters fit into the longer arrays as IPv4's), and IPv6's
+/// frontend maps `SERVICES6`, `BACKENDS6`, `SOURCE_RANGES6` (see
+/// [`SERVICE_MAPS6`]) and `NODEPORT_ADDRS6`, which start empty after a
+/// hand-over from an earlier layout.
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
         "v7",
@@ -191,6 +195,12 @@ pub const ID_DEPENDENT_MAPS: [&str; 7] = [
     MAP_SOURCE_RANGES,
     MAP_INTERNAL_TABLES,
 ];
+/// IPv6's twins of [`SERVICE_MAPS`] and [`ID_DEPENDENT_MAPS`] (new in v8):
+/// they share the slab, labels and ids of the IPv4 maps, so they are carried
+/// only with those, and only when all of them pass. Failing, they start
+/// empty without holding IPv4 back: nothing of IPv4 names their entries.
+/// `NODEPORT_ADDRS6` is never carried, as `NODE_PORT_ADDRS` is not.
+pub const SERVICE_MAPS6: [&str; 3] = [MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_RANGES6];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 4] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS, MAP_SOCK_REVERSE];
 
@@ -391,6 +401,19 @@ pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
     }
     for name in INDEPENDENT_MAPS {
         match check(name) {
+            Ok(()) => plan.carry.push(name),
+            Err(why) => plan.fresh.push((name, why)),
+        }
+    }
+    // After the IPv4 maps, so that their order in `fresh` stays as it was.
+    let services6 = services.and_then(|()| {
+        SERVICE_MAPS6.iter().try_for_each(|&name| {
+            check(name).map_err(|why| format!("{name} cannot be carried: {why}"))
+        })
+    });
+    for name in SERVICE_MAPS6 {
+        // A map's own reason first (an older layout has none of them).
+        match check(name).and_then(|()| services6.clone()) {
             Ok(()) => plan.carry.push(name),
             Err(why) => plan.fresh.push((name, why)),
         }

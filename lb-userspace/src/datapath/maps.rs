@@ -12,6 +12,10 @@ use aya::maps::{
     lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use lb_common::{
+    maps6::{
+        ipv6_octets, Backend6, ServiceKey6, SourceRangeKey6, MAP_BACKENDS6, MAP_NODE_PORT_ADDRS6,
+        MAP_SERVICES6, MAP_SOURCE_RANGES6,
+    },
     Backend, BackendId, Family, InternalTable, NodeConfig, ServiceEntry, ServiceKey, ServiceLabel,
     ServiceStats, SlabEntry, SourceRangeKey, Verdict, MAP_BACKENDS, MAP_CONFIG, MAP_FILTER,
     MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
@@ -19,7 +23,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 25] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -41,6 +45,10 @@ pub const PINNED_MAPS: [&str; 21] = [
     lb_common::MAP_SOCK_AFFINITY,
     lb_common::maps6::MAP_XDP6_PROGS,
     lb_common::maps6::MAP_TC6_PROGS,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_SOURCE_RANGES6,
+    MAP_NODE_PORT_ADDRS6,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
@@ -76,6 +84,14 @@ pub struct Maps {
     pub internal_tables: Array<MapData, InternalTable>,
     /// The node-port addresses (network byte order).
     pub node_port_addrs: HashMap<MapData, u32, u32>,
+    /// IPv6 frontends.
+    pub services6: HashMap<MapData, ServiceKey6, ServiceEntry>,
+    /// IPv6 backends, by ids of the space `backends` shares.
+    pub backends6: Array<MapData, Backend6>,
+    /// Client ranges of IPv6 frontends restricted to them.
+    pub source_ranges6: LpmTrie<MapData, SourceRangeKey6, u32>,
+    /// The IPv6 node-port addresses.
+    pub node_port_addrs6: HashMap<MapData, [u32; 4], u32>,
 }
 
 impl Maps {
@@ -99,6 +115,10 @@ impl Maps {
             source_ranges: LpmTrie::try_from(take(lb_common::MAP_SOURCE_RANGES)?)?,
             internal_tables: Array::try_from(take(lb_common::MAP_INTERNAL_TABLES)?)?,
             node_port_addrs: HashMap::try_from(take(lb_common::MAP_NODE_PORT_ADDRS)?)?,
+            services6: HashMap::try_from(take(MAP_SERVICES6)?)?,
+            backends6: Array::try_from(take(MAP_BACKENDS6)?)?,
+            source_ranges6: LpmTrie::try_from(take(MAP_SOURCE_RANGES6)?)?,
+            node_port_addrs6: HashMap::try_from(take(MAP_NODE_PORT_ADDRS6)?)?,
         })
     }
 
@@ -132,6 +152,10 @@ impl Maps {
             node_port_addrs: HashMap::try_from(Map::HashMap(open(
                 lb_common::MAP_NODE_PORT_ADDRS,
             )?))?,
+            services6: HashMap::try_from(Map::HashMap(open(MAP_SERVICES6)?))?,
+            backends6: Array::try_from(Map::Array(open(MAP_BACKENDS6)?))?,
+            source_ranges6: LpmTrie::try_from(Map::LpmTrie(open(MAP_SOURCE_RANGES6)?))?,
+            node_port_addrs6: HashMap::try_from(Map::HashMap(open(MAP_NODE_PORT_ADDRS6)?))?,
         })
     }
 
@@ -140,6 +164,14 @@ impl Maps {
         self.node_port_addrs
             .keys()
             .map(|k| Ok(std::net::Ipv4Addr::from(k?.to_ne_bytes())))
+            .collect()
+    }
+
+    /// The IPv6 node-port addresses the maps hold.
+    pub fn node_port_addresses6(&self) -> Result<Vec<std::net::Ipv6Addr>> {
+        self.node_port_addrs6
+            .keys()
+            .map(|k| Ok(std::net::Ipv6Addr::from(ipv6_octets(k?))))
             .collect()
     }
 

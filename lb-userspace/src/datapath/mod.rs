@@ -201,10 +201,14 @@ impl Datapath {
             ),
         };
         loader.map_max_entries(lb_common::MAP_SERVICE_STATS_ARRAY, stats_array_len);
-        loader.map_max_entries(lb_common::MAP_BACKENDS, config.backend_slots);
+        // The two families' backends share one id space: both arrays span it.
+        for map in [lb_common::MAP_BACKENDS, lb_common::maps6::MAP_BACKENDS6] {
+            loader.map_max_entries(map, config.backend_slots);
+        }
         // Frontends, and the maps indexed by Service port id (id 0 unused).
         for map in [
             MAP_SERVICES,
+            lb_common::maps6::MAP_SERVICES6,
             lb_common::MAP_SERVICE_LABELS,
             lb_common::MAP_SERVICE_STATS,
         ] {

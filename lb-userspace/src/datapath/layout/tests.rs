@@ -1,5 +1,5 @@
 use lb_common::{
-    maps6::{MAP_TC6_PROGS, MAP_XDP6_PROGS},
+    maps6::{MAP_NODE_PORT_ADDRS6, MAP_TC6_PROGS, MAP_XDP6_PROGS},
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
     MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE,
     MAP_SOURCE_RANGES,
@@ -20,12 +20,16 @@ fn shape(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Map
     }
 }
 
-/// The v7 layout: today's maps without the IPv6 prog arrays, with IPv4's
-/// counters only (6 verdicts, 13 events).
+/// The v7 layout: today's maps without IPv6's (prog arrays and frontend
+/// maps), with IPv4's counters only (6 verdicts, 13 events).
 fn v7(current: &Shapes) -> Shapes {
     let mut old = current.clone();
     old.remove(MAP_XDP6_PROGS);
     old.remove(MAP_TC6_PROGS);
+    old.remove(MAP_NODE_PORT_ADDRS6);
+    for name in SERVICE_MAPS6 {
+        old.remove(name);
+    }
     old.get_mut(MAP_VERDICTS).unwrap().max_entries = 6;
     old.get_mut(MAP_EVENTS).unwrap().max_entries = 13;
     old
@@ -106,14 +110,21 @@ fn every_map_but(but: &[&str]) -> Vec<&'static str> {
 /// filter follows from the services, the exhaustion counters are new in v4,
 /// the first sync writes the node-port addresses, and each load fills its
 /// own prog arrays.
-const NEVER_CARRIED: [&str; 6] = [
+const NEVER_CARRIED: [&str; 7] = [
     MAP_CONFIG,
     MAP_FILTER,
     MAP_SNAT_EXHAUSTED,
     MAP_NODE_PORT_ADDRS,
     MAP_XDP6_PROGS,
     MAP_TC6_PROGS,
+    MAP_NODE_PORT_ADDRS6,
 ];
+
+/// The maps a hand-over from a layout before v8 leaves empty besides
+/// `NEVER_CARRIED`: IPv6's frontend maps, reported last.
+fn fresh6(layout: &str) -> Vec<(&'static str, String)> {
+    SERVICE_MAPS6.map(|name| none(name, layout)).to_vec()
+}
 
 fn none(name: &'static str, layout: &str) -> (&'static str, String) {
     (name, format!("layout {layout} has no such map"))
@@ -161,12 +172,14 @@ fn the_flow_maps_are_v4_s_and_the_converted_shapes_v3_s() {
 }
 
 #[test]
-fn from_v7_every_map_is_carried_as_it_is_and_ipv4_s_counters_fit() {
+fn from_v7_every_ipv4_map_is_carried_as_it_is_and_ipv6_s_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v7", &v7(new), new);
-    assert_eq!(sorted(&plan.carry), every_map_but(&NEVER_CARRIED));
+    let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
+    assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v7's flows are v8's: {plan:?}");
-    assert!(plan.fresh.is_empty(), "{plan:?}");
+    assert_eq!(plan.fresh, fresh6("v7"));
     assert!(plan.carries_services());
     // v7's counters are IPv4's block of v8's longer arrays.
     assert!(new[MAP_VERDICTS].max_entries > 6 && new[MAP_EVENTS].max_entries > 13);
@@ -178,10 +191,14 @@ fn from_v6_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v6", &v6(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.push(MAP_SOCK_AFFINITY);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v6's flows are v7's: {plan:?}");
-    assert_eq!(plan.fresh, vec![none(MAP_SOCK_AFFINITY, "v6")]);
+    assert_eq!(
+        plan.fresh,
+        [vec![none(MAP_SOCK_AFFINITY, "v6")], fresh6("v6")].concat()
+    );
     assert!(plan.carries_services());
     // Connected sockets keep their Service's address across the hand-over.
     assert!(plan.carry.contains(&MAP_SOCK_REVERSE));
@@ -192,12 +209,17 @@ fn from_v5_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v5", &v5(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v5's flows are v6's: {plan:?}");
     assert_eq!(
         plan.fresh,
-        vec![none(MAP_SOCK_AFFINITY, "v5"), none(MAP_SOCK_REVERSE, "v5")]
+        [
+            vec![none(MAP_SOCK_AFFINITY, "v5"), none(MAP_SOCK_REVERSE, "v5")],
+            fresh6("v5")
+        ]
+        .concat()
     );
     assert!(plan.carries_services());
 }
@@ -207,18 +229,23 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v4", &v4(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v4's flows are v5's: {plan:?}");
     assert_eq!(
         plan.fresh,
-        vec![
-            none(MAP_SOCK_AFFINITY, "v4"),
-            none(MAP_SOURCE_RANGES, "v4"),
-            none(MAP_INTERNAL_TABLES, "v4"),
-            none(MAP_SOCK_REVERSE, "v4")
+        [
+            vec![
+                none(MAP_SOCK_AFFINITY, "v4"),
+                none(MAP_SOURCE_RANGES, "v4"),
+                none(MAP_INTERNAL_TABLES, "v4"),
+                none(MAP_SOCK_REVERSE, "v4")
+            ],
+            fresh6("v4")
         ]
+        .concat()
     );
     assert!(plan.carries_services());
     // v4 counted one event fewer: its counters fit into v5's.
@@ -231,18 +258,23 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     assert_eq!(
         plan.fresh,
-        vec![
-            none(MAP_SOCK_AFFINITY, "v3"),
-            none(MAP_SOURCE_RANGES, "v3"),
-            none(MAP_INTERNAL_TABLES, "v3"),
-            none(MAP_SOCK_REVERSE, "v3")
+        [
+            vec![
+                none(MAP_SOCK_AFFINITY, "v3"),
+                none(MAP_SOURCE_RANGES, "v3"),
+                none(MAP_INTERNAL_TABLES, "v3"),
+                none(MAP_SOCK_REVERSE, "v3")
+            ],
+            fresh6("v3")
         ]
+        .concat()
     );
     assert!(plan.carries_services());
     // v3's counter arrays are shorter: they fit into v4's.
@@ -260,6 +292,7 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
@@ -271,13 +304,17 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     // v2 counted every service in the hash, which is carried.
     assert_eq!(
         plan.fresh,
-        vec![
-            none(MAP_SOCK_AFFINITY, "v2"),
-            none(MAP_SERVICE_STATS_ARRAY, "v2"),
-            none(MAP_SOURCE_RANGES, "v2"),
-            none(MAP_INTERNAL_TABLES, "v2"),
-            none(MAP_SOCK_REVERSE, "v2")
+        [
+            vec![
+                none(MAP_SOCK_AFFINITY, "v2"),
+                none(MAP_SERVICE_STATS_ARRAY, "v2"),
+                none(MAP_SOURCE_RANGES, "v2"),
+                none(MAP_INTERNAL_TABLES, "v2"),
+                none(MAP_SOCK_REVERSE, "v2")
+            ],
+            fresh6("v2")
         ]
+        .concat()
     );
     assert!(plan.carries_services());
 }
@@ -287,6 +324,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
+    but.extend(SERVICE_MAPS6);
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
@@ -298,14 +336,18 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     assert_eq!(plan.convert, vec![MAP_CONNTRACK, MAP_REVNAT]);
     assert_eq!(
         plan.fresh,
-        vec![
-            none(MAP_SOCK_AFFINITY, "v1"),
-            none(MAP_SERVICE_STATS_ARRAY, "v1"),
-            none(MAP_SOURCE_RANGES, "v1"),
-            none(MAP_INTERNAL_TABLES, "v1"),
-            none(MAP_EVENTS, "v1"),
-            none(MAP_SOCK_REVERSE, "v1")
+        [
+            vec![
+                none(MAP_SOCK_AFFINITY, "v1"),
+                none(MAP_SERVICE_STATS_ARRAY, "v1"),
+                none(MAP_SOURCE_RANGES, "v1"),
+                none(MAP_INTERNAL_TABLES, "v1"),
+                none(MAP_EVENTS, "v1"),
+                none(MAP_SOCK_REVERSE, "v1")
+            ],
+            fresh6("v1")
         ]
+        .concat()
     );
     assert!(plan.carries_services());
 }
@@ -344,7 +386,11 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carries_services(), "{map} of {what}");
             assert_eq!(plan.convert, vec![other], "{map} of {what}");
             assert!(plan.carry.contains(&MAP_AFFINITY));
-            assert_eq!(plan.fresh.len(), 5, "{map} of {what}: {plan:?}");
+            assert_eq!(
+                plan.fresh.len(),
+                5 + SERVICE_MAPS6.len(),
+                "{map} of {what}: {plan:?}"
+            );
         }
     }
 }
@@ -362,6 +408,7 @@ fn an_unknown_layout_carries_nothing() {
             .into_iter()
             .chain(ID_DEPENDENT_MAPS)
             .chain(INDEPENDENT_MAPS)
+            .chain(SERVICE_MAPS6)
             .collect();
         assert_eq!(
             plan.fresh.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
