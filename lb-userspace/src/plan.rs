@@ -16,11 +16,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
 use lb_common::{
+    maps6::{Backend6, ServiceKey6},
     Backend, BackendId, InternalTable, ServiceEntry, ServiceKey, BACKEND_F_ACTIVE, BACKEND_F_LOCAL,
     BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL, MAX_BACKENDS, MAX_SERVICES,
     SERVICE_F_INTERNAL_TABLE, SERVICE_F_LOCAL, SERVICE_F_REJECT, SERVICE_F_SOURCE_RANGES,
@@ -68,6 +69,18 @@ pub enum MapOp {
     SetSourceRange(u32, SourceRange),
     /// Remove a client range of a service id.
     DeleteSourceRange(u32, SourceRange),
+    /// Write an IPv6 backend entry (its id from the space IPv4's share).
+    SetBackend6(BackendId, Backend6),
+    /// Publish (create or replace) an IPv6 service entry.
+    SetService6(ServiceKey6, ServiceEntry),
+    /// Remove an IPv6 service entry.
+    DeleteService6(ServiceKey6),
+    /// Clear an IPv6 backend entry that nothing publishes any more.
+    ClearBackend6(BackendId),
+    /// Serve IPv6 node ports on an address.
+    SetNodePortAddr6(Ipv6Addr),
+    /// Stop serving IPv6 node ports on an address.
+    DeleteNodePortAddr6(Ipv6Addr),
 }
 
 /// The operations of one sync, in the order they must be applied.

@@ -371,7 +371,10 @@ fn a_handover_from_v7_keeps_every_flow_and_count_and_serves_ipv6_at_once() {
     let maps = &new.datapath_mut().maps;
     assert_eq!(maps.services6.keys().count(), 0, "SERVICES6 starts empty");
     assert!(maps.node_port_addresses6().unwrap().is_empty());
-    assert!(maps.services.keys().count() > 0, "IPv4's frontends came along");
+    assert!(
+        maps.services.keys().count() > 0,
+        "IPv4's frontends came along"
+    );
     // A malformed IPv6 frame (payload length past the frame) reaches lb_xdp6.
     let truncated = lb_tests::packet::with_u16(&lb_tests::packet::ipv6_tcp(), 18, 1400);
     let (ret, out) = new.run_xdp(&truncated);

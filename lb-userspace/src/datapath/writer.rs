@@ -2,7 +2,10 @@
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
-use lb_common::{Backend, ServiceLabel, SourceRangeKey, SERVICE_LABEL_LEN, SOURCE_RANGE_ID_BITS};
+use lb_common::{
+    maps6::{ipv6_words, Backend6},
+    Backend, ServiceLabel, SourceRangeKey, SERVICE_LABEL_LEN, SOURCE_RANGE_ID_BITS,
+};
 
 use super::maps::Maps;
 use crate::{desired::SourceRange, plan::MapOp};
@@ -59,6 +62,30 @@ impl Maps {
                     let _ = self
                         .node_port_addrs
                         .remove(&u32::from_ne_bytes(addr.octets()));
+                }
+                MapOp::SetBackend6(id, backend) => self
+                    .backends6
+                    .set(*id, backend, 0)
+                    .with_context(|| format!("writing IPv6 backend {id}"))?,
+                MapOp::SetService6(key, entry) => self
+                    .services6
+                    .insert(key, entry, 0)
+                    .with_context(|| format!("writing IPv6 service {key:?}"))?,
+                MapOp::DeleteService6(key) => self
+                    .services6
+                    .remove(key)
+                    .with_context(|| format!("deleting IPv6 service {key:?}"))?,
+                MapOp::ClearBackend6(id) => self
+                    .backends6
+                    .set(*id, Backend6::default(), 0)
+                    .with_context(|| format!("clearing IPv6 backend {id}"))?,
+                MapOp::SetNodePortAddr6(addr) => self
+                    .node_port_addrs6
+                    .insert(ipv6_words(addr.octets()), 1, 0)
+                    .with_context(|| format!("adding node-port address {addr}"))?,
+                MapOp::DeleteNodePortAddr6(addr) => {
+                    // Already gone is fine.
+                    let _ = self.node_port_addrs6.remove(&ipv6_words(addr.octets()));
                 }
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);

@@ -83,6 +83,12 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
             MapOp::SetNodePortAddr(..) => "nodeport",
             MapOp::DeleteNodePortAddr(..) => "unnodeport",
             MapOp::DeleteSourceRange(..) => "unrange",
+            MapOp::SetBackend6(..) => "backend6",
+            MapOp::SetService6(..) => "service6",
+            MapOp::DeleteService6(..) => "delete6",
+            MapOp::ClearBackend6(..) => "clear6",
+            MapOp::SetNodePortAddr6(..) => "nodeport6",
+            MapOp::DeleteNodePortAddr6(..) => "unnodeport6",
             MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
                 unreachable!()
             }
