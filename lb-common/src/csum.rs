@@ -52,6 +52,40 @@ pub const fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
     nonzero(replace32(check, old, new))
 }
 
+/// New checksum after a 128-bit field of the covered data (an IPv6
+/// address, as `maps6::ipv6_words` stores it) changed from `old` to `new`:
+/// the IPv6 pseudo-header's share of a rewrite, IPv6 having no header
+/// checksum of its own.
+#[inline(always)]
+#[must_use]
+pub const fn replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut sum = (!check) as u32;
+    let mut i = 0;
+    while i < 4 {
+        let o = !old[i];
+        // Eight 16-bit halves at most 0xffff each, plus the check: no overflow.
+        sum += (o & 0xffff) + (o >> 16) + (new[i] & 0xffff) + (new[i] >> 16);
+        i += 1;
+    }
+    !fold(sum)
+}
+
+/// UDP over IPv6 flavour of [`replace128`]: a computed zero is sent as
+/// `0xffff`. (An IPv6 UDP checksum of 0 is invalid, not "none": the
+/// programs never translate such a datagram, so there is no zero to keep.)
+#[inline(always)]
+#[must_use]
+pub const fn udp6_replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    nonzero(replace128(check, old, new))
+}
+
+/// UDP over IPv6 flavour of [`replace16`]; see [`udp6_replace128`].
+#[inline(always)]
+#[must_use]
+pub const fn udp6_replace16(check: u16, old: u16, new: u16) -> u16 {
+    nonzero(replace16(check, old, new))
+}
+
 #[inline(always)]
 const fn nonzero(check: u16) -> u16 {
     if check == 0 {
@@ -153,5 +187,47 @@ mod tests {
             .expect("some update folds to zero");
         assert_eq!(udp_replace16(check, 0, new), 0xffff);
         assert_eq!(udp_replace32(check, 0, u32::from(new)), 0xffff);
+    }
+
+    #[test]
+    fn a_128_bit_replacement_matches_full_recomputation() {
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        for round in 0..2000 {
+            // Checksum at 0..2, a 16-byte address at 8..24 (4-byte aligned).
+            let mut data = bytes(&mut seed, 40 + (round % 20) * 2);
+            data[0] = 0;
+            data[1] = 0;
+            let check = full(&data);
+            data[0..2].copy_from_slice(&check.to_be_bytes());
+            let word = |d: &[u8], i: usize| {
+                u32::from_ne_bytes(d[8 + 4 * i..12 + 4 * i].try_into().unwrap())
+            };
+            let old: [u32; 4] = core::array::from_fn(|i| word(&data, i));
+            let fresh = bytes(&mut seed, 16);
+            let new: [u32; 4] = core::array::from_fn(|i| {
+                u32::from_ne_bytes(fresh[4 * i..4 * i + 4].try_into().unwrap())
+            });
+            let c = replace128(u16::from_ne_bytes([data[0], data[1]]), &old, &new);
+            data[8..24].copy_from_slice(&fresh);
+            data[0..2].copy_from_slice(&c.to_ne_bytes());
+            let sum = full(&data);
+            assert!(sum == 0 || sum == 0xffff, "round {round}: {sum:#06x}");
+            // Replacing an address by itself changes nothing (but ±0).
+            let same = replace128(c, &new, &new);
+            assert!(same == c || (same == 0xffff && c == 0) || (same == 0 && c == 0xffff));
+        }
+    }
+
+    #[test]
+    fn udp6_never_writes_zero() {
+        let check = raw(0x1234);
+        let new = (0..=u16::MAX)
+            .find(|&n| replace16(check, 0, n) == 0)
+            .expect("some update folds to zero");
+        assert_eq!(udp6_replace16(check, 0, new), 0xffff);
+        assert_eq!(
+            udp6_replace128(check, &[0; 4], &[0, 0, 0, u32::from(new)]),
+            0xffff
+        );
     }
 }

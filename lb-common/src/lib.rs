@@ -18,7 +18,7 @@ pub use hash::{
     FILTER_SEED_FRONTEND6,
 };
 pub use maps::*;
-pub use siphash::{flow_hash, HashKey};
+pub use siphash::{flow_hash, flow_hash6, HashKey};
 
 /// The 4 bytes of XDP metadata (host order) marking a frame XDP hands to
 /// the uplink's TC program to forward (`lb-ebpf/src/handoff.rs`): "LBHO".
