@@ -246,6 +246,47 @@ mod tests {
         }
     }
 
+    /// IPv4 bits as the code of `47e691a` computes them: the kernel looks
+    /// them up with the same function, and an agent adopts the words an
+    /// earlier one wrote, so they must never move.
+    #[test]
+    fn ipv4_bits_are_golden() {
+        let tcp = |a, b, c, d, port| Frontend {
+            addr: Ipv4Addr::new(a, b, c, d),
+            port,
+            proto: Protocol::Tcp,
+        };
+        let dns = Frontend {
+            proto: Protocol::Udp,
+            ..tcp(10, 96, 0, 10, 53)
+        };
+        let node_port_addrs = [
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 1, 11),
+        ];
+        let frontends: Vec<u32> = [
+            frontend_bits(tcp(10, 96, 0, 1, 443), &[]).collect::<Vec<_>>(),
+            frontend_bits(dns, &[]).collect(),
+            frontend_bits(tcp(192, 0, 2, 10, 80), &[]).collect(),
+            frontend_bits(Frontend::node_port(30_080, Protocol::Tcp), &node_port_addrs).collect(),
+        ]
+        .concat();
+        assert_eq!(
+            frontends,
+            [556_152, 1_624_394, 1_202_092, 1_351_981, 297_597],
+            "frontends"
+        );
+        let pods = [
+            SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 2), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 3), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 5), 53),
+        ];
+        let backends: Vec<u32> = backend_bits(&pods, Protocol::Tcp)
+            .chain(backend_bits(&pods[2..], Protocol::Udp))
+            .collect();
+        assert_eq!(backends, [526_946, 1_569_713, 834_044, 383_614], "backends");
+    }
+
     #[test]
     fn a_bit_nothing_needs_stays_set_for_the_grace() {
         let t0 = Instant::now();

@@ -707,3 +707,116 @@ fn what_a_plan_frees_is_never_reused_by_the_same_plan_even_without_grace() {
         .iter()
         .any(|op| matches!(op, MapOp::SetBackend(id, _) if cleared.contains(id))));
 }
+
+/// IPv4 plans as the code of `47e691a` makes them (a first sync, then one
+/// endpoint gone, then one frontend gone, each a grace-clearing step
+/// apart), digested: making the planner generic over the address family
+/// must not change one IPv4 operation or their order. The digests hold
+/// on a little-endian host (entries hold addresses in network byte order
+/// read as native `u32`s).
+#[test]
+fn ipv4_ops_are_golden() {
+    /// 64-bit FNV-1a.
+    fn digest(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+    let tcp = |a, b, c, d, port| Frontend {
+        addr: Ipv4Addr::new(a, b, c, d),
+        port,
+        proto: Protocol::Tcp,
+    };
+    let range = |a, b, c, prefix_len| SourceRange {
+        addr: Ipv4Addr::new(a, b, c, 0),
+        prefix_len,
+    };
+    let node_port_addrs = vec![
+        Ipv4Addr::new(192, 168, 1, 10),
+        Ipv4Addr::new(192, 168, 1, 11),
+    ];
+    // Service default/web, port "http": externalTrafficPolicy Cluster, a
+    // cluster IP, an LB IP with source ranges and a node port.
+    let web = |gone: Option<u8>| {
+        let mut port = want(&[(2, true), (3, false), (4, false)]);
+        port.backends
+            .retain(|addr, _| Some(addr.ip().octets()[3]) != gone);
+        let lb = DesiredFrontend {
+            source_ranges: vec![range(198, 51, 100, 24), range(203, 0, 113, 24)],
+            ..port.clone()
+        };
+        let node_port = DesiredFrontend {
+            node_port_addrs: node_port_addrs.clone(),
+            ..port.clone()
+        };
+        [
+            (tcp(10, 96, 0, 10, 80), port),
+            (tcp(192, 0, 2, 10, 80), lb),
+            (Frontend::node_port(30_080, Protocol::Tcp), node_port),
+        ]
+    };
+    // Service default/api, port "grpc": externalTrafficPolicy Local with
+    // one local endpoint of three (pods get all three: an internal table),
+    // session affinity, a cluster IP, an LB IP and a node port.
+    let api = {
+        let mut port = want(&[]);
+        port.service.name = "api".into();
+        port.port_name = "grpc".into();
+        port.affinity_timeout = 10_800;
+        port.has_endpoints = true;
+        port.backends = [(2, true), (3, false), (4, false)]
+            .into_iter()
+            .map(|(last, local)| {
+                let info = BackendInfo {
+                    local,
+                    for_cluster: true,
+                    for_local: local,
+                };
+                (
+                    SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, last), 9090),
+                    info,
+                )
+            })
+            .collect();
+        let external = DesiredFrontend {
+            policy: TrafficPolicy::Local,
+            ..port.clone()
+        };
+        let node_port = DesiredFrontend {
+            node_port_addrs: node_port_addrs.clone(),
+            ..external.clone()
+        };
+        [
+            (tcp(10, 96, 0, 20, 9000), port),
+            (tcp(192, 0, 2, 20, 9000), external),
+            (Frontend::node_port(30_090, Protocol::Tcp), node_port),
+        ]
+    };
+    let first: DesiredState = web(None).into_iter().chain(api.clone()).collect();
+    let endpoint_gone: DesiredState = web(Some(3)).into_iter().chain(api.clone()).collect();
+    let mut frontend_gone = endpoint_gone.clone();
+    frontend_gone.remove(&tcp(192, 0, 2, 10, 80));
+    assert!(first.values().any(DesiredFrontend::has_internal_table));
+
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let mut plans = Vec::new();
+    for (desired, at) in [(first, 0), (endpoint_gone, 1), (frontend_gone, 4)] {
+        let (plan, errors) = p.plan(&desired, t0 + Duration::from_secs(at));
+        assert!(errors.is_empty(), "{errors:?}");
+        plans.push(plan);
+    }
+    let golden: Vec<(usize, u64)> = plans
+        .iter()
+        .map(|plan| (plan.ops.len(), digest(format!("{:?}", plan.ops).as_bytes())))
+        .collect();
+    assert_eq!(
+        golden,
+        [
+            (34, 0xe45c_2515_d64b_e22b),
+            (5, 0x368f_b1b2_477a_d27e),
+            (4, 0xb6a3_f5e2_2e6f_e2a8),
+        ],
+        "{golden:#x?}"
+    );
+}
