@@ -1,7 +1,41 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016): the lookup table of
 //! one frontend, computed from its backends' names.
 
-use std::net::SocketAddrV4;
+use std::{
+    fmt,
+    io::{Cursor, Write},
+    net::{SocketAddrV4, SocketAddrV6},
+};
+
+/// A backend a Maglev table can hold, named by the bytes its preferences hash.
+pub trait Member: Copy + Ord + Send + Sync {
+    /// Writes the member's name into `out`; returns its length.
+    fn name(&self, out: &mut [u8; 64]) -> usize;
+}
+
+impl Member for SocketAddrV4 {
+    /// `a.b.c.d:port`, what `to_string` gives.
+    fn name(&self, out: &mut [u8; 64]) -> usize {
+        write_name(out, format_args!("{self}"))
+    }
+}
+
+impl Member for SocketAddrV6 {
+    /// `[addr]:port`: the scope id and flow label do not name a backend.
+    fn name(&self, out: &mut [u8; 64]) -> usize {
+        write_name(out, format_args!("[{}]:{}", self.ip(), self.port()))
+    }
+}
+
+/// Writes `args` into `out`; returns the length. Avoids an allocation per
+/// backend.
+fn write_name(out: &mut [u8; 64], args: fmt::Arguments<'_>) -> usize {
+    let mut cursor = Cursor::new(&mut out[..]);
+    cursor
+        .write_fmt(args)
+        .expect("a socket address's name fits 64 bytes");
+    usize::try_from(cursor.position()).expect("at most 64")
+}
 
 /// Table sizes (primes, roughly doubling). A frontend's table keeps its size
 /// while the backend count changes within a factor of about 8, because a new
@@ -69,9 +103,9 @@ struct Preference {
 }
 
 impl Preference {
-    fn new(backend: SocketAddrV4, size: u64) -> Self {
-        let mut name = [0u8; 21];
-        let len = write_addr(backend, &mut name);
+    fn new(backend: &impl Member, size: u64) -> Self {
+        let mut name = [0u8; 64];
+        let len = backend.name(&mut name);
         let name = &name[..len];
         Self {
             slot: hash64(name, 0x5bd1_e995) % size,
@@ -89,20 +123,11 @@ impl Preference {
     }
 }
 
-/// Writes `addr` as `a.b.c.d:port` (what `to_string` gives) into `out`;
-/// returns the length. Avoids an allocation per backend.
-fn write_addr(addr: SocketAddrV4, out: &mut [u8; 21]) -> usize {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut out[..]);
-    write!(cursor, "{addr}").expect("an IPv4 socket address fits 21 bytes");
-    usize::try_from(cursor.position()).expect("at most 21")
-}
-
 /// The Maglev table of `size` slots (prime) for `backends`: each slot holds an
-/// index into `backends`. The result depends only on the backends' addresses,
+/// index into `backends`. The result depends only on the backends' names,
 /// not on their order.
 #[must_use]
-pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
+pub fn build_table<M: Member>(backends: &[M], size: u32) -> Vec<u32> {
     if backends.is_empty() || size == 0 {
         return Vec::new();
     }
@@ -115,7 +140,7 @@ pub fn build_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
         .iter()
         .map(|&i| {
             let index = u32::try_from(i).expect("backend index fits u32");
-            (Preference::new(backends[i], m), index)
+            (Preference::new(&backends[i], m), index)
         })
         .collect();
     let mut table = vec![u32::MAX; size as usize];
@@ -143,7 +168,7 @@ const PARALLEL_SLOTS: u64 = 1 << 16;
 /// [`build_table`] of each `(backends, size)` job, in order, built on up to
 /// `threads` threads when the jobs are large enough to pay for them.
 #[must_use]
-pub fn build_tables(jobs: &[(Vec<SocketAddrV4>, u32)], threads: usize) -> Vec<Vec<u32>> {
+pub fn build_tables<M: Member>(jobs: &[(Vec<M>, u32)], threads: usize) -> Vec<Vec<u32>> {
     let slots: u64 = jobs.iter().map(|(_, size)| u64::from(*size)).sum();
     let threads = threads.clamp(1, jobs.len().max(1));
     if threads == 1 || slots < PARALLEL_SLOTS {
@@ -151,7 +176,7 @@ pub fn build_tables(jobs: &[(Vec<SocketAddrV4>, u32)], threads: usize) -> Vec<Ve
     }
     // Contiguous runs of about equal slots, one per thread, joined in order.
     let per_thread = slots.div_ceil(threads as u64);
-    let mut runs: Vec<&[(Vec<SocketAddrV4>, u32)]> = Vec::new();
+    let mut runs: Vec<&[(Vec<M>, u32)]> = Vec::new();
     let (mut start, mut acc) = (0, 0);
     for (i, (_, size)) in jobs.iter().enumerate() {
         acc += u64::from(*size);
@@ -201,8 +226,8 @@ pub fn max_share_deviation(table: &[u32], backend_count: usize) -> f64 {
 /// another backend when `changed` leaves (`add == false`) or joins a set, with
 /// the table size chosen as the planner would.
 #[must_use]
-pub fn disruption(backends: &[SocketAddrV4], changed: SocketAddrV4, add: bool) -> f64 {
-    let before: Vec<SocketAddrV4> = backends.to_vec();
+pub fn disruption<M: Member>(backends: &[M], changed: M, add: bool) -> f64 {
+    let before: Vec<M> = backends.to_vec();
     let mut after = before.clone();
     if add {
         after.push(changed);
@@ -287,8 +312,9 @@ mod tests {
     }
 
     /// The table as the paper writes it: backend `k`'s `j`-th preference is
-    /// `(offset + j * skip) % size`, with a multiplication and a division.
-    fn reference_table(backends: &[SocketAddrV4], size: u32) -> Vec<u32> {
+    /// `(offset + j * skip) % size`, with a multiplication and a division,
+    /// each backend named by `to_string`.
+    pub(super) fn reference_table<M: Member + fmt::Display>(backends: &[M], size: u32) -> Vec<u32> {
         let m = u64::from(size);
         let at = |slot: u64| usize::try_from(slot).unwrap();
         let mut order: Vec<usize> = (0..backends.len()).collect();
@@ -441,6 +467,9 @@ mod tests {
                 "{threads} threads"
             );
         }
-        assert!(build_tables(&[], 4).is_empty());
+        assert!(build_tables::<SocketAddrV4>(&[], 4).is_empty());
     }
 }
+
+#[cfg(test)]
+mod tests_v6;
