@@ -3,11 +3,16 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
+pub mod family;
+#[cfg(test)]
+mod family_tests;
+
+pub use self::family::{AddrFamily, FamilyIp, FilterSeed, FrontendV6, Listen6};
 pub use crate::ident::{ObjectName, Protocol};
-pub use crate::model::{SourceRange, TrafficPolicy};
+pub use crate::model::{SourceRange, SourceRangeV6, TrafficPolicy};
 
 /// One frontend of a Service: the address, port and protocol a client sends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +118,21 @@ pub struct NodeInfo {
     /// The addresses that serve node ports, sorted (see
     /// [`crate::node_ports`]); `None`: its own addresses.
     pub node_port_addresses: Option<Vec<Ipv4Addr>>,
+    /// Its IPv6 addresses, as the fields above are for IPv4.
+    pub v6: NodeAddrs6,
+}
+
+/// A node's IPv6 addresses: the IPv6 twins of [`NodeInfo`]'s address fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddrs6 {
+    /// Its own IPv6 addresses (its Node's `InternalIP` and `ExternalIP`).
+    pub addresses: Vec<Ipv6Addr>,
+    /// Every IPv6 address of its interfaces, loopback and link-local ones
+    /// included or not: [`NodeInfo::owns6`] skips them.
+    pub local_addresses: Vec<Ipv6Addr>,
+    /// The IPv6 addresses that serve node ports, sorted (see
+    /// [`crate::node_ports`]); `None`: its own IPv6 addresses.
+    pub node_port_addresses: Option<Vec<Ipv6Addr>>,
 }
 
 impl NodeInfo {
@@ -128,6 +148,11 @@ impl NodeInfo {
             for addr in &facts.addresses {
                 if !node.addresses.contains(addr) {
                     node.addresses.push(*addr);
+                }
+            }
+            for addr in &facts.addresses_v6 {
+                if !node.v6.addresses.contains(addr) {
+                    node.v6.addresses.push(*addr);
                 }
             }
         }
@@ -157,9 +182,33 @@ impl NodeInfo {
             own
         }
     }
+
+    /// Whether `addr` is one of this node's IPv6 addresses, as
+    /// [`NodeInfo::owns`] says for IPv4. Link-local addresses are nobody's:
+    /// every node may have the same one on a link of its own.
+    #[must_use]
+    pub fn owns6(&self, addr: Ipv6Addr) -> bool {
+        !addr.is_loopback()
+            && !addr.is_unspecified()
+            && !addr.is_unicast_link_local()
+            && (self.v6.addresses.contains(&addr) || self.v6.local_addresses.contains(&addr))
+    }
+
+    /// The IPv6 addresses that serve node ports: those set, or else its own.
+    #[must_use]
+    pub fn node_port_addresses6(&self) -> Vec<Ipv6Addr> {
+        if let Some(chosen) = &self.v6.node_port_addresses {
+            chosen.clone()
+        } else {
+            let mut own = self.v6.addresses.clone();
+            own.sort_unstable();
+            own.dedup();
+            own
+        }
+    }
 }
 
-impl DesiredFrontend {
+impl<S: AddrFamily> DesiredFrontend<S> {
     /// Whether the two policies select differently (then a frontend that
     /// follows `Local` needs a table of its own policy).
     #[must_use]
@@ -207,16 +256,17 @@ pub fn effective(policy: TrafficPolicy, differ: bool) -> TrafficPolicy {
     }
 }
 
-/// What one frontend should balance to.
+/// What one frontend should balance to, in family `S` (named by its
+/// backends' socket address; IPv4 by default).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredFrontend {
+pub struct DesiredFrontend<S: AddrFamily = SocketAddrV4> {
     /// The Service this frontend belongs to.
     pub service: ObjectName,
     /// The Service port's name ("" when unnamed).
     pub port_name: String,
     /// The Service port's endpoints (address and target port), ordered and
     /// unique: the same for every frontend of the port.
-    pub backends: BTreeMap<SocketAddrV4, BackendInfo>,
+    pub backends: BTreeMap<S, BackendInfo>,
     /// The traffic policy the frontend follows for clients from outside the
     /// cluster: `internalTrafficPolicy` for a cluster IP,
     /// `externalTrafficPolicy` for the others.
@@ -235,11 +285,14 @@ pub struct DesiredFrontend {
     pub has_endpoints: bool,
     /// The clients that may open connections (`loadBalancerSourceRanges`
     /// of a load-balancer IP), sorted and unique; empty: any client.
-    pub source_ranges: Vec<SourceRange>,
+    pub source_ranges: Vec<S::Range>,
     /// A node port's (address 0) node-port addresses, sorted: where it is
     /// served (for the pass-through filter's bits); empty for other frontends.
-    pub node_port_addrs: Vec<Ipv4Addr>,
+    pub node_port_addrs: Vec<S::Ip>,
 }
 
 /// The whole desired state: every frontend the maps should hold.
 pub type DesiredState = BTreeMap<Frontend, DesiredFrontend>;
+
+/// The whole desired IPv6 state: every IPv6 frontend the maps should hold.
+pub type DesiredState6 = BTreeMap<FrontendV6, DesiredFrontend<SocketAddrV6>>;

@@ -13,7 +13,7 @@ use lb_userspace::{
         uplink::{self, HookRequest},
         DatapathConfig, UplinkHook,
     },
-    desired::NodeInfo,
+    desired::{NodeAddrs6, NodeInfo},
     flows::{self, FlowSettings, PortRange},
     node_ports::NodePortAddresses,
     status,
@@ -388,6 +388,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             addresses: vec![node_addr],
             local_addresses: Vec::new(),
             node_port_addresses: None,
+            v6: NodeAddrs6::default(),
         },
         node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)
             .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,

@@ -17,46 +17,15 @@
 //!   each Service that has some gets one [`ProblemReason::Ipv6NotServed`]
 //!   problem naming them, instead of being dropped silently.
 
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::{Ipv6Addr, SocketAddrV6},
-};
+use std::{collections::BTreeSet, net::SocketAddrV6};
 
 use super::{serves, SliceIndex};
+pub use crate::desired::{FrontendV6, Listen6};
 use crate::{
     desired::ObjectName,
-    ident::Protocol,
     model::{AddressType, Cluster, IpFamily, ServicePort, ServiceSpec},
     problem::{ProblemReason, ServiceProblem},
 };
-
-/// Where an IPv6 frontend listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Listen6 {
-    /// An address (cluster, external or load-balancer IP) and the Service port.
-    Addr(Ipv6Addr, u16),
-    /// A nodePort on the node's IPv6 addresses.
-    NodePort(u16),
-}
-
-/// One IPv6 frontend of a Service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrontendV6 {
-    /// Where it listens.
-    pub listen: Listen6,
-    /// Transport protocol.
-    pub proto: Protocol,
-}
-
-impl fmt::Display for FrontendV6 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.listen {
-            Listen6::Addr(addr, port) => write!(f, "[{addr}]:{port}/{}", self.proto),
-            Listen6::NodePort(port) => write!(f, "node port {port}/{}", self.proto),
-        }
-    }
-}
 
 /// The IPv6 frontends of one Service port.
 fn frontends_of_port(service: &ServiceSpec, port: &ServicePort) -> Vec<FrontendV6> {

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::{
-    desired::{ObjectName, Protocol},
+    desired::{NodeAddrs6, ObjectName, Protocol},
     model::{EndpointSpec, ServiceSpec, SlicePort, TargetPort},
 };
 
@@ -22,6 +22,7 @@ pub(super) fn node() -> NodeInfo {
         addresses: vec![Ipv4Addr::new(192, 168, 50, 11)],
         local_addresses: Vec::new(),
         node_port_addresses: None,
+        v6: NodeAddrs6::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_userspace::desired::NodeInfo;
+use lb_userspace::desired::{NodeAddrs6, NodeInfo};
 
 /// This node: `node1` in `zone-a`, at 192.168.50.11.
 pub fn node1() -> NodeInfo {
@@ -12,6 +12,7 @@ pub fn node1() -> NodeInfo {
         addresses: vec![Ipv4Addr::new(192, 168, 50, 11)],
         local_addresses: Vec::new(),
         node_port_addresses: None,
+        v6: NodeAddrs6::default(),
     }
 }
 
