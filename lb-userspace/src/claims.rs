@@ -14,11 +14,18 @@
 //! The owner keeps the frontend while any claimant remains: when it goes,
 //! the next claim takes over, with no full resync. Every other claimant is
 //! told ([`Claims::problems`]).
+//!
+//! Each family keeps its own claims (`Claims<SocketAddrV6>` beside the
+//! default IPv4 `Claims`): an IPv4 and an IPv6 frontend never meet, and
+//! "the Service's own cluster IP" is its cluster IP of that family.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+};
 
 use crate::{
-    desired::{DesiredFrontend, DesiredState, Frontend},
+    desired::{AddrFamily, DesiredFrontend},
     ident::ObjectName,
     model::ServiceSpec,
     problem::{ProblemReason, ServiceProblem},
@@ -38,9 +45,9 @@ struct Rank {
 }
 
 impl Rank {
-    fn of(service: &ServiceSpec, frontend: Frontend) -> Self {
+    fn of<S: AddrFamily>(service: &ServiceSpec, frontend: &S::Frontend) -> Self {
         Self {
-            external: !service.cluster_ips.contains(&frontend.addr),
+            external: !S::is_cluster_ip(service, frontend),
             ageless: service.created.is_none(),
             created: service.created.unwrap_or(0),
             service: service.name.clone(),
@@ -48,18 +55,32 @@ impl Rank {
     }
 }
 
-/// Every claim on every frontend, best first.
-#[derive(Clone, Debug, Default)]
-pub struct Claims {
-    by_frontend: BTreeMap<Frontend, Vec<(Rank, DesiredFrontend)>>,
-    contested: BTreeSet<Frontend>,
+/// Every claim on every frontend of family `S` (IPv4 by default), best first.
+#[derive(Clone, Debug)]
+pub struct Claims<S: AddrFamily = SocketAddrV4> {
+    by_frontend: BTreeMap<S::Frontend, Vec<(Rank, DesiredFrontend<S>)>>,
+    contested: BTreeSet<S::Frontend>,
 }
 
-impl Claims {
+impl<S: AddrFamily> Default for Claims<S> {
+    fn default() -> Self {
+        Self {
+            by_frontend: BTreeMap::new(),
+            contested: BTreeSet::new(),
+        }
+    }
+}
+
+impl<S: AddrFamily> Claims<S> {
     /// Records `service`'s claim on `frontend` (replacing an earlier one of it).
-    pub fn insert(&mut self, service: &ServiceSpec, frontend: Frontend, want: DesiredFrontend) {
+    pub fn insert(
+        &mut self,
+        service: &ServiceSpec,
+        frontend: S::Frontend,
+        want: DesiredFrontend<S>,
+    ) {
         self.remove(&frontend, &service.name);
-        let rank = Rank::of(service, frontend);
+        let rank = Rank::of::<S>(service, &frontend);
         let claims = self.by_frontend.entry(frontend).or_default();
         let at = claims.partition_point(|(r, _)| *r < rank);
         // One claim is the rule: no room for more kept per frontend.
@@ -71,7 +92,7 @@ impl Claims {
     }
 
     /// Drops `service`'s claim on `frontend`, if any.
-    pub fn remove(&mut self, frontend: &Frontend, service: &ObjectName) {
+    pub fn remove(&mut self, frontend: &S::Frontend, service: &ObjectName) {
         let Some(claims) = self.by_frontend.get_mut(frontend) else {
             return;
         };
@@ -90,7 +111,7 @@ impl Claims {
 
     /// What the owner of `frontend` asks for, if anyone claims it.
     #[must_use]
-    pub fn owner(&self, frontend: &Frontend) -> Option<&DesiredFrontend> {
+    pub fn owner(&self, frontend: &S::Frontend) -> Option<&DesiredFrontend<S>> {
         self.by_frontend
             .get(frontend)
             .and_then(|claims| claims.first())
@@ -99,7 +120,7 @@ impl Claims {
 
     /// The owner's claim of every frontend: the desired state.
     #[must_use]
-    pub fn desired(&self) -> DesiredState {
+    pub fn desired(&self) -> BTreeMap<S::Frontend, DesiredFrontend<S>> {
         self.by_frontend
             .iter()
             .filter_map(|(frontend, claims)| Some((*frontend, claims.first()?.1.clone())))
@@ -113,7 +134,7 @@ impl Claims {
     }
 
     /// Frontends more than one Service claims.
-    pub fn contested(&self) -> impl Iterator<Item = &Frontend> {
+    pub fn contested(&self) -> impl Iterator<Item = &S::Frontend> {
         self.contested.iter()
     }
 

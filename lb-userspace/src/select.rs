@@ -7,7 +7,10 @@ use std::{
 
 use crate::{
     claims::Claims,
-    desired::{BackendInfo, DesiredFrontend, DesiredState, Frontend, NodeInfo, ObjectName},
+    desired::{
+        AddrFamily, BackendInfo, DesiredFrontend, DesiredState, FamilyIp, Frontend, NodeInfo,
+        ObjectName,
+    },
     model::{
         AddressType, Cluster, EndpointSpec, IpFamily, ServiceKind, ServicePort, ServiceSpec,
         SliceSpec, TrafficPolicy,
@@ -63,7 +66,7 @@ use crate::{
 #[must_use]
 pub fn desired_state(cluster: &Cluster, node: &NodeInfo) -> (DesiredState, Vec<String>) {
     let index = SliceIndex::build(cluster);
-    let mut claims = Claims::default();
+    let mut claims = Claims::<SocketAddrV4>::default();
     for (name, service) in &cluster.services {
         for (frontend, want) in service_state(cluster, &index, name, node) {
             claims.insert(service, frontend, want);
@@ -106,36 +109,69 @@ pub fn service_state(
         .collect();
     let mut out = Vec::new();
     for port in &service.ports {
-        let endpoints = endpoints_for(port, &slices, node);
-        let all: Vec<&Candidate<'_>> = endpoints.iter().collect();
-        let has_endpoints = !usable(&all).is_empty();
-        let port_frontends = frontends(service, port);
-        let uses_local = port_frontends.iter().any(|(_, policy, pods)| {
-            *policy == TrafficPolicy::Local || *pods == TrafficPolicy::Local
-        });
-        let backends = choose(&endpoints, uses_local, node);
-        for (frontend, policy, pods_policy) in port_frontends {
-            out.push((
-                frontend,
-                DesiredFrontend {
-                    service: service.name.clone(),
-                    port_name: port.name.clone(),
-                    backends: backends.clone(),
-                    policy,
-                    pods_policy,
-                    affinity_timeout: service.affinity_timeout.unwrap_or(0),
-                    has_endpoints,
-                    source_ranges: source_ranges::of_frontend(service, frontend, node),
-                    node_port_addrs: if frontend.is_node_port() {
-                        node.node_port_addresses()
-                    } else {
-                        Vec::new()
-                    },
-                },
-            ));
-        }
+        let endpoints: Vec<(u16, &[EndpointSpec])> = slices
+            .iter()
+            .filter_map(|s| Some((s.port_for(port)?, s.endpoints.as_slice())))
+            .collect();
+        out.extend(port_state(
+            service,
+            port,
+            &endpoints,
+            frontends(service, port),
+            node,
+            |frontend| source_ranges::of_frontend(service, frontend, node),
+        ));
     }
     out
+}
+
+/// A frontend of the family of endpoint addresses `A`.
+type FrontendOf<A> = <<A as FamilyIp>::Socket as AddrFamily>::Frontend;
+/// A source range of the family of endpoint addresses `A`.
+type RangeOf<A> = <<A as FamilyIp>::Socket as AddrFamily>::Range;
+
+/// The desired state of one Service port's `frontends` (each with the
+/// policies it follows for outside clients and for pods) in the family of
+/// `A`, from the port's `endpoints`: each slice's endpoints with the
+/// slice's number of the port (slices without the port left out).
+/// `ranges` gives each frontend's source ranges.
+fn port_state<A: FamilyIp>(
+    service: &ServiceSpec,
+    port: &ServicePort,
+    endpoints: &[(u16, &[EndpointSpec<A>])],
+    frontends: Vec<(FrontendOf<A>, TrafficPolicy, TrafficPolicy)>,
+    node: &NodeInfo,
+    ranges: impl Fn(FrontendOf<A>) -> Vec<RangeOf<A>>,
+) -> Vec<(FrontendOf<A>, DesiredFrontend<A::Socket>)> {
+    let candidates = endpoints_for(endpoints, node);
+    let all: Vec<&Candidate<'_, A>> = candidates.iter().collect();
+    let has_endpoints = !usable(&all).is_empty();
+    let uses_local = frontends
+        .iter()
+        .any(|(_, policy, pods)| *policy == TrafficPolicy::Local || *pods == TrafficPolicy::Local);
+    let backends = choose(&candidates, uses_local, node);
+    frontends
+        .into_iter()
+        .map(|(frontend, policy, pods_policy)| {
+            let node_port_addrs = if A::Socket::is_node_port(&frontend) {
+                A::Socket::node_port_addrs(node)
+            } else {
+                Vec::new()
+            };
+            let want = DesiredFrontend {
+                service: service.name.clone(),
+                port_name: port.name.clone(),
+                backends: backends.clone(),
+                policy,
+                pods_policy,
+                affinity_timeout: service.affinity_timeout.unwrap_or(0),
+                has_endpoints,
+                source_ranges: ranges(frontend),
+                node_port_addrs,
+            };
+            (frontend, want)
+        })
+        .collect()
 }
 
 /// The frontends of one Service port, each with the traffic policy it
@@ -177,30 +213,26 @@ fn frontends(
 }
 
 /// One endpoint of a Service port, merged over slices.
-#[derive(Clone, Debug)]
-struct Candidate<'a> {
-    addr: SocketAddrV4,
-    endpoint: &'a EndpointSpec,
+#[derive(Debug)]
+struct Candidate<'a, A: FamilyIp> {
+    addr: A::Socket,
+    endpoint: &'a EndpointSpec<A>,
     local: bool,
 }
 
-fn endpoints_for<'a>(
-    port: &ServicePort,
-    slices: &[&'a SliceSpec],
+/// The candidates of one Service port: each slice's endpoints (with the
+/// slice's number of the port), each address once.
+fn endpoints_for<'a, A: FamilyIp>(
+    slices: &[(u16, &'a [EndpointSpec<A>])],
     node: &NodeInfo,
-) -> Vec<Candidate<'a>> {
-    let mut seen: BTreeMap<SocketAddrV4, Candidate<'a>> = BTreeMap::new();
-    for slice in slices {
-        // A slice without the port (or without ports at all) gives this
-        // Service port nothing, whatever its targetPort.
-        let Some(number) = slice.port_for(port) else {
-            continue;
-        };
-        for endpoint in &slice.endpoints {
+) -> Vec<Candidate<'a, A>> {
+    let mut seen: BTreeMap<A::Socket, Candidate<'a, A>> = BTreeMap::new();
+    for &(number, endpoints) in slices {
+        for endpoint in endpoints {
             let Some(&ip) = endpoint.addresses.first() else {
                 continue;
             };
-            let addr = SocketAddrV4::new(ip, number);
+            let addr = A::Socket::new(ip, number);
             let candidate = Candidate {
                 addr,
                 endpoint,
@@ -228,19 +260,19 @@ fn endpoints_for<'a>(
 /// node's, or its address is one of the node's (a hostNetwork endpoint or
 /// the `kubernetes` Service's, which has no `nodeName`).
 #[must_use]
-pub fn is_local(endpoint: &EndpointSpec, ip: Ipv4Addr, node: &NodeInfo) -> bool {
-    endpoint.node_name.as_deref() == Some(node.name.as_str()) || node.owns(ip)
+pub fn is_local<A: FamilyIp>(endpoint: &EndpointSpec<A>, ip: A, node: &NodeInfo) -> bool {
+    endpoint.node_name.as_deref() == Some(node.name.as_str()) || ip.owned_by(node)
 }
 
 /// Every candidate as a backend of the Service port, with whether each
 /// policy selects it; without a frontend that follows `Local`
 /// (`uses_local`), `Local` selects as `Cluster` does (so the port keeps one
 /// table).
-fn choose(
-    candidates: &[Candidate<'_>],
+fn choose<A: FamilyIp>(
+    candidates: &[Candidate<'_, A>],
     uses_local: bool,
     node: &NodeInfo,
-) -> BTreeMap<SocketAddrV4, BackendInfo> {
+) -> BTreeMap<A::Socket, BackendInfo> {
     let for_cluster = selection(candidates, TrafficPolicy::Cluster, node);
     let for_local = if uses_local {
         selection(candidates, TrafficPolicy::Local, node)
@@ -261,12 +293,12 @@ fn choose(
 }
 
 /// The candidates that take new connections under `policy`.
-fn selection(
-    candidates: &[Candidate<'_>],
+fn selection<A: FamilyIp>(
+    candidates: &[Candidate<'_, A>],
     policy: TrafficPolicy,
     node: &NodeInfo,
-) -> BTreeSet<SocketAddrV4> {
-    let pool: Vec<&Candidate<'_>> = match policy {
+) -> BTreeSet<A::Socket> {
+    let pool: Vec<&Candidate<'_, A>> = match policy {
         TrafficPolicy::Local => candidates.iter().filter(|c| c.local).collect(),
         TrafficPolicy::Cluster => candidates.iter().collect(),
     };
@@ -280,7 +312,7 @@ fn selection(
 }
 
 /// Ready endpoints; when none is ready, the serving and terminating ones.
-fn usable<'c, 'a>(pool: &[&'c Candidate<'a>]) -> Vec<&'c Candidate<'a>> {
+fn usable<'c, 'a, A: FamilyIp>(pool: &[&'c Candidate<'a, A>]) -> Vec<&'c Candidate<'a, A>> {
     let ready: Vec<_> = pool.iter().copied().filter(|c| c.endpoint.ready).collect();
     if !ready.is_empty() {
         return ready;
@@ -292,7 +324,10 @@ fn usable<'c, 'a>(pool: &[&'c Candidate<'a>]) -> Vec<&'c Candidate<'a>> {
 }
 
 /// Topology-aware filtering by hints, with kube-proxy's fallbacks.
-fn topology<'c, 'a>(selected: &[&'c Candidate<'a>], node: &NodeInfo) -> Vec<&'c Candidate<'a>> {
+fn topology<'c, 'a, A: FamilyIp>(
+    selected: &[&'c Candidate<'a, A>],
+    node: &NodeInfo,
+) -> Vec<&'c Candidate<'a, A>> {
     let for_node: Vec<_> = selected
         .iter()
         .copied()
@@ -331,6 +366,8 @@ pub use self::index::{other_address_type, SliceIndex};
 mod family_tests;
 #[cfg(test)]
 mod kube_proxy_tests;
+#[cfg(test)]
+mod mirror;
 #[cfg(test)]
 mod node_backend_tests;
 #[cfg(test)]

@@ -9,10 +9,15 @@
 //!   IP is a local address on the node sends the node's own requests to it
 //!   from that IP (kube-proxy's `allowFromNode`).
 //! - No ranges, or a range of all addresses (`0.0.0.0/0`): any client.
+//! - Each family reads its own ranges only ([`of_frontend`] IPv4's,
+//!   [`of_frontend6`] IPv6's), with the node's addresses of that family:
+//!   kube-proxy's proxier of a family ignores the other family's ranges, so
+//!   a Service listing only IPv4 ranges leaves its IPv6 load-balancer IPs
+//!   open to any client (and the other way round).
 
 use crate::{
-    desired::{Frontend, NodeInfo},
-    model::{ServiceSpec, SourceRange},
+    desired::{Frontend, FrontendV6, Listen6, NodeInfo},
+    model::{ServiceSpec, SourceRange, SourceRangeV6},
 };
 
 /// The ranges of clients that may open connections to `frontend` of
@@ -37,6 +42,41 @@ pub fn of_frontend(service: &ServiceSpec, frontend: Frontend, node: &NodeInfo) -
     ranges.dedup();
     ranges
 }
+
+/// The IPv6 ranges of clients that may open connections to the IPv6
+/// `frontend` of `service`, sorted and unique; empty when any client may
+/// (`::/0` among the ranges, no IPv6 range, or not a load-balancer IP).
+#[must_use]
+pub fn of_frontend6(
+    service: &ServiceSpec,
+    frontend: FrontendV6,
+    node: &NodeInfo,
+) -> Vec<SourceRangeV6> {
+    let (Some(v6), Listen6::Addr(ip, _)) = (&service.v6, frontend.listen) else {
+        return Vec::new();
+    };
+    let open_to_all = v6.source_ranges.iter().any(|r| r.prefix_len == 0);
+    if open_to_all || !v6.load_balancer_ips.contains(&ip) {
+        return Vec::new();
+    }
+    let mut ranges = v6.source_ranges.clone();
+    let allow_from_node = ranges
+        .iter()
+        .any(|r| node.v6.addresses.iter().any(|&a| r.contains(a)));
+    if allow_from_node {
+        ranges.extend(
+            v6.load_balancer_ips
+                .iter()
+                .map(|&addr| SourceRangeV6::new(addr, 128)),
+        );
+    }
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges
+}
+
+#[cfg(test)]
+mod tests6;
 
 #[cfg(test)]
 mod tests {

@@ -4,47 +4,74 @@
 //! Rules (kube-proxy runs one proxier per family and reads a Service in a
 //! family only when it has that family):
 //! - A Service has IPv4 frontends only when IPv4 is one of its families,
-//!   IPv6 frontends only when IPv6 is (externalIPs and load-balancer IPs of
-//!   another family are ignored, as kube-proxy ignores them).
+//!   IPv6 frontends only when IPv6 is (externalIPs, load-balancer IPs and
+//!   `loadBalancerSourceRanges` of another family are ignored, as
+//!   kube-proxy ignores them).
 //! - IPv6 frontends: its IPv6 cluster IP, IPv6 externalIPs and IPv6
 //!   load-balancer IPs per port, and each nodePort (on the node's IPv6
-//!   addresses, which the agent does not collect yet).
-//! - Their backends are the usable endpoints (ready; when none is ready,
-//!   serving and terminating) of the Service's IPv6 slices, by the port
-//!   matching of the IPv4 side; traffic policies and topology hints are
-//!   not applied yet.
-//! - The data path is IPv4 only: the IPv6 frontends are not programmed and
-//!   each Service that has some gets one [`ProblemReason::Ipv6NotServed`]
-//!   problem naming them, instead of being dropped silently.
+//!   node-port addresses, [`NodeInfo::node_port_addresses6`]).
+//! - Everything else is the IPv4 side's rules ([`super::desired_state`]),
+//!   by the same code over the endpoints of the Service's IPv6 slices:
+//!   port matching, ready-then-terminating fallback, traffic policies,
+//!   topology hints, local endpoints (by `nodeName` or an address of the
+//!   node, [`NodeInfo::owns6`]), "has endpoints", and source ranges
+//!   ([`crate::source_ranges::of_frontend6`]); claims of one IPv6 frontend
+//!   by several Services are settled as IPv4's ([`crate::claims`]).
+//! - The data path does not serve IPv6 yet: the IPv6 frontends are not
+//!   programmed, and each Service that has some gets one
+//!   [`ProblemReason::Ipv6NotServed`] problem naming them, instead of being
+//!   dropped silently. Nor does the reconciler compute them yet, so the
+//!   node's IPv6 interface addresses and node-port addresses
+//!   ([`crate::node_ports::NodePortAddresses::select6`]) are not read into
+//!   [`NodeInfo::v6`]; its Node object's IPv6 addresses are.
 
-use std::{collections::BTreeSet, net::SocketAddrV6};
+use std::net::SocketAddrV6;
 
-use super::{serves, SliceIndex};
+use super::{port_state, serves, SliceIndex};
 pub use crate::desired::{FrontendV6, Listen6};
 use crate::{
-    desired::ObjectName,
-    model::{AddressType, Cluster, IpFamily, ServicePort, ServiceSpec},
+    claims::Claims,
+    desired::{DesiredFrontend, DesiredState6, NodeInfo, ObjectName},
+    model::{
+        AddressType, Cluster, EndpointSpec, IpFamily, ServicePort, ServiceSpec, TrafficPolicy,
+    },
     problem::{ProblemReason, ServiceProblem},
+    source_ranges,
 };
 
-/// The IPv6 frontends of one Service port.
-fn frontends_of_port(service: &ServiceSpec, port: &ServicePort) -> Vec<FrontendV6> {
+/// The IPv6 frontends of one Service port, each with the policy it follows
+/// for clients from outside the cluster and the one it follows for pods, as
+/// the IPv4 side gives them.
+fn frontends_of_port(
+    service: &ServiceSpec,
+    port: &ServicePort,
+) -> Vec<(FrontendV6, TrafficPolicy, TrafficPolicy)> {
     let at = |listen| FrontendV6 {
         listen,
         proto: port.protocol,
     };
-    let mut out: Vec<FrontendV6> = service
-        .v6
-        .iter()
-        .flat_map(|v6| {
-            v6.cluster_ips
-                .iter()
-                .chain(&v6.external_ips)
-                .chain(&v6.load_balancer_ips)
-        })
-        .map(|&ip| at(Listen6::Addr(ip, port.port)))
-        .collect();
-    out.extend(port.node_port.map(|n| at(Listen6::NodePort(n))));
+    let internal = service.internal_policy;
+    let external = service.external_policy;
+    let mut out = Vec::new();
+    if let Some(v6) = &service.v6 {
+        for &ip in &v6.cluster_ips {
+            out.push((at(Listen6::Addr(ip, port.port)), internal, internal));
+        }
+        for &ip in v6.external_ips.iter().chain(&v6.load_balancer_ips) {
+            out.push((
+                at(Listen6::Addr(ip, port.port)),
+                external,
+                TrafficPolicy::Cluster,
+            ));
+        }
+    }
+    if let Some(node_port) = port.node_port {
+        out.push((
+            FrontendV6::node_port(node_port, port.protocol),
+            external,
+            TrafficPolicy::Cluster,
+        ));
+    }
     out
 }
 
@@ -59,67 +86,64 @@ pub fn frontends_v6(service: &ServiceSpec) -> Vec<FrontendV6> {
         .ports
         .iter()
         .flat_map(|port| frontends_of_port(service, port))
+        .map(|(frontend, _, _)| frontend)
         .collect()
 }
 
-/// The IPv6 frontends of Service `name`, each with its backends: the usable
-/// endpoints of the Service's IPv6 slices only.
+/// The desired IPv6 state of every IPv6 frontend, claims settled as
+/// [`super::desired_state`] settles IPv4's.
+#[must_use]
+pub fn desired_state6(cluster: &Cluster, node: &NodeInfo) -> DesiredState6 {
+    let index = SliceIndex::build(cluster);
+    let mut claims = Claims::<SocketAddrV6>::default();
+    for (name, service) in &cluster.services {
+        for (frontend, want) in service_state_v6(cluster, &index, name, node) {
+            claims.insert(service, frontend, want);
+        }
+    }
+    claims.desired()
+}
+
+/// The IPv6 frontends of Service `name` as the rules above say, with the
+/// shape of [`super::service_state`]'s IPv4 ones (none when the Service is
+/// absent, headless, ExternalName or without IPv6).
 #[must_use]
 pub fn service_state_v6(
     cluster: &Cluster,
     index: &SliceIndex,
     name: &ObjectName,
-) -> Vec<(FrontendV6, BTreeSet<SocketAddrV6>)> {
+    node: &NodeInfo,
+) -> Vec<(FrontendV6, DesiredFrontend<SocketAddrV6>)> {
     let Some(service) = cluster.services.get(name) else {
         return Vec::new();
     };
     if !serves(service, IpFamily::V6) {
         return Vec::new();
     }
+    let slices: Vec<_> = index
+        .slices_of(name)
+        .filter_map(|s| cluster.slices.get(s))
+        .filter_map(|slice| match &slice.address_type {
+            AddressType::Ipv6(endpoints) => Some((slice, endpoints)),
+            AddressType::Ipv4 | AddressType::Other(_) => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for port in &service.ports {
-        let backends = backends_v6(cluster, index, name, port);
-        for frontend in frontends_of_port(service, port) {
-            out.push((frontend, backends.clone()));
-        }
+        let endpoints: Vec<(u16, &[EndpointSpec<_>])> = slices
+            .iter()
+            .filter_map(|(slice, endpoints)| Some((slice.port_for(port)?, &endpoints[..])))
+            .collect();
+        out.extend(port_state(
+            service,
+            port,
+            &endpoints,
+            frontends_of_port(service, port),
+            node,
+            |frontend| source_ranges::of_frontend6(service, frontend, node),
+        ));
     }
     out
-}
-
-/// The usable endpoints of one Service port in its IPv6 slices: ready ones,
-/// or when none is, serving and terminating ones; each address once.
-fn backends_v6(
-    cluster: &Cluster,
-    index: &SliceIndex,
-    name: &ObjectName,
-    port: &ServicePort,
-) -> BTreeSet<SocketAddrV6> {
-    let mut ready = BTreeSet::new();
-    let mut fallback = BTreeSet::new();
-    for slice in index.slices_of(name).filter_map(|s| cluster.slices.get(s)) {
-        let AddressType::Ipv6(endpoints) = &slice.address_type else {
-            continue;
-        };
-        let Some(number) = slice.port_for(port) else {
-            continue;
-        };
-        for endpoint in endpoints {
-            let Some(&ip) = endpoint.addresses.first() else {
-                continue;
-            };
-            let addr = SocketAddrV6::new(ip, number, 0, 0);
-            if endpoint.ready {
-                ready.insert(addr);
-            } else if endpoint.is_serving() && endpoint.is_terminating() {
-                fallback.insert(addr);
-            }
-        }
-    }
-    if ready.is_empty() {
-        fallback
-    } else {
-        ready
-    }
 }
 
 /// The problem of a Service with IPv6 frontends: they are not served (the

@@ -2,7 +2,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
-use super::family::{frontends_v6, ipv6_problem, service_state_v6, FrontendV6, Listen6};
+use super::family::{
+    desired_state6, frontends_v6, ipv6_problem, service_state_v6, FrontendV6, Listen6,
+};
+use super::kube_proxy_tests::{external_policy_cases, selection_cases};
+use super::mirror::{more_cases, twin_cluster, twin_node, twin_state};
 use super::tests::{cluster, ep, http, http_slice, name, node, service};
 use super::*;
 use crate::{
@@ -72,18 +76,30 @@ fn a_dual_stack_service_takes_each_familys_endpoints_from_its_slices() {
         "IPv4 frontends take only IPv4 slices"
     );
     let index = SliceIndex::build(&c);
-    let side = service_state_v6(&c, &index, &name("web"));
+    let side = service_state_v6(&c, &index, &name("web"), &node());
     let want = FrontendV6 {
         listen: Listen6::Addr(v6("fd00::10"), 80),
         proto: Protocol::Tcp,
     };
     assert_eq!(side.len(), 1);
     assert_eq!(side[0].0, want);
+    let at = |last: &str| SocketAddrV6::new(v6(&format!("fd00:244::{last}")), 8080, 0, 0);
+    let want = &side[0].1;
     assert_eq!(
-        side[0].1.iter().copied().collect::<Vec<_>>(),
-        [SocketAddrV6::new(v6("fd00:244::7"), 8080, 0, 0)],
-        "IPv6 frontends take only IPv6 slices, ready endpoints first"
+        want.backends.keys().copied().collect::<Vec<_>>(),
+        [at("7"), at("8")],
+        "IPv6 frontends take only IPv6 slices, every listed endpoint kept"
     );
+    assert_eq!(
+        want.backends
+            .iter()
+            .filter(|(_, b)| want.selects(b, false))
+            .map(|(a, _)| *a)
+            .collect::<Vec<_>>(),
+        [at("7")],
+        "ready endpoints first"
+    );
+    assert!(want.has_endpoints);
 }
 
 #[test]
@@ -167,4 +183,99 @@ fn the_reconciler_reports_the_ipv6_problem_and_programs_the_ipv4_frontends() {
         done.warnings
     );
     assert!(!done.plan.ops.is_empty(), "the IPv4 frontend is programmed");
+}
+
+/// How many frontends of the mirrored scenarios showed each rule.
+#[derive(Debug, Default)]
+struct Seen {
+    local_policy: usize,
+    internal_table: usize,
+    ranges: usize,
+    node_port_addrs: usize,
+    refusing: usize,
+    local_backends: usize,
+    kept_backends: usize,
+    affinity: usize,
+}
+
+#[test]
+fn ipv6_selection_mirrors_ipv4_on_a_mirrored_cluster() {
+    let mut scenarios: Vec<(&str, Cluster, NodeInfo)> = selection_cases()
+        .into_iter()
+        .map(|(rule, c, _)| (rule, c, node()))
+        .collect();
+    scenarios.extend(
+        external_policy_cases()
+            .into_iter()
+            .map(|(rule, c)| (rule, c, node())),
+    );
+    scenarios.extend(more_cases());
+    let mut seen = Seen::default();
+    for (rule, cluster, node) in &scenarios {
+        let (want4, _) = desired_state(cluster, node);
+        assert!(!want4.is_empty(), "{rule}: a frontend to mirror");
+        let (cluster, node) = (twin_cluster(cluster), twin_node(node));
+        let (still4, warnings) = desired_state(&cluster, &node);
+        assert!(warnings.is_empty(), "{rule}: {warnings:?}");
+        assert_eq!(still4, want4, "{rule}: IPv4 is as it was beside IPv6");
+        let got6 = desired_state6(&cluster, &node);
+        let want6 = twin_state(&want4);
+        assert_eq!(
+            got6.keys().collect::<Vec<_>>(),
+            want6.keys().collect::<Vec<_>>(),
+            "{rule}: the twin frontends"
+        );
+        for (frontend, want) in &want6 {
+            let got = &got6[frontend];
+            let what = format!("{rule}: {frontend}");
+            assert_eq!(
+                (got.policy, got.pods_policy),
+                (want.policy, want.pods_policy),
+                "{what}: policies"
+            );
+            assert_eq!(got.backends, want.backends, "{what}: BackendInfo");
+            assert_eq!(got.has_endpoints, want.has_endpoints, "{what}");
+            assert_eq!(
+                got.source_ranges.len(),
+                want.source_ranges.len(),
+                "{what}: ranges"
+            );
+            assert_eq!(got, want, "{what}: all of it");
+            seen.local_policy += usize::from(got.table_policy() == TrafficPolicy::Local);
+            seen.internal_table += usize::from(got.has_internal_table());
+            seen.ranges += usize::from(!got.source_ranges.is_empty());
+            seen.node_port_addrs += usize::from(!got.node_port_addrs.is_empty());
+            seen.refusing += usize::from(!got.has_endpoints);
+            seen.local_backends += got.backends.values().filter(|b| b.local).count();
+            seen.kept_backends += got
+                .backends
+                .values()
+                .filter(|b| !b.for_cluster || !b.for_local)
+                .count();
+            seen.affinity += usize::from(got.affinity_timeout > 0);
+        }
+    }
+    // Every rule was shown at least once, so a rule IPv6 skips would fail.
+    let Seen {
+        local_policy,
+        internal_table,
+        ranges,
+        node_port_addrs,
+        refusing,
+        local_backends,
+        kept_backends,
+        affinity,
+    } = seen;
+    for (rule, count) in [
+        ("local_policy", local_policy),
+        ("internal_table", internal_table),
+        ("ranges", ranges),
+        ("node_port_addrs", node_port_addrs),
+        ("refusing", refusing),
+        ("local_backends", local_backends),
+        ("kept_backends", kept_backends),
+        ("affinity", affinity),
+    ] {
+        assert!(count > 0, "no scenario shows {rule}: {seen:?}");
+    }
 }

@@ -25,9 +25,10 @@ fn terminating_serving_unset(last: u8) -> EndpointSpec {
     }
 }
 
-#[test]
+/// One row per rule: what it says, the cluster, and the backends of its
+/// cluster IP as [`super::tests::backends`] writes them.
 #[allow(clippy::too_many_lines)] // one table row per rule
-fn selection_follows_kube_proxy() {
+pub(super) fn selection_cases() -> Vec<(&'static str, Cluster, Vec<&'static str>)> {
     let svc = || service(ServiceKind::ClusterIp, http());
     let numeric = || {
         service(
@@ -35,7 +36,7 @@ fn selection_follows_kube_proxy() {
             vec![port("", 80, Protocol::Tcp, TargetPort::Number(8081))],
         )
     };
-    let cases: Vec<(&str, Cluster, Vec<&str>)> = vec![
+    vec![
         (
             "7: a mirrored slice alone serves",
             cluster(svc(), vec![mirrored("web-mirror-0", vec![ep(5, true, "node1")])]),
@@ -141,8 +142,12 @@ fn selection_follows_kube_proxy() {
             ),
             vec!["3:8081L"],
         ),
-    ];
-    for (rule, cluster, expected) in cases {
+    ]
+}
+
+#[test]
+fn selection_follows_kube_proxy() {
+    for (rule, cluster, expected) in selection_cases() {
         let expected: Vec<String> = expected.into_iter().map(String::from).collect();
         assert_eq!(backends(&cluster), Some(expected), "{rule}");
     }
@@ -168,12 +173,10 @@ fn views(cluster: &Cluster, addr: Ipv4Addr, port: u16) -> (Vec<u8>, Vec<u8>) {
     (pick(false), pick(true))
 }
 
-#[test]
-fn pods_reach_external_frontends_through_every_node_s_endpoints() {
-    // Item 2: externalTrafficPolicy: Local serves outside clients from this
-    // node's endpoints, pods (in-cluster traffic) from every node's, with
-    // topology as for the cluster IP; internalTrafficPolicy: Local holds
-    // for pods too.
+/// The clusters of item 2: `externalTrafficPolicy: Local` with endpoints
+/// here and elsewhere, with none here, and with `internalTrafficPolicy:
+/// Local` too.
+pub(super) fn external_policy_cases() -> [(&'static str, Cluster); 3] {
     let mut ports = http();
     ports[0].node_port = Some(30080);
     let lb = ServiceSpec {
@@ -186,7 +189,33 @@ fn pods_reach_external_frontends_through_every_node_s_endpoints() {
         ep(3, true, "node2"),
         ep(4, false, "node2"),
     ];
-    let c = cluster(lb.clone(), vec![http_slice(endpoints.clone())]);
+    let itp = ServiceSpec {
+        internal_policy: TrafficPolicy::Local,
+        ..lb.clone()
+    };
+    [
+        (
+            "2: eTP Local",
+            cluster(lb.clone(), vec![http_slice(endpoints.clone())]),
+        ),
+        (
+            "2: eTP Local, no local endpoint",
+            cluster(lb, vec![http_slice(vec![ep(3, true, "node2")])]),
+        ),
+        (
+            "2: eTP and iTP Local",
+            cluster(itp, vec![http_slice(endpoints)]),
+        ),
+    ]
+}
+
+#[test]
+fn pods_reach_external_frontends_through_every_node_s_endpoints() {
+    // Item 2: externalTrafficPolicy: Local serves outside clients from this
+    // node's endpoints, pods (in-cluster traffic) from every node's, with
+    // topology as for the cluster IP; internalTrafficPolicy: Local holds
+    // for pods too.
+    let [(_, c), (_, elsewhere), (_, itp)] = external_policy_cases();
     for (addr, port) in [
         (Ipv4Addr::new(203, 0, 113, 7), 80),
         (Ipv4Addr::UNSPECIFIED, 30080),
@@ -205,18 +234,13 @@ fn pods_reach_external_frontends_through_every_node_s_endpoints() {
     assert_eq!(state.values().filter(|f| f.has_internal_table()).count(), 2);
 
     // No local endpoint: none for outside clients, the others for pods.
-    let elsewhere = cluster(lb.clone(), vec![http_slice(vec![ep(3, true, "node2")])]);
     assert_eq!(
         views(&elsewhere, Ipv4Addr::new(203, 0, 113, 7), 80),
         (vec![], vec![3])
     );
 
     // internalTrafficPolicy: Local: the cluster IP serves pods from this node only.
-    let itp = ServiceSpec {
-        internal_policy: TrafficPolicy::Local,
-        ..lb
-    };
-    let c = cluster(itp, vec![http_slice(endpoints)]);
+    let c = itp;
     assert_eq!(
         views(&c, Ipv4Addr::new(10, 96, 0, 10), 80),
         (vec![2], vec![2])
