@@ -85,7 +85,9 @@ fn adopt_maps(datapath: &Datapath) -> Result<Planner> {
         capacity(datapath),
         REUSE_GRACE,
     )
-    .with_node_port_addrs(datapath.maps.node_port_addresses()?))
+    .adopt6(datapath.maps.applied_frontends6()?)
+    .with_node_port_addrs(datapath.maps.node_port_addresses()?)
+    .with_node_port_addrs6(datapath.maps.node_port_addresses6()?))
 }
 
 fn sync(

@@ -5,12 +5,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
 };
 
 use lb_common::{BackendId, InternalTable, ServiceEntry, SERVICE_F_INTERNAL_TABLE};
 
-use crate::desired::{BackendInfo, Frontend, ObjectName, Protocol, SourceRange, TrafficPolicy};
+use crate::desired::{
+    AddrFamily, BackendInfo, DesiredFrontend, ObjectName, Protocol, TrafficPolicy,
+};
 
 /// A backend of a Service port as applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,19 +95,40 @@ pub struct PortName {
 impl PortName {
     /// The Service port of frontend `frontend` as `want` has it.
     #[must_use]
-    pub fn of(frontend: Frontend, want: &crate::desired::DesiredFrontend) -> Self {
+    pub fn of<S: AddrFamily>(frontend: S::Frontend, want: &DesiredFrontend<S>) -> Self {
         Self {
             service: want.service.clone(),
             port: want.port_name.clone(),
-            proto: frontend.proto,
+            proto: S::proto(&frontend),
         }
     }
 
-    /// The label of its id in the service labels map: "namespace/name:port"
-    /// (the protocol is its frontends').
+    /// The label of its IPv4 id in the service labels map:
+    /// "namespace/name:port" (the protocol is its frontends').
     #[must_use]
     pub fn label(&self) -> String {
-        format!("{}:{}", self.service, self.port)
+        self.label_in::<SocketAddrV4>()
+    }
+
+    /// The label of its id in family `S`: IPv4's as [`PortName::label`],
+    /// IPv6's with "/IPv6" after it (a port name, a DNS label, has no '/').
+    #[must_use]
+    pub fn label_in<S: AddrFamily>(&self) -> String {
+        format!("{}:{}{}", self.service, self.port, S::LABEL_SUFFIX)
+    }
+
+    /// Parses a label of family `S` (see [`PortName::label_in`]); `None`
+    /// for another family's, or as [`PortName::from_label`] says.
+    #[must_use]
+    pub fn from_label_in<S: AddrFamily>(label: &str) -> Option<(ObjectName, String)> {
+        let label = if S::LABEL_SUFFIX.is_empty() {
+            label
+        } else {
+            label.strip_suffix(S::LABEL_SUFFIX)?
+        };
+        let (service, port) = Self::from_label(label)?;
+        // What is left of another family's label still has its '/'.
+        (!port.contains('/')).then_some((service, port))
     }
 
     /// Parses a label into the Service and port name; `None` for an earlier
@@ -123,9 +146,10 @@ impl PortName {
     }
 }
 
-/// A Service port as applied: what its frontends share.
+/// A Service port as applied, in family `S` (IPv4 by default): what its
+/// frontends share.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedPort {
+pub struct AppliedPort<S: AddrFamily = SocketAddrV4> {
     /// Its service id (`ServiceEntry::id`).
     pub id: u32,
     /// Which Service port; `None` for one adopted from a layout that did
@@ -136,7 +160,7 @@ pub struct AppliedPort {
     /// The protocol of its frontends (for the filter bits of its backends).
     pub proto: Protocol,
     /// Its backends.
-    pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
+    pub backends: BTreeMap<S, AppliedBackend>,
     /// Its table under the `Cluster` policy, when a frontend uses it.
     pub cluster_table: Option<AppliedTable>,
     /// Its table under the `Local` policy, when a frontend uses it.
@@ -144,16 +168,16 @@ pub struct AppliedPort {
     /// What the in-cluster tables map holds at its id.
     pub internal_written: Option<AppliedTable>,
     /// Source ranges written under its id (its frontends' together), sorted.
-    pub source_ranges: Vec<SourceRange>,
+    pub source_ranges: Vec<S::Range>,
     /// `sessionAffinity: ClientIP` timeout (0: none).
     pub affinity_timeout: u32,
     /// Whether the Service port has a usable endpoint anywhere.
     pub has_endpoints: bool,
     /// The frontends that point at it.
-    pub frontends: BTreeSet<Frontend>,
+    pub frontends: BTreeSet<S::Frontend>,
 }
 
-impl AppliedPort {
+impl<S: AddrFamily> AppliedPort<S> {
     /// Its table under `policy`.
     #[must_use]
     pub fn table(&self, policy: TrafficPolicy) -> Option<AppliedTable> {
@@ -172,11 +196,11 @@ impl AppliedPort {
 
 /// A frontend as applied to the maps: its service entry, and what it shares
 /// with the other frontends of its Service port, as one view (for the
-/// pass-through filter, `status` and tests).
+/// pass-through filter, `status` and tests), in family `S` (IPv4 by default).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedFrontend {
+pub struct AppliedFrontend<S: AddrFamily = SocketAddrV4> {
     /// The frontend.
-    pub frontend: Frontend,
+    pub frontend: S::Frontend,
     /// Its Service.
     pub service: ObjectName,
     /// The Service port's name, when known.
@@ -184,16 +208,16 @@ pub struct AppliedFrontend {
     /// The service entry as written (its `id` is the Service port's).
     pub entry: ServiceEntry,
     /// The Service port's backends with their ids.
-    pub backends: BTreeMap<SocketAddrV4, AppliedBackend>,
+    pub backends: BTreeMap<S, AppliedBackend>,
     /// Source ranges written under the Service port's id, sorted.
-    pub source_ranges: Vec<SourceRange>,
+    pub source_ranges: Vec<S::Range>,
     /// The table pods use, when it has one of its own.
     pub internal: Option<InternalTable>,
     /// A node port's node-port addresses, as its filter bits cover them.
-    pub node_port_addrs: Vec<Ipv4Addr>,
+    pub node_port_addrs: Vec<S::Ip>,
 }
 
-impl AppliedFrontend {
+impl<S: AddrFamily> AppliedFrontend<S> {
     /// The policy whose backends take new connections from outside
     /// (`pods`: from pods) through it, as its entry's flags say.
     #[must_use]

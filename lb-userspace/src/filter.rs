@@ -8,60 +8,49 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
-use lb_common::{filter_bit, FILTER_SEED_BACKEND, FILTER_SEED_FRONTEND, FILTER_WORDS};
+use lb_common::FILTER_WORDS;
 
 use crate::{
     applied::AppliedFrontend,
-    desired::{Frontend, Protocol},
+    desired::{AddrFamily, FilterSeed, Protocol},
 };
 
 /// The filter bits one applied frontend needs: its own (a node port's on
 /// each of its node-port addresses), and one per backend of its Service
 /// port (selected or draining: both still send replies).
-pub fn bits_of(applied: &AppliedFrontend) -> impl Iterator<Item = u32> + '_ {
-    frontend_bits(applied.frontend, &applied.node_port_addrs).chain(backend_bits(
+pub fn bits_of<S: AddrFamily>(applied: &AppliedFrontend<S>) -> impl Iterator<Item = u32> + '_ {
+    frontend_bits::<S>(applied.frontend, &applied.node_port_addrs).chain(backend_bits(
         applied.backends.keys(),
-        applied.frontend.proto,
+        S::proto(&applied.frontend),
     ))
 }
 
 /// A frontend's own filter bits: its address, or a node port's node-port
 /// addresses (an exact frontend lists none).
-pub fn frontend_bits(
-    frontend: Frontend,
-    node_port_addrs: &[Ipv4Addr],
+pub fn frontend_bits<S: AddrFamily>(
+    frontend: S::Frontend,
+    node_port_addrs: &[S::Ip],
 ) -> impl Iterator<Item = u32> + '_ {
-    let key = frontend.key();
-    let exact = (!frontend.is_node_port())
-        .then(|| filter_bit(FILTER_SEED_FRONTEND, key.addr, key.port, key.proto));
-    let node_port = node_port_addrs.iter().map(move |a| {
-        filter_bit(
-            FILTER_SEED_FRONTEND,
-            u32::from_ne_bytes(a.octets()),
-            key.port,
-            key.proto,
-        )
-    });
+    let (port, proto) = (S::frontend_port(&frontend), S::proto(&frontend));
+    let exact =
+        S::frontend_ip(&frontend).map(|ip| S::filter_bit(FilterSeed::Frontend, ip, port, proto));
+    let node_port = node_port_addrs
+        .iter()
+        .map(move |a| S::filter_bit(FilterSeed::Frontend, *a, port, proto));
     exact.into_iter().chain(node_port)
 }
 
 /// The filter bits of backends at `addrs` serving `proto`.
-pub fn backend_bits<'a>(
-    addrs: impl IntoIterator<Item = &'a SocketAddrV4> + 'a,
+pub fn backend_bits<'a, S: AddrFamily>(
+    addrs: impl IntoIterator<Item = &'a S> + 'a,
     proto: Protocol,
 ) -> impl Iterator<Item = u32> + 'a {
-    addrs.into_iter().map(move |addr| {
-        filter_bit(
-            FILTER_SEED_BACKEND,
-            u32::from_ne_bytes(addr.ip().octets()),
-            addr.port().to_be(),
-            proto.number(),
-        )
-    })
+    addrs
+        .into_iter()
+        .map(move |addr| S::filter_bit(FilterSeed::Backend, addr.ip_of(), addr.port_of(), proto))
 }
 
 /// Word writes of one plan: `before` goes ahead of every other operation
@@ -265,10 +254,14 @@ mod tests {
             Ipv4Addr::new(192, 168, 1, 11),
         ];
         let frontends: Vec<u32> = [
-            frontend_bits(tcp(10, 96, 0, 1, 443), &[]).collect::<Vec<_>>(),
-            frontend_bits(dns, &[]).collect(),
-            frontend_bits(tcp(192, 0, 2, 10, 80), &[]).collect(),
-            frontend_bits(Frontend::node_port(30_080, Protocol::Tcp), &node_port_addrs).collect(),
+            frontend_bits::<SocketAddrV4>(tcp(10, 96, 0, 1, 443), &[]).collect::<Vec<_>>(),
+            frontend_bits::<SocketAddrV4>(dns, &[]).collect(),
+            frontend_bits::<SocketAddrV4>(tcp(192, 0, 2, 10, 80), &[]).collect(),
+            frontend_bits::<SocketAddrV4>(
+                Frontend::node_port(30_080, Protocol::Tcp),
+                &node_port_addrs,
+            )
+            .collect(),
         ]
         .concat();
         assert_eq!(

@@ -3,51 +3,47 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
 use anyhow::Result;
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL, IPPROTO_TCP,
-    IPPROTO_UDP, SERVICE_F_INTERNAL_TABLE,
+    maps6::{ipv6_octets, NODE_PORT_ADDR6},
+    BackendId, ServiceEntry, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED,
+    BACKEND_F_SELECTED_LOCAL, IPPROTO_TCP, IPPROTO_UDP, SERVICE_F_INTERNAL_TABLE,
 };
 
-use super::{decode_label, maps::Maps, writer::source_range_of};
+use super::{
+    decode_label,
+    maps::Maps,
+    writer::{source_range_of, source_range_of6},
+};
 use crate::{
-    desired::{Frontend, ObjectName, Protocol, SourceRange},
+    desired::{AddrFamily, Frontend, FrontendV6, ObjectName, Protocol, SourceRange, SourceRangeV6},
     plan::{AppliedBackend, AppliedFrontend, PortName},
 };
+
+/// Backends by service id, then by address.
+type BackendsOf<S> = BTreeMap<u32, BTreeMap<S, AppliedBackend>>;
 
 impl Maps {
     /// Every frontend the maps hold, each with its Service port's backends
     /// (grouped by service id; more entries of one endpoint become aliases
     /// of the lowest), as the planner records them.
     pub fn applied_frontends(&self) -> Result<Vec<AppliedFrontend>> {
-        let mut backends_of: BTreeMap<u32, BTreeMap<SocketAddrV4, AppliedBackend>> =
-            BTreeMap::new();
+        let mut backends_of: BackendsOf<SocketAddrV4> = BTreeMap::new();
         for (id, backend) in (0u32..).zip(self.backends.iter()) {
             let backend = backend?;
-            if backend.flags & BACKEND_F_ACTIVE == 0 {
-                continue;
-            }
             let addr = SocketAddrV4::new(
                 Ipv4Addr::from(backend.addr.to_ne_bytes()),
                 u16::from_be(backend.port),
             );
-            let port = backends_of.entry(backend.service_id).or_default();
-            if let Some(first) = port.get_mut(&addr) {
-                first.aliases.push(id);
-                continue;
-            }
-            port.insert(
+            group_backend(
+                &mut backends_of,
+                id,
                 addr,
-                AppliedBackend {
-                    id,
-                    aliases: Vec::new(),
-                    local: backend.flags & BACKEND_F_LOCAL != 0,
-                    for_cluster: backend.flags & BACKEND_F_SELECTED != 0,
-                    for_local: backend.flags & BACKEND_F_SELECTED_LOCAL != 0,
-                },
+                backend.flags,
+                backend.service_id,
             );
         }
         let mut ranges_of: BTreeMap<u32, Vec<SourceRange>> = BTreeMap::new();
@@ -63,27 +59,10 @@ impl Maps {
         let mut frontends = Vec::new();
         for item in &self.services {
             let (key, entry) = item?;
-            let proto = match key.proto {
-                IPPROTO_TCP => Protocol::Tcp,
-                IPPROTO_UDP => Protocol::Udp,
-                _ => continue,
+            let Some(proto) = protocol(key.proto) else {
+                continue;
             };
-            let label = self
-                .labels
-                .get(&entry.id, 0)
-                .map(|l| decode_label(&l))
-                .unwrap_or_default();
-            // "namespace/name:port" since v6; "namespace/name" before.
-            let (service, port_name) = if let Some((service, port)) = PortName::from_label(&label) {
-                (service, Some(port))
-            } else {
-                let (namespace, name) = label.split_once('/').unwrap_or(("", ""));
-                let service = ObjectName {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                };
-                (service, None)
-            };
+            let (service, port_name) = self.service_of::<SocketAddrV4>(&entry);
             frontends.push(AppliedFrontend {
                 frontend: Frontend {
                     addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
@@ -107,4 +86,129 @@ impl Maps {
         }
         Ok(frontends)
     }
+
+    /// Every IPv6 frontend the maps hold, as [`Maps::applied_frontends`]
+    /// reads IPv4's (the backend ids are of the space both share).
+    pub fn applied_frontends6(&self) -> Result<Vec<AppliedFrontend<SocketAddrV6>>> {
+        let mut backends_of: BackendsOf<SocketAddrV6> = BTreeMap::new();
+        for (id, backend) in (0u32..).zip(self.backends6.iter()) {
+            let backend = backend?;
+            let addr = SocketAddrV6::new(
+                Ipv6Addr::from(ipv6_octets(backend.addr)),
+                u16::from_be(backend.port),
+                0,
+                0,
+            );
+            group_backend(
+                &mut backends_of,
+                id,
+                addr,
+                backend.flags,
+                backend.service_id,
+            );
+        }
+        let mut ranges_of: BTreeMap<u32, Vec<SourceRangeV6>> = BTreeMap::new();
+        for key in self.source_ranges6.keys() {
+            let (id, range) = source_range_of6(&key?);
+            ranges_of.entry(id).or_default().push(range);
+        }
+        for ranges in ranges_of.values_mut() {
+            ranges.sort_unstable();
+        }
+        let mut node_port_addrs = self.node_port_addresses6()?;
+        node_port_addrs.sort_unstable();
+        let mut frontends = Vec::new();
+        for item in &self.services6 {
+            let (key, entry) = item?;
+            let Some(proto) = protocol(key.proto) else {
+                continue;
+            };
+            let port = u16::from_be(key.port);
+            let node_port = key.addr == NODE_PORT_ADDR6;
+            let frontend = if node_port {
+                FrontendV6::node_port(port, proto)
+            } else {
+                SocketAddrV6::frontend(Ipv6Addr::from(ipv6_octets(key.addr)), port, proto)
+            };
+            let (service, port_name) = self.service_of::<SocketAddrV6>(&entry);
+            frontends.push(AppliedFrontend {
+                frontend,
+                service,
+                port_name,
+                entry,
+                backends: backends_of.get(&entry.id).cloned().unwrap_or_default(),
+                node_port_addrs: if node_port {
+                    node_port_addrs.clone()
+                } else {
+                    Vec::new()
+                },
+                internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
+                    .then(|| self.internal_tables.get(&entry.id, 0).ok())
+                    .flatten(),
+                source_ranges: ranges_of.get(&entry.id).cloned().unwrap_or_default(),
+            });
+        }
+        Ok(frontends)
+    }
+
+    /// The Service and port name an entry's id is labelled with in family
+    /// `S`: "namespace/name:port" (IPv6's with "/IPv6" after it) since v6;
+    /// "namespace/name" before, its port unknown.
+    fn service_of<S: AddrFamily>(&self, entry: &ServiceEntry) -> (ObjectName, Option<String>) {
+        let label = self
+            .labels
+            .get(&entry.id, 0)
+            .map(|l| decode_label(&l))
+            .unwrap_or_default();
+        if let Some((service, port)) = PortName::from_label_in::<S>(&label) {
+            return (service, Some(port));
+        }
+        let service = label.split(':').next().unwrap_or_default();
+        let (namespace, name) = service.split_once('/').unwrap_or(("", ""));
+        let service = ObjectName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        (service, None)
+    }
+}
+
+/// The protocol of a services-map key, if the planner writes it.
+fn protocol(number: u8) -> Option<Protocol> {
+    match number {
+        IPPROTO_TCP => Some(Protocol::Tcp),
+        IPPROTO_UDP => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// Records backend entry `id` (an endpoint at `addr` of service id
+/// `service_id`, flagged `flags`) in its Service port; a second entry of
+/// the same endpoint is an alias of the first (lowest id). Inactive
+/// entries are skipped.
+fn group_backend<S: Ord>(
+    backends_of: &mut BackendsOf<S>,
+    id: BackendId,
+    addr: S,
+    flags: u8,
+    service_id: u32,
+) {
+    if flags & BACKEND_F_ACTIVE == 0 {
+        return;
+    }
+    let port = backends_of.entry(service_id).or_default();
+    if let Some(first) = port.get_mut(&addr) {
+        first.aliases.push(id);
+        return;
+    }
+    port.insert(
+        addr,
+        AppliedBackend {
+            id,
+            aliases: Vec::new(),
+            local: flags & BACKEND_F_LOCAL != 0,
+            for_cluster: flags & BACKEND_F_SELECTED != 0,
+            for_local: flags & BACKEND_F_SELECTED_LOCAL != 0,
+        },
+    );
 }

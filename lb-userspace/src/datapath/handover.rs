@@ -208,6 +208,9 @@ pub fn carry_services(
     for applied in maps.applied_frontends()? {
         bits.add(filter::bits_of(&applied));
     }
+    for applied in maps.applied_frontends6()? {
+        bits.add(filter::bits_of(&applied));
+    }
     for (index, word) in bits.writes().before {
         maps.filter.set(index, word)?;
     }

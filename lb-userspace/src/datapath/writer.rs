@@ -3,12 +3,15 @@
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
 use lb_common::{
-    maps6::{ipv6_words, Backend6},
+    maps6::{ipv6_octets, ipv6_words, Backend6, SourceRangeKey6},
     Backend, ServiceLabel, SourceRangeKey, SERVICE_LABEL_LEN, SOURCE_RANGE_ID_BITS,
 };
 
 use super::maps::Maps;
-use crate::{desired::SourceRange, plan::MapOp};
+use crate::{
+    desired::{SourceRange, SourceRangeV6},
+    plan::MapOp,
+};
 
 impl Maps {
     /// Applies `ops` in order. Stops at the first failure, so a table is never
@@ -87,6 +90,14 @@ impl Maps {
                     // Already gone is fine.
                     let _ = self.node_port_addrs6.remove(&ipv6_words(addr.octets()));
                 }
+                MapOp::SetSourceRange6(id, range) => self
+                    .source_ranges6
+                    .insert(&source_range_key6(*id, *range), 1, 0)
+                    .with_context(|| format!("writing source range {range} of service {id}"))?,
+                MapOp::DeleteSourceRange6(id, range) => self
+                    .source_ranges6
+                    .remove(&source_range_key6(*id, *range))
+                    .with_context(|| format!("deleting source range {range} of service {id}"))?,
                 MapOp::DeleteLabel(id) => {
                     let _ = self.labels.remove(id);
                     self.clear_service_stats(*id)
@@ -127,6 +138,35 @@ pub fn source_range_of(key: &Key<SourceRangeKey>) -> (u32, SourceRange) {
     )
 }
 
+/// The `SOURCE_RANGES6` key of `range` for service id `service_id`.
+#[must_use]
+pub fn source_range_key6(service_id: u32, range: SourceRangeV6) -> Key<SourceRangeKey6> {
+    Key::new(
+        SOURCE_RANGE_ID_BITS + u32::from(range.prefix_len),
+        SourceRangeKey6 {
+            service_id: service_id.to_be(),
+            client_addr: ipv6_words(range.addr.octets()),
+        },
+    )
+}
+
+/// The service id and range of a `SOURCE_RANGES6` key.
+#[must_use]
+pub fn source_range_of6(key: &Key<SourceRangeKey6>) -> (u32, SourceRangeV6) {
+    let data = key.data();
+    let prefix_len = key
+        .prefix_len()
+        .saturating_sub(SOURCE_RANGE_ID_BITS)
+        .min(128);
+    (
+        u32::from_be(data.service_id),
+        SourceRangeV6 {
+            addr: std::net::Ipv6Addr::from(ipv6_octets(data.client_addr)),
+            prefix_len: u8::try_from(prefix_len).unwrap_or(128),
+        },
+    )
+}
+
 /// Encodes a label, truncated on a character boundary to fit.
 #[must_use]
 pub fn encode_label(label: &str) -> ServiceLabel {
@@ -153,6 +193,30 @@ pub fn decode_label(label: &ServiceLabel) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_range_keys_round_trip() {
+        let v4 = SourceRange {
+            addr: std::net::Ipv4Addr::new(192, 168, 0, 0),
+            prefix_len: 16,
+        };
+        let key = source_range_key(7, v4);
+        assert_eq!(key.prefix_len(), 48);
+        assert_eq!(source_range_of(&key), (7, v4));
+        let v6 = SourceRangeV6 {
+            addr: "2001:db8:40::".parse().unwrap(),
+            prefix_len: 44,
+        };
+        let key = source_range_key6(70_000, v6);
+        assert_eq!(key.prefix_len(), 32 + 44);
+        // The id comes first in the trie's bit order: big-endian.
+        assert_eq!(key.data().service_id.to_ne_bytes(), 70_000u32.to_be_bytes());
+        assert_eq!(
+            key.data().client_addr[0].to_ne_bytes(),
+            [0x20, 0x01, 0x0d, 0xb8]
+        );
+        assert_eq!(source_range_of6(&key), (70_000, v6));
+    }
 
     #[test]
     fn labels_round_trip_and_truncate() {

@@ -5,8 +5,9 @@
 use lb_common::{SERVICE_F_INTERNAL_TABLE, SERVICE_F_LOCAL, SERVICE_F_REJECT};
 
 use super::{
+    family::{PlacedFrontend, Side},
     AppliedBackend, AppliedFrontend, AppliedPort, AppliedTable, BTreeMap, BTreeSet, Capacity,
-    Duration, Instant, PlacedFrontend, Planner, PortName, TrafficPolicy,
+    Duration, FamilyOps, Instant, Planner, PortName, SocketAddrV6, TrafficPolicy,
 };
 use crate::filter::{self, FilterBits};
 
@@ -51,20 +52,38 @@ impl Planner {
         grace: Duration,
     ) -> Self {
         let mut planner = Self::new_sized(capacity, grace);
-        planner.filter = FilterBits::new(filter_words).with_grace(grace);
+        planner.shared.filter = FilterBits::new(filter_words).with_grace(grace);
+        planner.side4().adopt(frontends);
+        planner
+    }
+
+    /// Takes over the IPv6 frontends an earlier agent applied, as
+    /// [`Planner::adopt_sized`] takes over IPv4's (after it: their ids and
+    /// slab ranges count as used by IPv4's first, so an IPv6 frontend
+    /// whose ids collide becomes an orphan, rewritten by the next plan).
+    #[must_use]
+    pub fn adopt6(mut self, frontends: Vec<AppliedFrontend<SocketAddrV6>>) -> Self {
+        self.side6().adopt(frontends);
+        self
+    }
+}
+
+impl<S: FamilyOps> Side<'_, S> {
+    /// Records `frontends` as applied (see [`Planner::adopt_sized`]).
+    fn adopt(&mut self, frontends: Vec<AppliedFrontend<S>>) {
         for applied in frontends {
             let id = applied.entry.id;
-            let known = planner.ports.contains_key(&id);
-            if !known && !planner.adopt_port(&applied) {
-                planner.orphans.insert(applied.frontend);
+            let known = self.fam.ports.contains_key(&id);
+            if !known && !self.adopt_port(&applied) {
+                self.fam.orphans.insert(applied.frontend);
                 continue;
             }
-            if !planner.adopt_tables(id, &applied) {
+            if !self.adopt_tables(id, &applied) {
                 if !known {
                     // A port of this frontend alone: nothing points at it.
-                    planner.unadopt_port(id);
+                    self.unadopt_port(id);
                 }
-                planner.orphans.insert(applied.frontend);
+                self.fam.orphans.insert(applied.frontend);
                 continue;
             }
             let flags = applied.entry.flags;
@@ -83,17 +102,17 @@ impl Planner {
             } else {
                 Vec::new()
             };
-            planner.filter.add(filter::frontend_bits(
+            self.shared.filter.add(filter::frontend_bits::<S>(
                 applied.frontend,
                 &applied.node_port_addrs,
             ));
-            planner
+            self.fam
                 .ports
                 .get_mut(&id)
                 .expect("adopted above")
                 .frontends
                 .insert(applied.frontend);
-            planner.frontends.insert(
+            self.fam.frontends.insert(
                 applied.frontend,
                 PlacedFrontend {
                     port: id,
@@ -105,43 +124,43 @@ impl Planner {
                     guessed: true,
                 },
             );
-            planner.guesses = true;
+            self.fam.guesses = true;
         }
-        planner
     }
 
-    /// Forgets a port [`Planner::adopt_port`] recorded: its name, ids,
+    /// Forgets a port [`Side::adopt_port`] recorded: its name, ids,
     /// ranges and filter bits (kept for the grace: the maps still hold its
     /// backends until the ids are reused).
     fn unadopt_port(&mut self, id: u32) {
-        let Some(port) = self.ports.remove(&id) else {
+        let Some(port) = self.fam.ports.remove(&id) else {
             return;
         };
         let now = Instant::now();
         if let Some(name) = &port.name {
-            if self.by_name.get(name) == Some(&id) {
-                self.by_name.remove(name);
+            if self.fam.by_name.get(name) == Some(&id) {
+                self.fam.by_name.remove(name);
             }
         }
-        self.service_ids.free(id, now);
+        self.shared.service_ids.free(id, now);
         for backend in port.backends.values().flat_map(AppliedBackend::ids) {
-            self.backend_ids.free(backend, now);
+            self.shared.backend_ids.free(backend, now);
         }
-        self.source_ranges -= port.source_ranges.len();
-        self.filter
+        self.fam.source_ranges -= port.source_ranges.len();
+        self.shared
+            .filter
             .remove_at(filter::backend_bits(port.backends.keys(), port.proto), now);
     }
 
     /// Records the Service port of `applied` (not yet known): its id,
     /// backends and ranges; `false` when they collide with what is recorded.
-    fn adopt_port(&mut self, applied: &AppliedFrontend) -> bool {
+    fn adopt_port(&mut self, applied: &AppliedFrontend<S>) -> bool {
         let id = applied.entry.id;
-        let ok = self.service_ids.reserve(id)
+        let ok = self.shared.service_ids.reserve(id)
             && applied
                 .backends
                 .values()
                 .flat_map(AppliedBackend::ids)
-                .all(|b| self.backend_ids.reserve(b));
+                .all(|b| self.shared.backend_ids.reserve(b));
         if !ok {
             return false;
         }
@@ -151,25 +170,25 @@ impl Planner {
             .map(|port| PortName {
                 service: applied.service.clone(),
                 port: port.clone(),
-                proto: applied.frontend.proto,
+                proto: S::proto(&applied.frontend),
             })
-            .filter(|n| !self.by_name.contains_key(n));
+            .filter(|n| !self.fam.by_name.contains_key(n));
         if let Some(name) = &name {
-            self.by_name.insert(name.clone(), id);
+            self.fam.by_name.insert(name.clone(), id);
         }
-        self.source_ranges += applied.source_ranges.len();
-        self.filter.add(filter::backend_bits(
+        self.fam.source_ranges += applied.source_ranges.len();
+        self.shared.filter.add(filter::backend_bits(
             applied.backends.keys(),
-            applied.frontend.proto,
+            S::proto(&applied.frontend),
         ));
         let entry = applied.entry;
-        self.ports.insert(
+        self.fam.ports.insert(
             id,
             AppliedPort {
                 id,
                 name,
                 service: applied.service.clone(),
-                proto: applied.frontend.proto,
+                proto: S::proto(&applied.frontend),
                 backends: applied.backends.clone(),
                 cluster_table: None,
                 local_table: None,
@@ -189,7 +208,7 @@ impl Planner {
 
     /// Records the tables `applied`'s entry points at in its port; `false`
     /// when they collide with what is recorded.
-    fn adopt_tables(&mut self, id: u32, applied: &AppliedFrontend) -> bool {
+    fn adopt_tables(&mut self, id: u32, applied: &AppliedFrontend<S>) -> bool {
         let entry = applied.entry;
         let main = AppliedTable {
             offset: entry.table_offset,
@@ -212,7 +231,7 @@ impl Planner {
         }
         let mut taken: BTreeMap<TrafficPolicy, AppliedTable> = BTreeMap::new();
         for (policy, table) in tables {
-            let port = &self.ports[&id];
+            let port = &self.fam.ports[&id];
             let recorded = [TrafficPolicy::Cluster, TrafficPolicy::Local]
                 .into_iter()
                 .any(|p| port.table(p) == Some(table));
@@ -225,12 +244,12 @@ impl Planner {
             let Some(slot) = slot else {
                 return false;
             };
-            if table.size > 0 && !self.slab.reserve(table.offset, table.size) {
+            if table.size > 0 && !self.shared.slab.reserve(table.offset, table.size) {
                 return false;
             }
             taken.insert(slot, table);
         }
-        let port = self.ports.get_mut(&id).expect("adopted");
+        let port = self.fam.ports.get_mut(&id).expect("adopted");
         for (policy, table) in taken {
             match policy {
                 TrafficPolicy::Cluster => port.cluster_table = Some(table),

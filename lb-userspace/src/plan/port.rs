@@ -8,9 +8,11 @@
 use std::collections::HashSet;
 
 use super::{
-    backend_entry, ranges, service_flags, AppliedBackend, AppliedPort, AppliedTable, BTreeMap,
-    BTreeSet, BackendId, DesiredFrontend, DesiredState, Frontend, Instant, MapOp, Ops, Planner,
-    PortName, ServiceEntry, SocketAddrV4, SourceRange, TrafficPolicy,
+    backend_entry,
+    family::{FamilyPlan, Side},
+    ranges, service_flags, AppliedBackend, AppliedPort, AppliedTable, BTreeMap, BTreeSet,
+    BackendId, DesiredFrontend, FamilyOps, Instant, MapOp, Ops, PortName, ServiceEntry,
+    TrafficPolicy,
 };
 use crate::{
     desired::{effective, BackendInfo},
@@ -18,9 +20,9 @@ use crate::{
 };
 
 /// A table to build: its policy, its size and its members, in order.
-type Rebuild = (TrafficPolicy, u32, Vec<SocketAddrV4>);
+type Rebuild<S> = (TrafficPolicy, u32, Vec<S>);
 
-impl Planner {
+impl<S: FamilyOps> Side<'_, S> {
     /// Brings Service port `id` to what `want` (one of its frontends,
     /// placed already) says the port shares, or, without `want`, to what
     /// its remaining frontends need; then rewrites the entries of its
@@ -28,24 +30,24 @@ impl Planner {
     pub(super) fn sync_port(
         &mut self,
         id: u32,
-        want: Option<&DesiredFrontend>,
+        want: Option<&DesiredFrontend<S>>,
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        let mut port = self.ports.remove(&id).expect("an applied Service port");
+        let mut port = self.fam.ports.remove(&id).expect("an applied Service port");
         let result = self.sync_removed_port(&mut port, want, ops, now);
-        self.ports.insert(id, port);
+        self.fam.ports.insert(id, port);
         result
     }
 
     fn sync_removed_port(
         &mut self,
-        port: &mut AppliedPort,
-        want: Option<&DesiredFrontend>,
+        port: &mut AppliedPort<S>,
+        want: Option<&DesiredFrontend<S>>,
         ops: &mut Ops,
         now: Instant,
     ) -> Result<(), String> {
-        let backends: BTreeMap<SocketAddrV4, BackendInfo> = match want {
+        let backends: BTreeMap<S, BackendInfo> = match want {
             Some(w) => w.backends.clone(),
             None => port
                 .backends
@@ -58,17 +60,20 @@ impl Planner {
                 (w.has_endpoints, w.affinity_timeout)
             });
         let differ = backends.values().any(|b| b.for_cluster != b.for_local);
-        let policies = self.policies_in_use(port.frontends.iter(), differ);
-        let ranges = self.ranges_of(&port.frontends);
-        let ranges_after =
-            ranges::count_after(self.source_ranges, port.source_ranges.len(), ranges.len())?;
+        let policies = self.fam.policies_in_use(port.frontends.iter(), differ);
+        let ranges = self.fam.ranges_of(&port.frontends);
+        let ranges_after = ranges::count_after(
+            self.fam.source_ranges,
+            port.source_ranges.len(),
+            ranges.len(),
+        )?;
         let new_ids = self.reserve_ids(&backends, port, now)?;
         let rebuilds = rebuilds(Some(port), &backends, &policies);
         let offsets = match self.reserve_tables(&rebuilds, now) {
             Ok(offsets) => offsets,
             Err(e) => {
                 for id in new_ids.values() {
-                    self.backend_ids.free(*id, now);
+                    self.shared.backend_ids.free(*id, now);
                 }
                 return Err(e);
             }
@@ -76,8 +81,8 @@ impl Planner {
 
         self.write_backends(port, &backends, &new_ids, ops, now);
         self.write_tables(port, rebuilds, &offsets, &policies, ops, now);
-        ranges::update(port.id, &port.source_ranges, &ranges, ops);
-        self.source_ranges = ranges_after;
+        ranges::update::<S>(port.id, &port.source_ranges, &ranges, ops);
+        self.fam.source_ranges = ranges_after;
         port.source_ranges = ranges;
         port.has_endpoints = has_endpoints;
         port.affinity_timeout = affinity_timeout;
@@ -85,50 +90,22 @@ impl Planner {
         Ok(())
     }
 
-    /// The policies whose tables `frontends` use: each its own, and the
-    /// `Cluster` one for pods where its own follows `Local`.
-    fn policies_in_use<'a>(
-        &self,
-        frontends: impl Iterator<Item = &'a Frontend>,
-        differ: bool,
-    ) -> BTreeSet<TrafficPolicy> {
-        let mut policies = BTreeSet::new();
-        for frontend in frontends {
-            let placed = &self.frontends[frontend];
-            let (main, internal) = views(placed.policy, placed.pods_policy, differ);
-            policies.insert(main);
-            if internal {
-                policies.insert(TrafficPolicy::Cluster);
-            }
-        }
-        policies
-    }
-
-    /// The source ranges of `frontends` together, sorted and unique.
-    fn ranges_of(&self, frontends: &BTreeSet<Frontend>) -> Vec<SourceRange> {
-        let all: BTreeSet<SourceRange> = frontends
-            .iter()
-            .flat_map(|f| self.frontends[f].source_ranges.iter().copied())
-            .collect();
-        all.into_iter().collect()
-    }
-
     /// Ids for the endpoints `port` lacks, all or none.
     fn reserve_ids(
         &mut self,
-        backends: &BTreeMap<SocketAddrV4, BackendInfo>,
-        port: &AppliedPort,
+        backends: &BTreeMap<S, BackendInfo>,
+        port: &AppliedPort<S>,
         now: Instant,
-    ) -> Result<BTreeMap<SocketAddrV4, BackendId>, String> {
+    ) -> Result<BTreeMap<S, BackendId>, String> {
         let mut new_ids = BTreeMap::new();
         for addr in backends.keys().filter(|a| !port.backends.contains_key(a)) {
-            let Some(id) = self.backend_ids.alloc(now) else {
+            let Some(id) = self.shared.backend_ids.alloc(now) else {
                 for id in new_ids.values() {
-                    self.backend_ids.free(*id, now);
+                    self.shared.backend_ids.free(*id, now);
                 }
                 return Err(format!(
                     "more than {} backends in all (endpoints of every Service port): raise --max-backends",
-                    self.backend_capacity - 1
+                    self.shared.backend_capacity - 1
                 ));
             };
             new_ids.insert(*addr, id);
@@ -137,14 +114,18 @@ impl Planner {
     }
 
     /// Slab ranges for the tables to build, all or none.
-    fn reserve_tables(&mut self, rebuilds: &[Rebuild], now: Instant) -> Result<Vec<u32>, String> {
+    fn reserve_tables(
+        &mut self,
+        rebuilds: &[Rebuild<S>],
+        now: Instant,
+    ) -> Result<Vec<u32>, String> {
         let mut offsets = Vec::new();
         for (_, size, _) in rebuilds {
-            match self.reserve_slots(*size, now) {
+            match self.shared.reserve_slots(*size, now) {
                 Ok(offset) => offsets.push(offset),
                 Err(e) => {
                     for ((_, size, _), offset) in rebuilds.iter().zip(&offsets) {
-                        self.free_slots(*offset, *size, now);
+                        self.shared.free_slots(*offset, *size, now);
                     }
                     return Err(e);
                 }
@@ -153,32 +134,13 @@ impl Planner {
         Ok(offsets)
     }
 
-    fn reserve_slots(&mut self, size: u32, now: Instant) -> Result<u32, String> {
-        if size == 0 {
-            return Ok(0);
-        }
-        self.slab.alloc(size, now).ok_or_else(|| {
-            format!(
-                "the Maglev slab has no {size} free contiguous slots ({} free of {}): raise --maglev-slab-slots",
-                self.slab.free_slots(),
-                self.slab.total()
-            )
-        })
-    }
-
-    pub(super) fn free_slots(&mut self, offset: u32, size: u32, now: Instant) {
-        if size > 0 {
-            self.slab.free(offset, size, now);
-        }
-    }
-
     /// Writes the backends that are new or changed (each with its
     /// aliases), and clears the ones that left, after everything else.
     fn write_backends(
         &mut self,
-        port: &mut AppliedPort,
-        backends: &BTreeMap<SocketAddrV4, BackendInfo>,
-        new_ids: &BTreeMap<SocketAddrV4, BackendId>,
+        port: &mut AppliedPort<S>,
+        backends: &BTreeMap<S, BackendInfo>,
+        new_ids: &BTreeMap<S, BackendId>,
         ops: &mut Ops,
         now: Instant,
     ) {
@@ -206,19 +168,21 @@ impl Planner {
                 applied.for_local = info.for_local;
                 let entry = backend_entry(*addr, &applied, port.id);
                 for id in applied.ids() {
-                    ops.backends.push(MapOp::SetBackend(id, entry));
+                    ops.backends.push(S::set_backend(id, entry));
                 }
             }
             port.backends.insert(*addr, applied);
         }
-        self.filter
+        self.shared
+            .filter
             .add(filter::backend_bits(new_ids.keys(), port.proto));
-        self.filter
+        self.shared
+            .filter
             .remove_at(filter::backend_bits(old.keys(), port.proto), now);
         for gone in old.values() {
             for id in gone.ids() {
-                ops.clears.push(MapOp::ClearBackend(id));
-                self.backend_ids.free(id, now);
+                ops.clears.push(S::clear_backend(id));
+                self.shared.backend_ids.free(id, now);
             }
         }
     }
@@ -228,8 +192,8 @@ impl Planner {
     /// in-cluster map at the `Cluster` table when a frontend reads it there.
     fn write_tables(
         &mut self,
-        port: &mut AppliedPort,
-        rebuilt: Vec<Rebuild>,
+        port: &mut AppliedPort<S>,
+        rebuilt: Vec<Rebuild<S>>,
         offsets: &[u32],
         policies: &BTreeSet<TrafficPolicy>,
         ops: &mut Ops,
@@ -241,7 +205,7 @@ impl Planner {
                 let ids: Vec<BackendId> = members.iter().map(|a| port.backends[a].id).collect();
                 let prebuilt = name
                     .as_ref()
-                    .and_then(|n| self.prebuilt.remove(&(n.clone(), policy)))
+                    .and_then(|n| self.fam.prebuilt.remove(&(n.clone(), policy)))
                     .filter(|(built, built_for, _)| *built == size && *built_for == members);
                 let table = match prebuilt {
                     Some((_, _, table)) => table,
@@ -259,19 +223,19 @@ impl Planner {
                 count: u32::try_from(members.len()).expect("fewer than 2^32 backends"),
             };
             if let Some(old) = replace_table(port, policy, Some(table)) {
-                self.free_slots(old.offset, old.size, now);
+                self.shared.free_slots(old.offset, old.size, now);
             }
         }
         for policy in [TrafficPolicy::Cluster, TrafficPolicy::Local] {
             if !policies.contains(&policy) {
                 if let Some(old) = replace_table(port, policy, None) {
-                    self.free_slots(old.offset, old.size, now);
+                    self.shared.free_slots(old.offset, old.size, now);
                 }
             }
         }
         let differ = port.policies_differ();
         let internal = port.frontends.iter().any(|f| {
-            let placed = &self.frontends[f];
+            let placed = &self.fam.frontends[f];
             views(placed.policy, placed.pods_policy, differ).1
         });
         if internal {
@@ -287,9 +251,13 @@ impl Planner {
     }
 
     /// Rewrites the entry of each frontend of `port` whose entry changes.
-    fn write_entries(&mut self, port: &AppliedPort, differ: bool, ops: &mut Ops) {
+    fn write_entries(&mut self, port: &AppliedPort<S>, differ: bool, ops: &mut Ops) {
         for frontend in &port.frontends {
-            let placed = self.frontends.get_mut(frontend).expect("a placed frontend");
+            let placed = self
+                .fam
+                .frontends
+                .get_mut(frontend)
+                .expect("a placed frontend");
             let (main, internal) = views(placed.policy, placed.pods_policy, differ);
             let table = port.table(main).unwrap_or_default();
             let entry = ServiceEntry {
@@ -307,16 +275,50 @@ impl Planner {
                 ),
             };
             if placed.entry != Some(entry) {
-                ops.services.push(MapOp::SetService(frontend.key(), entry));
+                ops.services.push(S::set_service(S::key(frontend), entry));
                 placed.entry = Some(entry);
             }
         }
+    }
+}
+
+impl<S: FamilyOps> FamilyPlan<S> {
+    /// The policies whose tables `frontends` use: each its own, and the
+    /// `Cluster` one for pods where its own follows `Local`.
+    fn policies_in_use<'a>(
+        &self,
+        frontends: impl Iterator<Item = &'a S::Frontend>,
+        differ: bool,
+    ) -> BTreeSet<TrafficPolicy> {
+        let mut policies = BTreeSet::new();
+        for frontend in frontends {
+            let placed = &self.frontends[frontend];
+            let (main, internal) = views(placed.policy, placed.pods_policy, differ);
+            policies.insert(main);
+            if internal {
+                policies.insert(TrafficPolicy::Cluster);
+            }
+        }
+        policies
+    }
+
+    /// The source ranges of `frontends` together, sorted and unique.
+    fn ranges_of(&self, frontends: &BTreeSet<S::Frontend>) -> Vec<S::Range> {
+        let all: BTreeSet<S::Range> = frontends
+            .iter()
+            .flat_map(|f| self.frontends[f].source_ranges.iter().copied())
+            .collect();
+        all.into_iter().collect()
     }
 
     /// Builds, on every core, the Maglev tables the plan of `frontends`
     /// will build (a pure function of the members and the size, which the
     /// plan decides alike), once per Service port and policy.
-    pub(super) fn prebuild(&mut self, desired: &DesiredState, frontends: &[Frontend]) {
+    pub(super) fn prebuild(
+        &mut self,
+        desired: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+        frontends: &[S::Frontend],
+    ) {
         let mut keys = Vec::new();
         let mut jobs = Vec::new();
         let mut seen = HashSet::new();
@@ -343,9 +345,8 @@ impl Planner {
 
     /// The Maglev slots planning `frontend` as `want` writes: the sizes of
     /// the tables of its Service port it rebuilds, 0 when they stay.
-    #[must_use]
-    pub fn slots_to_write(&self, frontend: &Frontend, want: &DesiredFrontend) -> u32 {
-        self.tables_to_build(*frontend, want)
+    pub fn slots_to_write(&self, frontend: S::Frontend, want: &DesiredFrontend<S>) -> u32 {
+        self.tables_to_build(frontend, want)
             .iter()
             .map(|(_, size, _)| *size)
             .sum()
@@ -353,7 +354,7 @@ impl Planner {
 
     /// The tables of its Service port that placing `frontend` as `want`
     /// rebuilds.
-    fn tables_to_build(&self, frontend: Frontend, want: &DesiredFrontend) -> Vec<Rebuild> {
+    fn tables_to_build(&self, frontend: S::Frontend, want: &DesiredFrontend<S>) -> Vec<Rebuild<S>> {
         let name = PortName::of(frontend, want);
         let port = self
             .port_named(&name)
@@ -390,15 +391,15 @@ fn views(policy: TrafficPolicy, pods_policy: TrafficPolicy, differ: bool) -> (Tr
 }
 
 /// The tables among `policies` that `port` lacks or whose members change.
-fn rebuilds(
-    port: Option<&AppliedPort>,
-    backends: &BTreeMap<SocketAddrV4, BackendInfo>,
+fn rebuilds<S: FamilyOps>(
+    port: Option<&AppliedPort<S>>,
+    backends: &BTreeMap<S, BackendInfo>,
     policies: &BTreeSet<TrafficPolicy>,
-) -> Vec<Rebuild> {
+) -> Vec<Rebuild<S>> {
     policies
         .iter()
         .filter_map(|&policy| {
-            let members: Vec<SocketAddrV4> = backends
+            let members: Vec<S> = backends
                 .iter()
                 .filter(|(_, b)| b.selected_under(policy))
                 .map(|(a, _)| *a)
@@ -421,8 +422,8 @@ fn rebuilds(
 }
 
 /// Sets `port`'s table of `policy`, returning the one it had.
-fn replace_table(
-    port: &mut AppliedPort,
+fn replace_table<S: FamilyOps>(
+    port: &mut AppliedPort<S>,
     policy: TrafficPolicy,
     table: Option<AppliedTable>,
 ) -> Option<AppliedTable> {

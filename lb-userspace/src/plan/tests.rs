@@ -89,6 +89,8 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
             MapOp::ClearBackend6(..) => "clear6",
             MapOp::SetNodePortAddr6(..) => "nodeport6",
             MapOp::DeleteNodePortAddr6(..) => "unnodeport6",
+            MapOp::SetSourceRange6(..) => "range6",
+            MapOp::DeleteSourceRange6(..) => "unrange6",
             MapOp::SetLabel(..) | MapOp::DeleteLabel(..) | MapOp::SetFilterWord(..) => {
                 unreachable!()
             }
@@ -452,12 +454,12 @@ fn source_ranges_are_written_before_the_entry_that_uses_them_and_removed_after()
     let (plan, _) = p.plan(&state(&[]), t0);
     let k = kinds(&plan);
     assert_eq!(&k[..2], ["delete", "unrange"], "{k:?}");
-    assert_eq!(p.source_ranges, 0);
+    assert_eq!(p.v4.source_ranges, 0);
     // Replanning the same state writes nothing.
     p.plan(&state(&[(fe(10), with(vec![r(10, 8)]))]), t0);
     let (again, _) = p.plan(&state(&[(fe(10), with(vec![r(10, 8)]))]), t0);
     assert!(again.ops.is_empty(), "{:?}", again.ops);
-    assert_eq!(p.source_ranges, 1);
+    assert_eq!(p.v4.source_ranges, 1);
 }
 
 #[test]
