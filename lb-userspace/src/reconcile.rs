@@ -4,13 +4,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     convert::Infallible,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     time::{Duration, Instant},
 };
 
+use self::family::FamilyState;
 use crate::{
-    claims::Claims,
-    desired::{DesiredState, Frontend, NodeInfo, ObjectName},
+    desired::{
+        AddrFamily, DesiredState, DesiredState6, Frontend, FrontendV6, NodeInfo, ObjectName,
+    },
     gone::{self, GoneBackend},
     model::{AddressType, Cluster, ServiceSpec},
     node_ports::NodePortAddresses,
@@ -34,18 +36,18 @@ pub struct Reconciler {
     merged_node: Option<NodeInfo>,
     planner: Planner,
     index: SliceIndex,
-    desired: DesiredState,
-    /// Every Service's claim on each frontend; `desired` holds the owners'.
-    claims: Claims,
-    /// The frontends each Service claims.
-    by_service: BTreeMap<ObjectName, Vec<Frontend>>,
+    /// IPv4's desired state and claims.
+    v4: FamilyState<SocketAddrV4>,
+    /// IPv6's, computed and planned only when [`Reconciler::plan_ipv6`] is on.
+    v6: FamilyState<SocketAddrV6>,
+    /// Whether IPv6 frontends are planned.
+    ipv6: bool,
     /// Warnings already logged, so a lasting condition is logged once.
     warned: HashSet<String>,
-    /// Frontends the last plan could not place: planned again next time.
-    failed: BTreeSet<Frontend>,
     /// Which local addresses serve node ports, and the local addresses.
     node_port_rule: NodePortAddresses,
     local_addresses: Vec<Ipv4Addr>,
+    local_addresses6: Vec<Ipv6Addr>,
     /// Whether to find the backends frontends lose ([`Reconciled::gone`]).
     track_gone: bool,
     /// What the update under way found gone.
@@ -64,6 +66,8 @@ pub struct Reconciled {
     pub ops: usize,
     /// Frontends that could not be placed.
     pub errors: Vec<PlanError>,
+    /// IPv6 frontends that could not be placed.
+    pub errors6: Vec<PlanError<SocketAddrV6>>,
     /// New warnings about ignored input.
     pub warnings: Vec<String>,
     /// Services that cannot be programmed as they ask, as of this reconcile
@@ -86,13 +90,13 @@ impl Reconciler {
             merged_node: None,
             planner: Planner::new(slab_slots, REUSE_GRACE),
             index: SliceIndex::default(),
-            desired: DesiredState::new(),
-            claims: Claims::default(),
-            by_service: BTreeMap::new(),
+            v4: FamilyState::default(),
+            v6: FamilyState::default(),
+            ipv6: false,
             warned: HashSet::new(),
-            failed: BTreeSet::new(),
             node_port_rule: NodePortAddresses::default(),
             local_addresses: Vec::new(),
+            local_addresses6: Vec::new(),
             track_gone: false,
             gone: Vec::new(),
             service_problems: BTreeMap::new(),
@@ -114,6 +118,16 @@ impl Reconciler {
         self.track_gone = on;
     }
 
+    /// Plans IPv6 frontends (off by default: the data path does not read
+    /// the IPv6 maps yet). Turning it on or off recomputes everything at
+    /// the next reconcile; off, IPv6 frontends already planned are removed.
+    pub fn plan_ipv6(&mut self, on: bool) {
+        if self.ipv6 != on {
+            self.ipv6 = on;
+            self.merged_node = None;
+        }
+    }
+
     /// Serves node ports where `rule` says (until set: on the node's own
     /// addresses, with no local addresses read).
     pub fn set_node_port_rule(&mut self, rule: NodePortAddresses) {
@@ -127,6 +141,16 @@ impl Reconciler {
         local.dedup();
         let changed = local != self.local_addresses;
         self.local_addresses = local;
+        changed
+    }
+
+    /// The node's local IPv6 addresses as last read, as
+    /// [`Reconciler::set_local_addresses`] takes IPv4's.
+    pub fn set_local_addresses6(&mut self, mut local: Vec<Ipv6Addr>) -> bool {
+        local.sort_unstable();
+        local.dedup();
+        let changed = local != self.local_addresses6;
+        self.local_addresses6 = local;
         changed
     }
 
@@ -146,7 +170,14 @@ impl Reconciler {
     /// The desired state as last computed.
     #[must_use]
     pub fn desired(&self) -> &DesiredState {
-        &self.desired
+        &self.v4.desired
+    }
+
+    /// The desired IPv6 state as last computed (empty unless
+    /// [`Reconciler::plan_ipv6`] is on).
+    #[must_use]
+    pub fn desired6(&self) -> &DesiredState6 {
+        &self.v6.desired
     }
 
     /// The operations that bring the maps from the applied state to what
@@ -182,33 +213,40 @@ impl Reconciler {
         apply: impl FnMut(Plan) -> Result<(), E>,
     ) -> (Reconciled, Result<(), E>) {
         let (frontends, warnings, recomputed) = self.update(cluster, changes);
-        let node_port_addrs = self
-            .merged_node
-            .as_ref()
-            .unwrap_or(&self.node)
-            .node_port_addresses();
-        let (add, remove) = self.planner.node_port_addresses(&node_port_addrs);
-        let (ops, errors, applied) =
-            self.plan_chunked(frontends, now, chunk_slots, add, remove, apply);
-        self.failed = errors.iter().map(|e| e.frontend).collect();
+        let node = self.merged_node.as_ref().unwrap_or(&self.node);
+        let (add4, remove4) = self
+            .planner
+            .node_port_addresses(&node.node_port_addresses());
+        let want6 = if self.ipv6 {
+            node.node_port_addresses6()
+        } else {
+            Vec::new()
+        };
+        let (add6, remove6) = self.planner.node_port_addresses6(&want6);
+        let first = Plan {
+            ops: [add4.ops, add6.ops].concat(),
+        };
+        let last = Plan {
+            ops: [remove4.ops, remove6.ops].concat(),
+        };
+        let (ops, (errors, errors6), applied) =
+            self.plan_chunked(frontends, now, chunk_slots, first, last, apply);
+        self.v4.failed = errors.iter().map(|e| e.frontend).collect();
+        self.v6.failed = errors6.iter().map(|e| e.frontend).collect();
         let mut gone = std::mem::take(&mut self.gone);
-        gone.retain(|g| !self.failed.contains(&g.frontend));
+        gone.retain(|g| !self.v4.failed.contains(&g.frontend));
         self.refresh_service_problems(cluster, changes);
         let mut problems: Vec<ServiceProblem> =
             self.service_problems.values().flatten().cloned().collect();
-        problems.extend(self.claims.problems());
-        problems.extend(errors.iter().map(|e| ServiceProblem {
-            service: e.service.clone(),
-            reason: ProblemReason::Capacity,
-            message: format!(
-                "frontend {} is not programmed: {} (retried at every sync)",
-                e.frontend, e.message
-            ),
-        }));
+        problems.extend(self.v4.claims.problems());
+        problems.extend(self.v6.claims.problems());
+        problems.extend(errors.iter().map(capacity_problem));
+        problems.extend(errors6.iter().map(capacity_problem));
         let done = Reconciled {
             plan: Plan::default(),
             ops,
             errors,
+            errors6,
             warnings,
             problems,
             recomputed,
@@ -258,12 +296,9 @@ impl Reconciler {
     }
 
     /// Brings the desired state up to date; returns the frontends to plan
-    /// in order, the new warnings and how many frontends were recomputed.
-    fn update(
-        &mut self,
-        cluster: &Cluster,
-        changes: &Changes,
-    ) -> (Vec<Frontend>, Vec<String>, usize) {
+    /// in order (each family's), the new warnings and how many frontends
+    /// were recomputed.
+    fn update(&mut self, cluster: &Cluster, changes: &Changes) -> (ToPlan, Vec<String>, usize) {
         let mut node = self.node.merged(cluster.node.as_ref());
         if !self.local_addresses.is_empty() {
             node.node_port_addresses = Some(
@@ -271,6 +306,13 @@ impl Reconciler {
                     .select(&self.local_addresses, &node.addresses),
             );
             node.local_addresses.clone_from(&self.local_addresses);
+        }
+        if !self.local_addresses6.is_empty() {
+            node.v6.node_port_addresses = Some(
+                self.node_port_rule
+                    .select6(&self.local_addresses6, &node.v6.addresses),
+            );
+            node.v6.local_addresses.clone_from(&self.local_addresses6);
         }
         if changes.all || self.merged_node.as_ref() != Some(&node) {
             self.merged_node = Some(node);
@@ -288,77 +330,80 @@ impl Reconciler {
                 }
             }
         }
-        let mut touched = BTreeSet::new();
-        for name in &affected {
-            for frontend in self.by_service.remove(name).unwrap_or_default() {
-                self.claims.remove(&frontend, name);
-                touched.insert(frontend);
-            }
-            self.add_service(cluster, name, &mut touched);
-        }
-        // What could not be placed last time is tried again.
-        touched.extend(self.failed.iter().copied());
-        // A frontend another Service also claims goes to whoever owns it now.
-        for frontend in &touched {
-            let old = match self.claims.owner(frontend) {
-                Some(want) => self.desired.insert(*frontend, want.clone()),
-                None => self.desired.remove(frontend),
-            };
-            if self.track_gone {
-                let new = self.desired.get(frontend);
-                gone::gone_from(*frontend, old.as_ref(), new, &mut self.gone);
-            }
-        }
+        let node = self.merged_node.as_ref().unwrap_or(&self.node);
+        let (track_gone, gone) = (self.track_gone, &mut self.gone);
+        let touched4 = self.v4.update(
+            cluster,
+            &self.index,
+            &affected,
+            node,
+            |frontend, old, new| {
+                if track_gone {
+                    gone::gone_from(frontend, old, new, gone);
+                }
+            },
+        );
+        let touched6 = if self.ipv6 {
+            self.v6
+                .update(cluster, &self.index, &affected, node, |_, _, _| {})
+        } else {
+            BTreeSet::new()
+        };
         let warnings = warnings
             .into_iter()
             .filter(|w| self.warned.insert(w.clone()))
             .collect();
-        let recomputed = touched.len();
-        (touched.into_iter().collect(), warnings, recomputed)
+        let recomputed = touched4.len() + touched6.len();
+        let to_plan = (
+            touched4.into_iter().collect(),
+            touched6.into_iter().collect(),
+        );
+        (to_plan, warnings, recomputed)
     }
 
-    /// Plans `frontends` in groups of about `chunk_slots` new table slots,
-    /// handing each group's operations to `apply`.
-    /// `first` (node-port addresses to serve) goes ahead of every chunk,
-    /// `last` (those to stop serving) behind them.
+    /// Plans each family's frontends in groups of about `chunk_slots` new
+    /// table slots, IPv4's first, handing each group's operations to
+    /// `apply`. `first` (node-port addresses to serve) goes ahead of every
+    /// chunk, `last` (those to stop serving) behind them.
     fn plan_chunked<E>(
         &mut self,
-        frontends: Vec<Frontend>,
+        (frontends4, frontends6): ToPlan,
         now: Instant,
         chunk_slots: usize,
         first: Plan,
         last: Plan,
         mut apply: impl FnMut(Plan) -> Result<(), E>,
-    ) -> (usize, Vec<PlanError>, Result<(), E>) {
-        let (mut total, mut errors) = (first.ops.len() + last.ops.len(), Vec::new());
+    ) -> (usize, PlanErrors, Result<(), E>) {
+        let mut total = first.ops.len() + last.ops.len();
+        let mut errors = (Vec::new(), Vec::new());
         if !first.ops.is_empty() {
             if let Err(e) = apply(first) {
                 return (total, errors, Err(e));
             }
         }
-        let mut group = Vec::new();
-        let mut slots = 0usize;
-        let count = frontends.len();
-        for (k, frontend) in frontends.into_iter().enumerate() {
-            slots += self.desired.get(&frontend).map_or(0, |want| {
-                self.planner.slots_to_write(&frontend, want) as usize
-            });
-            group.push(frontend);
-            if slots < chunk_slots && k + 1 < count {
-                continue;
-            }
-            // A group is planned at once, so its tables are built on every core.
-            let (plan, mut failed) =
-                self.planner
-                    .plan_frontends(&self.desired, std::mem::take(&mut group), now);
-            errors.append(&mut failed);
-            slots = 0;
-            if !plan.ops.is_empty() {
-                total += plan.ops.len();
-                if let Err(e) = apply(plan) {
-                    return (total, errors, Err(e));
-                }
-            }
+        let (e4, applied) = self.v4.plan_chunked(
+            &mut self.planner,
+            frontends4,
+            now,
+            chunk_slots,
+            &mut total,
+            &mut apply,
+        );
+        errors.0 = e4;
+        if applied.is_err() {
+            return (total, errors, applied);
+        }
+        let (e6, applied) = self.v6.plan_chunked(
+            &mut self.planner,
+            frontends6,
+            now,
+            chunk_slots,
+            &mut total,
+            &mut apply,
+        );
+        errors.1 = e6;
+        if applied.is_err() {
+            return (total, errors, applied);
         }
         if !last.ops.is_empty() {
             if let Err(e) = apply(last) {
@@ -368,34 +413,15 @@ impl Reconciler {
         (total, errors, Ok(()))
     }
 
-    fn add_service(
-        &mut self,
-        cluster: &Cluster,
-        name: &ObjectName,
-        touched: &mut BTreeSet<Frontend>,
-    ) {
-        let node = self.merged_node.as_ref().unwrap_or(&self.node);
-        let frontends = select::service_state(cluster, &self.index, name, node);
-        let Some(service) = cluster.services.get(name).filter(|_| !frontends.is_empty()) else {
-            return;
-        };
-        let keys = frontends.iter().map(|(f, _)| *f).collect();
-        for (frontend, want) in frontends {
-            touched.insert(frontend);
-            self.claims.insert(service, frontend, want);
-        }
-        self.by_service.insert(name.clone(), keys);
-    }
-
-    fn full(&mut self, cluster: &Cluster) -> (Vec<Frontend>, Vec<String>, usize) {
+    fn full(&mut self, cluster: &Cluster) -> (ToPlan, Vec<String>, usize) {
         self.index = SliceIndex::build(cluster);
-        self.claims.clear();
-        self.by_service.clear();
-        let mut touched = BTreeSet::new();
-        for name in cluster.services.keys() {
-            self.add_service(cluster, name, &mut touched);
+        let node = self.merged_node.as_ref().unwrap_or(&self.node);
+        let old = self.v4.full(cluster, &self.index, node);
+        if self.ipv6 {
+            self.v6.full(cluster, &self.index, node);
+        } else {
+            self.v6 = FamilyState::default();
         }
-        let old = std::mem::replace(&mut self.desired, self.claims.desired());
         if self.track_gone {
             self.gone = if old.is_empty() {
                 // The first sync: an earlier agent's frontends (adopted) or none.
@@ -403,17 +429,15 @@ impl Reconciler {
                     .planner
                     .frontends()
                     .map(|f| (f.frontend, f.backends.into_keys().collect()));
-                gone::gone_since_applied(applied, &self.desired)
+                gone::gone_since_applied(applied, &self.v4.desired)
             } else {
-                gone::gone(&old, &self.desired)
+                gone::gone(&old, &self.v4.desired)
             };
         }
-        // As `Planner::plan`: the frontends that go, then every desired one.
-        let gone = self
-            .planner
-            .frontend_keys()
-            .filter(|f| !self.desired.contains_key(f));
-        let frontends = gone.chain(self.desired.keys().copied()).collect();
+        let to_plan = (
+            self.v4.all_to_plan(&self.planner),
+            self.v6.all_to_plan(&self.planner),
+        );
         let all = self.index.warnings(cluster);
         let warnings = all
             .iter()
@@ -421,9 +445,31 @@ impl Reconciler {
             .cloned()
             .collect();
         self.warned = all.into_iter().collect();
-        (frontends, warnings, self.desired.len())
+        let recomputed = self.v4.desired.len() + self.v6.desired.len();
+        (to_plan, warnings, recomputed)
     }
 }
 
+/// The frontends of one reconcile to plan, per family.
+type ToPlan = (Vec<Frontend>, Vec<FrontendV6>);
+
+/// The frontends of one reconcile that could not be placed, per family.
+type PlanErrors = (Vec<PlanError>, Vec<PlanError<SocketAddrV6>>);
+
+/// The problem of a frontend that could not be placed.
+fn capacity_problem<S: AddrFamily>(e: &PlanError<S>) -> ServiceProblem {
+    ServiceProblem {
+        service: e.service.clone(),
+        reason: ProblemReason::Capacity,
+        message: format!(
+            "frontend {} is not programmed: {} (retried at every sync)",
+            e.frontend, e.message
+        ),
+    }
+}
+
+mod family;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;
