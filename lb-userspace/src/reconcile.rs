@@ -307,7 +307,9 @@ impl Reconciler {
             );
             node.local_addresses.clone_from(&self.local_addresses);
         }
-        if !self.local_addresses6.is_empty() {
+        // IPv6's addresses matter only while IPv6 is planned (they change
+        // more often: temporary addresses must not replan IPv4).
+        if self.ipv6 && !self.local_addresses6.is_empty() {
             node.v6.node_port_addresses = Some(
                 self.node_port_rule
                     .select6(&self.local_addresses6, &node.v6.addresses),
