@@ -43,6 +43,25 @@ const fn absorb(v: [u64; 4], m: u64) -> [u64; 4] {
     [v0 ^ m, v1, v2, v3]
 }
 
+/// SipHash's initial state under `key`.
+#[inline(always)]
+const fn init(key: &HashKey) -> [u64; 4] {
+    [
+        key[0] ^ 0x736f_6d65_7073_6575,
+        key[1] ^ 0x646f_7261_6e64_6f6d,
+        key[0] ^ 0x6c79_6765_6e65_7261,
+        key[1] ^ 0x7465_6462_7974_6573,
+    ]
+}
+
+/// SipHash-1-3's finalization: three rounds, the state folded.
+#[inline(always)]
+const fn finish(mut v: [u64; 4]) -> u64 {
+    v[2] ^= 0xff;
+    v = round(round(round(v)));
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
 /// SipHash-1-3 of the 13-byte tuple under `key`.
 ///
 /// `src_addr`, `dst_addr`, `src_port` and `dst_port` are raw network-order
@@ -64,17 +83,19 @@ pub const fn siphash13_tuple(
         | ((dst_port as u64) << 16)
         | ((proto as u64) << 32)
         | (MESSAGE_LEN << 56);
-    let mut v = [
-        key[0] ^ 0x736f_6d65_7073_6575,
-        key[1] ^ 0x646f_7261_6e64_6f6d,
-        key[0] ^ 0x6c79_6765_6e65_7261,
-        key[1] ^ 0x7465_6462_7974_6573,
-    ];
+    let mut v = init(key);
     v = absorb(v, m0);
     v = absorb(v, m1);
-    v[2] ^= 0xff;
-    v = round(round(round(v)));
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    finish(v)
+}
+
+/// A 64-bit hash folded into the 32 bits a Maglev slot is picked by.
+#[inline(always)]
+const fn fold(h: u64) -> u32 {
+    // Both halves fold into the 32 bits used.
+    #[allow(clippy::cast_possible_truncation)]
+    let folded = (h ^ (h >> 32)) as u32;
+    folded
 }
 
 /// The flow hash of a 5-tuple under `key`: what picks a Maglev slot.
@@ -88,11 +109,9 @@ pub const fn flow_hash(
     dst_port: u16,
     proto: u8,
 ) -> u32 {
-    let h = siphash13_tuple(key, src_addr, dst_addr, src_port, dst_port, proto);
-    // Both halves fold into the 32 bits used.
-    #[allow(clippy::cast_possible_truncation)]
-    let folded = (h ^ (h >> 32)) as u32;
-    folded
+    fold(siphash13_tuple(
+        key, src_addr, dst_addr, src_port, dst_port, proto,
+    ))
 }
 
 /// SipHash-1-3 of the 37-byte IPv6 tuple under `key` (addresses as
@@ -108,12 +127,7 @@ pub const fn siphash13_tuple6(
     dst_port: u16,
     proto: u8,
 ) -> u64 {
-    let mut v = [
-        key[0] ^ 0x736f_6d65_7073_6575,
-        key[1] ^ 0x646f_7261_6e64_6f6d,
-        key[0] ^ 0x6c79_6765_6e65_7261,
-        key[1] ^ 0x7465_6462_7974_6573,
-    ];
+    let mut v = init(key);
     // Four full words of addresses (little-endian memory, as above).
     v = absorb(v, (src_addr[0] as u64) | ((src_addr[1] as u64) << 32));
     v = absorb(v, (src_addr[2] as u64) | ((src_addr[3] as u64) << 32));
@@ -124,9 +138,7 @@ pub const fn siphash13_tuple6(
         | ((proto as u64) << 32)
         | (MESSAGE6_LEN << 56);
     v = absorb(v, last);
-    v[2] ^= 0xff;
-    v = round(round(round(v)));
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    finish(v)
 }
 
 /// The flow hash of an IPv6 5-tuple under `key`: what picks a Maglev slot
@@ -141,11 +153,9 @@ pub const fn flow_hash6(
     dst_port: u16,
     proto: u8,
 ) -> u32 {
-    let h = siphash13_tuple6(key, src_addr, dst_addr, src_port, dst_port, proto);
-    // Both halves fold into the 32 bits used.
-    #[allow(clippy::cast_possible_truncation)]
-    let folded = (h ^ (h >> 32)) as u32;
-    folded
+    fold(siphash13_tuple6(
+        key, src_addr, dst_addr, src_port, dst_port, proto,
+    ))
 }
 
 #[cfg(test)]

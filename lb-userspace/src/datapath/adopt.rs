@@ -19,12 +19,23 @@ use super::{
     writer::{source_range_of, source_range_of6},
 };
 use crate::{
-    desired::{AddrFamily, Frontend, FrontendV6, ObjectName, Protocol, SourceRange, SourceRangeV6},
+    desired::{AddrFamily, Frontend, FrontendV6, ObjectName, Protocol},
     plan::{AppliedBackend, AppliedFrontend, PortName},
 };
 
 /// Backends by service id, then by address.
 type BackendsOf<S> = BTreeMap<u32, BTreeMap<S, AppliedBackend>>;
+
+/// What one family's maps hold per Service port, read once for all its
+/// frontends.
+struct ByPort<S: AddrFamily> {
+    /// Backends, by service id.
+    backends: BackendsOf<S>,
+    /// Source ranges, by service id, sorted.
+    ranges: BTreeMap<u32, Vec<S::Range>>,
+    /// Node-port addresses, sorted.
+    node_port_addrs: Vec<S::Ip>,
+}
 
 impl Maps {
     /// Every frontend the maps hold, each with its Service port's backends
@@ -46,43 +57,23 @@ impl Maps {
                 backend.service_id,
             );
         }
-        let mut ranges_of: BTreeMap<u32, Vec<SourceRange>> = BTreeMap::new();
-        for key in self.source_ranges.keys() {
-            let (id, range) = source_range_of(&key?);
-            ranges_of.entry(id).or_default().push(range);
-        }
-        for ranges in ranges_of.values_mut() {
-            ranges.sort_unstable();
-        }
-        let mut node_port_addrs = self.node_port_addresses()?;
-        node_port_addrs.sort_unstable();
+        let by_port = ByPort {
+            backends: backends_of,
+            ranges: ranges_by_id(self.source_ranges.keys().map(|k| Ok(source_range_of(&k?))))?,
+            node_port_addrs: sorted(self.node_port_addresses()?),
+        };
         let mut frontends = Vec::new();
         for item in &self.services {
             let (key, entry) = item?;
             let Some(proto) = protocol(key.proto) else {
                 continue;
             };
-            let (service, port_name) = self.service_of::<SocketAddrV4>(&entry);
-            frontends.push(AppliedFrontend {
-                frontend: Frontend {
-                    addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
-                    port: u16::from_be(key.port),
-                    proto,
-                },
-                service,
-                port_name,
-                entry,
-                backends: backends_of.get(&entry.id).cloned().unwrap_or_default(),
-                node_port_addrs: if key.addr == lb_common::NODE_PORT_ADDR {
-                    node_port_addrs.clone()
-                } else {
-                    Vec::new()
-                },
-                internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
-                    .then(|| self.internal_tables.get(&entry.id, 0).ok())
-                    .flatten(),
-                source_ranges: ranges_of.get(&entry.id).cloned().unwrap_or_default(),
-            });
+            let frontend = Frontend {
+                addr: Ipv4Addr::from(key.addr.to_ne_bytes()),
+                port: u16::from_be(key.port),
+                proto,
+            };
+            frontends.push(self.applied(&by_port, frontend, entry));
         }
         Ok(frontends)
     }
@@ -107,16 +98,15 @@ impl Maps {
                 backend.service_id,
             );
         }
-        let mut ranges_of: BTreeMap<u32, Vec<SourceRangeV6>> = BTreeMap::new();
-        for key in self.source_ranges6.keys() {
-            let (id, range) = source_range_of6(&key?);
-            ranges_of.entry(id).or_default().push(range);
-        }
-        for ranges in ranges_of.values_mut() {
-            ranges.sort_unstable();
-        }
-        let mut node_port_addrs = self.node_port_addresses6()?;
-        node_port_addrs.sort_unstable();
+        let by_port = ByPort {
+            backends: backends_of,
+            ranges: ranges_by_id(
+                self.source_ranges6
+                    .keys()
+                    .map(|k| Ok(source_range_of6(&k?))),
+            )?,
+            node_port_addrs: sorted(self.node_port_addresses6()?),
+        };
         let mut frontends = Vec::new();
         for item in &self.services6 {
             let (key, entry) = item?;
@@ -124,31 +114,40 @@ impl Maps {
                 continue;
             };
             let port = u16::from_be(key.port);
-            let node_port = key.addr == NODE_PORT_ADDR6;
-            let frontend = if node_port {
+            let frontend = if key.addr == NODE_PORT_ADDR6 {
                 FrontendV6::node_port(port, proto)
             } else {
                 SocketAddrV6::frontend(Ipv6Addr::from(ipv6_octets(key.addr)), port, proto)
             };
-            let (service, port_name) = self.service_of::<SocketAddrV6>(&entry);
-            frontends.push(AppliedFrontend {
-                frontend,
-                service,
-                port_name,
-                entry,
-                backends: backends_of.get(&entry.id).cloned().unwrap_or_default(),
-                node_port_addrs: if node_port {
-                    node_port_addrs.clone()
-                } else {
-                    Vec::new()
-                },
-                internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
-                    .then(|| self.internal_tables.get(&entry.id, 0).ok())
-                    .flatten(),
-                source_ranges: ranges_of.get(&entry.id).cloned().unwrap_or_default(),
-            });
+            frontends.push(self.applied(&by_port, frontend, entry));
         }
         Ok(frontends)
+    }
+
+    /// The applied view of `frontend`, whose entry is `entry`.
+    fn applied<S: AddrFamily>(
+        &self,
+        by_port: &ByPort<S>,
+        frontend: S::Frontend,
+        entry: ServiceEntry,
+    ) -> AppliedFrontend<S> {
+        let (service, port_name) = self.service_of::<S>(&entry);
+        AppliedFrontend {
+            frontend,
+            service,
+            port_name,
+            entry,
+            backends: by_port.backends.get(&entry.id).cloned().unwrap_or_default(),
+            node_port_addrs: if S::is_node_port(&frontend) {
+                by_port.node_port_addrs.clone()
+            } else {
+                Vec::new()
+            },
+            internal: (entry.flags & SERVICE_F_INTERNAL_TABLE != 0)
+                .then(|| self.internal_tables.get(&entry.id, 0).ok())
+                .flatten(),
+            source_ranges: by_port.ranges.get(&entry.id).cloned().unwrap_or_default(),
+        }
     }
 
     /// The Service and port name an entry's id is labelled with in family
@@ -171,6 +170,26 @@ impl Maps {
         };
         (service, None)
     }
+}
+
+/// Source ranges grouped by service id, each group sorted.
+fn ranges_by_id<R: Ord>(
+    ranges: impl Iterator<Item = Result<(u32, R)>>,
+) -> Result<BTreeMap<u32, Vec<R>>> {
+    let mut by_id: BTreeMap<u32, Vec<R>> = BTreeMap::new();
+    for item in ranges {
+        let (id, range) = item?;
+        by_id.entry(id).or_default().push(range);
+    }
+    for group in by_id.values_mut() {
+        group.sort_unstable();
+    }
+    Ok(by_id)
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort_unstable();
+    items
 }
 
 /// The protocol of a services-map key, if the planner writes it.
