@@ -150,6 +150,180 @@ pub struct SourceRangeKey6 {
     pub client_addr: [u32; 4],
 }
 
+/// Name of the IPv6 forward connection-tracking map: [`FlowKey6`] ->
+/// [`CtEntry6`] (LRU hash), the twin of `CONNTRACK`.
+pub const MAP_CONNTRACK6: &str = "CONNTRACK6";
+/// Name of the IPv6 reverse-NAT map: reply [`FlowKey6`] -> [`RevNatEntry6`]
+/// (LRU hash), the twin of `REVNAT`.
+pub const MAP_REVNAT6: &str = "REVNAT6";
+/// Capacity of [`MAP_CONNTRACK6`]: half of IPv4's entries. The kernel
+/// preallocates an LRU map whole, and an IPv6 entry (40-byte key, 56-byte
+/// value) is about twice an IPv4 one (16 and 32): this map and
+/// [`MAP_REVNAT6`] take 20 MiB each (`memlock` on kernel 6.18, 2 CPUs),
+/// against 28 MiB for each of IPv4's.
+pub const CONNTRACK6_MAX_ENTRIES: u32 = 1 << 17;
+/// Capacity of [`MAP_REVNAT6`] (one entry per tracked flow).
+pub const REVNAT6_MAX_ENTRIES: u32 = CONNTRACK6_MAX_ENTRIES;
+
+/// Key of the IPv6 flow maps: a 5-tuple as it appears on the wire, the
+/// twin of `FlowKey`.
+///
+/// Layout (40 bytes): `src_addr` [be32; 4] | `dst_addr` [be32; 4] |
+/// `src_port` be16 | `dst_port` be16 | `proto` u8 | pad [u8; 3].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey6 {
+    /// Source address, as [`ipv6_words`] stores it.
+    pub src_addr: [u32; 4],
+    /// Destination address, as [`ipv6_words`] stores it.
+    pub dst_addr: [u32; 4],
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number (the upper-layer header's).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of the IPv6 conntrack map: the backend a client flow (keyed
+/// client -> service, as it arrives) is pinned to, and the flow's state;
+/// the twin of `CtEntry`, with the same flags, states and timeouts
+/// (`crate::conntrack`).
+///
+/// Layout (56 bytes): `backend_id` u32 | `backend_port` be16 | `snat_port`
+/// be16 | `backend_addr` [be32; 4] | `snat_addr` [be32; 4] | `flags` u16 |
+/// `state` u8 | pad u8 | `last_seen_s` u32 | `created_ns` u64. The SNAT
+/// fields are the design's whole layout although the programs write them
+/// 0 so far (IPv6 translates no source yet): keeping them now spares the
+/// pinned layout a change when SNAT comes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry6 {
+    /// Backend chosen for the flow (an id of `BACKENDS6`).
+    pub backend_id: u32,
+    /// Copy of the backend's port, network byte order.
+    pub backend_port: u16,
+    /// Source port after SNAT (network byte order), 0 without SNAT.
+    pub snat_port: u16,
+    /// Copy of the backend's address, to detect a reused id.
+    pub backend_addr: [u32; 4],
+    /// Source address after SNAT; zero without SNAT.
+    pub snat_addr: [u32; 4],
+    /// `CT_F_*` bits (`crate::conntrack`).
+    pub flags: u16,
+    /// `crate::conntrack::CtState` value.
+    pub state: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Monotonic seconds of the flow's last packet from the client.
+    pub last_seen_s: u32,
+    /// Monotonic time (`bpf_ktime_get_coarse_ns`) when the flow was created.
+    pub created_ns: u64,
+}
+
+/// Value of the IPv6 reverse-NAT map: how to restore a reply (keyed
+/// backend -> client, as the reply arrives), and who holds the reply
+/// tuple; the twin of `RevNatEntry`.
+///
+/// Layout (56 bytes): `svc_addr` [be32; 4] | `client_addr` [be32; 4] |
+/// `svc_port` be16 | `client_port` be16 | `created_s` u32 | `last_seen_s`
+/// u32 | `ifindex` u32 | `claim` u64 (at 48, aligned for the atomic swap
+/// a takeover makes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatEntry6 {
+    /// Service address the client talked to.
+    pub svc_addr: [u32; 4],
+    /// Client address.
+    pub client_addr: [u32; 4],
+    /// Service port, network byte order.
+    pub svc_port: u16,
+    /// Client port, network byte order.
+    pub client_port: u16,
+    /// Monotonic seconds when the entry was written.
+    pub created_s: u32,
+    /// Monotonic seconds of the last reply; 0 before the first.
+    pub last_seen_s: u32,
+    /// Interface the replies were last verified to arrive on; 0 before the first.
+    pub ifindex: u32,
+    /// Tag of the claim that wrote the entry.
+    pub claim: u64,
+}
+
+impl FlowKey6 {
+    /// The client flow (client -> service) a reverse-NAT entry restores.
+    #[inline(always)]
+    #[must_use]
+    pub const fn client_of(rev: &RevNatEntry6, proto: u8) -> FlowKey6 {
+        FlowKey6 {
+            src_addr: rev.client_addr,
+            dst_addr: rev.svc_addr,
+            src_port: rev.client_port,
+            dst_port: rev.svc_port,
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    /// The reply tuple (backend -> client, or -> the translated source) of
+    /// this client flow tracked as `ct`: its reverse-NAT key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reply_of(&self, ct: &CtEntry6) -> FlowKey6 {
+        let (dst_addr, dst_port) = if ct.flags & crate::conntrack::CT_F_SNAT != 0 {
+            (ct.snat_addr, ct.snat_port)
+        } else {
+            (self.src_addr, self.src_port)
+        };
+        FlowKey6 {
+            src_addr: ct.backend_addr,
+            dst_addr,
+            src_port: ct.backend_port,
+            dst_port,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+impl RevNatEntry6 {
+    /// A new entry restoring the client flow `key`, written at `now_s` with
+    /// claim tag `claim` (no reply seen yet).
+    #[inline(always)]
+    #[must_use]
+    pub const fn restoring(key: &FlowKey6, now_s: u32, claim: u64) -> RevNatEntry6 {
+        RevNatEntry6 {
+            svc_addr: key.dst_addr,
+            client_addr: key.src_addr,
+            svc_port: key.dst_port,
+            client_port: key.src_port,
+            created_s: now_s,
+            last_seen_s: 0,
+            ifindex: 0,
+            claim,
+        }
+    }
+
+    /// Whether this entry restores the client flow `key`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn restores(&self, key: &FlowKey6) -> bool {
+        same(&self.client_addr, &key.src_addr)
+            && self.client_port == key.src_port
+            && same(&self.svc_addr, &key.dst_addr)
+            && self.svc_port == key.dst_port
+    }
+}
+
+/// Whether two addresses are equal (`==` on arrays is not `const`).
+#[inline(always)]
+#[must_use]
+pub const fn same(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is repr(C), made only of integers, with explicit
@@ -158,6 +332,9 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey6 {}
     unsafe impl aya::Pod for super::Backend6 {}
     unsafe impl aya::Pod for super::SourceRangeKey6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    unsafe impl aya::Pod for super::CtEntry6 {}
+    unsafe impl aya::Pod for super::RevNatEntry6 {}
 }
 
 #[cfg(test)]
@@ -171,8 +348,51 @@ mod tests {
         assert_eq!(size_of::<ServiceKey6>(), 20);
         assert_eq!(size_of::<Backend6>(), 24);
         assert_eq!(size_of::<SourceRangeKey6>(), 20);
+        assert_eq!(size_of::<FlowKey6>(), 40);
+        assert_eq!(size_of::<CtEntry6>(), 56);
+        assert_eq!(size_of::<RevNatEntry6>(), 56);
+        assert_eq!(core::mem::offset_of!(CtEntry6, backend_addr), 8);
+        assert_eq!(core::mem::offset_of!(CtEntry6, flags), 40);
+        assert_eq!(core::mem::offset_of!(CtEntry6, created_ns), 48);
+        assert_eq!(core::mem::offset_of!(RevNatEntry6, claim), 48);
+        assert!(MAP_CONNTRACK6.len() <= 15 && MAP_REVNAT6.len() <= 15);
         assert!(MAP_NODE_PORT_ADDRS6.len() <= 15);
         assert!(MAP_SOURCE_RANGES6.len() <= 15);
+    }
+
+    #[test]
+    fn a_reply_key_and_its_reverse_entry_restore_the_client_flow() {
+        let key = FlowKey6 {
+            src_addr: [1, 2, 3, 4],
+            dst_addr: [5, 6, 7, 8],
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let ct = CtEntry6 {
+            backend_addr: [9, 10, 11, 12],
+            backend_port: 8080u16.to_be(),
+            ..CtEntry6::default()
+        };
+        let reply = key.reply_of(&ct);
+        assert_eq!(
+            (
+                reply.src_addr,
+                reply.src_port,
+                reply.dst_addr,
+                reply.dst_port
+            ),
+            (ct.backend_addr, ct.backend_port, key.src_addr, key.src_port)
+        );
+        let rev = RevNatEntry6::restoring(&key, 7, 9);
+        assert!(rev.restores(&key));
+        assert_eq!(FlowKey6::client_of(&rev, 6), key);
+        let other = FlowKey6 {
+            src_port: 40001u16.to_be(),
+            ..key
+        };
+        assert!(!rev.restores(&other));
     }
 
     #[test]

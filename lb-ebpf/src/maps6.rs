@@ -3,10 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, ProgramArray},
 };
 use lb_common::{
-    maps6::{Backend6, ServiceKey6, SourceRangeKey6, TC6_PROGRAMS},
+    maps6::{
+        Backend6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SourceRangeKey6,
+        CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, TC6_PROGRAMS,
+    },
     ServiceEntry, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
     SOURCE_RANGES_MAX_ENTRIES,
 };
@@ -40,3 +43,13 @@ pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u32> =
 #[map(name = "NODEPORT_ADDRS6")]
 pub static NODEPORT_ADDRS6: HashMap<[u32; 4], u32> =
     HashMap::with_max_entries(NODE_PORT_ADDRS_MAX_ENTRIES, 0);
+
+/// IPv6 forward connection tracking: client flow -> chosen backend.
+#[map(name = "CONNTRACK6")]
+pub static CONNTRACK6: LruHashMap<FlowKey6, CtEntry6> =
+    LruHashMap::with_max_entries(CONNTRACK6_MAX_ENTRIES, 0);
+
+/// IPv6 reverse NAT: reply flow -> service and client addresses to restore.
+#[map(name = "REVNAT6")]
+pub static REVNAT6: LruHashMap<FlowKey6, RevNatEntry6> =
+    LruHashMap::with_max_entries(REVNAT6_MAX_ENTRIES, 0);

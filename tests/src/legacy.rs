@@ -2,10 +2,10 @@
 //! of layout v7, v6, v5, v4 or v3 would have left under a pin directory, for
 //! hand-over tests.
 //!
-//! v7 had the maps of v8 but the IPv6 prog arrays (`XDP6_PROGS`,
-//! `TC6_PROGS`), with IPv4's counters only (6 verdicts, 13 events): [`make_v7`]
-//! renames the layout directory, removes the prog arrays and shortens the
-//! counter arrays.
+//! v7 had the maps of v8 but IPv6's (the prog arrays `XDP6_PROGS` and
+//! `TC6_PROGS`, the frontend maps, `CONNTRACK6` and `REVNAT6`), with IPv4's
+//! counters only (6 verdicts, 13 events): [`make_v7`] renames the layout
+//! directory, removes IPv6's maps and shortens the counter arrays.
 //!
 //! v6 had the maps of v7 but `SOCK_AFFINITY`, of the same shapes.
 //!
@@ -49,8 +49,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues
 use lb_common::{
     conntrack::CtState,
     maps6::{
-        MAP_BACKENDS6, MAP_NODE_PORT_ADDRS6, MAP_SERVICES6, MAP_SOURCE_RANGES6, MAP_TC6_PROGS,
-        MAP_XDP6_PROGS,
+        MAP_BACKENDS6, MAP_CONNTRACK6, MAP_NODE_PORT_ADDRS6, MAP_REVNAT6, MAP_SERVICES6,
+        MAP_SOURCE_RANGES6, MAP_TC6_PROGS, MAP_XDP6_PROGS,
     },
     Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
     BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
@@ -131,8 +131,8 @@ pub struct Written {
 
 /// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v7 would have
-/// left: the same maps and entries, without IPv6's maps (prog arrays and
-/// frontend maps), with
+/// left: the same maps and entries, without IPv6's maps (prog arrays,
+/// frontend and flow maps), with
 /// IPv4's [`V7_VERDICTS`] verdict and [`V7_EVENTS`] event counters only.
 pub fn make_v7(pin_dir: &Path) -> Result<()> {
     ensure!(
@@ -154,6 +154,8 @@ pub fn make_v7(pin_dir: &Path) -> Result<()> {
         MAP_BACKENDS6,
         MAP_SOURCE_RANGES6,
         MAP_NODE_PORT_ADDRS6,
+        MAP_CONNTRACK6,
+        MAP_REVNAT6,
     ] {
         std::fs::remove_file(to.join(name)).with_context(|| format!("removing {name}"))?;
     }

@@ -13,6 +13,7 @@ use aya::{
     Pod,
 };
 use lb_common::{
+    maps6::{CtEntry6, FlowKey6, RevNatEntry6, MAP_CONNTRACK6, MAP_REVNAT6},
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
     ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SockAffinityKey, SockRevEntry,
     SockRevKey, SourceRangeKey, BACKEND_F_ACTIVE, BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL,
@@ -306,6 +307,19 @@ pub fn carry_state(
         copy_hash::<SockAffinityKey, AffinityEntry>(
             &old_dir.join(MAP_SOCK_AFFINITY),
             &new_dir.join(MAP_SOCK_AFFINITY),
+        )?;
+    }
+    // IPv6's flows (no layout before v8 had them: nothing to convert).
+    if carries(MAP_CONNTRACK6) {
+        copied.0 += copy_hash::<FlowKey6, CtEntry6>(
+            &old_dir.join(MAP_CONNTRACK6),
+            &new_dir.join(MAP_CONNTRACK6),
+        )?;
+    }
+    if carries(MAP_REVNAT6) {
+        copied.1 += copy_hash::<FlowKey6, RevNatEntry6>(
+            &old_dir.join(MAP_REVNAT6),
+            &new_dir.join(MAP_REVNAT6),
         )?;
     }
     // Connected sockets keep showing the Service's address: the earlier

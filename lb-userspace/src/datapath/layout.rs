@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
-    maps6::{MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_RANGES6},
+    maps6::{MAP_BACKENDS6, MAP_CONNTRACK6, MAP_REVNAT6, MAP_SERVICES6, MAP_SOURCE_RANGES6},
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
     MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
@@ -22,7 +22,7 @@ pub const PIN_LAYOUT: &str = "v8";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_461_598_755_194_312_720;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 1_886_632_592_548_014_987;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -51,8 +51,10 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 17_461_598_755_194_312_720;
 /// and one block of verdict and event counters per family, IPv4's first
 /// (v7's counters fit into the longer arrays as IPv4's), and IPv6's
 /// frontend maps `SERVICES6`, `BACKENDS6`, `SOURCE_RANGES6` (see
-/// [`SERVICE_MAPS6`]) and `NODEPORT_ADDRS6`, which start empty after a
-/// hand-over from an earlier layout.
+/// [`SERVICE_MAPS6`]) and `NODEPORT_ADDRS6`, and its flow maps
+/// `CONNTRACK6` (see [`ID_DEPENDENT_MAPS6`]) and `REVNAT6` (see
+/// [`INDEPENDENT_MAPS6`]), which start empty after a hand-over from an
+/// earlier layout.
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
         "v7",
@@ -201,6 +203,13 @@ pub const ID_DEPENDENT_MAPS: [&str; 7] = [
 /// empty without holding IPv4 back: nothing of IPv4 names their entries.
 /// `NODEPORT_ADDRS6` is never carried, as `NODE_PORT_ADDRS` is not.
 pub const SERVICE_MAPS6: [&str; 3] = [MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_RANGES6];
+/// IPv6's maps whose entries hold IPv6 backend ids: carried only with
+/// [`SERVICE_MAPS6`], as [`ID_DEPENDENT_MAPS`] are with [`SERVICE_MAPS`];
+/// failing on their own, they start empty and hold nothing back.
+pub const ID_DEPENDENT_MAPS6: [&str; 1] = [MAP_CONNTRACK6];
+/// IPv6's twins of [`INDEPENDENT_MAPS`]: addresses only, carried on their
+/// own when readable (reported after IPv6's service maps).
+pub const INDEPENDENT_MAPS6: [&str; 1] = [MAP_REVNAT6];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 4] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS, MAP_SOCK_REVERSE];
 
@@ -411,9 +420,15 @@ pub fn plan_handover(from: &str, old: &Shapes, new: &Shapes) -> Handover {
             check(name).map_err(|why| format!("{name} cannot be carried: {why}"))
         })
     });
-    for name in SERVICE_MAPS6 {
+    for name in SERVICE_MAPS6.into_iter().chain(ID_DEPENDENT_MAPS6) {
         // A map's own reason first (an older layout has none of them).
         match check(name).and_then(|()| services6.clone()) {
+            Ok(()) => plan.carry.push(name),
+            Err(why) => plan.fresh.push((name, why)),
+        }
+    }
+    for name in INDEPENDENT_MAPS6 {
+        match check(name) {
             Ok(()) => plan.carry.push(name),
             Err(why) => plan.fresh.push((name, why)),
         }

@@ -27,7 +27,7 @@ fn v7(current: &Shapes) -> Shapes {
     old.remove(MAP_XDP6_PROGS);
     old.remove(MAP_TC6_PROGS);
     old.remove(MAP_NODE_PORT_ADDRS6);
-    for name in SERVICE_MAPS6 {
+    for name in ipv6_maps() {
         old.remove(name);
     }
     old.get_mut(MAP_VERDICTS).unwrap().max_entries = 6;
@@ -120,10 +120,23 @@ const NEVER_CARRIED: [&str; 7] = [
     MAP_NODE_PORT_ADDRS6,
 ];
 
+/// IPv6's maps that a hand-over plans for, in the order it reports them:
+/// the frontend maps, the flows that name their ids, the reverse entries.
+fn ipv6_maps() -> Vec<&'static str> {
+    SERVICE_MAPS6
+        .into_iter()
+        .chain(ID_DEPENDENT_MAPS6)
+        .chain(INDEPENDENT_MAPS6)
+        .collect()
+}
+
 /// The maps a hand-over from a layout before v8 leaves empty besides
-/// `NEVER_CARRIED`: IPv6's frontend maps, reported last.
+/// `NEVER_CARRIED`: IPv6's maps, reported last.
 fn fresh6(layout: &str) -> Vec<(&'static str, String)> {
-    SERVICE_MAPS6.map(|name| none(name, layout)).to_vec()
+    ipv6_maps()
+        .into_iter()
+        .map(|name| none(name, layout))
+        .collect()
 }
 
 fn none(name: &'static str, layout: &str) -> (&'static str, String) {
@@ -176,7 +189,7 @@ fn from_v7_every_ipv4_map_is_carried_as_it_is_and_ipv6_s_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v7", &v7(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v7's flows are v8's: {plan:?}");
     assert_eq!(plan.fresh, fresh6("v7"));
@@ -191,7 +204,7 @@ fn from_v6_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v6", &v6(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.push(MAP_SOCK_AFFINITY);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v6's flows are v7's: {plan:?}");
@@ -209,7 +222,7 @@ fn from_v5_every_map_is_carried_as_it_is() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v5", &v5(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
     assert!(plan.convert.is_empty(), "v5's flows are v6's: {plan:?}");
@@ -229,7 +242,7 @@ fn from_v4_every_map_is_carried_as_it_is_and_the_source_ranges_start_empty() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v4", &v4(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
@@ -258,7 +271,7 @@ fn from_v3_every_map_is_carried_and_the_flows_converted() {
     let plan = plan_handover("v3", &v3(new), new);
     assert_eq!(plan.from, "v3");
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([MAP_SOURCE_RANGES, MAP_INTERNAL_TABLES]);
     assert_eq!(sorted(&plan.carry), every_map_but(&but));
@@ -292,7 +305,7 @@ fn from_v2_every_map_it_had_is_carried_and_the_flows_converted() {
     let new = object_shapes().unwrap();
     let plan = plan_handover("v2", &v2(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
@@ -324,7 +337,7 @@ fn from_v1_everything_but_the_new_counters_is_carried_and_the_flows_converted() 
     let new = object_shapes().unwrap();
     let plan = plan_handover("v1", &v1(new), new);
     let mut but = NEVER_CARRIED.to_vec();
-    but.extend(SERVICE_MAPS6);
+    but.extend(ipv6_maps());
     but.extend([MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE]);
     but.extend([
         MAP_SERVICE_STATS_ARRAY,
@@ -388,7 +401,7 @@ fn a_v3_conntrack_of_an_unexpected_shape_is_not_converted() {
             assert!(plan.carry.contains(&MAP_AFFINITY));
             assert_eq!(
                 plan.fresh.len(),
-                5 + SERVICE_MAPS6.len(),
+                5 + ipv6_maps().len(),
                 "{map} of {what}: {plan:?}"
             );
         }
@@ -408,7 +421,7 @@ fn an_unknown_layout_carries_nothing() {
             .into_iter()
             .chain(ID_DEPENDENT_MAPS)
             .chain(INDEPENDENT_MAPS)
-            .chain(SERVICE_MAPS6)
+            .chain(ipv6_maps())
             .collect();
         assert_eq!(
             plan.fresh.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
