@@ -17,30 +17,34 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    BackendKey, CtEntry, Event, Family, FlowKey, RevNatEntry, SnatExhaustion, CLAIM_GRACE_S,
-    MAP_CONNTRACK, MAP_EVENTS, MAP_REVNAT, MAP_SNAT_EXHAUSTED,
+    maps6::FlowKey6, BackendKey, Event, Family, FlowKey, SnatExhaustion, CLAIM_GRACE_S, MAP_EVENTS,
+    MAP_SNAT_EXHAUSTED,
 };
 
-use super::{FlowStats, Snapshot};
+use super::{FlowFamily, FlowStats, Snapshot};
 
 /// `BPF_NOEXIST`.
 const BPF_NOEXIST: u64 = 1;
 
-/// What one sweep does.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+/// What one sweep of family `K`'s maps (IPv4's by default) does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan<K: FlowFamily = FlowKey> {
     /// Expired flows to delete, each with the entry judged.
-    pub expired: Vec<(FlowKey, CtEntry)>,
+    pub expired: Vec<(K, K::Ct)>,
     /// Reverse entries to delete (of expired flows, or of none), each as judged.
-    pub replies: Vec<(FlowKey, RevNatEntry)>,
+    pub replies: Vec<(K, K::Rev)>,
     /// Missing reverse entries of live flows to restore.
-    pub restore: Vec<(FlowKey, RevNatEntry)>,
+    pub restore: Vec<(K, K::Rev)>,
 }
 
 /// Decides a sweep over `snapshot`.
 #[must_use]
-pub fn plan(snapshot: &Snapshot) -> Plan {
-    let mut plan = Plan::default();
+pub fn plan<K: FlowFamily>(snapshot: &Snapshot<K>) -> Plan<K> {
+    let mut plan = Plan {
+        expired: Vec::new(),
+        replies: Vec::new(),
+        restore: Vec::new(),
+    };
     // Reply tuples some live flow's reverse entry restores.
     let mut owned = std::collections::HashSet::new();
     for (key, ct) in &snapshot.flows {
@@ -55,10 +59,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 owned.insert(reply);
             }
             None if !snapshot.replies.contains_key(&reply) => {
-                plan.restore.push((
-                    reply,
-                    RevNatEntry::restoring(key, snapshot.now_s, restore_claim(key)),
-                ));
+                plan.restore
+                    .push((reply, key.restoring(snapshot.now_s, key.restore_claim())));
                 owned.insert(reply);
             }
             // The tuple is another flow's: this flow's replies are lost; it
@@ -71,25 +73,16 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             continue;
         }
         // A claim in progress writes its conntrack entry right after.
-        if snapshot.now_s.saturating_sub(rev.created_s) < CLAIM_GRACE_S {
+        if snapshot.now_s.saturating_sub(K::rev_times(rev).0) < CLAIM_GRACE_S {
             continue;
         }
         plan.replies.push((*reply, *rev));
     }
-    plan.replies
-        .sort_by_key(|(k, _)| (k.src_addr, k.dst_addr, k.src_port, k.dst_port));
+    plan.replies.sort_by_key(|(k, _)| k.order());
     plan
 }
 
-/// A claim tag for a restored entry (distinct per flow; tags only need to differ).
-fn restore_claim(key: &FlowKey) -> u64 {
-    (u64::from(key.src_addr) << 32)
-        ^ (u64::from(key.src_port) << 16)
-        ^ u64::from(key.dst_port)
-        ^ (1 << 63)
-}
-
-/// What a sweep did.
+/// What a sweep did (both families' maps together).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Conntrack entries deleted.
@@ -123,32 +116,47 @@ impl Collector {
         }
     }
 
-    fn open<V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, FlowKey, V>> {
+    fn open<K: FlowFamily, V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>> {
         let path = crate::datapath::pins_dir(&self.pin_dir).join(name);
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(HashMap::try_from(Map::LruHashMap(data))?)
     }
 
-    /// One sweep: reads both maps, deletes what expired or is orphaned (if
-    /// unchanged since read), restores missing reverse entries.
+    /// One sweep of both families: reads the flow maps, deletes what
+    /// expired or is orphaned (if unchanged since read), restores missing
+    /// reverse entries.
     pub fn sweep(&self) -> Result<Swept> {
         // Read before the maps: an entry created while they are read is
         // then live but not yet counted as created, which the eviction
         // count (created - live - collected, saturating) absorbs; read
         // after, it would be counted as evicted, for good.
         let created = self.created()?;
-        let snapshot = Snapshot::read(&self.pin_dir)?;
+        let mut swept = self.sweep_family::<FlowKey>()?;
+        let six = self.sweep_family::<FlowKey6>()?;
+        swept.conntrack_deleted += six.conntrack_deleted;
+        swept.reverse_deleted += six.reverse_deleted;
+        swept.restored += six.restored;
+        swept.stats.add(&six.stats);
+        swept.conntrack_live += six.conntrack_live;
+        swept.reverse_live += six.reverse_live;
+        swept.created = created;
+        Ok(swept)
+    }
+
+    /// One sweep of family `K`'s maps (`created` left 0).
+    fn sweep_family<K: FlowFamily>(&self) -> Result<Swept> {
+        let snapshot = Snapshot::<K>::read_in(&self.pin_dir)?;
         let plan = plan(&snapshot);
-        let mut ct: HashMap<MapData, FlowKey, CtEntry> = self.open(MAP_CONNTRACK)?;
-        let mut rev: HashMap<MapData, FlowKey, RevNatEntry> = self.open(MAP_REVNAT)?;
+        let mut ct = self.open::<K, K::Ct>(K::CONNTRACK)?;
+        let mut rev = self.open::<K, K::Rev>(K::REVNAT)?;
         let mut swept = Swept::default();
         for (key, judged) in &plan.expired {
             if ct.get(key, 0).is_ok_and(|now| now == *judged) && ct.remove(key).is_ok() {
                 swept.conntrack_deleted += 1;
                 let reply = key.reply_of(judged);
                 if let Ok(r) = rev.get(&reply, 0) {
-                    if r.restores(key)
+                    if key.restored_by(&r)
                         && snapshot.replies.get(&reply) == Some(&r)
                         && rev.remove(&reply).is_ok()
                     {
@@ -165,7 +173,7 @@ impl Collector {
         for (reply, entry) in &plan.restore {
             // The flow may have gone meanwhile; a restored entry of a gone
             // flow is an orphan the next sweep collects.
-            if ct.get(&FlowKey::client_of(entry, reply.proto), 0).is_ok()
+            if ct.get(&K::client_of(entry, reply.proto()), 0).is_ok()
                 && rev.insert(reply, entry, BPF_NOEXIST).is_ok()
             {
                 swept.restored += 1;
@@ -177,19 +185,23 @@ impl Collector {
             (snapshot.flows.len() as u64).saturating_sub(swept.conntrack_deleted);
         swept.reverse_live =
             (snapshot.replies.len() as u64 + swept.restored).saturating_sub(swept.reverse_deleted);
-        swept.created = created;
         Ok(swept)
     }
 
     /// Conntrack and reverse-NAT entries the programs ever created (the
-    /// kernel's restored reverse entries included).
+    /// kernel's restored reverse entries included), both families'.
     pub fn created(&self) -> Result<(u64, u64)> {
         let path = crate::datapath::pins_dir(&self.pin_dir).join(MAP_EVENTS);
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let events: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-        let total =
-            |e: Event| -> Result<u64> { Ok(events.get(&e.slot(Family::Ipv4), 0)?.iter().sum()) };
+        let total = |e: Event| -> Result<u64> {
+            let mut sum = 0;
+            for family in Family::ALL {
+                sum += events.get(&e.slot(family), 0)?.iter().sum::<u64>();
+            }
+            Ok(sum)
+        };
         Ok((
             total(Event::ConntrackCreated)?,
             total(Event::RevNatCreated)? + total(Event::RevNatRestored)?,
@@ -255,7 +267,9 @@ impl ExhaustionLog {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{conntrack::CtState, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP};
+    use lb_common::{
+        conntrack::CtState, CtEntry, RevNatEntry, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP,
+    };
 
     use super::*;
 
@@ -379,5 +393,63 @@ mod tests {
                 &BTreeMap::from([(a, 9), (b, 1)])
             )
             .is_empty());
+    }
+
+    fn key6(port: u16) -> FlowKey6 {
+        FlowKey6 {
+            src_addr: [0xfd00_0050u32.to_be(), 0, 0, 0x10u32.to_be()],
+            dst_addr: [0xfd00_0096u32.to_be(), 0, 0, 0x10u32.to_be()],
+            src_port: port,
+            dst_port: 80,
+            proto: IPPROTO_TCP,
+            pad: [0; 3],
+        }
+    }
+
+    fn ct6(state: CtState, last_seen_s: u32) -> lb_common::maps6::CtEntry6 {
+        lb_common::maps6::CtEntry6 {
+            backend_id: 1,
+            backend_port: 8080,
+            backend_addr: [0xfd00_0244u32.to_be(), 0, 0, 5u32.to_be()],
+            flags: CT_F_REPLIED,
+            state: state as u8,
+            last_seen_s,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ipv6_flows_are_collected_by_the_same_rules() {
+        let timeouts = [5; lb_common::conntrack::CT_TIMEOUT_COUNT];
+        let live = (key6(1), ct6(CtState::Established, 99));
+        let dead = (key6(2), ct6(CtState::TimeWait, 90));
+        let lost_reply = (key6(3), ct6(CtState::Established, 98));
+        let reply_of = |(k, c): &(FlowKey6, lb_common::maps6::CtEntry6)| k.reply_of(c);
+        let orphan = FlowKey6 {
+            dst_port: 7,
+            ..reply_of(&dead)
+        };
+        let snapshot = Snapshot::<FlowKey6> {
+            flows: vec![live, dead, lost_reply],
+            replies: StdHashMap::from([
+                (reply_of(&live), live.0.restoring(50, 1)),
+                (reply_of(&dead), dead.0.restoring(50, 2)),
+                (orphan, key6(9).restoring(50, 9)),
+            ]),
+            timeouts,
+            now_s: 100,
+        };
+        let plan = plan(&snapshot);
+        assert_eq!(plan.expired, vec![dead]);
+        let deleted: Vec<FlowKey6> = plan.replies.iter().map(|(k, _)| *k).collect();
+        assert_eq!(deleted.len(), 2);
+        assert!(deleted.contains(&orphan) && deleted.contains(&reply_of(&dead)));
+        assert_eq!(plan.restore.len(), 1);
+        let (reply, entry) = plan.restore[0];
+        assert_eq!(reply, reply_of(&lost_reply));
+        assert!(entry.restores(&lost_reply.0));
+        // Replies keep an IPv6 flow alive as they keep IPv4's.
+        assert!(!snapshot.life(&live.0, &live.1).expired);
+        assert_eq!(snapshot.stats().by_state[&CtState::Established], 2);
     }
 }

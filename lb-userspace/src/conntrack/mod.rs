@@ -2,12 +2,13 @@
 //! the conntrack metrics, and the garbage collection of expired flows
 //! ([`gc`]). Expiry follows `lb_common::conntrack`, as the kernel judges it.
 
+pub mod family;
 pub mod gc;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     path::Path,
 };
 
@@ -15,10 +16,12 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{
     conntrack::{expired, timeout_s, CtState, CtTimeouts},
-    BackendKey, CtEntry, FlowKey, NodeConfig, RevNatEntry, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP,
-    MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT,
+    maps6::FlowKey6,
+    BackendKey, FlowKey, NodeConfig, IPPROTO_TCP, IPPROTO_UDP, MAP_CONFIG,
 };
 use serde::Serialize;
+
+pub use self::family::FlowFamily;
 
 /// One tracked flow: client -> service, the backend it is pinned to, its state.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -26,23 +29,19 @@ pub struct TrackedFlow {
     /// "TCP" or "UDP".
     pub protocol: String,
     /// The client.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The service frontend it talks to.
-    pub service: SocketAddrV4,
+    pub service: SocketAddr,
     /// The backend it is pinned to.
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// The address and port the client was translated to, if any.
-    pub snat: Option<SocketAddrV4>,
+    pub snat: Option<SocketAddr>,
     /// Its state (`lb_common::conntrack::CtState` names).
     pub state: String,
     /// Seconds since the flow's first packet.
     pub age_seconds: f64,
     /// Seconds until it expires unless a packet comes (0: expired, awaiting collection).
     pub expires_in_seconds: u32,
-}
-
-fn socket(addr: u32, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(addr.to_ne_bytes()), u16::from_be(port))
 }
 
 /// The monotonic clock, as `bpf_ktime_get_ns` reads it.
@@ -63,26 +62,38 @@ pub fn monotonic_s() -> u32 {
     lb_common::conntrack::seconds_of(monotonic_ns())
 }
 
-/// Both flow maps and the timeouts, read at one moment (`now_s`).
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
+/// Both flow maps of family `K` (IPv4's by default) and the timeouts,
+/// read at one moment (`now_s`).
+#[derive(Clone, Debug)]
+pub struct Snapshot<K: FlowFamily = FlowKey> {
     /// Conntrack entries.
-    pub flows: Vec<(FlowKey, CtEntry)>,
+    pub flows: Vec<(K, K::Ct)>,
     /// Reverse-NAT entries by reply tuple.
-    pub replies: StdHashMap<FlowKey, RevNatEntry>,
+    pub replies: StdHashMap<K, K::Rev>,
     /// The idle timeouts the programs apply.
     pub timeouts: CtTimeouts,
     /// Monotonic seconds when read.
     pub now_s: u32,
 }
 
+impl<K: FlowFamily> Default for Snapshot<K> {
+    fn default() -> Self {
+        Self {
+            flows: Vec::new(),
+            replies: StdHashMap::new(),
+            timeouts: CtTimeouts::default(),
+            now_s: 0,
+        }
+    }
+}
+
 /// What a snapshot says of one flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowLife {
+pub struct FlowLife<K = FlowKey> {
     /// Its state.
     pub state: CtState,
     /// Its reverse entry's tuple, when that entry restores it.
-    pub reply: Option<FlowKey>,
+    pub reply: Option<K>,
     /// Seconds of its last packet, either direction.
     pub last_seen_s: u32,
     /// Its idle timeout.
@@ -92,8 +103,15 @@ pub struct FlowLife {
 }
 
 impl Snapshot {
-    /// Reads the maps pinned under `pin_dir` (an agent's `--pin-dir`).
+    /// Reads IPv4's flow maps pinned under `pin_dir` (an agent's `--pin-dir`).
     pub fn read(pin_dir: &Path) -> Result<Self> {
+        Self::read_in(pin_dir)
+    }
+}
+
+impl<K: FlowFamily> Snapshot<K> {
+    /// Reads family `K`'s flow maps pinned under `pin_dir`.
+    pub fn read_in(pin_dir: &Path) -> Result<Self> {
         let dir = crate::datapath::pins_dir(pin_dir);
         let open = |name: &str| {
             let path = dir.join(name);
@@ -107,14 +125,14 @@ impl Snapshot {
         let config: Array<MapData, NodeConfig> = Array::try_from(Map::Array(open(MAP_CONFIG)?))?;
         let timeouts = config.get(&0, 0)?.timeouts;
         let now_s = monotonic_s();
-        let ct: HashMap<MapData, FlowKey, CtEntry> =
-            HashMap::try_from(Map::LruHashMap(open(MAP_CONNTRACK)?))?;
+        let ct: HashMap<MapData, K, K::Ct> =
+            HashMap::try_from(Map::LruHashMap(open(K::CONNTRACK)?))?;
         let mut flows = Vec::new();
         for item in &ct {
             flows.push(item?);
         }
-        let rev: HashMap<MapData, FlowKey, RevNatEntry> =
-            HashMap::try_from(Map::LruHashMap(open(MAP_REVNAT)?))?;
+        let rev: HashMap<MapData, K, K::Rev> =
+            HashMap::try_from(Map::LruHashMap(open(K::REVNAT)?))?;
         let mut replies = StdHashMap::new();
         for item in &rev {
             let (k, v) = item?;
@@ -130,12 +148,13 @@ impl Snapshot {
 
     /// What the snapshot says of flow `key` tracked as `ct`.
     #[must_use]
-    pub fn life(&self, key: &FlowKey, ct: &CtEntry) -> FlowLife {
-        let state = CtState::from_u8(ct.state);
+    pub fn life(&self, key: &K, ct: &K::Ct) -> FlowLife<K> {
+        let common = K::common(ct);
+        let state = CtState::from_u8(common.state);
         let reply = key.reply_of(ct);
-        let rev = self.replies.get(&reply).filter(|r| r.restores(key));
-        let last_seen_s = ct.last_seen_s.max(rev.map_or(0, |r| r.last_seen_s));
-        let timeout_s = timeout_s(state, ct.flags, &self.timeouts);
+        let rev = self.replies.get(&reply).filter(|r| key.restored_by(r));
+        let last_seen_s = common.last_seen_s.max(rev.map_or(0, |r| K::rev_times(r).1));
+        let timeout_s = timeout_s(state, common.flags, &self.timeouts);
         FlowLife {
             state,
             reply: rev.map(|_| reply),
@@ -168,13 +187,7 @@ impl Snapshot {
                 continue;
             }
             *stats.by_state.entry(life.state).or_default() += 1;
-            if ct.flags & CT_F_SNAT != 0 {
-                let backend = BackendKey {
-                    addr: ct.backend_addr,
-                    port: ct.backend_port,
-                    proto: key.proto,
-                    pad: 0,
-                };
+            if let Some(backend) = key.snat_backend(ct) {
                 *stats.snat_ports.entry(backend).or_default() += 1;
             }
         }
@@ -193,12 +206,28 @@ pub struct FlowStats {
     pub expired: u64,
 }
 
+impl FlowStats {
+    /// Adds `other`'s counts (another family's) to these.
+    pub fn add(&mut self, other: &FlowStats) {
+        for (state, n) in &other.by_state {
+            *self.by_state.entry(*state).or_default() += n;
+        }
+        for (backend, n) in &other.snat_ports {
+            *self.snat_ports.entry(*backend).or_default() += n;
+        }
+        self.expired += other.expired;
+    }
+}
+
 /// "addr:port/PROTO" of a backend key.
 #[must_use]
 pub fn backend_label(backend: &BackendKey) -> String {
     format!(
         "{}/{}",
-        socket(backend.addr, backend.port),
+        std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::from(backend.addr.to_ne_bytes()),
+            u16::from_be(backend.port)
+        ),
         protocol_name(backend.proto)
     )
 }
@@ -213,35 +242,40 @@ fn protocol_name(proto: u8) -> String {
 
 /// The flow of one conntrack entry, at `now_s` (seconds) and `clock_ns` (the monotonic clock).
 #[must_use]
-pub fn flow(
-    key: &FlowKey,
-    entry: &CtEntry,
-    life: &FlowLife,
+pub fn flow<K: FlowFamily>(
+    key: &K,
+    entry: &K::Ct,
+    life: &FlowLife<K>,
     now_s: u32,
     clock_ns: u64,
 ) -> TrackedFlow {
     #[allow(clippy::cast_precision_loss)] // ages in seconds, fine as f64
-    let age_seconds = clock_ns.saturating_sub(entry.created_ns) as f64 / 1e9;
+    let age_seconds = clock_ns.saturating_sub(K::common(entry).created_ns) as f64 / 1e9;
+    let sockets = key.sockets(entry);
     let expires_in_seconds = if life.expired {
         0
     } else {
         (life.last_seen_s + life.timeout_s).saturating_sub(now_s)
     };
     TrackedFlow {
-        protocol: protocol_name(key.proto),
-        client: socket(key.src_addr, key.src_port),
-        service: socket(key.dst_addr, key.dst_port),
-        backend: socket(entry.backend_addr, entry.backend_port),
-        snat: (entry.flags & CT_F_SNAT != 0).then(|| socket(entry.snat_addr, entry.snat_port)),
+        protocol: protocol_name(key.proto()),
+        client: sockets.client,
+        service: sockets.service,
+        backend: sockets.backend,
+        snat: sockets.snat,
         state: life.state.name().to_string(),
         age_seconds,
         expires_in_seconds,
     }
 }
 
-/// Every tracked flow in the maps pinned under `pin_dir`, oldest first.
+/// Every tracked flow in the maps pinned under `pin_dir`, IPv4's then
+/// IPv6's, each oldest first.
 pub fn read(pin_dir: &Path) -> Result<Vec<TrackedFlow>> {
-    Ok(Snapshot::read(pin_dir)?.tracked(monotonic_ns()))
+    let now_ns = monotonic_ns();
+    let mut flows = Snapshot::read(pin_dir)?.tracked(now_ns);
+    flows.extend(Snapshot::<FlowKey6>::read_in(pin_dir)?.tracked(now_ns));
+    Ok(flows)
 }
 
 /// One line per flow: `TCP client -> service -> backend [snat addr:port] state age expiry`.
@@ -267,7 +301,7 @@ pub fn format(flows: &[TrackedFlow]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{conntrack::DEFAULT_TIMEOUTS, CT_F_REPLIED};
+    use lb_common::{conntrack::DEFAULT_TIMEOUTS, CtEntry, RevNatEntry, CT_F_REPLIED, CT_F_SNAT};
 
     use super::*;
 
@@ -373,6 +407,54 @@ mod tests {
         assert_eq!(
             (backend_label(backend).as_str(), *ports),
             ("10.244.2.2:8080/TCP", 2)
+        );
+    }
+
+    #[test]
+    fn formats_an_ipv6_flow_with_bracketed_addresses() {
+        let key = FlowKey6 {
+            src_addr: lb_common::maps6::ipv6_words(
+                "fd00:50::10"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            ),
+            dst_addr: lb_common::maps6::ipv6_words(
+                "fd00:96::10"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            ),
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            pad: [0; 3],
+        };
+        let ct = lb_common::maps6::CtEntry6 {
+            backend_id: 3,
+            backend_port: 8080u16.to_be(),
+            backend_addr: lb_common::maps6::ipv6_words(
+                "fd00:244:1::5"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            ),
+            flags: CT_F_REPLIED,
+            state: CtState::Established as u8,
+            last_seen_s: 100,
+            created_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let snapshot = Snapshot::<FlowKey6> {
+            flows: vec![(key, ct)],
+            replies: StdHashMap::new(),
+            timeouts: DEFAULT_TIMEOUTS,
+            now_s: 101,
+        };
+        assert_eq!(
+            format(&snapshot.tracked(2_000_000_000)),
+            "TCP [fd00:50::10]:40000 -> [fd00:96::10]:80 -> [fd00:244:1::5]:8080 established \
+             age 1.0s expires in 86399s\n"
         );
     }
 }
