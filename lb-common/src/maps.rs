@@ -737,10 +737,14 @@ pub enum Event {
     /// programs walk (too many or too long extension headers, lengths past
     /// the frame, a jumbogram, a UDP checksum of 0) was passed untouched.
     Ipv6HeadersSkipped = 13,
+    /// A new IPv6 flow would need its source translated (a backend on
+    /// another node reached from the uplink, a pod reaching itself through
+    /// its Service), which IPv6 does not serve yet: passed untouched.
+    Ipv6SnatUnserved = 14,
 }
 
 /// Number of [`Event`] values.
-pub const EVENT_COUNT: u32 = 14;
+pub const EVENT_COUNT: u32 = 15;
 /// Event slots per family (room for events to come).
 pub const EVENT_SLOTS: u32 = 32;
 /// Length of the event counters: one block of [`EVENT_SLOTS`] per family.
@@ -764,6 +768,7 @@ impl Event {
         Event::SocketTranslated,
         Event::SocketRefused,
         Event::Ipv6HeadersSkipped,
+        Event::Ipv6SnatUnserved,
     ];
 
     /// Its slot in the event counters for `family`.
@@ -790,6 +795,7 @@ impl Event {
             Event::SocketTranslated => "socket_translated",
             Event::SocketRefused => "socket_refused",
             Event::Ipv6HeadersSkipped => "ipv6_headers_skipped",
+            Event::Ipv6SnatUnserved => "ipv6_snat_unserved",
         }
     }
 }

@@ -217,10 +217,16 @@ pub fn on_reply(rev: &RevNatEntry, flow: &Flow, first: bool) {
 /// may not start a flow).
 #[inline(always)]
 pub fn initial_state(flow: &Flow) -> Option<CtState> {
-    if flow.proto != IPPROTO_TCP {
+    initial_state_of(flow.proto, flow.tcp_flags)
+}
+
+/// [`initial_state`] of a first packet of protocol `proto` with TCP flags
+/// `flags` (either family's).
+#[inline(always)]
+pub fn initial_state_of(proto: u8, flags: u8) -> Option<CtState> {
+    if proto != IPPROTO_TCP {
         return Some(CtState::Datagram);
     }
-    let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
         // Nothing to reset.
         return None;

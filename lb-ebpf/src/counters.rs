@@ -16,6 +16,15 @@ pub fn count(verdict: Verdict) {
     }
 }
 
+/// Adds one packet of `family` to the counter of `verdict`.
+#[inline(always)]
+pub fn count_in(family: Family, verdict: Verdict) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict.slot(family)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
 /// Counts one IPv4 `event`.
 #[inline(always)]
 pub fn event(event: Event) {

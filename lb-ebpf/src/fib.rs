@@ -6,6 +6,8 @@ use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, 
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
+/// `AF_INET6`.
+const AF_INET6: u8 = 10;
 
 /// What to look up: the route a packet `src` -> `dst` (protocol and ports,
 /// raw network-order words) arriving on `ifindex` would take.
@@ -43,6 +45,50 @@ pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_f
     params.__bindgen_anon_3.ipv4_src = query.src;
     params.__bindgen_anon_4.ipv4_dst = query.dst;
     // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            // The struct is 64 bytes.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+            {
+                size_of::<bpf_fib_lookup>() as i32
+            },
+            flags,
+        )
+    };
+    (ret, params)
+}
+
+/// [`Query`] for IPv6: addresses as `maps6::ipv6_words` stores them.
+pub struct Query6 {
+    /// The interface the packet arrives on (also gives the namespace).
+    pub ifindex: u32,
+    /// Source address.
+    pub src: [u32; 4],
+    /// Destination address.
+    pub dst: [u32; 4],
+    /// Upper-layer protocol.
+    pub proto: u8,
+    /// Source port (0 where none).
+    pub sport: u16,
+    /// Destination port (0 where none).
+    pub dport: u16,
+}
+
+/// [`lookup`] of an IPv6 route (no MTU check).
+#[inline(always)]
+pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf_fib_lookup) {
+    // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = query.proto;
+    params.ifindex = query.ifindex;
+    params.sport = query.sport;
+    params.dport = query.dport;
+    params.__bindgen_anon_3.ipv6_src = query.src;
+    params.__bindgen_anon_4.ipv6_dst = query.dst;
+    // SAFETY: as in `lookup`.
     let ret = unsafe {
         fib_lookup(
             ctx.as_ptr(),

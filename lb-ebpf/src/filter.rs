@@ -9,7 +9,7 @@ use crate::{maps::FILTER, parse::Flow};
 
 /// Whether the filter bit `bit` is set (a missing word counts as set).
 #[inline(always)]
-fn is_set(bit: u32) -> bool {
+pub fn is_set(bit: u32) -> bool {
     FILTER
         .get(bit / 64)
         .is_none_or(|word| word & (1 << (bit % 64)) != 0)

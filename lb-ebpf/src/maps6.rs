@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     maps6::{
@@ -53,3 +53,8 @@ pub static CONNTRACK6: LruHashMap<FlowKey6, CtEntry6> =
 #[map(name = "REVNAT6")]
 pub static REVNAT6: LruHashMap<FlowKey6, RevNatEntry6> =
     LruHashMap::with_max_entries(REVNAT6_MAX_ENTRIES, 0);
+
+/// Per-CPU scratch of one IPv6 packet's keys and entries (not pinned; see
+/// [`crate::lb6::Scratch6`]).
+#[map(name = "SCRATCH6")]
+pub static SCRATCH6: PerCpuArray<crate::lb6::Scratch6> = PerCpuArray::with_max_entries(1, 0);

@@ -59,12 +59,20 @@ pub fn maglev(svc: &ServiceEntry, flow: &Flow, cfg: &NodeConfig) -> Option<Chose
 /// Picks the backend at `hash`'s slot of the service's Maglev table.
 #[inline(always)]
 pub fn by_hash(svc: &ServiceEntry, hash: u32) -> Option<Chosen> {
+    let id = slot_id(svc, hash)?;
+    let backend = backend(id, svc.id)?;
+    Some(Chosen { id, backend })
+}
+
+/// The backend id at `hash`'s slot of the service's Maglev table, in the
+/// shared slab: the same lookup for both families (an IPv6 port's table
+/// holds ids of `BACKENDS6`).
+#[inline(always)]
+pub fn slot_id(svc: &ServiceEntry, hash: u32) -> Option<BackendId> {
     if svc.table_size == 0 {
         return None;
     }
     let slot = svc.table_offset.wrapping_add(hash % svc.table_size);
     let pair = MAGLEV.get(slot / SLOTS_PER_SLAB_ENTRY)?;
-    let id = pair[(slot % SLOTS_PER_SLAB_ENTRY) as usize];
-    let backend = backend(id, svc.id)?;
-    Some(Chosen { id, backend })
+    Some(pair[(slot % SLOTS_PER_SLAB_ENTRY) as usize])
 }

@@ -2,7 +2,7 @@
 //! address, and replies that could not have arrived where they did.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     EbpfContext,
 };
 use lb_common::{FlowKey, NodeConfig, CONFIG_F_REPLY_PATH_CHECK};
@@ -60,10 +60,7 @@ pub fn reply_path_ok<C: EbpfContext>(
     at: &Ingress,
     verified: u32,
 ) -> bool {
-    if cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0
-        || at.ifindex == NODE_ITSELF
-        || verified == at.ifindex
-    {
+    if unchecked(cfg, at, verified) {
         return true;
     }
     // The route a packet arriving on this interface and addressed to the
@@ -82,6 +79,23 @@ pub fn reply_path_ok<C: EbpfContext>(
         },
         0,
     );
+    route_admits(cfg, at, ret, &params)
+}
+
+/// Whether a reply passes [`reply_path_ok`] without a route lookup: the
+/// check is off, the node sent it, or its interface is the one `verified`.
+#[inline(always)]
+pub fn unchecked(cfg: &NodeConfig, at: &Ingress, verified: u32) -> bool {
+    cfg.flags & CONFIG_F_REPLY_PATH_CHECK == 0
+        || at.ifindex == NODE_ITSELF
+        || verified == at.ifindex
+}
+
+/// Whether the route back to a reply's source (`bpf_fib_lookup`'s return
+/// code `ret` and parameters, of either family) admits it where it arrived
+/// (see [`reply_path_ok`]).
+#[inline(always)]
+pub fn route_admits(cfg: &NodeConfig, at: &Ingress, ret: i64, params: &bpf_fib_lookup) -> bool {
     let routed =
         ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     routed

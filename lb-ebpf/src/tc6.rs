@@ -1,17 +1,32 @@
 //! The IPv6 TC programs (`lb_tc6`, `lb_tc_uplink6`, `lb_tc_egress6`, reached
-//! from their IPv4 entry points through [`crate::dispatch6`]). So far they
-//! parse and count what they cannot read where a frame enters the node
-//! (`Event::Ipv6HeadersSkipped`; egress counts nothing, as for IPv4); every
-//! frame passes untouched.
+//! from their IPv4 entry points through [`crate::dispatch6`]): parse, decide
+//! ([`lb6::decide`] where a frame enters the node, [`lb6::decide_reply`] at
+//! egress), then rewrite through the skb helpers as IPv4's TC programs do,
+//! which keep checksums right also for packets with offloaded (partial)
+//! checksums. Malformed frames pass untouched, counted where they enter the
+//! node (`Event::Ipv6HeadersSkipped`; egress counts nothing, as for IPv4).
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use lb_common::{Event, Family};
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::bpf_csum_diff,
+    programs::TcContext,
+};
+use lb_common::{maps6::same, Event, Family, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    counters,
-    lb::Hook,
-    parse6::{self, Parsed6, MAX_HEADERS_LEN6},
+    config, counters,
+    lb::{Hook, Ingress},
+    lb6::{self, Action6},
+    nat6::Rewrite6,
+    parse::{self, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse6::{self, Flow6, Parsed6, MAX_HEADERS_LEN6},
+    xdp6::{IP6_DST_OFF, IP6_SRC_OFF},
 };
+
+/// Bytes of an IPv6 address.
+const ADDR6_LEN: u32 = 16;
 
 /// Handles one IPv6 frame at `hook`.
 #[inline(always)]
@@ -29,8 +44,125 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             parsed = parse6::parse(ctx.data(), ctx.data_end(), len);
         }
     }
-    if matches!(parsed, Parsed6::Malformed) && hook != Hook::Egress {
-        counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
+    let egress = hook == Hook::Egress;
+    let flow = match parsed {
+        Parsed6::Flow(flow) => flow,
+        Parsed6::NotOurs => return TC_ACT_OK,
+        Parsed6::Malformed => {
+            if !egress {
+                counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
+            }
+            return TC_ACT_OK;
+        }
+    };
+    let Some(cfg) = config::get() else {
+        return TC_ACT_OK;
+    };
+    let at = Ingress {
+        hook,
+        // SAFETY: the program's own skb context. At egress, the interface
+        // the packet entered the node by is the one to judge a reply by.
+        ifindex: unsafe {
+            if egress {
+                (*ctx.skb.skb).ingress_ifindex
+            } else {
+                (*ctx.skb.skb).ifindex
+            }
+        },
+        src_mac: parse::source_mac(ctx.data(), ctx.data_end()),
+    };
+    let action = if egress {
+        lb6::decide_reply(ctx, &flow, at, cfg)
+    } else {
+        lb6::decide(ctx, &flow, at, cfg)
+    };
+    match action {
+        Action6::Pass => TC_ACT_OK,
+        Action6::Drop => TC_ACT_SHOT,
+        Action6::Rewrite(rw) => {
+            if write(ctx, &flow, &rw).is_err() {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
+        }
     }
-    TC_ACT_OK
+}
+
+/// Writes the rewrite with `bpf_skb_store_bytes` and the checksum helpers,
+/// as IPv4's TC path does: the address changes go into the L4 checksum as
+/// pseudo-header changes (`BPF_F_PSEUDO_HDR`: a partial checksum's seed is
+/// updated, a complete one's field), the port changes as data; a UDP result
+/// of 0 is sent as 0xffff (`BPF_F_MARK_MANGLED_0`).
+#[inline(always)]
+fn write(ctx: &TcContext, flow: &Flow6, rw: &Rewrite6) -> Result<(), i64> {
+    let udp = flow.proto == IPPROTO_UDP;
+    let l4_csum = flow.l4_off
+        + if flow.proto == IPPROTO_TCP {
+            TCP_CSUM_OFF
+        } else {
+            UDP_CSUM_OFF
+        };
+    let mangled = if udp {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    if !same(&rw.src, &flow.src) {
+        write_addr(ctx, l4_csum, IP6_SRC_OFF, &flow.src, &rw.src, mangled)?;
+    }
+    if !same(&rw.dst, &flow.dst) {
+        write_addr(ctx, l4_csum, IP6_DST_OFF, &flow.dst, &rw.dst, mangled)?;
+    }
+    let port_flags = mangled | 2;
+    if rw.sport != flow.sport {
+        ctx.l4_csum_replace(
+            l4_csum,
+            u64::from(flow.sport),
+            u64::from(rw.sport),
+            port_flags,
+        )?;
+        ctx.store(flow.l4_off, &rw.sport, 0)?;
+    }
+    if rw.dport != flow.dport {
+        ctx.l4_csum_replace(
+            l4_csum,
+            u64::from(flow.dport),
+            u64::from(rw.dport),
+            port_flags,
+        )?;
+        ctx.store(flow.l4_off + 2, &rw.dport, 0)?;
+    }
+    Ok(())
+}
+
+/// Replaces the address `old` at `off` by `new`, with its share of the L4
+/// checksum at `l4_csum`: the 128-bit difference (`bpf_csum_diff`) goes in
+/// as one pseudo-header change. The store recomputes a complete
+/// `skb->csum` (`BPF_F_RECOMPUTE_CSUM`): the checksum helper, made for
+/// IPv4, takes the change out of it as if a header checksum had absorbed
+/// it, but IPv6 has none, so the address's own change puts it back.
+#[inline(always)]
+fn write_addr(
+    ctx: &TcContext,
+    l4_csum: usize,
+    off: usize,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    mangled: u64,
+) -> Result<(), i64> {
+    let mut from = *old;
+    let mut to = *new;
+    // SAFETY: both buffers are 16 bytes on this stack, as the sizes say.
+    let diff =
+        unsafe { bpf_csum_diff(from.as_mut_ptr(), ADDR6_LEN, to.as_mut_ptr(), ADDR6_LEN, 0) };
+    // A checksum is 32 bits; a negative value is an error.
+    let diff = u32::try_from(diff).map_err(|_| diff)?;
+    ctx.l4_csum_replace(
+        l4_csum,
+        0,
+        u64::from(diff),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled,
+    )?;
+    ctx.store(off, &to, u64::from(BPF_F_RECOMPUTE_CSUM))
 }

@@ -1,19 +1,28 @@
 //! `lb_xdp6`, the XDP program of IPv6 frames (reached from `lb_xdp` through
-//! [`crate::dispatch6`]). So far it parses and counts what it cannot read
-//! (`Event::Ipv6HeadersSkipped`); every frame passes untouched.
+//! [`crate::dispatch6`]): parse, decide ([`lb6::decide`]), then rewrite in
+//! place, folding the 128-bit addresses into the L4 checksum itself (IPv6
+//! has no header checksum; the pseudo-header is the L4 checksum's).
+//! Malformed frames pass untouched, counted (`Event::Ipv6HeadersSkipped`).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
-use lb_common::{Event, Family};
-use network_types::ip::Ipv6Hdr;
+use lb_common::{csum, maps6::same, Event, Family, IPPROTO_UDP};
+use network_types::{ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    counters,
-    parse::L3_OFF,
-    parse6::{self, Parsed6, EXT_OFF},
+    config, counters,
+    lb::{Hook, Ingress},
+    lb6::{self, Action6},
+    nat6::Rewrite6,
+    parse::{self, L3_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse6::{self, Flow6, Parsed6, EXT_OFF},
 };
 
 /// Offset of the payload length within the frame.
 const PAYLOAD_LEN_OFF: usize = L3_OFF + 4;
+/// Offset of the source address within the frame.
+pub const IP6_SRC_OFF: usize = L3_OFF + 8;
+/// Offset of the destination address within the frame.
+pub const IP6_DST_OFF: usize = L3_OFF + 24;
 
 /// Handles one IPv6 frame on the uplink.
 #[inline(always)]
@@ -23,10 +32,35 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let len = frame_len(ctx, data, data_end);
-    if let Parsed6::Malformed = parse6::parse(data, data_end, len) {
-        counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
+    let flow = match parse6::parse(data, data_end, len) {
+        Parsed6::Flow(flow) => flow,
+        Parsed6::NotOurs => return xdp_action::XDP_PASS,
+        Parsed6::Malformed => {
+            counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    let Some(cfg) = config::get() else {
+        return xdp_action::XDP_PASS;
+    };
+    let at = Ingress {
+        hook: Hook::Uplink,
+        // Interface indexes are 32-bit in the kernel.
+        #[allow(clippy::cast_possible_truncation)]
+        ifindex: ctx.ingress_ifindex() as u32,
+        src_mac: parse::source_mac(data, data_end),
+    };
+    match lb6::decide(ctx, &flow, at, cfg) {
+        Action6::Pass => xdp_action::XDP_PASS,
+        Action6::Drop => xdp_action::XDP_DROP,
+        Action6::Rewrite(rw) => {
+            if write(data, data_end, &flow, &rw) {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
+        }
     }
-    xdp_action::XDP_PASS
 }
 
 /// The frame's whole length: the linear part, or with the fragments of a
@@ -45,4 +79,69 @@ pub fn frame_len(ctx: &XdpContext, data: usize, data_end: usize) -> usize {
     // SAFETY: the program's own context.
     let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     usize::try_from(whole).unwrap_or(linear)
+}
+
+/// Writes the rewrite into the frame: ports and addresses, and the L4
+/// checksum for both (the addresses through its pseudo-header). `false`
+/// when a header is not within the frame (nothing is written then).
+#[inline(always)]
+fn write(data: usize, data_end: usize, flow: &Flow6, rw: &Rewrite6) -> bool {
+    if data + EXT_OFF > data_end {
+        return false;
+    }
+    let udp = flow.proto == IPPROTO_UDP;
+    let l4_len = if udp { UdpHdr::LEN } else { TcpHdr::LEN };
+    let l4 = parse::opaque(data + flow.l4_off);
+    if l4 + l4_len > data_end {
+        return false;
+    }
+    let sport = l4 as *mut u16;
+    let dport = (l4 + 2) as *mut u16;
+    let l4_csum = (l4 + if udp { UDP_CSUM_OFF } else { TCP_CSUM_OFF }) as *mut u16;
+    let src = (data + IP6_SRC_OFF) as *mut [u32; 4];
+    let dst = (data + IP6_DST_OFF) as *mut [u32; 4];
+    // SAFETY: every field lies within the bounds checked above (the fixed
+    // header, and the L4 header's first l4_len bytes); packet fields may be
+    // unaligned, hence read/write_unaligned.
+    unsafe {
+        let mut check = l4_csum.read_unaligned();
+        if !same(&rw.src, &flow.src) {
+            check = replace128(udp, check, &flow.src, &rw.src);
+            src.write_unaligned(rw.src);
+        }
+        if !same(&rw.dst, &flow.dst) {
+            check = replace128(udp, check, &flow.dst, &rw.dst);
+            dst.write_unaligned(rw.dst);
+        }
+        if rw.sport != flow.sport {
+            check = replace16(udp, check, flow.sport, rw.sport);
+            sport.write_unaligned(rw.sport);
+        }
+        if rw.dport != flow.dport {
+            check = replace16(udp, check, flow.dport, rw.dport);
+            dport.write_unaligned(rw.dport);
+        }
+        l4_csum.write_unaligned(check);
+    }
+    true
+}
+
+/// L4 checksum update for an address (a UDP result of 0 is sent as 0xffff).
+#[inline(always)]
+fn replace128(udp: bool, check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    if udp {
+        csum::udp6_replace128(check, old, new)
+    } else {
+        csum::replace128(check, old, new)
+    }
+}
+
+/// L4 checksum update for a port (a UDP result of 0 is sent as 0xffff).
+#[inline(always)]
+fn replace16(udp: bool, check: u16, old: u16, new: u16) -> u16 {
+    if udp {
+        csum::udp6_replace16(check, old, new)
+    } else {
+        csum::replace16(check, old, new)
+    }
 }

@@ -767,6 +767,17 @@ impl TestDatapath {
         map.remove(key).expect("deleting a reverse-NAT entry");
     }
 
+    /// The client flows `CONNTRACK6` tracks now.
+    #[must_use]
+    pub fn flows6(&self) -> Vec<lb_common::maps6::FlowKey6> {
+        let path =
+            lb_userspace::datapath::pins_dir(&self.pin_dir).join(lb_common::maps6::MAP_CONNTRACK6);
+        let data = aya::maps::MapData::from_pin(&path).expect("opening CONNTRACK6");
+        let map: aya::maps::HashMap<_, lb_common::maps6::FlowKey6, lb_common::maps6::CtEntry6> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("a flow map");
+        map.keys().map(|k| k.expect("a CONNTRACK6 key")).collect()
+    }
+
     /// Datagrams the fragment map remembers now. The map is not pinned: it
     /// is found among the XDP program's maps (0 when the programs have none).
     #[must_use]

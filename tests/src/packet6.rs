@@ -243,6 +243,14 @@ impl Packet6 {
         self
     }
 
+    /// Makes it a TCP SYN-ACK without payload (a backend's answer).
+    #[must_use]
+    pub fn synack(mut self) -> Self {
+        self.tcp_flags(TCP_SYN | TCP_ACK);
+        self.payload.clear();
+        self
+    }
+
     /// Makes it a TCP ACK carrying the payload.
     #[must_use]
     pub fn ack(mut self) -> Self {
@@ -448,6 +456,48 @@ pub fn checksums6_valid(frame: &[u8]) -> bool {
 
 fn addr_at(frame: &[u8], at: usize) -> Ipv6Addr {
     Ipv6Addr::from(<[u8; 16]>::try_from(&frame[at..at + 16]).unwrap())
+}
+
+/// The destination address and port of an IPv6 TCP or UDP frame.
+#[must_use]
+pub fn dst6_of(frame: &[u8]) -> (Ipv6Addr, u16) {
+    let (_, off) = upper_layer(frame).expect("an IPv6 frame");
+    (
+        addr_at(frame, 38),
+        u16::from_be_bytes([frame[off + 2], frame[off + 3]]),
+    )
+}
+
+/// The source address and port of an IPv6 TCP or UDP frame.
+#[must_use]
+pub fn src6_of(frame: &[u8]) -> (Ipv6Addr, u16) {
+    let (_, off) = upper_layer(frame).expect("an IPv6 frame");
+    (
+        addr_at(frame, 22),
+        u16::from_be_bytes([frame[off], frame[off + 1]]),
+    )
+}
+
+/// The slot Maglev picks for an IPv6 flow in a table of `size` slots,
+/// under the packet tests' hash key (`packet::TEST_HASH_KEY`).
+#[must_use]
+pub fn maglev_slot6(
+    src: Ipv6Addr,
+    sport: u16,
+    dst: Ipv6Addr,
+    dport: u16,
+    proto: u8,
+    size: u32,
+) -> usize {
+    let hash = lb_common::flow_hash6(
+        &crate::packet::TEST_HASH_KEY,
+        &lb_common::maps6::ipv6_words(src.octets()),
+        &lb_common::maps6::ipv6_words(dst.octets()),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    );
+    (hash % size) as usize
 }
 
 /// The first `len` bytes of an IPv6 frame, its `payload_len` made to match

@@ -1,12 +1,14 @@
 //! IPv6 pass-through guarantees (step 1 of the IPv6 data path): every
 //! Ethernet frame of ethertype 0x86DD reaches the IPv6 programs from
-//! `lb_xdp`, `lb_tc_uplink`, `lb_tc` and `lb_tc_egress`, and leaves them
-//! byte-identical. A malformed one (fixed header, extension-header chain,
-//! L4 header) counts `Ipv6HeadersSkipped` once where it enters the node
-//! (not at egress); a well-formed one, or one
-//! that is not ours (neighbor discovery, MLD, AH/ESP, a routing header with
-//! segments left, link-local or multicast addresses), counts nothing.
-//! Through `BPF_PROG_TEST_RUN`; needs root.
+//! `lb_xdp`, `lb_tc_uplink`, `lb_tc` and `lb_tc_egress`, and, addressed to
+//! no Service (none is programmed here), leaves them byte-identical. A
+//! malformed one (fixed header, extension-header chain, L4 header) counts
+//! `Ipv6HeadersSkipped` once where it enters the node (not at egress); a
+//! well-formed TCP or UDP packet counts one IPv6 `passed` verdict there, as
+//! IPv4 counts one (a fragment nothing: fragments come later); one that is
+//! not ours (neighbor discovery, MLD, AH/ESP, a routing header with
+//! segments left, link-local or multicast addresses) counts nothing; none
+//! starts a flow. Through `BPF_PROG_TEST_RUN`; needs root.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -36,8 +38,19 @@ const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 const HOOKS: [Hook; 4] = [Hook::Xdp, Hook::TcUplink, Hook::Pod, Hook::Egress];
 
-/// A case: its name, the frame, and whether it is malformed (counted once).
-type Case = (String, Vec<u8>, bool);
+/// What a case counts where it enters the node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Count {
+    /// `Ipv6HeadersSkipped`: malformed.
+    Skipped,
+    /// The `passed` verdict: a whole TCP or UDP packet to no Service.
+    Passed,
+    /// Nothing: not ours, or a fragment.
+    Nothing,
+}
+
+/// A case: its name, the frame, and what it counts.
+type Case = (String, Vec<u8>, Count);
 
 fn syn() -> Packet6 {
     Packet6::tcp(CLIENT, 40000, VIP, 80).syn()
@@ -56,14 +69,19 @@ fn frag(offset: u16, more: bool) -> Ext {
 }
 
 fn malformed(name: &str, frame: Vec<u8>) -> Case {
-    (name.to_string(), frame, true)
+    (name.to_string(), frame, Count::Skipped)
 }
 
-/// A well-formed case whose checksums the builder made valid.
+/// A well-formed TCP or UDP case whose checksums the builder made valid.
 fn valid(name: &str, p: &Packet6) -> Case {
     let frame = p.build();
     assert!(checksums6_valid(&frame), "{name}: the builder's checksums");
-    (name.to_string(), frame, false)
+    (name.to_string(), frame, Count::Passed)
+}
+
+/// A well-formed case that counts nothing (not ours, or a fragment).
+fn silent(name: &str, p: &Packet6) -> Case {
+    (valid(name, p).0, p.build(), Count::Nothing)
 }
 
 /// A TCP SYN behind `exts`.
@@ -200,7 +218,7 @@ fn well_formed_cases() -> Vec<Case> {
             "routing (segments left 0) + TCP",
             &syn().ext(Ext::Routing { segments_left: 0 }),
         ),
-        valid(
+        silent(
             "five headers: hop-by-hop, destination options, routing, first fragment, destination options + UDP",
             &chain(Packet6::udp(CLIENT, 40000, VIP, 53), five),
         ),
@@ -212,16 +230,16 @@ fn well_formed_cases() -> Vec<Case> {
             "one hop-by-hop header of 256 bytes",
             &syn().ext(Ext::HopByHop { len8: 31 }),
         ),
-        valid(
+        silent(
             "first fragment with the whole TCP header",
             &ack.clone().ext(frag(0, true)),
         ),
-        valid("later fragment of TCP", &ack.clone().ext(frag(185, false))),
+        silent("later fragment of TCP", &ack.clone().ext(frag(185, false))),
         // A later fragment holds no L4 header: fewer bytes than one are fine.
         (
             "later fragment of TCP, 10 bytes".to_string(),
             truncated6(&later, IP6_PAYLOAD_OFF + 8 + 10),
-            false,
+            Count::Nothing,
         ),
         valid("atomic fragment + TCP", &ack.ext(frag(0, false))),
     ]
@@ -251,69 +269,69 @@ fn not_ours_cases() -> Vec<Case> {
         0, 0, 0x10, 0, 0, 0, 0, 1, 0x5a, 0xa5, 0x5a, 0xa5, 0x5a, 0xa5, 0x5a, 0xa5,
     ];
     vec![
-        valid(
+        silent(
             "routing (segments left 1) + TCP",
             &syn().ext(Ext::Routing { segments_left: 1 }),
         ),
-        valid(
+        silent(
             "routing (segments left 3) + TCP",
             &syn().ext(Ext::Routing { segments_left: 3 }),
         ),
-        valid("AH + TCP", &syn().ext(Ext::auth())),
+        silent("AH + TCP", &syn().ext(Ext::auth())),
         (
             "ESP".to_string(),
             Packet6::opaque(CLIENT, VIP, NEXTHDR_ESP, &esp).build(),
-            false,
+            Count::Nothing,
         ),
         (
             "no next header after destination options".to_string(),
             Packet6::opaque(CLIENT, VIP, NEXTHDR_NONE, &[])
                 .ext(Ext::DestOpts { len8: 0 })
                 .build(),
-            false,
+            Count::Nothing,
         ),
         (
             "no next header, 8 bytes after it".to_string(),
             Packet6::opaque(CLIENT, VIP, NEXTHDR_NONE, &[0; 8]).build(),
-            false,
+            Count::Nothing,
         ),
-        valid(
+        silent(
             "neighbor solicitation",
             &Packet6::icmp6(CLIENT, SOLICITED, 135, 0, &ns),
         ),
-        valid(
+        silent(
             "neighbor advertisement",
             &Packet6::icmp6(NEIGHBOR, CLIENT, 136, 0, &na),
         ),
-        valid(
+        silent(
             "router solicitation",
             &Packet6::icmp6(LINK_LOCAL, ALL_ROUTERS, 133, 0, &rs),
         ),
-        valid(
+        silent(
             "router advertisement",
             &Packet6::icmp6(ROUTER_LL, ALL_NODES, 134, 0, &ra),
         ),
-        valid(
+        silent(
             "echo request to a Service address",
             &Packet6::icmp6(CLIENT, VIP, 128, 0, b"\x12\x34\x00\x01ping"),
         ),
-        valid(
+        silent(
             "MLDv2 report after a hop-by-hop router alert",
             &Packet6::icmp6(LINK_LOCAL, MLDV2_ROUTERS, 143, 0, &mld).ext(Ext::router_alert()),
         ),
-        valid(
+        silent(
             "TCP from link-local fe80::1",
             &Packet6::tcp(LINK_LOCAL, 40000, VIP, 80).syn(),
         ),
-        valid(
+        silent(
             "UDP to multicast ff02::1",
             &Packet6::udp(CLIENT, 5353, ALL_NODES, 5353),
         ),
-        valid(
+        silent(
             "TCP from the unspecified address",
             &Packet6::tcp(Ipv6Addr::UNSPECIFIED, 40000, VIP, 80).syn(),
         ),
-        valid(
+        silent(
             "TCP to loopback ::1",
             &Packet6::tcp(CLIENT, 40000, Ipv6Addr::LOCALHOST, 80).syn(),
         ),
@@ -334,16 +352,18 @@ fn counters(dp: &TestDatapath) -> Vec<(Family, &'static str, u64)> {
     all
 }
 
-/// Counters that differ between two readings, but IPv6's skipped headers.
+/// Counters that differ between two readings, but IPv6's skipped headers
+/// and passed verdicts (checked on their own).
 fn moved(
     before: &[(Family, &'static str, u64)],
     after: &[(Family, &'static str, u64)],
 ) -> Vec<String> {
     let skipped = (Family::Ipv6, Event::Ipv6HeadersSkipped.name());
+    let passed = (Family::Ipv6, Verdict::Passed.name());
     before
         .iter()
         .zip(after)
-        .filter(|(b, a)| b.2 != a.2 && (b.0, b.1) != skipped)
+        .filter(|(b, a)| b.2 != a.2 && (b.0, b.1) != skipped && (b.0, b.1) != passed)
         .map(|(b, a)| format!("{}/{}: {} -> {}", b.0.name(), b.1, b.2, a.2))
         .collect()
 }
@@ -385,15 +405,16 @@ fn run(dp: &TestDatapath, hook: Hook, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
 }
 
 /// Runs every case at every hook: passed byte-identical, skipped counted
-/// once if malformed and never otherwise, no other counter moved, no flow.
-/// Every deviation is listed before the test fails.
+/// once if malformed, passed once if a whole TCP or UDP packet, no other
+/// counter moved, no flow. Every deviation is listed before the test fails.
 fn check(dp: &TestDatapath, cases: &[Case]) {
     let skipped = || dp.event_of(Family::Ipv6, Event::Ipv6HeadersSkipped);
+    let passed = || dp.verdict_of(Family::Ipv6, Verdict::Passed);
     let mut failures = Vec::new();
-    for (name, frame, malformed) in cases {
+    for (name, frame, count) in cases {
         for hook in HOOKS {
             let before = counters(dp);
-            let skipped_before = skipped();
+            let (skipped_before, passed_before) = (skipped(), passed());
             let Some((ret, out)) = run(dp, hook, frame) else {
                 continue;
             };
@@ -406,10 +427,16 @@ fn check(dp: &TestDatapath, cases: &[Case]) {
             }
             // Counted where a frame enters the node; egress counts nothing
             // (a forwarded frame would count twice), as for IPv4.
-            let expected = u64::from(*malformed && hook != Hook::Egress);
+            let entering = hook != Hook::Egress;
+            let expected = u64::from(*count == Count::Skipped && entering);
             let counted = skipped() - skipped_before;
             if counted != expected {
                 wrong.push(format!("Ipv6HeadersSkipped +{counted}, not +{expected}"));
+            }
+            let expected = u64::from(*count == Count::Passed && entering);
+            let counted = passed() - passed_before;
+            if counted != expected {
+                wrong.push(format!("passed +{counted}, not +{expected}"));
             }
             let moved = moved(&before, &counters(dp));
             if !moved.is_empty() {
@@ -427,6 +454,7 @@ fn check(dp: &TestDatapath, cases: &[Case]) {
         failures.join("\n")
     );
     assert!(dp.snapshot().flows.is_empty(), "no flow recorded");
+    assert!(dp.flows6().is_empty(), "no IPv6 flow recorded");
 }
 
 #[test]
@@ -438,7 +466,7 @@ fn malformed_ipv6_frames_pass_byte_identical_and_count_once() {
 }
 
 #[test]
-fn well_formed_and_foreign_ipv6_frames_pass_byte_identical_uncounted() {
+fn well_formed_and_foreign_ipv6_frames_pass_byte_identical() {
     let dp = TestDatapath::load("exthdr6ok", NODE);
     let mut cases = well_formed_cases();
     cases.extend(not_ours_cases());

@@ -1,0 +1,309 @@
+//! The per-packet decision for IPv6, the twin of [`crate::lb`] step for step
+//! for what IPv6 serves so far: a TCP or UDP flow to an IPv6 frontend whose
+//! backend keeps the client's address (a pod on this node from the uplink,
+//! any backend from a pod), translated where it enters the node and back
+//! where its replies leave (TC egress), as IPv4 translates such flows.
+//!
+//! Not yet (the design's later steps): a flow whose source IPv4 would
+//! translate (a backend on another node from the uplink, a pod reaching
+//! itself, a reply-tuple clash IPv4 would remap) passes untouched, counted
+//! `Ipv6SnatUnserved`; node ports are not looked up; session affinity is
+//! not kept (a new flow is hashed); fragments pass untouched and
+//! uncounted, as IPv4 passes a later fragment it cannot place; `ICMPv6`
+//! errors pass untouched; a new connection to a Service without endpoints
+//! is dropped (counted), not refused.
+
+// Keys and entries are passed as references into the scratch slot (or the
+// map) on purpose: by value they would be copied onto the stack, which has
+// no room to spare (see `lb6::Scratch6`).
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
+use lb_common::{
+    maps6::{CtEntry6, FlowKey6, RevNatEntry6},
+    Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL,
+};
+
+use crate::{
+    conntrack::{initial_state_of, new_claim, now_s},
+    conntrack6::{self, Recorded6},
+    counters, filter6, frontend6,
+    lb::{Hook, Ingress},
+    maps6::{REVNAT6, SCRATCH6},
+    nat6::{self, Reverse6, Rewrite6},
+    parse::Fragment,
+    parse6::Flow6,
+    ranges6,
+    select6::{self, Chosen6},
+    spoof6, view,
+};
+
+/// What to do with an IPv6 packet.
+pub enum Action6 {
+    /// Not ours (or not served yet): hand it on untouched.
+    Pass,
+    /// Ours but undeliverable: drop it.
+    Drop,
+    /// Rewrite addresses and ports, then hand it on.
+    Rewrite(Rewrite6),
+}
+
+/// A packet's working state, in this CPU's slot of `SCRATCH6`: IPv6's keys
+/// and entries are too big for the programs' 512-byte stack together (XDP
+/// and TC run with bottom halves off, so nothing else on this CPU uses the
+/// slot while a program runs).
+#[repr(C)]
+pub struct Scratch6 {
+    /// The packet's flow key (the client flow, or a reply's tuple).
+    pub key: FlowKey6,
+    /// A reply tuple, or a client flow's key for a reply.
+    pub reply: FlowKey6,
+    /// The holder of a reply tuple.
+    pub holder: FlowKey6,
+    /// A conntrack entry: recalled, or the new flow's.
+    pub ct: CtEntry6,
+    /// A reverse entry: the new flow's, a restored one, or a reply's.
+    pub rev: RevNatEntry6,
+}
+
+/// This CPU's scratch slot.
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch6> {
+    let s = SCRATCH6.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot (see `Scratch6`), used by one packet at a time.
+    Some(unsafe { &mut *s })
+}
+
+/// Counts one IPv6 packet under `verdict`.
+#[inline(always)]
+fn count(verdict: Verdict) {
+    counters::count_in(Family::Ipv6, verdict);
+}
+
+/// Counts one IPv6 `event`.
+#[inline(always)]
+fn event(event: Event) {
+    counters::event_in(Family::Ipv6, event);
+}
+
+/// Decides the fate of one parsed IPv6 packet where it enters the node
+/// (uplink or pod) and counts the verdict (see `lb::decide`).
+#[inline(always)]
+pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConfig) -> Action6 {
+    if flow.fragment != Fragment::Whole {
+        // Fragments come with their own map (design step 7).
+        return Action6::Pass;
+    }
+    let Some(s) = scratch() else {
+        return Action6::Pass;
+    };
+    if filter6::may_be_frontend(flow) {
+        // An established flow keeps its backend while the backend entry
+        // exists: its conntrack entry alone decides, without the frontend.
+        s.key = conntrack6::key(flow);
+        if let Some(chosen) = conntrack6::recall(s, flow, cfg) {
+            return established(flow, &chosen);
+        }
+        if let Some(svc) = frontend6::lookup(flow) {
+            let Some(svc) = view::for_client(svc, at.hook) else {
+                count(Verdict::Error);
+                return Action6::Drop;
+            };
+            return to_service(flow, &svc, s, at.hook, cfg);
+        }
+    }
+    // Nothing is translated to a node address yet: every reply crosses the
+    // stack untranslated and is translated at egress, where it is counted.
+    if filter6::may_be_reply(flow) {
+        return if at.hook == Hook::Pod {
+            reply_leaving_pod(ctx, flow, s, at, cfg)
+        } else {
+            Action6::Pass
+        };
+    }
+    count(Verdict::Passed);
+    Action6::Pass
+}
+
+/// Decides an IPv6 packet leaving the node or on its way into a pod
+/// ([`Hook::Egress`]): a reply of a tracked flow is translated back, after
+/// the reverse-path check; everything else passes untouched and uncounted
+/// (see `lb::decide_reply`).
+#[inline(always)]
+pub fn decide_reply<C: EbpfContext>(
+    ctx: &C,
+    flow: &Flow6,
+    at: Ingress,
+    cfg: &NodeConfig,
+) -> Action6 {
+    if flow.fragment != Fragment::Whole || !filter6::may_be_reply(flow) {
+        return Action6::Pass;
+    }
+    let Some(s) = scratch() else {
+        return Action6::Pass;
+    };
+    reply(ctx, flow, s, at, cfg).unwrap_or(Action6::Pass)
+}
+
+/// A packet leaving a pod that may be a reply crossing the stack: if its
+/// reverse entry matches, its path is checked here, where the pod's own
+/// interface is known, and a reply failing the check is dropped (see
+/// `lb::reply_leaving_pod`).
+#[inline(always)]
+fn reply_leaving_pod<C: EbpfContext>(
+    ctx: &C,
+    flow: &Flow6,
+    s: &mut Scratch6,
+    at: Ingress,
+    cfg: &NodeConfig,
+) -> Action6 {
+    s.key = conntrack6::key(flow);
+    // SAFETY: only the verified interface is read, at once.
+    let Some(verified) = (unsafe { REVNAT6.get(&s.key) }).map(|rev| rev.ifindex) else {
+        count(Verdict::Passed);
+        return Action6::Pass;
+    };
+    if spoof6::reply_path_ok(ctx, cfg, &s.key, &at, verified) {
+        Action6::Pass
+    } else {
+        event(Event::ReplyRejected);
+        count(Verdict::Invalid);
+        Action6::Drop
+    }
+}
+
+/// A reply of a tracked flow (its reverse entry matches), if it is one:
+/// translated back, after the reverse-path check.
+#[inline(always)]
+fn reply<C: EbpfContext>(
+    ctx: &C,
+    flow: &Flow6,
+    s: &mut Scratch6,
+    at: Ingress,
+    cfg: &NodeConfig,
+) -> Option<Action6> {
+    s.key = conntrack6::key(flow);
+    let ptr = REVNAT6.get_ptr_mut(&s.key)?;
+    // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
+    s.rev = unsafe { *ptr };
+    let rev = &s.rev;
+    if !spoof6::reply_path_ok(ctx, cfg, &s.key, &at, rev.ifindex) {
+        event(Event::ReplyRejected);
+        count(Verdict::Invalid);
+        return Some(Action6::Drop);
+    }
+    let now = now_s();
+    // A packet of the node's own has no interface: the one verified stays.
+    let verified = if at.ifindex == crate::spoof::NODE_ITSELF {
+        rev.ifindex
+    } else {
+        at.ifindex
+    };
+    if rev.last_seen_s != now || rev.ifindex != verified {
+        // SAFETY: as above.
+        unsafe {
+            (*ptr).last_seen_s = now;
+            (*ptr).ifindex = verified;
+        }
+    }
+    conntrack6::on_reply(rev, &mut s.reply, flow, rev.last_seen_s == 0);
+    count(Verdict::Reversed);
+    Some(Action6::Rewrite(nat6::reverse(rev)))
+}
+
+/// A packet of a tracked flow: to its backend.
+#[inline(always)]
+fn established(flow: &Flow6, chosen: &Chosen6) -> Action6 {
+    count(Verdict::Translated);
+    counters::count_service(chosen.backend.service_id, flow.len);
+    Action6::Rewrite(nat6::forward(flow, chosen))
+}
+
+/// A packet to an IPv6 frontend that no live conntrack entry covers.
+#[inline(always)]
+fn to_service(
+    flow: &Flow6,
+    svc: &ServiceEntry,
+    s: &mut Scratch6,
+    hook: Hook,
+    cfg: &NodeConfig,
+) -> Action6 {
+    if !ranges6::admits(svc, flow.src) {
+        event(Event::SourceRangeDenied);
+        count(Verdict::Dropped);
+        return Action6::Drop;
+    }
+    if svc.backend_count == 0 {
+        // IPv4 refuses a new connection with an ICMP error here; ICMPv6's
+        // refusal comes with the other ICMPv6 work (design step 6).
+        count(Verdict::Dropped);
+        return Action6::Drop;
+    }
+    match new_flow(flow, svc, s, hook, cfg) {
+        Ok(action) => action,
+        Err(verdict) => {
+            count(verdict);
+            Action6::Drop
+        }
+    }
+}
+
+/// Picks a backend for the flow `s.key`, with no live conntrack entry, and
+/// records it (see `lb::new_flow`). A flow IPv4 would translate the source
+/// of passes untouched, counted `Ipv6SnatUnserved`.
+#[inline(always)]
+fn new_flow(
+    flow: &Flow6,
+    svc: &ServiceEntry,
+    s: &mut Scratch6,
+    hook: Hook,
+    cfg: &NodeConfig,
+) -> Result<Action6, Verdict> {
+    let state = initial_state_of(flow.proto, flow.tcp_flags).ok_or(Verdict::Invalid)?;
+    let chosen = select6::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
+    let needs_snat = match hook {
+        Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
+        // Egress starts no flow (see `decide_reply`): never reached from it.
+        Hook::Pod | Hook::Egress => lb_common::maps6::same(&chosen.backend.addr, &flow.src),
+    };
+    if needs_snat {
+        return Ok(unserved());
+    }
+    let now = now_s();
+    s.rev = RevNatEntry6::restoring(&s.key, now, new_claim());
+    match nat6::record_reverse(flow, &chosen, s, cfg).ok_or(Verdict::Error)? {
+        Reverse6::Kept => {}
+        // IPv4 remaps the source port: SNAT, which IPv6 does not have yet.
+        Reverse6::Clash => return Ok(unserved()),
+    }
+    s.ct = CtEntry6 {
+        backend_id: chosen.id,
+        backend_port: chosen.backend.port,
+        snat_port: 0,
+        backend_addr: chosen.backend.addr,
+        snat_addr: [0; 4],
+        flags: 0,
+        state: state as u8,
+        pad: 0,
+        last_seen_s: now,
+        // SAFETY: helper without preconditions.
+        created_ns: unsafe { bpf_ktime_get_coarse_ns() },
+    };
+    match conntrack6::record(s, cfg) {
+        Recorded6::Mine => {
+            count(Verdict::Translated);
+            counters::count_service(svc.id, flow.len);
+            Ok(Action6::Rewrite(nat6::forward(flow, &chosen)))
+        }
+        Recorded6::Theirs(their_backend) => Ok(established(flow, &their_backend)),
+        Recorded6::Failed => Err(Verdict::Error),
+    }
+}
+
+/// A new flow that would need SNAT: passed untouched, and counted.
+#[inline(always)]
+fn unserved() -> Action6 {
+    event(Event::Ipv6SnatUnserved);
+    count(Verdict::Passed);
+    Action6::Pass
+}

@@ -1,0 +1,457 @@
+//! IPv6 packet tests (step 3 of the IPv6 data path), mirroring the cases of
+//! `tests/packets.rs` that IPv6 serves so far: crafted frames through the
+//! real programs with `BPF_PROG_TEST_RUN` (IPv6 reaches `lb_xdp6` and the
+//! IPv6 TC programs through the IPv4 entry points' tail calls), checking the
+//! exact bytes that come out. The agent's planner does not write IPv6 maps
+//! yet, so each test writes them itself through `Maps::apply`: backends,
+//! a Maglev table, the frontend and its filter bits. Needs root.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, net::Ipv6Addr};
+
+use lb_common::{
+    filter_bit6,
+    maps6::{ipv6_words, Backend6, ServiceKey6},
+    Event, Family, ServiceEntry, Verdict, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED,
+    BACKEND_F_SELECTED_LOCAL, FILTER_SEED_BACKEND6, FILTER_SEED_FRONTEND6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+use lb_tests::{
+    packet::{Hook, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS},
+    packet6::{checksums6_valid, dst6_of, maglev_slot6, Packet6},
+};
+use lb_userspace::plan::MapOp;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x10);
+const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const POD_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
+const POD_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 3);
+const POD_C: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 4);
+const POD_D: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 5);
+const REMOTE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
+
+/// The Service port id of the tests' frontend.
+const SERVICE_ID: u32 = 7;
+/// Slots of the tests' Maglev tables (a prime, as the agent's are).
+const TABLE_SIZE: u32 = 101;
+/// Where the first table goes in the slab; a changed one goes after it.
+const TABLE_OFFSET: u32 = 1_000;
+
+/// A backend of the tests' frontend: (id, address, port, on this node).
+type Member = (u32, Ipv6Addr, u16, bool);
+
+fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Packet6 {
+    Packet6::tcp(src, sport, dst, dport)
+}
+
+/// The ops that set the filter bit of `addr`:`port` under `seed`.
+fn filter_bit(dp: &mut TestDatapath, seed: u64, addr: Ipv6Addr, port: u16, proto: u8) -> MapOp {
+    let bit = filter_bit6(seed, ipv6_words(addr.octets()), port.to_be(), proto);
+    let word = dp.datapath_mut().maps.filter.get(bit / 64).unwrap();
+    MapOp::SetFilterWord(bit / 64, word | 1 << (bit % 64))
+}
+
+/// The Maglev table the tests write for `members`: every member's id,
+/// spread over `TABLE_SIZE` slots (not Maglev's own permutation: the
+/// programs only read the slots).
+fn table(members: &[Member]) -> Vec<u32> {
+    if members.is_empty() {
+        return vec![];
+    }
+    (0..TABLE_SIZE as usize)
+        .map(|i| members[(i * 7 + 3) % members.len()].0)
+        .collect()
+}
+
+/// Writes (or rewrites) the frontend `VIP`:`port` of `proto` with
+/// `members`, its table at `offset`, as the agent orders it: backends and
+/// filter bits, then the table, then the entry that publishes it.
+fn program(
+    dp: &mut TestDatapath,
+    port: u16,
+    proto: u8,
+    members: &[Member],
+    offset: u32,
+) -> Vec<u32> {
+    let mut ops = vec![filter_bit(dp, FILTER_SEED_FRONTEND6, VIP, port, proto)];
+    for &(id, addr, target, local) in members {
+        let mut flags = BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_LOCAL;
+        if local {
+            flags |= BACKEND_F_LOCAL;
+        }
+        let backend = Backend6 {
+            addr: ipv6_words(addr.octets()),
+            port: target.to_be(),
+            flags,
+            pad: 0,
+            service_id: SERVICE_ID,
+        };
+        ops.push(MapOp::SetBackend6(id, backend));
+        let bit = filter_bit(dp, FILTER_SEED_BACKEND6, addr, target, proto);
+        // Apply each bit at once: two backends may share a word.
+        dp.datapath_mut().maps.apply(&[bit]).unwrap();
+    }
+    let slots = table(members);
+    if !slots.is_empty() {
+        ops.push(MapOp::SetTable {
+            offset,
+            slots: slots.clone(),
+        });
+    }
+    ops.push(MapOp::SetLabel(SERVICE_ID, "default/web:http/IPv6".into()));
+    let key = ServiceKey6 {
+        addr: ipv6_words(VIP.octets()),
+        port: port.to_be(),
+        proto,
+        pad: 0,
+    };
+    let entry = ServiceEntry {
+        id: SERVICE_ID,
+        backend_count: u32::try_from(members.len()).unwrap(),
+        table_offset: offset,
+        table_size: u32::try_from(slots.len()).unwrap(),
+        affinity_timeout: 0,
+        flags: 0,
+    };
+    ops.push(MapOp::SetService6(key, entry));
+    dp.datapath_mut().maps.apply(&ops).unwrap();
+    slots
+}
+
+/// A data path with the frontend `VIP`:`port`/`proto` of `members`.
+fn setup(name: &str, port: u16, proto: u8, members: &[Member]) -> TestDatapath {
+    let mut dp = TestDatapath::load(name, NODE);
+    program(&mut dp, port, proto, members, TABLE_OFFSET);
+    dp
+}
+
+/// The member at `sport`'s slot of `slots`, for a TCP flow from `CLIENT`.
+fn pick(slots: &[u32], members: &[Member], sport: u16) -> (Ipv6Addr, u16) {
+    let id = slots[maglev_slot6(CLIENT, sport, VIP, 80, IPPROTO_TCP, TABLE_SIZE)];
+    let &(_, addr, port, _) = members.iter().find(|m| m.0 == id).unwrap();
+    (addr, port)
+}
+
+#[test]
+fn tcp_syn_to_local_backend_is_dnated_exactly() {
+    let dp = setup("syn6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    let syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
+    let (ret, out) = dp.run_xdp(&syn);
+    assert_eq!(ret, XDP_PASS);
+    let expected = tcp(CLIENT, 40000, POD_A, 8080).syn().build();
+    assert_eq!(
+        out, expected,
+        "only the destination changes, with a valid checksum"
+    );
+    assert!(checksums6_valid(&out));
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Translated), 1);
+    assert_eq!(dp.verdict_of(Family::Ipv4, Verdict::Translated), 0);
+    assert_eq!(dp.event_of(Family::Ipv6, Event::ConntrackCreated), 1);
+    assert_eq!(dp.event_of(Family::Ipv6, Event::RevNatCreated), 1);
+    let (_, out) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).ack().build());
+    assert_eq!(out, tcp(CLIENT, 40000, POD_A, 8080).ack().build());
+    let stats = dp.service_stats();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0], (SERVICE_ID, stats[0].1));
+    assert_eq!(stats[0].1.packets, 2, "per-service packets");
+    assert_eq!(
+        stats[0].1.bytes,
+        (syn.len() + out.len()) as u64,
+        "per-service bytes"
+    );
+}
+
+#[test]
+fn every_ingress_hook_translates_as_xdp_does() {
+    for hook in [Hook::TcUplink, Hook::Pod] {
+        let dp = setup("hooks6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+        let (ret, out) = hook.run(&dp, &tcp(CLIENT, 40000, VIP, 80).syn().build());
+        assert_eq!(ret, TC_ACT_OK, "{hook:?}");
+        assert_eq!(
+            out,
+            tcp(CLIENT, 40000, POD_A, 8080).syn().build(),
+            "{hook:?}"
+        );
+        assert!(checksums6_valid(&out), "{hook:?}");
+        // One conntrack for every hook: XDP continues the same flow.
+        let (_, again) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).ack().build());
+        assert_eq!(
+            again,
+            tcp(CLIENT, 40000, POD_A, 8080).ack().build(),
+            "{hook:?}"
+        );
+        assert_eq!(dp.flows6().len(), 1, "{hook:?}");
+    }
+}
+
+#[test]
+fn established_flow_keeps_its_backend_when_the_table_changes() {
+    let members = [
+        (1, POD_A, 8080, true),
+        (2, POD_B, 8080, true),
+        (3, POD_C, 8080, true),
+    ];
+    let mut dp = setup("est6", 80, IPPROTO_TCP, &members);
+    let mut chosen = Vec::new();
+    for sport in 41000..41030 {
+        let (ret, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
+        assert_eq!(ret, XDP_PASS);
+        chosen.push((sport, dst6_of(&out)));
+    }
+    // POD_C leaves, POD_D comes: a new table elsewhere in the slab.
+    let changed = [
+        (1, POD_A, 8080, true),
+        (2, POD_B, 8080, true),
+        (4, POD_D, 8080, true),
+    ];
+    let slots = program(
+        &mut dp,
+        80,
+        IPPROTO_TCP,
+        &changed,
+        TABLE_OFFSET + TABLE_SIZE,
+    );
+    dp.datapath_mut()
+        .maps
+        .apply(&[MapOp::ClearBackend6(3)])
+        .unwrap();
+    let mut moved = 0;
+    for &(sport, backend) in &chosen {
+        let (ret, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).ack().build());
+        assert_eq!(ret, XDP_PASS);
+        if backend.0 == POD_C {
+            // Its backend is gone: a mid-stream segment is picked up by the
+            // new table (the backend sees the client's address).
+            assert_eq!(dst6_of(&out), pick(&slots, &changed, sport), "flow {sport}");
+            moved += 1;
+        } else {
+            assert_eq!(
+                out,
+                tcp(CLIENT, sport, backend.0, backend.1).ack().build(),
+                "flow {sport} lost its backend"
+            );
+        }
+    }
+    assert!(moved > 0, "some flows were on the removed backend");
+}
+
+#[test]
+fn new_flows_follow_the_maglev_table_written() {
+    let members: Vec<Member> = (0..10u16)
+        .map(|i| {
+            let addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x10 + i);
+            (u32::from(i) + 20, addr, 8080, true)
+        })
+        .collect();
+    let mut dp = TestDatapath::load("maglev6", NODE);
+    let slots = program(&mut dp, 80, IPPROTO_TCP, &members, TABLE_OFFSET);
+    assert_eq!(
+        dp.table(TABLE_OFFSET, TABLE_SIZE),
+        slots,
+        "the slab holds the table"
+    );
+    let mut hits = BTreeMap::new();
+    for sport in 20000..20500u16 {
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, sport, VIP, 80).syn().build());
+        let expected = pick(&slots, &members, sport);
+        assert_eq!(dst6_of(&out), expected, "flow {sport}");
+        *hits.entry(expected.0).or_insert(0) += 1;
+    }
+    assert_eq!(hits.len(), 10, "500 flows reach all 10 backends: {hits:?}");
+}
+
+#[test]
+fn udp_is_translated_and_a_zero_checksum_never() {
+    let dp = setup("udp6", 53, IPPROTO_UDP, &[(1, POD_A, 5353, true)]);
+    for hook in [Hook::Xdp, Hook::TcUplink] {
+        let (ret, out) = hook.run(&dp, &Packet6::udp(CLIENT, 50000, VIP, 53).build());
+        assert_eq!(ret, hook.passed(), "{hook:?}");
+        assert_eq!(
+            out,
+            Packet6::udp(CLIENT, 50000, POD_A, 5353).build(),
+            "{hook:?}"
+        );
+        assert!(checksums6_valid(&out), "{hook:?}");
+    }
+    let zero = Packet6::udp(CLIENT, 50001, VIP, 53)
+        .zero_udp_checksum()
+        .build();
+    for hook in [Hook::Xdp, Hook::TcUplink, Hook::Pod] {
+        assert_eq!(
+            hook.run(&dp, &zero),
+            (hook.passed(), zero.clone()),
+            "{hook:?}"
+        );
+    }
+    assert_eq!(dp.flows6().len(), 1, "the zero checksum started no flow");
+}
+
+/// A translated UDP checksum that comes to 0 is sent as 0xffff (0 means
+/// "no checksum", which IPv6 forbids): found by trying payloads.
+#[test]
+fn a_udp_checksum_that_comes_to_zero_is_sent_as_ffff() {
+    let dp = setup("udp6ffff", 53, IPPROTO_UDP, &[(1, POD_A, 5353, true)]);
+    let datagram = |dst: Ipv6Addr, port: u16, word: u16| {
+        Packet6::udp(CLIENT, 50000, dst, port).with_payload(&word.to_be_bytes())
+    };
+    // The checksum is the frame's last 2 bytes but the 2-byte payload.
+    let word = (0..=u16::MAX)
+        .find(|&w| {
+            let f = datagram(POD_A, 5353, w).build();
+            f[f.len() - 4..f.len() - 2] == [0xff, 0xff]
+        })
+        .expect("a payload whose translated checksum computes to 0");
+    for hook in [Hook::Xdp, Hook::TcUplink] {
+        let (_, out) = hook.run(&dp, &datagram(VIP, 53, word).build());
+        assert_eq!(out, datagram(POD_A, 5353, word).build(), "{hook:?}");
+        assert!(checksums6_valid(&out), "{hook:?}");
+    }
+}
+
+/// A local pod's reply crosses the stack as pod -> client and gets the
+/// Service's address at egress.
+#[test]
+fn reply_from_local_pod_crosses_the_stack_and_gets_the_service_address_at_egress() {
+    let dp = setup("reply6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_PASS);
+    let synack = tcp(POD_A, 8080, CLIENT, 40000).synack().build();
+    let (ret, out) = dp.run_tc(&synack);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, synack, "untouched where it leaves the pod");
+    let (ret, out) = dp.run_xdp(&synack);
+    assert_eq!((ret, &out), (XDP_PASS, &synack), "untouched on the uplink");
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Reversed), 0);
+    let (ret, out) = dp.run_tc_egress(&synack);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, tcp(VIP, 80, CLIENT, 40000).synack().build());
+    assert!(checksums6_valid(&out));
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Reversed), 1);
+    let reply = Packet6::tcp(POD_A, 8080, CLIENT, 40000).build();
+    let (_, out) = dp.run_tc_egress(&reply);
+    assert_eq!(out, Packet6::tcp(VIP, 80, CLIENT, 40000).build());
+    assert_eq!(dp.verdict_of(Family::Ipv4, Verdict::Reversed), 0);
+}
+
+/// A pod reaching a Service keeps its address (pod addresses are routable),
+/// also to a backend on another node; the reply is translated on its way
+/// into the pod.
+#[test]
+fn pod_to_cluster_ip_keeps_the_pod_address() {
+    let dp = setup("tcfwd6", 80, IPPROTO_TCP, &[(1, REMOTE, 8080, false)]);
+    let (ret, out) = dp.run_tc(&tcp(POD_A, 33000, VIP, 80).syn().build());
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, tcp(POD_A, 33000, REMOTE, 8080).syn().build());
+    assert!(checksums6_valid(&out));
+    let synack = tcp(REMOTE, 8080, POD_A, 33000).synack().build();
+    let (ret, through) = dp.run_xdp(&synack);
+    assert_eq!((ret, through), (XDP_PASS, synack.clone()));
+    let (ret, reply) = dp.run_tc_egress(&synack);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(reply, tcp(VIP, 80, POD_A, 33000).synack().build());
+}
+
+/// Where IPv4 translates the source (a backend on another node from the
+/// uplink, a pod reaching itself), IPv6 does not yet: the packet passes
+/// untouched, counted, and no flow starts.
+#[test]
+fn flows_that_need_snat_pass_untouched_and_are_counted() {
+    let dp = setup("snat6", 80, IPPROTO_TCP, &[(1, REMOTE, 8080, false)]);
+    for hook in [Hook::Xdp, Hook::TcUplink] {
+        let syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
+        assert_eq!(hook.run(&dp, &syn), (hook.passed(), syn), "{hook:?}");
+    }
+    assert_eq!(dp.event_of(Family::Ipv6, Event::Ipv6SnatUnserved), 2);
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Translated), 0);
+    assert!(dp.flows6().is_empty());
+    let dp = setup("hairpin6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    let syn = tcp(POD_A, 33000, VIP, 80).syn().build();
+    assert_eq!(dp.run_tc(&syn), (TC_ACT_OK, syn), "a pod reaching itself");
+    assert_eq!(dp.event_of(Family::Ipv6, Event::Ipv6SnatUnserved), 1);
+    assert!(dp.flows6().is_empty());
+}
+
+#[test]
+fn a_service_without_endpoints_drops_new_connections() {
+    let dp = setup("empty6", 80, IPPROTO_TCP, &[]);
+    let (ret, _) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(ret, XDP_DROP);
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Dropped), 1);
+}
+
+#[test]
+fn the_programs_skip_lookups_only_where_the_filter_has_no_bit() {
+    let mut dp = setup("filter6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    let bit = filter_bit6(
+        FILTER_SEED_FRONTEND6,
+        ipv6_words(VIP.octets()),
+        80u16.to_be(),
+        IPPROTO_TCP,
+    );
+    let word = dp.datapath_mut().maps.filter.get(bit / 64).unwrap();
+    dp.datapath_mut()
+        .maps
+        .apply(&[MapOp::SetFilterWord(bit / 64, word & !(1 << (bit % 64)))])
+        .unwrap();
+    let syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
+    assert_eq!(
+        dp.run_xdp(&syn),
+        (XDP_PASS, syn.clone()),
+        "passed untouched"
+    );
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Passed), 1);
+    dp.datapath_mut()
+        .maps
+        .apply(&[MapOp::SetFilterWord(bit / 64, word)])
+        .unwrap();
+    let (_, out) = dp.run_xdp(&syn);
+    assert_eq!(out, tcp(CLIENT, 40000, POD_A, 8080).syn().build());
+}
+
+#[test]
+fn packets_that_are_not_ours_pass_unmodified() {
+    let mut dp = setup("pass6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    program(
+        &mut dp,
+        53,
+        IPPROTO_UDP,
+        &[(2, POD_A, 5353, true)],
+        TABLE_OFFSET + TABLE_SIZE,
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("other port", tcp(CLIENT, 40000, VIP, 81).syn().build()),
+        (
+            "other address",
+            tcp(
+                CLIENT,
+                40000,
+                Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99),
+                80,
+            )
+            .syn()
+            .build(),
+        ),
+        (
+            "UDP to the TCP port",
+            Packet6::udp(CLIENT, 40000, VIP, 80).build(),
+        ),
+        (
+            "TCP to the UDP port",
+            tcp(CLIENT, 40000, VIP, 53).syn().build(),
+        ),
+        (
+            "a backend's packet that is no reply",
+            tcp(POD_A, 8080, CLIENT, 40000).synack().build(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        for hook in [Hook::Xdp, Hook::TcUplink, Hook::Pod, Hook::Egress] {
+            let (ret, out) = hook.run(&dp, &bytes);
+            assert_eq!(ret, hook.passed(), "{what} at {hook:?}");
+            assert_eq!(out, bytes, "{what}: {hook:?} must not modify");
+        }
+    }
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Translated), 0);
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Reversed), 0);
+    assert!(dp.flows6().is_empty());
+}
