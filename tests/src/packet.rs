@@ -778,6 +778,17 @@ impl TestDatapath {
         map.keys().map(|k| k.expect("a CONNTRACK6 key")).collect()
     }
 
+    /// Deletes the conntrack entry of an IPv6 client flow (as the collector
+    /// deletes a gone flow's).
+    pub fn remove_flow6(&self, key: &lb_common::maps6::FlowKey6) {
+        let path =
+            lb_userspace::datapath::pins_dir(&self.pin_dir).join(lb_common::maps6::MAP_CONNTRACK6);
+        let data = aya::maps::MapData::from_pin(&path).expect("opening CONNTRACK6");
+        let mut map: aya::maps::HashMap<_, lb_common::maps6::FlowKey6, lb_common::maps6::CtEntry6> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("a flow map");
+        map.remove(key).expect("deleting a CONNTRACK6 entry");
+    }
+
     /// Datagrams the fragment map remembers now. The map is not pinned: it
     /// is found among the XDP program's maps (0 when the programs have none).
     #[must_use]

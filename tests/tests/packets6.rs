@@ -8,12 +8,13 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, net::Ipv6Addr};
 
+use aya::maps::lpm_trie::Key;
 use lb_common::{
     filter_bit6,
-    maps6::{ipv6_words, Backend6, ServiceKey6},
+    maps6::{ipv6_words, Backend6, ServiceKey6, SourceRangeKey6},
     Event, Family, ServiceEntry, Verdict, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED,
     BACKEND_F_SELECTED_LOCAL, FILTER_SEED_BACKEND6, FILTER_SEED_FRONTEND6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    IPPROTO_UDP, SERVICE_F_SOURCE_RANGES, SOURCE_RANGE_ID_BITS,
 };
 use lb_tests::{
     packet::{Hook, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS},
@@ -73,8 +74,20 @@ fn program(
     members: &[Member],
     offset: u32,
 ) -> Vec<u32> {
+    program_as(dp, SERVICE_ID, port, proto, members, offset)
+}
+
+/// [`program`] for the Service port `id`.
+fn program_as(
+    dp: &mut TestDatapath,
+    id: u32,
+    port: u16,
+    proto: u8,
+    members: &[Member],
+    offset: u32,
+) -> Vec<u32> {
     let mut ops = vec![filter_bit(dp, FILTER_SEED_FRONTEND6, VIP, port, proto)];
-    for &(id, addr, target, local) in members {
+    for &(backend_id, addr, target, local) in members {
         let mut flags = BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_LOCAL;
         if local {
             flags |= BACKEND_F_LOCAL;
@@ -84,9 +97,9 @@ fn program(
             port: target.to_be(),
             flags,
             pad: 0,
-            service_id: SERVICE_ID,
+            service_id: id,
         };
-        ops.push(MapOp::SetBackend6(id, backend));
+        ops.push(MapOp::SetBackend6(backend_id, backend));
         let bit = filter_bit(dp, FILTER_SEED_BACKEND6, addr, target, proto);
         // Apply each bit at once: two backends may share a word.
         dp.datapath_mut().maps.apply(&[bit]).unwrap();
@@ -98,7 +111,7 @@ fn program(
             slots: slots.clone(),
         });
     }
-    ops.push(MapOp::SetLabel(SERVICE_ID, "default/web:http/IPv6".into()));
+    ops.push(MapOp::SetLabel(id, format!("default/web-{id}:http/IPv6")));
     let key = ServiceKey6 {
         addr: ipv6_words(VIP.octets()),
         port: port.to_be(),
@@ -106,7 +119,7 @@ fn program(
         pad: 0,
     };
     let entry = ServiceEntry {
-        id: SERVICE_ID,
+        id,
         backend_count: u32::try_from(members.len()).unwrap(),
         table_offset: offset,
         table_size: u32::try_from(slots.len()).unwrap(),
@@ -369,6 +382,100 @@ fn flows_that_need_snat_pass_untouched_and_are_counted() {
     assert_eq!(dp.run_tc(&syn), (TC_ACT_OK, syn), "a pod reaching itself");
     assert_eq!(dp.event_of(Family::Ipv6, Event::Ipv6SnatUnserved), 1);
     assert!(dp.flows6().is_empty());
+}
+
+/// One client port to two frontends served by one backend: the second
+/// flow's replies would arrive as the first's. IPv4 remaps its source port
+/// from the SNAT pool; IPv6 passes it untouched (counted) while the first
+/// flow lives, and takes the reply tuple over once that flow is gone.
+#[test]
+fn a_reply_tuple_is_taken_over_only_from_a_flow_that_is_gone() {
+    let mut dp = setup("tuple6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    program_as(
+        &mut dp,
+        8,
+        81,
+        IPPROTO_TCP,
+        &[(2, POD_A, 8080, true)],
+        TABLE_OFFSET + TABLE_SIZE,
+    );
+    let (_, out) = dp.run_xdp(&tcp(CLIENT, 40000, VIP, 80).syn().build());
+    assert_eq!(out, tcp(CLIENT, 40000, POD_A, 8080).syn().build());
+    let second = tcp(CLIENT, 40000, VIP, 81).syn().build();
+    assert_eq!(
+        dp.run_xdp(&second),
+        (XDP_PASS, second.clone()),
+        "a live flow holds the tuple"
+    );
+    assert_eq!(dp.event_of(Family::Ipv6, Event::Ipv6SnatUnserved), 1);
+    assert_eq!(dp.flows6().len(), 1);
+    // The first flow's conntrack entry goes (as the collector removes a
+    // gone flow's); its reverse entry is a claim in progress for 2 s.
+    let first = dp.flows6()[0];
+    dp.remove_flow6(&first);
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let (_, out) = dp.run_xdp(&second);
+    assert_eq!(
+        out,
+        tcp(CLIENT, 40000, POD_A, 8080).syn().build(),
+        "taken over"
+    );
+    let synack = tcp(POD_A, 8080, CLIENT, 40000).synack().build();
+    let (_, reply) = dp.run_tc_egress(&synack);
+    assert_eq!(
+        reply,
+        tcp(VIP, 81, CLIENT, 40000).synack().build(),
+        "the new flow's"
+    );
+}
+
+/// A frontend flagged with source ranges takes new connections only from
+/// clients in one of them (`SOURCE_RANGES6`), as IPv4's does.
+#[test]
+fn a_frontend_with_source_ranges_admits_only_clients_in_them() {
+    let mut dp = setup("ranges6", 80, IPPROTO_TCP, &[(1, POD_A, 8080, true)]);
+    let key = ServiceKey6 {
+        addr: ipv6_words(VIP.octets()),
+        port: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        pad: 0,
+    };
+    let maps = &mut dp.datapath_mut().maps;
+    let mut entry = maps.services6.get(&key, 0).unwrap();
+    entry.flags |= SERVICE_F_SOURCE_RANGES;
+    maps.apply(&[MapOp::SetService6(key, entry)]).unwrap();
+    let syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
+    assert_eq!(
+        dp.run_xdp(&syn),
+        (XDP_DROP, syn.clone()),
+        "no range admits it"
+    );
+    assert_eq!(dp.event_of(Family::Ipv6, Event::SourceRangeDenied), 1);
+    assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Dropped), 1);
+    // CLIENT's /48.
+    let range = Key::new(
+        SOURCE_RANGE_ID_BITS + 48,
+        SourceRangeKey6 {
+            service_id: SERVICE_ID.to_be(),
+            client_addr: ipv6_words(Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0).octets()),
+        },
+    );
+    dp.datapath_mut()
+        .maps
+        .source_ranges6
+        .insert(&range, 1, 0)
+        .unwrap();
+    let (ret, out) = dp.run_xdp(&syn);
+    assert_eq!(ret, XDP_PASS);
+    assert_eq!(out, tcp(CLIENT, 40000, POD_A, 8080).syn().build());
+    let other = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 0x10);
+    let outside = tcp(other, 40000, VIP, 80).syn().build();
+    assert_eq!(
+        dp.run_xdp(&outside),
+        (XDP_DROP, outside.clone()),
+        "outside the /48"
+    );
+    assert_eq!(dp.event_of(Family::Ipv6, Event::SourceRangeDenied), 2);
 }
 
 #[test]
