@@ -375,6 +375,7 @@ fn a_handover_from_v7_keeps_every_flow_and_count_and_serves_ipv6_at_once() {
         maps.services.keys().count() > 0,
         "IPv4's frontends came along"
     );
+    assert!(new.flows6().is_empty(), "CONNTRACK6 starts empty");
     // A malformed IPv6 frame (payload length past the frame) reaches lb_xdp6.
     let truncated = lb_tests::packet::with_u16(&lb_tests::packet::ipv6_tcp(), 18, 1400);
     let (ret, out) = new.run_xdp(&truncated);
