@@ -47,3 +47,27 @@ pub fn require_bpffs() {
         "bpffs is not mounted at /sys/fs/bpf: run `cargo xtask setup` (or `mount -t bpf bpf /sys/fs/bpf`)"
     );
 }
+
+/// Panics with a clear message unless this kernel has IPv6 (it was not
+/// booted with `ipv6.disable=1`): the IPv6 and dual-stack topologies need
+/// it, and never skip silently. (Each of their namespaces turns IPv6 on for
+/// itself, whatever the host's `disable_ipv6`.)
+pub fn require_ipv6() {
+    // SAFETY: socket has no preconditions; the descriptor is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0) };
+    let error = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: fd is the socket just opened, closed once.
+        unsafe { libc::close(fd) };
+    }
+    assert!(
+        fd >= 0 && std::path::Path::new("/proc/sys/net/ipv6").is_dir(),
+        "these tests need IPv6, which this kernel does not have (an AF_INET6 socket: {}): \
+         boot it without `ipv6.disable=1`",
+        if fd >= 0 {
+            "opens".to_string()
+        } else {
+            error.to_string()
+        }
+    );
+}

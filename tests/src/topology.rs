@@ -11,10 +11,18 @@
 //! on the LAN, or with [`Cni::BridgeVxlan`] through a VXLAN overlay whose
 //! packets (UDP 8472) cross the LAN between the nodes' addresses only.
 //!
+//! [`ClusterTopology::with_family`] builds the same cluster IPv6-only or
+//! dual-stack ([`Family`]; addresses in [`family`]).
+//!
 //! node1's port on the bridge ([`NODE1_LAN_PORT`], the peer of its uplink)
 //! carries the object's `xdp_pass` for the topology's whole life, so that
 //! the frames node1's uplink XDP program sends back out with `XDP_TX` are
 //! delivered.
+
+mod family;
+mod layout;
+mod overlay;
+mod pod;
 
 use std::net::Ipv4Addr;
 
@@ -25,20 +33,16 @@ use aya::{
 };
 use lb_userspace::datapath::{EBPF_OBJECT, XDP_PASS_PROGRAM};
 
+pub use self::family::{
+    pod_ip6, pod_prefix6, Family, CLIENT_IP6, LAN_PREFIX_LEN6, NODE1_IP6, NODE2_IP6,
+    POD_PREFIX_LEN6, SERVICE_CIDR6, VXLAN6_MTU,
+};
+use self::{family::enable_ipv6, overlay::overlay_mtu};
+pub use self::{
+    layout::{Cni, Firewall, SenderChecksums},
+    pod::Pod,
+};
 use crate::netns::{remove_stale, sh, Netns};
-
-/// A pod: its namespace and address.
-#[derive(Debug)]
-pub struct Pod {
-    /// Short name ("pod1a"), also what its servers answer.
-    pub name: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// The node it runs on ("node1" or "node2").
-    pub node: String,
-    /// Its namespace.
-    pub ns: Netns,
-}
 
 /// The cluster. Dropping it removes every namespace (and so every link).
 pub struct ClusterTopology {
@@ -59,79 +63,8 @@ pub struct ClusterTopology {
     checksums: SenderChecksums,
     /// How pods are attached to their node.
     cni: Cni,
-}
-
-/// How pods are attached to their node, as CNI plugins do it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cni {
-    /// A veth per pod, routed by a /32 route on the host side (Calico's,
-    /// Cilium's layout).
-    Routed,
-    /// A veth per pod, enslaved to the node's `cni0` bridge with hairpin
-    /// mode on, the node's pod gateway address on the bridge (the bridge
-    /// plugin's and flannel's layout).
-    Bridge,
-    /// [`Cni::Bridge`]'s pods, and the other node's pods reached through a
-    /// VXLAN overlay, as flannel's `vxlan` backend sets it up: a `vxlan0`
-    /// device per node (VNI 1, UDP 8472, static forwarding entries, no
-    /// learning) holding the `.0` address of the node's pod CIDR, the other
-    /// node's pod CIDR routed over it to that node's `.0` (a permanent
-    /// neighbour entry), and pod links with the overlay's MTU (1450).
-    /// Replies of remote backends to pods arrive decapsulated on `vxlan0`.
-    BridgeVxlan,
-}
-
-impl Cni {
-    /// The CNI layout of the default topology: `LB_TEST_CNI` (`routed`,
-    /// `bridge` or `vxlan`), routed when unset, so the same end-to-end tests
-    /// run on each.
-    ///
-    /// # Panics
-    /// On any other value of `LB_TEST_CNI`.
-    #[must_use]
-    pub fn from_env() -> Self {
-        match std::env::var("LB_TEST_CNI").as_deref() {
-            Err(_) | Ok("" | "routed") => Cni::Routed,
-            Ok("bridge") => Cni::Bridge,
-            Ok("vxlan") => Cni::BridgeVxlan,
-            Ok(other) => panic!("LB_TEST_CNI={other:?}: expected routed, bridge or vxlan"),
-        }
-    }
-
-    /// Whether pods are ports of the node's `cni0` bridge.
-    #[must_use]
-    pub fn bridged(self) -> bool {
-        matches!(self, Cni::Bridge | Cni::BridgeVxlan)
-    }
-}
-
-/// The firewall rules node1 starts with, as other components of a cluster
-/// install them in its FORWARD chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Firewall {
-    /// No rule.
-    None,
-    /// kube-proxy's KUBE-FORWARD rule dropping what conntrack finds INVALID
-    /// (firewalld and Calico have the like):
-    /// [`ClusterTopology::install_invalid_drop`].
-    InvalidDrop,
-}
-
-impl Firewall {
-    /// node1's firewall in the default topology: `LB_TEST_FIREWALL` (`none`
-    /// or `invalid-drop`), none when unset or empty, so the same end-to-end
-    /// tests run with and without it.
-    ///
-    /// # Panics
-    /// On any other value of `LB_TEST_FIREWALL`.
-    #[must_use]
-    pub fn from_env() -> Self {
-        match std::env::var("LB_TEST_FIREWALL").as_deref() {
-            Err(_) | Ok("" | "none") => Firewall::None,
-            Ok("invalid-drop") => Firewall::InvalidDrop,
-            Ok(other) => panic!("LB_TEST_FIREWALL={other:?}: expected none or invalid-drop"),
-        }
-    }
+    /// The IP families of every host and pod.
+    family: Family,
 }
 
 /// The VXLAN overlay's device on each node ([`Cni::BridgeVxlan`]).
@@ -141,18 +74,6 @@ pub const VXLAN_PORT: u16 = 8472;
 /// The overlay's MTU: the LAN's 1500 less VXLAN's 50 bytes of headers, as
 /// flannel sets it on `vxlan0` and on pod links.
 pub const VXLAN_MTU: u16 = 1450;
-
-/// How the hosts beyond node1's uplink send their L4 checksums.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum SenderChecksums {
-    /// Complete: TX checksum offload off at every sender, as a real wire
-    /// delivers them (XDP on node1's veth uplink may rewrite them).
-    Complete,
-    /// Partial, as Linux leaves them by default on a veth (TX offload on);
-    /// node1 completes checksums in software on its uplink's way out
-    /// (`ethtool -K eth0 tx off`), where a wrong update would show.
-    Partial,
-}
 
 /// kube-proxy's rule in node1's FORWARD chain, after `iptables -A` or `-C`.
 const INVALID_DROP: [&str; 7] = [
@@ -194,15 +115,38 @@ impl ClusterTopology {
         Self::with(checksums, Cni::from_env())
     }
 
-    /// Builds the whole topology: senders' checksums as `checksums` says,
-    /// pods attached as `cni` says.
+    /// Builds the whole topology (IPv4): senders' checksums as `checksums`
+    /// says, pods attached as `cni` says.
     pub fn with(checksums: SenderChecksums, cni: Cni) -> Result<Self> {
+        Self::with_family(checksums, cni, Family::V4)
+    }
+
+    /// Builds the whole topology with the IP families of `family`: senders'
+    /// checksums as `checksums` says, pods attached as `cni` says.
+    /// [`Family::V4`] runs the very commands [`Self::with`] always ran.
+    ///
+    /// # Panics
+    /// When `family` has IPv6 and this kernel has it off ([`crate::require_ipv6`]).
+    pub fn with_family(checksums: SenderChecksums, cni: Cni, family: Family) -> Result<Self> {
         crate::require_root();
+        if family.has_v6() {
+            crate::require_ipv6();
+        }
         remove_stale();
         let lan = Netns::new("lan")?;
         let client = Netns::new("client")?;
         let node1 = Netns::new("node1")?;
         let node2 = Netns::new("node2")?;
+        if family.has_v6() {
+            for (ns, forwarding) in [
+                (&lan, false),
+                (&client, false),
+                (&node1, true),
+                (&node2, true),
+            ] {
+                enable_ipv6(ns, forwarding)?;
+            }
+        }
         let mut topo = Self {
             lan_xdp_pass: None,
             pods: Vec::new(),
@@ -212,6 +156,7 @@ impl ClusterTopology {
             lan,
             checksums,
             cni,
+            family,
         };
         topo.build()?;
         Ok(topo)
@@ -220,17 +165,23 @@ impl ClusterTopology {
     fn build(&mut self) -> Result<()> {
         let lan = self.lan.name().to_string();
         ip(&lan, "link add br0 type bridge")?;
+        if self.family.has_v6() {
+            // Neighbor Solicitations flood without an MLD querier.
+            ip(&lan, "link set br0 type bridge mcast_snooping 0")?;
+        }
         ip(&lan, "link set br0 up")?;
         ip(&lan, "link set lo up")?;
-        for (i, (ns, addr)) in [
-            (&self.client, "192.168.50.10/24"),
-            (&self.node1, "192.168.50.11/24"),
-            (&self.node2, "192.168.50.12/24"),
+        for (i, (ns, v4, v6)) in [
+            (&self.client, "192.168.50.10/24", CLIENT_IP6),
+            (&self.node1, "192.168.50.11/24", NODE1_IP6),
+            (&self.node2, "192.168.50.12/24", NODE2_IP6),
         ]
         .into_iter()
         .enumerate()
         {
-            attach_to_lan(&lan, &format!("lan{i}"), ns, addr, self.checksums)?;
+            let v6 = format!("{v6}/{LAN_PREFIX_LEN6}");
+            let addrs = self.family_addrs(v4, &v6);
+            attach_to_lan(&lan, &format!("lan{i}"), ns, &addrs, self.checksums)?;
         }
         self.lan_xdp_pass = Some(self.lan_takes_xdp_tx()?);
         if self.checksums == SenderChecksums::Partial {
@@ -239,10 +190,45 @@ impl ClusterTopology {
         if Firewall::from_env() == Firewall::InvalidDrop {
             self.install_invalid_drop()?;
         }
-        ip(
-            self.client.name(),
-            "route add 10.96.0.0/12 via 192.168.50.11",
-        )?;
+        self.routes()?;
+        if self.cni.bridged() {
+            self.cni_bridges()?;
+        }
+        for (name, last, node) in [
+            ("pod1a", 2, 1),
+            ("pod1b", 3, 1),
+            ("pod1c", 4, 1),
+            ("pod2a", 2, 2),
+        ] {
+            self.add_pod(name, last, node)?;
+        }
+        Ok(())
+    }
+
+    /// `v4` and `v6`, as far as the topology has their families.
+    fn family_addrs<'a>(&self, v4: &'a str, v6: &'a str) -> Vec<&'a str> {
+        let v4 = self.family.has_v4().then_some(v4);
+        v4.into_iter()
+            .chain(self.family.has_v6().then_some(v6))
+            .collect()
+    }
+
+    /// The client's routes to the service ranges, the nodes' forwarding
+    /// settings, and each node's route to the other's pods (over the LAN,
+    /// or the overlay).
+    fn routes(&self) -> Result<()> {
+        if self.family.has_v4() {
+            ip(
+                self.client.name(),
+                "route add 10.96.0.0/12 via 192.168.50.11",
+            )?;
+        }
+        if self.family.has_v6() {
+            ip(
+                self.client.name(),
+                &format!("-6 route add {SERVICE_CIDR6} via {NODE1_IP6}"),
+            )?;
+        }
         for node in [&self.node1, &self.node2] {
             for key in [
                 "net.ipv4.ip_forward=1",
@@ -256,8 +242,9 @@ impl ClusterTopology {
             }
         }
         if self.cni == Cni::BridgeVxlan {
-            self.overlay()?;
-        } else {
+            return overlay::overlay(&self.node1, &self.node2, self.family);
+        }
+        if self.family.has_v4() {
             ip(
                 self.node1.name(),
                 "route add 10.244.2.0/24 via 192.168.50.12",
@@ -267,24 +254,40 @@ impl ClusterTopology {
                 "route add 10.244.1.0/24 via 192.168.50.11",
             )?;
         }
-        if self.cni.bridged() {
-            for (node, index) in [(&self.node1, 1), (&self.node2, 2)] {
-                ip(node.name(), "link add cni0 type bridge")?;
+        if self.family.has_v6() {
+            for (node, other, via) in [(&self.node1, 2, NODE2_IP6), (&self.node2, 1, NODE1_IP6)] {
+                ip(
+                    node.name(),
+                    &format!("-6 route add {} via {via}", pod_prefix6(other)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each node's `cni0` bridge ([`Cni::bridged`]) with the node's pod
+    /// gateway addresses.
+    fn cni_bridges(&self) -> Result<()> {
+        for (node, index) in [(&self.node1, 1), (&self.node2, 2)] {
+            ip(node.name(), "link add cni0 type bridge")?;
+            if self.family.has_v4() {
                 ip(
                     node.name(),
                     &format!("addr add 10.244.{index}.1/24 dev cni0"),
                 )?;
-                ip(node.name(), "link set cni0 up")?;
-                node.exec(&["sysctl", "-qw", "net.ipv4.conf.cni0.rp_filter=0"])?;
             }
-        }
-        for (name, last, node) in [
-            ("pod1a", 2, 1),
-            ("pod1b", 3, 1),
-            ("pod1c", 4, 1),
-            ("pod2a", 2, 2),
-        ] {
-            self.add_pod(name, Ipv4Addr::new(10, 244, node, last), node)?;
+            if self.family.has_v6() {
+                ip(node.name(), "link set cni0 type bridge mcast_snooping 0")?;
+                ip(
+                    node.name(),
+                    &format!(
+                        "addr add {}/{POD_PREFIX_LEN6} dev cni0 nodad",
+                        pod_ip6(index, 1)
+                    ),
+                )?;
+            }
+            ip(node.name(), "link set cni0 up")?;
+            node.exec(&["sysctl", "-qw", "net.ipv4.conf.cni0.rp_filter=0"])?;
         }
         Ok(())
     }
@@ -310,133 +313,51 @@ impl ClusterTopology {
             .with_context(|| format!("xdp_pass on {NODE1_LAN_PORT}, node1's uplink peer"))
     }
 
-    /// The VXLAN overlay between the nodes ([`Cni::BridgeVxlan`]), as
-    /// flannel's `vxlan` backend programs it: per node a `vxlan0` (VNI 1, UDP
-    /// 8472, over `eth0`, no learning) with a fixed MAC address and the `.0`
-    /// of its pod CIDR; towards the other node a forwarding entry (its
-    /// `vxlan0` MAC behind its LAN address), a permanent neighbour (its `.0`
-    /// at that MAC) and its pod CIDR routed via its `.0` over `vxlan0`.
-    fn overlay(&self) -> Result<()> {
-        let nodes = [(&self.node1, 1u8, NODE1_IP), (&self.node2, 2, NODE2_IP)];
-        for (node, index, addr) in nodes {
-            let name = node.name();
-            ip(
-                name,
-                &format!(
-                    "link add {VXLAN_DEVICE} address {} type vxlan id 1 dstport {VXLAN_PORT} \
-                     local {addr} dev eth0 nolearning",
-                    vxlan_mac(index)
-                ),
-            )?;
-            ip(name, &format!("link set {VXLAN_DEVICE} mtu {VXLAN_MTU}"))?;
-            ip(
-                name,
-                &format!("addr add 10.244.{index}.0/32 dev {VXLAN_DEVICE}"),
-            )?;
-            ip(name, &format!("link set {VXLAN_DEVICE} up"))?;
-            node.exec(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=0"),
-            ])?;
-        }
-        for ((node, _, _), (_, other, other_addr)) in [(nodes[0], nodes[1]), (nodes[1], nodes[0])] {
-            let (name, mac) = (node.name(), vxlan_mac(other));
-            sh(&[
-                "bridge",
-                "-n",
-                name,
-                "fdb",
-                "append",
-                &mac,
-                "dev",
-                VXLAN_DEVICE,
-                "dst",
-                &other_addr.to_string(),
-            ])?;
-            ip(
-                name,
-                &format!(
-                    "neigh add 10.244.{other}.0 lladdr {mac} dev {VXLAN_DEVICE} nud permanent"
-                ),
-            )?;
-            ip(
-                name,
-                &format!(
-                    "route add 10.244.{other}.0/24 via 10.244.{other}.0 dev {VXLAN_DEVICE} onlink"
-                ),
-            )?;
-        }
-        Ok(())
-    }
-
-    fn add_pod(&mut self, name: &str, pod_ip: Ipv4Addr, node_index: u8) -> Result<()> {
-        let ns = Netns::new(name)?;
-        let node = if node_index == 1 {
-            &self.node1
-        } else {
-            &self.node2
-        };
-        let host_if = format!("v{name}");
-        let gateway = format!("10.244.{node_index}.1");
-        ip(
-            node.name(),
-            &format!(
-                "link add {host_if} type veth peer name eth0 netns {}",
-                ns.name()
-            ),
-        )?;
-        if self.cni == Cni::BridgeVxlan {
-            // Pod links carry the overlay's MTU, both ends (as flannel's CNI sets them).
-            ip(node.name(), &format!("link set {host_if} mtu {VXLAN_MTU}"))?;
-            ip(ns.name(), &format!("link set eth0 mtu {VXLAN_MTU}"))?;
-        }
-        if self.cni.bridged() {
-            ip(node.name(), &format!("link set {host_if} master cni0"))?;
-            ip(
-                node.name(),
-                &format!("link set {host_if} type bridge_slave hairpin on"),
-            )?;
-            ip(node.name(), &format!("link set {host_if} up"))?;
-        } else {
-            ip(node.name(), &format!("addr add {gateway}/32 dev {host_if}"))?;
-            ip(node.name(), &format!("link set {host_if} up"))?;
-            ip(node.name(), &format!("route add {pod_ip}/32 dev {host_if}"))?;
-        }
-        node.exec(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{host_if}.rp_filter=0"),
-        ])?;
-        ip(ns.name(), &format!("addr add {pod_ip}/32 dev eth0"))?;
-        ip(ns.name(), "link set eth0 up")?;
-        ip(ns.name(), "link set lo up")?;
-        ip(
-            ns.name(),
-            &format!("route add {gateway} dev eth0 scope link"),
-        )?;
-        ip(ns.name(), &format!("route add default via {gateway}"))?;
-        if node_index == 2 && self.checksums == SenderChecksums::Complete {
-            // node2's pods reach node1 over the wire, where XDP sees them.
-            ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])?;
-        }
-        self.pods.push(Pod {
-            name: name.to_string(),
-            ip: pod_ip,
-            node: format!("node{node_index}"),
-            ns,
-        });
-        Ok(())
-    }
-
     /// Another host on the LAN: a namespace of its own (`role`), its `eth0`
     /// on the bridge through the LAN's port `port`, with `addr` (a CIDR of
-    /// 192.168.50.0/24) and no routes beyond the LAN. Removed on drop, before
-    /// the topology if it is dropped first.
+    /// 192.168.50.0/24, or of `fd00:50::/64` in a topology with IPv6) and no
+    /// routes beyond the LAN. Removed on drop, before the topology if it is
+    /// dropped first.
     pub fn add_lan_host(&self, role: &str, port: &str, addr: &str) -> Result<Netns> {
         let ns = Netns::new(role)?;
-        attach_to_lan(self.lan.name(), port, &ns, addr, SenderChecksums::Complete)?;
+        if self.family.has_v6() {
+            enable_ipv6(&ns, false)?;
+        }
+        attach_to_lan(
+            self.lan.name(),
+            port,
+            &ns,
+            &[addr],
+            SenderChecksums::Complete,
+        )?;
         Ok(ns)
+    }
+
+    /// Routes from the client to each node's pods via that node, in each of
+    /// the topology's families, as a flat routed network would have them
+    /// (the client routes only the service ranges otherwise).
+    pub fn route_client_to_pods(&self) -> Result<()> {
+        for (node, via4, via6) in [(1, NODE1_IP, NODE1_IP6), (2, NODE2_IP, NODE2_IP6)] {
+            if self.family.has_v4() {
+                ip(
+                    self.client.name(),
+                    &format!("route add 10.244.{node}.0/24 via {via4}"),
+                )?;
+            }
+            if self.family.has_v6() {
+                ip(
+                    self.client.name(),
+                    &format!("-6 route add {} via {via6}", pod_prefix6(node)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The IP families of every host and pod.
+    #[must_use]
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// How pods are attached to their node.
@@ -447,12 +368,20 @@ impl ClusterTopology {
 
     /// Appends kube-proxy's rule dropping what conntrack finds INVALID
     /// (`-m conntrack --ctstate INVALID -j DROP`) to node1's FORWARD chain,
-    /// unless it is there already ([`Firewall::InvalidDrop`] put it there).
+    /// unless it is there already ([`Firewall::InvalidDrop`] put it there);
+    /// with IPv6, to `ip6tables`' FORWARD chain too.
     pub fn install_invalid_drop(&self) -> Result<()> {
-        let check = [&["iptables", "-C"][..], &INVALID_DROP].concat();
-        if self.node1.exec(&check).is_err() {
-            self.node1
-                .exec(&[&["iptables", "-A"][..], &INVALID_DROP].concat())?;
+        let tables: &[&str] = if self.family.has_v6() {
+            &["iptables", "ip6tables"]
+        } else {
+            &["iptables"]
+        };
+        for &table in tables {
+            let check = [&[table, "-C"][..], &INVALID_DROP].concat();
+            if self.node1.exec(&check).is_err() {
+                self.node1
+                    .exec(&[&[table, "-A"][..], &INVALID_DROP].concat())?;
+            }
         }
         Ok(())
     }
@@ -491,13 +420,13 @@ impl Drop for ClusterTopology {
 }
 
 /// Joins `ns` to the LAN's bridge: a veth from the LAN's `port` to `eth0` in
-/// `ns`, with `addr`, both ends up, and (with complete `checksums`)
+/// `ns`, with `addrs`, both ends up, and (with complete `checksums`)
 /// transmit checksum offload off on both.
 fn attach_to_lan(
     lan: &str,
     port: &str,
     ns: &Netns,
-    addr: &str,
+    addrs: &[&str],
     checksums: SenderChecksums,
 ) -> Result<()> {
     ip(
@@ -508,7 +437,11 @@ fn attach_to_lan(
         ),
     )?;
     ip(lan, &format!("link set {port} master br0 up"))?;
-    ip(ns.name(), &format!("addr add {addr} dev eth0"))?;
+    for addr in addrs {
+        // IPv6 addresses skip DAD, usable at once.
+        let dad = if addr.contains(':') { " nodad" } else { "" };
+        ip(ns.name(), &format!("addr add {addr} dev eth0{dad}"))?;
+    }
     ip(ns.name(), "link set eth0 up")?;
     ip(ns.name(), "link set lo up")?;
     if checksums == SenderChecksums::Partial {
@@ -520,11 +453,6 @@ fn attach_to_lan(
         "ip", "netns", "exec", lan, "ethtool", "-K", port, "tx", "off",
     ])?;
     Ok(())
-}
-
-/// The fixed MAC address of node `index`'s `vxlan0` (locally administered).
-fn vxlan_mac(index: u8) -> String {
-    format!("0e:00:00:00:00:{index:02x}")
 }
 
 fn ip(ns: &str, args: &str) -> Result<()> {

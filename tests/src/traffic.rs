@@ -3,7 +3,9 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -21,7 +23,8 @@ pub const HTTP_PORT: u16 = 8080;
 /// The pods' UDP port.
 pub const UDP_PORT: u16 = 5353;
 
-/// Servers in every pod: HTTP on 8080 and UDP on 5353, answering with the pod's name.
+/// Servers in every pod: HTTP on 8080 and UDP on 5353, answering with the pod's name,
+/// on IPv4's any address and (in topologies with IPv6) the pod's IPv6 address.
 /// They stop when this is dropped.
 pub struct PodServers {
     stop: Arc<AtomicBool>,
@@ -34,14 +37,17 @@ impl PodServers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for pod in &topology.pods {
-            let (name, s) = (pod.name.clone(), stop.clone());
-            let listener = pod.ns.run(|| TcpListener::bind(("0.0.0.0", HTTP_PORT)))??;
-            listener.set_nonblocking(true)?;
-            threads.push(std::thread::spawn(move || serve_http(&listener, &name, &s)));
-            let (name, s) = (pod.name.clone(), stop.clone());
-            let socket = pod.ns.run(|| UdpSocket::bind(("0.0.0.0", UDP_PORT)))??;
-            socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-            threads.push(std::thread::spawn(move || serve_udp(&socket, &name, &s)));
+            let ip6 = pod.ip6.map(IpAddr::V6);
+            for ip in [IpAddr::V4(Ipv4Addr::UNSPECIFIED)].into_iter().chain(ip6) {
+                let (name, s) = (pod.name.clone(), stop.clone());
+                let listener = pod.ns.run(move || TcpListener::bind((ip, HTTP_PORT)))??;
+                listener.set_nonblocking(true)?;
+                threads.push(std::thread::spawn(move || serve_http(&listener, &name, &s)));
+                let (name, s) = (pod.name.clone(), stop.clone());
+                let socket = pod.ns.run(move || UdpSocket::bind((ip, UDP_PORT)))??;
+                socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+                threads.push(std::thread::spawn(move || serve_udp(&socket, &name, &s)));
+            }
         }
         Ok(Self { stop, threads })
     }
@@ -120,8 +126,13 @@ pub struct HttpClient {
 impl HttpClient {
     /// Connects from `ns` to `addr`.
     pub fn connect(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> Result<Self> {
+        Self::connect_to(ns, SocketAddr::V4(addr), timeout)
+    }
+
+    /// Connects from `ns` to `addr`, of either family.
+    pub fn connect_to(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Result<Self> {
         let stream = ns
-            .run(move || TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout))?
+            .run(move || TcpStream::connect_timeout(&addr, timeout))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -165,13 +176,33 @@ pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> Result<Str
     HttpClient::connect(ns, addr, timeout)?.get()
 }
 
+/// One HTTP request on a new connection to `addr`, of either family; returns the body.
+pub fn http_get_at(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Result<String> {
+    HttpClient::connect_to(ns, addr, timeout)?.get()
+}
+
 /// One UDP request; returns the reply's body and source address.
 pub fn udp_request(
     ns: &Netns,
     addr: SocketAddrV4,
     timeout: Duration,
 ) -> Result<(String, SocketAddr)> {
-    let socket = ns.run(|| UdpSocket::bind("0.0.0.0:0"))??;
+    udp_request_at(ns, SocketAddr::V4(addr), timeout)
+}
+
+/// One UDP request to `addr`, of either family, from an ephemeral port of
+/// that family; returns the reply's body and source address.
+pub fn udp_request_at(
+    ns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(String, SocketAddr)> {
+    let any: SocketAddr = if addr.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = ns.run(move || UdpSocket::bind(any))??;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"query", addr)?;
     let mut buf = [0u8; 1500];
