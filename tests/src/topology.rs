@@ -12,7 +12,9 @@
 //! packets (UDP 8472) cross the LAN between the nodes' addresses only.
 //!
 //! [`ClusterTopology::with_family`] builds the same cluster IPv6-only or
-//! dual-stack ([`Family`]; addresses in [`family`]).
+//! dual-stack ([`Family`]): client [`CLIENT_IP6`], nodes [`NODE1_IP6`] and
+//! [`NODE2_IP6`] on `fd00:50::/64`, pods at [`pod_ip6`] in their node's
+//! [`pod_prefix6`], the client's route to [`SERVICE_CIDR6`] via node1.
 //!
 //! node1's port on the bridge ([`NODE1_LAN_PORT`], the peer of its uplink)
 //! carries the object's `xdp_pass` for the topology's whole life, so that

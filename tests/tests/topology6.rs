@@ -13,8 +13,8 @@ use std::{
 use lb_tests::{
     netns::Netns,
     topology::{
-        pod_ip6, ClusterTopology, Cni, Family, Pod, SenderChecksums, CLIENT_IP6, NODE1_IP6,
-        NODE2_IP6, VXLAN6_MTU, VXLAN_DEVICE, VXLAN_MTU,
+        pod_ip6, pod_prefix6, ClusterTopology, Cni, Family, Pod, SenderChecksums, CLIENT_IP6,
+        NODE1_IP6, NODE2_IP6, VXLAN6_MTU, VXLAN_DEVICE, VXLAN_MTU,
     },
     traffic::{http_get_at, udp_request_at, PodServers, HTTP_PORT, UDP_PORT},
 };
@@ -203,4 +203,34 @@ fn ipv4_topology_stays_ipv4() {
         assert_eq!(pod.addrs(), vec![IpAddr::V4(pod.ip)], "{}", pod.name);
         assert_reaches(&topo.client, "the client", pod, IpAddr::V4(pod.ip));
     }
+}
+
+/// In an IPv6-only topology, another LAN host gets its IPv6 address usable
+/// at once and reaches node2's pod through node2, and node1's INVALID drop rule
+/// goes into both `iptables` and `ip6tables` without cutting valid traffic.
+#[test]
+fn ipv6_lan_host_and_firewall() {
+    let (topo, _servers) = topology(Cni::Routed, Family::V6);
+    let host = topo
+        .add_lan_host("far", "lan9", "fd00:50::20/64")
+        .expect("an IPv6 LAN host");
+    let tentative = output(&host, &["ip", "-6", "-o", "addr", "show", "tentative"]);
+    assert!(tentative.is_empty(), "the LAN host: tentative: {tentative}");
+    let pod2a = topo.pod("pod2a");
+    let addr = IpAddr::V6(pod2a.ip6.expect("an IPv6 address"));
+    let via = NODE2_IP6.to_string();
+    output(
+        &host,
+        &["ip", "-6", "route", "add", &pod_prefix6(2), "via", &via],
+    );
+    assert_reaches(&host, "the LAN host", pod2a, addr);
+    topo.install_invalid_drop().expect("the INVALID drop rule");
+    for table in ["iptables", "ip6tables"] {
+        let rules = output(&topo.node1, &[table, "-S", "FORWARD"]);
+        assert!(
+            rules.contains("--ctstate INVALID -j DROP"),
+            "{table}: {rules}"
+        );
+    }
+    assert_reaches(&topo.client, "the client", pod2a, addr);
 }
