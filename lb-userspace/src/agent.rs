@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub gc_interval: Duration,
     /// kube-proxy's health endpoints: `/healthz` and the health check node ports.
     pub health: crate::health::HealthOptions,
+    /// Whether Services' IPv6 frontends are served (`--ipv6`).
+    pub ipv6: bool,
 }
 
 /// Reconciles the source's latest model and writes the result into the maps.
@@ -190,6 +192,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
     let mut reconciler = Reconciler::with_planner(options.node.clone(), planner);
     reconciler.track_gone(options.datapath.socket_lb_cgroup.is_some());
     reconciler.set_node_port_rule(options.node_port_addresses.clone());
+    reconciler.plan_ipv6(options.ipv6);
     scan_local_addresses(&mut reconciler);
     Ok(reconciler)
 }
@@ -197,7 +200,7 @@ fn reconciler(options: &RunOptions, datapath: &Datapath) -> Result<Reconciler> {
 /// Reads this node's local addresses into `reconciler` (where node ports
 /// are served); whether they changed. A failure is logged and changes nothing.
 fn scan_local_addresses(reconciler: &mut Reconciler) -> bool {
-    match crate::node_ports::interface_addresses() {
+    let v4 = match crate::node_ports::interface_addresses() {
         Ok(found) => {
             reconciler.set_local_addresses(found.into_iter().map(|(_, addr)| addr).collect())
         }
@@ -205,7 +208,20 @@ fn scan_local_addresses(reconciler: &mut Reconciler) -> bool {
             warn!("listing the node's addresses (node ports keep the last ones): {e}");
             false
         }
+    };
+    if !reconciler.plans_ipv6() {
+        return v4;
     }
+    let v6 = match crate::node_ports::interface_addresses6() {
+        Ok(found) => {
+            reconciler.set_local_addresses6(found.into_iter().map(|(_, addr)| addr).collect())
+        }
+        Err(e) => {
+            warn!("listing the node's IPv6 addresses (node ports keep the last ones): {e}");
+            false
+        }
+    };
+    v4 || v6
 }
 
 /// How often SNAT exhaustion is logged per backend, at most.

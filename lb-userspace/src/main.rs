@@ -210,6 +210,11 @@ struct RunArgs {
     /// through the interface it arrived on.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     reply_path_check: Switch,
+    /// Serve Services' IPv6 frontends (dual-stack and IPv6-only Services):
+    /// `on` writes them into the IPv6 maps; `off` leaves them unserved,
+    /// each Service reporting an `IPv6NotServed` problem.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    ipv6: Switch,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -381,6 +386,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             ..lb_userspace::health::HealthOptions::default()
         },
         gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
+        ipv6: matches!(args.ipv6, Switch::On),
         source,
         node: NodeInfo {
             name: node_name,

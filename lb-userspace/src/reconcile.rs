@@ -55,6 +55,9 @@ pub struct Reconciler {
     /// Each Service's own problems (its spec's and its IPv6 side's), kept
     /// with the changes: a sync walks the Services it touched, not all.
     service_problems: BTreeMap<ObjectName, Vec<ServiceProblem>>,
+    /// Whether every Service's problems are recomputed at the next
+    /// reconcile (what they say changed: IPv6 turned on or off).
+    problems_stale: bool,
 }
 
 /// The outcome of one reconcile.
@@ -100,6 +103,7 @@ impl Reconciler {
             track_gone: false,
             gone: Vec::new(),
             service_problems: BTreeMap::new(),
+            problems_stale: false,
         }
     }
 
@@ -125,7 +129,14 @@ impl Reconciler {
         if self.ipv6 != on {
             self.ipv6 = on;
             self.merged_node = None;
+            self.problems_stale = true;
         }
+    }
+
+    /// Whether IPv6 frontends are planned.
+    #[must_use]
+    pub fn plans_ipv6(&self) -> bool {
+        self.ipv6
     }
 
     /// Serves node ports where `rule` says (until set: on the node's own
@@ -259,11 +270,12 @@ impl Reconciler {
     /// after a change of everything, else the changed Services' only (at
     /// 100,000 Services a walk of all of them cost milliseconds a sync).
     fn refresh_service_problems(&mut self, cluster: &Cluster, changes: &Changes) {
-        fn problems_of(service: &ServiceSpec) -> Vec<ServiceProblem> {
-            let ipv6 = select::family::ipv6_problem(service);
+        let planned = self.ipv6;
+        let problems_of = |service: &ServiceSpec| -> Vec<ServiceProblem> {
+            let ipv6 = select::family::ipv6_problem(service, planned);
             service.problems().into_iter().chain(ipv6).collect()
-        }
-        if changes.all {
+        };
+        if changes.all || std::mem::take(&mut self.problems_stale) {
             self.service_problems = cluster
                 .services
                 .iter()

@@ -217,10 +217,11 @@ pub fn udp_request_at(
 #[must_use]
 pub fn http_distribution(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     count: usize,
     deadline: Duration,
 ) -> BTreeMap<String, usize> {
+    let addr = addr.into();
     let started = Instant::now();
     let mut counts = BTreeMap::new();
     for _ in 0..count {
@@ -229,7 +230,7 @@ pub fn http_distribution(
             break;
         }
         let who =
-            http_get(ns, addr, Duration::from_secs(2)).unwrap_or_else(|_| "error".to_string());
+            http_get_at(ns, addr, Duration::from_secs(2)).unwrap_or_else(|_| "error".to_string());
         *counts.entry(who).or_insert(0) += 1;
     }
     counts
@@ -239,18 +240,19 @@ pub fn http_distribution(
 #[must_use]
 pub fn udp_distribution(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     count: usize,
     deadline: Duration,
 ) -> BTreeMap<String, usize> {
+    let addr = addr.into();
     let started = Instant::now();
     let mut counts = BTreeMap::new();
     for _ in 0..count {
         if started.elapsed() > deadline {
             break;
         }
-        let who = match udp_request(ns, addr, Duration::from_secs(1)) {
-            Ok((body, from)) if from == SocketAddr::V4(addr) => body,
+        let who = match udp_request_at(ns, addr, Duration::from_secs(1)) {
+            Ok((body, from)) if from == addr => body,
             Ok(_) => "wrong-source".to_string(),
             Err(_) => "error".to_string(),
         };

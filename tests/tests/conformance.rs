@@ -57,7 +57,7 @@ use lb_common::{
 use lb_tests::packet::TestDatapath;
 use lb_userspace::{
     datapath::maps::Maps,
-    desired::NodeInfo,
+    desired::{AddrFamily, NodeInfo},
     manifest::{self, ManifestCache},
     plan::{AppliedBackend, AppliedFrontend, Planner},
     reconcile::{Reconciler, REUSE_GRACE},
@@ -125,11 +125,15 @@ fn check(rows: &[Row]) {
                 maps.filter.words(),
                 maps.slab.slots(),
                 REUSE_GRACE,
+            )
+            .adopt6(
+                maps.applied_frontends6()
+                    .expect("reading the IPv6 frontends"),
             );
-            reconciler = Some((
-                row.node.clone(),
-                Reconciler::with_planner(row.node.clone(), planner),
-            ));
+            // As the agent runs by default (`--ipv6 on`).
+            let mut fresh = Reconciler::with_planner(row.node.clone(), planner);
+            fresh.plan_ipv6(true);
+            reconciler = Some((row.node.clone(), fresh));
         }
         let (_, reconciler) = reconciler.as_mut().expect("a reconciler");
         if let Err(failure) = run(row, &mut dp, reconciler) {
@@ -168,8 +172,11 @@ fn run(row: &Row, dp: &mut TestDatapath, reconciler: &mut Reconciler) -> Result<
         let mut got = manifest_problems(&dir);
         let (cluster, changes) = source.snapshot();
         let done = reconciler.reconcile(cluster, &changes, Instant::now());
-        if !done.errors.is_empty() {
-            outcome = Err(format!("row {:?}: plan errors {:?}", row.name, done.errors));
+        if !done.errors.is_empty() || !done.errors6.is_empty() {
+            outcome = Err(format!(
+                "row {:?}: plan errors {:?} {:?}",
+                row.name, done.errors, done.errors6
+            ));
             break;
         }
         dp.datapath_mut()
@@ -253,10 +260,14 @@ fn read_back(pin_dir: &Path) -> Vec<String> {
         .collect();
     let frontends = maps.applied_frontends().expect("reading the frontends");
     lines.extend(frontends.iter().map(line));
+    let frontends6 = maps
+        .applied_frontends6()
+        .expect("reading the IPv6 frontends");
+    lines.extend(frontends6.iter().map(line));
     lines
 }
 
-fn line(f: &AppliedFrontend) -> String {
+fn line<S: AddrFamily>(f: &AppliedFrontend<S>) -> String {
     let pick = |want: &dyn Fn(&AppliedBackend) -> bool| -> Vec<String> {
         f.backends
             .iter()
@@ -302,7 +313,7 @@ fn line(f: &AppliedFrontend) -> String {
     if f.entry.affinity_timeout != 0 {
         parts.push(format!("affinity {}s", f.entry.affinity_timeout));
     }
-    if f.frontend.is_node_port() {
+    if S::is_node_port(&f.frontend) {
         let at: Vec<String> = f.node_port_addrs.iter().map(ToString::to_string).collect();
         parts.push(format!("at {}", at.join(", ")));
     }

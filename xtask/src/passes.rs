@@ -200,8 +200,9 @@ pub const IMAGE_TESTS: [&str; 3] = [
 /// (Service semantics the conformance table checks on every map). A pass
 /// whose uplink hook is TC skips the tests of [`SAME_AT_TC`], which it
 /// would run twice.
-const E2E_TESTS: [&str; 12] = [
+const E2E_TESTS: [&str; 13] = [
     "e2e",
+    "e2e6",
     "e2e_kube",
     "e2e_snat",
     "e2e_icmp",
@@ -223,7 +224,7 @@ const E2E_TESTS: [&str; 12] = [
 /// [`FULL_SUITE`] and two of [`E2E_VARIANTS`]), and their twins cover the
 /// TC hook on the layouts and firewalls of the other three passes: each
 /// (layout, firewall) pair still meets the TC uplink program in one pass.
-const SAME_AT_TC: [&str; 8] = [
+const SAME_AT_TC: [&str; 9] = [
     // Twin: balances_tcp_and_udp_over_all_four_backends (which checks the test bed's hook's pins).
     "balances_over_all_four_backends_with_the_uplink_hook_at_tc",
     // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_local_backend.
@@ -240,6 +241,8 @@ const SAME_AT_TC: [&str; 8] = [
     "a_client_uploads_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc",
     // Twin: pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_to_a_remote_backend.
     "pods_download_and_upload_a_mebibyte_through_a_1280_byte_hop_with_the_uplink_hook_at_tc",
+    // Twin: the_client_reaches_an_ipv6_cluster_ip_served_on_this_node (the test bed's hook).
+    "the_client_reaches_an_ipv6_cluster_ip_with_the_uplink_hook_at_tc",
 ];
 
 /// One pass of the end-to-end tests: the values of `LB_TEST_CNI`,

@@ -17,13 +17,13 @@
 //!   node, [`NodeInfo::owns6`]), "has endpoints", and source ranges
 //!   ([`crate::source_ranges::of_frontend6`]); claims of one IPv6 frontend
 //!   by several Services are settled as IPv4's ([`crate::claims`]).
-//! - The data path does not serve IPv6 yet: the IPv6 frontends are not
-//!   programmed, and each Service that has some gets one
-//!   [`ProblemReason::Ipv6NotServed`] problem naming them, instead of being
-//!   dropped silently. Nor does the reconciler compute them yet, so the
-//!   node's IPv6 interface addresses and node-port addresses
-//!   ([`crate::node_ports::NodePortAddresses::select6`]) are not read into
-//!   [`NodeInfo::v6`]; its Node object's IPv6 addresses are.
+//! - The reconciler computes and plans them when IPv6 is on (`--ipv6`,
+//!   `Reconciler::plan_ipv6`), with the node's IPv6 interface addresses and
+//!   node-port addresses ([`crate::node_ports::NodePortAddresses::select6`])
+//!   in [`NodeInfo::v6`]. What the data path does not serve (everything with
+//!   `--ipv6 off`; node ports so far) is one
+//!   [`ProblemReason::Ipv6NotServed`] problem per Service naming those
+//!   frontends, instead of being dropped silently.
 
 use std::net::SocketAddrV6;
 
@@ -146,26 +146,40 @@ pub fn service_state_v6(
     out
 }
 
-/// The problem of a Service with IPv6 frontends: they are not served (the
-/// data path is IPv4 only); `None` without any.
+/// The problem of a Service with IPv6 frontends the data path does not
+/// serve: all of them when IPv6 is not `planned` (`--ipv6 off`), else its
+/// IPv6 node ports (the IPv6 programs match exact frontends only so far);
+/// `None` when every IPv6 frontend it has is served.
 #[must_use]
-pub fn ipv6_problem(service: &ServiceSpec) -> Option<ServiceProblem> {
-    let frontends = frontends_v6(service);
+pub fn ipv6_problem(service: &ServiceSpec, planned: bool) -> Option<ServiceProblem> {
+    let frontends: Vec<FrontendV6> = frontends_v6(service)
+        .into_iter()
+        .filter(|f| !planned || f.is_node_port())
+        .collect();
     if frontends.is_empty() {
         return None;
     }
     let list: Vec<String> = frontends.iter().map(ToString::to_string).collect();
-    let rest = if serves(service, IpFamily::V4) {
-        "its IPv4 frontends are"
+    let message = if planned {
+        format!(
+            "IPv6 frontends {} are not served yet (the IPv6 data path serves cluster, external \
+             and load-balancer IPs, not node ports); its other frontends are",
+            list.join(", ")
+        )
     } else {
-        "it has no IPv4 frontend"
+        let rest = if serves(service, IpFamily::V4) {
+            "its IPv4 frontends are"
+        } else {
+            "it has no IPv4 frontend"
+        };
+        format!(
+            "IPv6 frontends {} are not served (--ipv6 off); {rest}",
+            list.join(", ")
+        )
     };
     Some(ServiceProblem {
         service: service.name.clone(),
         reason: ProblemReason::Ipv6NotServed,
-        message: format!(
-            "IPv6 frontends {} are not served (the data path is IPv4 only); {rest}",
-            list.join(", ")
-        ),
+        message,
     })
 }

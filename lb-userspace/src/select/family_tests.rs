@@ -132,7 +132,7 @@ fn a_familys_addresses_serve_only_when_the_service_has_that_family() {
         frontends_v6(&v4_only).is_empty(),
         "IPv6 externalIPs of an IPv4 Service"
     );
-    assert_eq!(ipv6_problem(&v4_only), None);
+    assert_eq!(ipv6_problem(&v4_only, false), None);
 }
 
 #[test]
@@ -140,20 +140,31 @@ fn ipv6_frontends_are_reported_not_served_once_per_service() {
     let mut svc = dual();
     svc.kind = ServiceKind::NodePort;
     svc.ports[0].node_port = Some(30080);
-    let problem = ipv6_problem(&svc).expect("a problem");
+    let problem = ipv6_problem(&svc, false).expect("a problem");
     assert_eq!(problem.reason, ProblemReason::Ipv6NotServed);
     assert_eq!(problem.service, name("web"));
     assert_eq!(
         problem.message,
-        "IPv6 frontends [fd00::10]:80/TCP, node port 30080/TCP are not served (the data path is IPv4 only); its IPv4 frontends are"
+        "IPv6 frontends [fd00::10]:80/TCP, node port 30080/TCP are not served (--ipv6 off); its IPv4 frontends are"
     );
-    assert_eq!(ipv6_problem(&service(ServiceKind::ClusterIp, http())), None);
+    // Served, only the node port is left out.
+    let problem = ipv6_problem(&svc, true).expect("a problem");
+    assert_eq!(
+        problem.message,
+        "IPv6 frontends node port 30080/TCP are not served yet (the IPv6 data path serves cluster, \
+         external and load-balancer IPs, not node ports); its other frontends are"
+    );
+    assert_eq!(ipv6_problem(&dual(), true), None, "a cluster IP is served");
+    assert_eq!(
+        ipv6_problem(&service(ServiceKind::ClusterIp, http()), false),
+        None
+    );
     let headless = ServiceSpec {
         kind: ServiceKind::Headless,
         ..dual()
     };
     assert_eq!(
-        ipv6_problem(&headless),
+        ipv6_problem(&headless, false),
         None,
         "headless: nothing to balance"
     );

@@ -5,7 +5,7 @@
 //! and proxiers read a Service.
 
 use super::{
-    yaml::{ready, service, service_with, slice, web, web_slice},
+    yaml::{ready, service, service_with, slice, web, web_slice, web_slice6},
     Row,
 };
 
@@ -274,14 +274,40 @@ pub fn rows() -> Vec<Row> {
             ],
         ),
         Row::new(
-            "dual-stack: the IPv4 cluster IP only, the IPv6 one reported as not served",
+            "dual-stack: each cluster IP takes its own family's slices (none for IPv6: it rejects)",
             vec![
                 web("clusterIPs: [10.96.0.10, \"fd00::10\"], ipFamilies: [IPv4, IPv6], ipFamilyPolicy: PreferDualStack"),
                 one_endpoint(),
             ],
             &[
-                "! default/web IPv6NotServed",
                 "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080",
+                "default/web [fd00::10]:80/TCP -> reject",
+            ],
+        )
+        .then(
+            vec![
+                web("clusterIPs: [10.96.0.10, \"fd00::10\"], ipFamilies: [IPv4, IPv6], ipFamilyPolicy: PreferDualStack"),
+                one_endpoint(),
+                web_slice6("web-2", &[ready("\"fd00:244:2::2\"", "node2")]),
+            ],
+            &[
+                "default/web 10.96.0.10:80/TCP -> 10.244.2.2:8080",
+                "default/web [fd00::10]:80/TCP -> [fd00:244:2::2]:8080",
+            ],
+        ),
+        Row::new(
+            "IPv6 node ports are written, and reported as not served yet",
+            vec![
+                service(
+                    "web",
+                    "type: NodePort, clusterIP: \"fd00::10\", ipFamilies: [IPv6], ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]",
+                ),
+                web_slice6("web-2", &[ready("\"fd00:244:2::2\"", "node2")]),
+            ],
+            &[
+                "! default/web IPv6NotServed",
+                "default/web [fd00::10]:80/TCP -> [fd00:244:2::2]:8080",
+                "default/web node port 30080/TCP -> [fd00:244:2::2]:8080 | at fd00:50::11",
             ],
         ),
         Row::new(

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use lb_userspace::desired::{NodeAddrs6, NodeInfo};
 
-/// This node: `node1` in `zone-a`, at 192.168.50.11.
+/// This node: `node1` in `zone-a`, at 192.168.50.11 and `fd00:50::11`.
 pub fn node1() -> NodeInfo {
     NodeInfo {
         name: "node1".into(),
@@ -12,7 +12,10 @@ pub fn node1() -> NodeInfo {
         addresses: vec![Ipv4Addr::new(192, 168, 50, 11)],
         local_addresses: Vec::new(),
         node_port_addresses: None,
-        v6: NodeAddrs6::default(),
+        v6: NodeAddrs6 {
+            addresses: vec!["fd00:50::11".parse().expect("an IPv6 address")],
+            ..NodeAddrs6::default()
+        },
     }
 }
 
@@ -53,6 +56,12 @@ pub fn slice(name: &str, service: &str, ports: &str, endpoints: &[String]) -> St
          addressType: IPv4\nports: {ports}\nendpoints: [{}]\n",
         endpoints.join(", ")
     )
+}
+
+/// An IPv6 slice `default/{name}` of `default/web` whose port `http` is 8080.
+pub fn web_slice6(name: &str, endpoints: &[String]) -> String {
+    slice(name, "web", "[{name: http, port: 8080}]", endpoints)
+        .replace("addressType: IPv4", "addressType: IPv6")
 }
 
 /// A slice `default/{name}` of `default/web` whose port `http` is 8080.
