@@ -3,12 +3,15 @@
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
 };
 
 use anyhow::Result;
-use lb_common::{Verdict, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    maps6::{ipv6_octets, ServiceKey6},
+    ServiceEntry, Verdict, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::datapath::{decode_label, maps::Maps};
 
@@ -20,7 +23,7 @@ pub struct FrontendStatus {
     /// "addr:port/PROTO".
     pub frontend: String,
     /// Backends the Maglev table points at.
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
 }
 
 /// Reads every frontend and the verdict totals from the maps pinned under `pin_dir`.
@@ -34,27 +37,37 @@ pub fn read(
     let mut frontends = Vec::new();
     for item in &maps.services {
         let (key, entry) = item?;
-        let service = service_label(&maps, entry.id);
-        let frontend = frontend_name(key);
-        let ids: BTreeSet<u32> = maps
-            .slab
-            .read(entry.table_offset, entry.table_size)?
-            .into_iter()
-            .collect();
-        let mut backends = Vec::new();
-        for id in ids {
-            let backend = maps.backends.get(&id, 0)?;
-            if backend.flags & BACKEND_F_ACTIVE != 0 {
-                backends.push(SocketAddrV4::new(
-                    Ipv4Addr::from(backend.addr.to_ne_bytes()),
-                    u16::from_be(backend.port),
-                ));
-            }
-        }
-        backends.sort();
+        let backends = table_backends(&maps, &entry, |id| {
+            let b = maps.backends.get(&id, 0)?;
+            Ok((b.flags & BACKEND_F_ACTIVE != 0).then(|| {
+                SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(b.addr.to_ne_bytes()),
+                    u16::from_be(b.port),
+                ))
+            }))
+        })?;
         frontends.push(FrontendStatus {
-            service,
-            frontend,
+            service: service_label(&maps, entry.id),
+            frontend: frontend_name(key),
+            backends,
+        });
+    }
+    for item in &maps.services6 {
+        let (key, entry) = item?;
+        let backends = table_backends(&maps, &entry, |id| {
+            let b = maps.backends6.get(&id, 0)?;
+            Ok((b.flags & BACKEND_F_ACTIVE != 0).then(|| {
+                SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(ipv6_octets(b.addr)),
+                    u16::from_be(b.port),
+                    0,
+                    0,
+                ))
+            }))
+        })?;
+        frontends.push(FrontendStatus {
+            service: service_label(&maps, entry.id),
+            frontend: frontend_name6(&key),
             backends,
         });
     }
@@ -89,16 +102,50 @@ fn service_label(maps: &Maps, id: u32) -> String {
     )
 }
 
-fn frontend_name(key: lb_common::ServiceKey) -> String {
-    let proto = match key.proto {
+/// The distinct active backends the Maglev table of `entry` points at,
+/// sorted; `backend` reads one id of the entry's family.
+fn table_backends(
+    maps: &Maps,
+    entry: &ServiceEntry,
+    backend: impl Fn(u32) -> Result<Option<SocketAddr>>,
+) -> Result<Vec<SocketAddr>> {
+    let ids: BTreeSet<u32> = maps
+        .slab
+        .read(entry.table_offset, entry.table_size)?
+        .into_iter()
+        .collect();
+    let mut backends = Vec::new();
+    for id in ids {
+        backends.extend(backend(id)?);
+    }
+    backends.sort();
+    Ok(backends)
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
         IPPROTO_TCP => "TCP".to_string(),
         IPPROTO_UDP => "UDP".to_string(),
         other => format!("proto{other}"),
-    };
+    }
+}
+
+fn frontend_name(key: lb_common::ServiceKey) -> String {
     format!(
-        "{}:{}/{proto}",
+        "{}:{}/{}",
         Ipv4Addr::from(key.addr.to_ne_bytes()),
-        u16::from_be(key.port)
+        u16::from_be(key.port),
+        proto_name(key.proto)
+    )
+}
+
+/// "[addr]:port/PROTO" of an IPv6 frontend (a node port's address is `::`).
+fn frontend_name6(key: &ServiceKey6) -> String {
+    format!(
+        "[{}]:{}/{}",
+        Ipv6Addr::from(ipv6_octets(key.addr)),
+        u16::from_be(key.port),
+        proto_name(key.proto)
     )
 }
 
@@ -160,11 +207,24 @@ mod tests {
                 frontend: "10.96.0.11:53/UDP".into(),
                 backends: vec![],
             },
+            FrontendStatus {
+                service: "default/web-service".into(),
+                frontend: frontend_name6(&ServiceKey6 {
+                    addr: lb_common::maps6::ipv6_words([
+                        0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+                    ]),
+                    port: 80u16.to_be(),
+                    proto: IPPROTO_TCP,
+                    pad: 0,
+                }),
+                backends: vec!["[fd00:244:1::2]:80".parse().unwrap()],
+            },
         ];
         assert_eq!(
             format(&frontends, &[5, 4, 3, 2, 1]),
             "default/web-service 10.96.0.10:80/TCP -> 10.244.1.2:80,10.244.1.3:80\n\
              default/empty 10.96.0.11:53/UDP -> <none>\n\
+             default/web-service [fd00:96::10]:80/TCP -> [fd00:244:1::2]:80\n\
              verdicts: translated=5 reversed=4 passed=3 dropped=2 error=1\n"
         );
     }
