@@ -28,6 +28,7 @@ use lb_tests::{
     stats::{figure, median, paired_ratio},
 };
 mod fill;
+mod ipv6;
 mod working_set;
 
 use lb_userspace::{
@@ -274,6 +275,7 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let (by_fill, fill_md) = fill::measure(quick, &dir);
+    let (ipv6, ipv6_md) = ipv6::measure(quick);
     let report = serde_json::json!({
         "calls_per_measurement": calls,
         "rounds": ROUNDS,
@@ -282,8 +284,9 @@ fn main() {
         "configs": json_configs,
         "working_set": working_set,
         "new_flow_by_fill": by_fill,
+        "ipv6": ipv6,
     });
-    let md = format!("{header}{md}\n{ws_md}\n{fill_md}");
+    let md = format!("{header}{md}\n{ws_md}\n{fill_md}\n{ipv6_md}");
     write_report(&dir, report, &md);
     print!("{md}");
     println!(

@@ -130,7 +130,7 @@ pub fn failed_gates(verdicts: &[Verdict]) -> Vec<&Verdict> {
         .collect()
 }
 
-/// Judges every target of issues 4 and 15 against `report` (`{"packet", "e2e", "control"}`).
+/// Judges every target of issues 4, 15 and 16 against `report` (`{"packet", "e2e", "control"}`).
 #[must_use]
 pub fn judge(report: &Value) -> Vec<Verdict> {
     let mut verdicts = vec![
@@ -175,6 +175,11 @@ pub fn judge(report: &Value) -> Vec<Verdict> {
             Bound::AtLeast(1.3),
         ),
     ];
+    verdicts.push(verdict(
+        "per packet: IPv6 established <= 1.3x IPv4 established (issue 16)",
+        packet::ipv6_over_ipv4(report, "IPv6 established", "IPv4 established"),
+        Bound::AtMost(1.3),
+    ));
     verdicts.extend(working_set_verdicts(report));
     verdicts.extend(control::verdicts(report));
     verdicts.extend(e2e::verdicts(report));

@@ -176,3 +176,26 @@ pub(super) fn working_set_ratio(report: &Value, series: &str) -> Option<Figure> 
         rounds,
     })
 }
+
+/// IPv6's cost over IPv4's for one hot flow (measures `six` and `four`
+/// of the report's `ipv6` part, measured in the same rounds): the median
+/// of the per-round ratios, with each round's.
+pub(super) fn ipv6_over_ipv4(report: &Value, six: &str, four: &str) -> Option<Figure> {
+    let measures = &report["packet"]["ipv6"]["measures"];
+    let a = numbers(&measures[six]["rounds_ns"])?;
+    let b = numbers(&measures[four]["rounds_ns"])?;
+    let mut rounds: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1.0)).collect();
+    let mut sorted = rounds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let value = *sorted.get(sorted.len() / 2)?;
+    rounds.truncate(a.len().min(b.len()));
+    Some(Figure {
+        value,
+        text: format!(
+            "{value:.2}x ({:.2}-{:.2})",
+            sorted.first()?,
+            sorted.last()?
+        ),
+        rounds: Ok(rounds),
+    })
+}
