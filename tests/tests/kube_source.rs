@@ -1,8 +1,11 @@
 //! The Kubernetes source against the test API server: the real kube client
 //! over HTTP on loopback, list/watch, bookmarks, dropped connections, `410
 //! Gone` relists and an unreachable server; the watch's scope (labels) and
-//! paging in `scope`, Events about Services in `events`. No root needed.
+//! paging in `scope`, Events about Services in `events`, a dual-stack
+//! Service and its two slices in `dual_stack`. No root needed.
 
+#[path = "kube_source/dual_stack.rs"]
+mod dual_stack;
 #[path = "kube_source/events.rs"]
 mod events;
 #[path = "kube_source/scope.rs"]
