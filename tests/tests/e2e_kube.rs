@@ -1,17 +1,19 @@
 //! End to end with `--source kube`: the agent in node1 watches the test API
-//! server (on node1's loopback); changes to EndpointSlices change real traffic.
-//! Needs root.
+//! server (on node1's loopback); changes to EndpointSlices change real traffic,
+//! over IPv4 and, on a dual-stack cluster, IPv6. Needs root.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::Agent,
     apiserver::TestApiServer,
-    topology::ClusterTopology,
+    cluster::assert_spread,
+    require_ipv6,
+    topology::{ClusterTopology, Cni, Family, SenderChecksums},
     traffic::{http_distribution, PodServers},
 };
 
@@ -21,6 +23,8 @@ const DNS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 40), 53);
 /// not a speed figure (the control bench measures change-to-map latency);
 /// generous because test passes share the host's two cores.
 const APPLY: Duration = Duration::from_secs(5);
+/// A bound on each batch of requests.
+const DEADLINE: Duration = Duration::from_mins(1);
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
 spec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: http}\n  - {name: dns, port: 53, protocol: UDP, targetPort: dns}\n";
@@ -330,5 +334,94 @@ fn a_udp_client_moves_off_a_deleted_backend_at_its_next_packet() {
             .iter()
             .all(|(_, a)| a.as_deref() == Some(moved_to.as_str())),
         "and stays there: {answers:?}"
+    );
+}
+
+/// The dual-stack Service's cluster IPs.
+const DUAL4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
+const DUAL6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x41);
+
+const DUAL_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: default}\n\
+spec:\n  clusterIP: 10.96.0.41\n  clusterIPs: [10.96.0.41, \"fd00:96::41\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: http}\n";
+
+/// The dual-stack Service's slice of `family` (IPv4 or IPv6) with
+/// `(pod address, node)` endpoints.
+fn family_slice(family: &str, endpoints: &[(&str, &str)]) -> String {
+    let list: Vec<String> = endpoints
+        .iter()
+        .map(|(ip, node)| {
+            format!("{{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}")
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: dual-{family}, namespace: default, labels: {{kubernetes.io/service-name: dual}}}}\n\
+         addressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// pod1b, pod1c and pod2a (pod1a is the client) in each family.
+const DUAL_V4: [(&str, &str); 3] = [
+    ("10.244.1.3", "node1"),
+    ("10.244.1.4", "node1"),
+    ("10.244.2.2", "node2"),
+];
+const DUAL_V6: [(&str, &str); 3] = [
+    ("fd00:244:1::3", "node1"),
+    ("fd00:244:1::4", "node1"),
+    ("fd00:244:2::2", "node2"),
+];
+
+/// On a dual-stack cluster, a dual-stack Service and its IPv4 and IPv6
+/// slices from the API server: a pod reaches both cluster IPs, spread over
+/// that family's backends, and an IPv6 slice change reaches IPv6 traffic
+/// (and leaves IPv4's alone).
+#[test]
+fn a_pod_reaches_both_cluster_ips_of_a_dual_stack_service_from_the_api_server() {
+    require_ipv6();
+    let topo =
+        ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
+            .expect("building the dual-stack topology");
+    let _servers = PodServers::start(&topo).unwrap();
+    let api = TestApiServer::start_in(Some(&topo.node1)).unwrap();
+    let kubeconfig =
+        std::env::temp_dir().join(format!("lbt{}-kubeconfig-dual", std::process::id()));
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.apply(DUAL_SERVICE).unwrap();
+    api.apply(&family_slice("IPv4", &DUAL_V4)).unwrap();
+    api.apply(&family_slice("IPv6", &DUAL_V6)).unwrap();
+    let mut agent = Agent::start_kube(&topo.node1, &kubeconfig).unwrap();
+    agent.wait_ready(Duration::from_secs(30)).unwrap();
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    let from = &topo.pod("pod1a").ns;
+    let all = ["pod1b", "pod1c", "pod2a"];
+    let vip6 = SocketAddrV6::new(DUAL6, 80, 0, 0);
+    let vip4 = SocketAddrV4::new(DUAL4, 80);
+    assert_spread(&http_distribution(from, vip6, 60, DEADLINE), &all, 60, 0.10);
+    assert_spread(&http_distribution(from, vip4, 60, DEADLINE), &all, 60, 0.10);
+
+    // pod1b leaves the IPv6 slice: new IPv6 connections stop reaching it.
+    api.apply(&family_slice("IPv6", &DUAL_V6[1..])).unwrap();
+    let changed = Instant::now();
+    while http_distribution(from, vip6, 10, DEADLINE).contains_key("pod1b") {
+        assert!(
+            changed.elapsed() < APPLY,
+            "pod1b still served after {APPLY:?}"
+        );
+    }
+    assert_spread(
+        &http_distribution(from, vip6, 40, DEADLINE),
+        &["pod1c", "pod2a"],
+        40,
+        0.10,
+    );
+    // IPv4's slice did not change: pod1b still takes IPv4 connections.
+    assert_spread(&http_distribution(from, vip4, 60, DEADLINE), &all, 60, 0.10);
+    let log = agent.log();
+    assert!(
+        !log.contains("IPv6NotServed"),
+        "cluster IPs are served:\n{log}"
     );
 }
