@@ -44,19 +44,7 @@ pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_f
     params.__bindgen_anon_1.tot_len = query.tot_len;
     params.__bindgen_anon_3.ipv4_src = query.src;
     params.__bindgen_anon_4.ipv4_dst = query.dst;
-    // SAFETY: the helper reads and writes `params` within its size; ctx is the program's context.
-    let ret = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            // The struct is 64 bytes.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-            {
-                size_of::<bpf_fib_lookup>() as i32
-            },
-            flags,
-        )
-    };
+    let ret = run(ctx, &mut params, flags);
     (ret, params)
 }
 
@@ -88,11 +76,19 @@ pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf
     params.dport = query.dport;
     params.__bindgen_anon_3.ipv6_src = query.src;
     params.__bindgen_anon_4.ipv6_dst = query.dst;
-    // SAFETY: as in `lookup`.
-    let ret = unsafe {
+    let ret = run(ctx, &mut params, flags);
+    (ret, params)
+}
+
+/// The `bpf_fib_lookup` helper on `params`, with `flags`: its return code.
+#[inline(always)]
+fn run<C: EbpfContext>(ctx: &C, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+    // SAFETY: the helper reads and writes `params` within its size; ctx is
+    // the program's context.
+    unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &raw mut params,
+            params,
             // The struct is 64 bytes.
             #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
             {
@@ -100,6 +96,5 @@ pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf
             },
             flags,
         )
-    };
-    (ret, params)
+    }
 }
