@@ -9,8 +9,7 @@
 //! itself, a reply-tuple clash IPv4 would remap) passes untouched, counted
 //! `Ipv6SnatUnserved`; node ports are not looked up; session affinity is
 //! not kept (a new flow is hashed); fragments pass untouched and
-//! uncounted, as IPv4 passes a later fragment it cannot place; `ICMPv6`
-//! errors pass untouched; a new connection to a Service without endpoints
+//! uncounted, as IPv4 passes a later fragment it cannot place; a new connection to a Service without endpoints
 //! is dropped (counted), not refused.
 
 // Keys and entries are passed as references into the scratch slot (or the
@@ -68,7 +67,7 @@ pub struct Scratch6 {
 
 /// This CPU's scratch slot.
 #[inline(always)]
-fn scratch() -> Option<&'static mut Scratch6> {
+pub fn scratch() -> Option<&'static mut Scratch6> {
     let s = SCRATCH6.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot (see `Scratch6`), used by one packet at a time.
     Some(unsafe { &mut *s })

@@ -28,6 +28,7 @@ mod frontend;
 mod frontend6;
 mod handoff;
 mod icmp;
+mod icmp6;
 mod lb;
 mod lb6;
 mod maps;

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use lb_common::{maps6::same, Event, Family, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    config, counters,
+    config, counters, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     nat6::Rewrite6,
@@ -47,7 +47,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     let egress = hook == Hook::Egress;
     let flow = match parsed {
         Parsed6::Flow(flow) => flow,
-        Parsed6::NotOurs => return TC_ACT_OK,
+        Parsed6::NotOurs => return icmp(ctx, hook, len),
         Parsed6::Malformed => {
             if !egress {
                 counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
@@ -58,19 +58,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config::get() else {
         return TC_ACT_OK;
     };
-    let at = Ingress {
-        hook,
-        // SAFETY: the program's own skb context. At egress, the interface
-        // the packet entered the node by is the one to judge a reply by.
-        ifindex: unsafe {
-            if egress {
-                (*ctx.skb.skb).ingress_ifindex
-            } else {
-                (*ctx.skb.skb).ifindex
-            }
-        },
-        src_mac: parse::source_mac(ctx.data(), ctx.data_end()),
-    };
+    let at = ingress(ctx, hook);
     let action = if egress {
         lb6::decide_reply(ctx, &flow, at, cfg)
     } else {
@@ -86,6 +74,43 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
                 TC_ACT_OK
             }
         }
+    }
+}
+
+/// Where a frame at `hook` entered the node.
+#[inline(always)]
+fn ingress(ctx: &TcContext, hook: Hook) -> Ingress {
+    Ingress {
+        hook,
+        // SAFETY: the program's own skb context. At egress, the interface
+        // the packet entered the node by is the one to judge a reply by.
+        ifindex: unsafe {
+            if hook == Hook::Egress {
+                (*ctx.skb.skb).ingress_ifindex
+            } else {
+                (*ctx.skb.skb).ifindex
+            }
+        },
+        src_mac: parse::source_mac(ctx.data(), ctx.data_end()),
+    }
+}
+
+/// A frame that is not a flow of ours: an `ICMPv6` error about a
+/// translated flow is translated in place ([`icmp6`]; the sum over the
+/// packet is unchanged, so the skb's checksum state stays right);
+/// everything else passes.
+#[inline(always)]
+fn icmp(ctx: &TcContext, hook: Hook, len: usize) -> i32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if !icmp6::is_icmp6(data, data_end) {
+        return TC_ACT_OK;
+    }
+    let Some(cfg) = config::get() else {
+        return TC_ACT_OK;
+    };
+    match icmp6::handle(ctx, data, data_end, len, ingress(ctx, hook), cfg) {
+        icmp6::Outcome::Pass => TC_ACT_OK,
+        icmp6::Outcome::Drop => TC_ACT_SHOT,
     }
 }
 

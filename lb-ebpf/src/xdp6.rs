@@ -9,7 +9,7 @@ use lb_common::{csum, maps6::same, Event, Family, IPPROTO_UDP};
 use network_types::{ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, counters,
+    config, counters, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     nat6::Rewrite6,
@@ -34,7 +34,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let len = frame_len(ctx, data, data_end);
     let flow = match parse6::parse(data, data_end, len) {
         Parsed6::Flow(flow) => flow,
-        Parsed6::NotOurs => return xdp_action::XDP_PASS,
+        Parsed6::NotOurs => return icmp(ctx, data, data_end, len),
         Parsed6::Malformed => {
             counters::event_in(Family::Ipv6, Event::Ipv6HeadersSkipped);
             return xdp_action::XDP_PASS;
@@ -43,14 +43,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let Some(cfg) = config::get() else {
         return xdp_action::XDP_PASS;
     };
-    let at = Ingress {
-        hook: Hook::Uplink,
-        // Interface indexes are 32-bit in the kernel.
-        #[allow(clippy::cast_possible_truncation)]
-        ifindex: ctx.ingress_ifindex() as u32,
-        src_mac: parse::source_mac(data, data_end),
-    };
-    match lb6::decide(ctx, &flow, at, cfg) {
+    match lb6::decide(ctx, &flow, uplink(ctx, data, data_end), cfg) {
         Action6::Pass => xdp_action::XDP_PASS,
         Action6::Drop => xdp_action::XDP_DROP,
         Action6::Rewrite(rw) => {
@@ -60,6 +53,34 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 xdp_action::XDP_DROP
             }
         }
+    }
+}
+
+/// Where a frame on the uplink entered the node.
+#[inline(always)]
+fn uplink(ctx: &XdpContext, data: usize, data_end: usize) -> Ingress {
+    Ingress {
+        hook: Hook::Uplink,
+        // Interface indexes are 32-bit in the kernel.
+        #[allow(clippy::cast_possible_truncation)]
+        ifindex: ctx.ingress_ifindex() as u32,
+        src_mac: parse::source_mac(data, data_end),
+    }
+}
+
+/// A frame that is not a flow of ours: an `ICMPv6` error about a
+/// translated flow is translated ([`icmp6`]); everything else passes.
+#[inline(always)]
+fn icmp(ctx: &XdpContext, data: usize, data_end: usize, len: usize) -> u32 {
+    if !icmp6::is_icmp6(data, data_end) {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(cfg) = config::get() else {
+        return xdp_action::XDP_PASS;
+    };
+    match icmp6::handle(ctx, data, data_end, len, uplink(ctx, data, data_end), cfg) {
+        icmp6::Outcome::Pass => xdp_action::XDP_PASS,
+        icmp6::Outcome::Drop => xdp_action::XDP_DROP,
     }
 }
 
