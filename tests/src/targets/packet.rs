@@ -191,11 +191,7 @@ pub(super) fn ipv6_over_ipv4(report: &Value, six: &str, four: &str) -> Option<Fi
     rounds.truncate(a.len().min(b.len()));
     Some(Figure {
         value,
-        text: format!(
-            "{value:.2}x ({:.2}-{:.2})",
-            sorted.first()?,
-            sorted.last()?
-        ),
+        text: format!("{value:.2}x ({:.2}-{:.2})", sorted.first()?, sorted.last()?),
         rounds: Ok(rounds),
     })
 }
