@@ -47,6 +47,7 @@ use lb_common::{
     maps6::{same, FlowKey6, IPPROTO_ICMPV6},
     Family, NodeConfig, Verdict, IPPROTO_TCP, IPPROTO_UDP,
 };
+use network_types::ip::Ipv6Hdr;
 
 use crate::{
     conntrack::now_s,
@@ -55,6 +56,7 @@ use crate::{
     lb6::{self, Scratch6},
     maps6::{CONNTRACK6, REVNAT6},
     parse::{read_at, write_at, L3_OFF},
+    parse6::{IP6_DST, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC},
     spoof6,
 };
 
@@ -68,15 +70,7 @@ pub const ICMP6_TIME_EXCEEDED: u8 = 3;
 pub const ICMP6_PARAMETER_PROBLEM: u8 = 4;
 
 /// Length of the fixed IPv6 header.
-const IPV6_LEN: usize = 40;
-/// Offsets within an IPv6 header: payload length, next header, addresses.
-const IP6_PAYLOAD_LEN: usize = 4;
-/// See [`IP6_PAYLOAD_LEN`].
-const IP6_NEXT: usize = 6;
-/// See [`IP6_PAYLOAD_LEN`].
-const IP6_SRC: usize = 8;
-/// See [`IP6_PAYLOAD_LEN`].
-const IP6_DST: usize = 24;
+const IPV6_LEN: usize = Ipv6Hdr::LEN;
 /// Offset of the `ICMPv6` header.
 const ICMP_OFF: usize = L3_OFF + IPV6_LEN;
 /// Length of the `ICMPv6` header (type, code, checksum, rest).

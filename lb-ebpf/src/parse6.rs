@@ -21,6 +21,19 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::parse::{opaque, Fragment, L3_OFF};
 
+/// Offsets within an IPv6 header (the frame's, or one quoted in an
+/// `ICMPv6` error): payload length, next header, source and destination.
+pub const IP6_PAYLOAD_LEN: usize = 4;
+/// See [`IP6_PAYLOAD_LEN`].
+pub const IP6_NEXT: usize = 6;
+/// See [`IP6_PAYLOAD_LEN`].
+pub const IP6_SRC: usize = 8;
+/// See [`IP6_PAYLOAD_LEN`].
+pub const IP6_DST: usize = 24;
+/// Offset of the source address within the frame.
+pub const IP6_SRC_OFF: usize = L3_OFF + IP6_SRC;
+/// Offset of the destination address within the frame.
+pub const IP6_DST_OFF: usize = L3_OFF + IP6_DST;
 /// Offset of the first byte after the fixed IPv6 header.
 pub const EXT_OFF: usize = L3_OFF + Ipv6Hdr::LEN;
 /// Bytes a parse needs in the linear area at most (Ethernet, IPv6, the

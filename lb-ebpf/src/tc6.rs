@@ -21,8 +21,7 @@ use crate::{
     lb6::{self, Action6},
     nat6::Rewrite6,
     parse::{self, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    parse6::{self, Flow6, Parsed6, MAX_HEADERS_LEN6},
-    xdp6::{IP6_DST_OFF, IP6_SRC_OFF},
+    parse6::{self, Flow6, Parsed6, IP6_DST_OFF, IP6_SRC_OFF, MAX_HEADERS_LEN6},
 };
 
 /// Bytes of an IPv6 address.

@@ -14,15 +14,8 @@ use crate::{
     lb6::{self, Action6},
     nat6::Rewrite6,
     parse::{self, L3_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    parse6::{self, Flow6, Parsed6, EXT_OFF},
+    parse6::{self, Flow6, Parsed6, EXT_OFF, IP6_DST_OFF, IP6_PAYLOAD_LEN, IP6_SRC_OFF},
 };
-
-/// Offset of the payload length within the frame.
-const PAYLOAD_LEN_OFF: usize = L3_OFF + 4;
-/// Offset of the source address within the frame.
-pub const IP6_SRC_OFF: usize = L3_OFF + 8;
-/// Offset of the destination address within the frame.
-pub const IP6_DST_OFF: usize = L3_OFF + 24;
 
 /// Handles one IPv6 frame on the uplink.
 #[inline(always)]
@@ -93,7 +86,7 @@ pub fn frame_len(ctx: &XdpContext, data: usize, data_end: usize) -> usize {
         return linear;
     }
     // SAFETY: the fixed header is in bounds (above); the field is 2 bytes.
-    let payload = unsafe { *((data + PAYLOAD_LEN_OFF) as *const [u8; 2]) };
+    let payload = unsafe { *((data + L3_OFF + IP6_PAYLOAD_LEN) as *const [u8; 2]) };
     if L3_OFF + Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(payload)) <= linear {
         return linear;
     }
