@@ -41,6 +41,8 @@ pub const READYZ_PATH: &str = "/readyz";
 pub struct VerdictLabels {
     /// Verdict name (translated, reversed, passed, dropped, error).
     pub verdict: String,
+    /// The packets' family: "ipv4" or "ipv6".
+    pub family: &'static str,
 }
 
 /// Labels of a per-state gauge.
@@ -62,6 +64,8 @@ pub struct BackendLabels {
 pub struct EventLabels {
     /// Event name (`lb_common::Event::name`).
     pub event: String,
+    /// The family of the packets the event is about: "ipv4" or "ipv6".
+    pub family: &'static str,
 }
 
 /// Labels of the garbage-collection counter.
@@ -79,6 +83,9 @@ pub struct ServiceLabels {
     pub service: String,
     /// The Service port's name ("" when unnamed).
     pub port: String,
+    /// The frontends' family ("ipv4" or "ipv6"): each family's side of a
+    /// dual-stack Service port is counted apart.
+    pub family: &'static str,
 }
 
 /// The agent's own metrics, updated by the run loop.
@@ -341,23 +348,30 @@ impl Metrics {
     /// The metrics in Prometheus text format, verdicts read from the maps now.
     pub fn render(&self) -> Result<String> {
         let maps = Maps::from_pins(&self.pin_dir)?;
-        for (verdict, total) in lb_common::Verdict::ALL.iter().zip(maps.verdict_totals()?) {
-            self.verdicts
-                .get_or_create(&VerdictLabels {
-                    verdict: verdict.name().to_string(),
-                })
-                .inner()
-                .store(total, Ordering::Relaxed);
+        for family in lb_common::Family::ALL {
+            for verdict in lb_common::Verdict::ALL {
+                self.verdicts
+                    .get_or_create(&VerdictLabels {
+                        verdict: verdict.name().to_string(),
+                        family: family.name(),
+                    })
+                    .inner()
+                    .store(maps.verdict_count(family, verdict)?, Ordering::Relaxed);
+            }
         }
         self.service_packets.clear();
         self.service_bytes.clear();
         let totals: std::collections::HashMap<u32, lb_common::ServiceStats> =
             maps.service_totals()?.into_iter().collect();
-        for (id, service, port) in crate::status::ports_by_id(&maps)? {
+        for (id, label) in crate::status::ports_by_id(&maps)? {
             let Some(stats) = totals.get(&id) else {
                 continue;
             };
-            let labels = ServiceLabels { service, port };
+            let labels = ServiceLabels {
+                service: label.service,
+                port: label.port,
+                family: label.family.name(),
+            };
             self.service_packets
                 .get_or_create(&labels)
                 .inner()
@@ -449,13 +463,16 @@ impl Metrics {
                 .inner()
                 .store(*n, Ordering::Relaxed);
         }
-        for event in Event::ALL {
-            self.events
-                .get_or_create(&EventLabels {
-                    event: event.name().to_string(),
-                })
-                .inner()
-                .store(maps.event_total(event)?, Ordering::Relaxed);
+        for family in lb_common::Family::ALL {
+            for event in Event::ALL {
+                self.events
+                    .get_or_create(&EventLabels {
+                        event: event.name().to_string(),
+                        family: family.name(),
+                    })
+                    .inner()
+                    .store(maps.event_count(family, event)?, Ordering::Relaxed);
+            }
         }
         let collected = [
             self.gc_totals[0].load(Ordering::Relaxed),

@@ -10,10 +10,13 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     maps6::{ipv6_octets, ServiceKey6},
-    ServiceEntry, Verdict, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP,
+    Family, ServiceEntry, Verdict, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::datapath::{decode_label, maps::Maps};
+use crate::{
+    datapath::{decode_label, maps::Maps},
+    desired::AddrFamily as _,
+};
 
 /// One frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -75,16 +78,44 @@ pub fn read(
     Ok((frontends, maps.verdict_totals()?))
 }
 
-/// Every labelled service id with its Service ("namespace/name") and port name.
-pub fn ports_by_id(maps: &Maps) -> Result<Vec<(u32, String, String)>> {
+/// Every labelled service id with its Service ("namespace/name"), port
+/// name and family.
+pub fn ports_by_id(maps: &Maps) -> Result<Vec<(u32, PortLabel)>> {
     let mut out = Vec::new();
     for item in &maps.labels {
         let (id, label) = item?;
-        let label = decode_label(&label);
-        let (service, port) = label.split_once(':').unwrap_or((label.as_str(), ""));
-        out.push((id, service.to_string(), port.to_string()));
+        out.push((id, PortLabel::parse(&decode_label(&label))));
     }
     Ok(out)
+}
+
+/// A service id's label, read: one family's side of one Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortLabel {
+    /// "namespace/name" of the Service.
+    pub service: String,
+    /// The port's name ("" when unnamed).
+    pub port: String,
+    /// The family of the frontends the id serves.
+    pub family: Family,
+}
+
+impl PortLabel {
+    /// Reads "namespace/name:port" (IPv4) or "namespace/name:port/IPv6";
+    /// a label without a port (layouts before v6) names the Service alone.
+    #[must_use]
+    pub fn parse(label: &str) -> Self {
+        let (service, port) = label.split_once(':').unwrap_or((label, ""));
+        let (port, family) = match port.strip_suffix(SocketAddrV6::LABEL_SUFFIX) {
+            Some(port) => (port, Family::Ipv6),
+            None => (port, Family::Ipv4),
+        };
+        Self {
+            service: service.to_string(),
+            port: port.to_string(),
+            family,
+        }
+    }
 }
 
 /// "namespace/name" of a service id's Service (its label without the port
@@ -190,6 +221,24 @@ pub fn to_json(frontends: &[FrontendStatus], verdicts: &[u64]) -> Result<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_label_names_its_family() {
+        let read = |label| {
+            let l = PortLabel::parse(label);
+            (l.service, l.port, l.family)
+        };
+        let ipv4 = ("default/web".to_string(), "http".to_string(), Family::Ipv4);
+        assert_eq!(read("default/web:http"), ipv4);
+        let ipv6 = ("default/web".to_string(), "http".to_string(), Family::Ipv6);
+        assert_eq!(read("default/web:http/IPv6"), ipv6);
+        assert_eq!(read("default/web:/IPv6").1, "");
+        // Before v6 a label named the Service only.
+        assert_eq!(
+            read("default/web"),
+            ("default/web".into(), String::new(), Family::Ipv4)
+        );
+    }
 
     #[test]
     fn formats_like_kubectl_get_endpoints() {

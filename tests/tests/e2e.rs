@@ -92,6 +92,11 @@ fn scrape(c: &Cluster, path: &str) -> (String, String) {
     lb_tests::traffic::scrape(&c.topo.node1, 9960, path).unwrap()
 }
 
+/// IPv4 packets translated toward a backend.
+const TRANSLATED: &str = "lb_packets_total{verdict=\"translated\",family=\"ipv4\"}";
+/// IPv4 replies translated back.
+const REVERSED: &str = "lb_packets_total{verdict=\"reversed\",family=\"ipv4\"}";
+
 fn counter(metrics: &str, series: &str) -> u64 {
     let value = lb_tests::traffic::metric(metrics, series)
         .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"));
@@ -130,8 +135,8 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     assert!(scrape(&c, "/readyz").0.contains("200"));
     let (status, before) = scrape(&c, "/metrics");
     assert!(status.contains("200"), "{status}");
-    let translated = counter(&before, "lb_packets_total{verdict=\"translated\"}");
-    let reversed = counter(&before, "lb_packets_total{verdict=\"reversed\"}");
+    let translated = counter(&before, TRANSLATED);
+    let reversed = counter(&before, REVERSED);
     assert!(counter(&before, "lb_syncs_total") >= 1);
     assert_eq!(counter(&before, "lb_frontends"), 3);
     let counts = http_distribution(&c.topo.client, WEB, 20, DEADLINE);
@@ -139,19 +144,18 @@ fn metrics_follow_real_traffic_and_probes_answer() {
     let (_, after) = scrape(&c, "/metrics");
     // Each HTTP exchange is at least 5 client packets and 4 replies translated.
     assert!(
-        counter(&after, "lb_packets_total{verdict=\"translated\"}") >= translated + 20 * 5,
+        counter(&after, TRANSLATED) >= translated + 20 * 5,
         "{after}"
     );
-    assert!(
-        counter(&after, "lb_packets_total{verdict=\"reversed\"}") >= reversed + 20 * 4,
-        "{after}"
-    );
-    let web = "lb_service_packets_total{service=\"default/web-service\",port=\"http\"}";
+    assert!(counter(&after, REVERSED) >= reversed + 20 * 4, "{after}");
+    let web =
+        "lb_service_packets_total{service=\"default/web-service\",port=\"http\",family=\"ipv4\"}";
     assert!(
         counter(&after, web) >= 20 * 5,
         "per-service packets: {after}"
     );
-    let bytes = "lb_service_bytes_total{service=\"default/web-service\",port=\"http\"}";
+    let bytes =
+        "lb_service_bytes_total{service=\"default/web-service\",port=\"http\",family=\"ipv4\"}";
     assert!(
         counter(&after, bytes) >= counter(&after, web) * 54,
         "per-service bytes: {after}"

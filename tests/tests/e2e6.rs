@@ -97,15 +97,32 @@ fn dual(checksums: SenderChecksums, extra: &[&str]) -> Dual {
     }
 }
 
+/// Where the agent serves `/metrics` (on node1's loopback) when asked to.
+const METRICS: &str = "127.0.0.1:9960";
+
+/// node1's `/metrics` (from an agent started with `--metrics-addr` [`METRICS`]).
+fn scrape(c: &Dual) -> String {
+    let (status, text) = lb_tests::traffic::scrape(&c.topo.node1, 9960, "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
+    text
+}
+
+/// One series' value, which must be there.
+fn counter(metrics: &str, series: &str) -> f64 {
+    lb_tests::traffic::metric(metrics, series)
+        .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+}
+
 fn manifests_text() -> String {
     manifests(&WEB6_PODS)
 }
 
 #[test]
 fn a_pod_reaches_both_cluster_ips_of_a_dual_stack_service_spread_over_every_backend() {
-    let c = dual(SenderChecksums::Complete, &[]);
+    let c = dual(SenderChecksums::Complete, &["--metrics-addr", METRICS]);
     let from = &c.topo.pod("pod1a").ns;
     let all = ["pod1b", "pod1c", "pod2a"];
+    let before = scrape(&c);
     let tcp6 = http_distribution(from, SocketAddrV6::new(WEB6, 80, 0, 0), 90, DEADLINE);
     assert_spread(&tcp6, &all, 90, 0.10);
     // udp_distribution counts replies from any other source than the
@@ -119,6 +136,20 @@ fn a_pod_reaches_both_cluster_ips_of_a_dual_stack_service_spread_over_every_back
         DEADLINE,
     );
     assert_spread(&tcp4, &all, 60, 0.05);
+    // /metrics tells the families apart: each HTTP exchange is at least 5
+    // client packets, and the Service's IPv6 side has its own series.
+    let after = scrape(&c);
+    for (family, exchanges) in [("ipv6", 90.0), ("ipv4", 60.0)] {
+        let translated = format!("lb_packets_total{{verdict=\"translated\",family=\"{family}\"}}");
+        assert!(
+            counter(&after, &translated) >= counter(&before, &translated) + exchanges * 5.0,
+            "{translated}:\n{after}"
+        );
+        let web = format!(
+            "lb_service_packets_total{{service=\"default/web6\",port=\"http\",family=\"{family}\"}}"
+        );
+        assert!(counter(&after, &web) >= exchanges * 5.0, "{web}:\n{after}");
+    }
     let log = c.agent.log();
     assert!(
         !log.contains("IPv6NotServed"),

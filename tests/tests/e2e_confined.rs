@@ -159,7 +159,7 @@ fn assert_keyed_and_answering(agent: &Agent, node: &Netns) {
 /// `pod`'s sockets in `cgroup` are balanced at connect by the socket hook
 /// (each reports the Service's address), over every backend.
 fn assert_the_hook_balances(node: &Netns, pod: &Netns, cgroup: &TestCgroup) {
-    let translated = "lb_datapath_events_total{event=\"socket_translated\"}";
+    let translated = "lb_datapath_events_total{event=\"socket_translated\",family=\"ipv4\"}";
     let before = counter(node, translated);
     let tcp = sock_client::answers(&sock_client(pod, cgroup, "http", WEB), &WEB);
     assert_spread(&tcp, &ALL, COUNT, 0.05);

@@ -208,7 +208,7 @@ fn load_balancer_source_ranges_admit_clients_inside_and_drop_others() {
         .exec(&["ip", "route", "add", "10.96.0.0/12", "via", "192.168.50.11"])
         .unwrap();
     let pods = ["pod1a", "pod2a"];
-    let denied = "lb_datapath_events_total{event=\"source_range_denied\"}";
+    let denied = "lb_datapath_events_total{event=\"source_range_denied\",family=\"ipv4\"}";
     assert_eq!(c.metric(denied), 0, "denied before any traffic");
 
     answered(&c.topo.client, "client", RANGED_LB_IP, &pods);

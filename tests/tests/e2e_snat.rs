@@ -358,7 +358,7 @@ fn accept_local_is_set_where_translated_packets_need_it_and_spoofs_of_the_node_s
     assert!(
         metric(
             &text,
-            "lb_datapath_events_total{event=\"node_source_spoofed\"}"
+            "lb_datapath_events_total{event=\"node_source_spoofed\",family=\"ipv4\"}"
         )
         .unwrap_or(0.0)
             >= 1.0,

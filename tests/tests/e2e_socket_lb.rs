@@ -129,10 +129,11 @@ fn counter(c: &Cluster, series: &str) -> u64 {
 }
 
 const WEB_HTTP_PACKETS: &str =
-    "lb_service_packets_total{service=\"default/web-service\",port=\"http\"}";
+    "lb_service_packets_total{service=\"default/web-service\",port=\"http\",family=\"ipv4\"}";
 const WEB_DNS_PACKETS: &str =
-    "lb_service_packets_total{service=\"default/web-service\",port=\"dns\"}";
-const SOCKET_TRANSLATED: &str = "lb_datapath_events_total{event=\"socket_translated\"}";
+    "lb_service_packets_total{service=\"default/web-service\",port=\"dns\",family=\"ipv4\"}";
+const SOCKET_TRANSLATED: &str =
+    "lb_datapath_events_total{event=\"socket_translated\",family=\"ipv4\"}";
 
 #[test]
 fn with_scope_all_pods_and_the_node_reach_services_with_no_packet_translated() {

@@ -274,7 +274,7 @@ pub(crate) fn flood_md(plan: &FloodPlan, j: &Value) -> String {
         );
     }
     let ev = |name: &str| {
-        let key = format!("lb_datapath_events_total{{event=\"{name}\"}}");
+        let key = format!("lb_datapath_events_total{{event=\"{name}\",family=\"ipv4\"}}");
         format!(
             "{} -> {}",
             r["metrics_before"][&key], r["metrics_after"][&key]
@@ -298,7 +298,7 @@ pub(crate) fn flood_md(plan: &FloodPlan, j: &Value) -> String {
     .map(|v| {
         format!(
             "{v} {}",
-            r["metrics_delta"][&format!("lb_packets_total{{verdict=\"{v}\"}}")]
+            r["metrics_delta"][&format!("lb_packets_total{{verdict=\"{v}\",family=\"ipv4\"}}")]
         )
     })
     .collect::<Vec<_>>()
