@@ -175,3 +175,34 @@ fn a_dual_stack_plan_reads_back_and_an_adopting_planner_replans_nothing() {
     assert!(again4.ops.is_empty(), "{:?}", again4.ops);
     assert!(again6.ops.is_empty(), "{:?}", again6.ops);
 }
+
+/// The batched read of a backend array (what a restarted agent reads back)
+/// gives every slot in index order, as reading them one by one does,
+/// across the batch boundaries and up to the last slot.
+#[test]
+fn a_batched_array_read_matches_slot_by_slot_reads() {
+    use lb_userspace::datapath::batch::{read_array, BATCH_ELEMENTS};
+    let mut dp = TestDatapath::load("maps6-batch", NODE);
+    let maps = &mut dp.datapath_mut().maps;
+    let len = maps.backends6.len();
+    assert!(len > 2 * BATCH_ELEMENTS, "{len}");
+    for (i, id) in [0, BATCH_ELEMENTS - 1, BATCH_ELEMENTS, len - 1]
+        .into_iter()
+        .enumerate()
+    {
+        let backend = Backend6 {
+            addr: ipv6_words(POD.octets()),
+            port: (8080 + u16::try_from(i).unwrap()).to_be(),
+            flags: BACKEND_F_ACTIVE,
+            pad: 0,
+            service_id: id,
+        };
+        maps.backends6.set(id, backend, 0).unwrap();
+    }
+    let batched = read_array(&maps.backends6).unwrap();
+    let one_by_one: Vec<Backend6> = maps.backends6.iter().map(Result::unwrap).collect();
+    assert_eq!(batched.len(), len as usize);
+    assert!(batched == one_by_one, "the batched read differs");
+    assert_eq!(batched[(len - 1) as usize].service_id, len - 1);
+    assert_eq!(u16::from_be(batched[BATCH_ELEMENTS as usize].port), 8082);
+}

@@ -43,8 +43,7 @@ impl Maps {
     /// of the lowest), as the planner records them.
     pub fn applied_frontends(&self) -> Result<Vec<AppliedFrontend>> {
         let mut backends_of: BackendsOf<SocketAddrV4> = BTreeMap::new();
-        for (id, backend) in (0u32..).zip(self.backends.iter()) {
-            let backend = backend?;
+        for (id, backend) in (0u32..).zip(super::batch::read_array(&self.backends)?) {
             let addr = SocketAddrV4::new(
                 Ipv4Addr::from(backend.addr.to_ne_bytes()),
                 u16::from_be(backend.port),
@@ -82,8 +81,7 @@ impl Maps {
     /// reads IPv4's (the backend ids are of the space both share).
     pub fn applied_frontends6(&self) -> Result<Vec<AppliedFrontend<SocketAddrV6>>> {
         let mut backends_of: BackendsOf<SocketAddrV6> = BTreeMap::new();
-        for (id, backend) in (0u32..).zip(self.backends6.iter()) {
-            let backend = backend?;
+        for (id, backend) in (0u32..).zip(super::batch::read_array(&self.backends6)?) {
             let addr = SocketAddrV6::new(
                 Ipv6Addr::from(ipv6_octets(backend.addr)),
                 u16::from_be(backend.port),

@@ -3,6 +3,7 @@
 
 mod adopt;
 mod attach;
+pub mod batch;
 pub mod convert;
 mod handover;
 pub mod layout;
