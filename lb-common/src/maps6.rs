@@ -317,6 +317,49 @@ impl RevNatEntry6 {
     }
 }
 
+/// Name of the IPv6 socket reverse map: [`SockRevKey6`] -> [`SockRevEntry6`]
+/// (LRU hash), the twin of `SOCK_REVERSE`: the Service address that
+/// `recvmsg` and `getpeername` of an IPv6 socket pointed at a backend show.
+/// A v4-mapped destination (`::ffff:a.b.c.d`) reaches an IPv4 Service, and
+/// its entry is IPv4's, in `SOCK_REVERSE`.
+pub const MAP_SOCK_REVERSE6: &str = "SOCK_REVERSE6";
+/// Capacity of [`MAP_SOCK_REVERSE6`]: half of IPv4's, as the flow maps
+/// (7.5 MiB preallocated, `memlock` on kernel 6.18, against 11 MiB for IPv4's).
+pub const SOCK_REVERSE6_MAX_ENTRIES: u32 = 1 << 16;
+
+/// Key of the IPv6 socket reverse map: a socket and a backend it was
+/// pointed at, the twin of `SockRevKey`.
+///
+/// Layout (32 bytes): `cookie` u64 | `backend_addr` [be32; 4] |
+/// `backend_port` be16 | pad [u16; 3].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey6 {
+    /// The socket's cookie (`bpf_get_socket_cookie`).
+    pub cookie: u64,
+    /// Backend IPv6 address, as [`ipv6_words`] stores it.
+    pub backend_addr: [u32; 4],
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// Always zero.
+    pub pad: [u16; 3],
+}
+
+/// Value of the IPv6 socket reverse map: the Service address the socket
+/// asked for, the twin of `SockRevEntry`.
+///
+/// Layout (20 bytes): `svc_addr` [be32; 4] | `svc_port` be16 | pad u16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevEntry6 {
+    /// Service (frontend) IPv6 address, as [`ipv6_words`] stores it.
+    pub svc_addr: [u32; 4],
+    /// Service port, network byte order.
+    pub svc_port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
 /// Whether two addresses are equal (`==` on arrays is not `const`).
 #[inline(always)]
 #[must_use]
@@ -335,6 +378,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::CtEntry6 {}
     unsafe impl aya::Pod for super::RevNatEntry6 {}
+    unsafe impl aya::Pod for super::SockRevKey6 {}
+    unsafe impl aya::Pod for super::SockRevEntry6 {}
 }
 
 #[cfg(test)]
@@ -351,6 +396,9 @@ mod tests {
         assert_eq!(size_of::<FlowKey6>(), 40);
         assert_eq!(size_of::<CtEntry6>(), 56);
         assert_eq!(size_of::<RevNatEntry6>(), 56);
+        assert_eq!(size_of::<SockRevKey6>(), 32);
+        assert_eq!(size_of::<SockRevEntry6>(), 20);
+        assert!(MAP_SOCK_REVERSE6.len() <= 15);
         assert_eq!(core::mem::offset_of!(CtEntry6, backend_addr), 8);
         assert_eq!(core::mem::offset_of!(CtEntry6, flags), 40);
         assert_eq!(core::mem::offset_of!(CtEntry6, created_ns), 48);

@@ -15,10 +15,17 @@ use crate::{maps6::SERVICES6, parse6::Flow6};
 /// A copy of the service entry of the IPv6 frontend `flow` is addressed to.
 #[inline(always)]
 pub fn lookup(flow: &Flow6) -> Option<ServiceEntry> {
+    lookup_at(&flow.dst, flow.dport, flow.proto)
+}
+
+/// A copy of the service entry of the IPv6 frontend at `addr`:`port`
+/// (network order) of protocol `proto` (a packet's, or a socket's: `sock6`).
+#[inline(always)]
+pub fn lookup_at(addr: &[u32; 4], port: u16, proto: u8) -> Option<ServiceEntry> {
     let key = ServiceKey6 {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
+        addr: *addr,
+        port,
+        proto,
         pad: 0,
     };
     // SAFETY: SERVICES6 has no prealloc (see maps6.rs): the value stays

@@ -44,6 +44,7 @@ mod select;
 mod select6;
 mod snat;
 mod sock;
+mod sock6;
 mod spoof;
 mod spoof6;
 mod tc;
@@ -165,6 +166,38 @@ pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse(&ctx)
+}
+
+/// `connect()` of an IPv6 socket in the attached cgroup: one aimed at an
+/// IPv6 Service (or a v4-mapped IPv4 one) is pointed at a backend ([`sock6`]).
+#[cgroup_sock_addr(connect6)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock6::forward(&ctx, false)
+}
+
+/// `sendmsg()` of an unconnected IPv6 UDP socket: each send to a Service
+/// goes to the socket's backend.
+#[cgroup_sock_addr(sendmsg6)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::forward(&ctx, true)
+}
+
+/// `recvmsg()` of an IPv6 UDP socket: a reply from its backend shows the
+/// Service address.
+#[cgroup_sock_addr(recvmsg6)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::reverse(&ctx)
+}
+
+/// `getpeername()` of an IPv6 socket: one pointed at a backend names the
+/// Service.
+#[cgroup_sock_addr(getpeername6)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock6::reverse(&ctx)
 }
 
 #[xdp(frags)]

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps6::{
-        Backend6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SourceRangeKey6,
-        CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, TC6_PROGRAMS,
+        Backend6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SockRevEntry6, SockRevKey6,
+        SourceRangeKey6, CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, SOCK_REVERSE6_MAX_ENTRIES,
+        TC6_PROGRAMS,
     },
     ServiceEntry, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
     SOURCE_RANGES_MAX_ENTRIES,
@@ -53,6 +54,12 @@ pub static CONNTRACK6: LruHashMap<FlowKey6, CtEntry6> =
 #[map(name = "REVNAT6")]
 pub static REVNAT6: LruHashMap<FlowKey6, RevNatEntry6> =
     LruHashMap::with_max_entries(REVNAT6_MAX_ENTRIES, 0);
+
+/// IPv6 socket-level balancing: (socket, backend) -> the Service address
+/// it asked for (see `lb_common::maps6::MAP_SOCK_REVERSE6`).
+#[map(name = "SOCK_REVERSE6")]
+pub static SOCK_REVERSE6: LruHashMap<SockRevKey6, SockRevEntry6> =
+    LruHashMap::with_max_entries(SOCK_REVERSE6_MAX_ENTRIES, 0);
 
 /// Per-CPU scratch of one IPv6 packet's keys and entries (not pinned; see
 /// [`crate::lb6::Scratch6`]).

@@ -42,6 +42,12 @@ pub fn maglev(svc: &ServiceEntry, flow: &Flow6, cfg: &NodeConfig) -> Option<Chos
         flow.dport,
         flow.proto,
     );
+    by_hash(svc, hash)
+}
+
+/// Picks the IPv6 backend at `hash`'s slot of the frontend's Maglev table.
+#[inline(always)]
+pub fn by_hash(svc: &ServiceEntry, hash: u32) -> Option<Chosen6> {
     let id = select::slot_id(svc, hash)?;
     let backend = active_backend(id)?;
     if backend.service_id != svc.id {

@@ -3,7 +3,9 @@
 //! need no translation (Cilium's socket LB). `connect4` decides once per
 //! connected socket (TCP, connected UDP), `sendmsg4` per send of an
 //! unconnected UDP socket; `recvmsg4` and `getpeername4` show the Service
-//! address back to the application, from `SOCK_REVERSE`.
+//! address back to the application, from `SOCK_REVERSE`. IPv6 sockets have
+//! the twins in `sock6`, which share this module's IPv4 decision for a
+//! v4-mapped destination ([`to_backend`]).
 //!
 //! Which sockets are balanced here is the agent's scope: those of the
 //! node's own network namespace (`HOST_NETNS_COOKIE`; pods keep the
@@ -41,7 +43,7 @@ pub const PROCEED: i32 = 1;
 /// What it returns to fail the call (`EPERM`).
 pub const REFUSE: i32 = 0;
 /// `BPF_ANY`: create or replace.
-const BPF_ANY: u64 = 0;
+pub const BPF_ANY: u64 = 0;
 
 /// The node's network namespace cookie, set by the agent at load
 /// (`SO_NETNS_COOKIE` of a socket of its own): sockets of other namespaces
@@ -70,7 +72,7 @@ fn scope() -> (u64, bool) {
 /// The network namespace cookie of the socket of `ctx`, if the agent's
 /// scope takes its sockets.
 #[inline(always)]
-fn netns_in_scope(ctx: &SockAddrContext) -> Option<u64> {
+pub fn netns_in_scope(ctx: &SockAddrContext) -> Option<u64> {
     let (host, all) = scope();
     // SAFETY: helper available to sock_addr programs; the context is ours.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
@@ -81,10 +83,21 @@ fn netns_in_scope(ctx: &SockAddrContext) -> Option<u64> {
 /// namespace in scope, without asking for its cookie (this runs on every
 /// `recvmsg`).
 #[inline(always)]
-fn in_scope(ctx: &SockAddrContext) -> bool {
+pub fn in_scope(ctx: &SockAddrContext) -> bool {
     let (host, all) = scope();
     // SAFETY: as in `netns_in_scope`.
     all || (host != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host)
+}
+
+/// What a call aimed at an address comes to.
+pub enum Aim<A> {
+    /// No Service of ours there (or one the per-packet path serves): the
+    /// call proceeds untouched.
+    Untouched,
+    /// The Service has no backend for the node: the call fails.
+    Refused,
+    /// Pointed at this backend address and port (network order).
+    Backend(A, u16),
 }
 
 /// `connect4` (`udp_only` false) and `sendmsg4` (true): points a socket
@@ -102,13 +115,10 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
             (*sa).user_port,
         )
     };
-    let Ok(proto) = u8::try_from(proto) else {
+    let Some(proto) = balanced_proto(proto, udp_only) else {
         return PROCEED;
     };
-    if family != AF_INET
-        || !(proto == IPPROTO_TCP || proto == IPPROTO_UDP)
-        || (udp_only && proto != IPPROTO_UDP)
-    {
+    if family != AF_INET {
         return PROCEED;
     }
     let Some(netns) = netns_in_scope(ctx) else {
@@ -117,18 +127,48 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     // The port is the socket address's, network order, in a 32-bit field.
     #[allow(clippy::cast_possible_truncation)]
     let port = port as u16;
+    match to_backend(ctx, netns, addr, port, proto) {
+        Aim::Untouched => PROCEED,
+        Aim::Refused => REFUSE,
+        Aim::Backend(addr, port) => {
+            // SAFETY: the kernel lets these programs rewrite the
+            // destination; each store is a whole 32-bit field.
+            unsafe {
+                (*sa).user_ip4 = addr;
+                (*sa).user_port = u32::from(port);
+            }
+            PROCEED
+        }
+    }
+}
+
+/// The protocol of a socket the programs balance: TCP or UDP (UDP only
+/// for `sendmsg`).
+#[inline(always)]
+pub fn balanced_proto(proto: u32, udp_only: bool) -> Option<u8> {
+    let proto = u8::try_from(proto).ok()?;
+    (proto == IPPROTO_UDP || (proto == IPPROTO_TCP && !udp_only)).then_some(proto)
+}
+
+/// Where a socket of `ctx` in namespace `netns`, aimed at the IPv4 address
+/// `addr`:`port` (network order) of protocol `proto`, goes: the backend
+/// of the Service there, remembered in `SOCK_REVERSE` for the reverse
+/// programs. Shared by IPv4's sockets and IPv6's aimed at a v4-mapped
+/// address (`sock6`).
+#[inline(always)]
+pub fn to_backend(ctx: &SockAddrContext, netns: u64, addr: u32, port: u16, proto: u8) -> Aim<u32> {
     let Some(svc) = frontend::lookup_at(addr, port, proto) else {
-        return PROCEED;
+        return Aim::Untouched;
     };
     // Source ranges are checked on packets, by the per-packet path.
     if svc.flags & SERVICE_F_SOURCE_RANGES != 0 {
-        return PROCEED;
+        return Aim::Untouched;
     }
     let Some(svc) = view::for_client(svc, Hook::Pod) else {
-        return PROCEED;
+        return Aim::Untouched;
     };
     let Some(cfg) = config::get() else {
-        return PROCEED;
+        return Aim::Untouched;
     };
     // SAFETY: helper available to sock_addr programs; the context is ours.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -144,7 +184,7 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
         // No backend for the node: kube-proxy rejects (no endpoints) or
         // drops (none it may use); a refused call tells the application at once.
         counters::event(Event::SocketRefused);
-        return REFUSE;
+        return Aim::Refused;
     };
     let key = SockRevKey {
         cookie,
@@ -159,14 +199,8 @@ pub fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     };
     // An LRU map: an insert cannot fail for want of room.
     let _ = SOCK_REVERSE.insert(key, entry, BPF_ANY);
-    // SAFETY: the kernel lets these programs rewrite the destination; each
-    // store is a whole 32-bit field.
-    unsafe {
-        (*sa).user_ip4 = chosen.backend.addr;
-        (*sa).user_port = u32::from(chosen.backend.port);
-    }
     counters::event(Event::SocketTranslated);
-    PROCEED
+    Aim::Backend(chosen.backend.addr, chosen.backend.port)
 }
 
 /// `recvmsg4` and `getpeername4`: a backend's address, as a socket pointed
@@ -179,17 +213,8 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
     if family != AF_INET || !in_scope(ctx) {
         return PROCEED;
     }
-    // SAFETY: helper available to sock_addr programs; the context is ours.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     #[allow(clippy::cast_possible_truncation)]
-    let key = SockRevKey {
-        cookie,
-        backend_addr: addr,
-        backend_port: port as u16,
-        pad: 0,
-    };
-    // SAFETY: the LRU value is copied out at once.
-    if let Some(entry) = unsafe { SOCK_REVERSE.get(key) }.copied() {
+    if let Some(entry) = service_of(ctx, addr, port as u16) {
         // SAFETY: as in `forward`.
         unsafe {
             (*sa).user_ip4 = entry.svc_addr;
@@ -197,4 +222,20 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
         }
     }
     PROCEED
+}
+
+/// The Service address the socket of `ctx` asked for when it was pointed
+/// at the IPv4 backend `addr`:`port` (network order), if it was.
+#[inline(always)]
+pub fn service_of(ctx: &SockAddrContext, addr: u32, port: u16) -> Option<SockRevEntry> {
+    // SAFETY: helper available to sock_addr programs; the context is ours.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKey {
+        cookie,
+        backend_addr: addr,
+        backend_port: port,
+        pad: 0,
+    };
+    // SAFETY: the LRU value is copied out at once.
+    unsafe { SOCK_REVERSE.get(key) }.copied()
 }

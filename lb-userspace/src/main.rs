@@ -415,6 +415,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
                 SocketLbArg::Off | SocketLbArg::Host => SocketLbScope::Host,
             },
             socket_lb_netns_dirs: args.socket_lb_netns_dir.clone(),
+            ipv6: matches!(args.ipv6, Switch::On),
             flows: FlowSettings {
                 snat_ports: args.snat_port_range,
                 timeouts,

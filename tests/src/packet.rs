@@ -685,6 +685,7 @@ impl TestDatapath {
             socket_lb_cgroup: None,
             socket_lb_scope: SocketLbScope::Host,
             socket_lb_netns_dirs: vec![],
+            ipv6: true,
         }
     }
 

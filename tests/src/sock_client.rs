@@ -2,7 +2,20 @@
 //! joins a cgroup, then opens sockets to an address and prints one line per
 //! exchange, `peer=ADDR reply=BACKEND`.
 
-use std::{collections::BTreeMap, fmt::Display, path::Path, process::Command};
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    io::{Read as _, Write as _},
+    net::{IpAddr, TcpListener, UdpSocket},
+    path::Path,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use crate::{cgroup::TestCgroup, netns::Netns};
 
@@ -107,5 +120,75 @@ impl Drop for Holding {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Backends for the socket tests: a TCP and a UDP server on each address
+/// given, answering with their own name ("b0", "b1", ... by address) until
+/// stopped (dropped). They open their sockets in the calling thread's
+/// network namespace.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Their TCP and UDP ports, by backend index.
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl Servers {
+    /// Starts the servers of `backends`, each on ports of its own.
+    #[must_use]
+    pub fn start(backends: &[IpAddr]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut ports = Vec::new();
+        for (k, ip) in backends.iter().enumerate() {
+            let name = format!("b{k}");
+            let tcp = TcpListener::bind((*ip, 0)).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            let udp = UdpSocket::bind((*ip, 0)).unwrap();
+            udp.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            ports.push((
+                tcp.local_addr().unwrap().port(),
+                udp.local_addr().unwrap().port(),
+            ));
+            let (stop_tcp, stop_udp, tcp_name) = (stop.clone(), stop.clone(), name.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop_tcp.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((mut conn, _)) => {
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                            let mut line = [0u8; 6];
+                            let _ = conn.read_exact(&mut line);
+                            let _ = conn.write_all(tcp_name.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop_udp.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(name.as_bytes(), from);
+                    }
+                }
+            }));
+        }
+        Self {
+            stop,
+            threads,
+            ports,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }

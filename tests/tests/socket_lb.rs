@@ -8,14 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::Duration,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use lb_common::Event;
@@ -23,7 +16,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     fixture::{apply, frontend, program},
     packet::TestDatapath,
-    sock_client,
+    sock_client::{self, Servers},
 };
 use lb_userspace::desired::Protocol;
 
@@ -35,71 +28,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 10);
 const BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)];
 /// Connections per client run.
 const CONNECTS: u32 = 24;
-
-/// Backends that answer with their own name ("b0", "b1") until stopped.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    /// Their TCP and UDP ports, by backend index.
-    ports: Vec<(u16, u16)>,
-}
-
-impl Servers {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let mut ports = Vec::new();
-        for (k, ip) in BACKENDS.iter().enumerate() {
-            let name = format!("b{k}");
-            let tcp = TcpListener::bind((*ip, 0)).unwrap();
-            tcp.set_nonblocking(true).unwrap();
-            let udp = UdpSocket::bind((*ip, 0)).unwrap();
-            udp.set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            ports.push((
-                tcp.local_addr().unwrap().port(),
-                udp.local_addr().unwrap().port(),
-            ));
-            let (stop_tcp, stop_udp, tcp_name) = (stop.clone(), stop.clone(), name.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop_tcp.load(Ordering::Relaxed) {
-                    match tcp.accept() {
-                        Ok((mut conn, _)) => {
-                            conn.set_nonblocking(false).unwrap();
-                            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                            let mut line = [0u8; 6];
-                            let _ = conn.read_exact(&mut line);
-                            let _ = conn.write_all(tcp_name.as_bytes());
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            }));
-            threads.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while !stop_udp.load(Ordering::Relaxed) {
-                    if let Ok((_, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(name.as_bytes(), from);
-                    }
-                }
-            }));
-        }
-        Self {
-            stop,
-            threads,
-            ports,
-        }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Runs the client in `cgroup` and returns its lines.
 fn client(cgroup: &TestCgroup, mode: &str, to: SocketAddr, count: u32) -> Vec<String> {
@@ -133,7 +61,7 @@ fn replies(lines: &[String], peer: SocketAddr) -> BTreeMap<String, usize> {
 #[test]
 fn sockets_of_the_node_reach_a_service_and_see_its_address() {
     let cgroup = TestCgroup::new("socklb");
-    let servers = Servers::start();
+    let servers = Servers::start(&BACKENDS.map(IpAddr::V4));
     let mut dp = TestDatapath::load_with_socket_lb("socket-lb", NODE, cgroup.path());
     let backends = |proto: usize| -> Vec<(Ipv4Addr, u16, bool)> {
         BACKENDS

@@ -13,7 +13,10 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    maps6::{CtEntry6, FlowKey6, RevNatEntry6, MAP_CONNTRACK6, MAP_REVNAT6},
+    maps6::{
+        CtEntry6, FlowKey6, RevNatEntry6, SockRevEntry6, SockRevKey6, MAP_CONNTRACK6, MAP_REVNAT6,
+        MAP_SOCK_REVERSE6,
+    },
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
     ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SockAffinityKey, SockRevEntry,
     SockRevKey, SourceRangeKey, BACKEND_F_ACTIVE, BACKEND_F_SELECTED, BACKEND_F_SELECTED_LOCAL,
@@ -328,6 +331,12 @@ pub fn carry_state(
         copy_hash::<SockRevKey, SockRevEntry>(
             &old_dir.join(MAP_SOCK_REVERSE),
             &new_dir.join(MAP_SOCK_REVERSE),
+        )?;
+    }
+    if carries(MAP_SOCK_REVERSE6) {
+        copy_hash::<SockRevKey6, SockRevEntry6>(
+            &old_dir.join(MAP_SOCK_REVERSE6),
+            &new_dir.join(MAP_SOCK_REVERSE6),
         )?;
     }
     Ok(copied)

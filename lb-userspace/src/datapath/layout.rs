@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
-    maps6::{MAP_BACKENDS6, MAP_CONNTRACK6, MAP_REVNAT6, MAP_SERVICES6, MAP_SOURCE_RANGES6},
+    maps6::{
+        MAP_BACKENDS6, MAP_CONNTRACK6, MAP_REVNAT6, MAP_SERVICES6, MAP_SOCK_REVERSE6,
+        MAP_SOURCE_RANGES6,
+    },
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
     MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE, MAP_SOURCE_RANGES, MAP_VERDICTS,
@@ -22,7 +25,7 @@ pub const PIN_LAYOUT: &str = "v8";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 1_886_632_592_548_014_987;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 8_799_917_861_118_663_159;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -53,8 +56,8 @@ pub const PIN_LAYOUT_FINGERPRINT: u64 = 1_886_632_592_548_014_987;
 /// frontend maps `SERVICES6`, `BACKENDS6`, `SOURCE_RANGES6` (see
 /// [`SERVICE_MAPS6`]) and `NODEPORT_ADDRS6`, and its flow maps
 /// `CONNTRACK6` (see [`ID_DEPENDENT_MAPS6`]) and `REVNAT6` (see
-/// [`INDEPENDENT_MAPS6`]), which start empty after a hand-over from an
-/// earlier layout.
+/// [`INDEPENDENT_MAPS6`]), and its socket reverse map `SOCK_REVERSE6`,
+/// which start empty after a hand-over from an earlier layout.
 pub const READABLE_LAYOUTS: &[(&str, &[&str])] = &[
     (
         "v7",
@@ -209,7 +212,7 @@ pub const SERVICE_MAPS6: [&str; 3] = [MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_R
 pub const ID_DEPENDENT_MAPS6: [&str; 1] = [MAP_CONNTRACK6];
 /// IPv6's twins of [`INDEPENDENT_MAPS`]: addresses only, carried on their
 /// own when readable (reported after IPv6's service maps).
-pub const INDEPENDENT_MAPS6: [&str; 1] = [MAP_REVNAT6];
+pub const INDEPENDENT_MAPS6: [&str; 2] = [MAP_REVNAT6, MAP_SOCK_REVERSE6];
 /// Maps carried on their own when readable: addresses and counters only.
 pub const INDEPENDENT_MAPS: [&str; 4] = [MAP_REVNAT, MAP_VERDICTS, MAP_EVENTS, MAP_SOCK_REVERSE];
 

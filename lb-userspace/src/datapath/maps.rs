@@ -23,7 +23,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 27] = [
+pub const PINNED_MAPS: [&str; 28] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -51,6 +51,7 @@ pub const PINNED_MAPS: [&str; 27] = [
     MAP_NODE_PORT_ADDRS6,
     lb_common::maps6::MAP_CONNTRACK6,
     lb_common::maps6::MAP_REVNAT6,
+    lb_common::maps6::MAP_SOCK_REVERSE6,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.

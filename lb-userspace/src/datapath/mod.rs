@@ -145,6 +145,9 @@ pub struct DatapathConfig {
     /// network namespace files, where the sockets of a removed backend are
     /// closed too.
     pub socket_lb_netns_dirs: Vec<PathBuf>,
+    /// IPv6 served (`--ipv6 on`): with a socket-lb cgroup, IPv6's socket
+    /// programs attach beside IPv4's.
+    pub ipv6: bool,
 }
 
 /// The loaded and attached data path.
@@ -363,9 +366,10 @@ impl Datapath {
         attach::fill_ipv6_slots(&mut datapath.ebpf)?;
         let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
         if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
-            socket_lb::load(&mut datapath.ebpf)?;
+            let ipv6 = datapath.config.ipv6;
+            socket_lb::load(&mut datapath.ebpf, ipv6)?;
             let scope = datapath.config.socket_lb_scope;
-            socket_lb::attach(&mut datapath.ebpf, &cgroup, scope, &links)?;
+            socket_lb::attach(&mut datapath.ebpf, &cgroup, scope, ipv6, &links)?;
         } else {
             socket_lb::detach_pinned(&links);
         }

@@ -42,6 +42,23 @@ pub const PROGRAMS: [(&str, &str); 4] = [
     ("lb_sock_getpeername4", "sock-getpeername4"),
 ];
 
+/// IPv6's socket programs (`lb-ebpf/src/sock6.rs`; IPv6 Services, and IPv4
+/// ones through v4-mapped addresses), attached beside [`PROGRAMS`] unless
+/// IPv6 is off (`--ipv6 off`).
+pub const PROGRAMS6: [(&str, &str); 4] = [
+    ("lb_sock_connect6", "sock-connect6"),
+    ("lb_sock_sendmsg6", "sock-sendmsg6"),
+    ("lb_sock_recvmsg6", "sock-recvmsg6"),
+    ("lb_sock_getpeername6", "sock-getpeername6"),
+];
+
+/// The socket programs to attach: IPv4's, and IPv6's when `ipv6`.
+fn programs(ipv6: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    PROGRAMS
+        .into_iter()
+        .chain(PROGRAMS6.into_iter().filter(move |_| ipv6))
+}
+
 /// The global the programs compare a socket's namespace cookie with.
 pub const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
 /// The global that makes the programs balance every namespace's sockets.
@@ -121,9 +138,9 @@ pub fn open_cgroup(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Loads the socket programs (verifies them).
-pub fn load(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, _) in PROGRAMS {
+/// Loads the socket programs (verifies them): IPv6's too when `ipv6`.
+pub fn load(ebpf: &mut Ebpf, ipv6: bool) -> Result<()> {
+    for (name, _) in programs(ipv6) {
         program(ebpf, name)?
             .load()
             .with_context(|| format!("the verifier rejected {name}"))?;
@@ -131,16 +148,21 @@ pub fn load(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Attaches every socket program to the cgroup at `cgroup`, each through a
-/// new link pinned in `links_dir` in place of an earlier agent's.
+/// Attaches every socket program to the cgroup at `cgroup` (IPv6's when
+/// `ipv6`), each through a new link pinned in `links_dir` in place of an
+/// earlier agent's. Without `ipv6`, an earlier agent's IPv6 links go.
 pub fn attach(
     ebpf: &mut Ebpf,
     cgroup: &Path,
     scope: SocketLbScope,
+    ipv6: bool,
     links_dir: &Path,
 ) -> Result<()> {
     let dir = open_cgroup(cgroup)?;
-    for (name, kind) in PROGRAMS {
+    if !ipv6 {
+        detach_pinned_of(&PROGRAMS6, links_dir);
+    }
+    for (name, kind) in programs(ipv6) {
         let prog = program(ebpf, name)?;
         // A link (Linux 5.7): the kernel makes every cgroup link multi-attach
         // and takes no other mode.
@@ -162,14 +184,21 @@ pub fn attach(
         SocketLbScope::Host => "the node's namespace",
         SocketLbScope::All => "every namespace: the node's and its pods'",
     };
-    info!(cgroup = %cgroup.display(), "socket-level balancing attached ({whose})");
+    let families = if ipv6 { "IPv4 and IPv6" } else { "IPv4" };
+    info!(cgroup = %cgroup.display(), "socket-level balancing attached ({families}; {whose})");
     Ok(())
 }
 
 /// Removes the pins of socket links an earlier agent left in `links_dir`
 /// (socket-level balancing is now off): their links detach.
 pub fn detach_pinned(links_dir: &Path) {
-    for (_, kind) in PROGRAMS {
+    detach_pinned_of(&PROGRAMS, links_dir);
+    detach_pinned_of(&PROGRAMS6, links_dir);
+}
+
+/// Removes the link pins of `programs` in `links_dir`.
+fn detach_pinned_of(programs: &[(&str, &str)], links_dir: &Path) {
+    for &(_, kind) in programs {
         let pin: PathBuf = links_dir.join(kind);
         if std::fs::remove_file(&pin).is_ok() {
             info!(pin = %pin.display(), "detached an earlier agent's socket program");
@@ -246,6 +275,19 @@ mod tests {
         );
         let err = open_cgroup(Path::new("/nonexistent/cgroup")).unwrap_err();
         assert!(format!("{err:#}").contains("cannot open it"), "{err:#}");
+    }
+
+    #[test]
+    fn ipv6_s_socket_programs_attach_only_with_ipv6_on() {
+        let names = |ipv6| programs(ipv6).map(|(name, _)| name).collect::<Vec<_>>();
+        assert_eq!(names(false), PROGRAMS.map(|(name, _)| name));
+        let both = names(true);
+        assert_eq!(both.len(), 8);
+        assert!(PROGRAMS6.iter().all(|(name, _)| both.contains(name)));
+        // Pins named apart from IPv4's, so that `--ipv6 off` removes only them.
+        assert!(PROGRAMS6
+            .iter()
+            .all(|(_, kind)| PROGRAMS.iter().all(|(_, v4)| v4 != kind)));
     }
 
     #[test]

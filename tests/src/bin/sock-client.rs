@@ -108,7 +108,12 @@ fn http(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 fn udp(addr: SocketAddr, connected: bool) -> std::io::Result<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    // The destination's family (an IPv6 socket for a v4-mapped address).
+    let socket = if addr.is_ipv6() {
+        UdpSocket::bind("[::]:0")?
+    } else {
+        UdpSocket::bind("0.0.0.0:0")?
+    };
     socket.set_read_timeout(Some(TIMEOUT))?;
     let mut buf = [0u8; 512];
     let (n, peer) = if connected {
