@@ -659,6 +659,17 @@ impl TestDatapath {
         })
     }
 
+    /// [`TestDatapath::load_with_socket_lb`] with IPv6 off (`--ipv6 off`):
+    /// IPv4's socket programs only.
+    #[must_use]
+    pub fn load_with_socket_lb_ipv4_only(name: &str, node: Ipv4Addr, cgroup: &Path) -> Self {
+        Self::load_config(DatapathConfig {
+            socket_lb_cgroup: Some(cgroup.to_path_buf()),
+            ipv6: false,
+            ..Self::config(&unique_pin_dir(name), node)
+        })
+    }
+
     /// Like [`TestDatapath::load`] with these flow settings.
     #[must_use]
     pub fn load_with_flows(name: &str, node: Ipv4Addr, flows: FlowSettings) -> Self {

@@ -145,8 +145,9 @@ fn replies(lines: &[String], peer: SocketAddr) -> BTreeMap<String, usize> {
     sock_client::answers(lines, &peer)
 }
 
-#[test]
-fn ipv6_sockets_reach_a_service_and_see_its_address() {
+/// A namespace of the test's own with loopback only: `lo` up, with
+/// [`BACKENDS6`]' second address.
+fn test_netns() -> Netns {
     let ns = Netns::new("sock6").expect("a test namespace");
     let extra = format!("{}/128", BACKENDS6[1]);
     for args in [
@@ -157,17 +158,20 @@ fn ipv6_sockets_reach_a_service_and_see_its_address() {
         cmd.extend(args);
         lb_tests::netns::sh(&cmd).expect("setting up the test namespace");
     }
-    in_netns(&ns, || serve_and_check(&ns));
+    ns
 }
 
-/// The test, on a thread inside `ns`: the servers and the data path are
-/// the namespace's.
-fn serve_and_check(ns: &Netns) {
-    let cgroup = TestCgroup::new("sock6");
+/// Servers for [`BACKENDS6`] (b0, b1) and [`BACKEND4`] (b2), in the
+/// calling thread's namespace.
+fn servers() -> Servers {
     let mut addrs: Vec<IpAddr> = BACKENDS6.iter().copied().map(IpAddr::V6).collect();
     addrs.push(IpAddr::V4(BACKEND4));
-    let servers = Servers::start(&addrs);
-    let mut dp = TestDatapath::load_with_socket_lb("socket-lb6", NODE, cgroup.path());
+    Servers::start(&addrs)
+}
+
+/// Writes the IPv4 Services at [`VIP4`] (over b2) and [`services6`] into
+/// `dp`; the planner is for later changes.
+fn program(dp: &mut TestDatapath, servers: &Servers) -> Planner {
     let now = Instant::now();
     let mut planner = Planner::new(dp.slab_slots(), Duration::ZERO);
     let ports4 = servers.ports[2];
@@ -191,11 +195,63 @@ fn serve_and_check(ns: &Netns) {
     ]
     .into();
     let (plan4, errors4) = planner.plan(&services4, now);
-    let (plan6, errors6) = planner.plan6(&services6(&servers, 2), now);
+    let (plan6, errors6) = planner.plan6(&services6(servers, 2), now);
     assert!(errors4.is_empty() && errors6.is_empty());
     for plan in [&plan4, &plan6] {
         dp.datapath_mut().maps.apply(&plan.ops).expect("apply");
     }
+    planner
+}
+
+/// Whether a pin named `name` is anywhere under `dir`.
+fn pinned(dir: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name() == name || (e.path().is_dir() && pinned(&e.path(), name)))
+}
+
+#[test]
+fn ipv6_sockets_reach_a_service_and_see_its_address() {
+    let ns = test_netns();
+    in_netns(&ns, || serve_and_check(&ns));
+}
+
+/// With `--ipv6 off` only IPv4's socket programs attach: an IPv6 socket
+/// aimed at an IPv6 Service is left alone (and finds no route), IPv4's
+/// sockets are balanced as ever.
+#[test]
+fn with_ipv6_off_only_ipv4_s_socket_programs_attach() {
+    let ns = test_netns();
+    in_netns(&ns, || {
+        let cgroup = TestCgroup::new("sock6off");
+        let servers = servers();
+        let mut dp =
+            TestDatapath::load_with_socket_lb_ipv4_only("socket-lb6off", NODE, cgroup.path());
+        let _planner = program(&mut dp, &servers);
+        assert!(pinned(dp.pin_dir(), "sock-connect4"));
+        assert!(!pinned(dp.pin_dir(), "sock-connect6"));
+        let web = SocketAddr::from((VIP6, 80));
+        let left = client(&ns, &cgroup, "tcp", web, 1);
+        assert!(left[0].contains("unreachable"), "{left:?}");
+        let web4 = SocketAddr::from((VIP4, 80));
+        let seen = replies(&client(&ns, &cgroup, "tcp", web4, 2), web4);
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["b2"], "{seen:?}");
+        assert_eq!(dp.event_of(Family::Ipv6, Event::SocketTranslated), 0);
+        drop(dp);
+        drop(servers);
+    });
+}
+
+/// The test, on a thread inside `ns`: the servers and the data path are
+/// the namespace's.
+fn serve_and_check(ns: &Netns) {
+    let cgroup = TestCgroup::new("sock6");
+    let servers = servers();
+    let mut dp = TestDatapath::load_with_socket_lb("socket-lb6", NODE, cgroup.path());
+    let mut planner = program(&mut dp, &servers);
+    assert!(pinned(dp.pin_dir(), "sock-connect6"));
     let web = SocketAddr::from((VIP6, 80));
     let dns = SocketAddr::from((VIP6, 53));
 
