@@ -93,11 +93,16 @@ fn copy_hash<K: Pod, V: Pod>(old: &Path, new: &Path) -> Result<u64> {
 }
 
 /// Copies the array at `old` into the one at `new` (at least as long).
-fn copy_array<V: Pod>(old: &Path, new: &Path) -> Result<()> {
+fn copy_array<V: Pod + PartialEq>(old: &Path, new: &Path) -> Result<()> {
     let from: Array<MapData, V> = Array::try_from(open(old)?)?;
     let mut to: Array<MapData, V> = Array::try_from(open(new)?)?;
-    for index in 0..from.len() {
-        to.set(index, from.get(&index, 0)?, 0)?;
+    // Both read in batches; only the slots that differ are written (most
+    // of a fresh array's slots are empty in both).
+    let current = super::batch::read_array(&to)?;
+    for (index, value) in (0u32..).zip(super::batch::read_array(&from)?) {
+        if current.get(index as usize) != Some(&value) {
+            to.set(index, value, 0)?;
+        }
     }
     Ok(())
 }
