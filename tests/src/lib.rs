@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod bench_run;
+pub mod bulk;
 pub mod cgroup;
 pub mod charts;
 pub mod cluster;

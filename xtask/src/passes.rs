@@ -200,7 +200,7 @@ pub const IMAGE_TESTS: [&str; 3] = [
 /// (Service semantics the conformance table checks on every map). A pass
 /// whose uplink hook is TC skips the tests of [`SAME_AT_TC`], which it
 /// would run twice.
-const E2E_TESTS: [&str; 13] = [
+const E2E_TESTS: [&str; 14] = [
     "e2e",
     "e2e6",
     "e2e_kube",
@@ -208,6 +208,7 @@ const E2E_TESTS: [&str; 13] = [
     "e2e_icmp",
     "e2e_jumbo",
     "e2e_pmtu",
+    "e2e_pmtu6",
     "e2e_fragments",
     "e2e_checksums",
     "e2e_node_source",

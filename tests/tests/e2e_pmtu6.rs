@@ -1,0 +1,141 @@
+//! End to end: IPv6 path MTU discovery through a Service (issue 16). IPv6
+//! routers never fragment: a router forwarding over a 1280-byte hop (IPv6's
+//! minimum link MTU) answers a larger packet with `ICMPv6` Packet Too Big, and
+//! a large transfer moves only if that error reaches the sender about a
+//! packet its socket knows.
+//!
+//! A far client behind the router downloads 1 MiB from an IPv6 Service
+//! whose endpoint is pod1a, on node1 of a dual-stack cluster. The reply
+//! leaves node1 from the Service address; the router's Packet Too Big
+//! about it goes to the Service address, is routed to node1, and must reach
+//! pod1a about its own packet (pod1a -> far client): that takes the data
+//! path's translation where the error enters node1 (the uplink hook of the
+//! pass: XDP or TC). Without it the error is lost and the download stalls.
+//! Bounded by `lb_tests::bulk::WAIT`; a small exchange first tells routing
+//! apart from translation; the router must have sent Packet Too Big
+//! meanwhile, and pod1a must hold a 1280-byte path MTU to the far client.
+//! Needs root.
+
+use std::{
+    net::{Ipv6Addr, SocketAddrV6},
+    process::Output,
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, ManifestDir},
+    bulk::{download, upload, BulkServers, BULK_PORT, SIZE},
+    netns::Netns,
+    require_ipv6,
+    topology::{pod_ip6, ClusterTopology, Cni, Family, SenderChecksums},
+};
+
+/// The narrow hop's MTU: IPv6's minimum.
+const MTU: &str = "1280";
+/// An IPv6 Service whose only endpoint is pod1a, on node1.
+const LOCAL: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x70), 80, 0, 0);
+/// The far client's address, behind the router on `fd00:60::/64`.
+const FAR_CLIENT: &str = "fd00:60::10";
+/// The router: its LAN address, and settings (it forwards IPv6, routes the
+/// Service range to node1 and the far client's prefix out of `eth1`).
+const ROUTER_SETUP: &str = "ip -6 addr add fd00:50::20/64 dev eth0 nodad
+    sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip -6 route add fd00:96::/108 via fd00:50::11";
+/// The router's end of the far client's link (`eth1`, the narrow MTU).
+const FAR_ROUTER_SETUP: &str = "ip -6 addr add fd00:60::1/64 dev eth1 nodad
+    ip link set eth1 up";
+/// The far client's settings before its link exists (IPv6 on, no DAD).
+const FAR_SYSCTLS: &str = "sysctl -qw net.ipv6.conf.all.disable_ipv6=0
+    sysctl -qw net.ipv6.conf.default.disable_ipv6=0
+    sysctl -qw net.ipv6.conf.all.accept_dad=0
+    sysctl -qw net.ipv6.conf.default.accept_dad=0";
+/// The far client's end (`eth0`, MTU 1500), its route, and complete
+/// checksums (as the LAN's hosts send them).
+const FAR_CLIENT_SETUP: &str = "ip -6 addr add fd00:60::10/64 dev eth0 nodad
+    ip link set eth0 up
+    ip link set lo up
+    ip -6 route add default via fd00:60::1
+    ethtool -K eth0 tx off";
+
+/// An IPv6-only ClusterIP Service at [`LOCAL`], TCP to [`BULK_PORT`], whose
+/// only endpoint is pod1a.
+fn service() -> String {
+    let (ip, port, pod) = (LOCAL.ip(), LOCAL.port(), pod_ip6(1, 2));
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: pmtu6, namespace: default}}\n\
+spec:\n  clusterIP: \"{ip}\"\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports: [{{name: http, port: {port}, protocol: TCP, targetPort: {BULK_PORT}}}]\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {{name: pmtu6-1, namespace: default, labels: {{kubernetes.io/service-name: pmtu6}}}}\n\
+addressType: IPv6\nports:\n- {{name: http, port: {BULK_PORT}, protocol: TCP}}\n\
+endpoints:\n- {{addresses: [\"{pod}\"], nodeName: node1, conditions: {{ready: true}}}}\n"
+    )
+}
+
+/// Runs each line of `script` (words split on spaces) in `ns`; panics on a
+/// failure. Returns the last command's output.
+fn run(ns: &Netns, script: &str) -> Output {
+    let mut last = None;
+    for line in script.lines().filter(|l| !l.trim().is_empty()) {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = ns.exec(&args);
+        last = Some(out.unwrap_or_else(|e| panic!("in {}: {e:#}", ns.name())));
+    }
+    last.expect("a command")
+}
+
+/// The router's `Icmp6OutPktTooBigs` (`/proc/net/snmp6`).
+fn router_packet_too_bigs(router: &Netns) -> u64 {
+    let snmp = String::from_utf8(run(router, "cat /proc/net/snmp6").stdout).unwrap();
+    snmp.lines()
+        .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Icmp6OutPktTooBigs in:\n{snmp}"))
+}
+
+#[test]
+fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
+    require_ipv6();
+    let topo =
+        ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
+            .expect("building the dual-stack topology");
+    let router = topo
+        .add_lan_host("router6", "lan3", "192.168.50.20/24")
+        .expect("the router on the LAN");
+    run(&router, ROUTER_SETUP);
+    let far = Netns::new("farclient6").expect("the far client's namespace");
+    run(&far, FAR_SYSCTLS);
+    let link = format!(
+        "ip link add eth1 mtu {MTU} type veth peer name eth0 netns {}",
+        far.name()
+    );
+    run(&router, &(link + "\n" + FAR_ROUTER_SETUP));
+    run(&far, FAR_CLIENT_SETUP);
+    run(&topo.node1, "ip -6 route add fd00:60::/64 via fd00:50::20");
+    let pod1a = &topo.pod("pod1a").ns;
+    let _servers = BulkServers::start(&[pod1a], Ipv6Addr::UNSPECIFIED.into());
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("pmtu6.yaml", &service()).unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut agent = Agent::start_with(&topo.node1, &["--manifests", &dir]).expect("lb-agent");
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("lb-agent ready");
+
+    let echoed = upload(&far, LOCAL, 100)
+        .unwrap_or_else(|e| panic!("control: the far client posts 100 bytes to {LOCAL}: {e:#}"));
+    assert_eq!(echoed, 100, "control");
+    let before = router_packet_too_bigs(&router);
+    let moved = download(&far, LOCAL);
+    let sent = router_packet_too_bigs(&router) - before;
+    let what = format!("the far client's download of {SIZE} bytes through {LOCAL}");
+    let moved = moved.unwrap_or_else(|e| panic!("{what}, {sent} Packet Too Big sent: {e:#}"));
+    assert_eq!(moved, SIZE, "{what}");
+    assert!(sent > 0, "{what}: the router sent no Packet Too Big");
+    let route =
+        String::from_utf8(run(pod1a, &format!("ip -6 route get {FAR_CLIENT}")).stdout).unwrap();
+    assert!(
+        route.contains(&format!("mtu {MTU}")),
+        "{what}: pod1a learned no path MTU to the far client: {route}"
+    );
+}
