@@ -541,9 +541,9 @@ pub const CONFIG_F_REPLY_PATH_CHECK: u32 = 1;
 /// Value of the configuration array (index 0): facts about this node and the
 /// agent's settings.
 ///
-/// Layout (64 bytes): `node_addr` be32 | `flags` u32 | `snat_port_min` u16 |
+/// Layout (80 bytes): `node_addr` be32 | `flags` u32 | `snat_port_min` u16 |
 /// `snat_port_max` u16 | `overlay_ifindex` u32 | `hash_key` [u64; 2] |
-/// `timeouts` [u32; 8].
+/// `timeouts` [u32; 8] | `node_addr6` [be32; 4] (at 64).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
@@ -565,6 +565,9 @@ pub struct NodeConfig {
     pub hash_key: crate::siphash::HashKey,
     /// Idle timeouts in seconds, by [`crate::conntrack`] `T_*` index.
     pub timeouts: crate::conntrack::CtTimeouts,
+    /// Node address used as IPv6 SNAT source (as `maps6::ipv6_words`
+    /// stores it); all zeros: no IPv6 SNAT.
+    pub node_addr6: [u32; 4],
 }
 
 /// Bytes of a [`ServiceLabel`].
@@ -739,7 +742,8 @@ pub enum Event {
     Ipv6HeadersSkipped = 13,
     /// A new IPv6 flow would need its source translated (a backend on
     /// another node reached from the uplink, a pod reaching itself through
-    /// its Service), which IPv6 does not serve yet: passed untouched.
+    /// its Service) on a node without an IPv6 address of its own
+    /// (`NodeConfig::node_addr6`): passed untouched.
     Ipv6SnatUnserved = 14,
 }
 
@@ -939,7 +943,11 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<CtEntry>(), 32);
         assert_eq!(size_of::<RevNatEntry>(), 32);
-        assert_eq!(size_of::<NodeConfig>(), 64);
+        assert_eq!(size_of::<NodeConfig>(), 80);
+        assert_eq!(core::mem::offset_of!(NodeConfig, overlay_ifindex), 12);
+        assert_eq!(core::mem::offset_of!(NodeConfig, hash_key), 16);
+        assert_eq!(core::mem::offset_of!(NodeConfig, timeouts), 32);
+        assert_eq!(core::mem::offset_of!(NodeConfig, node_addr6), 64);
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<SnatExhaustion>(), 16);
         assert_eq!(size_of::<FragKey>(), 12);

@@ -24,6 +24,15 @@ pub const MAP_XDP6_PROGS: &str = "XDP6_PROGS";
 pub const XDP6_SLOT: u32 = 0;
 /// The IPv6 program of `lb_xdp`, in [`MAP_XDP6_PROGS`].
 pub const XDP6_PROGRAM: &str = "lb_xdp6";
+/// The slot of `lb_xdp6_flow` in [`MAP_XDP6_PROGS`].
+pub const XDP6_FLOW_SLOT: u32 = 1;
+/// The new-flow stage of `lb_xdp6`, which it tail-calls for a packet that
+/// starts a flow: `lb_xdp6`'s stack has no room for it, nor for the SNAT
+/// claim's `bpf_loop` callback, whose frame the verifier stacks on its
+/// caller's.
+pub const XDP6_FLOW_PROGRAM: &str = "lb_xdp6_flow";
+/// The XDP IPv6 programs, at their slots of [`MAP_XDP6_PROGS`].
+pub const XDP6_PROGRAMS: [&str; 2] = [XDP6_PROGRAM, XDP6_FLOW_PROGRAM];
 
 /// Name of the TC prog array: one IPv6 program per TC entry point, by
 /// [`TC6_PROGRAMS`]' order (pinned and filled as [`MAP_XDP6_PROGS`]).
@@ -34,8 +43,11 @@ pub const TC6_SLOT_POD: u32 = 0;
 pub const TC6_SLOT_UPLINK: u32 = 1;
 /// The slot of `lb_tc_egress6` (egress of the uplink and pod interfaces).
 pub const TC6_SLOT_EGRESS: u32 = 2;
+/// The slot of `lb_tc6_flow`, the new-flow stage of `lb_tc6` and
+/// `lb_tc_uplink6` (see [`XDP6_FLOW_PROGRAM`]).
+pub const TC6_SLOT_FLOW: u32 = 3;
 /// The IPv6 TC programs, at their slots of [`MAP_TC6_PROGS`].
-pub const TC6_PROGRAMS: [&str; 3] = ["lb_tc6", "lb_tc_uplink6", "lb_tc_egress6"];
+pub const TC6_PROGRAMS: [&str; 4] = ["lb_tc6", "lb_tc_uplink6", "lb_tc_egress6", "lb_tc6_flow"];
 
 /// Ethertype of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -360,6 +372,28 @@ pub struct SockRevEntry6 {
     pub pad: u16,
 }
 
+/// Name of the IPv6 per-backend SNAT exhaustion counters: [`BackendKey6`]
+/// -> `SnatExhaustion` (hash, no prealloc), the twin of `SNAT_EXHAUSTED`,
+/// as long.
+pub const MAP_SNAT_EXHAUSTED6: &str = "SNAT_EXHAUSTED6";
+
+/// Key of the IPv6 per-backend SNAT exhaustion counters: a backend's
+/// address, port and protocol, the twin of `BackendKey`.
+///
+/// Layout (20 bytes): `addr` [be32; 4] | `port` be16 | `proto` u8 | pad u8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey6 {
+    /// Backend address, as [`ipv6_words`] stores it.
+    pub addr: [u32; 4],
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
 /// Whether two addresses are equal (`==` on arrays is not `const`).
 #[inline(always)]
 #[must_use]
@@ -380,6 +414,7 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatEntry6 {}
     unsafe impl aya::Pod for super::SockRevKey6 {}
     unsafe impl aya::Pod for super::SockRevEntry6 {}
+    unsafe impl aya::Pod for super::BackendKey6 {}
 }
 
 #[cfg(test)]
@@ -399,6 +434,8 @@ mod tests {
         assert_eq!(size_of::<SockRevKey6>(), 32);
         assert_eq!(size_of::<SockRevEntry6>(), 20);
         assert!(MAP_SOCK_REVERSE6.len() <= 15);
+        assert_eq!(size_of::<BackendKey6>(), 20);
+        assert!(MAP_SNAT_EXHAUSTED6.len() <= 15);
         assert_eq!(core::mem::offset_of!(CtEntry6, backend_addr), 8);
         assert_eq!(core::mem::offset_of!(CtEntry6, flags), 40);
         assert_eq!(core::mem::offset_of!(CtEntry6, created_ns), 48);

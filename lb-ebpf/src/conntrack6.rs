@@ -15,7 +15,7 @@ use lb_common::{
         TCP_RST, TCP_SYN,
     },
     maps6::{same, CtEntry6, FlowKey6, RevNatEntry6},
-    Event, Family, NodeConfig, CT_F_REPLIED, CT_F_STREAM, IPPROTO_TCP,
+    Event, Family, NodeConfig, CT_F_REPLIED, CT_F_SNAT, CT_F_STREAM, IPPROTO_TCP,
 };
 
 use crate::{
@@ -60,13 +60,31 @@ pub fn idle_expired(
     if !expired(now, ct.last_seen_s, timeout) {
         return false;
     }
-    *reply = key.reply_of(ct);
+    reply_into(reply, key, ct);
     // SAFETY: only one field is read, at once.
     let replied = match unsafe { REVNAT6.get(&*reply) } {
         Some(rev) if rev.restores(key) => rev.last_seen_s,
         _ => 0,
     };
     expired(now, ct.last_seen_s.max(replied), timeout)
+}
+
+/// Writes into `reply` the reply tuple of the client flow `key` tracked as
+/// `ct` (`FlowKey6::reply_of`), field by field: a tuple built whole and
+/// copied would cost `lb_xdp6` stack it does not have.
+#[inline(always)]
+fn reply_into(reply: &mut FlowKey6, key: &FlowKey6, ct: &CtEntry6) {
+    reply.src_addr = ct.backend_addr;
+    reply.src_port = ct.backend_port;
+    if ct.flags & CT_F_SNAT != 0 {
+        reply.dst_addr = ct.snat_addr;
+        reply.dst_port = ct.snat_port;
+    } else {
+        reply.dst_addr = key.src_addr;
+        reply.dst_port = key.src_port;
+    }
+    reply.proto = key.proto;
+    reply.pad = [0; 3];
 }
 
 /// The backend of a tracked entry, if it still exists unchanged: active, at
@@ -145,7 +163,7 @@ fn restore_reverse(
     entry: &mut RevNatEntry6,
     now: u32,
 ) {
-    *reply = key.reply_of(ct);
+    reply_into(reply, key, ct);
     // SAFETY: only presence is read.
     if unsafe { REVNAT6.get(&*reply) }.is_some() {
         return;
@@ -167,9 +185,8 @@ pub enum Recorded6 {
 }
 
 /// Records the new flow `s.key` as `s.ct`: the first writer wins
-/// (`BPF_NOEXIST`), a later one adopts the winner's backend; a dead entry
-/// in the way is replaced. Uses `s.rev` (for the winner's entry) and
-/// `s.reply`.
+/// (`BPF_NOEXIST`), a later one adopts the winner's backend, and its entry
+/// is left in `s.ct`; a dead entry in the way is replaced. Uses `s.reply`.
 #[inline(always)]
 pub fn record(s: &mut Scratch6, cfg: &NodeConfig) -> Recorded6 {
     if CONNTRACK6.insert(&s.key, &s.ct, BPF_NOEXIST).is_ok() {
@@ -181,6 +198,7 @@ pub fn record(s: &mut Scratch6, cfg: &NodeConfig) -> Recorded6 {
         if let Some(chosen) = backend_of(theirs) {
             if !idle_expired(&s.key, theirs, &mut s.reply, cfg, s.ct.last_seen_s) {
                 counters::event_in(Family::Ipv6, Event::ConntrackRaceLost);
+                s.ct = *theirs;
                 return Recorded6::Theirs(chosen);
             }
         }

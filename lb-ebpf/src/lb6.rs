@@ -4,10 +4,18 @@
 //! any backend from a pod), translated where it enters the node and back
 //! where its replies leave (TC egress), as IPv4 translates such flows.
 //!
-//! Not yet (the design's later steps): a flow whose source IPv4 would
-//! translate (a backend on another node from the uplink, a pod reaching
-//! itself, a reply-tuple clash IPv4 would remap) passes untouched, counted
-//! `Ipv6SnatUnserved`; node ports are not looked up; session affinity is
+//! A flow translated to the node's IPv6 address (a backend on another node
+//! from the uplink, a pod reaching itself) takes a port of the SNAT pool
+//! ([`crate::snat6`]), and its replies, addressed to the node, are
+//! translated back where they enter the node ([`Action6::Forward`]); a
+//! reply-tuple clash is remapped to a pool port of the client's address.
+//! A packet that starts a flow is finished in the new-flow stage
+//! ([`new_flow_stage`], a program of its own reached by a tail call).
+//!
+//! Not yet (the design's later steps): a flow translated to the node's
+//! address is handed to the stack, not forwarded past it (`forward6`);
+//! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
+//! without an IPv6 address of its own; node ports are not looked up; session affinity is
 //! not kept (a new flow is hashed); fragments pass untouched and
 //! uncounted, as IPv4 passes a later fragment it cannot place; a new connection to a Service without endpoints
 //! is dropped (counted), not refused.
@@ -19,11 +27,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use lb_common::{
-    maps6::{CtEntry6, FlowKey6, RevNatEntry6},
-    Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL,
+    conntrack::CtState,
+    maps6::{same, CtEntry6, FlowKey6, RevNatEntry6},
+    Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT,
 };
 
 use crate::{
+    config,
     conntrack::{initial_state_of, new_claim, now_s},
     conntrack6::{self, Recorded6},
     counters, filter6, frontend6,
@@ -34,7 +44,7 @@ use crate::{
     parse6::Flow6,
     ranges6,
     select6::{self, Chosen6},
-    spoof6, view,
+    snat6, spoof6, view,
 };
 
 /// What to do with an IPv6 packet.
@@ -45,6 +55,12 @@ pub enum Action6 {
     Drop,
     /// Rewrite addresses and ports, then hand it on.
     Rewrite(Rewrite6),
+    /// Rewrite addresses and ports, then forward it past the stack to its
+    /// next hop: a packet of a flow translated to the node's address.
+    Forward(Rewrite6),
+    /// A new flow, left in [`Scratch6`]: on to the new-flow stage, by a
+    /// tail call ([`new_flow_stage`]).
+    NewFlow,
 }
 
 /// A packet's working state, in this CPU's slot of `SCRATCH6`: IPv6's keys
@@ -63,6 +79,12 @@ pub struct Scratch6 {
     pub ct: CtEntry6,
     /// A reverse entry: the new flow's, a restored one, or a reply's.
     pub rev: RevNatEntry6,
+    /// A new flow for the new-flow stage ([`Action6::NewFlow`]): its packet.
+    pub flow: Flow6,
+    /// Its frontend's entry.
+    pub svc: ServiceEntry,
+    /// 1 if it came from a pod, 0 from the uplink.
+    pub from_pod: u32,
 }
 
 /// This CPU's scratch slot.
@@ -96,24 +118,35 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConf
     let Some(s) = scratch() else {
         return Action6::Pass;
     };
+    // Only replies to the node's address are translated where they enter,
+    // and only a pool port's can match (a flow is translated to the node's
+    // address with a pool port only): a reply to a SNAT port is a reply,
+    // even where the port is also a frontend's (see `lb::decide`). Looked
+    // up once, first: a second inlined lookup would not fit the stack.
+    let to_node = to_node(flow, cfg);
+    if to_node && config::in_snat_pool(cfg, flow.dport) {
+        if let Some(action) = reply(ctx, flow, s, at, cfg, true) {
+            return action;
+        }
+    }
     if filter6::may_be_frontend(flow) {
         // An established flow keeps its backend while the backend entry
         // exists: its conntrack entry alone decides, without the frontend.
         s.key = conntrack6::key(flow);
         if let Some(chosen) = conntrack6::recall(s, flow, cfg) {
-            return established(flow, &chosen);
+            return established(flow, &chosen, &s.ct, cfg);
         }
         if let Some(svc) = frontend6::lookup(flow) {
             let Some(svc) = view::for_client(svc, at.hook) else {
                 count(Verdict::Error);
                 return Action6::Drop;
             };
-            return to_service(flow, &svc, s, at.hook, cfg);
+            return to_service(flow, &svc, s, at.hook);
         }
     }
-    // Nothing is translated to a node address yet: every reply crosses the
-    // stack untranslated and is translated at egress, where it is counted.
-    if filter6::may_be_reply(flow) {
+    // The other replies cross the stack untranslated, back at egress, and
+    // are counted there.
+    if !to_node && filter6::may_be_reply(flow) {
         return if at.hook == Hook::Pod {
             reply_leaving_pod(ctx, flow, s, at, cfg)
         } else {
@@ -135,13 +168,13 @@ pub fn decide_reply<C: EbpfContext>(
     at: Ingress,
     cfg: &NodeConfig,
 ) -> Action6 {
-    if flow.fragment != Fragment::Whole || !filter6::may_be_reply(flow) {
+    if flow.fragment != Fragment::Whole || to_node(flow, cfg) || !filter6::may_be_reply(flow) {
         return Action6::Pass;
     }
     let Some(s) = scratch() else {
         return Action6::Pass;
     };
-    reply(ctx, flow, s, at, cfg).unwrap_or(Action6::Pass)
+    reply(ctx, flow, s, at, cfg, false).unwrap_or(Action6::Pass)
 }
 
 /// A packet leaving a pod that may be a reply crossing the stack: if its
@@ -172,7 +205,8 @@ fn reply_leaving_pod<C: EbpfContext>(
 }
 
 /// A reply of a tracked flow (its reverse entry matches), if it is one:
-/// translated back, after the reverse-path check.
+/// translated back, after the reverse-path check; forwarded past the stack
+/// when it was addressed to the node (`via_node`).
 #[inline(always)]
 fn reply<C: EbpfContext>(
     ctx: &C,
@@ -180,6 +214,7 @@ fn reply<C: EbpfContext>(
     s: &mut Scratch6,
     at: Ingress,
     cfg: &NodeConfig,
+    via_node: bool,
 ) -> Option<Action6> {
     s.key = conntrack6::key(flow);
     let ptr = REVNAT6.get_ptr_mut(&s.key)?;
@@ -207,26 +242,39 @@ fn reply<C: EbpfContext>(
     }
     conntrack6::on_reply(rev, &mut s.reply, flow, rev.last_seen_s == 0);
     count(Verdict::Reversed);
-    Some(Action6::Rewrite(nat6::reverse(rev)))
+    Some(rewrite(nat6::reverse(rev), via_node))
 }
 
-/// A packet of a tracked flow: to its backend.
+/// Whether the packet is addressed to the node's own IPv6 address: a reply
+/// of a flow translated to it, if it is a reply.
 #[inline(always)]
-fn established(flow: &Flow6, chosen: &Chosen6) -> Action6 {
+fn to_node(flow: &Flow6, cfg: &NodeConfig) -> bool {
+    !same(&cfg.node_addr6, &[0; 4]) && same(&flow.dst, &cfg.node_addr6)
+}
+
+/// The action for a packet rewritten as `rw` whose flow is translated to the
+/// node's address (`via_node`): forwarded past the stack, else handed to it.
+#[inline(always)]
+fn rewrite(rw: Rewrite6, via_node: bool) -> Action6 {
+    if via_node {
+        Action6::Forward(rw)
+    } else {
+        Action6::Rewrite(rw)
+    }
+}
+
+/// A packet of a flow tracked as `ct`: to its backend, with its SNAT if any.
+#[inline(always)]
+fn established(flow: &Flow6, chosen: &Chosen6, ct: &CtEntry6, cfg: &NodeConfig) -> Action6 {
     count(Verdict::Translated);
     counters::count_service(chosen.backend.service_id, flow.len);
-    Action6::Rewrite(nat6::forward(flow, chosen))
+    let via_node = ct.flags & CT_F_SNAT != 0 && same(&ct.snat_addr, &cfg.node_addr6);
+    rewrite(nat6::forward(flow, ct), via_node)
 }
 
 /// A packet to an IPv6 frontend that no live conntrack entry covers.
 #[inline(always)]
-fn to_service(
-    flow: &Flow6,
-    svc: &ServiceEntry,
-    s: &mut Scratch6,
-    hook: Hook,
-    cfg: &NodeConfig,
-) -> Action6 {
+fn to_service(flow: &Flow6, svc: &ServiceEntry, s: &mut Scratch6, hook: Hook) -> Action6 {
     if !ranges6::admits(svc, flow.src) {
         event(Event::SourceRangeDenied);
         count(Verdict::Dropped);
@@ -238,7 +286,35 @@ fn to_service(
         count(Verdict::Dropped);
         return Action6::Drop;
     }
-    match new_flow(flow, svc, s, hook, cfg) {
+    // The rest runs in the new-flow stage, a program of its own: this one's
+    // stack has no room for it, nor for the SNAT claim's `bpf_loop`
+    // callback, whose frame the verifier stacks on its caller's.
+    s.flow = *flow;
+    s.svc = *svc;
+    s.from_pod = u32::from(hook == Hook::Pod);
+    Action6::NewFlow
+}
+
+/// The new-flow stage: the new flow [`decide`] left in `s`
+/// ([`Action6::NewFlow`]), picked, translated, recorded and counted as
+/// `lb::new_flow` does. The frame is the one `decide` saw (`s.flow`).
+#[inline(always)]
+pub fn new_flow_stage(s: &mut Scratch6, cfg: &NodeConfig) -> Action6 {
+    let flow = s.flow;
+    // Only here, where a flow starts (no reply or tracked flow comes from
+    // the node's address): in `decide` the check cost the verifier 13%.
+    if spoof6::claims_node_address(cfg, &flow.src) {
+        event(Event::NodeSourceSpoofed);
+        count(Verdict::Invalid);
+        return Action6::Drop;
+    }
+    let svc = s.svc;
+    let hook = if s.from_pod != 0 {
+        Hook::Pod
+    } else {
+        Hook::Uplink
+    };
+    match new_flow(&flow, &svc, s, hook, cfg) {
         Ok(action) => action,
         Err(verdict) => {
             count(verdict);
@@ -248,8 +324,9 @@ fn to_service(
 }
 
 /// Picks a backend for the flow `s.key`, with no live conntrack entry, and
-/// records it (see `lb::new_flow`). A flow IPv4 would translate the source
-/// of passes untouched, counted `Ipv6SnatUnserved`.
+/// records it (see `lb::new_flow`): a flow IPv4 would translate to the
+/// node's address is translated to its IPv6 address, with a pool port; on
+/// a node without one it passes untouched, counted `Ipv6SnatUnserved`.
 #[inline(always)]
 fn new_flow(
     flow: &Flow6,
@@ -263,18 +340,19 @@ fn new_flow(
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
         // Egress starts no flow (see `decide_reply`): never reached from it.
-        Hook::Pod | Hook::Egress => lb_common::maps6::same(&chosen.backend.addr, &flow.src),
+        Hook::Pod | Hook::Egress => same(&chosen.backend.addr, &flow.src),
     };
     if needs_snat {
-        return Ok(unserved());
+        if same(&cfg.node_addr6, &[0; 4]) {
+            return Ok(unserved());
+        }
+        if state == CtState::Established {
+            // Mid-stream to a translated backend: the flow's port is long gone.
+            return Err(Verdict::Invalid);
+        }
     }
     let now = now_s();
     s.rev = RevNatEntry6::restoring(&s.key, now, new_claim());
-    match nat6::record_reverse(flow, &chosen, s, cfg).ok_or(Verdict::Error)? {
-        Reverse6::Kept => {}
-        // IPv4 remaps the source port: SNAT, which IPv6 does not have yet.
-        Reverse6::Clash => return Ok(unserved()),
-    }
     s.ct = CtEntry6 {
         backend_id: chosen.id,
         backend_port: chosen.backend.port,
@@ -288,18 +366,53 @@ fn new_flow(
         // SAFETY: helper without preconditions.
         created_ns: unsafe { bpf_ktime_get_coarse_ns() },
     };
+    let remap = !needs_snat
+        && match nat6::record_reverse(flow, &chosen, s, cfg).ok_or(Verdict::Error)? {
+            Reverse6::Kept => false,
+            Reverse6::Clash => true,
+        };
+    if needs_snat || remap {
+        // A pool port: for the node's address, or the client's after a clash.
+        s.ct.snat_addr = if needs_snat { cfg.node_addr6 } else { flow.src };
+        let port = snat6::claim(&s.ct, flow.proto, &s.rev, cfg).ok_or(Verdict::Error)?;
+        if remap {
+            event(Event::TupleRemapped);
+        }
+        s.ct.snat_port = port;
+        s.ct.flags = CT_F_SNAT;
+        // The claim's tuple, to give back if the flow does not happen (the
+        // winner's entry then replaces `s.ct`).
+        s.holder.src_addr = s.ct.backend_addr;
+        s.holder.dst_addr = s.ct.snat_addr;
+        s.holder.src_port = s.ct.backend_port;
+        s.holder.dst_port = port;
+        s.holder.proto = flow.proto;
+        s.holder.pad = [0; 3];
+    }
+    let claimed = needs_snat || remap;
     match conntrack6::record(s, cfg) {
         Recorded6::Mine => {
             count(Verdict::Translated);
             counters::count_service(svc.id, flow.len);
-            Ok(Action6::Rewrite(nat6::forward(flow, &chosen)))
+            Ok(rewrite(nat6::forward(flow, &s.ct), needs_snat))
         }
-        Recorded6::Theirs(their_backend) => Ok(established(flow, &their_backend)),
-        Recorded6::Failed => Err(Verdict::Error),
+        Recorded6::Theirs(their_backend) => {
+            if claimed {
+                snat6::release(&s.holder, &s.rev);
+            }
+            Ok(established(flow, &their_backend, &s.ct, cfg))
+        }
+        Recorded6::Failed => {
+            if claimed {
+                snat6::release(&s.holder, &s.rev);
+            }
+            Err(Verdict::Error)
+        }
     }
 }
 
-/// A new flow that would need SNAT: passed untouched, and counted.
+/// A new flow that needs SNAT on a node without an IPv6 address: passed
+/// untouched, and counted.
 #[inline(always)]
 fn unserved() -> Action6 {
     event(Event::Ipv6SnatUnserved);

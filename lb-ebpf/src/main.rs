@@ -43,6 +43,7 @@ mod reject;
 mod select;
 mod select6;
 mod snat;
+mod snat6;
 mod sock;
 mod sock6;
 mod spoof;
@@ -74,6 +75,21 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     xdp6::handle(&ctx)
+}
+
+/// `lb_xdp6`'s new-flow stage, by tail call through `XDP6_PROGS` ([`xdp6`]).
+#[xdp(frags)]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_xdp6_flow(ctx: XdpContext) -> u32 {
+    xdp6::handle_flow(&ctx)
+}
+
+/// The new-flow stage of `lb_tc6` and `lb_tc_uplink6`, by tail call through
+/// `TC6_PROGS` ([`tc6`]).
+#[classifier]
+#[allow(clippy::needless_pass_by_value)] // the macro fixes the signature
+pub fn lb_tc6_flow(ctx: TcContext) -> i32 {
+    tc6::handle_flow(&ctx)
 }
 
 /// `lb_tc`'s IPv6 frames, by tail call through `TC6_PROGS` ([`tc6`]).

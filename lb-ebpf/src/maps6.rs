@@ -7,21 +7,25 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps6::{
-        Backend6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SockRevEntry6, SockRevKey6,
-        SourceRangeKey6, CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, SOCK_REVERSE6_MAX_ENTRIES,
-        TC6_PROGRAMS,
+        Backend6, BackendKey6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SockRevEntry6,
+        SockRevKey6, SourceRangeKey6, CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES,
+        SOCK_REVERSE6_MAX_ENTRIES, TC6_PROGRAMS, XDP6_PROGRAMS,
     },
-    ServiceEntry, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
-    SOURCE_RANGES_MAX_ENTRIES,
+    ServiceEntry, SnatExhaustion, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
+    SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
-/// `lb_xdp6`, which `lb_xdp` tail-calls for IPv6 frames (pinned).
+/// `lb_xdp6`, which `lb_xdp` tail-calls for IPv6 frames, and its
+/// new-flow stage (pinned).
 #[map(name = "XDP6_PROGS")]
-pub static XDP6_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+// Two programs: the length fits.
+#[allow(clippy::cast_possible_truncation)]
+pub static XDP6_PROGS: ProgramArray = ProgramArray::with_max_entries(XDP6_PROGRAMS.len() as u32, 0);
 
-/// The IPv6 TC programs, which the TC entry points tail-call (pinned).
+/// The IPv6 TC programs, which the TC entry points tail-call, and their
+/// new-flow stage (pinned).
 #[map(name = "TC6_PROGS")]
-// Three programs: the length fits.
+// Four programs: the length fits.
 #[allow(clippy::cast_possible_truncation)]
 pub static TC6_PROGS: ProgramArray = ProgramArray::with_max_entries(TC6_PROGRAMS.len() as u32, 0);
 
@@ -65,3 +69,14 @@ pub static SOCK_REVERSE6: LruHashMap<SockRevKey6, SockRevEntry6> =
 /// [`crate::lb6::Scratch6`]).
 #[map(name = "SCRATCH6")]
 pub static SCRATCH6: PerCpuArray<crate::lb6::Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
+/// IPv6 SNAT pool exhaustion per backend, the twin of `SNAT_EXHAUSTED`
+/// (pinned, for the agent).
+#[map(name = "SNAT_EXHAUSTED6")]
+pub static SNAT_EXHAUSTED6: HashMap<BackendKey6, SnatExhaustion> =
+    HashMap::with_max_entries(SNAT_EXHAUSTED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU state of one IPv6 SNAT claim (not pinned; see
+/// [`crate::snat6::Probes6`]).
+#[map(name = "PROBES6")]
+pub static PROBES6: PerCpuArray<crate::snat6::Probes6> = PerCpuArray::with_max_entries(1, 0);

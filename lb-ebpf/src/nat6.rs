@@ -1,9 +1,8 @@
 //! IPv6 address translation decisions, the twin of [`crate::nat`]: the
 //! rewrites, and the reverse-NAT entry of a flow that keeps the client's
-//! address. A reply tuple held by a flow that is gone (expired, or its
-//! conntrack entry moved on) is taken over as IPv4 takes it; one held by a
-//! live flow would need a source-port remap from the SNAT pool, which IPv6
-//! does not have yet ([`Reverse6::Clash`]).
+//! address. A reply tuple held by a flow that is gone is taken over; one
+//! held by a live flow is a clash, for which the caller claims a pool port
+//! of the client's address ([`crate::snat6`]), as `nf_nat` remaps it.
 
 // Keys and entries are passed as references into the scratch slot (or the
 // map) on purpose: by value they would be copied onto the stack, which has
@@ -12,7 +11,7 @@
 
 use lb_common::{
     conntrack::{expired, timeout_s, CtState},
-    maps6::{same, CtEntry6, FlowKey6, RevNatEntry6},
+    maps6::{CtEntry6, FlowKey6, RevNatEntry6},
     Event, Family, NodeConfig, CLAIM_GRACE_S, CT_F_SNAT,
 };
 
@@ -22,6 +21,7 @@ use crate::{
     maps6::{CONNTRACK6, REVNAT6},
     parse6::Flow6,
     select6::Chosen6,
+    snat6,
 };
 
 /// `BPF_NOEXIST`: create only.
@@ -40,15 +40,21 @@ pub struct Rewrite6 {
     pub dport: u16,
 }
 
-/// What a client's packet becomes: destination the backend, source the
-/// client (IPv6 translates no source yet).
+/// What a client's packet of the flow tracked as `ct` becomes: destination
+/// the backend, source the client or, with SNAT, the translated address
+/// and port.
 #[inline(always)]
-pub fn forward(flow: &Flow6, chosen: &Chosen6) -> Rewrite6 {
+pub fn forward(flow: &Flow6, ct: &CtEntry6) -> Rewrite6 {
+    let (src, sport) = if ct.flags & CT_F_SNAT != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (flow.src, flow.sport)
+    };
     Rewrite6 {
-        src: flow.src,
-        sport: flow.sport,
-        dst: chosen.backend.addr,
-        dport: chosen.backend.port,
+        src,
+        sport,
+        dst: ct.backend_addr,
+        dport: ct.backend_port,
     }
 }
 
@@ -67,8 +73,8 @@ pub fn reverse(rev: &RevNatEntry6) -> Rewrite6 {
 pub enum Reverse6 {
     /// Under its own tuple (backend -> client), now or already recorded for it.
     Kept,
-    /// Another live flow has that tuple: IPv4 would remap the source port
-    /// from the SNAT pool, which IPv6 does not serve yet.
+    /// Another live flow has that tuple (the same client port to another
+    /// frontend of this backend): the source port must become a pool port.
     Clash,
 }
 
@@ -86,8 +92,8 @@ pub fn reply_key(flow: &Flow6, chosen: &Chosen6) -> FlowKey6 {
 }
 
 /// Records the reverse entry `s.rev` of the client flow `s.key` to
-/// `chosen`, unless another live flow holds its reply tuple (into
-/// `s.reply`). `None` when the map fails.
+/// `chosen` under its reply tuple (into `s.reply`), unless another live
+/// flow holds that tuple. `None` when the map fails.
 #[inline(always)]
 pub fn record_reverse(
     flow: &Flow6,
@@ -112,29 +118,14 @@ pub fn record_reverse(
     Some(Reverse6::Clash)
 }
 
-/// Whether the conntrack entry `ct` of client flow `holder` sends its
-/// replies to the tuple `key`.
-#[inline(always)]
-fn points_at(ct: *const CtEntry6, holder: &FlowKey6, key: &FlowKey6) -> bool {
-    // SAFETY: `ct` is a live map value; fields are read one at a time.
-    unsafe {
-        if !same(&(*ct).backend_addr, &key.src_addr) || (*ct).backend_port != key.src_port {
-            return false;
-        }
-        if (*ct).flags & CT_F_SNAT != 0 {
-            same(&(*ct).snat_addr, &key.dst_addr) && (*ct).snat_port == key.dst_port
-        } else {
-            same(&holder.src_addr, &key.dst_addr) && holder.src_port == key.dst_port
-        }
-    }
-}
-
 /// Takes the reply tuple `key`, whose reverse entry is at `rev`, for
 /// `entry` if the flow holding it is gone: its conntrack entry is missing
 /// (and the claim older than `CLAIM_GRACE_S`), points elsewhere, or has
 /// expired. Of racing CPUs only one swaps the claim tag; the winner writes
 /// the rest and removes a stale conntrack entry that still points here.
-/// `holder` is scratch room for the holder's conntrack key.
+/// `holder` is scratch room for the holder's conntrack key. (`snat6`
+/// judges a pool port's holder alike, in its scratch slot; this lean copy
+/// of the judgement is what fits `lb_xdp6`'s stack.)
 #[inline(always)]
 fn take_if_gone(
     key: &FlowKey6,
@@ -152,7 +143,7 @@ fn take_if_gone(
     let holder = &*holder;
     let ct = CONNTRACK6
         .get_ptr(holder)
-        .filter(|&ct| points_at(ct, holder, key));
+        .filter(|&ct| snat6::points_at(ct, holder, key));
     let gone = match ct {
         // A claim in progress writes its conntrack entry right after this one.
         None => now.wrapping_sub(created) >= CLAIM_GRACE_S,
@@ -196,7 +187,7 @@ fn take_if_gone(
     }
     if CONNTRACK6
         .get_ptr(holder)
-        .is_some_and(|ct| points_at(ct, holder, key))
+        .is_some_and(|ct| snat6::points_at(ct, holder, key))
     {
         let _ = CONNTRACK6.remove(holder);
     }

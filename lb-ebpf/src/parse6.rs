@@ -39,6 +39,8 @@ pub const EXT_OFF: usize = L3_OFF + Ipv6Hdr::LEN;
 /// Bytes a parse needs in the linear area at most (Ethernet, IPv6, the
 /// extension headers it walks, TCP with options).
 pub const MAX_HEADERS_LEN6: usize = EXT_OFF + IPV6_MAX_EXT_BYTES + 60;
+/// The largest L4 offset the walk yields ([`Flow6::l4_off`]).
+pub const MAX_L4_OFF6: usize = EXT_OFF + IPV6_MAX_EXT_BYTES;
 
 /// Bytes of a fragment header.
 const FRAG_HDR_LEN: usize = 8;

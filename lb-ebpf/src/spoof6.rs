@@ -1,11 +1,24 @@
-//! The reverse-path check of IPv6 replies: [`spoof::reply_path_ok`] with an
-//! IPv6 route lookup. (The node-address spoofing drop needs the node's IPv6
-//! address, which comes with IPv6 SNAT.)
+//! Anti-spoofing for IPv6, as [`spoof`] for IPv4: packets from outside the
+//! node that claim the node's own IPv6 address, and the reverse-path check
+//! of replies ([`spoof::reply_path_ok`] with an IPv6 route lookup).
 
 use aya_ebpf::EbpfContext;
-use lb_common::{maps6::FlowKey6, NodeConfig};
+use lb_common::{
+    maps6::{same, FlowKey6},
+    NodeConfig,
+};
 
 use crate::{fib, lb::Ingress, spoof};
+
+/// Whether a packet from outside the node (uplink or pod interface) claims
+/// the node's IPv6 address (`NodeConfig::node_addr6`) as its source: only
+/// the node sends as the node, and replies to its SNAT tuples must not be
+/// forged from outside as flows of its own (see
+/// [`spoof::claims_node_address`]).
+#[inline(always)]
+pub fn claims_node_address(cfg: &NodeConfig, src: &[u32; 4]) -> bool {
+    !same(&cfg.node_addr6, &[0; 4]) && same(src, &cfg.node_addr6)
+}
 
 /// Whether a reply with tuple `arrived` (as on the wire) that matched a
 /// reverse-NAT entry could legitimately have arrived where it did (`at`);

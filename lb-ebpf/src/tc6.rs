@@ -13,12 +13,16 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use lb_common::{maps6::same, Event, Family, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    maps6::{same, TC6_SLOT_FLOW},
+    Event, Family, Verdict, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
     config, counters, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
+    maps6::TC6_PROGS,
     nat6::Rewrite6,
     parse::{self, TCP_CSUM_OFF, UDP_CSUM_OFF},
     parse6::{self, Flow6, Parsed6, IP6_DST_OFF, IP6_SRC_OFF, MAX_HEADERS_LEN6},
@@ -66,13 +70,41 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     match action {
         Action6::Pass => TC_ACT_OK,
         Action6::Drop => TC_ACT_SHOT,
-        Action6::Rewrite(rw) => {
+        Action6::NewFlow => {
+            // SAFETY: a tail call returns only when it fails (an empty slot).
+            unsafe { TC6_PROGS.tail_call(ctx, TC6_SLOT_FLOW) };
+            counters::count_in(Family::Ipv6, Verdict::Error);
+            TC_ACT_SHOT
+        }
+        // Forwarding past the stack comes with `forward6` (design step 4).
+        Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(ctx, &flow, &rw).is_err() {
                 TC_ACT_SHOT
             } else {
                 TC_ACT_OK
             }
         }
+    }
+}
+
+/// `lb_tc6_flow`: the new-flow stage of the flow `lb_tc6` or
+/// `lb_tc_uplink6` left in its scratch slot ([`lb6::new_flow_stage`]),
+/// then the rewrite of its packet, which nothing changed since.
+#[inline(always)]
+pub fn handle_flow(ctx: &TcContext) -> i32 {
+    let (Some(s), Some(cfg)) = (lb6::scratch(), config::get()) else {
+        return TC_ACT_SHOT;
+    };
+    match lb6::new_flow_stage(s, cfg) {
+        Action6::Rewrite(rw) | Action6::Forward(rw) => {
+            if write(ctx, &s.flow, &rw).is_err() {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
+        }
+        Action6::Pass => TC_ACT_OK,
+        Action6::Drop | Action6::NewFlow => TC_ACT_SHOT,
     }
 }
 

@@ -5,16 +5,23 @@
 //! Malformed frames pass untouched, counted (`Event::Ipv6HeadersSkipped`).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
-use lb_common::{csum, maps6::same, Event, Family, IPPROTO_UDP};
+use lb_common::{
+    csum,
+    maps6::{same, XDP6_FLOW_SLOT},
+    Event, Family, Verdict, IPPROTO_UDP,
+};
 use network_types::{ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     config, counters, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
+    maps6::XDP6_PROGS,
     nat6::Rewrite6,
     parse::{self, L3_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
-    parse6::{self, Flow6, Parsed6, EXT_OFF, IP6_DST_OFF, IP6_PAYLOAD_LEN, IP6_SRC_OFF},
+    parse6::{
+        self, Flow6, Parsed6, EXT_OFF, IP6_DST_OFF, IP6_PAYLOAD_LEN, IP6_SRC_OFF, MAX_L4_OFF6,
+    },
 };
 
 /// Handles one IPv6 frame on the uplink.
@@ -39,13 +46,44 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     match lb6::decide(ctx, &flow, uplink(ctx, data, data_end), cfg) {
         Action6::Pass => xdp_action::XDP_PASS,
         Action6::Drop => xdp_action::XDP_DROP,
-        Action6::Rewrite(rw) => {
+        Action6::NewFlow => {
+            // SAFETY: a tail call returns only when it fails (an empty slot).
+            unsafe { XDP6_PROGS.tail_call(ctx, XDP6_FLOW_SLOT) };
+            counters::count_in(Family::Ipv6, Verdict::Error);
+            xdp_action::XDP_DROP
+        }
+        // Forwarding past the stack comes with `forward6` (design step 4).
+        Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(data, data_end, &flow, &rw) {
                 xdp_action::XDP_PASS
             } else {
                 xdp_action::XDP_DROP
             }
         }
+    }
+}
+
+/// `lb_xdp6_flow`: the new-flow stage of the flow `lb_xdp6` left in its
+/// scratch slot ([`lb6::new_flow_stage`]), then the rewrite of its frame,
+/// which nothing changed since.
+#[inline(always)]
+pub fn handle_flow(ctx: &XdpContext) -> u32 {
+    let (Some(s), Some(cfg)) = (lb6::scratch(), config::get()) else {
+        return xdp_action::XDP_DROP;
+    };
+    let action = lb6::new_flow_stage(s, cfg);
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    match action {
+        Action6::Rewrite(rw) | Action6::Forward(rw) => {
+            // Read back from the map: the verifier needs the bound again.
+            if s.flow.l4_off <= MAX_L4_OFF6 && write(data, data_end, &s.flow, &rw) {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
+        }
+        Action6::Pass => xdp_action::XDP_PASS,
+        Action6::Drop | Action6::NewFlow => xdp_action::XDP_DROP,
     }
 }
 

@@ -1,6 +1,10 @@
 //! `lb-agent`: the load balancer's node agent.
 
-use std::{io::IsTerminal, net::Ipv4Addr, path::PathBuf};
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
@@ -122,9 +126,10 @@ struct RunArgs {
     /// Pod interface name or pattern with `*` for the TC program (repeat for several).
     #[arg(long = "tc-iface")]
     tc_ifaces: Vec<String>,
-    /// Node address for SNAT [default: the first IPv4 address of the first uplink].
+    /// Node address for SNAT, once per family [default: the first IPv4
+    /// address of the first uplink; its first global IPv6 address, if any].
     #[arg(long)]
-    node_ip: Option<Ipv4Addr>,
+    node_ip: Vec<IpAddr>,
     /// This node's name, compared with endpoints' nodeName [default: the hostname].
     #[arg(long)]
     node_name: Option<String>,
@@ -340,10 +345,16 @@ fn uplink_hook(args: &RunArgs) -> Result<UplinkHook> {
 fn run_options(args: RunArgs) -> Result<RunOptions> {
     let uplink = uplink_hook(&args)?;
     let socket_lb_cgroup = socket_lb_cgroup(&args)?;
-    let node_addr = match (args.node_ip, args.xdp_ifaces.first()) {
+    let (node_ip, node_ip6) = node_ips(&args.node_ip)?;
+    let node_addr = match (node_ip, args.xdp_ifaces.first()) {
         (Some(ip), _) => ip,
         (None, Some(uplink)) => interface_ipv4(uplink)?,
         (None, None) => bail!("give --node-ip, or an --xdp-iface whose address is the node's"),
+    };
+    let node_addr6 = match (node_ip6, args.xdp_ifaces.first()) {
+        (Some(ip), _) => Some(ip),
+        (None, Some(uplink)) => interface_ipv6(uplink)?,
+        (None, None) => None,
     };
     let node_name = match args.node_name {
         Some(name) => name,
@@ -394,7 +405,10 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             addresses: vec![node_addr],
             local_addresses: Vec::new(),
             node_port_addresses: None,
-            v6: NodeAddrs6::default(),
+            v6: NodeAddrs6 {
+                addresses: node_addr6.into_iter().collect(),
+                ..NodeAddrs6::default()
+            },
         },
         node_port_addresses: NodePortAddresses::parse(&args.nodeport_addresses)
             .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?,
@@ -403,6 +417,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
             uplink,
             tc_patterns: args.tc_ifaces,
             node_addr,
+            node_addr6,
             pin_dir: args.pin_dir,
             slab_slots: args.maglev_slab_slots,
             backend_slots: check_max_backends(args.max_backends)?,
@@ -509,8 +524,102 @@ fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {
     }
 }
 
+/// `--node-ip`'s values: at most one per family; an IPv6 one must be a
+/// global address (see [`global_ipv6`]).
+fn node_ips(given: &[IpAddr]) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let (mut v4, mut v6) = (None, None);
+    for ip in given {
+        match *ip {
+            IpAddr::V4(ip) => {
+                if v4.replace(ip).is_some() {
+                    bail!("--node-ip: give at most one IPv4 address");
+                }
+            }
+            IpAddr::V6(ip) => {
+                if !global_ipv6(ip) {
+                    bail!("--node-ip {ip}: an IPv6 node address must be global (not link-local, loopback, multicast or unspecified)");
+                }
+                if v6.replace(ip).is_some() {
+                    bail!("--node-ip: give at most one IPv6 address");
+                }
+            }
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// Whether `ip` may be the node's IPv6 SNAT address: one that routes beyond
+/// its link (link-local addresses are every node's on a link of its own).
+fn global_ipv6(ip: Ipv6Addr) -> bool {
+    !ip.is_unspecified()
+        && !ip.is_loopback()
+        && !ip.is_multicast()
+        && !ip.is_unicast_link_local()
+        && ip.to_ipv4_mapped().is_none()
+}
+
+/// The first global IPv6 address of `iface` (`None` without one: then IPv6
+/// flows are not translated to the node's address).
+fn interface_ipv6(iface: &str) -> Result<Option<Ipv6Addr>> {
+    let addresses =
+        lb_userspace::node_ports::interface_addresses6().context("listing interface addresses")?;
+    Ok(first_global_ipv6(&addresses, iface))
+}
+
+/// The first global address of `iface` among `addresses` (see [`global_ipv6`]).
+fn first_global_ipv6(addresses: &[(String, Ipv6Addr)], iface: &str) -> Option<Ipv6Addr> {
+    addresses
+        .iter()
+        .find(|(name, addr)| name == iface && global_ipv6(*addr))
+        .map(|&(_, addr)| addr)
+}
+
 fn hostname() -> Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .context("reading the hostname: pass --node-name")?;
     Ok(name.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ip_is_given_once_per_family() {
+        let v4: IpAddr = "192.168.50.11".parse().unwrap();
+        let v6: IpAddr = "fd00:50::11".parse().unwrap();
+        assert_eq!(
+            node_ips(&[v6, v4]).unwrap(),
+            (
+                Some("192.168.50.11".parse().unwrap()),
+                Some("fd00:50::11".parse().unwrap())
+            )
+        );
+        assert_eq!(node_ips(&[]).unwrap(), (None, None));
+        assert!(node_ips(&[v4, "10.0.0.1".parse().unwrap()]).is_err());
+        assert!(node_ips(&[v6, "2001:db8::1".parse().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn a_link_local_address_is_never_the_node_s() {
+        assert!(node_ips(&["fe80::1".parse().unwrap()]).is_err());
+        assert!(node_ips(&["::1".parse().unwrap()]).is_err());
+        assert!(node_ips(&["::".parse().unwrap()]).is_err());
+        let addrs: Vec<(String, Ipv6Addr)> = [
+            ("lo", "::1"),
+            ("eth0", "fe80::1"),
+            ("eth1", "2001:db8::2"),
+            ("eth0", "fd00:50::11"),
+            ("eth0", "2001:db8::11"),
+        ]
+        .iter()
+        .map(|(n, a)| ((*n).to_string(), a.parse().unwrap()))
+        .collect();
+        assert_eq!(
+            first_global_ipv6(&addrs, "eth0"),
+            Some("fd00:50::11".parse().unwrap())
+        );
+        assert_eq!(first_global_ipv6(&addrs, "lo"), None);
+        assert_eq!(first_global_ipv6(&addrs, "eth2"), None);
+    }
 }

@@ -670,6 +670,39 @@ impl TestDatapath {
         })
     }
 
+    /// Like [`TestDatapath::load_with_flows`], with `node6` as the IPv6
+    /// SNAT address.
+    #[must_use]
+    pub fn load_with_node6(
+        name: &str,
+        node: Ipv4Addr,
+        node6: std::net::Ipv6Addr,
+        flows: FlowSettings,
+    ) -> Self {
+        Self::load_config(DatapathConfig {
+            node_addr6: Some(node6),
+            flows,
+            ..Self::config(&unique_pin_dir(name), node)
+        })
+    }
+
+    /// The IPv6 SNAT exhaustion counts (`SNAT_EXHAUSTED6`) of `backend`:`port`/`proto`.
+    #[must_use]
+    pub fn exhausted6(&self, backend: std::net::Ipv6Addr, port: u16, proto: u8) -> u64 {
+        let path = lb_userspace::datapath::pins_dir(&self.pin_dir)
+            .join(lb_common::maps6::MAP_SNAT_EXHAUSTED6);
+        let data = aya::maps::MapData::from_pin(&path).expect("opening SNAT_EXHAUSTED6");
+        let map: aya::maps::HashMap<_, lb_common::maps6::BackendKey6, lb_common::SnatExhaustion> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
+        let key = lb_common::maps6::BackendKey6 {
+            addr: lb_common::maps6::ipv6_words(backend.octets()),
+            port: port.to_be(),
+            proto,
+            pad: 0,
+        };
+        map.get(&key, 0).map_or(0, |e| e.count)
+    }
+
     /// Like [`TestDatapath::load`] with these flow settings.
     #[must_use]
     pub fn load_with_flows(name: &str, node: Ipv4Addr, flows: FlowSettings) -> Self {
@@ -686,6 +719,7 @@ impl TestDatapath {
             uplink: UplinkHook::Xdp(XdpMode::Driver),
             tc_patterns: vec![],
             node_addr: node,
+            node_addr6: None,
             pin_dir: pin_dir.to_path_buf(),
             slab_slots: 1 << 16,
             backend_slots: lb_common::MAX_BACKENDS,

@@ -15,8 +15,8 @@ use aya::{
 };
 
 use lb_common::maps6::{
-    MAP_TC6_PROGS, MAP_XDP6_PROGS, TC6_PROGRAMS, TC6_SLOT_EGRESS, TC6_SLOT_POD, TC6_SLOT_UPLINK,
-    XDP6_PROGRAM, XDP6_SLOT,
+    MAP_TC6_PROGS, MAP_XDP6_PROGS, TC6_PROGRAMS, TC6_SLOT_EGRESS, TC6_SLOT_FLOW, TC6_SLOT_POD,
+    TC6_SLOT_UPLINK, XDP6_FLOW_PROGRAM, XDP6_PROGRAM, XDP6_PROGRAMS,
 };
 
 use super::{
@@ -30,6 +30,8 @@ const TC6_POD: &str = TC6_PROGRAMS[TC6_SLOT_POD as usize];
 const TC6_UPLINK: &str = TC6_PROGRAMS[TC6_SLOT_UPLINK as usize];
 /// `lb_tc_egress6`.
 const TC6_EGRESS: &str = TC6_PROGRAMS[TC6_SLOT_EGRESS as usize];
+/// `lb_tc6_flow`.
+const TC6_FLOW: &str = TC6_PROGRAMS[TC6_SLOT_FLOW as usize];
 
 /// The programs an agent with uplink `hook` attaches: the hook's own uplink
 /// program (XDP with its TC hand-off, or the uplink TC program), the pods'
@@ -45,8 +47,10 @@ pub fn programs_for(hook: UplinkHook) -> &'static [&'static str] {
             TC_PROGRAM,
             EGRESS_TC_PROGRAM,
             XDP6_PROGRAM,
+            XDP6_FLOW_PROGRAM,
             TC6_POD,
             TC6_EGRESS,
+            TC6_FLOW,
         ],
         UplinkHook::Tc => &[
             UPLINK_TC_PROGRAM,
@@ -55,13 +59,14 @@ pub fn programs_for(hook: UplinkHook) -> &'static [&'static str] {
             TC6_UPLINK,
             TC6_POD,
             TC6_EGRESS,
+            TC6_FLOW,
         ],
     }
 }
 
 /// Every XDP and TC program of the kernel object (for tests and benchmarks,
 /// which run any of them through `BPF_PROG_TEST_RUN`).
-pub const EVERY_PROGRAM: [&str; 12] = [
+pub const EVERY_PROGRAM: [&str; 14] = [
     XDP_PROGRAM,
     TC_PROGRAM,
     UPLINK_TC_PROGRAM,
@@ -74,6 +79,8 @@ pub const EVERY_PROGRAM: [&str; 12] = [
     TC6_UPLINK,
     TC6_EGRESS,
     XDP_PARSE6_PROGRAM,
+    XDP6_FLOW_PROGRAM,
+    TC6_FLOW,
 ];
 
 /// Puts every loaded IPv6 program into its slot of the prog arrays, which
@@ -82,8 +89,9 @@ pub const EVERY_PROGRAM: [&str; 12] = [
 /// loading and before attaching, so a restarted agent's programs never
 /// meet an empty slot.
 pub fn fill_ipv6_slots(ebpf: &mut Ebpf) -> Result<()> {
-    let slots = [(MAP_XDP6_PROGS, XDP6_SLOT, XDP6_PROGRAM)]
-        .into_iter()
+    let slots = (0u32..)
+        .zip(XDP6_PROGRAMS)
+        .map(|(slot, name)| (MAP_XDP6_PROGS, slot, name))
         .chain(
             (0u32..)
                 .zip(TC6_PROGRAMS)

@@ -16,7 +16,7 @@ mod writer;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -121,6 +121,9 @@ pub struct DatapathConfig {
     pub tc_patterns: Vec<String>,
     /// The node address used for SNAT.
     pub node_addr: Ipv4Addr,
+    /// The node address used for IPv6 SNAT (`None`: IPv6 flows that need
+    /// it pass untranslated).
+    pub node_addr6: Option<Ipv6Addr>,
     /// Where the maps are pinned (a directory in bpffs, created and removed by us).
     pub pin_dir: PathBuf,
     /// Slots of the Maglev slab.
@@ -734,6 +737,9 @@ pub fn node_config(config: &DatapathConfig, hash_key: lb_common::HashKey) -> Nod
         overlay_ifindex: 0,
         hash_key,
         timeouts: flows.timeouts,
+        node_addr6: config
+            .node_addr6
+            .map_or([0; 4], |addr| lb_common::maps6::ipv6_words(addr.octets())),
     }
 }
 

@@ -1,5 +1,5 @@
 use lb_common::{
-    maps6::{MAP_NODE_PORT_ADDRS6, MAP_TC6_PROGS, MAP_XDP6_PROGS},
+    maps6::{MAP_NODE_PORT_ADDRS6, MAP_SNAT_EXHAUSTED6, MAP_TC6_PROGS, MAP_XDP6_PROGS},
     CtEntry, RevNatEntry, MAP_CONFIG, MAP_FILTER, MAP_INTERNAL_TABLES, MAP_NODE_PORT_ADDRS,
     MAP_SERVICE_STATS_ARRAY, MAP_SNAT_EXHAUSTED, MAP_SOCK_AFFINITY, MAP_SOCK_REVERSE,
     MAP_SOURCE_RANGES,
@@ -27,6 +27,7 @@ fn v7(current: &Shapes) -> Shapes {
     old.remove(MAP_XDP6_PROGS);
     old.remove(MAP_TC6_PROGS);
     old.remove(MAP_NODE_PORT_ADDRS6);
+    old.remove(MAP_SNAT_EXHAUSTED6);
     for name in ipv6_maps() {
         old.remove(name);
     }
@@ -109,8 +110,8 @@ fn every_map_but(but: &[&str]) -> Vec<&'static str> {
 /// Maps no hand-over carries: the agent writes the node configuration, the
 /// filter follows from the services, the exhaustion counters are new in v4,
 /// the first sync writes the node-port addresses, and each load fills its
-/// own prog arrays.
-const NEVER_CARRIED: [&str; 7] = [
+/// own prog arrays. IPv6's exhaustion counters start empty, as IPv4's did.
+const NEVER_CARRIED: [&str; 8] = [
     MAP_CONFIG,
     MAP_FILTER,
     MAP_SNAT_EXHAUSTED,
@@ -118,6 +119,7 @@ const NEVER_CARRIED: [&str; 7] = [
     MAP_XDP6_PROGS,
     MAP_TC6_PROGS,
     MAP_NODE_PORT_ADDRS6,
+    MAP_SNAT_EXHAUSTED6,
 ];
 
 /// IPv6's maps that a hand-over plans for, in the order it reports them:
