@@ -15,10 +15,10 @@
 //! Not yet (the design's later steps): a flow translated to the node's
 //! address is handed to the stack, not forwarded past it (`forward6`);
 //! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
-//! without an IPv6 address of its own; node ports are not looked up; session affinity is
-//! not kept (a new flow is hashed); fragments pass untouched and
-//! uncounted, as IPv4 passes a later fragment it cannot place; a new connection to a Service without endpoints
-//! is dropped (counted), not refused.
+//! without an IPv6 address of its own; session affinity is not kept (a new
+//! flow is hashed); fragments pass untouched and uncounted, as IPv4 passes
+//! a later fragment it cannot place; a new connection to a Service without
+//! endpoints is dropped (counted), not refused.
 
 // Keys and entries are passed as references into the scratch slot (or the
 // map) on purpose: by value they would be copied onto the stack, which has
@@ -28,7 +28,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use lb_common::{
     conntrack::CtState,
-    maps6::{same, CtEntry6, FlowKey6, RevNatEntry6},
+    maps6::{same, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6},
     Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT,
 };
 
@@ -85,6 +85,8 @@ pub struct Scratch6 {
     pub svc: ServiceEntry,
     /// 1 if it came from a pod, 0 from the uplink.
     pub from_pod: u32,
+    /// A frontend's lookup key ([`frontend6::lookup`]).
+    pub svc_key: ServiceKey6,
 }
 
 /// This CPU's scratch slot.
@@ -136,7 +138,7 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConf
         if let Some(chosen) = conntrack6::recall(s, flow, cfg) {
             return established(flow, &chosen, &s.ct, cfg);
         }
-        if let Some(svc) = frontend6::lookup(flow) {
+        if let Some(svc) = frontend6::lookup(flow, &mut s.svc_key) {
             let Some(svc) = view::for_client(svc, at.hook) else {
                 count(Verdict::Error);
                 return Action6::Drop;

@@ -3,14 +3,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     time::{Duration, Instant},
 };
 
 use lb_userspace::{
     datapath::Datapath,
     desired::{
-        BackendInfo, DesiredFrontend, DesiredState, Frontend, ObjectName, Protocol, TrafficPolicy,
+        BackendInfo, DesiredFrontend, DesiredState, DesiredState6, Frontend, FrontendV6, Listen6,
+        ObjectName, Protocol, TrafficPolicy,
     },
     flows::FlowSettings,
     plan::Planner,
@@ -124,4 +125,75 @@ pub fn apply_to(dp: &mut Datapath, planner: &mut Planner, state: &[(Frontend, De
     let (plan, errors) = planner.plan(&desired, Instant::now());
     assert!(errors.is_empty(), "plan errors: {errors:?}");
     dp.maps.apply(&plan.ops).expect("apply plan");
+}
+
+/// The IPv6 twin of [`frontend`]: a frontend at `listen` and its backends
+/// (address, port, on this node?), all selected; its service is
+/// `default/svc6-{port}`. A node port lists no node-port addresses yet
+/// (see [`program6`]).
+#[must_use]
+pub fn frontend6(
+    listen: Listen6,
+    proto: Protocol,
+    backends: &[(Ipv6Addr, u16, bool)],
+) -> (FrontendV6, DesiredFrontend<SocketAddrV6>) {
+    let port = FrontendV6 { listen, proto }.port();
+    (
+        FrontendV6 { listen, proto },
+        DesiredFrontend {
+            service: ObjectName {
+                namespace: "default".into(),
+                name: format!("svc6-{port}"),
+            },
+            port_name: String::new(),
+            backends: backends
+                .iter()
+                .map(|&(ip, port, local)| {
+                    (
+                        SocketAddrV6::new(ip, port, 0, 0),
+                        BackendInfo {
+                            local,
+                            for_cluster: true,
+                            for_local: local,
+                        },
+                    )
+                })
+                .collect(),
+            policy: TrafficPolicy::Cluster,
+            pods_policy: TrafficPolicy::Cluster,
+            affinity_timeout: 0,
+            has_endpoints: !backends.is_empty(),
+            source_ranges: Vec::new(),
+            node_port_addrs: Vec::new(),
+        },
+    )
+}
+
+/// Writes the IPv6 node-port addresses `addrs` and `state` into `dp` with
+/// `planner` (which holds what `dp` has), as the agent orders them: new
+/// addresses first, then the plan, then the addresses gone. Every node port
+/// of `state` is given `addrs`.
+pub fn program6(
+    dp: &mut TestDatapath,
+    planner: &mut Planner,
+    addrs: &[Ipv6Addr],
+    state: &[(FrontendV6, DesiredFrontend<SocketAddrV6>)],
+) {
+    let desired: DesiredState6 = state
+        .iter()
+        .cloned()
+        .map(|(frontend, mut want)| {
+            if frontend.is_node_port() {
+                want.node_port_addrs = addrs.to_vec();
+            }
+            (frontend, want)
+        })
+        .collect();
+    let (add, remove) = planner.node_port_addresses6(addrs);
+    let (plan, errors) = planner.plan6(&desired, Instant::now());
+    assert!(errors.is_empty(), "plan errors: {errors:?}");
+    let maps = &mut dp.datapath_mut().maps;
+    for ops in [add.ops, plan.ops, remove.ops] {
+        maps.apply(&ops).expect("apply plan");
+    }
 }

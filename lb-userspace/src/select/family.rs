@@ -147,36 +147,28 @@ pub fn service_state_v6(
 }
 
 /// The problem of a Service with IPv6 frontends the data path does not
-/// serve: all of them when IPv6 is not `planned` (`--ipv6 off`), else its
-/// IPv6 node ports (the IPv6 programs match exact frontends only so far);
-/// `None` when every IPv6 frontend it has is served.
+/// serve: all of them when IPv6 is not `planned` (`--ipv6 off`); `None`
+/// when IPv6 is planned (every IPv6 frontend is served then) or the
+/// Service has no IPv6 frontend.
 #[must_use]
 pub fn ipv6_problem(service: &ServiceSpec, planned: bool) -> Option<ServiceProblem> {
-    let frontends: Vec<FrontendV6> = frontends_v6(service)
-        .into_iter()
-        .filter(|f| !planned || f.is_node_port())
-        .collect();
+    if planned {
+        return None;
+    }
+    let frontends: Vec<FrontendV6> = frontends_v6(service);
     if frontends.is_empty() {
         return None;
     }
     let list: Vec<String> = frontends.iter().map(ToString::to_string).collect();
-    let message = if planned {
-        format!(
-            "IPv6 frontends {} are not served yet (the IPv6 data path serves cluster, external \
-             and load-balancer IPs, not node ports); its other frontends are",
-            list.join(", ")
-        )
+    let rest = if serves(service, IpFamily::V4) {
+        "its IPv4 frontends are"
     } else {
-        let rest = if serves(service, IpFamily::V4) {
-            "its IPv4 frontends are"
-        } else {
-            "it has no IPv4 frontend"
-        };
-        format!(
-            "IPv6 frontends {} are not served (--ipv6 off); {rest}",
-            list.join(", ")
-        )
+        "it has no IPv4 frontend"
     };
+    let message = format!(
+        "IPv6 frontends {} are not served (--ipv6 off); {rest}",
+        list.join(", ")
+    );
     Some(ServiceProblem {
         service: service.name.clone(),
         reason: ProblemReason::Ipv6NotServed,

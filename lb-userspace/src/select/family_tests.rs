@@ -147,13 +147,8 @@ fn ipv6_frontends_are_reported_not_served_once_per_service() {
         problem.message,
         "IPv6 frontends [fd00::10]:80/TCP, node port 30080/TCP are not served (--ipv6 off); its IPv4 frontends are"
     );
-    // Served, only the node port is left out.
-    let problem = ipv6_problem(&svc, true).expect("a problem");
-    assert_eq!(
-        problem.message,
-        "IPv6 frontends node port 30080/TCP are not served yet (the IPv6 data path serves cluster, \
-         external and load-balancer IPs, not node ports); its other frontends are"
-    );
+    // Served: node ports too.
+    assert_eq!(ipv6_problem(&svc, true), None, "every frontend is served");
     assert_eq!(ipv6_problem(&dual(), true), None, "a cluster IP is served");
     assert_eq!(
         ipv6_problem(&service(ServiceKind::ClusterIp, http()), false),

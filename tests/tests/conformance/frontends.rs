@@ -296,7 +296,7 @@ pub fn rows() -> Vec<Row> {
             ],
         ),
         Row::new(
-            "IPv6 node ports are written, and reported as not served yet",
+            "IPv6 node ports are written and served, on the node's IPv6 node-port addresses",
             vec![
                 service(
                     "web",
@@ -305,7 +305,6 @@ pub fn rows() -> Vec<Row> {
                 web_slice6("web-2", &[ready("\"fd00:244:2::2\"", "node2")]),
             ],
             &[
-                "! default/web IPv6NotServed",
                 "default/web [fd00::10]:80/TCP -> [fd00:244:2::2]:8080",
                 "default/web node port 30080/TCP -> [fd00:244:2::2]:8080 | at fd00:50::11",
             ],
