@@ -17,8 +17,7 @@
 //! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
 //! without an IPv6 address of its own; session affinity is not kept (a new
 //! flow is hashed); fragments pass untouched and uncounted, as IPv4 passes
-//! a later fragment it cannot place; a new connection to a Service without
-//! endpoints is dropped (counted), not refused.
+//! a later fragment it cannot place.
 
 // Keys and entries are passed as references into the scratch slot (or the
 // map) on purpose: by value they would be copied onto the stack, which has
@@ -42,7 +41,7 @@ use crate::{
     nat6::{self, Reverse6, Rewrite6},
     parse::Fragment,
     parse6::Flow6,
-    ranges6,
+    ranges6, reject6,
     select6::{self, Chosen6},
     snat6, spoof6, view,
 };
@@ -61,6 +60,9 @@ pub enum Action6 {
     /// A new flow, left in [`Scratch6`]: on to the new-flow stage, by a
     /// tail call ([`new_flow_stage`]).
     NewFlow,
+    /// A new connection to a Service without endpoints: drop it, answering
+    /// with an `ICMPv6` port unreachable ([`reject6`]).
+    Refuse,
 }
 
 /// A packet's working state, in this CPU's slot of `SCRATCH6`: IPv6's keys
@@ -283,10 +285,12 @@ fn to_service(flow: &Flow6, svc: &ServiceEntry, s: &mut Scratch6, hook: Hook) ->
         return Action6::Drop;
     }
     if svc.backend_count == 0 {
-        // IPv4 refuses a new connection with an ICMP error here; ICMPv6's
-        // refusal comes with the other ICMPv6 work (design step 6).
         count(Verdict::Dropped);
-        return Action6::Drop;
+        return if reject6::refuses(flow, svc) {
+            Action6::Refuse
+        } else {
+            Action6::Drop
+        };
     }
     // The rest runs in the new-flow stage, a program of its own: this one's
     // stack has no room for it, nor for the SNAT claim's `bpf_loop`

@@ -40,6 +40,7 @@ mod parse6;
 mod ranges;
 mod ranges6;
 mod reject;
+mod reject6;
 mod select;
 mod select6;
 mod snat;

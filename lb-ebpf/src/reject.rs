@@ -122,10 +122,7 @@ pub fn refuses(flow: &Flow, svc: &ServiceEntry) -> bool {
     {
         return false;
     }
-    if flow.proto == IPPROTO_TCP
-        && flow.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN
-    {
-        // Only the first packet of a connection: a stray segment gets nothing.
+    if !opens(flow.proto, flow.tcp_flags) {
         return false;
     }
     // The first octet of the raw network-order source.
@@ -136,9 +133,18 @@ pub fn refuses(flow: &Flow, svc: &ServiceEntry) -> bool {
     within_budget()
 }
 
-/// Takes one refusal of this CPU's budget for the current second, if any is left.
+/// Whether a packet of protocol `proto` with TCP flags `tcp_flags` may be
+/// refused: a UDP datagram, or only the first packet of a TCP connection (a
+/// SYN without ACK, RST or FIN); a stray segment gets nothing.
 #[inline(always)]
-fn within_budget() -> bool {
+pub fn opens(proto: u8, tcp_flags: u8) -> bool {
+    proto != IPPROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+}
+
+/// Takes one refusal of this CPU's budget for the current second, if any
+/// is left (both families share it).
+#[inline(always)]
+pub fn within_budget() -> bool {
     let Some(budget) = REJECTS.get_ptr_mut(0) else {
         return false;
     };
@@ -240,7 +246,7 @@ pub fn refuse_tc(ctx: &TcContext, flow: &Flow, ifindex: u32) -> i32 {
 /// # Safety
 /// `data + off + 2 * words` must lie within the frame.
 #[inline(always)]
-unsafe fn sum(data: usize, off: usize, words: usize) -> u32 {
+pub unsafe fn sum(data: usize, off: usize, words: usize) -> u32 {
     let mut total = 0u32;
     for i in 0..words {
         // SAFETY: the caller's bounds.

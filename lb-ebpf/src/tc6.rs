@@ -26,6 +26,7 @@ use crate::{
     nat6::Rewrite6,
     parse::{self, TCP_CSUM_OFF, UDP_CSUM_OFF},
     parse6::{self, Flow6, Parsed6, IP6_DST_OFF, IP6_SRC_OFF, MAX_HEADERS_LEN6},
+    reject6,
 };
 
 /// Bytes of an IPv6 address.
@@ -70,6 +71,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     match action {
         Action6::Pass => TC_ACT_OK,
         Action6::Drop => TC_ACT_SHOT,
+        Action6::Refuse => reject6::refuse_tc(ctx, &flow, at.ifindex),
         Action6::NewFlow => {
             // SAFETY: a tail call returns only when it fails (an empty slot).
             unsafe { TC6_PROGS.tail_call(ctx, TC6_SLOT_FLOW) };
@@ -104,7 +106,8 @@ pub fn handle_flow(ctx: &TcContext) -> i32 {
             }
         }
         Action6::Pass => TC_ACT_OK,
-        Action6::Drop | Action6::NewFlow => TC_ACT_SHOT,
+        // The stage neither refuses nor hands on: the main program did.
+        Action6::Drop | Action6::NewFlow | Action6::Refuse => TC_ACT_SHOT,
     }
 }
 

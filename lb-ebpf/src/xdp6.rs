@@ -22,6 +22,7 @@ use crate::{
     parse6::{
         self, Flow6, Parsed6, EXT_OFF, IP6_DST_OFF, IP6_PAYLOAD_LEN, IP6_SRC_OFF, MAX_L4_OFF6,
     },
+    reject6,
 };
 
 /// Handles one IPv6 frame on the uplink.
@@ -46,6 +47,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     match lb6::decide(ctx, &flow, uplink(ctx, data, data_end), cfg) {
         Action6::Pass => xdp_action::XDP_PASS,
         Action6::Drop => xdp_action::XDP_DROP,
+        Action6::Refuse => reject6::refuse_xdp(ctx, &flow),
         Action6::NewFlow => {
             // SAFETY: a tail call returns only when it fails (an empty slot).
             unsafe { XDP6_PROGS.tail_call(ctx, XDP6_FLOW_SLOT) };
@@ -83,7 +85,8 @@ pub fn handle_flow(ctx: &XdpContext) -> u32 {
             }
         }
         Action6::Pass => xdp_action::XDP_PASS,
-        Action6::Drop | Action6::NewFlow => xdp_action::XDP_DROP,
+        // The stage neither refuses nor hands on: the main program did.
+        Action6::Drop | Action6::NewFlow | Action6::Refuse => xdp_action::XDP_DROP,
     }
 }
 

@@ -129,21 +129,24 @@ pub fn apply_to(dp: &mut Datapath, planner: &mut Planner, state: &[(Frontend, De
 
 /// The IPv6 twin of [`frontend`]: a frontend at `listen` and its backends
 /// (address, port, on this node?), all selected; its service is
-/// `default/svc6-{port}`. A node port lists no node-port addresses yet
-/// (see [`program6`]).
+/// `default/svc6-{addr}-{port}` (`nodeport` for a node port's address).
+/// A node port lists no node-port addresses yet (see [`program6`]).
 #[must_use]
 pub fn frontend6(
     listen: Listen6,
     proto: Protocol,
     backends: &[(Ipv6Addr, u16, bool)],
 ) -> (FrontendV6, DesiredFrontend<SocketAddrV6>) {
-    let port = FrontendV6 { listen, proto }.port();
+    let name = match listen {
+        Listen6::Addr(addr, port) => format!("svc6-{addr}-{port}").replace(':', "."),
+        Listen6::NodePort(port) => format!("svc6-nodeport-{port}"),
+    };
     (
         FrontendV6 { listen, proto },
         DesiredFrontend {
             service: ObjectName {
                 namespace: "default".into(),
-                name: format!("svc6-{port}"),
+                name,
             },
             port_name: String::new(),
             backends: backends

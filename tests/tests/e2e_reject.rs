@@ -16,16 +16,22 @@
 //! whole life, which the XDP case relies on. The agent's own default on a
 //! veth uplink is TC (`--uplink-hook auto`), which redirects and needs
 //! nothing of the peer.
+//!
+//! IPv6: on a dual-stack cluster, a TCP `connect()` from the client and
+//! from a pod to the IPv6 cluster IP of a Service without endpoints fails
+//! with `ECONNREFUSED` (an `ICMPv6` port unreachable: nobody else answers
+//! for that address), at once rather than after its 2-second timeout.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::Duration,
 };
 
 use lb_tests::{
     agent::{Agent, ManifestDir},
     netns::Netns,
-    topology::{ClusterTopology, NODE1_IP},
+    require_ipv6,
+    topology::{ClusterTopology, Cni, Family, SenderChecksums, NODE1_IP},
     traffic::{tcp_refused_by, udp_refused_by},
 };
 
@@ -119,4 +125,60 @@ fn a_pod_is_refused_by_a_service_without_endpoints() {
     let c = cluster(&[]);
     let pod1b = &c.topo.pod("pod1b").ns;
     refused_by_the_cluster_ip(pod1b, "pod1b");
+}
+
+/// An IPv6-only Service without endpoints.
+const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x60);
+const EMPTY6_SERVICE: &str = "apiVersion: v1\nkind: Service\n\
+metadata: {name: empty6, namespace: default}\n\
+spec:\n  clusterIP: \"fd00:96::60\"\n  ipFamilies: [IPv6]\n  ports:\n\
+\x20 - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n";
+
+/// From `client`: a TCP connect to the IPv6 cluster IP fails with
+/// `ECONNREFUSED`, not a timeout.
+fn refused6(client: &Netns, who: &str) {
+    let to = SocketAddr::new(EMPTY6.into(), HTTP);
+    let result = client
+        .run(move || TcpStream::connect_timeout(&to, WAIT))
+        .expect("running in the namespace");
+    match result {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{who} -> {to}: refused, not {e}"
+        ),
+        Ok(_) => panic!("{who} -> {to}: connected to a Service without endpoints"),
+    }
+}
+
+/// The dual-stack cluster with the empty IPv6 Service, the agent run with
+/// `extra` arguments.
+fn cluster6(extra: &[&str]) -> Cluster {
+    require_ipv6();
+    let topo =
+        ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
+            .expect("building the dual-stack topology");
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("empty6.yaml", EMPTY6_SERVICE).unwrap();
+    let agent = Agent::start_ready(&topo.node1, &manifests, extra).expect("lb-agent ready");
+    Cluster {
+        _agent: agent,
+        _manifests: manifests,
+        topo,
+    }
+}
+
+/// Through node1's uplink (XDP) and the pod hook (TC), over IPv6.
+#[test]
+fn a_client_and_a_pod_are_refused_by_an_ipv6_service_without_endpoints() {
+    let c = cluster6(&[]);
+    refused6(&c.topo.client, "client");
+    refused6(&c.topo.pod("pod1b").ns, "pod1b");
+}
+
+/// Through node1's uplink TC program, over IPv6.
+#[test]
+fn a_client_is_refused_by_an_ipv6_service_without_endpoints_with_the_uplink_hook_at_tc() {
+    let c = cluster6(&["--uplink-hook", "tc"]);
+    refused6(&c.topo.client, "client");
 }
