@@ -1,6 +1,7 @@
 //! End to end over IPv6 (issue 16): the built agent on node1 of a
-//! dual-stack namespace cluster serves Services' IPv6 cluster IPs with
-//! real TCP and UDP, beside their IPv4 ones. What the IPv6 data path
+//! dual-stack namespace cluster serves Services' IPv6 cluster IPs (and a
+//! node port on node1's IPv6 address) with real TCP and UDP, beside their
+//! IPv4 ones. What the IPv6 data path
 //! serves so far: flows from pods to any backend, and from outside the
 //! cluster to backends on this node (remote ones need the source
 //! translation of a later step). Needs root.
@@ -15,7 +16,7 @@ use lb_tests::{
     agent::{Agent, ManifestDir},
     cluster::assert_spread,
     require_ipv6,
-    topology::{ClusterTopology, Cni, Family, SenderChecksums},
+    topology::{ClusterTopology, Cni, Family, SenderChecksums, NODE1_IP6},
     traffic::{http_distribution, udp_distribution, HttpClient, PodServers},
 };
 
@@ -23,6 +24,8 @@ use lb_tests::{
 const WEB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
 /// The IPv6-only Service's cluster IP, served by node1's pods only.
 const LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x31);
+/// local6's TCP node port.
+const LOCAL6_NODE_PORT: u16 = 30680;
 const DEADLINE: Duration = Duration::from_mins(1);
 
 /// The slice endpoints of pods `(node, host)`: `fd00:244:<node>::<host>`.
@@ -39,7 +42,7 @@ fn v6_endpoints(pods: &[(u8, u16)]) -> String {
 
 /// `web6`: dual-stack, its IPv6 backends `web6_pods` and its IPv4 ones
 /// pod1b, pod1c and pod2a (pod1a is the in-cluster client). `local6`:
-/// IPv6 only, pod1b and pod1c (on node1).
+/// IPv6 only, pod1b and pod1c (on node1), with node ports.
 fn manifests(web6_pods: &[(u8, u16)]) -> String {
     let ports = "ports:\n  - {name: http, port: 8080, protocol: TCP}\n  - {name: dns, port: 5353, protocol: UDP}\n";
     let service_ports = "  ports:\n    - {name: http, port: 80, protocol: TCP, targetPort: 8080}\n    - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n";
@@ -56,7 +59,7 @@ fn manifests(web6_pods: &[(u8, u16)]) -> String {
         slice("web6-v4", "web6", "IPv4", v4),
         slice("web6-v6", "web6", "IPv6", &v6_endpoints(web6_pods)),
         format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local6, namespace: default}}\nspec:\n  type: ClusterIP\n  clusterIP: \"{LOCAL6}\"\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n{service_ports}"
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: local6, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: \"{LOCAL6}\"\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports:\n    - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {LOCAL6_NODE_PORT}}}\n    - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30653}}\n"
         ),
         slice("local6-v6", "local6", "IPv6", &v6_endpoints(&[(1, 3), (1, 4)])),
     ]
@@ -189,6 +192,14 @@ fn client_reaches_local6(extra: &[&str]) {
         DEADLINE,
     );
     assert_spread(&udp, &local, 40, 0.05);
+    // The node port on node1's IPv6 address, to the same backends.
+    let node_port = http_distribution(
+        &c.topo.client,
+        SocketAddrV6::new(NODE1_IP6, LOCAL6_NODE_PORT, 0, 0),
+        40,
+        DEADLINE,
+    );
+    assert_spread(&node_port, &local, 40, 0.10);
 }
 
 #[test]
