@@ -177,6 +177,55 @@ pub const CONNTRACK6_MAX_ENTRIES: u32 = 1 << 17;
 /// Capacity of [`MAP_REVNAT6`] (one entry per tracked flow).
 pub const REVNAT6_MAX_ENTRIES: u32 = CONNTRACK6_MAX_ENTRIES;
 
+/// Name of the IPv6 session-affinity map: [`AffinityKey6`] ->
+/// `AffinityEntry` (LRU hash), the twin of `AFFINITY`.
+pub const MAP_AFFINITY6: &str = "AFFINITY6";
+/// Capacity of [`MAP_AFFINITY6`] (client, service pairs): half of IPv4's,
+/// as [`CONNTRACK6_MAX_ENTRIES`] is.
+pub const AFFINITY6_MAX_ENTRIES: u32 = 1 << 15;
+
+/// Key of the IPv6 session-affinity map: an IPv6 client of a Service port,
+/// the twin of `AffinityKey`.
+///
+/// Layout (20 bytes): `service_id` u32 | `client_addr` [be32; 4].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey6 {
+    /// `ServiceEntry::id` of the Service port.
+    pub service_id: u32,
+    /// Client IPv6 address, as [`ipv6_words`] stores it.
+    pub client_addr: [u32; 4],
+}
+
+/// Name of the IPv6 fragment map: [`FragKey6`] -> `FragPorts` (LRU hash),
+/// the twin of `FRAGMENTS`. Not pinned, for the same reason.
+pub const MAP_FRAGMENTS6: &str = "FRAGMENTS6";
+/// Capacity of [`MAP_FRAGMENTS6`]: IPv6 datagrams in flight whose first
+/// fragment was translated.
+pub const FRAGMENTS6_MAX_ENTRIES: u32 = 8_192;
+
+/// Key of the IPv6 fragment map: one IPv6 datagram, as its fragments name it
+/// on the wire (RFC 8200 4.5: source, destination and the fragment header's
+/// identification), with the protocol after the fragment header, before
+/// translation.
+///
+/// Layout (40 bytes): `src_addr` [be32; 4] | `dst_addr` [be32; 4] | `id`
+/// be32 | `proto` u8 | pad [u8; 3].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    /// Source IPv6 address, as [`ipv6_words`] stores it.
+    pub src_addr: [u32; 4],
+    /// Destination IPv6 address, as [`ipv6_words`] stores it.
+    pub dst_addr: [u32; 4],
+    /// The fragment header's identification, network byte order.
+    pub id: u32,
+    /// IP protocol number (6 or 17).
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
 /// Key of the IPv6 flow maps: a 5-tuple as it appears on the wire, the
 /// twin of `FlowKey`.
 ///
@@ -415,6 +464,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey6 {}
     unsafe impl aya::Pod for super::SockRevEntry6 {}
     unsafe impl aya::Pod for super::BackendKey6 {}
+    unsafe impl aya::Pod for super::AffinityKey6 {}
+    unsafe impl aya::Pod for super::FragKey6 {}
 }
 
 #[cfg(test)]
@@ -436,6 +487,9 @@ mod tests {
         assert!(MAP_SOCK_REVERSE6.len() <= 15);
         assert_eq!(size_of::<BackendKey6>(), 20);
         assert!(MAP_SNAT_EXHAUSTED6.len() <= 15);
+        assert_eq!(size_of::<AffinityKey6>(), 20);
+        assert_eq!(size_of::<FragKey6>(), 40);
+        assert!(MAP_AFFINITY6.len() <= 15 && MAP_FRAGMENTS6.len() <= 15);
         assert_eq!(core::mem::offset_of!(CtEntry6, backend_addr), 8);
         assert_eq!(core::mem::offset_of!(CtEntry6, flags), 40);
         assert_eq!(core::mem::offset_of!(CtEntry6, created_ns), 48);

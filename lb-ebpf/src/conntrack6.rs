@@ -23,6 +23,7 @@ use crate::{
     counters,
     lb6::Scratch6,
     maps6::{CONNTRACK6, REVNAT6},
+    parse::Fragment,
     parse6::Flow6,
     select6::{self, Chosen6},
 };
@@ -105,7 +106,7 @@ fn backend_of(ct: &CtEntry6) -> Option<Chosen6> {
 /// The live flow `s.key`, recalled for a packet from its client (see
 /// `conntrack::recall`): stamps its time at most once a second (checking
 /// expiry and restoring a missing reverse entry then) and moves its TCP
-/// state. `None` when the flow must start anew. Uses `s.ct`, `s.reply`
+/// state (not on a later fragment, which carries no TCP flags). `None` when the flow must start anew. Uses `s.ct`, `s.reply`
 /// and `s.rev`.
 #[inline(always)]
 pub fn recall(s: &mut Scratch6, flow: &Flow6, cfg: &NodeConfig) -> Option<Chosen6> {
@@ -134,7 +135,7 @@ pub fn recall(s: &mut Scratch6, flow: &Flow6, cfg: &NodeConfig) -> Option<Chosen
         unsafe { (*ptr).last_seen_s = now };
         restore_reverse(key, ct, &mut s.reply, &mut s.rev, now);
     }
-    if flow.proto == IPPROTO_TCP {
+    if flow.proto == IPPROTO_TCP && flow.fragment != Fragment::Later {
         let state = CtState::from_u8(ct.state);
         let next = tcp_next(state, flow.tcp_flags, true);
         if next != state {

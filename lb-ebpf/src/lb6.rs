@@ -16,8 +16,8 @@
 //! address is handed to the stack, not forwarded past it (`forward6`);
 //! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
 //! without an IPv6 address of its own; session affinity is not kept (a new
-//! flow is hashed); fragments pass untouched and uncounted, as IPv4 passes
-//! a later fragment it cannot place.
+//! flow is hashed). Fragments are translated as IPv4's are
+//! ([`crate::frag6`]).
 
 // Keys and entries are passed as references into the scratch slot (or the
 // map) on purpose: by value they would be copied onto the stack, which has
@@ -27,7 +27,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use lb_common::{
     conntrack::CtState,
-    maps6::{same, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6},
+    maps6::{same, CtEntry6, FlowKey6, FragKey6, RevNatEntry6, ServiceKey6},
     Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT,
 };
 
@@ -89,6 +89,8 @@ pub struct Scratch6 {
     pub from_pod: u32,
     /// A frontend's lookup key ([`frontend6::lookup`]).
     pub svc_key: ServiceKey6,
+    /// The datagram of a fragment (see [`crate::frag6`]).
+    pub frag: FragKey6,
 }
 
 /// This CPU's scratch slot.
@@ -112,13 +114,14 @@ fn event(event: Event) {
 }
 
 /// Decides the fate of one parsed IPv6 packet where it enters the node
-/// (uplink or pod) and counts the verdict (see `lb::decide`).
+/// (uplink or pod; a later fragment with its datagram's ports, see
+/// [`crate::frag6::complete`]) and counts the verdict (see `lb::decide`). The
+/// caller notes a first fragment's fate for the rest of its datagram
+/// ([`crate::frag6::note_first`]) once the packet is written. A later
+/// fragment only recalls what its first fragment found (the tracked flow):
+/// it never starts a flow.
 #[inline(always)]
 pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConfig) -> Action6 {
-    if flow.fragment != Fragment::Whole {
-        // Fragments come with their own map (design step 7).
-        return Action6::Pass;
-    }
     let Some(s) = scratch() else {
         return Action6::Pass;
     };
@@ -140,12 +143,16 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConf
         if let Some(chosen) = conntrack6::recall(s, flow, cfg) {
             return established(flow, &chosen, &s.ct, cfg);
         }
-        if let Some(svc) = frontend6::lookup(flow, &mut s.svc_key) {
-            let Some(svc) = view::for_client(svc, at.hook) else {
-                count(Verdict::Error);
-                return Action6::Drop;
-            };
-            return to_service(flow, &svc, s, at.hook);
+        // A later fragment whose flow is gone is not translated: its first
+        // fragment would need the new flow.
+        if flow.fragment != Fragment::Later {
+            if let Some(svc) = frontend6::lookup(flow, &mut s.svc_key) {
+                let Some(svc) = view::for_client(svc, at.hook) else {
+                    count(Verdict::Error);
+                    return Action6::Drop;
+                };
+                return to_service(flow, &svc, s, at.hook);
+            }
         }
     }
     // The other replies cross the stack untranslated, back at egress, and
@@ -164,7 +171,8 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConf
 /// Decides an IPv6 packet leaving the node or on its way into a pod
 /// ([`Hook::Egress`]): a reply of a tracked flow is translated back, after
 /// the reverse-path check; everything else passes untouched and uncounted
-/// (see `lb::decide_reply`).
+/// (see `lb::decide_reply`). A first fragment's fate is noted as in
+/// [`decide`].
 #[inline(always)]
 pub fn decide_reply<C: EbpfContext>(
     ctx: &C,
@@ -172,7 +180,7 @@ pub fn decide_reply<C: EbpfContext>(
     at: Ingress,
     cfg: &NodeConfig,
 ) -> Action6 {
-    if flow.fragment != Fragment::Whole || to_node(flow, cfg) || !filter6::may_be_reply(flow) {
+    if to_node(flow, cfg) || !filter6::may_be_reply(flow) {
         return Action6::Pass;
     }
     let Some(s) = scratch() else {

@@ -24,6 +24,7 @@ mod filter;
 mod filter6;
 mod forward;
 mod frag;
+mod frag6;
 mod frontend;
 mod frontend6;
 mod handoff;

@@ -7,12 +7,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps6::{
-        Backend6, BackendKey6, CtEntry6, FlowKey6, RevNatEntry6, ServiceKey6, SockRevEntry6,
-        SockRevKey6, SourceRangeKey6, CONNTRACK6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES,
-        SOCK_REVERSE6_MAX_ENTRIES, TC6_PROGRAMS, XDP6_PROGRAMS,
+        Backend6, BackendKey6, CtEntry6, FlowKey6, FragKey6, RevNatEntry6, ServiceKey6,
+        SockRevEntry6, SockRevKey6, SourceRangeKey6, CONNTRACK6_MAX_ENTRIES,
+        FRAGMENTS6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, SOCK_REVERSE6_MAX_ENTRIES, TC6_PROGRAMS,
+        XDP6_PROGRAMS,
     },
-    ServiceEntry, SnatExhaustion, MAX_BACKENDS, MAX_SERVICES, NODE_PORT_ADDRS_MAX_ENTRIES,
-    SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    FragPorts, ServiceEntry, SnatExhaustion, MAX_BACKENDS, MAX_SERVICES,
+    NODE_PORT_ADDRS_MAX_ENTRIES, SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 /// `lb_xdp6`, which `lb_xdp` tail-calls for IPv6 frames, and its
@@ -80,3 +81,9 @@ pub static SNAT_EXHAUSTED6: HashMap<BackendKey6, SnatExhaustion> =
 /// [`crate::snat6::Probes6`]).
 #[map(name = "PROBES6")]
 pub static PROBES6: PerCpuArray<crate::snat6::Probes6> = PerCpuArray::with_max_entries(1, 0);
+
+/// IPv6 datagrams whose first fragment was translated (not pinned; see
+/// [`crate::frag6`]).
+#[map(name = "FRAGMENTS6")]
+pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts> =
+    LruHashMap::with_max_entries(FRAGMENTS6_MAX_ENTRIES, 0);

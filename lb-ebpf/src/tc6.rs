@@ -19,12 +19,12 @@ use lb_common::{
 };
 
 use crate::{
-    config, counters, icmp6,
+    config, counters, frag6, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     maps6::TC6_PROGS,
     nat6::Rewrite6,
-    parse::{self, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse::{self, Fragment, TCP_CSUM_OFF, UDP_CSUM_OFF},
     parse6::{self, Flow6, Parsed6, IP6_DST_OFF, IP6_SRC_OFF, MAX_HEADERS_LEN6},
     reject6,
 };
@@ -49,7 +49,7 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         }
     }
     let egress = hook == Hook::Egress;
-    let flow = match parsed {
+    let mut flow = match parsed {
         Parsed6::Flow(flow) => flow,
         Parsed6::NotOurs => return icmp(ctx, hook, len),
         Parsed6::Malformed => {
@@ -59,6 +59,9 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             return TC_ACT_OK;
         }
     };
+    if !frag6::complete(&mut flow) {
+        return TC_ACT_OK;
+    }
     let Some(cfg) = config::get() else {
         return TC_ACT_OK;
     };
@@ -68,25 +71,28 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     } else {
         lb6::decide(ctx, &flow, at, cfg)
     };
-    match action {
-        Action6::Pass => TC_ACT_OK,
-        Action6::Drop => TC_ACT_SHOT,
-        Action6::Refuse => reject6::refuse_tc(ctx, &flow, at.ifindex),
+    let (ret, translated) = match action {
+        Action6::Pass => (TC_ACT_OK, false),
+        Action6::Drop => (TC_ACT_SHOT, false),
+        Action6::Refuse => (reject6::refuse_tc(ctx, &flow, at.ifindex), false),
         Action6::NewFlow => {
-            // SAFETY: a tail call returns only when it fails (an empty slot).
+            // SAFETY: a tail call returns only when it fails (an empty slot);
+            // the stage notes a first fragment's fate itself.
             unsafe { TC6_PROGS.tail_call(ctx, TC6_SLOT_FLOW) };
             counters::count_in(Family::Ipv6, Verdict::Error);
-            TC_ACT_SHOT
+            (TC_ACT_SHOT, false)
         }
         // Forwarding past the stack comes with `forward6` (design step 4).
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(ctx, &flow, &rw).is_err() {
-                TC_ACT_SHOT
+                (TC_ACT_SHOT, true)
             } else {
-                TC_ACT_OK
+                (TC_ACT_OK, true)
             }
         }
-    }
+    };
+    frag6::note_first(&flow, translated);
+    ret
 }
 
 /// `lb_tc6_flow`: the new-flow stage of the flow `lb_tc6` or
@@ -97,18 +103,20 @@ pub fn handle_flow(ctx: &TcContext) -> i32 {
     let (Some(s), Some(cfg)) = (lb6::scratch(), config::get()) else {
         return TC_ACT_SHOT;
     };
-    match lb6::new_flow_stage(s, cfg) {
+    let (ret, translated) = match lb6::new_flow_stage(s, cfg) {
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(ctx, &s.flow, &rw).is_err() {
-                TC_ACT_SHOT
+                (TC_ACT_SHOT, true)
             } else {
-                TC_ACT_OK
+                (TC_ACT_OK, true)
             }
         }
-        Action6::Pass => TC_ACT_OK,
+        Action6::Pass => (TC_ACT_OK, false),
         // The stage neither refuses nor hands on: the main program did.
-        Action6::Drop | Action6::NewFlow | Action6::Refuse => TC_ACT_SHOT,
-    }
+        Action6::Drop | Action6::NewFlow | Action6::Refuse => (TC_ACT_SHOT, false),
+    };
+    frag6::note_staged(translated);
+    ret
 }
 
 /// Where a frame at `hook` entered the node.
@@ -152,9 +160,20 @@ fn icmp(ctx: &TcContext, hook: Hook, len: usize) -> i32 {
 /// as IPv4's TC path does: the address changes go into the L4 checksum as
 /// pseudo-header changes (`BPF_F_PSEUDO_HDR`: a partial checksum's seed is
 /// updated, a complete one's field), the port changes as data; a UDP result
-/// of 0 is sent as 0xffff (`BPF_F_MARK_MANGLED_0`).
+/// of 0 is sent as 0xffff (`BPF_F_MARK_MANGLED_0`). A later fragment has
+/// no L4 header: its addresses only (a complete `skb->csum` recomputed).
 #[inline(always)]
 fn write(ctx: &TcContext, flow: &Flow6, rw: &Rewrite6) -> Result<(), i64> {
+    if flow.fragment == Fragment::Later {
+        let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+        if !same(&rw.src, &flow.src) {
+            ctx.store(IP6_SRC_OFF, &rw.src, recompute)?;
+        }
+        if !same(&rw.dst, &flow.dst) {
+            ctx.store(IP6_DST_OFF, &rw.dst, recompute)?;
+        }
+        return Ok(());
+    }
     let udp = flow.proto == IPPROTO_UDP;
     let l4_csum = flow.l4_off
         + if flow.proto == IPPROTO_TCP {

@@ -13,12 +13,12 @@ use lb_common::{
 use network_types::{ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, counters, icmp6,
+    config, counters, frag6, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     maps6::XDP6_PROGS,
     nat6::Rewrite6,
-    parse::{self, L3_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    parse::{self, Fragment, L3_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
     parse6::{
         self, Flow6, Parsed6, EXT_OFF, IP6_DST_OFF, IP6_PAYLOAD_LEN, IP6_SRC_OFF, MAX_L4_OFF6,
     },
@@ -33,7 +33,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let len = frame_len(ctx, data, data_end);
-    let flow = match parse6::parse(data, data_end, len) {
+    let mut flow = match parse6::parse(data, data_end, len) {
         Parsed6::Flow(flow) => flow,
         Parsed6::NotOurs => return icmp(ctx, data, data_end, len),
         Parsed6::Malformed => {
@@ -41,28 +41,34 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
+    if !frag6::complete(&mut flow) {
+        return xdp_action::XDP_PASS;
+    }
     let Some(cfg) = config::get() else {
         return xdp_action::XDP_PASS;
     };
-    match lb6::decide(ctx, &flow, uplink(ctx, data, data_end), cfg) {
-        Action6::Pass => xdp_action::XDP_PASS,
-        Action6::Drop => xdp_action::XDP_DROP,
-        Action6::Refuse => reject6::refuse_xdp(ctx, &flow),
+    let (ret, translated) = match lb6::decide(ctx, &flow, uplink(ctx, data, data_end), cfg) {
+        Action6::Pass => (xdp_action::XDP_PASS, false),
+        Action6::Drop => (xdp_action::XDP_DROP, false),
+        Action6::Refuse => (reject6::refuse_xdp(ctx, &flow), false),
         Action6::NewFlow => {
-            // SAFETY: a tail call returns only when it fails (an empty slot).
+            // SAFETY: a tail call returns only when it fails (an empty slot);
+            // the stage notes a first fragment's fate itself.
             unsafe { XDP6_PROGS.tail_call(ctx, XDP6_FLOW_SLOT) };
             counters::count_in(Family::Ipv6, Verdict::Error);
-            xdp_action::XDP_DROP
+            (xdp_action::XDP_DROP, false)
         }
         // Forwarding past the stack comes with `forward6` (design step 4).
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(data, data_end, &flow, &rw) {
-                xdp_action::XDP_PASS
+                (xdp_action::XDP_PASS, true)
             } else {
-                xdp_action::XDP_DROP
+                (xdp_action::XDP_DROP, true)
             }
         }
-    }
+    };
+    frag6::note_first(&flow, translated);
+    ret
 }
 
 /// `lb_xdp6_flow`: the new-flow stage of the flow `lb_xdp6` left in its
@@ -75,19 +81,21 @@ pub fn handle_flow(ctx: &XdpContext) -> u32 {
     };
     let action = lb6::new_flow_stage(s, cfg);
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    match action {
+    let (ret, translated) = match action {
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             // Read back from the map: the verifier needs the bound again.
             if s.flow.l4_off <= MAX_L4_OFF6 && write(data, data_end, &s.flow, &rw) {
-                xdp_action::XDP_PASS
+                (xdp_action::XDP_PASS, true)
             } else {
-                xdp_action::XDP_DROP
+                (xdp_action::XDP_DROP, true)
             }
         }
-        Action6::Pass => xdp_action::XDP_PASS,
+        Action6::Pass => (xdp_action::XDP_PASS, false),
         // The stage neither refuses nor hands on: the main program did.
-        Action6::Drop | Action6::NewFlow | Action6::Refuse => xdp_action::XDP_DROP,
-    }
+        Action6::Drop | Action6::NewFlow | Action6::Refuse => (xdp_action::XDP_DROP, false),
+    };
+    frag6::note_staged(translated);
+    ret
 }
 
 /// Where a frame on the uplink entered the node.
@@ -137,12 +145,21 @@ pub fn frame_len(ctx: &XdpContext, data: usize, data_end: usize) -> usize {
 }
 
 /// Writes the rewrite into the frame: ports and addresses, and the L4
-/// checksum for both (the addresses through its pseudo-header). `false`
-/// when a header is not within the frame (nothing is written then).
+/// checksum for both (the addresses through its pseudo-header). A later
+/// fragment has no L4 header: its addresses only. `false` when a header is
+/// not within the frame (nothing is written then).
 #[inline(always)]
 fn write(data: usize, data_end: usize, flow: &Flow6, rw: &Rewrite6) -> bool {
     if data + EXT_OFF > data_end {
         return false;
+    }
+    if flow.fragment == Fragment::Later {
+        // SAFETY: the fixed header is within the bounds checked above.
+        unsafe {
+            ((data + IP6_SRC_OFF) as *mut [u32; 4]).write_unaligned(rw.src);
+            ((data + IP6_DST_OFF) as *mut [u32; 4]).write_unaligned(rw.dst);
+        }
+        return true;
     }
     let udp = flow.proto == IPPROTO_UDP;
     let l4_len = if udp { UdpHdr::LEN } else { TcpHdr::LEN };

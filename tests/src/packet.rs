@@ -824,6 +824,20 @@ impl TestDatapath {
         map.keys().map(|k| k.expect("a CONNTRACK6 key")).collect()
     }
 
+    /// The conntrack entry of an IPv6 client flow, if any.
+    #[must_use]
+    pub fn conntrack6(
+        &self,
+        key: &lb_common::maps6::FlowKey6,
+    ) -> Option<lb_common::maps6::CtEntry6> {
+        let path =
+            lb_userspace::datapath::pins_dir(&self.pin_dir).join(lb_common::maps6::MAP_CONNTRACK6);
+        let data = aya::maps::MapData::from_pin(&path).expect("opening CONNTRACK6");
+        let map: aya::maps::HashMap<_, lb_common::maps6::FlowKey6, lb_common::maps6::CtEntry6> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("a flow map");
+        map.get(key, 0).ok()
+    }
+
     /// Deletes the conntrack entry of an IPv6 client flow (as the collector
     /// deletes a gone flow's).
     pub fn remove_flow6(&self, key: &lb_common::maps6::FlowKey6) {
@@ -839,21 +853,37 @@ impl TestDatapath {
     /// is found among the XDP program's maps (0 when the programs have none).
     #[must_use]
     pub fn fragments_remembered(&self) -> usize {
-        let info = self
-            .program(XDP_PROGRAM)
-            .info()
-            .expect("the XDP program's info");
-        let ids = info.map_ids().expect("the XDP program's maps");
+        self.unpinned_entries::<lb_common::FragKey, lb_common::FragPorts>(
+            XDP_PROGRAM,
+            lb_common::MAP_FRAGMENTS,
+        )
+    }
+
+    /// IPv6 datagrams the IPv6 fragment map remembers now (found among
+    /// `lb_xdp6`'s maps, as [`Self::fragments_remembered`]).
+    #[must_use]
+    pub fn fragments6_remembered(&self) -> usize {
+        self.unpinned_entries::<lb_common::maps6::FragKey6, lb_common::FragPorts>(
+            lb_common::maps6::XDP6_PROGRAM,
+            lb_common::maps6::MAP_FRAGMENTS6,
+        )
+    }
+
+    /// Entries of the unpinned LRU hash map `map` of program `program` (0
+    /// when the program has no such map).
+    fn unpinned_entries<K: aya::Pod, V: aya::Pod>(&self, program: &str, map: &str) -> usize {
+        let info = self.program(program).info().expect("the program's info");
+        let ids = info.map_ids().expect("the program's maps");
         for id in ids.unwrap_or_default() {
-            let map = aya::maps::MapInfo::from_id(id).expect("a map of the program");
-            if map.name_as_str() != Some(lb_common::MAP_FRAGMENTS) {
+            let info = aya::maps::MapInfo::from_id(id).expect("a map of the program");
+            if info.name_as_str() != Some(map) {
                 continue;
             }
-            let data = aya::maps::MapData::from_id(id).expect("opening the fragment map");
-            let fragments: aya::maps::HashMap<_, lb_common::FragKey, lb_common::FragPorts> =
+            let data = aya::maps::MapData::from_id(id).expect("opening the map");
+            let entries: aya::maps::HashMap<_, K, V> =
                 aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
-                    .expect("the fragment map");
-            return fragments.keys().flatten().count();
+                    .expect("an LRU hash map");
+            return entries.keys().flatten().count();
         }
         0
     }

@@ -321,17 +321,48 @@ impl Packet6 {
     /// datagram, as this builder makes no other fragments).
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
+        self.frame(&self.exts, &self.upper_bytes())
+    }
+
+    /// The datagram cut as its sender would cut it into fragments of `size`
+    /// upper-layer bytes (a multiple of 8; the last may be shorter): each
+    /// frame is the chain given with the builder (the unfragmentable part),
+    /// a fragment header of identification `id`, and its piece of the upper
+    /// layer, whose checksum covers the whole datagram.
+    #[must_use]
+    pub fn fragments(&self, size: usize, id: u32) -> Vec<Vec<u8>> {
+        assert!(
+            size > 0 && size.is_multiple_of(8),
+            "fragment payloads are multiples of 8 bytes"
+        );
         let upper = self.upper_bytes();
+        let pieces: Vec<&[u8]> = upper.chunks(size).collect();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let mut exts = self.exts.clone();
+                exts.push(Ext::Fragment {
+                    offset: u16::try_from(i * size / 8).expect("a 13-bit offset"),
+                    more: i + 1 < pieces.len(),
+                    id,
+                });
+                self.frame(&exts, piece)
+            })
+            .collect()
+    }
+
+    /// A frame of this packet's addresses carrying `exts` then `upper` (the
+    /// upper layer's bytes, or a fragment's piece of them).
+    fn frame(&self, exts: &[Ext], upper: &[u8]) -> Vec<u8> {
         let mut chain = Vec::new();
-        for (i, ext) in self.exts.iter().enumerate() {
-            let next = self
-                .exts
+        for (i, ext) in exts.iter().enumerate() {
+            let next = exts
                 .get(i + 1)
                 .map_or(self.upper_next_header(), Ext::next_header_value);
             chain.extend(ext.bytes(next, self.dst));
         }
-        let first = self
-            .exts
+        let first = exts
             .first()
             .map_or(self.upper_next_header(), Ext::next_header_value);
         let payload_len = u16::try_from(chain.len() + upper.len()).expect("not a jumbogram");
