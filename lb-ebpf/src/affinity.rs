@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// `BPF_ANY`: create or replace.
-const BPF_ANY: u64 = 0;
+pub const BPF_ANY: u64 = 0;
 /// Nanoseconds per second.
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -35,8 +35,9 @@ fn netns_key(svc: &ServiceEntry, netns_cookie: u64) -> SockAffinityKey {
     }
 }
 
+/// The affinity clock: monotonic nanoseconds, at tick resolution.
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -91,7 +92,7 @@ fn fresh(svc: &ServiceEntry, entry: *mut AffinityEntry, selected: u8) -> Option<
     // SAFETY: a valid map value pointer for this RCU section; a racing writer
     // can only make us see another valid backend id or timestamp.
     let remembered = unsafe { *entry };
-    if now.saturating_sub(remembered.last_seen_ns) > u64::from(svc.affinity_timeout) * NS_PER_SEC {
+    if stale(svc, remembered.last_seen_ns, now) {
         return None;
     }
     let backend = select::backend(remembered.backend_id, svc.id)?;
@@ -104,6 +105,13 @@ fn fresh(svc: &ServiceEntry, entry: *mut AffinityEntry, selected: u8) -> Option<
         id: remembered.backend_id,
         backend,
     })
+}
+
+/// Whether an entry of `svc` last used at `last_seen_ns` is older than the
+/// Service's affinity timeout at `now` (either family's).
+#[inline(always)]
+pub fn stale(svc: &ServiceEntry, last_seen_ns: u64, now: u64) -> bool {
+    now.saturating_sub(last_seen_ns) > u64::from(svc.affinity_timeout) * NS_PER_SEC
 }
 
 /// The id of a remembered `entry` and what `selectable` makes of it, if
@@ -119,7 +127,7 @@ fn fresh_by<B>(
     // SAFETY: a valid map value pointer for this RCU section; a racing writer
     // can only make us see another valid backend id or timestamp.
     let remembered = unsafe { *entry };
-    if now.saturating_sub(remembered.last_seen_ns) > u64::from(svc.affinity_timeout) * NS_PER_SEC {
+    if stale(svc, remembered.last_seen_ns, now) {
         return None;
     }
     let backend = selectable(remembered.backend_id)?;

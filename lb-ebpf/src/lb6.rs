@@ -15,8 +15,8 @@
 //! Not yet (the design's later steps): a flow translated to the node's
 //! address is handed to the stack, not forwarded past it (`forward6`);
 //! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
-//! without an IPv6 address of its own; session affinity is not kept (a new
-//! flow is hashed). Fragments are translated as IPv4's are
+//! without an IPv6 address of its own. Session affinity is kept as IPv4's
+//! ([`crate::affinity6`]); fragments are translated as IPv4's are
 //! ([`crate::frag6`]).
 
 // Keys and entries are passed as references into the scratch slot (or the
@@ -27,12 +27,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, EbpfContext};
 use lb_common::{
     conntrack::CtState,
-    maps6::{same, CtEntry6, FlowKey6, FragKey6, RevNatEntry6, ServiceKey6},
-    Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_SNAT,
+    maps6::{same, AffinityKey6, CtEntry6, FlowKey6, FragKey6, RevNatEntry6, ServiceKey6},
+    Event, Family, NodeConfig, ServiceEntry, Verdict, BACKEND_F_LOCAL, CT_F_AFFINITY, CT_F_SNAT,
 };
 
 use crate::{
-    config,
+    affinity6, config,
     conntrack::{initial_state_of, new_claim, now_s},
     conntrack6::{self, Recorded6},
     counters, filter6, frontend6,
@@ -91,6 +91,8 @@ pub struct Scratch6 {
     pub svc_key: ServiceKey6,
     /// The datagram of a fragment (see [`crate::frag6`]).
     pub frag: FragKey6,
+    /// A session-affinity key (see [`crate::affinity6`]).
+    pub affinity: AffinityKey6,
 }
 
 /// This CPU's scratch slot.
@@ -141,6 +143,9 @@ pub fn decide<C: EbpfContext>(ctx: &C, flow: &Flow6, at: Ingress, cfg: &NodeConf
         // exists: its conntrack entry alone decides, without the frontend.
         s.key = conntrack6::key(flow);
         if let Some(chosen) = conntrack6::recall(s, flow, cfg) {
+            if s.ct.flags & CT_F_AFFINITY != 0 {
+                affinity6::touch(s, chosen.backend.service_id, &flow.src, &chosen);
+            }
             return established(flow, &chosen, &s.ct, cfg);
         }
         // A later fragment whose flow is gone is not translated: its first
@@ -350,7 +355,14 @@ fn new_flow(
     cfg: &NodeConfig,
 ) -> Result<Action6, Verdict> {
     let state = initial_state_of(flow.proto, flow.tcp_flags).ok_or(Verdict::Invalid)?;
-    let chosen = select6::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
+    let chosen =
+        if let Some(remembered) = affinity6::recall(svc, s, &flow.src, view::selected_flag(svc)) {
+            remembered
+        } else {
+            let picked = select6::maglev(svc, flow, cfg).ok_or(Verdict::Error)?;
+            affinity6::remember(svc, s, &flow.src, &picked);
+            picked
+        };
     let needs_snat = match hook {
         Hook::Uplink => chosen.backend.flags & BACKEND_F_LOCAL == 0,
         // Egress starts no flow (see `decide_reply`): never reached from it.
@@ -373,7 +385,11 @@ fn new_flow(
         snat_port: 0,
         backend_addr: chosen.backend.addr,
         snat_addr: [0; 4],
-        flags: 0,
+        flags: if svc.affinity_timeout != 0 {
+            CT_F_AFFINITY
+        } else {
+            0
+        },
         state: state as u8,
         pad: 0,
         last_seen_s: now,
@@ -393,7 +409,7 @@ fn new_flow(
             event(Event::TupleRemapped);
         }
         s.ct.snat_port = port;
-        s.ct.flags = CT_F_SNAT;
+        s.ct.flags |= CT_F_SNAT;
         // The claim's tuple, to give back if the flow does not happen (the
         // winner's entry then replaces `s.ct`).
         s.holder.src_addr = s.ct.backend_addr;

@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod affinity;
+mod affinity6;
 mod config;
 mod conntrack;
 mod conntrack6;

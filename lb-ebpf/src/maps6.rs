@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps6::{
-        Backend6, BackendKey6, CtEntry6, FlowKey6, FragKey6, RevNatEntry6, ServiceKey6,
-        SockRevEntry6, SockRevKey6, SourceRangeKey6, CONNTRACK6_MAX_ENTRIES,
-        FRAGMENTS6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES, SOCK_REVERSE6_MAX_ENTRIES, TC6_PROGRAMS,
-        XDP6_PROGRAMS,
+        AffinityKey6, Backend6, BackendKey6, CtEntry6, FlowKey6, FragKey6, RevNatEntry6,
+        ServiceKey6, SockRevEntry6, SockRevKey6, SourceRangeKey6, AFFINITY6_MAX_ENTRIES,
+        CONNTRACK6_MAX_ENTRIES, FRAGMENTS6_MAX_ENTRIES, REVNAT6_MAX_ENTRIES,
+        SOCK_REVERSE6_MAX_ENTRIES, TC6_PROGRAMS, XDP6_PROGRAMS,
     },
-    FragPorts, ServiceEntry, SnatExhaustion, MAX_BACKENDS, MAX_SERVICES,
+    AffinityEntry, FragPorts, ServiceEntry, SnatExhaustion, MAX_BACKENDS, MAX_SERVICES,
     NODE_PORT_ADDRS_MAX_ENTRIES, SNAT_EXHAUSTED_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
@@ -87,3 +87,8 @@ pub static PROBES6: PerCpuArray<crate::snat6::Probes6> = PerCpuArray::with_max_e
 #[map(name = "FRAGMENTS6")]
 pub static FRAGMENTS6: LruHashMap<FragKey6, FragPorts> =
     LruHashMap::with_max_entries(FRAGMENTS6_MAX_ENTRIES, 0);
+
+/// IPv6 session affinity: (service id, client) -> its backend (pinned).
+#[map(name = "AFFINITY6")]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityEntry> =
+    LruHashMap::with_max_entries(AFFINITY6_MAX_ENTRIES, 0);

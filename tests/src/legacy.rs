@@ -3,7 +3,7 @@
 //! hand-over tests.
 //!
 //! v7 had the maps of v8 but IPv6's (the prog arrays `XDP6_PROGS` and
-//! `TC6_PROGS`, the frontend maps, `CONNTRACK6`, `REVNAT6` and `SOCK_REVERSE6`), with IPv4's
+//! `TC6_PROGS`, the frontend maps, `CONNTRACK6`, `REVNAT6`, `AFFINITY6` and `SOCK_REVERSE6`), with IPv4's
 //! counters only (6 verdicts, 13 events): [`make_v7`] renames the layout
 //! directory, removes IPv6's maps and shortens the counter arrays.
 //!
@@ -49,8 +49,8 @@ use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues
 use lb_common::{
     conntrack::CtState,
     maps6::{
-        MAP_BACKENDS6, MAP_CONNTRACK6, MAP_NODE_PORT_ADDRS6, MAP_REVNAT6, MAP_SERVICES6,
-        MAP_SOCK_REVERSE6, MAP_SOURCE_RANGES6, MAP_TC6_PROGS, MAP_XDP6_PROGS,
+        MAP_AFFINITY6, MAP_BACKENDS6, MAP_CONNTRACK6, MAP_NODE_PORT_ADDRS6, MAP_REVNAT6,
+        MAP_SERVICES6, MAP_SOCK_REVERSE6, MAP_SOURCE_RANGES6, MAP_TC6_PROGS, MAP_XDP6_PROGS,
     },
     Backend, CtEntry, FlowKey, NodeConfig, RevNatEntry, ServiceEntry, ServiceKey, ServiceLabel,
     BACKEND_F_SELECTED_LOCAL, CT_F_AFFINITY, CT_F_REPLIED, CT_F_SNAT, IPPROTO_TCP, MAP_BACKENDS,
@@ -157,6 +157,7 @@ pub fn make_v7(pin_dir: &Path) -> Result<()> {
         MAP_CONNTRACK6,
         MAP_REVNAT6,
         MAP_SOCK_REVERSE6,
+        MAP_AFFINITY6,
     ] {
         std::fs::remove_file(to.join(name)).with_context(|| format!("removing {name}"))?;
     }

@@ -47,12 +47,12 @@ const MIN_PARSE6_INSNS: u32 = 200;
 /// they began to translate `ICMPv6` errors (IPv6 step 6; from 55,522,
 /// 26,918, 26,351 and 18,183), and again when fragments began to be
 /// decided (IPv6 step 7; from 60,500, 32,026, 31,712 and 22,739: a first
-/// and a later fragment each take the decision's paths, as IPv4's do). The
-/// IPv6 TC programs' were raised again when they began to refuse new
-/// connections to Services without endpoints (`reject6`: two reply shapes,
-/// as IPv4's TC refusal). The new-flow stages came with IPv6 SNAT (IPv6
-/// step 4), which took the new-flow path out of `lb_xdp6`, `lb_tc6` and
-/// `lb_tc_uplink6`.
+/// and a later fragment each take the decision's paths, as IPv4's do), and
+/// with session affinity (step 8). The IPv6 TC programs' were raised again
+/// when they began to refuse new connections to Services without endpoints
+/// (`reject6`: two reply shapes, as IPv4's TC refusal). The new-flow stages
+/// came with IPv6 SNAT (IPv6 step 4), which took the new-flow path out of
+/// `lb_xdp6`, `lb_tc6` and `lb_tc_uplink6`.
 const VERIFIER_CEILINGS: [(&str, u32); 14] = [
     ("lb_xdp", 330_000),           // (218,943)
     ("lb_tc", 183_000),            // (121,839)

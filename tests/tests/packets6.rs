@@ -86,6 +86,20 @@ fn program_as(
     members: &[Member],
     offset: u32,
 ) -> Vec<u32> {
+    program_with_affinity(dp, id, port, proto, members, offset, 0)
+}
+
+/// [`program_as`] with `sessionAffinity: ClientIP` of `affinity_timeout`
+/// seconds (0: none).
+fn program_with_affinity(
+    dp: &mut TestDatapath,
+    id: u32,
+    port: u16,
+    proto: u8,
+    members: &[Member],
+    offset: u32,
+    affinity_timeout: u32,
+) -> Vec<u32> {
     let mut ops = vec![filter_bit(dp, FILTER_SEED_FRONTEND6, VIP, port, proto)];
     for &(backend_id, addr, target, local) in members {
         let mut flags = BACKEND_F_ACTIVE | BACKEND_F_SELECTED | BACKEND_F_SELECTED_LOCAL;
@@ -123,7 +137,7 @@ fn program_as(
         backend_count: u32::try_from(members.len()).unwrap(),
         table_offset: offset,
         table_size: u32::try_from(slots.len()).unwrap(),
-        affinity_timeout: 0,
+        affinity_timeout,
         flags: 0,
     };
     ops.push(MapOp::SetService6(key, entry));
@@ -556,4 +570,155 @@ fn packets_that_are_not_ours_pass_unmodified() {
     assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Translated), 0);
     assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Reversed), 0);
     assert!(dp.flows6().is_empty());
+}
+
+#[test]
+fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
+    let members: Vec<Member> = (2..7u16)
+        .map(|i| {
+            let addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, i);
+            (u32::from(i), addr, 8080, true)
+        })
+        .collect();
+    let mut dp = TestDatapath::load("affinity6", NODE);
+    program_with_affinity(
+        &mut dp,
+        SERVICE_ID,
+        80,
+        IPPROTO_TCP,
+        &members,
+        TABLE_OFFSET,
+        1,
+    );
+    let dst = |dp: &TestDatapath, client: Ipv6Addr, sport: u16| {
+        dst6_of(&dp.run_xdp(&tcp(client, sport, VIP, 80).syn().build()).1).0
+    };
+    let first = dst(&dp, CLIENT, 45000);
+    for sport in 45001..45030 {
+        assert_eq!(
+            dst(&dp, CLIENT, sport),
+            first,
+            "flow {sport} of the same client"
+        );
+    }
+    let others: std::collections::BTreeSet<_> = (1..60)
+        .map(|i| {
+            dst(
+                &dp,
+                Ipv6Addr::new(0x2001, 0xdb8, 0x60, 0, 0, 0, 0, i),
+                45000,
+            )
+        })
+        .collect();
+    assert!(others.len() >= 3, "other clients spread out: {others:?}");
+
+    // The remembered backend stops taking new connections (unselected, out
+    // of a new table, as the agent writes it): the client moves, then sticks.
+    let gone = *members.iter().find(|m| m.1 == first).unwrap();
+    let rest: Vec<Member> = members.iter().copied().filter(|m| m.0 != gone.0).collect();
+    let slots = program_with_affinity(
+        &mut dp,
+        SERVICE_ID,
+        80,
+        IPPROTO_TCP,
+        &rest,
+        TABLE_OFFSET + TABLE_SIZE,
+        1,
+    );
+    let unselected = Backend6 {
+        addr: ipv6_words(gone.1.octets()),
+        port: gone.2.to_be(),
+        flags: BACKEND_F_ACTIVE | BACKEND_F_LOCAL,
+        pad: 0,
+        service_id: SERVICE_ID,
+    };
+    dp.datapath_mut()
+        .maps
+        .apply(&[MapOp::SetBackend6(gone.0, unselected)])
+        .unwrap();
+    let second = dst(&dp, CLIENT, 46000);
+    assert_ne!(second, first);
+    for sport in 46001..46020 {
+        assert_eq!(
+            dst(&dp, CLIENT, sport),
+            second,
+            "flow {sport} sticks to the new backend"
+        );
+    }
+    // After the timeout (1 s) without packets the client is hashed again: a
+    // flow whose Maglev pick is another backend goes there.
+    let mut elsewhere = (47000..47200).filter(|&p| pick(&slots, &rest, p).0 != second);
+    let (kept, expired) = (elsewhere.next().unwrap(), elsewhere.next().unwrap());
+    // Packets of an established flow keep the client's affinity alive past
+    // its timeout (1.5 s of them, one every 300 ms).
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (_, out) = dp.run_xdp(&tcp(CLIENT, 46001, VIP, 80).ack().build());
+        assert_eq!(dst6_of(&out).0, second);
+    }
+    assert_eq!(
+        dst(&dp, CLIENT, kept),
+        second,
+        "the established flow's packets refreshed the affinity"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(
+        dst(&dp, CLIENT, expired),
+        pick(&slots, &rest, expired).0,
+        "affinity expired"
+    );
+    assert_eq!(
+        dp.verdict_of(Family::Ipv4, Verdict::Translated),
+        0,
+        "IPv6 only"
+    );
+}
+
+#[test]
+fn affinity_is_per_service_port_and_kept_at_every_ingress_hook() {
+    // Two Service ports of the same address: a client's affinity to one
+    // says nothing of the other; the pod hook keeps it as XDP does.
+    let members: Vec<Member> = (2..7u16)
+        .map(|i| {
+            let addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, i);
+            (u32::from(i), addr, 8080, true)
+        })
+        .collect();
+    let mut dp = TestDatapath::load("affinity6-ports", NODE);
+    program_with_affinity(&mut dp, 7, 80, IPPROTO_TCP, &members, TABLE_OFFSET, 60);
+    let members_b: Vec<Member> = members.iter().map(|m| (m.0 + 10, m.1, 8081, m.3)).collect();
+    program_with_affinity(
+        &mut dp,
+        8,
+        81,
+        IPPROTO_TCP,
+        &members_b,
+        TABLE_OFFSET + TABLE_SIZE,
+        60,
+    );
+    for (n, hook) in (1u16..).zip([Hook::Xdp, Hook::TcUplink, Hook::Pod]) {
+        let client = Ipv6Addr::new(0x2001, 0xdb8, 0x70, 0, 0, 0, 0, n);
+        let to = |port: u16, sport: u16| {
+            dst6_of(&hook.pass(&dp, &tcp(client, sport, VIP, port).syn().build()))
+        };
+        let first = to(80, 40000);
+        assert_eq!(first.1, 8080);
+        for sport in 40001..40020 {
+            assert_eq!(to(80, sport), first, "{hook:?}: flow {sport}");
+        }
+        let on_b: std::collections::BTreeSet<_> = (0..20u16)
+            .map(|i| {
+                let other = Ipv6Addr::new(0x2001, 0xdb8, 0x71, n, 0, 0, 0, i + 1);
+                dst6_of(&hook.pass(&dp, &tcp(other, 41000, VIP, 81).syn().build())).0
+            })
+            .collect();
+        assert!(
+            on_b.len() >= 3,
+            "{hook:?}: the other port's clients spread out"
+        );
+        let b_first = to(81, 42000);
+        for sport in 42001..42020 {
+            assert_eq!(to(81, sport), b_first, "{hook:?}: port 81 flow {sport}");
+        }
+    }
 }

@@ -14,8 +14,8 @@ use aya::{
 };
 use lb_common::{
     maps6::{
-        CtEntry6, FlowKey6, RevNatEntry6, SockRevEntry6, SockRevKey6, MAP_CONNTRACK6, MAP_REVNAT6,
-        MAP_SOCK_REVERSE6,
+        AffinityKey6, CtEntry6, FlowKey6, RevNatEntry6, SockRevEntry6, SockRevKey6, MAP_AFFINITY6,
+        MAP_CONNTRACK6, MAP_REVNAT6, MAP_SOCK_REVERSE6,
     },
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, InternalTable, RevNatEntry,
     ServiceEntry, ServiceKey, ServiceLabel, ServiceStats, SockAffinityKey, SockRevEntry,
@@ -328,6 +328,12 @@ pub fn carry_state(
         copied.1 += copy_hash::<FlowKey6, RevNatEntry6>(
             &old_dir.join(MAP_REVNAT6),
             &new_dir.join(MAP_REVNAT6),
+        )?;
+    }
+    if carries(MAP_AFFINITY6) {
+        copy_hash::<AffinityKey6, AffinityEntry>(
+            &old_dir.join(MAP_AFFINITY6),
+            &new_dir.join(MAP_AFFINITY6),
         )?;
     }
     // Connected sockets keep showing the Service's address: the earlier

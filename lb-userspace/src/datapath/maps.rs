@@ -23,7 +23,7 @@ use lb_common::{
 };
 
 /// Every map the agent writes or reads, by name.
-pub const PINNED_MAPS: [&str; 29] = [
+pub const PINNED_MAPS: [&str; 30] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_MAGLEV,
@@ -53,6 +53,7 @@ pub const PINNED_MAPS: [&str; 29] = [
     lb_common::maps6::MAP_REVNAT6,
     lb_common::maps6::MAP_SOCK_REVERSE6,
     lb_common::maps6::MAP_SNAT_EXHAUSTED6,
+    lb_common::maps6::MAP_AFFINITY6,
 ];
 
 /// Number of possible CPUs: the length of every per-CPU value.
