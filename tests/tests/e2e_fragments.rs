@@ -9,10 +9,12 @@
 //! and to a remote one (pod2a; translated to node1's address for the client
 //! outside), with the uplink program at XDP and at TC. A small datagram
 //! first proves each path, so a failure tells fragments from routing.
+//! The same over IPv6 (fragment headers, cut by the sender) on a
+//! dual-stack cluster, from pod1b to an IPv6 cluster IP served by pod1a.
 //! Needs root.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,7 +26,8 @@ use std::{
 use lb_tests::{
     agent::{udp_service_on_one_pod, Agent, ManifestDir, TEST_BED_XDP},
     netns::Netns,
-    topology::ClusterTopology,
+    require_ipv6,
+    topology::{ClusterTopology, Cni, Family, SenderChecksums},
 };
 
 /// The echo servers' port (in the pods) and the Services' port.
@@ -56,8 +59,9 @@ struct EchoServer {
 impl EchoServer {
     fn start(ns: &Netns, name: &str) -> Self {
         // Bound inside the namespace: the socket stays there.
+        // `[::]` takes both families (IPV6_V6ONLY is off by default).
         let socket = ns
-            .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ECHO_PORT)))
+            .run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, ECHO_PORT)))
             .expect("entering the pod's namespace")
             .expect("binding the echo server");
         socket
@@ -146,12 +150,17 @@ fn request(size: usize) -> Vec<u8> {
 /// Sends `payload` from a socket in `client` to `to`; the answer and its source.
 fn exchange(
     client: &Netns,
-    to: SocketAddrV4,
+    to: SocketAddr,
     payload: Vec<u8>,
 ) -> Result<(Vec<u8>, SocketAddr), String> {
     client
         .run(move || {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+            let socket = if to.is_ipv4() {
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            } else {
+                UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+            }
+            .map_err(|e| e.to_string())?;
             socket
                 .set_read_timeout(Some(WAIT))
                 .map_err(|e| e.to_string())?;
@@ -173,28 +182,36 @@ fn exchange(
 /// answer is the backend's echo of the request, whole, from the Service.
 fn every_size_both_ways(client: &Netns, who: &str) {
     for (service, backend) in [(LOCAL_SERVICE, "pod1a"), (REMOTE_SERVICE, "pod2a")] {
-        let to = SocketAddrV4::new(service, ECHO_PORT);
-        for size in SIZES {
-            let sent = request(size);
-            let (answer, from) = exchange(client, to, sent.clone())
-                .unwrap_or_else(|e| panic!("{who} -> {to} ({backend}), {size} bytes: {e}"));
-            assert_eq!(
-                from,
-                SocketAddr::V4(to),
-                "{who} -> {to}, {size} bytes: answered from the Service address"
-            );
-            assert_eq!(answer.len(), size, "{who} -> {to}: {size} bytes back");
-            let head = backend.len();
-            assert_eq!(
-                &answer[..head],
-                backend.as_bytes(),
-                "{who} -> {to}, {size} bytes: answered by {backend}"
-            );
-            assert!(
-                answer[head..] == sent[head..],
-                "{who} -> {to}, {size} bytes: the datagram came back byte for byte"
-            );
-        }
+        every_size(
+            client,
+            who,
+            SocketAddrV4::new(service, ECHO_PORT).into(),
+            backend,
+        );
+    }
+}
+
+/// From `client` (`who`), each size to the Service `to` served by `backend`.
+fn every_size(client: &Netns, who: &str, to: SocketAddr, backend: &str) {
+    for size in SIZES {
+        let sent = request(size);
+        let (answer, from) = exchange(client, to, sent.clone())
+            .unwrap_or_else(|e| panic!("{who} -> {to} ({backend}), {size} bytes: {e}"));
+        assert_eq!(
+            from, to,
+            "{who} -> {to}, {size} bytes: answered from the Service address"
+        );
+        assert_eq!(answer.len(), size, "{who} -> {to}: {size} bytes back");
+        let head = backend.len();
+        assert_eq!(
+            &answer[..head],
+            backend.as_bytes(),
+            "{who} -> {to}, {size} bytes: answered by {backend}"
+        );
+        assert!(
+            answer[head..] == sent[head..],
+            "{who} -> {to}, {size} bytes: the datagram came back byte for byte"
+        );
     }
 }
 
@@ -265,3 +282,46 @@ fn fragmented_datagrams_from_a_pod_with_the_uplink_at_xdp() {
 fn fragmented_datagrams_from_a_pod_with_the_uplink_at_tc() {
     from_a_pod(&TC);
 }
+
+/// An IPv6-only Service whose only endpoint is pod1a (`fd00:244:1::2`).
+const LOCAL_SERVICE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x70);
+
+/// The IPv6 Service's manifest: `LOCAL_SERVICE6`:`ECHO_PORT`/UDP to pod1a.
+fn service6() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: frag6, namespace: default}}\nspec:\n  type: ClusterIP\n  clusterIP: \"{LOCAL_SERVICE6}\"\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports:\n    - {{name: echo, port: {ECHO_PORT}, protocol: UDP, targetPort: {ECHO_PORT}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: frag6-v6\n  namespace: default\n  labels: {{kubernetes.io/service-name: frag6}}\naddressType: IPv6\nports:\n  - {{name: echo, port: {ECHO_PORT}, protocol: UDP}}\nendpoints:\n  - addresses: [\"fd00:244:1::2\"]\n    conditions: {{ready: true}}\n    nodeName: node1\n"
+    )
+}
+
+/// pod1b on node1 to an IPv6 cluster IP served by pod1a: the requests'
+/// fragments translated at pod1b's interface, the answers' at pod1b's
+/// egress, every one once.
+#[test]
+fn fragmented_ipv6_datagrams_from_a_pod() {
+    require_ipv6();
+    let topo =
+        ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
+            .expect("building the dual-stack topology");
+    let _server = EchoServer::start(&topo.pod("pod1a").ns, "pod1a");
+    let manifests = ManifestDir::new().unwrap();
+    manifests.write("frag6.yaml", &service6()).unwrap();
+    let mut agent =
+        Agent::start_ready(&topo.node1, &manifests, &TEST_BED_XDP).expect("lb-agent ready");
+    let to = SocketAddrV6::new(LOCAL_SERVICE6, ECHO_PORT, 0, 0);
+    every_size(&topo.pod("pod1b").ns, "pod1b", to.into(), "pod1a");
+    assert_eq!(
+        verdict(&agent, "translated"),
+        PACKETS_PER_SERVICE6,
+        "requests' packets translated"
+    );
+    assert_eq!(
+        verdict(&agent, "reversed"),
+        PACKETS_PER_SERVICE6,
+        "answers' packets translated back"
+    );
+    assert!(agent.is_running());
+}
+
+/// Packets of one exchange of each size each way over IPv6: 1 + 3 + 7 (at
+/// 1448 bytes of upper layer per fragment).
+const PACKETS_PER_SERVICE6: u64 = 1 + 3 + 7;
