@@ -341,3 +341,32 @@ fn an_ipv6_id_an_ipv4_port_holds_makes_an_orphan_that_the_next_plan_deletes() {
     let (plan, _) = adopted.plan6(&DesiredState6::new(), t0);
     assert_eq!(kinds(&plan), ["delete6"]);
 }
+
+#[test]
+fn ipv6_service_entries_carry_the_affinity_timeout_and_follow_its_edits() {
+    let t0 = Instant::now();
+    let mut p = Planner::new(1 << 16, GRACE);
+    let mut want = want6("web", &[2, 3]);
+    want.affinity_timeout = 600;
+    let desired: DesiredState6 = [(fe6(10), want.clone())].into_iter().collect();
+    let (plan, errors) = p.plan6(&desired, t0);
+    assert!(errors.is_empty(), "{errors:?}");
+    let timeouts = |plan: &Plan| -> Vec<u32> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::SetService6(_, entry) => Some(entry.affinity_timeout),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(timeouts(&plan), [600]);
+    want.affinity_timeout = 0;
+    let desired: DesiredState6 = [(fe6(10), want)].into_iter().collect();
+    let (plan, _) = p.plan6(&desired, t0);
+    assert_eq!(
+        timeouts(&plan),
+        [0],
+        "affinity turned off rewrites the entry"
+    );
+}
