@@ -611,6 +611,13 @@ fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
         })
         .collect();
     assert!(others.len() >= 3, "other clients spread out: {others:?}");
+    // Remembered in the pinned AFFINITY6 (carried by a hand-over).
+    let pins = lb_userspace::datapath::pins_dir(dp.pin_dir());
+    let data = aya::maps::MapData::from_pin(pins.join(lb_common::maps6::MAP_AFFINITY6))
+        .expect("AFFINITY6 is pinned");
+    let affinity: aya::maps::HashMap<_, lb_common::maps6::AffinityKey6, lb_common::AffinityEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    assert_eq!(affinity.keys().count(), 60, "one entry per client");
 
     // The remembered backend stops taking new connections (unselected, out
     // of a new table, as the agent writes it): the client moves, then sticks.
