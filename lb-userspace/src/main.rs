@@ -346,15 +346,15 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     let uplink = uplink_hook(&args)?;
     let socket_lb_cgroup = socket_lb_cgroup(&args)?;
     let (node_ip, node_ip6) = node_ips(&args.node_ip)?;
-    let node_addr = match (node_ip, args.xdp_ifaces.first()) {
-        (Some(ip), _) => ip,
-        (None, Some(uplink)) => interface_ipv4(uplink)?,
-        (None, None) => bail!("give --node-ip, or an --xdp-iface whose address is the node's"),
-    };
     let node_addr6 = match (node_ip6, args.xdp_ifaces.first()) {
         (Some(ip), _) => Some(ip),
         (None, Some(uplink)) => interface_ipv6(uplink)?,
         (None, None) => None,
+    };
+    let node_addr = match (node_ip, args.xdp_ifaces.first()) {
+        (Some(ip), _) => ip,
+        (None, Some(uplink)) => node_ipv4_or_none(uplink, interface_ipv4(uplink), node_addr6)?,
+        (None, None) => bail!("give --node-ip, or an --xdp-iface whose address is the node's"),
     };
     let node_name = match args.node_name {
         Some(name) => name,
@@ -402,7 +402,10 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         node: NodeInfo {
             name: node_name,
             zone: args.node_zone,
-            addresses: vec![node_addr],
+            addresses: Some(node_addr)
+                .filter(|ip| !ip.is_unspecified())
+                .into_iter()
+                .collect(),
             local_addresses: Vec::new(),
             node_port_addresses: None,
             v6: NodeAddrs6 {
@@ -524,6 +527,28 @@ fn interface_ipv4(iface: &str) -> Result<Ipv4Addr> {
     }
 }
 
+/// The node's IPv4 address: `uplink`'s (`found`), else none (0.0.0.0) on
+/// an IPv6-only node (it has an IPv6 address, `node_addr6`): the IPv4 data
+/// path then drops the flows it would translate to the node's address
+/// (counted as errors), as it has no address to give them.
+fn node_ipv4_or_none(
+    uplink: &str,
+    found: Result<Ipv4Addr>,
+    node_addr6: Option<Ipv6Addr>,
+) -> Result<Ipv4Addr> {
+    match (found, node_addr6) {
+        (Ok(ip), _) => Ok(ip),
+        (Err(_), Some(ip6)) => {
+            tracing::warn!(
+                "{uplink} has no IPv4 address: an IPv6-only node ({ip6}); IPv4 flows \
+                 that need the node's address (SNAT) are dropped"
+            );
+            Ok(Ipv4Addr::UNSPECIFIED)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
 /// `--node-ip`'s values: at most one per family; an IPv6 one must be a
 /// global address (see [`global_ipv6`]).
 fn node_ips(given: &[IpAddr]) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
@@ -583,6 +608,25 @@ fn hostname() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_only_node_has_no_ipv4_address_and_one_without_either_is_refused() {
+        let v4 = Ipv4Addr::new(192, 168, 50, 11);
+        let v6: Ipv6Addr = "fd00:50::11".parse().unwrap();
+        let none = || {
+            Err(anyhow::anyhow!(
+                "interface eth0 has no IPv4 address: pass --node-ip"
+            ))
+        };
+        assert_eq!(node_ipv4_or_none("eth0", Ok(v4), Some(v6)).unwrap(), v4);
+        assert_eq!(node_ipv4_or_none("eth0", Ok(v4), None).unwrap(), v4);
+        assert_eq!(
+            node_ipv4_or_none("eth0", none(), Some(v6)).unwrap(),
+            Ipv4Addr::UNSPECIFIED
+        );
+        let err = node_ipv4_or_none("eth0", none(), None).unwrap_err();
+        assert!(err.to_string().contains("pass --node-ip"), "{err}");
+    }
 
     #[test]
     fn node_ip_is_given_once_per_family() {

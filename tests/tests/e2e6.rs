@@ -1,10 +1,12 @@
 //! End to end over IPv6 (issue 16): the built agent on node1 of a
-//! dual-stack namespace cluster serves Services' IPv6 cluster IPs (and a
-//! node port on node1's IPv6 address) with real TCP and UDP, beside their
-//! IPv4 ones. What the IPv6 data path
-//! serves so far: flows from pods to any backend, and from outside the
-//! cluster to backends on this node (remote ones need the source
-//! translation of a later step). Needs root.
+//! dual-stack namespace cluster serves Services' IPv6 cluster IPs with real
+//! TCP and UDP, beside their IPv4 ones; on an IPv6-only cluster (no IPv4
+//! address but loopback anywhere) it serves an IPv6 cluster IP and a node
+//! port on node1's IPv6 address to the client. The end-to-end cases are
+//! flows from pods to any backend and from outside the cluster to backends
+//! on this node: flows to other nodes' backends are translated to node1's
+//! IPv6 address but handed to the stack, whose firewall (kube-proxy's
+//! INVALID drop) stops their replies (`tests/snat6.rs` has them). Needs root.
 
 use std::{
     fmt::Write as _,
@@ -79,9 +81,16 @@ struct Dual {
 }
 
 fn dual(checksums: SenderChecksums, extra: &[&str]) -> Dual {
+    cluster(Family::Dual, checksums, extra)
+}
+
+/// The cluster of [`dual`] in `family`'s addresses: on an IPv6-only one the
+/// agent has no IPv4 node address (nor `--node-ip`), and IPv4's frontends
+/// are written but reach nothing.
+fn cluster(family: Family, checksums: SenderChecksums, extra: &[&str]) -> Dual {
     require_ipv6();
-    let topo = ClusterTopology::with_family(checksums, Cni::from_env(), Family::Dual)
-        .expect("building the dual-stack topology");
+    let topo = ClusterTopology::with_family(checksums, Cni::from_env(), family)
+        .unwrap_or_else(|e| panic!("building the {family:?} topology: {e:#}"));
     let servers = PodServers::start(&topo).expect("starting pod servers");
     let manifests = ManifestDir::new().unwrap();
     manifests.write("web6.yaml", &manifests_text()).unwrap();
@@ -160,9 +169,10 @@ fn a_pod_reaches_both_cluster_ips_of_a_dual_stack_service_spread_over_every_back
     );
 }
 
-/// The client's senders leave their checksums partial, as Linux does on a
-/// veth, and node1 completes them in software on the way out: a wrong
-/// update of the IPv6 pseudo-header's share would show here.
+/// On an IPv6-only cluster. The client's senders leave their checksums
+/// partial, as Linux does on a veth, and node1 completes them in software
+/// on the way out: a wrong update of the IPv6 pseudo-header's share would
+/// show here.
 #[test]
 fn the_client_reaches_an_ipv6_cluster_ip_served_on_this_node() {
     client_reaches_local6(&[]);
@@ -176,7 +186,7 @@ fn the_client_reaches_an_ipv6_cluster_ip_with_the_uplink_hook_at_tc() {
 }
 
 fn client_reaches_local6(extra: &[&str]) {
-    let c = dual(SenderChecksums::Partial, extra);
+    let c = cluster(Family::V6, SenderChecksums::Partial, extra);
     let local = ["pod1b", "pod1c"];
     let tcp = http_distribution(
         &c.topo.client,
