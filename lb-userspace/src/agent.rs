@@ -267,7 +267,7 @@ fn spawn_collector(options: &RunOptions, metrics: &std::sync::Arc<Metrics>) {
             if let Ok(counts) = exhaustion {
                 for (backend, failed) in log.observe(Instant::now(), &counts) {
                     warn!(
-                        backend = %crate::conntrack::backend_label(&backend),
+                        backend = %backend,
                         failed,
                         "SNAT port pool exhausted for this backend: new flows to it were \
                          dropped (raise --snat-port-range, add endpoints, or shorten \

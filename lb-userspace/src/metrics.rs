@@ -458,7 +458,7 @@ impl Metrics {
         for (backend, n) in &exhausted {
             self.snat_exhausted
                 .get_or_create(&BackendLabels {
-                    backend: crate::conntrack::backend_label(backend),
+                    backend: backend.clone(),
                 })
                 .inner()
                 .store(*n, Ordering::Relaxed);

@@ -89,7 +89,8 @@ fn exhausted_for(dp: &TestDatapath, backend: Ipv4Addr, port: u16) -> u64 {
         proto: IPPROTO_TCP,
         pad: 0,
     };
-    counts.get(&key).copied().unwrap_or(0)
+    let label = lb_userspace::conntrack::backend_label(&key);
+    counts.get(&label).copied().unwrap_or(0)
 }
 
 #[test]

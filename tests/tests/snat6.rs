@@ -258,6 +258,16 @@ fn a_full_pool_is_counted_per_backend() {
     let (ret, _) = dp.run_tc_uplink(&tcp(CLIENT, 40003, VIP, 80).syn().build());
     assert_eq!(ret, TC_ACT_SHOT);
     assert_eq!(dp.exhausted6(REMOTE, 8080, IPPROTO_TCP), 2);
+    // The agent's collector reads it beside IPv4's (the log and the
+    // `lb_snat_exhausted_total` series), labelled with the backend.
+    let counts = lb_userspace::conntrack::gc::Collector::new(dp.pin_dir())
+        .exhaustion()
+        .unwrap();
+    assert_eq!(
+        counts.get(&format!("[{REMOTE}]:8080/TCP")),
+        Some(&2),
+        "{counts:?}"
+    );
 }
 
 /// One client port to two frontends served by one backend: the second

@@ -439,12 +439,12 @@ fn the_last_free_port_of_the_pool_is_found_then_the_pool_is_exhausted() {
         .is_empty());
 
     // Four live, assured holders: a new flow finds no port, and it is counted.
-    let exhausted_key = BackendKey {
+    let exhausted_key = lb_userspace::conntrack::backend_label(&BackendKey {
         addr: ne(REMOTE),
         port: 8080u16.to_be(),
         proto: IPPROTO_TCP,
         pad: 0,
-    };
+    });
     for attempt in 1..=2u8 {
         let client = Ipv4Addr::new(192, 168, 80, attempt);
         let (ret, _) = dp.run_xdp(&tcp(client, 40_000, VIP, 80).syn().build());
@@ -454,7 +454,7 @@ fn the_last_free_port_of_the_pool_is_found_then_the_pool_is_exhausted() {
         let counts = Collector::new(dp.pin_dir()).exhaustion().unwrap();
         assert_eq!(
             counts,
-            BTreeMap::from([(exhausted_key, u64::from(attempt))]),
+            BTreeMap::from([(exhausted_key.clone(), u64::from(attempt))]),
             "SNAT_EXHAUSTED counts it for REMOTE:8080"
         );
         assert!(

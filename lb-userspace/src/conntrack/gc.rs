@@ -17,7 +17,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    maps6::FlowKey6, BackendKey, Event, Family, FlowKey, SnatExhaustion, CLAIM_GRACE_S, MAP_EVENTS,
+    maps6::{BackendKey6, FlowKey6, MAP_SNAT_EXHAUSTED6},
+    BackendKey, Event, Family, FlowKey, SnatExhaustion, CLAIM_GRACE_S, MAP_EVENTS,
     MAP_SNAT_EXHAUSTED,
 };
 
@@ -208,17 +209,30 @@ impl Collector {
         ))
     }
 
-    /// Failed SNAT claims per backend, as the kernel counted them.
-    pub fn exhaustion(&self) -> Result<BTreeMap<BackendKey, u64>> {
-        let path = crate::datapath::pins_dir(&self.pin_dir).join(MAP_SNAT_EXHAUSTED);
+    /// Failed SNAT claims per backend of either family, as the kernel
+    /// counted them, by the backend's label ([`super::backend_label`]).
+    pub fn exhaustion(&self) -> Result<BTreeMap<String, u64>> {
+        let mut counts =
+            self.exhaustion_in::<BackendKey>(MAP_SNAT_EXHAUSTED, super::backend_label)?;
+        counts
+            .extend(self.exhaustion_in::<BackendKey6>(MAP_SNAT_EXHAUSTED6, super::backend_label6)?);
+        Ok(counts)
+    }
+
+    /// The counts of one family's exhaustion map `name`, labelled by `label`.
+    fn exhaustion_in<K: aya::Pod>(
+        &self,
+        name: &str,
+        label: fn(&K) -> String,
+    ) -> Result<BTreeMap<String, u64>> {
+        let path = crate::datapath::pins_dir(&self.pin_dir).join(name);
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let map: HashMap<MapData, BackendKey, SnatExhaustion> =
-            HashMap::try_from(Map::HashMap(data))?;
+        let map: HashMap<MapData, K, SnatExhaustion> = HashMap::try_from(Map::HashMap(data))?;
         let mut counts = BTreeMap::new();
         for item in &map {
             let (k, v) = item?;
-            counts.insert(k, v.count);
+            counts.insert(label(&k), v.count);
         }
         Ok(counts)
     }
@@ -228,7 +242,7 @@ impl Collector {
 #[derive(Debug)]
 pub struct ExhaustionLog {
     interval: Duration,
-    seen: StdHashMap<BackendKey, (u64, Option<Instant>)>,
+    seen: StdHashMap<String, (u64, Option<Instant>)>,
 }
 
 impl ExhaustionLog {
@@ -243,21 +257,17 @@ impl ExhaustionLog {
 
     /// Takes the counts read at `now`; returns the backends to warn about,
     /// each with the failed claims since its last warning.
-    pub fn observe(
-        &mut self,
-        now: Instant,
-        counts: &BTreeMap<BackendKey, u64>,
-    ) -> Vec<(BackendKey, u64)> {
+    pub fn observe(&mut self, now: Instant, counts: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
         let mut warn = Vec::new();
         for (backend, &count) in counts {
-            let (reported, last) = self.seen.entry(*backend).or_insert((0, None));
+            let (reported, last) = self.seen.entry(backend.clone()).or_insert((0, None));
             if count <= *reported {
                 continue;
             }
             if last.is_some_and(|at| now.duration_since(at) < self.interval) {
                 continue;
             }
-            warn.push((*backend, count - *reported));
+            warn.push((backend.clone(), count - *reported));
             *reported = count;
             *last = Some(now);
         }
@@ -356,41 +366,45 @@ mod tests {
     #[test]
     fn exhaustion_is_logged_at_most_once_a_minute_per_backend() {
         let mut log = ExhaustionLog::new(Duration::from_mins(1));
-        let a = BackendKey {
+        let a = super::super::backend_label(&BackendKey {
             addr: 1,
             port: 2,
             proto: 6,
             pad: 0,
-        };
-        let b = BackendKey {
-            addr: 3,
+        });
+        let b = super::super::backend_label6(&BackendKey6 {
+            addr: [0xfd00_0000u32.to_be(), 0, 0, 3u32.to_be()],
             port: 2,
             proto: 6,
             pad: 0,
-        };
+        });
+        assert_eq!(b, "[fd00::3]:512/TCP");
         let t0 = Instant::now();
-        assert_eq!(log.observe(t0, &BTreeMap::from([(a, 5)])), vec![(a, 5)]);
+        assert_eq!(
+            log.observe(t0, &BTreeMap::from([(a.clone(), 5)])),
+            vec![(a.clone(), 5)]
+        );
         // More failures within the minute: silent; another backend speaks.
         assert_eq!(
             log.observe(
                 t0 + Duration::from_secs(10),
-                &BTreeMap::from([(a, 9), (b, 1)])
+                &BTreeMap::from([(a.clone(), 9), (b.clone(), 1)])
             ),
-            vec![(b, 1)]
+            vec![(b.clone(), 1)]
         );
         // A minute later, what accumulated is reported.
         assert_eq!(
             log.observe(
                 t0 + Duration::from_secs(61),
-                &BTreeMap::from([(a, 9), (b, 1)])
+                &BTreeMap::from([(a.clone(), 9), (b.clone(), 1)])
             ),
-            vec![(a, 4)]
+            vec![(a.clone(), 4)]
         );
         // Nothing new: silent.
         assert!(log
             .observe(
                 t0 + Duration::from_secs(200),
-                &BTreeMap::from([(a, 9), (b, 1)])
+                &BTreeMap::from([(a.clone(), 9), (b.clone(), 1)])
             )
             .is_empty());
     }

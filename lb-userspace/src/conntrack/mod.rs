@@ -232,6 +232,21 @@ pub fn backend_label(backend: &BackendKey) -> String {
     )
 }
 
+/// "[addr]:port/PROTO" of an IPv6 backend key.
+#[must_use]
+pub fn backend_label6(backend: &lb_common::maps6::BackendKey6) -> String {
+    format!(
+        "{}/{}",
+        std::net::SocketAddrV6::new(
+            std::net::Ipv6Addr::from(lb_common::maps6::ipv6_octets(backend.addr)),
+            u16::from_be(backend.port),
+            0,
+            0
+        ),
+        protocol_name(backend.proto)
+    )
+}
+
 fn protocol_name(proto: u8) -> String {
     match proto {
         IPPROTO_TCP => "TCP".to_string(),
