@@ -50,6 +50,17 @@ impl Netns {
         sh(&full)
     }
 
+    /// Runs each line of `script` (words split on spaces) in the namespace;
+    /// panics naming the namespace and the line on a failure.
+    pub fn script(&self, script: &str) {
+        for line in script.lines().filter(|l| !l.trim().is_empty()) {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            if let Err(e) = self.exec(&args) {
+                panic!("in {}: {e:#}", self.name);
+            }
+        }
+    }
+
     /// The value of sysctl `key` in the namespace (e.g. `net.ipv4.conf.eth0.accept_local`).
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let out = self.exec(&["sysctl", "-n", key])?;

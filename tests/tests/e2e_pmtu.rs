@@ -30,7 +30,6 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    process::Output,
     time::Duration,
 };
 
@@ -90,18 +89,6 @@ endpoints:\n- {{addresses: [\"{pod}\"], nodeName: {node}, conditions: {{ready: t
     )
 }
 
-/// Runs each line of `script` (words split on spaces) in `ns`; panics on a
-/// failure. Returns the last command's output.
-fn run(ns: &Netns, script: &str) -> Output {
-    let mut last = None;
-    for line in script.lines().filter(|l| !l.trim().is_empty()) {
-        let args: Vec<&str> = line.split_whitespace().collect();
-        let out = ns.exec(&args);
-        last = Some(out.unwrap_or_else(|e| panic!("in {}: {e:#}", ns.name())));
-    }
-    last.expect("a command")
-}
-
 /// Where the 1280-byte hop is.
 #[derive(Clone, Copy, PartialEq)]
 enum Hop {
@@ -138,7 +125,7 @@ impl Cluster {
         let router = topo
             .add_lan_host("router", "lan3", &format!("{ROUTER}/24"))
             .expect("the router on the LAN");
-        run(&router, ROUTER_SETUP);
+        router.script(ROUTER_SETUP);
         let far = (hop == Hop::ClientSide).then(|| far_client(&topo, &router));
         if hop == Hop::PodSide {
             let node1 = "ip route replace 10.244.2.0/24 via 192.168.50.20";
@@ -148,7 +135,7 @@ impl Cluster {
                 (&topo.node1, node1),
                 (&topo.node2, node2),
             ] {
-                run(ns, script);
+                ns.script(script);
             }
         }
         let servers = BulkServers::start(
@@ -181,7 +168,8 @@ impl Cluster {
 
     /// The router's `Icmp: OutDestUnreachs` (`/proc/net/snmp`).
     fn router_unreachables(&self) -> u64 {
-        let snmp = String::from_utf8(run(&self.router, "cat /proc/net/snmp").stdout).unwrap();
+        let snmp = String::from_utf8(self.router.exec(&["cat", "/proc/net/snmp"]).unwrap().stdout)
+            .unwrap();
         let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
         let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
         let at = names
@@ -217,7 +205,8 @@ impl Cluster {
             sent > 0,
             "{what}: the router sent no unreachable: the hop did nothing"
         );
-        let route = String::from_utf8(run(sender, &format!("ip route get {peer}")).stdout).unwrap();
+        let route =
+            String::from_utf8(sender.exec(&["ip", "route", "get", peer]).unwrap().stdout).unwrap();
         let learned = route.contains(&format!("mtu {MTU}"));
         assert!(
             learned,
@@ -232,12 +221,10 @@ fn far_client(topo: &ClusterTopology, router: &Netns) -> Netns {
     let far = Netns::new("farclient").expect("the far client's namespace");
     let name = far.name();
     let link = format!("ip link add eth1 mtu {MTU} type veth peer name eth0 netns {name}");
-    run(router, &(link + "\n" + FAR_ROUTER_SETUP));
-    run(&far, FAR_CLIENT_SETUP);
-    run(
-        &topo.node1,
-        "ip route add 192.168.60.0/24 via 192.168.50.20",
-    );
+    router.script(&(link + "\n" + FAR_ROUTER_SETUP));
+    far.script(FAR_CLIENT_SETUP);
+    topo.node1
+        .script("ip route add 192.168.60.0/24 via 192.168.50.20");
     far
 }
 

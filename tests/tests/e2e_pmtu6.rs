@@ -18,7 +18,6 @@
 
 use std::{
     net::{Ipv6Addr, SocketAddrV6},
-    process::Output,
     time::Duration,
 };
 
@@ -72,21 +71,9 @@ endpoints:\n- {{addresses: [\"{pod}\"], nodeName: node1, conditions: {{ready: tr
     )
 }
 
-/// Runs each line of `script` (words split on spaces) in `ns`; panics on a
-/// failure. Returns the last command's output.
-fn run(ns: &Netns, script: &str) -> Output {
-    let mut last = None;
-    for line in script.lines().filter(|l| !l.trim().is_empty()) {
-        let args: Vec<&str> = line.split_whitespace().collect();
-        let out = ns.exec(&args);
-        last = Some(out.unwrap_or_else(|e| panic!("in {}: {e:#}", ns.name())));
-    }
-    last.expect("a command")
-}
-
 /// The router's `Icmp6OutPktTooBigs` (`/proc/net/snmp6`).
 fn router_packet_too_bigs(router: &Netns) -> u64 {
-    let snmp = String::from_utf8(run(router, "cat /proc/net/snmp6").stdout).unwrap();
+    let snmp = String::from_utf8(router.exec(&["cat", "/proc/net/snmp6"]).unwrap().stdout).unwrap();
     snmp.lines()
         .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
         .and_then(|v| v.trim().parse().ok())
@@ -102,16 +89,17 @@ fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
     let router = topo
         .add_lan_host("router6", "lan3", "192.168.50.20/24")
         .expect("the router on the LAN");
-    run(&router, ROUTER_SETUP);
+    router.script(ROUTER_SETUP);
     let far = Netns::new("farclient6").expect("the far client's namespace");
-    run(&far, FAR_SYSCTLS);
+    far.script(FAR_SYSCTLS);
     let link = format!(
         "ip link add eth1 mtu {MTU} type veth peer name eth0 netns {}",
         far.name()
     );
-    run(&router, &(link + "\n" + FAR_ROUTER_SETUP));
-    run(&far, FAR_CLIENT_SETUP);
-    run(&topo.node1, "ip -6 route add fd00:60::/64 via fd00:50::20");
+    router.script(&(link + "\n" + FAR_ROUTER_SETUP));
+    far.script(FAR_CLIENT_SETUP);
+    topo.node1
+        .script("ip -6 route add fd00:60::/64 via fd00:50::20");
     let pod1a = &topo.pod("pod1a").ns;
     let _servers = BulkServers::start(&[pod1a], Ipv6Addr::UNSPECIFIED.into());
     let manifests = ManifestDir::new().unwrap();
@@ -132,8 +120,10 @@ fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
     let moved = moved.unwrap_or_else(|e| panic!("{what}, {sent} Packet Too Big sent: {e:#}"));
     assert_eq!(moved, SIZE, "{what}");
     assert!(sent > 0, "{what}: the router sent no Packet Too Big");
-    let route =
-        String::from_utf8(run(pod1a, &format!("ip -6 route get {FAR_CLIENT}")).stdout).unwrap();
+    let route = pod1a
+        .exec(&["ip", "-6", "route", "get", FAR_CLIENT])
+        .unwrap();
+    let route = String::from_utf8(route.stdout).unwrap();
     assert!(
         route.contains(&format!("mtu {MTU}")),
         "{what}: pod1a learned no path MTU to the far client: {route}"
