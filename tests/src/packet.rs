@@ -583,6 +583,8 @@ pub struct TestDatapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slab_slots: u32,
     pin_dir: PathBuf,
+    /// Whether IPv6's programs are loaded ([`TestDatapath::with_ipv6`]).
+    ipv6: bool,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -655,6 +657,7 @@ impl TestDatapath {
             socket_lb_cgroup: Some(cgroup.to_path_buf()),
             socket_lb_scope: scope,
             socket_lb_netns_dirs: vec![],
+            ipv6: true,
             ..Self::config(&unique_pin_dir(name), node)
         })
     }
@@ -730,7 +733,8 @@ impl TestDatapath {
             socket_lb_cgroup: None,
             socket_lb_scope: SocketLbScope::Host,
             socket_lb_netns_dirs: vec![],
-            ipv6: true,
+            // IPv6's programs come with `with_ipv6`.
+            ipv6: false,
         }
     }
 
@@ -739,19 +743,44 @@ impl TestDatapath {
         crate::require_bpffs();
         let slab_slots = config.slab_slots;
         let pin_dir = config.pin_dir.clone();
+        let ipv6 = config.ipv6;
         let mut datapath = Datapath::load(config).unwrap_or_else(|e| {
             panic!("loading the data path (the verifier must accept its programs): {e:?}")
         });
-        // Tests run either uplink hook's program and the baselines.
+        // Tests run either uplink hook's program and the baselines; IPv6's
+        // programs only when asked (`with_ipv6`, or a configuration with
+        // IPv6 on): verifying them would double every IPv4 test's load.
         datapath
-            .load_every_program()
+            .load_programs_of(lb_common::Family::Ipv4)
             .unwrap_or_else(|e| panic!("loading the other programs: {e:?}"));
-        Self {
+        let dp = Self {
             datapath: Some(datapath),
             logger: None,
             slab_slots,
             pin_dir,
+            ipv6: false,
+        };
+        if ipv6 {
+            dp.with_ipv6()
+        } else {
+            dp
         }
+    }
+
+    /// The same data path with IPv6's programs loaded too, in their
+    /// prog-array slots: for a test that sends IPv6 frames (the run
+    /// methods refuse one without them, which the IPv4 entry points
+    /// would pass untouched for want of a program in the slot).
+    #[must_use]
+    pub fn with_ipv6(mut self) -> Self {
+        if self.ipv6 {
+            return self;
+        }
+        self.datapath_mut()
+            .load_programs_of(lb_common::Family::Ipv6)
+            .unwrap_or_else(|e| panic!("loading the IPv6 programs: {e:?}"));
+        self.ipv6 = true;
+        self
     }
 
     /// The pin directory (`--pin-dir`) it was loaded with.
@@ -917,15 +946,36 @@ impl TestDatapath {
     }
 
     /// A loaded program by name.
+    ///
+    /// # Panics
+    /// For an IPv6 program of a data path loaded without
+    /// [`TestDatapath::with_ipv6`].
     #[must_use]
     pub fn program(&self, name: &str) -> &aya::programs::Program {
+        assert!(
+            self.ipv6 || !lb_userspace::datapath::is_ipv6_program(name),
+            "{name} is an IPv6 program: load the test's data path `.with_ipv6()`"
+        );
         self.datapath().program(name)
+    }
+
+    /// The program `name`, to run on `frame`.
+    ///
+    /// # Panics
+    /// When `frame` is IPv6 and IPv6's programs are not loaded: the IPv4
+    /// entry points would pass it untouched, and the test prove nothing.
+    fn entry(&self, name: &str, frame: &[u8]) -> &aya::programs::Program {
+        assert!(
+            self.ipv6 || !is_ipv6_frame(frame),
+            "an IPv6 frame for {name}: load the test's data path `.with_ipv6()`"
+        );
+        self.program(name)
     }
 
     /// Runs the XDP program once on `frame`: (return code, frame after).
     #[must_use]
     pub fn run_xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
+        let prog: &Xdp = self.entry(XDP_PROGRAM, frame).try_into().unwrap();
         run(prog, frame)
     }
 
@@ -933,7 +983,7 @@ impl TestDatapath {
     /// `ifindex` (of the calling thread's network namespace).
     #[must_use]
     pub fn run_xdp_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.program(XDP_PROGRAM).try_into().unwrap();
+        let prog: &Xdp = self.entry(XDP_PROGRAM, frame).try_into().unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex; the kernel wants data_end to be
         // the frame's length.
@@ -947,14 +997,14 @@ impl TestDatapath {
     /// `ifindex` (of the calling thread's network namespace).
     #[must_use]
     pub fn run_tc_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(TC_PROGRAM, frame).try_into().unwrap();
         run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
     /// Runs the TC program once on `frame`: (return code, frame after).
     #[must_use]
     pub fn run_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(TC_PROGRAM, frame).try_into().unwrap();
         run(prog, frame)
     }
 
@@ -963,7 +1013,7 @@ impl TestDatapath {
     /// interface): (return code, frame after).
     #[must_use]
     pub fn run_tc_egress(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(EGRESS_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(EGRESS_TC_PROGRAM, frame).try_into().unwrap();
         run(prog, frame)
     }
 
@@ -977,7 +1027,7 @@ impl TestDatapath {
         ingress_ifindex: u32,
         frame: &[u8],
     ) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(EGRESS_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(EGRESS_TC_PROGRAM, frame).try_into().unwrap();
         let mut ctx = skb_ctx(ifindex);
         // struct __sk_buff: ingress_ifindex at offset 36.
         ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
@@ -996,7 +1046,7 @@ impl TestDatapath {
     /// Runs the uplink TC program (`--uplink-hook tc`) on one frame: (return code, frame out).
     #[must_use]
     pub fn run_tc_uplink(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(UPLINK_TC_PROGRAM, frame).try_into().unwrap();
         run(prog, frame)
     }
 
@@ -1004,7 +1054,7 @@ impl TestDatapath {
     /// interface `ifindex` (of the calling thread's network namespace).
     #[must_use]
     pub fn run_tc_uplink_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(UPLINK_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self.entry(UPLINK_TC_PROGRAM, frame).try_into().unwrap();
         run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
@@ -1013,7 +1063,10 @@ impl TestDatapath {
     /// no XDP metadata: the frame is unmarked).
     #[must_use]
     pub fn run_tc_uplink_handoff_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.program(UPLINK_HANDOFF_TC_PROGRAM).try_into().unwrap();
+        let prog: &SchedClassifier = self
+            .entry(UPLINK_HANDOFF_TC_PROGRAM, frame)
+            .try_into()
+            .unwrap();
         run_with_ctx(prog, frame, Some(&skb_ctx(ifindex)))
     }
 
@@ -1060,6 +1113,24 @@ fn skb_ctx(ifindex: u32) -> Vec<u8> {
     let mut ctx = vec![0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
+}
+
+/// Ethernet's IPv6 ethertype.
+const ETH_P_IPV6: u16 = 0x86dd;
+/// Ethertypes of a VLAN tag (802.1Q, 802.1ad).
+const ETH_P_VLAN: [u16; 2] = [0x8100, 0x88a8];
+
+/// Whether `frame` carries IPv6 (behind one VLAN tag at most).
+fn is_ipv6_frame(frame: &[u8]) -> bool {
+    let ethertype = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match ethertype(12) {
+        Some(t) if ETH_P_VLAN.contains(&t) => ethertype(16) == Some(ETH_P_IPV6),
+        t => t == Some(ETH_P_IPV6),
+    }
 }
 
 /// One `BPF_PROG_TEST_RUN` of `prog` (XDP or TC) on `frame`: (return code, frame after).

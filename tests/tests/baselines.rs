@@ -91,7 +91,7 @@ fn verified(dp: &TestDatapath, name: &str) -> u32 {
 
 #[test]
 fn every_program_stays_within_its_verifier_ceiling() {
-    let dp = TestDatapath::load("baseline-verifier", NODE);
+    let dp = TestDatapath::load("baseline-verifier", NODE).with_ipv6();
     let mut over = Vec::new();
     for name in EVERY_PROGRAM {
         let n = verified(&dp, name);
@@ -111,7 +111,7 @@ fn every_program_stays_within_its_verifier_ceiling() {
 
 #[test]
 fn parse6_only_keeps_the_extension_header_walk_and_l4_parse() {
-    let dp = TestDatapath::load("baseline-insns6", NODE);
+    let dp = TestDatapath::load("baseline-insns6", NODE).with_ipv6();
     let parse6 = instructions(&dp, XDP_PARSE6_PROGRAM);
     eprintln!("instructions after the verifier: xdp_parse6 {parse6}");
     assert!(
@@ -192,7 +192,7 @@ fn ipv6_udp_fragment() -> Vec<u8> {
 
 #[test]
 fn baselines_pass_every_packet_unchanged() {
-    let dp = TestDatapath::load("baseline-pass", NODE);
+    let dp = TestDatapath::load("baseline-pass", NODE).with_ipv6();
     for name in [XDP_PARSE_PROGRAM, XDP_PARSE6_PROGRAM, XDP_PASS_PROGRAM] {
         let prog: &Xdp = dp.program(name).try_into().unwrap();
         for (i, frame) in frames().iter().enumerate() {

@@ -460,7 +460,7 @@ fn check(dp: &TestDatapath, cases: &[Case]) {
 
 #[test]
 fn malformed_ipv6_frames_pass_byte_identical_and_count_once() {
-    let dp = TestDatapath::load("exthdr6bad", NODE);
+    let dp = TestDatapath::load("exthdr6bad", NODE).with_ipv6();
     let mut cases = fixed_header_faults();
     cases.extend(chain_and_l4_faults());
     check(&dp, &cases);
@@ -468,7 +468,7 @@ fn malformed_ipv6_frames_pass_byte_identical_and_count_once() {
 
 #[test]
 fn well_formed_and_foreign_ipv6_frames_pass_byte_identical() {
-    let dp = TestDatapath::load("exthdr6ok", NODE);
+    let dp = TestDatapath::load("exthdr6ok", NODE).with_ipv6();
     let mut cases = well_formed_cases();
     cases.extend(not_ours_cases());
     check(&dp, &cases);

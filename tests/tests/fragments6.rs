@@ -154,7 +154,7 @@ fn frontend(
 
 /// VIP:53/UDP to REMOTE:5353; `VIP_LOCAL`:53/UDP to LOCAL:5353.
 fn datapath(name: &str) -> TestDatapath {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     frontend(&mut dp, 1, VIP, PORT, IPPROTO_UDP, REMOTE, TARGET, false);
     frontend(
         &mut dp,
@@ -573,7 +573,7 @@ fn the_uplink_hooks_agree_on_every_fragment() {
 
 #[test]
 fn a_later_fragment_moves_no_tcp_state() {
-    let mut dp = TestDatapath::load("frag6-tcp", NODE);
+    let mut dp = TestDatapath::load("frag6-tcp", NODE).with_ipv6();
     frontend(&mut dp, 3, VIP_LOCAL, 80, IPPROTO_TCP, LOCAL, 8080, true);
     let key = flow_key((CLIENT, 40000), (VIP_LOCAL, 80), IPPROTO_TCP);
     let state = |dp: &TestDatapath| CtState::from_u8(dp.conntrack6(&key).unwrap().state);

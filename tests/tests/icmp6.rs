@@ -112,7 +112,7 @@ fn program(dp: &mut TestDatapath, id: u32, port: u16, proto: u8, target: u16) {
 /// `VIP`:80/TCP -> `POD`:8080 and `VIP`:53/UDP -> `POD`:5353, with one
 /// flow of each from `CLIENT` (ports 40000 and 41000) started through XDP.
 fn datapath(name: &str) -> TestDatapath {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     program(&mut dp, 1, 80, IPPROTO_TCP, 8080);
     program(&mut dp, 2, 53, IPPROTO_UDP, 5353);
     let syn = Hook::Xdp.pass(&dp, &tcp_to_vip().syn().build());

@@ -43,7 +43,7 @@ fn node_port() -> Listen6 {
 /// A data path with the TCP node port to BACKEND on `addrs`, and (with
 /// `external`) an external IP equal to SECOND on the same port.
 fn datapath(name: &str, addrs: &[Ipv6Addr], external: bool) -> (TestDatapath, Planner) {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     let mut planner = Planner::new(dp.slab_slots(), std::time::Duration::ZERO);
     apply(&mut dp, &mut planner, addrs, external);
     (dp, planner)
@@ -165,7 +165,7 @@ fn an_external_ip_on_a_node_address_wins_over_the_node_port() {
 /// A node port under `externalTrafficPolicy: Local` with `backends`
 /// (address, on this node?).
 fn local_policy(name: &str, backends: &[(Ipv6Addr, bool)]) -> TestDatapath {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     let mut planner = Planner::new(dp.slab_slots(), std::time::Duration::ZERO);
     let members: Vec<_> = backends.iter().map(|&(a, l)| (a, 8080, l)).collect();
     let (fe, mut want): (FrontendV6, _) = frontend6(node_port(), Protocol::Tcp, &members);

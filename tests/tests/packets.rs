@@ -588,6 +588,8 @@ fn packets_that_are_not_ours_pass_unmodified() {
             frontend(VIP, 53, Protocol::Udp, &[(POD_A, 5353, true)]),
         ],
     );
+    // The IPv6 frame is passed by IPv6's program, not by an empty slot.
+    let dp = dp.with_ipv6();
     let service_syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("other port", tcp(CLIENT, 40000, VIP, 81).syn().build()),

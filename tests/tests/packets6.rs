@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, net::Ipv6Addr};
 
-use aya::maps::lpm_trie::Key;
+use aya::{maps::lpm_trie::Key, programs::Xdp};
 use lb_common::{
     filter_bit6,
     maps6::{ipv6_words, Backend6, ServiceKey6, SourceRangeKey6},
@@ -17,10 +17,10 @@ use lb_common::{
     IPPROTO_UDP, SERVICE_F_SOURCE_RANGES, SOURCE_RANGE_ID_BITS,
 };
 use lb_tests::{
-    packet::{Hook, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS},
+    packet::{run, unique_pin_dir, Hook, TestDatapath, TC_ACT_OK, XDP_DROP, XDP_PASS},
     packet6::{checksums6_valid, dst6_of, maglev_slot6, Packet6},
 };
-use lb_userspace::plan::MapOp;
+use lb_userspace::{datapath::XDP_PROGRAM, plan::MapOp};
 
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x10);
@@ -147,7 +147,7 @@ fn program_with_affinity(
 
 /// A data path with the frontend `VIP`:`port`/`proto` of `members`.
 fn setup(name: &str, port: u16, proto: u8, members: &[Member]) -> TestDatapath {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     program(&mut dp, port, proto, members, TABLE_OFFSET);
     dp
 }
@@ -270,7 +270,7 @@ fn new_flows_follow_the_maglev_table_written() {
             (u32::from(i) + 20, addr, 8080, true)
         })
         .collect();
-    let mut dp = TestDatapath::load("maglev6", NODE);
+    let mut dp = TestDatapath::load("maglev6", NODE).with_ipv6();
     let slots = program(&mut dp, 80, IPPROTO_TCP, &members, TABLE_OFFSET);
     assert_eq!(
         dp.table(TABLE_OFFSET, TABLE_SIZE),
@@ -580,7 +580,7 @@ fn client_ip_affinity_sends_a_clients_new_flows_to_one_backend() {
             (u32::from(i), addr, 8080, true)
         })
         .collect();
-    let mut dp = TestDatapath::load("affinity6", NODE);
+    let mut dp = TestDatapath::load("affinity6", NODE).with_ipv6();
     program_with_affinity(
         &mut dp,
         SERVICE_ID,
@@ -691,7 +691,7 @@ fn affinity_is_per_service_port_and_kept_at_every_ingress_hook() {
             (u32::from(i), addr, 8080, true)
         })
         .collect();
-    let mut dp = TestDatapath::load("affinity6-ports", NODE);
+    let mut dp = TestDatapath::load("affinity6-ports", NODE).with_ipv6();
     program_with_affinity(&mut dp, 7, 80, IPPROTO_TCP, &members, TABLE_OFFSET, 60);
     let members_b: Vec<Member> = members.iter().map(|m| (m.0 + 10, m.1, 8081, m.3)).collect();
     program_with_affinity(
@@ -728,4 +728,37 @@ fn affinity_is_per_service_port_and_kept_at_every_ingress_hook() {
             assert_eq!(to(81, sport), b_first, "{hook:?}: port 81 flow {sport}");
         }
     }
+}
+
+/// An agent with `--ipv6 off` leaves IPv6's programs out of the prog-array
+/// slots, emptying those an earlier agent (IPv6 on) filled in the pinned
+/// arrays: its IPv4 entry point passes IPv6 frames untouched.
+#[test]
+fn an_agent_with_ipv6_off_empties_an_earlier_agents_ipv6_slots() {
+    let pin_dir = unique_pin_dir("ipv6-off");
+    let syn = tcp(CLIENT, 40000, VIP, 80).syn().build();
+    let served = {
+        // Pins kept on drop, for the next agent.
+        let mut on = TestDatapath::load_at(&pin_dir, NODE, 1 << 16, false).with_ipv6();
+        program(
+            &mut on,
+            80,
+            IPPROTO_TCP,
+            &[(1, POD_A, 8080, true)],
+            TABLE_OFFSET,
+        );
+        on.run_xdp(&syn)
+    };
+    // IPv6 off (the test data path's default); removes the pins on drop.
+    let off = TestDatapath::load_at(&pin_dir, NODE, 1 << 16, true);
+    let prog: &Xdp = off.program(XDP_PROGRAM).try_into().unwrap();
+    // `run`, not `run_xdp`: that refuses an IPv6 frame without IPv6's programs.
+    let (ret, out) = run(prog, &syn);
+    assert_eq!(served.0, XDP_PASS);
+    assert_eq!(dst6_of(&served.1), (POD_A, 8080), "served with IPv6 on");
+    assert_eq!(
+        (ret, out),
+        (XDP_PASS, syn),
+        "passed untouched with IPv6 off"
+    );
 }

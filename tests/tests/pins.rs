@@ -365,7 +365,7 @@ fn a_handover_from_v7_keeps_every_flow_and_count_and_serves_ipv6_at_once() {
     assert!(counts.iter().any(|&n| n > 0), "the old programs counted");
     legacy::make_v7(&pin_dir).unwrap();
 
-    let mut new = load_agent(&pin_dir, V3_POOL, true);
+    let mut new = load_agent(&pin_dir, V3_POOL, true).with_ipv6();
     assert!(new.datapath_mut().adopted(), "the services came along");
     // IPv6's frontend maps are new: they start empty beside IPv4's.
     let maps = &new.datapath_mut().maps;

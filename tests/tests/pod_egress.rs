@@ -185,7 +185,7 @@ fn a_reply_crosses_the_uplink_untouched_and_is_translated_once_into_the_pod() {
 
 #[test]
 fn packets_that_are_no_replies_pass_untouched() {
-    let dp = datapath("egress-unrelated");
+    let dp = datapath("egress-unrelated").with_ipv6();
     leaves_pod(
         &dp,
         &Packet::tcp(POD, 40_002, VIP, 80).syn(),

@@ -72,7 +72,7 @@ fn datapath(name: &str) -> TestDatapath {
 
 /// [`datapath`], and the planner that holds what it has.
 fn datapath_and_planner(name: &str) -> (TestDatapath, Planner) {
-    let mut dp = TestDatapath::load(name, NODE);
+    let mut dp = TestDatapath::load(name, NODE).with_ipv6();
     let mut planner = Planner::new(dp.slab_slots(), std::time::Duration::ZERO);
     let (local_fe, mut local) = frontend6(
         Listen6::Addr(LOCAL_POLICY, 80),

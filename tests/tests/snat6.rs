@@ -102,7 +102,7 @@ fn setup(
         snat_ports: PortRange(pool),
         ..test_flows()
     };
-    let mut dp = TestDatapath::load_with_node6(name, NODE, NODE6, flows);
+    let mut dp = TestDatapath::load_with_node6(name, NODE, NODE6, flows).with_ipv6();
     program(&mut dp, 7, port, proto, members, 1_000);
     dp
 }

@@ -83,11 +83,20 @@ pub const EVERY_PROGRAM: [&str; 14] = [
     TC6_FLOW,
 ];
 
+/// Whether `name` is an IPv6 program: one the IPv4 entry points tail-call
+/// (the prog arrays' [`XDP6_PROGRAMS`] and [`TC6_PROGRAMS`]) or IPv6's
+/// parse-only baseline.
+#[must_use]
+pub fn is_ipv6_program(name: &str) -> bool {
+    XDP6_PROGRAMS.contains(&name) || TC6_PROGRAMS.contains(&name) || name == XDP_PARSE6_PROGRAM
+}
+
 /// Puts every loaded IPv6 program into its slot of the prog arrays, which
 /// the IPv4 entry points tail-call for IPv6 frames: from then on those
 /// frames are the IPv6 programs' (an empty slot passes them). Called after
 /// loading and before attaching, so a restarted agent's programs never
-/// meet an empty slot.
+/// meet an empty slot. The slot of a program not loaded (IPv6 off) is
+/// emptied: the pinned arrays would otherwise keep an earlier agent's.
 pub fn fill_ipv6_slots(ebpf: &mut Ebpf) -> Result<()> {
     let slots = (0u32..)
         .zip(XDP6_PROGRAMS)
@@ -105,16 +114,25 @@ pub fn fill_ipv6_slots(ebpf: &mut Ebpf) -> Result<()> {
             }
             _ => anyhow::bail!("{name} is neither an XDP nor a TC program"),
         };
-        let Some(fd) = fd.transpose()? else {
-            continue;
-        };
+        let fd = fd.transpose()?;
         let mut array = ProgramArray::try_from(
             ebpf.map_mut(map)
                 .with_context(|| format!("the eBPF object has no map {map}"))?,
         )?;
-        array
-            .set(slot, &fd, 0)
-            .with_context(|| format!("putting {name} into {map}[{slot}]"))?;
+        match fd {
+            Some(fd) => array
+                .set(slot, &fd, 0)
+                .with_context(|| format!("putting {name} into {map}[{slot}]"))?,
+            None => match array.clear_index(&slot) {
+                Ok(()) => {}
+                // Empty already.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("emptying {map}[{slot}] ({name})"))
+                }
+            },
+        }
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::flows::{self, FlowSettings};
 
 pub use self::{
-    attach::{ifindex, interfaces, EVERY_PROGRAM},
+    attach::{ifindex, interfaces, is_ipv6_program, EVERY_PROGRAM},
     layout::PIN_LAYOUT,
     writer::{decode_label, encode_label},
 };
@@ -148,8 +148,9 @@ pub struct DatapathConfig {
     /// network namespace files, where the sockets of a removed backend are
     /// closed too.
     pub socket_lb_netns_dirs: Vec<PathBuf>,
-    /// IPv6 served (`--ipv6 on`): with a socket-lb cgroup, IPv6's socket
-    /// programs attach beside IPv4's.
+    /// IPv6 served (`--ipv6 on`): IPv6's packet programs are loaded into
+    /// the IPv4 entry points' prog-array slots, and with a socket-lb cgroup
+    /// IPv6's socket programs attach beside IPv4's.
     pub ipv6: bool,
 }
 
@@ -364,12 +365,18 @@ impl Datapath {
             adopted,
             handover,
         };
-        let hook = datapath.config.uplink;
-        attach::load_programs(&mut datapath.ebpf, attach::programs_for(hook))?;
+        // With IPv6 off its programs stay unverified and out of the slots:
+        // the IPv4 entry points then pass IPv6 frames untouched.
+        let ipv6 = datapath.config.ipv6;
+        let programs: Vec<&str> = attach::programs_for(datapath.config.uplink)
+            .iter()
+            .copied()
+            .filter(|name| ipv6 || !attach::is_ipv6_program(name))
+            .collect();
+        attach::load_programs(&mut datapath.ebpf, &programs)?;
         attach::fill_ipv6_slots(&mut datapath.ebpf)?;
         let links = pins_dir(&datapath.config.pin_dir).join(LINKS_DIR);
         if let Some(cgroup) = datapath.config.socket_lb_cgroup.clone() {
-            let ipv6 = datapath.config.ipv6;
             socket_lb::load(&mut datapath.ebpf, ipv6)?;
             let scope = datapath.config.socket_lb_scope;
             socket_lb::attach(&mut datapath.ebpf, &cgroup, scope, ipv6, &links)?;
@@ -666,6 +673,24 @@ impl Datapath {
     pub fn load_every_program(&mut self) -> Result<()> {
         attach::load_programs(&mut self.ebpf, &attach::EVERY_PROGRAM)?;
         attach::fill_ipv6_slots(&mut self.ebpf)
+    }
+
+    /// Loads [`Datapath::load_every_program`]'s programs of one family
+    /// only (IPv6's then fill their prog-array slots): a packet test that
+    /// sends frames of one family verifies half the code. Until IPv6's are
+    /// loaded, an IPv4 entry point passes IPv6 frames untouched (an empty
+    /// slot).
+    pub fn load_programs_of(&mut self, family: lb_common::Family) -> Result<()> {
+        let ipv6 = family == lb_common::Family::Ipv6;
+        let names: Vec<&str> = attach::EVERY_PROGRAM
+            .into_iter()
+            .filter(|name| attach::is_ipv6_program(name) == ipv6)
+            .collect();
+        attach::load_programs(&mut self.ebpf, &names)?;
+        if ipv6 {
+            attach::fill_ipv6_slots(&mut self.ebpf)?;
+        }
+        Ok(())
     }
 
     /// A program by name (for `BPF_PROG_TEST_RUN` in tests and benchmarks;

@@ -125,7 +125,7 @@ fn state6() -> DesiredState6 {
 /// Measures the two families side by side; the JSON and Markdown of it.
 pub fn measure(quick: bool) -> (serde_json::Value, String) {
     let calls = if quick { 10_000 } else { 50_000 } / ROUNDS;
-    let mut dp = TestDatapath::load_with("b6", NODE, 1 << 20);
+    let mut dp = TestDatapath::load_with("b6", NODE, 1 << 20).with_ipv6();
     let mut planner = program(&mut dp, &[service(vip(0), 80, Protocol::Tcp, 10, 0, true)]);
     let (plan, errors) = planner.plan6(&state6(), Instant::now());
     assert!(errors.is_empty(), "{errors:?}");
