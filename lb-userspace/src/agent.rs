@@ -131,7 +131,7 @@ fn sync(
     health.synced_on(cluster, reconciler.slice_index(), reconciler.node());
     // The maps no longer offer the gone backends: now their sockets close,
     // and the applications' reconnects land on live backends.
-    if let Some(closed) = datapath.close_sockets(&done.gone) {
+    if let Some(closed) = datapath.close_sockets(&done.gone, &done.gone6) {
         metrics.sockets_closed.inc_by(closed.destroyed);
         metrics.socket_close_errors.inc_by(closed.failed);
     }

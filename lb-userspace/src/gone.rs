@@ -11,40 +11,44 @@
 //! per-packet path keeps its established connections until the endpoint
 //! leaves the slice (see [`crate::select`]), and so do its sockets, as
 //! kube-proxy and Cilium close only what goes to an endpoint that is gone.
+//! Written once for both families ([`AddrFamily`]).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
-use crate::desired::{DesiredFrontend, DesiredState, Frontend};
+use crate::desired::{AddrFamily, DesiredFrontend};
 
 /// A backend a frontend no longer has: sockets pointed at `backend` through
 /// `frontend` are to be closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GoneBackend {
-    /// The frontend (a node port has address 0: any node-port address).
-    pub frontend: Frontend,
+pub struct GoneBackend<S: AddrFamily = SocketAddrV4> {
+    /// The frontend (a node port: any node-port address).
+    pub frontend: S::Frontend,
     /// The endpoint's address and port.
-    pub backend: SocketAddrV4,
+    pub backend: S,
 }
 
-impl GoneBackend {
+impl<S: AddrFamily> GoneBackend<S> {
     /// Whether a socket of protocol `proto` (IP protocol number) that asked
-    /// for `svc` (the address it connected to, as `SOCK_REVERSE` keeps it)
-    /// went through this frontend.
+    /// for `svc` (the address it connected to, as the socket reverse map
+    /// keeps it) went through this frontend.
     #[must_use]
-    pub fn serves(&self, proto: u8, svc: SocketAddrV4) -> bool {
-        self.frontend.proto.number() == proto
-            && self.frontend.port == svc.port()
-            && (self.frontend.addr == *svc.ip() || self.frontend.is_node_port())
+    pub fn serves(&self, proto: u8, svc: S) -> bool {
+        S::proto(&self.frontend).number() == proto
+            && S::frontend_port(&self.frontend) == svc.port_of()
+            && S::frontend_ip(&self.frontend).is_none_or(|ip| ip == svc.ip_of())
     }
 }
 
 /// Appends to `out` the backends of `frontend` in `old` that `new` (its
 /// entry now; `None`: the frontend went) does not have.
-pub fn gone_from(
-    frontend: Frontend,
-    old: Option<&DesiredFrontend>,
-    new: Option<&DesiredFrontend>,
-    out: &mut Vec<GoneBackend>,
+pub fn gone_from<S: AddrFamily>(
+    frontend: S::Frontend,
+    old: Option<&DesiredFrontend<S>>,
+    new: Option<&DesiredFrontend<S>>,
+    out: &mut Vec<GoneBackend<S>>,
 ) {
     let Some(old) = old else {
         return;
@@ -60,7 +64,10 @@ pub fn gone_from(
 /// Every backend a frontend of `old` has that it no longer has in `new`
 /// (a full sync), sorted.
 #[must_use]
-pub fn gone(old: &DesiredState, new: &DesiredState) -> Vec<GoneBackend> {
+pub fn gone<S: AddrFamily>(
+    old: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+    new: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+) -> Vec<GoneBackend<S>> {
     let mut out = Vec::new();
     for (frontend, want) in old {
         gone_from(*frontend, Some(want), new.get(frontend), &mut out);
@@ -71,10 +78,10 @@ pub fn gone(old: &DesiredState, new: &DesiredState) -> Vec<GoneBackend> {
 /// Every backend of the `applied` frontends (as an earlier agent left
 /// them in the maps) that the frontend does not have in `new`: a restarted
 /// agent's first sync, which has no earlier desired state to compare with.
-pub fn gone_since_applied(
-    applied: impl IntoIterator<Item = (Frontend, Vec<SocketAddrV4>)>,
-    new: &DesiredState,
-) -> Vec<GoneBackend> {
+pub fn gone_since_applied<S: AddrFamily>(
+    applied: impl IntoIterator<Item = (S::Frontend, Vec<S>)>,
+    new: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+) -> Vec<GoneBackend<S>> {
     let mut out = Vec::new();
     for (frontend, backends) in applied {
         let now = new.get(&frontend);
@@ -92,10 +99,10 @@ pub fn gone_since_applied(
 /// The distinct backends of `gone` by protocol number: what to look for
 /// among the node's sockets.
 #[must_use]
-pub fn backends_by_proto(gone: &[GoneBackend]) -> Vec<(u8, SocketAddrV4)> {
+pub fn backends_by_proto<S: AddrFamily>(gone: &[GoneBackend<S>]) -> Vec<(u8, S)> {
     let mut out: Vec<_> = gone
         .iter()
-        .map(|g| (g.frontend.proto.number(), g.backend))
+        .map(|g| (S::proto(&g.frontend).number(), g.backend))
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -112,7 +119,9 @@ pub fn svc_addr(addr_be: u32, port_be: u16) -> SocketAddrV4 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{BackendInfo, ObjectName, Protocol, TrafficPolicy};
+    use crate::desired::{
+        BackendInfo, DesiredState, Frontend, ObjectName, Protocol, TrafficPolicy,
+    };
 
     fn fe(last: u8, proto: Protocol) -> Frontend {
         Frontend {

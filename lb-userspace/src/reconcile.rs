@@ -50,8 +50,9 @@ pub struct Reconciler {
     local_addresses6: Vec<Ipv6Addr>,
     /// Whether to find the backends frontends lose ([`Reconciled::gone`]).
     track_gone: bool,
-    /// What the update under way found gone.
+    /// What the update under way found gone, per family.
     gone: Vec<GoneBackend>,
+    gone6: Vec<GoneBackend<SocketAddrV6>>,
     /// Each Service's own problems (its spec's and its IPv6 side's), kept
     /// with the changes: a sync walks the Services it touched, not all.
     service_problems: BTreeMap<ObjectName, Vec<ServiceProblem>>,
@@ -82,6 +83,8 @@ pub struct Reconciled {
     /// ([`Reconciler::track_gone`]); not those of frontends that could not
     /// be placed (their earlier state stays applied).
     pub gone: Vec<GoneBackend>,
+    /// The same for IPv6 frontends.
+    pub gone6: Vec<GoneBackend<SocketAddrV6>>,
 }
 
 impl Reconciler {
@@ -102,6 +105,7 @@ impl Reconciler {
             local_addresses6: Vec::new(),
             track_gone: false,
             gone: Vec::new(),
+            gone6: Vec::new(),
             service_problems: BTreeMap::new(),
             problems_stale: false,
         }
@@ -246,6 +250,8 @@ impl Reconciler {
         self.v6.failed = errors6.iter().map(|e| e.frontend).collect();
         let mut gone = std::mem::take(&mut self.gone);
         gone.retain(|g| !self.v4.failed.contains(&g.frontend));
+        let mut gone6 = std::mem::take(&mut self.gone6);
+        gone6.retain(|g| !self.v6.failed.contains(&g.frontend));
         self.refresh_service_problems(cluster, changes);
         let mut problems: Vec<ServiceProblem> =
             self.service_problems.values().flatten().cloned().collect();
@@ -262,6 +268,7 @@ impl Reconciler {
             problems,
             recomputed,
             gone,
+            gone6,
         };
         (done, applied)
     }
@@ -345,7 +352,7 @@ impl Reconciler {
             }
         }
         let node = self.merged_node.as_ref().unwrap_or(&self.node);
-        let (track_gone, gone) = (self.track_gone, &mut self.gone);
+        let (track_gone, gone, gone6) = (self.track_gone, &mut self.gone, &mut self.gone6);
         let touched4 = self.v4.update(
             cluster,
             &self.index,
@@ -358,8 +365,17 @@ impl Reconciler {
             },
         );
         let touched6 = if self.ipv6 {
-            self.v6
-                .update(cluster, &self.index, &affected, node, |_, _, _| {})
+            self.v6.update(
+                cluster,
+                &self.index,
+                &affected,
+                node,
+                |frontend, old, new| {
+                    if track_gone {
+                        gone::gone_from(frontend, old, new, gone6);
+                    }
+                },
+            )
         } else {
             BTreeSet::new()
         };
@@ -431,11 +447,11 @@ impl Reconciler {
         self.index = SliceIndex::build(cluster);
         let node = self.merged_node.as_ref().unwrap_or(&self.node);
         let old = self.v4.full(cluster, &self.index, node);
-        if self.ipv6 {
-            self.v6.full(cluster, &self.index, node);
+        let old6 = if self.ipv6 {
+            self.v6.full(cluster, &self.index, node)
         } else {
-            self.v6 = FamilyState::default();
-        }
+            std::mem::take(&mut self.v6).desired
+        };
         if self.track_gone {
             self.gone = if old.is_empty() {
                 // The first sync: an earlier agent's frontends (adopted) or none.
@@ -446,6 +462,15 @@ impl Reconciler {
                 gone::gone_since_applied(applied, &self.v4.desired)
             } else {
                 gone::gone(&old, &self.v4.desired)
+            };
+            self.gone6 = if old6.is_empty() {
+                let applied = self
+                    .planner
+                    .frontends6()
+                    .map(|f| (f.frontend, f.backends.into_keys().collect()));
+                gone::gone_since_applied(applied, &self.v6.desired)
+            } else {
+                gone::gone(&old6, &self.v6.desired)
             };
         }
         let to_plan = (

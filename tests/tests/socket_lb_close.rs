@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -42,7 +42,7 @@ struct Echo {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// Their addresses.
-    addrs: Vec<Ipv4Addr>,
+    addrs: Vec<IpAddr>,
     /// (TCP, UDP) ports by backend.
     ports: Vec<(u16, u16)>,
 }
@@ -50,7 +50,7 @@ struct Echo {
 impl Echo {
     /// Starts them on `addrs` and `port` (0: any), in the calling thread's
     /// namespace; the k-th answers "b<k>".
-    fn start(addrs: &[Ipv4Addr], port: u16) -> Self {
+    fn start(addrs: &[IpAddr], port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (mut threads, mut ports) = (Vec::new(), Vec::new());
         for (k, ip) in addrs.iter().enumerate() {
@@ -137,7 +137,7 @@ struct Holder {
 
 impl Holder {
     /// Sockets to `vip` (TCP 80, UDP 53), and directly to backend b1.
-    fn start(cgroup: &TestCgroup, echo: &Echo, vip: Ipv4Addr, netns: Option<&str>) -> Self {
+    fn start(cgroup: &TestCgroup, echo: &Echo, vip: IpAddr, netns: Option<&str>) -> Self {
         let direct = |k: usize, tcp: bool| {
             let (t, u) = echo.ports[k];
             SocketAddr::from((echo.addrs[k], if tcp { t } else { u })).to_string()
@@ -203,7 +203,10 @@ fn state(echo: &Echo, backends: &[usize]) -> Vec<(Frontend, DesiredFrontend)> {
             .iter()
             .map(|&k| {
                 let (t, u) = echo.ports[k];
-                (echo.addrs[k], if tcp { t } else { u }, true)
+                let IpAddr::V4(ip) = echo.addrs[k] else {
+                    panic!("IPv4 backends")
+                };
+                (ip, if tcp { t } else { u }, true)
             })
             .collect()
     };
@@ -224,10 +227,10 @@ fn on(opened: &BTreeMap<(String, usize), String>, kind: &str, backend: &str) -> 
 #[test]
 fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
     let cgroup = TestCgroup::new("sockclose");
-    let echo = Echo::start(&BACKENDS, 0);
+    let echo = Echo::start(&BACKENDS.map(IpAddr::V4), 0);
     let mut dp = TestDatapath::load_with_socket_lb("sock-close", NODE, cgroup.path());
     let mut planner = program(&mut dp, &state(&echo, &[0, 1]));
-    let holder = Holder::start(&cgroup, &echo, VIP, None);
+    let holder = Holder::start(&cgroup, &echo, IpAddr::V4(VIP), None);
     let opened = holder.opened.clone();
     check_spread(&opened);
 
@@ -240,7 +243,7 @@ fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
     apply(&mut dp, &mut planner, &state(&echo, &[0]));
     let closed = dp
         .datapath_mut()
-        .close_sockets(&gone)
+        .close_sockets(&gone, &[])
         .expect("socket LB is on");
     let took = started.elapsed();
     let on_b1 = on(&opened, "svc-tcp", "b1") + on(&opened, "svc-udp", "b1");
@@ -252,7 +255,13 @@ fn removing_a_backend_closes_the_sockets_balanced_to_it_and_no_others() {
 
     check_closed(&opened, holder);
     // Nothing left to close.
-    assert_eq!(dp.datapath_mut().close_sockets(&gone).unwrap().destroyed, 0);
+    assert_eq!(
+        dp.datapath_mut()
+            .close_sockets(&gone, &[])
+            .unwrap()
+            .destroyed,
+        0
+    );
     drop(dp);
     drop(echo);
 }
@@ -293,31 +302,40 @@ fn check_closed(opened: &BTreeMap<(String, usize), String>, holder: Holder) {
     assert!(reconnect.iter().all(|r| r == "b0"), "{reconnect:?}");
 }
 
-/// The agent test's Service address and backends, in a namespace of its own.
+/// The agent tests' Service addresses and backends, in a namespace of their own.
 const AGENT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 9, 10);
 const AGENT_BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 9, 1), Ipv4Addr::new(10, 244, 9, 2)];
+const AGENT_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 9, 0, 0, 0, 0, 0x10);
+const AGENT_BACKENDS6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd00, 0x244, 9, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0xfd00, 0x244, 9, 0, 0, 0, 0, 2),
+];
 
-/// Service `web` (TCP 80 and UDP 53, both to port 8080) on `endpoints`.
-fn web(endpoints: &[Ipv4Addr]) -> String {
-    let mut manifest = r"apiVersion: v1
+/// Service `web` at `vip` (TCP 80 and UDP 53, both to port 8080) on
+/// `endpoints`, all of `vip`'s family.
+fn web(vip: IpAddr, endpoints: &[IpAddr]) -> String {
+    let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let mut manifest = format!(
+        r"apiVersion: v1
 kind: Service
-metadata: {name: web, namespace: default}
+metadata: {{name: web, namespace: default}}
 spec:
-  clusterIP: 10.96.9.10
+  ipFamilies: [{family}]
+  clusterIP: {vip}
   ports:
-  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
-  - {name: dns, port: 53, protocol: UDP, targetPort: 8080}
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 8080}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
-addressType: IPv4
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: {family}
 ports:
-- {name: http, port: 8080, protocol: TCP}
-- {name: dns, port: 8080, protocol: UDP}
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 8080, protocol: UDP}}
 endpoints:
 "
-    .to_string();
+    );
     for ip in endpoints {
         manifest += &[
             "- {addresses: [\"",
@@ -331,46 +349,72 @@ endpoints:
 
 #[test]
 fn an_edit_through_the_agent_closes_the_sockets_of_the_removed_backend() {
+    let backends = AGENT_BACKENDS.map(IpAddr::V4);
+    closes_through_the_agent(IpAddr::V4(AGENT_VIP), backends, &[]);
+}
+
+/// IPv6's twin: the agent finds the backend an IPv6 frontend lost and
+/// closes the IPv6 sockets its programs pointed there (`SOCK_REVERSE6`).
+#[test]
+fn an_ipv6_edit_through_the_agent_closes_the_ipv6_sockets_of_the_removed_backend() {
+    let backends = AGENT_BACKENDS6.map(IpAddr::V6);
+    closes_through_the_agent(
+        IpAddr::V6(AGENT_VIP6),
+        backends,
+        &["--node-ip", "fd00:244:9::1"],
+    );
+}
+
+/// An agent in a namespace of its own serving `web` at `vip` over
+/// `backends` (on the namespace's loopback) with socket-level balancing; a
+/// client holds sockets through the Service and to b1 directly; b1 leaves
+/// the slice: the agent closes the sockets it balanced to b1, and only
+/// those. The node's IPv4 address is `AGENT_BACKENDS[0]`; `extra`: more
+/// agent arguments.
+fn closes_through_the_agent(vip: IpAddr, backends: [IpAddr; 2], extra: &[&str]) {
     let cgroup = TestCgroup::new("sockagent");
     let node = Netns::new("sockagent").unwrap();
     // The backends' addresses on the namespace's loopback: nothing leaves it.
-    for cmd in [
-        &["ip", "link", "set", "lo", "up"][..],
-        &["ip", "addr", "add", "10.244.9.1/32", "dev", "lo"],
-        &["ip", "addr", "add", "10.244.9.2/32", "dev", "lo"],
-    ] {
-        node.exec(cmd).unwrap();
+    node.exec(&["ip", "link", "set", "lo", "up"]).unwrap();
+    let node_ip = IpAddr::V4(AGENT_BACKENDS[0]);
+    let mut own = backends.to_vec();
+    if !own.contains(&node_ip) {
+        own.push(node_ip);
     }
-    let echo = node.run(|| Echo::start(&AGENT_BACKENDS, 8080)).unwrap();
+    for ip in own {
+        let cidr = format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 });
+        node.exec(&["ip", "addr", "add", &cidr, "dev", "lo", "nodad"])
+            .unwrap();
+    }
+    let echo = node.run(move || Echo::start(&backends, 8080)).unwrap();
     let manifests = ManifestDir::new().unwrap();
-    manifests.write("web.yaml", &web(&AGENT_BACKENDS)).unwrap();
+    manifests.write("web.yaml", &web(vip, &backends)).unwrap();
     let dir = manifests.path().to_str().unwrap();
     let cg = cgroup.path().to_str().unwrap();
-    let mut agent = Agent::start_bare(
-        &node,
-        &[
-            "--manifests",
-            dir,
-            "--node-ip",
-            "10.244.9.1",
-            "--socket-lb",
-            "host",
-            "--socket-lb-cgroup",
-            cg,
-        ],
-    )
-    .unwrap();
+    let node_ip = node_ip.to_string();
+    let mut args = vec![
+        "--manifests",
+        dir,
+        "--node-ip",
+        &node_ip,
+        "--socket-lb",
+        "host",
+        "--socket-lb-cgroup",
+        cg,
+    ];
+    args.extend(extra);
+    let mut agent = Agent::start_bare(&node, &args).unwrap();
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let netns = format!("/run/netns/{}", node.name());
-    let holder = Holder::start(&cgroup, &echo, AGENT_VIP, Some(&netns));
+    let holder = Holder::start(&cgroup, &echo, vip, Some(&netns));
     let opened = holder.opened.clone();
     check_spread(&opened);
     let on_b1 = on(&opened, "svc-tcp", "b1") + on(&opened, "svc-udp", "b1");
 
-    // The edit: 10.244.9.2 leaves the EndpointSlice.
+    // The edit: b1 leaves the EndpointSlice.
     let started = Instant::now();
     manifests
-        .write("web.yaml", &web(&AGENT_BACKENDS[..1]))
+        .write("web.yaml", &web(vip, &backends[..1]))
         .unwrap();
     let expect = format!("destroyed={on_b1}");
     while !agent.log().contains(&expect) && started.elapsed() < Duration::from_secs(5) {

@@ -1,9 +1,11 @@
 //! Closing sockets the socket programs pointed at a backend that is gone
-//! (netlink `sock_diag`): a dump of a namespace's IPv4 TCP or UDP sockets
-//! connected to one backend (`SOCK_DIAG_BY_FAMILY`, filtered in the kernel
-//! by a bytecode condition on the destination), then `SOCK_DESTROY` (Linux
-//! 4.5, `CONFIG_INET_DIAG_DESTROY`) of each whose cookie `SOCK_REVERSE`
-//! records with that backend and the frontend's address. The kernel aborts
+//! (netlink `sock_diag`): a dump of a namespace's TCP or UDP sockets of one
+//! family connected to one backend (`SOCK_DIAG_BY_FAMILY`, filtered in the
+//! kernel by a bytecode condition on the destination), then `SOCK_DESTROY`
+//! (Linux 4.5, `CONFIG_INET_DIAG_DESTROY`) of each whose cookie the
+//! family's socket reverse map (`SOCK_REVERSE`, `SOCK_REVERSE6`) records
+//! with that backend and the frontend's address. Written once for both
+//! families ([`SockFamily`]). The kernel aborts
 //! such a socket (`ECONNABORTED` to the application; a TCP peer gets a
 //! reset); the application reconnects and `connect` picks a live backend.
 //!
@@ -16,15 +18,21 @@
 use std::{
     collections::HashMap,
     io,
-    net::SocketAddrV4,
+    net::{Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use lb_common::{SockRevEntry, SockRevKey};
+use lb_common::{
+    maps6::{ipv6_words, SockRevEntry6, SockRevKey6, MAP_SOCK_REVERSE6},
+    SockRevEntry, SockRevKey, MAP_SOCK_REVERSE,
+};
 use tracing::warn;
 
 use self::wire::{dst_filter, parse_diag_msg, req_v2, sockid, u32_at, NLMSG_HDR, SOCKID};
-use crate::gone::{self, GoneBackend};
+use crate::{
+    desired::AddrFamily,
+    gone::{self, GoneBackend},
+};
 
 mod wire;
 
@@ -53,15 +61,96 @@ const FILTERED_DUMPS: usize = 8;
 /// messages; a dump ends with `NLMSG_DONE`).
 const MAX_READS: usize = 1 << 16;
 
-/// An IPv4 socket as the dump names it; enough to name it to `SOCK_DESTROY`.
+/// A family's sockets as `sock_diag` and the socket reverse map name them.
+pub trait SockFamily: AddrFamily {
+    /// `sock_diag`'s family: `AF_INET` or `AF_INET6`.
+    const AF: u8;
+    /// The family's socket reverse map.
+    const REVERSE_MAP: &'static str;
+    /// The reverse map's key.
+    type RevKey: aya::Pod;
+    /// The reverse map's value.
+    type RevEntry: aya::Pod;
+    /// The reverse-map key of socket `cookie` pointed at `backend`.
+    fn rev_key(cookie: u64, backend: Self) -> Self::RevKey;
+    /// The Service address (the one the socket asked for) `entry` records.
+    fn svc_of(entry: &Self::RevEntry) -> Self;
+    /// The address's bytes, network order (4 or 16).
+    fn octets(&self) -> Vec<u8>;
+    /// The socket address of `port` and the address whose bytes
+    /// `inet_diag_sockid`'s 16-byte field `field` starts with.
+    fn from_field(field: &[u8; 16], port: u16) -> Self;
+}
+
+impl SockFamily for SocketAddrV4 {
+    const AF: u8 = 2;
+    const REVERSE_MAP: &'static str = MAP_SOCK_REVERSE;
+    type RevKey = SockRevKey;
+    type RevEntry = SockRevEntry;
+
+    fn rev_key(cookie: u64, backend: Self) -> SockRevKey {
+        SockRevKey {
+            cookie,
+            backend_addr: u32::from_ne_bytes(backend.ip().octets()),
+            backend_port: backend.port().to_be(),
+            pad: 0,
+        }
+    }
+
+    fn svc_of(entry: &SockRevEntry) -> Self {
+        gone::svc_addr(entry.svc_addr, entry.svc_port)
+    }
+
+    fn octets(&self) -> Vec<u8> {
+        self.ip().octets().to_vec()
+    }
+
+    fn from_field(field: &[u8; 16], port: u16) -> Self {
+        Self::new([field[0], field[1], field[2], field[3]].into(), port)
+    }
+}
+
+impl SockFamily for SocketAddrV6 {
+    const AF: u8 = 10;
+    const REVERSE_MAP: &'static str = MAP_SOCK_REVERSE6;
+    type RevKey = SockRevKey6;
+    type RevEntry = SockRevEntry6;
+
+    fn rev_key(cookie: u64, backend: Self) -> SockRevKey6 {
+        SockRevKey6 {
+            cookie,
+            backend_addr: ipv6_words(backend.ip().octets()),
+            backend_port: backend.port().to_be(),
+            pad: [0; 3],
+        }
+    }
+
+    fn svc_of(entry: &SockRevEntry6) -> Self {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(entry.svc_addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        Self::new(Ipv6Addr::from(octets), u16::from_be(entry.svc_port), 0, 0)
+    }
+
+    fn octets(&self) -> Vec<u8> {
+        self.ip().octets().to_vec()
+    }
+
+    fn from_field(field: &[u8; 16], port: u16) -> Self {
+        Self::new(Ipv6Addr::from(*field), port, 0, 0)
+    }
+}
+
+/// A socket as the dump names it; enough to name it to `SOCK_DESTROY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InetSock {
+pub struct InetSock<S = SocketAddrV4> {
     /// IP protocol number.
     pub proto: u8,
     /// Its local address and port.
-    pub src: SocketAddrV4,
+    pub src: S,
     /// Its peer.
-    pub dst: SocketAddrV4,
+    pub dst: S,
     /// The device it is bound to (0: none).
     pub ifindex: u32,
     /// Its cookie (`SO_COOKIE`, `bpf_get_socket_cookie`).
@@ -86,13 +175,17 @@ impl SockDiag {
 
     /// The connected sockets of protocol `proto` (TCP or UDP) whose peer is
     /// `dst`.
-    pub fn connected_to(&self, proto: u8, dst: SocketAddrV4) -> io::Result<Vec<InetSock>> {
+    pub fn connected_to<S: SockFamily>(&self, proto: u8, dst: S) -> io::Result<Vec<InetSock<S>>> {
         self.connected(proto, Some(dst))
     }
 
-    /// The connected sockets of protocol `proto`, those whose peer is `dst`
-    /// when given (the kernel filters).
-    pub fn connected(&self, proto: u8, dst: Option<SocketAddrV4>) -> io::Result<Vec<InetSock>> {
+    /// The connected sockets of family `S` and protocol `proto`, those
+    /// whose peer is `dst` when given (the kernel filters).
+    pub fn connected<S: SockFamily>(
+        &self,
+        proto: u8,
+        dst: Option<S>,
+    ) -> io::Result<Vec<InetSock<S>>> {
         let states = if proto == lb_common::IPPROTO_TCP {
             TCP_STATES
         } else {
@@ -101,7 +194,7 @@ impl SockDiag {
         let mut id = [0u8; SOCKID];
         // No cookie: `INET_DIAG_NOCOOKIE`.
         id[40..48].copy_from_slice(&[0xff; 8]);
-        let mut body = req_v2(proto, states, &id);
+        let mut body = req_v2(S::AF, proto, states, &id);
         if let Some(dst) = dst {
             body.extend_from_slice(&dst_filter(dst));
         }
@@ -121,8 +214,8 @@ impl SockDiag {
     }
 
     /// Aborts `sock`; `Ok(false)` when it is gone already.
-    pub fn destroy(&self, sock: &InetSock) -> io::Result<bool> {
-        let body = req_v2(sock.proto, u32::MAX, &sockid(sock));
+    pub fn destroy<S: SockFamily>(&self, sock: &InetSock<S>) -> io::Result<bool> {
+        let body = req_v2(S::AF, sock.proto, u32::MAX, &sockid(sock));
         let seq = self.send(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, &body)?;
         match self.replies(seq, |_, _| {}) {
             Ok(()) => Ok(true),
@@ -225,19 +318,20 @@ impl std::ops::AddAssign for Closed {
 
 /// Closes the sockets of `diag`'s namespace that the socket programs
 /// pointed at a backend of `gone` through its frontend: connected to the
-/// backend, with a `SOCK_REVERSE` entry (`reverse`) for their cookie and
-/// that backend whose Service address the frontend serves. A socket that
-/// connected to the backend's own address has no entry and stays open.
-pub fn close_pointed_at(
+/// backend, with a socket reverse-map entry (`reverse`) for their cookie
+/// and that backend whose Service address the frontend serves. A socket
+/// that connected to the backend's own address has no entry and stays
+/// open.
+pub fn close_pointed_at<S: SockFamily>(
     diag: &SockDiag,
-    gone: &[GoneBackend],
-    reverse: impl Fn(&SockRevKey) -> Option<SockRevEntry>,
+    gone: &[GoneBackend<S>],
+    reverse: impl Fn(&S::RevKey) -> Option<S::RevEntry>,
 ) -> Closed {
     let mut closed = Closed::default();
     // (protocol, backend) -> the frontends it left.
-    let mut left: HashMap<(u8, SocketAddrV4), Vec<&GoneBackend>> = HashMap::new();
+    let mut left: HashMap<(u8, S), Vec<&GoneBackend<S>>> = HashMap::new();
     for g in gone {
-        left.entry((g.frontend.proto.number(), g.backend))
+        left.entry((S::proto(&g.frontend).number(), g.backend))
             .or_default()
             .push(g);
     }
@@ -259,17 +353,11 @@ pub fn close_pointed_at(
         let Some(frontends) = left.get(&(sock.proto, backend)) else {
             continue;
         };
-        let key = SockRevKey {
-            cookie: sock.cookie,
-            backend_addr: u32::from_ne_bytes(backend.ip().octets()),
-            backend_port: backend.port().to_be(),
-            pad: 0,
-        };
         // Only a socket our programs pointed at the backend has an entry.
-        let Some(entry) = reverse(&key) else {
+        let Some(entry) = reverse(&S::rev_key(sock.cookie, backend)) else {
             continue;
         };
-        let svc = gone::svc_addr(entry.svc_addr, entry.svc_port);
+        let svc = S::svc_of(&entry);
         if !frontends.iter().any(|g| g.serves(sock.proto, svc)) {
             continue;
         }
@@ -290,7 +378,7 @@ pub fn close_pointed_at(
 /// protocol's connected sockets (`None`) when more than
 /// [`FILTERED_DUMPS`] backends of a protocol went (a big Service scaled
 /// down: each dump walks every socket of the protocol).
-fn dumps(backends: &[(u8, SocketAddrV4)]) -> Vec<(u8, Option<SocketAddrV4>)> {
+fn dumps<S: SockFamily>(backends: &[(u8, S)]) -> Vec<(u8, Option<S>)> {
     let mut out = Vec::new();
     for chunk in backends.chunk_by(|a, b| a.0 == b.0) {
         let proto = chunk[0].0;

@@ -15,6 +15,7 @@
 use std::{
     fs::File,
     io,
+    net::{SocketAddrV4, SocketAddrV6},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -25,12 +26,11 @@ use aya::{
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
     Ebpf,
 };
-use lb_common::{SockRevEntry, SockRevKey, MAP_SOCK_REVERSE};
 use tracing::{info, warn};
 
 use super::{
     pod_netns,
-    sock_destroy::{close_pointed_at, Closed, SockDiag},
+    sock_destroy::{close_pointed_at, Closed, SockDiag, SockFamily},
 };
 use crate::gone::GoneBackend;
 
@@ -208,30 +208,31 @@ fn detach_pinned_of(programs: &[(&str, &str)], links_dir: &Path) {
 
 impl super::Datapath {
     /// With socket-level balancing on, closes the sockets its programs
-    /// pointed at a backend of `gone` (see
+    /// pointed at a backend of `gone` (IPv4) or `gone6` (IPv6) (see
     /// [`super::sock_destroy::close_pointed_at`]): those of the agent's
     /// network namespace and, with the scope `all`, of every namespace in
     /// the configured directories (the pods'). `None` when it is off or
     /// nothing went. A failure is logged and counted, never fatal.
-    pub fn close_sockets(&self, gone: &[GoneBackend]) -> Option<Closed> {
-        if self.config.socket_lb_cgroup.is_none() || gone.is_empty() {
+    pub fn close_sockets(
+        &self,
+        gone: &[GoneBackend],
+        gone6: &[GoneBackend<SocketAddrV6>],
+    ) -> Option<Closed> {
+        if self.config.socket_lb_cgroup.is_none() || (gone.is_empty() && gone6.is_empty()) {
             return None;
         }
-        let Some(reverse) = self
-            .ebpf
-            .map(MAP_SOCK_REVERSE)
-            .and_then(|map| AyaHashMap::<_, SockRevKey, SockRevEntry>::try_from(map).ok())
-        else {
-            warn!("no SOCK_REVERSE map to close the sockets of removed backends");
-            return Some(Closed {
-                destroyed: 0,
-                failed: 1,
-            });
-        };
-        let reverse = |key: &SockRevKey| reverse.get(key, 0).ok();
         let mut closed = Closed::default();
+        let reverse = self.reverse_map::<SocketAddrV4>(!gone.is_empty(), &mut closed);
+        let reverse6 = self.reverse_map::<SocketAddrV6>(!gone6.is_empty(), &mut closed);
         let mut close_in = |diag: io::Result<SockDiag>, whose: &dyn std::fmt::Display| match diag {
-            Ok(diag) => closed += close_pointed_at(&diag, gone, reverse),
+            Ok(diag) => {
+                if let Some(map) = &reverse {
+                    closed += close_pointed_at(&diag, gone, |key| map.get(key, 0).ok());
+                }
+                if let Some(map) = &reverse6 {
+                    closed += close_pointed_at(&diag, gone6, |key| map.get(key, 0).ok());
+                }
+            }
             Err(e) => {
                 warn!("a sock_diag socket in {whose} to close sockets of removed backends: {e}");
                 closed.failed += 1;
@@ -252,6 +253,30 @@ impl super::Datapath {
             );
         }
         Some(closed)
+    }
+
+    /// Family `S`'s socket reverse map, when `wanted` (some of its backends
+    /// went); a missing map is logged and counted as a failure.
+    fn reverse_map<S: SockFamily>(
+        &self,
+        wanted: bool,
+        closed: &mut Closed,
+    ) -> Option<AyaHashMap<&aya::maps::MapData, S::RevKey, S::RevEntry>> {
+        if !wanted {
+            return None;
+        }
+        let map = self
+            .ebpf
+            .map(S::REVERSE_MAP)
+            .and_then(|map| AyaHashMap::try_from(map).ok());
+        if map.is_none() {
+            warn!(
+                map = S::REVERSE_MAP,
+                "no socket reverse map to close the sockets of removed backends"
+            );
+            closed.failed += 1;
+        }
+        map
     }
 }
 

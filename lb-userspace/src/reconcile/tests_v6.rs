@@ -248,3 +248,42 @@ fn chunks_cover_both_families_ipv4_first() {
     );
     assert_eq!(chunks.iter().map(|c| c.ops.len()).sum::<usize>(), done.ops);
 }
+
+/// The backends an IPv6 frontend loses are found as IPv4's are, at an
+/// incremental step and at a full sync, each family in its own list.
+#[test]
+fn tracked_the_backends_an_ipv6_frontend_loses_are_reported_in_its_family() {
+    let mut cluster = cluster_of(2);
+    let mut r = Reconciler::new(node(), 1 << 20);
+    r.plan_ipv6(true);
+    r.track_gone(true);
+    let t0 = Instant::now();
+    let first = r.reconcile(&cluster, &Changes::all(), t0);
+    assert!(first.gone.is_empty() && first.gone6.is_empty());
+    let ep6 = |l: u16| {
+        std::net::SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, l), 8080, 0, 0)
+    };
+    let fe6 = FrontendV6 {
+        listen: crate::desired::Listen6::Addr(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 2), 80),
+        proto: Protocol::Tcp,
+    };
+
+    // s2's IPv6 endpoint ::102 leaves its slice; IPv4's stays.
+    let [_, edited] = slices("s2", &[2]);
+    cluster.slices.insert(edited.name.clone(), edited.into());
+    let changes = Changes {
+        slices: [name("s2-v6")].into_iter().collect(),
+        ..Changes::default()
+    };
+    let step = r.reconcile(&cluster, &changes, t0);
+    assert!(step.gone.is_empty(), "IPv4 lost nothing: {:?}", step.gone);
+    let found: Vec<_> = step.gone6.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe6, ep6(102))]);
+
+    // A full sync finds the same (::2 goes too now).
+    let [_, edited] = slices("s2", &[]);
+    cluster.slices.insert(edited.name.clone(), edited.into());
+    let step = r.reconcile(&cluster, &Changes::all(), t0);
+    let found: Vec<_> = step.gone6.iter().map(|g| (g.frontend, g.backend)).collect();
+    assert_eq!(found, [(fe6, ep6(2))]);
+}

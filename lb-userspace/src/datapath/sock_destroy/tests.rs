@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{wire::*, *};
-use crate::desired::{Frontend, Protocol};
+use crate::desired::{Frontend, FrontendV6, Listen6, Protocol};
 
 fn is_root() -> bool {
     // SAFETY: a plain syscall.
@@ -44,9 +44,16 @@ fn v4(addr: std::net::SocketAddr) -> SocketAddrV4 {
     }
 }
 
+fn v6(addr: std::net::SocketAddr) -> SocketAddrV6 {
+    match addr {
+        std::net::SocketAddr::V6(a) => a,
+        std::net::SocketAddr::V4(_) => panic!("IPv6 only"),
+    }
+}
+
 #[test]
 fn a_socket_id_reads_back_from_a_diag_message() {
-    let sock = InetSock {
+    let sock: InetSock = InetSock {
         proto: 17,
         src: "127.0.0.1:40000".parse().unwrap(),
         dst: "127.0.0.2:53".parse().unwrap(),
@@ -57,19 +64,77 @@ fn a_socket_id_reads_back_from_a_diag_message() {
     msg.extend_from_slice(&sockid(&sock));
     msg.extend_from_slice(&[0; 20]);
     assert_eq!(parse_diag_msg(17, &msg), Some(sock));
-    assert_eq!(parse_diag_msg(17, &msg[..40]), None, "short");
+    assert_eq!(
+        parse_diag_msg::<SocketAddrV4>(17, &msg[..40]),
+        None,
+        "short"
+    );
     msg[0] = 10;
-    assert_eq!(parse_diag_msg(17, &msg), None, "AF_INET6");
+    assert_eq!(parse_diag_msg::<SocketAddrV4>(17, &msg), None, "AF_INET6");
+}
+
+#[test]
+fn an_ipv6_socket_id_reads_back_from_a_diag_message() {
+    let sock: InetSock<SocketAddrV6> = InetSock {
+        proto: 6,
+        src: "[fd00::1]:40000".parse().unwrap(),
+        dst: "[fd00:96::a]:80".parse().unwrap(),
+        ifindex: 3,
+        cookie: 0x1234_5678_9abc_def0,
+    };
+    let id = sockid(&sock);
+    assert_eq!(
+        &id[4..20],
+        &sock.src.ip().octets(),
+        "the whole source field"
+    );
+    assert_eq!(
+        &id[20..36],
+        &sock.dst.ip().octets(),
+        "the whole destination field"
+    );
+    let mut msg = vec![10u8, 1, 0, 0];
+    msg.extend_from_slice(&id);
+    msg.extend_from_slice(&[0; 20]);
+    assert_eq!(parse_diag_msg(6, &msg), Some(sock));
+    msg[0] = 2;
+    assert_eq!(parse_diag_msg::<SocketAddrV6>(6, &msg), None, "AF_INET");
 }
 
 #[test]
 fn the_filter_is_one_destination_condition() {
-    let f = dst_filter("10.0.0.7:8080".parse().unwrap());
+    let f = dst_filter("10.0.0.7:8080".parse::<SocketAddrV4>().unwrap());
+    assert_eq!(f.len(), 20);
     assert_eq!(u16::from_ne_bytes([f[0], f[1]]), 20, "attribute length");
     assert_eq!((f[4], f[5]), (INET_DIAG_BC_D_COND, 16), "code, yes");
     assert_eq!(u16::from_ne_bytes([f[6], f[7]]), 20, "no: past the end");
     assert_eq!(i32::from_ne_bytes(f[12..16].try_into().unwrap()), 8080);
     assert_eq!(&f[16..20], &[10, 0, 0, 7]);
+    assert_eq!((f[8], f[9]), (2, 32), "AF_INET, a /32");
+}
+
+#[test]
+fn the_ipv6_filter_is_one_destination_condition_on_the_whole_address() {
+    let dst: SocketAddrV6 = "[fd00::7]:8080".parse().unwrap();
+    let f = dst_filter(dst);
+    assert_eq!(f.len(), 32);
+    assert_eq!(u16::from_ne_bytes([f[0], f[1]]), 32, "attribute length");
+    assert_eq!((f[4], f[5]), (INET_DIAG_BC_D_COND, 28), "code, yes");
+    assert_eq!(u16::from_ne_bytes([f[6], f[7]]), 32, "no: past the end");
+    assert_eq!((f[8], f[9]), (10, 128), "AF_INET6, a /128");
+    assert_eq!(i32::from_ne_bytes(f[12..16].try_into().unwrap()), 8080);
+    assert_eq!(&f[16..32], &dst.ip().octets());
+}
+
+#[test]
+fn the_ipv6_reverse_map_s_words_read_back() {
+    let svc: SocketAddrV6 = "[fd00:96::10]:53".parse().unwrap();
+    let entry = SockRevEntry6 {
+        svc_addr: ipv6_words(svc.ip().octets()),
+        svc_port: 53u16.to_be(),
+        pad: 0,
+    };
+    assert_eq!(SocketAddrV6::svc_of(&entry), svc);
 }
 
 #[test]
@@ -109,6 +174,96 @@ fn connected_tcp_and_udp_sockets_are_found_by_peer_and_aborted() {
     let err = a.recv(&mut [0u8; 8]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
     b.send(b"x").unwrap();
+}
+
+#[test]
+fn connected_ipv6_sockets_are_found_by_peer_and_aborted() {
+    if !is_root() {
+        return;
+    }
+    let diag = SockDiag::open().unwrap();
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let to = v6(listener.local_addr().unwrap());
+    let mut client = TcpStream::connect(to).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let found = diag.connected_to(lb_common::IPPROTO_TCP, to).unwrap();
+    assert_eq!(found.len(), 1, "the client, not the listener: {found:?}");
+    assert_eq!(found[0].cookie, cookie(&client));
+    assert_eq!(found[0].src, v6(client.local_addr().unwrap()));
+    assert!(
+        diag.connected_to(lb_common::IPPROTO_TCP, v4("127.0.0.1:1".parse().unwrap()))
+            .unwrap()
+            .iter()
+            .all(|s| s.cookie != cookie(&client)),
+        "not in IPv4's dump"
+    );
+    assert!(diag.destroy(&found[0]).unwrap());
+    let err = client.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    assert!(!diag.destroy(&found[0]).unwrap(), "gone already");
+}
+
+/// IPv6 sockets through a frontend are closed by `SOCK_REVERSE6`'s
+/// entries: the one the map names for the gone frontend, not one through
+/// another frontend, nor one connected to the backend directly.
+#[test]
+fn ipv6_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
+    if !is_root() {
+        return;
+    }
+    let diag = SockDiag::open().unwrap();
+    let server = UdpSocket::bind("[::1]:0").unwrap();
+    let backend = v6(server.local_addr().unwrap());
+    let socket = || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        s.connect(backend).unwrap();
+        s
+    };
+    let (through, other, direct) = (socket(), socket(), socket());
+    let vip = |last: u16| std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, last);
+    let frontend = FrontendV6 {
+        listen: Listen6::Addr(vip(10), 53),
+        proto: Protocol::Udp,
+    };
+    let entry = |addr: std::net::Ipv6Addr| SockRevEntry6 {
+        svc_addr: ipv6_words(addr.octets()),
+        svc_port: 53u16.to_be(),
+        pad: 0,
+    };
+    let (through_cookie, other_cookie) = (cookie(&through), cookie(&other));
+    let reverse = |key: &SockRevKey6| {
+        if key.backend_addr != ipv6_words(backend.ip().octets())
+            || key.backend_port != backend.port().to_be()
+        {
+            return None;
+        }
+        if key.cookie == through_cookie {
+            Some(entry(vip(10)))
+        } else if key.cookie == other_cookie {
+            Some(entry(vip(11)))
+        } else {
+            None
+        }
+    };
+    let gone = [GoneBackend { frontend, backend }];
+    let closed = close_pointed_at(&diag, &gone, reverse);
+    assert_eq!(
+        closed,
+        Closed {
+            destroyed: 1,
+            failed: 0
+        }
+    );
+    for s in [&through, &other, &direct] {
+        s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+    }
+    let err = through.recv(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
+    for s in [&other, &direct] {
+        let err = s.recv(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
+    }
 }
 
 #[test]
@@ -205,7 +360,9 @@ fn an_unfiltered_dump_holds_every_connected_socket_of_the_protocol() {
     let server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     a.connect(server.local_addr().unwrap()).unwrap();
-    let all = diag.connected(lb_common::IPPROTO_UDP, None).unwrap();
+    let all = diag
+        .connected::<SocketAddrV4>(lb_common::IPPROTO_UDP, None)
+        .unwrap();
     let cookies: Vec<u64> = all.iter().map(|s| s.cookie).collect();
     assert!(cookies.contains(&cookie(&a)), "the connected one");
     assert!(

@@ -29,7 +29,8 @@ impl Conn {
             stream.set_read_timeout(Some(TIMEOUT))?;
             Ok(Conn::Tcp(stream))
         } else {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            // A socket of the destination's family.
+            let socket = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
             socket.set_read_timeout(Some(TIMEOUT))?;
             socket.connect(to)?;
             Ok(Conn::Udp(socket))
