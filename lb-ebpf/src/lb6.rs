@@ -238,14 +238,23 @@ fn reply<C: EbpfContext>(
     // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
     s.rev = unsafe { *ptr };
     let rev = &s.rev;
-    if !spoof6::reply_path_ok(ctx, cfg, &s.key, &at, rev.ifindex) {
+    // A later fragment is the datagram of a first fragment translated here
+    // (`frag6::complete` found it by addresses, 32-bit id and protocol),
+    // whose path was checked. Its own interface may not be the datagram's:
+    // where the node reassembled and cut it again (a bridge CNI with
+    // `br_netfilter`'s conntrack), only the first fragment carries the
+    // interface the datagram entered the stack by, each later one the
+    // bridge port its original fragment arrived by. It is neither judged
+    // nor recorded by it.
+    let later = flow.fragment == Fragment::Later;
+    if !later && !spoof6::reply_path_ok(ctx, cfg, &s.key, &at, rev.ifindex) {
         event(Event::ReplyRejected);
         count(Verdict::Invalid);
         return Some(Action6::Drop);
     }
     let now = now_s();
     // A packet of the node's own has no interface: the one verified stays.
-    let verified = if at.ifindex == crate::spoof::NODE_ITSELF {
+    let verified = if later || at.ifindex == crate::spoof::NODE_ITSELF {
         rev.ifindex
     } else {
         at.ifindex

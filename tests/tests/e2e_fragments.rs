@@ -295,17 +295,13 @@ fn service6() -> String {
 
 /// pod1b on node1 to an IPv6 cluster IP served by pod1a: the requests'
 /// fragments translated at pod1b's interface, the answers' at pod1b's
-/// egress, every one once.
-///
-/// Ignored for now: it passes on the routed layout and on any layout
-/// without a firewall, but fails on the bridge and VXLAN layouts with
-/// kube-proxy's INVALID drop (`br_netfilter` on, so node1 reassembles and
-/// re-fragments the datagrams, with a new fragment id): only the answer's
-/// first fragment reaches pod1b (`translated` 3, `reversed` 1). Known bug,
-/// open in issue 16's notes; `tests/fragments6.rs` holds the translation
-/// itself to exact bytes.
+/// egress, every one once. On the bridge and VXLAN layouts with the INVALID
+/// drop (`br_netfilter` on), node1 reassembles each answer from pod1a and
+/// cuts it again (with a new fragment id) on its way to pod1b: its later
+/// fragments reach pod1b's egress with the bridge port their original
+/// fragments arrived by as their ingress interface, and must be translated
+/// as their first fragment was, not judged again by it.
 #[test]
-#[ignore = "known bug: answers' later fragments lost on bridge layouts with the INVALID drop (issue 16 notes)"]
 fn fragmented_ipv6_datagrams_from_a_pod() {
     require_ipv6();
     let topo =

@@ -23,15 +23,16 @@ use lb_common::{
     conntrack::CtState,
     filter_bit6,
     maps6::{ipv6_words, Backend6, FlowKey6, ServiceKey6},
-    Family, ServiceEntry, Verdict, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED,
+    Event, Family, ServiceEntry, Verdict, BACKEND_F_ACTIVE, BACKEND_F_LOCAL, BACKEND_F_SELECTED,
     BACKEND_F_SELECTED_LOCAL, FILTER_SEED_BACKEND6, FILTER_SEED_FRONTEND6, IPPROTO_TCP,
     IPPROTO_UDP,
 };
 use lb_tests::{
-    packet::{Hook, TestDatapath},
+    netns::{ifindex, in_netns, Netns},
+    packet::{test_flows, unique_pin_dir, Hook, TestDatapath},
     packet6::{checksums6_valid, Ext, Packet6, IP6_OFF},
 };
-use lb_userspace::plan::MapOp;
+use lb_userspace::{flows::FlowSettings, plan::MapOp};
 
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
 const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x10);
@@ -620,4 +621,92 @@ fn the_fragment_map_is_not_pinned() {
         !pins.join(lb_common::maps6::MAP_FRAGMENTS6).exists(),
         "datagrams in flight are no part of the pin layout"
     );
+}
+
+/// A namespace shaped like a node for the reverse-path check: `d2` leads to
+/// the local pods (`LOCAL` and `POD` behind it, as behind a bridge CNI's
+/// `cni0`), `d0` is one more interface (as a bridge's port: no route leads
+/// there); IPv6 forwarding on (`bpf_fib_lookup` needs it).
+fn node_namespace6(role: &str) -> Netns {
+    let ns = Netns::new(role).expect("creating a namespace");
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv6.conf.default.forwarding=1",
+    ] {
+        ns.exec(&["sysctl", "-qw", key])
+            .expect("sysctl in the namespace");
+    }
+    ns.script(
+        "ip link add d0 type veth peer name p0
+         ip link add d2 type veth peer name p2
+         ip link set p0 up
+         ip link set d0 up
+         ip link set p2 up
+         ip link set d2 up
+         ip -6 route add fd00:244:1::2/128 dev d2
+         ip -6 route add fd00:244:1::3/128 dev d2",
+    );
+    ns
+}
+
+/// A reply in fragments that the node reassembled and cut again (a bridge
+/// CNI with `br_netfilter`'s conntrack, the stack forwarding the datagram
+/// from `cni0`): at egress, the first fragment carries the interface the
+/// datagram entered the stack by, each later one the interface its own
+/// original fragment arrived by (the kernel's re-fragmentation sends those
+/// buffers again and does not copy the ingress interface), a bridge port no
+/// route leads to. With the reverse-path check on, the later fragments are
+/// the checked first's datagram (its addresses, id and protocol): translated
+/// as it was, not judged again by their own interface.
+#[test]
+fn later_fragments_of_a_checked_reply_are_not_judged_again() {
+    let ns = node_namespace6("frag6-rpf");
+    in_netns(&ns, || {
+        let flows = FlowSettings {
+            reply_path_check: true,
+            ..test_flows()
+        };
+        let mut dp = TestDatapath::load_at_with_flows(
+            &unique_pin_dir("frag6-rpf"),
+            NODE,
+            1 << 16,
+            true,
+            flows,
+        );
+        frontend(
+            &mut dp,
+            2,
+            VIP_LOCAL,
+            PORT,
+            IPPROTO_UDP,
+            LOCAL,
+            TARGET,
+            true,
+        );
+        let (d0, d2) = (ifindex("d0"), ifindex("d2"));
+        let request = Packet6::udp(POD, 50030, VIP_LOCAL, PORT).build();
+        let _ = Hook::Pod.pass(&dp, &request);
+        let reply = fragments((LOCAL, TARGET), (POD, 50030), 0x7001);
+        let expected = fragments((VIP_LOCAL, PORT), (POD, 50030), 0x7001);
+        for (i, (fragment, want)) in reply.iter().zip(&expected).enumerate() {
+            let entered = if i == 0 { d2 } else { d0 };
+            let (ret, out) = dp.run_tc_egress_on(d2, entered, fragment);
+            assert_eq!(
+                ret,
+                Hook::Egress.passed(),
+                "fragment {i} passes (ReplyRejected = {})",
+                dp.event_of(Family::Ipv6, Event::ReplyRejected)
+            );
+            same_frame(&out, want, &format!("fragment {i} translated"));
+        }
+        assert_eq!(dp.verdict_of(Family::Ipv6, Verdict::Reversed), 3);
+        assert_eq!(dp.event_of(Family::Ipv6, Event::ReplyRejected), 0);
+        // A whole reply is still judged by the interface it entered by.
+        let whole = Packet6::udp(LOCAL, TARGET, POD, 50030).build();
+        let (ret, _) = dp.run_tc_egress_on(d2, d0, &whole);
+        assert_eq!(ret, Hook::Egress.dropped(), "a whole reply from d0");
+        assert_eq!(dp.event_of(Family::Ipv6, Event::ReplyRejected), 1);
+    });
 }
