@@ -674,7 +674,8 @@ fn later_fragments_of_a_checked_reply_are_not_judged_again() {
             1 << 16,
             true,
             flows,
-        );
+        )
+        .with_ipv6();
         frontend(
             &mut dp,
             2,
