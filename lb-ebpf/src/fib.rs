@@ -1,6 +1,6 @@
 //! Route lookups in the kernel's forwarding table (`bpf_fib_lookup`), shared
-//! by the reverse-path check (`spoof.rs`) and the forwarding past the stack
-//! (`forward.rs`).
+//! by the reverse-path checks (`spoof.rs`, `spoof6.rs`) and the forwarding
+//! past the stack (`forward.rs`, `forward6.rs`).
 
 use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, EbpfContext};
 
@@ -62,9 +62,12 @@ pub struct Query6 {
     pub sport: u16,
     /// Destination port (0 where none).
     pub dport: u16,
+    /// The packet's IPv6 length, fixed header included, checked against
+    /// the route's MTU (0: unchecked).
+    pub tot_len: u16,
 }
 
-/// [`lookup`] of an IPv6 route (no MTU check).
+/// [`lookup`] of an IPv6 route.
 #[inline(always)]
 pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf_fib_lookup) {
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
@@ -74,6 +77,7 @@ pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf
     params.ifindex = query.ifindex;
     params.sport = query.sport;
     params.dport = query.dport;
+    params.__bindgen_anon_1.tot_len = query.tot_len;
     params.__bindgen_anon_3.ipv6_src = query.src;
     params.__bindgen_anon_4.ipv6_dst = query.dst;
     let ret = run(ctx, &mut params, flags);

@@ -1,6 +1,7 @@
 //! The hand-off from XDP to the uplink's TC program, for the frames of
 //! flows forwarded past the stack that XDP cannot send itself
-//! ([`crate::forward::XdpNextHop::Tc`]): XDP translates such a frame (and
+//! ([`crate::forward::XdpNextHop::Tc`]; IPv6's through
+//! [`crate::forward6::handed_over`]): XDP translates such a frame (and
 //! counts it) as any other, marks it in the frame's metadata and passes it;
 //! the TC program at the same uplink's ingress (`lb_tc_uplink_handoff`)
 //! takes only marked frames and routes them ([`route`]): the route lookup
@@ -13,14 +14,14 @@
 //! order (shared with userspace, whose tests read it).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     helpers::bpf_xdp_adjust_meta,
     programs::{TcContext, XdpContext},
 };
 use lb_common::HANDOFF_MARK;
 
 use crate::{
-    forward,
+    forward, forward6,
     parse::{self, read_at, write_at},
 };
 /// Length of the metadata.
@@ -72,11 +73,11 @@ pub fn route(ctx: &TcContext) -> i32 {
     if !marked(ctx) {
         return TC_ACT_UNSPEC;
     }
-    let Some(ip) = parse::ipv4(ctx.data(), ctx.data_end()) else {
-        return TC_ACT_OK;
-    };
     // SAFETY: the program's own skb context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ip) = parse::ipv4(ctx.data(), ctx.data_end()) else {
+        return forward6::handed_over(ctx, ifindex);
+    };
     forward::to_next_hop(
         ctx,
         ifindex,

@@ -7,15 +7,17 @@
 //! A flow translated to the node's IPv6 address (a backend on another node
 //! from the uplink, a pod reaching itself) takes a port of the SNAT pool
 //! ([`crate::snat6`]), and its replies, addressed to the node, are
-//! translated back where they enter the node ([`Action6::Forward`]); a
+//! translated back where they enter the node; both directions are
+//! forwarded past the stack ([`Action6::Forward`], [`crate::forward6`]). A
 //! reply-tuple clash is remapped to a pool port of the client's address.
 //! A packet that starts a flow is finished in the new-flow stage
 //! ([`new_flow_stage`], a program of its own reached by a tail call).
 //!
-//! Not yet (the design's later steps): a flow translated to the node's
-//! address is handed to the stack, not forwarded past it (`forward6`);
-//! such a flow passes untouched, counted `Ipv6SnatUnserved`, on a node
-//! without an IPv6 address of its own. Session affinity is kept as IPv4's
+//! Not yet (the design's later steps): `ICMPv6` errors about a flow
+//! translated to the node's address, and the Packet Too Big the node
+//! should originate for one whose route is too small. On a node without
+//! an IPv6 address of its own, a flow that would be translated to it
+//! passes untouched, counted `Ipv6SnatUnserved`. Session affinity is kept as IPv4's
 //! ([`crate::affinity6`]); fragments are translated as IPv4's are
 //! ([`crate::frag6`]).
 

@@ -24,6 +24,7 @@ mod fib;
 mod filter;
 mod filter6;
 mod forward;
+mod forward6;
 mod frag;
 mod frag6;
 mod frontend;

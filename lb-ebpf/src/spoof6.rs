@@ -43,6 +43,7 @@ pub fn reply_path_ok<C: EbpfContext>(
             proto: arrived.proto,
             sport: arrived.dst_port,
             dport: arrived.src_port,
+            tot_len: 0,
         },
         0,
     );

@@ -3,7 +3,8 @@
 //! ([`lb6::decide`] where a frame enters the node, [`lb6::decide_reply`] at
 //! egress), then rewrite through the skb helpers as IPv4's TC programs do,
 //! which keep checksums right also for packets with offloaded (partial)
-//! checksums. Malformed frames pass untouched, counted where they enter the
+//! checksums; a packet of a flow translated to the node's address is
+//! forwarded past the stack ([`forward6`]). Malformed frames pass untouched, counted where they enter the
 //! node (`Event::Ipv6HeadersSkipped`; egress counts nothing, as for IPv4).
 
 use aya_ebpf::{
@@ -19,7 +20,7 @@ use lb_common::{
 };
 
 use crate::{
-    config, counters, frag6, icmp6,
+    config, counters, forward6, frag6, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     maps6::TC6_PROGS,
@@ -82,7 +83,14 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             counters::count_in(Family::Ipv6, Verdict::Error);
             (TC_ACT_SHOT, false)
         }
-        // Forwarding past the stack comes with `forward6` (design step 4).
+        Action6::Forward(rw) if forward6::past_stack(hook, flow.fragment) => {
+            if write(ctx, &flow, &rw).is_err() {
+                (TC_ACT_SHOT, true)
+            } else {
+                let ret = forward6::to_next_hop(ctx, at.ifindex, &rw.src, &rw.dst, flow.proto);
+                (ret, true)
+            }
+        }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(ctx, &flow, &rw).is_err() {
                 (TC_ACT_SHOT, true)
@@ -103,7 +111,22 @@ pub fn handle_flow(ctx: &TcContext) -> i32 {
     let (Some(s), Some(cfg)) = (lb6::scratch(), config::get()) else {
         return TC_ACT_SHOT;
     };
+    let hook = if s.from_pod != 0 {
+        Hook::Pod
+    } else {
+        Hook::Uplink
+    };
     let (ret, translated) = match lb6::new_flow_stage(s, cfg) {
+        Action6::Forward(rw) if forward6::past_stack(hook, s.flow.fragment) => {
+            if write(ctx, &s.flow, &rw).is_err() {
+                (TC_ACT_SHOT, true)
+            } else {
+                // SAFETY: the program's own skb context.
+                let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+                let ret = forward6::to_next_hop(ctx, ifindex, &rw.src, &rw.dst, s.flow.proto);
+                (ret, true)
+            }
+        }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(ctx, &s.flow, &rw).is_err() {
                 (TC_ACT_SHOT, true)

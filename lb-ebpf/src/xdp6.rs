@@ -1,7 +1,9 @@
 //! `lb_xdp6`, the XDP program of IPv6 frames (reached from `lb_xdp` through
 //! [`crate::dispatch6`]): parse, decide ([`lb6::decide`]), then rewrite in
 //! place, folding the 128-bit addresses into the L4 checksum itself (IPv6
-//! has no header checksum; the pseudo-header is the L4 checksum's).
+//! has no header checksum; the pseudo-header is the L4 checksum's); a
+//! packet of a flow translated to the node's address goes back out with
+//! `XDP_TX` where its next hop allows ([`forward6`]).
 //! Malformed frames pass untouched, counted (`Event::Ipv6HeadersSkipped`).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_get_buff_len, programs::XdpContext};
@@ -13,7 +15,7 @@ use lb_common::{
 use network_types::{ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    config, counters, frag6, icmp6,
+    config, counters, forward6, frag6, icmp6,
     lb::{Hook, Ingress},
     lb6::{self, Action6},
     maps6::XDP6_PROGS,
@@ -58,7 +60,13 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             counters::count_in(Family::Ipv6, Verdict::Error);
             (xdp_action::XDP_DROP, false)
         }
-        // Forwarding past the stack comes with `forward6` (design step 4).
+        Action6::Forward(rw) if forward6::past_stack(Hook::Uplink, flow.fragment) => {
+            if !write(data, data_end, &flow, &rw) {
+                return xdp_action::XDP_DROP;
+            }
+            let next = forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, flow.proto);
+            (forward6::xdp_send(ctx, next), true)
+        }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(data, data_end, &flow, &rw) {
                 (xdp_action::XDP_PASS, true)
@@ -82,6 +90,16 @@ pub fn handle_flow(ctx: &XdpContext) -> u32 {
     let action = lb6::new_flow_stage(s, cfg);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let (ret, translated) = match action {
+        Action6::Forward(rw) if forward6::past_stack(Hook::Uplink, s.flow.fragment) => {
+            let len = frame_len(ctx, data, data_end);
+            // Read back from the map: the verifier needs the bound again.
+            if s.flow.l4_off > MAX_L4_OFF6 || !write(data, data_end, &s.flow, &rw) {
+                return xdp_action::XDP_DROP;
+            }
+            let next =
+                forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, s.flow.proto);
+            (forward6::xdp_send(ctx, next), true)
+        }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             // Read back from the map: the verifier needs the bound again.
             if s.flow.l4_off <= MAX_L4_OFF6 && write(data, data_end, &s.flow, &rw) {
@@ -103,10 +121,18 @@ pub fn handle_flow(ctx: &XdpContext) -> u32 {
 fn uplink(ctx: &XdpContext, data: usize, data_end: usize) -> Ingress {
     Ingress {
         hook: Hook::Uplink,
-        // Interface indexes are 32-bit in the kernel.
-        #[allow(clippy::cast_possible_truncation)]
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex: ifindex(ctx),
         src_mac: parse::source_mac(data, data_end),
+    }
+}
+
+/// The uplink the frame arrived on.
+#[inline(always)]
+fn ifindex(ctx: &XdpContext) -> u32 {
+    // Interface indexes are 32-bit in the kernel.
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        ctx.ingress_ifindex() as u32
     }
 }
 

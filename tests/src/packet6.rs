@@ -296,6 +296,13 @@ impl Packet6 {
         self
     }
 
+    /// Sets the hop limit.
+    #[must_use]
+    pub fn hop_limit(mut self, hop_limit: u8) -> Self {
+        self.hop_limit = hop_limit;
+        self
+    }
+
     /// Sets the flow label (20 bits).
     #[must_use]
     pub fn flow_label(mut self, flow_label: u32) -> Self {
@@ -544,6 +551,15 @@ pub fn truncated6(frame: &[u8], len: usize) -> Vec<u8> {
 pub fn with_payload_len(frame: &[u8], len: usize) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[18..20].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    f
+}
+
+/// `frame` (Ethernet, IPv6) as a router forwards it: hop limit one less
+/// (no checksum covers it; the Ethernet addresses as they were).
+#[must_use]
+pub fn forwarded6(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[21] -= 1;
     f
 }
 

@@ -1,0 +1,340 @@
+//! IPv6 flows translated to the node's address are forwarded past the
+//! stack (`forward6.rs`), the twin of `tests/forwarding.rs`: exact bytes out
+//! of `BPF_PROG_TEST_RUN` in a namespace whose routes and neighbours the
+//! programs' lookups see. XDP sends a frame back out of its uplink itself
+//! (`XDP_TX`, hop limit one less, the neighbour's Ethernet addresses); what
+//! it cannot send (a next hop behind another device, or without a
+//! neighbour entry) it hands to the uplink's TC program translated, marked
+//! in the frame's metadata; TC redirects (`bpf_redirect_neigh`). A spent
+//! hop limit, or no route, leaves the frame to the stack, translated, its
+//! hop limit as it came. Needs root.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use lb_common::IPPROTO_TCP;
+use lb_tests::{
+    fixture::{frontend6, program6},
+    netns::{ifindex, in_netns, Netns},
+    packet::{
+        handed_over, test_flows, with_macs, TestDatapath, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS,
+        XDP_TX,
+    },
+    packet6::{checksums6_valid, forwarded6, src6_of, Packet6},
+};
+use lb_userspace::{
+    desired::{Listen6, Protocol},
+    plan::Planner,
+};
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 11);
+const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x11);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10);
+/// A backend on the LAN, behind the uplink, with a neighbour entry.
+const NEIGHBOUR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x12);
+/// A backend on the LAN without a neighbour entry.
+const UNRESOLVED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x13);
+/// A backend behind the other device (as an overlay's pods are).
+const BEHIND_OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
+/// A backend no route reaches.
+const UNROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+/// A pod on this node, behind its own interface.
+const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
+const VIP_NEIGHBOUR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x12);
+const VIP_UNRESOLVED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x13);
+const VIP_OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x14);
+const VIP_UNROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x15);
+const VIP_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x16);
+/// The neighbours' Ethernet addresses (permanent entries).
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+/// The uplink's own Ethernet address.
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+/// A node: `upl` the uplink (`fd00:50::/64`, its address `NODE6`,
+/// permanent neighbours for the client and `NEIGHBOUR`), `ovl` another
+/// device (`fd00:244:2::/64`), `pod` a pod's interface (`POD`, a permanent
+/// neighbour); IPv6 forwarding on.
+fn node() -> Netns {
+    let ns = Netns::new("fwd6").expect("creating a namespace");
+    ns.script(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0
+         sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+         sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.forwarding=1
+         ip link add upl type veth peer name uplp
+         ip link add ovl type veth peer name ovlp
+         ip link add pod type veth peer name podp
+         ip link set uplp up
+         ip link set ovlp up
+         ip link set podp up
+         ip link set dev upl address 02:00:00:00:00:11
+         ip link set upl up
+         ip link set ovl up
+         ip link set pod up
+         ip -6 addr add fd00:50::11/64 dev upl nodad
+         ip -6 route add fd00:244:2::/64 dev ovl
+         ip -6 route add fd00:244:1::2/128 dev pod
+         ip -6 neigh add fd00:50::10 lladdr 02:00:00:00:00:10 dev upl nud permanent
+         ip -6 neigh add fd00:50::12 lladdr 02:00:00:00:00:12 dev upl nud permanent
+         ip -6 neigh add fd00:244:1::2 lladdr 02:00:00:00:00:22 dev pod nud permanent",
+    );
+    ns
+}
+
+/// A data path with `NODE6` and a frontend at port 80 (TCP) and 53 (UDP)
+/// of each VIP, to its one backend (8080, 5353), on another node but for
+/// the pod's.
+fn datapath() -> TestDatapath {
+    let mut dp = TestDatapath::load_with_node6("fwd6", NODE, NODE6, test_flows());
+    let mut state = vec![];
+    for (vip, backend) in [
+        (VIP_NEIGHBOUR, NEIGHBOUR),
+        (VIP_UNRESOLVED, UNRESOLVED),
+        (VIP_OVERLAY, BEHIND_OVERLAY),
+        (VIP_UNROUTED, UNROUTED),
+        (VIP_POD, POD),
+    ] {
+        let local = backend == POD;
+        state.push(frontend6(
+            Listen6::Addr(vip, 80),
+            Protocol::Tcp,
+            &[(backend, 8080, local)],
+        ));
+        state.push(frontend6(
+            Listen6::Addr(vip, 53),
+            Protocol::Udp,
+            &[(backend, 5353, local)],
+        ));
+    }
+    let mut planner = Planner::new(dp.slab_slots(), Duration::ZERO);
+    program6(&mut dp, &mut planner, &[], &state);
+    dp
+}
+
+/// A frame with the client's and the uplink's Ethernet addresses.
+fn from_client(packet: &Packet6) -> Vec<u8> {
+    with_macs(&packet.build(), UPLINK_MAC, CLIENT_MAC)
+}
+
+/// The SNAT port a translated frame leaves from (checked to be the node's).
+fn snat_port(out: &[u8]) -> u16 {
+    let (addr, port) = src6_of(out);
+    assert_eq!(addr, NODE6, "translated to the node's IPv6 address");
+    port
+}
+
+/// The TCP and UDP packets of one flow from the client's `sport` to `vip`:
+/// (client's first, the backend's reply (its port picked by
+/// [`reply_to`]), the reply as the client gets it).
+fn exchanges(sport: u16, vip: Ipv6Addr, backend: Ipv6Addr) -> [(Packet6, Packet6, Packet6); 2] {
+    [
+        (
+            Packet6::tcp(CLIENT, sport, vip, 80).syn(),
+            Packet6::tcp(backend, 8080, NODE6, 0).synack(),
+            Packet6::tcp(vip, 80, CLIENT, sport).synack(),
+        ),
+        (
+            Packet6::udp(CLIENT, sport, vip, 53),
+            Packet6::udp(backend, 5353, NODE6, 0),
+            Packet6::udp(vip, 53, CLIENT, sport),
+        ),
+    ]
+}
+
+/// The client's packet as sent to the backend from `port`.
+fn sent(first: &Packet6, backend: Ipv6Addr, port: u16) -> Vec<u8> {
+    if is_tcp(first) {
+        Packet6::tcp(NODE6, port, backend, 8080).syn().build()
+    } else {
+        Packet6::udp(NODE6, port, backend, 5353).build()
+    }
+}
+
+fn is_tcp(packet: &Packet6) -> bool {
+    packet.upper_next_header() == IPPROTO_TCP
+}
+
+/// The backend's reply to the node's `port`.
+fn reply_to(reply: &Packet6, backend: Ipv6Addr, port: u16) -> Packet6 {
+    if is_tcp(reply) {
+        Packet6::tcp(backend, 8080, NODE6, port).synack()
+    } else {
+        Packet6::udp(backend, 5353, NODE6, port)
+    }
+}
+
+#[test]
+fn a_flow_to_a_backend_behind_the_uplink_goes_back_out_with_xdp_tx_both_ways() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        for (first, reply, back) in exchanges(40_000, VIP_NEIGHBOUR, NEIGHBOUR) {
+            let (ret, out) = dp.run_xdp_on(up, &from_client(&first));
+            assert_eq!(ret, XDP_TX, "{first:?}: sent back out of the uplink");
+            let port = snat_port(&out);
+            assert_eq!(
+                out,
+                with_macs(
+                    &forwarded6(&sent(&first, NEIGHBOUR, port)),
+                    NEIGHBOUR_MAC,
+                    UPLINK_MAC
+                ),
+                "{first:?}: SNATed, hop limit one less, to the backend's neighbour entry"
+            );
+            assert!(checksums6_valid(&out));
+            let reply = reply_to(&reply, NEIGHBOUR, port).build();
+            let (ret, out) = dp.run_xdp_on(up, &with_macs(&reply, UPLINK_MAC, NEIGHBOUR_MAC));
+            assert_eq!(ret, XDP_TX, "{first:?}: the reply too");
+            assert_eq!(
+                out,
+                with_macs(&forwarded6(&back.build()), CLIENT_MAC, UPLINK_MAC),
+                "{first:?}: translated back, hop limit one less, to the client's neighbour entry"
+            );
+        }
+    });
+}
+
+#[test]
+fn at_tc_a_flow_to_a_backend_on_another_node_is_redirected_both_ways() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        for (vip, backend) in [
+            (VIP_NEIGHBOUR, NEIGHBOUR),
+            (VIP_UNRESOLVED, UNRESOLVED),
+            (VIP_OVERLAY, BEHIND_OVERLAY),
+        ] {
+            for (first, reply, back) in exchanges(40_100, vip, backend) {
+                let frame = from_client(&first);
+                let (ret, out) = dp.run_tc_uplink_on(up, &frame);
+                assert_eq!(ret, TC_ACT_REDIRECT, "{first:?}: to the route's device");
+                let port = snat_port(&out);
+                assert_eq!(
+                    out,
+                    forwarded6(&with_macs(
+                        &sent(&first, backend, port),
+                        UPLINK_MAC,
+                        CLIENT_MAC
+                    )),
+                    "{first:?}: SNATed, hop limit one less (the neighbour's addresses are the redirect's)"
+                );
+                let reply = with_macs(
+                    &reply_to(&reply, backend, port).build(),
+                    UPLINK_MAC,
+                    NEIGHBOUR_MAC,
+                );
+                let (ret, out) = dp.run_tc_uplink_on(up, &reply);
+                assert_eq!(ret, TC_ACT_REDIRECT, "{first:?}: the reply too");
+                assert_eq!(
+                    out,
+                    forwarded6(&with_macs(&back.build(), UPLINK_MAC, NEIGHBOUR_MAC))
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn what_xdp_cannot_send_it_translates_and_hands_to_the_tc_program() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        for (vip, backend, why) in [
+            (
+                VIP_OVERLAY,
+                BEHIND_OVERLAY,
+                "next hop behind another device",
+            ),
+            (
+                VIP_UNRESOLVED,
+                UNRESOLVED,
+                "next hop without a neighbour entry",
+            ),
+        ] {
+            let first = Packet6::tcp(CLIENT, 40_001, vip, 80).syn();
+            let (ret, out) = dp.run_xdp_on(up, &from_client(&first));
+            assert_eq!(ret, XDP_PASS, "{why}");
+            let handed = handed_over(&out).unwrap_or_else(|| panic!("{why}: marked for TC"));
+            let port = snat_port(handed);
+            assert_eq!(
+                handed,
+                with_macs(&sent(&first, backend, port), UPLINK_MAC, CLIENT_MAC),
+                "{why}: translated (SNATed), hop limit and Ethernet addresses left to TC"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_spent_hop_limit_or_no_route_leaves_the_translated_frame_to_the_stack() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        for (i, (vip, backend, hops, why)) in [
+            (VIP_NEIGHBOUR, NEIGHBOUR, 1, "hop limit 1"),
+            (VIP_UNROUTED, UNROUTED, 64, "no route"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sport = 41_000 + u16::try_from(i).unwrap() * 10;
+            let first = Packet6::tcp(CLIENT, sport, vip, 80).syn().hop_limit(hops);
+            let (ret, out) = dp.run_xdp_on(up, &from_client(&first));
+            assert_eq!(ret, XDP_PASS, "XDP, {why}: to the stack");
+            let port = snat_port(&out);
+            let translated = Packet6::tcp(NODE6, port, backend, 8080)
+                .syn()
+                .hop_limit(hops)
+                .build();
+            assert_eq!(
+                out,
+                with_macs(&translated, UPLINK_MAC, CLIENT_MAC),
+                "XDP, {why}: translated, unmarked, hop limit as it came"
+            );
+            let first = Packet6::tcp(CLIENT, sport + 1, vip, 80)
+                .syn()
+                .hop_limit(hops);
+            let (ret, out) = dp.run_tc_uplink_on(up, &from_client(&first));
+            assert_eq!(ret, TC_ACT_OK, "TC, {why}: to the stack");
+            let port = snat_port(&out);
+            let translated = Packet6::tcp(NODE6, port, backend, 8080)
+                .syn()
+                .hop_limit(hops)
+                .build();
+            assert_eq!(
+                out,
+                with_macs(&translated, UPLINK_MAC, CLIENT_MAC),
+                "TC, {why}: translated, hop limit as it came"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_redirected_back_to_it() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let pod = ifindex("pod");
+        let (ret, out) = dp.run_tc_on(pod, &Packet6::tcp(POD, 33_000, VIP_POD, 80).syn().build());
+        assert_eq!(ret, TC_ACT_REDIRECT, "to the pod's interface");
+        let port = snat_port(&out);
+        assert_eq!(
+            out,
+            forwarded6(&Packet6::tcp(NODE6, port, POD, 8080).syn().build())
+        );
+        let reply = Packet6::tcp(POD, 8080, NODE6, port).synack().build();
+        let (ret, out) = dp.run_tc_on(pod, &reply);
+        assert_eq!(ret, TC_ACT_REDIRECT, "the reply too");
+        assert_eq!(
+            out,
+            forwarded6(&Packet6::tcp(VIP_POD, 80, POD, 33_000).synack().build())
+        );
+    });
+}
