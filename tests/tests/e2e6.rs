@@ -3,10 +3,10 @@
 //! TCP and UDP, beside their IPv4 ones; on an IPv6-only cluster (no IPv4
 //! address but loopback anywhere) it serves an IPv6 cluster IP and a node
 //! port on node1's IPv6 address to the client. The end-to-end cases are
-//! flows from pods to any backend and from outside the cluster to backends
-//! on this node: flows to other nodes' backends are translated to node1's
-//! IPv6 address but handed to the stack, whose firewall (kube-proxy's
-//! INVALID drop) stops their replies (`tests/snat6.rs` has them). Needs root.
+//! flows from pods to any backend and from outside the cluster to any
+//! backend: flows to other nodes' backends are translated to node1's IPv6
+//! address and forwarded past the stack (`tests/forwarding6.rs` has their
+//! bytes). Needs root.
 
 use std::{
     fmt::Write as _,
@@ -210,6 +210,43 @@ fn client_reaches_local6(extra: &[&str]) {
         DEADLINE,
     );
     assert_spread(&node_port, &local, 40, 0.10);
+}
+
+/// From outside the cluster to every backend of an IPv6 Service, node2's
+/// included: the flows to pod2a are translated to node1's IPv6 address and
+/// forwarded past the stack both ways (`forward6`), so kube-proxy's
+/// INVALID drop in node1's FORWARD chain never sees their replies.
+#[test]
+fn the_client_reaches_every_backend_of_an_ipv6_service_on_any_node() {
+    client_reaches_every_backend6(&[]);
+}
+
+/// The same with the uplink program at TC ingress (a pass whose test bed
+/// hook is TC skips it: its twin above runs there).
+#[test]
+fn the_client_reaches_every_ipv6_backend_with_the_uplink_hook_at_tc() {
+    client_reaches_every_backend6(&["--uplink-hook", "tc"]);
+}
+
+fn client_reaches_every_backend6(extra: &[&str]) {
+    let c = dual(SenderChecksums::Complete, extra);
+    let all = ["pod1b", "pod1c", "pod2a"];
+    let tcp = http_distribution(
+        &c.topo.client,
+        SocketAddrV6::new(WEB6, 80, 0, 0),
+        90,
+        DEADLINE,
+    );
+    assert_spread(&tcp, &all, 90, 0.10);
+    // udp_distribution counts replies from any other source than the
+    // Service address as "wrong-source".
+    let udp = udp_distribution(
+        &c.topo.client,
+        SocketAddrV6::new(WEB6, 53, 0, 0),
+        60,
+        DEADLINE,
+    );
+    assert_spread(&udp, &all, 60, 0.05);
 }
 
 #[test]
