@@ -7,7 +7,8 @@
 //! neighbour entry) it hands to the uplink's TC program translated, marked
 //! in the frame's metadata; TC redirects (`bpf_redirect_neigh`). A spent
 //! hop limit, or no route, leaves the frame to the stack, translated, its
-//! hop limit as it came. Needs root.
+//! hop limit as it came; so does a packet too big for its route. Needs
+//! root.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -40,6 +41,8 @@ const UNRESOLVED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x13);
 const BEHIND_OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
 /// A backend no route reaches.
 const UNROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+/// A backend behind the other device, by a route of MTU 1280.
+const NARROW: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, 2);
 /// A pod on this node, behind its own interface.
 const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
 const VIP_NEIGHBOUR: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x12);
@@ -47,6 +50,7 @@ const VIP_UNRESOLVED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x13
 const VIP_OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x14);
 const VIP_UNROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x15);
 const VIP_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x16);
+const VIP_NARROW: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x17);
 /// The neighbours' Ethernet addresses (permanent entries).
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
@@ -55,8 +59,10 @@ const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 
 /// A node: `upl` the uplink (`fd00:50::/64`, its address `NODE6`,
 /// permanent neighbours for the client and `NEIGHBOUR`), `ovl` another
-/// device (`fd00:244:2::/64`), `pod` a pod's interface (`POD`, a permanent
-/// neighbour); IPv6 forwarding on.
+/// device (`fd00:244:2::/64`, and `fd00:98::/64` by a route of MTU 1280,
+/// locked: the lookup takes an unlocked route's MTU from its device),
+/// `pod` a pod's interface (`POD`, a permanent neighbour); IPv6
+/// forwarding on.
 fn node() -> Netns {
     let ns = Netns::new("fwd6").expect("creating a namespace");
     ns.script(
@@ -75,6 +81,7 @@ fn node() -> Netns {
          ip link set pod up
          ip -6 addr add fd00:50::11/64 dev upl nodad
          ip -6 route add fd00:244:2::/64 dev ovl
+         ip -6 route add fd00:98::/64 dev ovl mtu lock 1280
          ip -6 route add fd00:244:1::2/128 dev pod
          ip -6 neigh add fd00:50::10 lladdr 02:00:00:00:00:10 dev upl nud permanent
          ip -6 neigh add fd00:50::12 lladdr 02:00:00:00:00:12 dev upl nud permanent
@@ -95,6 +102,7 @@ fn datapath() -> TestDatapath {
         (VIP_OVERLAY, BEHIND_OVERLAY),
         (VIP_UNROUTED, UNROUTED),
         (VIP_POD, POD),
+        (VIP_NARROW, NARROW),
     ] {
         let local = backend == POD;
         state.push(frontend6(
@@ -335,6 +343,45 @@ fn a_pod_reaching_itself_through_its_service_is_redirected_back_to_it() {
         assert_eq!(
             out,
             forwarded6(&Packet6::tcp(VIP_POD, 80, POD, 33_000).synack().build())
+        );
+    });
+}
+
+#[test]
+fn a_packet_too_big_for_its_route_is_left_to_the_stack() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        // 1,300 bytes of UDP payload: 1,348 bytes of IPv6, over the 1,280 of the route.
+        let big = |sport| Packet6::udp(CLIENT, sport, VIP_NARROW, 53).with_payload(&[7; 1300]);
+        let translated = |out: &[u8]| {
+            let port = snat_port(out);
+            let sent = Packet6::udp(NODE6, port, NARROW, 5353).with_payload(&[7; 1300]);
+            with_macs(&sent.build(), UPLINK_MAC, CLIENT_MAC)
+        };
+        let (ret, out) = dp.run_xdp_on(up, &from_client(&big(42_000)));
+        assert_eq!(ret, XDP_PASS, "XDP: to the stack");
+        assert_eq!(
+            out,
+            translated(&out),
+            "XDP: translated, unmarked, hop limit as it came"
+        );
+        let (ret, out) = dp.run_tc_uplink_on(up, &from_client(&big(42_001)));
+        assert_eq!(ret, TC_ACT_OK, "TC: to the stack");
+        assert_eq!(out, translated(&out), "TC: hop limit as it came");
+        // A packet that fits the route is forwarded.
+        let small = Packet6::udp(CLIENT, 42_002, VIP_NARROW, 53);
+        let (ret, out) = dp.run_tc_uplink_on(up, &from_client(&small));
+        assert_eq!(ret, TC_ACT_REDIRECT, "TC: a packet that fits is redirected");
+        let port = snat_port(&out);
+        assert_eq!(
+            out,
+            forwarded6(&with_macs(
+                &Packet6::udp(NODE6, port, NARROW, 5353).build(),
+                UPLINK_MAC,
+                CLIENT_MAC
+            ))
         );
     });
 }
