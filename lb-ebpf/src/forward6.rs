@@ -59,8 +59,10 @@ pub fn to_next_hop(
     dst: &[u32; 4],
     proto: u8,
 ) -> i32 {
-    // A packet too big for the route goes to the stack, which answers
-    // Packet Too Big; a GRO packet is longer than its segments: unchecked.
+    // A packet too big for the route goes to the stack, whose Packet Too
+    // Big goes to the translated source (the node's own, for a client's
+    // packet: the originated one is still to come). A GRO packet is longer
+    // than its segments: unchecked.
     let tot_len = if forward::gso(ctx) {
         0
     } else {
