@@ -94,7 +94,7 @@ fn node() -> Netns {
 /// of each VIP, to its one backend (8080, 5353), on another node but for
 /// the pod's.
 fn datapath() -> TestDatapath {
-    let mut dp = TestDatapath::load_with_node6("fwd6", NODE, NODE6, test_flows());
+    let mut dp = TestDatapath::load_with_node6("fwd6", NODE, NODE6, test_flows()).with_ipv6();
     let mut state = vec![];
     for (vip, backend) in [
         (VIP_NEIGHBOUR, NEIGHBOUR),
