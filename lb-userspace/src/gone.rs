@@ -18,7 +18,10 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use crate::desired::{AddrFamily, DesiredFrontend};
+use crate::{
+    applied::AppliedFrontend,
+    desired::{AddrFamily, DesiredFrontend},
+};
 
 /// A backend a frontend no longer has: sockets pointed at `backend` through
 /// `frontend` are to be closed.
@@ -94,6 +97,23 @@ pub fn gone_since_applied<S: AddrFamily>(
     }
     out.sort_unstable();
     out
+}
+
+/// What a full sync finds gone: the backends `old` (the desired state
+/// before it) has that `new` lacks; at the first sync (`old` empty),
+/// against the frontends the maps hold (`applied`: an earlier agent's,
+/// adopted, or none).
+pub fn at_full_sync<S: AddrFamily, I: Iterator<Item = AppliedFrontend<S>>>(
+    old: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+    new: &BTreeMap<S::Frontend, DesiredFrontend<S>>,
+    applied: impl FnOnce() -> I,
+) -> Vec<GoneBackend<S>> {
+    if old.is_empty() {
+        let applied = applied().map(|f| (f.frontend, f.backends.into_keys().collect()));
+        gone_since_applied(applied, new)
+    } else {
+        gone(old, new)
+    }
 }
 
 /// The distinct backends of `gone` by protocol number: what to look for

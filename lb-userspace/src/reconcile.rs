@@ -453,25 +453,8 @@ impl Reconciler {
             std::mem::take(&mut self.v6).desired
         };
         if self.track_gone {
-            self.gone = if old.is_empty() {
-                // The first sync: an earlier agent's frontends (adopted) or none.
-                let applied = self
-                    .planner
-                    .frontends()
-                    .map(|f| (f.frontend, f.backends.into_keys().collect()));
-                gone::gone_since_applied(applied, &self.v4.desired)
-            } else {
-                gone::gone(&old, &self.v4.desired)
-            };
-            self.gone6 = if old6.is_empty() {
-                let applied = self
-                    .planner
-                    .frontends6()
-                    .map(|f| (f.frontend, f.backends.into_keys().collect()));
-                gone::gone_since_applied(applied, &self.v6.desired)
-            } else {
-                gone::gone(&old6, &self.v6.desired)
-            };
+            self.gone = gone::at_full_sync(&old, &self.v4.desired, || self.planner.frontends());
+            self.gone6 = gone::at_full_sync(&old6, &self.v6.desired, || self.planner.frontends6());
         }
         let to_plan = (
             self.v4.all_to_plan(&self.planner),

@@ -75,6 +75,8 @@ pub trait SockFamily: AddrFamily {
     fn rev_key(cookie: u64, backend: Self) -> Self::RevKey;
     /// The Service address (the one the socket asked for) `entry` records.
     fn svc_of(entry: &Self::RevEntry) -> Self;
+    /// The entry that records `svc` (as the socket programs write it).
+    fn rev_entry(svc: Self) -> Self::RevEntry;
     /// The address's bytes, network order (4 or 16).
     fn octets(&self) -> Vec<u8>;
     /// The socket address of `port` and the address whose bytes
@@ -99,6 +101,14 @@ impl SockFamily for SocketAddrV4 {
 
     fn svc_of(entry: &SockRevEntry) -> Self {
         gone::svc_addr(entry.svc_addr, entry.svc_port)
+    }
+
+    fn rev_entry(svc: Self) -> SockRevEntry {
+        SockRevEntry {
+            svc_addr: u32::from_ne_bytes(svc.ip().octets()),
+            svc_port: svc.port().to_be(),
+            pad: 0,
+        }
     }
 
     fn octets(&self) -> Vec<u8> {
@@ -131,6 +141,14 @@ impl SockFamily for SocketAddrV6 {
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         Self::new(Ipv6Addr::from(octets), u16::from_be(entry.svc_port), 0, 0)
+    }
+
+    fn rev_entry(svc: Self) -> SockRevEntry6 {
+        SockRevEntry6 {
+            svc_addr: ipv6_words(svc.ip().octets()),
+            svc_port: svc.port().to_be(),
+            pad: 0,
+        }
     }
 
     fn octets(&self) -> Vec<u8> {

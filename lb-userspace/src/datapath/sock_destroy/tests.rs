@@ -3,12 +3,12 @@
 
 use std::{
     io::{ErrorKind, Read as _},
-    net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
 };
 
 use super::{wire::*, *};
-use crate::desired::{Frontend, FrontendV6, Listen6, Protocol};
+use crate::desired::Protocol;
 
 fn is_root() -> bool {
     // SAFETY: a plain syscall.
@@ -203,69 +203,6 @@ fn connected_ipv6_sockets_are_found_by_peer_and_aborted() {
     assert!(!diag.destroy(&found[0]).unwrap(), "gone already");
 }
 
-/// IPv6 sockets through a frontend are closed by `SOCK_REVERSE6`'s
-/// entries: the one the map names for the gone frontend, not one through
-/// another frontend, nor one connected to the backend directly.
-#[test]
-fn ipv6_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
-    if !is_root() {
-        return;
-    }
-    let diag = SockDiag::open().unwrap();
-    let server = UdpSocket::bind("[::1]:0").unwrap();
-    let backend = v6(server.local_addr().unwrap());
-    let socket = || {
-        let s = UdpSocket::bind("[::]:0").unwrap();
-        s.connect(backend).unwrap();
-        s
-    };
-    let (through, other, direct) = (socket(), socket(), socket());
-    let vip = |last: u16| std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, last);
-    let frontend = FrontendV6 {
-        listen: Listen6::Addr(vip(10), 53),
-        proto: Protocol::Udp,
-    };
-    let entry = |addr: std::net::Ipv6Addr| SockRevEntry6 {
-        svc_addr: ipv6_words(addr.octets()),
-        svc_port: 53u16.to_be(),
-        pad: 0,
-    };
-    let (through_cookie, other_cookie) = (cookie(&through), cookie(&other));
-    let reverse = |key: &SockRevKey6| {
-        if key.backend_addr != ipv6_words(backend.ip().octets())
-            || key.backend_port != backend.port().to_be()
-        {
-            return None;
-        }
-        if key.cookie == through_cookie {
-            Some(entry(vip(10)))
-        } else if key.cookie == other_cookie {
-            Some(entry(vip(11)))
-        } else {
-            None
-        }
-    };
-    let gone = [GoneBackend { frontend, backend }];
-    let closed = close_pointed_at(&diag, &gone, reverse);
-    assert_eq!(
-        closed,
-        Closed {
-            destroyed: 1,
-            failed: 0
-        }
-    );
-    for s in [&through, &other, &direct] {
-        s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
-            .unwrap();
-    }
-    let err = through.recv(&mut [0u8; 8]).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
-    for s in [&other, &direct] {
-        let err = s.recv(&mut [0u8; 8]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
-    }
-}
-
 #[test]
 fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
     if !is_root() {
@@ -273,43 +210,68 @@ fn only_sockets_the_reverse_map_names_for_the_frontend_are_closed() {
     }
     // One filtered dump; then one of every connected UDP socket, as more
     // than `FILTERED_DUMPS` backends went.
-    closes_only_what_the_reverse_map_names(0);
-    closes_only_what_the_reverse_map_names(FILTERED_DUMPS);
+    let svc4 = |last: u8| SocketAddrV4::new(Ipv4Addr::new(127, 1, 0, last), 53);
+    let unused4 = |port: u16| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), port);
+    for extra in [0, FILTERED_DUMPS] {
+        closes_only_what_the_reverse_map_names(
+            ("127.0.0.1:0", v4),
+            [svc4(10), svc4(11)],
+            unused4,
+            extra,
+        );
+    }
+    // IPv6's: an `AF_INET6` dump, `SOCK_REVERSE6`'s entries.
+    let svc6 =
+        |last: u16| SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, last), 53, 0, 0);
+    let unused6 = |port: u16| SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0);
+    for extra in [0, FILTERED_DUMPS] {
+        closes_only_what_the_reverse_map_names(
+            ("[::1]:0", v6),
+            [svc6(10), svc6(11)],
+            unused6,
+            extra,
+        );
+    }
 }
 
-/// Sockets to one backend, closed with `extra` more (unused) backends gone.
-fn closes_only_what_the_reverse_map_names(extra: usize) {
+/// UDP sockets to a backend on `loopback` (of family `S`, read by `of`): one balanced
+/// through the frontend `svcs[0]`, one through another frontend
+/// (`svcs[1]`), one connected directly. The backend leaves the first
+/// frontend, with `extra` more (unused: `unused(port)`) backends gone: only
+/// the first socket is closed.
+fn closes_only_what_the_reverse_map_names<S: SockFamily>(
+    (loopback, of): (&str, fn(std::net::SocketAddr) -> S),
+    svcs: [S; 2],
+    unused: impl Fn(u16) -> S,
+    extra: usize,
+) where
+    S::RevKey: PartialEq,
+{
     let diag = SockDiag::open().unwrap();
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let backend = v4(server.local_addr().unwrap());
+    let server = UdpSocket::bind(loopback).unwrap();
+    let backend = of(server.local_addr().unwrap());
     let socket = || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.connect(backend).unwrap();
+        let any = if loopback.starts_with('[') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let s = UdpSocket::bind(any).unwrap();
+        s.connect(server.local_addr().unwrap()).unwrap();
         s
     };
     // Balanced through the frontend; through another frontend; direct.
     let (through, other, direct) = (socket(), socket(), socket());
-    let frontend = Frontend {
-        addr: Ipv4Addr::new(127, 1, 0, 10),
-        port: 53,
-        proto: Protocol::Udp,
-    };
-    let entry = |addr: [u8; 4]| SockRevEntry {
-        svc_addr: u32::from_ne_bytes(addr),
-        svc_port: 53u16.to_be(),
-        pad: 0,
-    };
-    let (through_cookie, other_cookie) = (cookie(&through), cookie(&other));
-    let reverse = |key: &SockRevKey| {
-        if key.backend_addr != u32::from_ne_bytes(backend.ip().octets())
-            || key.backend_port != backend.port().to_be()
-        {
-            return None;
-        }
-        if key.cookie == through_cookie {
-            Some(entry([127, 1, 0, 10]))
-        } else if key.cookie == other_cookie {
-            Some(entry([127, 1, 0, 11]))
+    let frontend = S::frontend(svcs[0].ip_of(), svcs[0].port_of(), Protocol::Udp);
+    let (through_key, other_key) = (
+        S::rev_key(cookie(&through), backend),
+        S::rev_key(cookie(&other), backend),
+    );
+    let reverse = |key: &S::RevKey| {
+        if *key == through_key {
+            Some(S::rev_entry(svcs[0]))
+        } else if *key == other_key {
+            Some(S::rev_entry(svcs[1]))
         } else {
             None
         }
@@ -318,7 +280,7 @@ fn closes_only_what_the_reverse_map_names(extra: usize) {
     // Ports nothing here is connected to.
     gone.extend((0..extra).map(|k| GoneBackend {
         frontend,
-        backend: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 1 + u16::try_from(k).unwrap()),
+        backend: unused(1 + u16::try_from(k).unwrap()),
     }));
     let closed = close_pointed_at(&diag, &gone, reverse);
     assert_eq!(
@@ -326,7 +288,8 @@ fn closes_only_what_the_reverse_map_names(extra: usize) {
         Closed {
             destroyed: 1,
             failed: 0
-        }
+        },
+        "{loopback}, {extra} more gone"
     );
     for s in [&through, &other, &direct] {
         s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
