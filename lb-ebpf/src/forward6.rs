@@ -10,17 +10,20 @@
 //! handed to the route's device: `XDP_TX` back out of the uplink with the
 //! neighbour's addresses, the hand-off to the uplink's TC program
 //! ([`crate::handoff`]) for what XDP cannot reach, `bpf_redirect_neigh` at
-//! TC. Where the lookup fails (no route, forwarding disabled, too big for
-//! the route, hop limit spent) the packet goes to the stack, as a router
-//! would get it, untouched by the decrement.
+//! TC. Where the lookup fails (no route, forwarding disabled, hop limit
+//! spent) the packet goes to the stack, as a router would get it,
+//! untouched by the decrement. The lookup comes before the packet is
+//! written: a packet too big for the route is answered, as it arrived,
+//! with a Packet Too Big ([`crate::reject6::too_big_xdp`]), which the
+//! stack would send to the translated source, the node itself.
 //!
 //! A fragment from the uplink goes to the stack translated, as IPv4's do
 //! ([`past_stack`]).
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        BPF_F_RECOMPUTE_CSUM, TC_ACT_OK,
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK,
     },
     programs::{TcContext, XdpContext},
     EbpfContext,
@@ -50,7 +53,8 @@ pub fn past_stack(hook: Hook, fragment: Fragment) -> bool {
 
 /// Routes the translated packet (now `src` -> `dst`, upper-layer protocol
 /// `proto`) that arrived on `ifindex` and hands it to its next hop; the TC
-/// verdict (`TC_ACT_OK`: the stack forwards it, or answers for it).
+/// verdict (`TC_ACT_OK`: the stack forwards it, or answers for it; a
+/// packet too big for the route too).
 #[inline(always)]
 pub fn to_next_hop(
     ctx: &TcContext,
@@ -59,10 +63,25 @@ pub fn to_next_hop(
     dst: &[u32; 4],
     proto: u8,
 ) -> i32 {
-    // A packet too big for the route goes to the stack, whose Packet Too
-    // Big goes to the translated source (the node's own, for a client's
-    // packet: the originated one is still to come). A GRO packet is longer
-    // than its segments: unchecked.
+    match tc_route(ctx, ifindex, src, dst, proto) {
+        Ok(dev) => tc_send(ctx, dev),
+        Err(_) => TC_ACT_OK,
+    }
+}
+
+/// The route of a packet at TC that arrived on `ifindex`, once translated
+/// to `src` -> `dst` (protocol `proto`), looked up before it is written:
+/// `Ok` its device, `Err(mtu)` too big for a route of `mtu`, `Err(0)` no
+/// route (the stack's to answer).
+#[inline(always)]
+pub fn tc_route(
+    ctx: &TcContext,
+    ifindex: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    proto: u8,
+) -> Result<u32, u16> {
+    // A GRO packet is longer than its segments: unchecked.
     let tot_len = if forward::gso(ctx) {
         0
     } else {
@@ -77,14 +96,40 @@ pub fn to_next_hop(
         tot_len,
         BPF_FIB_LOOKUP_SKIP_NEIGH,
     );
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || !decrement_hop_limit(ctx) {
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        Ok(params.ifindex)
+    } else {
+        Err(too_big_mtu(ret, &params))
+    }
+}
+
+/// Hands the (translated) packet at TC to the route's device `dev`, its
+/// hop limit one less; the TC verdict (`TC_ACT_OK`: a spent hop limit is
+/// the stack's to answer).
+#[inline(always)]
+pub fn tc_send(ctx: &TcContext, dev: u32) -> i32 {
+    if !decrement_hop_limit(ctx) {
         return TC_ACT_OK;
     }
-    forward::redirect(params.ifindex)
+    forward::redirect(dev)
+}
+
+/// The MTU of the route a lookup returning `ret` found too small, 0 for
+/// any other failure.
+#[inline(always)]
+fn too_big_mtu(ret: i64, params: &bpf_fib_lookup) -> u16 {
+    if ret == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        // SAFETY: a plain integer; on FRAG_NEEDED the kernel wrote the
+        // route's MTU over the length (a union).
+        unsafe { params.__bindgen_anon_1.mtu_result }
+    } else {
+        0
+    }
 }
 
 /// Looks up where the frame, `len` bytes in all, that arrived on `ifindex`
-/// goes once translated to `src` -> `dst` (protocol `proto`).
+/// goes once translated to `src` -> `dst` (protocol `proto`), before it is
+/// written: `Err(mtu)`, too big for a route of `mtu`.
 #[inline(always)]
 pub fn xdp_next_hop(
     ctx: &XdpContext,
@@ -93,9 +138,19 @@ pub fn xdp_next_hop(
     src: &[u32; 4],
     dst: &[u32; 4],
     proto: u8,
-) -> XdpNextHop {
+) -> Result<XdpNextHop, u16> {
     let (ret, params) = route(ctx, ifindex, src, dst, proto, ip_len(len), 0);
-    forward::next_hop_of(ret, &params, ifindex, len, ctx.data_end() - ctx.data())
+    let mtu = too_big_mtu(ret, &params);
+    if mtu != 0 {
+        return Err(mtu);
+    }
+    Ok(forward::next_hop_of(
+        ret,
+        &params,
+        ifindex,
+        len,
+        ctx.data_end() - ctx.data(),
+    ))
 }
 
 /// The IP length of a frame of `len` bytes, checked against the route's

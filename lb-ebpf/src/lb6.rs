@@ -13,9 +13,10 @@
 //! A packet that starts a flow is finished in the new-flow stage
 //! ([`new_flow_stage`], a program of its own reached by a tail call).
 //!
+//! A packet of such a flow too big for its route is answered with a
+//! Packet Too Big the node originates ([`crate::reject6::too_big_xdp`]).
 //! Not yet (the design's later steps): `ICMPv6` errors about a flow
-//! translated to the node's address, and the Packet Too Big the node
-//! should originate for one whose route is too small. On a node without
+//! translated to the node's address. On a node without
 //! an IPv6 address of its own, a flow that would be translated to it
 //! passes untouched, counted `Ipv6SnatUnserved`. Session affinity is kept as IPv4's
 //! ([`crate::affinity6`]); fragments are translated as IPv4's are

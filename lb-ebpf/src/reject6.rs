@@ -33,6 +33,19 @@
 //! skb's checksum state (see [`crate::reject`]): a TCP SYN whose checksum
 //! its sender left to offload keeps its 20-byte TCP header in the quote
 //! (the reply is 122 bytes).
+//!
+//! The same reply shape carries the Packet Too Big (type 2, code 0, bytes
+//! 4-7 the route's MTU) the node originates for a packet of a flow
+//! translated to its address that is too big for its route
+//! ([`too_big_xdp`], [`answer_tc`]): the stack's own would go to the
+//! translated source, the node itself, and IPv6 routers never fragment.
+//! It answers the packet as it arrived (before translation), to its sender
+//! from the address it was sent to (a client's: the Service's), within the
+//! same budget; the quote (the IPv6 header and 8 bytes of TCP/UDP, 20 of a
+//! TCP header with a partial checksum) is well within the minimum MTU (RFC
+//! 4443 2.4 (c)), and is all a sender's TCP or UDP needs to find its
+//! socket. A packet with extension headers, or beyond the budget, drops, as
+//! a router drops what it cannot forward.
 
 use aya_ebpf::{
     bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, TC_ACT_SHOT},
@@ -46,7 +59,7 @@ use lb_common::{csum, maps6::IPPROTO_ICMPV6, ServiceEntry, IPPROTO_TCP, SERVICE_
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    icmp6::ICMP6_DEST_UNREACH,
+    icmp6::{ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG},
     parse::{read_at, write_at, L3_OFF},
     parse6::{Flow6, EXT_OFF, IP6_DST, IP6_PAYLOAD_LEN, IP6_SRC},
     reject::{opens, sum, within_budget},
@@ -77,6 +90,8 @@ const VERSION_CLASS_LABEL: [u8; 4] = [0x60, 0, 0, 0];
 const NEXT_HOP_LIMIT: [u8; 2] = [IPPROTO_ICMPV6, 64];
 /// `ICMPv6` destination unreachable, code port unreachable.
 const TYPE_CODE: [u8; 2] = [ICMP6_DEST_UNREACH, 4];
+/// `ICMPv6` packet too big (code 0).
+const TOO_BIG_TYPE_CODE: [u8; 2] = [ICMP6_PACKET_TOO_BIG, 0];
 /// The Ethernet type of IPv6.
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Ethernet address length.
@@ -97,6 +112,33 @@ pub fn refuses(flow: &Flow6, svc: &ServiceEntry) -> bool {
 /// cannot be reshaped. `flow.len` is the frame's whole length.
 #[inline(always)]
 pub fn refuse_xdp(ctx: &XdpContext, flow: &Flow6) -> u32 {
+    answer_xdp(ctx, flow, TYPE_CODE, 0)
+}
+
+/// Whether a packet `flow` of a flow translated to the node's address,
+/// too big for its route, is answered with a Packet Too Big (else it
+/// drops): without extension headers, within this CPU's budget.
+#[inline(always)]
+fn answers_too_big(flow: &Flow6) -> bool {
+    flow.l4_off == EXT_OFF && within_budget()
+}
+
+/// Answers the frame in `ctx`, as it arrived, too big for its route's
+/// `mtu`, with a Packet Too Big sent back out of its interface (`XDP_TX`);
+/// `XDP_DROP` when it is not answered or cannot be reshaped.
+#[inline(always)]
+pub fn too_big_xdp(ctx: &XdpContext, flow: &Flow6, mtu: u16) -> u32 {
+    if !answers_too_big(flow) {
+        return xdp_action::XDP_DROP;
+    }
+    answer_xdp(ctx, flow, TOO_BIG_TYPE_CODE, u32::from(mtu).to_be())
+}
+
+/// Turns the frame in `ctx` into an `ICMPv6` error `type_code` about it
+/// (bytes 4-7 `rest`, network order) and sends it back (see
+/// [`refuse_xdp`]).
+#[inline(always)]
+fn answer_xdp(ctx: &XdpContext, flow: &Flow6, type_code: [u8; 2], rest: u32) -> u32 {
     // Both deltas are a few bytes to a few KiB: they fit an i32.
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
     let (grow, cut) = (
@@ -115,15 +157,41 @@ pub fn refuse_xdp(ctx: &XdpContext, flow: &Flow6) -> u32 {
     }
     // SAFETY: REPLY_LEN bytes checked above; the old Ethernet header lies
     // at ROOM, before the quote.
-    unsafe { build(data, ROOM, QUOTED_L4) };
+    unsafe { build(data, ROOM, QUOTED_L4, type_code, rest) };
     xdp_action::XDP_TX
 }
 
-/// Turns the offending skb in `ctx` into its refusal and redirects it to
-/// the egress of `ifindex`, the interface it arrived on; `TC_ACT_SHOT` when
-/// it cannot be reshaped.
+/// An `ICMPv6` error the node answers a packet with at TC ([`answer_tc`]).
+#[derive(Clone, Copy)]
+pub enum Answer6 {
+    /// The refusal (port unreachable) of a packet [`refuses`] refused.
+    Refusal,
+    /// A Packet Too Big for a route of this MTU, if [`answers_too_big`].
+    TooBig(u16),
+}
+
+/// Turns the offending skb in `ctx` into `answer` and redirects it to the
+/// egress of `ifindex`, the interface it arrived on; `TC_ACT_SHOT` when
+/// it is not answered or cannot be reshaped. One function for both, called
+/// once: `lb_tc6`'s verification takes each call site anew.
 #[inline(always)]
-pub fn refuse_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32) -> i32 {
+pub fn answer_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32, answer: Answer6) -> i32 {
+    let (type_code, rest) = match answer {
+        Answer6::Refusal => (TYPE_CODE, 0),
+        Answer6::TooBig(mtu) => {
+            if !answers_too_big(flow) {
+                return TC_ACT_SHOT;
+            }
+            (TOO_BIG_TYPE_CODE, u32::from(mtu).to_be())
+        }
+    };
+    error_tc(ctx, flow, ifindex, type_code, rest)
+}
+
+/// Turns the skb in `ctx` into an `ICMPv6` error `type_code` about it
+/// (bytes 4-7 `rest`, network order) and redirects it ([`answer_tc`]).
+#[inline(always)]
+fn error_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32, type_code: [u8; 2], rest: u32) -> i32 {
     // The lengths are below 130: they fit any integer.
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
     let (room, short, long) = (ROOM as i32, REPLY_LEN as u32, LONG_REPLY_LEN as u32);
@@ -151,12 +219,12 @@ pub fn refuse_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32) -> i32 {
         if data + LONG_REPLY_LEN > data_end {
             return TC_ACT_SHOT;
         }
-        unsafe { build(data, 0, TCP_HEADER_LEN) }
+        unsafe { build(data, 0, TCP_HEADER_LEN, type_code, rest) }
     } else {
         if data + REPLY_LEN > data_end {
             return TC_ACT_SHOT;
         }
-        unsafe { build(data, 0, QUOTED_L4) }
+        unsafe { build(data, 0, QUOTED_L4, type_code, rest) }
     };
     // SAFETY: the program's own skb; adds the new headers' sum to a
     // complete checksum (the room they fill was zeros).
@@ -170,9 +238,10 @@ pub fn refuse_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32) -> i32 {
     }
 }
 
-/// Writes the reply's Ethernet, IPv6 and `ICMPv6` headers in front of the
-/// quote (the offending IPv6 header at [`QUOTE_OFF`] and `quoted_l4` bytes
-/// after it), the offending frame's Ethernet header being at `eth_at`.
+/// Writes the reply's Ethernet, IPv6 and `ICMPv6` headers (`type_code`,
+/// bytes 4-7 `rest`) in front of the quote (the offending IPv6 header at
+/// [`QUOTE_OFF`] and `quoted_l4` bytes after it), the offending frame's
+/// Ethernet header being at `eth_at`.
 /// Returns the folded sum of the 48 bytes of new IPv6 and `ICMPv6` headers.
 ///
 /// # Safety
@@ -180,7 +249,13 @@ pub fn refuse_tc(ctx: &TcContext, flow: &Flow6, ifindex: u32) -> i32 {
 /// bytes at `eth_at` must lie within the writable frame; `quoted_l4` is
 /// [`QUOTED_L4`] or [`TCP_HEADER_LEN`].
 #[inline(always)]
-unsafe fn build(data: usize, eth_at: usize, quoted_l4: usize) -> u16 {
+unsafe fn build(
+    data: usize,
+    eth_at: usize,
+    quoted_l4: usize,
+    type_code: [u8; 2],
+    rest: u32,
+) -> u16 {
     // SAFETY (every access): the caller's bounds; all offsets are below
     // QUOTE_OFF + IPV6_LEN + quoted_l4.
     unsafe {
@@ -205,9 +280,9 @@ unsafe fn build(data: usize, eth_at: usize, quoted_l4: usize) -> u16 {
         // ICMPv6 header, its checksum over the pseudo-header (addresses,
         // upper-layer length, next header: raw network-order halves, as
         // `sum` reads them), itself and the quote.
-        write_at(data, ICMP_OFF, TYPE_CODE);
+        write_at(data, ICMP_OFF, type_code);
         write_at(data, ICMP_OFF + 2, 0u16);
-        write_at(data, ICMP_OFF + 4, 0u32);
+        write_at(data, ICMP_OFF + 4, rest);
         let mut icmp_sum = sum(data, L3_OFF + IP6_SRC, 16)
             + u32::from(payload)
             + u32::from(u16::from(IPPROTO_ICMPV6).to_be())

@@ -27,7 +27,7 @@ use crate::{
     nat6::Rewrite6,
     parse::{self, Fragment, TCP_CSUM_OFF, UDP_CSUM_OFF},
     parse6::{self, Flow6, Parsed6, IP6_DST_OFF, IP6_SRC_OFF, MAX_HEADERS_LEN6},
-    reject6,
+    reject6::{self, Answer6},
 };
 
 /// Bytes of an IPv6 address.
@@ -72,10 +72,15 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     } else {
         lb6::decide(ctx, &flow, at, cfg)
     };
+    // An ICMPv6 error to answer with, sent from one call site (below).
+    let mut answer = None;
     let (ret, translated) = match action {
         Action6::Pass => (TC_ACT_OK, false),
         Action6::Drop => (TC_ACT_SHOT, false),
-        Action6::Refuse => (reject6::refuse_tc(ctx, &flow, at.ifindex), false),
+        Action6::Refuse => {
+            answer = Some(Answer6::Refusal);
+            (TC_ACT_SHOT, false)
+        }
         Action6::NewFlow => {
             // SAFETY: a tail call returns only when it fails (an empty slot);
             // the stage notes a first fragment's fate itself.
@@ -84,11 +89,22 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             (TC_ACT_SHOT, false)
         }
         Action6::Forward(rw) if forward6::past_stack(hook, flow.fragment) => {
-            if write(ctx, &flow, &rw).is_err() {
-                (TC_ACT_SHOT, true)
-            } else {
-                let ret = forward6::to_next_hop(ctx, at.ifindex, &rw.src, &rw.dst, flow.proto);
-                (ret, true)
+            // Routed before it is written: one too big is answered as it came.
+            match forward6::tc_route(ctx, at.ifindex, &rw.src, &rw.dst, flow.proto) {
+                Err(mtu) if mtu != 0 => {
+                    answer = Some(Answer6::TooBig(mtu));
+                    (TC_ACT_SHOT, false)
+                }
+                route => {
+                    if write(ctx, &flow, &rw).is_err() {
+                        (TC_ACT_SHOT, true)
+                    } else {
+                        (
+                            route.map_or(TC_ACT_OK, |dev| forward6::tc_send(ctx, dev)),
+                            true,
+                        )
+                    }
+                }
             }
         }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
@@ -100,6 +116,9 @@ pub fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         }
     };
     frag6::note_first(&flow, translated);
+    if let Some(answer) = answer {
+        return reject6::answer_tc(ctx, &flow, at.ifindex, answer);
+    }
     ret
 }
 
@@ -118,13 +137,24 @@ pub fn handle_flow(ctx: &TcContext) -> i32 {
     };
     let (ret, translated) = match lb6::new_flow_stage(s, cfg) {
         Action6::Forward(rw) if forward6::past_stack(hook, s.flow.fragment) => {
-            if write(ctx, &s.flow, &rw).is_err() {
-                (TC_ACT_SHOT, true)
-            } else {
-                // SAFETY: the program's own skb context.
-                let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-                let ret = forward6::to_next_hop(ctx, ifindex, &rw.src, &rw.dst, s.flow.proto);
-                (ret, true)
+            // SAFETY: the program's own skb context.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            // Routed before it is written: one too big is answered as it came.
+            match forward6::tc_route(ctx, ifindex, &rw.src, &rw.dst, s.flow.proto) {
+                Err(mtu) if mtu != 0 => (
+                    reject6::answer_tc(ctx, &s.flow, ifindex, Answer6::TooBig(mtu)),
+                    false,
+                ),
+                route => {
+                    if write(ctx, &s.flow, &rw).is_err() {
+                        (TC_ACT_SHOT, true)
+                    } else {
+                        (
+                            route.map_or(TC_ACT_OK, |dev| forward6::tc_send(ctx, dev)),
+                            true,
+                        )
+                    }
+                }
             }
         }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {

@@ -61,11 +61,16 @@ pub fn handle(ctx: &XdpContext) -> u32 {
             (xdp_action::XDP_DROP, false)
         }
         Action6::Forward(rw) if forward6::past_stack(Hook::Uplink, flow.fragment) => {
-            if !write(data, data_end, &flow, &rw) {
-                return xdp_action::XDP_DROP;
+            // Routed before it is written: one too big is answered as it came.
+            match forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, flow.proto) {
+                Err(mtu) => (reject6::too_big_xdp(ctx, &flow, mtu), false),
+                Ok(next) => {
+                    if !write(data, data_end, &flow, &rw) {
+                        return xdp_action::XDP_DROP;
+                    }
+                    (forward6::xdp_send(ctx, next), true)
+                }
             }
-            let next = forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, flow.proto);
-            (forward6::xdp_send(ctx, next), true)
         }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             if write(data, data_end, &flow, &rw) {
@@ -92,13 +97,17 @@ pub fn handle_flow(ctx: &XdpContext) -> u32 {
     let (ret, translated) = match action {
         Action6::Forward(rw) if forward6::past_stack(Hook::Uplink, s.flow.fragment) => {
             let len = frame_len(ctx, data, data_end);
-            // Read back from the map: the verifier needs the bound again.
-            if s.flow.l4_off > MAX_L4_OFF6 || !write(data, data_end, &s.flow, &rw) {
-                return xdp_action::XDP_DROP;
+            // Routed before it is written: one too big is answered as it came.
+            match forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, s.flow.proto) {
+                Err(mtu) => (reject6::too_big_xdp(ctx, &s.flow, mtu), false),
+                Ok(next) => {
+                    // Read back from the map: the verifier needs the bound again.
+                    if s.flow.l4_off > MAX_L4_OFF6 || !write(data, data_end, &s.flow, &rw) {
+                        return xdp_action::XDP_DROP;
+                    }
+                    (forward6::xdp_send(ctx, next), true)
+                }
             }
-            let next =
-                forward6::xdp_next_hop(ctx, len, ifindex(ctx), &rw.src, &rw.dst, s.flow.proto);
-            (forward6::xdp_send(ctx, next), true)
         }
         Action6::Rewrite(rw) | Action6::Forward(rw) => {
             // Read back from the map: the verifier needs the bound again.

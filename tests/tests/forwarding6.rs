@@ -7,8 +7,8 @@
 //! neighbour entry) it hands to the uplink's TC program translated, marked
 //! in the frame's metadata; TC redirects (`bpf_redirect_neigh`). A spent
 //! hop limit, or no route, leaves the frame to the stack, translated, its
-//! hop limit as it came; so does a packet too big for its route. Needs
-//! root.
+//! hop limit as it came. A packet too big for its route is answered with an
+//! `ICMPv6` Packet Too Big from the address its sender used. Needs root.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -23,7 +23,7 @@ use lb_tests::{
         handed_over, test_flows, with_macs, TestDatapath, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS,
         XDP_TX,
     },
-    packet6::{checksums6_valid, forwarded6, src6_of, Packet6},
+    packet6::{checksums6_valid, dst6_of, forwarded6, src6_of, Packet6},
 };
 use lb_userspace::{
     desired::{Listen6, Protocol},
@@ -51,6 +51,8 @@ const VIP_OVERLAY: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x14);
 const VIP_UNROUTED: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x15);
 const VIP_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x16);
 const VIP_NARROW: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x17);
+/// `ICMPv6` Packet Too Big.
+const PACKET_TOO_BIG: u8 = 2;
 /// The neighbours' Ethernet addresses (permanent entries).
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
@@ -347,31 +349,69 @@ fn a_pod_reaching_itself_through_its_service_is_redirected_back_to_it() {
     });
 }
 
+/// The Packet Too Big the node sends for `offending` (a client's frame,
+/// Ethernet and IPv6 without extension headers, as it arrived): to its
+/// sender from the address it was sent to, the route's MTU 1280, quoting
+/// its IPv6 header and 8 bytes of UDP/TCP, Ethernet addresses swapped.
+fn packet_too_big(offending: &[u8]) -> Vec<u8> {
+    let mut body = 1280u32.to_be_bytes().to_vec();
+    body.extend_from_slice(&offending[14..14 + 40 + 8]);
+    let (sender, _) = src6_of(offending);
+    let (service, _) = dst6_of(offending);
+    let ptb = Packet6::icmp6(service, sender, PACKET_TOO_BIG, 0, &body).build();
+    with_macs(&ptb, CLIENT_MAC, UPLINK_MAC)
+}
+
 #[test]
-fn a_packet_too_big_for_its_route_is_left_to_the_stack() {
+fn a_packet_too_big_for_its_route_is_answered_with_a_packet_too_big_from_the_service() {
     let ns = node();
     in_netns(&ns, || {
         let dp = datapath();
         let up = ifindex("upl");
-        // 1,300 bytes of UDP payload: 1,348 bytes of IPv6, over the 1,280 of the route.
-        let big = |sport| Packet6::udp(CLIENT, sport, VIP_NARROW, 53).with_payload(&[7; 1300]);
-        let translated = |out: &[u8]| {
-            let port = snat_port(out);
-            let sent = Packet6::udp(NODE6, port, NARROW, 5353).with_payload(&[7; 1300]);
-            with_macs(&sent.build(), UPLINK_MAC, CLIENT_MAC)
+        // 1,300 bytes of payload: over the 1,280 of the route.
+        let big_udp = |sport| {
+            from_client(&Packet6::udp(CLIENT, sport, VIP_NARROW, 53).with_payload(&[7; 1300]))
         };
-        let (ret, out) = dp.run_xdp_on(up, &from_client(&big(42_000)));
-        assert_eq!(ret, XDP_PASS, "XDP: to the stack");
+        let big_tcp = |sport| {
+            from_client(&Packet6::tcp(CLIENT, sport, VIP_NARROW, 80).with_payload(&[7; 1300]))
+        };
+        // A new flow's first packet (the new-flow stage).
+        let frame = big_udp(42_000);
+        let (ret, out) = dp.run_xdp_on(up, &frame);
+        assert_eq!(ret, XDP_TX, "XDP, new flow: the Packet Too Big goes back");
+        assert_eq!(out, packet_too_big(&frame), "XDP, new flow");
+        assert!(checksums6_valid(&out), "XDP, new flow: its checksum");
+        let frame = big_udp(42_001);
+        let (ret, out) = dp.run_tc_uplink_on(up, &frame);
         assert_eq!(
-            out,
-            translated(&out),
-            "XDP: translated, unmarked, hop limit as it came"
+            ret, TC_ACT_REDIRECT,
+            "TC, new flow: the Packet Too Big goes back"
         );
-        let (ret, out) = dp.run_tc_uplink_on(up, &from_client(&big(42_001)));
-        assert_eq!(ret, TC_ACT_OK, "TC: to the stack");
-        assert_eq!(out, translated(&out), "TC: hop limit as it came");
+        assert_eq!(out, packet_too_big(&frame), "TC, new flow");
+        assert!(checksums6_valid(&out), "TC, new flow: its checksum");
+        // An established flow's (the main program), TCP and UDP.
+        let syn = from_client(&Packet6::tcp(CLIENT, 42_010, VIP_NARROW, 80).syn());
+        assert_eq!(
+            dp.run_tc_uplink_on(up, &syn).0,
+            TC_ACT_REDIRECT,
+            "a SYN fits"
+        );
+        let small = from_client(&Packet6::udp(CLIENT, 42_010, VIP_NARROW, 53));
+        assert_eq!(dp.run_tc_uplink_on(up, &small).0, TC_ACT_REDIRECT, "fits");
+        for (frame, what) in [(big_tcp(42_010), "TCP"), (big_udp(42_010), "UDP")] {
+            let (ret, out) = dp.run_xdp_on(up, &frame);
+            assert_eq!(ret, XDP_TX, "XDP, {what}: the Packet Too Big goes back");
+            assert_eq!(out, packet_too_big(&frame), "XDP, {what}");
+            assert!(checksums6_valid(&out), "XDP, {what}: its checksum");
+            let (ret, out) = dp.run_tc_uplink_on(up, &frame);
+            assert_eq!(
+                ret, TC_ACT_REDIRECT,
+                "TC, {what}: the Packet Too Big goes back"
+            );
+            assert_eq!(out, packet_too_big(&frame), "TC, {what}");
+        }
         // A packet that fits the route is forwarded.
-        let small = Packet6::udp(CLIENT, 42_002, VIP_NARROW, 53);
+        let small = Packet6::udp(CLIENT, 42_100, VIP_NARROW, 53);
         let (ret, out) = dp.run_tc_uplink_on(up, &from_client(&small));
         assert_eq!(ret, TC_ACT_REDIRECT, "TC: a packet that fits is redirected");
         let port = snat_port(&out);
