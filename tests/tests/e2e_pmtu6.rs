@@ -14,7 +14,15 @@
 //! Bounded by `lb_tests::bulk::WAIT`; a small exchange first tells routing
 //! apart from translation; the router must have sent Packet Too Big
 //! meanwhile, and pod1a must hold a 1280-byte path MTU to the far client.
-//! Needs root.
+//!
+//! The client on the LAN uploads 1 MiB to an IPv6 Service whose endpoint is
+//! pod2a, on node2: node1 translates the flow to its own IPv6 address and
+//! forwards it past the stack, by a route to node2's pods of MTU 1280
+//! (locked). The stack's Packet Too Big for such a packet would go to the
+//! translated source, node1 itself: the upload moves only if node1's data
+//! path answers the client itself, from the Service address, about its
+//! packet as it sent it; the client must then hold a 1280-byte path MTU to
+//! the Service. Needs root.
 
 use std::{
     net::{Ipv6Addr, SocketAddrV6},
@@ -34,6 +42,12 @@ const MTU: &str = "1280";
 /// An IPv6 Service whose only endpoint is pod1a, on node1.
 const LOCAL: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x70), 80, 0, 0);
+/// An IPv6 Service whose only endpoint is pod2a, on node2 (translated to
+/// node1's IPv6 address).
+const REMOTE: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x71), 80, 0, 0);
+/// node2's IPv6 pod prefix, which node1's route to gets the narrow MTU.
+const NODE2_PODS: &str = "fd00:244:2::/64";
 /// The far client's address, behind the router on `fd00:60::/64`.
 const FAR_CLIENT: &str = "fd00:60::10";
 /// The router: its LAN address, and settings (it forwards IPv6, routes the
@@ -57,27 +71,32 @@ const FAR_CLIENT_SETUP: &str = "ip -6 addr add fd00:60::10/64 dev eth0 nodad
     ip -6 route add default via fd00:60::1
     ethtool -K eth0 tx off";
 
-/// An IPv6-only ClusterIP Service at [`LOCAL`], TCP to [`BULK_PORT`], whose
-/// only endpoint is pod1a.
-fn service() -> String {
-    let (ip, port, pod) = (LOCAL.ip(), LOCAL.port(), pod_ip6(1, 2));
+/// An IPv6-only ClusterIP Service `name` at `addr`, TCP to [`BULK_PORT`],
+/// whose only endpoint is `pod` on `node`.
+fn service(name: &str, addr: SocketAddrV6, pod: Ipv6Addr, node: &str) -> String {
+    let (ip, port) = (addr.ip(), addr.port());
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: pmtu6, namespace: default}}\n\
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
 spec:\n  clusterIP: \"{ip}\"\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n  ports: [{{name: http, port: {port}, protocol: TCP, targetPort: {BULK_PORT}}}]\n\
 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-metadata: {{name: pmtu6-1, namespace: default, labels: {{kubernetes.io/service-name: pmtu6}}}}\n\
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
 addressType: IPv6\nports:\n- {{name: http, port: {BULK_PORT}, protocol: TCP}}\n\
-endpoints:\n- {{addresses: [\"{pod}\"], nodeName: node1, conditions: {{ready: true}}}}\n"
+endpoints:\n- {{addresses: [\"{pod}\"], nodeName: {node}, conditions: {{ready: true}}}}\n"
     )
 }
 
-/// The router's `Icmp6OutPktTooBigs` (`/proc/net/snmp6`).
-fn router_packet_too_bigs(router: &Netns) -> u64 {
-    let snmp = String::from_utf8(router.exec(&["cat", "/proc/net/snmp6"]).unwrap().stdout).unwrap();
+/// `ns`'s `ICMPv6` counter `name` (`/proc/net/snmp6`).
+fn snmp6(ns: &Netns, name: &str) -> u64 {
+    let snmp = String::from_utf8(ns.exec(&["cat", "/proc/net/snmp6"]).unwrap().stdout).unwrap();
     snmp.lines()
-        .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Icmp6OutPktTooBigs in:\n{snmp}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{snmp}"))
+}
+
+/// The router's `Icmp6OutPktTooBigs`.
+fn router_packet_too_bigs(router: &Netns) -> u64 {
+    snmp6(router, "Icmp6OutPktTooBigs")
 }
 
 #[test]
@@ -103,7 +122,8 @@ fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
     let pod1a = &topo.pod("pod1a").ns;
     let _servers = BulkServers::start(&[pod1a], Ipv6Addr::UNSPECIFIED.into());
     let manifests = ManifestDir::new().unwrap();
-    manifests.write("pmtu6.yaml", &service()).unwrap();
+    let yaml = service("pmtu6", LOCAL, pod_ip6(1, 2), "node1");
+    manifests.write("pmtu6.yaml", &yaml).unwrap();
     let dir = manifests.path().to_string_lossy().into_owned();
     let mut agent = Agent::start_with(&topo.node1, &["--manifests", &dir]).expect("lb-agent");
     agent
@@ -128,4 +148,68 @@ fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
         route.contains(&format!("mtu {MTU}")),
         "{what}: pod1a learned no path MTU to the far client: {route}"
     );
+}
+
+/// The client's upload to pod2a through node1's narrow route (see the
+/// module doc), the agent run with `extra` arguments.
+fn client_uploads_through_a_narrow_route(extra: &[&str]) {
+    require_ipv6();
+    let topo =
+        ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
+            .expect("building the dual-stack topology");
+    // node1's route to node2's pods, whatever the CNI made it, narrowed.
+    let shown = topo
+        .node1
+        .exec(&["ip", "-6", "route", "show", NODE2_PODS])
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let route = shown
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("node1 has no route to {NODE2_PODS}"));
+    topo.node1
+        .script(&format!("ip -6 route change {route} mtu lock {MTU}"));
+    let pod2a = &topo.pod("pod2a").ns;
+    let _servers = BulkServers::start(&[pod2a], Ipv6Addr::UNSPECIFIED.into());
+    let manifests = ManifestDir::new().unwrap();
+    let yaml = service("pmtu6-remote", REMOTE, pod_ip6(2, 2), "node2");
+    manifests.write("pmtu6-remote.yaml", &yaml).unwrap();
+    let dir = manifests.path().to_string_lossy().into_owned();
+    let mut args = vec!["--manifests", &dir];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start_with(&topo.node1, &args).expect("lb-agent");
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("lb-agent ready");
+
+    let client = &topo.client;
+    let echoed = upload(client, REMOTE, 100)
+        .unwrap_or_else(|e| panic!("control: the client posts 100 bytes to {REMOTE}: {e:#}"));
+    assert_eq!(echoed, 100, "control");
+    let before = snmp6(client, "Icmp6InPktTooBigs");
+    let moved = upload(client, REMOTE, SIZE);
+    let got = snmp6(client, "Icmp6InPktTooBigs") - before;
+    let what = format!("the client's upload of {SIZE} bytes through {REMOTE}");
+    let moved = moved.unwrap_or_else(|e| panic!("{what}, {got} Packet Too Big received: {e:#}"));
+    assert_eq!(moved, SIZE, "{what}");
+    assert!(got > 0, "{what}: the client got no Packet Too Big");
+    let service = REMOTE.ip().to_string();
+    let route = client
+        .exec(&["ip", "-6", "route", "get", &service])
+        .unwrap();
+    let route = String::from_utf8(route.stdout).unwrap();
+    assert!(
+        route.contains(&format!("mtu {MTU}")),
+        "{what}: the client learned no path MTU to the Service: {route}"
+    );
+}
+
+#[test]
+fn a_client_uploads_a_mebibyte_over_ipv6_to_a_remote_backend_through_a_1280_byte_route() {
+    client_uploads_through_a_narrow_route(&[]);
+}
+
+#[test]
+fn a_client_uploads_a_mebibyte_over_ipv6_through_a_1280_byte_route_with_the_uplink_hook_at_tc() {
+    client_uploads_through_a_narrow_route(&["--uplink-hook", "tc"]);
 }

@@ -225,7 +225,7 @@ const E2E_TESTS: [&str; 14] = [
 /// [`FULL_SUITE`] and two of [`E2E_VARIANTS`]), and their twins cover the
 /// TC hook on the layouts and firewalls of the other three passes: each
 /// (layout, firewall) pair still meets the TC uplink program in one pass.
-const SAME_AT_TC: [&str; 10] = [
+const SAME_AT_TC: [&str; 11] = [
     // Twin: balances_tcp_and_udp_over_all_four_backends (which checks the test bed's hook's pins).
     "balances_over_all_four_backends_with_the_uplink_hook_at_tc",
     // Twin: a_client_is_refused_by_the_service_for_a_closed_port_of_a_local_backend.
@@ -246,6 +246,8 @@ const SAME_AT_TC: [&str; 10] = [
     "the_client_reaches_an_ipv6_cluster_ip_with_the_uplink_hook_at_tc",
     // Twin: the_client_reaches_every_backend_of_an_ipv6_service_on_any_node (the test bed's hook).
     "the_client_reaches_every_ipv6_backend_with_the_uplink_hook_at_tc",
+    // Twin: a_client_uploads_a_mebibyte_over_ipv6_to_a_remote_backend_through_a_1280_byte_route.
+    "a_client_uploads_a_mebibyte_over_ipv6_through_a_1280_byte_route_with_the_uplink_hook_at_tc",
 ];
 
 /// One pass of the end-to-end tests: the values of `LB_TEST_CNI`,
