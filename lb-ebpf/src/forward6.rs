@@ -219,6 +219,33 @@ pub fn handed_over(ctx: &TcContext, ifindex: u32) -> i32 {
     to_next_hop(ctx, ifindex, &src, &dst, next)
 }
 
+/// An XDP frame, `len` bytes in all, translated in place (an `ICMPv6`
+/// error about a via-node flow): routed by its fixed header and sent as
+/// [`xdp_send`] sends; a frame without one, or too big for its route, goes
+/// to the stack.
+#[inline(always)]
+pub fn xdp_handed_over(ctx: &XdpContext, len: usize) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + EXT_OFF > data_end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the fixed header lies within the bounds checked above.
+    let (src, dst, next) = unsafe {
+        (
+            read_at::<[u32; 4]>(data, IP6_SRC_OFF),
+            read_at::<[u32; 4]>(data, IP6_DST_OFF),
+            read_at::<u8>(data, L3_OFF + IP6_NEXT),
+        )
+    };
+    // Interface indexes are 32-bit in the kernel.
+    #[allow(clippy::cast_possible_truncation)]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match xdp_next_hop(ctx, len, ifindex, &src, &dst, next) {
+        Ok(next) => xdp_send(ctx, next),
+        Err(_) => xdp_action::XDP_PASS,
+    }
+}
+
 /// Decrements the hop limit, as forwarding does (no checksum covers it; a
 /// complete `skb->csum` is recomputed); `false` (nothing changed) when it
 /// is spent or cannot be read.

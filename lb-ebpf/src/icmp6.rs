@@ -19,8 +19,10 @@
 //! 102 quoted TCP/UDP (at least 8): source port at 102, destination port at 104
 //! ```
 //!
-//! Errors are translated where IPv4 translates them (IPv6 has no flow
-//! translated to the node's address, so nothing is forwarded past the stack):
+//! Errors are translated where IPv4 translates them:
+//! - about a client's packet translated to the node's address (quoted node
+//!   -> backend, travelling to the node): where it enters, then forwarded
+//!   past the stack as the flow's packets are ([`Outcome::Forward`]);
 //! - about a reply (quoted Service -> client, travelling to the backend):
 //!   where it enters the node (uplink, pod), before routing;
 //! - about a client's packet (quoted client -> backend, travelling to the
@@ -95,6 +97,10 @@ pub enum Outcome {
     Pass,
     /// An error about a tracked flow that failed the reverse-path check.
     Drop,
+    /// Translated in place; to be forwarded past the stack by its new
+    /// fixed header: an error about a client's packet translated to the
+    /// node's address (travelling to the node), as the flow's packets are.
+    Forward,
 }
 
 /// Addresses and ports of a quoted packet, or an outer header's addresses
@@ -201,7 +207,12 @@ pub fn handle<C: EbpfContext>(
         proto,
         pad: [0; 3],
     };
-    let found = if at.hook == Hook::Egress {
+    // An error to the node's address about its own packet: about a client's
+    // packet translated to it (only a pool port's can match).
+    let via_node = at.hook != Hook::Egress
+        && !same(&cfg.node_addr6, &[0; 4])
+        && same(&outer.dst, &cfg.node_addr6);
+    let found = if at.hook == Hook::Egress || via_node {
         about_forward(s, &outer, &quoted)
     } else {
         about_reply(s, &outer, cfg)
@@ -225,7 +236,11 @@ pub fn handle<C: EbpfContext>(
     // SAFETY: as above.
     unsafe { rewrite(data, &outer, &quoted, s) };
     counters::count_in(Family::Ipv6, verdict);
-    Outcome::Pass
+    if via_node {
+        Outcome::Forward
+    } else {
+        Outcome::Pass
+    }
 }
 
 /// An error about a client's packet as it left translated (client ->

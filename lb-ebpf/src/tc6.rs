@@ -206,6 +206,11 @@ fn icmp(ctx: &TcContext, hook: Hook, len: usize) -> i32 {
     match icmp6::handle(ctx, data, data_end, len, ingress(ctx, hook), cfg) {
         icmp6::Outcome::Pass => TC_ACT_OK,
         icmp6::Outcome::Drop => TC_ACT_SHOT,
+        icmp6::Outcome::Forward => {
+            // SAFETY: the program's own skb context.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            forward6::handed_over(ctx, ifindex)
+        }
     }
 }
 

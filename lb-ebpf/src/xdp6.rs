@@ -158,6 +158,7 @@ fn icmp(ctx: &XdpContext, data: usize, data_end: usize, len: usize) -> u32 {
     match icmp6::handle(ctx, data, data_end, len, uplink(ctx, data, data_end), cfg) {
         icmp6::Outcome::Pass => xdp_action::XDP_PASS,
         icmp6::Outcome::Drop => xdp_action::XDP_DROP,
+        icmp6::Outcome::Forward => forward6::xdp_handed_over(ctx, len),
     }
 }
 

@@ -22,7 +22,9 @@
 //! translated source, node1 itself: the upload moves only if node1's data
 //! path answers the client itself, from the Service address, about its
 //! packet as it sent it; the client must then hold a 1280-byte path MTU to
-//! the Service. Needs root.
+//! the Service. Its twin puts the 1280-byte hop on a router between node1
+//! and node2's pods (IPv4's upload case): the router's Packet Too Big goes
+//! to node1's address and must reach the client translated. Needs root.
 
 use std::{
     net::{Ipv6Addr, SocketAddrV6},
@@ -150,25 +152,49 @@ fn a_far_client_downloads_a_mebibyte_over_ipv6_through_a_1280_byte_hop() {
     );
 }
 
-/// The client's upload to pod2a through node1's narrow route (see the
-/// module doc), the agent run with `extra` arguments.
-fn client_uploads_through_a_narrow_route(extra: &[&str]) {
+/// Where the 1280-byte hop of the client's upload is.
+#[derive(Clone, Copy, PartialEq)]
+enum Narrow {
+    /// node1's own route to node2's pods: node1's data path answers.
+    Node1,
+    /// A router between node1 and node2's pods: its Packet Too Big goes to
+    /// node1's address and must be translated to the client.
+    Router,
+}
+
+/// The client's upload to pod2a through the narrow hop at `narrow` (see
+/// the module doc), the agent run with `extra` arguments.
+fn client_uploads_through_a_narrow_route(narrow: Narrow, extra: &[&str]) {
     require_ipv6();
     let topo =
         ClusterTopology::with_family(SenderChecksums::Complete, Cni::from_env(), Family::Dual)
             .expect("building the dual-stack topology");
-    // node1's route to node2's pods, whatever the CNI made it, narrowed.
-    let shown = topo
-        .node1
-        .exec(&["ip", "-6", "route", "show", NODE2_PODS])
-        .unwrap();
-    let shown = String::from_utf8(shown.stdout).unwrap();
-    let route = shown
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("node1 has no route to {NODE2_PODS}"));
-    topo.node1
-        .script(&format!("ip -6 route change {route} mtu lock {MTU}"));
+    let _router = if narrow == Narrow::Router {
+        let router = topo
+            .add_lan_host("router6", "lan3", "192.168.50.20/24")
+            .expect("the router on the LAN");
+        router.script(ROUTER_SETUP);
+        router.script(&format!(
+            "ip -6 route add {NODE2_PODS} via fd00:50::12 mtu lock {MTU}"
+        ));
+        topo.node1
+            .script(&format!("ip -6 route replace {NODE2_PODS} via fd00:50::20"));
+        Some(router)
+    } else {
+        // node1's route to node2's pods, whatever the CNI made it, narrowed.
+        let shown = topo
+            .node1
+            .exec(&["ip", "-6", "route", "show", NODE2_PODS])
+            .unwrap();
+        let shown = String::from_utf8(shown.stdout).unwrap();
+        let route = shown
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("node1 has no route to {NODE2_PODS}"));
+        topo.node1
+            .script(&format!("ip -6 route change {route} mtu lock {MTU}"));
+        None
+    };
     let pod2a = &topo.pod("pod2a").ns;
     let _servers = BulkServers::start(&[pod2a], Ipv6Addr::UNSPECIFIED.into());
     let manifests = ManifestDir::new().unwrap();
@@ -206,10 +232,15 @@ fn client_uploads_through_a_narrow_route(extra: &[&str]) {
 
 #[test]
 fn a_client_uploads_a_mebibyte_over_ipv6_to_a_remote_backend_through_a_1280_byte_route() {
-    client_uploads_through_a_narrow_route(&[]);
+    client_uploads_through_a_narrow_route(Narrow::Node1, &[]);
 }
 
 #[test]
 fn a_client_uploads_a_mebibyte_over_ipv6_through_a_1280_byte_route_with_the_uplink_hook_at_tc() {
-    client_uploads_through_a_narrow_route(&["--uplink-hook", "tc"]);
+    client_uploads_through_a_narrow_route(Narrow::Node1, &["--uplink-hook", "tc"]);
+}
+
+#[test]
+fn a_client_uploads_a_mebibyte_over_ipv6_to_a_remote_backend_through_a_routers_1280_byte_hop() {
+    client_uploads_through_a_narrow_route(Narrow::Router, &[]);
 }

@@ -425,3 +425,59 @@ fn a_packet_too_big_for_its_route_is_answered_with_a_packet_too_big_from_the_ser
         );
     });
 }
+
+#[test]
+fn a_routers_packet_too_big_about_a_via_node_packet_reaches_the_client_forwarded() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        // NEIGHBOUR, a permanent neighbour on the uplink, plays the router.
+        let mtu = 1280u32.to_be_bytes();
+        for (i, hook) in ["XDP", "TC"].into_iter().enumerate() {
+            let sport = 43_000 + u16::try_from(i).unwrap();
+            let syn = from_client(&Packet6::tcp(CLIENT, sport, VIP_OVERLAY, 80).syn());
+            let (_, out) = dp.run_tc_uplink_on(up, &syn);
+            let port = snat_port(&out);
+            // The translated SYN as it left the node (hop limit 63).
+            let sent = Packet6::tcp(NODE6, port, BEHIND_OVERLAY, 8080)
+                .syn()
+                .hop_limit(63)
+                .build();
+            let mut body = mtu.to_vec();
+            body.extend_from_slice(&sent[14..14 + 48]);
+            let error = with_macs(
+                &Packet6::icmp6(NEIGHBOUR, NODE6, PACKET_TOO_BIG, 0, &body).build(),
+                UPLINK_MAC,
+                NEIGHBOUR_MAC,
+            );
+            // The same error about the SYN as the client sent it, to the client.
+            let client_sent = Packet6::tcp(CLIENT, sport, VIP_OVERLAY, 80)
+                .syn()
+                .hop_limit(63)
+                .build();
+            let mut body = mtu.to_vec();
+            body.extend_from_slice(&client_sent[14..14 + 48]);
+            let translated = Packet6::icmp6(NEIGHBOUR, CLIENT, PACKET_TOO_BIG, 0, &body).build();
+            if hook == "XDP" {
+                let (ret, out) = dp.run_xdp_on(up, &error);
+                assert_eq!(ret, XDP_TX, "XDP: back out of the uplink");
+                assert_eq!(
+                    out,
+                    forwarded6(&with_macs(&translated, CLIENT_MAC, UPLINK_MAC)),
+                    "XDP: translated and forwarded"
+                );
+                assert!(checksums6_valid(&out), "XDP: its checksum");
+            } else {
+                let (ret, out) = dp.run_tc_uplink_on(up, &error);
+                assert_eq!(ret, TC_ACT_REDIRECT, "TC: redirected");
+                assert_eq!(
+                    out,
+                    forwarded6(&with_macs(&translated, UPLINK_MAC, NEIGHBOUR_MAC)),
+                    "TC: translated and forwarded"
+                );
+                assert!(checksums6_valid(&out), "TC: its checksum");
+            }
+        }
+    });
+}
