@@ -551,7 +551,7 @@ pub fn quote_as(quoted: &[u8], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Ve
 /// An IPv6 TCP SYN (to port 80).
 #[must_use]
 pub fn ipv6_tcp() -> Vec<u8> {
-    let mut f = ethernet(0x86dd);
+    let mut f = ethernet(ETH_P_IPV6);
     f.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
     f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);

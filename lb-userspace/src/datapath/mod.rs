@@ -667,19 +667,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// Loads every XDP and TC program of the kernel object the agent left
-    /// unverified (the other uplink hook's, the baselines), for tests and
-    /// benchmarks that run them through `BPF_PROG_TEST_RUN`.
-    pub fn load_every_program(&mut self) -> Result<()> {
-        attach::load_programs(&mut self.ebpf, &attach::EVERY_PROGRAM)?;
-        attach::fill_ipv6_slots(&mut self.ebpf)
-    }
-
-    /// Loads [`Datapath::load_every_program`]'s programs of one family
-    /// only (IPv6's then fill their prog-array slots): a packet test that
-    /// sends frames of one family verifies half the code. Until IPv6's are
-    /// loaded, an IPv4 entry point passes IPv6 frames untouched (an empty
-    /// slot).
+    /// Loads the XDP and TC programs of `family` the agent left unverified
+    /// (the other uplink hook's, the baselines), for tests and benchmarks
+    /// that run them through `BPF_PROG_TEST_RUN`; IPv6's then fill their
+    /// prog-array slots. A packet test that sends frames of one family
+    /// verifies half the code: until IPv6's are loaded, an IPv4 entry point
+    /// passes IPv6 frames untouched (an empty slot).
     pub fn load_programs_of(&mut self, family: lb_common::Family) -> Result<()> {
         let ipv6 = family == lb_common::Family::Ipv6;
         let names: Vec<&str> = attach::EVERY_PROGRAM
@@ -694,7 +687,7 @@ impl Datapath {
     }
 
     /// A program by name (for `BPF_PROG_TEST_RUN` in tests and benchmarks;
-    /// see [`Datapath::load_every_program`]).
+    /// see [`Datapath::load_programs_of`]).
     #[must_use]
     pub fn program(&self, name: &str) -> &aya::programs::Program {
         self.ebpf
