@@ -8,7 +8,10 @@
 //! and `bpf_redirect_neigh`, which reaches any device and resolves the
 //! neighbour. Nothing is decided or counted twice. Every other frame goes
 //! on to the next program of the hook. A driver that keeps no metadata
-//! gets the frame to the stack, translated, as before (see [`mark`]).
+//! gets the frame to the stack, translated, as before (see [`mark`]); so
+//! does a kernel whose XDP programs may not call `bpf_xdp_adjust_meta`
+//! (the agent probes it and clears [`XDP_META`], and the verifier then
+//! never sees the call).
 //!
 //! Layout: 4 bytes of metadata before the frame, [`HANDOFF_MARK`] in host
 //! order (shared with userspace, whose tests read it).
@@ -27,10 +30,22 @@ use crate::{
 /// Length of the metadata.
 const META_LEN: usize = 4;
 
+/// Nonzero: this kernel's XDP programs may call `bpf_xdp_adjust_meta`.
+/// Set by the agent at load from a helper probe (some kernels refuse the
+/// helper to XDP, and would refuse every program that calls it); a
+/// read-only global, so with 0 the verifier prunes the call as dead code.
+#[unsafe(no_mangle)]
+static XDP_META: u8 = 1;
+
 /// Marks the frame for the uplink's TC program; `false` (nothing changed)
 /// when the driver keeps no metadata.
 #[inline(always)]
 pub fn mark(ctx: &XdpContext) -> bool {
+    // SAFETY: a read of a constant the loader may have rewritten; volatile
+    // so the compiler does not fold the value it was compiled with.
+    if unsafe { core::ptr::read_volatile(&raw const XDP_META) } == 0 {
+        return false;
+    }
     // META_LEN is 4: the cast is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
     let grow = -(META_LEN as i32);

@@ -369,10 +369,26 @@ pub fn forwarded(frame: &[u8]) -> Vec<u8> {
 }
 
 /// The frame XDP handed to the uplink's TC program (`out` of an XDP run
-/// whose metadata is [`lb_common::HANDOFF_MARK`]), if it did.
+/// whose metadata is [`lb_common::HANDOFF_MARK`]), if it did. On a kernel
+/// that refuses `bpf_xdp_adjust_meta` to XDP ([`xdp_metadata`]) the
+/// hand-off falls back to the stack: the frame passes translated and
+/// unmarked, so `out` is the frame (and must not start with a mark).
 #[must_use]
 pub fn handed_over(out: &[u8]) -> Option<&[u8]> {
-    out.strip_prefix(&lb_common::HANDOFF_MARK.to_ne_bytes())
+    let marked = out.strip_prefix(&lb_common::HANDOFF_MARK.to_ne_bytes());
+    if xdp_metadata() {
+        marked
+    } else {
+        marked.is_none().then_some(out)
+    }
+}
+
+/// Whether this kernel lets XDP programs write metadata (the agent's probe,
+/// run once per test process).
+#[must_use]
+pub fn xdp_metadata() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(lb_userspace::datapath::uplink::xdp_metadata_supported)
 }
 
 /// `frame` with Ethernet destination `dst` and source `src`.

@@ -241,6 +241,8 @@ impl Datapath {
             0
         };
         loader.override_global(socket_lb::SOCK_ALL_NETNS, &all_netns, true);
+        let xdp_meta = u8::from(uplink::xdp_metadata_supported());
+        loader.override_global(uplink::XDP_META, &xdp_meta, true);
         if std::env::var_os("LB_VERIFIER_LOG").is_some() {
             // Debugging aid: the whole verifier log in load errors.
             loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);

@@ -32,6 +32,41 @@ pub enum HookRequest {
     Tc,
 }
 
+/// The global (`XDP_META` of the kernel object) that lets XDP programs
+/// mark frames in their metadata for the uplink's TC program (the hand-off).
+pub const XDP_META: &str = "XDP_META";
+
+/// Whether this kernel lets XDP programs call `bpf_xdp_adjust_meta`, the
+/// value of [`XDP_META`]. Some kernels refuse the helper to XDP (and with
+/// it every program that calls it); then frames XDP would hand to TC go to
+/// the stack translated instead, as on a driver that keeps no metadata. A
+/// probe that cannot tell counts as "no": a program that loads beats one
+/// refused.
+#[must_use]
+pub fn xdp_metadata_supported() -> bool {
+    match aya::sys::is_helper_supported(
+        aya::programs::ProgramType::Xdp,
+        aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
+    ) {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                "this kernel refuses bpf_xdp_adjust_meta to XDP programs: frames of flows \
+                 forwarded past the stack that XDP cannot send itself go to the stack, \
+                 translated, instead of to the uplink's TC program"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot probe bpf_xdp_adjust_meta for XDP: loading without the hand-off to TC"
+            );
+            false
+        }
+    }
+}
+
 /// The ethtool driver name of a veth.
 pub const VETH_DRIVER: &str = "veth";
 
