@@ -24,7 +24,8 @@
 //!   -> backend, travelling to the node): where it enters, then forwarded
 //!   past the stack as the flow's packets are ([`Outcome::Forward`]);
 //! - about a reply (quoted Service -> client, travelling to the backend):
-//!   where it enters the node (uplink, pod), before routing;
+//!   where it enters the node (uplink, pod), before routing; one about a
+//!   flow translated to the node's address is forwarded past the stack too;
 //! - about a client's packet (quoted client -> backend, travelling to the
 //!   client): at TC egress ([`Hook::Egress`]), after netfilter related it to
 //!   the connection as it saw it, client <-> backend.
@@ -98,8 +99,9 @@ pub enum Outcome {
     /// An error about a tracked flow that failed the reverse-path check.
     Drop,
     /// Translated in place; to be forwarded past the stack by its new
-    /// fixed header: an error about a client's packet translated to the
-    /// node's address (travelling to the node), as the flow's packets are.
+    /// fixed header: an error about a packet of a flow translated to the
+    /// node's address (the client's, travelling to the node; a reply,
+    /// travelling to the backend), as the flow's packets are.
     Forward,
 }
 
@@ -213,11 +215,11 @@ pub fn handle<C: EbpfContext>(
         && !same(&cfg.node_addr6, &[0; 4])
         && same(&outer.dst, &cfg.node_addr6);
     let found = if at.hook == Hook::Egress || via_node {
-        about_forward(s, &outer, &quoted)
+        about_forward(s, &outer, &quoted).map(|verdict| (verdict, via_node))
     } else {
-        about_reply(s, &outer, cfg)
+        about_reply(s, &outer, &quoted, cfg)
     };
-    let Some(verdict) = found else {
+    let Some((verdict, forward)) = found else {
         return Outcome::Pass;
     };
     // The lookups are done: the key's room holds the error as it arrived.
@@ -236,7 +238,7 @@ pub fn handle<C: EbpfContext>(
     // SAFETY: as above.
     unsafe { rewrite(data, &outer, &quoted, s) };
     counters::count_in(Family::Ipv6, verdict);
-    if via_node {
+    if forward {
         Outcome::Forward
     } else {
         Outcome::Pass
@@ -273,21 +275,37 @@ fn about_forward(s: &mut Scratch6, outer: &Tuple6, quoted: &Tuple6) -> Option<Ve
 
 /// An error about a reply as it left translated (Service -> client),
 /// travelling to the backend: the client flow (`s.key`, the quoted packet's
-/// reverse) gives the backend. The outer source (the client or a router)
-/// stays: IPv6 keeps the client's address. Leaves the new tuples as
-/// [`about_forward`] does.
+/// reverse) gives the backend and the address it replied to. The outer
+/// source stays (a router's; the client's where the backend sees the
+/// client) but for the client's own error about a flow translated to the
+/// node's address: as if from the node, which the backend sees. Leaves the
+/// new tuples as [`about_forward`] does; `true` with the verdict for a flow
+/// translated to the node's address, whose error is forwarded past the
+/// stack as its packets are (the stack never saw the flow).
 #[inline(always)]
-fn about_reply(s: &mut Scratch6, outer: &Tuple6, cfg: &NodeConfig) -> Option<Verdict> {
+fn about_reply(
+    s: &mut Scratch6,
+    outer: &Tuple6,
+    quoted: &Tuple6,
+    cfg: &NodeConfig,
+) -> Option<(Verdict, bool)> {
     // SAFETY: LRU value copied out at once.
     s.ct = unsafe { *CONNTRACK6.get(&s.key)? };
     if conntrack6::idle_expired(&s.key, &s.ct, &mut s.reply, cfg, now_s()) {
         return None;
     }
-    // The reply as the backend sent it: backend -> client.
+    // The reply as the backend sent it: backend -> client (or node).
     s.reply = s.key.reply_of(&s.ct);
-    s.holder.src_addr = outer.src;
+    // The backend replied to another address than the client's: the node's
+    // (a flow remapped after a clash keeps the client's address).
+    let via_node = !same(&s.reply.dst_addr, &quoted.dst);
+    s.holder.src_addr = if via_node && same(&outer.src, &quoted.dst) {
+        s.reply.dst_addr
+    } else {
+        outer.src
+    };
     s.holder.dst_addr = s.ct.backend_addr;
-    Some(Verdict::Translated)
+    Some((Verdict::Translated, via_node))
 }
 
 /// Writes the translation left in `s` (new outer addresses in `s.holder`,

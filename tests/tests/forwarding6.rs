@@ -481,3 +481,131 @@ fn a_routers_packet_too_big_about_a_via_node_packet_reaches_the_client_forwarded
         }
     });
 }
+
+/// A router on the uplink's LAN (no neighbour entry needed: it only sends).
+const ROUTER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+/// The router's Ethernet address.
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// `ICMPv6` destination unreachable, port unreachable.
+const UNREACH: u8 = 1;
+const PORT_UNREACH: u8 = 4;
+
+/// An `ICMPv6` error from `src` to `dst`, of type `ty` and code `code`,
+/// bytes 4-7 zero, quoting the IPv6 header and 8 bytes of TCP of `frame`
+/// (an Ethernet frame without extension headers).
+fn error_quoting(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, frame: &[u8]) -> Vec<u8> {
+    let mut body = vec![0; 4];
+    body.extend_from_slice(&frame[14..14 + 40 + 8]);
+    Packet6::icmp6(src, dst, ty, code, &body).build()
+}
+
+#[test]
+fn an_error_about_a_via_node_reply_reaches_the_backend_forwarded() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        // The client's own port unreachable (as if from the node's address,
+        // which the backend sees) and a router's (its source kept).
+        let senders = [
+            (CLIENT, CLIENT_MAC, NODE6, "the client's"),
+            (ROUTER, ROUTER_MAC, ROUTER, "a router's"),
+        ];
+        let mut sport = 44_000;
+        for hook in ["XDP", "TC"] {
+            for (from, from_mac, seen_from, who) in senders {
+                sport += 1;
+                let syn = from_client(&Packet6::tcp(CLIENT, sport, VIP_NEIGHBOUR, 80).syn());
+                let (_, out) = dp.run_tc_uplink_on(up, &syn);
+                let port = snat_port(&out);
+                let reply = with_macs(
+                    &Packet6::tcp(NEIGHBOUR, 8080, NODE6, port).synack().build(),
+                    UPLINK_MAC,
+                    NEIGHBOUR_MAC,
+                );
+                assert_eq!(dp.run_tc_uplink_on(up, &reply).0, TC_ACT_REDIRECT);
+                // The reply as the client got it (hop limit 63), and as the
+                // backend sent it.
+                let got = Packet6::tcp(VIP_NEIGHBOUR, 80, CLIENT, sport)
+                    .synack()
+                    .hop_limit(63)
+                    .build();
+                let sent = Packet6::tcp(NEIGHBOUR, 8080, NODE6, port)
+                    .synack()
+                    .hop_limit(63)
+                    .build();
+                let error = with_macs(
+                    &error_quoting(from, VIP_NEIGHBOUR, UNREACH, PORT_UNREACH, &got),
+                    UPLINK_MAC,
+                    from_mac,
+                );
+                let translated = error_quoting(seen_from, NEIGHBOUR, UNREACH, PORT_UNREACH, &sent);
+                if hook == "XDP" {
+                    let (ret, out) = dp.run_xdp_on(up, &error);
+                    assert_eq!(ret, XDP_TX, "XDP, {who}: back out of the uplink");
+                    assert_eq!(
+                        out,
+                        forwarded6(&with_macs(&translated, NEIGHBOUR_MAC, UPLINK_MAC)),
+                        "XDP, {who}: translated, hop limit one less, to the backend's neighbour"
+                    );
+                    assert!(checksums6_valid(&out), "XDP, {who}: its checksum");
+                } else {
+                    let (ret, out) = dp.run_tc_uplink_on(up, &error);
+                    assert_eq!(ret, TC_ACT_REDIRECT, "TC, {who}: redirected");
+                    assert_eq!(
+                        out,
+                        forwarded6(&with_macs(&translated, UPLINK_MAC, from_mac)),
+                        "TC, {who}: translated, hop limit one less"
+                    );
+                    assert!(checksums6_valid(&out), "TC, {who}: its checksum");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn an_error_about_a_local_backends_reply_is_translated_for_the_stack() {
+    let ns = node();
+    in_netns(&ns, || {
+        let dp = datapath();
+        let up = ifindex("upl");
+        for (i, hook) in ["XDP", "TC"].into_iter().enumerate() {
+            let sport = 45_000 + u16::try_from(i).unwrap();
+            let syn = from_client(&Packet6::tcp(CLIENT, sport, VIP_POD, 80).syn());
+            let (_, out) = dp.run_tc_uplink_on(up, &syn);
+            assert_eq!(
+                src6_of(&out),
+                (CLIENT, sport),
+                "a local backend sees the client"
+            );
+            let got = Packet6::tcp(VIP_POD, 80, CLIENT, sport)
+                .synack()
+                .hop_limit(63)
+                .build();
+            let sent = Packet6::tcp(POD, 8080, CLIENT, sport)
+                .synack()
+                .hop_limit(63)
+                .build();
+            let error = with_macs(
+                &error_quoting(CLIENT, VIP_POD, UNREACH, PORT_UNREACH, &got),
+                UPLINK_MAC,
+                CLIENT_MAC,
+            );
+            // The client's address stays (the backend knows it); no hop spent.
+            let translated = with_macs(
+                &error_quoting(CLIENT, POD, UNREACH, PORT_UNREACH, &sent),
+                UPLINK_MAC,
+                CLIENT_MAC,
+            );
+            let (pass, (ret, out)) = if hook == "XDP" {
+                (XDP_PASS, dp.run_xdp_on(up, &error))
+            } else {
+                (TC_ACT_OK, dp.run_tc_uplink_on(up, &error))
+            };
+            assert_eq!(ret, pass, "{hook}: to the stack");
+            assert_eq!(out, translated, "{hook}: translated to the backend");
+            assert!(checksums6_valid(&out), "{hook}: its checksum");
+        }
+    });
+}
