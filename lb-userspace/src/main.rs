@@ -335,9 +335,13 @@ fn uplink_hook(args: &RunArgs) -> Result<UplinkHook> {
         .iter()
         .map(|iface| Ok((iface.clone(), uplink::driver(iface)?)))
         .collect::<Result<Vec<_>>>()?;
-    let (hook, why) = uplink::choose(request, &drivers)?;
+    let xdp_metadata = uplink::xdp_metadata_supported();
+    let (hook, why) = uplink::choose(request, &drivers, xdp_metadata)?;
     if let Some(why) = why {
         tracing::info!("{why}");
+    }
+    if matches!(hook, UplinkHook::Xdp(_)) && !xdp_metadata {
+        tracing::warn!("{}", uplink::xdp_without_metadata());
     }
     Ok(hook)
 }

@@ -39,33 +39,25 @@ pub const XDP_META: &str = "XDP_META";
 /// Whether this kernel lets XDP programs call `bpf_xdp_adjust_meta`, the
 /// value of [`XDP_META`]. Some kernels refuse the helper to XDP (and with
 /// it every program that calls it); then frames XDP would hand to TC go to
-/// the stack translated instead, as on a driver that keeps no metadata. A
-/// probe that cannot tell counts as "no": a program that loads beats one
-/// refused.
+/// the stack translated instead, as on a driver that keeps no metadata, and
+/// `auto` takes TC ([`choose`]). A probe that cannot tell counts as "no": a
+/// program that loads beats one refused.
 #[must_use]
 pub fn xdp_metadata_supported() -> bool {
-    match aya::sys::is_helper_supported(
+    aya::sys::is_helper_supported(
         aya::programs::ProgramType::Xdp,
         aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
-    ) {
-        Ok(true) => true,
-        Ok(false) => {
-            tracing::warn!(
-                "this kernel refuses bpf_xdp_adjust_meta to XDP programs: frames of flows \
-                 forwarded past the stack that XDP cannot send itself go to the stack, \
-                 translated, instead of to the uplink's TC program"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "cannot probe bpf_xdp_adjust_meta for XDP: loading without the hand-off to TC"
-            );
-            false
-        }
-    }
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot probe bpf_xdp_adjust_meta for XDP: taken as refused");
+        false
+    })
 }
+
+/// Why `auto` leaves XDP for TC on a kernel without XDP metadata.
+const NO_XDP_METADATA: &str = "this kernel refuses bpf_xdp_adjust_meta to XDP programs, so XDP \
+     could not hand the frames it cannot send itself to TC, and the stack, which would get them \
+     instead, sees only one direction of such a flow (an INVALID drop rule cuts it)";
 
 /// The ethtool driver name of a veth.
 pub const VETH_DRIVER: &str = "veth";
@@ -73,9 +65,13 @@ pub const VETH_DRIVER: &str = "veth";
 /// Decides the uplink hook for `request` given each uplink's driver name
 /// (`uplinks`: interface, driver). Returns the hook and, when `Auto` chose
 /// TC, why; refuses XDP where it would see partial checksums, naming the fix.
+/// `xdp_metadata`: whether XDP programs may write metadata (see
+/// [`xdp_metadata_supported`]); without it `auto` takes TC, and XDP asked
+/// for is served with a warning ([`xdp_without_metadata`]).
 pub fn choose(
     request: HookRequest,
     uplinks: &[(String, String)],
+    xdp_metadata: bool,
 ) -> Result<(UplinkHook, Option<String>)> {
     let veth = uplinks
         .iter()
@@ -107,9 +103,23 @@ pub fn choose(
                      cannot rewrite safely: the uplink program runs at TC"
                 )),
             ),
+            None if !xdp_metadata => (
+                UplinkHook::Tc,
+                Some(format!("{NO_XDP_METADATA}: the uplink program runs at TC")),
+            ),
             None => (UplinkHook::Xdp(XdpMode::Driver), None),
         }),
     }
+}
+
+/// The warning for XDP asked for (`--uplink-hook xdp`) on a kernel without
+/// XDP metadata.
+#[must_use]
+pub fn xdp_without_metadata() -> String {
+    format!(
+        "{NO_XDP_METADATA}: with --uplink-hook xdp, such frames go to the stack translated \
+         (use --uplink-hook tc or auto where an INVALID drop rule is set)"
+    )
 }
 
 /// `SIOCETHTOOL` (linux/sockios.h).
@@ -177,13 +187,30 @@ mod tests {
     fn auto_takes_xdp_on_a_nic_and_tc_on_a_veth() {
         let nic = uplinks(&[("eth0", "mlx5_core")]);
         assert_eq!(
-            choose(HookRequest::Auto, &nic).unwrap(),
+            choose(HookRequest::Auto, &nic, true).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
         let mixed = uplinks(&[("eth0", "mlx5_core"), ("eth1", "veth")]);
-        let (hook, why) = choose(HookRequest::Auto, &mixed).unwrap();
+        let (hook, why) = choose(HookRequest::Auto, &mixed, true).unwrap();
         assert_eq!(hook, UplinkHook::Tc);
         assert!(why.unwrap().contains("eth1 is a veth"));
+    }
+
+    #[test]
+    fn auto_takes_tc_where_the_kernel_refuses_xdp_metadata_and_xdp_asked_for_stays() {
+        let nic = uplinks(&[("eth0", "mlx5_core")]);
+        let (hook, why) = choose(HookRequest::Auto, &nic, false).unwrap();
+        assert_eq!(hook, UplinkHook::Tc);
+        assert!(why.unwrap().contains("bpf_xdp_adjust_meta"));
+        let asked = HookRequest::Xdp {
+            mode: XdpMode::Driver,
+            on_veth: false,
+        };
+        assert_eq!(
+            choose(asked, &nic, false).unwrap(),
+            (UplinkHook::Xdp(XdpMode::Driver), None)
+        );
+        assert!(xdp_without_metadata().contains("--uplink-hook tc"));
     }
 
     #[test]
@@ -193,17 +220,17 @@ mod tests {
             mode: XdpMode::Driver,
             on_veth,
         };
-        let err = choose(asked(false), &veth).unwrap_err().to_string();
+        let err = choose(asked(false), &veth, true).unwrap_err().to_string();
         assert!(
             err.contains("eth0 is a veth") && err.contains("--uplink-hook tc"),
             "{err}"
         );
         assert_eq!(
-            choose(asked(true), &veth).unwrap(),
+            choose(asked(true), &veth, true).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
         assert_eq!(
-            choose(asked(false), &uplinks(&[("eth0", "ixgbe")])).unwrap(),
+            choose(asked(false), &uplinks(&[("eth0", "ixgbe")]), true).unwrap(),
             (UplinkHook::Xdp(XdpMode::Driver), None)
         );
     }
@@ -215,13 +242,13 @@ mod tests {
             mode: XdpMode::Skb,
             on_veth: true,
         };
-        let err = choose(skb, &nic).unwrap_err().to_string();
+        let err = choose(skb, &nic, true).unwrap_err().to_string();
         assert!(
             err.contains("GRO") && err.contains("--uplink-hook tc"),
             "{err}"
         );
         assert_eq!(
-            choose(HookRequest::Tc, &uplinks(&[("eth0", "veth")])).unwrap(),
+            choose(HookRequest::Tc, &uplinks(&[("eth0", "veth")]), true).unwrap(),
             (UplinkHook::Tc, None)
         );
     }
