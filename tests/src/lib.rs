@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod before_after;
 pub mod bench_run;
 pub mod bulk;
 pub mod cgroup;

@@ -2,19 +2,29 @@
 //! gets an id, and the commit measured; every bench stamps its files with
 //! them (`LB_BENCH_RUN`, `LB_BENCH_COMMIT`, `LB_BENCH_DIRTY`) and
 //! `bench-report` refuses files of another run.
+//!
+//! The packet bench also measures IPv4 before the IPv6 data path: the
+//! kernel object of [`BASELINE`], built here once into
+//! `target/bench/baseline/<commit>/` and handed over in
+//! `LB_BENCH_BASELINE_OBJECT` (see `tests/benches/packet/before_after.rs`).
 
 use std::{
+    path::{Path, PathBuf},
     process::Command,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{
     build::{build_for_bench, cargo},
     setup::setup,
-    util::{require_root, root, run},
+    util::{output, require_root, root, run},
 };
+
+/// The commit whose kernel object is IPv4's "before": the last one before
+/// the IPv6 data path (004a4a9, "IPv6 data path, step 1").
+pub const BASELINE: &str = "004a4a9~1";
 
 /// The benches, in the order they run.
 pub const BENCHES: [&str; 5] = ["packet", "control", "e2e", "east_west", "flows"];
@@ -42,6 +52,12 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         ),
     ])?;
     let agent = build_for_bench()?;
+    // Before any bench runs, so that a missing baseline fails the run early.
+    let baseline = if benches.contains(&"packet") {
+        Some(baseline_object()?)
+    } else {
+        None
+    };
     let (commit, dirty) = commit();
     let id = run_id();
     eprintln!(
@@ -78,6 +94,11 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         if quick {
             bench.env("LB_BENCH_QUICK", "1");
         }
+        if let Some((object, baseline_commit)) = &baseline {
+            bench
+                .env("LB_BENCH_BASELINE_OBJECT", object)
+                .env("LB_BENCH_BASELINE_COMMIT", baseline_commit);
+        }
         run(&mut bench)?;
     }
     // The report: targets judged, notes, tables, charts, report.json.
@@ -99,6 +120,89 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         report.arg("--partial");
     }
     run(&mut report)?;
+    Ok(())
+}
+
+/// The kernel object of [`BASELINE`] and that commit's hash: built with
+/// nightly from its `lb-ebpf` and `lb-common` (a `git archive` of them under
+/// `target/bench/baseline/<commit>/src`) the first time, then reused while
+/// `target/bench/baseline/<commit>/lb-ebpf.o` exists. Fails with what to do
+/// when the commit is not in this clone or the build fails.
+fn baseline_object() -> Result<(PathBuf, String)> {
+    let repo = root();
+    let commit = output(
+        Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg(format!("{BASELINE}^{{commit}}")),
+    )
+    .map(|out| out.trim().to_string())
+    .with_context(|| {
+        format!(
+            "the packet bench compares IPv4 with the kernel object of {BASELINE} (before the IPv6 \
+             data path), but this clone has no such commit: fetch the full history \
+             (`git fetch --unshallow`) or bench with --only other than packet"
+        )
+    })?;
+    let dir = repo.join("target/bench/baseline").join(&commit);
+    let object = dir.join("lb-ebpf.o");
+    if object.exists() {
+        eprintln!(
+            "baseline kernel object of {BASELINE} ({commit}): cached at {}",
+            object.display()
+        );
+        return Ok((object, commit));
+    }
+    eprintln!(
+        "building the baseline kernel object of {BASELINE} ({commit}) once, into {}",
+        dir.display()
+    );
+    build_baseline(&repo, &commit, &dir).with_context(|| {
+        format!(
+            "cannot build the kernel object of {BASELINE} ({commit}), the IPv4 \"before\" of the \
+             packet bench, in {}; see the output above (delete that directory to start over)",
+            dir.display()
+        )
+    })?;
+    Ok((object, commit))
+}
+
+/// Extracts `commit`'s `lb-ebpf` and `lb-common` under `dir/src`, builds
+/// the object and copies it to `dir/lb-ebpf.o` (last, so that only a
+/// finished build is taken as the cache).
+fn build_baseline(repo: &Path, commit: &str, dir: &Path) -> Result<()> {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    let tar = dir.join("src.tar");
+    run(Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["archive", "--format=tar", "-o"])
+        .arg(&tar)
+        .args([commit, "Cargo.toml", "lb-common", "lb-ebpf"]))?;
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&src))?;
+    std::fs::remove_file(&tar)?;
+    // lb-ebpf is a workspace of its own because the repository's root
+    // excludes it; inside target/ the search for its workspace would reach
+    // this repository's root, which does not. Its copy says so itself.
+    let manifest = src.join("lb-ebpf/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)?;
+    if !text.lines().any(|l| l.trim() == "[workspace]") {
+        std::fs::write(
+            &manifest,
+            format!("{text}\n# Added by cargo xtask bench: built apart from its repository.\n[workspace]\n"),
+        )?;
+    }
+    // Its own rust-toolchain.toml and .cargo/config.toml pick nightly, the
+    // BPF target and build-std, as for `cargo xtask build-ebpf`.
+    run(Command::new("cargo")
+        .args(["+nightly", "build", "--release"])
+        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(src.join("lb-ebpf")))?;
+    let built = src.join("lb-ebpf/target/bpfel-unknown-none/release/lb-ebpf");
+    std::fs::copy(&built, dir.join("lb-ebpf.o"))
+        .with_context(|| format!("copying {}", built.display()))?;
     Ok(())
 }
 

@@ -13,7 +13,9 @@
 //! replayed, everything it touches in cache: the program's cost alone), and
 //! the working set ([`working_set`]): many distinct flows over 10,000
 //! Services with conntrack full and evicting (what a busy node pays); and
-//! a new flow's cost by conntrack fill ([`fill`]).
+//! a new flow's cost by conntrack fill ([`fill`]); IPv6 beside IPv4
+//! ([`ipv6`]); and IPv4 before and after the IPv6 data path, the old
+//! kernel object beside the current one ([`before_after`]).
 //!
 //! `LB_BENCH_QUICK=1` (`cargo xtask bench --quick`) takes fewer samples and
 //! a smaller working set.
@@ -27,6 +29,7 @@ use lb_tests::{
     packet::{Packet, TestDatapath, XDP_PASS},
     stats::{figure, median, paired_ratio},
 };
+mod before_after;
 mod fill;
 mod ipv6;
 mod working_set;
@@ -276,6 +279,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let (by_fill, fill_md) = fill::measure(quick, &dir);
     let (ipv6, ipv6_md) = ipv6::measure(quick);
+    let (before_after, before_after_md) = before_after::measure(quick);
     let report = serde_json::json!({
         "calls_per_measurement": calls,
         "rounds": ROUNDS,
@@ -285,8 +289,9 @@ fn main() {
         "working_set": working_set,
         "new_flow_by_fill": by_fill,
         "ipv6": ipv6,
+        "ipv4_before_after": before_after,
     });
-    let md = format!("{header}{md}\n{ws_md}\n{fill_md}\n{ipv6_md}");
+    let md = format!("{header}{md}\n{ws_md}\n{fill_md}\n{ipv6_md}\n{before_after_md}");
     write_report(&dir, report, &md);
     print!("{md}");
     println!(

@@ -116,6 +116,12 @@ fn headline(report: &Value, key: &str) -> Option<Figure> {
     })
 }
 
+/// Issue 16's IPv4 figure: the kernel object before the IPv6 data path
+/// beside the current one, judged per case against the spread of two
+/// measurements of one object in one round (see `crate::before_after`).
+pub const IPV4_UNCHANGED: &str =
+    "per packet: IPv4 unchanged by IPv6 (after/before within noise; issue 16)";
+
 /// The targets whose miss fails the bench, not only the report: the
 /// `DaemonSet`'s memory limit must hold what the agent and its maps measure,
 /// or the agent would be killed in a loop at that size.
@@ -179,6 +185,11 @@ pub fn judge(report: &Value) -> Vec<Verdict> {
         "per packet: IPv6 established <= 1.3x IPv4 established (issue 16)",
         packet::ipv6_over_ipv4(report, "IPv6 established", "IPv4 established"),
         Bound::AtMost(1.3),
+    ));
+    verdicts.push(verdict(
+        IPV4_UNCHANGED,
+        packet::ipv4_before_after(report),
+        Bound::AtMost(0.0),
     ));
     verdicts.extend(working_set_verdicts(report));
     verdicts.extend(control::verdicts(report));

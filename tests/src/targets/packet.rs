@@ -195,3 +195,49 @@ pub(super) fn ipv6_over_ipv4(report: &Value, six: &str, four: &str) -> Option<Fi
         rounds: Ok(rounds),
     })
 }
+
+/// IPv4 before and after the IPv6 data path (the report's
+/// `ipv4_before_after`): for each judged case, how far its after/before
+/// lies from 1 beyond its noise (zero or less: within); the figure is the
+/// worst case's, and a round's figure the worst case's in that round
+/// (against the same noise).
+pub(super) fn ipv4_before_after(report: &Value) -> Option<Figure> {
+    let part = &report["packet"]["ipv4_before_after"];
+    let cases = part["cases"].as_object()?;
+    let ns = |case: &Value, key: &str| -> Option<Vec<u64>> {
+        case[key].as_array()?.iter().map(Value::as_u64).collect()
+    };
+    let mut worst: Option<f64> = None;
+    let mut texts = Vec::new();
+    let mut per_round: Vec<Vec<f64>> = Vec::new();
+    for (name, case) in cases {
+        if case["judged"].as_bool() != Some(true) {
+            continue;
+        }
+        let rounds = crate::before_after::CaseRounds {
+            before_a: ns(case, "before_a_ns")?,
+            after_a: ns(case, "after_a_ns")?,
+            after_b: ns(case, "after_b_ns")?,
+            before_b: ns(case, "before_b_ns")?,
+        };
+        let c = crate::before_after::compare(&rounds)?;
+        let excess = c.excess(c.ratio);
+        worst = Some(worst.map_or(excess, |w: f64| w.max(excess)));
+        texts.push(format!(
+            "{name} {:.3}x (noise ±{:.1}%)",
+            c.ratio,
+            c.noise * 100.0
+        ));
+        per_round.push(c.round_ratios.iter().map(|&r| c.excess(r)).collect());
+    }
+    let baseline = part["baseline_commit"].as_str().unwrap_or("unknown");
+    Some(Figure {
+        value: worst?,
+        text: format!(
+            "{} (before: {})",
+            texts.join(", "),
+            baseline.get(..7).unwrap_or(baseline)
+        ),
+        rounds: Ok(worst_per_round(&per_round)),
+    })
+}

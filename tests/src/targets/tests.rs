@@ -420,3 +420,40 @@ fn a_run_without_the_100000_size_leaves_its_targets_unmeasured() {
         3
     );
 }
+
+#[test]
+fn ipv4_before_after_is_judged_per_case_against_its_own_noise() {
+    let case = |judged: bool, after: u64| {
+        // Before pairs 100/102 ns: a noise of 2%.
+        json!({"judged": judged,
+               "before_a_ns": [100, 100, 100], "after_a_ns": [after, after, 101],
+               "after_b_ns": [after, after, 101], "before_b_ns": [102, 102, 102]})
+    };
+    let report = |established: u64, parse: u64| {
+        json!({"packet": {"ipv4_before_after": {"baseline_commit": "786b1d9e08df",
+            "cases": {"established TCP": case(true, established),
+                      "non-service": case(true, 101),
+                      "parse-only (xdp_parse)": case(false, parse)}}}})
+    };
+    // Unchanged: met, every round.
+    let v = find(&judge(&report(101, 101)), IPV4_UNCHANGED).clone();
+    assert_eq!(v.met, Some(true), "{v:?}");
+    assert_eq!(v.rounds, Rounds::Counted { met: 3, of: 3 });
+    assert!(
+        v.measured.contains("established TCP 1.000x (noise ±2.0%)"),
+        "{}",
+        v.measured
+    );
+    assert!(v.measured.contains("(before: 786b1d9)"), "{}", v.measured);
+    // 6% slower in two rounds of three: missed, one round met.
+    let v = find(&judge(&report(107, 101)), IPV4_UNCHANGED).clone();
+    assert_eq!(v.met, Some(false), "{v:?}");
+    assert_eq!(v.rounds, Rounds::Counted { met: 1, of: 3 });
+    // A case not judged (the parse-only check) decides nothing.
+    let v = find(&judge(&report(101, 150)), IPV4_UNCHANGED).clone();
+    assert_eq!(v.met, Some(true), "{v:?}");
+    assert!(!v.measured.contains("parse-only"), "{}", v.measured);
+    // Without the comparison: not measured.
+    let v = find(&judge(&json!({})), IPV4_UNCHANGED).clone();
+    assert_eq!(v.met, None);
+}
