@@ -72,6 +72,11 @@ impl Baseline {
             .map_max_entries(MAP_SERVICE_STATS_ARRAY, stats_array_len)
             .load_file(object)
             .unwrap_or_else(|e| panic!("loading the baseline object {}: {e:?}", object.display()));
+        assert!(
+            ebpf.map(lb_common::maps6::MAP_XDP6_PROGS).is_none(),
+            "{} has IPv6's prog array: not an object from before the IPv6 data path",
+            object.display()
+        );
         for name in [XDP_PROGRAM, XDP_PARSE_PROGRAM, XDP_PASS_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
