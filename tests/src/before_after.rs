@@ -8,7 +8,10 @@
 //! both objects alike). A round's ratio is the sum of its two "after"
 //! medians over the sum of its two "before" medians. The noise is what two
 //! measurements of one object in one round differ by (before vs before,
-//! after vs after): the largest such difference over the rounds.
+//! after vs after): the largest such difference over the rounds, and at
+//! least the resolution of the figures (the kernel reports whole
+//! nanoseconds, so a median is a whole number: 1 ns of the before median,
+//! which two same-object medians in a quiet round can show as 0).
 
 use lb_common::NodeConfig;
 
@@ -40,7 +43,8 @@ pub struct Comparison {
     pub low: f64,
     /// Highest round ratio.
     pub high: f64,
-    /// Largest `|b/a - 1|` of the same-object pairs of any round.
+    /// Largest `|b/a - 1|` of the same-object pairs of any round, at
+    /// least 1 ns of [`Comparison::before_ns`] (the figures' resolution).
     pub noise: f64,
 }
 
@@ -103,8 +107,9 @@ pub fn compare(r: &CaseRounds) -> Option<Comparison> {
             ]
         })
         .fold(0.0, f64::max);
+    let before_ns = median(before)?;
     Some(Comparison {
-        before_ns: median(before)?,
+        before_ns,
         after_ns: median(after)?,
         ratio: median(round_ratios.clone())?,
         low: round_ratios.iter().copied().fold(f64::INFINITY, f64::min),
@@ -113,7 +118,7 @@ pub fn compare(r: &CaseRounds) -> Option<Comparison> {
             .copied()
             .fold(f64::NEG_INFINITY, f64::max),
         round_ratios,
-        noise,
+        noise: noise.max(1.0 / before_ns.max(1.0)),
     })
 }
 
@@ -189,6 +194,17 @@ mod tests {
         let faster = compare(&rounds(&base, &[96; 3], &[96; 3], &again)).unwrap();
         assert!(!faster.within_noise(), "{faster:?}");
         assert!(faster.excess(faster.ratio) > 0.0);
+    }
+
+    #[test]
+    fn the_noise_is_at_least_one_nanosecond_of_the_before_median() {
+        // Same-object pairs equal (a quiet machine, whole-ns medians): 44
+        // against 45 ns is the figures' resolution, not a change.
+        let c = compare(&rounds(&[44; 3], &[45; 3], &[45; 3], &[44; 3])).unwrap();
+        assert!((c.noise - 1.0 / 44.0).abs() < 1e-12, "{c:?}");
+        assert!(c.within_noise(), "{c:?}");
+        let c = compare(&rounds(&[44; 3], &[46; 3], &[46; 3], &[44; 3])).unwrap();
+        assert!(!c.within_noise(), "{c:?}");
     }
 
     #[test]

@@ -305,7 +305,9 @@ fn report(
          through `lb_xdp`; {calls} calls per measurement; {rounds} rounds, each measuring every \
          case before, after, after, before. after/before: median of the per-round ratios of the \
          pair means (lowest-highest round); noise: the largest difference between the two \
-         measurements of one object in one round.\n\n\
+         measurements of one object in one round, at least 1 ns of the before figure (the kernel \
+         reports whole nanoseconds). The target judges the three `lb_xdp` cases; parse-only is \
+         the same code in both objects, a check of the method.\n\n\
          | case | before ns | after ns | after/before (rounds) | noise | within noise |\n\
          |---|---:|---:|---:|---:|---|\n"
     );
