@@ -8,10 +8,18 @@
 //! and `bpf_redirect_neigh`, which reaches any device and resolves the
 //! neighbour. Nothing is decided or counted twice. Every other frame goes
 //! on to the next program of the hook. A driver that keeps no metadata
-//! gets the frame to the stack, translated, as before (see [`mark`]); so
-//! does a kernel whose XDP programs may not call `bpf_xdp_adjust_meta`
-//! (the agent probes it and clears [`XDP_META`], and the verifier then
-//! never sees the call).
+//! gets the frame to the stack, translated, as before (see [`mark`]).
+//!
+//! Some kernels refuse `bpf_xdp_adjust_meta` to XDP programs: the agent
+//! probes it and clears [`XDP_META`], the verifier then never sees the
+//! call, and the TC program recognises an IPv4 frame XDP translated to the
+//! node's address by its source instead ([`translated_to_node`]): XDP
+//! drops every IPv4 frame from outside that claims the node's address, so
+//! after XDP only its own translations carry it. Fragments among them go to
+//! the stack, as XDP meant them to. Nothing marks a reply translated back
+//! to a client, nor an IPv6 frame (IPv6's XDP drops spoofs of the node's
+//! address only where a flow starts): those go to the stack without
+//! metadata.
 //!
 //! Layout: 4 bytes of metadata before the frame, [`HANDOFF_MARK`] in host
 //! order (shared with userspace, whose tests read it).
@@ -22,9 +30,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::HANDOFF_MARK;
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    forward, forward6,
+    config, forward, forward6,
     parse::{self, read_at, write_at},
 };
 /// Length of the metadata.
@@ -41,9 +50,7 @@ static XDP_META: u8 = 1;
 /// when the driver keeps no metadata.
 #[inline(always)]
 pub fn mark(ctx: &XdpContext) -> bool {
-    // SAFETY: a read of a constant the loader may have rewritten; volatile
-    // so the compiler does not fold the value it was compiled with.
-    if unsafe { core::ptr::read_volatile(&raw const XDP_META) } == 0 {
+    if !xdp_meta() {
         return false;
     }
     // META_LEN is 4: the cast is exact.
@@ -60,6 +67,24 @@ pub fn mark(ctx: &XdpContext) -> bool {
     // SAFETY: the metadata lies within the bounds checked above.
     unsafe { write_at(meta, 0, HANDOFF_MARK) };
     true
+}
+
+/// Whether XDP may write metadata ([`XDP_META`]).
+#[inline(always)]
+fn xdp_meta() -> bool {
+    // SAFETY: a read of a constant the loader may have rewritten; volatile
+    // so the compiler does not fold the value it was compiled with.
+    unsafe { core::ptr::read_volatile(&raw const XDP_META) != 0 }
+}
+
+/// Without XDP metadata: whether `ip` is a frame XDP translated to the
+/// node's address (its source; see the module's notes), and not a fragment.
+#[inline(always)]
+fn translated_to_node(ip: &Ipv4Hdr) -> bool {
+    let Some(cfg) = config::get() else {
+        return false;
+    };
+    cfg.node_addr != 0 && parse::source(ip) == cfg.node_addr && !parse::is_fragment(ip)
 }
 
 /// Whether XDP marked the packet for this TC program.
@@ -85,7 +110,12 @@ pub fn marked(ctx: &TcContext) -> bool {
 /// `--uplink-hook tc` runs after it for a moment).
 #[inline(always)]
 pub fn route(ctx: &TcContext) -> i32 {
-    if !marked(ctx) {
+    let handed = if xdp_meta() {
+        marked(ctx)
+    } else {
+        parse::ipv4(ctx.data(), ctx.data_end()).is_some_and(translated_to_node)
+    };
+    if !handed {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: the program's own skb context.

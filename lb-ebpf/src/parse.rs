@@ -31,6 +31,12 @@ const IP_MF: u16 = 0x2000;
 /// IPv4 fragment offset bits of `frags` (in 8-byte units).
 const IP_OFFSET: u16 = 0x1fff;
 
+/// Whether the IPv4 packet is a fragment (first or later) of a datagram.
+#[inline(always)]
+pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    u16::from_be_bytes(ip.frags) & (IP_MF | IP_OFFSET) != 0
+}
+
 /// Where a packet stands in its IPv4 datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {

@@ -13,8 +13,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{test_bed_hook, Agent, ManifestDir, TEST_BED_XDP},
-    packet::xdp_metadata,
+    agent::{Agent, ManifestDir},
     topology::ClusterTopology,
     traffic::{http_get, metric, scrape, scrape_after_sweep, udp_request, HttpClient, PodServers},
 };
@@ -312,21 +311,11 @@ fn accept_local_is_set_where_translated_packets_need_it_and_spoofs_of_the_node_s
     assert_eq!(http_get(&topo.client, WEB, short).unwrap(), "pod2a");
     set_accept_local(&topo, "eth0", "0");
     forget_next_hop_to_pod2a(&topo);
-    if test_bed_hook() == TEST_BED_XDP && !xdp_metadata() {
-        // This kernel refuses XDP metadata: XDP cannot hand a frame whose
-        // next hop is unresolved to the TC program, so it passes it to the
-        // stack translated, which drops it as a martian without accept_local.
-        assert!(
-            http_get(&topo.client, WEB, short).is_err(),
-            "without XDP metadata, the hand-off falls back to the stack"
-        );
-    } else {
-        assert_eq!(
-            http_get(&topo.client, WEB, short).unwrap(),
-            "pod2a",
-            "a connection never reaches the stack, its next hop unresolved or not"
-        );
-    }
+    assert_eq!(
+        http_get(&topo.client, WEB, short).unwrap(),
+        "pod2a",
+        "a connection never reaches the stack, its next hop unresolved or not"
+    );
     assert!(
         big_udp_request(&topo, short).is_err(),
         "fragments go to the stack, which drops them as martians"

@@ -13,8 +13,8 @@ use lb_tests::{
     fixture::{frontend, setup},
     netns::{ifindex, in_netns, Netns},
     packet::{
-        forwarded, handed_over, src_of, test_flows, with_macs, Packet, TestDatapath, XDP_PASS,
-        XDP_TX,
+        forwarded, handed_over, src_of, test_flows, with_macs, xdp_metadata, Packet, TestDatapath,
+        TC_ACT_REDIRECT, XDP_PASS, XDP_TX,
     },
 };
 use lb_userspace::desired::Protocol;
@@ -155,14 +155,43 @@ fn what_xdp_cannot_send_it_translates_and_hands_to_the_tc_program() {
                 with_macs(&sent, UPLINK_MAC, CLIENT_MAC),
                 "{why}: translated (SNATed), TTL and Ethernet addresses left to TC"
             );
-            // The TC hand-off program routes only marked frames: a test run
-            // carries no metadata, so it hands this one untouched to the
-            // next program of the hook.
-            assert_eq!(
-                dp.run_tc_uplink_handoff_on(up, handed),
-                (TC_ACT_UNSPEC, handed.to_vec()),
-                "{why}: unmarked, on to the next program"
-            );
+            let (ret, routed) = dp.run_tc_uplink_handoff_on(up, handed);
+            if xdp_metadata() {
+                // The TC hand-off program routes only marked frames: a test
+                // run carries no metadata, so it hands this one untouched to
+                // the next program of the hook.
+                assert_eq!(
+                    (ret, routed),
+                    (TC_ACT_UNSPEC, handed.to_vec()),
+                    "{why}: unmarked, on to the next program"
+                );
+            } else {
+                // Without XDP metadata, the program knows XDP's translations
+                // by the node's address as source, and routes them.
+                assert_eq!(ret, TC_ACT_REDIRECT, "{why}: routed past the stack");
+                assert_eq!(routed, forwarded(handed), "{why}: TTL one less");
+            }
+        }
+        if !xdp_metadata() {
+            // Only those: a fragment from the node's address goes to the
+            // stack as XDP meant it, and so does what another host sent.
+            let syn = Packet::tcp(NODE, 40_002, BEHIND_OVERLAY, 8080).syn();
+            for (frame, what) in [
+                (syn.clone().fragment(true, 0).build(), "a first fragment"),
+                (
+                    Packet::tcp(CLIENT, 40_003, BEHIND_OVERLAY, 8080)
+                        .syn()
+                        .build(),
+                    "another host's packet",
+                ),
+            ] {
+                let frame = with_macs(&frame, UPLINK_MAC, CLIENT_MAC);
+                assert_eq!(
+                    dp.run_tc_uplink_handoff_on(up, &frame),
+                    (TC_ACT_UNSPEC, frame.clone()),
+                    "{what}: on to the next program"
+                );
+            }
         }
     });
 }

@@ -56,8 +56,9 @@ pub fn xdp_metadata_supported() -> bool {
 
 /// Why `auto` leaves XDP for TC on a kernel without XDP metadata.
 const NO_XDP_METADATA: &str = "this kernel refuses bpf_xdp_adjust_meta to XDP programs, so XDP \
-     could not hand the frames it cannot send itself to TC, and the stack, which would get them \
-     instead, sees only one direction of such a flow (an INVALID drop rule cuts it)";
+     can hand to TC only the frames it translated to the node's address (known by their source), \
+     not a reply it translated back to a client but cannot send itself: the stack, which gets \
+     those instead, sees only one direction of such a flow (an INVALID drop rule cuts it)";
 
 /// The ethtool driver name of a veth.
 pub const VETH_DRIVER: &str = "veth";
