@@ -145,7 +145,11 @@ fn baseline_object() -> Result<(PathBuf, String)> {
              (`git fetch --unshallow`) or bench with --only other than packet"
         )
     })?;
-    let dir = repo.join("target/bench/baseline").join(&commit);
+    // "-nometa": built with the hand-off's metadata call left out (see
+    // `without_xdp_metadata`).
+    let dir = repo
+        .join("target/bench/baseline")
+        .join(format!("{commit}-nometa"));
     let object = dir.join("lb-ebpf.o");
     if object.exists() {
         eprintln!(
@@ -194,6 +198,7 @@ fn build_baseline(repo: &Path, commit: &str, dir: &Path) -> Result<()> {
             format!("{text}\n# Added by cargo xtask bench: built apart from its repository.\n[workspace]\n"),
         )?;
     }
+    without_xdp_metadata(&src.join("lb-ebpf/src/handoff.rs"))?;
     // Its own rust-toolchain.toml and .cargo/config.toml pick nightly, the
     // BPF target and build-std, as for `cargo xtask build-ebpf`.
     run(Command::new("cargo")
@@ -204,6 +209,29 @@ fn build_baseline(repo: &Path, commit: &str, dir: &Path) -> Result<()> {
     std::fs::copy(&built, dir.join("lb-ebpf.o"))
         .with_context(|| format!("copying {}", built.display()))?;
     Ok(())
+}
+
+/// The call of the baseline's XDP hand-off to `bpf_xdp_adjust_meta`.
+const ADJUST_META_CALL: &str = "unsafe { bpf_xdp_adjust_meta(ctx.ctx, grow) } != 0";
+
+/// Leaves the baseline's hand-off without XDP metadata, as the current
+/// object is on a kernel that refuses `bpf_xdp_adjust_meta` to XDP (which
+/// would refuse the baseline's `lb_xdp` whole): the call becomes "the
+/// driver keeps no metadata". No measured packet reaches the hand-off, so
+/// the figures are the baseline's; fails if the call is not found.
+fn without_xdp_metadata(handoff: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(handoff)
+        .with_context(|| format!("reading {}", handoff.display()))?;
+    if !text.contains(ADJUST_META_CALL) {
+        bail!(
+            "{}: no `{ADJUST_META_CALL}` to leave out",
+            handoff.display()
+        );
+    }
+    let text = text
+        .replace(ADJUST_META_CALL, "{ let _ = grow; true }")
+        .replace("helpers::bpf_xdp_adjust_meta,", "");
+    std::fs::write(handoff, text).with_context(|| format!("writing {}", handoff.display()))
 }
 
 /// The commit checked out (`git rev-parse HEAD`, "unknown" outside git) and
