@@ -459,27 +459,52 @@ fn a_routers_packet_too_big_about_a_via_node_packet_reaches_the_client_forwarded
             let mut body = mtu.to_vec();
             body.extend_from_slice(&client_sent[14..14 + 48]);
             let translated = Packet6::icmp6(NEIGHBOUR, CLIENT, PACKET_TOO_BIG, 0, &body).build();
-            if hook == "XDP" {
-                let (ret, out) = dp.run_xdp_on(up, &error);
-                assert_eq!(ret, XDP_TX, "XDP: back out of the uplink");
-                assert_eq!(
-                    out,
-                    forwarded6(&with_macs(&translated, CLIENT_MAC, UPLINK_MAC)),
-                    "XDP: translated and forwarded"
-                );
-                assert!(checksums6_valid(&out), "XDP: its checksum");
+            let (next_hop, from) = if hook == "XDP" {
+                (CLIENT_MAC, UPLINK_MAC)
             } else {
-                let (ret, out) = dp.run_tc_uplink_on(up, &error);
-                assert_eq!(ret, TC_ACT_REDIRECT, "TC: redirected");
-                assert_eq!(
-                    out,
-                    forwarded6(&with_macs(&translated, UPLINK_MAC, NEIGHBOUR_MAC)),
-                    "TC: translated and forwarded"
-                );
-                assert!(checksums6_valid(&out), "TC: its checksum");
-            }
+                (UPLINK_MAC, NEIGHBOUR_MAC)
+            };
+            assert_error_forwarded(
+                &dp,
+                hook,
+                up,
+                &error,
+                &with_macs(&translated, next_hop, from),
+                "the router's",
+            );
         }
     });
+}
+
+/// Runs `error` through `hook`'s uplink program ("XDP" or "TC") on `up`:
+/// it must leave forwarded (`XDP_TX` back out of the uplink, or a TC
+/// redirect) as `translated` (its Ethernet addresses those the hook
+/// writes) with the hop limit one less, its checksum valid.
+fn assert_error_forwarded(
+    dp: &TestDatapath,
+    hook: &str,
+    up: u32,
+    error: &[u8],
+    translated: &[u8],
+    who: &str,
+) {
+    let (ret, out) = if hook == "XDP" {
+        dp.run_xdp_on(up, error)
+    } else {
+        dp.run_tc_uplink_on(up, error)
+    };
+    let sent = if hook == "XDP" {
+        XDP_TX
+    } else {
+        TC_ACT_REDIRECT
+    };
+    assert_eq!(ret, sent, "{hook}, {who}: forwarded");
+    assert_eq!(
+        out,
+        forwarded6(translated),
+        "{hook}, {who}: translated, hop limit one less"
+    );
+    assert!(checksums6_valid(&out), "{hook}, {who}: its checksum");
 }
 
 /// A router on the uplink's LAN (no neighbour entry needed: it only sends).
@@ -540,25 +565,19 @@ fn an_error_about_a_via_node_reply_reaches_the_backend_forwarded() {
                     from_mac,
                 );
                 let translated = error_quoting(seen_from, NEIGHBOUR, UNREACH, PORT_UNREACH, &sent);
-                if hook == "XDP" {
-                    let (ret, out) = dp.run_xdp_on(up, &error);
-                    assert_eq!(ret, XDP_TX, "XDP, {who}: back out of the uplink");
-                    assert_eq!(
-                        out,
-                        forwarded6(&with_macs(&translated, NEIGHBOUR_MAC, UPLINK_MAC)),
-                        "XDP, {who}: translated, hop limit one less, to the backend's neighbour"
-                    );
-                    assert!(checksums6_valid(&out), "XDP, {who}: its checksum");
+                let (next_hop, from) = if hook == "XDP" {
+                    (NEIGHBOUR_MAC, UPLINK_MAC)
                 } else {
-                    let (ret, out) = dp.run_tc_uplink_on(up, &error);
-                    assert_eq!(ret, TC_ACT_REDIRECT, "TC, {who}: redirected");
-                    assert_eq!(
-                        out,
-                        forwarded6(&with_macs(&translated, UPLINK_MAC, from_mac)),
-                        "TC, {who}: translated, hop limit one less"
-                    );
-                    assert!(checksums6_valid(&out), "TC, {who}: its checksum");
-                }
+                    (UPLINK_MAC, from_mac)
+                };
+                assert_error_forwarded(
+                    &dp,
+                    hook,
+                    up,
+                    &error,
+                    &with_macs(&translated, next_hop, from),
+                    who,
+                );
             }
         }
     });
