@@ -110,17 +110,18 @@ pub fn marked(ctx: &TcContext) -> bool {
 /// `--uplink-hook tc` runs after it for a moment).
 #[inline(always)]
 pub fn route(ctx: &TcContext) -> i32 {
-    let handed = if xdp_meta() {
-        marked(ctx)
-    } else {
-        parse::ipv4(ctx.data(), ctx.data_end()).is_some_and(translated_to_node)
-    };
-    if !handed {
+    let meta = xdp_meta();
+    // Unmarked frames, nearly all, leave before anything is parsed.
+    if meta && !marked(ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    let ip = parse::ipv4(ctx.data(), ctx.data_end());
+    if !meta && !ip.is_some_and(translated_to_node) {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: the program's own skb context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(ip) = parse::ipv4(ctx.data(), ctx.data_end()) else {
+    let Some(ip) = ip else {
         return forward6::handed_over(ctx, ifindex);
     };
     forward::to_next_hop(

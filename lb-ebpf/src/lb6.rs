@@ -15,9 +15,8 @@
 //!
 //! A packet of such a flow too big for its route is answered with a
 //! Packet Too Big the node originates ([`crate::reject6::too_big_xdp`]).
-//! `ICMPv6` errors about a client's packet of such a flow are translated
-//! and forwarded ([`crate::icmp6`]). Not yet: an error about such a flow's
-//! reply is translated but left to the stack. On a node without
+//! `ICMPv6` errors about such a flow's packets, the client's and the
+//! replies, are translated and forwarded ([`crate::icmp6`]). On a node without
 //! an IPv6 address of its own, a flow that would be translated to it
 //! passes untouched, counted `Ipv6SnatUnserved`. Session affinity is kept as IPv4's
 //! ([`crate::affinity6`]); fragments are translated as IPv4's are

@@ -383,12 +383,10 @@ pub fn handed_over(out: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Whether this kernel lets XDP programs write metadata (the agent's probe,
-/// run once per test process).
+/// Whether this kernel lets XDP programs write metadata (the agent's probe).
 #[must_use]
 pub fn xdp_metadata() -> bool {
-    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPPORTED.get_or_init(lb_userspace::datapath::uplink::xdp_metadata_supported)
+    lb_userspace::datapath::uplink::xdp_metadata_supported()
 }
 
 /// `frame` with Ethernet destination `dst` and source `src`.

@@ -41,16 +41,20 @@ pub const XDP_META: &str = "XDP_META";
 /// it every program that calls it); then frames XDP would hand to TC go to
 /// the stack translated instead, as on a driver that keeps no metadata, and
 /// `auto` takes TC ([`choose`]). A probe that cannot tell counts as "no": a
-/// program that loads beats one refused.
+/// program that loads beats one refused. Probed once per process (the
+/// hook's choice and every load ask).
 #[must_use]
 pub fn xdp_metadata_supported() -> bool {
-    aya::sys::is_helper_supported(
-        aya::programs::ProgramType::Xdp,
-        aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
-    )
-    .unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot probe bpf_xdp_adjust_meta for XDP: taken as refused");
-        false
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        aya::sys::is_helper_supported(
+            aya::programs::ProgramType::Xdp,
+            aya::sys::BpfHelper::BPF_FUNC_xdp_adjust_meta,
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot probe bpf_xdp_adjust_meta for XDP: taken as refused");
+            false
+        })
     })
 }
 
