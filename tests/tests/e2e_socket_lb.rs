@@ -237,6 +237,12 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
         served[0].starts_with(&format!("peer={WEB} reply=")),
         "{served:?}"
     );
+    // Another process holding a link (a dying agent, a `bpftool` looking at
+    // it) must not keep it attached, and removing a pin detaches only
+    // later, after an RCU grace period and a work queue: `cleanup` detaches
+    // every link itself before it returns.
+    let held = aya::programs::links::PinnedLink::from_pin(links.join("sock-connect4"))
+        .expect("the connect4 link's pin opens");
     let cleanup = Command::new(agent_bin().unwrap())
         .args(["cleanup", "--pin-dir"])
         .arg(&pin_dir)
@@ -248,6 +254,7 @@ fn with_scope_host_a_pods_sockets_keep_the_per_packet_path() {
         after[0].starts_with("error="),
         "not balanced any more: {after:?}"
     );
+    drop(held);
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod maps;
 pub mod pod_netns;
 pub mod sock_destroy;
 pub mod socket_lb;
+mod unpin;
 pub mod uplink;
 mod writer;
 
@@ -33,6 +34,7 @@ use crate::flows::{self, FlowSettings};
 pub use self::{
     attach::{ifindex, interfaces, is_ipv6_program, EVERY_PROGRAM},
     layout::PIN_LAYOUT,
+    unpin::cleanup,
     writer::{decode_label, encode_label},
 };
 use self::{
@@ -472,8 +474,8 @@ impl Datapath {
         for &other in others {
             let stale = self.link_pin(other, iface);
             if stale.exists() {
-                // Removing the last pin detaches it: the new hook serves already.
-                std::fs::remove_file(&stale)
+                // The new hook serves already.
+                unpin::detach_link(&stale)
                     .with_context(|| format!("detaching {}", stale.display()))?;
                 info!(iface, hook = other, "detached the other uplink hook");
             }
@@ -550,8 +552,10 @@ impl Datapath {
                         info!(iface, kind, "took over the earlier layout's link");
                     }
                     Ok(None) => {
-                        // Not configured any more: removing the last pin detaches it.
-                        let _ = std::fs::remove_file(&old);
+                        // Not configured any more.
+                        if let Err(e) = unpin::detach_link(&old) {
+                            warn!(iface, kind, "cannot detach the earlier link: {e}");
+                        }
                         info!(iface, kind, "detached the earlier layout's program");
                     }
                     Err(e) => warn!(iface, kind, "cannot take over the earlier link: {e:#}"),
@@ -571,7 +575,7 @@ impl Datapath {
             }
         }
         for old in &pending.dirs {
-            remove_layout_dir(old);
+            unpin::remove_layout_dir(old);
         }
         info!(
             removed = ?pending.dirs,
@@ -770,31 +774,6 @@ const LINKS_DIR: &str = "links";
 #[must_use]
 pub fn pins_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(PIN_LAYOUT)
-}
-
-/// Detaches every pinned link (removing a link's last pin detaches it) and
-/// removes the pinned maps, of every layout version: `lb-agent cleanup`.
-/// Best effort, idempotent.
-pub fn cleanup(pin_dir: &Path) {
-    for version in layout::other_layouts(pin_dir) {
-        remove_layout_dir(&pin_dir.join(version));
-    }
-    remove_layout_dir(&pins_dir(pin_dir));
-    let _ = std::fs::remove_dir(pin_dir);
-}
-
-/// Removes a layout directory: its links first (detaching them), then its
-/// maps and whatever else it holds. Best effort.
-fn remove_layout_dir(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir.join(LINKS_DIR)) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    for name in PINNED_MAPS {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn raise_memlock_limit() {

@@ -173,10 +173,11 @@ pub fn attach(
             .take_link(id)?
             .try_into()
             .with_context(|| format!("{name}: not a bpf_link"))?;
-        // The new link serves (held by its fd) before the old pin goes,
-        // which detaches the old link; then the new one takes the pin.
+        // The new link serves (held by its fd) before the old one is
+        // detached; then the new one takes the pin.
         let pin = links_dir.join(kind);
-        let _ = std::fs::remove_file(&pin);
+        super::unpin::detach_link(&pin)
+            .with_context(|| format!("detaching the earlier link at {}", pin.display()))?;
         link.pin(&pin)
             .with_context(|| format!("pinning the link at {}", pin.display()))?;
     }
@@ -200,7 +201,7 @@ pub fn detach_pinned(links_dir: &Path) {
 fn detach_pinned_of(programs: &[(&str, &str)], links_dir: &Path) {
     for &(_, kind) in programs {
         let pin: PathBuf = links_dir.join(kind);
-        if std::fs::remove_file(&pin).is_ok() {
+        if super::unpin::detach_link(&pin).unwrap_or(false) {
             info!(pin = %pin.display(), "detached an earlier agent's socket program");
         }
     }
