@@ -475,7 +475,7 @@ impl FlowKey {
             src_port: rev.client_port,
             dst_port: rev.svc_port,
             proto,
-            pad: [0; 3],
+            pad: [0, 0, 0],
         }
     }
 
@@ -495,7 +495,7 @@ impl FlowKey {
             src_port: ct.backend_port,
             dst_port,
             proto: self.proto,
-            pad: [0; 3],
+            pad: [0, 0, 0],
         }
     }
 }

@@ -324,7 +324,7 @@ impl FlowKey6 {
             src_port: rev.client_port,
             dst_port: rev.svc_port,
             proto,
-            pad: [0; 3],
+            pad: [0, 0, 0],
         }
     }
 
@@ -344,7 +344,7 @@ impl FlowKey6 {
             src_port: ct.backend_port,
             dst_port,
             proto: self.proto,
-            pad: [0; 3],
+            pad: [0, 0, 0],
         }
     }
 }
@@ -507,7 +507,7 @@ mod tests {
             src_port: 40000u16.to_be(),
             dst_port: 80u16.to_be(),
             proto: 6,
-            pad: [0; 3],
+            pad: [0, 0, 0],
         };
         let ct = CtEntry6 {
             backend_addr: [9, 10, 11, 12],

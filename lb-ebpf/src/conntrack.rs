@@ -32,7 +32,7 @@ pub fn key(flow: &Flow) -> FlowKey {
         src_port: flow.sport,
         dst_port: flow.dport,
         proto: flow.proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     }
 }
 

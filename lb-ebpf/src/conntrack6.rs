@@ -23,6 +23,7 @@ use crate::{
     counters,
     lb6::Scratch6,
     maps6::{CONNTRACK6, REVNAT6},
+    mem::{copy, copy_from},
     parse::Fragment,
     parse6::Flow6,
     select6::{self, Chosen6},
@@ -42,7 +43,7 @@ pub fn key(flow: &Flow6) -> FlowKey6 {
         src_port: flow.sport,
         dst_port: flow.dport,
         proto: flow.proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     }
 }
 
@@ -75,17 +76,17 @@ pub fn idle_expired(
 /// copied would cost `lb_xdp6` stack it does not have.
 #[inline(always)]
 fn reply_into(reply: &mut FlowKey6, key: &FlowKey6, ct: &CtEntry6) {
-    reply.src_addr = ct.backend_addr;
+    copy(&mut reply.src_addr, &ct.backend_addr);
     reply.src_port = ct.backend_port;
     if ct.flags & CT_F_SNAT != 0 {
-        reply.dst_addr = ct.snat_addr;
+        copy(&mut reply.dst_addr, &ct.snat_addr);
         reply.dst_port = ct.snat_port;
     } else {
         reply.dst_addr = key.src_addr;
         reply.dst_port = key.src_port;
     }
     reply.proto = key.proto;
-    reply.pad = [0; 3];
+    reply.pad = [0, 0, 0];
 }
 
 /// The backend of a tracked entry, if it still exists unchanged: active, at
@@ -114,7 +115,7 @@ pub fn recall(s: &mut Scratch6, flow: &Flow6, cfg: &NodeConfig) -> Option<Chosen
     let ptr = CONNTRACK6.get_ptr_mut(key)?;
     // SAFETY: a live LRU value, copied out; concurrent writers store single
     // fields (state, flags, time), so a mixed copy holds valid values only.
-    s.ct = unsafe { *ptr };
+    unsafe { copy_from(&mut s.ct, ptr) };
     let ct = &mut s.ct;
     let chosen = backend_of(ct)?;
     let now = now_s();
@@ -199,7 +200,7 @@ pub fn record(s: &mut Scratch6, cfg: &NodeConfig) -> Recorded6 {
         if let Some(chosen) = backend_of(theirs) {
             if !idle_expired(&s.key, theirs, &mut s.reply, cfg, s.ct.last_seen_s) {
                 counters::event_in(Family::Ipv6, Event::ConntrackRaceLost);
-                s.ct = *theirs;
+                copy(&mut s.ct, theirs);
                 return Recorded6::Theirs(chosen);
             }
         }

@@ -2,7 +2,11 @@
 //! by the reverse-path checks (`spoof.rs`, `spoof6.rs`) and the forwarding
 //! past the stack (`forward.rs`, `forward6.rs`).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, EbpfContext};
+
+use crate::mem::zero;
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
@@ -34,8 +38,9 @@ pub struct Query {
 /// unless the neighbour was skipped or is unresolved).
 #[inline(always)]
 pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_fib_lookup) {
+    let mut slot = MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = unsafe { zero(&mut slot) };
     params.family = AF_INET;
     params.l4_protocol = query.proto;
     params.ifindex = query.ifindex;
@@ -44,8 +49,8 @@ pub fn lookup<C: EbpfContext>(ctx: &C, query: &Query, flags: u32) -> (i64, bpf_f
     params.__bindgen_anon_1.tot_len = query.tot_len;
     params.__bindgen_anon_3.ipv4_src = query.src;
     params.__bindgen_anon_4.ipv4_dst = query.dst;
-    let ret = run(ctx, &mut params, flags);
-    (ret, params)
+    let ret = run(ctx, params, flags);
+    (ret, *params)
 }
 
 /// [`Query`] for IPv6: addresses as `maps6::ipv6_words` stores them.
@@ -70,8 +75,9 @@ pub struct Query6 {
 /// [`lookup`] of an IPv6 route.
 #[inline(always)]
 pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf_fib_lookup) {
+    let mut slot = MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: a plain C struct of integers and unions of integers: all zeros is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = unsafe { zero(&mut slot) };
     params.family = AF_INET6;
     params.l4_protocol = query.proto;
     params.ifindex = query.ifindex;
@@ -80,8 +86,8 @@ pub fn lookup6<C: EbpfContext>(ctx: &C, query: &Query6, flags: u32) -> (i64, bpf
     params.__bindgen_anon_1.tot_len = query.tot_len;
     params.__bindgen_anon_3.ipv6_src = query.src;
     params.__bindgen_anon_4.ipv6_dst = query.dst;
-    let ret = run(ctx, &mut params, flags);
-    (ret, params)
+    let ret = run(ctx, params, flags);
+    (ret, *params)
 }
 
 /// The `bpf_fib_lookup` helper on `params`, with `flags`: its return code.

@@ -29,7 +29,7 @@ fn key(flow: &Flow6) -> Option<&'static FragKey6> {
         dst_addr: flow.dst,
         id: flow.frag_id,
         proto: flow.proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     Some(&s.frag)
 }
@@ -85,7 +85,7 @@ pub fn note_staged(translated: bool) {
         dst_addr: s.flow.dst,
         id: s.flow.frag_id,
         proto: s.flow.proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     remember(&s.frag, &s.flow, translated);
 }

@@ -203,7 +203,7 @@ pub fn handle<C: EbpfContext>(
         src_port: quoted.dport,
         dst_port: quoted.sport,
         proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     let Some(new) = translation(at.hook, &reversed, &outer, &quoted, cfg) else {
         return Outcome::Pass;
@@ -214,7 +214,7 @@ pub fn handle<C: EbpfContext>(
         src_port: 0,
         dst_port: 0,
         proto: IPPROTO_ICMP,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     if !spoof::reply_path_ok(ctx, cfg, &arrived, &at, 0) {
         counters::count(Verdict::Invalid);

@@ -58,6 +58,7 @@ use crate::{
     lb::{Hook, Ingress},
     lb6::{self, Scratch6},
     maps6::{CONNTRACK6, REVNAT6},
+    mem::copy_from,
     parse::{read_at, write_at, L3_OFF},
     parse6::{IP6_DST, IP6_NEXT, IP6_PAYLOAD_LEN, IP6_SRC},
     spoof6,
@@ -207,7 +208,7 @@ pub fn handle<C: EbpfContext>(
         src_port: quoted.dport,
         dst_port: quoted.sport,
         proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     // An error to the node's address about its own packet: about a client's
     // packet translated to it (only a pool port's can match).
@@ -229,7 +230,7 @@ pub fn handle<C: EbpfContext>(
         src_port: 0,
         dst_port: 0,
         proto: IPPROTO_ICMPV6,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     if !spoof6::reply_path_ok(ctx, cfg, &s.key, &at, 0) {
         counters::count_in(Family::Ipv6, Verdict::Invalid);
@@ -253,10 +254,10 @@ pub fn handle<C: EbpfContext>(
 #[inline(always)]
 fn about_forward(s: &mut Scratch6, outer: &Tuple6, quoted: &Tuple6) -> Option<Verdict> {
     // SAFETY: LRU values copied out at once.
-    s.rev = unsafe { *REVNAT6.get(&s.key)? };
+    unsafe { copy_from(&mut s.rev, REVNAT6.get_ptr(&s.key)?) };
     s.reply = FlowKey6::client_of(&s.rev, s.key.proto);
     // SAFETY: as above.
-    s.ct = unsafe { *CONNTRACK6.get(&s.reply)? };
+    unsafe { copy_from(&mut s.ct, CONNTRACK6.get_ptr(&s.reply)?) };
     let reply = s.reply.reply_of(&s.ct);
     if reply != s.key {
         // An orphaned reverse entry: no live flow sent the quoted packet.
@@ -290,7 +291,7 @@ fn about_reply(
     cfg: &NodeConfig,
 ) -> Option<(Verdict, bool)> {
     // SAFETY: LRU value copied out at once.
-    s.ct = unsafe { *CONNTRACK6.get(&s.key)? };
+    unsafe { copy_from(&mut s.ct, CONNTRACK6.get_ptr(&s.key)?) };
     if conntrack6::idle_expired(&s.key, &s.ct, &mut s.reply, cfg, now_s()) {
         return None;
     }

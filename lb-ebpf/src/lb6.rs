@@ -41,6 +41,7 @@ use crate::{
     counters, filter6, frontend6,
     lb::{Hook, Ingress},
     maps6::{REVNAT6, SCRATCH6},
+    mem::copy_from,
     nat6::{self, Reverse6, Rewrite6},
     parse::Fragment,
     parse6::Flow6,
@@ -239,7 +240,7 @@ fn reply<C: EbpfContext>(
     s.key = conntrack6::key(flow);
     let ptr = REVNAT6.get_ptr_mut(&s.key)?;
     // SAFETY: the LRU value is copied out at once; stamps below are single-field stores.
-    s.rev = unsafe { *ptr };
+    unsafe { copy_from(&mut s.rev, ptr) };
     let rev = &s.rev;
     // A later fragment is the datagram of a first fragment translated here
     // (`frag6::complete` found it by addresses, 32-bit id and protocol),
@@ -429,7 +430,7 @@ fn new_flow(
         s.holder.src_port = s.ct.backend_port;
         s.holder.dst_port = port;
         s.holder.proto = flow.proto;
-        s.holder.pad = [0; 3];
+        s.holder.pad = [0, 0, 0];
     }
     let claimed = needs_snat || remap;
     match conntrack6::record(s, cfg) {

@@ -36,6 +36,7 @@ mod lb;
 mod lb6;
 mod maps;
 mod maps6;
+mod mem;
 mod nat;
 mod nat6;
 mod parse;

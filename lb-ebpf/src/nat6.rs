@@ -19,6 +19,7 @@ use crate::{
     counters,
     lb6::Scratch6,
     maps6::{CONNTRACK6, REVNAT6},
+    mem::copy,
     parse6::Flow6,
     select6::Chosen6,
     snat6,
@@ -87,7 +88,7 @@ pub fn reply_key(flow: &Flow6, chosen: &Chosen6) -> FlowKey6 {
         src_port: chosen.backend.port,
         dst_port: flow.sport,
         proto: flow.proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     }
 }
 
@@ -177,8 +178,8 @@ fn take_if_gone(
         if !swapped {
             return false;
         }
-        (*rev).svc_addr = entry.svc_addr;
-        (*rev).client_addr = entry.client_addr;
+        copy(&mut (*rev).svc_addr, &entry.svc_addr);
+        copy(&mut (*rev).client_addr, &entry.client_addr);
         (*rev).svc_port = entry.svc_port;
         (*rev).client_port = entry.client_port;
         (*rev).created_s = entry.created_s;

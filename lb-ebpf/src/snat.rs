@@ -30,6 +30,7 @@ use lb_common::{
 use crate::{
     counters,
     maps::{CONNTRACK, PROBES, REVNAT, SNAT_EXHAUSTED},
+    mem::copy,
     select::Chosen,
 };
 
@@ -179,7 +180,7 @@ pub fn reply_key(chosen: &Chosen, addr: u32, port: u16, proto: u8) -> FlowKey {
         src_port: chosen.backend.port,
         dst_port: port,
         proto,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     }
 }
 
@@ -189,9 +190,9 @@ fn scratch(key: &FlowKey, entry: &RevNatEntry, cfg: &NodeConfig) -> Option<&'sta
     let p = PROBES.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot (see `Probes`), used by one claim at a time.
     let p = unsafe { &mut *p };
-    p.timeouts = cfg.timeouts;
-    p.entry = *entry;
-    p.key = *key;
+    copy(&mut p.timeouts, &cfg.timeouts);
+    copy(&mut p.entry, entry);
+    copy(&mut p.key, key);
     p.found = 0;
     p.victim = 0;
     p.victim_idle = 0;

@@ -32,6 +32,7 @@ use lb_common::{
 use crate::{
     counters,
     maps6::{CONNTRACK6, PROBES6, REVNAT6, SNAT_EXHAUSTED6},
+    mem::{copy, copy_from},
     snat::Holder,
 };
 
@@ -107,15 +108,15 @@ fn judge(p: &mut Probes6, rev: *const RevNatEntry6) -> Holder {
     let now = p.entry.created_s;
     // SAFETY: `rev` is a live map value; fields are read one at a time.
     let (created, replied) = unsafe {
-        p.holder.src_addr = (*rev).client_addr;
-        p.holder.dst_addr = (*rev).svc_addr;
+        copy_from(&mut p.holder.src_addr, &raw const (*rev).client_addr);
+        copy_from(&mut p.holder.dst_addr, &raw const (*rev).svc_addr);
         p.holder.src_port = (*rev).client_port;
         p.holder.dst_port = (*rev).svc_port;
         p.seen_claim = (*rev).claim;
         ((*rev).created_s, (*rev).last_seen_s)
     };
     p.holder.proto = p.key.proto;
-    p.holder.pad = [0; 3];
+    p.holder.pad = [0, 0, 0];
     let ct = CONNTRACK6
         .get_ptr(&p.holder)
         .filter(|&ct| points_at(ct, &p.holder, &p.key));
@@ -162,8 +163,8 @@ fn take_over(p: &Probes6, rev: *mut RevNatEntry6) -> bool {
         if !swapped {
             return false;
         }
-        (*rev).svc_addr = p.entry.svc_addr;
-        (*rev).client_addr = p.entry.client_addr;
+        copy(&mut (*rev).svc_addr, &p.entry.svc_addr);
+        copy(&mut (*rev).client_addr, &p.entry.client_addr);
         (*rev).svc_port = p.entry.svc_port;
         (*rev).client_port = p.entry.client_port;
         (*rev).created_s = p.entry.created_s;
@@ -186,8 +187,8 @@ fn scratch(entry: &RevNatEntry6, cfg: &NodeConfig) -> Option<&'static mut Probes
     let p = PROBES6.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot (see `Probes6`), used by one claim at a time.
     let p = unsafe { &mut *p };
-    p.timeouts = cfg.timeouts;
-    p.entry = *entry;
+    copy(&mut p.timeouts, &cfg.timeouts);
+    copy(&mut p.entry, entry);
     p.found = 0;
     p.victim = 0;
     p.victim_idle = 0;
@@ -289,18 +290,16 @@ pub fn claim(ct: &CtEntry6, proto: u8, entry: &RevNatEntry6, cfg: &NodeConfig) -
         return None;
     }
     let p = scratch(entry, cfg)?;
-    p.key.src_addr = ct.backend_addr;
-    p.key.dst_addr = ct.snat_addr;
+    copy(&mut p.key.src_addr, &ct.backend_addr);
+    copy(&mut p.key.dst_addr, &ct.snat_addr);
     p.key.src_port = ct.backend_port;
     p.key.dst_port = 0;
     p.key.proto = proto;
-    p.key.pad = [0; 3];
-    p.backend = BackendKey6 {
-        addr: ct.backend_addr,
-        port: ct.backend_port,
-        proto,
-        pad: 0,
-    };
+    p.key.pad = [0, 0, 0];
+    copy(&mut p.backend.addr, &ct.backend_addr);
+    p.backend.port = ct.backend_port;
+    p.backend.proto = proto;
+    p.backend.pad = 0;
     // A pool exhausted this very second is probed lightly (see `snat::claim`).
     // SAFETY: only the stamp is read.
     let probes = if unsafe { SNAT_EXHAUSTED6.get(&p.backend) }

@@ -176,7 +176,7 @@ fn to_backend(
         cookie,
         backend_addr: chosen.backend.addr,
         backend_port: chosen.backend.port,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     let entry = SockRevEntry6 {
         svc_addr: *addr,
@@ -210,7 +210,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
         cookie,
         backend_addr: addr,
         backend_port: port,
-        pad: [0; 3],
+        pad: [0, 0, 0],
     };
     // SAFETY: the LRU value is copied out at once.
     if let Some(entry) = unsafe { SOCK_REVERSE6.get(key) }.copied() {
