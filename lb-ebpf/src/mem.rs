@@ -6,8 +6,8 @@
 //! rounds of a loop, on every packet that copies it.
 //! - LLVM turns an assignment into a `memmove` where it cannot prove the
 //!   two places apart (a map value and the per-CPU scratch, or two fields
-//!   reached through pointers). Such copies go through [`copy`] and
-//!   [`copy_from`]: one `memcpy` from the source straight into the
+//!   reached through pointers). Such copies go through [`copy`],
+//!   [`copy_from`] and [`copy_to`]: one `memcpy` from the source straight into the
 //!   destination, no temporary to forward.
 //! - `mem::zeroed` and `[0; N]` become a `memset`: [`zero`] stores words;
 //!   a short padding array is written as a literal (`[0, 0, 0]`).
@@ -25,13 +25,24 @@ pub fn copy<T: Copy>(dst: &mut T, src: &T) {
     unsafe { core::ptr::copy_nonoverlapping(src, dst, 1) };
 }
 
-/// Copies the `T` at `src` (a map value) into `dst`.
+/// Copies the `T` at `src` (in a map value) into `dst`.
 ///
 /// # Safety
-/// `src` points at a live, aligned `T` that is not `dst` (a map value
-/// returned by a lookup, never this CPU's scratch).
+/// `src` points at a live, aligned `T` that does not overlap `dst` (in a
+/// map value a lookup returned, never this CPU's scratch that `dst` is in).
 #[inline(always)]
 pub unsafe fn copy_from<T: Copy>(dst: &mut T, src: *const T) {
+    // SAFETY: the caller's promise.
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, 1) };
+}
+
+/// Copies `src` into the `T` at `dst` (in a map value other CPUs may read:
+/// no reference to it is made).
+///
+/// # Safety
+/// `dst` points at a live, aligned, writable `T` that does not overlap `src`.
+#[inline(always)]
+pub unsafe fn copy_to<T: Copy>(dst: *mut T, src: &T) {
     // SAFETY: the caller's promise.
     unsafe { core::ptr::copy_nonoverlapping(src, dst, 1) };
 }

@@ -19,7 +19,7 @@ use crate::{
     counters,
     lb6::Scratch6,
     maps6::{CONNTRACK6, REVNAT6},
-    mem::copy,
+    mem::copy_to,
     parse6::Flow6,
     select6::Chosen6,
     snat6,
@@ -178,8 +178,8 @@ fn take_if_gone(
         if !swapped {
             return false;
         }
-        copy(&mut (*rev).svc_addr, &entry.svc_addr);
-        copy(&mut (*rev).client_addr, &entry.client_addr);
+        copy_to(&raw mut (*rev).svc_addr, &entry.svc_addr);
+        copy_to(&raw mut (*rev).client_addr, &entry.client_addr);
         (*rev).svc_port = entry.svc_port;
         (*rev).client_port = entry.client_port;
         (*rev).created_s = entry.created_s;

@@ -32,7 +32,7 @@ use lb_common::{
 use crate::{
     counters,
     maps6::{CONNTRACK6, PROBES6, REVNAT6, SNAT_EXHAUSTED6},
-    mem::{copy, copy_from},
+    mem::{copy, copy_from, copy_to},
     snat::Holder,
 };
 
@@ -163,8 +163,8 @@ fn take_over(p: &Probes6, rev: *mut RevNatEntry6) -> bool {
         if !swapped {
             return false;
         }
-        copy(&mut (*rev).svc_addr, &p.entry.svc_addr);
-        copy(&mut (*rev).client_addr, &p.entry.client_addr);
+        copy_to(&raw mut (*rev).svc_addr, &p.entry.svc_addr);
+        copy_to(&raw mut (*rev).client_addr, &p.entry.client_addr);
         (*rev).svc_port = p.entry.svc_port;
         (*rev).client_port = p.entry.client_port;
         (*rev).created_s = p.entry.created_s;

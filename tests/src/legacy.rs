@@ -167,6 +167,31 @@ pub fn make_v7(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`make_v5`], then every link v5 pins pinned again where this layout
+/// pins it: as an upgrade's first successor leaves them when it dies in
+/// its hand-over between pinning a link's new path and removing its old
+/// one. Both pins name one link, which must keep serving.
+pub fn make_v5_mid_handover(pin_dir: &Path) -> Result<()> {
+    make_v5(pin_dir)?;
+    let (old, new) = (
+        pin_dir.join(V5).join("links"),
+        pin_dir.join(PIN_LAYOUT).join("links"),
+    );
+    std::fs::create_dir_all(&new).with_context(|| format!("creating {}", new.display()))?;
+    let mut pinned = 0;
+    for entry in std::fs::read_dir(&old).with_context(|| format!("reading {}", old.display()))? {
+        let entry = entry?;
+        let link = aya::programs::links::PinnedLink::from_pin(entry.path())
+            .with_context(|| format!("opening {}", entry.path().display()))?;
+        aya::programs::links::FdLink::from(link)
+            .pin(new.join(entry.file_name()))
+            .with_context(|| format!("pinning {} again", entry.path().display()))?;
+        pinned += 1;
+    }
+    ensure!(pinned > 0, "{} pins no link", old.display());
+    Ok(())
+}
+
 /// Turns the pins an agent of layout v8 left under `pin_dir` (its
 /// `--pin-dir`; the agent gone) into those an agent of layout v6 would have
 /// left: those of [`make_v7`], without `SOCK_AFFINITY`.

@@ -250,6 +250,24 @@ fn an_upgrade_to_a_new_pin_layout_hands_over_without_dropping_traffic() {
     );
 }
 
+/// Like the upgrade, when the upgrade's first successor died in its
+/// hand-over with each link pinned in both layouts (see
+/// `legacy::make_v5_mid_handover`): the next one takes the links over and
+/// removes the earlier layout's pins without detaching the links they
+/// share with its own.
+#[test]
+fn an_upgrade_interrupted_in_its_hand_over_finishes_it_without_dropping_traffic() {
+    assert_eq!(lb_userspace::datapath::PIN_LAYOUT, "v8");
+    kill_and_restart(
+        "upgrade-mid",
+        |pin_dir| lb_tests::legacy::make_v5_mid_handover(pin_dir).unwrap(),
+        true,
+        &[],
+        &[],
+        "hand-over from the earlier layout finished",
+    );
+}
+
 /// The successor's first sync rewrote nothing that was right; after an
 /// `upgrade` from v5, it merged Service ports.
 fn assert_first_sync(log: &str, upgrade: bool) {

@@ -251,7 +251,10 @@ const PADDING_MEMSET: [(&str, &str); 2] = [
 fn with_padding_stores(src: &Path) -> Result<()> {
     let mut patched = 0;
     for dir in ["lb-ebpf/src", "lb-common/src"] {
-        for entry in std::fs::read_dir(src.join(dir))? {
+        let dir = src.join(dir);
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries {
             let path = entry?.path();
             if path.extension().is_none_or(|e| e != "rs") {
                 continue;

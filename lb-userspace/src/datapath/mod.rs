@@ -553,10 +553,10 @@ impl Datapath {
                     }
                     Ok(None) => {
                         // Not configured any more.
-                        if let Err(e) = unpin::detach_link(&old) {
-                            warn!(iface, kind, "cannot detach the earlier link: {e}");
+                        match unpin::detach_link(&old) {
+                            Ok(_) => info!(iface, kind, "detached the earlier layout's program"),
+                            Err(e) => warn!(iface, kind, "cannot detach the earlier link: {e}"),
                         }
-                        info!(iface, kind, "detached the earlier layout's program");
                     }
                     Err(e) => warn!(iface, kind, "cannot take over the earlier link: {e:#}"),
                 }
@@ -575,7 +575,9 @@ impl Datapath {
             }
         }
         for old in &pending.dirs {
-            unpin::remove_layout_dir(old);
+            // Its links were taken over or detached above; what it still
+            // pins may be a link this layout pins too.
+            unpin::remove_layout_dir(old, unpin::Links::Unpin);
         }
         info!(
             removed = ?pending.dirs,

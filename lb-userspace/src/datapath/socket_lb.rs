@@ -8,7 +8,7 @@
 //!
 //! Each link is pinned under the layout's `links/` as `sock-<hook>`, so the
 //! programs keep serving when the agent exits. A restarted agent attaches
-//! its own program, then removes the old pin (which detaches the old link)
+//! its own program, then removes the old pin and detaches the old link,
 //! and pins the new one: for that instant both run, and the second finds a
 //! backend's address, not a Service's, and leaves the call alone.
 
@@ -197,12 +197,16 @@ pub fn detach_pinned(links_dir: &Path) {
     detach_pinned_of(&PROGRAMS6, links_dir);
 }
 
-/// Removes the link pins of `programs` in `links_dir`.
+/// Detaches the links `programs` pin in `links_dir`.
 fn detach_pinned_of(programs: &[(&str, &str)], links_dir: &Path) {
     for &(_, kind) in programs {
         let pin: PathBuf = links_dir.join(kind);
-        if super::unpin::detach_link(&pin).unwrap_or(false) {
-            info!(pin = %pin.display(), "detached an earlier agent's socket program");
+        match super::unpin::detach_link(&pin) {
+            Ok(true) => info!(pin = %pin.display(), "detached an earlier agent's socket program"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(pin = %pin.display(), "cannot detach an earlier agent's socket program: {e}");
+            }
         }
     }
 }

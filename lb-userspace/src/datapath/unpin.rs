@@ -4,64 +4,91 @@
 //! Removing a link's last pin does detach it, but not at once: the kernel
 //! drops a bpffs inode's reference after an RCU grace period, from a work
 //! queue, and never while another process (a dying agent, `bpftool`) still
-//! holds the link. So every link is detached explicitly first
-//! (`BPF_LINK_DETACH`, Linux 5.9 for XDP and cgroup links, 6.6 for TCX),
-//! and only then unpinned. aya 0.14 has no wrapper for either call on a
-//! pin it did not create.
+//! holds the link. So a link to be gone is opened, unpinned, and detached
+//! explicitly (`BPF_LINK_DETACH`, Linux 5.9 for XDP and cgroup links, 6.6
+//! for TCX). aya 0.14 opens a pin (`PinnedLink`) but gives neither its
+//! descriptor nor `BPF_LINK_DETACH`.
+//!
+//! An earlier layout's directory after a hand-over is only unpinned
+//! ([`Links::Unpin`]): a link it still pins may be the one this layout
+//! took over (an agent that died between pinning the new path and removing
+//! the old one leaves both), which must keep serving.
 
 use std::{
     ffi::CString,
     os::{
-        fd::{FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
 };
 
 use aya_obj::generated::{bpf_attr, bpf_cmd};
+use tracing::{debug, warn};
 
 use super::{layout, maps::PINNED_MAPS, pins_dir, LINKS_DIR};
 
-/// Detaches the link pinned at `pin` and removes the pin. `Ok(false)` when
-/// there is no such pin. A link the kernel cannot detach explicitly (an
-/// older kernel) still detaches once its pin goes.
+/// What removing a layout directory does to the links it pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Detach each (`lb-agent cleanup`).
+    Detach,
+    /// Only remove the pins (after a hand-over).
+    Unpin,
+}
+
+/// Removes the pin at `pin`, then detaches its link. `Ok(false)` when
+/// there is no such pin; a pin that cannot be removed is left, its link
+/// attached. A link the kernel cannot detach explicitly (an older kernel)
+/// still detaches once its last reference goes.
 pub fn detach_link(pin: &Path) -> std::io::Result<bool> {
-    match open_pin(pin) {
-        Ok(link) => {
-            if let Err(e) = link_detach(&link) {
-                // EOPNOTSUPP / EINVAL: this kernel detaches this kind of
-                // link only when its last reference goes.
-                tracing::debug!(pin = %pin.display(), "BPF_LINK_DETACH: {e}");
-            }
-        }
+    let link = match open_pin(pin) {
+        Ok(link) => Some(link),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         // Not a BPF object (or not ours to open): removing it is all there is.
-        Err(e) => tracing::debug!(pin = %pin.display(), "BPF_OBJ_GET: {e}"),
-    }
+        Err(e) => {
+            debug!(pin = %pin.display(), "BPF_OBJ_GET: {e}");
+            None
+        }
+    };
     match std::fs::remove_file(pin) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     }
+    if let Some(link) = link {
+        if let Err(e) = link_detach(&link) {
+            // EOPNOTSUPP / EINVAL: this kernel detaches this kind of link
+            // only when its last reference goes.
+            debug!(pin = %pin.display(), "BPF_LINK_DETACH: {e}");
+        }
+    }
+    Ok(true)
 }
 
 /// Detaches every pinned link and removes the pinned maps, of every
 /// layout version: `lb-agent cleanup`. Best effort, idempotent.
 pub fn cleanup(pin_dir: &Path) {
     for version in layout::other_layouts(pin_dir) {
-        remove_layout_dir(&pin_dir.join(version));
+        remove_layout_dir(&pin_dir.join(version), Links::Detach);
     }
-    remove_layout_dir(&pins_dir(pin_dir));
+    remove_layout_dir(&pins_dir(pin_dir), Links::Detach);
     let _ = std::fs::remove_dir(pin_dir);
 }
 
-/// Removes a layout directory: its links first (detaching them), then its
-/// maps and whatever else it holds. Best effort.
-pub(super) fn remove_layout_dir(dir: &Path) {
+/// Removes a layout directory: its links first (detached or only
+/// unpinned, as `links` says), then its maps and whatever else it holds.
+/// Best effort.
+pub(super) fn remove_layout_dir(dir: &Path, links: Links) {
     if let Ok(entries) = std::fs::read_dir(dir.join(LINKS_DIR)) {
         for entry in entries.flatten() {
-            if let Err(e) = detach_link(&entry.path()) {
-                tracing::warn!(pin = %entry.path().display(), "cannot remove the link's pin: {e}");
+            let pin = entry.path();
+            let removed = match links {
+                Links::Detach => detach_link(&pin).map(|_| ()),
+                Links::Unpin => std::fs::remove_file(&pin),
+            };
+            if let Err(e) = removed {
+                warn!(pin = %pin.display(), "cannot remove the link's pin: {e}");
             }
         }
     }
@@ -87,7 +114,6 @@ fn open_pin(pin: &Path) -> std::io::Result<OwnedFd> {
 
 /// Detaches the link `link` from its hook (`BPF_LINK_DETACH`).
 fn link_detach(link: &OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
     // SAFETY: an all-zero bpf_attr is the documented empty attribute.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let fd = u32::try_from(link.as_raw_fd())
@@ -126,12 +152,11 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_bpf_object_is_removed() {
-        let dir = std::env::temp_dir().join(format!("lb-unpin-plain-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("sock-connect4");
+        let file = std::env::temp_dir().join(format!("lb-unpin-plain-{}", std::process::id()));
         std::fs::write(&file, b"not a link").unwrap();
-        assert!(detach_link(&file).unwrap());
+        let removed = detach_link(&file);
+        let _ = std::fs::remove_file(&file);
+        assert!(removed.unwrap());
         assert!(!file.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

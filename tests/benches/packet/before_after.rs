@@ -317,17 +317,19 @@ fn report(
     let short = commit.get(..7).unwrap_or(commit);
     let mut md = format!(
         "IPv4 before and after the IPv6 data path (issue 16): the kernel object of {short} (the \
-         commit before 004a4a9, its keys' padding written as the current object writes it (64ae2fd \
-         took a byte-loop `memset` out of every flow key after IPv6 came), loaded by the bench's \
-         own minimal loader) beside the current one, \
-         both with the hot-flow bench's 1 service x 10 local backends written from one plan, \
-         through `lb_xdp`; {calls} calls per measurement; {rounds} rounds, both objects loaded afresh for each (where \
-         the kernel places the machine code moves the cost by several percent), each measuring every \
-         case before, after, after, before. after/before: median of the per-round ratios of the \
-         pair means (lowest-highest round); noise: the largest difference between the two \
+         commit before 004a4a9, its keys' padding written as the current object writes it \
+         (64ae2fd took a byte-loop `memset` out of every flow key after IPv6 came), loaded by the \
+         bench's own minimal loader) beside the current one, both with the hot-flow bench's 1 \
+         service x 10 local backends written from one plan, through `lb_xdp`; {calls} calls per \
+         measurement; {rounds} rounds, both objects loaded afresh for each (where the kernel \
+         places the machine code moves the cost by several percent), each measuring every case \
+         before, after, after, before. after/before: median of the per-round ratios of the pair \
+         means (lowest-highest round); noise: the largest difference between the two \
          measurements of one object in one round, at least 1 ns of the before figure (the kernel \
-         reports whole nanoseconds). The target judges the three `lb_xdp` cases; parse-only is \
-         the same code in both objects, a check of the method.\n\n\
+         reports whole nanoseconds). That noise leaves out where each load placed the code, which \
+         the fresh loads spread over the rounds instead: parse-only, the same code in both \
+         objects, shows by its rounds how far. The target judges the three `lb_xdp` cases; \
+         parse-only is a check of the method.\n\n\
          | case | before ns | after ns | after/before (rounds) | noise | within noise |\n\
          |---|---:|---:|---:|---:|---|\n"
     );

@@ -199,8 +199,8 @@ pub fn measure(quick: bool) -> (serde_json::Value, String) {
 fn report(rounds: &[Vec<u64>], calls: usize) -> (serde_json::Value, String) {
     let mut md = format!(
         "IPv6 beside IPv4 (one hot flow per class, 10 local backends each, through `lb_xdp`; \
-         {calls} calls per measurement in {ROUNDS} rounds, the data path loaded afresh for each; ratios are medians of per-round ratios, \
-         lowest-highest round in brackets):\n\n| measure | ns/packet (median) | spread |\n|---|---:|---|\n"
+         {calls} calls per measurement in {ROUNDS} rounds, the data path loaded afresh for each; \
+         ratios are medians of per-round ratios, lowest-highest round in brackets):\n\n| measure | ns/packet (median) | spread |\n|---|---:|---|\n"
     );
     let mut json = serde_json::Map::new();
     for (name, ns) in MEASURES.iter().zip(rounds) {
