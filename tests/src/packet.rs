@@ -11,8 +11,9 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp
 use lb_common::Verdict;
 use lb_userspace::{
     datapath::{
-        socket_lb::SocketLbScope, Datapath, DatapathConfig, UplinkHook, EGRESS_TC_PROGRAM,
-        TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM, XDP_PROGRAM,
+        socket_lb::SocketLbScope, uplink::xdp_metadata_supported, Datapath, DatapathConfig,
+        UplinkHook, EGRESS_TC_PROGRAM, TC_PROGRAM, UPLINK_HANDOFF_TC_PROGRAM, UPLINK_TC_PROGRAM,
+        XDP_PROGRAM,
     },
     flows::FlowSettings,
 };
@@ -370,23 +371,17 @@ pub fn forwarded(frame: &[u8]) -> Vec<u8> {
 
 /// The frame XDP handed to the uplink's TC program (`out` of an XDP run
 /// whose metadata is [`lb_common::HANDOFF_MARK`]), if it did. On a kernel
-/// that refuses `bpf_xdp_adjust_meta` to XDP ([`xdp_metadata`]) the
+/// that refuses `bpf_xdp_adjust_meta` to XDP ([`xdp_metadata_supported`]) the
 /// hand-off falls back to the stack: the frame passes translated and
 /// unmarked, so `out` is the frame (and must not start with a mark).
 #[must_use]
 pub fn handed_over(out: &[u8]) -> Option<&[u8]> {
     let marked = out.strip_prefix(&lb_common::HANDOFF_MARK.to_ne_bytes());
-    if xdp_metadata() {
+    if xdp_metadata_supported() {
         marked
     } else {
         marked.is_none().then_some(out)
     }
-}
-
-/// Whether this kernel lets XDP programs write metadata (the agent's probe).
-#[must_use]
-pub fn xdp_metadata() -> bool {
-    lb_userspace::datapath::uplink::xdp_metadata_supported()
 }
 
 /// `frame` with Ethernet destination `dst` and source `src`.

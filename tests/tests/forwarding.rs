@@ -13,11 +13,11 @@ use lb_tests::{
     fixture::{frontend, setup},
     netns::{ifindex, in_netns, Netns},
     packet::{
-        forwarded, handed_over, src_of, test_flows, with_macs, xdp_metadata, Packet, TestDatapath,
+        forwarded, handed_over, src_of, test_flows, with_macs, Packet, TestDatapath,
         TC_ACT_REDIRECT, XDP_PASS, XDP_TX,
     },
 };
-use lb_userspace::desired::Protocol;
+use lb_userspace::{datapath::uplink::xdp_metadata_supported, desired::Protocol};
 
 /// `TC_ACT_UNSPEC` as the test run reports it (-1): TCX's "next program".
 const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -156,7 +156,7 @@ fn what_xdp_cannot_send_it_translates_and_hands_to_the_tc_program() {
                 "{why}: translated (SNATed), TTL and Ethernet addresses left to TC"
             );
             let (ret, routed) = dp.run_tc_uplink_handoff_on(up, handed);
-            if xdp_metadata() {
+            if xdp_metadata_supported() {
                 // The TC hand-off program routes only marked frames: a test
                 // run carries no metadata, so it hands this one untouched to
                 // the next program of the hook.
@@ -172,7 +172,7 @@ fn what_xdp_cannot_send_it_translates_and_hands_to_the_tc_program() {
                 assert_eq!(routed, forwarded(handed), "{why}: TTL one less");
             }
         }
-        if !xdp_metadata() {
+        if !xdp_metadata_supported() {
             // Only those: a fragment from the node's address goes to the
             // stack as XDP meant it, and so does what another host sent.
             let syn = Packet::tcp(NODE, 40_002, BEHIND_OVERLAY, 8080).syn();

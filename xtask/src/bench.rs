@@ -145,9 +145,8 @@ fn baseline_object() -> Result<(PathBuf, String)> {
              (`git fetch --unshallow`) or bench with --only other than packet"
         )
     })?;
-    // "-nometa-pad": built with the hand-off's metadata call left out (see
-    // `without_xdp_metadata`) and padding written as the current object
-    // writes it (see `with_padding_stores`).
+    // "-nometa-pad": built with `BASELINE_EDITS` (the hand-off's metadata
+    // call left out, padding written as the current object writes it).
     let dir = repo
         .join("target/bench/baseline")
         .join(format!("{commit}-nometa-pad"));
@@ -199,8 +198,7 @@ fn build_baseline(repo: &Path, commit: &str, dir: &Path) -> Result<()> {
             format!("{text}\n# Added by cargo xtask bench: built apart from its repository.\n[workspace]\n"),
         )?;
     }
-    without_xdp_metadata(&src.join("lb-ebpf/src/handoff.rs"))?;
-    with_padding_stores(&src)?;
+    edit_baseline(&src)?;
     // Its own rust-toolchain.toml and .cargo/config.toml pick nightly, the
     // BPF target and build-std, as for `cargo xtask build-ebpf`.
     run(Command::new("cargo")
@@ -213,44 +211,33 @@ fn build_baseline(repo: &Path, commit: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The call of the baseline's XDP hand-off to `bpf_xdp_adjust_meta`.
-const ADJUST_META_CALL: &str = "unsafe { bpf_xdp_adjust_meta(ctx.ctx, grow) } != 0";
+/// Where the baseline's edits look: its kernel crate's and shared crate's
+/// sources.
+const BASELINE_SOURCES: [&str; 2] = ["lb-ebpf/src", "lb-common/src"];
 
-/// Leaves the baseline's hand-off without XDP metadata, as the current
-/// object is on a kernel that refuses `bpf_xdp_adjust_meta` to XDP (which
-/// would refuse the baseline's `lb_xdp` whole): the call becomes "the
-/// driver keeps no metadata". No measured packet reaches the hand-off, so
-/// the figures are the baseline's; fails if the call is not found.
-fn without_xdp_metadata(handoff: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(handoff)
-        .with_context(|| format!("reading {}", handoff.display()))?;
-    if !text.contains(ADJUST_META_CALL) {
-        bail!(
-            "{}: no `{ADJUST_META_CALL}` to leave out",
-            handoff.display()
-        );
-    }
-    let text = text
-        .replace(ADJUST_META_CALL, "{ let _ = grow; true }")
-        .replace("helpers::bpf_xdp_adjust_meta,", "");
-    std::fs::write(handoff, text).with_context(|| format!("writing {}", handoff.display()))
-}
-
-/// How the baseline zeroes a key's three padding bytes, and how the
-/// current object does (`lb-ebpf/src/mem.rs`).
-const PADDING_MEMSET: [(&str, &str); 2] = [
+/// Edits to the baseline's sources (text, replacement); each must apply
+/// somewhere, or the build fails naming it.
+/// - Its XDP hand-off does without metadata: the current object is on a
+///   kernel that refuses `bpf_xdp_adjust_meta` to XDP, which would refuse
+///   the baseline's `lb_xdp` whole. The call becomes "the driver keeps no
+///   metadata"; no measured packet reaches the hand-off.
+/// - Its keys' padding is written as the current object writes it: `[0; 3]`
+///   compiles to a call of a byte-at-a-time `memset` here, which every
+///   IPv4 flow key paid until a fix that came after IPv6 (64ae2fd). With
+///   it in the baseline too, after/before measures what IPv6 cost IPv4.
+const BASELINE_EDITS: [(&str, &str); 3] = [
+    (
+        "unsafe { bpf_xdp_adjust_meta(ctx.ctx, grow) } != 0",
+        "{ let _ = grow; true }",
+    ),
+    ("helpers::bpf_xdp_adjust_meta,", ""),
     ("pad: [0; 3]", "pad: [0, 0, 0]"),
-    ("pad = [0; 3]", "pad = [0, 0, 0]"),
 ];
 
-/// Writes the baseline's padding as the current object does: `[0; 3]`
-/// compiles to a call of a byte-at-a-time `memset` here, which every IPv4
-/// packet's flow key paid before the fix that came after IPv6 (64ae2fd).
-/// With it in the baseline, after/before measures what IPv6 cost IPv4,
-/// not that fix. Fails if the baseline has no such padding.
-fn with_padding_stores(src: &Path) -> Result<()> {
-    let mut patched = 0;
-    for dir in ["lb-ebpf/src", "lb-common/src"] {
+/// Applies [`BASELINE_EDITS`] to the baseline's sources under `src`.
+fn edit_baseline(src: &Path) -> Result<()> {
+    let mut applied = [false; BASELINE_EDITS.len()];
+    for dir in BASELINE_SOURCES {
         let dir = src.join(dir);
         let entries =
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -261,18 +248,20 @@ fn with_padding_stores(src: &Path) -> Result<()> {
             }
             let text = std::fs::read_to_string(&path)?;
             let mut new = text.clone();
-            for (from, to) in PADDING_MEMSET {
-                new = new.replace(from, to);
+            for ((from, to), applied) in BASELINE_EDITS.iter().zip(&mut applied) {
+                if new.contains(from) {
+                    new = new.replace(from, to);
+                    *applied = true;
+                }
             }
             if new != text {
                 std::fs::write(&path, new)
                     .with_context(|| format!("writing {}", path.display()))?;
-                patched += 1;
             }
         }
     }
-    if patched == 0 {
-        bail!("{}: no `pad: [0; 3]` to write as stores", src.display());
+    if let Some(((from, _), _)) = BASELINE_EDITS.iter().zip(applied).find(|(_, a)| !a) {
+        bail!("{}: no `{from}` to edit", src.display());
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ use aya::{
     maps::{Array, IterableMap as _, MapData},
     Pod,
 };
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::bpf_cmd;
+
+use super::bpf_syscall::{bpf, empty_attr};
 
 /// Slots copied per system call.
 pub const BATCH_ELEMENTS: u32 = 8192;
@@ -28,8 +30,7 @@ pub fn read_array<V: Pod>(array: &Array<MapData, V>) -> Result<Vec<V>> {
     let mut read: u32 = 0;
     while read < len {
         let want = BATCH_ELEMENTS.min(len - read);
-        // SAFETY: an all-zero bpf_attr is the documented empty attribute.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        let mut attr = empty_attr();
         let mut out: u32 = 0;
         // SAFETY: writing the batch member of the zeroed union; every
         // pointer is valid for `want` elements (keys: `keys`, values: the
@@ -46,22 +47,17 @@ pub fn read_array<V: Pod>(array: &Array<MapData, V>) -> Result<Vec<V>> {
             attr.batch.count = want;
             attr.batch.map_fd = u32::try_from(fd).context("a map descriptor")?;
         }
-        // SAFETY: the attribute is initialised above; the kernel writes at
-        // most `count` keys and values into the buffers it points at.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<bpf_attr>(),
-            )
-        };
-        let errno = std::io::Error::last_os_error();
+        // SAFETY: the kernel writes at most `count` keys and values into the
+        // buffers the attribute points at, which live across the call.
+        let ret = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
         // SAFETY: the kernel set `count` to the elements it copied.
         let copied = unsafe { attr.batch.count };
-        if ret != 0 && errno.raw_os_error() != Some(libc::ENOENT) {
-            return Err(errno).context("reading an array map in batches");
-        }
+        // ENOENT: the end of the array (the elements before it are copied).
+        let at_end = match ret {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e).context("reading an array map in batches"),
+        };
         for (i, &key) in keys.iter().take(copied as usize).enumerate() {
             let at = read + u32::try_from(i).expect("a batch index");
             if key != at {
@@ -72,8 +68,7 @@ pub fn read_array<V: Pod>(array: &Array<MapData, V>) -> Result<Vec<V>> {
         // SAFETY: the kernel initialised the first `read` elements (each a
         // plain-data `V`, as `Pod` promises).
         unsafe { values.set_len(read as usize) };
-        if ret != 0 || copied == 0 {
-            // ENOENT: the end of the array.
+        if at_end || copied == 0 {
             break;
         }
         next = out;

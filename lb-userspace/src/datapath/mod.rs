@@ -4,6 +4,7 @@
 mod adopt;
 mod attach;
 pub mod batch;
+mod bpf_syscall;
 pub mod convert;
 mod handover;
 pub mod layout;

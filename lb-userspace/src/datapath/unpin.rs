@@ -23,10 +23,15 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::bpf_cmd;
 use tracing::{debug, warn};
 
-use super::{layout, maps::PINNED_MAPS, pins_dir, LINKS_DIR};
+use super::{
+    bpf_syscall::{bpf, empty_attr},
+    layout,
+    maps::PINNED_MAPS,
+    pins_dir, LINKS_DIR,
+};
 
 /// What removing a layout directory does to the links it pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,11 +107,10 @@ pub(super) fn remove_layout_dir(dir: &Path, links: Links) {
 fn open_pin(pin: &Path) -> std::io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: an all-zero bpf_attr is the documented empty attribute.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // The object member of the union; `path` lives across the call.
+    let mut attr = empty_attr();
     attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
-    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the object member's one pointer, `path`, lives across the call.
+    let fd = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("descriptor out of range"))?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -114,30 +118,11 @@ fn open_pin(pin: &Path) -> std::io::Result<OwnedFd> {
 
 /// Detaches the link `link` from its hook (`BPF_LINK_DETACH`).
 fn link_detach(link: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: an all-zero bpf_attr is the documented empty attribute.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    let fd = u32::try_from(link.as_raw_fd())
+    let mut attr = empty_attr();
+    attr.link_detach.link_fd = u32::try_from(link.as_raw_fd())
         .map_err(|_| std::io::Error::other("descriptor out of range"))?;
-    attr.link_detach.link_fd = fd;
-    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(|_| ())
-}
-
-/// The `bpf(2)` system call with `attr`.
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, initialised attribute of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    // SAFETY: the link_detach member holds no pointer.
+    unsafe { bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) }.map(|_| ())
 }
 
 #[cfg(test)]
